@@ -1,0 +1,1 @@
+//! The Dia model on the GPU: encoder, decoder, generation session.

@@ -1,0 +1,443 @@
+//! GPU runtime: adapter/device negotiation with typed errors, a pipeline cache, buffer helpers,
+//! pre-built dispatches (bind groups made once and recorded many times) and asynchronous readback.
+//!
+//! Knows nothing of the model: kernels and the model build on the pieces here.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+/// Why a GPU could not be used, or an operation on it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter found (WebGPU/Vulkan/Metal/DX12): {0}")]
+    NoAdapter(String),
+    #[error("the GPU adapter '{adapter}' lacks the required feature {feature}")]
+    MissingFeature { adapter: String, feature: String },
+    #[error("the GPU adapter '{adapter}' limit {limit} is {available}, at least {required} is needed")]
+    LimitTooSmall { adapter: String, limit: &'static str, available: u64, required: u64 },
+    #[error("requesting the GPU device failed: {0}")]
+    RequestDevice(String),
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+    #[error("reading a GPU buffer back failed: {0}")]
+    Readback(String),
+    #[error("GPU validation error: {0}")]
+    Validation(String),
+}
+
+/// What the caller wants from the adapter.
+#[derive(Debug, Clone)]
+pub struct GpuOptions {
+    /// Prefer a high-performance adapter (discrete GPU).
+    pub high_performance: bool,
+    /// Smallest storage-buffer binding the caller needs (bytes): the largest single weight matrix.
+    pub min_storage_binding: u64,
+    /// Use `shader-f16` if the adapter has it (optional speed-up; never required).
+    pub want_shader_f16: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { high_performance: true, min_storage_binding: 128 << 20, want_shader_f16: true }
+    }
+}
+
+/// A device plus everything the kernels share: pipeline cache and wait counter.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// Number of times the CPU blocked on (or awaited) the GPU: readbacks and explicit waits.
+    waits: AtomicU64,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    /// Negotiates an adapter and a device. Limits are raised to what the adapter offers so large
+    /// weight matrices fit one binding; a too-small adapter is a typed error, not a later crash.
+    pub async fn new(opts: GpuOptions) -> Result<Gpu, GpuError> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if std::env::var_os("WGPU_BACKEND").is_none() {
+            desc.backends = wgpu::Backends::all();
+        }
+        let instance = wgpu::Instance::new(desc);
+        let power = if opts.high_performance {
+            wgpu::PowerPreference::HighPerformance
+        } else {
+            wgpu::PowerPreference::LowPower
+        };
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: power,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
+        Self::from_adapter(adapter, opts).await
+    }
+
+    /// Blocking constructor for native programs and tests.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(opts: GpuOptions) -> Result<Gpu, GpuError> {
+        pollster::block_on(Self::new(opts))
+    }
+
+    pub async fn from_adapter(adapter: wgpu::Adapter, opts: GpuOptions) -> Result<Gpu, GpuError> {
+        let info = adapter.get_info();
+        let have = adapter.limits();
+        let name = info.name.clone();
+        if have.max_storage_buffer_binding_size < opts.min_storage_binding {
+            return Err(GpuError::LimitTooSmall {
+                adapter: name,
+                limit: "max_storage_buffer_binding_size",
+                available: have.max_storage_buffer_binding_size,
+                required: opts.min_storage_binding,
+            });
+        }
+        if have.max_storage_buffers_per_shader_stage < 8 {
+            return Err(GpuError::LimitTooSmall {
+                adapter: name,
+                limit: "max_storage_buffers_per_shader_stage",
+                available: have.max_storage_buffers_per_shader_stage as u64,
+                required: 8,
+            });
+        }
+        if have.max_compute_invocations_per_workgroup < 256 {
+            return Err(GpuError::LimitTooSmall {
+                adapter: name,
+                limit: "max_compute_invocations_per_workgroup",
+                available: have.max_compute_invocations_per_workgroup as u64,
+                required: 256,
+            });
+        }
+        let mut features = wgpu::Features::empty();
+        if opts.want_shader_f16 && adapter.features().contains(wgpu::Features::SHADER_F16) {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        // Ask for the adapter's own limits: the defaults cap bindings at 128 MiB.
+        let mut limits = wgpu::Limits::downlevel_defaults().using_resolution(have.clone());
+        limits.max_storage_buffer_binding_size = have.max_storage_buffer_binding_size;
+        limits.max_buffer_size = have.max_buffer_size;
+        limits.max_storage_buffers_per_shader_stage = have.max_storage_buffers_per_shader_stage;
+        limits.max_compute_invocations_per_workgroup = have.max_compute_invocations_per_workgroup;
+        limits.max_compute_workgroup_size_x = have.max_compute_workgroup_size_x;
+        limits.max_compute_workgroup_size_y = have.max_compute_workgroup_size_y;
+        limits.max_compute_workgroup_storage_size = have.max_compute_workgroup_storage_size;
+        limits.max_compute_workgroups_per_dimension = have.max_compute_workgroups_per_dimension;
+        limits.max_bind_groups = have.max_bind_groups.min(4);
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("dia-webgpu"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+        let lost = Arc::new(Mutex::new(None));
+        let lost_cb = lost.clone();
+        device.set_device_lost_callback(move |_reason, msg| {
+            *lost_cb.lock().unwrap() = Some(msg);
+        });
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            features,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            waits: AtomicU64::new(0),
+            lost,
+        })
+    }
+
+    /// A short human description: adapter name and backend.
+    pub fn describe(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// Error if the device has been lost since creation.
+    pub fn check_lost(&self) -> Result<(), GpuError> {
+        match self.lost.lock().unwrap().as_ref() {
+            Some(m) => Err(GpuError::DeviceLost(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// How many times the CPU has waited on the GPU so far.
+    pub fn wait_count(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    /// Compiles (once) and returns the compute pipeline for `key`; `source` is only called on a miss.
+    pub fn pipeline(&self, key: &str, entry: &str, source: impl FnOnce() -> String) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.pipelines.lock().unwrap();
+        if let Some(p) = cache.get(key) {
+            return p.clone();
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(key),
+            source: wgpu::ShaderSource::Wgsl(source().into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let p = Arc::new(pipeline);
+        cache.insert(key.to_string(), p.clone());
+        p
+    }
+
+    /// A zero-initialised storage buffer of `bytes` (rounded up to 16) usable as kernel input/output and copy source.
+    pub fn buffer(&self, label: &str, bytes: u64) -> GpuBuffer {
+        let size = bytes.max(16).div_ceil(16) * 16;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        GpuBuffer { buf: Arc::new(buf), offset: 0, size: bytes.max(4) }
+    }
+
+    /// A storage buffer initialised with `data`.
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> GpuBuffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let size = bytes.len() as u64;
+        if size == 0 {
+            return self.buffer(label, 4);
+        }
+        let padded = size.div_ceil(16) * 16;
+        let buf = if padded == size {
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            })
+        } else {
+            let mut v = bytes.to_vec();
+            v.resize(padded as usize, 0);
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &v,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            })
+        };
+        GpuBuffer { buf: Arc::new(buf), offset: 0, size }
+    }
+
+    /// Writes `data` into `dst` at its offset (ordered before the next submit).
+    pub fn write<T: bytemuck::Pod>(&self, dst: &GpuBuffer, data: &[T]) {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        debug_assert!(bytes.len() as u64 <= dst.size);
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&dst.buf, dst.offset, bytes);
+        }
+    }
+
+    /// A uniform buffer holding `params` (a `#[repr(C)]` Pod struct, 16-byte multiple).
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> wgpu::Buffer {
+        let bytes = bytemuck::bytes_of(params);
+        let mut v = bytes.to_vec();
+        v.resize(bytes.len().div_ceil(16) * 16, 0);
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &v,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// Builds a dispatch: binding 0 = a uniform with `params`, bindings 1.. = `buffers` in order.
+    /// The bind group is made here, once; `Dispatch::record` only replays it.
+    pub fn dispatch<T: bytemuck::Pod>(
+        &self,
+        pipeline: &Arc<wgpu::ComputePipeline>,
+        params: &T,
+        buffers: &[&GpuBuffer],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        let uniform = self.uniform("params", params);
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.binding() });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Dispatch { pipeline: pipeline.clone(), bind_group, workgroups, uniform }
+    }
+
+    /// Records `dispatches` into one compute pass of a fresh encoder and submits it.
+    pub fn run(&self, dispatches: &[&Dispatch]) {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+    }
+
+    /// Reads `src` back to the CPU (one wait).
+    pub async fn read_bytes(&self, src: &GpuBuffer) -> Result<Vec<u8>, GpuError> {
+        let size = src.size.div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&src.buf, src.offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let data = map_read(self, &staging, 0, size).await?;
+        Ok(data[..src.size as usize].to_vec())
+    }
+
+    pub async fn read_f32(&self, src: &GpuBuffer) -> Result<Vec<f32>, GpuError> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(src).await?))
+    }
+
+    pub async fn read_u32(&self, src: &GpuBuffer) -> Result<Vec<u32>, GpuError> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(src).await?))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f32_blocking(&self, src: &GpuBuffer) -> Result<Vec<f32>, GpuError> {
+        pollster::block_on(self.read_f32(src))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_u32_blocking(&self, src: &GpuBuffer) -> Result<Vec<u32>, GpuError> {
+        pollster::block_on(self.read_u32(src))
+    }
+
+    /// Lets the device make progress without blocking (native); a no-op on the web.
+    pub fn poll_nonblocking(&self) {
+        let _ = self.device.poll(wgpu::PollType::Poll);
+    }
+
+    /// Blocks until all submitted work is done (counts as a wait).
+    pub fn wait_idle(&self) -> Result<(), GpuError> {
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| GpuError::DeviceLost(e.to_string()))
+    }
+}
+
+/// Maps `staging[offset..offset+size]` for reading and copies it out (counts as one wait).
+pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>, GpuError> {
+    gpu.waits.fetch_add(1, Ordering::Relaxed);
+    let slice = staging.slice(offset..offset + size);
+    let (tx, rx) = futures::channel::oneshot::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    #[cfg(not(target_arch = "wasm32"))]
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+    rx.await
+        .map_err(|_| GpuError::Readback("map callback dropped".into()))?
+        .map_err(|e| GpuError::Readback(e.to_string()))?;
+    let data = slice
+        .get_mapped_range()
+        .map_err(|e| GpuError::Readback(e.to_string()))?
+        .to_vec();
+    staging.unmap();
+    gpu.check_lost()?;
+    Ok(data)
+}
+
+/// A byte range of a GPU buffer (offset and size in bytes; offset 256-aligned when bound).
+#[derive(Clone, Debug)]
+pub struct GpuBuffer {
+    pub buf: Arc<wgpu::Buffer>,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl GpuBuffer {
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buf,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.size.div_ceil(4) * 4),
+        })
+    }
+
+    /// A sub-range; `offset` must respect the adapter's storage offset alignment (256) if bound.
+    pub fn slice(&self, offset: u64, size: u64) -> GpuBuffer {
+        assert!(offset + size <= self.size, "slice out of range");
+        GpuBuffer { buf: self.buf.clone(), offset: self.offset + offset, size }
+    }
+
+    /// Number of f32/u32 elements in the range.
+    pub fn len_words(&self) -> usize {
+        (self.size / 4) as usize
+    }
+}
+
+/// A kernel launch prepared once: pipeline, bind group (with its uniform parameters) and grid size.
+pub struct Dispatch {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+    #[allow(dead_code)]
+    uniform: wgpu::Buffer,
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if self.workgroups.iter().any(|&w| w == 0) {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], self.workgroups[2]);
+    }
+
+    /// The uniform buffer holding this dispatch's parameters (to update shape-dependent values in place).
+    pub fn params_buffer(&self) -> &wgpu::Buffer {
+        &self.uniform
+    }
+}
+
+/// Splits a 1-D count of workgroups into a 2-D grid within the per-dimension limit (65535).
+pub fn grid_1d(groups: u32) -> [u32; 3] {
+    if groups <= 65535 {
+        [groups, 1, 1]
+    } else {
+        let y = groups.div_ceil(65535);
+        [groups.div_ceil(y), y, 1]
+    }
+}
+
+/// Replaces `{{KEY}}` placeholders in WGSL source (kernel specialisation: numerics mode, tile sizes).
+pub fn specialize(src: &str, defs: &[(&str, String)]) -> String {
+    let mut out = src.to_string();
+    for (k, v) in defs {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    debug_assert!(!out.contains("{{"), "unreplaced placeholder in shader");
+    out
+}

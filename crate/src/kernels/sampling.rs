@@ -1,0 +1,1 @@
+//! `shaders/sampling.wgsl`: GPU-side CFG + sampling + Dia's EOS/delay rules; writes next step's tokens.

@@ -1,0 +1,100 @@
+//! Shared helpers for the integration tests: fixture location, a test GPU, random data, error metrics.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use dia_webgpu::gpu::{Gpu, GpuOptions};
+
+/// Repository root (tests run with the crate directory as working directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `$DIA_FIXTURES`, else `../shared/fixtures/tiny` beside the repository. A missing directory is a failure.
+pub fn fixtures_dir() -> PathBuf {
+    let dir = match std::env::var_os("DIA_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => repo_root().join("../shared/fixtures/tiny"),
+    };
+    assert!(
+        dir.join("expected.safetensors").is_file(),
+        "fixture directory {} has no expected.safetensors (set DIA_FIXTURES)",
+        dir.display()
+    );
+    dir
+}
+
+/// A device on whatever adapter this machine has (lavapipe in CI), with small required limits.
+pub fn test_gpu() -> Gpu {
+    Gpu::new_blocking(GpuOptions { high_performance: true, min_storage_binding: 16 << 20, want_shader_f16: true })
+        .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
+}
+
+/// Small deterministic generator for test data (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// max |a − b| / max |b|.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max);
+    let den = b.iter().map(|y| (*y as f64).abs()).fold(0.0, f64::max);
+    num / den.max(1e-30)
+}
+
+/// Signal-to-noise ratio of `a` against reference `b`, in dB.
+pub fn snr_db(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let sig: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    let noise: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    10.0 * (sig / noise.max(1e-300)).log10()
+}
+
+/// Reads every tensor of a safetensors file as (shape, f32 data) — for fixtures; int tensors are converted.
+pub fn load_expected(path: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).expect("read fixture");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse fixture");
+    let mut out = std::collections::BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let data: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
+            safetensors::Dtype::F64 => {
+                let v: Vec<f64> = bytemuck::pod_collect_to_vec(view.data());
+                v.into_iter().map(|x| x as f32).collect()
+            }
+            safetensors::Dtype::I64 => {
+                let v: Vec<i64> = bytemuck::pod_collect_to_vec(view.data());
+                v.into_iter().map(|x| x as f32).collect()
+            }
+            safetensors::Dtype::I32 => {
+                let v: Vec<i32> = bytemuck::pod_collect_to_vec(view.data());
+                v.into_iter().map(|x| x as f32).collect()
+            }
+            d => panic!("fixture tensor {name}: unexpected dtype {d:?}"),
+        };
+        out.insert(name, (shape, data));
+    }
+    out
+}
