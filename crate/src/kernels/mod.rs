@@ -14,6 +14,7 @@ pub mod rope;
 pub mod kv_cache;
 pub mod attention;
 pub mod sampling;
+pub mod dac_conv;
 
 use crate::gpu::{Gpu, GpuBuffer, GpuError};
 

@@ -1,0 +1,1 @@
+//! `shaders/dac_conv.wgsl`: DAC convolutions (to be written).
