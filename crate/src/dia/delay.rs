@@ -13,6 +13,24 @@ pub fn build_prefix(delay: &[usize], bos: u32, pad: u32, prompt: &[u32]) -> Vec<
     apply_delay(&grid, rows, delay, bos)
 }
 
+/// The undelayed prompt frames `[n, C]` inside a delayed prefix built by `build_prefix` (inverse of it):
+/// n = rows − 1 − max_delay, frame t = prefix[t + 1 + δ_c, c].
+pub fn prompt_from_prefix(prefix: &[u32], delay: &[usize], pad: u32) -> Vec<u32> {
+    let c = delay.len();
+    let rows = prefix.len() / c;
+    let max_delay = delay.iter().copied().max().unwrap_or(0);
+    let n = rows.saturating_sub(1 + max_delay);
+    let mut out = Vec::with_capacity(n * c);
+    for t in 1..=n {
+        for (ch, &d) in delay.iter().enumerate() {
+            let v = prefix[(t + d) * c + ch];
+            debug_assert_ne!(v, pad, "a prompt frame is marked unknown");
+            out.push(v);
+        }
+    }
+    out
+}
+
 /// out[t, c] = codes[t − δ_c, c], BOS where t − δ_c < 0.
 pub fn apply_delay(codes: &[u32], rows: usize, delay: &[usize], bos: u32) -> Vec<u32> {
     let c = delay.len();
@@ -61,6 +79,16 @@ mod tests {
         // rows: 1 + 0 + 3; channel c holds BOS in rows 0..=δ_c, PAD after.
         assert_eq!(p, vec![9, 9, 9, 8, 9, 9, 8, 9, 9, 8, 8, 9]);
         assert_eq!(rows_to_feed(&p, 3, 8), 1);
+        assert!(prompt_from_prefix(&p, &delay, 8).is_empty());
+    }
+
+    #[test]
+    fn prompt_round_trips_through_prefix() {
+        let delay = [0, 2, 3];
+        let prompt = vec![1, 2, 3, 4, 5, 6];
+        let p = build_prefix(&delay, 9, 8, &prompt);
+        assert_eq!(rows_to_feed(&p, 3, 8), 3);
+        assert_eq!(prompt_from_prefix(&p, &delay, 8), prompt);
     }
 
     #[test]

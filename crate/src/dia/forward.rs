@@ -287,3 +287,27 @@ impl DecoderGraph {
         gpu.write(&self.qinfo, &q);
     }
 }
+
+impl DiaModel {
+    /// Conditional-row logits `[T, C, V]` for delayed audio rows `rows` (`[T, C]`) fed teacher-forced after the
+    /// text `ids` (one item). For parity checks and scoring; one pass, one readback.
+    pub async fn teacher_forced_logits(&self, gpu: &Gpu, ids: &[u32], rows: &[u32]) -> Result<Vec<f32>, crate::gpu::GpuError> {
+        let d = &self.cfg.decoder;
+        let t = (rows.len() / d.channels) as u32;
+        let enc = self.encode(gpu, PackedText::new(&[ids.to_vec()]));
+        let cache = KvCache::new(gpu, self, 2, t);
+        let graph = DecoderGraph::new(gpu, self, &enc, &cache, 1, t);
+        gpu.write(&graph.tokens, rows);
+        graph.set_positions(gpu, 0);
+        // Only the conditional row's T hidden states (rows 0..T) go through the head.
+        let (head, logits) = self.logits_head(gpu, &graph.h, t);
+        let mut enc_cmd = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc_cmd.begin_compute_pass(&Default::default());
+            graph.record(&mut pass);
+            head.record(&mut pass);
+        }
+        gpu.queue.submit([enc_cmd.finish()]);
+        gpu.read_f32(&logits).await
+    }
+}

@@ -57,27 +57,6 @@ impl Generation {
     }
 }
 
-/// Checks and tokenizes the texts of a request.
-pub fn tokenize_texts(model: &DiaModel, texts: &[&str]) -> Result<Vec<Vec<u32>>, DiaError> {
-    if texts.is_empty() {
-        return Err(DiaError::EmptyText);
-    }
-    let limit = model.cfg.encoder.max_positions;
-    texts
-        .iter()
-        .map(|t| {
-            let ids = encode_text(t);
-            if ids.is_empty() {
-                Err(DiaError::EmptyText)
-            } else if ids.len() > limit {
-                Err(DiaError::TextTooLong { bytes: ids.len(), limit })
-            } else {
-                Ok(ids)
-            }
-        })
-        .collect()
-}
-
 /// One generation request's GPU state: encoder output, KV cache, decoder graphs and the sampler.
 pub struct Session<'m> {
     gpu: &'m Gpu,
@@ -107,9 +86,24 @@ impl<'m> Session<'m> {
     /// Prepares a request: `texts` (one item each), an optional voice prompt as undelayed DAC codes
     /// `[frames, C]` shared by every item, and options. Runs the encoder.
     pub fn new(gpu: &'m Gpu, model: &'m DiaModel, texts: &[&str], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool) -> Result<Session<'m>, DiaError> {
+        let items: Vec<Vec<u32>> = texts.iter().map(|t| encode_text(t)).collect();
+        Self::from_tokens(gpu, model, &items, prompt, opts, record_scores)
+    }
+
+    /// `new` for already tokenized texts (one id list per item).
+    pub fn from_tokens(gpu: &'m Gpu, model: &'m DiaModel, items: &[Vec<u32>], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool) -> Result<Session<'m>, DiaError> {
         let cfg = &model.cfg;
         let c = cfg.decoder.channels;
-        let items = tokenize_texts(model, texts)?;
+        let limit = cfg.encoder.max_positions;
+        if items.is_empty() || items.iter().any(|i| i.is_empty()) {
+            return Err(DiaError::EmptyText);
+        }
+        if let Some(long) = items.iter().find(|i| i.len() > limit) {
+            return Err(DiaError::TextTooLong { bytes: long.len(), limit });
+        }
+        if let Some(bad) = items.iter().flatten().find(|&&t| t as usize >= cfg.encoder.vocab) {
+            return Err(DiaError::BadOptions(format!("text token {bad} is outside the vocabulary")));
+        }
         let batch = items.len();
         let prompt = prompt.unwrap_or(&[]);
         if prompt.len() % c != 0 {
@@ -130,7 +124,7 @@ impl<'m> Session<'m> {
         }
         let prefix: Vec<u32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
 
-        let enc = model.encode(gpu, PackedText::new(&items));
+        let enc = model.encode(gpu, PackedText::new(items));
         let rows = 2 * batch as u32;
         let cache = KvCache::new(gpu, model, rows, max_length as u32);
         let step = DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, 1);
