@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod cpu_ref;
+
 use dia_webgpu::gpu::{Gpu, GpuOptions};
 
 /// Repository root (tests run with the crate directory as working directory).
