@@ -25,7 +25,9 @@ pub enum DiaError {
     #[error("the checkpoint lacks tensor {name} ({count} missing in all)")]
     MissingTensor { name: String, count: usize },
     #[error("reading weights: {0}")]
-    Weights(String),
+    Weights(#[from] crate::weights::WeightsError),
+    #[error("bad model config: {0}")]
+    Config(String),
     #[error("the text is empty")]
     EmptyText,
     #[error("the text is {bytes} bytes long; the encoder takes at most {limit} bytes")]
@@ -40,9 +42,22 @@ pub enum DiaError {
     Cancelled,
 }
 
+/// Loads a checkpoint (either layout) that has been opened as a `Checkpoint`: shapes are validated against
+/// the config before any data is read, then tensors stream to the GPU one at a time.
+pub fn load_model(gpu: &crate::gpu::Gpu, cfg: &crate::config::DiaConfig, ckpt: &crate::weights::Checkpoint, numerics: crate::kernels::Numerics) -> Result<DiaModel, DiaError> {
+    let weights = crate::weights::DiaWeights::new(ckpt, cfg)?;
+    weights.validate()?;
+    let mut builder = DiaModelBuilder::new(gpu, cfg, numerics)?;
+    builder.put_all(|name, _| Ok(weights.read(name)?))?;
+    builder.finish()
+}
+
 /// Loads a checkpoint directory (`config.json` + `model.safetensors` or a sharded index) in either layout.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_model_dir(gpu: &crate::gpu::Gpu, dir: &std::path::Path, numerics: crate::kernels::Numerics) -> Result<DiaModel, DiaError> {
-    let _ = (gpu, dir, numerics);
-    todo!("after the weights layer lands")
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let cfg = crate::config::DiaConfig::from_json_str(&text).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let ckpt = crate::weights::Checkpoint::open_dir(dir)?;
+    load_model(gpu, &cfg, &ckpt, numerics)
 }
