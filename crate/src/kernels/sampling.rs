@@ -1,31 +1,347 @@
 //! `shaders/sampling.wgsl`: GPU-side CFG + sampling + Dia's EOS/delay rules; writes next step's tokens.
-//! (Interface placeholder; the implementation lands from its own branch.)
-use crate::gpu::{Dispatch, Gpu, GpuBuffer};
+//!
+//! Per decoder step two dispatches follow the logits in the same compute pass:
+//! 1. `select_token`, one workgroup per (item, channel): CFG filter (top-k of the guided logits by radix
+//!    select, ties to the lower id), temperature, EOS channel filter, top-p, then argmax or a multinomial
+//!    draw from a counter-based RNG;
+//! 2. `advance`, one workgroup: the EOS delay pattern, per-channel finished/PAD, the delay-mask override,
+//!    and the outputs (codes row, next tokens, positions, status).
+//!
+//! This is `generate_batch` of the numpy reference (`npref/generate.py`) step for step. The CPU never
+//! waits: the row index ℓ lives in the status buffer, and steps recorded after the end change nothing.
+//! The sampling top-k warper is not run: it uses the CFG filter's k, and at most k ids survive that filter,
+//! so it can never drop one.
+//!
+//! Edge cases: a row left with no id (k so small that only PAD/BOS made the CFG top-k) produces id 0, as
+//! numpy's argmax of an all −inf row; k = vocab keeps every id with its conditional value (HF's
+//! `top_k=None`, which returns the guided logits themselves, is not offered). Top-p costs O(n²/256) per row
+//! for n candidates (n ≤ k): fast for the usual k ≤ 256, correct but slower for larger k.
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SamplingError {
-    #[error("{0}")]
-    Invalid(String),
+const SHADER: &str = include_str!("../../../shaders/sampling.wgsl");
+const WORKGROUP: u32 = 256;
+/// Largest vocabulary the workgroup-memory candidate lists hold (6 ids per invocation, 15 KiB).
+pub const MAX_VOCAB: u32 = 6 * WORKGROUP;
+
+/// Shapes and special ids of the sampler.
+pub struct SamplerShape {
+    pub batch: u32,
+    pub channels: u32,
+    pub vocab: u32,
+    /// Per-channel delay of the delay pattern (Dia: 0, 8, 9, …, 15).
+    pub delay: Vec<u32>,
+    pub eos: u32,
+    pub pad: u32,
 }
 
-pub struct SamplerShape { pub batch: u32, pub channels: u32, pub vocab: u32, pub delay: Vec<u32>, pub eos: u32, pub pad: u32 }
+/// Logit processing settings (HF names: guidance_scale, top_k, temperature, top_p).
 #[derive(Clone, Copy, Debug)]
-pub struct SamplingParams { pub cfg_scale: f32, pub cfg_filter_top_k: u32, pub temperature: f32, pub top_p: f32, pub seed: u64 }
+pub struct SamplingParams {
+    pub cfg_scale: f32,
+    /// k of the CFG filter (and of the no-op top-k warper), 1..=vocab.
+    pub cfg_filter_top_k: u32,
+    /// 0 = greedy (argmax, no warpers); > 0 = sample.
+    pub temperature: f32,
+    /// 0 < top_p ≤ 1; 1 disables the top-p warper.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+/// Buffers shared with the model.
 pub struct SamplerBuffers<'a> {
+    /// f32 [2B, C, V]: rows 0..B conditional, B..2B unconditional.
     pub logits: &'a GpuBuffer,
+    /// u32 [B, C]: written: the next row to feed.
     pub tokens: &'a GpuBuffer,
+    /// u32 [max_length, B, C]: row ℓ written when produced (rows < s0 by the host).
     pub codes: &'a GpuBuffer,
+    /// u32 [2B, 2] (seq, pos): the sampler writes pos = ℓ of every row.
     pub qinfo: &'a GpuBuffer,
 }
-pub struct Sampler { d: Vec<Dispatch>, status: GpuBuffer }
-impl Sampler {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(gpu: &Gpu, shape: &SamplerShape, params: &SamplingParams, bufs: &SamplerBuffers, prefix: &[u32], prefix_rows: u32, s0: u32, max_length: u32, record_scores: bool) -> Result<Sampler, SamplingError> {
-        let _ = (gpu, shape, params, bufs, prefix, prefix_rows, s0, max_length, record_scores);
-        todo!()
+
+/// Why a sampler could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplingError {
+    #[error("cfg_filter_top_k must be in 1..={vocab}, got {top_k}")]
+    TopK { top_k: u32, vocab: u32 },
+    #[error("top_p must be in (0, 1], got {0}")]
+    TopP(f32),
+    #[error("temperature must be finite and ≥ 0, got {0}")]
+    Temperature(f32),
+    #[error("cfg_scale must be finite, got {0}")]
+    CfgScale(f32),
+    #[error("invalid sampler shape: {0}")]
+    Shape(String),
+    #[error("buffer `{name}` holds {have} bytes, {need} are needed")]
+    BufferTooSmall { name: &'static str, have: u64, need: u64 },
+    #[error("prefix holds {have} values, [batch, prefix_rows, channels] needs {need}")]
+    Prefix { have: usize, need: usize },
+    #[error("the first row to produce ({s0}) must be below max_length ({max_length})")]
+    Rows { s0: u32, max_length: u32 },
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    channels: u32,
+    vocab: u32,
+    eos: u32,
+    pad: u32,
+    max_length: u32,
+    trigger_row: u32,
+    prefix_rows: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p_drop: f32,
+    cfg_scale: f32,
+    seed_lo: u32,
+    seed_hi: u32,
+    use_top_p: u32,
+    sampling: u32,
+    off_force: u32,
+    off_active: u32,
+    off_counter: u32,
+    off_finished: u32,
+    off_choice: u32,
+    off_eos0: u32,
+    off_forced: u32,
+    _pad0: u32,
+}
+
+/// Word offsets of the sampler's state buffer (layout documented in the shader).
+struct StateLayout {
+    force: u32,
+    active: u32,
+    counter: u32,
+    finished: u32,
+    choice: u32,
+    eos0: u32,
+    forced: u32,
+    words: u32,
+}
+
+impl StateLayout {
+    fn new(batch: u32, channels: u32) -> StateLayout {
+        let n = batch * channels;
+        let force = 4;
+        let active = force + 1 + n;
+        let counter = active + batch;
+        let finished = counter + n;
+        let choice = finished + n;
+        let eos0 = choice + n;
+        let forced = eos0 + batch;
+        StateLayout { force, active, counter, finished, choice, eos0, forced, words: forced + n }
     }
-    pub fn dispatches(&self) -> Vec<&Dispatch> { self.d.iter().collect() }
-    pub fn status(&self) -> &GpuBuffer { &self.status }
-    pub fn scores(&self) -> Option<&GpuBuffer> { None }
-    pub fn force_next(&self, gpu: &Gpu, tokens: &[u32]) { let _ = (gpu, tokens); }
+}
+
+/// The per-step sampler: dispatches built once, state kept on the GPU.
+pub struct Sampler {
+    select: Dispatch,
+    advance: Dispatch,
+    status: GpuBuffer,
+    scores: Option<GpuBuffer>,
+    force: GpuBuffer,
+    rows: u32,
+    // Bound by the dispatches; kept so the sampler owns what it created.
+    _prefix: GpuBuffer,
+}
+
+impl Sampler {
+    /// prefix: u32 [B, P, C] delayed prefix (PAD = to be generated); s0 = first row to produce.
+    ///
+    /// The host writes codes rows < s0 and the first step's tokens and qinfo itself. `record_scores`
+    /// keeps the fully processed scores of the last step (f32 [B, C, V], −inf outside the kept set).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        shape: &SamplerShape,
+        params: &SamplingParams,
+        bufs: &SamplerBuffers,
+        prefix: &[u32],
+        prefix_rows: u32,
+        s0: u32,
+        max_length: u32,
+        record_scores: bool,
+    ) -> Result<Sampler, SamplingError> {
+        let (b, c, v) = (shape.batch, shape.channels, shape.vocab);
+        validate(shape, params)?;
+        if s0 >= max_length {
+            return Err(SamplingError::Rows { s0, max_length });
+        }
+        let need_prefix = (b * prefix_rows * c) as usize;
+        if prefix.len() != need_prefix {
+            return Err(SamplingError::Prefix { have: prefix.len(), need: need_prefix });
+        }
+        let n = (b * c) as u64;
+        check_size("logits", bufs.logits, 2 * n * v as u64 * 4)?;
+        check_size("tokens", bufs.tokens, n * 4)?;
+        check_size("codes", bufs.codes, max_length as u64 * n * 4)?;
+        check_size("qinfo", bufs.qinfo, 2 * b as u64 * 2 * 4)?;
+
+        let layout = StateLayout::new(b, c);
+        let mut init = vec![0u32; layout.words as usize];
+        init[0] = s0;
+        for item in 0..b {
+            for ch in 0..c {
+                init[(layout.counter + item * c + ch) as usize] = shape.delay[ch as usize];
+            }
+        }
+        let state = gpu.upload("sampling.state", &init);
+        let status = state.slice(0, 16);
+        let force = state.slice(layout.force as u64 * 4, (1 + n) * 4);
+        let prefix_buf = gpu.upload("sampling.prefix", prefix);
+        let scores = record_scores.then(|| gpu.buffer("sampling.scores", n * v as u64 * 4));
+
+        let max_delay = shape.delay.iter().copied().max().unwrap_or(0);
+        let sampling = params.temperature > 0.0;
+        let p = Params {
+            batch: b,
+            channels: c,
+            vocab: v,
+            eos: shape.eos,
+            pad: shape.pad,
+            max_length,
+            trigger_row: max_length.wrapping_sub(max_delay + 1),
+            prefix_rows,
+            top_k: params.cfg_filter_top_k,
+            temperature: if sampling { params.temperature } else { 1.0 },
+            // numpy compares the f32 cumulative sums with the float64 1 − p rounded to f32.
+            top_p_drop: (1.0 - params.top_p as f64) as f32,
+            cfg_scale: params.cfg_scale,
+            seed_lo: params.seed as u32,
+            seed_hi: (params.seed >> 32) as u32,
+            use_top_p: (params.top_p < 1.0) as u32,
+            sampling: sampling as u32,
+            off_force: layout.force,
+            off_active: layout.active,
+            off_counter: layout.counter,
+            off_finished: layout.finished,
+            off_choice: layout.choice,
+            off_eos0: layout.eos0,
+            off_forced: layout.forced,
+            _pad0: 0,
+        };
+
+        let chunk = v.div_ceil(WORKGROUP);
+        let key = format!("sampling.c{chunk}.r{}", record_scores as u32);
+        let source = || {
+            let record = if record_scores {
+                "const RECORD: bool = true;\n\
+                 @group(0) @binding(3) var<storage, read_write> sel_scores: array<u32>;\n\
+                 @group(0) @binding(6) var<storage, read_write> adv_scores: array<u32>;\n\
+                 fn put_score(i: u32, bits: u32) { sel_scores[i] = bits; }\n\
+                 fn put_forced_score(i: u32, bits: u32) { adv_scores[i] = bits; }\n"
+            } else {
+                "const RECORD: bool = false;\n\
+                 fn put_score(i: u32, bits: u32) {}\n\
+                 fn put_forced_score(i: u32, bits: u32) {}\n"
+            };
+            specialize(
+                SHADER,
+                &[
+                    ("CHUNK", chunk.to_string()),
+                    ("MAXC", (chunk * WORKGROUP).to_string()),
+                    ("RECORD", record.to_string()),
+                ],
+            )
+        };
+        let select_pipe = gpu.pipeline(&format!("{key}.select"), "select_token", source);
+        let advance_pipe = gpu.pipeline(&format!("{key}.advance"), "advance", source);
+
+        let mut select_bufs = vec![bufs.logits, &state];
+        let mut advance_bufs = vec![&state, &prefix_buf, bufs.codes, bufs.tokens, bufs.qinfo];
+        if let Some(s) = &scores {
+            select_bufs.push(s);
+            advance_bufs.push(s);
+        }
+        let select = gpu.dispatch(&select_pipe, &p, &select_bufs, grid_1d(b * c));
+        let advance = gpu.dispatch(&advance_pipe, &p, &advance_bufs, [1, 1, 1]);
+        Ok(Sampler { select, advance, status, scores, force, rows: b * c, _prefix: prefix_buf })
+    }
+
+    /// Record after the logits each step, in the same pass.
+    pub fn dispatches(&self) -> Vec<&Dispatch> {
+        vec![&self.select, &self.advance]
+    }
+
+    /// u32 [4]: [0] next ℓ, [1] 1 when over, [2] S (rows in the sequences) when over.
+    pub fn status(&self) -> &GpuBuffer {
+        &self.status
+    }
+
+    /// Processed scores of the last step (f32 [B, C, V], −inf outside the kept set; a row forced by the
+    /// EOS delay pattern is −inf except 0 at EOS), when built with `record_scores`.
+    pub fn scores(&self) -> Option<&GpuBuffer> {
+        self.scores.as_ref()
+    }
+
+    /// Teacher forcing: the first step of the next submission produces `tokens` (u32 [B, C]) instead
+    /// of its choices; the EOS/PAD state machine and the delay mask run on them as usual.
+    ///
+    /// Panics if `tokens.len() != B·C`.
+    pub fn force_next(&self, gpu: &Gpu, tokens: &[u32]) {
+        assert_eq!(tokens.len(), self.rows as usize, "force_next needs B·C tokens");
+        let mut words = Vec::with_capacity(tokens.len() + 1);
+        words.push(1u32);
+        words.extend_from_slice(tokens);
+        gpu.write(&self.force, &words);
+    }
+}
+
+fn validate(shape: &SamplerShape, params: &SamplingParams) -> Result<(), SamplingError> {
+    let v = shape.vocab;
+    if shape.batch == 0 || shape.channels == 0 {
+        return Err(SamplingError::Shape("batch and channels must be positive".into()));
+    }
+    if v == 0 || v > MAX_VOCAB {
+        return Err(SamplingError::Shape(format!("vocab {v} outside 1..={MAX_VOCAB}")));
+    }
+    if shape.delay.len() != shape.channels as usize {
+        return Err(SamplingError::Shape(format!("{} delays for {} channels", shape.delay.len(), shape.channels)));
+    }
+    if shape.eos >= v {
+        return Err(SamplingError::Shape(format!("eos {} outside the vocab {v}", shape.eos)));
+    }
+    if params.cfg_filter_top_k == 0 || params.cfg_filter_top_k > v {
+        return Err(SamplingError::TopK { top_k: params.cfg_filter_top_k, vocab: v });
+    }
+    if !(params.top_p > 0.0 && params.top_p <= 1.0) {
+        return Err(SamplingError::TopP(params.top_p));
+    }
+    if !(params.temperature.is_finite() && params.temperature >= 0.0) {
+        return Err(SamplingError::Temperature(params.temperature));
+    }
+    if !params.cfg_scale.is_finite() {
+        return Err(SamplingError::CfgScale(params.cfg_scale));
+    }
+    Ok(())
+}
+
+fn check_size(name: &'static str, buf: &GpuBuffer, need: u64) -> Result<(), SamplingError> {
+    if buf.size < need {
+        return Err(SamplingError::BufferTooSmall { name, have: buf.size, need });
+    }
+    Ok(())
+}
+
+fn mix32(x: u32) -> u32 {
+    let mut h = x;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^= h >> 16;
+    h
+}
+
+/// The GPU's uniform draw for (seed, row ℓ, item, channel), in [0, 1) with 24 bits: the inverse-CDF
+/// target of that row is this value times the total mass of the kept ids, accumulated in id order.
+pub fn counter_uniform(seed: u64, row: u32, item: u32, channel: u32) -> f32 {
+    let mut h = mix32(seed as u32 ^ 0x9e37_79b9);
+    h = mix32(h ^ (seed >> 32) as u32);
+    h = mix32(h ^ row);
+    h = mix32(h ^ item);
+    h = mix32(h ^ channel);
+    (h >> 8) as f32 * (1.0 / 16_777_216.0)
 }
