@@ -1,6 +1,6 @@
 // DAC residual vector quantiser, f32 latents `[latent, frames]`, codes `[n_codebooks, frames]` (u32).
 //
-// `project_out`: act[co, t] (= or −=) Σ_{i ∈ [q_first, q_first + q_count)} out_b[i, co] + Σ_d out_w[co, i·D + d] · cb[i, code[i, t], d]
+// `project_out`: act[co, t] (= or −=) Σ_{i ∈ [q_first, q_first + q_count)} out_b[i, co] + Σ_d out_w[i·latent + co, d] · cb[i, code[i, t], d]
 //   decode: all codebooks, store; encode: one codebook, subtract from the residual.
 // `assign`: for codebook q_first and each frame t, p = in_w[q·D + d, :] · r[:, t] + in_b[q·D + d];
 //   code[q, t] = argmax_j cos(p, cb[q, j]) (cb bound here is the L2-normalised codebook; first index on ties).
@@ -35,15 +35,15 @@ fn project_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     }
     let co = idx / P.frames;
     let t = idx % P.frames;
-    let row = co * P.w_stride;
     var sum = 0.0;
     for (var i = P.q_first; i < P.q_first + P.q_count; i++) {
         // Codes are validated on the host; the clamp only keeps a bad one inside the buffer.
         let code = min(codes[i * P.frames + t], P.cb_size - 1u);
         let e = (i * P.cb_size + code) * D;
+        let row = (i * P.latent + co) * P.w_stride;
         var v = bias[i * P.latent + co];
         for (var d = 0u; d < D; d++) {
-            v = fma(load_w(row, i * D + d), cb[e + d], v);
+            v = fma(load_w(row, d), cb[e + d], v);
         }
         sum += v;
     }

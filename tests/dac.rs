@@ -453,3 +453,256 @@ fn dac_kernel_rvq_encode_matches_cpu() {
     }
     assert!(ties > 0, "no exact tie was exercised");
 }
+
+// ------------------------------------------------------------------------------------------------
+// The codec: layout, loader, parity against the PyTorch fixtures.
+// ------------------------------------------------------------------------------------------------
+
+use dia_webgpu::config::DacConfig;
+use dia_webgpu::dac::{check_dac_layout, dac_tensor_specs, DacError, DacModel, DacModelBuilder};
+
+/// HF `DacConfig` JSON → `DacConfig`.
+fn dac_config(json: &serde_json::Value) -> DacConfig {
+    let n = |k: &str| json[k].as_u64().unwrap_or_else(|| panic!("config key {k}")) as usize;
+    let list = |k: &str| json[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
+    DacConfig {
+        sample_rate: n("sampling_rate") as u32,
+        encoder_hidden: n("encoder_hidden_size"),
+        downsampling_ratios: list("downsampling_ratios"),
+        decoder_hidden: n("decoder_hidden_size"),
+        upsampling_ratios: list("upsampling_ratios"),
+        n_codebooks: n("n_codebooks"),
+        codebook_size: n("codebook_size"),
+        codebook_dim: n("codebook_dim"),
+        latent: n("hidden_size"),
+        hop_length: n("hop_length"),
+    }
+}
+
+fn real_layout() -> (DacConfig, Vec<(String, Vec<usize>)>) {
+    let path = common::repo_root().join("../shared/fixtures/real-layout.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("real-layout.json")).unwrap();
+    let tensors = v["dac"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, s)| (k.clone(), s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+        .collect();
+    (dac_config(&v["dac_config"]), tensors)
+}
+
+fn check_layout(cfg: &DacConfig, tensors: &[(String, Vec<usize>)]) -> Result<(), DacError> {
+    check_dac_layout(cfg, tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())))
+}
+
+#[test]
+fn dac_layout_accepts_real_checkpoint_names_and_shapes() {
+    let (cfg, tensors) = real_layout();
+    assert_eq!(tensors.len(), 223);
+    assert_eq!(dac_tensor_specs(&cfg).len(), 223);
+    check_layout(&cfg, &tensors).expect("the real descript/dac_44khz layout");
+
+    // Weight-normed forms of the same tensors (g per slice of axis 0, also for ConvTranspose's [Cin, …]).
+    for (g_suffix, v_suffix) in [("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1")] {
+        let normed: Vec<(String, Vec<usize>)> = tensors
+            .iter()
+            .flat_map(|(n, s)| match n.strip_suffix(".weight") {
+                Some(base) if !n.contains("codebook") => vec![
+                    (format!("{base}.{g_suffix}"), vec![s[0], 1, 1]),
+                    (format!("{base}.{v_suffix}"), s.clone()),
+                ],
+                _ => vec![(n.clone(), s.clone())],
+            })
+            .collect();
+        check_layout(&cfg, &normed).unwrap_or_else(|e| panic!("{g_suffix} form: {e}"));
+    }
+
+    let without = |name: &str| tensors.iter().filter(|(n, _)| n != name).cloned().collect::<Vec<_>>();
+    match check_layout(&cfg, &without("decoder.block.2.conv_t1.weight")) {
+        Err(DacError::MissingTensor { name, count: 1 }) => assert_eq!(name, "decoder.block.2.conv_t1.weight"),
+        other => panic!("missing tensor not reported: {other:?}"),
+    }
+    let mut reshaped = tensors.clone();
+    let i = reshaped.iter().position(|(n, _)| n == "decoder.block.0.conv_t1.weight").unwrap();
+    reshaped[i].1 = vec![768, 1536, 16]; // the Conv1d orientation, a classic mistake
+    assert!(matches!(check_layout(&cfg, &reshaped), Err(DacError::WrongShape { .. })));
+    let mut extra = tensors.clone();
+    extra.push(("decoder.model.0.weight_v".into(), vec![1536, 1024, 7]));
+    assert!(matches!(check_layout(&cfg, &extra), Err(DacError::UnexpectedTensor(_))));
+    let mut twice = tensors.clone();
+    twice.push(("decoder.conv1.weight_g".into(), vec![1536, 1, 1]));
+    assert!(matches!(check_layout(&cfg, &twice), Err(DacError::DuplicateTensor { .. })));
+}
+
+struct Tiny {
+    cfg: DacConfig,
+    /// (name, shape, data) as stored.
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+fn tiny() -> Tiny {
+    let dir = common::fixtures_dir().join("dac");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            assert_eq!(t.dtype(), safetensors::Dtype::F32);
+            (n, t.shape().to_vec(), bytemuck::pod_collect_to_vec(t.data()))
+        })
+        .collect();
+    Tiny { cfg: dac_config(&v), tensors }
+}
+
+fn load_tiny(gpu: &Gpu, t: &Tiny, numerics: Numerics, encoder: bool) -> DacModel {
+    let mut b = DacModelBuilder::new(gpu, &t.cfg, numerics, encoder).unwrap();
+    for (n, s, d) in &t.tensors {
+        b.accept(n, s, d).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+fn expected() -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    common::load_expected(&common::fixtures_dir().join("expected.safetensors"))
+}
+
+fn as_codes(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|&c| c as u32).collect()
+}
+
+#[test]
+fn dac_parity_decode_f32_and_f16w() {
+    let gpu = test_gpu();
+    let t = tiny();
+    let exp = expected();
+    let (cshape, codes) = &exp["dac.codes"];
+    let frames = cshape[2];
+    let want = &exp["dac.decoded"].1;
+    // f16 storage rounds each weight by ≤ 2⁻¹¹ relative (≈ −71 dB RMS after averaging over a fan-in);
+    // ~25 layers add such noise roughly independently (≈ −57 dB), Snake and tanh are 1–2-Lipschitz:
+    // 55 dB leaves margin over that estimate (measured: 74.9 dB on the tiny fixture).
+    for (numerics, min_snr) in [(Numerics::F32, 60.0), (Numerics::F16W, 55.0)] {
+        let model = load_tiny(&gpu, &t, numerics, false);
+        assert_eq!(model.pcm_len(frames), 512 * frames);
+        let got = model.decode_blocking(&gpu, &as_codes(codes), frames).unwrap();
+        let snr = common::snr_db(&got, want);
+        println!("dac decode {}: SNR {snr:.1} dB, rel err {:.2e}", numerics.name(), rel_err(&got, want));
+        assert!(snr >= min_snr, "{}: SNR {snr:.1} dB < {min_snr} dB", numerics.name());
+    }
+}
+
+#[test]
+fn dac_parity_encode_codes_identical() {
+    let gpu = test_gpu();
+    let t = tiny();
+    let exp = expected();
+    let pcm = &exp["clone.prompt_pcm"].1;
+    let (shape, want) = &exp["dac.encoded_codes"];
+    let model = load_tiny(&gpu, &t, Numerics::F32, true);
+    assert_eq!(model.frames_for_samples(pcm.len()), shape[2]);
+    let got = model.encode_blocking(&gpu, pcm).unwrap();
+    assert_eq!(got, as_codes(want), "encoded codes differ from the reference");
+    let f16 = load_tiny(&gpu, &t, Numerics::F16W, true).encode_blocking(&gpu, pcm).unwrap();
+    let same = f16.iter().zip(&got).filter(|(a, b)| a == b).count();
+    println!("dac encode f16w: {same}/{} codes equal to the reference", got.len());
+    // The first codebook sees the least error; later ones quantise residuals and may flip near-ties.
+    let first_same = f16[..shape[2]].iter().zip(&got[..shape[2]]).filter(|(a, b)| a == b).count();
+    assert!(first_same * 10 >= shape[2] * 9, "f16w first-codebook agreement {first_same}/{}", shape[2]);
+}
+
+/// The three stored weight forms load to the same model: weight norm is folded with g per slice of
+/// axis 0 (per input channel for ConvTranspose).
+#[test]
+fn dac_loader_folds_weight_norm_forms() {
+    let gpu = test_gpu();
+    let t = tiny();
+    let exp = expected();
+    let (cshape, codes) = &exp["dac.codes"];
+    let frames = 12;
+    let codes: Vec<u32> = (0..cshape[1]).flat_map(|q| as_codes(&codes[q * cshape[2]..q * cshape[2] + frames])).collect();
+    let plain = load_tiny(&gpu, &t, Numerics::F32, false).decode_blocking(&gpu, &codes, frames).unwrap();
+    let mut rng = Rng::new(5);
+    for (g_suffix, v_suffix) in [("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1")] {
+        // v = W scaled by a random positive factor per slice of axis 0, g = ‖W_slice‖: folding gives W back.
+        let mut normed = Vec::new();
+        for (n, s, d) in &t.tensors {
+            match n.strip_suffix(".weight") {
+                Some(base) if !n.contains("codebook") => {
+                    let per = d.len() / s[0];
+                    let mut g = Vec::new();
+                    let mut v = Vec::new();
+                    for row in d.chunks(per) {
+                        g.push(row.iter().map(|x| x * x).sum::<f32>().sqrt());
+                        let f = 0.5 + rng.uniform().abs();
+                        v.extend(row.iter().map(|x| x * f));
+                    }
+                    normed.push((format!("{base}.{v_suffix}"), s.clone(), v));
+                    normed.push((format!("{base}.{g_suffix}"), vec![s[0], 1, 1], g));
+                }
+                _ => normed.push((n.clone(), s.clone(), d.clone())),
+            }
+        }
+        let model = load_tiny(&gpu, &Tiny { cfg: t.cfg.clone(), tensors: normed }, Numerics::F32, false);
+        let got = model.decode_blocking(&gpu, &codes, frames).unwrap();
+        let snr = common::snr_db(&got, &plain);
+        assert!(snr > 100.0, "{g_suffix}: SNR {snr:.1} dB against the plain-weight model");
+    }
+}
+
+#[test]
+fn dac_loader_reports_missing_and_bad_tensors() {
+    let gpu = test_gpu();
+    let t = tiny();
+    let mut b = DacModelBuilder::new(&gpu, &t.cfg, Numerics::F32, true).unwrap();
+    for (n, s, d) in t.tensors.iter().filter(|(n, _, _)| n != "quantizer.quantizers.3.codebook.weight") {
+        b.accept(n, s, d).unwrap();
+    }
+    let (n, s, d) = &t.tensors[0];
+    assert!(matches!(b.accept(n, s, d), Err(DacError::DuplicateTensor { .. })));
+    assert!(matches!(b.accept("decoder.conv1.weight", &[1, 2, 3], &[0.0; 6]), Err(DacError::WrongShape { .. })));
+    assert!(matches!(b.accept("decoder.bogus.weight", &[1], &[0.0]), Err(DacError::UnexpectedTensor(_))));
+    match b.finish() {
+        Err(DacError::MissingTensor { name, count: 1 }) => assert_eq!(name, "quantizer.quantizers.3.codebook.weight"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an incomplete checkpoint loaded"),
+    }
+    // A decode-only model needs no encoder tensors.
+    let mut b = DacModelBuilder::new(&gpu, &t.cfg, Numerics::F32, false).unwrap();
+    for (n, s, d) in t.tensors.iter().filter(|(n, _, _)| !n.starts_with("encoder.")) {
+        b.accept(n, s, d).unwrap();
+    }
+    let model = b.finish().unwrap();
+    assert!(matches!(model.encode_blocking(&gpu, &[0.0; 1024]), Err(DacError::NoEncoder)));
+}
+
+/// A decoder workspace decodes windows of different lengths with the same buffers, bit-identically to a
+/// fresh one-shot decode, and checks its inputs.
+#[test]
+fn dac_decoder_windows_reuse_buffers() {
+    let gpu = test_gpu();
+    let t = tiny();
+    let exp = expected();
+    let (cshape, codes) = &exp["dac.codes"];
+    let (n_q, all) = (cshape[1], cshape[2]);
+    let model = load_tiny(&gpu, &t, Numerics::F16W, false);
+    let window = |start: usize, len: usize| -> Vec<u32> {
+        (0..n_q).flat_map(|q| as_codes(&codes[q * all + start..q * all + start + len])).collect()
+    };
+    let mut dec = model.decoder(&gpu, 20).unwrap();
+    for (start, len) in [(0, 20), (5, 7), (20, 20), (3, 1), (5, 7)] {
+        let got = pollster::block_on(dec.decode(&gpu, &window(start, len), len)).unwrap();
+        let fresh = model.decode_blocking(&gpu, &window(start, len), len).unwrap();
+        assert_eq!(got.len(), 512 * len);
+        assert!(got == fresh, "window ({start}, {len}) differs from a one-shot decode");
+    }
+    assert!(matches!(
+        pollster::block_on(dec.decode(&gpu, &window(0, 21), 21)),
+        Err(DacError::TooManyFrames { frames: 21, max: 20 })
+    ));
+    let mut bad = window(0, 4);
+    bad[6] = t.cfg.codebook_size as u32;
+    assert!(matches!(pollster::block_on(dec.decode(&gpu, &bad, 4)), Err(DacError::BadCodes(_))));
+    assert!(matches!(pollster::block_on(dec.decode(&gpu, &bad[1..], 4)), Err(DacError::BadCodes(_))));
+}

@@ -5,7 +5,7 @@
 //! t = q·s + p − padding takes taps k = p + m·s of input q − m. The weights are rewritten once at upload
 //! into that per-phase layout (`conv_transpose_phase_weights`).
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError};
-use super::{weight_decl, GpuMatrix, Numerics};
+use super::{pack_f16_rows, stride_words, weight_decl, GpuMatrix, Numerics};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_conv.wgsl");
 
@@ -28,6 +28,33 @@ pub fn conv_transpose1d_len(len_in: u32, kernel: u32, stride: u32, padding: u32)
     ((len_in as i64 - 1) * stride as i64 - 2 * padding as i64 + kernel as i64).max(0) as u32
 }
 
+/// An all-zero weight matrix `[rows, cols]` to be filled with `write_matrix` (same limit check as upload).
+pub fn empty_matrix(gpu: &Gpu, label: &str, rows: usize, cols: usize, numerics: Numerics) -> Result<GpuMatrix, GpuError> {
+    let bytes = rows as u64 * stride_words(cols as u32, numerics) as u64 * 4;
+    if bytes > gpu.limits.max_storage_buffer_binding_size {
+        return Err(GpuError::LimitTooSmall {
+            adapter: gpu.info.name.clone(),
+            limit: "max_storage_buffer_binding_size",
+            available: gpu.limits.max_storage_buffer_binding_size,
+            required: bytes,
+        });
+    }
+    Ok(GpuMatrix { data: gpu.buffer(label, bytes), rows: rows as u32, cols: cols as u32, numerics })
+}
+
+/// Writes row-major f32 rows `[rows, cols]` into `m` starting at row `row0`, in `m`'s storage format.
+pub fn write_matrix_rows(gpu: &Gpu, m: &GpuMatrix, row0: usize, data: &[f32], rows: usize) {
+    let cols = m.cols as usize;
+    assert_eq!(data.len(), rows * cols, "matrix rows length");
+    assert!(row0 + rows <= m.rows as usize, "matrix rows out of range");
+    let stride_bytes = m.row_stride_words() as u64 * 4;
+    let dst = m.data.slice(row0 as u64 * stride_bytes, rows as u64 * stride_bytes);
+    match m.numerics {
+        Numerics::F32 => gpu.write(&dst, data),
+        Numerics::F16W => gpu.write(&dst, &pack_f16_rows(data, rows, cols)),
+    }
+}
+
 /// Conv1d weights: matrix `[cout, cin·kernel]` (the PyTorch `[cout, cin, kernel]` tensor flattened) and bias.
 pub struct Conv1dWeights {
     pub w: GpuMatrix,
@@ -38,7 +65,19 @@ pub struct Conv1dWeights {
 }
 
 impl Conv1dWeights {
+    /// Zero weights and bias, to be filled with `set_weight` / `set_bias`.
+    pub fn allocate(gpu: &Gpu, label: &str, cout: usize, cin: usize, kernel: usize, numerics: Numerics) -> Result<Conv1dWeights, GpuError> {
+        Ok(Conv1dWeights {
+            w: empty_matrix(gpu, label, cout, cin * kernel, numerics)?,
+            bias: gpu.buffer(label, cout as u64 * 4),
+            cin: cin as u32,
+            cout: cout as u32,
+            kernel: kernel as u32,
+        })
+    }
+
     /// `w`: `[cout, cin, kernel]` row-major (PyTorch Conv1d layout), `bias`: `[cout]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn upload(
         gpu: &Gpu,
         label: &str,
@@ -49,15 +88,20 @@ impl Conv1dWeights {
         kernel: usize,
         numerics: Numerics,
     ) -> Result<Conv1dWeights, GpuError> {
-        assert_eq!(bias.len(), cout, "conv bias length");
-        let w = GpuMatrix::upload(gpu, label, w, cout, cin * kernel, numerics)?;
-        Ok(Conv1dWeights {
-            w,
-            bias: gpu.upload(label, bias),
-            cin: cin as u32,
-            cout: cout as u32,
-            kernel: kernel as u32,
-        })
+        let c = Conv1dWeights::allocate(gpu, label, cout, cin, kernel, numerics)?;
+        c.set_weight(gpu, w);
+        c.set_bias(gpu, bias);
+        Ok(c)
+    }
+
+    /// `w`: `[cout, cin, kernel]` row-major.
+    pub fn set_weight(&self, gpu: &Gpu, w: &[f32]) {
+        write_matrix_rows(gpu, &self.w, 0, w, self.cout as usize);
+    }
+
+    pub fn set_bias(&self, gpu: &Gpu, bias: &[f32]) {
+        assert_eq!(bias.len(), self.cout as usize, "conv bias length");
+        gpu.write(&self.bias, bias);
     }
 }
 
@@ -72,6 +116,28 @@ pub struct ConvTranspose1dWeights {
 }
 
 impl ConvTranspose1dWeights {
+    /// Zero weights and bias, to be filled with `set_weight` / `set_bias`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn allocate(
+        gpu: &Gpu,
+        label: &str,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        numerics: Numerics,
+    ) -> Result<ConvTranspose1dWeights, GpuError> {
+        assert!(stride > 0 && kernel > 0, "conv-transpose stride and kernel must be positive");
+        Ok(ConvTranspose1dWeights {
+            w: empty_matrix(gpu, label, stride * cout, cin * kernel.div_ceil(stride), numerics)?,
+            bias: gpu.buffer(label, cout as u64 * 4),
+            cin: cin as u32,
+            cout: cout as u32,
+            kernel: kernel as u32,
+            stride: stride as u32,
+        })
+    }
+
     /// `w`: `[cin, cout, kernel]` row-major (PyTorch ConvTranspose1d layout), `bias`: `[cout]`.
     #[allow(clippy::too_many_arguments)]
     pub fn upload(
@@ -85,18 +151,22 @@ impl ConvTranspose1dWeights {
         stride: usize,
         numerics: Numerics,
     ) -> Result<ConvTranspose1dWeights, GpuError> {
-        assert_eq!(bias.len(), cout, "conv-transpose bias length");
+        let c = ConvTranspose1dWeights::allocate(gpu, label, cin, cout, kernel, stride, numerics)?;
+        c.set_weight(gpu, w);
+        c.set_bias(gpu, bias);
+        Ok(c)
+    }
+
+    /// `w`: `[cin, cout, kernel]` row-major; rewritten into the per-phase layout here.
+    pub fn set_weight(&self, gpu: &Gpu, w: &[f32]) {
+        let (cin, cout, kernel, stride) = (self.cin as usize, self.cout as usize, self.kernel as usize, self.stride as usize);
         let phased = conv_transpose_phase_weights(w, cin, cout, kernel, stride);
-        let taps = kernel.div_ceil(stride);
-        let w = GpuMatrix::upload(gpu, label, &phased, stride * cout, cin * taps, numerics)?;
-        Ok(ConvTranspose1dWeights {
-            w,
-            bias: gpu.upload(label, bias),
-            cin: cin as u32,
-            cout: cout as u32,
-            kernel: kernel as u32,
-            stride: stride as u32,
-        })
+        write_matrix_rows(gpu, &self.w, 0, &phased, stride * cout);
+    }
+
+    pub fn set_bias(&self, gpu: &Gpu, bias: &[f32]) {
+        assert_eq!(bias.len(), self.cout as usize, "conv-transpose bias length");
+        gpu.write(&self.bias, bias);
     }
 
     /// Taps per phase: ⌈kernel / stride⌉.

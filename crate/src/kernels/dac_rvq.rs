@@ -1,6 +1,7 @@
 //! `shaders/dac_rvq.wgsl`: the DAC residual vector quantiser — codes → latent (decode) and latent → codes
 //! (encode, codebook by codebook). Small kernels: ~70 multiply-adds per latent value.
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError};
+use super::dac_conv::{empty_matrix, write_matrix_rows};
 use super::{weight_decl, GpuMatrix, Numerics};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_rvq.wgsl");
@@ -14,9 +15,27 @@ pub struct RvqDims {
     pub latent: usize,
 }
 
-/// Host tensors of all codebooks, weight norm already folded. Row-major layouts:
-/// `codebooks` `[n, size, dim]`; `in_proj_w` `[n, dim, latent]`, `in_proj_b` `[n, dim]`;
-/// `out_proj_w` `[n, latent, dim]`, `out_proj_b` `[n, latent]` (the 1×1 convs with the kernel axis dropped).
+/// The quantiser on the GPU. Codebooks stay f32 in every numerics mode (0.3 MB for DAC); the projections
+/// follow `numerics`. Filled codebook by codebook with the `set_*` methods (or all at once by `upload`).
+pub struct RvqWeights {
+    pub dims: RvqDims,
+    /// Raw entries `[n, size, dim]` (what decode sums).
+    pub codebooks: GpuBuffer,
+    /// L2-normalised entries (eps 1e-12), what encode compares against.
+    pub codebooks_unit: GpuBuffer,
+    /// `[n·dim, latent]`: codebook i's in_proj (1×1 conv latent → dim) in rows i·dim…
+    pub in_proj: GpuMatrix,
+    /// `[n, dim]`.
+    pub in_bias: GpuBuffer,
+    /// `[n·latent, dim]`: codebook i's out_proj (1×1 conv dim → latent) in rows i·latent…
+    pub out_proj: GpuMatrix,
+    /// `[n, latent]`.
+    pub out_bias: GpuBuffer,
+}
+
+/// Host tensors of all codebooks, weight norm already folded, row-major: `codebooks` `[n, size, dim]`;
+/// `in_proj_w` `[n, dim, latent]`, `in_proj_b` `[n, dim]`; `out_proj_w` `[n, latent, dim]`, `out_proj_b`
+/// `[n, latent]` (the 1×1 convs with their kernel axis dropped).
 pub struct RvqTensors<'a> {
     pub codebooks: &'a [f32],
     pub in_proj_w: &'a [f32],
@@ -25,56 +44,73 @@ pub struct RvqTensors<'a> {
     pub out_proj_b: &'a [f32],
 }
 
-/// The quantiser on the GPU. Codebooks stay f32 in every numerics mode (0.3 MB); the projections follow
-/// `numerics`.
-pub struct RvqWeights {
-    pub dims: RvqDims,
-    /// Raw entries `[n, size, dim]` (what decode sums).
-    pub codebooks: GpuBuffer,
-    /// L2-normalised entries (eps 1e-12), what encode compares against.
-    pub codebooks_unit: GpuBuffer,
-    /// `[n·dim, latent]`: codebook i's in_proj in rows i·dim…
-    pub in_proj: GpuMatrix,
-    pub in_bias: GpuBuffer,
-    /// `[latent, n·dim]`: codebook i's out_proj in columns i·dim…
-    pub out_proj: GpuMatrix,
-    /// `[n, latent]`.
-    pub out_bias: GpuBuffer,
+fn write_at(gpu: &Gpu, buf: &GpuBuffer, index: usize, len: usize, data: &[f32]) {
+    assert_eq!(data.len(), len, "rvq tensor length");
+    gpu.write(&buf.slice(index as u64 * len as u64 * 4, len as u64 * 4), data);
 }
 
 impl RvqWeights {
-    pub fn upload(gpu: &Gpu, dims: RvqDims, t: &RvqTensors, numerics: Numerics) -> Result<RvqWeights, GpuError> {
+    /// All-zero weights to be filled with the `set_*` methods.
+    pub fn allocate(gpu: &Gpu, dims: RvqDims, numerics: Numerics) -> Result<RvqWeights, GpuError> {
         let RvqDims { n_codebooks: n, codebook_size: size, codebook_dim: dim, latent } = dims;
-        assert_eq!(t.codebooks.len(), n * size * dim, "codebooks length");
-        assert_eq!(t.in_proj_w.len(), n * dim * latent, "in_proj weight length");
-        assert_eq!(t.in_proj_b.len(), n * dim, "in_proj bias length");
-        assert_eq!(t.out_proj_w.len(), n * latent * dim, "out_proj weight length");
-        assert_eq!(t.out_proj_b.len(), n * latent, "out_proj bias length");
-        let unit: Vec<f32> = t
-            .codebooks
+        let entries = (n * size * dim * 4) as u64;
+        Ok(RvqWeights {
+            dims,
+            codebooks: gpu.buffer("rvq.codebooks", entries),
+            codebooks_unit: gpu.buffer("rvq.codebooks_unit", entries),
+            in_proj: empty_matrix(gpu, "rvq.in_proj", n * dim, latent, numerics)?,
+            in_bias: gpu.buffer("rvq.in_bias", (n * dim * 4) as u64),
+            out_proj: empty_matrix(gpu, "rvq.out_proj", n * latent, dim, numerics)?,
+            out_bias: gpu.buffer("rvq.out_bias", (n * latent * 4) as u64),
+        })
+    }
+
+    pub fn upload(gpu: &Gpu, dims: RvqDims, t: &RvqTensors, numerics: Numerics) -> Result<RvqWeights, GpuError> {
+        let r = RvqWeights::allocate(gpu, dims, numerics)?;
+        let RvqDims { n_codebooks: n, codebook_size: size, codebook_dim: dim, latent } = dims;
+        for i in 0..n {
+            r.set_codebook(gpu, i, &t.codebooks[i * size * dim..(i + 1) * size * dim]);
+            r.set_in_proj_weight(gpu, i, &t.in_proj_w[i * dim * latent..(i + 1) * dim * latent]);
+            r.set_in_proj_bias(gpu, i, &t.in_proj_b[i * dim..(i + 1) * dim]);
+            r.set_out_proj_weight(gpu, i, &t.out_proj_w[i * latent * dim..(i + 1) * latent * dim]);
+            r.set_out_proj_bias(gpu, i, &t.out_proj_b[i * latent..(i + 1) * latent]);
+        }
+        Ok(r)
+    }
+
+    /// Codebook i's entries `[size, dim]`.
+    pub fn set_codebook(&self, gpu: &Gpu, i: usize, entries: &[f32]) {
+        let dim = self.dims.codebook_dim;
+        let len = self.dims.codebook_size * dim;
+        let unit: Vec<f32> = entries
             .chunks(dim)
             .flat_map(|e| {
                 let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
                 e.iter().map(move |v| v / norm)
             })
             .collect();
-        let mut out_cat = vec![0.0f32; latent * n * dim];
-        for i in 0..n {
-            for co in 0..latent {
-                for d in 0..dim {
-                    out_cat[co * n * dim + i * dim + d] = t.out_proj_w[(i * latent + co) * dim + d];
-                }
-            }
-        }
-        Ok(RvqWeights {
-            dims,
-            codebooks: gpu.upload("rvq.codebooks", t.codebooks),
-            codebooks_unit: gpu.upload("rvq.codebooks_unit", &unit),
-            in_proj: GpuMatrix::upload(gpu, "rvq.in_proj", t.in_proj_w, n * dim, latent, numerics)?,
-            in_bias: gpu.upload("rvq.in_bias", t.in_proj_b),
-            out_proj: GpuMatrix::upload(gpu, "rvq.out_proj", &out_cat, latent, n * dim, numerics)?,
-            out_bias: gpu.upload("rvq.out_bias", t.out_proj_b),
-        })
+        write_at(gpu, &self.codebooks, i, len, entries);
+        write_at(gpu, &self.codebooks_unit, i, len, &unit);
+    }
+
+    /// Codebook i's in_proj weight `[dim, latent]`.
+    pub fn set_in_proj_weight(&self, gpu: &Gpu, i: usize, w: &[f32]) {
+        let dim = self.dims.codebook_dim;
+        write_matrix_rows(gpu, &self.in_proj, i * dim, w, dim);
+    }
+
+    pub fn set_in_proj_bias(&self, gpu: &Gpu, i: usize, b: &[f32]) {
+        write_at(gpu, &self.in_bias, i, self.dims.codebook_dim, b);
+    }
+
+    /// Codebook i's out_proj weight `[latent, dim]`.
+    pub fn set_out_proj_weight(&self, gpu: &Gpu, i: usize, w: &[f32]) {
+        let latent = self.dims.latent;
+        write_matrix_rows(gpu, &self.out_proj, i * latent, w, latent);
+    }
+
+    pub fn set_out_proj_bias(&self, gpu: &Gpu, i: usize, b: &[f32]) {
+        write_at(gpu, &self.out_bias, i, self.dims.latent, b);
     }
 }
 
