@@ -1,1 +1,118 @@
-//! placeholder
+//! Generation behaviour on the tiny model: no per-step CPU synchronisation, seeded reproducibility,
+//! streaming of rows in order, and clear errors for bad requests.
+mod common;
+
+use common::{fixtures_dir, test_gpu};
+use dia_webgpu::dia::{load_model_dir, DiaError, DiaModel, GenerateOptions, Session};
+use dia_webgpu::gpu::Gpu;
+use dia_webgpu::kernels::Numerics;
+
+fn tiny(gpu: &Gpu) -> DiaModel {
+    load_model_dir(gpu, &fixtures_dir().join("dia"), Numerics::F16W).expect("load the fixture model")
+}
+
+fn sampled(seed: u64, max_new_tokens: usize) -> GenerateOptions {
+    let mut o = GenerateOptions { max_new_tokens, ..GenerateOptions::default() };
+    o.sampling.seed = seed;
+    o
+}
+
+/// Runs a session and returns (codes, rows, steps run, CPU waits during the run, rows seen by the callback).
+fn run(gpu: &Gpu, m: &DiaModel, texts: &[&str], opts: &GenerateOptions) -> (Vec<u32>, usize, usize, u64, usize) {
+    let mut s = Session::new(gpu, m, texts, None, opts, false).unwrap();
+    let before = gpu.wait_count();
+    let mut streamed = Vec::new();
+    let mut next_row = 0;
+    let g = pollster::block_on(s.run(
+        opts,
+        |first, rows| {
+            assert_eq!(first, next_row, "rows arrive in order, without gaps");
+            next_row += rows.len() / (texts.len() * m.cfg.decoder.channels);
+            streamed.extend_from_slice(rows);
+        },
+        || false,
+    ))
+    .unwrap();
+    let waits = gpu.wait_count() - before;
+    assert_eq!(streamed, g.codes, "streamed rows equal the final codes");
+    (g.codes, g.rows, g.rows - g.prefix_rows, waits, next_row)
+}
+
+#[test]
+fn generation_300_steps_without_per_step_waits_and_seed_reproducible() {
+    let gpu = test_gpu();
+    let m = tiny(&gpu);
+    // Sampling (temperature 1.2) so the run is long and random; EOS may still end it early.
+    let text = "[S1] A long enough line of dialogue to keep going for a while. [S2] Indeed.";
+    let opts = sampled(1234, 300);
+    let (a, rows, steps, waits, _) = run(&gpu, &m, &[text], &opts);
+    println!("{steps} steps ({rows} rows), {waits} CPU waits");
+    assert!(steps >= 40, "ran {steps} steps");
+    // One readback per `readback_every` (8) steps at most, plus the final one.
+    assert!(waits as usize <= steps / opts.readback_every + 2, "{waits} waits for {steps} steps: the CPU synchronises too often");
+    let (b, ..) = run(&gpu, &m, &[text], &opts);
+    assert_eq!(a, b, "same seed, same codes");
+    let (c, ..) = run(&gpu, &m, &[text], &sampled(99, 300));
+    assert_ne!(a, c, "another seed gives other codes");
+}
+
+#[test]
+fn generation_batch_items_equal_their_solo_runs_greedy() {
+    let gpu = test_gpu();
+    let m = tiny(&gpu);
+    let mut opts = sampled(0, 40);
+    opts.sampling.temperature = 0.0;
+    let texts = ["[S1] First item.", "[S2] The second item is longer than the first one."];
+    let (batch, rows, ..) = run(&gpu, &m, &texts, &opts);
+    let c = m.cfg.decoder.channels;
+    for (b, t) in texts.iter().enumerate() {
+        let (solo, solo_rows, ..) = run(&gpu, &m, &[*t], &opts);
+        assert!(solo_rows <= rows);
+        for r in 0..rows {
+            let got = &batch[(r * 2 + b) * c..][..c];
+            if r < solo_rows {
+                assert_eq!(got, &solo[r * c..][..c], "item {b} row {r}");
+            } else {
+                assert!(got.iter().all(|&v| v == m.cfg.pad), "item {b} row {r} after its end must be PAD");
+            }
+        }
+    }
+}
+
+#[test]
+fn generation_rejects_bad_requests() {
+    let gpu = test_gpu();
+    let m = tiny(&gpu);
+    let opts = sampled(0, 20);
+    let err = |texts: &[&str], o: &GenerateOptions| Session::new(&gpu, &m, texts, None, o, false).err().expect("an error");
+    assert!(matches!(err(&[""], &opts), DiaError::EmptyText));
+    assert!(matches!(err(&[], &opts), DiaError::EmptyText));
+    let long = "a".repeat(m.cfg.encoder.max_positions + 1);
+    match err(&[&long], &opts) {
+        DiaError::TextTooLong { bytes, limit } => assert_eq!((bytes, limit), (m.cfg.encoder.max_positions + 1, m.cfg.encoder.max_positions)),
+        e => panic!("unexpected {e}"),
+    }
+    assert!(matches!(err(&["hi"], &sampled(0, m.cfg.decoder.max_positions)), DiaError::TooLong { .. }));
+    assert!(matches!(err(&["hi"], &sampled(0, 0)), DiaError::BadOptions(_)));
+    let mut bad = sampled(0, 20);
+    bad.sampling.top_p = 0.0;
+    assert!(matches!(err(&["hi"], &bad), DiaError::Sampling(_)));
+    let mut bad = sampled(0, 20);
+    bad.sampling.cfg_filter_top_k = 0;
+    assert!(matches!(err(&["hi"], &bad), DiaError::Sampling(_)));
+    let prompt_bad = vec![5u32; m.cfg.decoder.channels + 1];
+    assert!(matches!(Session::new(&gpu, &m, &["hi"], Some(&prompt_bad), &opts, false).err().unwrap(), DiaError::BadPrompt(_)));
+}
+
+#[test]
+fn generation_cancel_stops_and_session_model_stays_usable() {
+    let gpu = test_gpu();
+    let m = tiny(&gpu);
+    let opts = sampled(5, 200);
+    let mut s = Session::new(&gpu, &m, &["[S1] Cancel me."], None, &opts, false).unwrap();
+    let seen = std::cell::Cell::new(0);
+    let r = pollster::block_on(s.run(&opts, |_, _| seen.set(seen.get() + 1), || seen.get() >= 2));
+    assert!(matches!(r, Err(DiaError::Cancelled)));
+    let (_, rows, ..) = run(&gpu, &m, &["[S1] After a cancel."], &sampled(5, 30));
+    assert!(rows > 1);
+}

@@ -1,7 +1,11 @@
 //! Shared helpers for the integration tests: fixture location, a test GPU, random data, error metrics.
 #![allow(dead_code)]
 
+pub mod nari;
+
 use std::path::PathBuf;
+
+pub mod cpu_ref;
 
 use dia_webgpu::gpu::{Gpu, GpuOptions};
 

@@ -1,1 +1,63 @@
-//! The Dia model on the GPU: encoder, decoder, generation session.
+//! The Dia model on the GPU: tokenizer, weights, encoder and decoder passes, generation.
+pub mod delay;
+pub mod forward;
+pub mod generate;
+pub mod model;
+pub mod tokenizer;
+
+pub use generate::{GenerateOptions, Generation, Session};
+pub use model::{DiaModel, DiaModelBuilder};
+
+use crate::gpu::GpuError;
+use crate::kernels::sampling::SamplingError;
+
+/// Errors of loading the model and of generation.
+#[derive(Debug, thiserror::Error)]
+pub enum DiaError {
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error("invalid sampling options: {0}")]
+    Sampling(#[from] SamplingError),
+    #[error("the checkpoint has a tensor the model does not use: {0}")]
+    UnexpectedTensor(String),
+    #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
+    WrongShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("the checkpoint lacks tensor {name} ({count} missing in all)")]
+    MissingTensor { name: String, count: usize },
+    #[error("reading weights: {0}")]
+    Weights(#[from] crate::weights::WeightsError),
+    #[error("bad model config: {0}")]
+    Config(String),
+    #[error("the text is empty")]
+    EmptyText,
+    #[error("the text is {bytes} bytes long; the encoder takes at most {limit} bytes")]
+    TextTooLong { bytes: usize, limit: usize },
+    #[error("prefix plus max_new_tokens is {rows} rows; the decoder takes at most {limit}")]
+    TooLong { rows: usize, limit: usize },
+    #[error("bad voice prompt: {0}")]
+    BadPrompt(String),
+    #[error("bad options: {0}")]
+    BadOptions(String),
+    #[error("generation was cancelled")]
+    Cancelled,
+}
+
+/// Loads a checkpoint (either layout) that has been opened as a `Checkpoint`: shapes are validated against
+/// the config before any data is read, then tensors stream to the GPU one at a time.
+pub fn load_model(gpu: &crate::gpu::Gpu, cfg: &crate::config::DiaConfig, ckpt: &crate::weights::Checkpoint, numerics: crate::kernels::Numerics) -> Result<DiaModel, DiaError> {
+    let weights = crate::weights::DiaWeights::new(ckpt, cfg)?;
+    weights.validate()?;
+    let mut builder = DiaModelBuilder::new(gpu, cfg, numerics)?;
+    builder.put_all(|name, _| Ok(weights.read(name)?))?;
+    builder.finish()
+}
+
+/// Loads a checkpoint directory (`config.json` + `model.safetensors` or a sharded index) in either layout.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_model_dir(gpu: &crate::gpu::Gpu, dir: &std::path::Path, numerics: crate::kernels::Numerics) -> Result<DiaModel, DiaError> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let cfg = crate::config::DiaConfig::from_json_str(&text).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let ckpt = crate::weights::Checkpoint::open_dir(dir)?;
+    load_model(gpu, &cfg, &ckpt, numerics)
+}

@@ -1,7 +1,23 @@
 //! `shaders/attention.wgsl`: scaled-dot-product attention with scale 1.0 (Dia uses no 1/√d), GQA, masks,
 //! never materialising the score matrix. Two schedules of the same function:
 //! flash-style tiles of queries for the encoder and prefill, split-K over keys for single-query decode.
-use crate::gpu::{Dispatch, Gpu, GpuBuffer};
+use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer};
+
+const SHADER: &str = include_str!("../../../shaders/attention.wgsl");
+
+/// Threads per workgroup of every entry point.
+const WORKGROUP: u32 = 128;
+/// Query rows per prefill workgroup (128 threads, 4 lanes per query).
+const PREFILL_QUERIES: u32 = 32;
+/// Lanes per query in prefill and per key in decode (shader constants TD and DL).
+const PREFILL_LANES: u32 = 4;
+const DECODE_LANES: u32 = 8;
+/// Keys per decode chunk: 3072 keys → 48 chunks, × 16 heads × 2 rows = 1536 workgroups per layer.
+const DECODE_CHUNK: u32 = 64;
+/// Workgroup memory budget (words) for the prefill key tiles (the limit is 16 KiB = 4096 words).
+const PREFILL_TILE_WORDS: u32 = 3800;
+/// Largest head_dim the kernels take (per-thread vectors are sized from it).
+const MAX_HEAD_DIM: u32 = 256;
 
 /// Where queries, keys and values live and which keys each query sees.
 ///
@@ -32,15 +48,80 @@ pub struct AttentionArgs<'a> {
     pub max_keys: u32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    heads: u32,
+    n_rep: u32,
+    causal: u32,
+    q_stride: u32,
+    q_col: u32,
+    kv_stride: u32,
+    k_col: u32,
+    v_col: u32,
+    n_chunks: u32,
+    _pad: [u32; 2],
+}
+
+impl AttentionArgs<'_> {
+    fn params(&self, n_chunks: u32) -> Params {
+        assert!(self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads), "attention: heads must be a multiple of kv_heads");
+        assert!((1..=MAX_HEAD_DIM).contains(&self.head_dim), "attention: head_dim must be in 1..={MAX_HEAD_DIM}");
+        Params {
+            rows: self.rows,
+            heads: self.heads,
+            n_rep: self.heads / self.kv_heads,
+            causal: self.causal as u32,
+            q_stride: self.q_stride,
+            q_col: self.q_col,
+            kv_stride: self.kv_stride,
+            k_col: self.k_col,
+            v_col: self.v_col,
+            n_chunks,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile.
+fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32) -> std::sync::Arc<wgpu::ComputePipeline> {
+    // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 64 row words.
+    let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
+    let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
+    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}"), entry, || {
+        specialize(
+            SHADER,
+            &[
+                ("HD", head_dim.to_string()),
+                ("DP", head_dim.div_ceil(PREFILL_LANES).to_string()),
+                ("BK", key_tile.to_string()),
+                ("CH", DECODE_CHUNK.to_string()),
+                ("DDP", head_dim.div_ceil(DECODE_LANES).to_string()),
+            ],
+        )
+    })
+}
+
 /// Flash-style: for many query rows at once (encoder, prefill). May return several dispatches.
 pub fn attention_prefill(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
-    let _ = (gpu, a);
-    todo!("flash attention")
+    let params = a.params(0);
+    let pipeline = pipeline(gpu, "prefill", a.head_dim);
+    let buffers = [a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out];
+    vec![gpu.dispatch(&pipeline, &params, &buffers, [a.rows.div_ceil(PREFILL_QUERIES), a.heads, 1])]
 }
 
 /// Split over keys: for few query rows with many keys (decoder steps). May return several dispatches
 /// (partials + combine); scratch buffers are allocated here, once.
 pub fn attention_decode(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
-    let _ = (gpu, a);
-    todo!("split-K decode attention")
+    let n_chunks = a.max_keys.div_ceil(DECODE_CHUNK);
+    let params = a.params(n_chunks);
+    let words = a.rows as u64 * a.heads as u64 * n_chunks as u64 * (a.head_dim as u64 + 2);
+    let partials = gpu.buffer("attention.decode.partials", words * 4);
+    let partial = pipeline(gpu, "decode_partial", a.head_dim);
+    let combine = pipeline(gpu, "decode_combine", a.head_dim);
+    vec![
+        gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], [a.heads, n_chunks, a.rows]),
+        gpu.dispatch(&combine, &params, &[a.qinfo, a.seqs, &partials, a.out], [a.heads, a.rows, 1]),
+    ]
 }

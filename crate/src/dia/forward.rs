@@ -1,0 +1,313 @@
+//! The forward passes as pre-built dispatch lists: the encoder (run once per request) and decoder graphs
+//! (built once per session, recorded every step). Row layout of the decoder: R = 2·B rows, conditional
+//! rows 0..B and unconditional rows B..2B (HF's CFG order); a pass over T tokens per row has M = R·T rows,
+//! row m = r·T + t.
+
+use crate::gpu::{Dispatch, Gpu, GpuBuffer};
+use crate::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
+use crate::kernels::embed::{embed_channels_sum, embed_tokens};
+use crate::kernels::kv_cache::kv_write;
+use crate::kernels::linear::{linear, LinearEpilogue};
+use crate::kernels::norm::rmsnorm;
+use crate::kernels::rope::rope;
+
+use super::model::DiaModel;
+
+const F32: u64 = 4;
+
+/// Text rows packed one after another: the encoder runs on real lengths only (no padding to 1024).
+/// Segment b = item b's bytes; the last segment is the unconditional row, a single byte-0 token: every
+/// position of an all-zero row gets the same encoder output, so one position is exactly equivalent (spec §3.2).
+pub struct PackedText {
+    pub tokens: Vec<u32>,
+    /// (offset, length) per segment.
+    pub segments: Vec<(u32, u32)>,
+}
+
+impl PackedText {
+    pub fn new(items: &[Vec<u32>]) -> PackedText {
+        let mut tokens = Vec::new();
+        let mut segments = Vec::new();
+        for it in items {
+            segments.push((tokens.len() as u32, it.len() as u32));
+            tokens.extend_from_slice(it);
+        }
+        segments.push((tokens.len() as u32, 1));
+        tokens.push(0);
+        PackedText { tokens, segments }
+    }
+
+    /// (segment, position) per token.
+    fn qinfo(&self) -> Vec<u32> {
+        let mut q = Vec::with_capacity(self.tokens.len() * 2);
+        for (s, &(_, len)) in self.segments.iter().enumerate() {
+            for p in 0..len {
+                q.extend_from_slice(&[s as u32, p]);
+            }
+        }
+        q
+    }
+
+    fn seqs(&self) -> Vec<u32> {
+        self.segments.iter().flat_map(|&(o, l)| [o, l]).collect()
+    }
+}
+
+/// Encoder output and the cross-attention K/V of every decoder layer for one request.
+pub struct EncoderState {
+    pub text: PackedText,
+    /// `[tokens, enc_hidden]`.
+    pub enc_out: GpuBuffer,
+    /// Per decoder layer: `[tokens, 2·Hc_kv·hdc]` = [k | v].
+    pub cross_kv: Vec<GpuBuffer>,
+    /// (offset, length) per segment, u32 pairs, for cross-attention.
+    pub seqs: GpuBuffer,
+}
+
+impl DiaModel {
+    /// Runs the encoder over the packed text and projects the cross-attention K/V of every layer (once).
+    pub fn encode(&self, gpu: &Gpu, text: PackedText) -> EncoderState {
+        let e = &self.cfg.encoder;
+        let d = &self.cfg.decoder;
+        let n = text.tokens.len() as u32;
+        let qkv_w = (e.heads + 2 * e.kv_heads) * e.head_dim;
+        let tokens = gpu.upload("enc_tokens", &text.tokens);
+        let qinfo = gpu.upload("enc_qinfo", &text.qinfo());
+        let seqs = gpu.upload("enc_seqs", &text.seqs());
+        let x = gpu.buffer("enc_x", n as u64 * e.hidden as u64 * F32);
+        let h = gpu.buffer("enc_h", n as u64 * e.hidden as u64 * F32);
+        let qkv = gpu.buffer("enc_qkv", n as u64 * qkv_w as u64 * F32);
+        let attn = gpu.buffer("enc_attn", n as u64 * (e.heads * e.head_dim) as u64 * F32);
+        let mlp = gpu.buffer("enc_mlp", n as u64 * e.intermediate as u64 * F32);
+        let enc_out = gpu.buffer("enc_out", n as u64 * e.hidden as u64 * F32);
+        let (cos, sin) = (&self.enc_rope.0, &self.enc_rope.1);
+
+        let mut ds: Vec<Dispatch> = vec![embed_tokens(gpu, &self.enc_embedding, &tokens, &x, n)];
+        for l in &self.enc_layers {
+            ds.push(rmsnorm(gpu, &x, &l.pre_sa_norm, &h, n, e.hidden as u32, e.norm_eps));
+            ds.push(linear(gpu, &h, &l.qkv, &qkv, n, LinearEpilogue::Store));
+            let hd = e.head_dim as u32;
+            ds.push(rope(gpu, &qkv, cos, sin, &qinfo, n, qkv_w as u32, 0, e.heads as u32, hd));
+            ds.push(rope(gpu, &qkv, cos, sin, &qinfo, n, qkv_w as u32, e.heads as u32 * hd, e.kv_heads as u32, hd));
+            ds.extend(attention_prefill(
+                gpu,
+                &AttentionArgs {
+                    q_buf: &qkv,
+                    q_stride: qkv_w as u32,
+                    q_col: 0,
+                    k_buf: &qkv,
+                    v_buf: &qkv,
+                    kv_stride: qkv_w as u32,
+                    k_col: e.heads as u32 * hd,
+                    v_col: (e.heads + e.kv_heads) as u32 * hd,
+                    qinfo: &qinfo,
+                    seqs: &seqs,
+                    out: &attn,
+                    rows: n,
+                    heads: e.heads as u32,
+                    kv_heads: e.kv_heads as u32,
+                    head_dim: hd,
+                    causal: false,
+                    max_keys: n,
+                },
+            ));
+            ds.push(linear(gpu, &attn, &l.o, &x, n, LinearEpilogue::Accumulate));
+            ds.push(rmsnorm(gpu, &x, &l.post_sa_norm, &h, n, e.hidden as u32, e.norm_eps));
+            ds.push(linear(gpu, &h, &l.gate_up, &mlp, n, LinearEpilogue::SwiGlu));
+            ds.push(linear(gpu, &mlp, &l.down, &x, n, LinearEpilogue::Accumulate));
+        }
+        ds.push(rmsnorm(gpu, &x, &self.enc_norm, &enc_out, n, e.hidden as u32, e.norm_eps));
+
+        let kv_w = (2 * d.cross_kv_heads * d.cross_head_dim) as u32;
+        let cross_kv: Vec<GpuBuffer> = (0..d.layers).map(|_| gpu.buffer("cross_kv", n as u64 * kv_w as u64 * F32)).collect();
+        for (l, kv) in self.dec_layers.iter().zip(&cross_kv) {
+            ds.push(linear(gpu, &enc_out, &l.cross_kv, kv, n, LinearEpilogue::Store));
+            if let Some((c, s)) = &self.cross_rope {
+                // v0.1 only: keys rotated at their encoder positions.
+                ds.push(rope(gpu, kv, c, s, &qinfo, n, kv_w, 0, d.cross_kv_heads as u32, d.cross_head_dim as u32));
+            }
+        }
+        gpu.run(&ds.iter().collect::<Vec<_>>());
+        EncoderState { text, enc_out, cross_kv, seqs }
+    }
+}
+
+impl DiaModel {
+    /// The logits head over `rows` normalised hidden states: writes `[rows, C·V]` f32 (row c·V + v).
+    pub fn logits_head(&self, gpu: &Gpu, h: &GpuBuffer, rows: u32) -> (Dispatch, GpuBuffer) {
+        let d = &self.cfg.decoder;
+        let out = gpu.buffer("logits", rows as u64 * (d.channels * d.vocab) as u64 * F32);
+        (linear(gpu, h, &self.logits, &out, rows, LinearEpilogue::Store), out)
+    }
+}
+
+/// Self-attention KV caches of one session: per layer K and V, `[R, max_len, Hkv·hd]`.
+pub struct KvCache {
+    pub k: Vec<GpuBuffer>,
+    pub v: Vec<GpuBuffer>,
+    pub max_len: u32,
+    pub rows: u32,
+}
+
+impl KvCache {
+    pub fn new(gpu: &Gpu, model: &DiaModel, rows: u32, max_len: u32) -> KvCache {
+        let d = &model.cfg.decoder;
+        let bytes = rows as u64 * max_len as u64 * (d.kv_heads * d.head_dim) as u64 * F32;
+        KvCache {
+            k: (0..d.layers).map(|_| gpu.buffer("kv_k", bytes)).collect(),
+            v: (0..d.layers).map(|_| gpu.buffer("kv_v", bytes)).collect(),
+            max_len,
+            rows,
+        }
+    }
+}
+
+/// One decoder pass over T tokens for each of R rows, prepared once and recordable any number of times.
+pub struct DecoderGraph {
+    pub t: u32,
+    pub rows: u32,
+    /// u32 `[B·T, C]` input tokens (both CFG rows of an item share one token row).
+    pub tokens: GpuBuffer,
+    /// u32 `[M, 2]` (row, position) for self-attention and RoPE; positions rewritten per step.
+    pub qinfo: GpuBuffer,
+    /// Normalised final hidden states `[M, D]`.
+    pub h: GpuBuffer,
+    body: Vec<Dispatch>,
+    _keep: Vec<GpuBuffer>,
+}
+
+impl DecoderGraph {
+    /// `batch` items (R = 2·batch rows), `t` tokens per row.
+    pub fn new(gpu: &Gpu, model: &DiaModel, enc: &EncoderState, cache: &KvCache, batch: u32, t: u32) -> DecoderGraph {
+        let d = &model.cfg.decoder;
+        let rows = 2 * batch;
+        let m = rows * t;
+        let hidden = d.hidden as u32;
+        let hd = d.head_dim as u32;
+        let qkv_w = ((d.heads + 2 * d.kv_heads) * d.head_dim) as u32;
+        let cq_w = (d.cross_heads * d.cross_head_dim) as u32;
+        let ckv_w = (2 * d.cross_kv_heads * d.cross_head_dim) as u32;
+        let buf = |label: &str, cols: u32| gpu.buffer(label, m as u64 * cols as u64 * F32);
+        let tokens = gpu.buffer("dec_tokens", (batch * t) as u64 * d.channels as u64 * 4);
+        let qinfo = gpu.buffer("dec_qinfo", m as u64 * 8);
+        let x = buf("dec_x", hidden);
+        let h = buf("dec_h", hidden);
+        let qkv = buf("dec_qkv", qkv_w);
+        let attn = buf("dec_attn", (d.heads * d.head_dim) as u32);
+        let cq = buf("dec_cq", cq_w);
+        let cattn = buf("dec_cattn", cq_w);
+        let mlp = buf("dec_mlp", d.intermediate as u32);
+        // Self-attention: row r's keys live at [r·max_len, r·max_len + pos].
+        let self_seqs = gpu.upload("self_seqs", &(0..rows).flat_map(|r| [r * cache.max_len, cache.max_len]).collect::<Vec<_>>());
+        // Cross-attention: conditional row b reads item b's text, every unconditional row the shared zero row.
+        let cross_qinfo = gpu.upload(
+            "cross_qinfo",
+            &(0..m).flat_map(|i| [((i / t) % rows).min(batch), 0]).collect::<Vec<u32>>(),
+        );
+        let (cos, sin) = (&model.dec_rope.0, &model.dec_rope.1);
+        let attend = |a: &AttentionArgs| if t == 1 { attention_decode(gpu, a) } else { attention_prefill(gpu, a) };
+
+        let mut body = vec![embed_channels_sum(gpu, &model.dec_embedding, &tokens, &x, m, batch * t, d.channels as u32, d.vocab as u32)];
+        for (li, l) in model.dec_layers.iter().enumerate() {
+            body.push(rmsnorm(gpu, &x, &l.pre_sa_norm, &h, m, hidden, d.norm_eps));
+            body.push(linear(gpu, &h, &l.qkv, &qkv, m, LinearEpilogue::Store));
+            body.push(rope(gpu, &qkv, cos, sin, &qinfo, m, qkv_w, 0, d.heads as u32, hd));
+            body.push(rope(gpu, &qkv, cos, sin, &qinfo, m, qkv_w, d.heads as u32 * hd, d.kv_heads as u32, hd));
+            let kv_width = (d.kv_heads * d.head_dim) as u32;
+            body.push(kv_write(
+                gpu, &qkv, &qinfo, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32 * hd,
+                (d.heads + d.kv_heads) as u32 * hd, kv_width, cache.max_len,
+            ));
+            body.extend(attend(&AttentionArgs {
+                q_buf: &qkv,
+                q_stride: qkv_w,
+                q_col: 0,
+                k_buf: &cache.k[li],
+                v_buf: &cache.v[li],
+                kv_stride: kv_width,
+                k_col: 0,
+                v_col: 0,
+                qinfo: &qinfo,
+                seqs: &self_seqs,
+                out: &attn,
+                rows: m,
+                heads: d.heads as u32,
+                kv_heads: d.kv_heads as u32,
+                head_dim: hd,
+                causal: true,
+                max_keys: cache.max_len,
+            }));
+            body.push(linear(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate));
+
+            body.push(rmsnorm(gpu, &x, &l.pre_ca_norm, &h, m, hidden, d.norm_eps));
+            body.push(linear(gpu, &h, &l.cross_q, &cq, m, LinearEpilogue::Store));
+            if let Some((c, s)) = &model.cross_rope {
+                body.push(rope(gpu, &cq, c, s, &qinfo, m, cq_w, 0, d.cross_heads as u32, d.cross_head_dim as u32));
+            }
+            let max_text = enc.text.segments.iter().map(|s| s.1).max().unwrap_or(1);
+            body.extend(attend(&AttentionArgs {
+                q_buf: &cq,
+                q_stride: cq_w,
+                q_col: 0,
+                k_buf: &enc.cross_kv[li],
+                v_buf: &enc.cross_kv[li],
+                kv_stride: ckv_w,
+                k_col: 0,
+                v_col: ckv_w / 2,
+                qinfo: &cross_qinfo,
+                seqs: &enc.seqs,
+                out: &cattn,
+                rows: m,
+                heads: d.cross_heads as u32,
+                kv_heads: d.cross_kv_heads as u32,
+                head_dim: d.cross_head_dim as u32,
+                causal: false,
+                max_keys: max_text,
+            }));
+            body.push(linear(gpu, &cattn, &l.cross_o, &x, m, LinearEpilogue::Accumulate));
+
+            body.push(rmsnorm(gpu, &x, &l.pre_mlp_norm, &h, m, hidden, d.norm_eps));
+            body.push(linear(gpu, &h, &l.gate_up, &mlp, m, LinearEpilogue::SwiGlu));
+            body.push(linear(gpu, &mlp, &l.down, &x, m, LinearEpilogue::Accumulate));
+        }
+        body.push(rmsnorm(gpu, &x, &model.dec_norm, &h, m, hidden, d.norm_eps));
+        DecoderGraph { t, rows, tokens, qinfo, h, body, _keep: vec![x, qkv, attn, cq, cattn, mlp, self_seqs, cross_qinfo] }
+    }
+
+    /// Records the layers and the final norm.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.body {
+            d.record(pass);
+        }
+    }
+
+    /// Writes (row, position) for every row: positions `start..start+T` in each of the R rows.
+    pub fn set_positions(&self, gpu: &Gpu, start: u32) {
+        let q: Vec<u32> = (0..self.rows).flat_map(|r| (0..self.t).flat_map(move |t| [r, start + t])).collect();
+        gpu.write(&self.qinfo, &q);
+    }
+}
+
+impl DiaModel {
+    /// Conditional-row logits `[T, C, V]` for delayed audio rows `rows` (`[T, C]`) fed teacher-forced after the
+    /// text `ids` (one item). For parity checks and scoring; one pass, one readback.
+    pub async fn teacher_forced_logits(&self, gpu: &Gpu, ids: &[u32], rows: &[u32]) -> Result<Vec<f32>, crate::gpu::GpuError> {
+        let d = &self.cfg.decoder;
+        let t = (rows.len() / d.channels) as u32;
+        let enc = self.encode(gpu, PackedText::new(&[ids.to_vec()]));
+        let cache = KvCache::new(gpu, self, 2, t);
+        let graph = DecoderGraph::new(gpu, self, &enc, &cache, 1, t);
+        gpu.write(&graph.tokens, rows);
+        graph.set_positions(gpu, 0);
+        // Only the conditional row's T hidden states (rows 0..T) go through the head.
+        let (head, logits) = self.logits_head(gpu, &graph.h, t);
+        let mut enc_cmd = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc_cmd.begin_compute_pass(&Default::default());
+            graph.record(&mut pass);
+            head.record(&mut pass);
+        }
+        gpu.queue.submit([enc_cmd.finish()]);
+        gpu.read_f32(&logits).await
+    }
+}

@@ -1,0 +1,315 @@
+//! Generation (spec §4, HF semantics): CFG rows, delayed prefix and prompt prefill, GPU-side sampling, the
+//! EOS/PAD tail, batches. The CPU never waits on the GPU per step: steps are submitted back to back and the
+//! produced rows come back through a small ring of asynchronous readbacks, a few steps behind.
+
+use std::collections::VecDeque;
+
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuError};
+use crate::kernels::sampling::{Sampler, SamplerBuffers, SamplerShape, SamplingParams};
+
+use super::delay::{build_prefix, rows_to_feed};
+use super::forward::{DecoderGraph, KvCache, PackedText};
+use super::model::DiaModel;
+use super::tokenizer::encode_text;
+use super::DiaError;
+
+/// Options of one `generate` call. Defaults are the reference's (spec §4.6, nari `generate()`).
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub sampling: SamplingParams,
+    /// Rows generated after the prefix (HF `max_new_tokens`, including the 15-row EOS tail).
+    pub max_new_tokens: usize,
+    /// Steps submitted between two readbacks.
+    pub readback_every: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            sampling: SamplingParams { cfg_scale: 3.0, cfg_filter_top_k: 45, temperature: 1.2, top_p: 0.95, seed: 0 },
+            max_new_tokens: 3072,
+            readback_every: 8,
+        }
+    }
+}
+
+/// Delayed codes of a finished generation: `[rows, batch, channels]`, rows including the BOS/prompt prefix
+/// and the EOS/PAD tail (HF `generate` output; crop with `delay::codes_for_decode`).
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub codes: Vec<u32>,
+    pub rows: usize,
+    pub batch: usize,
+    pub channels: usize,
+    /// Rows fed before the first generated one (1 + prompt frames).
+    pub prefix_rows: usize,
+}
+
+impl Generation {
+    /// Item b's delayed codes `[rows, channels]`.
+    pub fn item(&self, b: usize) -> Vec<u32> {
+        (0..self.rows)
+            .flat_map(|r| {
+                let o = (r * self.batch + b) * self.channels;
+                self.codes[o..o + self.channels].iter().copied()
+            })
+            .collect()
+    }
+}
+
+/// One generation request's GPU state: encoder output, KV cache, decoder graphs and the sampler.
+pub struct Session<'m> {
+    gpu: &'m Gpu,
+    model: &'m DiaModel,
+    batch: usize,
+    s0: usize,
+    max_length: usize,
+    prefill: Option<DecoderGraph>,
+    step: DecoderGraph,
+    head: Dispatch,
+    sampler: Sampler,
+    codes: GpuBuffer,
+    known: Vec<u32>,
+    steps_submitted: usize,
+    _keep: (KvCache, GpuBuffer),
+}
+
+/// A readback in flight: status and a range of produced rows copied into a mapped staging buffer.
+struct Pending {
+    slot: usize,
+    first_row: usize,
+    rows: usize,
+    rx: futures::channel::oneshot::Receiver<Result<(), wgpu::BufferAsyncError>>,
+}
+
+impl<'m> Session<'m> {
+    /// Prepares a request: `texts` (one item each), an optional voice prompt as undelayed DAC codes
+    /// `[frames, C]` shared by every item, and options. Runs the encoder.
+    pub fn new(gpu: &'m Gpu, model: &'m DiaModel, texts: &[&str], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool) -> Result<Session<'m>, DiaError> {
+        let items: Vec<Vec<u32>> = texts.iter().map(|t| encode_text(t)).collect();
+        Self::from_tokens(gpu, model, &items, prompt, opts, record_scores)
+    }
+
+    /// `new` for already tokenized texts (one id list per item).
+    pub fn from_tokens(gpu: &'m Gpu, model: &'m DiaModel, items: &[Vec<u32>], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool) -> Result<Session<'m>, DiaError> {
+        let cfg = &model.cfg;
+        let c = cfg.decoder.channels;
+        let limit = cfg.encoder.max_positions;
+        if items.is_empty() || items.iter().any(|i| i.is_empty()) {
+            return Err(DiaError::EmptyText);
+        }
+        if let Some(long) = items.iter().find(|i| i.len() > limit) {
+            return Err(DiaError::TextTooLong { bytes: long.len(), limit });
+        }
+        if let Some(bad) = items.iter().flatten().find(|&&t| t as usize >= cfg.encoder.vocab) {
+            return Err(DiaError::BadOptions(format!("text token {bad} is outside the vocabulary")));
+        }
+        let batch = items.len();
+        let prompt = prompt.unwrap_or(&[]);
+        if prompt.len() % c != 0 {
+            return Err(DiaError::BadPrompt(format!("prompt codes are not a multiple of {c} channels")));
+        }
+        if let Some(bad) = prompt.iter().find(|&&v| v >= cfg.eos) {
+            return Err(DiaError::BadPrompt(format!("prompt code {bad} is outside the codebook")));
+        }
+        if opts.max_new_tokens == 0 {
+            return Err(DiaError::BadOptions("max_new_tokens must be at least 1".into()));
+        }
+        let one = build_prefix(&cfg.delay_pattern, cfg.bos, cfg.pad, prompt);
+        let prefix_rows = one.len() / c;
+        let s0 = rows_to_feed(&one, c, cfg.pad);
+        let max_length = s0 + opts.max_new_tokens;
+        if max_length > cfg.decoder.max_positions {
+            return Err(DiaError::TooLong { rows: max_length, limit: cfg.decoder.max_positions });
+        }
+        let prefix: Vec<u32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
+
+        let enc = model.encode(gpu, PackedText::new(items));
+        let rows = 2 * batch as u32;
+        let cache = KvCache::new(gpu, model, rows, max_length as u32);
+        let step = DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, 1);
+        let prefill = (s0 > 1).then(|| DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, s0 as u32));
+        let (head, logits) = model.logits_head(gpu, &step.h, rows);
+
+        let codes = gpu.buffer("codes", (max_length * batch * c) as u64 * 4);
+        let shape = SamplerShape {
+            batch: batch as u32,
+            channels: c as u32,
+            vocab: cfg.decoder.vocab as u32,
+            delay: cfg.delay_pattern.iter().map(|&d| d as u32).collect(),
+            eos: cfg.eos,
+            pad: cfg.pad,
+        };
+        let bufs = SamplerBuffers { logits: &logits, tokens: &step.tokens, codes: &codes, qinfo: &step.qinfo };
+        let sampler = Sampler::new(gpu, &shape, &opts.sampling, &bufs, &prefix, prefix_rows as u32, s0 as u32, max_length as u32, record_scores)?;
+
+        // Rows 0..s0 are known: they start the output and are fed first (prefill, or the first step).
+        let mut known = vec![0u32; s0 * batch * c];
+        for r in 0..s0 {
+            for b in 0..batch {
+                known[(r * batch + b) * c..][..c].copy_from_slice(&prefix[(b * prefix_rows + r) * c..][..c]);
+            }
+        }
+        gpu.write(&codes, &known);
+        match &prefill {
+            Some(p) => {
+                let toks: Vec<u32> = (0..batch).flat_map(|b| prefix[b * prefix_rows * c..][..s0 * c].iter().copied()).collect();
+                gpu.write(&p.tokens, &toks);
+                p.set_positions(gpu, 0);
+            }
+            None => {
+                gpu.write(&step.tokens, &known);
+                step.set_positions(gpu, 0);
+            }
+        }
+        Ok(Session { gpu, model, batch, s0, max_length, prefill, step, head, sampler, codes, known, steps_submitted: 0, _keep: (cache, logits) })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Rows fed before the first generated row.
+    pub fn prefix_rows(&self) -> usize {
+        self.s0
+    }
+
+    /// Submits the next decoder step (the prompt prefill pass first when there is one): one command
+    /// encoder, one compute pass for layers, logits and sampling.
+    pub fn submit_step(&mut self) {
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        match (&self.prefill, self.steps_submitted) {
+            (Some(p), 0) => {
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    p.record(&mut pass);
+                }
+                // The last token of each row continues into the step graph's hidden rows and the shared head.
+                let d = self.model.cfg.decoder.hidden as u64 * 4;
+                let t = p.t as u64;
+                for r in 0..p.rows as u64 {
+                    enc.copy_buffer_to_buffer(&p.h.buf, p.h.offset + (r * t + t - 1) * d, &self.step.h.buf, self.step.h.offset + r * d, d);
+                }
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                self.record_head(&mut pass);
+            }
+            _ => {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                self.step.record(&mut pass);
+                self.record_head(&mut pass);
+            }
+        }
+        self.gpu.queue.submit([enc.finish()]);
+        self.steps_submitted += 1;
+    }
+
+    fn record_head(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.head.record(pass);
+        for d in self.sampler.dispatches() {
+            d.record(pass);
+        }
+    }
+
+    /// Teacher forcing (tests, scoring): the next step's produced row is `tokens` `[B, C]`.
+    pub fn force_next(&self, tokens: &[u32]) {
+        self.sampler.force_next(self.gpu, tokens);
+    }
+
+    /// The processed scores of the last step `[B, C, V]` (sessions made with `record_scores`).
+    pub async fn last_scores(&self) -> Result<Vec<f32>, DiaError> {
+        let buf = self.sampler.scores().ok_or_else(|| DiaError::BadOptions("session was made without record_scores".into()))?;
+        Ok(self.gpu.read_f32(buf).await?)
+    }
+
+    /// Runs to the end. `on_rows(first_row, rows)` receives produced delayed rows `[n, B, C]` in order as
+    /// they reach the CPU (a few steps after the GPU made them); `cancelled()` is checked between chunks.
+    pub async fn run(&mut self, opts: &GenerateOptions, mut on_rows: impl FnMut(usize, &[u32]), cancelled: impl Fn() -> bool) -> Result<Generation, DiaError> {
+        const RING: usize = 3;
+        let c = self.model.cfg.decoder.channels;
+        let row_bytes = (self.batch * c * 4) as u64;
+        let every = opts.readback_every.max(1);
+        let staging: Vec<wgpu::Buffer> = (0..RING)
+            .map(|_| {
+                self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("codes_readback"),
+                    size: 16 + every as u64 * row_bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        let mut out = self.known.clone();
+        on_rows(0, &self.known);
+        let max_steps = self.max_length - self.s0;
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut free: Vec<usize> = (0..RING).collect();
+        let mut end: Option<usize> = None;
+        while end.is_none() {
+            if cancelled() {
+                return Err(DiaError::Cancelled);
+            }
+            if self.steps_submitted < max_steps && !free.is_empty() {
+                let first_row = self.s0 + self.steps_submitted;
+                let n = every.min(max_steps - self.steps_submitted);
+                for _ in 0..n {
+                    self.submit_step();
+                }
+                let slot = free.pop().unwrap();
+                let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+                enc.copy_buffer_to_buffer(&self.sampler.status().buf, self.sampler.status().offset, &staging[slot], 0, 16);
+                enc.copy_buffer_to_buffer(&self.codes.buf, self.codes.offset + first_row as u64 * row_bytes, &staging[slot], 16, n as u64 * row_bytes);
+                self.gpu.queue.submit([enc.finish()]);
+                let (tx, rx) = futures::channel::oneshot::channel();
+                staging[slot].slice(..16 + n as u64 * row_bytes).map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send(r);
+                });
+                pending.push_back(Pending { slot, first_row, rows: n, rx });
+                self.gpu.poll_nonblocking();
+            }
+            // Take what is ready; block only when the ring is full or everything is submitted.
+            let must_wait = free.is_empty() || self.steps_submitted >= max_steps;
+            let Some(front) = pending.front_mut() else { break };
+            let ready = match front.rx.try_recv() {
+                Ok(Some(r)) => Some(r),
+                Ok(None) if must_wait => {
+                    self.gpu.wait_idle()?;
+                    Some((&mut front.rx).await.map_err(|_| DiaError::Gpu(GpuError::Readback("map callback dropped".into())))?)
+                }
+                Ok(None) => None,
+                Err(_) => return Err(DiaError::Gpu(GpuError::Readback("map callback dropped".into()))),
+            };
+            let Some(result) = ready else { continue };
+            result.map_err(|e| DiaError::Gpu(GpuError::Readback(e.to_string())))?;
+            let p = pending.pop_front().unwrap();
+            let data: Vec<u32> = {
+                let view = staging[p.slot].slice(..16 + p.rows as u64 * row_bytes).get_mapped_range().map_err(|e| DiaError::Gpu(GpuError::Readback(e.to_string())))?;
+                bytemuck::pod_collect_to_vec(&view)
+            };
+            staging[p.slot].unmap();
+            free.push(p.slot);
+            let (over, total) = (data[1] != 0, data[2] as usize);
+            let valid = if over { total.saturating_sub(p.first_row).min(p.rows) } else { p.rows };
+            let rows = &data[4..4 + valid * self.batch * c];
+            out.extend_from_slice(rows);
+            if valid > 0 {
+                on_rows(p.first_row, rows);
+            }
+            if over {
+                end = Some(total);
+            }
+        }
+        self.gpu.check_lost()?;
+        let rows = end.ok_or_else(|| DiaError::Gpu(GpuError::Readback("generation ended without a final row count".into())))?;
+        out.truncate(rows * self.batch * c);
+        Ok(Generation { codes: out, rows, batch: self.batch, channels: c, prefix_rows: self.s0 })
+    }
+}
+
+impl DiaModel {
+    /// Generates delayed codes for `texts` (one batch item each), optionally continuing a voice prompt given
+    /// as undelayed DAC codes `[frames, C]`.
+    pub async fn generate(&self, gpu: &Gpu, texts: &[&str], prompt: Option<&[u32]>, opts: &GenerateOptions) -> Result<Generation, DiaError> {
+        let mut s = Session::new(gpu, self, texts, prompt, opts, false)?;
+        s.run(opts, |_, _| {}, || false).await
+    }
+}

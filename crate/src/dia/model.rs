@@ -1,0 +1,318 @@
+//! Dia weights on the GPU in the internal layout, filled tensor by tensor.
+//!
+//! Every buffer is allocated once when the builder is made; each checkpoint tensor (HF names and `[out, in]`
+//! layout, whatever the source layout was) is converted and written straight into its place, so a
+//! checkpoint streams through without ever being held whole in memory, in any order. Fusions happen here:
+//! Q/K/V become one matrix, cross-attention K/V one matrix.
+
+use std::collections::BTreeMap;
+
+use crate::config::DiaConfig;
+use crate::gpu::{Gpu, GpuBuffer};
+use crate::kernels::{pack_f16_rows, rope::rope_tables, stride_words, GpuMatrix, Numerics};
+
+use super::DiaError;
+
+pub struct EncoderLayer {
+    pub pre_sa_norm: GpuBuffer,
+    /// Fused [q; k; v] projection: rows (H + 2·Hkv)·hd.
+    pub qkv: GpuMatrix,
+    pub o: GpuMatrix,
+    pub post_sa_norm: GpuBuffer,
+    pub gate_up: GpuMatrix,
+    pub down: GpuMatrix,
+}
+
+pub struct DecoderLayer {
+    pub pre_sa_norm: GpuBuffer,
+    pub qkv: GpuMatrix,
+    pub o: GpuMatrix,
+    pub pre_ca_norm: GpuBuffer,
+    pub cross_q: GpuMatrix,
+    /// Fused [k; v] cross projection from the encoder output: rows 2·Hc_kv·hdc.
+    pub cross_kv: GpuMatrix,
+    pub cross_o: GpuMatrix,
+    pub pre_mlp_norm: GpuBuffer,
+    pub gate_up: GpuMatrix,
+    pub down: GpuMatrix,
+}
+
+/// The whole model on the GPU.
+pub struct DiaModel {
+    pub cfg: DiaConfig,
+    pub numerics: Numerics,
+    pub enc_embedding: GpuMatrix,
+    pub enc_layers: Vec<EncoderLayer>,
+    pub enc_norm: GpuBuffer,
+    /// `[C·V, D]`, row c·V + token.
+    pub dec_embedding: GpuMatrix,
+    pub dec_layers: Vec<DecoderLayer>,
+    pub dec_norm: GpuBuffer,
+    /// `[C·V, D]`, row c·V + v.
+    pub logits: GpuMatrix,
+    /// RoPE tables `[max_pos, head_dim/2]` for the encoder and the decoder (and v0.1 cross-attention).
+    pub enc_rope: (GpuBuffer, GpuBuffer),
+    pub dec_rope: (GpuBuffer, GpuBuffer),
+    pub cross_rope: Option<(GpuBuffer, GpuBuffer)>,
+}
+
+/// Where a checkpoint tensor goes: a matrix slot at a row offset, or a norm vector.
+#[derive(Clone, Copy)]
+enum Slot {
+    Matrix { id: usize, row: usize, rows: usize, cols: usize },
+    Vector { id: usize, len: usize },
+}
+
+/// Receives the checkpoint's tensors one at a time (any order) and places them on the GPU.
+pub struct DiaModelBuilder<'g> {
+    gpu: &'g Gpu,
+    cfg: DiaConfig,
+    numerics: Numerics,
+    matrices: Vec<GpuMatrix>,
+    vectors: Vec<GpuBuffer>,
+    slots: BTreeMap<String, Slot>,
+    received: BTreeMap<String, ()>,
+}
+
+impl<'g> DiaModelBuilder<'g> {
+    pub fn new(gpu: &'g Gpu, cfg: &DiaConfig, numerics: Numerics) -> Result<DiaModelBuilder<'g>, DiaError> {
+        let mut b = DiaModelBuilder {
+            gpu,
+            cfg: cfg.clone(),
+            numerics,
+            matrices: Vec::new(),
+            vectors: Vec::new(),
+            slots: BTreeMap::new(),
+            received: BTreeMap::new(),
+        };
+        let e = &cfg.encoder;
+        let d = &cfg.decoder;
+        b.matrix("model.encoder.embedding.weight", &[("", e.vocab)], e.hidden)?;
+        for i in 0..e.layers {
+            let p = format!("model.encoder.layers.{i}.");
+            b.vector(&format!("{p}pre_sa_norm.weight"), e.hidden);
+            b.matrix(
+                &format!("{p}self_attention.qkv"),
+                &[("q_proj", e.heads * e.head_dim), ("k_proj", e.kv_heads * e.head_dim), ("v_proj", e.kv_heads * e.head_dim)],
+                e.hidden,
+            )?;
+            b.matrix(&format!("{p}self_attention.o_proj.weight"), &[("", e.hidden)], e.heads * e.head_dim)?;
+            b.vector(&format!("{p}post_sa_norm.weight"), e.hidden);
+            b.matrix(&format!("{p}mlp.gate_up_proj.weight"), &[("", 2 * e.intermediate)], e.hidden)?;
+            b.matrix(&format!("{p}mlp.down_proj.weight"), &[("", e.hidden)], e.intermediate)?;
+        }
+        b.vector("model.encoder.norm.weight", e.hidden);
+        b.matrix("model.decoder.embeddings.embed.weight", &[("", d.channels * d.vocab)], d.hidden)?;
+        for i in 0..d.layers {
+            let p = format!("model.decoder.layers.{i}.");
+            b.vector(&format!("{p}pre_sa_norm.weight"), d.hidden);
+            b.matrix(
+                &format!("{p}self_attention.qkv"),
+                &[("q_proj", d.heads * d.head_dim), ("k_proj", d.kv_heads * d.head_dim), ("v_proj", d.kv_heads * d.head_dim)],
+                d.hidden,
+            )?;
+            b.matrix(&format!("{p}self_attention.o_proj.weight"), &[("", d.hidden)], d.heads * d.head_dim)?;
+            b.vector(&format!("{p}pre_ca_norm.weight"), d.hidden);
+            b.matrix(&format!("{p}cross_attention.q_proj.weight"), &[("", d.cross_heads * d.cross_head_dim)], d.hidden)?;
+            b.matrix(
+                &format!("{p}cross_attention.kv"),
+                &[("k_proj", d.cross_kv_heads * d.cross_head_dim), ("v_proj", d.cross_kv_heads * d.cross_head_dim)],
+                d.cross_hidden,
+            )?;
+            b.matrix(&format!("{p}cross_attention.o_proj.weight"), &[("", d.hidden)], d.cross_heads * d.cross_head_dim)?;
+            b.vector(&format!("{p}pre_mlp_norm.weight"), d.hidden);
+            b.matrix(&format!("{p}mlp.gate_up_proj.weight"), &[("", 2 * d.intermediate)], d.hidden)?;
+            b.matrix(&format!("{p}mlp.down_proj.weight"), &[("", d.hidden)], d.intermediate)?;
+        }
+        b.vector("model.decoder.norm.weight", d.hidden);
+        b.matrix("logits_dense.weight", &[("", d.channels * d.vocab)], d.hidden)?;
+        Ok(b)
+    }
+
+    /// Allocates one matrix of `cols` columns made of the listed parts stacked by rows. A part with an empty
+    /// suffix is the tensor `name` itself; otherwise `name` ends in a fused pseudo-name (`.qkv`, `.kv`) and the
+    /// part is the checkpoint tensor `<prefix>.<suffix>.weight`.
+    fn matrix(&mut self, name: &str, parts: &[(&str, usize)], cols: usize) -> Result<(), DiaError> {
+        let rows: usize = parts.iter().map(|p| p.1).sum();
+        let words = rows as u64 * stride_words(cols as u32, self.numerics) as u64;
+        if words * 4 > self.gpu.limits.max_storage_buffer_binding_size {
+            return Err(DiaError::Gpu(crate::gpu::GpuError::LimitTooSmall {
+                adapter: self.gpu.info.name.clone(),
+                limit: "max_storage_buffer_binding_size",
+                available: self.gpu.limits.max_storage_buffer_binding_size,
+                required: words * 4,
+            }));
+        }
+        let id = self.matrices.len();
+        self.matrices.push(GpuMatrix {
+            data: self.gpu.buffer(name, words * 4),
+            rows: rows as u32,
+            cols: cols as u32,
+            numerics: self.numerics,
+        });
+        let mut row = 0;
+        for &(suffix, n) in parts {
+            let tensor = if suffix.is_empty() {
+                name.to_string()
+            } else {
+                let prefix = &name[..name.rfind('.').unwrap()];
+                format!("{prefix}.{suffix}.weight")
+            };
+            self.slots.insert(tensor, Slot::Matrix { id, row, rows: n, cols });
+            row += n;
+        }
+        Ok(())
+    }
+
+    fn vector(&mut self, name: &str, len: usize) {
+        let id = self.vectors.len();
+        self.vectors.push(self.gpu.buffer(name, len as u64 * 4));
+        self.slots.insert(name.to_string(), Slot::Vector { id, len });
+    }
+
+    /// Every tensor the builder expects, with its HF shape.
+    pub fn expected(&self) -> Vec<(String, Vec<usize>)> {
+        self.slots
+            .iter()
+            .map(|(n, s)| match *s {
+                Slot::Matrix { rows, cols, .. } => (n.clone(), vec![rows, cols]),
+                Slot::Vector { len, .. } => (n.clone(), vec![len]),
+            })
+            .collect()
+    }
+
+    /// Names not yet received.
+    pub fn missing(&self) -> Vec<String> {
+        self.slots.keys().filter(|n| !self.received.contains_key(*n)).cloned().collect()
+    }
+
+    /// Places one tensor (HF name, HF layout, row-major f32 `data` of `shape`).
+    pub fn put(&mut self, name: &str, shape: &[usize], data: &[f32]) -> Result<(), DiaError> {
+        let slot = *self.slots.get(name).ok_or_else(|| DiaError::UnexpectedTensor(name.to_string()))?;
+        let expected = match slot {
+            Slot::Matrix { rows, cols, .. } => vec![rows, cols],
+            Slot::Vector { len, .. } => vec![len],
+        };
+        if shape != expected.as_slice() || data.len() != expected.iter().product::<usize>() {
+            return Err(DiaError::WrongShape { name: name.to_string(), expected, found: shape.to_vec() });
+        }
+        match slot {
+            Slot::Matrix { id, row, rows, cols } => {
+                let m = &self.matrices[id];
+                let stride = m.row_stride_words() as u64;
+                let offset = row as u64 * stride * 4;
+                match self.numerics {
+                    Numerics::F32 => self.gpu.queue.write_buffer(&m.data.buf, offset, bytemuck::cast_slice(data)),
+                    Numerics::F16W => {
+                        let packed = pack_f16_rows(data, rows, cols);
+                        self.gpu.queue.write_buffer(&m.data.buf, offset, bytemuck::cast_slice(&packed))
+                    }
+                }
+            }
+            Slot::Vector { id, .. } => self.gpu.write(&self.vectors[id], data),
+        }
+        self.received.insert(name.to_string(), ());
+        Ok(())
+    }
+
+    /// Fills every tensor from `read(name) -> data` (e.g. a checkpoint reader or random weights).
+    pub fn put_all(&mut self, mut read: impl FnMut(&str, &[usize]) -> Result<Vec<f32>, DiaError>) -> Result<(), DiaError> {
+        for (name, shape) in self.expected() {
+            let data = read(&name, &shape)?;
+            self.put(&name, &shape, &data)?;
+            // Let large uploads drain so staging memory stays bounded while streaming a checkpoint.
+            self.gpu.poll_nonblocking();
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<DiaModel, DiaError> {
+        let missing = self.missing();
+        if let Some(first) = missing.first() {
+            return Err(DiaError::MissingTensor { name: first.clone(), count: missing.len() });
+        }
+        let cfg = self.cfg;
+        let gpu = self.gpu;
+        let mut mats = self.matrices.into_iter();
+        let mut vecs = self.vectors.into_iter();
+        // Consumed in the order `new` allocated them.
+        let mut m = || mats.next().unwrap();
+        let mut v = || vecs.next().unwrap();
+        let enc_embedding = m();
+        let mut enc_layers = Vec::new();
+        for _ in 0..cfg.encoder.layers {
+            enc_layers.push(EncoderLayer { pre_sa_norm: v(), qkv: m(), o: m(), post_sa_norm: v(), gate_up: m(), down: m() });
+        }
+        let enc_norm = v();
+        let dec_embedding = m();
+        let mut dec_layers = Vec::new();
+        for _ in 0..cfg.decoder.layers {
+            dec_layers.push(DecoderLayer {
+                pre_sa_norm: v(),
+                qkv: m(),
+                o: m(),
+                pre_ca_norm: v(),
+                cross_q: m(),
+                cross_kv: m(),
+                cross_o: m(),
+                pre_mlp_norm: v(),
+                gate_up: m(),
+                down: m(),
+            });
+        }
+        let dec_norm = v();
+        let logits = m();
+        let tables = |max_pos: usize, hd: usize, theta: f32| {
+            let (c, s) = rope_tables(max_pos, hd, theta);
+            (gpu.upload("rope_cos", &c), gpu.upload("rope_sin", &s))
+        };
+        let e = &cfg.encoder;
+        let d = &cfg.decoder;
+        let enc_rope = tables(e.max_positions, e.head_dim, e.rope_theta);
+        let dec_rope = tables(d.max_positions, d.head_dim, d.rope_theta);
+        // v0.1 cross-attention rotates queries at decoder positions and keys at encoder positions.
+        let cross_rope = cfg
+            .cross_attention_rope
+            .then(|| tables(d.max_positions.max(e.max_positions), d.cross_head_dim, d.rope_theta));
+        Ok(DiaModel {
+            numerics: self.numerics,
+            enc_embedding,
+            enc_layers,
+            enc_norm,
+            dec_embedding,
+            dec_layers,
+            dec_norm,
+            logits,
+            enc_rope,
+            dec_rope,
+            cross_rope,
+            cfg,
+        })
+    }
+}
+
+impl DiaModel {
+    /// A model with random weights (benchmarks, and runs without a checkpoint). Deterministic in `seed`.
+    pub fn random(gpu: &Gpu, cfg: &DiaConfig, numerics: Numerics, seed: u64) -> Result<DiaModel, DiaError> {
+        let mut b = DiaModelBuilder::new(gpu, cfg, numerics)?;
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        b.put_all(|name, shape| {
+            let n: usize = shape.iter().product();
+            if name.ends_with("norm.weight") {
+                return Ok(vec![1.0; n]);
+            }
+            // Scale like a trained model's init so activations stay in range: 1/sqrt(fan_in).
+            let scale = if shape.len() == 2 && !name.contains("embed") { 1.0 / (shape[1] as f32).sqrt() } else { 1.0 };
+            Ok((0..n)
+                .map(|_| {
+                    state ^= state >> 12;
+                    state ^= state << 25;
+                    state ^= state >> 27;
+                    let u = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+                    (u * 2.0 - 1.0) * scale
+                })
+                .collect())
+        })?;
+        b.finish()
+    }
+}

@@ -1,0 +1,371 @@
+// Attention with scale 1.0 (Dia uses no 1/sqrt(d)), GQA and per-query masks, never materialising scores.
+// Specialised on {{HD}} (head_dim) and derived tile sizes, so the per-thread vectors below live in registers.
+//
+// Entry points:
+//   prefill:         flash-style, a workgroup = BQ queries of one head, key tiles staged in workgroup memory.
+//   decode_partial:  split-K, a workgroup = (head, key chunk, row): chunk max, sum and weighted V to scratch.
+//   decode_combine:  a workgroup = (head, row): merges the chunks that hold visible keys.
+//
+// Logits can be large (no 1/sqrt(d)): all softmax arithmetic is max-subtracted in f32. A query that sees no key
+// writes zeros. Every buffer access is bounds-checked (ragged shapes, fused or shared buffers).
+
+struct Params {
+    rows: u32,
+    heads: u32,
+    n_rep: u32,       // heads / kv_heads: query head h reads kv head h / n_rep
+    causal: u32,
+    q_stride: u32,
+    q_col: u32,
+    kv_stride: u32,
+    k_col: u32,
+    v_col: u32,
+    n_chunks: u32,    // decode: chunks per (row, head) in the scratch buffer
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const HD: u32 = {{HD}}u;
+const NONE: u32 = 0xffffffffu;
+// Finite "minus infinity": exp(NEG - x) is 0 and exp(NEG - NEG) is 1, never NaN.
+const NEG: f32 = -3.0e38;
+
+// Bindings shared by all entry points; the last ones differ per entry point (a binding number may be reused by
+// variables that no single entry point uses together).
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> qinfo: array<u32>;
+@group(0) @binding(2) var<storage, read> seqs: array<u32>;
+@group(0) @binding(3) var<storage, read> qbuf: array<f32>;
+@group(0) @binding(4) var<storage, read> kbuf: array<f32>;
+@group(0) @binding(5) var<storage, read> vbuf: array<f32>;
+
+// Visible key count of query row `row` (0 if the row or its sequence is out of range).
+fn visible_keys(row: u32) -> u32 {
+    if row >= p.rows || 2u * row + 1u >= arrayLength(&qinfo) {
+        return 0u;
+    }
+    let seq = qinfo[2u * row];
+    if seq >= arrayLength(&seqs) / 2u {
+        return 0u;
+    }
+    let kv_len = seqs[2u * seq + 1u];
+    let pos = qinfo[2u * row + 1u];
+    // j <= pos  <=>  j < pos + 1, written without overflowing pos + 1
+    if p.causal != 0u && pos < kv_len {
+        return pos + 1u;
+    }
+    return kv_len;
+}
+
+// Sequence of query row `row`, or NONE if it has no valid one.
+fn row_seq(row: u32) -> u32 {
+    if row >= p.rows || 2u * row + 1u >= arrayLength(&qinfo) {
+        return NONE;
+    }
+    let seq = qinfo[2u * row];
+    if seq >= arrayLength(&seqs) / 2u {
+        return NONE;
+    }
+    return seq;
+}
+
+fn load_q(i: u32) -> f32 {
+    if i < arrayLength(&qbuf) { return qbuf[i]; }
+    return 0.0;
+}
+fn load_k(i: u32) -> f32 {
+    if i < arrayLength(&kbuf) { return kbuf[i]; }
+    return 0.0;
+}
+fn load_v(i: u32) -> f32 {
+    if i < arrayLength(&vbuf) { return vbuf[i]; }
+    return 0.0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Flash prefill. WG = 128 threads = BQ queries x TD lanes; lane t owns dims t, t+TD, ... (DP of them), so the TD
+// lanes of a query read adjacent words. Per key tile: partial dots per lane -> `part`, summed by every lane of the
+// query (identical order, so the lanes agree on m and l), then the online-softmax update of the lane's dims.
+
+const WG: u32 = 128u;
+const TD: u32 = 4u;
+const BQ: u32 = WG / TD;
+const DP: u32 = {{DP}}u;     // ceil(HD / TD)
+const BK: u32 = {{BK}}u;     // keys per tile, sized so workgroup memory stays under 16 KiB
+
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+var<workgroup> k_tile: array<f32, BK * HD>;
+var<workgroup> v_tile: array<f32, BK * HD>;
+var<workgroup> part: array<f32, BK * WG>;   // part[key * WG + thread]: lane-partial dot products
+var<workgroup> q_seq: array<u32, BQ>;
+var<workgroup> q_lim: array<u32, BQ>;
+var<workgroup> cur_seq: u32;
+var<workgroup> cur_lim: u32;
+
+@compute @workgroup_size(128)
+fn prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.y;
+    let g = h / p.n_rep;
+    let qi = lid / TD;
+    let t = lid % TD;
+    let row = wid.x * BQ + qi;
+
+    if t == 0u {
+        q_seq[qi] = row_seq(row);
+        q_lim[qi] = visible_keys(row);
+    }
+    var q: array<f32, DP>;
+    var o: array<f32, DP>;
+    let q_base = row * p.q_stride + p.q_col + h * HD;
+    for (var i = 0u; i < DP; i++) {
+        let d = t + TD * i;
+        var x = 0.0;
+        if row < p.rows && d < HD {
+            x = load_q(q_base + d);
+        }
+        q[i] = x;
+        o[i] = 0.0;
+    }
+    var m = NEG;
+    var l = 0.0;
+
+    // The rows of one workgroup may belong to several sequences (key sets): take them one at a time, in
+    // increasing sequence order; the common case is a single pass.
+    var next_seq = 0u;
+    loop {
+        workgroupBarrier();
+        if lid == 0u {
+            var best = NONE;
+            for (var i = 0u; i < BQ; i++) {
+                let s = q_seq[i];
+                if s != NONE && s >= next_seq && s < best {
+                    best = s;
+                }
+            }
+            var lim = 0u;
+            for (var i = 0u; i < BQ; i++) {
+                if best != NONE && q_seq[i] == best {
+                    lim = max(lim, q_lim[i]);
+                }
+            }
+            cur_seq = best;
+            cur_lim = lim;
+        }
+        let s = workgroupUniformLoad(&cur_seq);
+        if s == NONE {
+            break;
+        }
+        let lim = workgroupUniformLoad(&cur_lim);
+        next_seq = s + 1u;
+        let my_lim = select(0u, q_lim[qi], q_seq[qi] == s);
+        let kv_base = seqs[2u * s];
+
+        for (var kb = 0u; kb < lim; kb += BK) {
+            for (var e = lid; e < BK * HD; e += WG) {
+                let j = kb + e / HD;
+                var kx = 0.0;
+                var vx = 0.0;
+                if j < lim {
+                    let r = (kv_base + j) * p.kv_stride + g * HD + e % HD;
+                    kx = load_k(r + p.k_col);
+                    vx = load_v(r + p.v_col);
+                }
+                k_tile[e] = kx;
+                v_tile[e] = vx;
+            }
+            workgroupBarrier();
+            for (var kk = 0u; kk < BK; kk++) {
+                var acc = 0.0;
+                for (var i = 0u; i < DP; i++) {
+                    let d = t + TD * i;
+                    if d < HD {
+                        acc += q[i] * k_tile[kk * HD + d];
+                    }
+                }
+                part[kk * WG + lid] = acc;
+            }
+            workgroupBarrier();
+            let lane0 = qi * TD;
+            var tile_max = NEG;
+            for (var kk = 0u; kk < BK; kk++) {
+                if kb + kk < my_lim {
+                    var sc = 0.0;
+                    for (var u = 0u; u < TD; u++) {
+                        sc += part[kk * WG + lane0 + u];
+                    }
+                    tile_max = max(tile_max, sc);
+                }
+            }
+            let m_new = max(m, tile_max);
+            let corr = exp(m - m_new);
+            l *= corr;
+            for (var i = 0u; i < DP; i++) {
+                o[i] *= corr;
+            }
+            for (var kk = 0u; kk < BK; kk++) {
+                if kb + kk < my_lim {
+                    var sc = 0.0;
+                    for (var u = 0u; u < TD; u++) {
+                        sc += part[kk * WG + lane0 + u];
+                    }
+                    let pk = exp(sc - m_new);
+                    l += pk;
+                    for (var i = 0u; i < DP; i++) {
+                        let d = t + TD * i;
+                        if d < HD {
+                            o[i] += pk * v_tile[kk * HD + d];
+                        }
+                    }
+                }
+            }
+            m = m_new;
+            workgroupBarrier();
+        }
+    }
+
+    if row < p.rows {
+        let inv = select(0.0, 1.0 / l, l > 0.0);
+        let o_base = (row * p.heads + h) * HD;
+        for (var i = 0u; i < DP; i++) {
+            let d = t + TD * i;
+            if d < HD && o_base + d < arrayLength(&out) {
+                out[o_base + d] = o[i] * inv;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Split-K decode. The grid covers every chunk the scratch holds (sized for the largest key count); a chunk past
+// the query's visible keys returns at once and the combine ignores it, so the same dispatch serves every step.
+// Scratch entry (row, head, chunk) = [weighted V sum (HD), chunk max, sum of exp] with exp taken from chunk max.
+
+const CH: u32 = {{CH}}u;     // keys per chunk
+const DL: u32 = 8u;          // lanes per key in the score phase (adjacent words of one key row)
+const DT: u32 = WG / DL;     // keys scored at once
+const DDP: u32 = {{DDP}}u;   // ceil(HD / DL)
+
+@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
+
+var<workgroup> d_part: array<f32, CH * DL>;
+var<workgroup> d_score: array<f32, CH>;
+var<workgroup> d_prob: array<f32, CH>;
+
+@compute @workgroup_size(128)
+fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.x;
+    let c = wid.y;
+    let row = wid.z;
+    let lim = visible_keys(row);
+    let c0 = c * CH;
+    if c0 >= lim {
+        return;
+    }
+    let n = min(CH, lim - c0);
+    let g = h / p.n_rep;
+    let s = qinfo[2u * row];
+    let kv_base = seqs[2u * s];
+    let kl = lid / DL;
+    let t = lid % DL;
+
+    var q: array<f32, DDP>;
+    let q_base = row * p.q_stride + p.q_col + h * HD;
+    for (var i = 0u; i < DDP; i++) {
+        let d = t + DL * i;
+        var x = 0.0;
+        if d < HD {
+            x = load_q(q_base + d);
+        }
+        q[i] = x;
+    }
+    for (var k0 = 0u; k0 < CH; k0 += DT) {
+        let kk = k0 + kl;
+        var acc = 0.0;
+        if kk < n {
+            let r = (kv_base + c0 + kk) * p.kv_stride + p.k_col + g * HD;
+            for (var i = 0u; i < DDP; i++) {
+                let d = t + DL * i;
+                if d < HD {
+                    acc += q[i] * load_k(r + d);
+                }
+            }
+        }
+        d_part[kk * DL + t] = acc;
+    }
+    workgroupBarrier();
+    if lid < CH {
+        var sc = NEG;
+        if lid < n {
+            sc = 0.0;
+            for (var u = 0u; u < DL; u++) {
+                sc += d_part[lid * DL + u];
+            }
+        }
+        d_score[lid] = sc;
+    }
+    workgroupBarrier();
+    var mx = NEG;
+    for (var k = 0u; k < n; k++) {
+        mx = max(mx, d_score[k]);
+    }
+    if lid < CH {
+        d_prob[lid] = select(0.0, exp(d_score[lid] - mx), lid < n);
+    }
+    workgroupBarrier();
+
+    let base = ((row * p.heads + h) * p.n_chunks + c) * (HD + 2u);
+    for (var d = lid; d < HD; d += WG) {
+        var acc = 0.0;
+        for (var k = 0u; k < n; k++) {
+            acc += d_prob[k] * load_v((kv_base + c0 + k) * p.kv_stride + p.v_col + g * HD + d);
+        }
+        if base + d < arrayLength(&partials) {
+            partials[base + d] = acc;
+        }
+    }
+    if lid == 0u && base + HD + 1u < arrayLength(&partials) {
+        var sum = 0.0;
+        for (var k = 0u; k < n; k++) {
+            sum += d_prob[k];
+        }
+        partials[base + HD] = mx;
+        partials[base + HD + 1u] = sum;
+    }
+}
+
+@group(0) @binding(3) var<storage, read> partials_in: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out_c: array<f32>;
+
+fn partial_at(i: u32) -> f32 {
+    if i < arrayLength(&partials_in) { return partials_in[i]; }
+    return 0.0;
+}
+
+@compute @workgroup_size(128)
+fn decode_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.x;
+    let row = wid.y;
+    let nc = min((visible_keys(row) + CH - 1u) / CH, p.n_chunks);
+    let base = (row * p.heads + h) * p.n_chunks * (HD + 2u);
+    var mx = NEG;
+    for (var c = 0u; c < nc; c++) {
+        mx = max(mx, partial_at(base + c * (HD + 2u) + HD));
+    }
+    var sum = 0.0;
+    for (var c = 0u; c < nc; c++) {
+        let e = base + c * (HD + 2u);
+        sum += exp(partial_at(e + HD) - mx) * partial_at(e + HD + 1u);
+    }
+    let inv = select(0.0, 1.0 / sum, sum > 0.0);
+    let o_base = (row * p.heads + h) * HD;
+    for (var d = lid; d < HD; d += WG) {
+        var acc = 0.0;
+        for (var c = 0u; c < nc; c++) {
+            let e = base + c * (HD + 2u);
+            acc += exp(partial_at(e + HD) - mx) * partial_at(e + d);
+        }
+        if o_base + d < arrayLength(&out_c) {
+            out_c[o_base + d] = acc * inv;
+        }
+    }
+}
