@@ -120,7 +120,7 @@ struct Fusions {
 }
 
 fn fusions(i: usize) -> Fusions {
-    Fusions { snake: i % 2 == 0, accumulate: i % 3 == 1, tanh: i % 4 == 3 }
+    Fusions { snake: i.is_multiple_of(2), accumulate: i % 3 == 1, tanh: i % 4 == 3 }
 }
 
 /// Runs one dispatch that writes into a fresh `y` initialised with `y0`, returns `y`.
@@ -459,40 +459,68 @@ fn dac_kernel_rvq_encode_matches_cpu() {
 // ------------------------------------------------------------------------------------------------
 
 use dia_webgpu::config::DacConfig;
-use dia_webgpu::dac::{check_dac_layout, dac_tensor_specs, DacError, DacModel, DacModelBuilder};
-
-/// HF `DacConfig` JSON → `DacConfig`.
-fn dac_config(json: &serde_json::Value) -> DacConfig {
-    let n = |k: &str| json[k].as_u64().unwrap_or_else(|| panic!("config key {k}")) as usize;
-    let list = |k: &str| json[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
-    DacConfig {
-        sample_rate: n("sampling_rate") as u32,
-        encoder_hidden: n("encoder_hidden_size"),
-        downsampling_ratios: list("downsampling_ratios"),
-        decoder_hidden: n("decoder_hidden_size"),
-        upsampling_ratios: list("upsampling_ratios"),
-        n_codebooks: n("n_codebooks"),
-        codebook_size: n("codebook_size"),
-        codebook_dim: n("codebook_dim"),
-        latent: n("hidden_size"),
-        hop_length: n("hop_length"),
-    }
-}
+use dia_webgpu::dac::{check_dac_checkpoint, check_dac_layout, dac_tensor_specs, DacError, DacModel, DacModelBuilder};
+use dia_webgpu::weights::{ByteSource, Checkpoint, WeightsError};
 
 fn real_layout() -> (DacConfig, Vec<(String, Vec<usize>)>) {
-    let path = common::repo_root().join("../shared/fixtures/real-layout.json");
+    let path = common::fixtures_dir().join("../real-layout.json");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("real-layout.json")).unwrap();
     let tensors = v["dac"]
         .as_object()
         .unwrap()
         .iter()
-        .map(|(k, s)| (k.clone(), s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+        .map(|(k, s)| (k.clone(), serde_json::from_value(s.clone()).unwrap()))
         .collect();
-    (dac_config(&v["dac_config"]), tensors)
+    let cfg = DacConfig::from_json_str(&v["dac_config"].to_string()).unwrap();
+    assert_eq!(cfg, DacConfig::dac_44khz());
+    (cfg, tensors)
 }
 
 fn check_layout(cfg: &DacConfig, tensors: &[(String, Vec<usize>)]) -> Result<(), DacError> {
     check_dac_layout(cfg, tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())))
+}
+
+/// A safetensors source: a fabricated header for `tensors` (back to back, `dtype` of `elem` bytes) followed
+/// by zeros that exist nowhere; reading past the header fails, so validation provably reads headers only.
+struct HeaderOnly {
+    header: Vec<u8>,
+    len: u64,
+}
+
+impl HeaderOnly {
+    fn new(tensors: &[(String, Vec<usize>)], dtype: &str, elem: u64) -> HeaderOnly {
+        let mut table = serde_json::Map::new();
+        let mut offset = 0u64;
+        for (name, shape) in tensors {
+            let len = shape.iter().product::<usize>() as u64 * elem;
+            table.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len]}));
+            offset += len;
+        }
+        let mut text = serde_json::to_vec(&serde_json::Value::Object(table)).unwrap();
+        text.resize(text.len().div_ceil(8) * 8, b' ');
+        let mut header = (text.len() as u64).to_le_bytes().to_vec();
+        header.extend_from_slice(&text);
+        let len = header.len() as u64 + offset;
+        HeaderOnly { header, len }
+    }
+}
+
+impl ByteSource for HeaderOnly {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), WeightsError> {
+        let end = offset as usize + buf.len();
+        if end > self.header.len() {
+            return Err(WeightsError::Source(format!("read of tensor data at {offset} (validation must not read data)")));
+        }
+        buf.copy_from_slice(&self.header[offset as usize..end]);
+        Ok(())
+    }
+}
+
+fn header_checkpoint(tensors: &[(String, Vec<usize>)], dtype: &str, elem: u64) -> Checkpoint {
+    Checkpoint::from_sources(vec![Box::new(HeaderOnly::new(tensors, dtype, elem))]).unwrap()
 }
 
 #[test]
@@ -501,6 +529,14 @@ fn dac_layout_accepts_real_checkpoint_names_and_shapes() {
     assert_eq!(tensors.len(), 223);
     assert_eq!(dac_tensor_specs(&cfg).len(), 223);
     check_layout(&cfg, &tensors).expect("the real descript/dac_44khz layout");
+    // The same through a checkpoint whose header is fabricated (F32 and BF16) and whose data is never read.
+    check_dac_checkpoint(&cfg, &header_checkpoint(&tensors, "F32", 4)).expect("real layout, F32 header");
+    check_dac_checkpoint(&cfg, &header_checkpoint(&tensors, "BF16", 2)).expect("real layout, BF16 header");
+    let mut specs: Vec<(String, Vec<usize>)> = dac_tensor_specs(&cfg).into_iter().map(|s| (s.name, s.shape)).collect();
+    let mut sorted = tensors.clone();
+    specs.sort();
+    sorted.sort();
+    assert_eq!(specs, sorted, "the config's implied layout is exactly the real one");
 
     // Weight-normed forms of the same tensors (g per slice of axis 0, also for ConvTranspose's [Cin, …]).
     for (g_suffix, v_suffix) in [("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1")] {
@@ -540,20 +576,16 @@ struct Tiny {
     tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
+fn tiny_dir() -> std::path::PathBuf {
+    common::fixtures_dir().join("dac")
+}
+
 fn tiny() -> Tiny {
-    let dir = common::fixtures_dir().join("dac");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| {
-            assert_eq!(t.dtype(), safetensors::Dtype::F32);
-            (n, t.shape().to_vec(), bytemuck::pod_collect_to_vec(t.data()))
-        })
-        .collect();
-    Tiny { cfg: dac_config(&v), tensors }
+    let dir = tiny_dir();
+    let cfg = DacConfig::from_json_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let ckpt = Checkpoint::open_dir(&dir).unwrap();
+    let tensors = ckpt.names().map(|n| (n.to_string(), ckpt.info(n).unwrap().shape.clone(), ckpt.read_f32(n).unwrap())).collect();
+    Tiny { cfg, tensors }
 }
 
 fn load_tiny(gpu: &Gpu, t: &Tiny, numerics: Numerics, encoder: bool) -> DacModel {
@@ -575,7 +607,6 @@ fn as_codes(v: &[f32]) -> Vec<u32> {
 #[test]
 fn dac_parity_decode_f32_and_f16w() {
     let gpu = test_gpu();
-    let t = tiny();
     let exp = expected();
     let (cshape, codes) = &exp["dac.codes"];
     let frames = cshape[2];
@@ -584,7 +615,7 @@ fn dac_parity_decode_f32_and_f16w() {
     // ~25 layers add such noise roughly independently (≈ −57 dB), Snake and tanh are 1–2-Lipschitz:
     // 55 dB leaves margin over that estimate (measured: 74.9 dB on the tiny fixture).
     for (numerics, min_snr) in [(Numerics::F32, 60.0), (Numerics::F16W, 55.0)] {
-        let model = load_tiny(&gpu, &t, numerics, false);
+        let model = DacModel::load_dir(&gpu, &tiny_dir(), numerics, false).unwrap();
         assert_eq!(model.pcm_len(frames), 512 * frames);
         let got = model.decode_blocking(&gpu, &as_codes(codes), frames).unwrap();
         let snr = common::snr_db(&got, want);
@@ -596,15 +627,14 @@ fn dac_parity_decode_f32_and_f16w() {
 #[test]
 fn dac_parity_encode_codes_identical() {
     let gpu = test_gpu();
-    let t = tiny();
     let exp = expected();
     let pcm = &exp["clone.prompt_pcm"].1;
     let (shape, want) = &exp["dac.encoded_codes"];
-    let model = load_tiny(&gpu, &t, Numerics::F32, true);
+    let model = DacModel::load_dir(&gpu, &tiny_dir(), Numerics::F32, true).unwrap();
     assert_eq!(model.frames_for_samples(pcm.len()), shape[2]);
     let got = model.encode_blocking(&gpu, pcm).unwrap();
     assert_eq!(got, as_codes(want), "encoded codes differ from the reference");
-    let f16 = load_tiny(&gpu, &t, Numerics::F16W, true).encode_blocking(&gpu, pcm).unwrap();
+    let f16 = DacModel::load_dir(&gpu, &tiny_dir(), Numerics::F16W, true).unwrap().encode_blocking(&gpu, pcm).unwrap();
     let same = f16.iter().zip(&got).filter(|(a, b)| a == b).count();
     println!("dac encode f16w: {same}/{} codes equal to the reference", got.len());
     // The first codebook sees the least error; later ones quantise residuals and may flip near-ties.

@@ -166,7 +166,7 @@ mod native {
                 let ms = time_decode(&gpu, &model, args.frames, args.iters)?;
                 let per_10s = ms * FRAMES_PER_10S / args.frames as f64;
                 println!(
-                    "{:>5}  tile {}x{} ({}x{} per thread, kr {} xs {}): {ms:9.2} ms per decode, {per_10s:9.2} ms per 10 s of audio, {:.0}x real time, {:.2} TFLOP/s",
+                    "{:>5}  tile {}x{} ({}x{} per thread, kr {} xs {}): {ms:9.2} ms per decode, {per_10s:9.2} ms per 10 s of audio, {:.2}x real time, {:.3} TFLOP/s",
                     numerics.name(),
                     tile.tm(),
                     tile.tn(),

@@ -30,26 +30,10 @@ pub fn decoder_widths(cfg: &DacConfig) -> Vec<(usize, usize)> {
     (0..cfg.upsampling_ratios.len()).map(|j| (cfg.decoder_hidden >> j, cfg.decoder_hidden >> (j + 1))).collect()
 }
 
-/// Checks what the codec needs of a config: non-empty ratio lists, no zero width or ratio.
+/// Checks what the codec needs of a config (`DacConfig::validate`: no zero sizes, hop = ratio products,
+/// a decoder width that halves cleanly per block).
 pub fn validate_config(cfg: &DacConfig) -> Result<(), DacError> {
-    let bad = |m: String| Err(DacError::BadConfig(m));
-    if cfg.downsampling_ratios.is_empty() || cfg.upsampling_ratios.is_empty() {
-        return bad("empty downsampling/upsampling ratios".into());
-    }
-    if cfg.downsampling_ratios.iter().chain(&cfg.upsampling_ratios).any(|&r| r == 0) {
-        return bad("a zero down/upsampling ratio".into());
-    }
-    if cfg.encoder_hidden == 0 || cfg.latent == 0 || cfg.n_codebooks == 0 || cfg.codebook_size == 0 || cfg.codebook_dim == 0 {
-        return bad("a zero width, latent size or codebook size".into());
-    }
-    if decoder_widths(cfg).last().is_some_and(|&(_, out)| out == 0) {
-        return bad(format!(
-            "decoder_hidden_size {} is too small for {} upsampling blocks",
-            cfg.decoder_hidden,
-            cfg.upsampling_ratios.len()
-        ));
-    }
-    Ok(())
+    Ok(cfg.validate()?)
 }
 
 /// Every tensor the codec needs, in checkpoint order (encoder, quantizer, decoder).
@@ -192,7 +176,7 @@ pub fn check_dac_layout<'a>(cfg: &DacConfig, tensors: impl IntoIterator<Item = (
 /// W = g · V / ‖V‖₂ with the norm over all axes but 0 (no epsilon), V `[rows, …]` flattened, g `[rows]`.
 pub fn fold_weight_norm(g: &[f32], v: &[f32], rows: usize) -> Vec<f32> {
     assert_eq!(g.len(), rows, "weight-norm g length");
-    assert!(rows > 0 && v.len() % rows == 0, "weight-norm v length");
+    assert!(rows > 0 && v.len().is_multiple_of(rows), "weight-norm v length");
     let n = v.len() / rows;
     let mut w = Vec::with_capacity(v.len());
     for (r, row) in v.chunks(n).enumerate() {

@@ -8,9 +8,12 @@ pub mod layout;
 pub mod model;
 
 pub use layout::{check_dac_layout, dac_tensor_specs, fold_weight_norm, TensorSpec};
+pub use model::check_dac_checkpoint;
 pub use model::{DacDecoder, DacModel, DacModelBuilder};
 
+use crate::config::ConfigError;
 use crate::gpu::GpuError;
+use crate::weights::WeightsError;
 
 /// Errors of loading the codec and of encoding/decoding.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +21,7 @@ pub enum DacError {
     #[error(transparent)]
     Gpu(#[from] GpuError),
     #[error("invalid DAC config: {0}")]
-    BadConfig(String),
+    Config(#[from] ConfigError),
     #[error("the DAC checkpoint lacks tensor {name} ({count} missing in all)")]
     MissingTensor { name: String, count: usize },
     #[error("DAC tensor {name} has shape {found:?}, expected {expected:?}")]
@@ -28,7 +31,9 @@ pub enum DacError {
     #[error("DAC tensor {name} arrived twice")]
     DuplicateTensor { name: String },
     #[error("reading DAC weights: {0}")]
-    Weights(String),
+    Weights(#[from] WeightsError),
+    #[error("DAC tensor {name}: {found} values for shape {shape:?}")]
+    DataLength { name: String, shape: Vec<usize>, found: usize },
     #[error("bad codes: {0}")]
     BadCodes(String),
     #[error("{frames} frames exceed this decoder's capacity of {max} frames")]

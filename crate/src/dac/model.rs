@@ -14,8 +14,9 @@ use crate::kernels::dac_conv::{
 };
 use crate::kernels::dac_rvq::{rvq_decode, rvq_encode, RvqDims, RvqWeights};
 use crate::kernels::Numerics;
+use crate::weights::Checkpoint;
 
-use super::layout::{check_part_shape, dac_tensor_specs, decoder_widths, encoder_widths, fold_weight_norm, resolve, validate_config, Part, TensorSpec, RES_DILATIONS};
+use super::layout::{check_dac_layout, check_part_shape, dac_tensor_specs, decoder_widths, encoder_widths, fold_weight_norm, resolve, validate_config, Part, TensorSpec, RES_DILATIONS};
 use super::DacError;
 
 /// Where a logical tensor goes once complete (indices into `Weights`' arrays).
@@ -142,6 +143,9 @@ impl Store<'_> {
     }
 }
 
+/// (g, v) of a weight-normed tensor, as far as they have arrived.
+type WeightNormHalves = (Option<Vec<f32>>, Option<Vec<f32>>);
+
 /// Receives the checkpoint's tensors one at a time, in any order, in any of the three weight forms
 /// (plain, `weight_g`/`weight_v`, `parametrizations.weight.original0/1`), and uploads each as soon as it is
 /// complete (a weight-norm half waits for its partner), so the checkpoint is never held whole.
@@ -151,8 +155,8 @@ pub struct DacModelBuilder<'g> {
     store: Store<'g>,
     rvq: RvqWeights,
     specs: BTreeMap<String, TensorSpec>,
-    /// Weight-norm halves waiting for their partner: (g, v).
-    pending: HashMap<String, (Option<Vec<f32>>, Option<Vec<f32>>)>,
+    /// Weight-norm halves waiting for their partner.
+    pending: HashMap<String, WeightNormHalves>,
     received: BTreeMap<String, ()>,
     dec_conv1: usize,
     dec_blocks: Vec<DecoderBlock>,
@@ -243,7 +247,7 @@ impl<'g> DacModelBuilder<'g> {
         };
         check_part_shape(spec, name, part, shape)?;
         if data.len() != shape.iter().product::<usize>() {
-            return Err(DacError::Weights(format!("{name}: {} values for shape {shape:?}", data.len())));
+            return Err(DacError::DataLength { name: name.to_string(), shape: shape.to_vec(), found: data.len() });
         }
         if self.received.contains_key(&logical) {
             return Err(DacError::DuplicateTensor { name: name.to_string() });
@@ -342,7 +346,39 @@ fn same_pad(c: &Conv1dWeights, dilation: u32) -> u32 {
     (c.kernel - 1) * dilation / 2
 }
 
+/// Validates a checkpoint's names and shapes against `cfg` from its header alone (no tensor data read).
+pub fn check_dac_checkpoint(cfg: &DacConfig, ckpt: &Checkpoint) -> Result<(), DacError> {
+    let tensors: Vec<(&str, &[usize])> =
+        ckpt.names().map(|n| (n, ckpt.info(n).map_or(&[][..], |i| i.shape.as_slice()))).collect();
+    check_dac_layout(cfg, tensors)
+}
+
 impl DacModel {
+    /// Loads a checkpoint (HF `descript/dac_44khz` layout, F32/BF16/F16, any of the three weight forms):
+    /// validated from its header first, then read and uploaded one tensor at a time.
+    pub fn load(gpu: &Gpu, cfg: &DacConfig, ckpt: &Checkpoint, numerics: Numerics, load_encoder: bool) -> Result<DacModel, DacError> {
+        check_dac_checkpoint(cfg, ckpt)?;
+        let mut b = DacModelBuilder::new(gpu, cfg, numerics, load_encoder)?;
+        for name in ckpt.names() {
+            if !load_encoder && name.starts_with("encoder.") {
+                continue;
+            }
+            let shape = ckpt.info(name).map(|i| i.shape.clone()).unwrap_or_default();
+            b.accept(name, &shape, &ckpt.read_f32(name)?)?;
+        }
+        b.finish()
+    }
+
+    /// Loads `config.json` + `model.safetensors` (or a sharded index) from a directory.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_dir(gpu: &Gpu, dir: &std::path::Path, numerics: Numerics, load_encoder: bool) -> Result<DacModel, DacError> {
+        let path = dir.join("config.json");
+        let json = std::fs::read_to_string(&path)
+            .map_err(|source| crate::weights::WeightsError::Io { what: path.display().to_string(), source })?;
+        let cfg = DacConfig::from_json_str(&json)?;
+        DacModel::load(gpu, &cfg, &Checkpoint::open_dir(dir)?, numerics, load_encoder)
+    }
+
     /// The convolution work split used by decoders and encodes made from now on (tuning knob).
     pub fn set_conv_tile(&mut self, tile: ConvTile) {
         self.tile = tile;

@@ -430,6 +430,7 @@ pub fn conv1d(
 
 /// y `[cout, len_out]` (= or += per `fusion`) ConvTranspose1d(x `[cin, len_in]`) with `padding` cropped
 /// from both ends: len_out = (len_in − 1)·stride − 2·padding + kernel.
+#[allow(clippy::too_many_arguments)]
 pub fn conv_transpose1d(
     gpu: &Gpu,
     x: &GpuBuffer,
