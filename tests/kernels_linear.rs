@@ -1,1 +1,347 @@
-//! placeholder
+//! Dense kernel families against plain CPU references on random, ragged shapes:
+//! linear (both schedules, all epilogues, both numerics), rmsnorm, embeddings, RoPE.
+mod common;
+
+use common::{rel_err, test_gpu, Rng};
+use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
+use dia_webgpu::kernels::embed::{embed_channels_sum, embed_tokens};
+use dia_webgpu::kernels::linear::{linear, linear_small_m, linear_small_m_shaped, linear_tiled, LinearEpilogue, SmallMShape, SMALL_M_MAX};
+use dia_webgpu::kernels::norm::rmsnorm;
+use dia_webgpu::kernels::rope::{rope, rope_tables};
+use dia_webgpu::kernels::{round_f16, GpuMatrix, Numerics};
+
+const EPILOGUES: [LinearEpilogue; 3] = [LinearEpilogue::Store, LinearEpilogue::Accumulate, LinearEpilogue::SwiGlu];
+const TOL: f64 = 1e-5;
+// The M sets below straddle the schedule switch: ≤ 16 small-M, ≥ 17 tiled.
+const _: () = assert!(SMALL_M_MAX == 16);
+
+type Schedule<'a> = &'a dyn Fn(&Gpu, &GpuBuffer, &GpuMatrix, &GpuBuffer, u32, LinearEpilogue) -> Dispatch;
+
+fn run(gpu: &Gpu, d: &Dispatch) {
+    gpu.run(&[d]);
+}
+
+/// What the GPU sees of `w` in a numerics mode.
+fn stored(w: &[f32], numerics: Numerics) -> Vec<f32> {
+    match numerics {
+        Numerics::F32 => w.to_vec(),
+        Numerics::F16W => w.iter().map(|&v| round_f16(v)).collect(),
+    }
+}
+
+/// y as the epilogue defines it, accumulated in f64; `y0` is y before the kernel (used by Accumulate).
+fn cpu_linear(x: &[f32], w: &[f32], y0: &[f32], m: usize, n: usize, k: usize, epilogue: LinearEpilogue) -> Vec<f32> {
+    let dot = |mi: usize, ni: usize| -> f64 { (0..k).map(|ki| x[mi * k + ki] as f64 * w[ni * k + ki] as f64).sum() };
+    match epilogue {
+        LinearEpilogue::Store => (0..m * n).map(|i| dot(i / n, i % n) as f32).collect(),
+        LinearEpilogue::Accumulate => (0..m * n).map(|i| (y0[i] as f64 + dot(i / n, i % n)) as f32).collect(),
+        LinearEpilogue::SwiGlu => {
+            let half = n / 2;
+            (0..m * half)
+                .map(|i| {
+                    let (mi, j) = (i / half, i % half);
+                    let gate = dot(mi, j);
+                    (gate / (1.0 + (-gate).exp()) * dot(mi, half + j)) as f32
+                })
+                .collect()
+        }
+    }
+}
+
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    epilogue: LinearEpilogue,
+    numerics: Numerics,
+}
+
+/// Random x, W and initial y; runs `schedule`, returns (gpu result, cpu reference).
+fn linear_case(gpu: &Gpu, rng: &mut Rng, c: &Case, schedule: Schedule<'_>) -> (Vec<f32>, Vec<f32>) {
+    let Case { m, n, k, epilogue, numerics } = *c;
+    let out_cols = if epilogue == LinearEpilogue::SwiGlu { n / 2 } else { n };
+    let x = rng.vec(m * k, 1.0);
+    let w = rng.vec(n * k, 1.0);
+    // Store must overwrite whatever y held: start from random values in every epilogue.
+    let y0 = rng.vec(m * out_cols, 1.0);
+    let xb = gpu.upload("x", &x);
+    let wm = GpuMatrix::upload(gpu, "w", &w, n, k, numerics).unwrap();
+    let yb = gpu.upload("y", &y0);
+    run(gpu, &schedule(gpu, &xb, &wm, &yb, m as u32, epilogue));
+    let got = gpu.read_f32_blocking(&yb).unwrap();
+    (got, cpu_linear(&x, &stored(&w, numerics), &y0, m, n, k, epilogue))
+}
+
+/// Every (M, N, K, epilogue) combination through `schedule`; N is the weight rows (doubled for SwiGLU).
+fn linear_sweep(name: &str, schedule: Schedule<'_>, ms: &[usize], ns: &[usize], ks: &[usize], numerics: Numerics) {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(0x11ea2 ^ ms[0] as u64 ^ (numerics == Numerics::F16W) as u64);
+    let mut worst = 0.0f64;
+    for &m in ms {
+        for &n in ns {
+            for &k in ks {
+                for epilogue in EPILOGUES {
+                    let n = if epilogue == LinearEpilogue::SwiGlu { 2 * n } else { n };
+                    let case = Case { m, n, k, epilogue, numerics };
+                    let (got, want) = linear_case(&gpu, &mut rng, &case, schedule);
+                    let err = rel_err(&got, &want);
+                    assert!(err <= TOL, "{name}: m={m} n={n} k={k} {epilogue:?} {numerics:?}: rel err {err:.3e}");
+                    worst = worst.max(err);
+                }
+            }
+        }
+    }
+    println!("{name}: worst rel err {worst:.3e}");
+}
+
+const SMALL_MS: [usize; 5] = [1, 2, 3, 7, 16];
+const NS: [usize; 5] = [1, 5, 67, 257, 300];
+// 16 and 264 take the 16-byte path (K % 8 == 0), the others the pair path; 264 and 515 make the
+// 64-thread (M = 16) workgroups loop over K.
+const KS: [usize; 7] = [1, 3, 16, 95, 130, 264, 515];
+
+#[test]
+fn linear_small_m_f32_ragged() {
+    linear_sweep("linear_small_m_f32_ragged", &linear, &SMALL_MS, &NS, &KS, Numerics::F32);
+}
+
+#[test]
+fn linear_small_m_f16w_ragged() {
+    linear_sweep("linear_small_m_f16w_ragged", &linear, &SMALL_MS, &NS, &KS, Numerics::F16W);
+}
+
+/// K = 2056: more 8-column chunks (257) than the 256 threads of an M ≤ 4 workgroup.
+#[test]
+fn linear_small_m_long_k() {
+    for numerics in [Numerics::F32, Numerics::F16W] {
+        linear_sweep("linear_small_m_long_k", &linear, &[2, 5], &[7, 66], &[2056, 2055], numerics);
+    }
+}
+
+#[test]
+fn linear_tiled_f32_ragged() {
+    linear_sweep("linear_tiled_f32_ragged", &linear, &[17, 37], &NS, &KS, Numerics::F32);
+    linear_sweep("linear_tiled_f32_ragged", &linear, &[130], &[67, 300], &[95, 515], Numerics::F32);
+}
+
+#[test]
+fn linear_tiled_f16w_ragged() {
+    linear_sweep("linear_tiled_f16w_ragged", &linear, &[17, 37], &NS, &KS, Numerics::F16W);
+    linear_sweep("linear_tiled_f16w_ragged", &linear, &[130], &[67, 300], &[95, 515], Numerics::F16W);
+}
+
+/// Workgroup shapes other than the default (what the benchmark tunes over) compute the same thing.
+#[test]
+fn linear_small_m_shapes() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(29);
+    for numerics in [Numerics::F32, Numerics::F16W] {
+        // (16, 32) at M = 5 has more outputs than threads; (6, 128) an odd number of SwiGLU outputs.
+        for (m, rows, threads) in [(2usize, 2, 256), (2, 8, 64), (5, 16, 32), (5, 6, 128)] {
+            let shape = SmallMShape { rows, threads };
+            assert!(shape.fits(m as u32), "{shape:?} m={m}");
+            let schedule = |g: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, e: LinearEpilogue| {
+                linear_small_m_shaped(g, x, w, y, m, e, shape)
+            };
+            for (n, k) in [(67, 95), (300, 264)] {
+                for epilogue in EPILOGUES {
+                    let n = if epilogue == LinearEpilogue::SwiGlu { 2 * n } else { n };
+                    let (got, want) = linear_case(&gpu, &mut rng, &Case { m, n, k, epilogue, numerics }, &schedule);
+                    let err = rel_err(&got, &want);
+                    assert!(err <= TOL, "{shape:?} m={m} n={n} k={k} {epilogue:?} {numerics:?}: rel err {err:.3e}");
+                }
+            }
+        }
+    }
+    assert!(!SmallMShape { rows: 3, threads: 64 }.fits(1) && !SmallMShape { rows: 4, threads: 128 }.fits(16));
+}
+
+/// The same inputs through both schedules (small M, where both apply) give the same values.
+#[test]
+fn linear_schedules_agree() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(7);
+    let mut worst = 0.0f64;
+    for numerics in [Numerics::F32, Numerics::F16W] {
+        for (m, n, k) in [(1, 67, 130), (3, 300, 264), (16, 66, 515), (2, 130, 2048)] {
+            for epilogue in EPILOGUES {
+                let (n, out_cols) = if epilogue == LinearEpilogue::SwiGlu { (2 * n, n) } else { (n, n) };
+                let x = gpu.upload("x", &rng.vec(m * k, 1.0));
+                let w = GpuMatrix::upload(&gpu, "w", &rng.vec(n * k, 1.0), n, k, numerics).unwrap();
+                let y0 = rng.vec(m * out_cols, 1.0);
+                let (ys, yt) = (gpu.upload("ys", &y0), gpu.upload("yt", &y0));
+                run(&gpu, &linear_small_m(&gpu, &x, &w, &ys, m as u32, epilogue));
+                run(&gpu, &linear_tiled(&gpu, &x, &w, &yt, m as u32, epilogue));
+                let (a, b) = (gpu.read_f32_blocking(&ys).unwrap(), gpu.read_f32_blocking(&yt).unwrap());
+                let err = rel_err(&a, &b);
+                assert!(err <= TOL, "m={m} n={n} k={k} {epilogue:?} {numerics:?}: schedules differ by {err:.3e}");
+                worst = worst.max(err);
+            }
+        }
+    }
+    println!("linear_schedules_agree: worst rel diff {worst:.3e}");
+}
+
+/// More than 65535 workgroups: the grid folds into two dimensions and every row is still written once.
+#[test]
+fn linear_small_m_grid_over_65535() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(3);
+    let n = 4 * 65535 + 9;
+    for (epilogue, numerics) in [(LinearEpilogue::Store, Numerics::F16W), (LinearEpilogue::Accumulate, Numerics::F32)] {
+        let case = Case { m: 2, n, k: 3, epilogue, numerics };
+        let (got, want) = linear_case(&gpu, &mut rng, &case, &linear);
+        let err = rel_err(&got, &want);
+        assert!(err <= TOL, "{epilogue:?} {numerics:?}: rel err {err:.3e}");
+    }
+}
+
+#[test]
+fn rmsnorm_ragged() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(5);
+    let eps = 1e-5f32;
+    for dim in [1usize, 7, 96, 1000] {
+        for rows in [1usize, 5] {
+            // Rows of very different scales: the statistics are per row.
+            let x: Vec<f32> = (0..rows * dim).map(|i| rng.uniform() * (1 + i / dim) as f32 * 0.7).collect();
+            let weight = rng.vec(dim, 2.0);
+            let (xb, wb, yb) = (gpu.upload("x", &x), gpu.upload("w", &weight), gpu.buffer("y", (rows * dim * 4) as u64));
+            run(&gpu, &rmsnorm(&gpu, &xb, &wb, &yb, rows as u32, dim as u32, eps));
+            let got = gpu.read_f32_blocking(&yb).unwrap();
+            let mut want = vec![0f32; rows * dim];
+            for r in 0..rows {
+                let row = &x[r * dim..(r + 1) * dim];
+                let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
+                let inv = 1.0 / (ms + eps as f64).sqrt();
+                for i in 0..dim {
+                    want[r * dim + i] = (row[i] as f64 * inv * weight[i] as f64) as f32;
+                }
+            }
+            let err = rel_err(&got, &want);
+            assert!(err <= TOL, "rmsnorm rows={rows} dim={dim}: rel err {err:.3e}");
+        }
+    }
+}
+
+#[test]
+fn embed_tokens_gather_exact() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(11);
+    let (rows, cols, n) = (37usize, 19usize, 11usize);
+    for numerics in [Numerics::F32, Numerics::F16W] {
+        let table = rng.vec(rows * cols, 3.0);
+        let tm = GpuMatrix::upload(&gpu, "table", &table, rows, cols, numerics).unwrap();
+        let mut tokens: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+        tokens[3] = rows as u32 + 5; // outside the table: a zero row
+        let tb = gpu.upload("tokens", &tokens);
+        let out = gpu.upload("out", &rng.vec(n * cols, 1.0));
+        run(&gpu, &embed_tokens(&gpu, &tm, &tb, &out, n as u32));
+        let got = gpu.read_f32_blocking(&out).unwrap();
+        let table = stored(&table, numerics);
+        for (i, &t) in tokens.iter().enumerate() {
+            let want: Vec<f32> = if (t as usize) < rows { table[t as usize * cols..][..cols].to_vec() } else { vec![0.0; cols] };
+            assert_eq!(&got[i * cols..][..cols], &want[..], "{numerics:?}: row {i} (token {t})");
+        }
+    }
+}
+
+#[test]
+fn embed_channels_sum_exact() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(13);
+    let (channels, vocab, cols, token_rows, rows) = (9usize, 13usize, 21usize, 3usize, 6usize);
+    for numerics in [Numerics::F32, Numerics::F16W] {
+        let table = rng.vec(channels * vocab * cols, 1.0);
+        let tm = GpuMatrix::upload(&gpu, "table", &table, channels * vocab, cols, numerics).unwrap();
+        let tokens: Vec<u32> = (0..token_rows * channels).map(|_| rng.below(vocab as u64) as u32).collect();
+        let tb = gpu.upload("tokens", &tokens);
+        let out = gpu.upload("out", &rng.vec(rows * cols, 1.0));
+        let d = embed_channels_sum(&gpu, &tm, &tb, &out, rows as u32, token_rows as u32, channels as u32, vocab as u32);
+        run(&gpu, &d);
+        let got = gpu.read_f32_blocking(&out).unwrap();
+        let table = stored(&table, numerics);
+        let mut want = vec![0f32; rows * cols];
+        for r in 0..rows {
+            let tr = r % token_rows;
+            for c in 0..channels {
+                let row = c * vocab + tokens[tr * channels + c] as usize;
+                for j in 0..cols {
+                    want[r * cols + j] += table[row * cols + j];
+                }
+            }
+        }
+        assert_eq!(got, want, "{numerics:?}");
+    }
+}
+
+/// rotate_half form: out = x·cos + rotate_half(x)·sin with rotate_half(x) = [−x₂, x₁] and full-width tables.
+fn cpu_rope(v: &[f32], cos_half: &[f32], sin_half: &[f32]) -> Vec<f32> {
+    let d = v.len();
+    let h = d / 2;
+    let rotated: Vec<f32> = v[h..].iter().map(|&a| -a).chain(v[..h].iter().copied()).collect();
+    (0..d).map(|i| v[i] * cos_half[i % h] + rotated[i] * sin_half[i % h]).collect()
+}
+
+#[test]
+fn rope_matches_rotate_half() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(17);
+    let max_pos = 3072;
+    for (head_dim, q_heads, kv_heads) in [(8usize, 3usize, 2usize), (128, 2, 1)] {
+        let (cos, sin) = rope_tables(max_pos, head_dim, 10000.0);
+        let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
+        // A fused QKV row: Q heads, then K heads, then V heads (V must stay untouched).
+        let row_stride = (q_heads + 2 * kv_heads) * head_dim;
+        let positions = [0u32, 1, 7, 100, 3071, max_pos as u32, 2500];
+        let rows = positions.len();
+        let qinfo: Vec<u32> = positions.iter().enumerate().flat_map(|(i, &p)| [i as u32 % 2, p]).collect();
+        let x = rng.vec(rows * row_stride, 1.0);
+        let (xb, qb) = (gpu.upload("x", &x), gpu.upload("qinfo", &qinfo));
+        let q = rope(&gpu, &xb, &cb, &sb, &qb, rows as u32, row_stride as u32, 0, q_heads as u32, head_dim as u32);
+        let k = rope(&gpu, &xb, &cb, &sb, &qb, rows as u32, row_stride as u32, (q_heads * head_dim) as u32, kv_heads as u32, head_dim as u32);
+        gpu.run(&[&q, &k]);
+        let got = gpu.read_f32_blocking(&xb).unwrap();
+        let half = head_dim / 2;
+        let mut want = x.clone();
+        for (r, &pos) in positions.iter().enumerate() {
+            if pos as usize >= max_pos {
+                continue; // no angle for it: the row is left as it was
+            }
+            let (ct, st) = (&cos[pos as usize * half..][..half], &sin[pos as usize * half..][..half]);
+            for h in 0..q_heads + kv_heads {
+                let b = r * row_stride + h * head_dim;
+                want[b..b + head_dim].copy_from_slice(&cpu_rope(&x[b..b + head_dim], ct, st));
+            }
+        }
+        let err = rel_err(&got, &want);
+        assert!(err <= 1e-6, "rope head_dim={head_dim}: rel err {err:.3e}");
+        assert_ne!(got, x, "rope changed nothing");
+    }
+}
+
+/// The tables against the formula evaluated directly in f32 (f32 exponent, powf, angle, cos/sin),
+/// and against f64 for small positions, where f32 rounding of the angle is negligible.
+#[test]
+fn rope_tables_match_f32_formula() {
+    for (head_dim, theta) in [(128usize, 10000.0f32), (64, 10000.0), (6, 500.0)] {
+        let max_pos = 3072;
+        let (cos, sin) = rope_tables(max_pos, head_dim, theta);
+        let half = head_dim / 2;
+        assert_eq!((cos.len(), sin.len()), (max_pos * half, max_pos * half));
+        let mut worst = 0.0f32;
+        for pos in 0..max_pos {
+            for i in 0..half {
+                let inv_freq = 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32);
+                let angle = pos as f32 * inv_freq;
+                let (c, s) = (cos[pos * half + i], sin[pos * half + i]);
+                worst = worst.max((c - angle.cos()).abs()).max((s - angle.sin()).abs());
+                if pos < 16 {
+                    let exact = pos as f64 * (theta as f64).powf(-((2 * i) as f64) / head_dim as f64);
+                    assert!((c as f64 - exact.cos()).abs() < 1e-6 && (s as f64 - exact.sin()).abs() < 1e-6, "pos {pos} i {i}");
+                }
+            }
+        }
+        assert!(worst <= 2e-7, "head_dim {head_dim}: table differs from the f32 formula by {worst:.3e}");
+    }
+}

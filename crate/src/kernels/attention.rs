@@ -86,7 +86,7 @@ impl AttentionArgs<'_> {
 
 /// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile.
 fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32) -> std::sync::Arc<wgpu::ComputePipeline> {
-    // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 64 row words.
+    // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 66 words of row info.
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
     gpu.pipeline(&format!("attention.{entry}.hd{head_dim}"), entry, || {
@@ -113,6 +113,9 @@ pub fn attention_prefill(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
 
 /// Split over keys: for few query rows with many keys (decoder steps). May return several dispatches
 /// (partials + combine); scratch buffers are allocated here, once.
+///
+/// The grid covers `max_keys` keys in chunks; chunks past a query's visible keys exit at once, so the same
+/// dispatches can be recorded every step while the host rewrites `qinfo`. Keys past `max_keys` are never read.
 pub fn attention_decode(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
     let n_chunks = a.max_keys.div_ceil(DECODE_CHUNK);
     let params = a.params(n_chunks);

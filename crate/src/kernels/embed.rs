@@ -1,17 +1,65 @@
-//! `shaders/embed.wgsl`: embedding gathers.
-use crate::gpu::{Dispatch, Gpu, GpuBuffer};
-use super::GpuMatrix;
+//! `shaders/embed.wgsl`: embedding gathers. A token outside the table contributes zeros.
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+use super::{weight_decl, GpuMatrix};
+
+const SOURCE: &str = include_str!("../../../shaders/embed.wgsl");
+const THREADS: u64 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    cols: u32,
+    stride: u32,
+    table_rows: u32,
+    token_rows: u32,
+    channels: u32,
+    vocab: u32,
+    _pad: u32,
+}
 
 /// out[i, :] = table[tokens[i], :] for i < n; tokens: u32 `[n]`; out: f32 `[n, table.cols]`.
 pub fn embed_tokens(gpu: &Gpu, table: &GpuMatrix, tokens: &GpuBuffer, out: &GpuBuffer, n: u32) -> Dispatch {
-    let _ = (gpu, table, tokens, out, n);
-    todo!("embed_tokens")
+    assert!(tokens.size >= n as u64 * 4, "embed_tokens: fewer than {n} tokens");
+    let params = Params {
+        n,
+        cols: table.cols,
+        stride: table.row_stride_words(),
+        table_rows: table.rows,
+        token_rows: 0,
+        channels: 0,
+        vocab: 0,
+        _pad: 0,
+    };
+    gather(gpu, "embed_tokens", table, tokens, out, params)
 }
 
 /// Decoder input: out[r, :] = Σ_c table[c·vocab + tokens[(r % token_rows)·channels + c], :] for r < rows.
 /// tokens: u32 `[token_rows, channels]`; several output rows may share one token row (both CFG rows of an
 /// item read the same audio tokens: r % token_rows). out: f32 `[rows, table.cols]`.
+/// The sum runs in channel order 0..channels in f32.
+#[allow(clippy::too_many_arguments)]
 pub fn embed_channels_sum(gpu: &Gpu, table: &GpuMatrix, tokens: &GpuBuffer, out: &GpuBuffer, rows: u32, token_rows: u32, channels: u32, vocab: u32) -> Dispatch {
-    let _ = (gpu, table, tokens, out, rows, token_rows, channels, vocab);
-    todo!("embed_channels_sum")
+    assert!(token_rows > 0 || rows == 0, "embed_channels_sum: token_rows = 0");
+    assert!(tokens.size >= token_rows as u64 * channels as u64 * 4, "embed_channels_sum: fewer than {token_rows} × {channels} tokens");
+    let params = Params {
+        n: rows,
+        cols: table.cols,
+        stride: table.row_stride_words(),
+        table_rows: table.rows,
+        token_rows,
+        channels,
+        vocab,
+        _pad: 0,
+    };
+    gather(gpu, "embed_channels_sum", table, tokens, out, params)
+}
+
+fn gather(gpu: &Gpu, entry: &str, table: &GpuMatrix, tokens: &GpuBuffer, out: &GpuBuffer, params: Params) -> Dispatch {
+    let elements = params.n as u64 * params.cols as u64;
+    assert!(out.size >= elements * 4, "{entry}: out holds fewer than {} × {} f32", params.n, params.cols);
+    assert!(elements <= u32::MAX as u64, "{entry}: output too large for 32-bit indexing");
+    let key = format!("embed.{entry}.{}", table.numerics.name());
+    let pipeline = gpu.pipeline(&key, entry, || specialize(SOURCE, &[("WEIGHTS", weight_decl(table.numerics, 2))]));
+    gpu.dispatch(&pipeline, &params, &[tokens, &table.data, out], grid_1d(elements.div_ceil(THREADS) as u32))
 }

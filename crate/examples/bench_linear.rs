@@ -1,0 +1,170 @@
+//! Weight-streaming rate of the small-M linear kernel (the decoder step's hot path).
+//!
+//! cargo run --release --example bench_linear -- --rows 16384 --cols 2048 --m 2 --iters 200 --numerics f16w
+//!
+//! Other flags: `--epilogue store|acc|swiglu`, `--batch B` (dispatches per command buffer, default 10),
+//! `--group-rows R --threads T` (workgroup shape, default the one `linear` uses), `--sweep` (time every
+//! workgroup shape that fits M instead).
+//!
+//! Records `--batch` dispatches per command buffer (consecutive dispatches write the same output, so
+//! they run one after another as decoder layers do), submits `--iters` of them back to back after a
+//! warm-up, waits once for completion, and prints the weight bytes streamed per second.
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    if let Err(e) = bench() {
+        eprintln!("bench_linear: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+struct Args {
+    rows: usize,
+    cols: usize,
+    m: u32,
+    iters: usize,
+    batch: usize,
+    numerics: dia_webgpu::kernels::Numerics,
+    epilogue: dia_webgpu::kernels::linear::LinearEpilogue,
+    shape: dia_webgpu::kernels::linear::SmallMShape,
+    sweep: bool,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn parse_args() -> Result<Args, String> {
+    use dia_webgpu::kernels::linear::{LinearEpilogue, SmallMShape};
+    use dia_webgpu::kernels::Numerics;
+    let mut a = Args {
+        rows: 16384,
+        cols: 2048,
+        m: 2,
+        iters: 200,
+        batch: 10,
+        numerics: Numerics::F16W,
+        epilogue: LinearEpilogue::Store,
+        shape: SmallMShape { rows: 0, threads: 0 },
+        sweep: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--sweep" {
+            a.sweep = true;
+            continue;
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = || value.parse::<usize>().map_err(|e| format!("{flag} {value}: {e}"));
+        match flag.as_str() {
+            "--rows" => a.rows = num()?,
+            "--cols" => a.cols = num()?,
+            "--m" => a.m = num()? as u32,
+            "--iters" => a.iters = num()?,
+            "--batch" => a.batch = num()?,
+            "--group-rows" => a.shape.rows = num()? as u32,
+            "--threads" => a.shape.threads = num()? as u32,
+            "--numerics" => a.numerics = Numerics::parse(&value).ok_or_else(|| format!("unknown numerics {value} (f32, f16w)"))?,
+            "--epilogue" => {
+                a.epilogue = match value.as_str() {
+                    "store" => LinearEpilogue::Store,
+                    "acc" => LinearEpilogue::Accumulate,
+                    "swiglu" => LinearEpilogue::SwiGlu,
+                    _ => return Err(format!("unknown epilogue {value} (store, acc, swiglu)")),
+                }
+            }
+            _ => return Err(format!("unknown flag {flag}; flags: --rows --cols --m --iters --batch --numerics --epilogue --group-rows --threads --sweep")),
+        }
+    }
+    let max_m = dia_webgpu::kernels::linear::SMALL_M_MAX;
+    if a.m == 0 || a.m > max_m || a.rows == 0 || a.cols == 0 || a.iters == 0 || a.batch == 0 {
+        return Err(format!("need 1 ≤ m ≤ {max_m} and positive rows, cols, iters, batch"));
+    }
+    if a.epilogue == LinearEpilogue::SwiGlu && a.rows % 2 == 1 {
+        return Err("swiglu needs an even number of rows".into());
+    }
+    let default = SmallMShape::for_m(a.m);
+    if a.shape.rows == 0 {
+        a.shape.rows = default.rows;
+    }
+    if a.shape.threads == 0 {
+        a.shape.threads = default.threads;
+    }
+    if !a.shape.fits(a.m) {
+        return Err(format!("{:?} does not fit m = {}: rows even, threads a power of two ≤ 256, rows·m·threads ≤ 4096", a.shape, a.m));
+    }
+    Ok(a)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn bench() -> Result<(), String> {
+    use dia_webgpu::gpu::{Gpu, GpuOptions};
+    use dia_webgpu::kernels::linear::{linear_small_m_shaped, LinearEpilogue, SmallMShape};
+    use dia_webgpu::kernels::{stride_words, GpuMatrix};
+    use std::time::Instant;
+
+    let a = parse_args()?;
+    let weight_bytes = a.rows as u64 * stride_words(a.cols as u32, a.numerics) as u64 * 4;
+    let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: weight_bytes, ..Default::default() }).map_err(|e| e.to_string())?;
+    println!("adapter: {}", gpu.describe());
+
+    // Deterministic pseudo-random weights in [-1, 1) (values do not affect the timing, but keep them finite).
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    let w: Vec<f32> = (0..a.rows * a.cols).map(|_| next()).collect();
+    let x: Vec<f32> = (0..a.m as usize * a.cols).map(|_| next()).collect();
+    let wm = GpuMatrix::upload(&gpu, "w", &w, a.rows, a.cols, a.numerics).map_err(|e| e.to_string())?;
+    drop(w);
+    let out_cols = if a.epilogue == LinearEpilogue::SwiGlu { a.rows / 2 } else { a.rows };
+    let xb = gpu.upload("x", &x);
+    let yb = gpu.buffer("y", (a.m as usize * out_cols * 4) as u64);
+    let shapes: Vec<SmallMShape> = if a.sweep {
+        let all = [2, 4, 8, 16].into_iter().flat_map(|rows| [32, 64, 128, 256].map(|threads| SmallMShape { rows, threads }));
+        all.filter(|s| s.fits(a.m)).collect()
+    } else {
+        vec![a.shape]
+    };
+    for shape in shapes {
+        let dispatch = linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape);
+        let batch: Vec<_> = std::iter::repeat_n(&dispatch, a.batch).collect();
+
+        // Warm-up: pipeline creation, first touch of the buffers, clocks ramping up.
+        for _ in 0..a.iters.div_ceil(10).max(3) {
+            gpu.run(&batch);
+        }
+        gpu.wait_idle().map_err(|e| e.to_string())?;
+
+        let start = Instant::now();
+        for _ in 0..a.iters {
+            gpu.run(&batch);
+        }
+        gpu.wait_idle().map_err(|e| e.to_string())?;
+        let seconds = start.elapsed().as_secs_f64();
+        gpu.check_lost().map_err(|e| e.to_string())?;
+
+        let calls = (a.iters * a.batch) as f64;
+        let per_call = seconds / calls;
+        println!(
+            "linear small-M {} {:?}: W {}x{} ({:.1} MB), M={}, {} rows x {} threads per workgroup: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
+            a.numerics.name(),
+            a.epilogue,
+            a.rows,
+            a.cols,
+            weight_bytes as f64 / 1e6,
+            a.m,
+            shape.rows,
+            shape.threads,
+            calls,
+            seconds,
+            per_call * 1e6,
+            weight_bytes as f64 / per_call / 1e9
+        );
+    }
+    Ok(())
+}
