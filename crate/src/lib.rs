@@ -7,3 +7,4 @@ pub mod weights;
 pub mod gpu;
 pub mod kernels;
 pub mod dia;
+pub mod dac;

@@ -1,0 +1,160 @@
+// DAC convolutions: Conv1d and ConvTranspose1d as one tiled implicit GEMM over f32 `[channels, time]`.
+//
+// A convolution is a sum over phases p < nphase (1 for Conv1d, the stride s for ConvTranspose1d). For
+// phase p, output column q (q ≥ q_lo(p)) is time t = q·out_stride + p − out_pad, and
+//   y[co, t] = bias[co] + Σ_{ci < cin, k < taps} W[p·cout + co, ci·taps + k] · act(x[ci, q·in_stride + k·dil + in_off])
+// with x zero outside [0, len_in). Conv1d: out_stride 1, out_pad 0, in_off = −padding. ConvTranspose1d:
+// the host rewrote W into per-phase taps (see dac_conv.rs), in_stride = dil = 1.
+//
+// A workgroup computes TM output channels × TN columns of one phase. Per reduction chunk it stages
+// chan_chunk input channels × tap_chunk taps of weights, and the input *span* those taps touch for each
+// channel (snake applied once per staged element, not once per tap), then every thread accumulates
+// RM × RN outputs from workgroup memory.
+
+struct Params {
+    cin: u32,
+    cout: u32,
+    taps: u32,
+    len_in: u32,
+    len_out: u32,
+    in_stride: u32,
+    dil: u32,
+    in_off: i32,
+    out_stride: u32,
+    out_pad: u32,
+    nphase: u32,
+    w_stride: u32,
+    grid_x: u32,
+    chan_chunk: u32,
+    tap_chunk: u32,
+    span: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+{{WEIGHT_DECL}}
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+{{SNAKE_DECL}}
+
+const WM: u32 = {{WM}}u;
+const WN: u32 = {{WN}}u;
+const RM: u32 = {{RM}}u;
+const RN: u32 = {{RN}}u;
+const TM: u32 = WM * RM;
+const TN: u32 = WN * RN;
+// Reduction rows staged per chunk (chan_chunk · tap_chunk ≤ KR_MAX) and input span words (chan_chunk · span ≤ XS_MAX).
+const KR_MAX: u32 = {{KR_MAX}}u;
+const XS_MAX: u32 = {{XS_MAX}}u;
+// Weight tile rows are padded by one word so that lanes storing consecutive rows hit distinct banks.
+const WS_STRIDE: u32 = TM + 1u;
+const ACCUMULATE: bool = {{ACCUMULATE}};
+const TANH: bool = {{TANH}};
+
+var<workgroup> ws: array<f32, KR_MAX * WS_STRIDE>;
+var<workgroup> xs: array<f32, XS_MAX>;
+
+@compute @workgroup_size(256)
+fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let phase = wg.z % P.nphase;
+    let tile = wg.x + (wg.z / P.nphase) * P.grid_x;
+    // First column whose time is ≥ 0 in this phase.
+    var q_lo = 0u;
+    if (P.out_pad > phase) {
+        q_lo = (P.out_pad - phase + P.out_stride - 1u) / P.out_stride;
+    }
+    let q0 = q_lo + tile * TN;
+    let m0 = wg.y * TM;
+    let tm = lid / WN;
+    let tn = lid % WN;
+    let cc_n = P.chan_chunk;
+    let kt_n = P.tap_chunk;
+    let rows = cc_n * kt_n;
+    let span = P.span;
+    let w_row0 = phase * P.cout;
+
+    // Weight staging: lane `st_row` of the chunk's rows, channels st_m0, st_m0 + 256/KR_MAX, …
+    // (consecutive lanes read consecutive weight columns of one row: coalesced).
+    let st_row = lid % KR_MAX;
+    let st_m0 = lid / KR_MAX;
+    let st_cc = st_row / kt_n;
+    let st_kt = st_row % kt_n;
+
+    var acc: array<f32, RM * RN>;
+    for (var ci0 = 0u; ci0 < P.cin; ci0 += cc_n) {
+        for (var k0 = 0u; k0 < P.taps; k0 += kt_n) {
+            if (st_row < rows) {
+                let ci = ci0 + st_cc;
+                let k = k0 + st_kt;
+                let live = ci < P.cin && k < P.taps;
+                let col = ci * P.taps + k;
+                for (var m = st_m0; m < TM; m += 256u / KR_MAX) {
+                    let co = m0 + m;
+                    var v = 0.0;
+                    if (live && co < P.cout) {
+                        v = load_w((w_row0 + co) * P.w_stride, col);
+                    }
+                    ws[st_row * WS_STRIDE + m] = v;
+                }
+            }
+            let base = i32(q0 * P.in_stride + k0 * P.dil) + P.in_off;
+            for (var cc = 0u; cc < cc_n; cc++) {
+                let ci = ci0 + cc;
+                for (var s = lid; s < span; s += 256u) {
+                    let pos = base + i32(s);
+                    var v = 0.0;
+                    if (ci < P.cin && pos >= 0 && pos < i32(P.len_in)) {
+                        v = act(ci, x[ci * P.len_in + u32(pos)]);
+                    }
+                    xs[cc * span + s] = v;
+                }
+            }
+            workgroupBarrier();
+            for (var cc = 0u; cc < cc_n; cc++) {
+                for (var kt = 0u; kt < kt_n; kt++) {
+                    let wrow = (cc * kt_n + kt) * WS_STRIDE + tm;
+                    let xb = cc * span + kt * P.dil + tn * P.in_stride;
+                    var a: array<f32, RM>;
+                    var b: array<f32, RN>;
+                    for (var i = 0u; i < RM; i++) {
+                        a[i] = ws[wrow + i * WM];
+                    }
+                    for (var j = 0u; j < RN; j++) {
+                        b[j] = xs[xb + j * WN * P.in_stride];
+                    }
+                    for (var i = 0u; i < RM; i++) {
+                        for (var j = 0u; j < RN; j++) {
+                            acc[i * RN + j] = fma(a[i], b[j], acc[i * RN + j]);
+                        }
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+
+    for (var i = 0u; i < RM; i++) {
+        let co = m0 + tm + i * WM;
+        if (co >= P.cout) {
+            break;
+        }
+        let bv = bias[co];
+        for (var j = 0u; j < RN; j++) {
+            // q·out_stride + phase ≥ out_pad holds for every q ≥ q_lo, so t never wraps.
+            let t = (q0 + tn + j * WN) * P.out_stride + phase - P.out_pad;
+            if (t >= P.len_out) {
+                break;
+            }
+            var v = acc[i * RN + j] + bv;
+            let o = co * P.len_out + t;
+            if (ACCUMULATE) {
+                v += y[o];
+            }
+            if (TANH) {
+                // Clamped: some backends build tanh from exp and overflow to NaN for large inputs.
+                v = tanh(clamp(v, -15.0, 15.0));
+            }
+            y[o] = v;
+        }
+    }
+}
