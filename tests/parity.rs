@@ -178,6 +178,14 @@ fn parity_generated_greedy_f32() {
         let (shape, want) = &f.exp[&format!("{case}.generated")];
         let prompt = prompt_of(&f.exp, &case, &m.cfg);
         let got = generate_tokens(&gpu, &m, &[text_ids(&f.exp, &case, 0)], &prompt, &opts);
+        if got != u32s(want) {
+            let c = shape[2];
+            let w = u32s(want);
+            let first = (0..got.len().min(w.len())).find(|&i| got[i] != w[i]).map(|i| i / c);
+            if let Some(r) = first {
+                eprintln!("{case}: first differing row {r}: got {:?} want {:?}", &got[r * c..][..c], &w[r * c..][..c]);
+            }
+        }
         assert_eq!(got.len(), want.len(), "{case}: {} rows generated, reference has {}", got.len() / shape[2], shape[1]);
         assert_eq!(got, u32s(want), "{case}.generated differs");
         println!("{case}.generated identical ({} rows)", shape[1]);

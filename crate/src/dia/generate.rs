@@ -151,16 +151,15 @@ impl<'m> Session<'m> {
             }
         }
         gpu.write(&codes, &known);
+        // The sampler rewrites only the positions of the step graph's (row, position) pairs: set the rows here.
+        step.set_positions(gpu, s0 as u32 - 1);
         match &prefill {
             Some(p) => {
                 let toks: Vec<u32> = (0..batch).flat_map(|b| prefix[b * prefix_rows * c..][..s0 * c].iter().copied()).collect();
                 gpu.write(&p.tokens, &toks);
                 p.set_positions(gpu, 0);
             }
-            None => {
-                gpu.write(&step.tokens, &known);
-                step.set_positions(gpu, 0);
-            }
+            None => gpu.write(&step.tokens, &known),
         }
         Ok(Session { gpu, model, batch, s0, max_length, prefill, step, head, sampler, codes, known, steps_submitted: 0, _keep: (cache, logits) })
     }
