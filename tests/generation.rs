@@ -25,7 +25,7 @@ fn run(gpu: &Gpu, m: &DiaModel, texts: &[&str], opts: &GenerateOptions) -> (Vec<
     let mut next_row = 0;
     let g = pollster::block_on(s.run(
         opts,
-        |first, rows| {
+        &mut |first: usize, rows: &[u32]| {
             assert_eq!(first, next_row, "rows arrive in order, without gaps");
             next_row += rows.len() / (texts.len() * m.cfg.decoder.channels);
             streamed.extend_from_slice(rows);
@@ -111,7 +111,7 @@ fn generation_cancel_stops_and_session_model_stays_usable() {
     let opts = sampled(5, 200);
     let mut s = Session::new(&gpu, &m, &["[S1] Cancel me."], None, &opts, false).unwrap();
     let seen = std::cell::Cell::new(0);
-    let r = pollster::block_on(s.run(&opts, |_, _| seen.set(seen.get() + 1), || seen.get() >= 2));
+    let r = pollster::block_on(s.run(&opts, &mut |_: usize, _: &[u32]| seen.set(seen.get() + 1), || seen.get() >= 2));
     assert!(matches!(r, Err(DiaError::Cancelled)));
     let (_, rows, ..) = run(&gpu, &m, &["[S1] After a cancel."], &sampled(5, 30));
     assert!(rows > 1);

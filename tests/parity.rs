@@ -76,7 +76,7 @@ fn prompt_of(exp: &Expected, case: &str, cfg: &dia_webgpu::config::DiaConfig) ->
 
 fn generate_tokens(gpu: &Gpu, m: &DiaModel, items: &[Vec<u32>], prompt: &[u32], opts: &GenerateOptions) -> Vec<u32> {
     let mut s = Session::from_tokens(gpu, m, items, (!prompt.is_empty()).then_some(prompt), opts, false).unwrap();
-    let g = pollster::block_on(s.run(opts, |_, _| {}, || false)).unwrap();
+    let g = pollster::block_on(s.run(opts, &mut |_: usize, _: &[u32]| {}, || false)).unwrap();
     // [rows, B, C] → [B, rows, C] (the fixtures' layout)
     (0..g.batch).flat_map(|b| g.item(b)).collect()
 }

@@ -7,4 +7,5 @@ pub mod weights;
 pub mod gpu;
 pub mod kernels;
 pub mod dia;
+pub mod pipeline;
 pub mod dac;

@@ -57,6 +57,20 @@ impl Generation {
     }
 }
 
+/// Receives produced delayed rows `[n, B, C]` in order, as they reach the CPU. Async so that a consumer
+/// (the streaming codec) can do GPU work of its own between readbacks.
+#[allow(async_fn_in_trait)]
+pub trait RowSink {
+    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError>;
+}
+
+impl<F: FnMut(usize, &[u32])> RowSink for F {
+    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError> {
+        self(first_row, rows);
+        Ok(())
+    }
+}
+
 /// One generation request's GPU state: encoder output, KV cache, decoder graphs and the sampler.
 pub struct Session<'m> {
     gpu: &'m Gpu,
@@ -220,9 +234,10 @@ impl<'m> Session<'m> {
         Ok(self.gpu.read_f32(buf).await?)
     }
 
-    /// Runs to the end. `on_rows(first_row, rows)` receives produced delayed rows `[n, B, C]` in order as
-    /// they reach the CPU (a few steps after the GPU made them); `cancelled()` is checked between chunks.
-    pub async fn run(&mut self, opts: &GenerateOptions, mut on_rows: impl FnMut(usize, &[u32]), cancelled: impl Fn() -> bool) -> Result<Generation, DiaError> {
+    /// Runs to the end. `sink` receives produced delayed rows `[n, B, C]` in order as they reach the CPU
+    /// (a few steps after the GPU made them), starting with the known prefix rows; `cancelled()` is checked
+    /// between chunks of steps.
+    pub async fn run<S: RowSink + ?Sized>(&mut self, opts: &GenerateOptions, sink: &mut S, cancelled: impl Fn() -> bool) -> Result<Generation, DiaError> {
         const RING: usize = 3;
         let c = self.model.cfg.decoder.channels;
         let row_bytes = (self.batch * c * 4) as u64;
@@ -238,7 +253,7 @@ impl<'m> Session<'m> {
             })
             .collect();
         let mut out = self.known.clone();
-        on_rows(0, &self.known);
+        sink.rows(0, &self.known).await?;
         let max_steps = self.max_length - self.s0;
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut free: Vec<usize> = (0..RING).collect();
@@ -291,7 +306,7 @@ impl<'m> Session<'m> {
             let rows = &data[4..4 + valid * self.batch * c];
             out.extend_from_slice(rows);
             if valid > 0 {
-                on_rows(p.first_row, rows);
+                sink.rows(p.first_row, rows).await?;
             }
             if over {
                 end = Some(total);
@@ -309,6 +324,6 @@ impl DiaModel {
     /// as undelayed DAC codes `[frames, C]`.
     pub async fn generate(&self, gpu: &Gpu, texts: &[&str], prompt: Option<&[u32]>, opts: &GenerateOptions) -> Result<Generation, DiaError> {
         let mut s = Session::new(gpu, self, texts, prompt, opts, false)?;
-        s.run(opts, |_, _| {}, || false).await
+        s.run(opts, &mut |_: usize, _: &[u32]| {}, || false).await
     }
 }
