@@ -17,7 +17,8 @@ use super::DiaError;
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub sampling: SamplingParams,
-    /// Rows generated after the prefix (HF `max_new_tokens`, including the 15-row EOS tail).
+    /// Rows generated after the prefix (HF `max_new_tokens`, including the 15-row EOS tail);
+    /// `usize::MAX` (the default): as many as the decoder's positions allow.
     pub max_new_tokens: usize,
     /// Steps submitted between two readbacks.
     pub readback_every: usize,
@@ -27,7 +28,7 @@ impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
             sampling: SamplingParams { cfg_scale: 3.0, cfg_filter_top_k: 45, temperature: 1.2, top_p: 0.95, seed: 0 },
-            max_new_tokens: 3072,
+            max_new_tokens: usize::MAX,
             readback_every: 8,
         }
     }
@@ -132,7 +133,10 @@ impl<'m> Session<'m> {
         let one = build_prefix(&cfg.delay_pattern, cfg.bos, cfg.pad, prompt);
         let prefix_rows = one.len() / c;
         let s0 = rows_to_feed(&one, c, cfg.pad);
-        let max_length = s0 + opts.max_new_tokens;
+        let max_length = if opts.max_new_tokens == usize::MAX { cfg.decoder.max_positions } else { s0.saturating_add(opts.max_new_tokens) };
+        if max_length <= s0 {
+            return Err(DiaError::TooLong { rows: s0 + 1, limit: cfg.decoder.max_positions });
+        }
         if max_length > cfg.decoder.max_positions {
             return Err(DiaError::TooLong { rows: max_length, limit: cfg.decoder.max_positions });
         }

@@ -67,10 +67,26 @@ pub fn endpoint() -> String {
 
 /// Downloads `repo`'s config and safetensors weights (single or sharded) into the cache; resumes partial files.
 pub fn download(repo: &str) -> Result<PathBuf, String> {
+    let r = try_download(repo);
+    if r.is_err() {
+        // Leave no empty directories behind for a repository that could not be reached at all.
+        let dir = repo_dir(repo);
+        let _ = fs::remove_dir(dir.join("snapshots/main"));
+        let _ = fs::remove_dir(dir.join("snapshots"));
+        let _ = fs::remove_dir(&dir);
+    }
+    r
+}
+
+fn try_download(repo: &str) -> Result<PathBuf, String> {
     let base = endpoint();
     let snap = repo_dir(repo).join("snapshots").join("main");
     fs::create_dir_all(&snap).map_err(|e| format!("cannot create {}: {e}", snap.display()))?;
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(std::time::Duration::from_secs(15)))
+        .build()
+        .into();
     let url = |file: &str| format!("{base}/{repo}/resolve/main/{file}");
     fetch(&agent, &url("config.json"), &snap.join("config.json"))?;
     let mut files = Vec::new();

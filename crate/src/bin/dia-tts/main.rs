@@ -1,0 +1,208 @@
+//! `dia-tts`: text (and optionally a voice prompt) in, a 44.1 kHz WAV out, on the GPU through wgpu.
+
+#[cfg(not(target_arch = "wasm32"))]
+mod hub;
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    if let Err(e) = native::main() {
+        eprintln!("dia-tts: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::path::{Path, PathBuf};
+    use std::time::Instant;
+
+    use clap::Parser;
+    use dia_webgpu::dac::DacModel;
+    use dia_webgpu::dia::{load_model_dir, GenerateOptions};
+    use dia_webgpu::gpu::{Gpu, GpuOptions};
+    use dia_webgpu::kernels::sampling::SamplingParams;
+    use dia_webgpu::kernels::Numerics;
+    use dia_webgpu::pipeline::{wav_bytes, Audio, Tts, SAMPLE_RATE};
+    use indicatif::{ProgressBar, ProgressStyle};
+
+    use super::hub;
+
+    /// Dia 1.6B text-to-speech on the GPU (WebGPU through wgpu): writes a 44.1 kHz mono WAV.
+    #[derive(Parser, Debug)]
+    #[command(version, about)]
+    struct Args {
+        /// Text to speak; mark speakers with [S1] and [S2].
+        #[arg(long, conflicts_with = "text_file", required_unless_present = "text_file")]
+        text: Option<String>,
+        /// Read the text from a file.
+        #[arg(long)]
+        text_file: Option<PathBuf>,
+        /// A voice to continue (WAV: integer PCM or 32-bit float, any rate, mono or stereo). Its transcript
+        /// should begin the text.
+        #[arg(long)]
+        prompt_audio: Option<PathBuf>,
+        /// Dia checkpoint directory (config.json + safetensors, HF or nari layout). Default: the Hugging Face
+        /// cache, then a download of nari-labs/Dia-1.6B-0626.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// DAC codec directory. Default: the cache, then a download of descript/dac_44khz.
+        #[arg(long)]
+        codec: Option<PathBuf>,
+        /// Output WAV file.
+        #[arg(long, default_value = "out.wav")]
+        out: PathBuf,
+        /// Sampling temperature; 0 = greedy.
+        #[arg(long, default_value_t = 1.2)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        /// Classifier-free guidance scale.
+        #[arg(long, default_value_t = 3.0)]
+        cfg_scale: f32,
+        /// Candidates kept from the guided logits.
+        #[arg(long, default_value_t = 45)]
+        cfg_filter_top_k: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Rows to generate (86 per second of audio, 15 of them the end tail). Default: up to the model's
+        /// limit (3072 rows, about 35 s).
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        /// Weights on the GPU: f32 (exact) or f16w (half the memory, faster).
+        #[arg(long, default_value = "f16w", value_parser = ["f32", "f16w"])]
+        dtype: String,
+        /// Also write the generated (delayed) codes as JSON.
+        #[arg(long)]
+        codes_out: Option<PathBuf>,
+    }
+
+    /// The tiny random-weight model shipped in the repository, for machines without the real weights.
+    fn bundled() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/tiny")
+    }
+
+    /// The real checkpoint from `explicit`, the cache or the hub; `None` when unreachable (after saying why).
+    fn resolve(explicit: Option<&Path>, repo: &str) -> Result<Option<PathBuf>, String> {
+        if let Some(p) = explicit {
+            return Ok(Some(p.to_path_buf()));
+        }
+        if let Some(p) = hub::find_cached(repo) {
+            return Ok(Some(p));
+        }
+        eprintln!("dia-tts: {repo} is not in the Hugging Face cache ({}); downloading from {}", hub::cache_root().display(), hub::endpoint());
+        match hub::download(repo) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => {
+                eprintln!("dia-tts: cannot download {repo}: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    pub fn main() -> Result<(), String> {
+        let args = Args::parse();
+        let text = match (&args.text, &args.text_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| format!("cannot read --text-file {}: {e}", f.display()))?,
+            (None, None) => unreachable!("clap requires one"),
+        };
+        let text = text.trim_end_matches(['\n', '\r']).to_string();
+        let numerics = Numerics::parse(&args.dtype).unwrap();
+        let prompt = match &args.prompt_audio {
+            Some(p) => {
+                let bytes = std::fs::read(p).map_err(|e| format!("cannot read --prompt-audio {}: {e}", p.display()))?;
+                Some(Audio::from_wav(&bytes).map_err(|e| format!("{}: {e}", p.display()))?)
+            }
+            None => None,
+        };
+
+        let model = resolve(args.model.as_deref(), hub::DIA_REPO)?;
+        let codec = resolve(args.codec.as_deref(), hub::DAC_REPO)?;
+        let (model, codec) = match (model, codec) {
+            (Some(m), Some(c)) => (m, c),
+            _ => {
+                eprintln!(
+                    "dia-tts: the real weights are not available, so this run uses the bundled tiny model with random \
+                     weights: the WAV will be noise. For real speech, put nari-labs/Dia-1.6B-0626 and descript/dac_44khz \
+                     in the Hugging Face cache (e.g. `huggingface-cli download nari-labs/Dia-1.6B-0626` and \
+                     `huggingface-cli download descript/dac_44khz`), set HF_ENDPOINT to a reachable mirror, or pass \
+                     --model DIR --codec DIR."
+                );
+                (bundled().join("dia"), bundled().join("dac"))
+            }
+        };
+
+        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: 64 << 20, ..GpuOptions::default() }).map_err(|e| e.to_string())?;
+        let t_load = Instant::now();
+        let dia = load_model_dir(&gpu, &model, numerics).map_err(|e| format!("model {}: {e}", model.display()))?;
+        let dac = DacModel::load_dir(&gpu, &codec, numerics, prompt.is_some()).map_err(|e| format!("codec {}: {e}", codec.display()))?;
+        let load_s = t_load.elapsed().as_secs_f64();
+
+        let opts = GenerateOptions {
+            sampling: SamplingParams {
+                cfg_scale: args.cfg_scale,
+                cfg_filter_top_k: args.cfg_filter_top_k,
+                temperature: args.temperature,
+                top_p: args.top_p,
+                seed: args.seed,
+            },
+            max_new_tokens: args.max_new_tokens.unwrap_or(GenerateOptions::default().max_new_tokens),
+            ..GenerateOptions::default()
+        };
+        let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+        let bar = ProgressBar::new(args.max_new_tokens.unwrap_or(dia.cfg.decoder.max_positions) as u64);
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos} frames {per_sec}").unwrap().progress_chars("=> "));
+        bar.set_message("speaking");
+        let mut pcm: Vec<f32> = Vec::new();
+        let t0 = Instant::now();
+        let mut first_audio = None;
+        let speech = pollster::block_on(tts.speak(
+            &text,
+            prompt.as_ref(),
+            &opts,
+            &mut |chunk: &[f32]| {
+                first_audio.get_or_insert_with(|| t0.elapsed());
+                pcm.extend_from_slice(chunk);
+                bar.set_position((pcm.len() / 512) as u64);
+            },
+            &|| false,
+        ))
+        .map_err(|e| e.to_string())?;
+        let gen_s = t0.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+
+        write_atomically(&args.out, &wav_bytes(&pcm, SAMPLE_RATE))?;
+        if let Some(p) = &args.codes_out {
+            let g = &speech.generation;
+            let rows: Vec<&[u32]> = g.codes.chunks(g.channels).collect();
+            let json = serde_json::json!({ "delayed_codes": rows, "prefix_rows": g.prefix_rows, "channels": g.channels });
+            write_atomically(p, json.to_string().as_bytes())?;
+        }
+        let steps = speech.generation.rows - speech.generation.prefix_rows;
+        let audio_s = pcm.len() as f64 / SAMPLE_RATE as f64;
+        println!(
+            "{}: {:.2} s of audio, {steps} steps in {gen_s:.2} s ({:.1} steps/s, {:.2}x real time, first audio after {:.0} ms) on {} [{}], weights loaded in {load_s:.1} s",
+            args.out.display(),
+            audio_s,
+            steps as f64 / gen_s,
+            audio_s / gen_s,
+            first_audio.map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN),
+            gpu.describe(),
+            numerics.name(),
+        );
+        Ok(())
+    }
+
+    /// Writes through a temporary file and renames, so a failure never leaves a half-written output.
+    fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+        let tmp = path.with_file_name(format!(".{}.partial", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
+        std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", path.display())
+        })
+    }
+}
