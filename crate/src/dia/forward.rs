@@ -87,8 +87,8 @@ impl DiaModel {
             ds.push(rmsnorm(gpu, &x, &l.pre_sa_norm, &h, n, e.hidden as u32, e.norm_eps));
             ds.push(linear(gpu, &h, &l.qkv, &qkv, n, LinearEpilogue::Store));
             let hd = e.head_dim as u32;
-            ds.push(rope(gpu, &qkv, cos, sin, &qinfo, n, qkv_w as u32, 0, e.heads as u32, hd));
-            ds.push(rope(gpu, &qkv, cos, sin, &qinfo, n, qkv_w as u32, e.heads as u32 * hd, e.kv_heads as u32, hd));
+            // Q and K heads are adjacent in the fused projection: one rotation covers both.
+            ds.push(rope(gpu, &qkv, cos, sin, &qinfo, n, qkv_w as u32, 0, (e.heads + e.kv_heads) as u32, hd));
             ds.extend(attention_prefill(
                 gpu,
                 &AttentionArgs {
@@ -211,8 +211,8 @@ impl DecoderGraph {
         for (li, l) in model.dec_layers.iter().enumerate() {
             body.push(rmsnorm(gpu, &x, &l.pre_sa_norm, &h, m, hidden, d.norm_eps));
             body.push(linear(gpu, &h, &l.qkv, &qkv, m, LinearEpilogue::Store));
-            body.push(rope(gpu, &qkv, cos, sin, &qinfo, m, qkv_w, 0, d.heads as u32, hd));
-            body.push(rope(gpu, &qkv, cos, sin, &qinfo, m, qkv_w, d.heads as u32 * hd, d.kv_heads as u32, hd));
+            // Q and K heads are adjacent in the fused projection: one rotation covers both.
+            body.push(rope(gpu, &qkv, cos, sin, &qinfo, m, qkv_w, 0, (d.heads + d.kv_heads) as u32, hd));
             let kv_width = (d.kv_heads * d.head_dim) as u32;
             body.push(kv_write(
                 gpu, &qkv, &qinfo, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32 * hd,
