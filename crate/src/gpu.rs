@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use wgpu::util::DeviceExt;
 
@@ -56,6 +56,30 @@ pub struct Gpu {
     /// Number of times the CPU blocked on (or awaited) the GPU: readbacks and explicit waits.
     waits: AtomicU64,
     lost: Arc<Mutex<Option<String>>>,
+    allocations: Mutex<Allocations>,
+}
+
+/// Bytes held by the live buffers of `buffer`/`upload`/`uniform`. Each buffer is registered with a weak
+/// handle and its bytes are given back once its last handle is gone (noticed at the next allocation or
+/// query, so the peak taken at each allocation is exact).
+#[derive(Default)]
+struct Allocations {
+    live: Vec<(Weak<wgpu::Buffer>, u64)>,
+    bytes: u64,
+    peak: u64,
+}
+
+impl Allocations {
+    fn sweep(&mut self) {
+        let bytes = &mut self.bytes;
+        self.live.retain(|(buf, size)| {
+            let alive = buf.strong_count() > 0;
+            if !alive {
+                *bytes -= size;
+            }
+            alive
+        });
+    }
 }
 
 impl Gpu {
@@ -158,6 +182,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             waits: AtomicU64::new(0),
             lost,
+            allocations: Mutex::new(Allocations::default()),
         })
     }
 
@@ -177,6 +202,37 @@ impl Gpu {
     /// How many times the CPU has waited on the GPU so far.
     pub fn wait_count(&self) -> u64 {
         self.waits.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of GPU memory held now by buffers made through `buffer`, `upload` and `uniform` (sizes as
+    /// allocated, 16-byte padding included; readback staging buffers are not counted).
+    pub fn allocated_bytes(&self) -> u64 {
+        let mut a = self.allocations.lock().unwrap();
+        a.sweep();
+        a.bytes
+    }
+
+    /// The most `allocated_bytes` has been since the device was made or `reset_peak_allocated`.
+    pub fn peak_allocated_bytes(&self) -> u64 {
+        self.allocations.lock().unwrap().peak
+    }
+
+    /// Starts a new peak measurement from what is allocated now.
+    pub fn reset_peak_allocated(&self) {
+        let mut a = self.allocations.lock().unwrap();
+        a.sweep();
+        a.peak = a.bytes;
+    }
+
+    fn track(&self, buf: wgpu::Buffer) -> Arc<wgpu::Buffer> {
+        let size = buf.size();
+        let buf = Arc::new(buf);
+        let mut a = self.allocations.lock().unwrap();
+        a.sweep();
+        a.live.push((Arc::downgrade(&buf), size));
+        a.bytes += size;
+        a.peak = a.peak.max(a.bytes);
+        buf
     }
 
     /// Compiles (once) and returns the compute pipeline for `key`; `source` is only called on a miss.
@@ -211,7 +267,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        GpuBuffer { buf: Arc::new(buf), offset: 0, size: bytes.max(4) }
+        GpuBuffer { buf: self.track(buf), offset: 0, size: bytes.max(4) }
     }
 
     /// A storage buffer initialised with `data`.
@@ -237,7 +293,7 @@ impl Gpu {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             })
         };
-        GpuBuffer { buf: Arc::new(buf), offset: 0, size }
+        GpuBuffer { buf: self.track(buf), offset: 0, size }
     }
 
     /// Writes `data` into `dst` at its offset (ordered before the next submit).
@@ -250,15 +306,15 @@ impl Gpu {
     }
 
     /// A uniform buffer holding `params` (a `#[repr(C)]` Pod struct, 16-byte multiple).
-    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> wgpu::Buffer {
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> Arc<wgpu::Buffer> {
         let bytes = bytemuck::bytes_of(params);
         let mut v = bytes.to_vec();
         v.resize(bytes.len().div_ceil(16) * 16, 0);
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        self.track(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: &v,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+        }))
     }
 
     /// Builds a dispatch: binding 0 = a uniform with `params`, bindings 1.. = `buffers` in order.
@@ -402,8 +458,7 @@ pub struct Dispatch {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
-    #[allow(dead_code)]
-    uniform: wgpu::Buffer,
+    uniform: Arc<wgpu::Buffer>,
 }
 
 impl Dispatch {

@@ -1,0 +1,800 @@
+//! `dia-bench`: speed of Dia + DAC on this machine's GPU with random weights (no checkpoint needed).
+//!
+//! ```text
+//! dia-bench [--config full|tiny|<config.json>] [--numerics f32,f16w] [--steps 500] [--batch 1] [--json]
+//! ```
+//!
+//! Per numerics mode: encoder time for 100 and 1000 bytes of text, decoder steps/s (greedy and sampled),
+//! weight bytes streamed per second against two ceilings measured in the same run (a plain buffer copy and
+//! the small-M `linear` kernel alone over the same matrices), DAC decode time per 10 s of audio and peak
+//! GPU memory, and time to first audio through `pipeline::Tts::speak`. `--profile` also times parts of the
+//! step graph on their own.
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    if let Err(e) = native::run() {
+        eprintln!("dia-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::cell::Cell;
+    use std::error::Error;
+    use std::time::{Duration, Instant};
+
+    use clap::Parser;
+    use serde::Serialize;
+
+    use dia_webgpu::config::{DacConfig, DiaConfig};
+    use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
+    use dia_webgpu::dia::forward::{KvCache, PackedText};
+    use dia_webgpu::dia::tokenizer::encode_text;
+    use dia_webgpu::dia::{DiaError, DiaModel, DiaModelBuilder, GenerateOptions, Session};
+    use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
+    use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
+    use dia_webgpu::kernels::linear::{linear, linear_small_m_shaped, LinearEpilogue, SmallMShape};
+    use dia_webgpu::kernels::norm::rmsnorm;
+    use dia_webgpu::kernels::sampling::SamplingParams;
+    use dia_webgpu::kernels::{GpuMatrix, Numerics};
+    use dia_webgpu::pipeline::{PipelineError, Tts};
+
+    type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+    /// Frames in 10 s of 44.1 kHz audio at hop 512 (also what one decoder step adds: 1 frame ≈ 11.6 ms).
+    const FRAMES_PER_10S: f64 = 441_000.0 / 512.0;
+    /// Steps submitted and waited for before a timed decoder run (pipelines compiled, clocks up).
+    const WARMUP_STEPS: usize = 16;
+
+    #[derive(Parser)]
+    #[command(name = "dia-bench", about = "Dia + DAC speed on this GPU, random weights")]
+    struct Args {
+        /// Model size: `full` (Dia 1.6B + DAC 44.1 kHz), `tiny` (the test fixtures' sizes) or a Dia config.json.
+        #[arg(long, default_value = "full")]
+        config: String,
+        /// Weight storage modes to measure, comma-separated (f32, f16w).
+        #[arg(long, value_delimiter = ',', default_value = "f32,f16w", value_parser = parse_numerics)]
+        numerics: Vec<Numerics>,
+        /// Decoder steps per timed run (submitted back to back, one wait at the end).
+        #[arg(long, default_value_t = 500)]
+        steps: usize,
+        /// Texts generated together (the step has 2·batch rows: conditional and unconditional).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed repeats of the encoder and the DAC (median reported, after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Size of the buffer copied for the bandwidth ceiling, MiB (default 1024 full, 64 otherwise).
+        #[arg(long)]
+        copy_mib: Option<u64>,
+        /// Also time parts of the step graph alone (attention only, one tiny dispatch per step dispatch).
+        #[arg(long)]
+        profile: bool,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    }
+
+    fn parse_numerics(s: &str) -> std::result::Result<Numerics, String> {
+        Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w)"))
+    }
+
+    #[derive(Serialize)]
+    struct Report {
+        adapter: String,
+        config: String,
+        batch: usize,
+        steps: usize,
+        /// Device-to-device copy: bytes read plus bytes written per second.
+        copy_bytes: u64,
+        copy_gbps_read_write: f64,
+        modes: Vec<ModeFigures>,
+    }
+
+    #[derive(Serialize)]
+    struct ModeFigures {
+        numerics: &'static str,
+        model_build_s: f64,
+        encoder_ms_100_bytes: f64,
+        encoder_ms_1000_bytes: f64,
+        greedy: DecoderRun,
+        sampled: DecoderRun,
+        /// Decoder layer matrices (cross K/V excluded: they are read by the encoder pass) + logits head.
+        weight_bytes_per_step: u64,
+        /// Greedy run: weight bytes per step × steps/s.
+        weights_gbps: f64,
+        weights_vs_copy: f64,
+        /// The same matrices through `linear` alone, M = 2·batch, one submission per pass.
+        linear_only_steps_per_s: f64,
+        linear_only_gbps: f64,
+        weights_vs_linear_only: f64,
+        dac_ms_per_10s: f64,
+        peak_allocated_bytes: u64,
+        /// `Tts::speak` on 100 bytes of text, from the call to the first PCM chunk (None: no audio came, the
+        /// random model ended at once).
+        ttfa_ms: Option<f64>,
+        profile: Option<Profile>,
+    }
+
+    #[derive(Serialize, Clone, Copy)]
+    struct DecoderRun {
+        steps_per_s: f64,
+        ms_per_step: f64,
+        /// CPU time to record and submit one step (if close to ms_per_step, the GPU waits on the CPU).
+        host_ms_per_step: f64,
+    }
+
+    #[derive(Serialize)]
+    struct Profile {
+        dispatches_per_step: usize,
+        /// Self- and cross-attention of every layer alone (KV length = the timed run's mid position).
+        attention_only_ms: f64,
+        /// One minimal rmsnorm (one row) per dispatch of the step, all serialised: launch + barrier cost.
+        dispatch_floor_ms: f64,
+        /// `linear` alone over the step's matrices with other small-M workgroup shapes.
+        linear_shapes: Vec<LinearShapeRun>,
+        /// The encoder's parts alone for 1000 bytes of text: tiled `linear` over every encoder matrix and the
+        /// cross K/V projections; prefill attention of every encoder layer.
+        encoder_linear_only_ms: f64,
+        encoder_attention_only_ms: f64,
+    }
+
+    #[derive(Serialize)]
+    struct LinearShapeRun {
+        rows: u32,
+        threads: u32,
+        steps_per_s: f64,
+        gbps: f64,
+    }
+
+    pub fn run() -> Result<()> {
+        let args = Args::parse();
+        if args.steps == 0 || args.batch == 0 || args.runs == 0 {
+            return Err("--steps, --batch and --runs must be positive".into());
+        }
+        let (cfg, dac_cfg, full) = configs(&args.config)?;
+        let max_new = cfg.decoder.max_positions - 1;
+        if WARMUP_STEPS + args.steps > max_new {
+            return Err(format!("--steps {} + {WARMUP_STEPS} warm-up steps exceed the decoder's {max_new} positions", args.steps).into());
+        }
+        let biggest = biggest_matrix_bytes(&cfg, &args.numerics);
+        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: biggest, ..Default::default() })?;
+        eprintln!("adapter: {}", gpu.describe());
+
+        let copy_bytes = args.copy_mib.unwrap_or(if full { 1024 } else { 64 }) << 20;
+        let copy_bytes = copy_bytes.min(gpu.limits.max_buffer_size) / 16 * 16;
+        let copy_gbps = copy_bandwidth(&gpu, copy_bytes)?;
+        eprintln!("copy ceiling: {copy_gbps:.1} GB/s read+written");
+        let mut modes = Vec::new();
+        for &numerics in &args.numerics {
+            modes.push(measure_mode(&gpu, &cfg, &dac_cfg, numerics, &args, copy_gbps)?);
+        }
+        let report = Report {
+            adapter: gpu.describe(),
+            config: args.config.clone(),
+            batch: args.batch,
+            steps: args.steps,
+            copy_bytes,
+            copy_gbps_read_write: copy_gbps,
+            modes,
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_table(&report);
+        }
+        Ok(())
+    }
+
+    /// The Dia and DAC configs for `--config`, and whether they are the full-size models.
+    fn configs(which: &str) -> Result<(DiaConfig, DacConfig, bool)> {
+        match which {
+            "full" => Ok((DiaConfig::dia_1_6b(), DacConfig::dac_44khz(), true)),
+            "tiny" => Ok((tiny_dia(), tiny_dac(), false)),
+            path => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+                let cfg = DiaConfig::from_json_str(&text).map_err(|e| format!("{path}: {e}"))?;
+                Ok((cfg, DacConfig::dac_44khz(), false))
+            }
+        }
+    }
+
+    /// The sizes of `shared/fixtures/tiny/dia/config.json` (2 + 2 layers, hidden 64 / 96).
+    fn tiny_dia() -> DiaConfig {
+        let mut c = DiaConfig::dia_1_6b();
+        let e = &mut c.encoder;
+        (e.layers, e.hidden, e.intermediate, e.heads, e.kv_heads, e.head_dim) = (2, 64, 128, 4, 4, 16);
+        let d = &mut c.decoder;
+        (d.layers, d.hidden, d.intermediate, d.heads, d.kv_heads, d.head_dim) = (2, 96, 192, 4, 2, 16);
+        (d.cross_heads, d.cross_kv_heads, d.cross_head_dim, d.cross_hidden) = (4, 4, 16, 64);
+        c
+    }
+
+    /// The sizes of `shared/fixtures/tiny/dac/config.json` (hop 512 like the real codec).
+    fn tiny_dac() -> DacConfig {
+        DacConfig { encoder_hidden: 4, decoder_hidden: 32, latent: 64, ..DacConfig::dac_44khz() }
+    }
+
+    /// The largest weight matrix (bytes): the binding size the device must allow.
+    fn biggest_matrix_bytes(cfg: &DiaConfig, numerics: &[Numerics]) -> u64 {
+        let (e, d) = (&cfg.encoder, &cfg.decoder);
+        let shapes = [
+            (2 * d.intermediate, d.hidden),
+            (d.hidden, d.intermediate),
+            (d.channels * d.vocab, d.hidden),
+            (2 * e.intermediate, e.hidden),
+            (e.hidden, e.intermediate),
+        ];
+        let elem = if numerics.contains(&Numerics::F32) { 4 } else { 2 };
+        let most = shapes.iter().map(|(r, c)| r * c).max().unwrap_or(0);
+        ((most * elem) as u64).max(16 << 20)
+    }
+
+    fn measure_mode(gpu: &Gpu, cfg: &DiaConfig, dac_cfg: &DacConfig, numerics: Numerics, args: &Args, copy_gbps: f64) -> Result<ModeFigures> {
+        gpu.reset_peak_allocated();
+        let t0 = Instant::now();
+        let model = random_dia(gpu, cfg, numerics)?;
+        gpu.wait_idle()?;
+        let model_build_s = t0.elapsed().as_secs_f64();
+        // Progress on stderr as figures come in: a run cut short still shows what it measured.
+        let log = |what: &str| eprintln!("{}: {what}", numerics.name());
+        log(&format!("model built from random weights in {model_build_s:.1} s"));
+
+        let encoder_ms_100_bytes = time_encoder(gpu, &model, 100, args.runs)?;
+        let encoder_ms_1000_bytes = time_encoder(gpu, &model, cfg.encoder.max_positions.min(1000), args.runs)?;
+        log(&format!("encoder {encoder_ms_100_bytes:.2} ms (100 bytes), {encoder_ms_1000_bytes:.2} ms (1000 bytes)"));
+
+        let greedy_params = SamplingParams { cfg_scale: 3.0, cfg_filter_top_k: 45, temperature: 0.0, top_p: 1.0, seed: 0 };
+        let sampled_params = SamplingParams { temperature: 1.2, top_p: 0.95, seed: 1, ..greedy_params };
+        let opts = |sampling| GenerateOptions { sampling, max_new_tokens: cfg.decoder.max_positions - 1, readback_every: 8 };
+        let items = vec![text_tokens(100); args.batch];
+        let greedy = {
+            let mut session = Session::from_tokens(gpu, &model, &items, None, &opts(greedy_params), false)?;
+            time_steps(gpu, &mut session, args.steps)?
+        };
+        log(&format!("greedy {:.1} steps/s (host {:.3} ms/step)", greedy.steps_per_s, greedy.host_ms_per_step));
+        // The sampled session stays alive through the DAC measurement: the peak then covers the model, a
+        // full-length KV cache and the codec together, as in a real generation.
+        let mut session = Session::from_tokens(gpu, &model, &items, None, &opts(sampled_params), false)?;
+        let sampled = time_steps(gpu, &mut session, args.steps)?;
+        log(&format!("sampled {:.1} steps/s (host {:.3} ms/step)", sampled.steps_per_s, sampled.host_ms_per_step));
+
+        let streamed = streamed_matrices(&model);
+        let weight_bytes_per_step: u64 = streamed.iter().map(|m| m.data.size).sum();
+        let m = 2 * args.batch as u32;
+        let linear_s = time_linear_only(gpu, &streamed, m, args.steps)?;
+        let weights_gbps = weight_bytes_per_step as f64 * greedy.steps_per_s / 1e9;
+        let linear_only_gbps = weight_bytes_per_step as f64 / linear_s / 1e9;
+        log(&format!("linear only {:.1} passes/s, {linear_only_gbps:.1} GB/s", 1.0 / linear_s));
+
+        let profile = if args.profile { Some(profile_step(gpu, &model, args.batch, args.steps)?) } else { None };
+        if let Some(p) = &profile {
+            log(&format!("profile: attention only {:.3} ms, {} tiny dispatches {:.3} ms", p.attention_only_ms, p.dispatches_per_step, p.dispatch_floor_ms));
+            for s in &p.linear_shapes {
+                log(&format!("profile: linear only, {} rows x {} threads: {:.1} passes/s, {:.1} GB/s", s.rows, s.threads, s.steps_per_s, s.gbps));
+            }
+            log(&format!("profile: encoder (1000 bytes) linear only {:.2} ms, attention only {:.2} ms", p.encoder_linear_only_ms, p.encoder_attention_only_ms));
+        }
+
+        let dac = random_dac(gpu, dac_cfg, numerics)?;
+        let dac_ms = time_dac(gpu, &dac, FRAMES_PER_10S.round() as usize, args.runs)?;
+        let peak = gpu.peak_allocated_bytes();
+        log(&format!("DAC {dac_ms:.2} ms per {} frames; peak allocated {:.1} MB", FRAMES_PER_10S.round(), peak as f64 / 1e6));
+        drop(session);
+        let ttfa_ms = time_ttfa(gpu, &model, &dac, args.runs)?;
+        log(&format!("time to first audio {}", ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1} ms"))));
+        gpu.check_lost()?;
+
+        Ok(ModeFigures {
+            numerics: numerics.name(),
+            model_build_s,
+            encoder_ms_100_bytes,
+            encoder_ms_1000_bytes,
+            greedy,
+            sampled,
+            weight_bytes_per_step,
+            weights_gbps,
+            weights_vs_copy: weights_gbps / copy_gbps,
+            linear_only_steps_per_s: 1.0 / linear_s,
+            linear_only_gbps,
+            weights_vs_linear_only: weights_gbps / linear_only_gbps,
+            dac_ms_per_10s: dac_ms * FRAMES_PER_10S / FRAMES_PER_10S.round(),
+            peak_allocated_bytes: peak,
+            ttfa_ms,
+            profile,
+        })
+    }
+
+    /// Pseudo-random values in [−1, 1): one block generated once and read at a different offset for each
+    /// tensor. The values only need to be finite and not all alike; generating 1.6 B of them fresh on the
+    /// CPU would dominate the run.
+    struct Noise {
+        block: Vec<f32>,
+        next_offset: usize,
+    }
+
+    impl Noise {
+        fn new(seed: u64) -> Noise {
+            // A prime length, so offsets and tensor lengths do not line up.
+            const LEN: usize = (1 << 22) + 15;
+            let mut s = seed | 1;
+            let block = (0..LEN)
+                .map(|_| {
+                    s ^= s >> 12;
+                    s ^= s << 25;
+                    s ^= s >> 27;
+                    (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+                })
+                .collect();
+            Noise { block, next_offset: 0 }
+        }
+
+        fn take(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            let mut out = Vec::with_capacity(n);
+            let mut i = self.next_offset % self.block.len();
+            while out.len() < n {
+                let k = (self.block.len() - i).min(n - out.len());
+                out.extend(self.block[i..i + k].iter().map(|v| v * scale));
+                i = 0;
+            }
+            self.next_offset += 7_919;
+            out
+        }
+    }
+
+    fn random_dia(gpu: &Gpu, cfg: &DiaConfig, numerics: Numerics) -> Result<DiaModel> {
+        let mut noise = Noise::new(0x9E37_79B9_7F4A_7C15);
+        let mut b = DiaModelBuilder::new(gpu, cfg, numerics)?;
+        b.put_all(|name, shape| {
+            // Submitting flushes the previous tensor's staged upload, so staging memory stays one tensor.
+            gpu.queue.submit(std::iter::empty());
+            gpu.poll_nonblocking();
+            let n: usize = shape.iter().product();
+            if name.ends_with("norm.weight") {
+                return Ok(vec![1.0; n]);
+            }
+            // Fan-in scaling keeps activations in range through the layers.
+            let scale = if shape.len() == 2 && !name.contains("embed") { 1.0 / (shape[1] as f32).sqrt() } else { 1.0 };
+            Ok(noise.take(n, scale))
+        })?;
+        Ok(b.finish()?)
+    }
+
+    /// The decoder with random weights (decode-only: the encoder's tensors are not loaded).
+    fn random_dac(gpu: &Gpu, cfg: &DacConfig, numerics: Numerics) -> Result<DacModel> {
+        let mut noise = Noise::new(0xD1B5_4A32_D192_ED03);
+        let mut b = DacModelBuilder::new(gpu, cfg, numerics, false)?;
+        for spec in dac_tensor_specs(cfg).into_iter().filter(|s| !s.name.starts_with("encoder.")) {
+            let n: usize = spec.shape.iter().product();
+            let data = if spec.name.ends_with(".alpha") {
+                noise.take(n, 0.5).into_iter().map(|v| 1.0 + v).collect()
+            } else if spec.weight_norm {
+                let fan_in = if spec.name.contains("conv_t") { spec.shape[0] } else { n / spec.shape[0] };
+                noise.take(n, 1.0 / (fan_in as f32).sqrt())
+            } else {
+                noise.take(n, 0.1)
+            };
+            b.accept(&spec.name, &spec.shape, &data)?;
+        }
+        Ok(b.finish()?)
+    }
+
+    /// `bytes` text tokens of plausible dialogue (speaker tags and ASCII).
+    fn text_tokens(bytes: usize) -> Vec<u32> {
+        let sample = encode_text("[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag, with laughs and pauses (laughs). ");
+        sample.iter().copied().cycle().take(bytes).collect()
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        }
+    }
+
+    fn ms(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e3
+    }
+
+    /// Milliseconds of `model.encode` (encoder + cross K/V of every layer) until the GPU is done: median of
+    /// `runs` after one warm-up. Includes the host's graph building, as a real request pays it.
+    fn time_encoder(gpu: &Gpu, model: &DiaModel, bytes: usize, runs: usize) -> Result<f64> {
+        let tokens = text_tokens(bytes);
+        let mut times = Vec::new();
+        for i in 0..=runs {
+            let t0 = Instant::now();
+            let state = model.encode(gpu, PackedText::new(std::slice::from_ref(&tokens)));
+            gpu.wait_idle()?;
+            let t = ms(t0.elapsed());
+            drop(state);
+            if i > 0 {
+                times.push(t);
+            }
+        }
+        gpu.check_lost()?;
+        Ok(median(times))
+    }
+
+    /// Decoder steps per second over `steps` steps submitted back to back with a single wait at the end.
+    ///
+    /// With random weights the sampler may declare EOS early; the session then stops advancing positions,
+    /// but every step still records and runs the whole graph (layers, logits head, sampler), so the timing
+    /// measures the same work. Positions stay below the KV cache's length: the session is sized for the
+    /// decoder's full 3072 rows and warm-up plus timed steps are checked to fit.
+    fn time_steps(gpu: &Gpu, session: &mut Session, steps: usize) -> Result<DecoderRun> {
+        for _ in 0..WARMUP_STEPS {
+            session.submit_step();
+        }
+        gpu.wait_idle()?;
+        let t0 = Instant::now();
+        for _ in 0..steps {
+            session.submit_step();
+        }
+        let host = t0.elapsed();
+        gpu.wait_idle()?;
+        let total = t0.elapsed();
+        gpu.check_lost()?;
+        Ok(DecoderRun {
+            steps_per_s: steps as f64 / total.as_secs_f64(),
+            ms_per_step: ms(total) / steps as f64,
+            host_ms_per_step: ms(host) / steps as f64,
+        })
+    }
+
+    /// Every matrix a decoder step reads: the decoder layers' (cross K/V excluded) and the logits head.
+    fn streamed_matrices(model: &DiaModel) -> Vec<&GpuMatrix> {
+        let mut v: Vec<&GpuMatrix> = Vec::new();
+        for l in &model.dec_layers {
+            v.extend([&l.qkv, &l.o, &l.cross_q, &l.cross_o, &l.gate_up, &l.down]);
+        }
+        v.push(&model.logits);
+        v
+    }
+
+    /// Seconds per pass of `dispatches`, recorded into one compute pass and submitted `passes` times back
+    /// to back (like decoder steps) after a short warm-up.
+    fn time_passes(gpu: &Gpu, dispatches: &[Dispatch], passes: usize) -> Result<f64> {
+        let refs: Vec<&Dispatch> = dispatches.iter().collect();
+        for _ in 0..3 {
+            gpu.run(&refs);
+        }
+        gpu.wait_idle()?;
+        let t0 = Instant::now();
+        for _ in 0..passes {
+            gpu.run(&refs);
+        }
+        gpu.wait_idle()?;
+        gpu.check_lost()?;
+        Ok(t0.elapsed().as_secs_f64() / passes as f64)
+    }
+
+    /// The small-M `linear` kernel alone over `mats` (M rows): seconds per pass. Every dispatch writes the
+    /// same output buffer, so they run one after another as in the decoder.
+    fn time_linear_only(gpu: &Gpu, mats: &[&GpuMatrix], m: u32, passes: usize) -> Result<f64> {
+        let max_cols = mats.iter().map(|w| w.cols).max().unwrap_or(1) as usize;
+        let max_rows = mats.iter().map(|w| w.rows).max().unwrap_or(1) as u64;
+        let x = gpu.upload("bench.x", &Noise::new(7).take(m as usize * max_cols, 1.0));
+        let y = gpu.buffer("bench.y", m as u64 * max_rows * 4);
+        let ds: Vec<Dispatch> = mats.iter().map(|w| linear(gpu, &x, w, &y, m, LinearEpilogue::Store)).collect();
+        time_passes(gpu, &ds, passes)
+    }
+
+    /// Device-to-device copy bandwidth (bytes read + written per second, GB/s) over two buffers of `bytes`
+    /// made outside the allocation counter. The source holds random data, not zeros.
+    fn copy_bandwidth(gpu: &Gpu, bytes: u64) -> Result<f64> {
+        let make = |label| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let (src, dst) = (make("bench.copy_src"), make("bench.copy_dst"));
+        let block: Vec<u8> = bytemuck::cast_slice(&Noise::new(3).take(4 << 20, 1.0)).to_vec();
+        let mut at = 0;
+        while at < bytes {
+            let n = (block.len() as u64).min(bytes - at);
+            gpu.queue.write_buffer(&src, at, &block[..n as usize]);
+            gpu.queue.submit(std::iter::empty());
+            at += n;
+        }
+        let copies = |n: usize| {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            for _ in 0..n {
+                enc.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+            }
+            gpu.queue.submit([enc.finish()]);
+        };
+        copies(2);
+        gpu.wait_idle()?;
+        const REPS: usize = 20;
+        let t0 = Instant::now();
+        copies(REPS);
+        gpu.wait_idle()?;
+        let s = t0.elapsed().as_secs_f64() / REPS as f64;
+        gpu.check_lost()?;
+        Ok(2.0 * bytes as f64 / s / 1e9)
+    }
+
+    /// Milliseconds to decode `frames` frames with the DAC (codes already on the GPU, PCM left there):
+    /// median of `runs` after one warm-up that also builds the launch sequence.
+    fn time_dac(gpu: &Gpu, dac: &DacModel, frames: usize, runs: usize) -> Result<f64> {
+        let mut dec = dac.decoder(gpu, frames)?;
+        let book = dac.config.codebook_size as u64;
+        let codes: Vec<u32> = (0..dac.config.n_codebooks * frames).map(|i| (i as u64 * 2_654_435_761 % book) as u32).collect();
+        dec.write_codes(gpu, &codes, frames)?;
+        let mut times = Vec::new();
+        for i in 0..=runs {
+            let t0 = Instant::now();
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                dec.record(gpu, &mut pass, frames)?;
+            }
+            gpu.queue.submit([enc.finish()]);
+            gpu.wait_idle()?;
+            if i > 0 {
+                times.push(ms(t0.elapsed()));
+            }
+        }
+        let head = gpu.read_f32_blocking(&dec.pcm_buffer().slice(0, 4 * dec.pcm_len(frames).min(4096) as u64))?;
+        if head.iter().any(|v| !v.is_finite()) {
+            return Err("the DAC produced non-finite samples".into());
+        }
+        Ok(median(times))
+    }
+
+    /// Time to first audio: `Tts::speak` on 100 bytes of text with the default options, from the call
+    /// (tokenising, encoder and session set-up included) to the first PCM chunk it hands out; the generation is
+    /// cancelled there. Median of `runs` after one warm-up; None if no run produced audio.
+    fn time_ttfa(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, runs: usize) -> Result<Option<f64>> {
+        let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. "
+            .chars()
+            .cycle()
+            .take(100)
+            .collect();
+        let tts = Tts { gpu, dia, dac };
+        let opts = GenerateOptions::default();
+        let mut times = Vec::new();
+        for i in 0..=runs {
+            let first = Cell::new(None);
+            let t0 = Instant::now();
+            let mut on_pcm = |chunk: &[f32]| {
+                if first.get().is_none() && !chunk.is_empty() {
+                    first.set(Some(ms(t0.elapsed())));
+                }
+            };
+            let cancelled = || first.get().is_some();
+            match pollster::block_on(tts.speak(&text, None, &opts, &mut on_pcm, &cancelled)) {
+                Ok(_) | Err(PipelineError::Dia(DiaError::Cancelled)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            gpu.wait_idle()?;
+            if let (true, Some(t)) = (i > 0, first.get()) {
+                times.push(t);
+            }
+        }
+        Ok((!times.is_empty()).then(|| median(times)))
+    }
+
+    /// Parts of the step graph alone, built from the same kernels as `DecoderGraph` with its shapes.
+    fn profile_step(gpu: &Gpu, model: &DiaModel, batch: usize, steps: usize) -> Result<Profile> {
+        let d = &model.cfg.decoder;
+        let rows = 2 * batch as u32;
+        let max_len = d.max_positions as u32;
+        let f32s = |n: usize| gpu.buffer("bench.profile", (rows as usize * n * 4) as u64);
+        let qkv_w = (d.heads + 2 * d.kv_heads) * d.head_dim;
+        let cq_w = d.cross_heads * d.cross_head_dim;
+        let ckv_w = (2 * d.cross_kv_heads * d.cross_head_dim) as u32;
+        let qkv = gpu.upload("bench.qkv", &Noise::new(11).take(rows as usize * qkv_w, 1.0));
+        let cq = gpu.upload("bench.cq", &Noise::new(13).take(rows as usize * cq_w, 1.0));
+        let (attn, cattn) = (f32s(d.heads * d.head_dim), f32s(cq_w));
+        let enc = model.encode(gpu, PackedText::new(&vec![text_tokens(100); batch]));
+        let cache = KvCache::new(gpu, model, rows, max_len);
+        // Mid position of the timed run: attention cost grows with the number of cached keys.
+        let pos = (WARMUP_STEPS + steps / 2) as u32;
+        let qinfo = gpu.upload("bench.qinfo", &(0..rows).flat_map(|r| [r, pos]).collect::<Vec<u32>>());
+        let self_seqs = gpu.upload("bench.self_seqs", &(0..rows).flat_map(|r| [r * max_len, max_len]).collect::<Vec<u32>>());
+        let cross_qinfo = gpu.upload("bench.cross_qinfo", &(0..rows).flat_map(|r| [r.min(batch as u32), 0]).collect::<Vec<u32>>());
+        let mut attention = Vec::new();
+        for li in 0..d.layers {
+            attention.extend(attention_decode(
+                gpu,
+                &AttentionArgs {
+                    q_buf: &qkv,
+                    q_stride: qkv_w as u32,
+                    q_col: 0,
+                    k_buf: &cache.k[li],
+                    v_buf: &cache.v[li],
+                    kv_stride: (d.kv_heads * d.head_dim) as u32,
+                    k_col: 0,
+                    v_col: 0,
+                    qinfo: &qinfo,
+                    seqs: &self_seqs,
+                    out: &attn,
+                    rows,
+                    heads: d.heads as u32,
+                    kv_heads: d.kv_heads as u32,
+                    head_dim: d.head_dim as u32,
+                    causal: true,
+                    max_keys: max_len,
+                },
+            ));
+            attention.extend(attention_decode(
+                gpu,
+                &AttentionArgs {
+                    q_buf: &cq,
+                    q_stride: cq_w as u32,
+                    q_col: 0,
+                    k_buf: &enc.cross_kv[li],
+                    v_buf: &enc.cross_kv[li],
+                    kv_stride: ckv_w,
+                    k_col: 0,
+                    v_col: ckv_w / 2,
+                    qinfo: &cross_qinfo,
+                    seqs: &enc.seqs,
+                    out: &cattn,
+                    rows,
+                    heads: d.cross_heads as u32,
+                    kv_heads: d.cross_kv_heads as u32,
+                    head_dim: d.cross_head_dim as u32,
+                    causal: false,
+                    max_keys: 100,
+                },
+            ));
+        }
+        let attention_only_ms = time_passes(gpu, &attention, steps)? * 1e3;
+
+        // As DecoderGraph::new records them: embed; per layer 3 norms, 6 linears, one rope over Q and K (+1 on
+        // the cross queries for v0.1), kv_write and two attentions; final norm; the logits head and the
+        // sampler's two dispatches.
+        let per_attention = attention.len() / (2 * d.layers);
+        let per_layer = 3 + 6 + 1 + usize::from(model.cross_rope.is_some()) + 1 + 2 * per_attention;
+        let dispatches_per_step = 1 + d.layers * per_layer + 1 + 1 + 2;
+        let (x, y) = (f32s(d.hidden), f32s(d.hidden));
+        let norm_w = gpu.upload("bench.norm", &vec![1.0f32; d.hidden]);
+        let tiny: Vec<Dispatch> = (0..dispatches_per_step).map(|_| rmsnorm(gpu, &x, &norm_w, &y, 1, d.hidden as u32, 1e-5)).collect();
+        let dispatch_floor_ms = time_passes(gpu, &tiny, steps)? * 1e3;
+
+        let streamed = streamed_matrices(model);
+        let bytes: u64 = streamed.iter().map(|w| w.data.size).sum();
+        let max_cols = streamed.iter().map(|w| w.cols).max().unwrap_or(1) as usize;
+        let max_rows = streamed.iter().map(|w| w.rows).max().unwrap_or(1) as u64;
+        let x = gpu.upload("bench.x", &Noise::new(17).take(rows as usize * max_cols, 1.0));
+        let y = gpu.buffer("bench.y", rows as u64 * max_rows * 4);
+        let mut linear_shapes = Vec::new();
+        for (r, t) in [(2, 32), (2, 64), (4, 32), (4, 64), (4, 128)] {
+            let shape = SmallMShape { rows: r, threads: t };
+            if !shape.fits(rows) {
+                continue;
+            }
+            let ds: Vec<Dispatch> = streamed.iter().map(|w| linear_small_m_shaped(gpu, &x, w, &y, rows, LinearEpilogue::Store, shape)).collect();
+            let sec = time_passes(gpu, &ds, steps)?;
+            linear_shapes.push(LinearShapeRun { rows: r, threads: t, steps_per_s: 1.0 / sec, gbps: bytes as f64 / sec / 1e9 });
+        }
+
+        let (encoder_linear_only_ms, encoder_attention_only_ms) = profile_encoder(gpu, model, 1000.min(model.cfg.encoder.max_positions))?;
+        Ok(Profile {
+            dispatches_per_step,
+            attention_only_ms,
+            dispatch_floor_ms,
+            linear_shapes,
+            encoder_linear_only_ms,
+            encoder_attention_only_ms,
+        })
+    }
+
+    /// The encoder's matrix products and its attention, each alone, for one text of `bytes` tokens (plus the
+    /// one-token unconditional row, as `encode` packs it): milliseconds per pass.
+    fn profile_encoder(gpu: &Gpu, model: &DiaModel, bytes: usize) -> Result<(f64, f64)> {
+        let (e, d) = (&model.cfg.encoder, &model.cfg.decoder);
+        let n = bytes as u32 + 1;
+        let qkv_w = (e.heads + 2 * e.kv_heads) * e.head_dim;
+        let widest_in = e.hidden.max(e.intermediate).max(e.heads * e.head_dim);
+        let widest_out = qkv_w.max(2 * e.intermediate).max(2 * d.cross_kv_heads * d.cross_head_dim);
+        let x = gpu.upload("bench.enc_x", &Noise::new(19).take(n as usize * widest_in, 1.0));
+        let y = gpu.buffer("bench.enc_y", n as u64 * widest_out as u64 * 4);
+        let mut mats: Vec<&GpuMatrix> = Vec::new();
+        for l in &model.enc_layers {
+            mats.extend([&l.qkv, &l.o, &l.gate_up, &l.down]);
+        }
+        mats.extend(model.dec_layers.iter().map(|l| &l.cross_kv));
+        let ds: Vec<Dispatch> = mats.iter().map(|w| linear(gpu, &x, w, &y, n, LinearEpilogue::Store)).collect();
+        let linear_ms = time_passes(gpu, &ds, 5)? * 1e3;
+
+        let qkv = gpu.upload("bench.enc_qkv", &Noise::new(23).take(n as usize * qkv_w, 1.0));
+        let out = gpu.buffer("bench.enc_attn", n as u64 * (e.heads * e.head_dim) as u64 * 4);
+        // Two segments: the text (positions 0..bytes) and the unconditional row's single token.
+        let qinfo: Vec<u32> = (0..bytes as u32).flat_map(|p| [0, p]).chain([1, 0]).collect();
+        let qinfo = gpu.upload("bench.enc_qinfo", &qinfo);
+        let seqs = gpu.upload("bench.enc_seqs", &[0, bytes as u32, bytes as u32, 1]);
+        let hd = e.head_dim as u32;
+        let mut attention = Vec::new();
+        for _ in 0..e.layers {
+            attention.extend(attention_prefill(
+                gpu,
+                &AttentionArgs {
+                    q_buf: &qkv,
+                    q_stride: qkv_w as u32,
+                    q_col: 0,
+                    k_buf: &qkv,
+                    v_buf: &qkv,
+                    kv_stride: qkv_w as u32,
+                    k_col: e.heads as u32 * hd,
+                    v_col: (e.heads + e.kv_heads) as u32 * hd,
+                    qinfo: &qinfo,
+                    seqs: &seqs,
+                    out: &out,
+                    rows: n,
+                    heads: e.heads as u32,
+                    kv_heads: e.kv_heads as u32,
+                    head_dim: hd,
+                    causal: false,
+                    max_keys: n,
+                },
+            ));
+        }
+        let attention_ms = time_passes(gpu, &attention, 5)? * 1e3;
+        Ok((linear_ms, attention_ms))
+    }
+
+    fn print_table(r: &Report) {
+        println!("dia-bench: {} config, batch {}, {} steps per decoder run, on {}", r.config, r.batch, r.steps, r.adapter);
+        println!(
+            "ceiling (a): buffer copy {:.0} GB/s read+written ({} MiB copied)",
+            r.copy_gbps_read_write,
+            r.copy_bytes >> 20
+        );
+        let mut rows: Vec<(String, Vec<String>)> = vec![("numerics".into(), r.modes.iter().map(|m| m.numerics.to_string()).collect())];
+        let mut row = |name: &str, f: &dyn Fn(&ModeFigures) -> String| rows.push((name.to_string(), r.modes.iter().map(f).collect()));
+        row("model build (random weights), s", &|m| format!("{:.1}", m.model_build_s));
+        row("encoder, 100 bytes, ms", &|m| format!("{:.2}", m.encoder_ms_100_bytes));
+        row("encoder, 1000 bytes, ms", &|m| format!("{:.2}", m.encoder_ms_1000_bytes));
+        row("decoder steps/s, greedy", &|m| format!("{:.1}", m.greedy.steps_per_s));
+        row("decoder steps/s, sampled (T 1.2, p .95, k 45)", &|m| format!("{:.1}", m.sampled.steps_per_s));
+        row("  ms/step greedy (host record+submit)", &|m| format!("{:.3} ({:.3})", m.greedy.ms_per_step, m.greedy.host_ms_per_step));
+        row("  x real time (86.1 steps per s of audio)", &|m| format!("{:.2}", m.greedy.steps_per_s / (FRAMES_PER_10S / 10.0)));
+        row("weights per step, MB", &|m| format!("{:.1}", m.weight_bytes_per_step as f64 / 1e6));
+        row("weights streamed, GB/s", &|m| format!("{:.1}", m.weights_gbps));
+        row("  / copy ceiling (a)", &|m| format!("{:.2}", m.weights_vs_copy));
+        row("linear only (b): steps/s", &|m| format!("{:.1}", m.linear_only_steps_per_s));
+        row("linear only (b): GB/s", &|m| format!("{:.1}", m.linear_only_gbps));
+        row("  weights GB/s / linear-only (b)", &|m| format!("{:.2}", m.weights_vs_linear_only));
+        row("DAC decode per 10 s audio, ms", &|m| format!("{:.2}", m.dac_ms_per_10s));
+        row("peak GPU memory allocated, MB", &|m| format!("{:.1}", m.peak_allocated_bytes as f64 / 1e6));
+        row("TTFA (100 bytes, Tts::speak), ms", &|m| m.ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1}")));
+        if r.modes.iter().any(|m| m.profile.is_some()) {
+            let p = |m: &ModeFigures, f: &dyn Fn(&Profile) -> String| m.profile.as_ref().map_or("-".into(), f);
+            row("profile: dispatches per step", &|m| p(m, &|p| p.dispatches_per_step.to_string()));
+            row("profile: attention only, ms/step", &|m| p(m, &|p| format!("{:.3}", p.attention_only_ms)));
+            row("profile: dispatch floor, ms/step", &|m| p(m, &|p| format!("{:.3}", p.dispatch_floor_ms)));
+            row("profile: best linear-only shape, steps/s", &|m| {
+                p(m, &|p| {
+                    p.linear_shapes
+                        .iter()
+                        .max_by(|a, b| a.steps_per_s.total_cmp(&b.steps_per_s))
+                        .map_or("-".into(), |s| format!("{:.1} ({}x{})", s.steps_per_s, s.rows, s.threads))
+                })
+            });
+            row("profile: encoder 1000 B linear only, ms", &|m| p(m, &|p| format!("{:.2}", p.encoder_linear_only_ms)));
+            row("profile: encoder 1000 B attention only, ms", &|m| p(m, &|p| format!("{:.2}", p.encoder_attention_only_ms)));
+        }
+        let name_w = rows.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0);
+        let col_w = rows.iter().flat_map(|(_, v)| v.iter().map(|s| s.chars().count())).max().unwrap_or(0);
+        for (i, (name, values)) in rows.iter().enumerate() {
+            let cells: Vec<String> = values.iter().map(|v| format!("{v:>col_w$}")).collect();
+            println!("| {name:<name_w$} | {} |", cells.join(" | "));
+            if i == 0 {
+                println!("|{}|{}", "-".repeat(name_w + 2), cells.iter().map(|_| format!("{}:|", "-".repeat(col_w + 1))).collect::<String>());
+            }
+        }
+    }
+}
