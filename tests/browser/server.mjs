@@ -31,10 +31,10 @@ function inside(dir, rel) {
 }
 
 /** Sends `file` (or the byte range the request asks for), recording the status in `entry`. */
-function serveFile(req, res, file, headers, entry) {
+function serveFile(req, res, file, headers, entry, ranges = true) {
   const size = statSync(file).size;
   const type = TYPES[extname(file)] ?? 'application/octet-stream';
-  const range = req.headers.range?.match(/^bytes=(\d+)-(\d*)$/);
+  const range = ranges && req.headers.range?.match(/^bytes=(\d+)-(\d*)$/);
   let status = 200;
   let start = 0;
   let end = size - 1;
@@ -56,8 +56,10 @@ function serveFile(req, res, file, headers, entry) {
 }
 
 /**
- * @param {{ repos: Record<string, string | { dir: string, delayMs?: number }>, mounts: Record<string, string> }} config
- *   repos: "org/name" → directory of its files (optionally answering after delayMs); mounts: "prefix" → directory
+ * @param {{ repos: Record<string, string | { dir: string, delayMs?: number, failFirst?: number, ranges?: boolean }>,
+ *           mounts: Record<string, string> }} config
+ *   repos: "org/name" → directory of its files, optionally answering after `delayMs`, failing the first
+ *   `failFirst` requests with 503, or ignoring Range headers (`ranges: false`); mounts: "prefix" → directory
  * @returns {Promise<{ origin: string, log: object[], close(): Promise<void> }>}
  */
 export async function startServer({ repos, mounts }) {
@@ -75,13 +77,18 @@ export async function startServer({ repos, mounts }) {
     const hub = path.match(/^\/hub\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/);
     let file = null;
     let entry = null;
-    let delayMs = 0;
+    let repo = null;
     if (hub) {
       entry = { path, range: req.headers.range ?? null, status: 0 };
       log.push(entry);
-      const repo = typeof repos[hub[1]] === 'string' ? { dir: repos[hub[1]] } : repos[hub[1]];
+      repo = typeof repos[hub[1]] === 'string' ? { dir: repos[hub[1]] } : repos[hub[1]];
       file = repo ? inside(repo.dir, hub[3]) : null;
-      delayMs = repo?.delayMs ?? 0;
+      if (file && repo.failFirst > 0) {
+        repo.failFirst--;
+        entry.status = 503;
+        res.writeHead(503, headers);
+        return res.end('try again');
+      }
     } else {
       const [, mount, rest] = path.match(/^\/([^/]+)\/(.*)$/) ?? [];
       if (mount && mounts[mount]) file = inside(mounts[mount], rest || 'index.html');
@@ -92,8 +99,9 @@ export async function startServer({ repos, mounts }) {
       return res.end('not found');
     }
     // A slow repository answers after a pause, so that a test can act while a load is under way.
-    if (delayMs) setTimeout(() => serveFile(req, res, file, headers, entry), delayMs);
-    else serveFile(req, res, file, headers, entry);
+    const serve = () => serveFile(req, res, file, headers, entry, repo?.ranges !== false);
+    if (repo?.delayMs) setTimeout(serve, repo.delayMs);
+    else serve();
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   const origin = `http://127.0.0.1:${server.address().port}`;

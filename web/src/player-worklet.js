@@ -20,7 +20,8 @@ class DiaPcmPlayer extends AudioWorkletProcessor {
     const { srcRate, sab } = processorOptions;
     this.ring = sab ? new PcmRing(sab) : null;
     this.step = srcRate / sampleRate;
-    this.resumeAt = Math.ceil(srcRate * PREBUFFER);
+    // Never wait for more than half a ring: the producer cannot queue beyond its capacity.
+    this.resumeAt = Math.min(Math.ceil(srcRate * PREBUFFER), this.ring ? this.ring.capacity / 2 : Infinity);
     this.state = 'idle';
     this.stream = -1;
     this.port.onmessage = ({ data }) => this.onMessage(data);
