@@ -2,7 +2,8 @@
 // Protocol (every message carries the request's `id`):
 //   page → worker: { type: 'load', model, codec, baseUrl, revision, numerics, cache, encoder }
 //                  { type: 'generate', text, options, prompt? }   { type: 'cancel', target }
-//   worker → page: load → progress* → ready;  generate → chunk* → done | cancelled;  error (any request)
+//   worker → page: load → progress* → ready;  generate → chunk* → done | cancelled;  error (any request);
+//                  fatal (no id: the engine crashed and this worker is done)
 import init, { DiaEngine } from '../wasm/dia_webgpu.js';
 import { CheckpointError, EngineError, errorToJSON, InvalidOptionError } from './errors.js';
 import { fillComponent, HubSource, prepareComponent } from './loader.js';
@@ -145,6 +146,20 @@ function cancel(msg) {
     engine.cancel();
   }
 }
+
+// A Rust panic leaves the engine unusable and may surface outside any request (in a wasm task), so it
+// is reported once as 'fatal' with the panic's text, which console_error_panic_hook logs just before.
+let lastPanic = null;
+const consoleError = console.error.bind(console);
+console.error = (...args) => {
+  const text = args.map(String).join(' ');
+  if (text.includes('panicked at')) lastPanic = text.split('\n\nStack:')[0].trim();
+  consoleError(...args);
+};
+self.addEventListener('error', (event) => {
+  event.preventDefault();
+  post({ type: 'fatal', message: lastPanic ?? event.message });
+});
 
 const handlers = { load, generate };
 

@@ -4,6 +4,7 @@
 // cancellation, corruption recovery, quota errors and the demo page. Prints "N passed, N failed".
 //   node e2e.mjs [--mock]   (--mock: the package was built with the JS mock engine; parity is then
 //                            checked against the mock's own first output instead of the fixtures)
+//   DIA_BROWSER_FULL=1      also the voice-prompt parity case and an f16w generation
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,6 +17,8 @@ import { unitTests } from './unit.mjs';
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
 const mock = process.argv.includes('--mock');
+// DIA_BROWSER_FULL=1 adds two more generations (voice prompt parity, f16w), minutes each on SwiftShader.
+const full = process.env.DIA_BROWSER_FULL === '1';
 const fixtures = resolve(root, process.env.DIA_FIXTURES ?? '../shared/fixtures/tiny');
 const artifacts = join(here, 'artifacts');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -175,7 +178,9 @@ function generate(page, text, options) {
 async function main() {
   const expected = JSON.parse(readFileSync(join(fixtures, 'expected.json'), 'utf8'));
   const t0Text = expected.texts[0];
-  const t0Pcm = tensorF32(readSafetensors(join(fixtures, 'expected.safetensors')), 't0.pcm');
+  const expectedTensors = readSafetensors(join(fixtures, 'expected.safetensors'));
+  const fixture = (name) => tensorF32(expectedTensors, name);
+  const t0Pcm = fixture('t0.pcm');
   const work = mkdtempSync(join(tmpdir(), 'dia-web-e2e-'));
   rmSync(artifacts, { recursive: true, force: true });
   mkdirSync(artifacts, { recursive: true });
@@ -342,7 +347,7 @@ async function main() {
       return `${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s, SNR ${fmtDb(snr)}`;
     });
 
-    await test('cancel mid-generation: no chunk after cancel(), the worker stops at once', async () => {
+    await test('cancel mid-generation: no chunk after cancel(), the worker stops and says so', async () => {
       const r = await call(
         page,
         async ({ text, afterMs }) => {
@@ -555,6 +560,31 @@ async function main() {
       assert(JSON.stringify(sharded, Object.keys(single).sort()) === JSON.stringify(single, Object.keys(single).sort()), 'SHA-256 of every tensor equals the unsharded download');
       return `${Object.keys(sharded).length} model tensors from 2 shards, ${log.length} requests, hashes equal`;
     });
+
+    if (full) {
+      await test(`voice prompt (clone case): PCM matches clone.pcm (SNR ≥ ${MIN_SNR_DB} dB)`, async () => {
+        await load(page, f32);
+        const r = await call(
+          page,
+          async ({ text, opts, prompt }) => {
+            const out = await window.tts.generate(text, { ...opts, prompt: Float32Array.from(prompt) });
+            return { audio: Array.from(out.audio), steps: out.steps, seconds: out.seconds };
+          },
+          { text: t0Text, opts: GREEDY, prompt: Array.from(fixture('clone.prompt_pcm')) },
+        );
+        const snr = snrDb(mock ? Float32Array.from(r.audio) : fixture('clone.pcm'), r.audio);
+        assert(snr >= MIN_SNR_DB, `SNR ${snr.toFixed(1)} dB`);
+        return `${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s, SNR ${fmtDb(snr)}`;
+      });
+
+      await test('f16w generation of t0 (f16-stored weights through the engine)', async () => {
+        await load(page, { ...f32, dtype: 'f16w' });
+        const r = await generate(page, t0Text, GREEDY);
+        assert(r.audio.length > 0 && r.audio.every(Number.isFinite), 'finite audio');
+        const same = r.audio.length === t0Pcm.length;
+        return `${r.audio.length} samples in ${r.seconds.toFixed(1)} s; ${same && !mock ? `SNR vs t0.pcm ${fmtDb(snrDb(t0Pcm, r.audio))}` : 'another length than t0.pcm'} (f16 weights: informative)`;
+      });
+    }
 
     await test('quota exceeded while storing weights → QuotaExceededError', async () => {
       const ctx = await browser.newContext();

@@ -91,8 +91,13 @@ function drawWaveform(chunks, total, span = Math.max(total, 5 * SAMPLE_RATE)) {
   g.fillStyle = '#10151c';
   g.fillRect(0, 0, width, height);
   g.fillStyle = '#5b8cff';
+  // Normalised to the loudest sample so far, so quiet audio is still visible.
+  let peak = 1e-6;
+  for (const chunk of chunks) for (let i = 0; i < chunk.length; i++) peak = Math.max(peak, Math.abs(chunk[i]));
+  const gain = 0.95 / peak;
   // One min/max bar per pixel column; while generating, the scale is at least 5 s so it does not jump.
   const perColumn = span / width;
+  const bar = (x, lo, hi) => g.fillRect(x, (0.5 - hi / 2) * height, 1, Math.max(1, ((hi - lo) / 2) * height));
   let column = 0;
   let lo = 0;
   let hi = 0;
@@ -101,7 +106,7 @@ function drawWaveform(chunks, total, span = Math.max(total, 5 * SAMPLE_RATE)) {
     for (let i = 0; i < chunk.length; i++, seen++) {
       const c = Math.floor(seen / perColumn);
       if (c !== column) {
-        g.fillRect(column, (0.5 - hi / 2) * height, 1, Math.max(1, ((hi - lo) / 2) * height));
+        bar(column, lo * gain, hi * gain);
         column = c;
         lo = hi = 0;
       }
@@ -109,7 +114,7 @@ function drawWaveform(chunks, total, span = Math.max(total, 5 * SAMPLE_RATE)) {
       hi = Math.max(hi, chunk[i]);
     }
   }
-  if (seen) g.fillRect(column, (0.5 - hi / 2) * height, 1, Math.max(1, ((hi - lo) / 2) * height));
+  if (seen) bar(column, lo * gain, hi * gain);
 }
 
 function offerDownload(samples) {

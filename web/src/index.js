@@ -149,6 +149,7 @@ export class DiaTTS {
   }
 
   #onMessage(m) {
+    if (m.type === 'fatal') return this.#fail(new EngineError(`the engine crashed: ${m.message}`));
     const r = this.#requests.get(m.id);
     if (!r) return;
     switch (m.type) {

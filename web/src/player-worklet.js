@@ -2,7 +2,7 @@
 // Input: a PcmRing in a SharedArrayBuffer (cross-origin isolated pages) or transferred chunks on the port.
 // Messages in:  { type: 'start', stream, from? }  { type: 'pcm', stream, data }  { type: 'end', stream }
 //               { type: 'stop', stream }
-// Messages out: { type: 'position', stream, consumed, underruns, state } about every 20 ms,
+// Messages out: { type: 'position', stream, consumed, underruns, state } about every 20 ms while playing,
 //               { type: 'ended', stream, consumed, underruns } once the last sample has played,
 //               { type: 'stopped', ... } in answer to 'stop'.
 // Resampling is linear interpolation (exact pass-through when the rates match). When the input runs dry
@@ -64,6 +64,7 @@ class DiaPcmPlayer extends AudioWorkletProcessor {
     this.lastOut = 0;
     this.fadeOut = FADE;
     this.blocks = 0;
+    this.reported = 0;
   }
 
   available() {
@@ -151,7 +152,8 @@ class DiaPcmPlayer extends AudioWorkletProcessor {
     if (this.state === 'finished') {
       this.report('ended');
       this.state = 'idle';
-    } else if (++this.blocks % REPORT_EVERY === 0) {
+    } else if (++this.blocks % REPORT_EVERY === 0 && this.consumed !== this.reported) {
+      this.reported = this.consumed;
       this.report('position');
     }
     return true;
