@@ -1,0 +1,676 @@
+// End-to-end tests of the dia-webgpu package in headless Chromium (WebGPU on SwiftShader), driven by
+// Playwright. Packs web/ with npm, installs the tarball into a fresh project, serves that copy, the
+// test page and the fixtures under hub-style URLs, and checks loading, parity, caching, playback,
+// cancellation, corruption recovery, quota errors and the demo page. Prints "N passed, N failed".
+//   node e2e.mjs [--mock]   (--mock: the package was built with the JS mock engine; parity is then
+//                            checked against the mock's own first output instead of the fixtures)
+//   DIA_BROWSER_FULL=1      also the voice-prompt parity case and an f16w generation
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+import { unitTests } from './unit.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '../..');
+const mock = process.argv.includes('--mock');
+// DIA_BROWSER_FULL=1 adds two more generations (voice prompt parity, f16w), minutes each on SwiftShader.
+const full = process.env.DIA_BROWSER_FULL === '1';
+const fixtures = resolve(root, process.env.DIA_FIXTURES ?? '../shared/fixtures/tiny');
+const artifacts = join(here, 'artifacts');
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const GREEDY = { temperature: 0, cfgFilterTopK: 45, maxNewTokens: 40, cfgScale: 3 };
+const MIN_SNR_DB = 60;
+
+// ---------------------------------------------------------------- tiny harness
+
+const results = [];
+async function test(name, fn) {
+  const started = Date.now();
+  try {
+    const note = await fn();
+    results.push(true);
+    console.log(`ok   ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)${note ? `: ${note}` : ''}`);
+  } catch (e) {
+    results.push(false);
+    console.log(`FAIL ${name} (${((Date.now() - started) / 1000).toFixed(1)} s): ${e.message}`);
+  }
+}
+
+function assert(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+// ---------------------------------------------------------------- fixtures
+
+function readSafetensors(file) {
+  const buf = readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  return { header: JSON.parse(buf.subarray(8, 8 + n).toString()), data: buf.subarray(8 + n) };
+}
+
+function tensorBytes(st, name) {
+  const [b, e] = st.header[name].data_offsets;
+  return st.data.subarray(b, e);
+}
+
+function tensorF32(st, name) {
+  const bytes = tensorBytes(st, name);
+  return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+}
+
+function writeSafetensors(file, entries) {
+  const header = {};
+  let offset = 0;
+  for (const [name, { dtype, shape, bytes }] of entries) {
+    header[name] = { dtype, shape, data_offsets: [offset, offset + bytes.length] };
+    offset += bytes.length;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  writeFileSync(file, Buffer.concat([len, Buffer.from(json), ...entries.map(([, t]) => t.bytes)]));
+}
+
+/** The tiny Dia split into two shards + model.safetensors.index.json (the layout of large repos). */
+function makeSharded(dir) {
+  mkdirSync(dir, { recursive: true });
+  copyFileSync(join(fixtures, 'dia/config.json'), join(dir, 'config.json'));
+  const st = readSafetensors(join(fixtures, 'dia/model.safetensors'));
+  const names = Object.keys(st.header).filter((n) => n !== '__metadata__');
+  const shards = [[], []];
+  names.forEach((n, i) => shards[i % 2].push([n, { ...st.header[n], bytes: tensorBytes(st, n) }]));
+  const weightMap = {};
+  shards.forEach((entries, i) => {
+    const file = `model-0000${i + 1}-of-00002.safetensors`;
+    writeSafetensors(join(dir, file), entries);
+    for (const [n] of entries) weightMap[n] = file;
+  });
+  writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+}
+
+function snrDb(ref, x) {
+  if (ref.length !== x.length) throw new Error(`length ${x.length} ≠ reference ${ref.length}`);
+  let signal = 0;
+  let noise = 0;
+  for (let i = 0; i < ref.length; i++) {
+    signal += ref[i] * ref[i];
+    noise += (ref[i] - x[i]) ** 2;
+  }
+  return noise === 0 ? Infinity : 10 * Math.log10(signal / noise);
+}
+
+// ---------------------------------------------------------------- page helpers
+
+/** Runs `fn(arg)` in the page; a thrown error comes back as an Error with the page error's name. */
+async function call(page, fn, arg) {
+  const r = await page.evaluate(
+    async ([source, a]) => {
+      try {
+        // eslint-disable-next-line no-eval
+        return { value: await (0, eval)(`(${source})`)(a) };
+      } catch (e) {
+        return { error: { name: e?.name ?? 'Error', message: e?.message ?? String(e), details: e?.details } };
+      }
+    },
+    [fn.toString(), arg],
+  );
+  if (r.error) {
+    const e = new Error(`${r.error.name}: ${r.error.message}`);
+    e.pageError = r.error;
+    throw e;
+  }
+  return r.value;
+}
+
+async function expectError(promise, name) {
+  try {
+    await promise;
+  } catch (e) {
+    if (e.pageError?.name === name) return e.pageError;
+    throw new Error(`expected ${name}, got ${e.message}`);
+  }
+  throw new Error(`expected ${name}, but it succeeded`);
+}
+
+async function openPage(context, url) {
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.log(`  [page error] ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') console.log(`  [console.${m.type()}] ${m.text()}`);
+  });
+  await page.goto(url);
+  await page.waitForSelector('body[data-ready=yes]', { timeout: 30000 });
+  return page;
+}
+
+/** DiaTTS.load in the page (result kept as window.tts); returns { info, events }. */
+function load(page, options) {
+  return call(
+    page,
+    async (o) => {
+      const events = [];
+      await window.tts?.dispose();
+      window.tts = await window.dia.DiaTTS.load({ ...o, onProgress: (e) => events.push(e) });
+      return { info: window.tts.info, events };
+    },
+    options,
+  );
+}
+
+function generate(page, text, options) {
+  return call(
+    page,
+    async ({ text, options }) => {
+      const r = await window.tts.generate(text, options);
+      return { audio: Array.from(r.audio), samples: r.samples, steps: r.steps, seconds: r.seconds, samplingRate: r.samplingRate };
+    },
+    { text, options },
+  );
+}
+
+// ---------------------------------------------------------------- the tests
+
+async function main() {
+  const expected = JSON.parse(readFileSync(join(fixtures, 'expected.json'), 'utf8'));
+  const t0Text = expected.texts[0];
+  const expectedTensors = readSafetensors(join(fixtures, 'expected.safetensors'));
+  const fixture = (name) => tensorF32(expectedTensors, name);
+  const t0Pcm = fixture('t0.pcm');
+  const work = mkdtempSync(join(tmpdir(), 'dia-web-e2e-'));
+  rmSync(artifacts, { recursive: true, force: true });
+  mkdirSync(artifacts, { recursive: true });
+  let reference = mock ? null : t0Pcm; // mock: the first f32 output becomes the reference
+  const checkT0 = (audio) => {
+    reference ??= Float32Array.from(audio);
+    const snr = snrDb(reference, audio);
+    assert(snr >= MIN_SNR_DB, `SNR ${snr.toFixed(1)} dB < ${MIN_SNR_DB} dB against ${mock ? 'the first run' : 't0.pcm'}`);
+    return snr;
+  };
+  const fmtDb = (snr) => (snr === Infinity ? '∞ dB (bit-exact)' : `${snr.toFixed(1)} dB`);
+
+  for (const [name, fn] of unitTests) await test(`unit: ${name}`, fn);
+
+  // The package as a user gets it: npm pack, installed into a fresh project.
+  let pkgDir = null;
+  await test('npm pack → install into a fresh project → import in node, TypeScript types check', async () => {
+    const out = execFileSync('npm', ['pack', '--pack-destination', work, '--json'], { cwd: join(root, 'web'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const [{ filename, files }] = JSON.parse(out);
+    const app = join(work, 'app');
+    mkdirSync(app);
+    writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }));
+    execFileSync('npm', ['install', '--no-audit', '--no-fund', '--offline', join(work, filename)], { cwd: app, stdio: 'pipe' });
+    pkgDir = join(app, 'node_modules', 'dia-webgpu');
+    const paths = files.map((f) => f.path);
+    for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/player-worklet.js', 'dist/worker/worker.js', 'dist/wasm/dia_webgpu.js', 'demo/index.html']) {
+      assert(paths.includes(f), `the tarball lacks ${f}`);
+    }
+    if (!mock) assert(paths.includes('dist/wasm/dia_webgpu_bg.wasm'), 'the tarball lacks the wasm');
+    // Importing in node must not touch browser globals; toWav works anywhere.
+    const check = `
+      import { DiaTTS, toWav, SAMPLE_RATE, QuotaExceededError, DiaError, CancelledError } from 'dia-webgpu';
+      const wav = toWav(new Float32Array([0, 0.5, -1, 1]), SAMPLE_RATE);
+      if (typeof DiaTTS.load !== 'function' || !(new QuotaExceededError('x') instanceof DiaError)) throw new Error('exports');
+      if (wav.length !== 44 + 8 || String.fromCharCode(...wav.slice(0, 4)) !== 'RIFF') throw new Error('wav');
+      if (new DataView(wav.buffer).getInt16(46, true) !== 16384) throw new Error('wav sample');
+      console.log(JSON.stringify({ cancelled: new CancelledError('c').name }));`;
+    writeFileSync(join(app, 'check.mjs'), check);
+    const printed = execFileSync('node', ['check.mjs'], { cwd: app, encoding: 'utf8' });
+    assert(JSON.parse(printed).cancelled === 'CancelledError', 'error names survive');
+    // The declarations type-check a typical use under strict TypeScript.
+    writeFileSync(
+      join(app, 'use.ts'),
+      `import { DiaTTS, toWav, type LoadProgress, type GeneratedAudio } from 'dia-webgpu';
+       export async function speak(text: string): Promise<Uint8Array> {
+         const tts = await DiaTTS.load({ dtype: 'f16w', onProgress: (p: LoadProgress) => console.log(p.progress) });
+         for await (const chunk of tts.stream(text, { temperature: 1.2 })) console.log(chunk.length);
+         const out: GeneratedAudio = await tts.generate(text, { cfgScale: 3, seed: 1 });
+         return toWav(out.audio, out.samplingRate);
+       }`,
+    );
+    const tsc = join(here, 'node_modules', 'typescript', 'bin', 'tsc');
+    execFileSync('node', [tsc, '--noEmit', '--strict', '--target', 'es2022', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--lib', 'es2022,dom,dom.iterable', 'use.ts'], { cwd: app, stdio: 'pipe' });
+    return `${filename}, ${files.length} files`;
+  });
+  if (!pkgDir) {
+    console.log('0 passed, 1 failed (the package could not be packed; nothing else was run)');
+    process.exit(1);
+  }
+
+  const sharded = join(work, 'sharded');
+  makeSharded(sharded);
+  const server = await startServer({
+    repos: {
+      'tiny/dia': join(fixtures, 'dia'),
+      'tiny/dac': join(fixtures, 'dac'),
+      'tiny-sharded/dia': sharded,
+      'tiny-slow/dia': { dir: join(fixtures, 'dia'), delayMs: 300 },
+      'tiny-slow/dac': { dir: join(fixtures, 'dac'), delayMs: 300 },
+    },
+    mounts: { pkg: pkgDir, test: join(here, 'page') },
+  });
+  const { origin, log } = server;
+  const base = `${origin}/hub`;
+  const resetLog = () => log.splice(0);
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: [
+      '--headless=new',
+      '--no-sandbox',
+      '--enable-unsafe-webgpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
+      '--disable-dev-shm-usage',
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+  const context = await browser.newContext();
+  const testPage = `${origin}/test/index.html`;
+  const f32 = { model: 'tiny/dia', codec: 'tiny/dac', baseUrl: base, dtype: 'f32' };
+
+  try {
+    await test('feature detection: without WebGPU, load throws WebGPUUnavailableError with a readable message', async () => {
+      const ctx = await browser.newContext();
+      await ctx.addInitScript(() => Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined, configurable: true }));
+      const page = await openPage(ctx, testPage);
+      const caps = await call(page, () => window.dia.DiaTTS.capabilities());
+      const err = await expectError(load(page, f32), 'WebGPUUnavailableError');
+      await ctx.close();
+      assert(caps.webgpu === false && /WebGPU/.test(err.message), `capabilities ${JSON.stringify(caps)}, message ${err.message}`);
+      return err.message;
+    });
+
+    let page = await openPage(context, testPage);
+
+    await test('capabilities: SwiftShader WebGPU adapter', async () => {
+      const caps = await call(page, () => window.dia.DiaTTS.capabilities());
+      assert(caps.webgpu, `no WebGPU: ${caps.reason}`);
+      return `${caps.adapter.description || caps.adapter.vendor || 'adapter'}, fallback ${caps.adapter.isFallbackAdapter}, shader-f16 ${caps.shaderF16}, max binding ${caps.maxStorageBufferBindingSize}`;
+    });
+
+    await test('f32 → f16 conversion (f16w store) is bit-identical to the platform Float16Array', async () => {
+      const r = await call(page, async () => {
+        if (typeof Float16Array !== 'function') return { skipped: true };
+        const { toF16Bytes } = await import('../pkg/dist/worker/f16.js');
+        const bits = new Uint32Array(1 << 20);
+        for (let i = 0; i < bits.length; i += 16384) crypto.getRandomValues(bits.subarray(i, i + 16384)); // 64 KiB per call at most
+        // Edge cases: subnormal/overflow boundaries, ties, ±0, ±inf; NaN payloads are left out.
+        const edges = [0, 0x80000000, 0x7f800000, 0xff800000, 0x33000000, 0x33000001, 0x387fe000, 0x38800000, 0x477fe000, 0x477ff000, 0x477fefff, 0x3f801000, 0x3f803000, 0x3f801001, 0x00000001];
+        bits.set(edges);
+        for (let i = 0; i < bits.length; i++) if ((bits[i] & 0x7f800000) === 0x7f800000 && bits[i] & 0x7fffff) bits[i] = 0;
+        const bytes = new Uint8Array(bits.buffer);
+        const mine = new Uint16Array(toF16Bytes(bytes, 'F32', false).buffer);
+        const native = new Uint16Array(toF16Bytes(bytes, 'F32', true).buffer);
+        let diff = 0;
+        for (let i = 0; i < mine.length; i++) if (mine[i] !== native[i]) diff++;
+        return { n: mine.length, diff };
+      });
+      if (r.skipped) return 'skipped: no Float16Array in this browser';
+      assert(r.diff === 0, `${r.diff} of ${r.n} values differ`);
+      return `${r.n} values, 0 differ`;
+    });
+
+    await test('load f32 from hub URLs: headers then per-tensor Range requests, progress events', async () => {
+      await call(page, () => window.dia.DiaTTS.clearCache());
+      resetLog();
+      const { info, events } = await load(page, f32);
+      const model = log.filter((e) => e.path.includes('/tiny/dia/'));
+      const weights = log.filter((e) => e.path.endsWith('.safetensors'));
+      assert(!info.fromCache && info.requests === log.length, `info ${JSON.stringify(info)} vs ${log.length} requests`);
+      assert(weights.every((e) => e.range && e.status === 206), 'every weight request is a 206 Range request');
+      const modelWeights = model.filter((e) => e.path.endsWith('.safetensors'));
+      assert(modelWeights[0].range === 'bytes=0-7' && /^bytes=8-\d+$/.test(modelWeights[1].range), `header requests first: ${modelWeights.slice(0, 2).map((e) => e.range)}`);
+      const done = events.filter((e) => e.status === 'downloaded');
+      assert(done.length === info.tensors, `${done.length} downloaded events for ${info.tensors} tensors`);
+      const last = events.at(-1);
+      assert(last.loaded === last.total && last.tensorsLoaded === last.tensorsTotal && Math.abs(last.progress - 100) < 1e-9, `last event ${JSON.stringify(last)}`);
+      assert(events.every((e, i) => i === 0 || e.loaded >= events[i - 1].loaded), 'progress never goes back');
+      assert(events.some((e) => e.status === 'resolving'), 'a resolving event');
+      return `${info.tensors} tensors, ${log.length} requests (${weights.length} ranges), ${(info.networkBytes / 1e6).toFixed(2)} MB, ${events.length} progress events, ${info.seconds.toFixed(2)} s; ${info.adapterInfo}`;
+    });
+
+    // Generations are the slow part on SwiftShader (seconds per decoder step), so only three run: the
+    // parity run, the cancelled one, and the speak that follows it; the other tests need none.
+    let t0Audio = null;
+    await test(`generate t0 greedy in f32 → PCM matches t0.pcm (SNR ≥ ${MIN_SNR_DB} dB)`, async () => {
+      const r = await generate(page, t0Text, GREEDY);
+      assert(r.samples === r.audio.length && r.samplingRate === 44100, `samples ${r.samples} vs ${r.audio.length}`);
+      const snr = checkT0(r.audio);
+      t0Audio = r.audio;
+      return `${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s, SNR ${fmtDb(snr)}`;
+    });
+
+    await test('cancel mid-generation: no chunk after cancel(), the worker stops and says so', async () => {
+      const r = await call(
+        page,
+        async ({ text, afterMs }) => {
+          const messages = [];
+          const listen = ({ data }) => messages.push({ type: data.type, at: performance.now() });
+          window.tts.worker.addEventListener('message', listen);
+          const startedAt = performance.now();
+          const stream = window.tts.stream(text, { temperature: 1.2, topP: 0.95, seed: 5, maxNewTokens: 600 });
+          let chunks = 0;
+          let afterCancel = 0;
+          let cancelledAt = null;
+          let cancelling = null;
+          let error = null;
+          // Cancel at the first chunk, or after `afterMs` if the first chunk is further away than that.
+          const cancelNow = () => {
+            if (cancelledAt === null) {
+              cancelledAt = performance.now();
+              cancelling = window.tts.cancel();
+            }
+          };
+          const timer = setTimeout(cancelNow, afterMs);
+          try {
+            for await (const chunk of stream) {
+              if (cancelledAt !== null) afterCancel++;
+              chunks += chunk.length ? 1 : 0;
+              cancelNow();
+            }
+          } catch (e) {
+            error = e.name;
+          }
+          clearTimeout(timer);
+          await cancelling;
+          await new Promise((r) => setTimeout(r, 1000)); // anything still on its way arrives now
+          window.tts.worker.removeEventListener('message', listen);
+          const end = messages.findIndex((m) => m.type === 'cancelled' || m.type === 'done');
+          return {
+            chunks,
+            afterCancel,
+            error,
+            ended: messages.filter((m) => m.type === 'cancelled' || m.type === 'done').map((m) => m.type),
+            chunksAfterAck: messages.slice(end + 1).filter((m) => m.type === 'chunk').length,
+            runMs: cancelledAt - startedAt,
+            ackMs: end < 0 ? null : messages[end].at - cancelledAt,
+          };
+        },
+        { text: `${t0Text} ${t0Text} ${t0Text}`, afterMs: mock ? 50 : 12000 },
+      );
+      assert(r.error === 'CancelledError', `stream ended with ${r.error}`);
+      assert(r.afterCancel === 0, `${r.afterCancel} chunk(s) after cancel()`);
+      assert(r.ended.length === 1 && r.ended[0] === 'cancelled', `the worker answered ${r.ended} (a generation that ran to its end was not cancelled mid-way)`);
+      assert(r.chunksAfterAck === 0, `${r.chunksAfterAck} chunk message(s) after the worker's acknowledgement`);
+      return `cancelled ${(r.runMs / 1000).toFixed(1)} s in, after ${r.chunks} chunk(s); the worker stopped ${(r.ackMs / 1000).toFixed(1)} s after cancel()`;
+    });
+
+    await test('speak after the cancel (chunks transferred to the AudioWorklet, resampled to 48 kHz): consumes exactly the generated samples; PCM right', async () => {
+      const r = await call(
+        page,
+        async ({ text, opts }) => {
+          const positions = [];
+          const audioContext = new AudioContext({ sampleRate: 48000 });
+          const r = await window.tts.speak(text, { ...opts, audioContext, onPosition: (pos) => positions.push(pos.samples) });
+          await audioContext.close();
+          return {
+            audio: Array.from(r.audio),
+            samples: r.samples,
+            played: r.played,
+            underruns: r.underruns,
+            sharedMemory: r.sharedMemory,
+            positions: positions.length,
+            monotonic: positions.every((x, i) => i === 0 || x >= positions[i - 1]),
+          };
+        },
+        { text: t0Text, opts: GREEDY },
+      );
+      assert(!r.sharedMemory, 'not cross-origin isolated: transferred chunks');
+      assert(r.played === r.audio.length && r.samples === r.audio.length, `played ${r.played}, generated ${r.audio.length}`);
+      assert(r.positions > 0 && r.monotonic, `${r.positions} position reports, monotonic ${r.monotonic}`);
+      const snr = checkT0(r.audio);
+      return `${r.played} samples played at 48000 Hz, ${r.underruns} underrun(s), ${r.positions} position reports; SNR ${fmtDb(snr)}`;
+    });
+
+    await test('AudioWorklet fed by a SharedArrayBuffer ring on a cross-origin isolated page: exact consumption', async () => {
+      assert(t0Audio, 'needs the t0 audio');
+      const coi = await openPage(context, `${origin}/coi/test/index.html`);
+      const r = await call(
+        coi,
+        async (audio) => {
+          const samples = Float32Array.from(audio);
+          const ctx = new AudioContext();
+          await ctx.resume();
+          const player = await window.dia.PcmPlayer.create(ctx);
+          const playback = player.start();
+          // Arrives in pieces, with pauses, as from a generation.
+          for (let i = 0; i < samples.length; i += 2000) {
+            playback.push(samples.subarray(i, i + 2000));
+            await new Promise((r) => setTimeout(r, 5));
+          }
+          playback.end();
+          const done = await playback.finished;
+          await ctx.close();
+          return { ...done, shared: player.shared, isolated: crossOriginIsolated, rate: ctx.sampleRate };
+        },
+        t0Audio,
+      );
+      await coi.close();
+      assert(r.isolated && r.shared, `isolated ${r.isolated}, shared ring ${r.shared}`);
+      assert(r.consumed === t0Audio.length && r.pushed === t0Audio.length && !r.stopped, JSON.stringify(r));
+      return `${r.consumed} samples through the ring at ${r.rate} Hz, ${r.underruns} underrun(s)`;
+    });
+
+    await test('reload → weights from IndexedDB (SHA-256 verified) with zero network requests', async () => {
+      await page.reload();
+      await page.waitForSelector('body[data-ready=yes]');
+      resetLog();
+      const { info, events } = await load(page, f32);
+      assert(log.length === 0, `${log.length} requests: ${log.map((e) => e.path).join(', ')}`);
+      assert(info.fromCache && info.model.cached + info.codec.cached === info.tensors, JSON.stringify(info));
+      assert(events.filter((e) => e.status === 'cached').length === info.tensors, 'a cached event per tensor');
+      return `${info.tensors} tensors from IndexedDB in ${info.seconds.toFixed(2)} s`;
+    });
+
+    const manifest = (id) =>
+      call(
+        page,
+        async (id) => {
+          const req = (r) => new Promise((res, rej) => ((r.onsuccess = () => res(r.result)), (r.onerror = () => rej(r.error))));
+          const db = await req(indexedDB.open('dia-webgpu'));
+          const m = await req(db.transaction('manifests').objectStore('manifests').get(id));
+          db.close();
+          return m;
+        },
+        id,
+      );
+    const f32Id = `${base}|tiny/dia|main|f32`;
+
+    await test('a corrupted cached tensor is detected (SHA-256) and only it is downloaded again', async () => {
+      const name = 'model.decoder.layers.1.mlp.down_proj.weight';
+      const before = (await manifest(f32Id)).tensors.find((t) => t.name === name);
+      await call(
+        page,
+        async ({ id, name, hash }) => {
+          await window.tts.dispose();
+          window.tts = null;
+          const req = (r) => new Promise((res, rej) => ((r.onsuccess = () => res(r.result)), (r.onerror = () => rej(r.error))));
+          const db = await req(indexedDB.open('dia-webgpu'));
+          const tx = db.transaction('tensors', 'readwrite');
+          const rec = await req(tx.objectStore('tensors').get([id, name, hash]));
+          const bytes = new Uint8Array(rec.bytes);
+          bytes[7] ^= 0x40; // one flipped bit in an exponent
+          tx.objectStore('tensors').put({ ...rec, bytes: bytes.buffer });
+          await new Promise((res) => (tx.oncomplete = res));
+          db.close();
+        },
+        { id: f32Id, name, hash: before.hash },
+      );
+      await page.reload();
+      await page.waitForSelector('body[data-ready=yes]');
+      resetLog();
+      const { info, events } = await load(page, f32);
+      const range = `bytes=${before.begin}-${before.end - 1}`;
+      assert(JSON.stringify(info.model.corrupt) === JSON.stringify([name]), `corrupt: ${JSON.stringify(info.model.corrupt)}`);
+      assert(events.some((e) => e.status === 'corrupt' && e.tensor === name), 'a corrupt progress event');
+      assert(log.length === 1 && log[0].range === range && log[0].status === 206, `requests: ${JSON.stringify(log)} (expected one, ${range})`);
+      const after = (await manifest(f32Id)).tensors.find((t) => t.name === name);
+      assert(after.hash === before.hash, 'the re-downloaded bytes hash as the original download did');
+      await page.reload();
+      await page.waitForSelector('body[data-ready=yes]');
+      resetLog();
+      const again = await load(page, f32);
+      assert(again.info.fromCache && again.info.model.corrupt.length === 0 && log.length === 0, 'the repaired record verifies');
+      return `${name} re-fetched with one request (${range}); the repaired record verifies on the next load`;
+    });
+
+    await test('f16w: Dia matrices stored converted to f16 (half the bytes), norms and codec as they are', async () => {
+      resetLog();
+      const { info } = await load(page, { ...f32, dtype: 'f16w' });
+      const f16 = await manifest(`${base}|tiny/dia|main|f16w`);
+      const sizes = await call(
+        page,
+        async ({ id, names }) => {
+          const req = (r) => new Promise((res, rej) => ((r.onsuccess = () => res(r.result)), (r.onerror = () => rej(r.error))));
+          const db = await req(indexedDB.open('dia-webgpu'));
+          const out = {};
+          for (const [name, hash] of names) out[name] = (await req(db.transaction('tensors').objectStore('tensors').get([id, name, hash]))).bytes.byteLength;
+          db.close();
+          return out;
+        },
+        { id: f16.id, names: f16.tensors.map((t) => [t.name, t.hash]) },
+      );
+      for (const t of f16.tensors) {
+        const src = t.end - t.begin;
+        const want = t.shape.length === 2 ? src / 2 : src;
+        assert(sizes[t.name] === want, `${t.name} [${t.shape}]: ${sizes[t.name]} bytes stored, ${want} expected`);
+      }
+      assert(info.numerics === 'f16w' && info.codec.downloaded === 0, 'the codec store is shared with f32');
+      const stored = Object.values(sizes).reduce((a, b) => a + b, 0);
+      const source = f16.tensors.reduce((a, t) => a + t.end - t.begin, 0);
+      return `${f16.tensors.length} tensors: ${(stored / 1e6).toFixed(2)} MB stored for ${(source / 1e6).toFixed(2)} MB of f32; ${info.adapterInfo}`;
+    });
+
+    await test('sharded checkpoint (model.safetensors.index.json + 2 shards): same tensors, same bytes', async () => {
+      resetLog();
+      const { info } = await load(page, { ...f32, model: 'tiny-sharded/dia' });
+      const paths = log.map((e) => e.path);
+      assert(paths.some((p) => p.endsWith('/model.safetensors.index.json')), 'index fetched');
+      assert(paths.filter((p) => /model-0000[12]-of-00002/.test(p)).length >= 4, 'both shard headers and data');
+      const hashes = (m) => Object.fromEntries(m.tensors.map((t) => [t.name, t.hash]));
+      const sharded = hashes(await manifest(`${base}|tiny-sharded/dia|main|f32`));
+      const single = hashes(await manifest(f32Id));
+      assert(JSON.stringify(sharded, Object.keys(single).sort()) === JSON.stringify(single, Object.keys(single).sort()), 'SHA-256 of every tensor equals the unsharded download');
+      return `${Object.keys(sharded).length} model tensors from 2 shards, ${log.length} requests, hashes equal`;
+    });
+
+    if (full) {
+      await test(`voice prompt (clone case): PCM matches clone.pcm (SNR ≥ ${MIN_SNR_DB} dB)`, async () => {
+        await load(page, f32);
+        const r = await call(
+          page,
+          async ({ text, opts, prompt }) => {
+            const out = await window.tts.generate(text, { ...opts, prompt: Float32Array.from(prompt) });
+            return { audio: Array.from(out.audio), steps: out.steps, seconds: out.seconds };
+          },
+          { text: t0Text, opts: GREEDY, prompt: Array.from(fixture('clone.prompt_pcm')) },
+        );
+        const snr = snrDb(mock ? Float32Array.from(r.audio) : fixture('clone.pcm'), r.audio);
+        assert(snr >= MIN_SNR_DB, `SNR ${snr.toFixed(1)} dB`);
+        return `${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s, SNR ${fmtDb(snr)}`;
+      });
+
+      await test('f16w generation of t0 (f16-stored weights through the engine)', async () => {
+        await load(page, { ...f32, dtype: 'f16w' });
+        const r = await generate(page, t0Text, GREEDY);
+        assert(r.audio.length > 0 && r.audio.every(Number.isFinite), 'finite audio');
+        const same = r.audio.length === t0Pcm.length;
+        return `${r.audio.length} samples in ${r.seconds.toFixed(1)} s; ${same && !mock ? `SNR vs t0.pcm ${fmtDb(snrDb(t0Pcm, r.audio))}` : 'another length than t0.pcm'} (f16 weights: informative)`;
+      });
+    }
+
+    await test('quota exceeded while storing weights → QuotaExceededError', async () => {
+      const ctx = await browser.newContext();
+      const p = await openPage(ctx, testPage);
+      const cdp = await ctx.newCDPSession(p);
+      await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 300000 });
+      const err = await expectError(load(p, f32), 'QuotaExceededError');
+      await ctx.close();
+      return err.message;
+    });
+
+    await test('site data cleared while a load is under way → CacheEvictedError', async () => {
+      const ctx = await browser.newContext();
+      const p = await openPage(ctx, testPage);
+      await call(
+        p,
+        (o) => {
+          window.resolvingCodec = false;
+          window.loading = window.dia.DiaTTS.load({ ...o, onProgress: (e) => (window.resolvingCodec ||= e.status === 'resolving' && e.component === 'codec') }).then(
+            () => ({ name: 'none' }),
+            (e) => ({ name: e.name, message: e.message }),
+          );
+        },
+        { ...f32, model: 'tiny-slow/dia', codec: 'tiny-slow/dac' },
+      );
+      await p.waitForFunction(() => window.resolvingCodec, null, { timeout: 60000 });
+      const cdp = await ctx.newCDPSession(p);
+      await cdp.send('Storage.clearDataForOrigin', { origin, storageTypes: 'indexeddb' });
+      const r = await p.evaluate(() => window.loading);
+      await ctx.close();
+      assert(r.name === 'CacheEvictedError', `${r.name}: ${r.message}`);
+      return r.message;
+    });
+
+    await test('clearCache removes the stored weights (the next load downloads again)', async () => {
+      await call(page, () => window.tts.dispose());
+      await call(page, () => window.dia.DiaTTS.clearCache({ model: 'tiny/dac' }));
+      resetLog();
+      await load(page, f32);
+      const fetched = new Set(log.map((e) => e.path.split('/')[3]));
+      assert(fetched.size === 1 && fetched.has('dac'), `after clearing tiny/dac: ${[...fetched]}`);
+      await call(page, () => window.dia.DiaTTS.clearCache());
+      const dbs = await call(page, async () => (await indexedDB.databases()).map((d) => d.name));
+      assert(!dbs.includes('dia-webgpu'), `databases: ${dbs}`);
+      return 'per-repo and whole-store clearing';
+    });
+
+    await test('demo page: loads, generates, draws the waveform, offers a WAV (screenshot)', async () => {
+      const demo = await context.newPage();
+      demo.on('pageerror', (e) => console.log(`  [demo error] ${e.message}`));
+      const q = new URLSearchParams({ model: 'tiny/dia', codec: 'tiny/dac', base, dtype: 'f32' });
+      await demo.goto(`${origin}/pkg/demo/index.html?${q}`);
+      await demo.click('#load');
+      await demo.waitForSelector('#status[data-state=ready]', { timeout: 120000 });
+      await demo.click('summary:has-text("Sampling")');
+      await demo.fill('#max-tokens', mock ? '40' : '24'); // 24 steps: the fewest that give audio, to keep it short
+      await demo.fill('#temperature', '0');
+      await demo.click('#generate');
+      await demo.waitForSelector('#status[data-state=done]', { timeout: 300000 });
+      const r = await demo.evaluate(async () => {
+        const canvas = document.querySelector('#waveform');
+        const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let inked = 0;
+        for (let i = 0; i < pixels.length; i += 4) if (pixels[i] !== pixels[0] || pixels[i + 1] !== pixels[1] || pixels[i + 2] !== pixels[2]) inked++;
+        const link = document.querySelector('#download');
+        const wav = await (await fetch(link.href)).arrayBuffer();
+        return { inked, wav: wav.byteLength, samples: Number(document.querySelector('#status').dataset.samples), name: link.download };
+      });
+      await demo.screenshot({ path: join(artifacts, 'demo.png'), fullPage: true });
+      await demo.close();
+      assert(r.inked > 500, `only ${r.inked} waveform pixels drawn`);
+      assert(r.wav === 44 + 2 * r.samples && r.samples > 0, `WAV of ${r.wav} bytes for ${r.samples} samples`);
+      return `${r.samples} samples, ${r.inked} waveform pixels, ${r.name} (${r.wav} bytes); artifacts/demo.png`;
+    });
+  } finally {
+    await browser.close();
+    await server.close();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+await main().catch((e) => {
+  results.push(false);
+  console.log(`FAIL harness: ${e.stack ?? e}`);
+});
+const passed = results.filter(Boolean).length;
+const failed = results.length - passed;
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);

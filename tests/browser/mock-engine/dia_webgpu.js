@@ -1,0 +1,128 @@
+// A JavaScript stand-in for the wasm engine (same exports as `wasm-bindgen --target web` output), for
+// checking the worker, store, player and package without the real wasm: `tests/browser/run --mock`.
+// It validates tensors like the engine (names from the config, byte sizes), folds every tensor into a
+// checksum, and "generates" a deterministic tone from the text, options and checksum in timed chunks.
+
+const DTYPE_BYTES = { F32: 4, F16: 2, BF16: 2 };
+
+function modelNames(cfg) {
+  const names = ['model.encoder.embedding.weight', 'model.encoder.norm.weight', 'model.decoder.embeddings.embed.weight', 'model.decoder.norm.weight', 'logits_dense.weight'];
+  for (let i = 0; i < cfg.encoder_config.num_hidden_layers; i++) {
+    const p = `model.encoder.layers.${i}.`;
+    for (const n of ['pre_sa_norm', 'self_attention.q_proj', 'self_attention.k_proj', 'self_attention.v_proj', 'self_attention.o_proj', 'post_sa_norm', 'mlp.gate_up_proj', 'mlp.down_proj']) names.push(`${p}${n}.weight`);
+  }
+  for (let i = 0; i < cfg.decoder_config.num_hidden_layers; i++) {
+    const p = `model.decoder.layers.${i}.`;
+    for (const n of ['pre_sa_norm', 'self_attention.q_proj', 'self_attention.k_proj', 'self_attention.v_proj', 'self_attention.o_proj', 'pre_ca_norm', 'cross_attention.q_proj', 'cross_attention.k_proj', 'cross_attention.v_proj', 'cross_attention.o_proj', 'pre_mlp_norm', 'mlp.gate_up_proj', 'mlp.down_proj']) names.push(`${p}${n}.weight`);
+  }
+  return names;
+}
+
+/** Adds a hash of one tensor's bytes to `sum` (order-independent, as tensors arrive in any order). */
+function fold(sum, bytes) {
+  let h = 0;
+  for (let i = 0; i < bytes.length; i += 97) h = (Math.imul(h, 31) + bytes[i]) | 0;
+  return (sum + h) | 0;
+}
+
+function check(name, dtype, shape, bytes) {
+  const size = DTYPE_BYTES[dtype];
+  if (!size) throw new Error(`tensor ${name}: unknown dtype ${dtype}`);
+  const numel = [...shape].reduce((a, d) => a * d, 1);
+  if (numel * size !== bytes.length) throw new Error(`tensor ${name}: ${bytes.length} bytes for shape [${[...shape]}] ${dtype}`);
+}
+
+export default async function init() {}
+
+export class DiaEngine {
+  static async create(numerics) {
+    if (numerics !== 'f32' && numerics !== 'f16w') throw new Error(`unknown numerics ${numerics}`);
+    if (!navigator.gpu || !(await navigator.gpu.requestAdapter())) throw new Error('WebGPU is not available here');
+    return new DiaEngine(numerics);
+  }
+
+  constructor(numerics) {
+    this.numerics = numerics;
+    this.checksum = 0;
+    this.model = null;
+    this.codec = null;
+    this.cancelled = false;
+    this.busy = false;
+  }
+
+  adapterInfo() {
+    return `mock engine (${this.numerics})`;
+  }
+
+  beginModel(configJson) {
+    this.pending = new Set(modelNames(JSON.parse(configJson)));
+    this.model = null;
+  }
+
+  putModelTensor(name, dtype, shape, bytes) {
+    if (!this.pending) throw new Error('no model is being loaded: call beginModel first');
+    if (!this.pending.has(name)) throw new Error(`unexpected tensor ${name}`);
+    check(name, dtype, shape, bytes);
+    this.checksum = fold(this.checksum, bytes);
+    this.pending.delete(name);
+  }
+
+  modelMissing() {
+    return [...this.pending];
+  }
+
+  finishModel() {
+    if (this.pending.size) throw new Error(`missing tensor ${[...this.pending][0]} (and ${this.pending.size - 1} more)`);
+    this.model = true;
+  }
+
+  beginCodec(configJson, withEncoder) {
+    JSON.parse(configJson);
+    this.codecTensors = 0;
+    this.withEncoder = withEncoder;
+  }
+
+  putCodecTensor(name, dtype, shape, bytes) {
+    check(name, dtype, shape, bytes);
+    if (!this.withEncoder && name.startsWith('encoder.')) return;
+    this.checksum = fold(this.checksum, bytes);
+    this.codecTensors++;
+  }
+
+  finishCodec() {
+    if (this.codecTensors === 0) throw new Error('no codec tensors');
+    this.codec = true;
+  }
+
+  async generate(text, options = {}, promptPcm, onChunk) {
+    if (!this.model || !this.codec) throw new Error('no model loaded');
+    if (this.busy) throw new Error('a generation is already running');
+    this.busy = true;
+    this.cancelled = false;
+    const started = performance.now();
+    try {
+      const steps = Math.min(options.maxNewTokens ?? 86, 10000);
+      let seed = this.checksum ^ (options.seed ?? 0);
+      for (const c of text) seed = (Math.imul(seed, 33) + c.charCodeAt(0)) | 0;
+      const freq = 200 + (Math.abs(seed) % 400) + (promptPcm ? 50 : 0);
+      const framesPerChunk = 8;
+      let samples = 0;
+      for (let step = 0; step < steps; step += framesPerChunk) {
+        await new Promise((r) => setTimeout(r, 15));
+        if (this.cancelled) throw new Error('generation cancelled');
+        const n = 512 * Math.min(framesPerChunk, steps - step);
+        const pcm = new Float32Array(n);
+        for (let i = 0; i < n; i++) pcm[i] = 0.2 * Math.sin((2 * Math.PI * freq * (samples + i)) / 44100);
+        samples += n;
+        onChunk(pcm);
+      }
+      return { samples, steps, seconds: (performance.now() - started) / 1000 };
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  cancel() {
+    if (this.busy) this.cancelled = true;
+  }
+}

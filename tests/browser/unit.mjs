@@ -1,0 +1,220 @@
+// Unit checks in node, run before the browser tests by e2e.mjs: the AudioWorklet processor (with the
+// AudioWorkletGlobalScope stubbed), the ring buffer, f16 rounding, safetensors parsing, range grouping,
+// WAV encoding, and HubSource against the test server (ranges, retries, servers without ranges).
+import { startServer } from './server.mjs';
+
+const assert = (condition, message) => {
+  if (!condition) throw new Error(message);
+};
+
+// ---------------------------------------------------------------- AudioWorklet processor
+
+const posted = [];
+let Processor = null;
+globalThis.AudioWorkletProcessor = class {
+  constructor() {
+    this.port = { postMessage: (m) => posted.push(m), onmessage: null };
+  }
+};
+globalThis.registerProcessor = (name, cls) => {
+  Processor = cls;
+};
+await import('../../web/src/player-worklet.js');
+const { PcmRing } = await import('../../web/src/ring.js');
+
+function processor(rate, sab = null) {
+  globalThis.sampleRate = rate;
+  posted.length = 0;
+  const p = new Processor({ processorOptions: { srcRate: 44100, sab } });
+  p.port.onmessage({ data: { type: 'start', stream: 1, from: 0 } });
+  return p;
+}
+
+const send = (p, m) => p.port.onmessage({ data: { stream: 1, ...m } });
+
+/** Renders `blocks` render quanta; returns the concatenated output. */
+function render(p, blocks) {
+  const out = new Float32Array(128 * blocks);
+  for (let b = 0; b < blocks; b++) {
+    const block = new Float32Array(128);
+    p.process([], [[block]]);
+    out.set(block, 128 * b);
+  }
+  return out;
+}
+
+const sine = (n, freq, rate, from = 0) => Float32Array.from({ length: n }, (_, i) => 0.5 * Math.sin((2 * Math.PI * freq * (i + from)) / rate));
+const ended = () => posted.find((m) => m.type === 'ended');
+const maxStep = (x) => x.reduce((m, v, i) => (i ? Math.max(m, Math.abs(v - x[i - 1])) : 0), 0);
+
+export const unitTests = [
+  [
+    'worklet at 44.1 kHz: bit-exact pass-through, consumes exactly what was pushed, reports the end',
+    () => {
+      const p = processor(44100);
+      const input = sine(10007, 440, 44100);
+      send(p, { type: 'pcm', data: input.slice(0, 6000) });
+      send(p, { type: 'pcm', data: input.slice(6000) });
+      send(p, { type: 'end' });
+      const out = render(p, 100);
+      for (let i = 0; i < input.length; i++) assert(out[i] === input[i], `sample ${i}: ${out[i]} ≠ ${input[i]}`);
+      assert(out.subarray(input.length).every((v) => v === 0), 'silence after the end');
+      assert(ended()?.consumed === input.length, `ended: ${JSON.stringify(ended())}`);
+    },
+  ],
+  [
+    'worklet at 48 kHz: a 440 Hz sine comes out as the same sine at 48 kHz, all samples consumed',
+    () => {
+      const p = processor(48000);
+      const input = sine(44100, 440, 44100);
+      send(p, { type: 'pcm', data: input });
+      send(p, { type: 'end' });
+      const out = render(p, 400);
+      const expectedLength = Math.round((input.length * 48000) / 44100);
+      const produced = out.length - [...out].reverse().findIndex((v) => v !== 0);
+      assert(Math.abs(produced - expectedLength) <= 2, `${produced} samples out, ${expectedLength} expected`);
+      const ideal = sine(expectedLength - 2, 440, 48000);
+      let signal = 0;
+      let noise = 0;
+      for (let i = 0; i < ideal.length; i++) {
+        signal += ideal[i] ** 2;
+        noise += (ideal[i] - out[i]) ** 2;
+      }
+      const snr = 10 * Math.log10(signal / noise);
+      assert(snr > 40, `SNR ${snr.toFixed(1)} dB`);
+      assert(ended()?.consumed === input.length, `consumed ${ended()?.consumed}`);
+      return `SNR ${snr.toFixed(1)} dB`;
+    },
+  ],
+  [
+    'worklet underrun: fades to silence and back without a jump, counts it, still consumes everything',
+    () => {
+      const p = processor(44100);
+      const level = Float32Array.from({ length: 3000 }, () => 0.5);
+      send(p, { type: 'pcm', data: level });
+      assert(render(p, 2).every((v) => v === 0), 'waits for 0.1 s of audio before starting');
+      send(p, { type: 'pcm', data: level });
+      const first = render(p, 150); // 6000 queued, 19200 rendered: runs dry
+      assert(p.underruns === 1, `${p.underruns} underruns`);
+      send(p, { type: 'pcm', data: level });
+      send(p, { type: 'pcm', data: level });
+      send(p, { type: 'end' });
+      const second = render(p, 100);
+      const all = Float32Array.from([...first, ...second]);
+      const last = all.findLastIndex((v) => v !== 0); // the stream's own end is a step by design
+      const step = maxStep(all.subarray(0, last + 1));
+      assert(step <= 0.5 / 128 + 1e-6, `largest sample-to-sample step ${step} (a click)`);
+      assert(ended()?.consumed === 12000 && ended()?.underruns === 1, JSON.stringify(ended()));
+      return `largest step ${step.toFixed(5)}`;
+    },
+  ],
+  [
+    'worklet from a SharedArrayBuffer ring: wrap-around, producer waits for space, exact consumption',
+    () => {
+      const ring = PcmRing.create(1024);
+      const p = processor(44100, ring.sab);
+      const input = sine(20000, 1000, 44100);
+      let written = 0;
+      const out = [];
+      while (written < input.length || !ended()) {
+        written += ring.write(input, written);
+        if (written === input.length && !p.ended) send(p, { type: 'end' });
+        out.push(...render(p, 1));
+        assert(out.length < 200000, 'stalled');
+      }
+      const start = out.findIndex((v) => v !== 0) - input.findIndex((v) => v !== 0); // the prebuffer wait
+      for (let i = 0; i < input.length; i++) assert(out[start + i] === input[i], `sample ${i}`);
+      assert(p.underruns === 0 && ended().consumed === input.length, `underruns ${p.underruns}, consumed ${ended().consumed}`);
+      assert(ring.read === input.length, 'the read count is published');
+      return `starts after ${start} samples with a 1024-sample ring`;
+    },
+  ],
+  [
+    'f16 rounding: nearest-even at ties, subnormals, overflow to infinity',
+    async () => {
+      const { f16FromNumber, toF16Bytes } = await import('../../worker/f16.js');
+      const cases = [
+        [1, 0x3c00], [-2, 0xc000], [65504, 0x7bff], [65519.99, 0x7bff], [65520, 0x7c00], [Infinity, 0x7c00],
+        [2 ** -24, 0x0001], [2 ** -25, 0x0000], [3 * 2 ** -25, 0x0002], [2 ** -14, 0x0400], [2 ** -14 - 2 ** -25, 0x0400],
+        [1 + 2 ** -11, 0x3c00], [1 + 3 * 2 ** -11, 0x3c02], [1 + 2 ** -11 + 2 ** -20, 0x3c01], [-0, 0x8000],
+      ];
+      for (const [x, bits] of cases) assert(f16FromNumber(x) === bits, `${x} → ${f16FromNumber(x).toString(16)}, want ${bits.toString(16)}`);
+      const bf16 = new Uint8Array(new Uint16Array([0x3f80, 0xc040]).buffer); // 1, -3
+      assert(String([...new Uint16Array(toF16Bytes(bf16, 'BF16', false).buffer)]) === String([0x3c00, 0xc200]), 'bf16 → f16');
+    },
+  ],
+  [
+    'safetensors headers: absolute ranges, size checks; adjacent small tensors grouped',
+    async () => {
+      const { parseHeader, headerLength } = await import('../../worker/safetensors.js');
+      const { groupRanges } = await import('../../worker/loader.js');
+      const json = JSON.stringify({ __metadata__: { format: 'pt' }, a: { dtype: 'F32', shape: [2, 3], data_offsets: [0, 24] }, b: { dtype: 'BF16', shape: [5], data_offsets: [24, 34] } });
+      const ts = parseHeader(new TextEncoder().encode(json), 'f.safetensors');
+      assert(ts.length === 2 && ts[0].begin === 8 + json.length && ts[1].end === 8 + json.length + 34, JSON.stringify(ts));
+      const bad = JSON.stringify({ a: { dtype: 'F32', shape: [2, 3], data_offsets: [0, 20] } });
+      let threw = false;
+      try {
+        parseHeader(new TextEncoder().encode(bad), 'f');
+      } catch (e) {
+        threw = e.name === 'CheckpointError';
+      }
+      assert(threw, 'a size mismatch is a CheckpointError');
+      const len = new Uint8Array(8);
+      new DataView(len.buffer).setBigUint64(0, 2n ** 40n, true);
+      threw = false;
+      try {
+        headerLength(len, 'f');
+      } catch (e) {
+        threw = e.name === 'CheckpointError';
+      }
+      assert(threw, 'an absurd header length is refused');
+      const MB = 1 << 20;
+      const t = (name, begin, end, file = 'm') => ({ name, file, begin, end });
+      const groups = groupRanges([t('c', 3 * MB, 3 * MB + 10), t('a', 100, 200), t('b', 200, 3 * MB), t('d', 3 * MB + 10, 9 * MB), t('e', 9 * MB, 9 * MB + 5), t('x', 200, 300, 'n')]);
+      const shape = groups.map((g) => `${g.file}:${g.tensors.map((x) => x.name).join('')}`).join(' ');
+      assert(shape === 'm:abc m:d m:e n:x', shape);
+    },
+  ],
+  [
+    'toWav: RIFF header, 16-bit clipping, 32-bit float option',
+    async () => {
+      const { toWav } = await import('../../web/src/wav.js');
+      const wav = toWav(new Float32Array([0, 1, -1, 2, -2, 0.5]), 22050);
+      const v = new DataView(wav.buffer);
+      assert(v.getUint32(24, true) === 22050 && v.getUint16(34, true) === 16 && v.getUint32(40, true) === 12, 'header');
+      assert(String([0, 1, 2, 3, 4, 5].map((i) => v.getInt16(44 + 2 * i, true))) === String([0, 32767, -32767, 32767, -32767, 16384]), 'samples');
+      const f = toWav({ audio: new Float32Array([0.25]), samplingRate: 44100 }, undefined, { float: true });
+      const fv = new DataView(f.buffer);
+      assert(fv.getUint16(20, true) === 3 && fv.getFloat32(44, true) === 0.25 && f.length === 48, 'float WAV');
+    },
+  ],
+  [
+    'HubSource: Range reads, 404 → DownloadError, 503 retried, a server without ranges → RangeNotSupportedError',
+    async () => {
+      const { mkdtempSync, writeFileSync } = await import('node:fs');
+      const { join } = await import('node:path');
+      const { tmpdir } = await import('node:os');
+      const { HubSource } = await import('../../worker/loader.js');
+      const dir = mkdtempSync(join(tmpdir(), 'dia-hub-'));
+      writeFileSync(join(dir, 'blob.bin'), Uint8Array.from({ length: 1000 }, (_, i) => i & 255));
+      const server = await startServer({
+        repos: { 'a/ok': dir, 'a/flaky': { dir, failFirst: 1 }, 'a/plain': { dir, ranges: false } },
+        mounts: {},
+      });
+      try {
+        const src = (repo) => new HubSource({ baseUrl: `${server.origin}/hub/`, repo });
+        let progress = 0;
+        const ok = src('a/ok');
+        const bytes = await ok.bytes('blob.bin', 300, 700, (n) => (progress += n));
+        assert(bytes.length === 400 && bytes[0] === 300 % 256 && bytes[399] === 699 % 256 && progress === 400, 'range content');
+        const name = async (p) => p.then(() => 'none', (e) => e.name);
+        assert((await name(ok.bytes('nothing.bin', 0, 8))) === 'DownloadError', '404');
+        const flaky = src('a/flaky');
+        assert((await flaky.bytes('blob.bin', 0, 10)).length === 10 && flaky.requests === 2, `retried: ${flaky.requests} requests`);
+        assert((await name(src('a/plain').bytes('blob.bin', 0, 10))) === 'RangeNotSupportedError', 'no ranges');
+      } finally {
+        await server.close();
+      }
+    },
+  ],
+];

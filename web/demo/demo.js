@@ -1,0 +1,210 @@
+// The demo page. Query parameters (for local checkpoints): ?model=org/name&codec=org/name&base=URL&dtype=f32
+import { decodeAudio, DiaTTS, PcmPlayer, SAMPLE_RATE, toWav } from '../dist/index.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const source = {
+  model: params.get('model') ?? undefined,
+  codec: params.get('codec') ?? undefined,
+  baseUrl: params.get('base') ?? undefined,
+};
+if (params.get('dtype')) $('dtype').value = params.get('dtype');
+
+let tts = null;
+let audio = null; // the last generated utterance
+let prompt = null; // voice prompt samples
+let context = null;
+let player = null;
+let playback = null;
+
+function setStatus(state, text, extra = {}) {
+  const el = $('status');
+  el.dataset.state = state;
+  el.textContent = text;
+  Object.assign(el.dataset, extra);
+}
+
+function showError(e) {
+  $('error').textContent = e ? `${e.name}: ${e.message}` : '';
+}
+
+function setBusy(busy) {
+  $('generate').disabled = busy || !tts;
+  $('load').disabled = busy;
+  $('stop').disabled = !busy;
+  $('play').disabled = busy || !audio;
+}
+
+const mb = (bytes) => (bytes / 1e6).toFixed(1);
+
+async function showCapabilities() {
+  const caps = await DiaTTS.capabilities();
+  if (!caps.webgpu) {
+    $('caps').textContent = caps.reason;
+    $('load').disabled = true;
+    return;
+  }
+  const a = caps.adapter;
+  $('caps').textContent =
+    `WebGPU adapter: ${a.description || a.vendor || 'unknown'}${a.isFallbackAdapter ? ' (software fallback)' : ''}; ` +
+    `shader-f16 ${caps.shaderF16 ? 'yes' : 'no'} (not needed); max buffer binding ${mb(caps.maxStorageBufferBindingSize)} MB; ` +
+    `${caps.crossOriginIsolated ? 'cross-origin isolated (shared-memory audio)' : 'not cross-origin isolated'}.`;
+}
+
+async function load() {
+  showError(null);
+  setBusy(true);
+  $('stop').disabled = true;
+  setStatus('loading', 'Loading…');
+  try {
+    await tts?.dispose();
+    tts = null;
+    tts = await DiaTTS.load({
+      ...source,
+      dtype: $('dtype').value,
+      onProgress: (p) => {
+        $('progress').value = p.progress;
+        const what = p.status === 'resolving' ? `reading ${p.component} headers` : `${p.status} ${p.tensor ?? ''}`;
+        setStatus('loading', `${mb(p.loaded)} / ${mb(p.total)} MB, ${p.tensorsLoaded} / ${p.tensorsTotal} tensors — ${what}`);
+      },
+    });
+    const i = tts.info;
+    $('progress').value = 100;
+    setStatus('ready', `Ready in ${i.seconds.toFixed(1)} s: ${i.tensors} tensors, ${i.fromCache ? 'all from this browser\'s storage' : `${mb(i.networkBytes)} MB downloaded`}. ${i.adapterInfo}`);
+  } catch (e) {
+    setStatus('error', 'Loading failed.');
+    showError(e);
+  } finally {
+    setBusy(false);
+  }
+}
+
+function number(id) {
+  const v = $(id).value.trim();
+  return v === '' ? undefined : Number(v);
+}
+
+function drawWaveform(chunks, total, span = Math.max(total, 5 * SAMPLE_RATE)) {
+  const canvas = $('waveform');
+  const g = canvas.getContext('2d');
+  const { width, height } = canvas;
+  g.fillStyle = '#10151c';
+  g.fillRect(0, 0, width, height);
+  g.fillStyle = '#5b8cff';
+  // Normalised to the loudest sample so far, so quiet audio is still visible.
+  let peak = 1e-6;
+  for (const chunk of chunks) for (let i = 0; i < chunk.length; i++) peak = Math.max(peak, Math.abs(chunk[i]));
+  const gain = 0.95 / peak;
+  // One min/max bar per pixel column; while generating, the scale is at least 5 s so it does not jump.
+  const perColumn = span / width;
+  const bar = (x, lo, hi) => g.fillRect(x, (0.5 - hi / 2) * height, 1, Math.max(1, ((hi - lo) / 2) * height));
+  let column = 0;
+  let lo = 0;
+  let hi = 0;
+  let seen = 0;
+  for (const chunk of chunks) {
+    for (let i = 0; i < chunk.length; i++, seen++) {
+      const c = Math.floor(seen / perColumn);
+      if (c !== column) {
+        bar(column, lo * gain, hi * gain);
+        column = c;
+        lo = hi = 0;
+      }
+      lo = Math.min(lo, chunk[i]);
+      hi = Math.max(hi, chunk[i]);
+    }
+  }
+  if (seen) bar(column, lo * gain, hi * gain);
+}
+
+function offerDownload(samples) {
+  const link = $('download');
+  if (link.href.startsWith('blob:')) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(new Blob([toWav(samples, SAMPLE_RATE)], { type: 'audio/wav' }));
+  link.setAttribute('aria-disabled', 'false');
+}
+
+async function generate() {
+  showError(null);
+  setBusy(true);
+  const chunks = [];
+  let total = 0;
+  const promptText = $('prompt-text').value.trim();
+  const text = prompt && promptText ? `${promptText} ${$('text').value}` : $('text').value;
+  const options = {
+    temperature: number('temperature'),
+    topP: number('top-p'),
+    cfgScale: number('cfg-scale'),
+    cfgFilterTopK: number('top-k'),
+    seed: number('seed') ?? Math.floor(Math.random() * 2 ** 31),
+    maxNewTokens: number('max-tokens'),
+    prompt: prompt ?? undefined,
+    onChunk: (pcm) => {
+      chunks.push(pcm);
+      total += pcm.length;
+      drawWaveform(chunks, total);
+      setStatus('generating', `Generating… ${(total / SAMPLE_RATE).toFixed(1)} s of audio`);
+    },
+  };
+  setStatus('generating', 'Generating…');
+  try {
+    const r = $('play-stream').checked ? await tts.speak(text, options) : await tts.generate(text, options);
+    audio = r.audio;
+    drawWaveform([audio], audio.length, audio.length);
+    offerDownload(audio);
+    const speed = audio.length / SAMPLE_RATE / r.seconds;
+    $('result').textContent = `${(audio.length / SAMPLE_RATE).toFixed(2)} s of audio, ${r.steps} steps in ${r.seconds.toFixed(1)} s (${speed.toFixed(2)}× real time).`;
+    setStatus('done', 'Done.', { samples: String(audio.length) });
+  } catch (e) {
+    setStatus(e.name === 'CancelledError' ? 'ready' : 'error', e.name === 'CancelledError' ? 'Stopped.' : 'Generation failed.');
+    if (e.name !== 'CancelledError') showError(e);
+  } finally {
+    setBusy(false);
+  }
+}
+
+async function play() {
+  if (!audio) return;
+  context ??= new AudioContext();
+  await context.resume();
+  player ??= await PcmPlayer.create(context);
+  playback = player.start();
+  playback.push(audio);
+  playback.end();
+  $('stop').disabled = false;
+  await playback.finished;
+  $('stop').disabled = true;
+}
+
+async function stop() {
+  playback?.stop();
+  await tts?.cancel();
+}
+
+async function choosePrompt() {
+  const file = $('prompt').files[0];
+  prompt = null;
+  $('prompt-info').textContent = '';
+  if (!file) return;
+  try {
+    prompt = await decodeAudio(file);
+    $('prompt-info').textContent = `${(prompt.length / SAMPLE_RATE).toFixed(1)} s, mono 44.1 kHz`;
+  } catch (e) {
+    showError(e);
+  }
+}
+
+$('load').addEventListener('click', load);
+$('generate').addEventListener('click', generate);
+$('play').addEventListener('click', play);
+$('stop').addEventListener('click', stop);
+$('prompt').addEventListener('change', choosePrompt);
+$('clear').addEventListener('click', async () => {
+  await tts?.dispose();
+  tts = null;
+  setBusy(false);
+  await DiaTTS.clearCache();
+  setStatus('idle', 'Stored weights cleared.');
+});
+drawWaveform([], 0);
+showCapabilities().catch(showError);

@@ -1,0 +1,322 @@
+// dia-webgpu: Dia 1.6B text-to-speech + the DAC codec on WebGPU, in a Web Worker.
+import { capabilities, requireWebGPU } from './features.js';
+import { decodeAudio, toMono44k } from './audio.js';
+import { canShareMemory, PcmPlayer, SAMPLE_RATE } from './player.js';
+import { toWav } from './wav.js';
+import { CancelledError, EngineError, errorFromJSON, InvalidOptionError } from './worker/errors.js';
+export {
+  CacheEvictedError,
+  CancelledError,
+  CheckpointError,
+  DiaError,
+  DownloadError,
+  EngineError,
+  InvalidOptionError,
+  QuotaExceededError,
+  RangeNotSupportedError,
+  StorageError,
+  WebGPUUnavailableError,
+} from './worker/errors.js';
+import { deleteWeightDatabase, WeightStore } from './worker/store.js';
+
+export { capabilities, decodeAudio, PcmPlayer, SAMPLE_RATE, toWav };
+
+const DEFAULTS = {
+  model: 'nari-labs/Dia-1.6B-0626',
+  codec: 'descript/dac_44khz',
+  baseUrl: 'https://huggingface.co',
+  revision: 'main',
+  dtype: 'f16w',
+  cache: true,
+  encoder: true,
+};
+
+const NUMERICS = { f16w: 'f16w', auto: 'f16w', f32: 'f32' };
+const ENGINE_OPTIONS = ['temperature', 'topP', 'cfgScale', 'cfgFilterTopK', 'seed', 'maxNewTokens'];
+
+function engineOptions(options) {
+  const out = {};
+  for (const key of ENGINE_OPTIONS) if (options[key] !== undefined) out[key] = options[key];
+  return out;
+}
+
+async function promptSamples(prompt) {
+  if (prompt === undefined || prompt === null) return undefined;
+  if (prompt instanceof Float32Array) return prompt.slice();
+  if (typeof AudioBuffer !== 'undefined' && prompt instanceof AudioBuffer) return toMono44k(prompt);
+  if (prompt instanceof Blob || prompt instanceof ArrayBuffer) return decodeAudio(prompt);
+  throw new InvalidOptionError('prompt must be a Float32Array (mono, 44.1 kHz), an AudioBuffer, a Blob or an ArrayBuffer');
+}
+
+function concat(chunks) {
+  const out = new Float32Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+export class DiaTTS {
+  /**
+   * Checks WebGPU, starts the worker and loads the model and codec (from the weight store when they are
+   * there, else from `{baseUrl}/{repo}/resolve/{revision}/…` by HTTP ranges, storing them as they come).
+   */
+  static async load(options = {}) {
+    const o = { ...DEFAULTS, ...options };
+    const numerics = NUMERICS[o.dtype];
+    if (!numerics) throw new InvalidOptionError(`dtype must be "f16w" (default), "f32" or "auto", not ${JSON.stringify(o.dtype)}`);
+    const caps = await requireWebGPU(numerics);
+    if (o.cache) navigator.storage?.persist?.().catch(() => {}); // ask the browser not to evict the weights
+    const worker = new Worker(o.workerUrl ?? new URL('./worker/worker.js', import.meta.url), { type: 'module', name: 'dia-webgpu' });
+    const tts = new DiaTTS(worker, caps);
+    try {
+      const ready = await tts.#send(
+        { type: 'load', model: o.model, codec: o.codec, baseUrl: o.baseUrl, revision: o.revision, numerics, cache: o.cache, encoder: o.encoder },
+        { onProgress: o.onProgress },
+      );
+      tts.info = ready;
+      return tts;
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+  }
+
+  /** Removes stored weights: of one repository (`{ model: 'org/name' }`), or all of them. */
+  static async clearCache({ model } = {}) {
+    if (model === undefined) return deleteWeightDatabase();
+    const store = await WeightStore.open();
+    try {
+      await store.clear(model);
+    } finally {
+      store.close();
+    }
+  }
+
+  static capabilities() {
+    return capabilities();
+  }
+
+  #worker;
+  #ids = 0;
+  #requests = new Map(); // id → { resolve, reject, onProgress, onChunk }
+  #queue = Promise.resolve(); // generations run one at a time
+  #jobs = new Set();
+  #playbacks = new Set();
+  #players = new Map(); // AudioContext → Promise<PcmPlayer>
+  #context = null;
+  #failure = null;
+
+  constructor(worker, capabilities) {
+    this.capabilities = capabilities;
+    this.samplingRate = SAMPLE_RATE;
+    this.info = null;
+    this.#worker = worker;
+    worker.onmessage = ({ data }) => this.#onMessage(data);
+    worker.onerror = (event) => {
+      event.preventDefault?.();
+      this.#fail(new EngineError(`the Dia worker failed: ${event.message || 'could not start (is the package served with its worker/ and wasm/ folders?)'}`));
+    };
+    worker.onmessageerror = () => this.#fail(new EngineError('a message from the Dia worker could not be read'));
+  }
+
+  /** The AudioContext that `speak` created (null until then, or when one was always passed). */
+  get audioContext() {
+    return this.#context;
+  }
+
+  /** The underlying Worker (its messages follow the protocol documented in worker/worker.js). */
+  get worker() {
+    return this.#worker;
+  }
+
+  #fail(error) {
+    this.#failure = error;
+    for (const r of this.#requests.values()) r.reject(error);
+    this.#requests.clear();
+  }
+
+  #send(message, handlers = {}, transfer = []) {
+    if (this.#failure) return Promise.reject(this.#failure);
+    const id = ++this.#ids;
+    handlers.onSent?.(id);
+    return new Promise((resolve, reject) => {
+      this.#requests.set(id, { ...handlers, resolve, reject });
+      this.#worker.postMessage({ ...message, id }, transfer);
+    });
+  }
+
+  #onMessage(m) {
+    if (m.type === 'fatal') return this.#fail(new EngineError(`the engine crashed: ${m.message}`));
+    const r = this.#requests.get(m.id);
+    if (!r) return;
+    switch (m.type) {
+      case 'progress':
+        r.onProgress?.(m.progress);
+        return;
+      case 'chunk':
+        r.onChunk?.(m.pcm);
+        return;
+      case 'ready':
+      case 'done':
+        this.#requests.delete(m.id);
+        r.resolve(m);
+        return;
+      case 'cancelled':
+        this.#requests.delete(m.id);
+        r.reject(new CancelledError('the generation was cancelled', { chunks: m.chunks, steps: m.steps }));
+        return;
+      case 'error':
+        this.#requests.delete(m.id);
+        r.reject(errorFromJSON(m.error));
+    }
+  }
+
+  /**
+   * Streams the speech as it is generated: an async iterator of 44.1 kHz mono Float32Array chunks, with
+   * `result` (a promise of { samples, steps, seconds }) and `cancel()`. Breaking out of a `for await`
+   * loop cancels the generation.
+   */
+  stream(text, options = {}) {
+    const job = { id: null, stopped: false };
+    const chunks = [];
+    let wake = null;
+    let finished = false;
+    let failure = null;
+    const notify = () => {
+      wake?.();
+      wake = null;
+    };
+    const run = async () => {
+      const prompt = await promptSamples(options.prompt);
+      if (job.stopped) throw new CancelledError('the generation was cancelled before it started');
+      return this.#send(
+        { type: 'generate', text, options: engineOptions(options), prompt },
+        {
+          onSent: (id) => (job.id = id),
+          onChunk: (pcm) => {
+            if (job.stopped) return;
+            chunks.push(pcm);
+            notify();
+          },
+        },
+      );
+    };
+    const started = this.#queue.then(() => (job.stopped ? Promise.reject(new CancelledError('the generation was cancelled before it started')) : run()));
+    this.#queue = started.catch(() => {});
+    job.done = started.then(
+      ({ samples, steps, seconds }) => {
+        // A generation that ended while its cancel was on the way still counts as cancelled: its last
+        // chunks were dropped.
+        if (job.stopped) throw new CancelledError('the generation was cancelled');
+        return { samples, steps, seconds };
+      },
+    );
+    job.done.then(
+      () => (finished = true),
+      (e) => {
+        finished = true;
+        failure = e;
+      },
+    ).then(notify);
+    this.#jobs.add(job);
+    job.done.catch(() => {}).finally(() => this.#jobs.delete(job));
+    options.signal?.addEventListener('abort', () => this.#cancelJob(job), { once: true });
+
+    const tts = this;
+    return {
+      result: job.done,
+      cancel: () => tts.#cancelJob(job),
+      async next() {
+        for (;;) {
+          if (chunks.length) return { value: chunks.shift(), done: false };
+          if (failure) throw failure;
+          if (finished) return { value: undefined, done: true };
+          await new Promise((resolve) => (wake = resolve));
+        }
+      },
+      async return() {
+        if (!finished) await tts.#cancelJob(job);
+        return { value: undefined, done: true };
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+
+  /** Generates the whole utterance: { audio: Float32Array, samplingRate: 44100, samples, steps, seconds }. */
+  async generate(text, options = {}) {
+    const chunks = [];
+    const stream = this.stream(text, options);
+    for await (const chunk of stream) {
+      chunks.push(chunk);
+      options.onChunk?.(chunk);
+    }
+    return { audio: concat(chunks), samplingRate: SAMPLE_RATE, ...(await stream.result) };
+  }
+
+  /**
+   * Generates and plays through an AudioWorklet as the audio arrives; resolves once it has played:
+   * { audio, samplingRate, samples, steps, seconds, played (samples the worklet consumed), underruns }.
+   * `options.audioContext`: play there (else a context of the package's own); `options.onPosition`,
+   * `options.onChunk` as in generate.
+   */
+  async speak(text, options = {}) {
+    const context = options.audioContext ?? (this.#context ??= new AudioContext({ latencyHint: 'playback' }));
+    if (context.state === 'suspended') await context.resume();
+    if (!this.#players.has(context)) this.#players.set(context, PcmPlayer.create(context, { shared: options.sharedMemory ?? canShareMemory() }));
+    const player = await this.#players.get(context);
+    const playback = player.start({ onPosition: options.onPosition });
+    this.#playbacks.add(playback);
+    try {
+      const chunks = [];
+      const stream = this.stream(text, options);
+      try {
+        for await (const chunk of stream) {
+          chunks.push(chunk);
+          playback.push(chunk);
+          options.onChunk?.(chunk);
+        }
+      } catch (e) {
+        playback.stop();
+        throw e;
+      }
+      playback.end();
+      const played = await playback.finished;
+      if (played.stopped) throw new CancelledError('playback was stopped');
+      const stats = await stream.result;
+      return { audio: concat(chunks), samplingRate: SAMPLE_RATE, ...stats, played: played.consumed, underruns: played.underruns, sharedMemory: player.shared };
+    } finally {
+      this.#playbacks.delete(playback);
+    }
+  }
+
+  #cancelJob(job) {
+    if (!job.stopped) {
+      job.stopped = true;
+      if (job.id !== null) this.#worker.postMessage({ type: 'cancel', target: job.id });
+    }
+    return job.done.then(
+      () => {},
+      () => {},
+    );
+  }
+
+  /** Stops every running or queued generation and any playback; resolves once the worker has stopped. */
+  async cancel() {
+    for (const p of this.#playbacks) p.stop();
+    await Promise.all([...this.#jobs].map((job) => this.#cancelJob(job)));
+  }
+
+  /** Cancels, ends the worker (freeing the GPU memory) and closes the package's own AudioContext. */
+  async dispose() {
+    await this.cancel();
+    this.#worker.terminate();
+    this.#fail(new EngineError('this DiaTTS was disposed'));
+    for (const p of this.#players.values()) p.then((player) => player.close(), () => {});
+    await this.#context?.close();
+  }
+}

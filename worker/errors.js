@@ -1,0 +1,60 @@
+// Typed errors shared by the worker and the page. They cross postMessage as { name, message, details }
+// and are rebuilt on the other side by `errorFromJSON`, so `instanceof` works for the package's users.
+
+export class DiaError extends Error {
+  constructor(message, details = {}) {
+    super(message);
+    this.name = new.target.name;
+    this.details = details;
+  }
+  toJSON() {
+    return { name: this.name, message: this.message, details: this.details };
+  }
+}
+
+/** No WebGPU: `navigator.gpu` missing, not a secure context, or no adapter offered. */
+export class WebGPUUnavailableError extends DiaError {}
+/** An HTTP request for a model file failed (status in `details.status`, 0 for a network error). */
+export class DownloadError extends DiaError {}
+/** The server ignored a Range request (answered 200 with the whole file). */
+export class RangeNotSupportedError extends DiaError {}
+/** A checkpoint that cannot be used: bad safetensors header, unsupported dtype, tensors missing. */
+export class CheckpointError extends DiaError {}
+/** The browser refused to store more weights (`details.usage`, `details.quota` in bytes when known). */
+export class QuotaExceededError extends DiaError {}
+/** The weight store disappeared while in use (site data cleared, storage evicted under pressure). */
+export class CacheEvictedError extends DiaError {}
+/** Any other IndexedDB failure. */
+export class StorageError extends DiaError {}
+/** The WebAssembly engine reported an error (GPU limits, bad tensor, generation failure). */
+export class EngineError extends DiaError {}
+/** A generation was stopped by `cancel()` or an AbortSignal. */
+export class CancelledError extends DiaError {}
+/** An argument that the API cannot use. */
+export class InvalidOptionError extends DiaError {}
+
+const classes = {
+  DiaError,
+  WebGPUUnavailableError,
+  DownloadError,
+  RangeNotSupportedError,
+  CheckpointError,
+  QuotaExceededError,
+  CacheEvictedError,
+  StorageError,
+  EngineError,
+  CancelledError,
+  InvalidOptionError,
+};
+
+/** Serialisable form of any thrown value; foreign errors become EngineError. */
+export function errorToJSON(e) {
+  if (e instanceof DiaError) return e.toJSON();
+  const message = e instanceof Error ? e.message : String(e);
+  return { name: 'EngineError', message, details: {} };
+}
+
+export function errorFromJSON({ name, message, details }) {
+  const Class = classes[name] ?? DiaError;
+  return new Class(message, details ?? {});
+}

@@ -1,0 +1,263 @@
+// Checkpoint loading: hub-style URLs, safetensors headers and per-tensor HTTP Range requests, the
+// IndexedDB weight store, and the hand-off of each tensor to the engine as soon as it is there.
+import { CancelledError, CheckpointError, DownloadError, RangeNotSupportedError } from './errors.js';
+import { DTYPE_BYTES, headerLength, parseHeader } from './safetensors.js';
+import { toF16Bytes } from './f16.js';
+import { sha256Hex } from './store.js';
+
+/** Adjacent small tensors are fetched together up to this many bytes (the DAC has ~200 tiny ones). */
+const GROUP_BYTES = 4 << 20;
+const PARALLEL = 4;
+/** Bytes in flight at once (downloads wait beyond it), so the worker never holds much of a checkpoint. */
+const IN_FLIGHT_BYTES = 256 << 20;
+const RETRIES = 3;
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Files of one repository at `{baseUrl}/{repo}/resolve/{revision}/{file}`; counts its requests. */
+export class HubSource {
+  constructor({ baseUrl, repo, revision = 'main', signal }) {
+    this.baseUrl = baseUrl.replace(/\/+$/, '');
+    this.repo = repo;
+    this.revision = revision;
+    this.signal = signal;
+    this.requests = 0;
+  }
+
+  url(file) {
+    return `${this.baseUrl}/${this.repo}/resolve/${encodeURIComponent(this.revision)}/${file}`;
+  }
+
+  /** fetch with retries on network errors, 429 and 5xx; `onRetry` undoes partial progress. */
+  async #fetch(file, range, read, onRetry) {
+    const url = this.url(file);
+    for (let attempt = 0; ; attempt++) {
+      if (this.signal?.aborted) throw new CancelledError('loading was cancelled');
+      let response;
+      try {
+        this.requests++;
+        const headers = range ? { Range: `bytes=${range[0]}-${range[1] - 1}` } : {};
+        // no-store: the weight store is the cache; the HTTP cache would hold a second copy.
+        response = await fetch(url, { headers, cache: 'no-store', signal: this.signal });
+      } catch (e) {
+        if (this.signal?.aborted) throw new CancelledError('loading was cancelled');
+        if (attempt < RETRIES) {
+          await sleep(300 << attempt);
+          continue;
+        }
+        throw new DownloadError(`network error fetching ${url}: ${e.message}`, { url, status: 0 });
+      }
+      if (!response.ok) {
+        const retry = response.status === 429 || response.status >= 500;
+        if (retry && attempt < RETRIES) {
+          await sleep(300 << attempt);
+          continue;
+        }
+        const hint = response.status === 404 ? ' (check the repository id and file name)' : '';
+        throw new DownloadError(`HTTP ${response.status} fetching ${url}${hint}`, { url, status: response.status });
+      }
+      if (range && response.status !== 206) {
+        throw new RangeNotSupportedError(`${url} answered ${response.status} to a Range request; the server must support HTTP ranges`, { url });
+      }
+      try {
+        return await read(response);
+      } catch (e) {
+        if (e instanceof CheckpointError || this.signal?.aborted || attempt >= RETRIES) throw e;
+        onRetry?.();
+        await sleep(300 << attempt);
+      }
+    }
+  }
+
+  text(file) {
+    return this.#fetch(file, null, (r) => r.text());
+  }
+
+  /** Bytes [begin, end) of `file`, read as a stream into one buffer; `onBytes(n)` as they arrive. */
+  bytes(file, begin, end, onBytes = () => {}) {
+    let counted = 0;
+    return this.#fetch(
+      file,
+      [begin, end],
+      async (response) => {
+        const out = new Uint8Array(end - begin);
+        let at = 0;
+        const reader = response.body.getReader();
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          if (at + value.byteLength > out.byteLength) {
+            await reader.cancel();
+            throw new CheckpointError(`${this.url(file)}: more bytes than the range asked for`, { file });
+          }
+          out.set(value, at);
+          at += value.byteLength;
+          counted += value.byteLength;
+          onBytes(value.byteLength);
+        }
+        if (at !== out.byteLength) throw new DownloadError(`${this.url(file)}: range cut short (${at} of ${out.byteLength} bytes)`);
+        return out;
+      },
+      () => {
+        onBytes(-counted);
+        counted = 0;
+      },
+    );
+  }
+
+  async header(file) {
+    const n = headerLength(await this.bytes(file, 0, 8), file);
+    return parseHeader(await this.bytes(file, 8, 8 + n), file);
+  }
+}
+
+/** config.json and every tensor of a repo: `model.safetensors`, or the shards of its index. */
+export async function resolveCheckpoint(src) {
+  const config = await src.text('config.json');
+  try {
+    JSON.parse(config);
+  } catch (e) {
+    throw new CheckpointError(`${src.url('config.json')} is not JSON (${e.message})`);
+  }
+  let tensors;
+  try {
+    tensors = await src.header('model.safetensors');
+  } catch (e) {
+    if (!(e instanceof DownloadError && e.details.status === 404)) throw e;
+    let index;
+    try {
+      index = JSON.parse(await src.text('model.safetensors.index.json'));
+    } catch (e2) {
+      if (e2 instanceof DownloadError && e2.details.status === 404) {
+        throw new CheckpointError(`${src.repo} has neither model.safetensors nor model.safetensors.index.json`);
+      }
+      throw e2;
+    }
+    const map = index?.weight_map;
+    if (!map || typeof map !== 'object') throw new CheckpointError(`${src.url('model.safetensors.index.json')} has no weight_map`);
+    tensors = [];
+    for (const file of [...new Set(Object.values(map))].sort()) {
+      tensors.push(...(await src.header(file)).filter((t) => map[t.name] === file));
+    }
+  }
+  return { config, tensors };
+}
+
+/** The dtype a tensor is stored and uploaded as: f16w keeps Dia matrices as f16 (exactly as the engine would). */
+export function storedDtype(t, variant) {
+  return variant === 'f16w' && t.shape.length === 2 && (t.dtype === 'F32' || t.dtype === 'BF16') ? 'F16' : t.dtype;
+}
+
+/** Tensors in file order merged into contiguous ranges of at most GROUP_BYTES (large ones alone). */
+export function groupRanges(tensors) {
+  const sorted = [...tensors].sort((a, b) => (a.file === b.file ? a.begin - b.begin : a.file < b.file ? -1 : 1));
+  const groups = [];
+  for (const t of sorted) {
+    const g = groups.at(-1);
+    if (g && g.file === t.file && g.end === t.begin && t.end - g.begin <= GROUP_BYTES) {
+      g.end = t.end;
+      g.tensors.push(t);
+    } else {
+      groups.push({ file: t.file, begin: t.begin, end: t.end, tensors: [t] });
+    }
+  }
+  return groups;
+}
+
+/** Runs `fn` over `groups`, PARALLEL at a time and at most IN_FLIGHT_BYTES of them at once. */
+async function forEachParallel(groups, fn) {
+  const active = new Set();
+  let inFlight = 0;
+  let failure = null;
+  for (const g of groups) {
+    const size = g.end - g.begin;
+    while (active.size > 0 && (active.size >= PARALLEL || inFlight + size > IN_FLIGHT_BYTES)) await Promise.race(active);
+    if (failure) break;
+    inFlight += size;
+    const p = fn(g)
+      .catch((e) => {
+        failure ??= e;
+      })
+      .finally(() => {
+        inFlight -= size;
+        active.delete(p);
+      });
+    active.add(p);
+  }
+  await Promise.all(active);
+  if (failure) throw failure;
+}
+
+/**
+ * First half of loading one component ("model" or "codec"): its manifest from the store, or resolved
+ * from the network (config + headers) and saved; `sink.begin(config)`; the tensors the engine needs.
+ * `sink` = { begin(config), wanted(tensors) → needed subset, put(name, dtype, shape, bytes), finish() }.
+ */
+export async function prepareComponent({ component, src, store, variant, sink, progress }) {
+  const id = `${src.baseUrl}|${src.repo}|${src.revision}|${variant}`;
+  let manifest = store ? await store.getManifest(id) : null;
+  if (!manifest) {
+    progress.status({ status: 'resolving', component });
+    const { config, tensors } = await resolveCheckpoint(src);
+    manifest = { id, repo: src.repo, revision: src.revision, variant, config, tensors, created: Date.now() };
+    await store?.putManifest(manifest);
+  }
+  sink.begin(manifest.config);
+  const needed = sink.wanted(manifest.tensors);
+  for (const t of needed) {
+    if (DTYPE_BYTES[t.dtype] === undefined) throw new CheckpointError(`${t.name}: dtype ${t.dtype} is not supported (F32, F16, BF16 are)`);
+  }
+  progress.add(needed);
+  return { component, src, store, variant, sink, progress, id, manifest, needed };
+}
+
+/**
+ * Second half: every needed tensor from the store (hash verified; a corrupt or missing record is fetched
+ * again), the rest by Range requests, converted, stored, and handed to the engine one at a time; then
+ * `sink.finish()`. Returns what came from where.
+ */
+export async function fillComponent({ component, src, store, variant, sink, progress, id, manifest, needed }) {
+  const put = (t, dtype, bytes) => sink.put(t.name, dtype, Uint32Array.from(t.shape), bytes);
+  const stats = { cached: 0, downloaded: 0, corrupt: [], missing: [] };
+  const toFetch = [];
+  for (const t of needed) {
+    if (!store || !t.hash) {
+      toFetch.push(t);
+      continue;
+    }
+    const bytes = await store.getTensor(id, t.name, t.hash);
+    if (!bytes) {
+      stats.missing.push(t.name);
+      progress.status({ status: 'missing', component, tensor: t.name });
+      toFetch.push(t);
+      continue;
+    }
+    if ((await sha256Hex(bytes)) !== t.hash) {
+      stats.corrupt.push(t.name);
+      progress.status({ status: 'corrupt', component, tensor: t.name });
+      await store.deleteTensor(id, t.name, t.hash);
+      toFetch.push(t);
+      continue;
+    }
+    put(t, storedDtype(t, variant), bytes);
+    stats.cached++;
+    progress.tensorDone(component, t, 'cache');
+  }
+
+  await forEachParallel(groupRanges(toFetch), async (g) => {
+    const bytes = await src.bytes(g.file, g.begin, g.end, (n) => progress.bytes(component, n));
+    for (const t of g.tensors) {
+      const raw = bytes.subarray(t.begin - g.begin, t.end - g.begin);
+      const dtype = storedDtype(t, variant);
+      const stored = dtype === t.dtype ? raw : toF16Bytes(raw, t.dtype);
+      if (store) t.hash = await store.putTensor(id, t.name, stored);
+      put(t, dtype, stored);
+      stats.downloaded++;
+      progress.tensorDone(component, t, 'network');
+    }
+    // Saved as tensors land, so an interrupted download resumes where it stopped.
+    if (store) await store.putManifest(manifest);
+  });
+  sink.finish();
+  return stats;
+}

@@ -1,0 +1,175 @@
+// The Dia Web Worker: owns the WebGPU engine (wasm) and the weight store.
+// Protocol (every message carries the request's `id`):
+//   page → worker: { type: 'load', model, codec, baseUrl, revision, numerics, cache, encoder }
+//                  { type: 'generate', text, options, prompt? }   { type: 'cancel', target }
+//   worker → page: load → progress* → ready;  generate → chunk* → done | cancelled;  error (any request);
+//                  fatal (no id: the engine crashed and this worker is done)
+import init, { DiaEngine } from '../wasm/dia_webgpu.js';
+import { CheckpointError, EngineError, errorToJSON, InvalidOptionError } from './errors.js';
+import { fillComponent, HubSource, prepareComponent } from './loader.js';
+import { WeightStore } from './store.js';
+
+let engine = null;
+let loaded = false;
+let current = null; // the running generation: { id, cancelled }
+
+const post = (message, transfer = []) => self.postMessage(message, transfer);
+
+/** Aggregated load progress over both components; byte events throttled to one per 100 ms. */
+class Progress {
+  constructor(id) {
+    this.id = id;
+    this.total = 0;
+    this.loaded = 0;
+    this.tensorsTotal = 0;
+    this.tensorsLoaded = 0;
+    this.networkBytes = 0;
+    this.lastByteEvent = 0;
+  }
+  add(tensors) {
+    this.tensorsTotal += tensors.length;
+    for (const t of tensors) this.total += t.end - t.begin;
+  }
+  emit(event) {
+    const { total, loaded, tensorsTotal, tensorsLoaded, networkBytes } = this;
+    const fraction = total > 0 ? loaded / total : 0;
+    post({ type: 'progress', id: this.id, progress: { ...event, loaded, total, progress: 100 * fraction, tensorsLoaded, tensorsTotal, networkBytes } });
+  }
+  status(event) {
+    this.emit(event);
+  }
+  bytes(component, n) {
+    this.loaded += n;
+    this.networkBytes += n;
+    const now = performance.now();
+    if (now - this.lastByteEvent >= 100) {
+      this.lastByteEvent = now;
+      this.emit({ status: 'downloading', component });
+    }
+  }
+  tensorDone(component, t, source) {
+    this.tensorsLoaded++;
+    if (source === 'cache') this.loaded += t.end - t.begin;
+    this.emit({ status: source === 'cache' ? 'cached' : 'downloaded', component, tensor: t.name });
+  }
+}
+
+function modelSink() {
+  return {
+    begin: (config) => engine.beginModel(config),
+    wanted: (tensors) => {
+      const missing = new Set(engine.modelMissing());
+      const needed = tensors.filter((t) => missing.has(t.name));
+      for (const t of needed) missing.delete(t.name);
+      if (missing.size > 0) {
+        const names = [...missing];
+        throw new CheckpointError(`the checkpoint lacks ${names.length} tensor(s) the model needs, e.g. ${names[0]}`, { missing: names });
+      }
+      return needed;
+    },
+    put: (name, dtype, shape, bytes) => engine.putModelTensor(name, dtype, shape, bytes),
+    finish: () => engine.finishModel(),
+  };
+}
+
+function codecSink(withEncoder) {
+  return {
+    begin: (config) => engine.beginCodec(config, withEncoder),
+    // The encoder only serves voice prompts: without it, its weights are not even downloaded.
+    wanted: (tensors) => tensors.filter((t) => withEncoder || !t.name.startsWith('encoder.')),
+    put: (name, dtype, shape, bytes) => engine.putCodecTensor(name, dtype, shape, bytes),
+    finish: () => engine.finishCodec(),
+  };
+}
+
+async function load(msg) {
+  if (engine) throw new InvalidOptionError('this worker already holds a model; start another DiaTTS to load a second one');
+  const started = performance.now();
+  await init();
+  engine = await DiaEngine.create(msg.numerics);
+  const store = msg.cache ? await WeightStore.open() : null;
+  const progress = new Progress(msg.id);
+  const source = (repo) => new HubSource({ baseUrl: msg.baseUrl, repo, revision: msg.revision });
+  const modelSrc = source(msg.model);
+  const codecSrc = source(msg.codec);
+  try {
+    // Both manifests first, so the progress total is known from the start.
+    const model = await prepareComponent({ component: 'model', src: modelSrc, store, variant: msg.numerics, sink: modelSink(), progress });
+    const codec = await prepareComponent({ component: 'codec', src: codecSrc, store, variant: 'raw', sink: codecSink(msg.encoder), progress });
+    const modelStats = await fillComponent(model);
+    const codecStats = await fillComponent(codec);
+    loaded = true;
+    const requests = modelSrc.requests + codecSrc.requests;
+    post({
+      type: 'ready',
+      id: msg.id,
+      adapterInfo: engine.adapterInfo(),
+      numerics: msg.numerics,
+      fromCache: requests === 0,
+      requests,
+      networkBytes: progress.networkBytes,
+      tensors: progress.tensorsTotal,
+      model: modelStats,
+      codec: codecStats,
+      seconds: (performance.now() - started) / 1000,
+    });
+  } finally {
+    store?.close();
+  }
+}
+
+async function generate(msg) {
+  if (!loaded) throw new EngineError('no model loaded');
+  const job = { id: msg.id, cancelled: false, chunks: 0 };
+  current = job;
+  try {
+    const result = await engine.generate(msg.text, msg.options ?? {}, msg.prompt ?? undefined, (pcm) => {
+      if (job.cancelled) return;
+      // A copy of our own, so transferring it can never detach memory the engine still uses.
+      const chunk = new Float32Array(pcm);
+      job.chunks++;
+      post({ type: 'chunk', id: job.id, pcm: chunk }, [chunk.buffer]);
+    });
+    const { samples, steps, seconds } = result;
+    post({ type: job.cancelled ? 'cancelled' : 'done', id: job.id, samples, steps, seconds, chunks: job.chunks });
+  } catch (e) {
+    if (!job.cancelled) throw e;
+    post({ type: 'cancelled', id: job.id, chunks: job.chunks });
+  } finally {
+    if (current === job) current = null;
+  }
+}
+
+function cancel(msg) {
+  if (current && (msg.target === undefined || current.id === msg.target)) {
+    current.cancelled = true;
+    engine.cancel();
+  }
+}
+
+// A Rust panic leaves the engine unusable and may surface outside any request (in a wasm task), so it
+// is reported once as 'fatal' with the panic's text, which console_error_panic_hook logs just before.
+let lastPanic = null;
+const consoleError = console.error.bind(console);
+console.error = (...args) => {
+  const text = args.map(String).join(' ');
+  if (text.includes('panicked at')) lastPanic = text.split('\n\nStack:')[0].trim();
+  consoleError(...args);
+};
+self.addEventListener('error', (event) => {
+  event.preventDefault();
+  post({ type: 'fatal', message: lastPanic ?? event.message });
+});
+
+const handlers = { load, generate };
+
+self.onmessage = async ({ data: msg }) => {
+  if (msg.type === 'cancel') return cancel(msg);
+  const handler = handlers[msg.type];
+  try {
+    if (!handler) throw new InvalidOptionError(`unknown request ${msg.type}`);
+    await handler(msg);
+  } catch (e) {
+    post({ type: 'error', id: msg.id, error: errorToJSON(e) });
+  }
+};
