@@ -3,16 +3,11 @@
 //! generation arguments come from the files.
 mod common;
 
-use std::collections::BTreeMap;
-
+use common::fixture::{cases, first_difference, options, prompt_of, text_ids, u32s, Expected};
 use common::{fixtures_dir, load_expected, rel_err, test_gpu};
-use dia_webgpu::dia::delay::prompt_from_prefix;
 use dia_webgpu::dia::{load_model_dir, DiaModel, GenerateOptions, Session};
 use dia_webgpu::gpu::Gpu;
-use dia_webgpu::kernels::sampling::SamplingParams;
 use dia_webgpu::kernels::Numerics;
-
-type Expected = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 struct Fixture {
     exp: Expected,
@@ -28,57 +23,6 @@ fn fixture() -> Fixture {
 
 fn model(gpu: &Gpu, numerics: Numerics) -> DiaModel {
     load_model_dir(gpu, &fixtures_dir().join("dia"), numerics).expect("load the fixture model")
-}
-
-/// Cases that have a given suffix, e.g. ".encoder_out" → ["clone", "t0", "t1"].
-fn cases(exp: &Expected, suffix: &str) -> Vec<String> {
-    let v: Vec<String> = exp.keys().filter_map(|k| k.strip_suffix(suffix)).filter(|c| !c.contains('.')).map(String::from).collect();
-    assert!(!v.is_empty(), "no fixture case has {suffix}");
-    v
-}
-
-fn u32s(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|&x| x as u32).collect()
-}
-
-/// The real (unpadded) text ids of batch item `b` of `<case>.in.input_ids`.
-fn text_ids(exp: &Expected, case: &str, b: usize) -> Vec<u32> {
-    let (shape, ids) = &exp[&format!("{case}.in.input_ids")];
-    let (_, mask) = &exp[&format!("{case}.in.attention_mask")];
-    let l = shape[1];
-    (0..l).filter(|&i| mask[b * l + i] != 0.0).map(|i| ids[b * l + i] as u32).collect()
-}
-
-/// Generation options from expected.json's `generate_kwargs` / `sampled_kwargs`.
-fn options(meta: &serde_json::Value, key: &str) -> GenerateOptions {
-    let k = &meta[key];
-    let sample = k["do_sample"].as_bool().unwrap_or(false);
-    GenerateOptions {
-        sampling: SamplingParams {
-            cfg_scale: k["guidance_scale"].as_f64().unwrap() as f32,
-            cfg_filter_top_k: k["top_k"].as_u64().unwrap() as u32,
-            temperature: if sample { k["temperature"].as_f64().unwrap_or(1.0) as f32 } else { 0.0 },
-            top_p: if sample { k["top_p"].as_f64().unwrap_or(1.0) as f32 } else { 1.0 },
-            seed: 0,
-        },
-        max_new_tokens: k["max_new_tokens"].as_u64().unwrap() as usize,
-        ..GenerateOptions::default()
-    }
-}
-
-/// Undelayed prompt codes carried by a case's delayed decoder prefix (empty without a prompt).
-fn prompt_of(exp: &Expected, case: &str, cfg: &dia_webgpu::config::DiaConfig) -> Vec<u32> {
-    let (shape, prefix) = &exp[&format!("{case}.in.decoder_input_ids")];
-    let c = shape[2];
-    let item0 = u32s(&prefix[..shape[1] * c]);
-    prompt_from_prefix(&item0, &cfg.delay_pattern, cfg.pad)
-}
-
-fn generate_tokens(gpu: &Gpu, m: &DiaModel, items: &[Vec<u32>], prompt: &[u32], opts: &GenerateOptions) -> Vec<u32> {
-    let mut s = Session::from_tokens(gpu, m, items, (!prompt.is_empty()).then_some(prompt), opts, false).unwrap();
-    let g = pollster::block_on(s.run(opts, &mut |_: usize, _: &[u32]| {}, || false)).unwrap();
-    // [rows, B, C] → [B, rows, C] (the fixtures' layout)
-    (0..g.batch).flat_map(|b| g.item(b)).collect()
 }
 
 #[test]
@@ -99,34 +43,19 @@ fn parity_encoder_out_f32() {
     let gpu = test_gpu();
     let m = model(&gpu, Numerics::F32);
     for case in cases(&f.exp, ".encoder_out") {
-        let ids = text_ids(&f.exp, &case, 0);
-        let enc = m.encode(&gpu, dia_webgpu::dia::forward::PackedText::new(&[ids.clone()]));
-        let got = gpu.read_f32_blocking(&enc.enc_out).unwrap();
-        let want = &f.exp[&format!("{case}.encoder_out")].1;
-        let err = rel_err(&got[..want.len()], want);
+        let (got, want) = pollster::block_on(common::fixture::encoder_out(&gpu, &m, &f.exp, &case));
+        let err = rel_err(&got, &want);
         println!("{case}.encoder_out rel err {err:.2e}");
         assert!(err <= 1e-4, "{case}.encoder_out rel err {err:.2e}");
     }
 }
 
-/// `[C, T, V]` (fixture layout) from `[T, C, V]`.
-fn channel_major(tcv: &[f32], t: usize, c: usize, v: usize) -> Vec<f32> {
-    let mut out = vec![0.0; tcv.len()];
-    for ti in 0..t {
-        for ci in 0..c {
-            out[(ci * t + ti) * v..][..v].copy_from_slice(&tcv[(ti * c + ci) * v..][..v]);
-        }
-    }
-    out
+fn generate_tokens(gpu: &Gpu, m: &DiaModel, items: &[Vec<u32>], prompt: &[u32], opts: &GenerateOptions) -> Vec<u32> {
+    pollster::block_on(common::fixture::generate_tokens(gpu, m, items, prompt, opts))
 }
 
 fn tf_logits(gpu: &Gpu, m: &DiaModel, f: &Fixture, case: &str) -> (Vec<f32>, Vec<f32>) {
-    let (shape, want) = &f.exp[&format!("{case}.logits_tf24")];
-    let (c, t, v) = (shape[0], shape[1], shape[2]);
-    let (_, gen) = &f.exp[&format!("{case}.generated")];
-    let rows = u32s(&gen[..t * c]);
-    let got = pollster::block_on(m.teacher_forced_logits(gpu, &text_ids(&f.exp, case, 0), &rows)).unwrap();
-    (channel_major(&got, t, c, v), want.clone())
+    pollster::block_on(common::fixture::tf_logits(gpu, m, &f.exp, case))
 }
 
 fn top1_agreement(a: &[f32], b: &[f32], v: usize) -> f64 {
@@ -178,13 +107,8 @@ fn parity_generated_greedy_f32() {
         let (shape, want) = &f.exp[&format!("{case}.generated")];
         let prompt = prompt_of(&f.exp, &case, &m.cfg);
         let got = generate_tokens(&gpu, &m, &[text_ids(&f.exp, &case, 0)], &prompt, &opts);
-        if got != u32s(want) {
-            let c = shape[2];
-            let w = u32s(want);
-            let first = (0..got.len().min(w.len())).find(|&i| got[i] != w[i]).map(|i| i / c);
-            if let Some(r) = first {
-                eprintln!("{case}: first differing row {r}: got {:?} want {:?}", &got[r * c..][..c], &w[r * c..][..c]);
-            }
+        if let Some(d) = first_difference(&got, &u32s(want), shape[2]) {
+            eprintln!("{case}: {d}");
         }
         assert_eq!(got.len(), want.len(), "{case}: {} rows generated, reference has {}", got.len() / shape[2], shape[1]);
         assert_eq!(got, u32s(want), "{case}.generated differs");

@@ -9,3 +9,5 @@ pub mod kernels;
 pub mod dia;
 pub mod pipeline;
 pub mod dac;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;

@@ -1,12 +1,14 @@
 //! Shared helpers for the integration tests: fixture location, a test GPU, random data, error metrics.
 #![allow(dead_code)]
 
+pub mod fixture;
 pub mod nari;
 
 use std::path::PathBuf;
 
 pub mod cpu_ref;
 
+#[cfg(not(target_arch = "wasm32"))]
 use dia_webgpu::gpu::{Gpu, GpuOptions};
 
 /// Repository root (tests run with the crate directory as working directory).
@@ -29,6 +31,7 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 /// A device on whatever adapter this machine has (lavapipe in CI), with small required limits.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn test_gpu() -> Gpu {
     Gpu::new_blocking(GpuOptions { high_performance: true, min_storage_binding: 16 << 20, want_shader_f16: true })
         .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
@@ -76,29 +79,6 @@ pub fn snr_db(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Reads every tensor of a safetensors file as (shape, f32 data) — for fixtures; int tensors are converted.
-pub fn load_expected(path: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).expect("read fixture");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse fixture");
-    let mut out = std::collections::BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let shape = view.shape().to_vec();
-        let data: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
-            safetensors::Dtype::F64 => {
-                let v: Vec<f64> = bytemuck::pod_collect_to_vec(view.data());
-                v.into_iter().map(|x| x as f32).collect()
-            }
-            safetensors::Dtype::I64 => {
-                let v: Vec<i64> = bytemuck::pod_collect_to_vec(view.data());
-                v.into_iter().map(|x| x as f32).collect()
-            }
-            safetensors::Dtype::I32 => {
-                let v: Vec<i32> = bytemuck::pod_collect_to_vec(view.data());
-                v.into_iter().map(|x| x as f32).collect()
-            }
-            d => panic!("fixture tensor {name}: unexpected dtype {d:?}"),
-        };
-        out.insert(name, (shape, data));
-    }
-    out
+pub fn load_expected(path: &std::path::Path) -> fixture::Expected {
+    fixture::parse_expected(&std::fs::read(path).expect("read fixture"))
 }

@@ -76,13 +76,21 @@ pub struct SmallMShape {
 }
 
 impl SmallMShape {
-    /// The shape `linear` uses: 4 rows (512 workgroups for N = 2048), as many threads along K as the
+    /// The shape `linear` starts from (then `within_cols`): 4 rows (512 workgroups for N = 2048), as many threads along K as the
     /// partial sums leave room for (256 up to M = 4, 64 at M = 16).
     pub fn for_m(m: u32) -> SmallMShape {
         let rows = 4;
         let budget = SMALL_M_PARTIALS / (rows * m.max(1));
         let threads = [256, 128, 64, 32].into_iter().find(|&t| t <= budget).unwrap_or(32);
         SmallMShape { rows, threads }
+    }
+
+    /// This shape with at most as many threads as a row of `cols` columns has chunks (rounded up to a power
+    /// of two, at least 16): surplus threads find no work but still pay for every reduction level — ruinously
+    /// on software adapters (the tiny test model's logits head: 8.6 s → 45 ms on SwiftShader).
+    pub fn within_cols(self, cols: u32) -> SmallMShape {
+        let chunks = if cols.is_multiple_of(8) { cols / 8 } else { cols.div_ceil(2) };
+        SmallMShape { threads: self.threads.min(chunks.next_power_of_two().max(16)), ..self }
     }
 
     /// Whether the shape fits the limits above for this M.
@@ -97,7 +105,7 @@ impl SmallMShape {
 
 /// The matrix–vector schedule (m ≤ `SMALL_M_MAX`), for tests and benchmarks; `linear` chooses it itself.
 pub fn linear_small_m(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Dispatch {
-    linear_small_m_shaped(gpu, x, w, y, m, epilogue, SmallMShape::for_m(m))
+    linear_small_m_shaped(gpu, x, w, y, m, epilogue, SmallMShape::for_m(m).within_cols(w.cols))
 }
 
 /// The matrix–vector schedule with an explicit workgroup shape (benchmarks tune with this).

@@ -159,12 +159,30 @@ impl Checkpoint {
             }
             return Ok(out);
         }
-        let bytes = self.read_bytes(name)?;
-        let halves = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        Ok(match info.dtype {
-            Dtype::BF16 => halves.map(|h| half::bf16::from_bits(h).to_f32()).collect(),
-            // F16, the only other readable dtype.
-            _ => halves.map(|h| half::f16::from_bits(h).to_f32()).collect(),
-        })
+        tensor_to_f32(name, info.dtype, &info.shape, &self.read_bytes(name)?)
     }
+}
+
+/// One tensor's little-endian bytes (F32, BF16 or F16) as f32 values, checked against `shape`; `name` only
+/// labels errors. For tensors that arrive without a checkpoint around them (e.g. from JavaScript).
+pub fn tensor_to_f32(name: &str, dtype: Dtype, shape: &[usize], bytes: &[u8]) -> Result<Vec<f32>, WeightsError> {
+    if !dtype.is_float_readable() {
+        return Err(WeightsError::UnsupportedDtype { name: name.to_string(), dtype: dtype.to_string() });
+    }
+    let expected = shape.iter().try_fold(dtype.size_bytes(), |n, &d| n.checked_mul(d as u64));
+    if expected != Some(bytes.len() as u64) {
+        return Err(WeightsError::SizeMismatch {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+            bytes: bytes.len() as u64,
+            expected: expected.unwrap_or(u64::MAX),
+        });
+    }
+    Ok(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        // F16, the only other readable dtype.
+        _ => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+    })
 }

@@ -9,7 +9,7 @@ mod header;
 mod layout;
 mod source;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{tensor_to_f32, Checkpoint};
 pub use header::{Dtype, Header, TensorInfo, MAX_HEADER_LEN};
 pub use layout::{expected_hf_tensors, DiaLayout, DiaWeights};
 #[cfg(not(target_arch = "wasm32"))]

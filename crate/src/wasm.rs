@@ -1,0 +1,363 @@
+//! The browser API: the `DiaEngine` JavaScript class (wasm-bindgen), meant to run in a Web Worker.
+//!
+//! Weights arrive from JavaScript one tensor at a time (HF names, safetensors dtype and bytes); each is
+//! converted and written to the GPU at once, so nothing but the GPU copy is kept. Every failure reaches
+//! JavaScript as an `Error` carrying the Rust error's message; a `generate` promise rejects rather than hangs.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::config::{DacConfig, DiaConfig};
+use crate::dac::{DacModel, DacModelBuilder};
+use crate::dia::{DiaError, DiaModel, DiaModelBuilder, GenerateOptions};
+use crate::gpu::{Gpu, GpuError, GpuOptions};
+use crate::kernels::Numerics;
+use crate::pipeline::{Audio, PipelineError, Tts, SAMPLE_RATE};
+use crate::weights::{tensor_to_f32, Dtype};
+
+/// Dia and the DAC codec on one WebGPU device.
+#[wasm_bindgen]
+pub struct DiaEngine {
+    // The builders hold `&'static Gpu` made from `gpu` (see `gpu_ref`): they are declared, hence dropped,
+    // before `gpu`, and never handed out.
+    dia_builder: Option<DiaModelBuilder<'static>>,
+    dac_builder: Option<DacModelBuilder<'static>>,
+    dia: Option<Rc<DiaModel>>,
+    dac: Option<Rc<DacModel>>,
+    numerics: Numerics,
+    /// The browser's own words for the adapter (wgpu passes on only its often empty description).
+    adapter_label: String,
+    /// The first uncaptured WebGPU error (validation, out of memory) not yet reported to JavaScript.
+    gpu_error: Arc<Mutex<Option<String>>>,
+    run: Rc<RunState>,
+    gpu: Rc<Gpu>,
+}
+
+/// Shared between the engine and its running `generate`.
+#[derive(Default)]
+struct RunState {
+    busy: Cell<bool>,
+    cancel: Cell<bool>,
+}
+
+/// Clears `busy` when a generation ends, however it ends.
+struct BusyGuard(Rc<RunState>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+    }
+}
+
+fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// Largest Dia-1.6B matrix (decoder MLP gate/up, 16384 × 2048) in bytes for `numerics`: an adapter whose
+/// storage bindings are smaller cannot hold the real model, so `create` says so at once.
+fn largest_matrix_bytes(numerics: Numerics) -> u64 {
+    let words_per_row = match numerics {
+        Numerics::F32 => 2048,
+        Numerics::F16W => 1024,
+    };
+    16384 * words_per_row * 4
+}
+
+/// `obj[key]` unless missing, undefined or null.
+fn get(obj: &JsValue, key: &str) -> Option<JsValue> {
+    js_sys::Reflect::get(obj, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+/// `navigator.gpu` of this global scope (window or worker).
+fn navigator_gpu() -> Option<JsValue> {
+    get(&js_sys::global().into(), "navigator").and_then(|n| get(&n, "gpu"))
+}
+
+/// "vendor architecture device description" of the adapter the browser hands out (`GPUAdapterInfo`).
+async fn browser_adapter_label() -> Option<String> {
+    let gpu = navigator_gpu()?;
+    let request: js_sys::Function = get(&gpu, "requestAdapter")?.dyn_into().ok()?;
+    let opts = js_sys::Object::new();
+    js_sys::Reflect::set(&opts, &"powerPreference".into(), &"high-performance".into()).ok()?;
+    let promise: js_sys::Promise = request.call1(&gpu, &opts).ok()?.dyn_into().ok()?;
+    let adapter = wasm_bindgen_futures::JsFuture::from(promise).await.ok()?;
+    let info = get(&adapter, "info")?;
+    let parts: Vec<String> = ["vendor", "architecture", "device", "description"].iter().filter_map(|k| get(&info, k)?.as_string()).filter(|s| !s.is_empty()).collect();
+    Some(parts.join(" "))
+}
+
+#[wasm_bindgen]
+impl DiaEngine {
+    /// Opens a WebGPU device. `numerics`: `"f32"` (exact) or `"f16w"` (f16 weights, half the memory;
+    /// needs no `shader-f16`).
+    pub async fn create(#[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16w\"")] numerics: String) -> Result<DiaEngine, JsError> {
+        console_error_panic_hook::set_once();
+        let numerics = Numerics::parse(&numerics).ok_or_else(|| JsError::new(&format!("unknown numerics {numerics:?}: use \"f32\" or \"f16w\"")))?;
+        if navigator_gpu().is_none() {
+            return Err(JsError::new("WebGPU is not available here: navigator.gpu is missing (a browser with WebGPU enabled, on https or localhost, is needed)"));
+        }
+        let adapter_label = browser_adapter_label().await.unwrap_or_default();
+        let opts = GpuOptions { high_performance: true, min_storage_binding: largest_matrix_bytes(numerics), want_shader_f16: true };
+        let gpu = Gpu::new(opts).await.map_err(|e| match e {
+            GpuError::NoAdapter(why) => JsError::new(&format!(
+                "WebGPU gave no adapter: navigator.gpu.requestAdapter() found none (WebGPU disabled, or this GPU blocklisted; Chromium on a machine without a GPU needs --enable-unsafe-webgpu). Detail: {why}"
+            )),
+            // The browser does not name the adapter to wgpu: use its own words.
+            GpuError::LimitTooSmall { adapter, limit, available, required } if adapter.is_empty() => {
+                js_err(GpuError::LimitTooSmall { adapter: adapter_label.clone(), limit, available, required })
+            }
+            e => js_err(e),
+        })?;
+        // Without a handler the browser only logs these; kept, they fail the next call that checks.
+        let gpu_error = Arc::new(Mutex::new(None));
+        let first_error = gpu_error.clone();
+        gpu.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+        }));
+        Ok(DiaEngine {
+            dia_builder: None,
+            dac_builder: None,
+            dia: None,
+            dac: None,
+            numerics,
+            adapter_label,
+            gpu_error,
+            run: Rc::new(RunState::default()),
+            gpu: Rc::new(gpu),
+        })
+    }
+
+    /// The adapter (vendor, architecture, description as the browser gives them; whether it is a software
+    /// fallback), the backend, and whether it offers `shader-f16`.
+    #[wasm_bindgen(js_name = adapterInfo)]
+    pub fn adapter_info(&self) -> String {
+        let name = [self.adapter_label.as_str(), self.gpu.info.name.as_str()].into_iter().find(|s| !s.is_empty()).unwrap_or("unnamed adapter");
+        let fallback = if self.gpu.info.device_type == wgpu::DeviceType::Cpu { ", software fallback adapter" } else { "" };
+        let f16 = if self.gpu.features.contains(wgpu::Features::SHADER_F16) { "yes" } else { "no" };
+        format!("{name} ({:?}{fallback}); shader-f16: {f16}", self.gpu.info.backend)
+    }
+
+    /// Starts loading a Dia model from its `config.json` (HF or nari schema); drops the loaded one.
+    #[wasm_bindgen(js_name = beginModel)]
+    pub fn begin_model(&mut self, #[wasm_bindgen(js_name = configJson)] config_json: &str) -> Result<(), JsError> {
+        self.dia_builder = None;
+        self.dia = None;
+        let cfg = DiaConfig::from_json_str(config_json).map_err(|e| JsError::new(&format!("bad Dia config: {e}")))?;
+        self.dia_builder = Some(DiaModelBuilder::new(self.gpu_ref(), &cfg, self.numerics).map_err(js_err)?);
+        Ok(())
+    }
+
+    /// One tensor of the Dia checkpoint in the HF layout: `dtype` `"F32"`, `"F16"` or `"BF16"`, little-endian bytes.
+    #[wasm_bindgen(js_name = putModelTensor)]
+    pub fn put_model_tensor(
+        &mut self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "\"F32\" | \"F16\" | \"BF16\"")] dtype: &str,
+        #[wasm_bindgen(unchecked_param_type = "Uint32Array")] shape: &[u32],
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array")] bytes: &[u8],
+    ) -> Result<(), JsError> {
+        let builder = self.dia_builder.as_mut().ok_or_else(|| JsError::new("no model is being loaded: call beginModel first"))?;
+        let (shape, data) = convert(name, dtype, shape, bytes)?;
+        builder.put(name, &shape, &data).map_err(js_err)
+    }
+
+    /// Names of the model tensors not received yet.
+    #[wasm_bindgen(js_name = modelMissing)]
+    pub fn model_missing(&self) -> Result<Vec<String>, JsError> {
+        let builder = self.dia_builder.as_ref().ok_or_else(|| JsError::new("no model is being loaded: call beginModel first"))?;
+        Ok(builder.missing())
+    }
+
+    /// Completes the model; with tensors missing it throws and loading can go on.
+    #[wasm_bindgen(js_name = finishModel)]
+    pub fn finish_model(&mut self) -> Result<(), JsError> {
+        let builder = self.dia_builder.as_ref().ok_or_else(|| JsError::new("no model is being loaded: call beginModel first"))?;
+        let missing = builder.missing();
+        if let Some(first) = missing.first() {
+            return Err(js_err(DiaError::MissingTensor { name: first.clone(), count: missing.len() }));
+        }
+        let builder = self.dia_builder.take().expect("checked above");
+        self.dia = Some(Rc::new(builder.finish().map_err(js_err)?));
+        self.check_gpu_error()
+    }
+
+    /// Starts loading the DAC codec from its `config.json`; `withEncoder` is needed for voice prompts
+    /// (without it the encoder's tensors are accepted and dropped). Drops the loaded codec.
+    #[wasm_bindgen(js_name = beginCodec)]
+    pub fn begin_codec(&mut self, #[wasm_bindgen(js_name = configJson)] config_json: &str, #[wasm_bindgen(js_name = withEncoder)] with_encoder: bool) -> Result<(), JsError> {
+        self.dac_builder = None;
+        self.dac = None;
+        let cfg = DacConfig::from_json_str(config_json).map_err(|e| JsError::new(&format!("bad DAC config: {e}")))?;
+        self.dac_builder = Some(DacModelBuilder::new(self.gpu_ref(), &cfg, self.numerics, with_encoder).map_err(js_err)?);
+        Ok(())
+    }
+
+    /// One tensor of the DAC checkpoint (HF `descript/dac_44khz` names, any weight-norm form).
+    #[wasm_bindgen(js_name = putCodecTensor)]
+    pub fn put_codec_tensor(
+        &mut self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "\"F32\" | \"F16\" | \"BF16\"")] dtype: &str,
+        #[wasm_bindgen(unchecked_param_type = "Uint32Array")] shape: &[u32],
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array")] bytes: &[u8],
+    ) -> Result<(), JsError> {
+        let builder = self.dac_builder.as_mut().ok_or_else(|| JsError::new("no codec is being loaded: call beginCodec first"))?;
+        let (shape, data) = convert(name, dtype, shape, bytes)?;
+        builder.accept(name, &shape, &data).map_err(js_err)
+    }
+
+    /// Completes the codec; on an error (e.g. a missing tensor) loading starts again with `beginCodec`.
+    #[wasm_bindgen(js_name = finishCodec)]
+    pub fn finish_codec(&mut self) -> Result<(), JsError> {
+        let builder = self.dac_builder.take().ok_or_else(|| JsError::new("no codec is being loaded: call beginCodec first"))?;
+        self.dac = Some(Rc::new(builder.finish().map_err(js_err)?));
+        self.check_gpu_error()
+    }
+
+    /// Speaks `text`, calling `onChunk` with consecutive chunks of 44.1 kHz mono samples as they become
+    /// final. `promptPcm` (mono, 44.1 kHz) is a voice to continue; its transcript should begin `text`.
+    /// Resolves to `{ samples, steps, seconds }`; rejects with the error's message (containing
+    /// "cancelled" after `cancel()`, or the callback's own exception if `onChunk` throws).
+    #[wasm_bindgen(unchecked_return_type = "Promise<{ samples: number, steps: number, seconds: number }>")]
+    pub fn generate(
+        &self,
+        text: String,
+        #[wasm_bindgen(unchecked_param_type = "{ temperature?: number, topP?: number, cfgScale?: number, cfgFilterTopK?: number, seed?: number, maxNewTokens?: number }")]
+        options: JsValue,
+        #[wasm_bindgen(js_name = promptPcm, unchecked_param_type = "Float32Array | undefined")] prompt_pcm: Option<Vec<f32>>,
+        #[wasm_bindgen(js_name = onChunk, unchecked_param_type = "(pcm: Float32Array) => void")] on_chunk: js_sys::Function,
+    ) -> js_sys::Promise {
+        let job = self.start_job(&options);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (run, gpu, gpu_error, dia, dac, opts) = job.map_err(JsValue::from)?;
+            let _busy = BusyGuard(run.clone());
+            let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+            let prompt = prompt_pcm.map(|samples| Audio { samples, sample_rate: SAMPLE_RATE });
+            let thrown: RefCell<Option<JsValue>> = RefCell::new(None);
+            let mut on_pcm = |pcm: &[f32]| {
+                if thrown.borrow().is_none() {
+                    if let Err(e) = on_chunk.call1(&JsValue::NULL, &js_sys::Float32Array::from(pcm)) {
+                        *thrown.borrow_mut() = Some(e);
+                    }
+                }
+            };
+            let cancelled = || run.cancel.get() || thrown.borrow().is_some() || gpu_error.lock().unwrap().is_some();
+            let start = js_sys::Date::now();
+            let result = tts.speak(&text, prompt.as_ref(), &opts, &mut on_pcm, &cancelled).await;
+            if let Some(e) = gpu_error.lock().unwrap().take() {
+                return Err(js_err(GpuError::Validation(e)).into());
+            }
+            if let Some(e) = thrown.take() {
+                return Err(e);
+            }
+            let speech = result.map_err(|e: PipelineError| JsValue::from(js_err(e)))?;
+            let out = js_sys::Object::new();
+            let set = |k: &str, v: f64| js_sys::Reflect::set(&out, &JsValue::from_str(k), &JsValue::from_f64(v));
+            set("samples", speech.samples as f64)?;
+            set("steps", (speech.generation.rows - speech.generation.prefix_rows) as f64)?;
+            set("seconds", (js_sys::Date::now() - start) / 1000.0)?;
+            Ok(out.into())
+        })
+    }
+
+    /// Stops the running `generate` at its next check (a few decoder steps); the engine stays usable.
+    pub fn cancel(&self) {
+        if self.run.busy.get() {
+            self.run.cancel.set(true);
+        }
+    }
+}
+
+type Job = (Rc<RunState>, Rc<Gpu>, Arc<Mutex<Option<String>>>, Rc<DiaModel>, Rc<DacModel>, GenerateOptions);
+
+impl DiaEngine {
+    /// The device as a `'static` borrow for the builders.
+    fn gpu_ref(&self) -> &'static Gpu {
+        // SAFETY: `self.gpu` is an `Rc` that the engine keeps for its whole life, so the `Gpu` stays at this
+        // address until the engine drops; the only holders of this reference are the builder fields, which
+        // drop before `gpu` (field order) and are never moved out of the engine except into `finish`, whose
+        // results (`DiaModel`, `DacModel`) hold no reference to the device.
+        unsafe { &*Rc::as_ptr(&self.gpu) }
+    }
+
+    /// Throws the GPU error recorded since the last check, if any.
+    fn check_gpu_error(&self) -> Result<(), JsError> {
+        match self.gpu_error.lock().unwrap().take() {
+            Some(e) => Err(js_err(GpuError::Validation(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// Everything a generation needs, checked and shared; marks the engine busy.
+    fn start_job(&self, options: &JsValue) -> Result<Job, JsError> {
+        if self.run.busy.get() {
+            return Err(JsError::new("a generation is already running on this engine (cancel it or wait for it)"));
+        }
+        let dia = self.dia.clone().ok_or_else(|| JsError::new("no model loaded: call beginModel, putModelTensor… and finishModel first"))?;
+        let dac = self.dac.clone().ok_or_else(|| JsError::new("no codec loaded: call beginCodec, putCodecTensor… and finishCodec first"))?;
+        let opts = parse_options(options)?;
+        self.check_gpu_error()?;
+        self.run.busy.set(true);
+        self.run.cancel.set(false);
+        Ok((self.run.clone(), self.gpu.clone(), self.gpu_error.clone(), dia, dac, opts))
+    }
+}
+
+/// A tensor from JavaScript as a shape and f32 data, checked against its dtype.
+fn convert(name: &str, dtype: &str, shape: &[u32], bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), JsError> {
+    let dt = Dtype::parse(dtype).ok_or_else(|| JsError::new(&format!("tensor {name}: unknown dtype {dtype:?} (use \"F32\", \"F16\" or \"BF16\")")))?;
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let data = tensor_to_f32(name, dt, &shape, bytes).map_err(js_err)?;
+    Ok((shape, data))
+}
+
+/// `generate`'s options object; absent fields keep the reference defaults (`GenerateOptions::default`).
+fn parse_options(options: &JsValue) -> Result<GenerateOptions, JsError> {
+    let mut opts = GenerateOptions::default();
+    if options.is_undefined() || options.is_null() {
+        return Ok(opts);
+    }
+    if !options.is_object() {
+        return Err(JsError::new("generate: options must be an object"));
+    }
+    let number = |key: &str| -> Result<Option<f64>, JsError> {
+        let v = js_sys::Reflect::get(options, &JsValue::from_str(key)).map_err(|_| JsError::new(&format!("generate: cannot read options.{key}")))?;
+        if v.is_undefined() || v.is_null() {
+            return Ok(None);
+        }
+        match v.as_f64() {
+            Some(x) if x.is_finite() => Ok(Some(x)),
+            _ => Err(JsError::new(&format!("generate: options.{key} must be a finite number"))),
+        }
+    };
+    let integer = |key: &str, min: f64| -> Result<Option<f64>, JsError> {
+        match number(key)? {
+            Some(x) if x.fract() != 0.0 || x < min || x > 9_007_199_254_740_991.0 => Err(JsError::new(&format!("generate: options.{key} must be a whole number ≥ {min}"))),
+            x => Ok(x),
+        }
+    };
+    let s = &mut opts.sampling;
+    if let Some(x) = number("temperature")? {
+        s.temperature = x as f32;
+    }
+    if let Some(x) = number("topP")? {
+        s.top_p = x as f32;
+    }
+    if let Some(x) = number("cfgScale")? {
+        s.cfg_scale = x as f32;
+    }
+    if let Some(x) = integer("cfgFilterTopK", 1.0)? {
+        s.cfg_filter_top_k = x.min(u32::MAX as f64) as u32;
+    }
+    if let Some(x) = integer("seed", 0.0)? {
+        s.seed = x as u64;
+    }
+    if let Some(x) = integer("maxNewTokens", 1.0)? {
+        opts.max_new_tokens = x as usize;
+    }
+    Ok(opts)
+}
