@@ -746,6 +746,15 @@ mod native {
         Ok((linear_ms, attention_ms))
     }
 
+    /// GB/s, with three decimals below 10 (tiny models on a CPU adapter stream a few MB/s).
+    fn gbps(x: f64) -> String {
+        if x >= 10.0 {
+            format!("{x:.1}")
+        } else {
+            format!("{x:.3}")
+        }
+    }
+
     fn print_table(r: &Report) {
         println!("dia-bench: {} config, batch {}, {} steps per decoder run, on {}", r.config, r.batch, r.steps, r.adapter);
         println!(
@@ -763,10 +772,10 @@ mod native {
         row("  ms/step greedy (host record+submit)", &|m| format!("{:.3} ({:.3})", m.greedy.ms_per_step, m.greedy.host_ms_per_step));
         row("  x real time (86.1 steps per s of audio)", &|m| format!("{:.2}", m.greedy.steps_per_s / (FRAMES_PER_10S / 10.0)));
         row("weights per step, MB", &|m| format!("{:.1}", m.weight_bytes_per_step as f64 / 1e6));
-        row("weights streamed, GB/s", &|m| format!("{:.1}", m.weights_gbps));
+        row("weights streamed, GB/s", &|m| gbps(m.weights_gbps));
         row("  / copy ceiling (a)", &|m| format!("{:.2}", m.weights_vs_copy));
         row("linear only (b): steps/s", &|m| format!("{:.1}", m.linear_only_steps_per_s));
-        row("linear only (b): GB/s", &|m| format!("{:.1}", m.linear_only_gbps));
+        row("linear only (b): GB/s", &|m| gbps(m.linear_only_gbps));
         row("  weights GB/s / linear-only (b)", &|m| format!("{:.2}", m.weights_vs_linear_only));
         row("DAC decode per 10 s audio, ms", &|m| format!("{:.2}", m.dac_ms_per_10s));
         row("peak GPU memory allocated, MB", &|m| format!("{:.1}", m.peak_allocated_bytes as f64 / 1e6));
