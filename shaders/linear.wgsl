@@ -19,7 +19,7 @@ struct Params {
     out_cols: u32, // columns of y: n, or n / 2 for SwiGLU
     groups: u32,   // workgroups with work (the grid may hold a few more)
     tiles_n: u32,  // tiled kernel: tiles along the output columns
-    _pad: u32,
+    eps: f32,      // small-M kernel with fused RMSNorm
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -132,28 +132,52 @@ fn load_x(m: u32, c: u32) -> Chunk {
 
 fn chunk_dot(a: Chunk, b: Chunk) -> f32 { return dot(a, b); }
 
+//== section: norm_none
+fn scale_x(xc: Chunk, c: u32) -> Chunk { return xc; }
+
+//== section: norm_vec8
+// Fused RMSNorm: x is scaled by the norm's gain as it is read; the 1/rms factor is applied to the sums.
+@group(0) @binding(4) var<storage, read> gain: array<vec4<f32>>;
+
+fn scale_x(xc: Chunk, c: u32) -> Chunk { return Chunk(xc.lo * gain[2u * c], xc.hi * gain[2u * c + 1u]); }
+
+//== section: norm_pair
+@group(0) @binding(4) var<storage, read> gain: array<f32>;
+
+fn scale_x(xc: Chunk, c: u32) -> Chunk {
+    let k0 = 2u * c;
+    return xc * vec2<f32>(gain[k0], gain[min(k0 + 1u, p.k - 1u)]);
+}
+
 //== section: small_m
 // Matrix–vector schedule for M ≤ 16: a workgroup owns R weight rows and reads each of their weights
-// once for all M rows of x; threads stride over K (consecutive threads read consecutive chunks of a
-// row, so reads coalesce); partial sums meet in workgroup memory.
+// once for all M rows of x. KT threads share a row along K (consecutive threads read consecutive
+// 16-byte chunks, so reads coalesce); the T / KT thread groups each take RPT rows, so every x chunk a
+// thread loads serves RPT rows. The KT partial sums of each output meet once in workgroup memory.
+// With NORM (fused RMSNorm), x is multiplied by the gain on load and the sums by 1/rms(x row).
 const M: u32 = {{M}}u;
 const T: u32 = {{THREADS}}u;
-const R: u32 = {{ROWS}}u;
+const KT: u32 = {{K_THREADS}}u;
+const RPT: u32 = {{ROWS_PER_THREAD}}u;
+const G: u32 = T / KT;
+const R: u32 = G * RPT;
 const HALF_R: u32 = R / 2u;
 const OUTS: u32 = R * M;
+const NORM: bool = {{NORM}};
+// Partial sums are [OUTS (+ M squared-norm sums)][KT], rows padded to an odd stride against bank conflicts.
+const LANES: u32 = KT + 1u;
 
-// [OUTS][T] partial sums; OUTS · T ≤ 4096 (16 KiB), which bounds THREADS.
 var<workgroup> red: array<f32, {{RED}}>;
 
-// Weight row in slot r of workgroup g. Store/accumulate: R consecutive rows. SwiGLU: slots
+// Weight row in slot s of workgroup g. Store/accumulate: R consecutive rows. SwiGLU: slots
 // 0..R/2 are the gate rows of outputs g·R/2 .. (g+1)·R/2 and slots R/2..R their up rows. Rows past
 // the end are clamped (read but never stored) so every thread runs the same loop.
-fn slot_row(g: u32, r: u32) -> u32 {
+fn slot_row(g: u32, s: u32) -> u32 {
     if EPILOGUE == 2u {
-        let j = min(g * HALF_R + r % HALF_R, p.out_cols - 1u);
-        return select(j, j + p.out_cols, r >= HALF_R);
+        let j = min(g * HALF_R + s % HALF_R, p.out_cols - 1u);
+        return select(j, j + p.out_cols, s >= HALF_R);
     }
-    return min(g * R + r, p.n - 1u);
+    return min(g * R + s, p.n - 1u);
 }
 
 @compute @workgroup_size({{THREADS}})
@@ -166,35 +190,50 @@ fn small_m(
     if g >= p.groups {
         return;
     }
-    var rows: array<u32, R>;
-    for (var r = 0u; r < R; r++) {
-        rows[r] = slot_row(g, r);
+    let kt = tid % KT;
+    let rg = tid / KT;
+    var rows: array<u32, RPT>;
+    for (var i = 0u; i < RPT; i++) {
+        rows[i] = slot_row(g, i * G + rg);
     }
-    var acc: array<f32, OUTS>;
+    var acc: array<f32, RPT * M>;
+    var sq: array<f32, M>;
     let nc = chunks();
-    for (var c = tid; c < nc; c += T) {
-        var wc: array<Chunk, R>;
-        for (var r = 0u; r < R; r++) {
-            wc[r] = load_w(rows[r], c);
+    for (var c = kt; c < nc; c += KT) {
+        var wc: array<Chunk, RPT>;
+        for (var i = 0u; i < RPT; i++) {
+            wc[i] = load_w(rows[i], c);
         }
         for (var m = 0u; m < M; m++) {
-            let xc = load_x(m, c);
-            for (var r = 0u; r < R; r++) {
-                acc[r * M + m] += chunk_dot(xc, wc[r]);
+            let xr = load_x(m, c);
+            if NORM {
+                sq[m] += chunk_dot(xr, xr);
+            }
+            let xc = scale_x(xr, c);
+            for (var i = 0u; i < RPT; i++) {
+                acc[i * M + m] += chunk_dot(xc, wc[i]);
             }
         }
     }
-    for (var o = 0u; o < OUTS; o++) {
-        red[o * T + tid] = acc[o];
-    }
-    // Tree reduction of all OUTS sums at once, the additions of each level spread over every thread.
-    for (var s = T / 2u; s > 0u; s >>= 1u) {
-        workgroupBarrier();
-        for (var e = tid; e < OUTS * s; e += T) {
-            let o = e / s;
-            let t = e % s;
-            red[o * T + t] += red[o * T + t + s];
+    for (var i = 0u; i < RPT; i++) {
+        for (var m = 0u; m < M; m++) {
+            red[((i * G + rg) * M + m) * LANES + kt] = acc[i * M + m];
         }
+    }
+    // Every thread group saw the same x chunks: group 0's squares are the row's.
+    if NORM && rg == 0u {
+        for (var m = 0u; m < M; m++) {
+            red[(OUTS + m) * LANES + kt] = sq[m];
+        }
+    }
+    workgroupBarrier();
+    let sums = select(OUTS, OUTS + M, NORM);
+    for (var o = tid; o < sums; o += T) {
+        var s = 0.0;
+        for (var j = 0u; j < KT; j++) {
+            s += red[o * LANES + j];
+        }
+        red[o * LANES] = s;
     }
     workgroupBarrier();
     // Outputs may outnumber the threads (small workgroups, many rows).
@@ -204,8 +243,9 @@ fn small_m(
             let m = o % M;
             let j = g * HALF_R + jj;
             if j < p.out_cols {
-                let gate = red[(jj * M + m) * T];
-                let up = red[((HALF_R + jj) * M + m) * T];
+                let scale = row_scale(m);
+                let gate = red[(jj * M + m) * LANES] * scale;
+                let up = red[((HALF_R + jj) * M + m) * LANES] * scale;
                 y[m * p.out_cols + j] = silu(gate) * up;
             }
         }
@@ -213,10 +253,18 @@ fn small_m(
         for (var o = tid; o < OUTS; o += T) {
             let n = g * R + o / M;
             if n < p.n {
-                write_out(o % M, n, red[o * T]);
+                write_out(o % M, n, red[o * LANES] * row_scale(o % M));
             }
         }
     }
+}
+
+// 1 / rms of x row m under NORM (its squared sum is in slot OUTS + m), else 1.
+fn row_scale(m: u32) -> f32 {
+    if NORM {
+        return inverseSqrt(red[(OUTS + m) * LANES] / f32(p.k) + p.eps);
+    }
+    return 1.0;
 }
 
 //== section: tiled

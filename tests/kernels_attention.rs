@@ -8,7 +8,8 @@ use std::time::Instant;
 use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
-use dia_webgpu::kernels::kv_cache::kv_write;
+use dia_webgpu::kernels::kv_cache::{kv_write, rope_kv_write};
+use dia_webgpu::kernels::rope::rope_tables;
 
 /// Where q, k and v live (the three layouts the model uses).
 #[derive(Clone, Copy, Debug)]
@@ -348,6 +349,65 @@ fn kv_cache_write_touches_only_new_rows() {
         }
         assert_eq!(gpu.read_f32_blocking(&k_cache).unwrap(), k_want, "k cache after {step:?}");
         assert_eq!(gpu.read_f32_blocking(&v_cache).unwrap(), v_want, "v cache after {step:?}");
+    }
+}
+
+/// RoPE + cache write in one dispatch: Q rotated in place (K and V of the source untouched), rotated K and V at
+/// (seq, pos) of the caches, rows past the cache skipped, positions past the tables unrotated; against the CPU.
+#[test]
+fn rope_kv_write_rotates_and_writes_new_rows() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(23);
+    for (head_dim, q_heads, kv_heads, max_pos) in [(8usize, 3usize, 2usize, 9usize), (128, 4, 1, 64)] {
+        let (n_seq, max_len) = (3usize, 11usize);
+        let width = kv_heads * head_dim;
+        let row_stride = q_heads * head_dim + 2 * width + 5; // a few unrelated columns at the end of each row
+        let (cos, sin) = rope_tables(max_pos, head_dim, 10000.0);
+        let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
+        let rows = 6usize;
+        let cache_len = n_seq * max_len * width;
+        let mut k_want = rng.vec(cache_len, 1.0);
+        let mut v_want = rng.vec(cache_len, 1.0);
+        let (k_cache, v_cache) = (gpu.upload("k_cache", &k_want), gpu.upload("v_cache", &v_want));
+        // (seq, pos): in range; pos ≥ max_len; seq past the cache; pos ≥ max_pos (unrotated, still cached when < max_len).
+        let qinfo: Vec<u32> = [[0u32, 0], [2, 10], [1, 4], [1, max_len as u32], [3, 0], [0, max_pos.min(max_len - 1) as u32]].concat();
+        let qinfo = if max_pos < max_len { qinfo } else { [&qinfo[..10], &[0u32, 7]].concat() };
+        let x = rng.vec(rows * row_stride, 1.0);
+        let (xb, qb) = (gpu.upload("qkv", &x), gpu.upload("qinfo", &qinfo));
+        let d = rope_kv_write(&gpu, &xb, &qb, &cb, &sb, &k_cache, &v_cache, rows as u32, row_stride as u32, q_heads as u32, head_dim as u32, width as u32, max_len as u32);
+        gpu.run(&[&d]);
+        let half = head_dim / 2;
+        let rotate = |v: &[f32], pos: usize| -> Vec<f32> {
+            if pos >= max_pos {
+                return v.to_vec();
+            }
+            let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+            (0..head_dim)
+                .map(|i| if i < half { v[i] * c[i] - v[i + half] * s[i] } else { v[i] * c[i - half] + v[i - half] * s[i - half] })
+                .collect()
+        };
+        let mut x_want = x.clone();
+        for m in 0..rows {
+            let (seq, pos) = (qinfo[2 * m] as usize, qinfo[2 * m + 1] as usize);
+            let row = &x[m * row_stride..][..row_stride];
+            for h in 0..q_heads {
+                x_want[m * row_stride + h * head_dim..][..head_dim].copy_from_slice(&rotate(&row[h * head_dim..][..head_dim], pos));
+            }
+            if seq < n_seq && pos < max_len {
+                let dst = (seq * max_len + pos) * width;
+                for g in 0..kv_heads {
+                    let k = &row[(q_heads + g) * head_dim..][..head_dim];
+                    k_want[dst + g * head_dim..][..head_dim].copy_from_slice(&rotate(k, pos));
+                }
+                v_want[dst..dst + width].copy_from_slice(&row[q_heads * head_dim + width..][..width]);
+            }
+        }
+        let tol = 1e-6;
+        let e = rel_err(&gpu.read_f32_blocking(&xb).unwrap(), &x_want);
+        assert!(e <= tol, "hd={head_dim}: source rows rel err {e:.3e}");
+        let e = rel_err(&gpu.read_f32_blocking(&k_cache).unwrap(), &k_want);
+        assert!(e <= tol, "hd={head_dim}: k cache rel err {e:.3e}");
+        assert_eq!(gpu.read_f32_blocking(&v_cache).unwrap(), v_want, "hd={head_dim}: v cache");
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::embed::{embed_channels_sum, embed_tokens};
-use dia_webgpu::kernels::linear::{linear, linear_small_m, linear_small_m_shaped, linear_tiled, LinearEpilogue, SmallMShape, SMALL_M_MAX};
+use dia_webgpu::kernels::linear::{linear, linear_small_m, linear_small_m_shaped, linear_tiled, norm_linear, LinearEpilogue, SmallMShape, SMALL_M_MAX};
 use dia_webgpu::kernels::norm::rmsnorm;
 use dia_webgpu::kernels::rope::{rope, rope_tables};
 use dia_webgpu::kernels::{round_f16, GpuMatrix, Numerics};
@@ -136,9 +136,10 @@ fn linear_small_m_shapes() {
     let gpu = test_gpu();
     let mut rng = Rng::new(29);
     for numerics in [Numerics::F32, Numerics::F16W] {
-        // (16, 32) at M = 5 has more outputs than threads; (6, 128) an odd number of SwiGLU outputs.
-        for (m, rows, threads) in [(2usize, 2, 256), (2, 8, 64), (5, 16, 32), (5, 6, 128)] {
-            let shape = SmallMShape { rows, threads };
+        // (32, 4, 4) at M = 5 has more outputs than threads; (128, 64, 3) an odd number of SwiGLU outputs;
+        // (64, 64, 2) a single thread group.
+        for (m, threads, k_threads, rows_per_thread) in [(2usize, 256, 64, 1), (2, 64, 8, 1), (5, 32, 4, 4), (5, 128, 64, 3), (3, 64, 64, 2), (16, 128, 32, 1)] {
+            let shape = SmallMShape { threads, k_threads, rows_per_thread };
             assert!(shape.fits(m as u32), "{shape:?} m={m}");
             let schedule = |g: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, e: LinearEpilogue| {
                 linear_small_m_shaped(g, x, w, y, m, e, shape)
@@ -153,7 +154,9 @@ fn linear_small_m_shapes() {
             }
         }
     }
-    assert!(!SmallMShape { rows: 3, threads: 64 }.fits(1) && !SmallMShape { rows: 4, threads: 128 }.fits(16));
+    // Odd rows per workgroup, more partial sums than 16 KiB hold.
+    assert!(!SmallMShape { threads: 64, k_threads: 64, rows_per_thread: 3 }.fits(1));
+    assert!(!SmallMShape { threads: 256, k_threads: 32, rows_per_thread: 2 }.fits(16));
 }
 
 /// The same inputs through both schedules (small M, where both apply) give the same values.
@@ -194,6 +197,47 @@ fn linear_small_m_grid_over_65535() {
         let err = rel_err(&got, &want);
         assert!(err <= TOL, "{epilogue:?} {numerics:?}: rel err {err:.3e}");
     }
+}
+
+/// RMSNorm fused into the projection (small M: one dispatch; large M: norm then tiled) against the CPU: rows of
+/// different scales, ragged K on both access paths, every epilogue, both numerics.
+#[test]
+fn norm_linear_ragged() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(31);
+    let eps = 1e-5f32;
+    let mut worst = 0.0f64;
+    for numerics in [Numerics::F32, Numerics::F16W] {
+        for (m, n, k) in [(1usize, 67usize, 95usize), (2, 300, 264), (5, 66, 16), (16, 130, 515), (17, 67, 264), (37, 5, 95)] {
+            for epilogue in EPILOGUES {
+                let (n, out_cols) = if epilogue == LinearEpilogue::SwiGlu { (2 * n, n) } else { (n, n) };
+                let x: Vec<f32> = (0..m * k).map(|i| rng.uniform() * (1 + i / k) as f32 * 0.8).collect();
+                let gain = rng.vec(k, 2.0);
+                let w = rng.vec(n * k, 1.0);
+                let y0 = rng.vec(m * out_cols, 1.0);
+                let (xb, gb, yb) = (gpu.upload("x", &x), gpu.upload("gain", &gain), gpu.upload("y", &y0));
+                let wm = GpuMatrix::upload(&gpu, "w", &w, n, k, numerics).unwrap();
+                let scratch = gpu.buffer("scratch", (m * k * 4) as u64);
+                let ds = norm_linear(&gpu, &xb, &gb, eps, &wm, &yb, m as u32, epilogue, &scratch);
+                assert_eq!(ds.len(), if m as u32 <= SMALL_M_MAX { 1 } else { 2 }, "fused only for small M");
+                gpu.run(&ds.iter().collect::<Vec<_>>());
+                let got = gpu.read_f32_blocking(&yb).unwrap();
+                let mut h = vec![0f32; m * k];
+                for r in 0..m {
+                    let row = &x[r * k..][..k];
+                    let inv = 1.0 / ((row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64) + eps as f64).sqrt();
+                    for i in 0..k {
+                        h[r * k + i] = (row[i] as f64 * inv * gain[i] as f64) as f32;
+                    }
+                }
+                let want = cpu_linear(&h, &stored(&w, numerics), &y0, m, n, k, epilogue);
+                let err = rel_err(&got, &want);
+                assert!(err <= TOL, "m={m} n={n} k={k} {epilogue:?} {numerics:?}: rel err {err:.3e}");
+                worst = worst.max(err);
+            }
+        }
+    }
+    println!("norm_linear_ragged: worst rel err {worst:.3e}");
 }
 
 #[test]

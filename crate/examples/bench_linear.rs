@@ -3,7 +3,7 @@
 //! cargo run --release --example bench_linear -- --rows 16384 --cols 2048 --m 2 --iters 200 --numerics f16w
 //!
 //! Other flags: `--epilogue store|acc|swiglu`, `--batch B` (dispatches per command buffer, default 10),
-//! `--group-rows R --threads T` (workgroup shape, default the one `linear` uses), `--sweep` (time every
+//! `--threads T --k-threads K --rows-per-thread R` (workgroup shape, default the one `linear` uses), `--sweep` (time every
 //! workgroup shape that fits M instead).
 //!
 //! Records `--batch` dispatches per command buffer (consecutive dispatches write the same output, so
@@ -46,7 +46,7 @@ fn parse_args() -> Result<Args, String> {
         batch: 10,
         numerics: Numerics::F16W,
         epilogue: LinearEpilogue::Store,
-        shape: SmallMShape { rows: 0, threads: 0 },
+        shape: SmallMShape { threads: 0, k_threads: 0, rows_per_thread: 0 },
         sweep: false,
     };
     let mut it = std::env::args().skip(1);
@@ -63,8 +63,9 @@ fn parse_args() -> Result<Args, String> {
             "--m" => a.m = num()? as u32,
             "--iters" => a.iters = num()?,
             "--batch" => a.batch = num()?,
-            "--group-rows" => a.shape.rows = num()? as u32,
             "--threads" => a.shape.threads = num()? as u32,
+            "--k-threads" => a.shape.k_threads = num()? as u32,
+            "--rows-per-thread" => a.shape.rows_per_thread = num()? as u32,
             "--numerics" => a.numerics = Numerics::parse(&value).ok_or_else(|| format!("unknown numerics {value} (f32, f16w)"))?,
             "--epilogue" => {
                 a.epilogue = match value.as_str() {
@@ -74,7 +75,7 @@ fn parse_args() -> Result<Args, String> {
                     _ => return Err(format!("unknown epilogue {value} (store, acc, swiglu)")),
                 }
             }
-            _ => return Err(format!("unknown flag {flag}; flags: --rows --cols --m --iters --batch --numerics --epilogue --group-rows --threads --sweep")),
+            _ => return Err(format!("unknown flag {flag}; flags: --rows --cols --m --iters --batch --numerics --epilogue --threads --k-threads --rows-per-thread --sweep")),
         }
     }
     let max_m = dia_webgpu::kernels::linear::SMALL_M_MAX;
@@ -84,15 +85,18 @@ fn parse_args() -> Result<Args, String> {
     if a.epilogue == LinearEpilogue::SwiGlu && a.rows % 2 == 1 {
         return Err("swiglu needs an even number of rows".into());
     }
-    let default = SmallMShape::for_m(a.m);
-    if a.shape.rows == 0 {
-        a.shape.rows = default.rows;
-    }
+    let default = SmallMShape::for_shape(a.m, a.rows as u32, a.cols as u32);
     if a.shape.threads == 0 {
         a.shape.threads = default.threads;
     }
+    if a.shape.k_threads == 0 {
+        a.shape.k_threads = default.k_threads;
+    }
+    if a.shape.rows_per_thread == 0 {
+        a.shape.rows_per_thread = default.rows_per_thread;
+    }
     if !a.shape.fits(a.m) {
-        return Err(format!("{:?} does not fit m = {}: rows even, threads a power of two ≤ 256, rows·m·threads ≤ 4096", a.shape, a.m));
+        return Err(format!("{:?} does not fit m = {}: powers of two, k_threads ≤ threads ≤ 256, even rows, partial sums ≤ 16 KiB", a.shape, a.m));
     }
     Ok(a)
 }
@@ -125,7 +129,9 @@ fn bench() -> Result<(), String> {
     let xb = gpu.upload("x", &x);
     let yb = gpu.buffer("y", (a.m as usize * out_cols * 4) as u64);
     let shapes: Vec<SmallMShape> = if a.sweep {
-        let all = [2, 4, 8, 16].into_iter().flat_map(|rows| [32, 64, 128, 256].map(|threads| SmallMShape { rows, threads }));
+        let all = [64, 128, 256].into_iter().flat_map(|threads| {
+            [4, 8, 16, 32, 64].into_iter().flat_map(move |k_threads| [1, 2, 4].map(move |rows_per_thread| SmallMShape { threads, k_threads, rows_per_thread }))
+        });
         all.filter(|s| s.fits(a.m)).collect()
     } else {
         vec![a.shape]
@@ -151,15 +157,17 @@ fn bench() -> Result<(), String> {
         let calls = (a.iters * a.batch) as f64;
         let per_call = seconds / calls;
         println!(
-            "linear small-M {} {:?}: W {}x{} ({:.1} MB), M={}, {} rows x {} threads per workgroup: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
+            "linear small-M {} {:?}: W {}x{} ({:.1} MB), M={}, {} threads x {} along K x {} rows each{}: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
             a.numerics.name(),
             a.epilogue,
             a.rows,
             a.cols,
             weight_bytes as f64 / 1e6,
             a.m,
-            shape.rows,
             shape.threads,
+            shape.k_threads,
+            shape.rows_per_thread,
+            if shape == SmallMShape::for_shape(a.m, a.rows as u32, a.cols as u32) { " (default)" } else { "" },
             calls,
             seconds,
             per_call * 1e6,

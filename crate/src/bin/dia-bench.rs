@@ -32,7 +32,7 @@ mod native {
 
     use dia_webgpu::config::{DacConfig, DiaConfig};
     use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
-    use dia_webgpu::dia::forward::{KvCache, PackedText};
+    use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText};
     use dia_webgpu::dia::tokenizer::encode_text;
     use dia_webgpu::dia::{DiaError, DiaModel, DiaModelBuilder, GenerateOptions, Session};
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
@@ -145,8 +145,8 @@ mod native {
 
     #[derive(Serialize)]
     struct LinearShapeRun {
-        rows: u32,
-        threads: u32,
+        /// "auto" (what `linear` picks per matrix) or threads x k_threads x rows_per_thread.
+        shape: String,
         steps_per_s: f64,
         gbps: f64,
     }
@@ -275,7 +275,7 @@ mod native {
         if let Some(p) = &profile {
             log(&format!("profile: attention only {:.3} ms, {} tiny dispatches {:.3} ms", p.attention_only_ms, p.dispatches_per_step, p.dispatch_floor_ms));
             for s in &p.linear_shapes {
-                log(&format!("profile: linear only, {} rows x {} threads: {:.1} passes/s, {:.1} GB/s", s.rows, s.threads, s.steps_per_s, s.gbps));
+                log(&format!("profile: linear only, shape {}: {:.1} passes/s, {:.1} GB/s", s.shape, s.steps_per_s, s.gbps));
             }
             log(&format!("profile: encoder (1000 bytes) linear only {:.2} ms, attention only {:.2} ms", p.encoder_linear_only_ms, p.encoder_attention_only_ms));
         }
@@ -653,12 +653,10 @@ mod native {
         }
         let attention_only_ms = time_passes(gpu, &attention, steps)? * 1e3;
 
-        // As DecoderGraph::new records them: embed; per layer 3 norms, 6 linears, one rope over Q and K (+1 on
-        // the cross queries for v0.1), kv_write and two attentions; final norm; the logits head and the
-        // sampler's two dispatches.
-        let per_attention = attention.len() / (2 * d.layers);
-        let per_layer = 3 + 6 + 1 + usize::from(model.cross_rope.is_some()) + 1 + 2 * per_attention;
-        let dispatches_per_step = 1 + d.layers * per_layer + 1 + 1 + 2;
+        // As a session records them: the step graph, the logits head and the sampler's two dispatches.
+        let graph = DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, 1);
+        let dispatches_per_step = graph.dispatches() + model.logits_head(gpu, &graph.x, rows).0.len() + 2;
+        drop(graph);
         let (x, y) = (f32s(d.hidden), f32s(d.hidden));
         let norm_w = gpu.upload("bench.norm", &vec![1.0f32; d.hidden]);
         let tiny: Vec<Dispatch> = (0..dispatches_per_step).map(|_| rmsnorm(gpu, &x, &norm_w, &y, 1, d.hidden as u32, 1e-5)).collect();
@@ -671,14 +669,13 @@ mod native {
         let x = gpu.upload("bench.x", &Noise::new(17).take(rows as usize * max_cols, 1.0));
         let y = gpu.buffer("bench.y", rows as u64 * max_rows * 4);
         let mut linear_shapes = Vec::new();
-        for (r, t) in [(2, 32), (2, 64), (4, 32), (4, 64), (4, 128)] {
-            let shape = SmallMShape { rows: r, threads: t };
-            if !shape.fits(rows) {
-                continue;
-            }
-            let ds: Vec<Dispatch> = streamed.iter().map(|w| linear_small_m_shaped(gpu, &x, w, &y, rows, LinearEpilogue::Store, shape)).collect();
+        let candidates = [(256, 32, 1), (256, 32, 2), (256, 64, 1), (256, 64, 2), (256, 64, 4), (128, 32, 2), (128, 64, 2)];
+        for shape in std::iter::once(None).chain(candidates.map(|(threads, k_threads, rows_per_thread)| Some(SmallMShape { threads, k_threads, rows_per_thread }))) {
+            let pick = |w: &GpuMatrix| shape.filter(|s| s.fits(rows)).unwrap_or_else(|| SmallMShape::for_shape(rows, w.rows, w.cols));
+            let ds: Vec<Dispatch> = streamed.iter().map(|w| linear_small_m_shaped(gpu, &x, w, &y, rows, LinearEpilogue::Store, pick(w))).collect();
             let sec = time_passes(gpu, &ds, steps)?;
-            linear_shapes.push(LinearShapeRun { rows: r, threads: t, steps_per_s: 1.0 / sec, gbps: bytes as f64 / sec / 1e9 });
+            let label = shape.map_or("auto".to_string(), |s| format!("{}x{}x{}", s.threads, s.k_threads, s.rows_per_thread));
+            linear_shapes.push(LinearShapeRun { shape: label, steps_per_s: 1.0 / sec, gbps: bytes as f64 / sec / 1e9 });
         }
 
         let (encoder_linear_only_ms, encoder_attention_only_ms) = profile_encoder(gpu, model, 1000.min(model.cfg.encoder.max_positions))?;
@@ -790,7 +787,7 @@ mod native {
                     p.linear_shapes
                         .iter()
                         .max_by(|a, b| a.steps_per_s.total_cmp(&b.steps_per_s))
-                        .map_or("-".into(), |s| format!("{:.1} ({}x{})", s.steps_per_s, s.rows, s.threads))
+                        .map_or("-".into(), |s| format!("{:.1} ({})", s.steps_per_s, s.shape))
                 })
             });
             row("profile: encoder 1000 B linear only, ms", &|m| p(m, &|p| format!("{:.2}", p.encoder_linear_only_ms)));

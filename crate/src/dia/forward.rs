@@ -6,8 +6,8 @@
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
 use crate::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
 use crate::kernels::embed::{embed_channels_sum, embed_tokens};
-use crate::kernels::kv_cache::kv_write;
-use crate::kernels::linear::{linear, LinearEpilogue};
+use crate::kernels::kv_cache::rope_kv_write;
+use crate::kernels::linear::{linear, norm_linear, LinearEpilogue, SMALL_M_MAX};
 use crate::kernels::norm::rmsnorm;
 use crate::kernels::rope::rope;
 
@@ -133,11 +133,14 @@ impl DiaModel {
 }
 
 impl DiaModel {
-    /// The logits head over `rows` normalised hidden states: writes `[rows, C·V]` f32 (row c·V + v).
-    pub fn logits_head(&self, gpu: &Gpu, h: &GpuBuffer, rows: u32) -> (Dispatch, GpuBuffer) {
+    /// The logits head: writes `[rows, C·V]` f32 (row c·V + v).
+    /// `x` is the decoder's residual stream `[rows, D]`; the final norm is fused into the head where M is small.
+    pub fn logits_head(&self, gpu: &Gpu, x: &GpuBuffer, rows: u32) -> (Vec<Dispatch>, GpuBuffer) {
         let d = &self.cfg.decoder;
         let out = gpu.buffer("logits", rows as u64 * (d.channels * d.vocab) as u64 * F32);
-        (linear(gpu, h, &self.logits, &out, rows, LinearEpilogue::Store), out)
+        let scratch = gpu.buffer("logits.normed", if rows > SMALL_M_MAX { rows as u64 * d.hidden as u64 * F32 } else { 4 });
+        let ds = norm_linear(gpu, x, &self.dec_norm, d.norm_eps, &self.logits, &out, rows, LinearEpilogue::Store, &scratch);
+        (ds, out)
     }
 }
 
@@ -170,8 +173,8 @@ pub struct DecoderGraph {
     pub tokens: GpuBuffer,
     /// u32 `[M, 2]` (row, position) for self-attention and RoPE; positions rewritten per step.
     pub qinfo: GpuBuffer,
-    /// Normalised final hidden states `[M, D]`.
-    pub h: GpuBuffer,
+    /// The residual stream after the last layer `[M, D]` (the logits head applies the final norm).
+    pub x: GpuBuffer,
     body: Vec<Dispatch>,
     _keep: Vec<GpuBuffer>,
 }
@@ -208,16 +211,13 @@ impl DecoderGraph {
         let attend = |a: &AttentionArgs| if t == 1 { attention_decode(gpu, a) } else { attention_prefill(gpu, a) };
 
         let mut body = vec![embed_channels_sum(gpu, &model.dec_embedding, &tokens, &x, m, batch * t, d.channels as u32, d.vocab as u32)];
+        let eps = d.norm_eps;
         for (li, l) in model.dec_layers.iter().enumerate() {
-            body.push(rmsnorm(gpu, &x, &l.pre_sa_norm, &h, m, hidden, d.norm_eps));
-            body.push(linear(gpu, &h, &l.qkv, &qkv, m, LinearEpilogue::Store));
-            // Q and K heads are adjacent in the fused projection: one rotation covers both.
-            body.push(rope(gpu, &qkv, cos, sin, &qinfo, m, qkv_w, 0, (d.heads + d.kv_heads) as u32, hd));
+            // Norms are fused into the projections that consume them (small M; `h` is the scratch otherwise).
+            body.extend(norm_linear(gpu, &x, &l.pre_sa_norm, eps, &l.qkv, &qkv, m, LinearEpilogue::Store, &h));
+            // RoPE on Q and K, K and V into the cache: one dispatch.
             let kv_width = (d.kv_heads * d.head_dim) as u32;
-            body.push(kv_write(
-                gpu, &qkv, &qinfo, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32 * hd,
-                (d.heads + d.kv_heads) as u32 * hd, kv_width, cache.max_len,
-            ));
+            body.push(rope_kv_write(gpu, &qkv, &qinfo, cos, sin, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32, hd, kv_width, cache.max_len));
             body.extend(attend(&AttentionArgs {
                 q_buf: &qkv,
                 q_stride: qkv_w,
@@ -239,8 +239,7 @@ impl DecoderGraph {
             }));
             body.push(linear(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate));
 
-            body.push(rmsnorm(gpu, &x, &l.pre_ca_norm, &h, m, hidden, d.norm_eps));
-            body.push(linear(gpu, &h, &l.cross_q, &cq, m, LinearEpilogue::Store));
+            body.extend(norm_linear(gpu, &x, &l.pre_ca_norm, eps, &l.cross_q, &cq, m, LinearEpilogue::Store, &h));
             if let Some((c, s)) = &model.cross_rope {
                 body.push(rope(gpu, &cq, c, s, &qinfo, m, cq_w, 0, d.cross_heads as u32, d.cross_head_dim as u32));
             }
@@ -266,15 +265,18 @@ impl DecoderGraph {
             }));
             body.push(linear(gpu, &cattn, &l.cross_o, &x, m, LinearEpilogue::Accumulate));
 
-            body.push(rmsnorm(gpu, &x, &l.pre_mlp_norm, &h, m, hidden, d.norm_eps));
-            body.push(linear(gpu, &h, &l.gate_up, &mlp, m, LinearEpilogue::SwiGlu));
+            body.extend(norm_linear(gpu, &x, &l.pre_mlp_norm, eps, &l.gate_up, &mlp, m, LinearEpilogue::SwiGlu, &h));
             body.push(linear(gpu, &mlp, &l.down, &x, m, LinearEpilogue::Accumulate));
         }
-        body.push(rmsnorm(gpu, &x, &model.dec_norm, &h, m, hidden, d.norm_eps));
-        DecoderGraph { t, rows, tokens, qinfo, h, body, _keep: vec![x, qkv, attn, cq, cattn, mlp, self_seqs, cross_qinfo] }
+        DecoderGraph { t, rows, tokens, qinfo, x, body, _keep: vec![h, qkv, attn, cq, cattn, mlp, self_seqs, cross_qinfo] }
     }
 
-    /// Records the layers and the final norm.
+    /// Dispatches per pass.
+    pub fn dispatches(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Records the layers.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         for d in &self.body {
             d.record(pass);
@@ -300,12 +302,14 @@ impl DiaModel {
         gpu.write(&graph.tokens, rows);
         graph.set_positions(gpu, 0);
         // Only the conditional row's T hidden states (rows 0..T) go through the head.
-        let (head, logits) = self.logits_head(gpu, &graph.h, t);
+        let (head, logits) = self.logits_head(gpu, &graph.x, t);
         let mut enc_cmd = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc_cmd.begin_compute_pass(&Default::default());
             graph.record(&mut pass);
-            head.record(&mut pass);
+            for d in &head {
+                d.record(&mut pass);
+            }
         }
         gpu.queue.submit([enc_cmd.finish()]);
         gpu.read_f32(&logits).await

@@ -81,7 +81,7 @@ pub struct Session<'m> {
     max_length: usize,
     prefill: Option<DecoderGraph>,
     step: DecoderGraph,
-    head: Dispatch,
+    head: Vec<Dispatch>,
     sampler: Sampler,
     codes: GpuBuffer,
     known: Vec<u32>,
@@ -147,7 +147,7 @@ impl<'m> Session<'m> {
         let cache = KvCache::new(gpu, model, rows, max_length as u32);
         let step = DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, 1);
         let prefill = (s0 > 1).then(|| DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, s0 as u32));
-        let (head, logits) = model.logits_head(gpu, &step.h, rows);
+        let (head, logits) = model.logits_head(gpu, &step.x, rows);
 
         let codes = gpu.buffer("codes", (max_length * batch * c) as u64 * 4);
         let shape = SamplerShape {
@@ -205,7 +205,7 @@ impl<'m> Session<'m> {
                 let d = self.model.cfg.decoder.hidden as u64 * 4;
                 let t = p.t as u64;
                 for r in 0..p.rows as u64 {
-                    enc.copy_buffer_to_buffer(&p.h.buf, p.h.offset + (r * t + t - 1) * d, &self.step.h.buf, self.step.h.offset + r * d, d);
+                    enc.copy_buffer_to_buffer(&p.x.buf, p.x.offset + (r * t + t - 1) * d, &self.step.x.buf, self.step.x.offset + r * d, d);
                 }
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 self.record_head(&mut pass);
@@ -221,8 +221,7 @@ impl<'m> Session<'m> {
     }
 
     fn record_head(&self, pass: &mut wgpu::ComputePass<'_>) {
-        self.head.record(pass);
-        for d in self.sampler.dispatches() {
+        for d in self.head.iter().chain(self.sampler.dispatches()) {
             d.record(pass);
         }
     }

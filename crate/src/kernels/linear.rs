@@ -2,6 +2,7 @@
 //! Small M (decoder steps, M = 2·batch ≤ 16) uses a matrix–vector kernel that reads every weight
 //! once for all M rows; larger M (encoder, prefill) a tiled matrix–matrix kernel.
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+use super::norm::rmsnorm;
 use super::GpuMatrix;
 
 const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
@@ -53,7 +54,7 @@ struct Params {
     out_cols: u32,
     groups: u32,
     tiles_n: u32,
-    _pad: u32,
+    eps: f32,
 }
 
 /// x: f32 `[m, w.cols]` (row stride w.cols); y as the epilogue says; x and y are distinct buffers.
@@ -66,50 +67,89 @@ pub fn linear(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
     }
 }
 
-/// Shape of a small-M workgroup: `rows` weight rows (even, so SwiGLU pairs gate and up rows) read
-/// by `threads` threads striding over K. Needs rows · M · threads ≤ 4096 (the partial sums in 16 KiB
-/// of workgroup memory) and a power-of-two `threads` ≤ 256.
+/// Shape of a small-M workgroup: `threads` threads in groups of `k_threads` that share weight rows along
+/// K; each group takes `rows_per_thread` rows, so a workgroup owns `rows()` = threads / k_threads ·
+/// rows_per_thread rows (even, so SwiGLU pairs gate and up rows). The partial sums,
+/// (rows()·M + M)·(k_threads + 1) f32, must fit 16 KiB of workgroup memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SmallMShape {
-    pub rows: u32,
     pub threads: u32,
+    pub k_threads: u32,
+    pub rows_per_thread: u32,
 }
 
 impl SmallMShape {
-    /// The shape `linear` starts from (then `within_cols`): 4 rows (512 workgroups for N = 2048), as many threads along K as the
-    /// partial sums leave room for (256 up to M = 4, 64 at M = 16).
-    pub fn for_m(m: u32) -> SmallMShape {
-        let rows = 4;
-        let budget = SMALL_M_PARTIALS / (rows * m.max(1));
-        let threads = [256, 128, 64, 32].into_iter().find(|&t| t <= budget).unwrap_or(32);
-        SmallMShape { rows, threads }
+    /// Weight rows per workgroup.
+    pub fn rows(self) -> u32 {
+        self.threads / self.k_threads.max(1) * self.rows_per_thread
     }
 
-    /// This shape with at most as many threads as a row of `cols` columns has chunks (rounded up to a power
-    /// of two, at least 16): surplus threads find no work but still pay for every reduction level — ruinously
-    /// on software adapters (the tiny test model's logits head: 8.6 s → 45 ms on SwiftShader).
-    pub fn within_cols(self, cols: u32) -> SmallMShape {
-        let chunks = if cols.is_multiple_of(8) { cols / 8 } else { cols.div_ceil(2) };
-        SmallMShape { threads: self.threads.min(chunks.next_power_of_two().max(16)), ..self }
+    /// The shape `linear` uses for an `n × k` matrix at this M: enough threads along K that each walks a
+    /// few 16-byte chunks of its row, and as many rows per thread (x reuse) as leave ≥ 256 workgroups.
+    pub fn for_shape(m: u32, n: u32, k: u32) -> SmallMShape {
+        let m = m.max(1);
+        let chunks = chunks_per_row(k);
+        let k_threads = chunks.div_ceil(4).next_power_of_two().clamp(4, 64);
+        let mut threads = 256;
+        let mut rows_per_thread = (8 / m).clamp(1, 4);
+        let shape = |threads, rows_per_thread| SmallMShape { threads, k_threads: k_threads.min(threads), rows_per_thread };
+        while rows_per_thread > 1 && n.div_ceil(shape(threads, rows_per_thread).rows()) < 256 {
+            rows_per_thread /= 2;
+        }
+        while threads > k_threads && !shape(threads, rows_per_thread).fits(m) {
+            threads /= 2;
+        }
+        let s = shape(threads, rows_per_thread);
+        // A single thread group needs an even rows_per_thread for SwiGLU pairs.
+        if s.rows() % 2 == 1 { shape(threads, rows_per_thread + 1) } else { s }
     }
 
     /// Whether the shape fits the limits above for this M.
     pub fn fits(self, m: u32) -> bool {
-        self.rows >= 2
-            && self.rows.is_multiple_of(2)
-            && self.threads.is_power_of_two()
+        self.threads.is_power_of_two()
             && self.threads <= 256
-            && self.rows * m.max(1) * self.threads <= SMALL_M_PARTIALS
+            && self.k_threads.is_power_of_two()
+            && self.k_threads <= self.threads
+            && self.rows_per_thread >= 1
+            && self.rows().is_multiple_of(2)
+            && self.partial_words(m) <= SMALL_M_PARTIALS
     }
+
+    fn partial_words(self, m: u32) -> u32 {
+        (self.rows() + 1) * m.max(1) * (self.k_threads + 1)
+    }
+}
+
+/// 8-column chunks per row on the 16-byte path, 2-column pairs otherwise.
+fn chunks_per_row(k: u32) -> u32 {
+    if k.is_multiple_of(8) { k / 8 } else { k.div_ceil(2) }
 }
 
 /// The matrix–vector schedule (m ≤ `SMALL_M_MAX`), for tests and benchmarks; `linear` chooses it itself.
 pub fn linear_small_m(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Dispatch {
-    linear_small_m_shaped(gpu, x, w, y, m, epilogue, SmallMShape::for_m(m).within_cols(w.cols))
+    linear_small_m_shaped(gpu, x, w, y, m, epilogue, SmallMShape::for_shape(m, w.rows, w.cols))
 }
 
 /// The matrix–vector schedule with an explicit workgroup shape (benchmarks tune with this).
 pub fn linear_small_m_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape) -> Dispatch {
+    small_m_dispatch(gpu, x, w, y, m, epilogue, shape, None)
+}
+
+/// y = rmsnorm(x; gain, eps) · Wᵀ with the epilogue: one fused matrix–vector dispatch for m ≤ `SMALL_M_MAX`,
+/// else RMSNorm into `scratch` (f32 `[m, w.cols]`) and the tiled schedule.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_linear(gpu: &Gpu, x: &GpuBuffer, gain: &GpuBuffer, eps: f32, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, scratch: &GpuBuffer) -> Vec<Dispatch> {
+    assert!(gain.size >= w.cols as u64 * 4, "norm_linear: gain holds fewer than {} f32", w.cols);
+    if m <= SMALL_M_MAX {
+        let shape = SmallMShape::for_shape(m, w.rows, w.cols);
+        vec![small_m_dispatch(gpu, x, w, y, m, epilogue, shape, Some((gain, eps)))]
+    } else {
+        vec![rmsnorm(gpu, x, gain, scratch, m, w.cols, eps), linear_tiled(gpu, scratch, w, y, m, epilogue)]
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: Option<(&GpuBuffer, f32)>) -> Dispatch {
     assert!(m <= SMALL_M_MAX, "linear_small_m: m = {m} > {SMALL_M_MAX}");
     assert!(shape.fits(m), "linear_small_m: {shape:?} does not fit m = {m}");
     let out_cols = check_shapes(x, w, y, m, epilogue);
@@ -117,26 +157,35 @@ pub fn linear_small_m_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuf
     let access = if w.cols.is_multiple_of(8) { "vec8" } else { "pair" };
     // A pipeline per M keeps the accumulators in registers; m = 0 dispatches nothing.
     let m_spec = m.max(1);
-    let SmallMShape { rows, threads } = shape;
-    let key = format!("linear.small_m.{}.{access}.{}.m{m_spec}.r{rows}.t{threads}", w.numerics.name(), epilogue.name());
+    let SmallMShape { threads, k_threads, rows_per_thread } = shape;
+    let norm_section = if norm.is_some() { access } else { "none" };
+    let key = format!(
+        "linear.small_m.{}.{access}.{}.norm_{norm_section}.m{m_spec}.t{threads}.k{k_threads}.r{rows_per_thread}",
+        w.numerics.name(),
+        epilogue.name()
+    );
     let pipeline = gpu.pipeline(&key, "small_m", || {
-        let src = format!(
-            "{}{}{}",
+        let src = [
             section("common"),
             section(&format!("access_{}_{access}", w.numerics.name())),
-            section("small_m")
-        );
+            section(&format!("norm_{norm_section}")),
+            section("small_m"),
+        ]
+        .concat();
         specialize(
             &src,
             &[
                 ("EPILOGUE", epilogue.code().to_string()),
                 ("M", m_spec.to_string()),
                 ("THREADS", threads.to_string()),
-                ("ROWS", rows.to_string()),
-                ("RED", (threads * rows * m_spec).to_string()),
+                ("K_THREADS", k_threads.to_string()),
+                ("ROWS_PER_THREAD", rows_per_thread.to_string()),
+                ("NORM", norm.is_some().to_string()),
+                ("RED", shape.partial_words(m_spec).to_string()),
             ],
         )
     });
+    let rows = shape.rows();
     let groups = match epilogue {
         LinearEpilogue::SwiGlu => out_cols.div_ceil(rows / 2),
         _ => w.rows.div_ceil(rows),
@@ -150,9 +199,12 @@ pub fn linear_small_m_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuf
         out_cols,
         groups,
         tiles_n: 0,
-        _pad: 0,
+        eps: norm.map_or(0.0, |n| n.1),
     };
-    gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid_1d(groups))
+    match norm {
+        Some((gain, _)) => gpu.dispatch(&pipeline, &params, &[x, &w.data, y, gain], grid_1d(groups)),
+        None => gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid_1d(groups)),
+    }
 }
 
 /// The tiled matrix–matrix schedule (any m), for tests and benchmarks; `linear` chooses it itself.
@@ -181,7 +233,7 @@ pub fn linear_tiled(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
         out_cols,
         groups,
         tiles_n,
-        _pad: 0,
+        eps: 0.0,
     };
     gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid_1d(groups))
 }
