@@ -3,7 +3,8 @@
 //
 // Entry points:
 //   prefill:         flash-style, a workgroup = BQ queries of one head, key tiles staged in workgroup memory.
-//   decode_partial:  split-K, a workgroup = (head, key chunk, row): chunk max, sum and weighted V to scratch.
+//   decode_partial:  split-K, a workgroup = (query heads sharing a kv head, key chunk, row): chunk max, sum and
+//                    weighted V to scratch.
 //   decode_combine:  a workgroup = (head, row): merges the chunks that hold visible keys.
 //
 // Logits can be large (no 1/sqrt(d)): all softmax arithmetic is max-subtracted in f32. A query that sees no key
@@ -238,22 +239,27 @@ fn prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
 // ---------------------------------------------------------------------------------------------------------------
 // Split-K decode. The grid covers every chunk the scratch holds (sized for the largest key count); a chunk past
 // the query's visible keys returns at once and the combine ignores it, so the same dispatch serves every step.
+// A workgroup takes NR query heads that share one kv head, so each K and V row is read once for all of them.
 // Scratch entry (row, head, chunk) = [weighted V sum (HD), chunk max, sum of exp] with exp taken from chunk max.
 
+const DWG: u32 = 256u;       // threads of a decode_partial workgroup
 const CH: u32 = {{CH}}u;     // keys per chunk
-const DL: u32 = 8u;          // lanes per key in the score phase (adjacent words of one key row)
-const DT: u32 = WG / DL;     // keys scored at once
+const NR: u32 = {{NR}}u;     // query heads per workgroup; NR · CH ≤ DWG
+const DL: u32 = 8u;          // lanes per key in the score phase (lane t owns dims t, t + DL, ...)
+const DT: u32 = DWG / DL;    // keys scored at once
 const DDP: u32 = {{DDP}}u;   // ceil(HD / DL)
+const VG: u32 = DWG / HD;    // key groups in the V phase (thread = column × key group)
 
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 
-var<workgroup> d_part: array<f32, CH * DL>;
-var<workgroup> d_score: array<f32, CH>;
-var<workgroup> d_prob: array<f32, CH>;
+var<workgroup> d_part: array<f32, NR * CH * DL>;  // lane-partial dots [head][key][lane]
+var<workgroup> d_prob: array<f32, NR * CH>;       // scores, then exp(score - chunk max)
+var<workgroup> d_red: array<f32, NR * CH>;        // tree reductions (max, then sum) per head
+var<workgroup> d_vred: array<f32, NR * VG * HD>;  // V sums per key group
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(256)
 fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let h = wid.x;
+    let h0 = wid.x * NR;
     let c = wid.y;
     let row = wid.z;
     let lim = visible_keys(row);
@@ -262,74 +268,119 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         return;
     }
     let n = min(CH, lim - c0);
-    let g = h / p.n_rep;
+    let g = h0 / p.n_rep;
     let s = qinfo[2u * row];
     let kv_base = seqs[2u * s];
     let kl = lid / DL;
     let t = lid % DL;
 
-    var q: array<f32, DDP>;
-    let q_base = row * p.q_stride + p.q_col + h * HD;
-    for (var i = 0u; i < DDP; i++) {
-        let d = t + DL * i;
-        var x = 0.0;
-        if d < HD {
-            x = load_q(q_base + d);
+    var q: array<f32, NR * DDP>;
+    for (var h = 0u; h < NR; h++) {
+        let q_base = row * p.q_stride + p.q_col + (h0 + h) * HD;
+        for (var i = 0u; i < DDP; i++) {
+            let d = t + DL * i;
+            var x = 0.0;
+            if d < HD {
+                x = load_q(q_base + d);
+            }
+            q[h * DDP + i] = x;
         }
-        q[i] = x;
     }
     for (var k0 = 0u; k0 < CH; k0 += DT) {
         let kk = k0 + kl;
-        var acc = 0.0;
+        var acc: array<f32, NR>;
         if kk < n {
             let r = (kv_base + c0 + kk) * p.kv_stride + p.k_col + g * HD;
             for (var i = 0u; i < DDP; i++) {
                 let d = t + DL * i;
                 if d < HD {
-                    acc += q[i] * load_k(r + d);
+                    let kv = load_k(r + d);
+                    for (var h = 0u; h < NR; h++) {
+                        acc[h] += q[h * DDP + i] * kv;
+                    }
                 }
             }
         }
-        d_part[kk * DL + t] = acc;
-    }
-    workgroupBarrier();
-    if lid < CH {
-        var sc = NEG;
-        if lid < n {
-            sc = 0.0;
-            for (var u = 0u; u < DL; u++) {
-                sc += d_part[lid * DL + u];
+        if kk < CH {
+            for (var h = 0u; h < NR; h++) {
+                d_part[(h * CH + kk) * DL + t] = acc[h];
             }
         }
-        d_score[lid] = sc;
+    }
+    workgroupBarrier();
+    // One thread per (head, key): the score, then per-head max and sum by tree reductions over the chunk.
+    let e = lid;
+    let eh = e / CH;
+    let ek = e % CH;
+    let live = e < NR * CH;
+    var sc = NEG;
+    if live && ek < n {
+        sc = 0.0;
+        for (var u = 0u; u < DL; u++) {
+            sc += d_part[e * DL + u];
+        }
+    }
+    if live {
+        d_red[e] = sc;
+    }
+    for (var w = CH / 2u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if live && ek < w {
+            d_red[e] = max(d_red[e], d_red[e + w]);
+        }
     }
     workgroupBarrier();
     var mx = NEG;
-    for (var k = 0u; k < n; k++) {
-        mx = max(mx, d_score[k]);
-    }
-    if lid < CH {
-        d_prob[lid] = select(0.0, exp(d_score[lid] - mx), lid < n);
+    var pk = 0.0;
+    if live {
+        mx = d_red[eh * CH];
+        pk = select(0.0, exp(sc - mx), ek < n);
+        d_prob[e] = pk;
     }
     workgroupBarrier();
-
-    let base = ((row * p.heads + h) * p.n_chunks + c) * (HD + 2u);
-    for (var d = lid; d < HD; d += WG) {
-        var acc = 0.0;
-        for (var k = 0u; k < n; k++) {
-            acc += d_prob[k] * load_v((kv_base + c0 + k) * p.kv_stride + p.v_col + g * HD + d);
+    if live {
+        d_red[e] = pk;
+    }
+    for (var w = CH / 2u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if live && ek < w {
+            d_red[e] += d_red[e + w];
         }
+    }
+    // V: thread = (column, key group); every loaded V word serves the NR heads.
+    let col = lid % HD;
+    let kg = lid / HD;
+    if kg < VG {
+        var acc: array<f32, NR>;
+        for (var k = kg; k < n; k += VG) {
+            let v = load_v((kv_base + c0 + k) * p.kv_stride + p.v_col + g * HD + col);
+            for (var h = 0u; h < NR; h++) {
+                acc[h] += d_prob[h * CH + k] * v;
+            }
+        }
+        for (var h = 0u; h < NR; h++) {
+            d_vred[(h * VG + kg) * HD + col] = acc[h];
+        }
+    }
+    workgroupBarrier();
+    for (var o = lid; o < NR * HD; o += DWG) {
+        let h = o / HD;
+        let d = o % HD;
+        var acc = 0.0;
+        for (var j = 0u; j < VG; j++) {
+            acc += d_vred[(h * VG + j) * HD + d];
+        }
+        let base = ((row * p.heads + h0 + h) * p.n_chunks + c) * (HD + 2u);
         if base + d < arrayLength(&partials) {
             partials[base + d] = acc;
         }
     }
-    if lid == 0u && base + HD + 1u < arrayLength(&partials) {
-        var sum = 0.0;
-        for (var k = 0u; k < n; k++) {
-            sum += d_prob[k];
+    if live && ek == 0u {
+        let base = ((row * p.heads + h0 + eh) * p.n_chunks + c) * (HD + 2u);
+        if base + HD + 1u < arrayLength(&partials) {
+            partials[base + HD] = mx;
+            partials[base + HD + 1u] = d_red[e];
         }
-        partials[base + HD] = mx;
-        partials[base + HD + 1u] = sum;
     }
 }
 

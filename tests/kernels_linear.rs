@@ -389,3 +389,14 @@ fn rope_tables_match_f32_formula() {
         assert!(worst <= 2e-7, "head_dim {head_dim}: table differs from the f32 formula by {worst:.3e}");
     }
 }
+
+/// The default small-M shape fits every M and matrix shape it is asked for, including tiny K and M = 16.
+#[test]
+fn small_m_default_shapes_fit() {
+    for m in 1..=SMALL_M_MAX {
+        for (n, k) in [(1, 1), (2, 3), (67, 64), (2048, 2048), (3072, 2048), (16384, 2048), (2048, 8192), (9252, 2048), (5, 515)] {
+            let s = SmallMShape::for_shape(m, n, k);
+            assert!(s.fits(m), "m={m} n={n} k={k}: {s:?}");
+        }
+    }
+}

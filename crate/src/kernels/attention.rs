@@ -12,8 +12,10 @@ const PREFILL_QUERIES: u32 = 32;
 /// Lanes per query in prefill and per key in decode (shader constants TD and DL).
 const PREFILL_LANES: u32 = 4;
 const DECODE_LANES: u32 = 8;
-/// Keys per decode chunk: 3072 keys → 48 chunks, × 16 heads × 2 rows = 1536 workgroups per layer.
+/// Keys per decode chunk: 3072 keys → 48 chunks, × 4 head groups × 2 rows = 384 workgroups per layer.
 const DECODE_CHUNK: u32 = 64;
+/// Most query heads one decode workgroup serves (they share a kv head): DECODE_HEADS · DECODE_CHUNK ≤ 256.
+const DECODE_HEADS: u32 = 4;
 /// Workgroup memory budget (words) for the prefill key tiles (the limit is 16 KiB = 4096 words).
 const PREFILL_TILE_WORDS: u32 = 3800;
 /// Largest head_dim the kernels take (per-thread vectors are sized from it).
@@ -85,11 +87,11 @@ impl AttentionArgs<'_> {
 }
 
 /// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile.
-fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32) -> std::sync::Arc<wgpu::ComputePipeline> {
+fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32) -> std::sync::Arc<wgpu::ComputePipeline> {
     // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 66 words of row info.
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
-    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}"), entry, || {
+    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}"), entry, || {
         specialize(
             SHADER,
             &[
@@ -98,6 +100,7 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32) -> std::sync::Arc<wgpu::Compu
                 ("BK", key_tile.to_string()),
                 ("CH", DECODE_CHUNK.to_string()),
                 ("DDP", head_dim.div_ceil(DECODE_LANES).to_string()),
+                ("NR", decode_heads.to_string()),
             ],
         )
     })
@@ -106,7 +109,7 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32) -> std::sync::Arc<wgpu::Compu
 /// Flash-style: for many query rows at once (encoder, prefill). May return several dispatches.
 pub fn attention_prefill(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
     let params = a.params(0);
-    let pipeline = pipeline(gpu, "prefill", a.head_dim);
+    let pipeline = pipeline(gpu, "prefill", a.head_dim, 1);
     let buffers = [a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out];
     vec![gpu.dispatch(&pipeline, &params, &buffers, [a.rows.div_ceil(PREFILL_QUERIES), a.heads, 1])]
 }
@@ -121,10 +124,12 @@ pub fn attention_decode(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
     let params = a.params(n_chunks);
     let words = a.rows as u64 * a.heads as u64 * n_chunks as u64 * (a.head_dim as u64 + 2);
     let partials = gpu.buffer("attention.decode.partials", words * 4);
-    let partial = pipeline(gpu, "decode_partial", a.head_dim);
-    let combine = pipeline(gpu, "decode_combine", a.head_dim);
+    // The query heads of one kv head are consecutive: a workgroup takes the largest group that divides them.
+    let nr = [DECODE_HEADS, 2, 1].into_iter().find(|&r| params.n_rep.is_multiple_of(r)).unwrap_or(1);
+    let partial = pipeline(gpu, "decode_partial", a.head_dim, nr);
+    let combine = pipeline(gpu, "decode_combine", a.head_dim, 1);
     vec![
-        gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], [a.heads, n_chunks, a.rows]),
+        gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], [a.heads / nr, n_chunks, a.rows]),
         gpu.dispatch(&combine, &params, &[a.qinfo, a.seqs, &partials, a.out], [a.heads, a.rows, 1]),
     ]
 }
