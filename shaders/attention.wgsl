@@ -352,10 +352,19 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let kg = lid / HD;
     if kg < VG {
         var acc: array<f32, NR>;
-        for (var k = kg; k < n; k += VG) {
-            let v = load_v((kv_base + c0 + k) * p.kv_stride + p.v_col + g * HD + col);
-            for (var h = 0u; h < NR; h++) {
-                acc[h] += d_prob[h * CH + k] * v;
+        // Eight independent loads in flight per round: a loop of single loads waits out the memory latency per key.
+        for (var k = kg; k < n; k += 8u * VG) {
+            var vv: array<f32, 8>;
+            for (var u = 0u; u < 8u; u++) {
+                let kk = k + u * VG;
+                let v = load_v((kv_base + c0 + min(kk, n - 1u)) * p.kv_stride + p.v_col + g * HD + col);
+                vv[u] = select(0.0, v, kk < n);
+            }
+            for (var u = 0u; u < 8u; u++) {
+                let kk = min(k + u * VG, CH - 1u);
+                for (var h = 0u; h < NR; h++) {
+                    acc[h] += d_prob[h * CH + kk] * vv[u];
+                }
             }
         }
         for (var h = 0u; h < NR; h++) {
@@ -392,28 +401,60 @@ fn partial_at(i: u32) -> f32 {
     return 0.0;
 }
 
+// Chunk weights exp(chunk max − max) of one (row, head); at most MAX_CHUNKS chunks (the host checks).
+const MAX_CHUNKS: u32 = 256u;
+var<workgroup> c_w: array<f32, MAX_CHUNKS>;
+var<workgroup> c_red: array<f32, WG>;
+
 @compute @workgroup_size(128)
 fn decode_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let h = wid.x;
     let row = wid.y;
-    let nc = min((visible_keys(row) + CH - 1u) / CH, p.n_chunks);
+    let nc = min(min((visible_keys(row) + CH - 1u) / CH, p.n_chunks), MAX_CHUNKS);
     let base = (row * p.heads + h) * p.n_chunks * (HD + 2u);
+    // Chunk statistics are read once, in parallel; max and sum by tree reductions.
     var mx = NEG;
-    for (var c = 0u; c < nc; c++) {
-        mx = max(mx, partial_at(base + c * (HD + 2u) + HD));
+    for (var c = lid; c < nc; c += WG) {
+        let m = partial_at(base + c * (HD + 2u) + HD);
+        c_w[c] = m;
+        mx = max(mx, m);
     }
+    c_red[lid] = mx;
+    for (var w = WG / 2u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if lid < w {
+            c_red[lid] = max(c_red[lid], c_red[lid + w]);
+        }
+    }
+    workgroupBarrier();
+    mx = c_red[0];
     var sum = 0.0;
-    for (var c = 0u; c < nc; c++) {
-        let e = base + c * (HD + 2u);
-        sum += exp(partial_at(e + HD) - mx) * partial_at(e + HD + 1u);
+    for (var c = lid; c < nc; c += WG) {
+        let wc = exp(c_w[c] - mx);
+        c_w[c] = wc;
+        sum += wc * partial_at(base + c * (HD + 2u) + HD + 1u);
     }
+    workgroupBarrier();
+    c_red[lid] = sum;
+    for (var w = WG / 2u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if lid < w {
+            c_red[lid] += c_red[lid + w];
+        }
+    }
+    workgroupBarrier();
+    sum = c_red[0];
     let inv = select(0.0, 1.0 / sum, sum > 0.0);
     let o_base = (row * p.heads + h) * HD;
     for (var d = lid; d < HD; d += WG) {
         var acc = 0.0;
-        for (var c = 0u; c < nc; c++) {
-            let e = base + c * (HD + 2u);
-            acc += exp(partial_at(e + HD) - mx) * partial_at(e + d);
+        // Eight independent loads per round.
+        for (var c = 0u; c < nc; c += 8u) {
+            for (var u = 0u; u < 8u; u++) {
+                let cc = min(c + u, nc - 1u);
+                let v = partial_at(base + cc * (HD + 2u) + d);
+                acc += select(0.0, c_w[cc] * v, c + u < nc);
+            }
         }
         if o_base + d < arrayLength(&out_c) {
             out_c[o_base + d] = acc * inv;

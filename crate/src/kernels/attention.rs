@@ -14,6 +14,8 @@ const PREFILL_LANES: u32 = 4;
 const DECODE_LANES: u32 = 8;
 /// Keys per decode chunk: 3072 keys → 48 chunks, × 4 head groups × 2 rows = 384 workgroups per layer.
 const DECODE_CHUNK: u32 = 64;
+/// Chunks the decode combine merges (shader constant MAX_CHUNKS): 16384 keys.
+const MAX_DECODE_CHUNKS: u32 = 256;
 /// Most query heads one decode workgroup serves (they share a kv head): DECODE_HEADS · DECODE_CHUNK ≤ 256.
 const DECODE_HEADS: u32 = 4;
 /// Workgroup memory budget (words) for the prefill key tiles (the limit is 16 KiB = 4096 words).
@@ -121,6 +123,7 @@ pub fn attention_prefill(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
 /// dispatches can be recorded every step while the host rewrites `qinfo`. Keys past `max_keys` are never read.
 pub fn attention_decode(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
     let n_chunks = a.max_keys.div_ceil(DECODE_CHUNK);
+    assert!(n_chunks <= MAX_DECODE_CHUNKS, "attention_decode: {} keys exceed {} chunks of {DECODE_CHUNK}", a.max_keys, MAX_DECODE_CHUNKS);
     let params = a.params(n_chunks);
     let words = a.rows as u64 * a.heads as u64 * n_chunks as u64 * (a.head_dim as u64 + 2);
     let partials = gpu.buffer("attention.decode.partials", words * 4);
