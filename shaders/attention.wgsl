@@ -245,11 +245,14 @@ fn prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
 const DWG: u32 = 256u;       // threads of a decode_partial workgroup
 const CH: u32 = {{CH}}u;     // keys per chunk
 const NR: u32 = {{NR}}u;     // query heads per workgroup; NR · CH ≤ DWG
+// One chunk holds every key (the grid has one chunk per row): write the normalised output, no combine pass.
+const SINGLE: bool = {{SINGLE}};
 const DL: u32 = 8u;          // lanes per key in the score phase (lane t owns dims t, t + DL, ...)
 const DT: u32 = DWG / DL;    // keys scored at once
 const DDP: u32 = {{DDP}}u;   // ceil(HD / DL)
 const VG: u32 = DWG / HD;    // key groups in the V phase (thread = column × key group)
 
+// The scratch, or under SINGLE the output (row stride heads · HD).
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 
 var<workgroup> d_part: array<f32, NR * CH * DL>;  // lane-partial dots [head][key][lane]
@@ -264,10 +267,11 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let row = wid.z;
     let lim = visible_keys(row);
     let c0 = c * CH;
-    if c0 >= lim {
+    // Under SINGLE a row without visible keys still writes its (zero) output.
+    if c0 >= lim && !SINGLE {
         return;
     }
-    let n = min(CH, lim - c0);
+    let n = select(0u, min(CH, lim - c0), lim > c0);
     let g = h0 / p.n_rep;
     let s = qinfo[2u * row];
     let kv_base = seqs[2u * s];
@@ -379,12 +383,20 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         for (var j = 0u; j < VG; j++) {
             acc += d_vred[(h * VG + j) * HD + d];
         }
+        if SINGLE {
+            let total = d_red[h * CH];
+            let o = (row * p.heads + h0 + h) * HD + d;
+            if o < arrayLength(&partials) {
+                partials[o] = select(0.0, acc / total, total > 0.0);
+            }
+            continue;
+        }
         let base = ((row * p.heads + h0 + h) * p.n_chunks + c) * (HD + 2u);
         if base + d < arrayLength(&partials) {
             partials[base + d] = acc;
         }
     }
-    if live && ek == 0u {
+    if live && ek == 0u && !SINGLE {
         let base = ((row * p.heads + h0 + eh) * p.n_chunks + c) * (HD + 2u);
         if base + HD + 1u < arrayLength(&partials) {
             partials[base + HD] = mx;

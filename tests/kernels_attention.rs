@@ -280,6 +280,15 @@ fn sweep(hd: usize, seed: u64) {
             case += 1;
         }
     }
+    // Keys that fit one decode chunk (64 keys at 4 heads per kv head, 128 otherwise): the decode writes the
+    // output in its single pass, including zeros for a row without keys.
+    for (heads, kv_heads, kv_lens) in [(16, 4, [64usize, 0, 5, 33, 1]), (4, 4, [128, 0, 5, 100, 1]), (4, 2, [128, 0, 77, 3, 1])] {
+        for causal in [false, true] {
+            let queries = mixed_queries(&mut rng, &kv_lens, 9);
+            let p = make_problem(&mut rng, Layout::PackedKv, &kv_lens, &queries, heads, kv_heads, hd, causal, 20.0);
+            run_both(&gpu, &p, false, &format!("hd {hd} heads {heads}/{kv_heads} causal {causal} single-chunk decode"));
+        }
+    }
 }
 
 #[test]

@@ -12,12 +12,14 @@ const PREFILL_QUERIES: u32 = 32;
 /// Lanes per query in prefill and per key in decode (shader constants TD and DL).
 const PREFILL_LANES: u32 = 4;
 const DECODE_LANES: u32 = 8;
-/// Keys per decode chunk: 3072 keys → 48 chunks, × 4 head groups × 2 rows = 384 workgroups per layer.
-const DECODE_CHUNK: u32 = 64;
-/// Chunks the decode combine merges (shader constant MAX_CHUNKS): 16384 keys.
-const MAX_DECODE_CHUNKS: u32 = 256;
-/// Most query heads one decode workgroup serves (they share a kv head): DECODE_HEADS · DECODE_CHUNK ≤ 256.
+/// Most query heads one decode workgroup serves (they share a kv head), and the scores a workgroup holds:
+/// a chunk has min(128, 256 / heads per workgroup) keys (64 for Dia's 4 query heads per kv head: 3072 keys →
+/// 48 chunks × 4 head groups × 2 rows = 384 workgroups per layer; 128 for its cross-attention).
 const DECODE_HEADS: u32 = 4;
+const DECODE_SCORES: u32 = 256;
+const DECODE_MAX_CHUNK: u32 = 128;
+/// Chunks the decode combine merges (shader constant MAX_CHUNKS).
+const MAX_DECODE_CHUNKS: u32 = 256;
 /// Workgroup memory budget (words) for the prefill key tiles (the limit is 16 KiB = 4096 words).
 const PREFILL_TILE_WORDS: u32 = 3800;
 /// Largest head_dim the kernels take (per-thread vectors are sized from it).
@@ -89,18 +91,20 @@ impl AttentionArgs<'_> {
 }
 
 /// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile.
-fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32) -> std::sync::Arc<wgpu::ComputePipeline> {
+fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bool) -> std::sync::Arc<wgpu::ComputePipeline> {
     // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 66 words of row info.
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
-    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}"), entry, || {
+    let chunk = decode_chunk(decode_heads);
+    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}"), entry, || {
         specialize(
             SHADER,
             &[
                 ("HD", head_dim.to_string()),
                 ("DP", head_dim.div_ceil(PREFILL_LANES).to_string()),
                 ("BK", key_tile.to_string()),
-                ("CH", DECODE_CHUNK.to_string()),
+                ("CH", chunk.to_string()),
+                ("SINGLE", single.to_string()),
                 ("DDP", head_dim.div_ceil(DECODE_LANES).to_string()),
                 ("NR", decode_heads.to_string()),
             ],
@@ -111,7 +115,7 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32) -> std::sy
 /// Flash-style: for many query rows at once (encoder, prefill). May return several dispatches.
 pub fn attention_prefill(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
     let params = a.params(0);
-    let pipeline = pipeline(gpu, "prefill", a.head_dim, 1);
+    let pipeline = pipeline(gpu, "prefill", a.head_dim, 1, false);
     let buffers = [a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out];
     vec![gpu.dispatch(&pipeline, &params, &buffers, [a.rows.div_ceil(PREFILL_QUERIES), a.heads, 1])]
 }
@@ -122,17 +126,30 @@ pub fn attention_prefill(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
 /// The grid covers `max_keys` keys in chunks; chunks past a query's visible keys exit at once, so the same
 /// dispatches can be recorded every step while the host rewrites `qinfo`. Keys past `max_keys` are never read.
 pub fn attention_decode(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
-    let n_chunks = a.max_keys.div_ceil(DECODE_CHUNK);
-    assert!(n_chunks <= MAX_DECODE_CHUNKS, "attention_decode: {} keys exceed {} chunks of {DECODE_CHUNK}", a.max_keys, MAX_DECODE_CHUNKS);
+    let n_rep = a.params(0).n_rep;
+    // The query heads of one kv head are consecutive: a workgroup takes the largest group that divides them.
+    let nr = [DECODE_HEADS, 2, 1].into_iter().find(|&r| n_rep.is_multiple_of(r)).unwrap_or(1);
+    let chunk = decode_chunk(nr);
+    let n_chunks = a.max_keys.div_ceil(chunk).max(1);
+    assert!(n_chunks <= MAX_DECODE_CHUNKS, "attention_decode: {} keys exceed {} chunks of {chunk}", a.max_keys, MAX_DECODE_CHUNKS);
     let params = a.params(n_chunks);
+    let grid = [a.heads / nr, n_chunks, a.rows];
+    if n_chunks == 1 {
+        // Every key in one chunk: the partial pass normalises and writes the output itself.
+        let single = pipeline(gpu, "decode_partial", a.head_dim, nr, true);
+        return vec![gpu.dispatch(&single, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out], grid)];
+    }
     let words = a.rows as u64 * a.heads as u64 * n_chunks as u64 * (a.head_dim as u64 + 2);
     let partials = gpu.buffer("attention.decode.partials", words * 4);
-    // The query heads of one kv head are consecutive: a workgroup takes the largest group that divides them.
-    let nr = [DECODE_HEADS, 2, 1].into_iter().find(|&r| params.n_rep.is_multiple_of(r)).unwrap_or(1);
-    let partial = pipeline(gpu, "decode_partial", a.head_dim, nr);
-    let combine = pipeline(gpu, "decode_combine", a.head_dim, 1);
+    let partial = pipeline(gpu, "decode_partial", a.head_dim, nr, false);
+    let combine = pipeline(gpu, "decode_combine", a.head_dim, nr, false);
     vec![
-        gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], [a.heads / nr, n_chunks, a.rows]),
+        gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], grid),
         gpu.dispatch(&combine, &params, &[a.qinfo, a.seqs, &partials, a.out], [a.heads, a.rows, 1]),
     ]
+}
+
+/// Keys per decode chunk for `nr` query heads per workgroup.
+fn decode_chunk(nr: u32) -> u32 {
+    (DECODE_SCORES / nr).min(DECODE_MAX_CHUNK)
 }
