@@ -159,6 +159,7 @@ const M: u32 = {{M}}u;
 const T: u32 = {{THREADS}}u;
 const KT: u32 = {{K_THREADS}}u;
 const RPT: u32 = {{ROWS_PER_THREAD}}u;
+const U: u32 = {{UNROLL}}u;   // chunks per row a thread loads per round
 const G: u32 = T / KT;
 const R: u32 = G * RPT;
 const HALF_R: u32 = R / 2u;
@@ -192,48 +193,19 @@ fn small_m(
     }
     let kt = tid % KT;
     let rg = tid / KT;
-    var rows: array<u32, RPT>;
-    for (var i = 0u; i < RPT; i++) {
-        rows[i] = slot_row(g, i * G + rg);
-    }
-    var acc: array<f32, RPT * M>;
-    var sq: array<f32, M>;
+    // Straight-line code generated per shape (linear.rs, `small_m_code`): a loop of loads into arrays would
+    // wait out each load's latency in turn, while named values let all U·(RPT + M) loads of a round be in flight.
+{{DECLS}}
     let nc = chunks();
-    for (var c = kt; c < nc; c += KT) {
-        var wc: array<Chunk, RPT>;
-        for (var i = 0u; i < RPT; i++) {
-            wc[i] = load_w(rows[i], c);
-        }
-        for (var m = 0u; m < M; m++) {
-            let xr = load_x(m, c);
-            if NORM {
-                sq[m] += chunk_dot(xr, xr);
-            }
-            let xc = scale_x(xr, c);
-            for (var i = 0u; i < RPT; i++) {
-                acc[i * M + m] += chunk_dot(xc, wc[i]);
-            }
-        }
+    for (var c = kt; c < nc; c += U * KT) {
+{{BODY}}
     }
-    for (var i = 0u; i < RPT; i++) {
-        for (var m = 0u; m < M; m++) {
-            red[((i * G + rg) * M + m) * LANES + kt] = acc[i * M + m];
-        }
-    }
-    // Every thread group saw the same x chunks: group 0's squares are the row's.
-    if NORM && rg == 0u {
-        for (var m = 0u; m < M; m++) {
-            red[(OUTS + m) * LANES + kt] = sq[m];
-        }
-    }
+{{STORES}}
     workgroupBarrier();
     let sums = select(OUTS, OUTS + M, NORM);
     for (var o = tid; o < sums; o += T) {
-        var s = 0.0;
-        for (var j = 0u; j < KT; j++) {
-            s += red[o * LANES + j];
-        }
-        red[o * LANES] = s;
+        let b = o * LANES;
+        red[b] = {{LANE_SUM}};
     }
     workgroupBarrier();
     // Outputs may outnumber the threads (small workgroups, many rows).

@@ -604,9 +604,9 @@ mod native {
         let qinfo = gpu.upload("bench.qinfo", &(0..rows).flat_map(|r| [r, pos]).collect::<Vec<u32>>());
         let self_seqs = gpu.upload("bench.self_seqs", &(0..rows).flat_map(|r| [r * max_len, max_len]).collect::<Vec<u32>>());
         let cross_qinfo = gpu.upload("bench.cross_qinfo", &(0..rows).flat_map(|r| [r.min(batch as u32), 0]).collect::<Vec<u32>>());
-        let mut attention = Vec::new();
+        let (mut self_attention, mut cross_attention) = (Vec::new(), Vec::new());
         for li in 0..d.layers {
-            attention.extend(attention_decode(
+            self_attention.extend(attention_decode(
                 gpu,
                 &AttentionArgs {
                     q_buf: &qkv,
@@ -628,7 +628,7 @@ mod native {
                     max_keys: max_len,
                 },
             ));
-            attention.extend(attention_decode(
+            cross_attention.extend(attention_decode(
                 gpu,
                 &AttentionArgs {
                     q_buf: &cq,
@@ -651,6 +651,14 @@ mod native {
                 },
             ));
         }
+        let self_ms = time_passes(gpu, &self_attention, steps)? * 1e3;
+        let cross_ms = time_passes(gpu, &cross_attention, steps)? * 1e3;
+        eprintln!("{}", format!(
+            "profile: self-attention only {self_ms:.3} ms ({} dispatches), cross-attention only {cross_ms:.3} ms ({} dispatches)",
+            self_attention.len(),
+            cross_attention.len()
+        ));
+        let attention: Vec<Dispatch> = self_attention.into_iter().chain(cross_attention).collect();
         let attention_only_ms = time_passes(gpu, &attention, steps)? * 1e3;
 
         // As a session records them: the step graph, the logits head and the sampler's two dispatches.

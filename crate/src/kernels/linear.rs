@@ -158,8 +158,13 @@ fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
     let m_spec = m.max(1);
     let SmallMShape { threads, k_threads, rows_per_thread } = shape;
     let norm_section = if norm.is_some() { access } else { "none" };
+    // Chunks per row each thread loads per round: more loads in flight at small M (registers allow it), never
+    // more rounds' worth than the row has.
+    let per_thread = chunks_per_row(w.cols).div_ceil(k_threads).max(1);
+    let unroll = (match m_spec { 1..=2 => 4, 3..=4 => 2, _ => 1 }).min(per_thread);
+    let code = small_m_code(m_spec, rows_per_thread, unroll, k_threads, norm.is_some());
     let key = format!(
-        "linear.small_m.{}.{access}.{}.norm_{norm_section}.m{m_spec}.t{threads}.k{k_threads}.r{rows_per_thread}",
+        "linear.small_m.{}.{access}.{}.norm_{norm_section}.m{m_spec}.t{threads}.k{k_threads}.r{rows_per_thread}.u{unroll}",
         w.numerics.name(),
         epilogue.name()
     );
@@ -181,6 +186,11 @@ fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
                 ("ROWS_PER_THREAD", rows_per_thread.to_string()),
                 ("NORM", norm.is_some().to_string()),
                 ("RED", shape.partial_words(m_spec).to_string()),
+                ("UNROLL", unroll.to_string()),
+                ("DECLS", code.decls.clone()),
+                ("BODY", code.body.clone()),
+                ("STORES", code.stores.clone()),
+                ("LANE_SUM", code.lane_sum.clone()),
             ],
         )
     });
@@ -235,6 +245,83 @@ pub fn linear_tiled(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
         eps: 0.0,
     };
     gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid_1d(groups))
+}
+
+/// The generated parts of the small-M kernel for one specialisation.
+struct SmallMCode {
+    decls: String,
+    body: String,
+    stores: String,
+    lane_sum: String,
+}
+
+/// Straight-line WGSL for `m` rows of x, `rpt` weight rows per thread and `unroll` chunks per round: all loads of a
+/// round first (clamped chunk indices, so they need no branch), then the dot products, masked for chunks past the
+/// row. Accumulators are named scalars (acc_<row>_<m>), so nothing lives in an indexed array.
+fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool) -> SmallMCode {
+    use std::fmt::Write;
+    let mut decls = String::new();
+    let mut body = String::new();
+    let mut stores = String::new();
+    for i in 0..rpt {
+        let _ = writeln!(decls, "    let row_{i} = slot_row(g, {i}u * G + rg);");
+        for mi in 0..m {
+            let _ = writeln!(decls, "    var acc_{i}_{mi} = 0.0;");
+        }
+    }
+    if norm {
+        for mi in 0..m {
+            let _ = writeln!(decls, "    var sq_{mi} = 0.0;");
+        }
+    }
+    for j in 0..unroll {
+        let _ = writeln!(body, "        let c_{j} = min(c + {j}u * KT, nc - 1u);");
+    }
+    for j in 0..unroll {
+        for i in 0..rpt {
+            let _ = writeln!(body, "        let w_{i}_{j} = load_w(row_{i}, c_{j});");
+        }
+        for mi in 0..m {
+            let _ = writeln!(body, "        let xr_{mi}_{j} = load_x({mi}u, c_{j});");
+        }
+    }
+    for j in 0..unroll {
+        // Chunk j of the round exists when c + j·KT < nc (always for j = 0).
+        let mask = |e: String| if j == 0 { e } else { format!("select(0.0, {e}, c + {j}u * KT < nc)") };
+        for mi in 0..m {
+            if norm {
+                let _ = writeln!(body, "        sq_{mi} += {};", mask(format!("chunk_dot(xr_{mi}_{j}, xr_{mi}_{j})")));
+            }
+            let _ = writeln!(body, "        let x_{mi}_{j} = scale_x(xr_{mi}_{j}, c_{j});");
+            for i in 0..rpt {
+                let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, w_{i}_{j})")));
+            }
+        }
+    }
+    for i in 0..rpt {
+        for mi in 0..m {
+            let _ = writeln!(stores, "    red[(({i}u * G + rg) * M + {mi}u) * LANES + kt] = acc_{i}_{mi};");
+        }
+    }
+    if norm {
+        // Every thread group saw the same x chunks: group 0's squares are the row's.
+        let _ = writeln!(stores, "    if rg == 0u {{");
+        for mi in 0..m {
+            let _ = writeln!(stores, "        red[(OUTS + {mi}u) * LANES + kt] = sq_{mi};");
+        }
+        let _ = writeln!(stores, "    }}");
+    }
+    SmallMCode { decls, body, stores, lane_sum: pairwise_sum(0, k_threads) }
+}
+
+/// `red[b + lo] + … + red[b + hi - 1]` as a balanced tree (independent loads, short dependency chains).
+fn pairwise_sum(lo: u32, hi: u32) -> String {
+    if hi - lo == 1 {
+        format!("red[b + {lo}u]")
+    } else {
+        let mid = lo + (hi - lo) / 2;
+        format!("({} + {})", pairwise_sum(lo, mid), pairwise_sum(mid, hi))
+    }
 }
 
 /// Checks buffer sizes against the shapes; returns the number of output columns.

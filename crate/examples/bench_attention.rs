@@ -1,0 +1,139 @@
+//! Decode attention at the real model's shapes, each case timed two ways in one submission of many repeats:
+//! chained (every repeat writes the same output, so the GPU orders them with a barrier, as in the decoder) and
+//! independent (each repeat has its own output: no barrier, launches may overlap). The difference is what the
+//! ordering costs; the independent figure is closer to the kernels' own time.
+//!
+//! cargo run --release --example bench_attention -- [repeats]
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
+    use dia_webgpu::kernels::attention::{attention_decode, AttentionArgs};
+    use dia_webgpu::kernels::norm::rmsnorm;
+    use std::time::Instant;
+
+    let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: 128 << 20, ..Default::default() }).expect("a GPU adapter");
+    println!("adapter: {}", gpu.describe());
+    let time = |ds: &[Dispatch]| -> f64 {
+        let refs: Vec<&Dispatch> = ds.iter().collect();
+        for _ in 0..3 {
+            gpu.run(&refs);
+        }
+        gpu.wait_idle().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            gpu.run(&refs);
+        }
+        gpu.wait_idle().unwrap();
+        t0.elapsed().as_secs_f64() / 5.0 / repeats as f64 * 1e6
+    };
+    let noise = |n: usize, seed: u32| -> Vec<f32> { (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.5).collect() };
+
+    // Launch + ordering cost alone: a one-row RMSNorm of 2048 values.
+    let x = gpu.upload("x", &noise(2048, 1));
+    let w = gpu.upload("w", &vec![1.0f32; 2048]);
+    let y = gpu.buffer("y", 2048 * 4);
+    let chained: Vec<Dispatch> = (0..repeats).map(|_| rmsnorm(&gpu, &x, &w, &y, 1, 2048, 1e-5)).collect();
+    let outs: Vec<_> = (0..repeats).map(|_| gpu.buffer("y", 2048 * 4)).collect();
+    let independent: Vec<Dispatch> = outs.iter().map(|o| rmsnorm(&gpu, &x, &w, o, 1, 2048, 1e-5)).collect();
+    println!("| case | chained µs | independent µs |");
+    println!("|---|--:|--:|");
+    println!("| rmsnorm, 1 row | {:.1} | {:.1} |", time(&chained), time(&independent));
+
+    let (rows, hd, max_len) = (2u32, 128u32, 3072u32);
+    // Self-attention: 16 query heads, 4 kv heads, caches [row][max_len][4·128].
+    let kv_w = 4 * hd;
+    let k = gpu.upload("k", &noise((rows * max_len * kv_w) as usize, 2));
+    let v = gpu.upload("v", &noise((rows * max_len * kv_w) as usize, 3));
+    let q = gpu.upload("q", &noise((rows * 24 * hd) as usize, 4));
+    let seqs = gpu.upload("seqs", &(0..rows).flat_map(|r| [r * max_len, max_len]).collect::<Vec<u32>>());
+    for pos in [16u32, 266, 1000, 3071] {
+        let qinfo = gpu.upload("qinfo", &(0..rows).flat_map(|r| [r, pos]).collect::<Vec<u32>>());
+        let outs: Vec<_> = (0..repeats).map(|_| gpu.buffer("out", (rows * 16 * hd * 4) as u64)).collect();
+        let args = |out| AttentionArgs {
+            q_buf: &q, q_stride: 24 * hd, q_col: 0, k_buf: &k, v_buf: &v, kv_stride: kv_w, k_col: 0, v_col: 0,
+            qinfo: &qinfo, seqs: &seqs, out, rows, heads: 16, kv_heads: 4, head_dim: hd, causal: true, max_keys: max_len,
+        };
+        let chained: Vec<Dispatch> = (0..repeats).flat_map(|_| attention_decode(&gpu, &args(&outs[0]))).collect();
+        let independent: Vec<Dispatch> = outs.iter().flat_map(|o| attention_decode(&gpu, &args(o))).collect();
+        let per = chained.len() / repeats;
+        println!("| self-attention, {} keys, {per} dispatches | {:.1} | {:.1} |", pos + 1, time(&chained), time(&independent));
+    }
+    // Cross-attention: 16 query heads over 16 kv heads, [k | v] packed per text position.
+    for text in [101u32, 1024] {
+        let ckv_w = 2 * 16 * hd;
+        let kv = gpu.upload("ckv", &noise((2 * text * ckv_w) as usize, 5));
+        let seqs = gpu.upload("cseqs", &[0u32, text, text, 1]);
+        let qinfo = gpu.upload("cqinfo", &[0u32, 0, 1, 0]);
+        let cq = gpu.upload("cq", &noise((rows * 16 * hd) as usize, 6));
+        let outs: Vec<_> = (0..repeats).map(|_| gpu.buffer("out", (rows * 16 * hd * 4) as u64)).collect();
+        let args = |out| AttentionArgs {
+            q_buf: &cq, q_stride: 16 * hd, q_col: 0, k_buf: &kv, v_buf: &kv, kv_stride: ckv_w, k_col: 0, v_col: ckv_w / 2,
+            qinfo: &qinfo, seqs: &seqs, out, rows, heads: 16, kv_heads: 16, head_dim: hd, causal: false, max_keys: text,
+        };
+        let chained: Vec<Dispatch> = (0..repeats).flat_map(|_| attention_decode(&gpu, &args(&outs[0]))).collect();
+        let independent: Vec<Dispatch> = outs.iter().flat_map(|o| attention_decode(&gpu, &args(o))).collect();
+        let per = chained.len() / repeats;
+        println!("| cross-attention, {text} keys, {per} dispatches | {:.1} | {:.1} |", time(&chained), time(&independent));
+    }
+    phases(&gpu, repeats);
+}
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+/// Where a decode workgroup's time goes: the single-chunk cross-attention kernel cut short after each phase
+/// (each cut writes something computed so far, so nothing is optimised away), chained as in the decoder.
+#[cfg(not(target_arch = "wasm32"))]
+fn phases(gpu: &dia_webgpu::gpu::Gpu, repeats: usize) {
+    use dia_webgpu::gpu::{specialize, Dispatch};
+    use std::time::Instant;
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Params([u32; 12]);
+    const SHADER: &str = include_str!("../../shaders/attention.wgsl");
+    let (rows, hd, text) = (2u32, 128u32, 101u32);
+    let ckv_w = 2 * 16 * hd;
+    let noise = |n: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect() };
+    let kv = gpu.upload("ckv", &noise((2 * text * ckv_w) as usize));
+    let seqs = gpu.upload("cseqs", &[0u32, text, text, 1]);
+    let qinfo = gpu.upload("cqinfo", &[0u32, 0, 1, 0]);
+    let cq = gpu.upload("cq", &noise((rows * 16 * hd) as usize));
+    let out = gpu.buffer("out", (rows * 16 * hd * 4) as u64);
+    // rows, heads, n_rep, causal, q_stride, q_col, kv_stride, k_col, v_col, n_chunks
+    let params = Params([rows, 16, 1, 0, 16 * hd, 0, ckv_w, 0, ckv_w / 2, 1, 0, 0]);
+    let cuts = [
+        ("after q loads", "    for (var k0 = 0u; k0 < CH; k0 += DT) {", "    if true { partials[lid + wid.x * 256u] = q[0] + q[DDP - 1u]; return; }\n"),
+        ("after scores", "    // One thread per (head, key)", "    if true { partials[lid + wid.x * 256u] = d_part[lid]; return; }\n"),
+        ("after softmax", "    // V: thread = (column, key group)", "    if true { partials[lid + wid.x * 256u] = d_red[lid % (NR * CH)] + d_prob[lid % (NR * CH)]; return; }\n"),
+        ("whole kernel", "", ""),
+        ("whole kernel, unguarded loads", "GUARDS", ""),
+    ];
+    for (name, at, insert) in cuts {
+        let src = match at {
+            "" => SHADER.to_string(),
+            // Without the explicit arrayLength branch around each load (naga still clamps the index).
+            "GUARDS" => ["q", "k", "v"].iter().fold(SHADER.to_string(), |s, b| {
+                s.replace(&format!("    if i < arrayLength(&{b}buf) {{ return {b}buf[i]; }}\n    return 0.0;"), &format!("    return {b}buf[i];"))
+            }),
+            _ => SHADER.replacen(at, &format!("{insert}{at}"), 1),
+        };
+        if at == "GUARDS" {
+            assert!(!src.contains("arrayLength(&kbuf)"), "guard not removed");
+        }
+        let defs = [("HD", "128"), ("DP", "32"), ("BK", "8"), ("CH", "128"), ("DDP", "16"), ("NR", "1"), ("SINGLE", "true")];
+        let src = specialize(&src, &defs.map(|(k, v)| (k, v.to_string())));
+        let pipeline = gpu.pipeline(&format!("bench.phase.{name}"), "decode_partial", || src);
+        let ds: Vec<Dispatch> = (0..repeats).map(|_| gpu.dispatch(&pipeline, &params, &[&qinfo, &seqs, &cq, &kv, &kv, &out], [16, 1, rows])).collect();
+        let refs: Vec<&Dispatch> = ds.iter().collect();
+        gpu.run(&refs);
+        gpu.wait_idle().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            gpu.run(&refs);
+        }
+        gpu.wait_idle().unwrap();
+        println!("| cross-attention 101 keys, cut {name}, chained | {:.1} | |", t0.elapsed().as_secs_f64() / 5.0 / repeats as f64 * 1e6);
+    }
+}
