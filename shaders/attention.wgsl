@@ -278,39 +278,11 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let kl = lid / DL;
     let t = lid % DL;
 
-    var q: array<f32, NR * DDP>;
-    for (var h = 0u; h < NR; h++) {
-        let q_base = row * p.q_stride + p.q_col + (h0 + h) * HD;
-        for (var i = 0u; i < DDP; i++) {
-            let d = t + DL * i;
-            var x = 0.0;
-            if d < HD {
-                x = load_q(q_base + d);
-            }
-            q[h * DDP + i] = x;
-        }
-    }
-    for (var k0 = 0u; k0 < CH; k0 += DT) {
-        let kk = k0 + kl;
-        var acc: array<f32, NR>;
-        if kk < n {
-            let r = (kv_base + c0 + kk) * p.kv_stride + p.k_col + g * HD;
-            for (var i = 0u; i < DDP; i++) {
-                let d = t + DL * i;
-                if d < HD {
-                    let kv = load_k(r + d);
-                    for (var h = 0u; h < NR; h++) {
-                        acc[h] += q[h * DDP + i] * kv;
-                    }
-                }
-            }
-        }
-        if kk < CH {
-            for (var h = 0u; h < NR; h++) {
-                d_part[(h * CH + kk) * DL + t] = acc[h];
-            }
-        }
-    }
+    // Generated straight-line code (attention.rs, `decode_code`): the query words, then every key word this lane
+    // scores in the chunk, all loads in flight at once (loops over arrays would wait out each load in turn).
+    // Keys past the visible ones are read clamped and masked below.
+    let nk = max(n, 1u) - 1u;
+{{DECODE_SCORES}}
     workgroupBarrier();
     // One thread per (head, key): the score, then per-head max and sum by tree reductions over the chunk.
     let e = lid;
@@ -319,10 +291,8 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let live = e < NR * CH;
     var sc = NEG;
     if live && ek < n {
-        sc = 0.0;
-        for (var u = 0u; u < DL; u++) {
-            sc += d_part[e * DL + u];
-        }
+        let b = e * DL; // DL = 8 lanes
+        sc = ((d_part[b] + d_part[b + 1u]) + (d_part[b + 2u] + d_part[b + 3u])) + ((d_part[b + 4u] + d_part[b + 5u]) + (d_part[b + 6u] + d_part[b + 7u]));
     }
     if live {
         d_red[e] = sc;
@@ -355,25 +325,7 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let col = lid % HD;
     let kg = lid / HD;
     if kg < VG {
-        var acc: array<f32, NR>;
-        // Eight independent loads in flight per round: a loop of single loads waits out the memory latency per key.
-        for (var k = kg; k < n; k += 8u * VG) {
-            var vv: array<f32, 8>;
-            for (var u = 0u; u < 8u; u++) {
-                let kk = k + u * VG;
-                let v = load_v((kv_base + c0 + min(kk, n - 1u)) * p.kv_stride + p.v_col + g * HD + col);
-                vv[u] = select(0.0, v, kk < n);
-            }
-            for (var u = 0u; u < 8u; u++) {
-                let kk = min(k + u * VG, CH - 1u);
-                for (var h = 0u; h < NR; h++) {
-                    acc[h] += d_prob[h * CH + kk] * vv[u];
-                }
-            }
-        }
-        for (var h = 0u; h < NR; h++) {
-            d_vred[(h * VG + kg) * HD + col] = acc[h];
-        }
+{{DECODE_V}}
     }
     workgroupBarrier();
     for (var o = lid; o < NR * HD; o += DWG) {
@@ -460,13 +412,9 @@ fn decode_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let o_base = (row * p.heads + h) * HD;
     for (var d = lid; d < HD; d += WG) {
         var acc = 0.0;
-        // Eight independent loads per round.
+        // Eight independent loads per round (generated: `decode_code`).
         for (var c = 0u; c < nc; c += 8u) {
-            for (var u = 0u; u < 8u; u++) {
-                let cc = min(c + u, nc - 1u);
-                let v = partial_at(base + cc * (HD + 2u) + d);
-                acc += select(0.0, c_w[cc] * v, c + u < nc);
-            }
+{{COMBINE_ROUND}}
         }
         if o_base + d < arrayLength(&out_c) {
             out_c[o_base + d] = acc * inv;

@@ -77,63 +77,7 @@ fn main() {
         let per = chained.len() / repeats;
         println!("| cross-attention, {text} keys, {per} dispatches | {:.1} | {:.1} |", time(&chained), time(&independent));
     }
-    phases(&gpu, repeats);
 }
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
-
-/// Where a decode workgroup's time goes: the single-chunk cross-attention kernel cut short after each phase
-/// (each cut writes something computed so far, so nothing is optimised away), chained as in the decoder.
-#[cfg(not(target_arch = "wasm32"))]
-fn phases(gpu: &dia_webgpu::gpu::Gpu, repeats: usize) {
-    use dia_webgpu::gpu::{specialize, Dispatch};
-    use std::time::Instant;
-    #[repr(C)]
-    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-    struct Params([u32; 12]);
-    const SHADER: &str = include_str!("../../shaders/attention.wgsl");
-    let (rows, hd, text) = (2u32, 128u32, 101u32);
-    let ckv_w = 2 * 16 * hd;
-    let noise = |n: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect() };
-    let kv = gpu.upload("ckv", &noise((2 * text * ckv_w) as usize));
-    let seqs = gpu.upload("cseqs", &[0u32, text, text, 1]);
-    let qinfo = gpu.upload("cqinfo", &[0u32, 0, 1, 0]);
-    let cq = gpu.upload("cq", &noise((rows * 16 * hd) as usize));
-    let out = gpu.buffer("out", (rows * 16 * hd * 4) as u64);
-    // rows, heads, n_rep, causal, q_stride, q_col, kv_stride, k_col, v_col, n_chunks
-    let params = Params([rows, 16, 1, 0, 16 * hd, 0, ckv_w, 0, ckv_w / 2, 1, 0, 0]);
-    let cuts = [
-        ("after q loads", "    for (var k0 = 0u; k0 < CH; k0 += DT) {", "    if true { partials[lid + wid.x * 256u] = q[0] + q[DDP - 1u]; return; }\n"),
-        ("after scores", "    // One thread per (head, key)", "    if true { partials[lid + wid.x * 256u] = d_part[lid]; return; }\n"),
-        ("after softmax", "    // V: thread = (column, key group)", "    if true { partials[lid + wid.x * 256u] = d_red[lid % (NR * CH)] + d_prob[lid % (NR * CH)]; return; }\n"),
-        ("whole kernel", "", ""),
-        ("whole kernel, unguarded loads", "GUARDS", ""),
-    ];
-    for (name, at, insert) in cuts {
-        let src = match at {
-            "" => SHADER.to_string(),
-            // Without the explicit arrayLength branch around each load (naga still clamps the index).
-            "GUARDS" => ["q", "k", "v"].iter().fold(SHADER.to_string(), |s, b| {
-                s.replace(&format!("    if i < arrayLength(&{b}buf) {{ return {b}buf[i]; }}\n    return 0.0;"), &format!("    return {b}buf[i];"))
-            }),
-            _ => SHADER.replacen(at, &format!("{insert}{at}"), 1),
-        };
-        if at == "GUARDS" {
-            assert!(!src.contains("arrayLength(&kbuf)"), "guard not removed");
-        }
-        let defs = [("HD", "128"), ("DP", "32"), ("BK", "8"), ("CH", "128"), ("DDP", "16"), ("NR", "1"), ("SINGLE", "true")];
-        let src = specialize(&src, &defs.map(|(k, v)| (k, v.to_string())));
-        let pipeline = gpu.pipeline(&format!("bench.phase.{name}"), "decode_partial", || src);
-        let ds: Vec<Dispatch> = (0..repeats).map(|_| gpu.dispatch(&pipeline, &params, &[&qinfo, &seqs, &cq, &kv, &kv, &out], [16, 1, rows])).collect();
-        let refs: Vec<&Dispatch> = ds.iter().collect();
-        gpu.run(&refs);
-        gpu.wait_idle().unwrap();
-        let t0 = Instant::now();
-        for _ in 0..5 {
-            gpu.run(&refs);
-        }
-        gpu.wait_idle().unwrap();
-        println!("| cross-attention 101 keys, cut {name}, chained | {:.1} | |", t0.elapsed().as_secs_f64() / 5.0 / repeats as f64 * 1e6);
-    }
-}

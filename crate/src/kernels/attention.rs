@@ -96,6 +96,7 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bo
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
     let chunk = decode_chunk(decode_heads);
+    let code = decode_code(head_dim, decode_heads, chunk);
     gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}"), entry, || {
         specialize(
             SHADER,
@@ -107,6 +108,9 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bo
                 ("SINGLE", single.to_string()),
                 ("DDP", head_dim.div_ceil(DECODE_LANES).to_string()),
                 ("NR", decode_heads.to_string()),
+                ("DECODE_SCORES", code.scores.clone()),
+                ("DECODE_V", code.v.clone()),
+                ("COMBINE_ROUND", code.combine_round.clone()),
             ],
         )
     })
@@ -152,4 +156,86 @@ pub fn attention_decode(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
 /// Keys per decode chunk for `nr` query heads per workgroup.
 fn decode_chunk(nr: u32) -> u32 {
     (DECODE_SCORES / nr).min(DECODE_MAX_CHUNK)
+}
+
+/// Generated parts of the decode kernels (straight-line code: every load of a phase in flight at once).
+struct DecodeCode {
+    scores: String,
+    v: String,
+    combine_round: String,
+}
+
+/// For head_dim `hd`, `nr` query heads per workgroup and chunks of `chunk` keys (shader constants HD, NR, CH;
+/// DL = 8 lanes per key, 256 threads).
+fn decode_code(hd: u32, nr: u32, chunk: u32) -> DecodeCode {
+    use std::fmt::Write;
+    const DL: u32 = 8;
+    const THREADS: u32 = 256;
+    let dims = hd.div_ceil(DL);
+    // Lane t holds dims t + 8·i; the last i is partial when HD is not a multiple of 8.
+    let lane_dim = |i: u32| if DL * (i + 1) > hd { format!("min(t + {}u, HD - 1u)", DL * i) } else { format!("t + {}u", DL * i) };
+    let mut scores = String::new();
+    for h in 0..nr {
+        let _ = writeln!(scores, "    let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
+        for i in 0..dims {
+            let load = format!("load_q(qb_{h} + {})", lane_dim(i));
+            let value = if DL * (i + 1) > hd { format!("select(0.0, {load}, t + {}u < HD)", DL * i) } else { load };
+            let _ = writeln!(scores, "    let q_{h}_{i} = {value};");
+        }
+    }
+    let passes = chunk / (THREADS / DL);
+    for pass in 0..passes {
+        let _ = writeln!(scores, "    let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * THREADS / DL);
+        for i in 0..dims {
+            let _ = writeln!(scores, "    let k_{pass}_{i} = load_k(kr_{pass} + {});", lane_dim(i));
+        }
+    }
+    for pass in 0..passes {
+        for h in 0..nr {
+            let terms: Vec<String> = (0..dims).map(|i| format!("q_{h}_{i} * k_{pass}_{i}")).collect();
+            let _ = writeln!(scores, "    d_part[({h}u * CH + {}u + kl) * DL + t] = {};", pass * THREADS / DL, tree_sum(&terms));
+        }
+    }
+
+    // V: key group kg takes keys kg, kg + VG, ...; rounds of 16 loads.
+    let vg = (THREADS / hd).max(1);
+    let per_group = chunk.div_ceil(vg);
+    let mut v = String::new();
+    for h in 0..nr {
+        let _ = writeln!(v, "        var vacc_{h} = 0.0;");
+    }
+    for round in (0..per_group).collect::<Vec<_>>().chunks(16) {
+        for &j in round {
+            let _ = writeln!(v, "        let kv_{j} = kg + {}u;", j * vg);
+            let _ = writeln!(v, "        let v_{j} = load_v((kv_base + c0 + min(kv_{j}, nk)) * p.kv_stride + p.v_col + g * HD + col);");
+        }
+        for &j in round {
+            for h in 0..nr {
+                // Probabilities past the visible keys are 0; keys past the chunk do not exist.
+                let _ = writeln!(v, "        vacc_{h} += select(0.0, d_prob[{h}u * CH + min(kv_{j}, CH - 1u)] * v_{j}, kv_{j} < CH);");
+            }
+        }
+    }
+    for h in 0..nr {
+        let _ = writeln!(v, "        d_vred[({h}u * VG + kg) * HD + col] = vacc_{h};");
+    }
+
+    let mut combine_round = String::new();
+    for u in 0..8 {
+        let _ = writeln!(combine_round, "            let cc_{u} = min(c + {u}u, nc - 1u);");
+        let _ = writeln!(combine_round, "            let pv_{u} = partial_at(base + cc_{u} * (HD + 2u) + d);");
+    }
+    for u in 0..8 {
+        let _ = writeln!(combine_round, "            acc += select(0.0, c_w[cc_{u}] * pv_{u}, c + {u}u < nc);");
+    }
+    DecodeCode { scores, v, combine_round }
+}
+
+/// `a + b + …` as a balanced tree.
+fn tree_sum(terms: &[String]) -> String {
+    match terms.len() {
+        0 => "0.0".into(),
+        1 => terms[0].clone(),
+        n => format!("({} + {})", tree_sum(&terms[..n / 2]), tree_sum(&terms[n / 2..])),
+    }
 }
