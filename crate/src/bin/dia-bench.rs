@@ -37,7 +37,7 @@ mod native {
     use dia_webgpu::dia::{DiaError, DiaModel, DiaModelBuilder, GenerateOptions, Session};
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
-    use dia_webgpu::kernels::linear::{linear, linear_small_m_shaped, LinearEpilogue, SmallMShape};
+    use dia_webgpu::kernels::linear::{linear, linear_rows, linear_small_m_shaped, LinearEpilogue, SmallMShape};
     use dia_webgpu::kernels::norm::rmsnorm;
     use dia_webgpu::kernels::sampling::SamplingParams;
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
@@ -712,7 +712,7 @@ mod native {
             mats.extend([&l.qkv, &l.o, &l.gate_up, &l.down]);
         }
         mats.extend(model.dec_layers.iter().map(|l| &l.cross_kv));
-        let ds: Vec<Dispatch> = mats.iter().map(|w| linear(gpu, &x, w, &y, n, LinearEpilogue::Store)).collect();
+        let ds: Vec<Dispatch> = mats.iter().flat_map(|w| linear_rows(gpu, &x, w, &y, n, LinearEpilogue::Store)).collect();
         let linear_ms = time_passes(gpu, &ds, 5)? * 1e3;
 
         let qkv = gpu.upload("bench.enc_qkv", &Noise::new(23).take(n as usize * qkv_w, 1.0));

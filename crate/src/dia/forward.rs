@@ -7,7 +7,7 @@ use crate::gpu::{Dispatch, Gpu, GpuBuffer};
 use crate::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
 use crate::kernels::embed::{embed_channels_sum, embed_tokens};
 use crate::kernels::kv_cache::rope_kv_write;
-use crate::kernels::linear::{linear, norm_linear, LinearEpilogue, SMALL_M_MAX};
+use crate::kernels::linear::{linear_rows, norm_linear, LinearEpilogue, SMALL_M_MAX};
 use crate::kernels::norm::rmsnorm;
 use crate::kernels::rope::rope;
 
@@ -85,7 +85,7 @@ impl DiaModel {
         let mut ds: Vec<Dispatch> = vec![embed_tokens(gpu, &self.enc_embedding, &tokens, &x, n)];
         for l in &self.enc_layers {
             ds.push(rmsnorm(gpu, &x, &l.pre_sa_norm, &h, n, e.hidden as u32, e.norm_eps));
-            ds.push(linear(gpu, &h, &l.qkv, &qkv, n, LinearEpilogue::Store));
+            ds.extend(linear_rows(gpu, &h, &l.qkv, &qkv, n, LinearEpilogue::Store));
             let hd = e.head_dim as u32;
             // Q and K heads are adjacent in the fused projection: one rotation covers both.
             ds.push(rope(gpu, &qkv, cos, sin, &qinfo, n, qkv_w as u32, 0, (e.heads + e.kv_heads) as u32, hd));
@@ -111,17 +111,17 @@ impl DiaModel {
                     max_keys: n,
                 },
             ));
-            ds.push(linear(gpu, &attn, &l.o, &x, n, LinearEpilogue::Accumulate));
+            ds.extend(linear_rows(gpu, &attn, &l.o, &x, n, LinearEpilogue::Accumulate));
             ds.push(rmsnorm(gpu, &x, &l.post_sa_norm, &h, n, e.hidden as u32, e.norm_eps));
-            ds.push(linear(gpu, &h, &l.gate_up, &mlp, n, LinearEpilogue::SwiGlu));
-            ds.push(linear(gpu, &mlp, &l.down, &x, n, LinearEpilogue::Accumulate));
+            ds.extend(linear_rows(gpu, &h, &l.gate_up, &mlp, n, LinearEpilogue::SwiGlu));
+            ds.extend(linear_rows(gpu, &mlp, &l.down, &x, n, LinearEpilogue::Accumulate));
         }
         ds.push(rmsnorm(gpu, &x, &self.enc_norm, &enc_out, n, e.hidden as u32, e.norm_eps));
 
         let kv_w = (2 * d.cross_kv_heads * d.cross_head_dim) as u32;
         let cross_kv: Vec<GpuBuffer> = (0..d.layers).map(|_| gpu.buffer("cross_kv", n as u64 * kv_w as u64 * F32)).collect();
         for (l, kv) in self.dec_layers.iter().zip(&cross_kv) {
-            ds.push(linear(gpu, &enc_out, &l.cross_kv, kv, n, LinearEpilogue::Store));
+            ds.extend(linear_rows(gpu, &enc_out, &l.cross_kv, kv, n, LinearEpilogue::Store));
             if let Some((c, s)) = &self.cross_rope {
                 // v0.1 only: keys rotated at their encoder positions.
                 ds.push(rope(gpu, kv, c, s, &qinfo, n, kv_w, 0, d.cross_kv_heads as u32, d.cross_head_dim as u32));
@@ -237,7 +237,7 @@ impl DecoderGraph {
                 causal: true,
                 max_keys: cache.max_len,
             }));
-            body.push(linear(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate));
+            body.extend(linear_rows(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate));
 
             body.extend(norm_linear(gpu, &x, &l.pre_ca_norm, eps, &l.cross_q, &cq, m, LinearEpilogue::Store, &h));
             if let Some((c, s)) = &model.cross_rope {
@@ -263,10 +263,10 @@ impl DecoderGraph {
                 causal: false,
                 max_keys: max_text,
             }));
-            body.push(linear(gpu, &cattn, &l.cross_o, &x, m, LinearEpilogue::Accumulate));
+            body.extend(linear_rows(gpu, &cattn, &l.cross_o, &x, m, LinearEpilogue::Accumulate));
 
             body.extend(norm_linear(gpu, &x, &l.pre_mlp_norm, eps, &l.gate_up, &mlp, m, LinearEpilogue::SwiGlu, &h));
-            body.push(linear(gpu, &mlp, &l.down, &x, m, LinearEpilogue::Accumulate));
+            body.extend(linear_rows(gpu, &mlp, &l.down, &x, m, LinearEpilogue::Accumulate));
         }
         DecoderGraph { t, rows, tokens, qinfo, x, body, _keep: vec![h, qkv, attn, cq, cattn, mlp, self_seqs, cross_qinfo] }
     }

@@ -67,6 +67,31 @@ pub fn linear(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
     }
 }
 
+/// Largest M that `linear_rows` serves with matrix–vector passes over blocks of `SMALL_M_MAX` rows (the weights
+/// are read once per block): below it that beats the tiled kernel on the GPUs measured (encoder, 100 bytes).
+pub const BLOCKED_M_MAX: u32 = 128;
+
+/// `linear` for any M as a list of dispatches: for M ≤ `BLOCKED_M_MAX` (when row blocks can be bound at aligned
+/// offsets) one matrix–vector pass per block of 16 rows, else the single dispatch `linear` picks.
+pub fn linear_rows(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Vec<Dispatch> {
+    let out_cols = check_shapes(x, w, y, m, epilogue);
+    let align = gpu.device.limits().min_storage_buffer_offset_alignment as u64;
+    let x_block = SMALL_M_MAX as u64 * w.cols as u64 * 4;
+    let y_block = SMALL_M_MAX as u64 * out_cols as u64 * 4;
+    let aligned = x_block.is_multiple_of(align) && y_block.is_multiple_of(align) && x.offset.is_multiple_of(align) && y.offset.is_multiple_of(align);
+    if m <= SMALL_M_MAX || m > BLOCKED_M_MAX || !aligned {
+        return vec![linear(gpu, x, w, y, m, epilogue)];
+    }
+    (0..m.div_ceil(SMALL_M_MAX))
+        .map(|b| {
+            let rows = (m - b * SMALL_M_MAX).min(SMALL_M_MAX);
+            let xs = x.slice(b as u64 * x_block, rows as u64 * w.cols as u64 * 4);
+            let ys = y.slice(b as u64 * y_block, rows as u64 * out_cols as u64 * 4);
+            linear_small_m(gpu, &xs, w, &ys, rows, epilogue)
+        })
+        .collect()
+}
+
 /// Shape of a small-M workgroup: `threads` threads in groups of `k_threads` that share weight rows along
 /// K; each group takes `rows_per_thread` rows, so a workgroup owns `rows()` = threads / k_threads ·
 /// rows_per_thread rows (even, so SwiGLU pairs gate and up rows). The partial sums,
@@ -135,7 +160,7 @@ pub fn linear_small_m_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuf
 }
 
 /// y = rmsnorm(x; gain, eps) · Wᵀ with the epilogue: one fused matrix–vector dispatch for m ≤ `SMALL_M_MAX`,
-/// else RMSNorm into `scratch` (f32 `[m, w.cols]`) and the tiled schedule.
+/// else RMSNorm into `scratch` (f32 `[m, w.cols]`) and `linear_rows`.
 #[allow(clippy::too_many_arguments)]
 pub fn norm_linear(gpu: &Gpu, x: &GpuBuffer, gain: &GpuBuffer, eps: f32, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, scratch: &GpuBuffer) -> Vec<Dispatch> {
     assert!(gain.size >= w.cols as u64 * 4, "norm_linear: gain holds fewer than {} f32", w.cols);
@@ -143,7 +168,9 @@ pub fn norm_linear(gpu: &Gpu, x: &GpuBuffer, gain: &GpuBuffer, eps: f32, w: &Gpu
         let shape = SmallMShape::for_shape(m, w.rows, w.cols);
         vec![small_m_dispatch(gpu, x, w, y, m, epilogue, shape, Some((gain, eps)))]
     } else {
-        vec![rmsnorm(gpu, x, gain, scratch, m, w.cols, eps), linear_tiled(gpu, scratch, w, y, m, epilogue)]
+        let mut ds = vec![rmsnorm(gpu, x, gain, scratch, m, w.cols, eps)];
+        ds.extend(linear_rows(gpu, scratch, w, y, m, epilogue));
+        ds
     }
 }
 
