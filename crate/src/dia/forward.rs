@@ -4,7 +4,7 @@
 //! row m = r·T + t.
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
-use crate::kernels::attention::{attention, AttentionArgs};
+use crate::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
 use crate::kernels::embed::{embed_channels_sum, embed_tokens};
 use crate::kernels::kv_cache::rope_kv_write;
 use crate::kernels::linear::{linear_rows, norm_linear, LinearEpilogue, SMALL_M_MAX};
@@ -89,7 +89,7 @@ impl DiaModel {
             let hd = e.head_dim as u32;
             // Q and K heads are adjacent in the fused projection: one rotation covers both.
             ds.push(rope(gpu, &qkv, cos, sin, &qinfo, n, qkv_w as u32, 0, (e.heads + e.kv_heads) as u32, hd));
-            ds.extend(attention(
+            ds.extend(attention_prefill(
                 gpu,
                 &AttentionArgs {
                     q_buf: &qkv,
@@ -208,6 +208,7 @@ impl DecoderGraph {
             &(0..m).flat_map(|i| [((i / t) % rows).min(batch), 0]).collect::<Vec<u32>>(),
         );
         let (cos, sin) = (&model.dec_rope.0, &model.dec_rope.1);
+        let attend = |a: &AttentionArgs| if t == 1 { attention_decode(gpu, a) } else { attention_prefill(gpu, a) };
 
         let mut body = vec![embed_channels_sum(gpu, &model.dec_embedding, &tokens, &x, m, batch * t, d.channels as u32, d.vocab as u32)];
         let eps = d.norm_eps;
@@ -217,7 +218,7 @@ impl DecoderGraph {
             // RoPE on Q and K, K and V into the cache: one dispatch.
             let kv_width = (d.kv_heads * d.head_dim) as u32;
             body.push(rope_kv_write(gpu, &qkv, &qinfo, cos, sin, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32, hd, kv_width, cache.max_len));
-            body.extend(attention(gpu, &AttentionArgs {
+            body.extend(attend(&AttentionArgs {
                 q_buf: &qkv,
                 q_stride: qkv_w,
                 q_col: 0,
@@ -243,7 +244,7 @@ impl DecoderGraph {
                 body.push(rope(gpu, &cq, c, s, &qinfo, m, cq_w, 0, d.cross_heads as u32, d.cross_head_dim as u32));
             }
             let max_text = enc.text.segments.iter().map(|s| s.1).max().unwrap_or(1);
-            body.extend(attention(gpu, &AttentionArgs {
+            body.extend(attend(&AttentionArgs {
                 q_buf: &cq,
                 q_stride: cq_w,
                 q_col: 0,

@@ -116,31 +116,6 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bo
     })
 }
 
-/// Scratch the split-K schedule may take when `attention` picks it for many query rows.
-const SPLIT_SCRATCH_MAX: u64 = 64 << 20;
-
-/// Either schedule, whichever is faster here: split-K (every query row its own workgroups, all key chunks in
-/// parallel: the encoder and prompts of modest size, where the flash tiles leave the GPU mostly idle) while its
-/// scratch stays under 64 MiB, else flash-style tiles.
-pub fn attention(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
-    if a.rows == 1 || decode_scratch_bytes(a) <= SPLIT_SCRATCH_MAX {
-        attention_decode(gpu, a)
-    } else {
-        attention_prefill(gpu, a)
-    }
-}
-
-/// Bytes of split-K scratch `attention_decode` allocates for `a` (0 when one chunk holds every key).
-fn decode_scratch_bytes(a: &AttentionArgs) -> u64 {
-    let n_rep = a.heads / a.kv_heads.max(1);
-    let nr = [DECODE_HEADS, 2, 1].into_iter().find(|&r| n_rep.is_multiple_of(r)).unwrap_or(1);
-    let n_chunks = a.max_keys.div_ceil(decode_chunk(nr)).max(1) as u64;
-    if n_chunks == 1 {
-        return 0;
-    }
-    a.rows as u64 * a.heads as u64 * n_chunks * (a.head_dim as u64 + 2) * 4
-}
-
 /// Flash-style: for many query rows at once (encoder, prefill). May return several dispatches.
 pub fn attention_prefill(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
     let params = a.params(0);
