@@ -4,7 +4,7 @@
 // cancellation, corruption recovery, quota errors and the demo page. Prints "N passed, N failed".
 //   node e2e.mjs [--mock]   (--mock: the package was built with the JS mock engine; parity is then
 //                            checked against the mock's own first output instead of the fixtures)
-//   DIA_BROWSER_FULL=1      also the voice-prompt parity case and an f16w generation
+//   DIA_BROWSER_FULL=1      also the voice-prompt parity case
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,7 +17,7 @@ import { unitTests } from './unit.mjs';
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
 const mock = process.argv.includes('--mock');
-// DIA_BROWSER_FULL=1 adds two more generations (voice prompt parity, f16w), minutes each on SwiftShader.
+// DIA_BROWSER_FULL=1 adds the voice prompt parity generation (about 40 s on SwiftShader).
 const full = process.env.DIA_BROWSER_FULL === '1';
 const fixtures = resolve(root, process.env.DIA_FIXTURES ?? '../shared/fixtures/tiny');
 const artifacts = join(here, 'artifacts');
@@ -337,8 +337,9 @@ async function main() {
       return `${info.tensors} tensors, ${log.length} requests (${weights.length} ranges), ${(info.networkBytes / 1e6).toFixed(2)} MB, ${events.length} progress events, ${info.seconds.toFixed(2)} s; ${info.adapterInfo}`;
     });
 
-    // Generations are the slow part on SwiftShader (seconds per decoder step), so only three run: the
-    // parity run, the cancelled one, and the speak that follows it; the other tests need none.
+    // Generations are the slow part on SwiftShader (~0.6 s per decoder step), so only five run, all on
+    // one loaded engine per numerics: the parity run, the cancelled one, the speak that follows it, one in
+    // f16w, and the demo page's (24 steps).
     let t0Audio = null;
     await test(`generate t0 greedy in f32 → PCM matches t0.pcm (SNR ≥ ${MIN_SNR_DB} dB)`, async () => {
       const r = await generate(page, t0Text, GREEDY);
@@ -555,6 +556,15 @@ async function main() {
       return `${f16.tensors.length} tensors: ${(stored / 1e6).toFixed(2)} MB stored for ${(source / 1e6).toFixed(2)} MB of f32; ${info.adapterInfo}`;
     });
 
+    // f16w is the package's default and its kernels differ from f32's: one generation compiles them in
+    // Tint and runs them, on the engine the previous test loaded.
+    await test('f16w generation of t0 (f16-stored weights through the engine)', async () => {
+      const r = await generate(page, t0Text, GREEDY);
+      assert(r.audio.length > 0 && r.audio.every(Number.isFinite), 'finite audio');
+      const same = r.audio.length === t0Pcm.length;
+      return `${r.audio.length} samples in ${r.seconds.toFixed(1)} s; ${same && !mock ? `SNR vs t0.pcm ${fmtDb(snrDb(t0Pcm, r.audio))}` : 'another length than t0.pcm'} (f16 weights: informative)`;
+    });
+
     await test('sharded checkpoint (model.safetensors.index.json + 2 shards): same tensors, same bytes', async () => {
       resetLog();
       const { info } = await load(page, { ...f32, model: 'tiny-sharded/dia' });
@@ -582,14 +592,6 @@ async function main() {
         const snr = snrDb(mock ? Float32Array.from(r.audio) : fixture('clone.pcm'), r.audio);
         assert(snr >= MIN_SNR_DB, `SNR ${snr.toFixed(1)} dB`);
         return `${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s, SNR ${fmtDb(snr)}`;
-      });
-
-      await test('f16w generation of t0 (f16-stored weights through the engine)', async () => {
-        await load(page, { ...f32, dtype: 'f16w' });
-        const r = await generate(page, t0Text, GREEDY);
-        assert(r.audio.length > 0 && r.audio.every(Number.isFinite), 'finite audio');
-        const same = r.audio.length === t0Pcm.length;
-        return `${r.audio.length} samples in ${r.seconds.toFixed(1)} s; ${same && !mock ? `SNR vs t0.pcm ${fmtDb(snrDb(t0Pcm, r.audio))}` : 'another length than t0.pcm'} (f16 weights: informative)`;
       });
     }
 
