@@ -31,7 +31,8 @@ if (!existsSync(join(engineAt, 'dia_webgpu.js'))) {
 rmSync(dist, { recursive: true, force: true });
 mkdirSync(join(dist, 'wasm'), { recursive: true });
 cpSync(join(here, 'src'), dist, { recursive: true });
-cpSync(join(here, '..', 'worker'), join(dist, 'worker'), { recursive: true });
+// worker/package.json only marks the sources as ES modules for node; the package's own says so already.
+cpSync(join(here, '..', 'worker'), join(dist, 'worker'), { recursive: true, filter: (src) => !src.endsWith('package.json') });
 for (const f of ENGINE_FILES) if (existsSync(join(engineAt, f))) cpSync(join(engineAt, f), join(dist, 'wasm', f));
 const files = (d) => readdirSync(d, { recursive: true }).length;
 console.log(`build.mjs: dist/ assembled (${files(dist)} entries; engine from ${engineAt})`);

@@ -95,7 +95,11 @@ impl DiaEngine {
     /// Opens a WebGPU device. `numerics`: `"f32"` (exact) or `"f16w"` (f16 weights, half the memory;
     /// needs no `shader-f16`).
     pub async fn create(#[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16w\"")] numerics: String) -> Result<DiaEngine, JsError> {
-        console_error_panic_hook::set_once();
+        // After a panic (the wasm instance traps but lives on, e.g. in a test harness) std refuses to
+        // change the hook, and would panic again here.
+        if !std::thread::panicking() {
+            console_error_panic_hook::set_once();
+        }
         let numerics = Numerics::parse(&numerics).ok_or_else(|| JsError::new(&format!("unknown numerics {numerics:?}: use \"f32\" or \"f16w\"")))?;
         if navigator_gpu().is_none() {
             return Err(JsError::new("WebGPU is not available here: navigator.gpu is missing (a browser with WebGPU enabled, on https or localhost, is needed)"));

@@ -3,9 +3,12 @@
 //                                           is logged (path, range, status) so tests can count them
 //   /{mount}/…                              static directories (the installed package, the test page)
 //   /coi/…                                  the same with COOP/COEP (cross-origin isolated pages)
+// Run directly, `node tests/browser/server.mjs [port]` serves the demo page (web/, built into web/dist)
+// against the tiny random-weight model bundled in assets/tiny/, for trying the demo by hand.
 import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { extname, join, normalize, sep } from 'node:path';
+import { dirname, extname, join, normalize, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 const TYPES = {
   '.html': 'text/html; charset=utf-8',
@@ -57,12 +60,13 @@ function serveFile(req, res, file, headers, entry, ranges = true) {
 
 /**
  * @param {{ repos: Record<string, string | { dir: string, delayMs?: number, failFirst?: number, ranges?: boolean }>,
- *           mounts: Record<string, string> }} config
+ *           mounts: Record<string, string>, port?: number }} config
  *   repos: "org/name" → directory of its files, optionally answering after `delayMs`, failing the first
- *   `failFirst` requests with 503, or ignoring Range headers (`ranges: false`); mounts: "prefix" → directory
+ *   `failFirst` requests with 503, or ignoring Range headers (`ranges: false`); mounts: "prefix" → directory;
+ *   port: 0 (default) for any free one
  * @returns {Promise<{ origin: string, log: object[], close(): Promise<void> }>}
  */
-export async function startServer({ repos, mounts }) {
+export async function startServer({ repos, mounts, port = 0 }) {
   const log = [];
   const server = createServer((req, res) => {
     let path = new URL(req.url, 'http://x').pathname;
@@ -103,11 +107,24 @@ export async function startServer({ repos, mounts }) {
     if (repo?.delayMs) setTimeout(serve, repo.delayMs);
     else serve();
   });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
   const origin = `http://127.0.0.1:${server.address().port}`;
   return {
     origin,
     log,
     close: () => new Promise((resolve) => server.close(resolve)),
   };
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+  const { origin } = await startServer({
+    repos: { 'tiny/dia': join(root, 'assets/tiny/dia'), 'tiny/dac': join(root, 'assets/tiny/dac') },
+    mounts: { pkg: join(root, 'web') },
+    port: Number(process.argv[2] ?? 8080),
+  });
+  const query = new URLSearchParams({ model: 'tiny/dia', codec: 'tiny/dac', base: `${origin}/hub`, dtype: 'f32' });
+  console.log(`demo with the tiny model: ${origin}/pkg/demo/index.html?${query}`);
+  console.log(`cross-origin isolated (SharedArrayBuffer audio ring): ${origin}/coi/pkg/demo/index.html?${query}`);
+  console.log('the real Dia 1.6B from huggingface.co: the same page without a query (downloads the full checkpoint once)');
 }

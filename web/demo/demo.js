@@ -153,7 +153,7 @@ async function generate() {
     drawWaveform([audio], audio.length, audio.length);
     offerDownload(audio);
     const speed = audio.length / SAMPLE_RATE / r.seconds;
-    $('result').textContent = `${(audio.length / SAMPLE_RATE).toFixed(2)} s of audio, ${r.steps} steps in ${r.seconds.toFixed(1)} s (${speed.toFixed(2)}× real time).`;
+    $('result').textContent = `${(audio.length / SAMPLE_RATE).toFixed(2)} s of audio, ${r.steps} steps in ${r.seconds.toFixed(1)} s (${speed >= 0.1 ? speed.toFixed(2) : speed.toPrecision(2)}× real time).`;
     setStatus('done', 'Done.', { samples: String(audio.length) });
   } catch (e) {
     setStatus(e.name === 'CancelledError' ? 'ready' : 'error', e.name === 'CancelledError' ? 'Stopped.' : 'Generation failed.');
