@@ -256,8 +256,9 @@ fn dac_kernel_conv_other_tiles_match_cpu() {
     let mut rng = Rng::new(13);
     let tiles = [
         ConvTile { wm: 8, wn: 32, rm: 8, rn: 2, kr_max: 16, xs_max: 1024 },
-        ConvTile { wm: 32, wn: 8, rm: 2, rn: 8, kr_max: 8, xs_max: 1024 },
-        ConvTile { wm: 16, wn: 16, rm: 8, rn: 4, kr_max: 16, xs_max: 1024 },
+        ConvTile { wm: 32, wn: 8, rm: 4, rn: 8, kr_max: 8, xs_max: 1024 },
+        ConvTile { wm: 16, wn: 16, rm: 4, rn: 4, kr_max: 32, xs_max: 1536 },
+        ConvTile { wm: 4, wn: 64, rm: 8, rn: 3, kr_max: 32, xs_max: 2048 },
     ];
     for (i, tile) in tiles.into_iter().enumerate() {
         let (cin, cout, k, dil, len) = (19, 37, 7, 3, 101);

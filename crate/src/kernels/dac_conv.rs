@@ -211,8 +211,9 @@ pub struct ConvFusion<'a> {
 }
 
 /// Work split of the convolution kernel: a workgroup of 256 = `wm`·`wn` threads computes `wm·rm` output
-/// channels × `wn·rn` time steps; `kr_max` reduction rows (power of two ≤ 256) and `xs_max` input words are
-/// staged per chunk. Workgroup memory is `4·(kr_max·(wm·rm + 1) + xs_max)` bytes (≤ 16 KiB).
+/// channels × `wn·rn` time steps, `rm` (4 or 8) × `rn` per thread; `kr_max` reduction rows (power of two
+/// ≤ 256) and `xs_max` input words are staged per chunk. Workgroup memory is `4·(kr_max·(wm·rm + 4) + xs_max)`
+/// bytes (≤ 16 KiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvTile {
     pub wm: u32,
@@ -225,7 +226,9 @@ pub struct ConvTile {
 
 impl Default for ConvTile {
     fn default() -> ConvTile {
-        ConvTile { wm: 16, wn: 16, rm: 4, rn: 4, kr_max: 32, xs_max: 1536 }
+        // 128 × 128 outputs, 8 × 8 per thread (64 FMAs per 10 shared loads); 16 reduction rows and
+        // the rest of 16 KiB for input spans (dilation 9 × 6 taps + 128 columns per channel).
+        ConvTile { wm: 16, wn: 16, rm: 8, rn: 8, kr_max: 16, xs_max: 1984 }
     }
 }
 
@@ -240,8 +243,10 @@ impl ConvTile {
 
     fn check(&self) {
         assert_eq!(self.wm * self.wn, 256, "ConvTile: wm·wn must be 256");
+        assert!(self.rm == 4 || self.rm == 8, "ConvTile: rm must be 4 or 8");
+        assert!(self.rn > 0, "ConvTile: rn must be positive");
         assert!(self.kr_max.is_power_of_two() && self.kr_max <= 256, "ConvTile: kr_max must be a power of two ≤ 256");
-        let bytes = 4 * (self.kr_max * (self.tm() + 1) + self.xs_max);
+        let bytes = 4 * (self.kr_max * (self.tm() + 4) + self.xs_max);
         assert!(bytes <= 16384, "ConvTile uses {bytes} bytes of workgroup memory (> 16 KiB)");
     }
 
