@@ -152,7 +152,9 @@ mod native {
         let tiles = if args.tiles {
             vec![
                 ConvTile::default(),
-                ConvTile { wm: 16, wn: 16, rm: 8, rn: 4, kr_max: 16, xs_max: 1024 },
+                ConvTile { wm: 16, wn: 16, rm: 4, rn: 4, kr_max: 32, xs_max: 1536 },
+                ConvTile { wm: 16, wn: 16, rm: 8, rn: 4, kr_max: 16, xs_max: 1984 },
+                ConvTile { wm: 8, wn: 32, rm: 8, rn: 8, kr_max: 32, xs_max: 1920 },
                 ConvTile { wm: 8, wn: 32, rm: 8, rn: 4, kr_max: 16, xs_max: 1536 },
                 ConvTile { wm: 32, wn: 8, rm: 4, rn: 8, kr_max: 16, xs_max: 1024 },
             ]
