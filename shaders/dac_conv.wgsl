@@ -10,6 +10,7 @@
 // chan_chunk input channels × tap_chunk taps of weights, and the input *span* those taps touch for each
 // channel (snake applied once per staged element, not once per tap), then every thread accumulates
 // RM × RN outputs (RM = 4 or 8 channels as vec4) from workgroup memory: RM/4 + RN shared loads per RM·RN FMAs.
+// The next chunk's global loads are issued into registers before the current chunk's arithmetic.
 
 struct Params {
     cin: u32,
@@ -46,6 +47,9 @@ const TN: u32 = WN * RN;
 // Reduction rows staged per chunk (chan_chunk · tap_chunk ≤ KR_MAX) and input span words (chan_chunk · span ≤ XS_MAX).
 const KR_MAX: u32 = {{KR_MAX}}u;
 const XS_MAX: u32 = {{XS_MAX}}u;
+// Staged words per thread and chunk, at most.
+const W_PER: u32 = (TM * KR_MAX + 255u) / 256u;
+const X_PER: u32 = (XS_MAX + 255u) / 256u;
 // Weight tile rows are padded by 4 words (keeping vec4 alignment) so that lanes storing consecutive rows
 // hit distinct banks.
 const WS_STRIDE: u32 = TM + 4u;
@@ -84,39 +88,44 @@ fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let st_m0 = lid / KR_MAX;
     let st_cc = st_row / kt_n;
     let st_kt = st_row % kt_n;
+    let tap_chunks = (P.taps + kt_n - 1u) / kt_n;
+    let chunks = (P.cin + cc_n - 1u) / cc_n * tap_chunks;
 
     // acc[h·RN + j] holds channels h·TM/2 + 4·tm + (0..4) at column j.
     var acc: array<vec4<f32>, RM * RN / 4u>;
-    for (var ci0 = 0u; ci0 < P.cin; ci0 += cc_n) {
-        for (var k0 = 0u; k0 < P.taps; k0 += kt_n) {
-            if (st_row < rows) {
-                let ci = ci0 + st_cc;
-                let k = k0 + st_kt;
-                let live = ci < P.cin && k < P.taps;
-                let col = ci * P.taps + k;
-                for (var m = st_m0; m < TM; m += 256u / KR_MAX) {
-                    let co = m0 + m;
-                    var v = 0.0;
-                    if (live && co < P.cout) {
-                        v = load_w((w_row0 + co) * P.w_stride, col);
-                    }
-                    let e = st_row * WS_STRIDE + m;
-                    ws[e / 4u][e % 4u] = v;
+    // This thread's share of a chunk, fetched into registers one chunk ahead: weights (channel
+    // st_m0 + i·256/KR_MAX of row st_row) and input span words lid + i·256 (Snake applied).
+    var wv: array<f32, W_PER>;
+    var xv: array<f32, X_PER>;
+    // Iteration c fetches chunk c while computing chunk c − 1 from workgroup memory, then stages chunk c.
+    for (var c = 0u; c <= chunks; c++) {
+        if (c < chunks) {
+            let ci0 = c / tap_chunks * cc_n;
+            let k0 = c % tap_chunks * kt_n;
+            let ci = ci0 + st_cc;
+            let k = k0 + st_kt;
+            let live = st_row < rows && ci < P.cin && k < P.taps;
+            let col = ci * P.taps + k;
+            for (var i = 0u; i < W_PER; i++) {
+                let co = m0 + st_m0 + i * (256u / KR_MAX);
+                wv[i] = 0.0;
+                if (live && co < P.cout) {
+                    wv[i] = load_w((w_row0 + co) * P.w_stride, col);
                 }
             }
-            // Input spans of all staged channels in one pass (every lane busy even when a span is short).
             let base = i32(q0 * P.in_stride + k0 * P.dil) + P.in_off;
-            for (var e = lid; e < staged; e += 256u) {
+            for (var i = 0u; i < X_PER; i++) {
+                let e = lid + i * 256u;
                 let cc = e / span;
                 let ci = ci0 + cc;
                 let pos = base + i32(e - cc * span);
-                var v = 0.0;
-                if (ci < P.cin && pos >= 0 && pos < i32(P.len_in)) {
-                    v = act(ci, x[ci * P.len_in + u32(pos)]);
+                xv[i] = 0.0;
+                if (e < staged && ci < P.cin && pos >= 0 && pos < i32(P.len_in)) {
+                    xv[i] = act(ci, x[ci * P.len_in + u32(pos)]);
                 }
-                xs[e] = v;
             }
-            workgroupBarrier();
+        }
+        if (c > 0u) {
             for (var cc = 0u; cc < cc_n; cc++) {
                 for (var kt = 0u; kt < kt_n; kt++) {
                     let wrow = (cc * kt_n + kt) * (WS_STRIDE / 4u) + tm;
@@ -137,8 +146,26 @@ fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                     }
                 }
             }
-            workgroupBarrier();
         }
+        workgroupBarrier();
+        if (c < chunks) {
+            if (st_row < rows) {
+                for (var i = 0u; i < W_PER; i++) {
+                    let m = st_m0 + i * (256u / KR_MAX);
+                    if (m < TM) {
+                        let e = st_row * WS_STRIDE + m;
+                        ws[e / 4u][e % 4u] = wv[i];
+                    }
+                }
+            }
+            for (var i = 0u; i < X_PER; i++) {
+                let e = lid + i * 256u;
+                if (e < staged) {
+                    xs[e] = xv[i];
+                }
+            }
+        }
+        workgroupBarrier();
     }
 
     for (var i = 0u; i < RM; i++) {
