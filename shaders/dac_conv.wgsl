@@ -12,6 +12,7 @@
 // RM × RN outputs (RM = 4 or 8 channels as vec4) from workgroup memory: RM/4 + RN shared loads per RM·RN FMAs.
 // The next chunk's global loads are issued into registers before the current chunk's arithmetic.
 
+{{ENABLE_F16}}
 struct Params {
     cin: u32,
     cout: u32,
@@ -56,9 +57,14 @@ const WS_STRIDE: u32 = TM + 4u;
 const ACCUMULATE: bool = {{ACCUMULATE}};
 const TANH: bool = {{TANH}};
 
+// Staged and multiplied in H: f32, or f16 in the shader-f16 variant (HALF), which sums each chunk's
+// products in f16 (≤ KR_MAX terms) and the chunks in f32.
+alias H = {{H}};
+const HALF: bool = {{HALF}};
+
 // Weights k-major ([reduction row][channel]), read 4 channels at a time.
-var<workgroup> ws: array<vec4<f32>, KR_MAX * WS_STRIDE / 4u>;
-var<workgroup> xs: array<f32, XS_MAX>;
+var<workgroup> ws: array<vec4<H>, KR_MAX * WS_STRIDE / 4u>;
+var<workgroup> xs: array<H, XS_MAX>;
 
 // A thread owns channels 4·tm + i (i < 4) and, when RM = 8, TM/2 + 4·tm + i: each is one vec4 read of a
 // staged weight row, and 8 neighbouring lanes read 128 contiguous bytes. It owns time columns tn + j·WN.
@@ -91,7 +97,9 @@ fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let tap_chunks = (P.taps + kt_n - 1u) / kt_n;
     let chunks = (P.cin + cc_n - 1u) / cc_n * tap_chunks;
 
-    // acc[h·RN + j] holds channels h·TM/2 + 4·tm + (0..4) at column j.
+    // part[h·RN + j] (and acc) hold channels h·TM/2 + 4·tm + (0..4) at column j. In f32 part is the whole
+    // sum; in f16 it is one chunk's, added into acc after the chunk.
+    var part: array<vec4<H>, RM * RN / 4u>;
     var acc: array<vec4<f32>, RM * RN / 4u>;
     // This thread's share of a chunk, fetched into registers one chunk ahead: weights (channel
     // st_m0 + i·256/KR_MAX of row st_row) and input span words lid + i·256 (Snake applied).
@@ -126,24 +134,34 @@ fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
         }
         if (c > 0u) {
+            if (HALF) {
+                for (var i = 0u; i < RM * RN / 4u; i++) {
+                    part[i] = vec4<H>(0.0);
+                }
+            }
             for (var cc = 0u; cc < cc_n; cc++) {
                 for (var kt = 0u; kt < kt_n; kt++) {
                     let wrow = (cc * kt_n + kt) * (WS_STRIDE / 4u) + tm;
                     let xb = cc * span + kt * P.dil + tn * P.in_stride;
-                    var b: array<f32, RN>;
+                    var b: array<H, RN>;
                     for (var j = 0u; j < RN; j++) {
                         b[j] = xs[xb + j * WN * P.in_stride];
                     }
                     let a0 = ws[wrow];
                     for (var j = 0u; j < RN; j++) {
-                        acc[j] = fma(a0, vec4<f32>(b[j]), acc[j]);
+                        part[j] = fma(a0, vec4<H>(b[j]), part[j]);
                     }
                     if (RM == 8u) {
                         let a1 = ws[wrow + TM / 8u];
                         for (var j = 0u; j < RN; j++) {
-                            acc[RN + j] = fma(a1, vec4<f32>(b[j]), acc[RN + j]);
+                            part[RN + j] = fma(a1, vec4<H>(b[j]), part[RN + j]);
                         }
                     }
+                }
+            }
+            if (HALF) {
+                for (var i = 0u; i < RM * RN / 4u; i++) {
+                    acc[i] += vec4<f32>(part[i]);
                 }
             }
         }
@@ -154,20 +172,25 @@ fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                     let m = st_m0 + i * (256u / KR_MAX);
                     if (m < TM) {
                         let e = st_row * WS_STRIDE + m;
-                        ws[e / 4u][e % 4u] = wv[i];
+                        ws[e / 4u][e % 4u] = H(wv[i]);
                     }
                 }
             }
             for (var i = 0u; i < X_PER; i++) {
                 let e = lid + i * 256u;
                 if (e < staged) {
-                    xs[e] = xv[i];
+                    xs[e] = H(xv[i]);
                 }
             }
         }
         workgroupBarrier();
     }
 
+    if (!HALF) {
+        for (var i = 0u; i < RM * RN / 4u; i++) {
+            acc[i] = vec4<f32>(part[i]);
+        }
+    }
     for (var i = 0u; i < RM; i++) {
         let h = i / 4u;
         let co = m0 + h * (TM / 2u) + 4u * tm + i % 4u;
