@@ -235,10 +235,12 @@ impl Default for ConvTile {
 }
 
 impl ConvTile {
-    /// The default split, with f16 arithmetic for f16 weights where the device has `shader-f16`
-    /// (twice the FMA rate on GPUs with packed f16; the f32 path serves everything else).
+    /// The default split, with f16 arithmetic for f16 weights where a GPU has `shader-f16` (twice the
+    /// FMA rate with packed f16; CPU adapters emulate f16 and only lose by it).
     pub fn preferred(gpu: &Gpu, numerics: Numerics) -> ConvTile {
-        let f16_math = numerics == Numerics::F16W && gpu.features.contains(wgpu::Features::SHADER_F16);
+        let f16_math = numerics == Numerics::F16W
+            && gpu.features.contains(wgpu::Features::SHADER_F16)
+            && gpu.info.device_type != wgpu::DeviceType::Cpu;
         ConvTile { f16_math, ..ConvTile::default() }
     }
 
