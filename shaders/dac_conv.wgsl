@@ -9,8 +9,10 @@
 // A workgroup computes TM output channels × TN columns of one phase. Per reduction chunk it stages
 // chan_chunk input channels × tap_chunk taps of weights, and the input *span* those taps touch for each
 // channel (snake applied once per staged element, not once per tap), then every thread accumulates
-// RM × RN outputs from workgroup memory.
+// RM × RN outputs (RM = 4 or 8 channels as vec4) from workgroup memory: RM/4 + RN shared loads per RM·RN FMAs.
+// The next chunk's global loads are issued into registers before the current chunk's arithmetic.
 
+{{ENABLE_F16}}
 struct Params {
     cin: u32,
     cout: u32,
@@ -46,14 +48,26 @@ const TN: u32 = WN * RN;
 // Reduction rows staged per chunk (chan_chunk · tap_chunk ≤ KR_MAX) and input span words (chan_chunk · span ≤ XS_MAX).
 const KR_MAX: u32 = {{KR_MAX}}u;
 const XS_MAX: u32 = {{XS_MAX}}u;
-// Weight tile rows are padded by one word so that lanes storing consecutive rows hit distinct banks.
-const WS_STRIDE: u32 = TM + 1u;
+// Staged words per thread and chunk, at most.
+const W_PER: u32 = (TM * KR_MAX + 255u) / 256u;
+const X_PER: u32 = (XS_MAX + 255u) / 256u;
+// Weight tile rows are padded by 4 words (keeping vec4 alignment) so that lanes storing consecutive rows
+// hit distinct banks.
+const WS_STRIDE: u32 = TM + 4u;
 const ACCUMULATE: bool = {{ACCUMULATE}};
 const TANH: bool = {{TANH}};
 
-var<workgroup> ws: array<f32, KR_MAX * WS_STRIDE>;
-var<workgroup> xs: array<f32, XS_MAX>;
+// Staged and multiplied in H: f32, or f16 in the shader-f16 variant (HALF), which sums each chunk's
+// products in f16 (≤ KR_MAX terms) and the chunks in f32.
+alias H = {{H}};
+const HALF: bool = {{HALF}};
 
+// Weights k-major ([reduction row][channel]), read 4 channels at a time.
+var<workgroup> ws: array<vec4<H>, KR_MAX * WS_STRIDE / 4u>;
+var<workgroup> xs: array<H, XS_MAX>;
+
+// A thread owns channels 4·tm + i (i < 4) and, when RM = 8, TM/2 + 4·tm + i: each is one vec4 read of a
+// staged weight row, and 8 neighbouring lanes read 128 contiguous bytes. It owns time columns tn + j·WN.
 @compute @workgroup_size(256)
 fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let phase = wg.z % P.nphase;
@@ -71,6 +85,7 @@ fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let kt_n = P.tap_chunk;
     let rows = cc_n * kt_n;
     let span = P.span;
+    let staged = cc_n * span;
     let w_row0 = phase * P.cout;
 
     // Weight staging: lane `st_row` of the chunk's rows, channels st_m0, st_m0 + 256/KR_MAX, …
@@ -79,64 +94,108 @@ fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let st_m0 = lid / KR_MAX;
     let st_cc = st_row / kt_n;
     let st_kt = st_row % kt_n;
+    let tap_chunks = (P.taps + kt_n - 1u) / kt_n;
+    let chunks = (P.cin + cc_n - 1u) / cc_n * tap_chunks;
 
-    var acc: array<f32, RM * RN>;
-    for (var ci0 = 0u; ci0 < P.cin; ci0 += cc_n) {
-        for (var k0 = 0u; k0 < P.taps; k0 += kt_n) {
-            if (st_row < rows) {
-                let ci = ci0 + st_cc;
-                let k = k0 + st_kt;
-                let live = ci < P.cin && k < P.taps;
-                let col = ci * P.taps + k;
-                for (var m = st_m0; m < TM; m += 256u / KR_MAX) {
-                    let co = m0 + m;
-                    var v = 0.0;
-                    if (live && co < P.cout) {
-                        v = load_w((w_row0 + co) * P.w_stride, col);
-                    }
-                    ws[st_row * WS_STRIDE + m] = v;
+    // part[h·RN + j] (and acc) hold channels h·TM/2 + 4·tm + (0..4) at column j. In f32 part is the whole
+    // sum; in f16 it is one chunk's, added into acc after the chunk.
+    var part: array<vec4<H>, RM * RN / 4u>;
+    var acc: array<vec4<f32>, RM * RN / 4u>;
+    // This thread's share of a chunk, fetched into registers one chunk ahead: weights (channel
+    // st_m0 + i·256/KR_MAX of row st_row) and input span words lid + i·256 (Snake applied).
+    var wv: array<f32, W_PER>;
+    var xv: array<f32, X_PER>;
+    // Iteration c fetches chunk c while computing chunk c − 1 from workgroup memory, then stages chunk c.
+    for (var c = 0u; c <= chunks; c++) {
+        if (c < chunks) {
+            let ci0 = c / tap_chunks * cc_n;
+            let k0 = c % tap_chunks * kt_n;
+            let ci = ci0 + st_cc;
+            let k = k0 + st_kt;
+            let live = st_row < rows && ci < P.cin && k < P.taps;
+            let col = ci * P.taps + k;
+            for (var i = 0u; i < W_PER; i++) {
+                let co = m0 + st_m0 + i * (256u / KR_MAX);
+                wv[i] = 0.0;
+                if (live && co < P.cout) {
+                    wv[i] = load_w((w_row0 + co) * P.w_stride, col);
                 }
             }
             let base = i32(q0 * P.in_stride + k0 * P.dil) + P.in_off;
-            for (var cc = 0u; cc < cc_n; cc++) {
+            for (var i = 0u; i < X_PER; i++) {
+                let e = lid + i * 256u;
+                let cc = e / span;
                 let ci = ci0 + cc;
-                for (var s = lid; s < span; s += 256u) {
-                    let pos = base + i32(s);
-                    var v = 0.0;
-                    if (ci < P.cin && pos >= 0 && pos < i32(P.len_in)) {
-                        v = act(ci, x[ci * P.len_in + u32(pos)]);
-                    }
-                    xs[cc * span + s] = v;
+                let pos = base + i32(e - cc * span);
+                xv[i] = 0.0;
+                if (e < staged && ci < P.cin && pos >= 0 && pos < i32(P.len_in)) {
+                    xv[i] = act(ci, x[ci * P.len_in + u32(pos)]);
                 }
             }
-            workgroupBarrier();
+        }
+        if (c > 0u) {
+            if (HALF) {
+                for (var i = 0u; i < RM * RN / 4u; i++) {
+                    part[i] = vec4<H>(0.0);
+                }
+            }
             for (var cc = 0u; cc < cc_n; cc++) {
                 for (var kt = 0u; kt < kt_n; kt++) {
-                    let wrow = (cc * kt_n + kt) * WS_STRIDE + tm;
+                    let wrow = (cc * kt_n + kt) * (WS_STRIDE / 4u) + tm;
                     let xb = cc * span + kt * P.dil + tn * P.in_stride;
-                    var a: array<f32, RM>;
-                    var b: array<f32, RN>;
-                    for (var i = 0u; i < RM; i++) {
-                        a[i] = ws[wrow + i * WM];
-                    }
+                    var b: array<H, RN>;
                     for (var j = 0u; j < RN; j++) {
                         b[j] = xs[xb + j * WN * P.in_stride];
                     }
-                    for (var i = 0u; i < RM; i++) {
+                    let a0 = ws[wrow];
+                    for (var j = 0u; j < RN; j++) {
+                        part[j] = fma(a0, vec4<H>(b[j]), part[j]);
+                    }
+                    if (RM == 8u) {
+                        let a1 = ws[wrow + TM / 8u];
                         for (var j = 0u; j < RN; j++) {
-                            acc[i * RN + j] = fma(a[i], b[j], acc[i * RN + j]);
+                            part[RN + j] = fma(a1, vec4<H>(b[j]), part[RN + j]);
                         }
                     }
                 }
             }
-            workgroupBarrier();
+            if (HALF) {
+                for (var i = 0u; i < RM * RN / 4u; i++) {
+                    acc[i] += vec4<f32>(part[i]);
+                }
+            }
         }
+        workgroupBarrier();
+        if (c < chunks) {
+            if (st_row < rows) {
+                for (var i = 0u; i < W_PER; i++) {
+                    let m = st_m0 + i * (256u / KR_MAX);
+                    if (m < TM) {
+                        let e = st_row * WS_STRIDE + m;
+                        ws[e / 4u][e % 4u] = H(wv[i]);
+                    }
+                }
+            }
+            for (var i = 0u; i < X_PER; i++) {
+                let e = lid + i * 256u;
+                if (e < staged) {
+                    xs[e] = H(xv[i]);
+                }
+            }
+        }
+        workgroupBarrier();
     }
 
+    if (!HALF) {
+        for (var i = 0u; i < RM * RN / 4u; i++) {
+            acc[i] = vec4<f32>(part[i]);
+        }
+    }
     for (var i = 0u; i < RM; i++) {
-        let co = m0 + tm + i * WM;
+        let h = i / 4u;
+        let co = m0 + h * (TM / 2u) + 4u * tm + i % 4u;
         if (co >= P.cout) {
-            break;
+            continue;
         }
         let bv = bias[co];
         for (var j = 0u; j < RN; j++) {
@@ -145,7 +204,7 @@ fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             if (t >= P.len_out) {
                 break;
             }
-            var v = acc[i * RN + j] + bv;
+            var v = acc[h * RN + j][i % 4u] + bv;
             let o = co * P.len_out + t;
             if (ACCUMULATE) {
                 v += y[o];

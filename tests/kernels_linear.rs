@@ -5,7 +5,10 @@ mod common;
 use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::embed::{embed_channels_sum, embed_tokens};
-use dia_webgpu::kernels::linear::{linear, linear_rows, linear_small_m, linear_small_m_shaped, linear_tiled, norm_linear, LinearEpilogue, SmallMShape, SMALL_M_MAX};
+use dia_webgpu::kernels::linear::{
+    linear, linear_rows, linear_small_m, linear_small_m_shaped, linear_tiled, linear_tiled_shaped, norm_linear, LinearEpilogue, SmallMShape,
+    TiledShape, SMALL_M_MAX,
+};
 use dia_webgpu::kernels::norm::rmsnorm;
 use dia_webgpu::kernels::rope::{rope, rope_tables};
 use dia_webgpu::kernels::{round_f16, GpuMatrix, Numerics};
@@ -128,6 +131,24 @@ fn linear_tiled_f32_ragged() {
 fn linear_tiled_f16w_ragged() {
     linear_sweep("linear_tiled_f16w_ragged", &linear, &[17, 37], &NS, &KS, Numerics::F16W);
     linear_sweep("linear_tiled_f16w_ragged", &linear, &[130], &[67, 300], &[95, 515], Numerics::F16W);
+}
+
+/// Every tiled work split (the choice depends on M·N, so small test shapes would only ever reach the
+/// smallest) on ragged shapes: M below, at and past a tile, N not a multiple of any tile, K odd, ≡ 2 mod 4
+/// (element loads) and ≡ 0 mod 4 (16-byte loads) with a K that is not a multiple of the staged depth.
+#[test]
+fn linear_tiled_shapes_ragged() {
+    for shape in TiledShape::ALL {
+        assert!(shape.fits(), "{shape:?}");
+        let schedule = |g: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, e: LinearEpilogue| {
+            linear_tiled_shaped(g, x, w, y, m, e, shape)
+        };
+        for numerics in [Numerics::F32, Numerics::F16W] {
+            let name = format!("linear_tiled_shapes_ragged {shape:?}");
+            linear_sweep(&name, &schedule, &[1, 17, 100, 130], &[5, 67, 300], &[3, 20, 130, 515], numerics);
+        }
+    }
+    assert!(!TiledShape { tm: 64, tn: 64, rm: 8, bk: 32 }.fits() && !TiledShape { tm: 256, tn: 128, rm: 8, bk: 8 }.fits());
 }
 
 /// Workgroup shapes other than the default (what the benchmark tunes over) compute the same thing.

@@ -2,7 +2,8 @@
 //! (861 = 10 s by default) repeatedly; prints milliseconds per 10 s of audio for each numerics mode.
 //!
 //! `cargo run --release --example bench_dac -- [--frames N] [--iters N] [--numerics f32,f16w] [--tiles]`
-//! (`--tiles` also times a few other convolution work splits).
+//! (`--tiles` also times a few other convolution work splits). f16w runs with f16 arithmetic where the
+//! device has `shader-f16`, and once more with f32 arithmetic for comparison.
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
@@ -149,24 +150,33 @@ mod native {
             args.iters,
             gpu.describe()
         );
-        let tiles = if args.tiles {
+        let listed = if args.tiles {
             vec![
                 ConvTile::default(),
-                ConvTile { wm: 16, wn: 16, rm: 8, rn: 4, kr_max: 16, xs_max: 1024 },
-                ConvTile { wm: 8, wn: 32, rm: 8, rn: 4, kr_max: 16, xs_max: 1536 },
-                ConvTile { wm: 32, wn: 8, rm: 4, rn: 8, kr_max: 16, xs_max: 1024 },
+                ConvTile { wm: 16, wn: 16, rm: 4, rn: 4, kr_max: 32, xs_max: 1536, f16_math: false },
+                ConvTile { wm: 16, wn: 16, rm: 8, rn: 4, kr_max: 16, xs_max: 1984, f16_math: false },
+                ConvTile { wm: 8, wn: 32, rm: 8, rn: 8, kr_max: 32, xs_max: 1920, f16_math: false },
+                ConvTile { wm: 8, wn: 32, rm: 8, rn: 4, kr_max: 16, xs_max: 1536, f16_math: false },
+                ConvTile { wm: 32, wn: 8, rm: 4, rn: 8, kr_max: 16, xs_max: 1024, f16_math: false },
             ]
         } else {
             vec![ConvTile::default()]
         };
         for &numerics in &args.numerics {
             let mut model = random_decoder(&gpu, &cfg, numerics)?;
+            // Each split with the model's arithmetic (f16 for f16w where the device has shader-f16), and
+            // the default split in f32 too when that differs.
+            let f16_math = model.conv_tile().f16_math;
+            let mut tiles: Vec<ConvTile> = listed.iter().map(|&t| ConvTile { f16_math, ..t }).collect();
+            if f16_math {
+                tiles.push(ConvTile::default());
+            }
             for &tile in &tiles {
                 model.set_conv_tile(tile);
                 let ms = time_decode(&gpu, &model, args.frames, args.iters)?;
                 let per_10s = ms * FRAMES_PER_10S / args.frames as f64;
                 println!(
-                    "{:>5}  tile {}x{} ({}x{} per thread, kr {} xs {}): {ms:9.2} ms per decode, {per_10s:9.2} ms per 10 s of audio, {:.2}x real time, {:.3} TFLOP/s",
+                    "{:>5}  tile {}x{} ({}x{} per thread, kr {} xs {}, {} math): {ms:9.2} ms per decode, {per_10s:9.2} ms per 10 s of audio, {:.2}x real time, {:.3} TFLOP/s",
                     numerics.name(),
                     tile.tm(),
                     tile.tn(),
@@ -174,6 +184,7 @@ mod native {
                     tile.rn,
                     tile.kr_max,
                     tile.xs_max,
+                    if tile.f16_math { "f16" } else { "f32" },
                     10_000.0 / per_10s,
                     flops / (ms * 1e-3) / 1e12
                 );

@@ -1,6 +1,12 @@
-//! Weight-streaming rate of the small-M linear kernel (the decoder step's hot path).
+//! Weight-streaming rate of the small-M linear kernel (the decoder step's hot path), or with `--tiled`
+//! the arithmetic rate of the tiled kernel on the encoder's shapes.
 //!
 //! cargo run --release --example bench_linear -- --rows 16384 --cols 2048 --m 2 --iters 200 --numerics f16w
+//! cargo run --release --example bench_linear -- --tiled --iters 20 --numerics f16w
+//!
+//! `--tiled` times M = 100 and 1000 rows of x against K = 1024 and W of 3072 rows (store), 1024 (accumulate)
+//! and 8192 (SwiGLU), each with the current kernel and with the previous one (`bench_linear_baseline.wgsl`,
+//! a frozen copy kept only here for the comparison), and prints TFLOP/s.
 //!
 //! Other flags: `--epilogue store|acc|swiglu`, `--batch B` (dispatches per command buffer, default 10),
 //! `--threads T --k-threads K --rows-per-thread R` (workgroup shape, default the one `linear` uses), `--sweep` (time every
@@ -32,6 +38,7 @@ struct Args {
     epilogue: dia_webgpu::kernels::linear::LinearEpilogue,
     shape: dia_webgpu::kernels::linear::SmallMShape,
     sweep: bool,
+    tiled: bool,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -48,11 +55,16 @@ fn parse_args() -> Result<Args, String> {
         epilogue: LinearEpilogue::Store,
         shape: SmallMShape { threads: 0, k_threads: 0, rows_per_thread: 0 },
         sweep: false,
+        tiled: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--sweep" {
             a.sweep = true;
+            continue;
+        }
+        if flag == "--tiled" {
+            a.tiled = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -75,8 +87,11 @@ fn parse_args() -> Result<Args, String> {
                     _ => return Err(format!("unknown epilogue {value} (store, acc, swiglu)")),
                 }
             }
-            _ => return Err(format!("unknown flag {flag}; flags: --rows --cols --m --iters --batch --numerics --epilogue --threads --k-threads --rows-per-thread --sweep")),
+            _ => return Err(format!("unknown flag {flag}; flags: --rows --cols --m --iters --batch --numerics --epilogue --threads --k-threads --rows-per-thread --sweep --tiled")),
         }
+    }
+    if a.tiled {
+        return Ok(a);
     }
     let max_m = dia_webgpu::kernels::linear::SMALL_M_MAX;
     if a.m == 0 || a.m > max_m || a.rows == 0 || a.cols == 0 || a.iters == 0 || a.batch == 0 {
@@ -109,6 +124,9 @@ fn bench() -> Result<(), String> {
     use std::time::Instant;
 
     let a = parse_args()?;
+    if a.tiled {
+        return tiled::bench(&a);
+    }
     let weight_bytes = a.rows as u64 * stride_words(a.cols as u32, a.numerics) as u64 * 4;
     let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: weight_bytes, ..Default::default() }).map_err(|e| e.to_string())?;
     println!("adapter: {}", gpu.describe());
@@ -175,4 +193,108 @@ fn bench() -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod tiled {
+    use super::Args;
+    use dia_webgpu::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuOptions};
+    use dia_webgpu::kernels::linear::{linear_tiled, LinearEpilogue, TiledShape};
+    use dia_webgpu::kernels::GpuMatrix;
+    use std::time::Instant;
+
+    /// The tiled kernel this branch replaced, for old-vs-new figures in one run.
+    const BASELINE: &str = include_str!("bench_linear_baseline.wgsl");
+
+    /// The baseline's uniform (same layout as the library's).
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        stride: u32,
+        out_cols: u32,
+        groups: u32,
+        tiles_n: u32,
+        _pad: u32,
+    }
+
+    fn section(name: &str) -> &'static str {
+        let marker = format!("//== section: {name}\n");
+        let start = BASELINE.find(&marker).expect("baseline section") + marker.len();
+        let end = BASELINE[start..].find("//== section: ").map_or(BASELINE.len(), |e| start + e);
+        &BASELINE[start..end]
+    }
+
+    /// The previous 64 × 64, 4 × 4-per-thread kernel on the same buffers.
+    fn baseline(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Dispatch {
+        let (code, name) = match epilogue {
+            LinearEpilogue::Store => (0, "store"),
+            LinearEpilogue::Accumulate => (1, "acc"),
+            LinearEpilogue::SwiGlu => (2, "swiglu"),
+        };
+        let key = format!("bench.linear.tiled.baseline.{}.{name}", w.numerics.name());
+        let pipeline = gpu.pipeline(&key, "tiled", || {
+            let src = format!("{}{}{}", section("common"), section(&format!("access_{}_pair", w.numerics.name())), section("tiled"));
+            specialize(&src, &[("EPILOGUE", code.to_string())])
+        });
+        let out_cols = if epilogue == LinearEpilogue::SwiGlu { w.rows / 2 } else { w.rows };
+        let tiles_n = if epilogue == LinearEpilogue::SwiGlu { out_cols.div_ceil(32) } else { w.rows.div_ceil(64) };
+        let groups = tiles_n * m.div_ceil(64);
+        let params = Params { m, n: w.rows, k: w.cols, stride: w.row_stride_words(), out_cols, groups, tiles_n, _pad: 0 };
+        gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid_1d(groups))
+    }
+
+    /// Seconds per call of `d` (after a warm-up), `iters` calls recorded in batches of `batch`.
+    fn time(gpu: &Gpu, d: &Dispatch, iters: usize, batch: usize) -> Result<f64, String> {
+        let calls: Vec<_> = std::iter::repeat_n(d, batch).collect();
+        gpu.run(&calls);
+        gpu.wait_idle().map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            gpu.run(&calls);
+        }
+        gpu.wait_idle().map_err(|e| e.to_string())?;
+        gpu.check_lost().map_err(|e| e.to_string())?;
+        Ok(start.elapsed().as_secs_f64() / (iters * batch) as f64)
+    }
+
+    pub fn bench(a: &Args) -> Result<(), String> {
+        let k = 1024usize;
+        let cases = [(3072usize, LinearEpilogue::Store), (1024, LinearEpilogue::Accumulate), (8192, LinearEpilogue::SwiGlu)];
+        let max_rows = cases.iter().map(|c| c.0).max().unwrap_or(0);
+        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: (max_rows * k * 4) as u64, ..Default::default() }).map_err(|e| e.to_string())?;
+        println!("adapter: {}", gpu.describe());
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let ms = if a.m > dia_webgpu::kernels::linear::SMALL_M_MAX { vec![a.m] } else { vec![100, 1000] };
+        for m in ms {
+            let x = gpu.upload("x", &(0..m as usize * k).map(|_| next()).collect::<Vec<f32>>());
+            for (rows, epilogue) in cases {
+                let w: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+                let wm = GpuMatrix::upload(&gpu, "w", &w, rows, k, a.numerics).map_err(|e| e.to_string())?;
+                let out_cols = if epilogue == LinearEpilogue::SwiGlu { rows / 2 } else { rows };
+                let y = gpu.buffer("y", (m as usize * out_cols * 4) as u64);
+                let flops = 2.0 * m as f64 * k as f64 * rows as f64;
+                let shape = TiledShape::for_problem(m, rows as u32, epilogue);
+                for (label, d) in [("old", baseline(&gpu, &x, &wm, &y, m, epilogue)), ("new", linear_tiled(&gpu, &x, &wm, &y, m, epilogue))] {
+                    let s = time(&gpu, &d, a.iters, a.batch)?;
+                    let tile = if label == "new" { format!("{}x{} r{} k{}", shape.tm, shape.tn, shape.rm, shape.bk) } else { "64x64 r4 k16".into() };
+                    println!(
+                        "linear tiled {label} {} {epilogue:?}: M={m} K={k} W rows={rows} (tile {tile}): {:9.2} us/call, {:7.3} TFLOP/s",
+                        a.numerics.name(),
+                        s * 1e6,
+                        flops / s / 1e12
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -315,7 +315,8 @@ impl<'g> DacModelBuilder<'g> {
             dec_conv2: self.dec_conv2,
             encoder: self.encoder,
         };
-        Ok(DacModel { config: self.cfg, numerics: self.numerics, tile: ConvTile::default(), w: Arc::new(w) })
+        let tile = ConvTile::preferred(self.store.gpu, self.numerics);
+        Ok(DacModel { config: self.cfg, numerics: self.numerics, tile, w: Arc::new(w) })
     }
 }
 
@@ -379,7 +380,8 @@ impl DacModel {
         DacModel::load(gpu, &cfg, &Checkpoint::open_dir(dir)?, numerics, load_encoder)
     }
 
-    /// The convolution work split used by decoders and encodes made from now on (tuning knob).
+    /// The convolution work split used by decoders and encodes made from now on (tuning knob; encodes
+    /// ignore its `f16_math`).
     pub fn set_conv_tile(&mut self, tile: ConvTile) {
         self.tile = tile;
     }
@@ -452,7 +454,8 @@ impl DacModel {
             return Ok(Vec::new());
         }
         let w = &*self.w;
-        let tile = self.tile;
+        // f32 arithmetic here even where decoding uses f16: the codes are argmins, sensitive to near-ties.
+        let tile = ConvTile { f16_math: false, ..self.tile };
         // Widest activation: conv1's output or any block's strided output.
         let mut act = self.config.encoder_hidden * pcm.len();
         for (blk, len) in e.blocks.iter().zip(&lens[2..]) {

@@ -211,8 +211,10 @@ pub struct ConvFusion<'a> {
 }
 
 /// Work split of the convolution kernel: a workgroup of 256 = `wm`·`wn` threads computes `wm·rm` output
-/// channels × `wn·rn` time steps; `kr_max` reduction rows (power of two ≤ 256) and `xs_max` input words are
-/// staged per chunk. Workgroup memory is `4·(kr_max·(wm·rm + 1) + xs_max)` bytes (≤ 16 KiB).
+/// channels × `wn·rn` time steps, `rm` (4 or 8) × `rn` per thread; `kr_max` reduction rows (power of two
+/// ≤ 256) and `xs_max` input words are staged per chunk. Workgroup memory is `4·(kr_max·(wm·rm + 4) + xs_max)`
+/// bytes (≤ 16 KiB). `f16_math`: stage activations and weights as f16 and multiply in f16 (each chunk's
+/// ≤ `kr_max` products summed in f16, chunks in f32); needs the device's `shader-f16` feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvTile {
     pub wm: u32,
@@ -221,15 +223,27 @@ pub struct ConvTile {
     pub rn: u32,
     pub kr_max: u32,
     pub xs_max: u32,
+    pub f16_math: bool,
 }
 
 impl Default for ConvTile {
     fn default() -> ConvTile {
-        ConvTile { wm: 16, wn: 16, rm: 4, rn: 4, kr_max: 32, xs_max: 1536 }
+        // 128 × 128 outputs, 8 × 8 per thread (64 FMAs per 10 shared loads); 16 reduction rows and
+        // the rest of 16 KiB for input spans (dilation 9 × 6 taps + 128 columns per channel).
+        ConvTile { wm: 16, wn: 16, rm: 8, rn: 8, kr_max: 16, xs_max: 1984, f16_math: false }
     }
 }
 
 impl ConvTile {
+    /// The default split, with f16 arithmetic for f16 weights where a GPU has `shader-f16` (twice the
+    /// FMA rate with packed f16; CPU adapters emulate f16 and only lose by it).
+    pub fn preferred(gpu: &Gpu, numerics: Numerics) -> ConvTile {
+        let f16_math = numerics == Numerics::F16W
+            && gpu.features.contains(wgpu::Features::SHADER_F16)
+            && gpu.info.device_type != wgpu::DeviceType::Cpu;
+        ConvTile { f16_math, ..ConvTile::default() }
+    }
+
     pub fn tm(&self) -> u32 {
         self.wm * self.rm
     }
@@ -240,8 +254,10 @@ impl ConvTile {
 
     fn check(&self) {
         assert_eq!(self.wm * self.wn, 256, "ConvTile: wm·wn must be 256");
+        assert!(self.rm == 4 || self.rm == 8, "ConvTile: rm must be 4 or 8");
+        assert!(self.rn > 0, "ConvTile: rn must be positive");
         assert!(self.kr_max.is_power_of_two() && self.kr_max <= 256, "ConvTile: kr_max must be a power of two ≤ 256");
-        let bytes = 4 * (self.kr_max * (self.tm() + 1) + self.xs_max);
+        let bytes = 4 * (self.kr_max * (self.tm() + 4) + self.xs_max);
         assert!(bytes <= 16384, "ConvTile uses {bytes} bytes of workgroup memory (> 16 KiB)");
     }
 
@@ -288,9 +304,14 @@ struct ConvParams {
 fn pipeline(gpu: &Gpu, numerics: Numerics, tile: ConvTile, fusion: &ConvFusion) -> std::sync::Arc<wgpu::ComputePipeline> {
     tile.check();
     let snake = fusion.snake_alpha.is_some();
+    assert!(
+        !tile.f16_math || gpu.features.contains(wgpu::Features::SHADER_F16),
+        "ConvTile::f16_math needs a device with shader-f16"
+    );
     let key = format!(
-        "dac_conv:{}:{}x{}x{}x{}:{}:{}:s{}a{}t{}",
+        "dac_conv:{}:{}:{}x{}x{}x{}:{}:{}:s{}a{}t{}",
         numerics.name(),
+        if tile.f16_math { "h" } else { "f" },
         tile.wm,
         tile.wn,
         tile.rm,
@@ -330,6 +351,9 @@ fn pipeline(gpu: &Gpu, numerics: Numerics, tile: ConvTile, fusion: &ConvFusion) 
                 ("XS_MAX", tile.xs_max.to_string()),
                 ("ACCUMULATE", fusion.accumulate.to_string()),
                 ("TANH", fusion.tanh.to_string()),
+                ("ENABLE_F16", if tile.f16_math { "enable f16;" } else { "" }.to_string()),
+                ("H", if tile.f16_math { "f16" } else { "f32" }.to_string()),
+                ("HALF", tile.f16_math.to_string()),
             ],
         )
     })

@@ -11,9 +11,8 @@ const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
 pub const SMALL_M_MAX: u32 = 16;
 /// Partial sums a small-M workgroup may hold: 4096 f32 = 16 KiB of workgroup memory.
 const SMALL_M_PARTIALS: u32 = 4096;
-/// Output tile of the tiled schedule (x rows × weight rows), and its output columns under SwiGLU.
-const TILE: u32 = 64;
-const TILE_SWIGLU: u32 = 32;
+/// Workgroups the tiled schedule aims for when choosing its tile (a big GPU has ~100+ cores).
+const TILED_MIN_GROUPS: u32 = 128;
 
 /// What the kernel does with each output value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,24 +242,101 @@ fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
     }
 }
 
+/// Work split of the tiled schedule: a workgroup computes `tm` x rows × `tn` weight rows (`tn / 2`
+/// outputs under SwiGLU) with (`tm / rm`)·(`tn / 8`) threads, each owning `rm` × 8 outputs, and stages
+/// `bk` columns of K per barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TiledShape {
+    pub tm: u32,
+    pub tn: u32,
+    pub rm: u32,
+    pub bk: u32,
+}
+
+impl TiledShape {
+    /// 128 × 128, 8 × 8 per thread: the most arithmetic per shared load, for large M·N.
+    pub const LARGE: TiledShape = TiledShape { tm: 128, tn: 128, rm: 8, bk: 8 };
+    /// 64 × 128, 4 × 8 per thread.
+    pub const MEDIUM: TiledShape = TiledShape { tm: 64, tn: 128, rm: 4, bk: 8 };
+    /// 64 × 64, 4 × 8 per thread (128 threads).
+    pub const SMALL: TiledShape = TiledShape { tm: 64, tn: 64, rm: 4, bk: 16 };
+    /// 32 × 64, 4 × 8 per thread (64 threads): enough workgroups for M ≈ 100 on a big GPU.
+    pub const TINY: TiledShape = TiledShape { tm: 32, tn: 64, rm: 4, bk: 16 };
+    /// Largest first; `for_problem` walks this list.
+    pub const ALL: [TiledShape; 4] = [TiledShape::LARGE, TiledShape::MEDIUM, TiledShape::SMALL, TiledShape::TINY];
+
+    /// The largest shape that still gives `TILED_MIN_GROUPS` workgroups (a big GPU has ~100+ cores
+    /// to fill), else the smallest one.
+    pub fn for_problem(m: u32, w_rows: u32, epilogue: LinearEpilogue) -> TiledShape {
+        let fallback = TiledShape::ALL[TiledShape::ALL.len() - 1];
+        TiledShape::ALL.into_iter().find(|s| s.groups(m, w_rows, epilogue) >= TILED_MIN_GROUPS).unwrap_or(fallback)
+    }
+
+    pub fn threads(self) -> u32 {
+        (self.tm / self.rm) * (self.tn / 8)
+    }
+
+    /// Whether the kernel supports this shape: rm 4 or 8 dividing tm, tn and bk multiples of 8 and 4,
+    /// ≤ 256 threads, ≤ 16 KiB of staged tiles.
+    pub fn fits(self) -> bool {
+        let smem = 4 * self.bk * (self.tm + 4 + self.tn + 4);
+        (self.rm == 4 || self.rm == 8)
+            && self.tm > 0
+            && self.tm.is_multiple_of(self.rm)
+            && self.tn.is_multiple_of(8)
+            && self.tn > 0
+            && self.bk.is_multiple_of(4)
+            && self.bk > 0
+            && self.threads() <= 256
+            && smem <= 16384
+    }
+
+    fn tiles_n(self, w_rows: u32, epilogue: LinearEpilogue) -> u32 {
+        match epilogue {
+            LinearEpilogue::SwiGlu => (w_rows / 2).div_ceil(self.tn / 2),
+            _ => w_rows.div_ceil(self.tn),
+        }
+    }
+
+    fn groups(self, m: u32, w_rows: u32, epilogue: LinearEpilogue) -> u32 {
+        self.tiles_n(w_rows, epilogue) * m.div_ceil(self.tm)
+    }
+}
+
 /// The tiled matrix–matrix schedule (any m), for tests and benchmarks; `linear` chooses it itself.
 pub fn linear_tiled(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Dispatch {
+    linear_tiled_shaped(gpu, x, w, y, m, epilogue, TiledShape::for_problem(m, w.rows, epilogue))
+}
+
+/// The tiled schedule with an explicit work split (tests and benchmarks).
+pub fn linear_tiled_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: TiledShape) -> Dispatch {
+    assert!(shape.fits(), "linear_tiled: unsupported {shape:?}");
     let out_cols = check_shapes(x, w, y, m, epilogue);
-    let key = format!("linear.tiled.{}.{}", w.numerics.name(), epilogue.name());
+    // 16-byte x loads (and 8-byte f16 weight loads) need whole 4-column groups in every row.
+    let access = if w.cols.is_multiple_of(4) { "vec4" } else { "scalar" };
+    let TiledShape { tm, tn, rm, bk } = shape;
+    let key = format!("linear.tiled.{}.{access}.{}.{tm}x{tn}.r{rm}.k{bk}", w.numerics.name(), epilogue.name());
     let pipeline = gpu.pipeline(&key, "tiled", || {
         let src = format!(
             "{}{}{}",
             section("common"),
-            section(&format!("access_{}_pair", w.numerics.name())),
+            section(&format!("tiled_access_{}_{access}", w.numerics.name())),
             section("tiled")
         );
-        specialize(&src, &[("EPILOGUE", epilogue.code().to_string())])
+        specialize(
+            &src,
+            &[
+                ("EPILOGUE", epilogue.code().to_string()),
+                ("TM", tm.to_string()),
+                ("TN", tn.to_string()),
+                ("RM", rm.to_string()),
+                ("BK", bk.to_string()),
+                ("THREADS", shape.threads().to_string()),
+            ],
+        )
     });
-    let tiles_n = match epilogue {
-        LinearEpilogue::SwiGlu => out_cols.div_ceil(TILE_SWIGLU),
-        _ => w.rows.div_ceil(TILE),
-    };
-    let groups = tiles_n * m.div_ceil(TILE);
+    let tiles_n = shape.tiles_n(w.rows, epilogue);
+    let groups = shape.groups(m, w.rows, epilogue);
     let params = Params {
         m,
         n: w.rows,
