@@ -5,8 +5,8 @@
 //! cargo run --release --example bench_linear -- --tiled --iters 20 --numerics f16w
 //!
 //! `--tiled` times M = 100 and 1000 rows of x against K = 1024 and W of 3072 rows (store), 1024 (accumulate)
-//! and 8192 (SwiGLU), each with the current kernel and with the previous one (`bench_linear_baseline.wgsl`,
-//! a frozen copy kept only here for the comparison), and prints TFLOP/s.
+//! and 8192 (SwiGLU) and prints TFLOP/s (the H100 figures before and after the register-tiled kernel are in
+//! docs/performance.md).
 //!
 //! Other flags: `--epilogue store|acc|swiglu`, `--batch B` (dispatches per command buffer, default 10),
 //! `--threads T --k-threads K --rows-per-thread R` (workgroup shape, default the one `linear` uses), `--sweep` (time every
@@ -198,53 +198,10 @@ fn bench() -> Result<(), String> {
 #[cfg(not(target_arch = "wasm32"))]
 mod tiled {
     use super::Args;
-    use dia_webgpu::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuOptions};
+    use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::linear::{linear_tiled, LinearEpilogue, TiledShape};
     use dia_webgpu::kernels::GpuMatrix;
     use std::time::Instant;
-
-    /// The tiled kernel this branch replaced, for old-vs-new figures in one run.
-    const BASELINE: &str = include_str!("bench_linear_baseline.wgsl");
-
-    /// The baseline's uniform (same layout as the library's).
-    #[repr(C)]
-    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-    struct Params {
-        m: u32,
-        n: u32,
-        k: u32,
-        stride: u32,
-        out_cols: u32,
-        groups: u32,
-        tiles_n: u32,
-        _pad: u32,
-    }
-
-    fn section(name: &str) -> &'static str {
-        let marker = format!("//== section: {name}\n");
-        let start = BASELINE.find(&marker).expect("baseline section") + marker.len();
-        let end = BASELINE[start..].find("//== section: ").map_or(BASELINE.len(), |e| start + e);
-        &BASELINE[start..end]
-    }
-
-    /// The previous 64 × 64, 4 × 4-per-thread kernel on the same buffers.
-    fn baseline(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Dispatch {
-        let (code, name) = match epilogue {
-            LinearEpilogue::Store => (0, "store"),
-            LinearEpilogue::Accumulate => (1, "acc"),
-            LinearEpilogue::SwiGlu => (2, "swiglu"),
-        };
-        let key = format!("bench.linear.tiled.baseline.{}.{name}", w.numerics.name());
-        let pipeline = gpu.pipeline(&key, "tiled", || {
-            let src = format!("{}{}{}", section("common"), section(&format!("access_{}_pair", w.numerics.name())), section("tiled"));
-            specialize(&src, &[("EPILOGUE", code.to_string())])
-        });
-        let out_cols = if epilogue == LinearEpilogue::SwiGlu { w.rows / 2 } else { w.rows };
-        let tiles_n = if epilogue == LinearEpilogue::SwiGlu { out_cols.div_ceil(32) } else { w.rows.div_ceil(64) };
-        let groups = tiles_n * m.div_ceil(64);
-        let params = Params { m, n: w.rows, k: w.cols, stride: w.row_stride_words(), out_cols, groups, tiles_n, _pad: 0 };
-        gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid_1d(groups))
-    }
 
     /// Seconds per call of `d` (after a warm-up), `iters` calls recorded in batches of `batch`.
     fn time(gpu: &Gpu, d: &Dispatch, iters: usize, batch: usize) -> Result<f64, String> {
@@ -283,16 +240,18 @@ mod tiled {
                 let y = gpu.buffer("y", (m as usize * out_cols * 4) as u64);
                 let flops = 2.0 * m as f64 * k as f64 * rows as f64;
                 let shape = TiledShape::for_problem(m, rows as u32, epilogue);
-                for (label, d) in [("old", baseline(&gpu, &x, &wm, &y, m, epilogue)), ("new", linear_tiled(&gpu, &x, &wm, &y, m, epilogue))] {
-                    let s = time(&gpu, &d, a.iters, a.batch)?;
-                    let tile = if label == "new" { format!("{}x{} r{} k{}", shape.tm, shape.tn, shape.rm, shape.bk) } else { "64x64 r4 k16".into() };
-                    println!(
-                        "linear tiled {label} {} {epilogue:?}: M={m} K={k} W rows={rows} (tile {tile}): {:9.2} us/call, {:7.3} TFLOP/s",
-                        a.numerics.name(),
-                        s * 1e6,
-                        flops / s / 1e12
-                    );
-                }
+                let d = linear_tiled(&gpu, &x, &wm, &y, m, epilogue);
+                let s = time(&gpu, &d, a.iters, a.batch)?;
+                println!(
+                    "linear tiled {} {epilogue:?}: M={m} K={k} W rows={rows} (tile {}x{} r{} k{}): {:9.2} us/call, {:7.3} TFLOP/s",
+                    a.numerics.name(),
+                    shape.tm,
+                    shape.tn,
+                    shape.rm,
+                    shape.bk,
+                    s * 1e6,
+                    flops / s / 1e12
+                );
             }
         }
         Ok(())
