@@ -1,4 +1,4 @@
-//! `shaders/kv_cache.wgsl`: in-place KV-cache update that writes only the new rows.
+//! `shaders/kv_cache.wgsl`: in-place KV-cache update that writes only the new rows, RoPE applied on the way.
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 
 const SHADER: &str = include_str!("../../../shaders/kv_cache.wgsl");
@@ -20,24 +20,10 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// For each source row m < rows with (seq, pos) = (qinfo[2m], qinfo[2m+1]):
-///   k_cache[(seq·max_len + pos)·width + i] = src[m·row_stride + k_col + i]
-///   v_cache[(seq·max_len + pos)·width + i] = src[m·row_stride + v_col + i]     for i < width.
-/// Rows with pos ≥ max_len or seq beyond the cache are skipped (they would land in another sequence's rows).
-/// qinfo is read when the dispatch runs, so the same dispatch serves every decoder step.
-#[allow(clippy::too_many_arguments)]
-pub fn kv_write(gpu: &Gpu, src: &GpuBuffer, qinfo: &GpuBuffer, k_cache: &GpuBuffer, v_cache: &GpuBuffer, rows: u32, row_stride: u32, k_col: u32, v_col: u32, width: u32, max_len: u32) -> Dispatch {
-    assert!(width > 0 && max_len > 0, "kv_write: width and max_len must be positive");
-    let pipeline = gpu.pipeline("kv_cache.kv_write", "kv_write", || specialize(SHADER, &[]));
-    let grid = grid_1d((rows as u64 * width as u64).div_ceil(WORKGROUP as u64) as u32);
-    let params = Params { rows, row_stride, k_col, v_col, width, max_len, groups_x: grid[0], q_heads: 0, head_dim: 0, max_pos: 0, _pad: [0; 2] };
-    gpu.dispatch(&pipeline, &params, &[src, qinfo, k_cache, v_cache], grid)
-}
-
 /// RoPE and the cache write in one dispatch, for source rows laid out [Q heads | K heads | V] (the fused
 /// projection, row stride `row_stride`, `q_heads` query heads and `width / head_dim` key heads of `head_dim`):
 /// rotates Q in place and writes the rotated K and the V of row m to (seq, pos) = (qinfo[2m], qinfo[2m+1])
-/// of the caches, as `rope` followed by `kv_write` would (K is not written back to the source).
+/// of the caches, as `rope` followed by a plain copy would (K is not written back to the source).
 /// cos/sin are `rope::rope_tables` for head_dim; a position beyond them is left unrotated.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv_write(
