@@ -108,16 +108,21 @@ impl SmallMShape {
         self.threads / self.k_threads.max(1) * self.rows_per_thread
     }
 
-    /// The shape `linear` uses for an `n × k` matrix at this M. Measured on an H100 (bench_linear --sweep, M = 2,
-    /// the decoder's matrices): one row per thread group beats x reuse across rows (2–4 rows per thread were
-    /// 15–35 % slower), and the fewest threads along K that still give ≥ 512 workgroups win
-    /// (2048×2048: 64 → 775 GB/s vs 32 → 687; 9252×2048: 16 → 1539 vs 32 → 1384).
+    /// The shape `linear` uses for an `n × k` matrix at this M. Measured on an H100 with the generated
+    /// straight-line loop (bench_linear --sweep, M = 2, the decoder's matrices): 128 threads, 2 rows per thread
+    /// (4 for the wide gate/up and logits matrices), 64 threads along K for the 2048-row and the long-K matrices
+    /// and 32 otherwise — 1.2–1.9× the one-row-per-group shape on each matrix.
     pub fn for_shape(m: u32, n: u32, k: u32) -> SmallMShape {
         let m = m.max(1);
-        let k_max = chunks_per_row(k).next_power_of_two().clamp(4, 64);
-        let k_threads = [16, 32, 64].into_iter().find(|&kt| kt <= k_max && n.div_ceil(256 / kt) >= 512).unwrap_or(k_max);
-        let mut shape = SmallMShape { threads: 256, k_threads, rows_per_thread: 1 };
-        while shape.threads > k_threads && !shape.fits(m) {
+        let chunks = chunks_per_row(k);
+        let k_max = chunks.next_power_of_two().clamp(4, 64);
+        let k_threads = (if n <= 2048 || chunks >= 1024 { 64 } else { 32 }).min(k_max);
+        let wide = if n >= 8192 { 4 } else { 2 };
+        let mut shape = SmallMShape { threads: 128, k_threads, rows_per_thread: (wide * 2 / m).max(1) };
+        while !shape.fits(m) && shape.rows_per_thread > 1 {
+            shape.rows_per_thread /= 2;
+        }
+        while !shape.fits(m) && shape.threads > k_threads {
             shape.threads /= 2;
         }
         // A single thread group needs two rows per thread for SwiGLU pairs.
