@@ -248,8 +248,6 @@ const NR: u32 = {{NR}}u;     // query heads per workgroup; NR · CH ≤ DWG
 // One chunk holds every key (the grid has one chunk per row): write the normalised output, no combine pass.
 const SINGLE: bool = {{SINGLE}};
 const DL: u32 = 8u;          // lanes per key in the score phase (lane t owns dims t, t + DL, ...)
-const DT: u32 = DWG / DL;    // keys scored at once
-const DDP: u32 = {{DDP}}u;   // ceil(HD / DL)
 const VG: u32 = DWG / HD;    // key groups in the V phase (thread = column × key group)
 
 // The scratch, or under SINGLE the output (row stride heads · HD).

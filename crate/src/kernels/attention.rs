@@ -9,9 +9,8 @@ const SHADER: &str = include_str!("../../../shaders/attention.wgsl");
 const WORKGROUP: u32 = 128;
 /// Query rows per prefill workgroup (128 threads, 4 lanes per query).
 const PREFILL_QUERIES: u32 = 32;
-/// Lanes per query in prefill and per key in decode (shader constants TD and DL).
+/// Lanes per query in prefill (shader constant TD).
 const PREFILL_LANES: u32 = 4;
-const DECODE_LANES: u32 = 8;
 /// Most query heads one decode workgroup serves (they share a kv head), and the scores a workgroup holds:
 /// a chunk has min(128, 256 / heads per workgroup) keys (64 for Dia's 4 query heads per kv head: 3072 keys →
 /// 48 chunks × 4 head groups × 2 rows = 384 workgroups per layer; 128 for its cross-attention).
@@ -106,7 +105,6 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bo
                 ("BK", key_tile.to_string()),
                 ("CH", chunk.to_string()),
                 ("SINGLE", single.to_string()),
-                ("DDP", head_dim.div_ceil(DECODE_LANES).to_string()),
                 ("NR", decode_heads.to_string()),
                 ("DECODE_SCORES", code.scores.clone()),
                 ("DECODE_V", code.v.clone()),
@@ -193,7 +191,7 @@ fn decode_code(hd: u32, nr: u32, chunk: u32) -> DecodeCode {
     for pass in 0..passes {
         for h in 0..nr {
             let terms: Vec<String> = (0..dims).map(|i| format!("q_{h}_{i} * k_{pass}_{i}")).collect();
-            let _ = writeln!(scores, "    d_part[({h}u * CH + {}u + kl) * DL + t] = {};", pass * THREADS / DL, tree_sum(&terms));
+            let _ = writeln!(scores, "    d_part[({h}u * CH + {}u + kl) * DL + t] = {};", pass * THREADS / DL, super::wgsl_tree_sum(&terms));
         }
     }
 
@@ -229,13 +227,4 @@ fn decode_code(hd: u32, nr: u32, chunk: u32) -> DecodeCode {
         let _ = writeln!(combine_round, "            acc += select(0.0, c_w[cc_{u}] * pv_{u}, c + {u}u < nc);");
     }
     DecodeCode { scores, v, combine_round }
-}
-
-/// `a + b + …` as a balanced tree.
-fn tree_sum(terms: &[String]) -> String {
-    match terms.len() {
-        0 => "0.0".into(),
-        1 => terms[0].clone(),
-        n => format!("({} + {})", tree_sum(&terms[..n / 2]), tree_sum(&terms[n / 2..])),
-    }
 }

@@ -419,17 +419,8 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool) -> Sm
         }
         let _ = writeln!(stores, "    }}");
     }
-    SmallMCode { decls, body, stores, lane_sum: pairwise_sum(0, k_threads) }
-}
-
-/// `red[b + lo] + … + red[b + hi - 1]` as a balanced tree (independent loads, short dependency chains).
-fn pairwise_sum(lo: u32, hi: u32) -> String {
-    if hi - lo == 1 {
-        format!("red[b + {lo}u]")
-    } else {
-        let mid = lo + (hi - lo) / 2;
-        format!("({} + {})", pairwise_sum(lo, mid), pairwise_sum(mid, hi))
-    }
+    let lanes: Vec<String> = (0..k_threads).map(|j| format!("red[b + {j}u]")).collect();
+    SmallMCode { decls, body, stores, lane_sum: super::wgsl_tree_sum(&lanes) }
 }
 
 /// Checks buffer sizes against the shapes; returns the number of output columns.

@@ -121,3 +121,13 @@ pub fn weight_decl(numerics: Numerics, binding: u32) -> String {
         ),
     }
 }
+
+/// `a + b + …` as a balanced tree of WGSL additions (independent loads, short dependency chains) for the
+/// generated straight-line kernel code.
+pub(crate) fn wgsl_tree_sum(terms: &[String]) -> String {
+    match terms.len() {
+        0 => "0.0".into(),
+        1 => terms[0].clone(),
+        n => format!("({} + {})", wgsl_tree_sum(&terms[..n / 2]), wgsl_tree_sum(&terms[n / 2..])),
+    }
+}
