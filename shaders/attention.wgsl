@@ -6,6 +6,8 @@
 //   decode_partial:  split-K, a workgroup = (query heads sharing a kv head, key chunk, row): chunk max, sum and
 //                    weighted V to scratch.
 //   decode_combine:  a workgroup = (head, row): merges the chunks that hold visible keys.
+// The appending specialisation of the decode pair (a decoder step's self-attention) rotates the query on load,
+// takes the row's new key from the fused QKV row, and the combine writes that key into the caches.
 //
 // Logits can be large (no 1/sqrt(d)): all softmax arithmetic is max-subtracted in f32. A query that sees no key
 // writes zeros. Every buffer access is bounds-checked (ragged shapes, fused or shared buffers).
@@ -252,6 +254,31 @@ const VG: u32 = DWG / HD;    // key groups in the V phase (thread = column × ke
 
 // The scratch, or under SINGLE the output (row stride heads · HD).
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
+// Appending decode (self-attention of a step, `attention_decode_appending`): RoPE tables `[max_pos, HD / 2]`.
+// Only the generated code of that specialisation refers to them (through `rope_cs`).
+@group(0) @binding(7) var<storage, read> rope_cos_t: array<f32>;
+@group(0) @binding(8) var<storage, read> rope_sin_t: array<f32>;
+
+// (cos, sin) of rotary pair i at position pos; a position past the tables rotates nothing.
+fn rope_cs(pos: u32, i: u32) -> vec2<f32> {
+    let j = pos * (HD / 2u) + i;
+    if j < arrayLength(&rope_cos_t) && j < arrayLength(&rope_sin_t) {
+        return vec2<f32>(rope_cos_t[j], rope_sin_t[j]);
+    }
+    return vec2<f32>(1.0, 0.0);
+}
+
+fn store_partial(i: u32, x: f32) {
+    if i < arrayLength(&partials) {
+        partials[i] = x;
+    }
+}
+
+// Appending decode: where the new key's rotated K (HD words) and its V (HD words) of (row, kv head g) are
+// staged, after the chunk entries.
+fn new_key_slot(row: u32, g: u32) -> u32 {
+    return p.rows * p.heads * p.n_chunks * (HD + 2u) + (row * (p.heads / p.n_rep) + g) * 2u * HD;
+}
 
 var<workgroup> d_part: array<f32, NR * CH * DL>;  // lane-partial dots [head][key][lane]
 var<workgroup> d_prob: array<f32, NR * CH>;       // scores, then exp(score - chunk max)
@@ -357,6 +384,34 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
 
 @group(0) @binding(3) var<storage, read> partials_in: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out_c: array<f32>;
+// Appending decode: the K and V caches the new key goes into.
+@group(0) @binding(5) var<storage, read_write> kcache_c: array<f32>;
+@group(0) @binding(6) var<storage, read_write> vcache_c: array<f32>;
+
+// Appending decode: the first head of each kv head's group copies the new key's staged K and V into the caches
+// at (seq, pos). No pass of this step reads that cache row any more (the partials took the new key from the
+// QKV row), and the next step's partials run after this pass.
+fn append_new_key(lid: u32, h: u32, row: u32) {
+    if h % p.n_rep != 0u || visible_keys(row) == 0u {
+        return;
+    }
+    let pos = qinfo[2u * row + 1u];
+    let s = qinfo[2u * row];
+    if pos >= seqs[2u * s + 1u] {
+        return;
+    }
+    let g = h / p.n_rep;
+    let slot = new_key_slot(row, g);
+    let dst = (seqs[2u * s] + pos) * p.kv_stride + g * HD;
+    for (var d = lid; d < HD; d += WG) {
+        if dst + p.k_col + d < arrayLength(&kcache_c) {
+            kcache_c[dst + p.k_col + d] = partial_at(slot + d);
+        }
+        if dst + p.v_col + d < arrayLength(&vcache_c) {
+            vcache_c[dst + p.v_col + d] = partial_at(slot + HD + d);
+        }
+    }
+}
 
 fn partial_at(i: u32) -> f32 {
     if i < arrayLength(&partials_in) { return partials_in[i]; }
@@ -418,4 +473,5 @@ fn decode_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
             out_c[o_base + d] = acc * inv;
         }
     }
+{{COMBINE_APPEND}}
 }

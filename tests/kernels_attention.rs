@@ -385,6 +385,112 @@ fn rope_kv_write_rotates_and_writes_new_rows() {
     }
 }
 
+/// A decoder step's self-attention with RoPE and the cache update folded in (`attention_decode_appending`),
+/// stepped several times through the same dispatches, against the CPU: queries rotated at their positions (past
+/// the tables: unrotated), each row's new K (rotated) and V attended and appended to the caches at (seq, pos), a
+/// position past the cache attending over it without writing, the fused QKV source left untouched.
+#[test]
+fn attention_decode_appending_matches_rope_then_attention() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(31);
+    for (hd, heads, kv_heads, max_pos) in [(16usize, 4usize, 2usize, 3072usize), (128, 16, 4, 3072), (32, 4, 4, 150)] {
+        let (n_seq, max_len) = (4usize, 300usize);
+        let width = kv_heads * hd;
+        let stride = heads * hd + 2 * width + 3; // fused projection rows [Q | K | V] + unrelated columns
+        let (cos, sin) = rope_tables(max_pos, hd, 10000.0);
+        let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
+        // Sequence 3 has a shorter cache view: its last step's position lies past it.
+        let seqs: Vec<u32> = (0..n_seq).flat_map(|s| [(s * max_len) as u32, if s == 3 { 140 } else { max_len as u32 }]).collect();
+        let mut k_cache = rng.vec(n_seq * max_len * width, 1.0);
+        let mut v_cache = rng.vec(n_seq * max_len * width, 1.0);
+        let (kb, vb) = (gpu.upload("k_cache", &k_cache), gpu.upload("v_cache", &v_cache));
+        let rows = 4usize;
+        let qkv_b = gpu.buffer("qkv", (rows * stride * 4) as u64);
+        let qinfo_b = gpu.buffer("qinfo", (rows * 8) as u64);
+        let seqs_b = gpu.upload("seqs", &seqs);
+        let out = gpu.buffer("out", (rows * heads * hd * 4) as u64);
+        let args = AttentionArgs {
+            q_buf: &qkv_b,
+            q_stride: stride as u32,
+            q_col: 0,
+            k_buf: &kb,
+            v_buf: &vb,
+            kv_stride: width as u32,
+            k_col: 0,
+            v_col: 0,
+            qinfo: &qinfo_b,
+            seqs: &seqs_b,
+            out: &out,
+            rows: rows as u32,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            head_dim: hd as u32,
+            causal: true,
+            max_keys: max_len as u32,
+        };
+        assert!(dia_webgpu::kernels::attention::can_append_in_decode(&args));
+        let step = dia_webgpu::kernels::attention::attention_decode_appending(&gpu, &args, &cb, &sb);
+        let half = hd / 2;
+        let rotate = |v: &[f32], pos: usize| -> Vec<f32> {
+            if pos >= max_pos {
+                return v.to_vec();
+            }
+            let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+            (0..hd).map(|i| if i < half { v[i] * c[i] - v[i + half] * s[i] } else { v[i] * c[i - half] + v[i - half] * s[i - half] }).collect()
+        };
+        // Rows: seq 0 from position 0, seq 1 across a chunk edge, seq 2 past the RoPE tables of the last case,
+        // seq 3 reaching past its cache view. Row order shuffled against seq order.
+        let starts = [(2usize, 160usize), (0, 0), (3, 138), (1, 62)];
+        for i in 0..4 {
+            let qinfo: Vec<u32> = starts.iter().flat_map(|&(s, p0)| [s as u32, (p0 + i) as u32]).collect();
+            let x = rng.vec(rows * stride, 0.5);
+            gpu.write(&qkv_b, &x);
+            gpu.write(&qinfo_b, &qinfo);
+            gpu.write(&out, &vec![f32::NAN; rows * heads * hd]);
+            gpu.run(&step.iter().collect::<Vec<_>>());
+            // CPU: rotate the queries, append the new keys, attend over the caches.
+            let mut q = vec![0f32; rows * heads * hd];
+            for m in 0..rows {
+                let (seq, pos) = (qinfo[2 * m] as usize, qinfo[2 * m + 1] as usize);
+                let row = &x[m * stride..][..stride];
+                for h in 0..heads {
+                    q[(m * heads + h) * hd..][..hd].copy_from_slice(&rotate(&row[h * hd..][..hd], pos));
+                }
+                if pos < seqs[2 * seq + 1] as usize {
+                    let dst = (seq * max_len + pos) * width;
+                    for g in 0..kv_heads {
+                        k_cache[dst + g * hd..][..hd].copy_from_slice(&rotate(&row[(heads + g) * hd..][..hd], pos));
+                    }
+                    v_cache[dst..dst + width].copy_from_slice(&row[heads * hd + width..][..width]);
+                }
+            }
+            let p = Problem {
+                q,
+                q_stride: heads * hd,
+                q_col: 0,
+                k: k_cache.clone(),
+                v: Some(v_cache.clone()),
+                kv_stride: width,
+                k_col: 0,
+                v_col: 0,
+                qinfo: qinfo.clone(),
+                seqs: seqs.clone(),
+                rows,
+                heads,
+                kv_heads,
+                head_dim: hd,
+                causal: true,
+            };
+            let what = format!("hd {hd} heads {heads}/{kv_heads} step {i}");
+            check(&p, &qinfo, &gpu.read_f32_blocking(&out).unwrap(), &what);
+            let e = rel_err(&gpu.read_f32_blocking(&kb).unwrap(), &k_cache);
+            assert!(e <= 1e-6, "{what}: k cache rel err {e:.3e}");
+            assert_eq!(gpu.read_f32_blocking(&vb).unwrap(), v_cache, "{what}: v cache");
+            assert_eq!(gpu.read_f32_blocking(&qkv_b).unwrap(), x, "{what}: the QKV rows must stay unrotated");
+        }
+    }
+}
+
 /// Timings at the real model's shapes (head_dim 128), for a real GPU:
 /// `cargo test --release --test kernels_attention -- --ignored --nocapture`. Decoder self-attention decode over a
 /// full 3072-row cache, cross-attention decode over 1024 keys, encoder prefill over 2 × 1024 tokens, decoder prefill

@@ -32,11 +32,11 @@ mod native {
 
     use dia_webgpu::config::{DacConfig, DiaConfig};
     use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
-    use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText};
+    use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText, StepPart};
     use dia_webgpu::dia::tokenizer::encode_text;
     use dia_webgpu::dia::{DiaError, DiaModel, DiaModelBuilder, GenerateOptions, Session};
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
-    use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
+    use dia_webgpu::kernels::attention::{attention_prefill, AttentionArgs};
     use dia_webgpu::kernels::linear::{linear, linear_rows, linear_small_m_shaped, LinearEpilogue, SmallMShape};
     use dia_webgpu::kernels::norm::rmsnorm;
     use dia_webgpu::kernels::sampling::SamplingParams;
@@ -460,15 +460,14 @@ mod native {
 
     /// Seconds per pass of `dispatches`, recorded into one compute pass and submitted `passes` times back
     /// to back (like decoder steps) after a short warm-up.
-    fn time_passes(gpu: &Gpu, dispatches: &[Dispatch], passes: usize) -> Result<f64> {
-        let refs: Vec<&Dispatch> = dispatches.iter().collect();
+    fn time_passes(gpu: &Gpu, dispatches: &[&Dispatch], passes: usize) -> Result<f64> {
         for _ in 0..3 {
-            gpu.run(&refs);
+            gpu.run(dispatches);
         }
         gpu.wait_idle()?;
         let t0 = Instant::now();
         for _ in 0..passes {
-            gpu.run(&refs);
+            gpu.run(dispatches);
         }
         gpu.wait_idle()?;
         gpu.check_lost()?;
@@ -483,7 +482,7 @@ mod native {
         let x = gpu.upload("bench.x", &Noise::new(7).take(m as usize * max_cols, 1.0));
         let y = gpu.buffer("bench.y", m as u64 * max_rows * 4);
         let ds: Vec<Dispatch> = mats.iter().map(|w| linear(gpu, &x, w, &y, m, LinearEpilogue::Store)).collect();
-        time_passes(gpu, &ds, passes)
+        time_passes(gpu, &ds.iter().collect::<Vec<_>>(), passes)
     }
 
     /// Device-to-device copy bandwidth (bytes read + written per second, GB/s) over two buffers of `bytes`
@@ -591,84 +590,30 @@ mod native {
         let rows = 2 * batch as u32;
         let max_len = d.max_positions as u32;
         let f32s = |n: usize| gpu.buffer("bench.profile", (rows as usize * n * 4) as u64);
-        let qkv_w = (d.heads + 2 * d.kv_heads) * d.head_dim;
-        let cq_w = d.cross_heads * d.cross_head_dim;
-        let ckv_w = (2 * d.cross_kv_heads * d.cross_head_dim) as u32;
-        let qkv = gpu.upload("bench.qkv", &Noise::new(11).take(rows as usize * qkv_w, 1.0));
-        let cq = gpu.upload("bench.cq", &Noise::new(13).take(rows as usize * cq_w, 1.0));
-        let (attn, cattn) = (f32s(d.heads * d.head_dim), f32s(cq_w));
         let enc = model.encode(gpu, PackedText::new(&vec![text_tokens(100); batch]));
         let cache = KvCache::new(gpu, model, rows, max_len);
-        // Mid position of the timed run: attention cost grows with the number of cached keys.
-        let pos = (WARMUP_STEPS + steps / 2) as u32;
-        let qinfo = gpu.upload("bench.qinfo", &(0..rows).flat_map(|r| [r, pos]).collect::<Vec<u32>>());
-        let self_seqs = gpu.upload("bench.self_seqs", &(0..rows).flat_map(|r| [r * max_len, max_len]).collect::<Vec<u32>>());
-        let cross_qinfo = gpu.upload("bench.cross_qinfo", &(0..rows).flat_map(|r| [r.min(batch as u32), 0]).collect::<Vec<u32>>());
-        let (mut self_attention, mut cross_attention) = (Vec::new(), Vec::new());
-        for li in 0..d.layers {
-            self_attention.extend(attention_decode(
-                gpu,
-                &AttentionArgs {
-                    q_buf: &qkv,
-                    q_stride: qkv_w as u32,
-                    q_col: 0,
-                    k_buf: &cache.k[li],
-                    v_buf: &cache.v[li],
-                    kv_stride: (d.kv_heads * d.head_dim) as u32,
-                    k_col: 0,
-                    v_col: 0,
-                    qinfo: &qinfo,
-                    seqs: &self_seqs,
-                    out: &attn,
-                    rows,
-                    heads: d.heads as u32,
-                    kv_heads: d.kv_heads as u32,
-                    head_dim: d.head_dim as u32,
-                    causal: true,
-                    max_keys: max_len,
-                },
-            ));
-            cross_attention.extend(attention_decode(
-                gpu,
-                &AttentionArgs {
-                    q_buf: &cq,
-                    q_stride: cq_w as u32,
-                    q_col: 0,
-                    k_buf: &enc.cross_kv[li],
-                    v_buf: &enc.cross_kv[li],
-                    kv_stride: ckv_w,
-                    k_col: 0,
-                    v_col: ckv_w / 2,
-                    qinfo: &cross_qinfo,
-                    seqs: &enc.seqs,
-                    out: &cattn,
-                    rows,
-                    heads: d.cross_heads as u32,
-                    kv_heads: d.cross_kv_heads as u32,
-                    head_dim: d.cross_head_dim as u32,
-                    causal: false,
-                    max_keys: 100,
-                },
-            ));
-        }
+        // The step graph a session records; its parts are timed alone at the timed run's mid position
+        // (attention cost grows with the number of cached keys).
+        let graph = DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, 1);
+        graph.set_positions(gpu, (WARMUP_STEPS + steps / 2) as u32);
+        let self_attention = graph.part(StepPart::SelfAttention);
+        let cross_attention = graph.part(StepPart::CrossAttention);
         let self_ms = time_passes(gpu, &self_attention, steps)? * 1e3;
         let cross_ms = time_passes(gpu, &cross_attention, steps)? * 1e3;
-        eprintln!("{}", format!(
+        eprintln!(
             "profile: self-attention only {self_ms:.3} ms ({} dispatches), cross-attention only {cross_ms:.3} ms ({} dispatches)",
             self_attention.len(),
             cross_attention.len()
-        ));
-        let attention: Vec<Dispatch> = self_attention.into_iter().chain(cross_attention).collect();
+        );
+        let attention: Vec<&Dispatch> = self_attention.into_iter().chain(cross_attention).collect();
         let attention_only_ms = time_passes(gpu, &attention, steps)? * 1e3;
 
         // As a session records them: the step graph, the logits head and the sampler's two dispatches.
-        let graph = DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, 1);
         let dispatches_per_step = graph.dispatches() + model.logits_head(gpu, &graph.x, rows).0.len() + 2;
-        drop(graph);
         let (x, y) = (f32s(d.hidden), f32s(d.hidden));
         let norm_w = gpu.upload("bench.norm", &vec![1.0f32; d.hidden]);
         let tiny: Vec<Dispatch> = (0..dispatches_per_step).map(|_| rmsnorm(gpu, &x, &norm_w, &y, 1, d.hidden as u32, 1e-5)).collect();
-        let dispatch_floor_ms = time_passes(gpu, &tiny, steps)? * 1e3;
+        let dispatch_floor_ms = time_passes(gpu, &tiny.iter().collect::<Vec<_>>(), steps)? * 1e3;
 
         let streamed = streamed_matrices(model);
         let bytes: u64 = streamed.iter().map(|w| w.data.size).sum();
@@ -681,7 +626,7 @@ mod native {
         for shape in std::iter::once(None).chain(candidates.map(|(threads, k_threads, rows_per_thread)| Some(SmallMShape { threads, k_threads, rows_per_thread }))) {
             let pick = |w: &GpuMatrix| shape.filter(|s| s.fits(rows)).unwrap_or_else(|| SmallMShape::for_shape(rows, w.rows, w.cols));
             let ds: Vec<Dispatch> = streamed.iter().map(|w| linear_small_m_shaped(gpu, &x, w, &y, rows, LinearEpilogue::Store, pick(w))).collect();
-            let sec = time_passes(gpu, &ds, steps)?;
+            let sec = time_passes(gpu, &ds.iter().collect::<Vec<_>>(), steps)?;
             let label = shape.map_or("auto".to_string(), |s| format!("{}x{}x{}", s.threads, s.k_threads, s.rows_per_thread));
             linear_shapes.push(LinearShapeRun { shape: label, steps_per_s: 1.0 / sec, gbps: bytes as f64 / sec / 1e9 });
         }
@@ -713,7 +658,7 @@ mod native {
         }
         mats.extend(model.dec_layers.iter().map(|l| &l.cross_kv));
         let ds: Vec<Dispatch> = mats.iter().flat_map(|w| linear_rows(gpu, &x, w, &y, n, LinearEpilogue::Store)).collect();
-        let linear_ms = time_passes(gpu, &ds, 5)? * 1e3;
+        let linear_ms = time_passes(gpu, &ds.iter().collect::<Vec<_>>(), 5)? * 1e3;
 
         let qkv = gpu.upload("bench.enc_qkv", &Noise::new(23).take(n as usize * qkv_w, 1.0));
         let out = gpu.buffer("bench.enc_attn", n as u64 * (e.heads * e.head_dim) as u64 * 4);
@@ -747,7 +692,7 @@ mod native {
                 },
             ));
         }
-        let attention_ms = time_passes(gpu, &attention, 5)? * 1e3;
+        let attention_ms = time_passes(gpu, &attention.iter().collect::<Vec<_>>(), 5)? * 1e3;
         Ok((linear_ms, attention_ms))
     }
 

@@ -4,7 +4,7 @@
 //! row m = r·T + t.
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
-use crate::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
+use crate::kernels::attention::{attention_decode, attention_decode_appending, attention_prefill, can_append_in_decode, AttentionArgs};
 use crate::kernels::embed::{embed_channels_sum, embed_tokens};
 use crate::kernels::kv_cache::rope_kv_write;
 use crate::kernels::linear::{linear_rows, norm_linear, LinearEpilogue, SMALL_M_MAX};
@@ -165,6 +165,18 @@ impl KvCache {
     }
 }
 
+/// What a dispatch of the decoder graph does (for profiling parts of a step alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepPart {
+    Embedding,
+    /// Projections, with their fused norms and epilogues.
+    Linear,
+    /// RoPE + KV-cache write when it is not folded into the attention.
+    RopeKv,
+    SelfAttention,
+    CrossAttention,
+}
+
 /// One decoder pass over T tokens for each of R rows, prepared once and recordable any number of times.
 pub struct DecoderGraph {
     pub t: u32,
@@ -175,7 +187,7 @@ pub struct DecoderGraph {
     pub qinfo: GpuBuffer,
     /// The residual stream after the last layer `[M, D]` (the logits head applies the final norm).
     pub x: GpuBuffer,
-    body: Vec<Dispatch>,
+    body: Vec<(StepPart, Dispatch)>,
     _keep: Vec<GpuBuffer>,
 }
 
@@ -210,15 +222,14 @@ impl DecoderGraph {
         let (cos, sin) = (&model.dec_rope.0, &model.dec_rope.1);
         let attend = |a: &AttentionArgs| if t == 1 { attention_decode(gpu, a) } else { attention_prefill(gpu, a) };
 
-        let mut body = vec![embed_channels_sum(gpu, &model.dec_embedding, &tokens, &x, m, batch * t, d.channels as u32, d.vocab as u32)];
+        let mut body = vec![(StepPart::Embedding, embed_channels_sum(gpu, &model.dec_embedding, &tokens, &x, m, batch * t, d.channels as u32, d.vocab as u32))];
+        let tag = |part: StepPart, ds: Vec<Dispatch>| ds.into_iter().map(move |d| (part, d));
         let eps = d.norm_eps;
         for (li, l) in model.dec_layers.iter().enumerate() {
             // Norms are fused into the projections that consume them (small M; `h` is the scratch otherwise).
-            body.extend(norm_linear(gpu, &x, &l.pre_sa_norm, eps, &l.qkv, &qkv, m, LinearEpilogue::Store, &h));
-            // RoPE on Q and K, K and V into the cache: one dispatch.
+            body.extend(tag(StepPart::Linear, norm_linear(gpu, &x, &l.pre_sa_norm, eps, &l.qkv, &qkv, m, LinearEpilogue::Store, &h)));
             let kv_width = (d.kv_heads * d.head_dim) as u32;
-            body.push(rope_kv_write(gpu, &qkv, &qinfo, cos, sin, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32, hd, kv_width, cache.max_len));
-            body.extend(attend(&AttentionArgs {
+            let self_attention = AttentionArgs {
                 q_buf: &qkv,
                 q_stride: qkv_w,
                 q_col: 0,
@@ -236,15 +247,23 @@ impl DecoderGraph {
                 head_dim: hd,
                 causal: true,
                 max_keys: cache.max_len,
-            }));
-            body.extend(linear_rows(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate));
+            };
+            if t == 1 && can_append_in_decode(&self_attention) {
+                // A step: RoPE and the cache update happen inside the attention's two passes.
+                body.extend(tag(StepPart::SelfAttention, attention_decode_appending(gpu, &self_attention, cos, sin)));
+            } else {
+                // RoPE on Q and K, K and V into the cache (one dispatch), then attention over the cache.
+                body.push((StepPart::RopeKv, rope_kv_write(gpu, &qkv, &qinfo, cos, sin, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32, hd, kv_width, cache.max_len)));
+                body.extend(tag(StepPart::SelfAttention, attend(&self_attention)));
+            }
+            body.extend(tag(StepPart::Linear, linear_rows(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate)));
 
-            body.extend(norm_linear(gpu, &x, &l.pre_ca_norm, eps, &l.cross_q, &cq, m, LinearEpilogue::Store, &h));
+            body.extend(tag(StepPart::Linear, norm_linear(gpu, &x, &l.pre_ca_norm, eps, &l.cross_q, &cq, m, LinearEpilogue::Store, &h)));
             if let Some((c, s)) = &model.cross_rope {
-                body.push(rope(gpu, &cq, c, s, &qinfo, m, cq_w, 0, d.cross_heads as u32, d.cross_head_dim as u32));
+                body.push((StepPart::RopeKv, rope(gpu, &cq, c, s, &qinfo, m, cq_w, 0, d.cross_heads as u32, d.cross_head_dim as u32)));
             }
             let max_text = enc.text.segments.iter().map(|s| s.1).max().unwrap_or(1);
-            body.extend(attend(&AttentionArgs {
+            body.extend(tag(StepPart::CrossAttention, attend(&AttentionArgs {
                 q_buf: &cq,
                 q_stride: cq_w,
                 q_col: 0,
@@ -262,11 +281,11 @@ impl DecoderGraph {
                 head_dim: d.cross_head_dim as u32,
                 causal: false,
                 max_keys: max_text,
-            }));
-            body.extend(linear_rows(gpu, &cattn, &l.cross_o, &x, m, LinearEpilogue::Accumulate));
+            })));
+            body.extend(tag(StepPart::Linear, linear_rows(gpu, &cattn, &l.cross_o, &x, m, LinearEpilogue::Accumulate)));
 
-            body.extend(norm_linear(gpu, &x, &l.pre_mlp_norm, eps, &l.gate_up, &mlp, m, LinearEpilogue::SwiGlu, &h));
-            body.extend(linear_rows(gpu, &mlp, &l.down, &x, m, LinearEpilogue::Accumulate));
+            body.extend(tag(StepPart::Linear, norm_linear(gpu, &x, &l.pre_mlp_norm, eps, &l.gate_up, &mlp, m, LinearEpilogue::SwiGlu, &h)));
+            body.extend(tag(StepPart::Linear, linear_rows(gpu, &mlp, &l.down, &x, m, LinearEpilogue::Accumulate)));
         }
         DecoderGraph { t, rows, tokens, qinfo, x, body, _keep: vec![h, qkv, attn, cq, cattn, mlp, self_seqs, cross_qinfo] }
     }
@@ -278,9 +297,14 @@ impl DecoderGraph {
 
     /// Records the layers.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for d in &self.body {
+        for (_, d) in &self.body {
             d.record(pass);
         }
+    }
+
+    /// The dispatches of one part of the pass, in order (to time it alone).
+    pub fn part(&self, part: StepPart) -> Vec<&Dispatch> {
+        self.body.iter().filter(|(p, _)| *p == part).map(|(_, d)| d).collect()
     }
 
     /// Writes (row, position) for every row: positions `start..start+T` in each of the R rows.
