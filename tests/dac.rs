@@ -780,3 +780,56 @@ fn dac_decoder_windows_reuse_buffers() {
     assert!(matches!(pollster::block_on(dec.decode(&gpu, &bad, 4)), Err(DacError::BadCodes(_))));
     assert!(matches!(pollster::block_on(dec.decode(&gpu, &bad[1..], 4)), Err(DacError::BadCodes(_))));
 }
+
+/// `decoder_context` is the decoder's exact receptive field. Independently of how the crate traces it: an
+/// impulse at one frame pushed through the decoder's layer shapes (CPU reference convolutions with all-ones
+/// weights, so nothing cancels) reaches exactly the frames `decoder_context` says depend on it. And a window
+/// decoded on the GPU with that context reproduces whole-sequence decoding of its middle frames.
+#[test]
+fn dac_decoder_context_is_the_exact_receptive_field() {
+    let gpu = test_gpu();
+    let t = tiny();
+    let model = DacModel::load_dir(&gpu, &tiny_dir(), Numerics::F32, false).unwrap();
+    let (left, right) = model.decoder_context();
+    println!("decoder context: {left} frames left, {right} right");
+
+    // Support of the decoder's output for an impulse at frame j: conv k7, then per upsampling ratio s a
+    // transposed conv (kernel 2s, padding ⌈s/2⌉) and residual units (k7 at dilations 1, 3, 9), then conv k7.
+    let (frames, j) = (48usize, 24usize);
+    let ones = [1.0f32; 16];
+    let zero = [0.0f32];
+    let same = |x: &[f32], dil: usize| -> Vec<f32> {
+        conv1d_ref(x, x.len(), &ones[..7], &zero, 1, 1, 7, 1, dil, 3 * dil, None).iter().map(|&v| v as f32).collect()
+    };
+    let mut x = vec![0.0f32; frames];
+    x[j] = 1.0;
+    x = same(&x, 1);
+    for &st in &t.cfg.upsampling_ratios {
+        let st = st as usize;
+        x = conv_transpose1d_ref(&x, x.len(), &ones[..2 * st], &zero, 1, 1, 2 * st, st, st.div_ceil(2), None).iter().map(|&v| v as f32).collect();
+        for dil in [1, 3, 9] {
+            let r = same(&x, dil);
+            x = x.iter().zip(&r).map(|(a, b)| a + b).collect();
+        }
+    }
+    x = same(&x, 1);
+    let hop = x.len() / frames;
+    let first = x.iter().position(|&v| v != 0.0).unwrap() / hop;
+    let last = x.iter().rposition(|&v| v != 0.0).unwrap() / hop;
+    println!("an impulse at frame {j} reaches frames {first}..={last} (hop {hop})");
+    // Frame f depends on frame f + right at most: the impulse reaches back to j − right, and on to j + left.
+    assert_eq!((j - first, last - j), (right, left), "decoder_context disagrees with the impulse support");
+
+    let (frames, n_q) = (60usize, 9usize);
+    let mut rng = Rng::new(17);
+    let codes: Vec<u32> = (0..n_q * frames).map(|_| rng.below(1024) as u32).collect();
+    let whole = model.decode_blocking(&gpu, &codes, frames).unwrap();
+    let (a, b) = (25, 33);
+    let (ws, we) = (a - left, b + right);
+    let cut: Vec<u32> = (0..n_q).flat_map(|q| codes[q * frames + ws..q * frames + we].iter().copied()).collect();
+    let pcm = model.decode_blocking(&gpu, &cut, we - ws).unwrap();
+    let got = &pcm[(a - ws) * hop..(b - ws) * hop];
+    let diff = got.iter().zip(&whole[a * hop..]).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    println!("frames {a}..{b} from the window {ws}..{we}: max |diff| vs whole decoding {diff:.2e}");
+    assert!(diff <= 1e-6, "window with the full context differs by {diff:.2e}");
+}

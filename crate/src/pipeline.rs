@@ -2,9 +2,11 @@
 //! decoder is still generating.
 //!
 //! Streaming: a frame of audio codes is final once the delayed row `frame + max_delay` exists (the delay
-//! pattern). The codec decodes overlapping windows of final frames — `CONTEXT` frames of left and right
-//! context around the new ones, more than the decoder's receptive field (~10 frames per side) — and emits only
-//! the new samples, so the concatenated stream equals decoding the whole sequence to within float error.
+//! pattern). The codec decodes overlapping windows of final frames — the new ones plus the decoder's
+//! receptive field on each side (`DacModel::decoder_context`: 10 frames each way for the 44.1 kHz DAC) — and
+//! emits only the new samples, so the concatenated stream equals decoding the whole sequence to within float
+//! error. The first chunk is small (time to first audio); chunks then double up to `STREAM_FRAMES`, which
+//! spends less of the GPU on recomputed context while each chunk plays longer than the next one takes.
 
 use crate::dac::{DacDecoder, DacError, DacModel};
 use crate::dia::generate::RowSink;
@@ -13,8 +15,6 @@ use crate::gpu::Gpu;
 
 /// Sample rate of everything this pipeline produces and of the codec.
 pub const SAMPLE_RATE: u32 = 44_100;
-/// Frames of context decoded on each side of a streamed window.
-pub const CONTEXT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -151,9 +151,13 @@ impl<'a> Tts<'a> {
         };
         let mut session = Session::new(self.gpu, self.dia, &[text], prompt_codes.as_deref(), opts, false)?;
         let cfg = &self.dia.cfg;
+        let (left, right) = self.dac.decoder_context();
         let mut stream = StreamDecoder {
             gpu: self.gpu,
-            decoder: self.dac.decoder(self.gpu, STREAM_FRAMES + 2 * CONTEXT)?,
+            decoder: self.dac.decoder(self.gpu, STREAM_FRAMES + left + right)?,
+            left,
+            right,
+            chunks: 0,
             rows: Vec::new(),
             delay: cfg.delay_pattern.clone(),
             eos: cfg.eos,
@@ -179,13 +183,20 @@ impl<'a> Tts<'a> {
     }
 }
 
-/// New frames decoded per streamed window.
+/// Most new frames decoded per streamed window.
 const STREAM_FRAMES: usize = 32;
+/// New frames of the first streamed chunk (93 ms of audio); later chunks double up to `STREAM_FRAMES`.
+const FIRST_CHUNK_FRAMES: usize = 8;
 
 /// Collects delayed rows and decodes the final frames in overlapping windows.
 struct StreamDecoder<'a, 'f> {
     gpu: &'a Gpu,
     decoder: DacDecoder,
+    /// Frames of context each window needs on each side (the codec's receptive field).
+    left: usize,
+    right: usize,
+    /// Chunks handed out so far.
+    chunks: usize,
     /// Delayed rows `[n, C]` so far (batch of one).
     rows: Vec<u32>,
     delay: Vec<usize>,
@@ -230,8 +241,8 @@ impl StreamDecoder<'_, '_> {
     async fn flush(&mut self, upto: usize, right_edge: usize) -> Result<(), PipelineError> {
         while self.emitted < upto {
             let b = upto.min(self.emitted + STREAM_FRAMES);
-            let ws = self.emitted.saturating_sub(CONTEXT).max(self.start);
-            let we = (b + CONTEXT).min(right_edge);
+            let ws = self.emitted.saturating_sub(self.left).max(self.start);
+            let we = (b + self.right).min(right_edge);
             let codes = self.window_codes(ws, we);
             let pcm = self.decoder.decode(self.gpu, &codes, we - ws).await?;
             let hop = pcm.len() / (we - ws);
@@ -239,6 +250,7 @@ impl StreamDecoder<'_, '_> {
             (self.on_pcm)(chunk);
             self.samples += chunk.len();
             self.emitted = b;
+            self.chunks += 1;
         }
         Ok(())
     }
@@ -256,13 +268,14 @@ impl RowSink for StreamDecoder<'_, '_> {
         self.rows.extend_from_slice(rows);
         let finals = self.final_frames();
         // With the end known, frames up to it are exact with the end as the window edge; before that, keep
-        // CONTEXT final frames to the right of every emitted one.
+        // the right context's final frames to the right of every emitted one.
         let (upto, edge) = match self.end {
             Some(e) if finals >= e => (e, e),
-            Some(e) => (finals.saturating_sub(CONTEXT).min(e), finals),
-            None => (finals.saturating_sub(CONTEXT), finals),
+            Some(e) => (finals.saturating_sub(self.right).min(e), finals),
+            None => (finals.saturating_sub(self.right), finals),
         };
-        if upto >= self.emitted + STREAM_FRAMES.min(8) {
+        let chunk = (FIRST_CHUNK_FRAMES << self.chunks.min(8)).min(STREAM_FRAMES);
+        if upto >= self.emitted + chunk {
             if let Err(e) = self.flush(upto, edge).await {
                 self.error = Some(e);
                 return Err(DiaError::Cancelled);

@@ -399,6 +399,36 @@ impl DacModel {
         decode_lengths(&self.w, frames as u32).last().copied().unwrap_or(0) as usize
     }
 
+    /// The decoder's receptive field in frames of codes: (left, right) such that the samples of frame f depend
+    /// only on frames f − left ..= f + right. A window decoded with that much context on each side reproduces
+    /// whole-sequence decoding in its middle (the streaming decoder relies on it). Exact: the dependency
+    /// interval of one frame's samples is traced back through every layer.
+    pub fn decoder_context(&self) -> (usize, usize) {
+        let w = &*self.w;
+        // A frame far from both ends, so no interval is clipped.
+        let f: i64 = 1 << 20;
+        let hop: i64 = w.dec_blocks.iter().map(|b| w.convts[b.conv_t].stride as i64).product();
+        let (mut lo, mut hi) = (f * hop, f * hop + hop - 1);
+        // Output samples [lo, hi] of a "same" conv read inputs [lo − pad, hi − pad + (k − 1)·dilation].
+        let same = |c: &Conv1dWeights, dil: u32, (lo, hi): (i64, i64)| {
+            let pad = same_pad(c, dil) as i64;
+            (lo - pad, hi - pad + (c.kernel as i64 - 1) * dil as i64)
+        };
+        (lo, hi) = same(&w.convs[w.dec_conv2], 1, (lo, hi));
+        for blk in w.dec_blocks.iter().rev() {
+            for ru in blk.res.iter().rev() {
+                (lo, hi) = same(&w.convs[ru.conv2], 1, (lo, hi));
+                (lo, hi) = same(&w.convs[ru.conv1], ru.dilation, (lo, hi));
+            }
+            // Transposed conv: output t = i·stride − pad + tap, tap < kernel.
+            let ct = &w.convts[blk.conv_t];
+            let (k, st, pad) = (ct.kernel as i64, ct.stride as i64, ct.stride.div_ceil(2) as i64);
+            (lo, hi) = ((lo + pad - k + 1).div_euclid(st) + i64::from((lo + pad - k + 1).rem_euclid(st) != 0), (hi + pad).div_euclid(st));
+        }
+        (lo, hi) = same(&w.convs[w.dec_conv1], 1, (lo, hi));
+        ((f - lo).max(0) as usize, (hi - f).max(0) as usize)
+    }
+
     /// Frames the encoder makes of `samples` samples (⌊samples / hop⌋ for the DAC; no padding inside).
     pub fn frames_for_samples(&self, samples: usize) -> usize {
         match &self.w.encoder {
