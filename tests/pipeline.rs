@@ -144,3 +144,32 @@ fn pipeline_prompt_audio_formats() {
     let bytes = wav_bytes(&r.samples, 44_100);
     assert!(matches!(Audio::from_wav(&bytes[..bytes.len() / 2 + 1]), Err(PipelineError::Audio(_))));
 }
+
+/// GPU memory is flat over many generations in one session: after each `speak` (texts and lengths varying,
+/// every fourth one asked to cancel after its first chunk) the library's buffers and wgpu's device allocations
+/// are where they were after the first one.
+#[test]
+fn pipeline_memory_flat_over_generations() {
+    let gpu = test_gpu();
+    let (dia, dac) = long_talker(&gpu, Numerics::F32);
+    let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+    let mut after = Vec::new();
+    for i in 0..12u64 {
+        let mut opts = GenerateOptions { max_new_tokens: 40 + 16 * (i as usize % 3), ..GenerateOptions::default() };
+        opts.sampling.seed = i;
+        let text = "[S1] Once more. [S2] And again, a little longer each time. ".repeat(1 + i as usize % 4);
+        let chunks = std::cell::Cell::new(0);
+        let cancel = i % 4 == 3;
+        let r = pollster::block_on(tts.speak(&text, None, &opts, &mut |_: &[f32]| chunks.set(chunks.get() + 1), &|| cancel && chunks.get() > 0));
+        // A cancel asked for may come after the generation has ended by itself.
+        match r {
+            Err(PipelineError::Dia(DiaError::Cancelled)) => assert!(cancel, "generation {i} cancelled unasked"),
+            r => assert!(r.is_ok(), "generation {i}: {r:?}"),
+        }
+        assert!(chunks.get() > 0, "generation {i} produced no audio");
+        gpu.wait_idle().unwrap();
+        after.push((gpu.allocated_bytes(), gpu.device.generate_allocator_report().map(|r| r.total_allocated_bytes)));
+    }
+    println!("after each generation (buffers, device allocations): {after:?}");
+    assert!(after.iter().all(|&a| a == after[0]), "memory changed across generations: {after:?}");
+}

@@ -74,6 +74,10 @@ mod native {
         /// Also time parts of the step graph alone (attention only, one tiny dispatch per step dispatch).
         #[arg(long)]
         profile: bool,
+        /// `Tts::speak` calls (100 bytes, 64 new rows each) after which GPU memory is compared with the first's
+        /// (0 skips the measurement).
+        #[arg(long, default_value_t = 100)]
+        generations: usize,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -117,7 +121,22 @@ mod native {
         /// `Tts::speak` on 100 bytes of text, from the call to the first PCM chunk (None: no audio came, the
         /// random model ended at once).
         ttfa_ms: Option<f64>,
+        memory: Option<MemoryRun>,
         profile: Option<Profile>,
+    }
+
+    /// GPU memory after each of `generations` speak calls in one session (model and codec loaded once).
+    #[derive(Serialize)]
+    struct MemoryRun {
+        generations: usize,
+        /// Bytes held by the library's buffers after the first and the last call.
+        buffers_first: u64,
+        buffers_last: u64,
+        /// Device memory wgpu's allocator holds (all of wgpu's allocations), after the first and the last call
+        /// and the most after any; None where the backend gives no allocator report.
+        device_first: Option<u64>,
+        device_last: Option<u64>,
+        device_max: Option<u64>,
     }
 
     #[derive(Serialize, Clone, Copy)]
@@ -287,6 +306,19 @@ mod native {
         drop(session);
         let ttfa_ms = time_ttfa(gpu, &model, &dac, args.runs)?;
         log(&format!("time to first audio {}", ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1} ms"))));
+        let memory = (args.generations > 0).then(|| memory_over_generations(gpu, &model, &dac, args.generations)).transpose()?;
+        if let Some(m) = &memory {
+            let mb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1} MB", b as f64 / 1e6));
+            log(&format!(
+                "memory over {} generations: buffers {:.1} -> {:.1} MB, device {} -> {} (max {})",
+                m.generations,
+                m.buffers_first as f64 / 1e6,
+                m.buffers_last as f64 / 1e6,
+                mb(m.device_first),
+                mb(m.device_last),
+                mb(m.device_max)
+            ));
+        }
         gpu.check_lost()?;
 
         Ok(ModeFigures {
@@ -305,7 +337,34 @@ mod native {
             dac_ms_per_10s: dac_ms * FRAMES_PER_10S / FRAMES_PER_10S.round(),
             peak_allocated_bytes: peak,
             ttfa_ms,
+            memory,
             profile,
+        })
+    }
+
+    /// Runs `n` short generations (100 bytes of text, 64 new rows, streamed through the codec) one after
+    /// another and records GPU memory once each has finished and the device is idle.
+    fn memory_over_generations(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, n: usize) -> Result<MemoryRun> {
+        let tts = Tts { gpu, dia, dac };
+        let opts = GenerateOptions { max_new_tokens: 64, ..GenerateOptions::default() };
+        let text: String = "[S1] Memory should stay where it was. [S2] After every single generation. ".chars().cycle().take(100).collect();
+        let (mut buffers, mut device) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let mut sink = |_: &[f32]| {};
+            let mut o = opts.clone();
+            o.sampling.seed = i as u64;
+            pollster::block_on(tts.speak(&text, None, &o, &mut sink, &|| false))?;
+            gpu.wait_idle()?;
+            buffers.push(gpu.allocated_bytes());
+            device.push(gpu.device.generate_allocator_report().map(|r| r.total_allocated_bytes));
+        }
+        Ok(MemoryRun {
+            generations: n,
+            buffers_first: buffers[0],
+            buffers_last: *buffers.last().unwrap(),
+            device_first: device[0],
+            device_last: *device.last().unwrap(),
+            device_max: device.iter().copied().max().flatten(),
         })
     }
 
@@ -730,6 +789,14 @@ mod native {
         row("DAC decode per 10 s audio, ms", &|m| format!("{:.2}", m.dac_ms_per_10s));
         row("peak GPU memory allocated, MB", &|m| format!("{:.1}", m.peak_allocated_bytes as f64 / 1e6));
         row("TTFA (100 bytes, Tts::speak), ms", &|m| m.ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1}")));
+        if r.modes.iter().any(|m| m.memory.is_some()) {
+            let mem = |m: &ModeFigures, f: &dyn Fn(&MemoryRun) -> String| m.memory.as_ref().map_or("-".into(), f);
+            let mb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1}", b as f64 / 1e6));
+            row("generations (Tts::speak, 64 rows each)", &|m| mem(m, &|r| r.generations.to_string()));
+            row("  buffers after first / last, MB", &|m| mem(m, &|r| format!("{:.1} / {:.1}", r.buffers_first as f64 / 1e6, r.buffers_last as f64 / 1e6)));
+            row("  device memory after first / last, MB", &|m| mem(m, &|r| format!("{} / {}", mb(r.device_first), mb(r.device_last))));
+            row("  device memory, most after any, MB", &|m| mem(m, &|r| mb(r.device_max)));
+        }
         if r.modes.iter().any(|m| m.profile.is_some()) {
             let p = |m: &ModeFigures, f: &dyn Fn(&Profile) -> String| m.profile.as_ref().map_or("-".into(), f);
             row("profile: dispatches per step", &|m| p(m, &|p| p.dispatches_per_step.to_string()));
