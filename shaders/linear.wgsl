@@ -32,9 +32,13 @@ fn silu(z: f32) -> f32 {
     return z / (1.0 + exp(-z));
 }
 
+// First row of x and y this workgroup works on: the small-M kernel over a stack of 16-row blocks sets it from
+// the grid's z (one dispatch for the whole stack); 0 everywhere else.
+var<private> row0: u32;
+
 // Store/accumulate one output value of y [M, out_cols].
 fn write_out(m: u32, col: u32, v: f32) {
-    let i = m * p.out_cols + col;
+    let i = (row0 + m) * p.out_cols + col;
     if EPILOGUE == 1u {
         y[i] = y[i] + v;
     } else {
@@ -56,7 +60,7 @@ fn load_w(row: u32, c: u32) -> Chunk {
 }
 
 fn load_x(m: u32, c: u32) -> Chunk {
-    let b = m * (p.k / 4u) + 2u * c;
+    let b = (row0 + m) * (p.k / 4u) + 2u * c;
     return Chunk(x[b], x[b + 1u]);
 }
 
@@ -79,7 +83,7 @@ fn load_w(row: u32, c: u32) -> Chunk {
 }
 
 fn load_x(m: u32, c: u32) -> Chunk {
-    let b = m * (p.k / 4u) + 2u * c;
+    let b = (row0 + m) * (p.k / 4u) + 2u * c;
     return Chunk(x[b], x[b + 1u]);
 }
 
@@ -103,7 +107,7 @@ fn load_w(row: u32, c: u32) -> Chunk {
 
 fn load_x(m: u32, c: u32) -> Chunk {
     let k0 = 2u * c;
-    let b = m * p.k;
+    let b = (row0 + m) * p.k;
     let hi = x[b + min(k0 + 1u, p.k - 1u)];
     return vec2<f32>(x[b + k0], select(0.0, hi, k0 + 1u < p.k));
 }
@@ -125,7 +129,7 @@ fn load_w(row: u32, c: u32) -> Chunk {
 
 fn load_x(m: u32, c: u32) -> Chunk {
     let k0 = 2u * c;
-    let b = m * p.k;
+    let b = (row0 + m) * p.k;
     let hi = x[b + min(k0 + 1u, p.k - 1u)];
     return vec2<f32>(x[b + k0], select(0.0, hi, k0 + 1u < p.k));
 }
@@ -191,6 +195,7 @@ fn small_m(
     if g >= p.groups {
         return;
     }
+    row0 = wid.z * M;
     let kt = tid % KT;
     let rg = tid / KT;
     // Straight-line code generated per shape (linear.rs, `small_m_code`): a loop of loads into arrays would
@@ -218,7 +223,7 @@ fn small_m(
                 let scale = row_scale(m);
                 let gate = red[(jj * M + m) * LANES] * scale;
                 let up = red[((HALF_R + jj) * M + m) * LANES] * scale;
-                y[m * p.out_cols + j] = silu(gate) * up;
+                y[(row0 + m) * p.out_cols + j] = silu(gate) * up;
             }
         }
     } else {

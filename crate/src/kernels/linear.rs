@@ -71,7 +71,8 @@ pub fn linear(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
 pub const BLOCKED_M_MAX: u32 = 128;
 
 /// `linear` for any M as a list of dispatches: for M ≤ `BLOCKED_M_MAX` (when row blocks can be bound at aligned
-/// offsets) one matrix–vector pass per block of 16 rows, else the single dispatch `linear` picks.
+/// offsets) matrix–vector passes over blocks of 16 rows — one dispatch for every whole block (the grid's z picks
+/// the block) and one for the rest — else the single dispatch `linear` picks.
 pub fn linear_rows(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Vec<Dispatch> {
     let out_cols = check_shapes(x, w, y, m, epilogue);
     let align = gpu.device.limits().min_storage_buffer_offset_alignment as u64;
@@ -81,14 +82,15 @@ pub fn linear_rows(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u3
     if m <= SMALL_M_MAX || m > BLOCKED_M_MAX || !aligned {
         return vec![linear(gpu, x, w, y, m, epilogue)];
     }
-    (0..m.div_ceil(SMALL_M_MAX))
-        .map(|b| {
-            let rows = (m - b * SMALL_M_MAX).min(SMALL_M_MAX);
-            let xs = x.slice(b as u64 * x_block, rows as u64 * w.cols as u64 * 4);
-            let ys = y.slice(b as u64 * y_block, rows as u64 * out_cols as u64 * 4);
-            linear_small_m(gpu, &xs, w, &ys, rows, epilogue)
-        })
-        .collect()
+    let (whole, rest) = (m / SMALL_M_MAX, m % SMALL_M_MAX);
+    let shape = SmallMShape::for_shape(SMALL_M_MAX, w.rows, w.cols);
+    let mut ds = vec![small_m_dispatch(gpu, x, w, y, SMALL_M_MAX, epilogue, shape, None, whole)];
+    if rest > 0 {
+        let xs = x.slice(whole as u64 * x_block, rest as u64 * w.cols as u64 * 4);
+        let ys = y.slice(whole as u64 * y_block, rest as u64 * out_cols as u64 * 4);
+        ds.push(linear_small_m(gpu, &xs, w, &ys, rest, epilogue));
+    }
+    ds
 }
 
 /// Shape of a small-M workgroup: `threads` threads in groups of `k_threads` that share weight rows along
@@ -160,7 +162,7 @@ pub fn linear_small_m(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m:
 
 /// The matrix–vector schedule with an explicit workgroup shape (benchmarks tune with this).
 pub fn linear_small_m_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape) -> Dispatch {
-    small_m_dispatch(gpu, x, w, y, m, epilogue, shape, None)
+    small_m_dispatch(gpu, x, w, y, m, epilogue, shape, None, 1)
 }
 
 /// y = rmsnorm(x; gain, eps) · Wᵀ with the epilogue: one fused matrix–vector dispatch for m ≤ `SMALL_M_MAX`,
@@ -170,7 +172,7 @@ pub fn norm_linear(gpu: &Gpu, x: &GpuBuffer, gain: &GpuBuffer, eps: f32, w: &Gpu
     assert!(gain.size >= w.cols as u64 * 4, "norm_linear: gain holds fewer than {} f32", w.cols);
     if m <= SMALL_M_MAX {
         let shape = SmallMShape::for_shape(m, w.rows, w.cols);
-        vec![small_m_dispatch(gpu, x, w, y, m, epilogue, shape, Some((gain, eps)))]
+        vec![small_m_dispatch(gpu, x, w, y, m, epilogue, shape, Some((gain, eps)), 1)]
     } else {
         let mut ds = vec![rmsnorm(gpu, x, gain, scratch, m, w.cols, eps)];
         ds.extend(linear_rows(gpu, scratch, w, y, m, epilogue));
@@ -178,11 +180,12 @@ pub fn norm_linear(gpu: &Gpu, x: &GpuBuffer, gain: &GpuBuffer, eps: f32, w: &Gpu
     }
 }
 
+/// The small-M kernel over `blocks` consecutive blocks of `m` rows of x and y (the grid's z).
 #[allow(clippy::too_many_arguments)]
-fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: Option<(&GpuBuffer, f32)>) -> Dispatch {
+fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: Option<(&GpuBuffer, f32)>, blocks: u32) -> Dispatch {
     assert!(m <= SMALL_M_MAX, "linear_small_m: m = {m} > {SMALL_M_MAX}");
     assert!(shape.fits(m), "linear_small_m: {shape:?} does not fit m = {m}");
-    let out_cols = check_shapes(x, w, y, m, epilogue);
+    let out_cols = check_shapes(x, w, y, m * blocks, epilogue);
     // 16-byte loads need whole 8-column chunks (8 f16 or 2 × 4 f32) in every row of x and W.
     let access = if w.cols.is_multiple_of(8) { "vec8" } else { "pair" };
     // A pipeline per M keeps the accumulators in registers; m = 0 dispatches nothing.
@@ -241,9 +244,11 @@ fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
         tiles_n: 0,
         eps: norm.map_or(0.0, |n| n.1),
     };
+    let [gx, gy, _] = grid_1d(groups);
+    let grid = [gx, gy, blocks];
     match norm {
-        Some((gain, _)) => gpu.dispatch(&pipeline, &params, &[x, &w.data, y, gain], grid_1d(groups)),
-        None => gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid_1d(groups)),
+        Some((gain, _)) => gpu.dispatch(&pipeline, &params, &[x, &w.data, y, gain], grid),
+        None => gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid),
     }
 }
 
