@@ -195,7 +195,8 @@ fn small_m(
     if g >= p.groups {
         return;
     }
-    row0 = wid.z * M;
+    // Constant 0 (folded away) unless this pipeline serves a stack of blocks.
+    row0 = select(0u, wid.z * M, {{BLOCKED}});
     let kt = tid % KT;
     let rg = tid / KT;
     // Straight-line code generated per shape (linear.rs, `small_m_code`): a loop of loads into arrays would

@@ -198,9 +198,10 @@ fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
     let unroll = (match m_spec { 1..=2 => 4, 3..=4 => 2, _ => 1 }).min(per_thread);
     let code = small_m_code(m_spec, rows_per_thread, unroll, k_threads, norm.is_some());
     let key = format!(
-        "linear.small_m.{}.{access}.{}.norm_{norm_section}.m{m_spec}.t{threads}.k{k_threads}.r{rows_per_thread}.u{unroll}",
+        "linear.small_m.{}.{access}.{}.norm_{norm_section}.m{m_spec}.t{threads}.k{k_threads}.r{rows_per_thread}.u{unroll}.blocked{}",
         w.numerics.name(),
-        epilogue.name()
+        epilogue.name(),
+        blocks > 1
     );
     let pipeline = gpu.pipeline(&key, "small_m", || {
         let src = [
@@ -219,6 +220,7 @@ fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
                 ("K_THREADS", k_threads.to_string()),
                 ("ROWS_PER_THREAD", rows_per_thread.to_string()),
                 ("NORM", norm.is_some().to_string()),
+                ("BLOCKED", (blocks > 1).to_string()),
                 ("RED", shape.partial_words(m_spec).to_string()),
                 ("UNROLL", unroll.to_string()),
                 ("DECLS", code.decls.clone()),
