@@ -256,7 +256,24 @@ impl StreamDecoder<'_, '_> {
     }
 }
 
+impl StreamDecoder<'_, '_> {
+    /// New frames the next chunk waits for.
+    fn next_chunk(&self) -> usize {
+        (FIRST_CHUNK_FRAMES << self.chunks.min(8)).min(STREAM_FRAMES)
+    }
+}
+
 impl RowSink for StreamDecoder<'_, '_> {
+    /// The next chunk's frames plus the right context must be final: frame f is final with delayed row
+    /// f + max delay.
+    fn wanted_rows(&self) -> Option<usize> {
+        if self.end.is_some() {
+            return None;
+        }
+        let max_delay = self.delay.iter().copied().max().unwrap_or(0);
+        Some(self.emitted + self.next_chunk() + self.right + max_delay)
+    }
+
     async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError> {
         let c = self.channels();
         debug_assert_eq!(first_row * c, self.rows.len());
@@ -274,8 +291,7 @@ impl RowSink for StreamDecoder<'_, '_> {
             Some(e) => (finals.saturating_sub(self.right).min(e), finals),
             None => (finals.saturating_sub(self.right), finals),
         };
-        let chunk = (FIRST_CHUNK_FRAMES << self.chunks.min(8)).min(STREAM_FRAMES);
-        if upto >= self.emitted + chunk {
+        if upto >= self.emitted + self.next_chunk() {
             if let Err(e) = self.flush(upto, edge).await {
                 self.error = Some(e);
                 return Err(DiaError::Cancelled);

@@ -63,6 +63,13 @@ impl Generation {
 #[allow(async_fn_in_trait)]
 pub trait RowSink {
     async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError>;
+
+    /// How many rows (from row 0) the sink needs before it can next make progress — the streaming codec's next
+    /// chunk — if it knows. The session then ends a readback exactly there instead of at the next full
+    /// `readback_every` interval, so e.g. the first audio waits for no step it does not need.
+    fn wanted_rows(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<F: FnMut(usize, &[u32])> RowSink for F {
@@ -267,7 +274,10 @@ impl<'m> Session<'m> {
             }
             if self.steps_submitted < max_steps && !free.is_empty() {
                 let first_row = self.s0 + self.steps_submitted;
-                let n = every.min(max_steps - self.steps_submitted);
+                let mut n = every.min(max_steps - self.steps_submitted);
+                if let Some(wanted) = sink.wanted_rows().filter(|&w| w > first_row) {
+                    n = n.min(wanted - first_row);
+                }
                 for _ in 0..n {
                     self.submit_step();
                 }
