@@ -5,8 +5,10 @@
 //! pattern). The codec decodes overlapping windows of final frames — the new ones plus the decoder's
 //! receptive field on each side (`DacModel::decoder_context`: 10 frames each way for the 44.1 kHz DAC) — and
 //! emits only the new samples, so the concatenated stream equals decoding the whole sequence to within float
-//! error. The first chunk is small (time to first audio); chunks then double up to `STREAM_FRAMES`, which
-//! spends less of the GPU on recomputed context while each chunk plays longer than the next one takes.
+//! error. The first chunk is small (time to first audio). Later chunks grow up to `STREAM_FRAMES` — less of
+//! the GPU spent on recomputed context — as far as the measured pace allows: a chunk must be ready, at the rate
+//! frames have been coming, well before the audio already handed out (if played from the first chunk on) runs
+//! out, so a device slower than about twice real time keeps small chunks instead of stalling playback.
 
 use crate::dac::{DacDecoder, DacError, DacModel};
 use crate::dia::generate::RowSink;
@@ -158,6 +160,7 @@ impl<'a> Tts<'a> {
             left,
             right,
             chunks: 0,
+            first_chunk: None,
             rows: Vec::new(),
             delay: cfg.delay_pattern.clone(),
             eos: cfg.eos,
@@ -185,8 +188,10 @@ impl<'a> Tts<'a> {
 
 /// Most new frames decoded per streamed window.
 const STREAM_FRAMES: usize = 32;
-/// New frames of the first streamed chunk (93 ms of audio); later chunks double up to `STREAM_FRAMES`.
+/// New frames of the first streamed chunk (93 ms of audio), and of any chunk the pace does not allow to grow.
 const FIRST_CHUNK_FRAMES: usize = 8;
+/// Share of the audio queued ahead of playback that producing the next chunk may take.
+const PACE_MARGIN: f64 = 0.75;
 
 /// Collects delayed rows and decodes the final frames in overlapping windows.
 struct StreamDecoder<'a, 'f> {
@@ -197,6 +202,8 @@ struct StreamDecoder<'a, 'f> {
     right: usize,
     /// Chunks handed out so far.
     chunks: usize,
+    /// When the first chunk was handed out, and the frames emitted by then.
+    first_chunk: Option<(web_time::Instant, usize)>,
     /// Delayed rows `[n, C]` so far (batch of one).
     rows: Vec<u32>,
     delay: Vec<usize>,
@@ -251,16 +258,36 @@ impl StreamDecoder<'_, '_> {
             self.samples += chunk.len();
             self.emitted = b;
             self.chunks += 1;
+            if self.first_chunk.is_none() {
+                self.first_chunk = Some((web_time::Instant::now(), b));
+            }
         }
         Ok(())
     }
 }
 
 impl StreamDecoder<'_, '_> {
-    /// New frames the next chunk waits for.
+    /// New frames the next chunk waits for: the largest of 32, 16 or 8 that, at the rate frames have been
+    /// handed out since the first chunk, is ready within `PACE_MARGIN` of the audio queued ahead of real-time
+    /// playback; 8 until a rate is known.
     fn next_chunk(&self) -> usize {
-        (FIRST_CHUNK_FRAMES << self.chunks.min(8)).min(STREAM_FRAMES)
+        let Some((t0, frames0)) = self.first_chunk else { return FIRST_CHUNK_FRAMES };
+        let elapsed = t0.elapsed().as_secs_f64();
+        let produced = self.emitted - frames0;
+        if produced == 0 || elapsed <= 0.0 {
+            return FIRST_CHUNK_FRAMES;
+        }
+        paced_chunk(produced as f64 / elapsed, self.samples as f64 / SAMPLE_RATE as f64 - elapsed)
     }
+}
+
+/// The largest chunk (32, 16 or 8 frames) that frames coming at `rate` per second deliver within `PACE_MARGIN`
+/// of `ahead_s` seconds of queued audio; 8 when none does.
+fn paced_chunk(rate: f64, ahead_s: f64) -> usize {
+    [STREAM_FRAMES, STREAM_FRAMES / 2, FIRST_CHUNK_FRAMES]
+        .into_iter()
+        .find(|&s| s as f64 / rate <= PACE_MARGIN * ahead_s)
+        .unwrap_or(FIRST_CHUNK_FRAMES)
 }
 
 impl RowSink for StreamDecoder<'_, '_> {
@@ -298,5 +325,25 @@ impl RowSink for StreamDecoder<'_, '_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paced_chunk;
+
+    /// Frames per second of audio.
+    const REAL_TIME: f64 = 44_100.0 / 512.0;
+
+    #[test]
+    fn chunks_grow_only_as_far_as_the_pace_allows() {
+        // 4x real time with 186 ms queued: 32 frames take 93 ms, within 75 % of it.
+        assert_eq!(paced_chunk(4.0 * REAL_TIME, 0.186), 32);
+        // 2x real time with 186 ms queued: 32 frames take 186 ms (too long), 16 take 93 ms.
+        assert_eq!(paced_chunk(2.0 * REAL_TIME, 0.186), 16);
+        // 1.25x real time: even 16 frames (149 ms) would outlast the queue; stay at 8.
+        assert_eq!(paced_chunk(1.25 * REAL_TIME, 0.150), 8);
+        // Behind real time (nothing queued): the smallest chunk.
+        assert_eq!(paced_chunk(0.5 * REAL_TIME, -0.2), 8);
     }
 }
