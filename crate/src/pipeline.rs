@@ -159,7 +159,6 @@ impl<'a> Tts<'a> {
             decoder: self.dac.decoder(self.gpu, STREAM_FRAMES + left + right)?,
             left,
             right,
-            chunks: 0,
             first_chunk: None,
             rows: Vec::new(),
             delay: cfg.delay_pattern.clone(),
@@ -200,8 +199,6 @@ struct StreamDecoder<'a, 'f> {
     /// Frames of context each window needs on each side (the codec's receptive field).
     left: usize,
     right: usize,
-    /// Chunks handed out so far.
-    chunks: usize,
     /// When the first chunk was handed out, and the frames emitted by then.
     first_chunk: Option<(web_time::Instant, usize)>,
     /// Delayed rows `[n, C]` so far (batch of one).
@@ -224,10 +221,13 @@ impl StreamDecoder<'_, '_> {
         self.delay.len()
     }
 
+    fn max_delay(&self) -> usize {
+        self.delay.iter().copied().max().unwrap_or(0)
+    }
+
     /// Frames whose codes are all known: frame t needs delayed rows up to t + max delay.
     fn final_frames(&self) -> usize {
-        let max_delay = self.delay.iter().copied().max().unwrap_or(0);
-        (self.rows.len() / self.channels()).saturating_sub(max_delay)
+        (self.rows.len() / self.channels()).saturating_sub(self.max_delay())
     }
 
     /// Undelayed codes of frames [a, b), codebook-major `[C, b − a]`, invalid values clamped to 0.
@@ -257,16 +257,13 @@ impl StreamDecoder<'_, '_> {
             (self.on_pcm)(chunk);
             self.samples += chunk.len();
             self.emitted = b;
-            self.chunks += 1;
             if self.first_chunk.is_none() {
                 self.first_chunk = Some((web_time::Instant::now(), b));
             }
         }
         Ok(())
     }
-}
 
-impl StreamDecoder<'_, '_> {
     /// New frames the next chunk waits for: the largest of 32, 16 or 8 that, at the rate frames have been
     /// handed out since the first chunk, is ready within `PACE_MARGIN` of the audio queued ahead of real-time
     /// playback; 8 until a rate is known.
@@ -297,8 +294,7 @@ impl RowSink for StreamDecoder<'_, '_> {
         if self.end.is_some() {
             return None;
         }
-        let max_delay = self.delay.iter().copied().max().unwrap_or(0);
-        Some(self.emitted + self.next_chunk() + self.right + max_delay)
+        Some(self.emitted + self.next_chunk() + self.right + self.max_delay())
     }
 
     async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError> {
