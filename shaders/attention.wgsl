@@ -2,7 +2,9 @@
 // Specialised on {{HD}} (head_dim) and derived tile sizes, so the per-thread vectors below live in registers.
 //
 // Entry points:
-//   prefill:         flash-style, a workgroup = BQ queries of one head, key tiles staged in workgroup memory.
+//   prefill_scores, prefill_softmax, prefill_pv: the encoder and prefill, scores materialised in a scratch buffer
+//                    (tiled matrix products; attention.rs picks them when the scratch fits).
+//   prefill:         flash-style fallback, a workgroup = BQ queries of one head, key tiles staged in workgroup memory.
 //   decode_partial:  split-K, a workgroup = (query heads sharing a kv head, key chunk, row): chunk max, sum and
 //                    weighted V to scratch.
 //   decode_combine:  a workgroup = (head, row): merges the chunks that hold visible keys.
@@ -23,8 +25,16 @@ struct Params {
     k_col: u32,
     v_col: u32,
     n_chunks: u32,    // decode: chunks per (row, head) in the scratch buffer
+    // Tiled prefill: this pass covers rows row0 .. row0 + chunk_rows; the score scratch holds chunk_cap rows of
+    // key_stride words (a multiple of 4) per head; keys past max_keys are never read.
+    row0: u32,
+    chunk_rows: u32,
+    chunk_cap: u32,
+    key_stride: u32,
+    max_keys: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 const HD: u32 = {{HD}}u;
@@ -82,6 +92,220 @@ fn load_k(i: u32) -> f32 {
 fn load_v(i: u32) -> f32 {
     if i < arrayLength(&vbuf) { return vbuf[i]; }
     return 0.0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tiled prefill, three passes per chunk of rows. WebGPU's 16 KiB of workgroup memory leaves flash tiles for
+// head_dim 128 too small to reuse loads; plain tiled products over a materialised score matrix fit easily.
+//   prefill_scores:  S[h][row][j] = q·k for j below the row's visible keys; 64 rows × 64 keys × head per
+//                    workgroup, head_dim staged KD at a time, each thread a 4 × 4 block.
+//   prefill_softmax: per (head, row): max and 1 / sum of exp(S − max) over the visible keys.
+//   prefill_pv:      out = exp(S − max) · V / sum; 64 rows × DN columns × head per workgroup, keys staged KD at
+//                    a time, each thread 4 rows × 4·NV columns. The exp happens as the P tile is loaded.
+// Scratch (array of vec4): scores [heads][chunk_cap][key_stride], then vec4(max, 1 / sum, 0, 0) per (head, row).
+// The rows of a tile may belong to several sequences (packed segments): the tile passes over the sequences present
+// one at a time, in increasing order, each with its own keys, and only rows of that sequence take the result.
+// Straight-line generated code (attention.rs, `tiled_code`) keeps every load of a stage in flight at once.
+
+const TR: u32 = 64u;     // rows per tile (and keys per score tile)
+const KD: u32 = 16u;     // K dimension per stage
+const DN: u32 = {{DN}}u; // output columns per PV tile: 64, or 128 when head_dim > 64
+
+@group(0) @binding(5) var<storage, read_write> sc_out: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> sm_scratch: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> pv_scratch: array<f32>;
+@group(0) @binding(4) var<storage, read> pv_v: array<f32>;
+@group(0) @binding(5) var<storage, read_write> pv_out: array<f32>;
+
+var<workgroup> ta: array<vec4<f32>, 256>;  // [kk][row / 4]: queries (scores) or probabilities (PV)
+var<workgroup> tb: array<vec4<f32>, 512>;  // [kk][key / 4] (scores) or [kk][column / 4] (PV)
+var<workgroup> t_seq: array<u32, TR>;      // sequence of each tile row (NONE: none)
+var<workgroup> t_lim: array<u32, TR>;      // its visible keys
+var<workgroup> t_mx: array<f32, TR>;       // PV: its score max and 1 / sum
+var<workgroup> t_inv: array<f32, TR>;
+var<workgroup> t_cur_seq: u32;
+var<workgroup> t_cur_lim: u32;
+var<workgroup> sm_red: array<f32, 256>;
+
+// Sequence and visible keys of each row of the tile at chunk row ml0.
+fn tile_rows(lid: u32, ml0: u32) {
+    if lid < TR {
+        let ml = ml0 + lid;
+        var s = NONE;
+        var lim = 0u;
+        if ml < p.chunk_rows {
+            s = row_seq(p.row0 + ml);
+            lim = min(visible_keys(p.row0 + ml), p.max_keys);
+        }
+        t_seq[lid] = s;
+        t_lim[lid] = lim;
+    }
+}
+
+// One thread: the smallest sequence ≥ next among the tile rows (NONE when none) and the most keys its rows see.
+fn pick_seq(next: u32) {
+    var best = NONE;
+    for (var i = 0u; i < TR; i++) {
+        let s = t_seq[i];
+        if s != NONE && s >= next && s < best {
+            best = s;
+        }
+    }
+    var lim = 0u;
+    for (var i = 0u; i < TR; i++) {
+        if best != NONE && t_seq[i] == best {
+            lim = max(lim, t_lim[i]);
+        }
+    }
+    t_cur_seq = best;
+    t_cur_lim = lim;
+}
+
+fn sm_at(i: u32) -> vec4<f32> {
+    if i < arrayLength(&sm_scratch) { return sm_scratch[i]; }
+    return vec4<f32>(0.0);
+}
+fn pv_s(i: u32) -> f32 {
+    if i < arrayLength(&pv_scratch) { return pv_scratch[i]; }
+    return 0.0;
+}
+fn pv_load_v(i: u32) -> f32 {
+    if i < arrayLength(&pv_v) { return pv_v[i]; }
+    return 0.0;
+}
+
+@compute @workgroup_size(256)
+fn prefill_scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let j0 = wid.x * TR;
+    let ml0 = wid.y * TR;
+    let h = wid.z;
+    let g = h / p.n_rep;
+    tile_rows(lid, ml0);
+    // Loads: dimension lk of rows (keys) 4·lg .. 4·lg + 3. Arithmetic: rows 4·tm .., keys 4·tn ...
+    let lk = lid % KD;
+    let lg = lid / KD;
+    let tm = lid / 16u;
+    let tn = lid % 16u;
+    let q0 = (p.row0 + ml0 + 4u * lg) * p.q_stride + p.q_col + h * HD + lk;
+    let s_row = p.key_stride / 4u;
+    var next = 0u;
+    loop {
+        workgroupBarrier();
+        if lid == 0u {
+            pick_seq(next);
+        }
+        let s = workgroupUniformLoad(&t_cur_seq);
+        if s == NONE {
+            break;
+        }
+        let lim = workgroupUniformLoad(&t_cur_lim);
+        next = s + 1u;
+        if j0 >= lim {
+            continue;
+        }
+        // Keys past the sequence's visible ones are read clamped; their scores are never written.
+        let kv_base = seqs[2u * s];
+        let k0r = p.k_col + g * HD + lk;
+{{SCORES}}
+    }
+}
+
+@compute @workgroup_size(256)
+fn prefill_softmax(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    // 4 rows per workgroup, 64 threads per row.
+    let lr = lid / 64u;
+    let lane = lid % 64u;
+    let ml = wid.x * 4u + lr;
+    let h = wid.y;
+    var lim = 0u;
+    if ml < p.chunk_rows {
+        lim = min(visible_keys(p.row0 + ml), p.max_keys);
+    }
+    let base = (h * p.chunk_cap + ml) * (p.key_stride / 4u);
+    let n4 = (lim + 3u) / 4u;
+    var mx = NEG;
+    for (var i = lane; i < n4; i += 64u) {
+        let x = sm_at(base + i);
+        let j = 4u * i;
+        let a = max(select(NEG, x.x, j < lim), select(NEG, x.y, j + 1u < lim));
+        let b = max(select(NEG, x.z, j + 2u < lim), select(NEG, x.w, j + 3u < lim));
+        mx = max(mx, max(a, b));
+    }
+    sm_red[lid] = mx;
+    for (var w = 32u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if lane < w {
+            sm_red[lid] = max(sm_red[lid], sm_red[lid + w]);
+        }
+    }
+    workgroupBarrier();
+    mx = sm_red[lr * 64u];
+    var sum = 0.0;
+    for (var i = lane; i < n4; i += 64u) {
+        let x = sm_at(base + i);
+        let j = 4u * i;
+        let a = select(0.0, exp(x.x - mx), j < lim) + select(0.0, exp(x.y - mx), j + 1u < lim);
+        let b = select(0.0, exp(x.z - mx), j + 2u < lim) + select(0.0, exp(x.w - mx), j + 3u < lim);
+        sum += a + b;
+    }
+    workgroupBarrier();
+    sm_red[lid] = sum;
+    for (var w = 32u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if lane < w {
+            sm_red[lid] += sm_red[lid + w];
+        }
+    }
+    workgroupBarrier();
+    let total = sm_red[lr * 64u];
+    let st = p.heads * p.chunk_cap * (p.key_stride / 4u) + h * p.chunk_cap + ml;
+    if lane == 0u && ml < p.chunk_rows && st < arrayLength(&sm_scratch) {
+        // A row without visible keys gets 1 / sum = 0: its output is zeros.
+        sm_scratch[st] = vec4<f32>(mx, select(0.0, 1.0 / total, total > 0.0), 0.0, 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn prefill_pv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let d0 = wid.x * DN;
+    let ml0 = wid.y * TR;
+    let h = wid.z;
+    let g = h / p.n_rep;
+    tile_rows(lid, ml0);
+    if lid < TR {
+        let st = 4u * (p.heads * p.chunk_cap * (p.key_stride / 4u) + h * p.chunk_cap + ml0 + lid);
+        t_mx[lid] = pv_s(st);
+        t_inv[lid] = pv_s(st + 1u);
+    }
+    // P loads: key lk of rows 4·lg ..; V loads: columns 4·vc .. of key vk (+ 256 / (DN / 4) per pass).
+    // Arithmetic: rows 4·tm .., column vec4s tn, tn + 16, ...
+    let lk = lid % KD;
+    let lg = lid / KD;
+    let vc = lid % (DN / 4u);
+    let vk = lid / (DN / 4u);
+    let tm = lid / 16u;
+    let tn = lid % 16u;
+    let v0 = p.v_col + g * HD + d0 + 4u * vc;
+{{PV_INIT}}
+    var next = 0u;
+    loop {
+        workgroupBarrier();
+        if lid == 0u {
+            pick_seq(next);
+        }
+        let s = workgroupUniformLoad(&t_cur_seq);
+        if s == NONE {
+            break;
+        }
+        let lim = workgroupUniformLoad(&t_cur_lim);
+        next = s + 1u;
+        if lim == 0u {
+            continue;
+        }
+        let kv_base = seqs[2u * s];
+{{PV_BODY}}
+    }
+{{PV_STORE}}
 }
 
 // ---------------------------------------------------------------------------------------------------------------

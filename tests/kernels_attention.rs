@@ -1,4 +1,4 @@
-//! Attention (flash prefill and split-K decode) and KV-cache update against plain CPU references on random,
+//! Attention (tiled and flash prefill, split-K decode) and KV-cache update against plain CPU references on random,
 //! ragged data: several sequences of different lengths and bases, GQA, causal or not, a sequence with no keys,
 //! large logits (Dia's attention scale is 1.0), fused-QKV / packed-KV / cache buffer layouts.
 mod common;
@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
-use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, AttentionArgs};
+use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, attention_prefill_limited, AttentionArgs};
 use dia_webgpu::kernels::kv_cache::rope_kv_write;
 use dia_webgpu::kernels::rope::rope_tables;
 
@@ -304,6 +304,86 @@ fn attention_head_dim_24() {
 #[test]
 fn attention_head_dim_128() {
     sweep(128, 3);
+}
+
+/// Runs `attention_prefill_limited` with a scratch cap and checks the output and the number of dispatches.
+fn run_prefill_limited(gpu: &Gpu, p: &Problem, fused: bool, max_scratch_bytes: u64, dispatches: usize, what: &str) {
+    let bufs = GpuProblem::new(gpu, p, fused);
+    let ds = attention_prefill_limited(gpu, &bufs.args(p, p.max_keys()), max_scratch_bytes);
+    assert_eq!(ds.len(), dispatches, "{what}: dispatches");
+    gpu.run(&ds.iter().collect::<Vec<_>>());
+    check(p, &p.qinfo, &gpu.read_f32_blocking(&bufs.out).unwrap(), what);
+}
+
+/// The flash fallback (no scratch fits) and the tiled path in chunks of 64 rows (a scratch of one 64-row chunk),
+/// on the sweep's mixed sequences, causal and not, GQA, large logits.
+#[test]
+fn attention_prefill_fallback_and_row_chunks() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(11);
+    for (hd, heads, kv_heads) in [(24usize, 4usize, 2usize), (128, 16, 4)] {
+        for causal in [false, true] {
+            let kv_lens = [37, 0, 5, 300, 1];
+            let queries = mixed_queries(&mut rng, &kv_lens, 130);
+            let p = make_problem(&mut rng, Layout::FusedQkv, &kv_lens, &queries, heads, kv_heads, hd, causal, 20.0);
+            let what = format!("hd {hd} heads {heads}/{kv_heads} causal {causal}");
+            run_prefill_limited(&gpu, &p, true, 0, 1, &format!("{what} flash fallback"));
+            // One 64-row chunk of scores + statistics: rows go in ceil(rows / 64) chunks of 3 dispatches.
+            let one_chunk = (64 * heads * (p.max_keys() as usize).next_multiple_of(4) * 4 + 64 * heads * 16) as u64;
+            run_prefill_limited(&gpu, &p, true, one_chunk, 3 * p.rows.div_ceil(64), &format!("{what} 64-row chunks"));
+            run_prefill_limited(&gpu, &p, true, one_chunk - 4, 1, &format!("{what} flash, scratch 4 bytes short"));
+        }
+    }
+}
+
+/// Encoder-style packed segments (queries and keys are the same rows of one fused QKV buffer, segments back to
+/// back, so 64-row tiles hold several sequences, some of 1 row), non-causal; and a decoder prompt prefill (2 CFG
+/// rows × 77 positions over caches of 200 rows, causal, keys bounded by the cache length). Tiled path, one chunk.
+#[test]
+fn attention_prefill_packed_segments_and_prompt() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(13);
+    for (hd, heads, kv_heads) in [(128usize, 16usize, 16usize), (16, 4, 4)] {
+        let segments = [37usize, 1, 50, 7, 100, 1, 3];
+        let n: usize = segments.iter().sum();
+        let stride = (heads + 2 * kv_heads) * hd;
+        let a = (3.0 * 4.0 / (hd as f32).sqrt()).sqrt();
+        let mut seqs = Vec::new();
+        let mut qinfo = Vec::new();
+        let mut offset = 0;
+        for (s, &len) in segments.iter().enumerate() {
+            seqs.extend([offset as u32, len as u32]);
+            qinfo.extend((0..len).flat_map(|pos| [s as u32, pos as u32]));
+            offset += len;
+        }
+        let data = rng.vec(n * stride, a);
+        let p = Problem {
+            q: data.clone(),
+            q_stride: stride,
+            q_col: 0,
+            k: data,
+            v: None,
+            kv_stride: stride,
+            k_col: heads * hd,
+            v_col: (heads + kv_heads) * hd,
+            qinfo,
+            seqs,
+            rows: n,
+            heads,
+            kv_heads,
+            head_dim: hd,
+            causal: false,
+        };
+        let bufs = GpuProblem::new(&gpu, &p, true);
+        // The encoder's bound on keys: the total token count.
+        let ds = attention_prefill(&gpu, &bufs.args(&p, n as u32));
+        assert_eq!(ds.len(), 3, "packed segments: one chunk");
+        gpu.run(&ds.iter().collect::<Vec<_>>());
+        check(&p, &p.qinfo, &gpu.read_f32_blocking(&bufs.out).unwrap(), &format!("hd {hd} heads {heads} packed segments {segments:?}"));
+    }
+    let queries: Vec<(usize, usize)> = (0..2).flat_map(|s| (0..77).map(move |pos| (s, pos))).collect();
+    let p = make_problem(&mut rng, Layout::Cache, &[200, 200], &queries, 16, 4, 128, true, 20.0);
+    run_prefill_limited(&gpu, &p, false, u64::MAX, 3, "prompt prefill 2 × 77 rows, causal, 200-row caches, 16/4 heads");
 }
 
 /// Decoder steps: one query per sequence, hundreds of keys in a cache, the same dispatches recorded again after

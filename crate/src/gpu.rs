@@ -57,6 +57,8 @@ pub struct Gpu {
     waits: AtomicU64,
     lost: Arc<Mutex<Option<String>>>,
     allocations: Mutex<Allocations>,
+    /// `shared_scratch` buffers by key, alive while some dispatch still binds them.
+    scratch: Mutex<HashMap<String, std::sync::Weak<wgpu::Buffer>>>,
 }
 
 /// Bytes held by the live buffers of `buffer`/`upload`/`uniform`. Each buffer is registered with a weak
@@ -183,6 +185,7 @@ impl Gpu {
             waits: AtomicU64::new(0),
             lost,
             allocations: Mutex::new(Allocations::default()),
+            scratch: Mutex::new(HashMap::new()),
         })
     }
 
@@ -268,6 +271,21 @@ impl Gpu {
             mapped_at_creation: false,
         });
         GpuBuffer { buf: self.track(buf), offset: 0, size: bytes.max(4) }
+    }
+
+    /// A scratch buffer of at least `bytes` for `key`, shared with every earlier caller of the same key whose
+    /// buffer is still alive (a larger request gets a new buffer). Only for data that a kernel writes and reads
+    /// back within consecutive dispatches: the queue runs dispatches in order, so sharers never overlap.
+    pub fn shared_scratch(&self, key: &str, bytes: u64) -> GpuBuffer {
+        let mut pool = self.scratch.lock().unwrap();
+        if let Some(buf) = pool.get(key).and_then(|w| w.upgrade()) {
+            if buf.size() >= bytes {
+                return GpuBuffer { buf, offset: 0, size: bytes.max(4) };
+            }
+        }
+        let fresh = self.buffer(key, bytes);
+        pool.insert(key.to_string(), Arc::downgrade(&fresh.buf));
+        fresh
     }
 
     /// A storage buffer initialised with `data`.

@@ -1,6 +1,7 @@
-//! `shaders/attention.wgsl`: scaled-dot-product attention with scale 1.0 (Dia uses no 1/√d), GQA, masks,
-//! never materialising the score matrix. Two schedules of the same function:
-//! flash-style tiles of queries for the encoder and prefill, split-K over keys for single-query decode. The decoder
+//! `shaders/attention.wgsl`: scaled-dot-product attention with scale 1.0 (Dia uses no 1/√d), GQA, masks.
+//! Three schedules of the same function: for the encoder and prefill, tiled matrix products over a score matrix
+//! materialised in scratch (scores, softmax statistics, P·V), or flash-style tiles of queries when that scratch
+//! would not fit; split-K over keys for single-query decode. The decoder
 //! step's self-attention also folds in RoPE and the KV-cache update (`attention_decode_appending`): every
 //! dependent dispatch costs several µs of ordering on a GPU, so a step saves one per layer.
 use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer};
@@ -25,6 +26,11 @@ const MAX_DECODE_CHUNKS: u32 = 256;
 const PREFILL_TILE_WORDS: u32 = 3800;
 /// Largest head_dim the kernels take (per-thread vectors are sized from it).
 const MAX_HEAD_DIM: u32 = 256;
+/// Rows (and keys) per tile of the tiled prefill; the scratch holds a multiple of it rows.
+const TILE_ROWS: u32 = 64;
+/// Largest score scratch `attention_prefill` asks for (bytes): longer problems go in chunks of rows. Dia's
+/// encoder on 1024 text tokens (16 heads) needs ~67 MB, a 2 × 300-row voice prompt over a 3072-row cache ~118 MB.
+const PREFILL_SCRATCH_MAX: u64 = 128 << 20;
 
 /// Where queries, keys and values live and which keys each query sees.
 ///
@@ -51,7 +57,8 @@ pub struct AttentionArgs<'a> {
     pub kv_heads: u32,
     pub head_dim: u32,
     pub causal: bool,
-    /// Upper bound on any kv_len / pos+1 this dispatch will ever see (sizes split-K scratch).
+    /// Upper bound on any kv_len / pos+1 this dispatch will ever see (sizes the split-K and the prefill score
+    /// scratch; the tiled prefill never reads keys past it).
     pub max_keys: u32,
 }
 
@@ -68,7 +75,12 @@ struct Params {
     k_col: u32,
     v_col: u32,
     n_chunks: u32,
-    _pad: [u32; 2],
+    row0: u32,
+    chunk_rows: u32,
+    chunk_cap: u32,
+    key_stride: u32,
+    max_keys: u32,
+    _pad: [u32; 3],
 }
 
 impl AttentionArgs<'_> {
@@ -86,7 +98,12 @@ impl AttentionArgs<'_> {
             k_col: self.k_col,
             v_col: self.v_col,
             n_chunks,
-            _pad: [0; 2],
+            row0: 0,
+            chunk_rows: 0,
+            chunk_cap: 0,
+            key_stride: 0,
+            max_keys: self.max_keys,
+            _pad: [0; 3],
         }
     }
 }
@@ -99,6 +116,7 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bo
     let chunk = decode_chunk(decode_heads);
     let code = decode_code(head_dim, decode_heads, chunk, append);
     gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}"), entry, || {
+        let tiled = tiled_code(head_dim);
         specialize(
             SHADER,
             &[
@@ -112,17 +130,198 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bo
                 ("DECODE_V", code.v.clone()),
                 ("COMBINE_ROUND", code.combine_round.clone()),
                 ("COMBINE_APPEND", code.combine_append.clone()),
+                ("DN", tiled.dn.to_string()),
+                ("SCORES", tiled.scores.clone()),
+                ("PV_INIT", tiled.pv_init.clone()),
+                ("PV_BODY", tiled.pv_body.clone()),
+                ("PV_STORE", tiled.pv_store.clone()),
             ],
         )
     })
 }
 
-/// Flash-style: for many query rows at once (encoder, prefill). May return several dispatches.
+/// For many query rows at once (encoder, prefill): three dispatches (scores, softmax statistics, P·V) per chunk
+/// of rows, through a score scratch shared with every other prefill on this device (`Gpu::shared_scratch`) of
+/// heads × rows × `max_keys` floats at most (capped by the device's binding and buffer limits and 128 MiB; more
+/// rows go in several chunks), or the flash kernel when not even 64 rows fit.
 pub fn attention_prefill(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
+    let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size).min(PREFILL_SCRATCH_MAX);
+    attention_prefill_limited(gpu, a, limit)
+}
+
+/// `attention_prefill` with the score scratch capped at `max_scratch_bytes` (0: always the flash kernel); for
+/// tests and benchmarks of the chunked and fallback paths.
+pub fn attention_prefill_limited(gpu: &Gpu, a: &AttentionArgs, max_scratch_bytes: u64) -> Vec<Dispatch> {
+    // Under 4 GiB, word indices into the scratch stay within u32.
+    let max_scratch_bytes = max_scratch_bytes.min(u32::MAX as u64);
+    let key_stride = a.max_keys.max(1).next_multiple_of(4);
+    // Scores plus one vec4 of statistics per (head, row).
+    let row_bytes = a.heads as u64 * (key_stride as u64 + 4) * 4;
+    let fit = max_scratch_bytes / row_bytes.max(1) / TILE_ROWS as u64 * TILE_ROWS as u64;
+    if fit == 0 {
+        return vec![prefill_flash(gpu, a)];
+    }
+    let cap = fit.min(a.rows.max(1).next_multiple_of(TILE_ROWS) as u64) as u32;
+    let scratch = gpu.shared_scratch("attention.prefill.scores", row_bytes * cap as u64);
+    let scores = pipeline(gpu, "prefill_scores", a.head_dim, 1, false, false);
+    let softmax = pipeline(gpu, "prefill_softmax", a.head_dim, 1, false, false);
+    let pv = pipeline(gpu, "prefill_pv", a.head_dim, 1, false, false);
+    let dn = tiled_columns(a.head_dim);
+    let mut ds = Vec::new();
+    for row0 in (0..a.rows).step_by(cap as usize) {
+        let chunk_rows = cap.min(a.rows - row0);
+        let params = Params { row0, chunk_rows, chunk_cap: cap, key_stride, ..a.params(0) };
+        let row_tiles = chunk_rows.div_ceil(TILE_ROWS);
+        ds.push(gpu.dispatch(&scores, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, &scratch], [a.max_keys.div_ceil(TILE_ROWS), row_tiles, a.heads]));
+        ds.push(gpu.dispatch(&softmax, &params, &[a.qinfo, a.seqs, &scratch], [chunk_rows.div_ceil(4), a.heads, 1]));
+        ds.push(gpu.dispatch(&pv, &params, &[a.qinfo, a.seqs, &scratch, a.v_buf, a.out], [a.head_dim.div_ceil(dn), row_tiles, a.heads]));
+    }
+    ds
+}
+
+/// Flash-style: a workgroup per 32 query rows and head, no scratch.
+fn prefill_flash(gpu: &Gpu, a: &AttentionArgs) -> Dispatch {
     let params = a.params(0);
     let pipeline = pipeline(gpu, "prefill", a.head_dim, 1, false, false);
     let buffers = [a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out];
-    vec![gpu.dispatch(&pipeline, &params, &buffers, [a.rows.div_ceil(PREFILL_QUERIES), a.heads, 1])]
+    gpu.dispatch(&pipeline, &params, &buffers, [a.rows.div_ceil(PREFILL_QUERIES), a.heads, 1])
+}
+
+/// Output columns per P·V tile for head_dim `hd` (shader constant DN): 128 covers Dia's head_dim in one tile.
+fn tiled_columns(hd: u32) -> u32 {
+    if hd > 64 { 128 } else { 64 }
+}
+
+/// Generated parts of the tiled prefill kernels.
+struct TiledCode {
+    /// Output columns per P·V tile (shader constant DN).
+    dn: u32,
+    scores: String,
+    pv_init: String,
+    pv_body: String,
+    pv_store: String,
+}
+
+/// For head_dim `hd`: the score tile's stages (4 query rows and 4 keys loaded per thread, the next stage's loads
+/// issued before the current stage's 16 × 16 products) and the P·V tile (4 probabilities and 4·DN/64 V words per
+/// thread and stage, 4 × 4·NV accumulators). Shader names: TR = 64, KD = 16, 256 threads.
+fn tiled_code(hd: u32) -> TiledCode {
+    use std::fmt::Write;
+    const KD: u32 = 16;
+    let dn = tiled_columns(hd);
+    let nv = dn / 64; // column vec4s per thread and row
+    let v_passes = dn / 64; // V loads: (DN / 4) column groups × (1024 / DN) keys per pass
+    let v_keys = 1024 / dn;
+    let comp = ["x", "y", "z", "w"];
+    // Dimensions past head_dim (last stage) must not add to the dot products.
+    let masked = !hd.is_multiple_of(KD);
+    let q_load = |off: &str| if masked { format!("select(0.0, load_q(qr_{{r}} + {off}), {off} + lk < HD)") } else { format!("load_q(qr_{{r}} + {off})") };
+    let k_load = |off: &str| if masked { format!("select(0.0, load_k(kr_{{r}} + {off}), {off} + lk < HD)") } else { format!("load_k(kr_{{r}} + {off})") };
+
+    let mut sc = String::new();
+    for r in 0..4 {
+        let _ = writeln!(sc, "        let qr_{r} = q0 + {r}u * p.q_stride;");
+        let _ = writeln!(sc, "        let kr_{r} = (kv_base + min(j0 + 4u * lg + {r}u, lim - 1u)) * p.kv_stride + k0r;");
+    }
+    for r in 0..4 {
+        let _ = writeln!(sc, "        var q_{r} = {};", q_load("0u").replace("{r}", &r.to_string()));
+        let _ = writeln!(sc, "        var k_{r} = {};", k_load("0u").replace("{r}", &r.to_string()));
+        let _ = writeln!(sc, "        var acc_{r} = vec4<f32>(0.0);");
+    }
+    let _ = writeln!(sc, "        for (var k0 = 0u; k0 < HD; k0 += KD) {{");
+    let _ = writeln!(sc, "            workgroupBarrier();");
+    let _ = writeln!(sc, "            ta[lk * 16u + lg] = vec4<f32>(q_0, q_1, q_2, q_3);");
+    let _ = writeln!(sc, "            tb[lk * 16u + lg] = vec4<f32>(k_0, k_1, k_2, k_3);");
+    let _ = writeln!(sc, "            workgroupBarrier();");
+    let _ = writeln!(sc, "            let kn = k0 + KD;");
+    for r in 0..4 {
+        let _ = writeln!(sc, "            q_{r} = {};", q_load("kn").replace("{r}", &r.to_string()));
+        let _ = writeln!(sc, "            k_{r} = {};", k_load("kn").replace("{r}", &r.to_string()));
+    }
+    // Two chains of 8 products per stage, added to the running sum: rounding errors grow with chain length, and
+    // logits are large (no 1/√d), so score errors show up amplified in the softmax.
+    for kk in 0..KD {
+        let _ = writeln!(sc, "            let a_{kk} = ta[{}u + tm];", kk * 16);
+        let _ = writeln!(sc, "            let b_{kk} = tb[{}u + tn];", kk * 16);
+        for (r, c) in comp.iter().enumerate() {
+            let chain = if kk < KD / 2 { "e" } else { "o" };
+            let op = if kk % (KD / 2) == 0 { format!("var {chain}_{r} =") } else { format!("{chain}_{r} +=") };
+            let _ = writeln!(sc, "            {op} a_{kk}.{c} * b_{kk};");
+        }
+    }
+    for r in 0..4 {
+        let _ = writeln!(sc, "            acc_{r} += e_{r} + o_{r};");
+    }
+    let _ = writeln!(sc, "        }}");
+    for r in 0..4 {
+        let _ = writeln!(sc, "        if t_seq[4u * tm + {r}u] == s && j0 + 4u * tn < t_lim[4u * tm + {r}u] {{");
+        let _ = writeln!(sc, "            let i = (h * p.chunk_cap + ml0 + 4u * tm + {r}u) * s_row + j0 / 4u + tn;");
+        let _ = writeln!(sc, "            if i < arrayLength(&sc_out) {{ sc_out[i] = acc_{r}; }}");
+        let _ = writeln!(sc, "        }}");
+    }
+
+    let mut pv_init = String::new();
+    for r in 0..4 {
+        for c in 0..nv {
+            let _ = writeln!(pv_init, "    var acc_{r}_{c} = vec4<f32>(0.0);");
+        }
+    }
+    let mut pv = String::new();
+    for r in 0..4 {
+        // Rows of other sequences take no keys in this pass.
+        let _ = writeln!(pv, "        let pl_{r} = select(0u, t_lim[4u * lg + {r}u], t_seq[4u * lg + {r}u] == s);");
+        let _ = writeln!(pv, "        let pm_{r} = t_mx[4u * lg + {r}u];");
+        let _ = writeln!(pv, "        let pb_{r} = (h * p.chunk_cap + ml0 + 4u * lg + {r}u) * p.key_stride + lk;");
+        let _ = writeln!(pv, "        var p_{r} = select(0.0, exp(pv_s(pb_{r}) - pm_{r}), lk < pl_{r});");
+    }
+    // V rows past the visible keys are read clamped (their probabilities are 0).
+    let v_load = |pass: u32, e: u32, off: &str| format!("pv_load_v((kv_base + min({off}vk + {}u, lim - 1u)) * p.kv_stride + v0 + {e}u)", pass * v_keys);
+    for pass in 0..v_passes {
+        for e in 0..4 {
+            let _ = writeln!(pv, "        var v_{pass}_{e} = {};", v_load(pass, e, ""));
+        }
+    }
+    let _ = writeln!(pv, "        for (var k0 = 0u; k0 < lim; k0 += KD) {{");
+    let _ = writeln!(pv, "            workgroupBarrier();");
+    let _ = writeln!(pv, "            ta[lk * 16u + lg] = vec4<f32>(p_0, p_1, p_2, p_3);");
+    for pass in 0..v_passes {
+        let _ = writeln!(pv, "            tb[(vk + {}u) * (DN / 4u) + vc] = vec4<f32>(v_{pass}_0, v_{pass}_1, v_{pass}_2, v_{pass}_3);", pass * v_keys);
+    }
+    let _ = writeln!(pv, "            workgroupBarrier();");
+    let _ = writeln!(pv, "            let kn = k0 + KD;");
+    for r in 0..4 {
+        let _ = writeln!(pv, "            p_{r} = select(0.0, exp(pv_s(pb_{r} + kn) - pm_{r}), kn + lk < pl_{r});");
+    }
+    for pass in 0..v_passes {
+        for e in 0..4 {
+            let _ = writeln!(pv, "            v_{pass}_{e} = {};", v_load(pass, e, "kn + "));
+        }
+    }
+    for kk in 0..KD {
+        let _ = writeln!(pv, "            let a_{kk} = ta[{}u + tm];", kk * 16);
+        for c in 0..nv {
+            let _ = writeln!(pv, "            let b_{kk}_{c} = tb[{}u + tn];", kk * dn / 4 + 16 * c);
+            for (r, rc) in comp.iter().enumerate() {
+                let _ = writeln!(pv, "            acc_{r}_{c} += a_{kk}.{rc} * b_{kk}_{c};");
+            }
+        }
+    }
+    let _ = writeln!(pv, "        }}");
+
+    let mut store = String::new();
+    for r in 0..4 {
+        let _ = writeln!(store, "    if ml0 + 4u * tm + {r}u < p.chunk_rows && p.row0 + ml0 + 4u * tm + {r}u < p.rows {{");
+        let _ = writeln!(store, "        let ob_{r} = ((p.row0 + ml0 + 4u * tm + {r}u) * p.heads + h) * HD;");
+        let _ = writeln!(store, "        let inv_{r} = t_inv[4u * tm + {r}u];");
+        for c in 0..nv {
+            for (e, ce) in comp.iter().enumerate() {
+                let _ = writeln!(store, "        let d_{r}_{c}_{e} = d0 + 4u * (tn + {}u) + {e}u;", 16 * c);
+                let _ = writeln!(store, "        if d_{r}_{c}_{e} < HD && ob_{r} + d_{r}_{c}_{e} < arrayLength(&pv_out) {{ pv_out[ob_{r} + d_{r}_{c}_{e}] = acc_{r}_{c}.{ce} * inv_{r}; }}");
+            }
+        }
+        let _ = writeln!(store, "    }}");
+    }
+    TiledCode { dn, scores: sc, pv_init, pv_body: pv, pv_store: store }
 }
 
 /// Split over keys: for few query rows with many keys (decoder steps). May return several dispatches
