@@ -160,6 +160,27 @@ mod native {
         /// cross K/V projections; prefill attention of every encoder layer.
         encoder_linear_only_ms: f64,
         encoder_attention_only_ms: f64,
+        /// The encoder on 100 / 1000 bytes: host time to build its dispatches, then the GPU time of replaying
+        /// them (one submission, waited).
+        encoder_build_ms: [f64; 2],
+        encoder_replay_ms: [f64; 2],
+        /// Time to first audio split at sync points (each part waited for, so their sum exceeds the overlapped
+        /// real thing): session set-up on the host, its encoder on the GPU, the streaming codec's set-up, the
+        /// decoder steps up to the first decodable chunk with their readback, the first window's decode
+        /// (a fresh decoder: plan built) and the same window again (plan reused).
+        ttfa_parts: TtfaParts,
+    }
+
+    #[derive(Serialize)]
+    struct TtfaParts {
+        session_host_ms: f64,
+        encoder_gpu_ms: f64,
+        codec_setup_ms: f64,
+        steps: usize,
+        steps_ms: f64,
+        first_window_frames: usize,
+        first_window_ms: f64,
+        first_window_again_ms: f64,
     }
 
     #[derive(Serialize)]
@@ -290,7 +311,14 @@ mod native {
         let linear_only_gbps = weight_bytes_per_step as f64 / linear_s / 1e9;
         log(&format!("linear only {:.1} passes/s, {linear_only_gbps:.1} GB/s", 1.0 / linear_s));
 
-        let profile = if args.profile { Some(profile_step(gpu, &model, args.batch, args.steps)?) } else { None };
+        let dac = random_dac(gpu, dac_cfg, numerics)?;
+        let dac_ms = time_dac(gpu, &dac, FRAMES_PER_10S.round() as usize, args.runs)?;
+        let peak = gpu.peak_allocated_bytes();
+        log(&format!("DAC {dac_ms:.2} ms per {} frames; peak allocated {:.1} MB", FRAMES_PER_10S.round(), peak as f64 / 1e6));
+        drop(session);
+        let ttfa_ms = time_ttfa(gpu, &model, &dac, args.runs)?;
+        log(&format!("time to first audio {}", ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1} ms"))));
+        let profile = if args.profile { Some(profile_step(gpu, &model, &dac, args.batch, args.steps)?) } else { None };
         if let Some(p) = &profile {
             log(&format!("profile: attention only {:.3} ms, {} tiny dispatches {:.3} ms", p.attention_only_ms, p.dispatches_per_step, p.dispatch_floor_ms));
             for s in &p.linear_shapes {
@@ -299,13 +327,6 @@ mod native {
             log(&format!("profile: encoder (1000 bytes) linear only {:.2} ms, attention only {:.2} ms", p.encoder_linear_only_ms, p.encoder_attention_only_ms));
         }
 
-        let dac = random_dac(gpu, dac_cfg, numerics)?;
-        let dac_ms = time_dac(gpu, &dac, FRAMES_PER_10S.round() as usize, args.runs)?;
-        let peak = gpu.peak_allocated_bytes();
-        log(&format!("DAC {dac_ms:.2} ms per {} frames; peak allocated {:.1} MB", FRAMES_PER_10S.round(), peak as f64 / 1e6));
-        drop(session);
-        let ttfa_ms = time_ttfa(gpu, &model, &dac, args.runs)?;
-        log(&format!("time to first audio {}", ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1} ms"))));
         let memory = (args.generations > 0).then(|| memory_over_generations(gpu, &model, &dac, args.generations)).transpose()?;
         if let Some(m) = &memory {
             let mb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1} MB", b as f64 / 1e6));
@@ -644,7 +665,7 @@ mod native {
     }
 
     /// Parts of the step graph alone, built from the same kernels as `DecoderGraph` with its shapes.
-    fn profile_step(gpu: &Gpu, model: &DiaModel, batch: usize, steps: usize) -> Result<Profile> {
+    fn profile_step(gpu: &Gpu, model: &DiaModel, dac: &DacModel, batch: usize, steps: usize) -> Result<Profile> {
         let d = &model.cfg.decoder;
         let rows = 2 * batch as u32;
         let max_len = d.max_positions as u32;
@@ -691,7 +712,35 @@ mod native {
         }
 
         let (encoder_linear_only_ms, encoder_attention_only_ms) = profile_encoder(gpu, model, 1000.min(model.cfg.encoder.max_positions))?;
+        let mut encoder_build_ms = [0.0; 2];
+        let mut encoder_replay_ms = [0.0; 2];
+        for (i, bytes) in [100, 1000.min(model.cfg.encoder.max_positions)].into_iter().enumerate() {
+            let tokens = text_tokens(bytes);
+            for _ in 0..3 {
+                let t0 = Instant::now();
+                let (ds, state) = model.encoder_graph(gpu, PackedText::new(std::slice::from_ref(&tokens)));
+                encoder_build_ms[i] = ms(t0.elapsed());
+                encoder_replay_ms[i] = time_passes(gpu, &ds.iter().collect::<Vec<_>>(), 3)? * 1e3;
+                drop(state);
+            }
+        }
+        eprintln!("profile: encoder 100 / 1000 B: build {:.2} / {:.2} ms (host), replay {:.2} / {:.2} ms (GPU)", encoder_build_ms[0], encoder_build_ms[1], encoder_replay_ms[0], encoder_replay_ms[1]);
+        let ttfa_parts = profile_ttfa(gpu, model, dac)?;
+        eprintln!(
+            "profile: TTFA parts: session {:.2} ms host, encoder {:.2} ms GPU, codec set-up {:.2} ms, {} steps + readback {:.2} ms, first window ({} frames) {:.2} ms, again {:.2} ms",
+            ttfa_parts.session_host_ms,
+            ttfa_parts.encoder_gpu_ms,
+            ttfa_parts.codec_setup_ms,
+            ttfa_parts.steps,
+            ttfa_parts.steps_ms,
+            ttfa_parts.first_window_frames,
+            ttfa_parts.first_window_ms,
+            ttfa_parts.first_window_again_ms
+        );
         Ok(Profile {
+            encoder_build_ms,
+            encoder_replay_ms,
+            ttfa_parts,
             dispatches_per_step,
             attention_only_ms,
             dispatch_floor_ms,
@@ -699,6 +748,101 @@ mod native {
             encoder_linear_only_ms,
             encoder_attention_only_ms,
         })
+    }
+
+    /// `Tts::speak`'s way to the first chunk (100 bytes, default options), waited for at each part; the median
+    /// of 3 after a warm-up.
+    fn profile_ttfa(gpu: &Gpu, dia: &DiaModel, dac: &DacModel) -> Result<TtfaParts> {
+        let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. "
+            .chars()
+            .cycle()
+            .take(100)
+            .collect();
+        let opts = GenerateOptions::default();
+        let (left, right) = dac.decoder_context();
+        let max_delay = dia.cfg.delay_pattern.iter().copied().max().unwrap_or(0);
+        // As `StreamDecoder`: 8 new frames plus the right context must be final (delayed rows up to + max delay).
+        let first = 8;
+        let steps = first + right + max_delay;
+        // Session::new's host parts one by one (encoder dispatches, KV cache, step graph, logits head).
+        for _ in 0..2 {
+            let t = Instant::now();
+            let (ds, enc) = dia.encoder_graph(gpu, PackedText::new(&[encode_text(&text)]));
+            let enc_ms = ms(t.elapsed());
+            let t = Instant::now();
+            let cache = KvCache::new(gpu, dia, 2, dia.cfg.decoder.max_positions as u32);
+            let cache_ms = ms(t.elapsed());
+            let t = Instant::now();
+            let graph = DecoderGraph::new(gpu, dia, &enc, &cache, 1, 1);
+            let graph_ms = ms(t.elapsed());
+            let t = Instant::now();
+            let head = dia.logits_head(gpu, &graph.x, 2);
+            let head_ms = ms(t.elapsed());
+            let t = Instant::now();
+            let _ = host_dispatch_costs(gpu);
+            eprintln!("profile: session host parts: encoder dispatches {enc_ms:.2} ms ({}), KV cache {cache_ms:.2} ms, step graph {graph_ms:.2} ms ({}), logits head {head_ms:.2} ms; {} ({:.2} ms)", ds.len(), graph.dispatches(), host_dispatch_costs(gpu), ms(t.elapsed()));
+            drop((ds, enc, cache, graph, head));
+        }
+        let mut runs = Vec::new();
+        for _ in 0..4 {
+            let t0 = Instant::now();
+            let mut session = Session::new(gpu, dia, &[&text], None, &opts, false)?;
+            let session_host_ms = ms(t0.elapsed());
+            let t1 = Instant::now();
+            gpu.wait_idle()?;
+            let encoder_gpu_ms = ms(t1.elapsed());
+            let t2 = Instant::now();
+            let mut decoder = dac.decoder(gpu, 32 + left + right)?;
+            let codec_setup_ms = ms(t2.elapsed());
+            let t3 = Instant::now();
+            for _ in 0..steps {
+                session.submit_step();
+            }
+            let _ = gpu.read_u32_blocking(session.codes_buffer())?;
+            let steps_ms = ms(t3.elapsed());
+            let frames = first + right;
+            let codes = vec![0u32; dac.config.n_codebooks * frames];
+            let t4 = Instant::now();
+            let _ = pollster::block_on(decoder.decode(gpu, &codes, frames))?;
+            let first_window_ms = ms(t4.elapsed());
+            let t5 = Instant::now();
+            let _ = pollster::block_on(decoder.decode(gpu, &codes, frames))?;
+            let first_window_again_ms = ms(t5.elapsed());
+            runs.push(TtfaParts { session_host_ms, encoder_gpu_ms, codec_setup_ms, steps, steps_ms, first_window_frames: frames, first_window_ms, first_window_again_ms });
+        }
+        runs.remove(0);
+        let med = |f: &dyn Fn(&TtfaParts) -> f64| median(runs.iter().map(f).collect());
+        Ok(TtfaParts {
+            session_host_ms: med(&|r| r.session_host_ms),
+            encoder_gpu_ms: med(&|r| r.encoder_gpu_ms),
+            codec_setup_ms: med(&|r| r.codec_setup_ms),
+            steps,
+            steps_ms: med(&|r| r.steps_ms),
+            first_window_frames: first + right,
+            first_window_ms: med(&|r| r.first_window_ms),
+            first_window_again_ms: med(&|r| r.first_window_again_ms),
+        })
+    }
+
+    /// Host cost of the runtime's building blocks: a uniform buffer, a whole small dispatch, a 12 MB buffer.
+    fn host_dispatch_costs(gpu: &Gpu) -> String {
+        let x = gpu.buffer("bench.host_x", 4096 * 4);
+        let g = gpu.buffer("bench.host_g", 4096 * 4);
+        let y = gpu.buffer("bench.host_y", 4096 * 4);
+        let n = 200;
+        let t = Instant::now();
+        let u: Vec<_> = (0..n).map(|_| gpu.uniform("bench.params", &[0u32; 8])).collect();
+        let uniform_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        drop(u);
+        let t = Instant::now();
+        let d: Vec<_> = (0..n).map(|_| rmsnorm(gpu, &x, &g, &y, 1, 1024, 1e-5)).collect();
+        let dispatch_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        drop(d);
+        let t = Instant::now();
+        let b: Vec<_> = (0..36).map(|_| gpu.buffer("bench.host_big", 12 << 20)).collect();
+        let big_us = t.elapsed().as_secs_f64() * 1e6 / 36.0;
+        drop(b);
+        format!("uniform {uniform_us:.1} us, rmsnorm dispatch {dispatch_us:.1} us, 12 MiB buffer {big_us:.1} us")
     }
 
     /// The encoder's matrix products and its attention, each alone, for one text of `bytes` tokens (plus the
@@ -812,6 +956,15 @@ mod native {
             });
             row("profile: encoder 1000 B linear only, ms", &|m| p(m, &|p| format!("{:.2}", p.encoder_linear_only_ms)));
             row("profile: encoder 1000 B attention only, ms", &|m| p(m, &|p| format!("{:.2}", p.encoder_attention_only_ms)));
+            row("profile: encoder 100 / 1000 B host build, ms", &|m| p(m, &|p| format!("{:.2} / {:.2}", p.encoder_build_ms[0], p.encoder_build_ms[1])));
+            row("profile: encoder 100 / 1000 B GPU replay, ms", &|m| p(m, &|p| format!("{:.2} / {:.2}", p.encoder_replay_ms[0], p.encoder_replay_ms[1])));
+            row("profile: TTFA session set-up (host), ms", &|m| p(m, &|p| format!("{:.2}", p.ttfa_parts.session_host_ms)));
+            row("profile: TTFA encoder wait, ms", &|m| p(m, &|p| format!("{:.2}", p.ttfa_parts.encoder_gpu_ms)));
+            row("profile: TTFA codec set-up, ms", &|m| p(m, &|p| format!("{:.2}", p.ttfa_parts.codec_setup_ms)));
+            row("profile: TTFA steps to first chunk + readback, ms", &|m| p(m, &|p| format!("{} steps {:.2}", p.ttfa_parts.steps, p.ttfa_parts.steps_ms)));
+            row("profile: TTFA first window (again), ms", &|m| {
+                p(m, &|p| format!("{} fr {:.2} ({:.2})", p.ttfa_parts.first_window_frames, p.ttfa_parts.first_window_ms, p.ttfa_parts.first_window_again_ms))
+            });
         }
         let name_w = rows.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0);
         let col_w = rows.iter().flat_map(|(_, v)| v.iter().map(|s| s.chars().count())).max().unwrap_or(0);

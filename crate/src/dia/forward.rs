@@ -67,6 +67,14 @@ pub struct EncoderState {
 impl DiaModel {
     /// Runs the encoder over the packed text and projects the cross-attention K/V of every layer (once).
     pub fn encode(&self, gpu: &Gpu, text: PackedText) -> EncoderState {
+        let (ds, state) = self.encoder_graph(gpu, text);
+        gpu.run(&ds.iter().collect::<Vec<_>>());
+        state
+    }
+
+    /// The encoder's dispatches (not submitted) and the state they fill: `encode` without the submission, for
+    /// profiling (the dispatches can be replayed).
+    pub fn encoder_graph(&self, gpu: &Gpu, text: PackedText) -> (Vec<Dispatch>, EncoderState) {
         let e = &self.cfg.encoder;
         let d = &self.cfg.decoder;
         let n = text.tokens.len() as u32;
@@ -127,8 +135,7 @@ impl DiaModel {
                 ds.push(rope(gpu, kv, c, s, &qinfo, n, kv_w, 0, d.cross_kv_heads as u32, d.cross_head_dim as u32));
             }
         }
-        gpu.run(&ds.iter().collect::<Vec<_>>());
-        EncoderState { text, enc_out, cross_kv, seqs }
+        (ds, EncoderState { text, enc_out, cross_kv, seqs })
     }
 }
 

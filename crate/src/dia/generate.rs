@@ -193,6 +193,11 @@ impl<'m> Session<'m> {
         self.batch
     }
 
+    /// Delayed rows `[max_length, B, C]` on the GPU (known prefix, then what the submitted steps produce).
+    pub fn codes_buffer(&self) -> &GpuBuffer {
+        &self.codes
+    }
+
     /// Rows fed before the first generated row.
     pub fn prefix_rows(&self) -> usize {
         self.s0

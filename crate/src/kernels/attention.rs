@@ -114,8 +114,9 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bo
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
     let chunk = decode_chunk(decode_heads);
-    let code = decode_code(head_dim, decode_heads, chunk, append);
+    // Generated code only on a cache miss: building it per dispatch is most of a session's host set-up.
     gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}"), entry, || {
+        let code = decode_code(head_dim, decode_heads, chunk, append);
         let tiled = tiled_code(head_dim);
         specialize(
             SHADER,

@@ -196,7 +196,6 @@ fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
     // more rounds' worth than the row has.
     let per_thread = chunks_per_row(w.cols).div_ceil(k_threads).max(1);
     let unroll = (match m_spec { 1..=2 => 4, 3..=4 => 2, _ => 1 }).min(per_thread);
-    let code = small_m_code(m_spec, rows_per_thread, unroll, k_threads, norm.is_some());
     let key = format!(
         "linear.small_m.{}.{access}.{}.norm_{norm_section}.m{m_spec}.t{threads}.k{k_threads}.r{rows_per_thread}.u{unroll}.blocked{}",
         w.numerics.name(),
@@ -204,6 +203,7 @@ fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
         blocks > 1
     );
     let pipeline = gpu.pipeline(&key, "small_m", || {
+        let code = small_m_code(m_spec, rows_per_thread, unroll, k_threads, norm.is_some());
         let src = [
             section("common"),
             section(&format!("access_{}_{access}", w.numerics.name())),
