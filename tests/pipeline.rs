@@ -173,3 +173,28 @@ fn pipeline_memory_flat_over_generations() {
     println!("after each generation (buffers, device allocations): {after:?}");
     assert!(after.iter().all(|&a| a == after[0]), "memory changed across generations: {after:?}");
 }
+
+/// `Gpu::reusable_buffer` hands a kept buffer only to one holder at a time, reuses it once dropped (a larger
+/// request replaces it), and `release_reusable` frees what is idle.
+#[test]
+fn gpu_reusable_buffers_are_shared_only_when_idle() {
+    let gpu = test_gpu();
+    let base = gpu.allocated_bytes();
+    let a = gpu.reusable_buffer("test.reuse", 4096);
+    let b = gpu.reusable_buffer("test.reuse", 1024);
+    assert!(!std::sync::Arc::ptr_eq(&a.buf, &b.buf), "a held buffer was handed out twice");
+    assert_eq!(b.size, 1024);
+    let a_ptr = std::sync::Arc::as_ptr(&a.buf);
+    drop(a);
+    let c = gpu.reusable_buffer("test.reuse", 2048);
+    assert_eq!(std::sync::Arc::as_ptr(&c.buf), a_ptr, "the idle 4096-byte buffer was not reused");
+    assert_eq!(c.size, 2048);
+    drop((c, b));
+    // Both idle: a larger request frees them and takes a new one.
+    let d = gpu.reusable_buffer("test.reuse", 8192);
+    assert_eq!(gpu.allocated_bytes() - base, 8192);
+    drop(d);
+    assert_eq!(gpu.allocated_bytes() - base, 8192, "an idle buffer is kept");
+    gpu.release_reusable();
+    assert_eq!(gpu.allocated_bytes(), base);
+}

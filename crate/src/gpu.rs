@@ -59,6 +59,8 @@ pub struct Gpu {
     allocations: Mutex<Allocations>,
     /// `shared_scratch` buffers by key, alive while some dispatch still binds them.
     scratch: Mutex<HashMap<String, std::sync::Weak<wgpu::Buffer>>>,
+    /// `reusable_buffer` buffers by label, kept between users (strongly held here).
+    reusable: Mutex<HashMap<String, Vec<Arc<wgpu::Buffer>>>>,
 }
 
 /// Bytes held by the live buffers of `buffer`/`upload`/`uniform`. Each buffer is registered with a weak
@@ -186,6 +188,7 @@ impl Gpu {
             lost,
             allocations: Mutex::new(Allocations::default()),
             scratch: Mutex::new(HashMap::new()),
+            reusable: Mutex::new(HashMap::new()),
         })
     }
 
@@ -286,6 +289,35 @@ impl Gpu {
         let fresh = self.buffer(key, bytes);
         pool.insert(key.to_string(), Arc::downgrade(&fresh.buf));
         fresh
+    }
+
+    /// A storage buffer of at least `bytes` for `label` that nobody else holds, kept by the `Gpu` after its
+    /// users drop it and handed to the next caller of the same label: per-generation working memory (KV
+    /// caches, codec activations) without a device allocation each time (a 12 MiB buffer costs 0.16–0.3 ms
+    /// of host time on an H100's driver). Contents are stale, not zero: only for buffers every reader finds
+    /// written first. Idle buffers of the label too small for the request are freed; `release_reusable`
+    /// frees every idle one.
+    pub fn reusable_buffer(&self, label: &str, bytes: u64) -> GpuBuffer {
+        let mut pool = self.reusable.lock().unwrap();
+        let list = pool.entry(label.to_string()).or_default();
+        // Only the pool holds an idle buffer; clones are made under this lock, so the count cannot rise meanwhile.
+        let idle = |b: &Arc<wgpu::Buffer>| Arc::strong_count(b) == 1;
+        if let Some(b) = list.iter().filter(|b| idle(b) && b.size() >= bytes).min_by_key(|b| b.size()) {
+            return GpuBuffer { buf: b.clone(), offset: 0, size: bytes.max(4) };
+        }
+        list.retain(|b| !idle(b));
+        let fresh = self.buffer(label, bytes);
+        list.push(fresh.buf.clone());
+        fresh
+    }
+
+    /// Frees the idle buffers `reusable_buffer` keeps.
+    pub fn release_reusable(&self) {
+        let mut pool = self.reusable.lock().unwrap();
+        for list in pool.values_mut() {
+            list.retain(|b| Arc::strong_count(b) > 1);
+        }
+        pool.retain(|_, l| !l.is_empty());
     }
 
     /// A storage buffer initialised with `data`.

@@ -156,7 +156,7 @@ impl<'a> Tts<'a> {
         let (left, right) = self.dac.decoder_context();
         let mut stream = StreamDecoder {
             gpu: self.gpu,
-            decoder: self.dac.decoder(self.gpu, STREAM_FRAMES + left + right)?,
+            decoder: self.dac.stream_decoder(self.gpu, STREAM_FRAMES + left + right)?,
             left,
             right,
             first_chunk: None,

@@ -685,6 +685,17 @@ mod native {
             self_attention.len(),
             cross_attention.len()
         );
+        {
+            // The recorded step in parts: layers alone, logits head + sampler alone, the embedding alone.
+            let session = Session::from_tokens(gpu, model, &vec![text_tokens(100); batch], None, &GenerateOptions::default(), false)?;
+            let (layers, tail) = session.step_dispatches();
+            let whole: Vec<&Dispatch> = layers.iter().chain(&tail).copied().collect();
+            let whole_ms = time_passes(gpu, &whole, steps)? * 1e3;
+            let layers_ms = time_passes(gpu, &layers, steps)? * 1e3;
+            let tail_ms = time_passes(gpu, &tail, steps)? * 1e3;
+            let embed_ms = time_passes(gpu, &graph.part(StepPart::Embedding), steps)? * 1e3;
+            eprintln!("profile: step replayed {whole_ms:.3} ms = layers {layers_ms:.3} ms ({}) + logits head and sampler {tail_ms:.3} ms ({}); embedding alone {embed_ms:.3} ms", layers.len(), tail.len());
+        }
         let attention: Vec<&Dispatch> = self_attention.into_iter().chain(cross_attention).collect();
         let attention_only_ms = time_passes(gpu, &attention, steps)? * 1e3;
 
@@ -792,7 +803,7 @@ mod native {
             gpu.wait_idle()?;
             let encoder_gpu_ms = ms(t1.elapsed());
             let t2 = Instant::now();
-            let mut decoder = dac.decoder(gpu, 32 + left + right)?;
+            let mut decoder = dac.stream_decoder(gpu, 32 + left + right)?;
             let codec_setup_ms = ms(t2.elapsed());
             let t3 = Instant::now();
             for _ in 0..steps {

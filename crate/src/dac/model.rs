@@ -329,7 +329,9 @@ pub struct DacModel {
 }
 
 /// A storage buffer of `words` 32-bit values, or a typed error past the adapter's binding limit.
-fn checked_buffer(gpu: &Gpu, label: &str, words: usize) -> Result<GpuBuffer, DacError> {
+/// A buffer of `words` f32 within the binding limit; `reuse` takes it from `Gpu::reusable_buffer` (every
+/// codec kernel writes what it later reads, so stale contents are fine).
+fn checked_buffer(gpu: &Gpu, label: &str, words: usize, reuse: bool) -> Result<GpuBuffer, DacError> {
     let bytes = words as u64 * 4;
     if bytes > gpu.limits.max_storage_buffer_binding_size {
         return Err(DacError::Gpu(GpuError::LimitTooSmall {
@@ -339,7 +341,7 @@ fn checked_buffer(gpu: &Gpu, label: &str, words: usize) -> Result<GpuBuffer, Dac
             required: bytes,
         }));
     }
-    Ok(gpu.buffer(label, bytes))
+    Ok(if reuse { gpu.reusable_buffer(label, bytes) } else { gpu.buffer(label, bytes) })
 }
 
 /// "Same" padding of a stride-1 convolution.
@@ -440,6 +442,17 @@ impl DacModel {
     /// A decoding workspace for windows of up to `max_frames` frames: buffers allocated once, launch
     /// sequences built once per distinct window length.
     pub fn decoder(&self, gpu: &Gpu, max_frames: usize) -> Result<DacDecoder, DacError> {
+        self.workspace(gpu, max_frames, false)
+    }
+
+    /// `decoder` for repeated short-lived use (a streaming generation's windows): its buffers come from
+    /// `Gpu::reusable_buffer`, so the next generation's workspace costs no device allocation.
+    pub fn stream_decoder(&self, gpu: &Gpu, max_frames: usize) -> Result<DacDecoder, DacError> {
+        self.workspace(gpu, max_frames, true)
+    }
+
+    fn workspace(&self, gpu: &Gpu, max_frames: usize, reuse: bool) -> Result<DacDecoder, DacError> {
+        let buffer = |label: &str, words: usize| checked_buffer(gpu, label, words, reuse);
         let max = max_frames as u32;
         let lens = decode_lengths(&self.w, max);
         let cfg = &self.config;
@@ -454,12 +467,12 @@ impl DacModel {
             n_codebooks: cfg.n_codebooks,
             codebook_size: cfg.codebook_size,
             max_frames,
-            codes: checked_buffer(gpu, "dac.codes", cfg.n_codebooks * max_frames)?,
-            z: checked_buffer(gpu, "dac.z", cfg.latent * max_frames)?,
-            a: checked_buffer(gpu, "dac.act_a", act)?,
-            b: checked_buffer(gpu, "dac.act_b", act)?,
-            h: checked_buffer(gpu, "dac.act_h", act)?,
-            pcm: checked_buffer(gpu, "dac.pcm", *lens.last().unwrap() as usize)?,
+            codes: buffer("dac.codes", cfg.n_codebooks * max_frames)?,
+            z: buffer("dac.z", cfg.latent * max_frames)?,
+            a: buffer("dac.act_a", act)?,
+            b: buffer("dac.act_b", act)?,
+            h: buffer("dac.act_h", act)?,
+            pcm: buffer("dac.pcm", *lens.last().unwrap() as usize)?,
             plans: HashMap::new(),
         })
     }
@@ -492,11 +505,11 @@ impl DacModel {
             act = act.max(w.convs[blk.conv].cout as usize * *len as usize);
         }
         let x = gpu.upload("dac.pcm_in", pcm);
-        let a = checked_buffer(gpu, "dac.enc_a", act)?;
-        let b = checked_buffer(gpu, "dac.enc_b", act)?;
-        let h = checked_buffer(gpu, "dac.enc_h", act)?;
-        let z = checked_buffer(gpu, "dac.enc_z", self.config.latent * frames as usize)?;
-        let codes = checked_buffer(gpu, "dac.enc_codes", self.config.n_codebooks * frames as usize)?;
+        let a = checked_buffer(gpu, "dac.enc_a", act, false)?;
+        let b = checked_buffer(gpu, "dac.enc_b", act, false)?;
+        let h = checked_buffer(gpu, "dac.enc_h", act, false)?;
+        let z = checked_buffer(gpu, "dac.enc_z", self.config.latent * frames as usize, false)?;
+        let codes = checked_buffer(gpu, "dac.enc_codes", self.config.n_codebooks * frames as usize, false)?;
 
         let mut ds = Vec::new();
         let c1 = &w.convs[e.conv1];

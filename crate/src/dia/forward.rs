@@ -162,10 +162,12 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(gpu: &Gpu, model: &DiaModel, rows: u32, max_len: u32) -> KvCache {
         let d = &model.cfg.decoder;
-        let bytes = rows as u64 * max_len as u64 * (d.kv_heads * d.head_dim) as u64 * F32;
+        // Sized in steps of 512 positions so that generations of similar lengths share the kept buffers.
+        let bytes = rows as u64 * max_len.next_multiple_of(512) as u64 * (d.kv_heads * d.head_dim) as u64 * F32;
         KvCache {
-            k: (0..d.layers).map(|_| gpu.buffer("kv_k", bytes)).collect(),
-            v: (0..d.layers).map(|_| gpu.buffer("kv_v", bytes)).collect(),
+            // Kept for the next session: every position is written (prefill or step) before attention reads it.
+            k: (0..d.layers).map(|l| gpu.reusable_buffer(&format!("kv_k.{l}"), bytes)).collect(),
+            v: (0..d.layers).map(|l| gpu.reusable_buffer(&format!("kv_v.{l}"), bytes)).collect(),
             max_len,
             rows,
         }
@@ -310,6 +312,11 @@ impl DecoderGraph {
     }
 
     /// The dispatches of one part of the pass, in order (to time it alone).
+    /// Every dispatch of the graph, in order.
+    pub fn part_all(&self) -> Vec<&Dispatch> {
+        self.body.iter().map(|(_, d)| d).collect()
+    }
+
     pub fn part(&self, part: StepPart) -> Vec<&Dispatch> {
         self.body.iter().filter(|(p, _)| *p == part).map(|(_, d)| d).collect()
     }

@@ -193,6 +193,11 @@ impl<'m> Session<'m> {
         self.batch
     }
 
+    /// One step's dispatches as recorded (profiling): the layers, then the logits head and the sampler.
+    pub fn step_dispatches(&self) -> (Vec<&Dispatch>, Vec<&Dispatch>) {
+        (self.step.part_all(), self.head.iter().chain(self.sampler.dispatches()).collect())
+    }
+
     /// Delayed rows `[max_length, B, C]` on the GPU (known prefix, then what the submitted steps produce).
     pub fn codes_buffer(&self) -> &GpuBuffer {
         &self.codes
