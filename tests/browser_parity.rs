@@ -65,7 +65,7 @@ async fn gpu() -> Rc<Gpu> {
     if let Some(gpu) = GPU.with(|g| g.borrow().clone()) {
         return gpu;
     }
-    let gpu = Gpu::new(GpuOptions { high_performance: true, min_storage_binding: 16 << 20, want_shader_f16: true })
+    let gpu = Gpu::new(GpuOptions { high_performance: true, min_storage_binding: 16 << 20, want_shader_f16: true, want_tensor_cores: true })
         .await
         .expect("a WebGPU adapter (Chromium needs --enable-unsafe-webgpu)");
     let gpu = Rc::new(gpu);

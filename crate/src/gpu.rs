@@ -37,11 +37,14 @@ pub struct GpuOptions {
     pub min_storage_binding: u64,
     /// Use `shader-f16` if the adapter has it (optional speed-up; never required).
     pub want_shader_f16: bool,
+    /// Use tensor cores through wgpu's experimental cooperative matrices where the adapter has them (native
+    /// only; see `Gpu::tensor_cores`). Off gives the plain kernels everywhere (A/B measurements).
+    pub want_tensor_cores: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { high_performance: true, min_storage_binding: 128 << 20, want_shader_f16: true }
+        GpuOptions { high_performance: true, min_storage_binding: 128 << 20, want_shader_f16: true, want_tensor_cores: true }
     }
 }
 
@@ -150,6 +153,10 @@ impl Gpu {
         if opts.want_shader_f16 && adapter.features().contains(wgpu::Features::SHADER_F16) {
             features |= wgpu::Features::SHADER_F16;
         }
+        let tensor_cores = opts.want_tensor_cores && features.contains(wgpu::Features::SHADER_F16) && adapter_has_tensor_cores(&adapter);
+        if tensor_cores {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         // Ask for the adapter's own limits: the defaults cap bindings at 128 MiB.
         let mut limits = wgpu::Limits::downlevel_defaults().using_resolution(have.clone());
         limits.max_storage_buffer_binding_size = have.max_storage_buffer_binding_size;
@@ -166,7 +173,10 @@ impl Gpu {
                 label: Some("dia-webgpu"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                // SAFETY: wgpu marks cooperative matrices experimental (its shader translation has had bugs, e.g.
+                // naga 30 drops a computed `coopStore` stride); our cooperative-matrix kernels are translated on the
+                // host in tests (tests/coop_naga.rs) and checked against the plain kernels on a GPU that has them.
+                experimental_features: if tensor_cores { unsafe { wgpu::ExperimentalFeatures::enabled() } } else { wgpu::ExperimentalFeatures::disabled() },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -190,6 +200,12 @@ impl Gpu {
             scratch: Mutex::new(HashMap::new()),
             reusable: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether the device was made with cooperative matrices (16×16×16 f16 → f32 tensor-core products, subgroups
+    /// of exactly 32 invocations, `shader-f16`): the DAC and encoder kernels then use them.
+    pub fn tensor_cores(&self) -> bool {
+        self.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
     }
 
     /// A short human description: adapter name and backend.
@@ -447,6 +463,27 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
             .map_err(|e| GpuError::DeviceLost(e.to_string()))
+    }
+}
+
+/// What the cooperative-matrix kernels need: the feature with `shader-f16`, the 16×16×16 f16 → f32 configuration,
+/// and subgroups of exactly 32 (a kernel's 256 invocations are 8 subgroups of consecutive invocations). Native only:
+/// browsers do not expose cooperative matrices.
+fn adapter_has_tensor_cores(adapter: &wgpu::Adapter) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = adapter;
+        false
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let info = adapter.get_info();
+        adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16)
+            && info.subgroup_min_size == 32
+            && info.subgroup_max_size == 32
+            && adapter.cooperative_matrix_properties().iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (16, 16, 16) && p.ab_type == wgpu::CooperativeScalarType::F16 && p.cr_type == wgpu::CooperativeScalarType::F32
+            })
     }
 }
 

@@ -105,7 +105,7 @@ impl DiaEngine {
             return Err(JsError::new("WebGPU is not available here: navigator.gpu is missing (a browser with WebGPU enabled, on https or localhost, is needed)"));
         }
         let adapter_label = browser_adapter_label().await.unwrap_or_default();
-        let opts = GpuOptions { high_performance: true, min_storage_binding: largest_matrix_bytes(numerics), want_shader_f16: true };
+        let opts = GpuOptions { high_performance: true, min_storage_binding: largest_matrix_bytes(numerics), want_shader_f16: true, want_tensor_cores: false };
         let gpu = Gpu::new(opts).await.map_err(|e| match e {
             GpuError::NoAdapter(why) => JsError::new(&format!(
                 "WebGPU gave no adapter: navigator.gpu.requestAdapter() found none (WebGPU disabled, or this GPU blocklisted; Chromium on a machine without a GPU needs --enable-unsafe-webgpu). Detail: {why}"

@@ -33,7 +33,7 @@ pub fn fixtures_dir() -> PathBuf {
 /// A device on whatever adapter this machine has (lavapipe in CI), with small required limits.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn test_gpu() -> Gpu {
-    Gpu::new_blocking(GpuOptions { high_performance: true, min_storage_binding: 16 << 20, want_shader_f16: true })
+    Gpu::new_blocking(GpuOptions { high_performance: true, min_storage_binding: 16 << 20, want_shader_f16: true, want_tensor_cores: true })
         .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
