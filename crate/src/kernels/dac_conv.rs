@@ -333,7 +333,8 @@ impl ConvTile {
     /// The rule, for what is not forced:
     /// - shape: `NARROW` when cout ≤ 4; else the first of `LARGE`, `MEDIUM`, `SMALL` that launches
     ///   ≥ `PARALLELISM_TARGET` workgroups; else (a short window) the shape with the fewest padded outputs
-    ///   (tiles·TM·TN; ties to the larger tile) — shapes whose staged input does not fit are skipped;
+    ///   (tiles·TM·TN; ties to the most workgroups up to the target, then to the larger tile) — shapes
+    ///   whose staged input does not fit are skipped;
     /// - splits: when that still launches fewer than `PARALLELISM_TARGET` workgroups, the input channels are
     ///   split in ⌈target / workgroups⌉ parts, as far as each keeps ≥ `MIN_SPLIT_ROWS` reduction rows.
     fn resolve(&self, g: &Geometry) -> Resolved {
@@ -349,7 +350,9 @@ impl ConvTile {
                     let big = &ConvShape::ALL[..4];
                     let pick = big[..3].iter().find(|s| fits(s) && s.workgroups(g) >= PARALLELISM_TARGET);
                     let padded = |s: &ConvShape| s.workgroups(g) as u64 * (s.tm() * s.tn()) as u64;
-                    let small = || big.iter().filter(|s| fits(s)).min_by_key(|s| padded(s));
+                    // Among equally padded shapes, the one closest to the target without split-K.
+                    let key = |s: &&ConvShape| (padded(s), std::cmp::Reverse(s.workgroups(g).min(PARALLELISM_TARGET)));
+                    let small = || big.iter().filter(|s| fits(s)).min_by_key(key);
                     *pick.or_else(small).unwrap_or(&ConvShape::LARGE)
                 }
             }
