@@ -4,7 +4,7 @@ mod common;
 use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Gpu, GpuBuffer};
 use dia_webgpu::kernels::dac_conv::{
-    conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile,
+    conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvLaunch, ConvShape, ConvTile,
     ConvTranspose1dWeights,
 };
 use dia_webgpu::kernels::dac_rvq::{rvq_decode, rvq_encode, RvqDims, RvqTensors, RvqWeights};
@@ -123,11 +123,11 @@ fn fusions(i: usize) -> Fusions {
     Fusions { snake: i.is_multiple_of(2), accumulate: i % 3 == 1, tanh: i % 4 == 3 }
 }
 
-/// Runs one dispatch that writes into a fresh `y` initialised with `y0`, returns `y`.
-fn run_into(gpu: &Gpu, y0: &[f32], make: impl FnOnce(&GpuBuffer) -> dia_webgpu::gpu::Dispatch) -> Vec<f32> {
+/// Runs one convolution call that writes into a fresh `y` initialised with `y0`, returns `y`.
+fn run_into(gpu: &Gpu, y0: &[f32], make: impl FnOnce(&GpuBuffer) -> ConvLaunch) -> Vec<f32> {
     let y = gpu.upload("y", y0);
-    let d = make(&y);
-    gpu.run(&[&d]);
+    let launch = make(&y);
+    gpu.run(&launch.dispatches.iter().collect::<Vec<_>>());
     let mut out = gpu.read_f32_blocking(&y).unwrap();
     out.truncate(y0.len());
     out
@@ -249,17 +249,15 @@ fn dac_kernel_conv_transpose1d_matches_cpu() {
     }
 }
 
-/// Other work splits (the benchmark may pick one) compute the same function.
+/// Every tile shape, with and without split-K, computes the same function as the per-call choice.
 #[test]
 fn dac_kernel_conv_other_tiles_match_cpu() {
     let gpu = test_gpu();
     let mut rng = Rng::new(13);
-    let tiles = [
-        ConvTile { wm: 8, wn: 32, rm: 8, rn: 2, kr_max: 16, xs_max: 1024, f16_math: false },
-        ConvTile { wm: 32, wn: 8, rm: 4, rn: 8, kr_max: 8, xs_max: 1024, f16_math: false },
-        ConvTile { wm: 16, wn: 16, rm: 4, rn: 4, kr_max: 32, xs_max: 1536, f16_math: false },
-        ConvTile { wm: 4, wn: 64, rm: 8, rn: 3, kr_max: 32, xs_max: 2048, f16_math: false },
-    ];
+    let mut tiles = Vec::new();
+    for (i, shape) in ConvShape::ALL.into_iter().enumerate() {
+        tiles.push(ConvTile { shape: Some(shape), splits: Some(1 + 2 * (i % 2) as u32), f16_math: false });
+    }
     for (i, tile) in tiles.into_iter().enumerate() {
         let (cin, cout, k, dil, len) = (19, 37, 7, 3, 101);
         let numerics = NUMERICS[i % 2];
@@ -291,6 +289,87 @@ fn dac_kernel_conv_other_tiles_match_cpu() {
     }
 }
 
+/// Each tile shape forced, without and with split-K (2 and 5 splits of the input channels), on ragged
+/// geometries: odd channel counts, lengths off the tile sizes, dilation 9 with cout = 1, a strided conv,
+/// stride 2 and 8 transposed convs, a kernel-1 conv; fusions vary (the reduce pass applies them under
+/// split-K). The per-call choice is checked on the split-K-sized case too.
+#[test]
+fn dac_kernel_conv_each_shape_and_split_ragged() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(15);
+    let mut tiles: Vec<ConvTile> = Vec::new();
+    for shape in ConvShape::ALL {
+        for splits in [1, 2, 5] {
+            tiles.push(ConvTile { shape: Some(shape), splits: Some(splits), f16_math: false });
+        }
+    }
+    tiles.push(ConvTile::default());
+    // Conv1d (cin, cout, kernel, stride, dilation, padding, len) and ConvTranspose1d (cin, cout, kernel, stride, padding, len).
+    let convs: &[(usize, usize, usize, usize, usize, usize, usize)] =
+        &[(21, 1, 7, 1, 9, 27, 77), (13, 37, 4, 2, 1, 1, 61), (35, 19, 1, 1, 1, 0, 45), (151, 6, 7, 1, 1, 3, 5)];
+    let convts: &[(usize, usize, usize, usize, usize, usize)] = &[(15, 9, 16, 8, 4, 11), (11, 5, 4, 2, 1, 23)];
+    let mut n = 0;
+    for tile in tiles {
+        for &(cin, cout, k, stride, dil, pad, len) in convs {
+            // The narrow tile's 1024 staged columns do not fit a strided input span.
+            if tile.shape == Some(ConvShape::NARROW) && stride > 1 {
+                continue;
+            }
+            let numerics = NUMERICS[n % 2];
+            let f = fusions(n);
+            n += 1;
+            let x = rng.vec(cin * len, 2.0);
+            let w = rng.vec(cout * cin * k, 1.0 / ((cin * k) as f32).sqrt());
+            let b = rng.vec(cout, 0.5);
+            let alpha: Vec<f32> = (0..cin).map(|_| 1.0 + 0.5 * rng.uniform()).collect();
+            let len_out = conv1d_len(len as u32, k as u32, stride as u32, dil as u32, pad as u32) as usize;
+            let y0 = rng.vec(cout * len_out, 1.0);
+            let a_gpu = gpu.upload("alpha", &alpha);
+            let x_gpu = gpu.upload("x", &x);
+            let wg = Conv1dWeights::upload(&gpu, "w", &w, &b, cout, cin, k, numerics).unwrap();
+            let fusion = ConvFusion { snake_alpha: f.snake.then_some(&a_gpu), accumulate: f.accumulate, tanh: f.tanh };
+            let mut splits = 0;
+            let got = run_into(&gpu, &y0, |y| {
+                let l = conv1d(&gpu, &x_gpu, len as u32, &wg, stride as u32, dil as u32, pad as u32, y, fusion, tile);
+                splits = l.splits;
+                l
+            });
+            if let Some(want) = tile.splits {
+                assert_eq!(splits > 1, want > 1, "{tile:?}: {splits} splits");
+            }
+            let conv = conv1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, dil, pad, f.snake.then_some(&alpha[..]));
+            let label = format!("conv1d {tile:?} cin {cin} cout {cout} k {k} s {stride} d {dil} len {len} {}", numerics.name());
+            check(&label, &got, &epilogue(&conv, &y0, f.accumulate, f.tanh), 2e-5);
+        }
+        for &(cin, cout, k, stride, pad, len) in convts {
+            let numerics = NUMERICS[n % 2];
+            let f = fusions(n);
+            n += 1;
+            let x = rng.vec(cin * len, 2.0);
+            let w = rng.vec(cin * cout * k, 1.0 / (cin as f32).sqrt());
+            let b = rng.vec(cout, 0.5);
+            let alpha: Vec<f32> = (0..cin).map(|_| 1.0 + 0.5 * rng.uniform()).collect();
+            let len_out = conv_transpose1d_len(len as u32, k as u32, stride as u32, pad as u32) as usize;
+            let y0 = rng.vec(cout * len_out, 1.0);
+            let a_gpu = gpu.upload("alpha", &alpha);
+            let x_gpu = gpu.upload("x", &x);
+            let wg = ConvTranspose1dWeights::upload(&gpu, "w", &w, &b, cin, cout, k, stride, numerics).unwrap();
+            let fusion = ConvFusion { snake_alpha: f.snake.then_some(&a_gpu), accumulate: f.accumulate, tanh: f.tanh };
+            let got = run_into(&gpu, &y0, |y| conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, pad as u32, y, fusion, tile));
+            let conv = conv_transpose1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, pad, f.snake.then_some(&alpha[..]));
+            let label = format!("convT {tile:?} cin {cin} cout {cout} k {k} s {stride} len {len} {}", numerics.name());
+            check(&label, &got, &epilogue(&conv, &y0, f.accumulate, f.tanh), 2e-5);
+        }
+    }
+    // cin 151 × 7 taps on 5 steps launches one workgroup: the per-call choice splits the reduction.
+    let (cin, cout, k, len) = (151, 6, 7, 5);
+    let x_gpu = gpu.upload("x", &rng.vec(cin * len, 2.0));
+    let wg = Conv1dWeights::upload(&gpu, "w", &rng.vec(cout * cin * k, 0.1), &rng.vec(cout, 0.5), cout, cin, k, Numerics::F32).unwrap();
+    let y = gpu.buffer("y", (cout * len * 4) as u64);
+    let l = conv1d(&gpu, &x_gpu, len as u32, &wg, 1, 1, 3, &y, ConvFusion::default(), ConvTile::default());
+    assert_eq!((l.shape, l.splits), (ConvShape::SMALL, 2), "per-call choice for cin {cin} × k {k} on {len} steps");
+}
+
 /// The shader-f16 variant (f16 activations and products, f32 across chunks) stays close to the f64
 /// reference on the f16-rounded weights; skipped where the device lacks shader-f16.
 #[test]
@@ -301,8 +380,12 @@ fn dac_kernel_conv_f16_math_close_to_cpu() {
         return;
     }
     let mut rng = Rng::new(14);
-    let tile = ConvTile { f16_math: true, ..ConvTile::default() };
-    for (cin, cout, k, dil, len) in [(37, 19, 7, 9, 150), (70, 130, 1, 1, 131), (5, 3, 7, 1, 1)] {
+    let tiles = [
+        ConvTile { f16_math: true, ..ConvTile::default() },
+        ConvTile { shape: Some(ConvShape::LARGE), splits: Some(3), f16_math: true },
+        ConvTile { shape: Some(ConvShape::SHORT), splits: Some(2), f16_math: true },
+    ];
+    for (tile, (cin, cout, k, dil, len)) in tiles.into_iter().flat_map(|t| [(37, 19, 7, 9, 150), (70, 130, 1, 1, 131), (5, 3, 7, 1, 1)].map(|c| (t, c))) {
         let x = rng.vec(cin * len, 2.0);
         let w = rng.vec(cout * cin * k, 1.0 / ((cin * k) as f32).sqrt());
         let b = rng.vec(cout, 0.5);
@@ -314,7 +397,7 @@ fn dac_kernel_conv_f16_math_close_to_cpu() {
         let y0 = rng.vec(cout * len, 1.0);
         let got = run_into(&gpu, &y0, |y| conv1d(&gpu, &x_gpu, len as u32, &wg, 1, dil as u32, 3 * dil as u32, y, fusion, tile));
         let conv = conv1d_ref(&x, len, &stored(&w, Numerics::F16W), &b, cin, cout, k, 1, dil, 3 * dil, Some(&alpha));
-        check(&format!("f16 conv1d cin {cin} cout {cout} k {k} d {dil} len {len}"), &got, &epilogue(&conv, &y0, true, false), 2e-3);
+        check(&format!("f16 conv1d {tile:?} cin {cin} cout {cout} k {k} d {dil} len {len}"), &got, &epilogue(&conv, &y0, true, false), 2e-3);
 
         let (s, p) = (4, 2);
         let wt = rng.vec(cin * cout * 2 * s, 1.0 / (cin as f32).sqrt());
@@ -322,7 +405,7 @@ fn dac_kernel_conv_f16_math_close_to_cpu() {
         let y0 = vec![0.0; cout * conv_transpose1d_len(len as u32, 2 * s as u32, s as u32, p as u32) as usize];
         let got = run_into(&gpu, &y0, |y| conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, p as u32, y, ConvFusion::default(), tile));
         let conv = conv_transpose1d_ref(&x, len, &stored(&wt, Numerics::F16W), &b, cin, cout, 2 * s, s, p, None);
-        check(&format!("f16 convT cin {cin} cout {cout} len {len}"), &got, &epilogue(&conv, &y0, false, false), 2e-3);
+        check(&format!("f16 convT {tile:?} cin {cin} cout {cout} len {len}"), &got, &epilogue(&conv, &y0, false, false), 2e-3);
     }
 }
 

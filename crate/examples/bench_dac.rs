@@ -1,9 +1,11 @@
 //! DAC decoder throughput: the real-size 44.1 kHz decoder with random weights decodes a window of frames
 //! (861 = 10 s by default) repeatedly; prints milliseconds per 10 s of audio for each numerics mode.
 //!
-//! `cargo run --release --example bench_dac -- [--frames N] [--iters N] [--numerics f32,f16w] [--tiles]`
-//! (`--tiles` also times a few other convolution work splits). f16w runs with f16 arithmetic where the
-//! device has `shader-f16`, and once more with f32 arithmetic for comparison.
+//! `cargo run --release --example bench_dac -- [--frames N] [--iters N] [--numerics f32,f16w] [--tiles] [--layers]`
+//! (`--tiles` also times every convolution tile shape forced on all layers; `--layers` times each layer of
+//! the decoder alone, with the tile and split-K the per-call choice gives it). f16w runs with f16
+//! arithmetic where the device has `shader-f16`, and once more with f32 arithmetic for comparison.
+//! The streaming decoder's first window is about 18 frames: `--frames 18`.
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
@@ -23,7 +25,11 @@ mod native {
     use dia_webgpu::config::DacConfig;
     use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
     use dia_webgpu::gpu::{Gpu, GpuOptions};
-    use dia_webgpu::kernels::dac_conv::ConvTile;
+    use dia_webgpu::gpu::GpuBuffer;
+    use dia_webgpu::kernels::dac_conv::{
+        conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvLaunch, ConvShape, ConvTile,
+        ConvTranspose1dWeights,
+    };
     use dia_webgpu::kernels::Numerics;
 
     /// Frames in 10 s of 44.1 kHz audio at hop 512.
@@ -34,10 +40,11 @@ mod native {
         iters: usize,
         numerics: Vec<Numerics>,
         tiles: bool,
+        layers: bool,
     }
 
     fn parse() -> Result<Args, String> {
-        let mut a = Args { frames: 861, iters: 5, numerics: vec![Numerics::F32, Numerics::F16W], tiles: false };
+        let mut a = Args { frames: 861, iters: 5, numerics: vec![Numerics::F32, Numerics::F16W], tiles: false, layers: false };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -51,6 +58,7 @@ mod native {
                         .collect::<Result<_, _>>()?
                 }
                 "--tiles" => a.tiles = true,
+                "--layers" => a.layers = true,
                 _ => return Err(format!("unknown argument {flag}")),
             }
         }
@@ -137,6 +145,147 @@ mod native {
         Ok(best)
     }
 
+    /// One decoder layer on its own: a name, its multiply-add FLOPs and a way to launch it.
+    struct Layer {
+        name: String,
+        flops: f64,
+        launch: ConvLaunch,
+    }
+
+    /// Times each convolution of the decoder alone (same shapes, tiles and fusions as a decode of `frames`
+    /// frames; random weights, activations left as they come): best of `iters` runs of 5 back-to-back launches.
+    fn time_layers(gpu: &Gpu, cfg: &DacConfig, numerics: Numerics, tile: ConvTile, frames: usize, iters: usize) -> Result<(), String> {
+        let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+        let mut random = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| scale * rng.uniform()).collect() };
+        let err = |e: dia_webgpu::gpu::GpuError| e.to_string();
+        // Widest activation of the decode.
+        let mut widest = cfg.decoder_hidden * frames;
+        let mut len = frames;
+        let mut c = cfg.decoder_hidden;
+        for &s in &cfg.upsampling_ratios {
+            len *= s;
+            c /= 2;
+            widest = widest.max(c * len);
+        }
+        let zero = vec![0.0f32; widest.max(cfg.latent * frames)];
+        let (a, b, h) = (gpu.upload("a", &zero), gpu.upload("b", &zero), gpu.upload("h", &zero));
+        let (a, b, h) = (&a, &b, &h);
+        let conv = |cout: usize, cin: usize, k: usize, r: &mut dyn FnMut(usize, f32) -> Vec<f32>| {
+            Conv1dWeights::upload(gpu, "w", &r(cout * cin * k, 1.0 / ((cin * k) as f32).sqrt()), &r(cout, 0.1), cout, cin, k, numerics)
+        };
+        let alpha = |n: usize| gpu.upload("alpha", &vec![1.0f32; n]);
+        let mut layers: Vec<Layer> = Vec::new();
+        let mut weights: Vec<Conv1dWeights> = Vec::new();
+        let mut alphas: Vec<GpuBuffer> = Vec::new();
+        let mut convts: Vec<ConvTranspose1dWeights> = Vec::new();
+        // Built first (buffers must outlive the launches), launched below.
+        let mut len = frames as u32;
+        let mut c = cfg.decoder_hidden;
+        weights.push(conv(c, cfg.latent, 7, &mut random).map_err(err)?);
+        let w = weights.last().unwrap();
+        let launch = conv1d(gpu, a, len, w, 1, 1, 3, b, ConvFusion::default(), tile);
+        layers.push(Layer { name: format!("conv1 {}->{c} k7 len {len}", cfg.latent), flops: 2.0 * (cfg.latent * c * 7) as f64 * len as f64, launch });
+        let mut plan: Vec<(String, f64, Box<dyn Fn(&[Conv1dWeights], &[ConvTranspose1dWeights], &[GpuBuffer]) -> ConvLaunch + '_>)> = Vec::new();
+        for (blk, &s) in cfg.upsampling_ratios.iter().enumerate() {
+            let out = c / 2;
+            let s32 = s as u32;
+            let len_out = conv_transpose1d_len(len, 2 * s32, s32, s32.div_ceil(2));
+            let wt = random(c * out * 2 * s, 1.0 / (c as f32).sqrt());
+            convts.push(ConvTranspose1dWeights::upload(gpu, "wt", &wt, &random(out, 0.1), c, out, 2 * s, s, numerics).map_err(err)?);
+            alphas.push(alpha(c));
+            let (ti, ai) = (convts.len() - 1, alphas.len() - 1);
+            let l_in = len;
+            plan.push((
+                format!("block{blk} convT {c}->{out} s{s} len {l_in}->{len_out}"),
+                2.0 * (c * out * 2 * s) as f64 * l_in as f64,
+                Box::new(move |_, ts, al| {
+                    let f = ConvFusion { snake_alpha: Some(&al[ai]), ..Default::default() };
+                    conv_transpose1d(gpu, b, l_in, &ts[ti], s32.div_ceil(2), a, f, tile)
+                }),
+            ));
+            len = len_out;
+            for dil in [1u32, 3, 9] {
+                weights.push(conv(out, out, 7, &mut random).map_err(err)?);
+                alphas.push(alpha(out));
+                let (wi, ai) = (weights.len() - 1, alphas.len() - 1);
+                let l = len;
+                plan.push((
+                    format!("block{blk} res d{dil} k7 {out}ch len {l}"),
+                    2.0 * (out * out * 7) as f64 * l as f64,
+                    Box::new(move |ws, _, al| {
+                        let f = ConvFusion { snake_alpha: Some(&al[ai]), ..Default::default() };
+                        conv1d(gpu, a, l, &ws[wi], 1, dil, 3 * dil, h, f, tile)
+                    }),
+                ));
+                weights.push(conv(out, out, 1, &mut random).map_err(err)?);
+                alphas.push(alpha(out));
+                let (wi, ai) = (weights.len() - 1, alphas.len() - 1);
+                plan.push((
+                    format!("block{blk} res d{dil} k1 {out}ch len {l}"),
+                    2.0 * (out * out) as f64 * l as f64,
+                    Box::new(move |ws, _, al| {
+                        let f = ConvFusion { snake_alpha: Some(&al[ai]), accumulate: true, tanh: false };
+                        conv1d(gpu, h, l, &ws[wi], 1, 1, 0, a, f, tile)
+                    }),
+                ));
+            }
+            c = out;
+        }
+        weights.push(conv(1, c, 7, &mut random).map_err(err)?);
+        alphas.push(alpha(c));
+        let (wi, ai, l) = (weights.len() - 1, alphas.len() - 1, len);
+        assert_eq!(conv1d_len(l, 7, 1, 1, 3), l);
+        plan.push((
+            format!("conv2 {c}->1 k7 len {l}"),
+            2.0 * (c * 7) as f64 * l as f64,
+            Box::new(move |ws, _, al| {
+                let f = ConvFusion { snake_alpha: Some(&al[ai]), accumulate: false, tanh: true };
+                conv1d(gpu, a, l, &ws[wi], 1, 1, 3, b, f, tile)
+            }),
+        ));
+        for (name, flops, make) in &plan {
+            layers.push(Layer { name: name.clone(), flops: *flops, launch: make(&weights, &convts, &alphas) });
+        }
+        const REPEATS: usize = 5;
+        let mut rows = Vec::new();
+        for layer in &layers {
+            let mut best = f64::INFINITY;
+            for i in 0..=iters {
+                let t0 = Instant::now();
+                let mut enc = gpu.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    for _ in 0..REPEATS {
+                        layer.launch.record(&mut pass);
+                    }
+                }
+                gpu.queue.submit([enc.finish()]);
+                gpu.wait_idle().map_err(|e| e.to_string())?;
+                if i > 0 {
+                    best = best.min(t0.elapsed().as_secs_f64() * 1e3 / REPEATS as f64);
+                }
+            }
+            rows.push(best);
+        }
+        let total: f64 = rows.iter().sum();
+        println!("{:>5}  per layer ({} frames, {} math), each alone:", numerics.name(), frames, if tile.f16_math { "f16" } else { "f32" });
+        for (layer, ms) in layers.iter().zip(&rows) {
+            let l = &layer.launch;
+            println!(
+                "    {:<40} {:>4}x{:<4} split {:>2} {:>6} wg {ms:9.3} ms {:5.1} % {:7.3} TFLOP/s",
+                layer.name,
+                l.shape.tm(),
+                l.shape.tn(),
+                l.splits,
+                l.workgroups,
+                100.0 * ms / total,
+                layer.flops / (ms * 1e-3) / 1e12
+            );
+        }
+        println!("    sum of layers {total:.3} ms");
+        Ok(())
+    }
+
     pub fn run() -> Result<(), String> {
         let args = parse()?;
         let cfg = DacConfig::dac_44khz();
@@ -150,22 +299,15 @@ mod native {
             args.iters,
             gpu.describe()
         );
-        let listed = if args.tiles {
-            vec![
-                ConvTile::default(),
-                ConvTile { wm: 16, wn: 16, rm: 4, rn: 4, kr_max: 32, xs_max: 1536, f16_math: false },
-                ConvTile { wm: 16, wn: 16, rm: 8, rn: 4, kr_max: 16, xs_max: 1984, f16_math: false },
-                ConvTile { wm: 8, wn: 32, rm: 8, rn: 8, kr_max: 32, xs_max: 1920, f16_math: false },
-                ConvTile { wm: 8, wn: 32, rm: 8, rn: 4, kr_max: 16, xs_max: 1536, f16_math: false },
-                ConvTile { wm: 32, wn: 8, rm: 4, rn: 8, kr_max: 16, xs_max: 1024, f16_math: false },
-            ]
-        } else {
-            vec![ConvTile::default()]
-        };
+        // The per-call choice, then (with --tiles) each shape forced on every layer.
+        let mut listed = vec![ConvTile::default()];
+        if args.tiles {
+            listed.extend(ConvShape::ALL[..4].iter().map(|&s| ConvTile { shape: Some(s), ..ConvTile::default() }));
+        }
         for &numerics in &args.numerics {
             let mut model = random_decoder(&gpu, &cfg, numerics)?;
             // Each split with the model's arithmetic (f16 for f16w where the device has shader-f16), and
-            // the default split in f32 too when that differs.
+            // the per-call choice in f32 too when that differs.
             let f16_math = model.conv_tile().f16_math;
             let mut tiles: Vec<ConvTile> = listed.iter().map(|&t| ConvTile { f16_math, ..t }).collect();
             if f16_math {
@@ -175,19 +317,17 @@ mod native {
                 model.set_conv_tile(tile);
                 let ms = time_decode(&gpu, &model, args.frames, args.iters)?;
                 let per_10s = ms * FRAMES_PER_10S / args.frames as f64;
+                let shape = tile.shape.map_or("per call".to_string(), |s| format!("{}x{}", s.tm(), s.tn()));
                 println!(
-                    "{:>5}  tile {}x{} ({}x{} per thread, kr {} xs {}, {} math): {ms:9.2} ms per decode, {per_10s:9.2} ms per 10 s of audio, {:.2}x real time, {:.3} TFLOP/s",
+                    "{:>5}  tile {shape} ({} math): {ms:9.2} ms per decode, {per_10s:9.2} ms per 10 s of audio, {:.2}x real time, {:.3} TFLOP/s",
                     numerics.name(),
-                    tile.tm(),
-                    tile.tn(),
-                    tile.rm,
-                    tile.rn,
-                    tile.kr_max,
-                    tile.xs_max,
                     if tile.f16_math { "f16" } else { "f32" },
                     10_000.0 / per_10s,
                     flops / (ms * 1e-3) / 1e12
                 );
+            }
+            if args.layers {
+                time_layers(&gpu, &cfg, numerics, ConvTile { f16_math, ..ConvTile::default() }, args.frames, args.iters)?;
             }
         }
         Ok(())

@@ -382,8 +382,8 @@ impl DacModel {
         DacModel::load(gpu, &cfg, &Checkpoint::open_dir(dir)?, numerics, load_encoder)
     }
 
-    /// The convolution work split used by decoders and encodes made from now on (tuning knob; encodes
-    /// ignore its `f16_math`).
+    /// The convolution work split used by decoders and encodes made from now on (by default each call
+    /// picks its tile and split-K from its geometry, see `ConvTile`; encodes ignore `f16_math`).
     pub fn set_conv_tile(&mut self, tile: ConvTile) {
         self.tile = tile;
     }
@@ -513,7 +513,7 @@ impl DacModel {
 
         let mut ds = Vec::new();
         let c1 = &w.convs[e.conv1];
-        ds.push(conv1d(gpu, &x, lens[0], c1, 1, 1, same_pad(c1, 1), &a, ConvFusion::default(), tile));
+        ds.extend(conv1d(gpu, &x, lens[0], c1, 1, 1, same_pad(c1, 1), &a, ConvFusion::default(), tile).dispatches);
         let (mut cur, mut other) = (&a, &b);
         let mut len = lens[1];
         for (blk, &next) in e.blocks.iter().zip(&lens[2..]) {
@@ -523,13 +523,13 @@ impl DacModel {
             let c = &w.convs[blk.conv];
             let stride = c.kernel / 2;
             let fusion = ConvFusion { snake_alpha: Some(&w.alphas[blk.snake]), ..Default::default() };
-            ds.push(conv1d(gpu, cur, len, c, stride, 1, stride.div_ceil(2), other, fusion, tile));
+            ds.extend(conv1d(gpu, cur, len, c, stride, 1, stride.div_ceil(2), other, fusion, tile).dispatches);
             std::mem::swap(&mut cur, &mut other);
             len = next;
         }
         let c2 = &w.convs[e.conv2];
         let fusion = ConvFusion { snake_alpha: Some(&w.alphas[e.snake]), ..Default::default() };
-        ds.push(conv1d(gpu, cur, len, c2, 1, 1, same_pad(c2, 1), &z, fusion, tile));
+        ds.extend(conv1d(gpu, cur, len, c2, 1, 1, same_pad(c2, 1), &z, fusion, tile).dispatches);
         ds.extend(rvq_encode(gpu, &z, &w.rvq, &codes, frames));
         gpu.run(&ds.iter().collect::<Vec<_>>());
         let mut out = gpu.read_u32(&codes).await?;
@@ -574,9 +574,9 @@ fn encode_lengths(w: &Weights, e: &Encoder, samples: u32) -> Vec<u32> {
 fn res_unit(gpu: &Gpu, w: &Weights, ru: &ResUnit, x: &GpuBuffer, h: &GpuBuffer, len: u32, tile: ConvTile, out: &mut Vec<Dispatch>) {
     let (c1, c2) = (&w.convs[ru.conv1], &w.convs[ru.conv2]);
     let f1 = ConvFusion { snake_alpha: Some(&w.alphas[ru.snake1]), ..Default::default() };
-    out.push(conv1d(gpu, x, len, c1, 1, ru.dilation, same_pad(c1, ru.dilation), h, f1, tile));
+    out.extend(conv1d(gpu, x, len, c1, 1, ru.dilation, same_pad(c1, ru.dilation), h, f1, tile).dispatches);
     let f2 = ConvFusion { snake_alpha: Some(&w.alphas[ru.snake2]), accumulate: true, tanh: false };
-    out.push(conv1d(gpu, h, len, c2, 1, 1, same_pad(c2, 1), x, f2, tile));
+    out.extend(conv1d(gpu, h, len, c2, 1, 1, same_pad(c2, 1), x, f2, tile).dispatches);
 }
 
 /// A decoding workspace: codes in, PCM out, for windows of up to `max_frames` frames. Record a decode into
@@ -664,13 +664,13 @@ impl DacDecoder {
         let lens = decode_lengths(w, frames);
         let mut ds = vec![rvq_decode(gpu, &self.codes, &w.rvq, &self.z, frames)];
         let c1 = &w.convs[w.dec_conv1];
-        ds.push(conv1d(gpu, &self.z, frames, c1, 1, 1, same_pad(c1, 1), &self.a, ConvFusion::default(), tile));
+        ds.extend(conv1d(gpu, &self.z, frames, c1, 1, 1, same_pad(c1, 1), &self.a, ConvFusion::default(), tile).dispatches);
         let (mut cur, mut other) = (&self.a, &self.b);
         let mut len = lens[1];
         for (blk, &next) in w.dec_blocks.iter().zip(&lens[2..]) {
             let ct = &w.convts[blk.conv_t];
             let fusion = ConvFusion { snake_alpha: Some(&w.alphas[blk.snake]), ..Default::default() };
-            ds.push(conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion, tile));
+            ds.extend(conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion, tile).dispatches);
             std::mem::swap(&mut cur, &mut other);
             len = next;
             for ru in &blk.res {
@@ -679,7 +679,7 @@ impl DacDecoder {
         }
         let c2 = &w.convs[w.dec_conv2];
         let fusion = ConvFusion { snake_alpha: Some(&w.alphas[w.dec_snake]), accumulate: false, tanh: true };
-        ds.push(conv1d(gpu, cur, len, c2, 1, 1, same_pad(c2, 1), &self.pcm, fusion, tile));
+        ds.extend(conv1d(gpu, cur, len, c2, 1, 1, same_pad(c2, 1), &self.pcm, fusion, tile).dispatches);
         ds
     }
 

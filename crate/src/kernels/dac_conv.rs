@@ -1,5 +1,8 @@
 //! `shaders/dac_conv.wgsl`: Conv1d and ConvTranspose1d over f32 `[channels, time]` activations as one
 //! tiled implicit GEMM, with Snake fused into the input load and residual add / tanh into the epilogue.
+//! The per-thread arithmetic is straight-line WGSL generated here per tile shape and chunk (`conv_code`);
+//! the tile and an optional split of the reduction (split-K, partial sums added in order by a second pass)
+//! are picked per call from the geometry (`ConvTile::resolve`).
 //!
 //! ConvTranspose1d (stride s, kernel K) is computed as s phase-wise ordinary convolutions: output time
 //! t = q·s + p − padding takes taps k = p + m·s of input q − m. The weights are rewritten once at upload
@@ -210,39 +213,40 @@ pub struct ConvFusion<'a> {
     pub tanh: bool,
 }
 
-/// Work split of the convolution kernel: a workgroup of 256 = `wm`·`wn` threads computes `wm·rm` output
-/// channels × `wn·rn` time steps, `rm` (4 or 8) × `rn` per thread; `kr_max` reduction rows (power of two
-/// ≤ 256) and `xs_max` input words are staged per chunk. Workgroup memory is `4·(kr_max·(wm·rm + 4) + xs_max)`
-/// bytes (≤ 16 KiB). `f16_math`: stage activations and weights as f16 and multiply in f16 (each chunk's
-/// ≤ `kr_max` products summed in f16, chunks in f32); needs the device's `shader-f16` feature.
+/// Workgroups a convolution should launch to fill a big GPU (2 per SM of a 132-SM H100): below it the
+/// per-call choice takes smaller tiles, then splits the reduction.
+pub const PARALLELISM_TARGET: u32 = 264;
+/// Reduction rows (channels × taps) a split must keep at least, so that the partial sums' round trip
+/// through memory stays small next to the arithmetic.
+pub const MIN_SPLIT_ROWS: u32 = 512;
+/// Reduction rows staged per chunk, at most.
+const KR_MAX: u32 = 16;
+/// Workgroup memory available to a tile.
+const WORKGROUP_BYTES: u32 = 16384;
+
+/// Output tile of one 256-thread workgroup: `wm·rm` output channels × `wn·rn` time steps, each thread
+/// `rm` (4 or 8, as vec4s) channels × `rn` time steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConvTile {
+pub struct ConvShape {
     pub wm: u32,
     pub wn: u32,
     pub rm: u32,
     pub rn: u32,
-    pub kr_max: u32,
-    pub xs_max: u32,
-    pub f16_math: bool,
 }
 
-impl Default for ConvTile {
-    fn default() -> ConvTile {
-        // 128 × 128 outputs, 8 × 8 per thread (64 FMAs per 10 shared loads); 16 reduction rows and
-        // the rest of 16 KiB for input spans (dilation 9 × 6 taps + 128 columns per channel).
-        ConvTile { wm: 16, wn: 16, rm: 8, rn: 8, kr_max: 16, xs_max: 1984, f16_math: false }
-    }
-}
-
-impl ConvTile {
-    /// The default split, with f16 arithmetic for f16 weights where a GPU has `shader-f16` (twice the
-    /// FMA rate with packed f16; CPU adapters emulate f16 and only lose by it).
-    pub fn preferred(gpu: &Gpu, numerics: Numerics) -> ConvTile {
-        let f16_math = numerics == Numerics::F16W
-            && gpu.features.contains(wgpu::Features::SHADER_F16)
-            && gpu.info.device_type != wgpu::DeviceType::Cpu;
-        ConvTile { f16_math, ..ConvTile::default() }
-    }
+impl ConvShape {
+    /// 128 × 128, 8 × 8 per thread: the most arithmetic per shared load, for long inputs.
+    pub const LARGE: ConvShape = ConvShape { wm: 16, wn: 16, rm: 8, rn: 8 };
+    /// 64 × 64, 4 × 4 per thread.
+    pub const MEDIUM: ConvShape = ConvShape { wm: 16, wn: 16, rm: 4, rn: 4 };
+    /// 32 × 64, 4 × 2 per thread.
+    pub const SMALL: ConvShape = ConvShape { wm: 8, wn: 32, rm: 4, rn: 2 };
+    /// 64 × 32, 4 × 2 per thread: short windows (a streaming window's first layers are 18–30 steps long).
+    pub const SHORT: ConvShape = ConvShape { wm: 16, wn: 16, rm: 4, rn: 2 };
+    /// 4 × 1024, 4 × 4 per thread: few output channels (the decoder's last conv has one).
+    pub const NARROW: ConvShape = ConvShape { wm: 1, wn: 256, rm: 4, rn: 4 };
+    /// Every shape, largest first (the order `ConvTile`'s per-call choice prefers on ties).
+    pub const ALL: [ConvShape; 5] = [ConvShape::LARGE, ConvShape::MEDIUM, ConvShape::SMALL, ConvShape::SHORT, ConvShape::NARROW];
 
     pub fn tm(&self) -> u32 {
         self.wm * self.rm
@@ -253,31 +257,136 @@ impl ConvTile {
     }
 
     fn check(&self) {
-        assert_eq!(self.wm * self.wn, 256, "ConvTile: wm·wn must be 256");
-        assert!(self.rm == 4 || self.rm == 8, "ConvTile: rm must be 4 or 8");
-        assert!(self.rn > 0, "ConvTile: rn must be positive");
-        assert!(self.kr_max.is_power_of_two() && self.kr_max <= 256, "ConvTile: kr_max must be a power of two ≤ 256");
-        let bytes = 4 * (self.kr_max * (self.tm() + 4) + self.xs_max);
-        assert!(bytes <= 16384, "ConvTile uses {bytes} bytes of workgroup memory (> 16 KiB)");
+        assert_eq!(self.wm * self.wn, 256, "ConvShape: wm·wn must be 256");
+        assert!(self.rm == 4 || self.rm == 8, "ConvShape: rm must be 4 or 8");
+        assert!(self.rn > 0, "ConvShape: rn must be positive");
     }
 
-    /// Channels and taps per reduction chunk and the staged span per channel, for a given geometry.
-    fn chunking(&self, cin: u32, taps: u32, in_stride: u32, dil: u32) -> (u32, u32, u32) {
-        let span_for = |kt: u32| (self.tn() - 1) * in_stride + (kt - 1) * dil + 1;
-        let mut kt = taps.min(self.kr_max);
-        while kt > 1 && span_for(kt) > self.xs_max {
-            kt -= 1;
-        }
+    /// Channels and taps per chunk, staged input span per channel and staged input words (a multiple of
+    /// 256), or None when even one tap of one channel does not fit the workgroup memory.
+    fn chunking(&self, g: &Geometry, max_channels: u32, elem_bytes: u32) -> Option<Chunking> {
+        let budget = WORKGROUP_BYTES / elem_bytes;
+        let ws = |rows: u32| rows * (self.tm() + 4);
+        let xs = |words: u32| words.div_ceil(256) * 256;
+        let span_for = |kt: u32| (self.tn() - 1) * g.in_stride + (kt - 1) * g.dil + 1;
+        let kt = (1..=g.taps.min(KR_MAX)).rev().find(|&kt| ws(kt) + xs(span_for(kt)) <= budget)?;
         let span = span_for(kt);
-        assert!(
-            span <= self.xs_max,
-            "convolution stride {in_stride} too large for the tile ({} time steps, {} staged words)",
-            self.tn(),
-            self.xs_max
-        );
-        let cc = if kt == taps { (self.kr_max / kt).min(self.xs_max / span).clamp(1, cin.max(1)) } else { 1 };
-        (cc, kt, span)
+        let cc = if kt == g.taps {
+            (1..=(KR_MAX / kt).min(max_channels.max(1))).rev().find(|&cc| ws(cc * kt) + xs(cc * span) <= budget).unwrap_or(1)
+        } else {
+            1
+        };
+        Some(Chunking { cc, kt, span, xs: xs(cc * span) })
     }
+
+    fn workgroups(&self, g: &Geometry) -> u32 {
+        g.cols.div_ceil(self.tn()) * g.cout.div_ceil(self.tm()) * g.nphase
+    }
+}
+
+/// How a convolution call is split into workgroups. `Default` (and `preferred`) pick the shape and the
+/// split-K per call from the geometry (`ConvTile::resolve`); setting `shape` or `splits` forces them.
+/// `f16_math`: stage activations and weights as f16 and multiply in f16 (each chunk's ≤ 16 products summed
+/// in f16, chunks in f32); needs the device's `shader-f16` feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ConvTile {
+    pub shape: Option<ConvShape>,
+    /// Splits of the input channels (1 = no split-K).
+    pub splits: Option<u32>,
+    pub f16_math: bool,
+}
+
+/// What a convolution call launches: its work split and dispatches (1, or 2 with split-K).
+pub struct ConvLaunch {
+    pub shape: ConvShape,
+    pub splits: u32,
+    /// Workgroups of the convolution pass.
+    pub workgroups: u32,
+    pub dispatches: Vec<Dispatch>,
+}
+
+impl ConvLaunch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.dispatches {
+            d.record(pass);
+        }
+    }
+}
+
+struct Chunking {
+    cc: u32,
+    kt: u32,
+    span: u32,
+    xs: u32,
+}
+
+impl ConvTile {
+    /// Per-call choice, with f16 arithmetic for f16 weights where a GPU has `shader-f16` (twice the
+    /// FMA rate with packed f16; CPU adapters emulate f16 and only lose by it).
+    pub fn preferred(gpu: &Gpu, numerics: Numerics) -> ConvTile {
+        let f16_math = numerics == Numerics::F16W
+            && gpu.features.contains(wgpu::Features::SHADER_F16)
+            && gpu.info.device_type != wgpu::DeviceType::Cpu;
+        ConvTile { f16_math, ..ConvTile::default() }
+    }
+
+    /// The rule, for what is not forced:
+    /// - shape: `NARROW` when cout ≤ 4; else the first of `LARGE`, `MEDIUM`, `SMALL` that launches
+    ///   ≥ `PARALLELISM_TARGET` workgroups; else (a short window) the shape with the fewest padded outputs
+    ///   (tiles·TM·TN; ties to the most workgroups up to the target, then to the larger tile) — shapes
+    ///   whose staged input does not fit are skipped;
+    /// - splits: when that still launches fewer than `PARALLELISM_TARGET` workgroups, the input channels are
+    ///   split in ⌈target / workgroups⌉ parts, as far as each keeps ≥ `MIN_SPLIT_ROWS` reduction rows.
+    fn resolve(&self, g: &Geometry) -> Resolved {
+        let elem = if self.f16_math { 2 } else { 4 };
+        let fits = |s: &ConvShape| s.chunking(g, g.cin, elem).is_some();
+        let shape = match self.shape {
+            Some(s) => s,
+            None => {
+                let narrow = ConvShape::NARROW;
+                if g.cout <= narrow.tm() && fits(&narrow) {
+                    narrow
+                } else {
+                    let big = &ConvShape::ALL[..4];
+                    let pick = big[..3].iter().find(|s| fits(s) && s.workgroups(g) >= PARALLELISM_TARGET);
+                    let padded = |s: &ConvShape| s.workgroups(g) as u64 * (s.tm() * s.tn()) as u64;
+                    // Among equally padded shapes, the one closest to the target without split-K.
+                    let key = |s: &&ConvShape| (padded(s), std::cmp::Reverse(s.workgroups(g).min(PARALLELISM_TARGET)));
+                    let small = || big.iter().filter(|s| fits(s)).min_by_key(key);
+                    *pick.or_else(small).unwrap_or(&ConvShape::LARGE)
+                }
+            }
+        };
+        shape.check();
+        let rows = g.cin * g.taps;
+        let wanted = match self.splits {
+            Some(n) => n.clamp(1, g.cin.max(1)),
+            None => {
+                let wgs = shape.workgroups(g).max(1);
+                if wgs >= PARALLELISM_TARGET {
+                    1
+                } else {
+                    PARALLELISM_TARGET.div_ceil(wgs).min(rows / MIN_SPLIT_ROWS).max(1)
+                }
+            }
+        };
+        let split_ch = g.cin.div_ceil(wanted).max(1);
+        let chunking = shape.chunking(g, split_ch, elem).unwrap_or_else(|| {
+            panic!("convolution stride {} / dilation {} too large for the {}x{} tile", g.in_stride, g.dil, shape.tm(), shape.tn())
+        });
+        // Splits in whole chunks of channels.
+        let split_ch = split_ch.div_ceil(chunking.cc) * chunking.cc;
+        Resolved { shape, splits: g.cin.div_ceil(split_ch).max(1), split_ch, chunking }
+    }
+}
+
+/// A call's resolved work split.
+struct Resolved {
+    shape: ConvShape,
+    splits: u32,
+    /// Input channels per split.
+    split_ch: u32,
+    chunking: Chunking,
 }
 
 #[repr(C)]
@@ -296,67 +405,272 @@ struct ConvParams {
     nphase: u32,
     w_stride: u32,
     grid_x: u32,
-    chan_chunk: u32,
-    tap_chunk: u32,
     span: u32,
+    split_ch: u32,
+    chunks: u32,
+    tap_blocks: u32,
+    splits: u32,
+    _pad: [u32; 2],
 }
 
-fn pipeline(gpu: &Gpu, numerics: Numerics, tile: ConvTile, fusion: &ConvFusion) -> std::sync::Arc<wgpu::ComputePipeline> {
-    tile.check();
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ReduceParams {
+    cout: u32,
+    len_out: u32,
+    splits: u32,
+    _pad: u32,
+}
+
+/// The text of one `//== section: <name>` of `shaders/dac_conv.wgsl` (up to the next section).
+fn section(name: &str) -> &'static str {
+    let marker = format!("//== section: {name}\n");
+    let start = SOURCE.find(&marker).unwrap_or_else(|| panic!("dac_conv.wgsl has no section {name}")) + marker.len();
+    let end = SOURCE[start..].find("//== section: ").map_or(SOURCE.len(), |e| start + e);
+    &SOURCE[start..end]
+}
+
+/// Generated straight-line parts of the conv entry point (see the shader's header).
+struct ConvCode {
+    setup: String,
+    fetch: String,
+    store: String,
+    compute: String,
+    epilogue: String,
+}
+
+/// The conv kernel's per-thread code for `shape` and chunk `cc` × `kt` with `xs` staged input words:
+/// named values only, no per-thread arrays.
+fn conv_code(shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split: bool) -> ConvCode {
+    use std::fmt::Write;
+    let (tm, rn, wm) = (shape.tm(), shape.rn, shape.wm);
+    let hs = shape.rm / 4;
+    let kr = cc * kt;
+    let ws_stride = tm + 4;
+    let w_per = (tm * kr).div_ceil(256);
+    let x_per = xs / 256;
+    let h = if f16_math { "f16" } else { "f32" };
+    let mut setup = String::new();
+    let mut fetch = String::new();
+    let mut store = String::new();
+    let mut compute = String::new();
+    let mut epilogue = String::new();
+
+    // Staging: weight element e = lid + 256·i of the chunk's KR × TM is row e % KR, channel e / KR
+    // (consecutive lanes read consecutive columns of a weight row); input element e is channel e / span,
+    // offset e % span.
+    for i in 0..w_per {
+        let e = format!("(lid + {}u)", 256 * i);
+        let _ = writeln!(setup, "    let wm_{i} = {e} / KR;");
+        let _ = writeln!(setup, "    let wr_{i} = {e} % KR;");
+        let _ = writeln!(setup, "    let wc_{i} = wr_{i} / KT;");
+        let _ = writeln!(setup, "    let wk_{i} = wr_{i} % KT;");
+        let _ = writeln!(setup, "    let wok_{i} = wm_{i} < TM && m0 + wm_{i} < P.cout;");
+        let _ = writeln!(setup, "    let wb_{i} = (w_row0 + min(m0 + wm_{i}, P.cout - 1u)) * P.w_stride;");
+        let _ = writeln!(setup, "    let wsi_{i} = wr_{i} * WS + wm_{i};");
+        let _ = writeln!(setup, "    var wv_{i} = 0.0;");
+    }
+    for i in 0..x_per {
+        let e = format!("(lid + {}u)", 256 * i);
+        let _ = writeln!(setup, "    let xc_{i} = {e} / span;");
+        let _ = writeln!(setup, "    let xo_{i} = i32({e} - xc_{i} * span);");
+        let _ = writeln!(setup, "    let xok_{i} = xc_{i} < CC;");
+        let _ = writeln!(setup, "    var xv_{i} = 0.0;");
+    }
+    // Offset of reduction row r's input (channel r / KT, tap r % KT) for this thread's first column.
+    for r in 0..kr {
+        let _ = writeln!(setup, "    let xr_{r} = xb + {}u * span + {}u * dil;", r / kt, r % kt);
+    }
+    for hh in 0..hs {
+        for j in 0..rn {
+            let _ = writeln!(setup, "    var acc_{hh}_{j} = vec4<f32>(0.0);");
+            if f16_math {
+                let _ = writeln!(setup, "    var part_{hh}_{j} = vec4<f16>(0.0);");
+            }
+        }
+    }
+
+    let _ = writeln!(fetch, "        {{");
+    let _ = writeln!(fetch, "            let k0 = (cf % P.tap_blocks) * KT;");
+    let _ = writeln!(fetch, "            let ci0 = split_ch0 + cf / P.tap_blocks * CC;");
+    let _ = writeln!(fetch, "            let base = i32(q0 * P.in_stride + k0 * dil) + P.in_off;");
+    for i in 0..w_per {
+        let _ = writeln!(fetch, "            wv_{i} = w_at(wb_{i}, wok_{i}, ci0 + wc_{i}, k0 + wk_{i}, ci_end);");
+    }
+    for i in 0..x_per {
+        let _ = writeln!(fetch, "            xv_{i} = x_at(xok_{i}, ci0 + xc_{i}, base + xo_{i}, ci_end);");
+    }
+    let _ = writeln!(fetch, "        }}");
+
+    for i in 0..w_per {
+        let st = format!("ws[wsi_{i} / 4u][wsi_{i} % 4u] = H(wv_{i});");
+        if 256 * (i + 1) <= tm * kr {
+            let _ = writeln!(store, "        {st}");
+        } else {
+            let _ = writeln!(store, "        if (wm_{i} < TM) {{ {st} }}");
+        }
+    }
+    for i in 0..x_per {
+        let _ = writeln!(store, "        xs[lid + {}u] = H(xv_{i});", 256 * i);
+    }
+
+    // Steps of a few rows: each step's shared loads, then its FMAs.
+    let target = if f16_math { "part" } else { "acc" };
+    let step = (32 / (shape.rm + rn)).max(1);
+    let mut r0 = 0;
+    while r0 < kr {
+        let rows = r0..(r0 + step).min(kr);
+        for r in rows.clone() {
+            for hh in 0..hs {
+                let _ = writeln!(compute, "        let a_{r}_{hh} = ws[{}u + tm];", r * ws_stride / 4 + hh * wm);
+            }
+            for j in 0..rn {
+                let _ = writeln!(compute, "        let b_{r}_{j} = vec4<H>(xs[xr_{r} + {j}u * cs]);");
+            }
+        }
+        for r in rows {
+            for hh in 0..hs {
+                for j in 0..rn {
+                    let _ = writeln!(compute, "        {target}_{hh}_{j} = fma(a_{r}_{hh}, b_{r}_{j}, {target}_{hh}_{j});");
+                }
+            }
+        }
+        r0 += step;
+    }
+    if f16_math {
+        for hh in 0..hs {
+            for j in 0..rn {
+                let _ = writeln!(compute, "        acc_{hh}_{j} += vec4<f32>(part_{hh}_{j});");
+                let _ = writeln!(compute, "        part_{hh}_{j} = vec4<{h}>(0.0);");
+            }
+        }
+    }
+
+    // Thread (tm, tn) owns channels h·4·WM + 4·tm + (0..4) and columns tn + j·WN.
+    for j in 0..rn {
+        // q·out_stride + phase ≥ out_pad holds for every q ≥ q_lo, so t never wraps.
+        let _ = writeln!(epilogue, "    let t_{j} = (q0 + tn + {}u) * P.out_stride + phase - P.out_pad;", j * shape.wn);
+    }
+    for hh in 0..hs {
+        for c in 0..4 {
+            let _ = writeln!(epilogue, "    let co_{hh}_{c} = m0 + {}u + 4u * tm;", hh * 4 * wm + c);
+        }
+    }
+    let split_arg = if split { "split, " } else { "" };
+    for hh in 0..hs {
+        for j in 0..rn {
+            for (c, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+                let _ = writeln!(epilogue, "    emit({split_arg}co_{hh}_{c}, t_{j}, acc_{hh}_{j}.{comp});");
+            }
+        }
+    }
+    ConvCode { setup, fetch, store, compute, epilogue }
+}
+
+fn snake_decl(binding: u32) -> String {
+    // sin² has period π: reducing the argument first keeps approximate hardware sin accurate for large
+    // |αx| (π split in two so n·PI_HI is exact).
+    format!(
+        "@group(0) @binding({binding}) var<storage, read> alpha: array<f32>;\n\
+         fn act(ci: u32, v: f32) -> f32 {{\n\
+             let a = alpha[ci];\n\
+             let z = a * v;\n\
+             let n = round(z * 0.318309886);\n\
+             let r = (z - n * 3.140625) - n * 9.67653589793e-4;\n\
+             let s = sin(r);\n\
+             return v + s * s / (a + 1e-9);\n\
+         }}\n"
+    )
+}
+
+fn finish_section(fusion: &ConvFusion) -> String {
+    specialize(section("finish"), &[("ACCUMULATE", fusion.accumulate.to_string()), ("TANH", fusion.tanh.to_string())])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_pipeline(
+    gpu: &Gpu,
+    numerics: Numerics,
+    shape: ConvShape,
+    ch: &Chunking,
+    f16_math: bool,
+    split: bool,
+    fusion: &ConvFusion,
+) -> std::sync::Arc<wgpu::ComputePipeline> {
+    assert!(!f16_math || gpu.features.contains(wgpu::Features::SHADER_F16), "ConvTile::f16_math needs a device with shader-f16");
     let snake = fusion.snake_alpha.is_some();
-    assert!(
-        !tile.f16_math || gpu.features.contains(wgpu::Features::SHADER_F16),
-        "ConvTile::f16_math needs a device with shader-f16"
-    );
+    // The epilogue's fusions live in the reduce pass under split-K.
+    let (acc, tanh) = if split { (false, false) } else { (fusion.accumulate, fusion.tanh) };
     let key = format!(
-        "dac_conv:{}:{}:{}x{}x{}x{}:{}:{}:s{}a{}t{}",
+        "dac_conv:{}:{}:{}x{}x{}x{}:c{}k{}x{}:p{}s{}a{}t{}",
         numerics.name(),
-        if tile.f16_math { "h" } else { "f" },
-        tile.wm,
-        tile.wn,
-        tile.rm,
-        tile.rn,
-        tile.kr_max,
-        tile.xs_max,
+        if f16_math { "h" } else { "f" },
+        shape.wm,
+        shape.wn,
+        shape.rm,
+        shape.rn,
+        ch.cc,
+        ch.kt,
+        ch.xs,
+        split as u8,
         snake as u8,
-        fusion.accumulate as u8,
-        fusion.tanh as u8
+        acc as u8,
+        tanh as u8
     );
     gpu.pipeline(&key, "conv", || {
-        let snake_decl = if snake {
-            // sin² has period π: reducing the argument first keeps approximate hardware sin accurate
-            // for large |αx| (π split in two so n·PI_HI is exact).
-            "@group(0) @binding(5) var<storage, read> alpha: array<f32>;\n\
-             fn act(ci: u32, v: f32) -> f32 {\n\
-                 let a = alpha[ci];\n\
-                 let z = a * v;\n\
-                 let n = round(z * 0.318309886);\n\
-                 let r = (z - n * 3.140625) - n * 9.67653589793e-4;\n\
-                 let s = sin(r);\n\
-                 return v + s * s / (a + 1e-9);\n\
+        let code = conv_code(shape, ch.cc, ch.kt, ch.xs, f16_math, split);
+        let out_decl = if split {
+            "@group(0) @binding(3) var<storage, read_write> part: array<f32>;\n\
+             // One split's partial sum.\n\
+             fn emit(split: u32, co: u32, t: u32, acc: f32) {\n\
+                 if (co < P.cout && t < P.len_out) {\n\
+                     part[(split * P.cout + co) * P.len_out + t] = acc;\n\
+                 }\n\
              }\n"
+                .to_string()
         } else {
-            "fn act(ci: u32, v: f32) -> f32 { return v; }\n"
+            let f = ConvFusion { accumulate: acc, tanh, ..*fusion };
+            format!(
+                "@group(0) @binding(3) var<storage, read> bias: array<f32>;\n\
+                 @group(0) @binding(4) var<storage, read_write> y: array<f32>;\n\
+                 // One output: bias, then residual add and tanh.\n\
+                 fn emit(co: u32, t: u32, acc: f32) {{\n\
+                     if (co < P.cout && t < P.len_out) {{\n\
+                         finish(co * P.len_out + t, acc + bias[co]);\n\
+                     }}\n\
+                 }}\n{}",
+                finish_section(&f)
+            )
         };
+        let snake_decl = if snake { snake_decl(if split { 4 } else { 5 }) } else { "fn act(ci: u32, v: f32) -> f32 { return v; }\n".into() };
         specialize(
-            SOURCE,
+            section("conv"),
             &[
+                ("ENABLE_F16", if f16_math { "enable f16;" } else { "" }.to_string()),
                 ("WEIGHT_DECL", weight_decl(numerics, 2)),
-                ("SNAKE_DECL", snake_decl.to_string()),
-                ("WM", tile.wm.to_string()),
-                ("WN", tile.wn.to_string()),
-                ("RM", tile.rm.to_string()),
-                ("RN", tile.rn.to_string()),
-                ("KR_MAX", tile.kr_max.to_string()),
-                ("XS_MAX", tile.xs_max.to_string()),
-                ("ACCUMULATE", fusion.accumulate.to_string()),
-                ("TANH", fusion.tanh.to_string()),
-                ("ENABLE_F16", if tile.f16_math { "enable f16;" } else { "" }.to_string()),
-                ("H", if tile.f16_math { "f16" } else { "f32" }.to_string()),
-                ("HALF", tile.f16_math.to_string()),
+                ("OUT_DECL", out_decl),
+                ("SNAKE_DECL", snake_decl),
+                ("WM", shape.wm.to_string()),
+                ("WN", shape.wn.to_string()),
+                ("TM", shape.tm().to_string()),
+                ("TN", shape.tn().to_string()),
+                ("CC", ch.cc.to_string()),
+                ("KT", ch.kt.to_string()),
+                ("XS", ch.xs.to_string()),
+                ("H", if f16_math { "f16" } else { "f32" }.to_string()),
+                ("SETUP", code.setup),
+                ("FETCH", code.fetch),
+                ("STORE", code.store),
+                ("COMPUTE", code.compute),
+                ("EPILOGUE", code.epilogue),
             ],
         )
     })
+}
+
+fn reduce_pipeline(gpu: &Gpu, fusion: &ConvFusion) -> std::sync::Arc<wgpu::ComputePipeline> {
+    let key = format!("dac_conv_reduce:a{}t{}", fusion.accumulate as u8, fusion.tanh as u8);
+    gpu.pipeline(&key, "reduce", || format!("{}{}", section("reduce"), finish_section(fusion)))
 }
 
 /// The geometry shared by both convolution kinds (see the shader's header).
@@ -386,13 +700,15 @@ fn build(
     y: &GpuBuffer,
     fusion: ConvFusion,
     tile: ConvTile,
-) -> Dispatch {
-    let pipe = pipeline(gpu, w.numerics, tile, &fusion);
-    let (chan_chunk, tap_chunk, span) = tile.chunking(g.cin, g.taps, g.in_stride, g.dil);
-    let tiles_n = g.cols.div_ceil(tile.tn());
-    let tiles_m = g.cout.div_ceil(tile.tm());
-    // Time tiles past the per-dimension limit continue along z (z = phase + nphase·split).
-    let [grid_x, split, _] = grid_1d(tiles_n);
+) -> ConvLaunch {
+    let Resolved { shape, splits, split_ch, chunking: ch } = tile.resolve(&g);
+    let split = splits > 1;
+    let pipe = conv_pipeline(gpu, w.numerics, shape, &ch, tile.f16_math, split, &fusion);
+    let tiles_n = g.cols.div_ceil(shape.tn());
+    let tiles_m = g.cout.div_ceil(shape.tm());
+    // Time tiles past the per-dimension limit continue along z (z = phase + nphase·(split + splits·row)).
+    let [grid_x, rows, _] = grid_1d(tiles_n);
+    let tap_blocks = g.taps.div_ceil(ch.kt);
     let params = ConvParams {
         cin: g.cin,
         cout: g.cout,
@@ -407,16 +723,33 @@ fn build(
         nphase: g.nphase,
         w_stride: w.row_stride_words(),
         grid_x,
-        chan_chunk,
-        tap_chunk,
-        span,
+        span: ch.span,
+        split_ch,
+        chunks: split_ch.div_ceil(ch.cc) * tap_blocks,
+        tap_blocks,
+        splits,
+        _pad: [0; 2],
     };
-    let workgroups = if g.len_out == 0 { [0, 0, 0] } else { [grid_x, tiles_m, g.nphase * split] };
-    let mut buffers: Vec<&GpuBuffer> = vec![x, &w.data, bias, y];
-    if let Some(alpha) = fusion.snake_alpha {
-        buffers.push(alpha);
+    let empty = g.len_out == 0 || g.cout == 0;
+    let workgroups = if empty { [0, 0, 0] } else { [grid_x, tiles_m, g.nphase * splits * rows] };
+    let count = workgroups.iter().product();
+    let mut dispatches = Vec::new();
+    if split {
+        let n = g.cout as u64 * g.len_out as u64;
+        let part = gpu.buffer("dac_conv.split_k", (splits as u64 * n).max(1) * 4);
+        let mut buffers: Vec<&GpuBuffer> = vec![x, &w.data, &part];
+        buffers.extend(fusion.snake_alpha);
+        dispatches.push(gpu.dispatch(&pipe, &params, &buffers, workgroups));
+        let rp = ReduceParams { cout: g.cout, len_out: g.len_out, splits, _pad: 0 };
+        let [rx, ry, _] = grid_1d(n.div_ceil(256) as u32);
+        let rgrid = if empty { [0, 0, 0] } else { [rx, ry, 1] };
+        dispatches.push(gpu.dispatch(&reduce_pipeline(gpu, &fusion), &rp, &[&part, bias, y], rgrid));
+    } else {
+        let mut buffers: Vec<&GpuBuffer> = vec![x, &w.data, bias, y];
+        buffers.extend(fusion.snake_alpha);
+        dispatches.push(gpu.dispatch(&pipe, &params, &buffers, workgroups));
     }
-    gpu.dispatch(&pipe, &params, &buffers, workgroups)
+    ConvLaunch { shape, splits, workgroups: count, dispatches }
 }
 
 /// y `[cout, len_out]` (= or += per `fusion`) Conv1d(x `[cin, len_in]`), zero padding `padding` both sides.
@@ -432,7 +765,7 @@ pub fn conv1d(
     y: &GpuBuffer,
     fusion: ConvFusion,
     tile: ConvTile,
-) -> Dispatch {
+) -> ConvLaunch {
     assert!(stride > 0 && dilation > 0, "conv1d stride and dilation must be positive");
     let len_out = conv1d_len(len_in, w.kernel, stride, dilation, padding);
     let g = Geometry {
@@ -464,7 +797,7 @@ pub fn conv_transpose1d(
     y: &GpuBuffer,
     fusion: ConvFusion,
     tile: ConvTile,
-) -> Dispatch {
+) -> ConvLaunch {
     let len_out = conv_transpose1d_len(len_in, w.kernel, w.stride, padding);
     let taps = w.taps();
     let g = Geometry {
