@@ -247,29 +247,30 @@ fn row_scale(m: u32) -> f32 {
 
 //== section: tiled
 // Matrix–matrix schedule: a TM × TN tile of (x rows) × (weight rows) per workgroup. K is staged through
-// workgroup memory BK columns at a time, k-major so that a thread reads its rows and columns as vec4
-// (one shared load feeds 4 FMAs of a scalar × vec4); the next stage's global loads are issued into
-// registers before the current stage's arithmetic, so their latency hides behind it. A thread owns
-// RM (4 or 8) rows × 8 columns: rows 4·ty.. (and TM/2 + 4·ty..), columns 4·tx.. and TN/2 + 4·tx.., so
-// the 8 lanes of a 128-bit shared-memory phase read 128 contiguous bytes (no bank conflicts).
+// workgroup memory BK columns at a time, k-major, so a thread reads 4 of its rows (or columns) as one vec4.
+// A thread owns RM (4 or 8) rows × 8 columns: rows 4·ty.. (and TM/2 + 4·ty..), columns 4·tx.. and
+// TN/2 + 4·tx.., so the lanes of a 128-bit shared-memory phase read contiguous bytes (no bank conflicts).
 // Under SwiGLU the first half of a tile's weight rows are gate rows and the second half their up rows,
 // so each thread holds both factors of its outputs.
+// KG > 1 splits each stage's BK columns between KG groups of threads (more threads per tile for small M);
+// their partial sums meet in workgroup memory at the end.
+// The body is straight-line code generated per shape (linear.rs, `tiled_code`): named accumulators and named
+// global loads for the next stage issued before this stage's arithmetic, so every load is in flight at once.
 const TM: u32 = {{TM}}u;
 const TN: u32 = {{TN}}u;
 const RM: u32 = {{RM}}u;
 const BK: u32 = {{BK}}u;
+const KG: u32 = {{KG}}u;
 const THREADS_N: u32 = TN / 8u;
-const THREADS: u32 = (TM / RM) * THREADS_N;
+// Threads per k group.
+const GROUP: u32 = (TM / RM) * THREADS_N;
 // Staged k-rows are padded by 4 words: the 4 k of one loaded vec4 then land in distinct banks.
-const XS_ROW: u32 = TM + 4u;
-const WS_ROW: u32 = TN + 4u;
-const X_VECS: u32 = TM * BK / 4u;
-const W_VECS: u32 = TN * BK / 4u;
-const X_LOADS: u32 = (X_VECS + THREADS - 1u) / THREADS;
-const W_LOADS: u32 = (W_VECS + THREADS - 1u) / THREADS;
+const XS4: u32 = (TM + 4u) / 4u;
+const WS4: u32 = (TN + 4u) / 4u;
 
-var<workgroup> xs: array<vec4<f32>, BK * XS_ROW / 4u>;
-var<workgroup> ws: array<vec4<f32>, BK * WS_ROW / 4u>;
+var<workgroup> xs: array<vec4<f32>, BK * XS4>;
+var<workgroup> ws: array<vec4<f32>, BK * WS4>;
+{{RED_DECL}}
 
 // Weight row staged in row r of tile tn, or N if there is none.
 fn tile_row(tn: u32, r: u32) -> u32 {
@@ -284,21 +285,6 @@ fn tile_row(tn: u32, r: u32) -> u32 {
     return min(TN * tn + r, p.n);
 }
 
-// Stores 4 consecutive k of staged row r (k-major: element (k, r) at k·row + r).
-fn stage_x(q: u32, r: u32, v: vec4<f32>) {
-    for (var c = 0u; c < 4u; c++) {
-        let e = (4u * q + c) * XS_ROW + r;
-        xs[e / 4u][e % 4u] = v[c];
-    }
-}
-
-fn stage_w(q: u32, r: u32, v: vec4<f32>) {
-    for (var c = 0u; c < 4u; c++) {
-        let e = (4u * q + c) * WS_ROW + r;
-        ws[e / 4u][e % 4u] = v[c];
-    }
-}
-
 @compute @workgroup_size({{THREADS}})
 fn tiled(
     @builtin(local_invocation_index) tid: u32,
@@ -311,141 +297,25 @@ fn tiled(
     }
     let tn = tile % p.tiles_n;
     let tm = tile / p.tiles_n;
-    let tx = tid % THREADS_N;
-    let ty = tid / THREADS_N;
-
-    // Staging slots of this thread: vec4 e covers row e / (BK/4), columns 4·(e % (BK/4)).. of the stage.
-    var x_rows: array<u32, X_LOADS>;
-    var w_rows: array<u32, W_LOADS>;
-    for (var i = 0u; i < X_LOADS; i++) {
-        x_rows[i] = TM * tm + (tid + i * THREADS) / (BK / 4u);
-    }
-    for (var i = 0u; i < W_LOADS; i++) {
-        w_rows[i] = tile_row(tn, (tid + i * THREADS) / (BK / 4u));
-    }
-    var xv: array<vec4<f32>, X_LOADS>;
-    var wv: array<vec4<f32>, W_LOADS>;
-    var acc: array<vec4<f32>, 16>;
-
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Global → registers for this stage (the first one; later ones were fetched a stage ahead).
-        if k0 == 0u {
-            for (var i = 0u; i < X_LOADS; i++) {
-                let e = tid + i * THREADS;
-                let k = 4u * (e % (BK / 4u));
-                xv[i] = vec4<f32>(0.0);
-                if e < X_VECS && x_rows[i] < p.m && k < p.k {
-                    xv[i] = tiled_load_x(x_rows[i], k);
-                }
-            }
-            for (var i = 0u; i < W_LOADS; i++) {
-                let e = tid + i * THREADS;
-                let k = 4u * (e % (BK / 4u));
-                wv[i] = vec4<f32>(0.0);
-                if e < W_VECS && w_rows[i] < p.n && k < p.k {
-                    wv[i] = tiled_load_w(w_rows[i], k);
-                }
-            }
-        }
-        for (var i = 0u; i < X_LOADS; i++) {
-            let e = tid + i * THREADS;
-            if e < X_VECS {
-                stage_x(e % (BK / 4u), e / (BK / 4u), xv[i]);
-            }
-        }
-        for (var i = 0u; i < W_LOADS; i++) {
-            let e = tid + i * THREADS;
-            if e < W_VECS {
-                stage_w(e % (BK / 4u), e / (BK / 4u), wv[i]);
-            }
-        }
-        workgroupBarrier();
-        // Next stage's loads in flight during this stage's arithmetic.
-        let k1 = k0 + BK;
-        for (var i = 0u; i < X_LOADS; i++) {
-            let e = tid + i * THREADS;
-            let k = k1 + 4u * (e % (BK / 4u));
-            xv[i] = vec4<f32>(0.0);
-            if e < X_VECS && x_rows[i] < p.m && k < p.k {
-                xv[i] = tiled_load_x(x_rows[i], k);
-            }
-        }
-        for (var i = 0u; i < W_LOADS; i++) {
-            let e = tid + i * THREADS;
-            let k = k1 + 4u * (e % (BK / 4u));
-            wv[i] = vec4<f32>(0.0);
-            if e < W_VECS && w_rows[i] < p.n && k < p.k {
-                wv[i] = tiled_load_w(w_rows[i], k);
-            }
-        }
-        for (var kk = 0u; kk < BK; kk++) {
-            let b0 = ws[kk * (WS_ROW / 4u) + tx];
-            let b1 = ws[kk * (WS_ROW / 4u) + TN / 8u + tx];
-            let a0 = xs[kk * (XS_ROW / 4u) + ty];
-            acc[0] = fma(vec4<f32>(a0.x), b0, acc[0]);
-            acc[1] = fma(vec4<f32>(a0.x), b1, acc[1]);
-            acc[2] = fma(vec4<f32>(a0.y), b0, acc[2]);
-            acc[3] = fma(vec4<f32>(a0.y), b1, acc[3]);
-            acc[4] = fma(vec4<f32>(a0.z), b0, acc[4]);
-            acc[5] = fma(vec4<f32>(a0.z), b1, acc[5]);
-            acc[6] = fma(vec4<f32>(a0.w), b0, acc[6]);
-            acc[7] = fma(vec4<f32>(a0.w), b1, acc[7]);
-            if RM == 8u {
-                let a1 = xs[kk * (XS_ROW / 4u) + TM / 8u + ty];
-                acc[8] = fma(vec4<f32>(a1.x), b0, acc[8]);
-                acc[9] = fma(vec4<f32>(a1.x), b1, acc[9]);
-                acc[10] = fma(vec4<f32>(a1.y), b0, acc[10]);
-                acc[11] = fma(vec4<f32>(a1.y), b1, acc[11]);
-                acc[12] = fma(vec4<f32>(a1.z), b0, acc[12]);
-                acc[13] = fma(vec4<f32>(a1.z), b1, acc[13]);
-                acc[14] = fma(vec4<f32>(a1.w), b0, acc[14]);
-                acc[15] = fma(vec4<f32>(a1.w), b1, acc[15]);
-            }
-        }
-        workgroupBarrier();
-    }
-
-    for (var i = 0u; i < RM; i++) {
-        // Row i of this thread: 4·ty + i, or TM/2 + 4·ty + i − 4 for the second four.
-        let m = TM * tm + select(4u * ty + i, TM / 2u + 4u * ty + i - 4u, i >= 4u);
-        if m >= p.m {
-            continue;
-        }
-        let lo = acc[2u * i];
-        let hi = acc[2u * i + 1u];
-        if EPILOGUE == 2u {
-            for (var j = 0u; j < 4u; j++) {
-                let out = TN / 2u * tn + 4u * tx + j;
-                if out < p.out_cols {
-                    y[m * p.out_cols + out] = silu(lo[j]) * hi[j];
-                }
-            }
-        } else {
-            for (var j = 0u; j < 4u; j++) {
-                let n0 = TN * tn + 4u * tx + j;
-                if n0 < p.n {
-                    write_out(m, n0, lo[j]);
-                }
-                let n1 = n0 + TN / 2u;
-                if n1 < p.n {
-                    write_out(m, n1, hi[j]);
-                }
-            }
-        }
-    }
+    let lt = tid % GROUP;
+    let kg = tid / GROUP;
+    let tx = lt % THREADS_N;
+    let ty = lt / THREADS_N;
+{{BODY}}
 }
 
 //== section: tiled_access_f32_vec4
-// Tiled-kernel loads of 4 consecutive columns k.. (k a multiple of 4, k < K) when K % 4 == 0: one 16-byte load.
+// Tiled-kernel loads of 4 consecutive columns k.. (k a multiple of 4) of row m < M (n < N) when K % 4 == 0:
+// one 16-byte load; columns ≥ K read as 0 (the index is clamped so no access leaves the row).
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 
 fn tiled_load_x(m: u32, k: u32) -> vec4<f32> {
-    return x[(m * p.k + k) / 4u];
+    return select(vec4<f32>(0.0), x[(m * p.k + min(k, p.k - 4u)) / 4u], k < p.k);
 }
 
 fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
-    return w[(n * p.stride + k) / 4u];
+    return select(vec4<f32>(0.0), w[(n * p.stride + min(k, p.k - 4u)) / 4u], k < p.k);
 }
 
 //== section: tiled_access_f16w_vec4
@@ -453,13 +323,33 @@ fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
 @group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;
 
 fn tiled_load_x(m: u32, k: u32) -> vec4<f32> {
-    return x[(m * p.k + k) / 4u];
+    return select(vec4<f32>(0.0), x[(m * p.k + min(k, p.k - 4u)) / 4u], k < p.k);
 }
 
 // 4 halves = 2 words = one 8-byte load (stride = K/2 is even when K % 4 == 0).
 fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
-    let q = w[(n * p.stride + k / 2u) / 2u];
-    return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+    let q = w[(n * p.stride + min(k, p.k - 4u) / 2u) / 2u];
+    return select(vec4<f32>(0.0), vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), k < p.k);
+}
+
+//== section: tiled_access_f16w_vec8
+// K % 8 == 0: weights in 8-column units, one 16-byte load of 4 words (stride = K/2 is a multiple of 4).
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+
+struct W8 { lo: vec4<f32>, hi: vec4<f32> }
+
+fn tiled_load_x(m: u32, k: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), x[(m * p.k + min(k, p.k - 4u)) / 4u], k < p.k);
+}
+
+fn tiled_load_w8(n: u32, k: u32) -> W8 {
+    let q = w[(n * p.stride + min(k, p.k - 8u) / 2u) / 4u];
+    let ok = k < p.k;
+    return W8(
+        select(vec4<f32>(0.0), vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), ok),
+        select(vec4<f32>(0.0), vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), ok),
+    );
 }
 
 //== section: tiled_access_f32_scalar
@@ -468,21 +358,25 @@ fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 
 fn tiled_load_x(m: u32, k: u32) -> vec4<f32> {
-    var v = vec4<f32>(0.0);
-    for (var c = 0u; c < 4u; c++) {
-        let e = x[m * p.k + min(k + c, p.k - 1u)];
-        v[c] = select(0.0, e, k + c < p.k);
-    }
-    return v;
+    let b = m * p.k;
+    let l = p.k - 1u;
+    return vec4<f32>(
+        select(0.0, x[b + min(k, l)], k < p.k),
+        select(0.0, x[b + min(k + 1u, l)], k + 1u < p.k),
+        select(0.0, x[b + min(k + 2u, l)], k + 2u < p.k),
+        select(0.0, x[b + min(k + 3u, l)], k + 3u < p.k),
+    );
 }
 
 fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
-    var v = vec4<f32>(0.0);
-    for (var c = 0u; c < 4u; c++) {
-        let e = w[n * p.stride + min(k + c, p.k - 1u)];
-        v[c] = select(0.0, e, k + c < p.k);
-    }
-    return v;
+    let b = n * p.stride;
+    let l = p.k - 1u;
+    return vec4<f32>(
+        select(0.0, w[b + min(k, l)], k < p.k),
+        select(0.0, w[b + min(k + 1u, l)], k + 1u < p.k),
+        select(0.0, w[b + min(k + 2u, l)], k + 2u < p.k),
+        select(0.0, w[b + min(k + 3u, l)], k + 3u < p.k),
+    );
 }
 
 //== section: tiled_access_f16w_scalar
@@ -490,18 +384,22 @@ fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 
 fn tiled_load_x(m: u32, k: u32) -> vec4<f32> {
-    var v = vec4<f32>(0.0);
-    for (var c = 0u; c < 4u; c++) {
-        let e = x[m * p.k + min(k + c, p.k - 1u)];
-        v[c] = select(0.0, e, k + c < p.k);
-    }
-    return v;
+    let b = m * p.k;
+    let l = p.k - 1u;
+    return vec4<f32>(
+        select(0.0, x[b + min(k, l)], k < p.k),
+        select(0.0, x[b + min(k + 1u, l)], k + 1u < p.k),
+        select(0.0, x[b + min(k + 2u, l)], k + 2u < p.k),
+        select(0.0, x[b + min(k + 3u, l)], k + 3u < p.k),
+    );
 }
 
-// Words k/2 and k/2 + 1 of the row; the second exists when k + 2 < K (an odd K's last word ends in a zero half).
+// Words k/2 and k/2 + 1 of the row (k even); a word past the row is clamped to its last one and zeroed, and an odd
+// K's last word ends in a zero half.
 fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
-    let b = n * p.stride + k / 2u;
-    let lo = unpack2x16float(w[b]);
-    let hi = unpack2x16float(w[b + select(0u, 1u, k + 2u < p.k)]);
-    return vec4<f32>(lo, select(vec2<f32>(0.0), hi, k + 2u < p.k));
+    let b = n * p.stride;
+    let l = p.stride - 1u;
+    let lo = unpack2x16float(w[b + min(k / 2u, l)]);
+    let hi = unpack2x16float(w[b + min(k / 2u + 1u, l)]);
+    return vec4<f32>(select(vec2<f32>(0.0), lo, k < p.k), select(vec2<f32>(0.0), hi, k + 2u < p.k));
 }

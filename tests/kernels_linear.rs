@@ -134,8 +134,10 @@ fn linear_tiled_f16w_ragged() {
 }
 
 /// Every tiled work split (the choice depends on M·N, so small test shapes would only ever reach the
-/// smallest) on ragged shapes: M below, at and past a tile, N not a multiple of any tile, K odd, ≡ 2 mod 4
-/// (element loads) and ≡ 0 mod 4 (16-byte loads) with a K that is not a multiple of the staged depth.
+/// smallest) on ragged shapes: M below, at and past a tile, N not a multiple of any tile, K odd (element loads,
+/// odd f16 rows), ≡ 2 mod 4 (element loads), ≡ 4 mod 8 (16-byte x / 8-byte f16 loads) and ≡ 0 mod 8 (16-byte f16
+/// loads, with stages only partly covered by the last 8-column units of some threads), none a multiple of the
+/// staged depth of every shape.
 #[test]
 fn linear_tiled_shapes_ragged() {
     for shape in TiledShape::ALL {
@@ -145,10 +147,59 @@ fn linear_tiled_shapes_ragged() {
         };
         for numerics in [Numerics::F32, Numerics::F16W] {
             let name = format!("linear_tiled_shapes_ragged {shape:?}");
-            linear_sweep(&name, &schedule, &[1, 17, 100, 130], &[5, 67, 300], &[3, 20, 130, 515], numerics);
+            linear_sweep(&name, &schedule, &[1, 17, 100, 130], &[5, 67, 300], &[3, 20, 40, 130, 264, 515], numerics);
         }
     }
-    assert!(!TiledShape { tm: 64, tn: 64, rm: 8, bk: 32 }.fits() && !TiledShape { tm: 256, tn: 128, rm: 8, bk: 8 }.fits());
+    assert!(!TiledShape { tm: 64, tn: 64, rm: 8, bk: 32, kg: 1 }.fits() && !TiledShape { tm: 256, tn: 128, rm: 8, bk: 8, kg: 1 }.fits());
+    // K groups: a power of two dividing the stage, and their partial sums count towards workgroup memory.
+    assert!(!TiledShape { tm: 32, tn: 32, rm: 4, bk: 8, kg: 3 }.fits() && !TiledShape { tm: 32, tn: 32, rm: 4, bk: 4, kg: 8 }.fits());
+    assert!(!TiledShape { tm: 64, tn: 64, rm: 8, bk: 8, kg: 2 }.fits());
+}
+
+/// Shapes outside the list the generator must also get right: the smallest tiles (one thread row or column,
+/// tm / 8 = 1), one staged column per K group (bk = kg), more staging slots than threads, 8-row threads with
+/// split K; ragged M, N, K in both numerics and all epilogues.
+#[test]
+fn linear_tiled_generated_shapes_ragged() {
+    let shapes = [
+        TiledShape { tm: 8, tn: 8, rm: 8, bk: 4, kg: 1 },
+        TiledShape { tm: 8, tn: 16, rm: 4, bk: 4, kg: 4 },
+        TiledShape { tm: 16, tn: 16, rm: 8, bk: 16, kg: 2 },
+        TiledShape { tm: 32, tn: 64, rm: 8, bk: 32, kg: 1 },
+    ];
+    for shape in shapes {
+        assert!(shape.fits(), "{shape:?}");
+        let schedule = |g: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, e: LinearEpilogue| {
+            linear_tiled_shaped(g, x, w, y, m, e, shape)
+        };
+        for numerics in [Numerics::F32, Numerics::F16W] {
+            let name = format!("linear_tiled_generated_shapes_ragged {shape:?}");
+            linear_sweep(&name, &schedule, &[3, 41], &[5, 75], &[7, 36, 104], numerics);
+        }
+    }
+}
+
+/// The tile rule on the encoder's shapes (documented on `TiledShape::for_problem`): ≥ 256 workgroups (≈ 2 per
+/// H100 SM) wherever a shape gives them, else the most workgroups.
+#[test]
+fn tiled_shape_choice_encoder() {
+    use LinearEpilogue::{Accumulate, Store, SwiGlu};
+    let cases = [
+        (1001, 4096, Store, TiledShape::LARGE),
+        (1001, 8192, SwiGlu, TiledShape::LARGE),
+        (1001, 3072, Store, TiledShape::MEDIUM),
+        (1001, 1024, Accumulate, TiledShape::SMALL),
+        (101, 4096, Store, TiledShape::TINY),
+        (101, 8192, SwiGlu, TiledShape::SMALL),
+        (101, 3072, Store, TiledShape::MICRO),
+        (101, 1024, Accumulate, TiledShape::MICRO),
+    ];
+    for (m, n, epilogue, want) in cases {
+        let got = TiledShape::for_problem(m, n, epilogue);
+        assert_eq!(got, want, "m={m} n={n} {epilogue:?}");
+        let most = TiledShape::ALL.iter().map(|s| s.groups(m, n, epilogue)).max().unwrap();
+        assert!(got.groups(m, n, epilogue) >= 256 || got.groups(m, n, epilogue) == most, "m={m} n={n}");
+    }
 }
 
 /// Workgroup shapes other than the default (what the benchmark tunes over) compute the same thing.

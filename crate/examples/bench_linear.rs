@@ -4,13 +4,16 @@
 //! cargo run --release --example bench_linear -- --rows 16384 --cols 2048 --m 2 --iters 200 --numerics f16w
 //! cargo run --release --example bench_linear -- --tiled --iters 20 --numerics f16w
 //!
-//! `--tiled` times M = 100 and 1000 rows of x against K = 1024 and W of 3072 rows (store), 1024 (accumulate)
-//! and 8192 (SwiGLU) and prints TFLOP/s (the H100 figures before and after the register-tiled kernel are in
-//! docs/performance.md).
+//! cargo run --release --example bench_linear -- --crossover --iters 20 --numerics f16w
+//!
+//! `--tiled` times M = 101 and 1001 rows of x (or `--m`) against the encoder's matrices (QKV 3072×1024 store,
+//! O 1024×1024 accumulate, gate/up 8192×1024 SwiGLU, down 1024×4096 accumulate, cross K/V 4096×1024 store) and
+//! prints TFLOP/s of the tile `linear` picks (with `--sweep`: of every tile shape). `--crossover` times the
+//! 16-row matrix–vector blocks against the tiled kernel at M = 16 … 1001 (where `BLOCKED_M_MAX` should sit).
 //!
 //! Other flags: `--epilogue store|acc|swiglu`, `--batch B` (dispatches per command buffer, default 10),
 //! `--threads T --k-threads K --rows-per-thread R` (workgroup shape, default the one `linear` uses), `--sweep` (time every
-//! workgroup shape that fits M instead).
+//! workgroup shape that fits M instead; with `--tiled` every tile shape).
 //!
 //! Records `--batch` dispatches per command buffer (consecutive dispatches write the same output, so
 //! they run one after another as decoder layers do), submits `--iters` of them back to back after a
@@ -39,6 +42,7 @@ struct Args {
     shape: dia_webgpu::kernels::linear::SmallMShape,
     sweep: bool,
     tiled: bool,
+    crossover: bool,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         shape: SmallMShape { threads: 0, k_threads: 0, rows_per_thread: 0 },
         sweep: false,
         tiled: false,
+        crossover: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,6 +70,10 @@ fn parse_args() -> Result<Args, String> {
         }
         if flag == "--tiled" {
             a.tiled = true;
+            continue;
+        }
+        if flag == "--crossover" {
+            a.crossover = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -87,10 +96,13 @@ fn parse_args() -> Result<Args, String> {
                     _ => return Err(format!("unknown epilogue {value} (store, acc, swiglu)")),
                 }
             }
-            _ => return Err(format!("unknown flag {flag}; flags: --rows --cols --m --iters --batch --numerics --epilogue --threads --k-threads --rows-per-thread --sweep --tiled")),
+            _ => return Err(format!("unknown flag {flag}; flags: --rows --cols --m --iters --batch --numerics --epilogue --threads --k-threads --rows-per-thread --sweep --tiled --crossover")),
         }
     }
-    if a.tiled {
+    if a.tiled || a.crossover {
+        if a.iters == 0 || a.batch == 0 {
+            return Err("need positive iters and batch".into());
+        }
         return Ok(a);
     }
     let max_m = dia_webgpu::kernels::linear::SMALL_M_MAX;
@@ -124,6 +136,9 @@ fn bench() -> Result<(), String> {
     use std::time::Instant;
 
     let a = parse_args()?;
+    if a.crossover {
+        return tiled::crossover(&a);
+    }
     if a.tiled {
         return tiled::bench(&a);
     }
@@ -198,14 +213,14 @@ fn bench() -> Result<(), String> {
 #[cfg(not(target_arch = "wasm32"))]
 mod tiled {
     use super::Args;
-    use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
-    use dia_webgpu::kernels::linear::{linear_tiled, LinearEpilogue, TiledShape};
+    use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
+    use dia_webgpu::kernels::linear::{linear_row_blocks, linear_tiled_shaped, LinearEpilogue, TiledShape, BLOCKED_M_MAX};
     use dia_webgpu::kernels::GpuMatrix;
     use std::time::Instant;
 
-    /// Seconds per call of `d` (after a warm-up), `iters` calls recorded in batches of `batch`.
-    fn time(gpu: &Gpu, d: &Dispatch, iters: usize, batch: usize) -> Result<f64, String> {
-        let calls: Vec<_> = std::iter::repeat_n(d, batch).collect();
+    /// Seconds per call of the dispatch list `ds` (after a warm-up), `iters` calls recorded in batches of `batch`.
+    fn time(gpu: &Gpu, ds: &[Dispatch], iters: usize, batch: usize) -> Result<f64, String> {
+        let calls: Vec<&Dispatch> = (0..batch).flat_map(|_| ds.iter()).collect();
         gpu.run(&calls);
         gpu.wait_idle().map_err(|e| e.to_string())?;
         let start = Instant::now();
@@ -217,12 +232,17 @@ mod tiled {
         Ok(start.elapsed().as_secs_f64() / (iters * batch) as f64)
     }
 
-    pub fn bench(a: &Args) -> Result<(), String> {
-        let k = 1024usize;
-        let cases = [(3072usize, LinearEpilogue::Store), (1024, LinearEpilogue::Accumulate), (8192, LinearEpilogue::SwiGlu)];
-        let max_rows = cases.iter().map(|c| c.0).max().unwrap_or(0);
-        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: (max_rows * k * 4) as u64, ..Default::default() }).map_err(|e| e.to_string())?;
-        println!("adapter: {}", gpu.describe());
+    /// One weight matrix of the encoder with its epilogue, x and y sized for the largest M timed.
+    struct Case {
+        rows: usize,
+        k: usize,
+        epilogue: LinearEpilogue,
+        w: GpuMatrix,
+        x: GpuBuffer,
+        y: GpuBuffer,
+    }
+
+    fn cases(gpu: &Gpu, a: &Args, shapes: &[(usize, usize, LinearEpilogue)], max_m: u32) -> Result<Vec<Case>, String> {
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move || {
             state ^= state << 13;
@@ -230,27 +250,98 @@ mod tiled {
             state ^= state << 17;
             (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         };
-        let ms = if a.m > dia_webgpu::kernels::linear::SMALL_M_MAX { vec![a.m] } else { vec![100, 1000] };
-        for m in ms {
-            let x = gpu.upload("x", &(0..m as usize * k).map(|_| next()).collect::<Vec<f32>>());
-            for (rows, epilogue) in cases {
-                let w: Vec<f32> = (0..rows * k).map(|_| next()).collect();
-                let wm = GpuMatrix::upload(&gpu, "w", &w, rows, k, a.numerics).map_err(|e| e.to_string())?;
-                let out_cols = if epilogue == LinearEpilogue::SwiGlu { rows / 2 } else { rows };
-                let y = gpu.buffer("y", (m as usize * out_cols * 4) as u64);
-                let flops = 2.0 * m as f64 * k as f64 * rows as f64;
-                let shape = TiledShape::for_problem(m, rows as u32, epilogue);
-                let d = linear_tiled(&gpu, &x, &wm, &y, m, epilogue);
-                let s = time(&gpu, &d, a.iters, a.batch)?;
+        let mut out = Vec::new();
+        for &(rows, k, epilogue) in shapes {
+            let w: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+            let wm = GpuMatrix::upload(gpu, "w", &w, rows, k, a.numerics).map_err(|e| e.to_string())?;
+            let x = gpu.upload("x", &(0..max_m as usize * k).map(|_| next()).collect::<Vec<f32>>());
+            let out_cols = if epilogue == LinearEpilogue::SwiGlu { rows / 2 } else { rows };
+            let y = gpu.buffer("y", (max_m as usize * out_cols * 4) as u64);
+            out.push(Case { rows, k, epilogue, w: wm, x, y });
+        }
+        Ok(out)
+    }
+
+    fn open(max_rows: usize, max_k: usize) -> Result<Gpu, String> {
+        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: (max_rows * max_k * 4) as u64, ..Default::default() }).map_err(|e| e.to_string())?;
+        println!("adapter: {}", gpu.describe());
+        Ok(gpu)
+    }
+
+    /// The encoder's GEMMs at M = 101 and 1001 (100 / 1000 bytes of text; or `--m`): TFLOP/s of the shape
+    /// `linear` picks, or of every shape with `--sweep`.
+    pub fn bench(a: &Args) -> Result<(), String> {
+        // QKV, attention out (+ residual), SwiGLU gate/up, down (+ residual), a cross-attention K/V projection.
+        let shapes = [
+            (3072, 1024, LinearEpilogue::Store),
+            (1024, 1024, LinearEpilogue::Accumulate),
+            (8192, 1024, LinearEpilogue::SwiGlu),
+            (1024, 4096, LinearEpilogue::Accumulate),
+            (4096, 1024, LinearEpilogue::Store),
+        ];
+        let ms = if a.m > dia_webgpu::kernels::linear::SMALL_M_MAX { vec![a.m] } else { vec![101, 1001] };
+        let max_m = ms.iter().copied().max().unwrap_or(1);
+        let gpu = open(8192, 4096)?;
+        let cases = cases(&gpu, a, &shapes, max_m)?;
+        for &m in &ms {
+            for c in &cases {
+                let default = TiledShape::for_problem(m, c.rows as u32, c.epilogue);
+                let tried: Vec<TiledShape> = if a.sweep { TiledShape::ALL.to_vec() } else { vec![default] };
+                let flops = 2.0 * m as f64 * c.k as f64 * c.rows as f64;
+                for shape in tried {
+                    let d = linear_tiled_shaped(&gpu, &c.x, &c.w, &c.y, m, c.epilogue, shape);
+                    let s = time(&gpu, &[d], a.iters, a.batch)?;
+                    println!(
+                        "linear tiled {} {:?}: M={m} N={} K={} tile {}x{} r{} k{} g{} ({} workgroups){}: {:9.2} us/call, {:7.3} TFLOP/s",
+                        a.numerics.name(),
+                        c.epilogue,
+                        c.rows,
+                        c.k,
+                        shape.tm,
+                        shape.tn,
+                        shape.rm,
+                        shape.bk,
+                        shape.kg,
+                        shape.groups(m, c.rows as u32, c.epilogue),
+                        if shape == default { " (default)" } else { "" },
+                        s * 1e6,
+                        flops / s / 1e12
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// 16-row matrix–vector blocks (`linear_row_blocks`) vs the tiled kernel (default shape) per M: where
+    /// `BLOCKED_M_MAX` should sit.
+    pub fn crossover(a: &Args) -> Result<(), String> {
+        let shapes = [(3072, 1024, LinearEpilogue::Store), (8192, 1024, LinearEpilogue::SwiGlu), (1024, 4096, LinearEpilogue::Accumulate)];
+        let ms = [16u32, 32, 64, 101, 128, 256, 1001];
+        let gpu = open(8192, 4096)?;
+        let cases = cases(&gpu, a, &shapes, 1001)?;
+        println!("BLOCKED_M_MAX = {BLOCKED_M_MAX} (linear_rows takes blocks up to it, the tiled kernel above)");
+        for c in &cases {
+            for m in ms {
+                let flops = 2.0 * m as f64 * c.k as f64 * c.rows as f64;
+                let blocks = linear_row_blocks(&gpu, &c.x, &c.w, &c.y, m, c.epilogue).ok_or("row blocks not aligned")?;
+                let tb = time(&gpu, &blocks, a.iters, a.batch)?;
+                let shape = TiledShape::for_problem(m, c.rows as u32, c.epilogue);
+                let tt = time(&gpu, &[linear_tiled_shaped(&gpu, &c.x, &c.w, &c.y, m, c.epilogue, shape)], a.iters, a.batch)?;
                 println!(
-                    "linear tiled {} {epilogue:?}: M={m} K={k} W rows={rows} (tile {}x{} r{} k{}): {:9.2} us/call, {:7.3} TFLOP/s",
+                    "crossover {} {:?} N={} K={} M={m:4}: blocks {:8.4} ms ({:6.2} TFLOP/s), tiled {}x{} g{} {:8.4} ms ({:6.2} TFLOP/s): {} faster",
                     a.numerics.name(),
+                    c.epilogue,
+                    c.rows,
+                    c.k,
+                    tb * 1e3,
+                    flops / tb / 1e12,
                     shape.tm,
                     shape.tn,
-                    shape.rm,
-                    shape.bk,
-                    s * 1e6,
-                    flops / s / 1e12
+                    shape.kg,
+                    tt * 1e3,
+                    flops / tt / 1e12,
+                    if tb <= tt { "blocks" } else { "tiled" }
                 );
             }
         }

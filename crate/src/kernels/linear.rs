@@ -3,7 +3,7 @@
 //! once for all M rows; larger M (encoder, prefill) a tiled matrix–matrix kernel.
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 use super::norm::rmsnorm;
-use super::GpuMatrix;
+use super::{GpuMatrix, Numerics};
 
 const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
 
@@ -11,8 +11,9 @@ const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
 pub const SMALL_M_MAX: u32 = 16;
 /// Partial sums a small-M workgroup may hold: 4096 f32 = 16 KiB of workgroup memory.
 const SMALL_M_PARTIALS: u32 = 4096;
-/// Workgroups the tiled schedule aims for when choosing its tile (a big GPU has ~100+ cores).
-const TILED_MIN_GROUPS: u32 = 128;
+/// Workgroups the tiled schedule aims for when choosing its tile: about 2 per SM on an H100 (132 SMs), so that
+/// every SM has work and a second workgroup to switch to at barriers.
+const TILED_MIN_GROUPS: u32 = 256;
 
 /// What the kernel does with each output value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,20 +68,36 @@ pub fn linear(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
 }
 
 /// Largest M that `linear_rows` serves with matrix–vector passes over blocks of `SMALL_M_MAX` rows (the weights
-/// are read once per block): below it that beats the tiled kernel on the GPUs measured (encoder, 100 bytes).
+/// are read once per block); above it the tiled kernel. 128 was measured on the H100 against the tiled kernel
+/// before its straight-line rewrite (encoder, 100 bytes: 16-row blocks ≈ 5 TFLOP/s vs 1.2). The rewritten kernel has
+/// not been timed on the H100 yet: `bench_linear --crossover` prints both paths per M on the encoder's shapes, and
+/// this constant should become the largest M where the blocks still win.
 pub const BLOCKED_M_MAX: u32 = 128;
 
 /// `linear` for any M as a list of dispatches: for M ≤ `BLOCKED_M_MAX` (when row blocks can be bound at aligned
 /// offsets) matrix–vector passes over blocks of 16 rows — one dispatch for every whole block (the grid's z picks
 /// the block) and one for the rest — else the single dispatch `linear` picks.
 pub fn linear_rows(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Vec<Dispatch> {
+    if m <= SMALL_M_MAX || m > BLOCKED_M_MAX {
+        return vec![linear(gpu, x, w, y, m, epilogue)];
+    }
+    linear_row_blocks(gpu, x, w, y, m, epilogue).unwrap_or_else(|| vec![linear(gpu, x, w, y, m, epilogue)])
+}
+
+/// Matrix–vector passes over blocks of `SMALL_M_MAX` rows for any M (what `linear_rows` does up to
+/// `BLOCKED_M_MAX`; benchmarks compare it with the tiled kernel above), or None when the blocks of x or y cannot be
+/// bound at the adapter's storage offset alignment.
+pub fn linear_row_blocks(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Option<Vec<Dispatch>> {
+    if m <= SMALL_M_MAX {
+        return Some(vec![linear_small_m(gpu, x, w, y, m, epilogue)]);
+    }
     let out_cols = check_shapes(x, w, y, m, epilogue);
     let align = gpu.device.limits().min_storage_buffer_offset_alignment as u64;
     let x_block = SMALL_M_MAX as u64 * w.cols as u64 * 4;
     let y_block = SMALL_M_MAX as u64 * out_cols as u64 * 4;
     let aligned = x_block.is_multiple_of(align) && y_block.is_multiple_of(align) && x.offset.is_multiple_of(align) && y.offset.is_multiple_of(align);
-    if m <= SMALL_M_MAX || m > BLOCKED_M_MAX || !aligned {
-        return vec![linear(gpu, x, w, y, m, epilogue)];
+    if !aligned {
+        return None;
     }
     let (whole, rest) = (m / SMALL_M_MAX, m % SMALL_M_MAX);
     let shape = SmallMShape::for_shape(SMALL_M_MAX, w.rows, w.cols);
@@ -90,7 +107,7 @@ pub fn linear_rows(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u3
         let ys = y.slice(whole as u64 * y_block, rest as u64 * out_cols as u64 * 4);
         ds.push(linear_small_m(gpu, &xs, w, &ys, rest, epilogue));
     }
-    ds
+    Some(ds)
 }
 
 /// Shape of a small-M workgroup: `threads` threads in groups of `k_threads` that share weight rows along
@@ -255,52 +272,67 @@ fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
 }
 
 /// Work split of the tiled schedule: a workgroup computes `tm` x rows × `tn` weight rows (`tn / 2`
-/// outputs under SwiGLU) with (`tm / rm`)·(`tn / 8`) threads, each owning `rm` × 8 outputs, and stages
-/// `bk` columns of K per barrier.
+/// outputs under SwiGLU) and stages `bk` columns of K per barrier. Its threads form `kg` groups that split each
+/// stage's columns between them (partial sums added in workgroup memory at the end); in each group
+/// (`tm / rm`)·(`tn / 8`) threads own `rm` × 8 outputs each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TiledShape {
     pub tm: u32,
     pub tn: u32,
     pub rm: u32,
     pub bk: u32,
+    pub kg: u32,
 }
 
 impl TiledShape {
-    /// 128 × 128, 8 × 8 per thread: the most arithmetic per shared load, for large M·N.
-    pub const LARGE: TiledShape = TiledShape { tm: 128, tn: 128, rm: 8, bk: 8 };
-    /// 64 × 128, 4 × 8 per thread.
-    pub const MEDIUM: TiledShape = TiledShape { tm: 64, tn: 128, rm: 4, bk: 8 };
+    /// 128 × 128, 8 × 8 per thread (256 threads): the most arithmetic per staged value, for large M·N.
+    pub const LARGE: TiledShape = TiledShape { tm: 128, tn: 128, rm: 8, bk: 8, kg: 1 };
+    /// 64 × 128, 8 × 8 per thread (128 threads).
+    pub const MEDIUM: TiledShape = TiledShape { tm: 64, tn: 128, rm: 8, bk: 8, kg: 1 };
     /// 64 × 64, 4 × 8 per thread (128 threads).
-    pub const SMALL: TiledShape = TiledShape { tm: 64, tn: 64, rm: 4, bk: 16 };
-    /// 32 × 64, 4 × 8 per thread (64 threads): enough workgroups for M ≈ 100 on a big GPU.
-    pub const TINY: TiledShape = TiledShape { tm: 32, tn: 64, rm: 4, bk: 16 };
+    pub const SMALL: TiledShape = TiledShape { tm: 64, tn: 64, rm: 4, bk: 16, kg: 1 };
+    /// 32 × 64, 4 × 8 per thread, K split 4 ways (256 threads): enough threads per tile for M ≈ 100.
+    pub const TINY: TiledShape = TiledShape { tm: 32, tn: 64, rm: 4, bk: 16, kg: 4 };
+    /// 32 × 32, 4 × 8 per thread, K split 8 ways (256 threads): M ≈ 100 against narrow matrices (N = 1024).
+    pub const MICRO: TiledShape = TiledShape { tm: 32, tn: 32, rm: 4, bk: 32, kg: 8 };
     /// Largest first; `for_problem` walks this list.
-    pub const ALL: [TiledShape; 4] = [TiledShape::LARGE, TiledShape::MEDIUM, TiledShape::SMALL, TiledShape::TINY];
+    pub const ALL: [TiledShape; 5] = [TiledShape::LARGE, TiledShape::MEDIUM, TiledShape::SMALL, TiledShape::TINY, TiledShape::MICRO];
 
-    /// The largest shape that still gives `TILED_MIN_GROUPS` workgroups (a big GPU has ~100+ cores
-    /// to fill), else the smallest one.
+    /// The largest shape that still gives `TILED_MIN_GROUPS` workgroups, else the one with the most workgroups.
+    /// Encoder (f16w, K = 1024 / 4096): M = 1001 takes LARGE for N = 4096 and SwiGLU 8192, MEDIUM for 3072, SMALL
+    /// for 1024; M = 101 takes SMALL for SwiGLU 8192, TINY for 4096, MICRO for 3072 and 1024 (128 workgroups of
+    /// 256 threads: the most this M allows without splitting K across workgroups).
     pub fn for_problem(m: u32, w_rows: u32, epilogue: LinearEpilogue) -> TiledShape {
-        let fallback = TiledShape::ALL[TiledShape::ALL.len() - 1];
-        TiledShape::ALL.into_iter().find(|s| s.groups(m, w_rows, epilogue) >= TILED_MIN_GROUPS).unwrap_or(fallback)
+        let most = TiledShape::ALL.into_iter().max_by_key(|s| s.groups(m, w_rows, epilogue)).unwrap_or(TiledShape::MICRO);
+        TiledShape::ALL.into_iter().find(|s| s.groups(m, w_rows, epilogue) >= TILED_MIN_GROUPS).unwrap_or(most)
     }
 
     pub fn threads(self) -> u32 {
-        (self.tm / self.rm) * (self.tn / 8)
+        self.kg * (self.tm / self.rm.max(1)) * (self.tn / 8)
     }
 
-    /// Whether the kernel supports this shape: rm 4 or 8 dividing tm, tn and bk multiples of 8 and 4,
-    /// ≤ 256 threads, ≤ 16 KiB of staged tiles.
+    /// Workgroup memory: the staged k-rows of x and W (each padded by 4 words), and the partial sums when
+    /// K is split.
+    pub fn workgroup_bytes(self) -> u32 {
+        let partials = if self.kg > 1 { self.tm * self.tn } else { 0 };
+        4 * (self.bk * (self.tm + 4 + self.tn + 4) + partials)
+    }
+
+    /// Whether the kernel supports this shape: rm 4 or 8 with tm a multiple of 4, or of 8 for rm = 8 (rows 4·ty..
+    /// and tm/2 + 4·ty..), tn a multiple of 8 (columns 4·tx.. and tn/2 + 4·tx..), bk a multiple of 4 split evenly between a power-of-two kg,
+    /// ≤ 256 threads, ≤ 16 KiB of workgroup memory.
     pub fn fits(self) -> bool {
-        let smem = 4 * self.bk * (self.tm + 4 + self.tn + 4);
         (self.rm == 4 || self.rm == 8)
             && self.tm > 0
-            && self.tm.is_multiple_of(self.rm)
-            && self.tn.is_multiple_of(8)
+            && self.tm.is_multiple_of(if self.rm == 8 { 8 } else { 4 })
             && self.tn > 0
-            && self.bk.is_multiple_of(4)
+            && self.tn.is_multiple_of(8)
             && self.bk > 0
+            && self.bk.is_multiple_of(4)
+            && self.kg.is_power_of_two()
+            && self.bk.is_multiple_of(self.kg)
             && self.threads() <= 256
-            && smem <= 16384
+            && self.workgroup_bytes() <= 16384
     }
 
     fn tiles_n(self, w_rows: u32, epilogue: LinearEpilogue) -> u32 {
@@ -310,7 +342,8 @@ impl TiledShape {
         }
     }
 
-    fn groups(self, m: u32, w_rows: u32, epilogue: LinearEpilogue) -> u32 {
+    /// Workgroups for an `m`-row x against `w_rows` weight rows.
+    pub fn groups(self, m: u32, w_rows: u32, epilogue: LinearEpilogue) -> u32 {
         self.tiles_n(w_rows, epilogue) * m.div_ceil(self.tm)
     }
 }
@@ -324,10 +357,16 @@ pub fn linear_tiled(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
 pub fn linear_tiled_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: TiledShape) -> Dispatch {
     assert!(shape.fits(), "linear_tiled: unsupported {shape:?}");
     let out_cols = check_shapes(x, w, y, m, epilogue);
-    // 16-byte x loads (and 8-byte f16 weight loads) need whole 4-column groups in every row.
-    let access = if w.cols.is_multiple_of(4) { "vec4" } else { "scalar" };
-    let TiledShape { tm, tn, rm, bk } = shape;
-    let key = format!("linear.tiled.{}.{access}.{}.{tm}x{tn}.r{rm}.k{bk}", w.numerics.name(), epilogue.name());
+    // 16-byte x loads (and 8-byte f16 weight loads) need whole 4-column groups in every row; 16-byte f16 weight
+    // loads whole 8-column groups, and a stage of whole 8-column units.
+    let access = match w.numerics {
+        Numerics::F16W if w.cols.is_multiple_of(8) && shape.bk.is_multiple_of(8) => "vec8",
+        _ if w.cols.is_multiple_of(4) => "vec4",
+        _ => "scalar",
+    };
+    let w_unit = if access == "vec8" { 8 } else { 4 };
+    let TiledShape { tm, tn, rm, bk, kg } = shape;
+    let key = format!("linear.tiled.{}.{access}.{}.{tm}x{tn}.r{rm}.k{bk}.g{kg}", w.numerics.name(), epilogue.name());
     let pipeline = gpu.pipeline(&key, "tiled", || {
         let src = format!(
             "{}{}{}",
@@ -335,6 +374,7 @@ pub fn linear_tiled_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffe
             section(&format!("tiled_access_{}_{access}", w.numerics.name())),
             section("tiled")
         );
+        let red = if kg > 1 { format!("var<workgroup> red: array<f32, {}>;", tm * tn) } else { String::new() };
         specialize(
             &src,
             &[
@@ -343,12 +383,15 @@ pub fn linear_tiled_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffe
                 ("TN", tn.to_string()),
                 ("RM", rm.to_string()),
                 ("BK", bk.to_string()),
+                ("KG", kg.to_string()),
                 ("THREADS", shape.threads().to_string()),
+                ("RED_DECL", red),
+                ("BODY", tiled_code(shape, w_unit, epilogue)),
             ],
         )
     });
     let tiles_n = shape.tiles_n(w.rows, epilogue);
-    let groups = shape.groups(m, w.rows, epilogue);
+    let groups = if m == 0 { 0 } else { shape.groups(m, w.rows, epilogue) };
     let params = Params {
         m,
         n: w.rows,
@@ -360,6 +403,163 @@ pub fn linear_tiled_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffe
         eps: 0.0,
     };
     gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid_1d(groups))
+}
+
+/// Straight-line body of the tiled kernel for one shape, `w_unit` (4 or 8) weight columns per load, and the
+/// epilogue: per-thread load slots (global → registers → k-major workgroup memory; rows past M or N are clamped
+/// and their columns pushed past K, which reads as 0), the stage loop with the next stage's loads issued before
+/// this stage's FMAs into named accumulators acc_<row>_<col>, the sum over the K groups, and the bounds-checked
+/// stores.
+fn tiled_code(shape: TiledShape, w_unit: u32, epilogue: LinearEpilogue) -> String {
+    use std::fmt::Write;
+    let TiledShape { tm, tn, rm, bk, kg } = shape;
+    let threads = shape.threads();
+    let comp = ["x", "y", "z", "w"];
+    let mut s = String::new();
+    // One slot per `threads` staging units of a stage; the last may cover only some threads.
+    struct Slots {
+        name: char,
+        per_row: u32,
+        units: u32,
+    }
+    let xs = Slots { name: 'x', per_row: bk / 4, units: tm * bk / 4 };
+    let ws = Slots { name: 'w', per_row: bk / w_unit, units: tn * bk / w_unit };
+    for sl in [&xs, &ws] {
+        let c = sl.name;
+        for i in 0..sl.units.div_ceil(threads) {
+            let row = if c == 'x' { format!("TM * tm + {c}e_{i} / {}u", sl.per_row) } else { format!("tile_row(tn, {c}e_{i} / {}u)", sl.per_row) };
+            let (bound, unit) = if c == 'x' { ("p.m", 4) } else { ("p.n", w_unit) };
+            let _ = writeln!(s, "    let {c}e_{i} = tid + {}u;", i * threads);
+            let _ = writeln!(s, "    let {c}row_{i} = {row};");
+            // Threads past the stage's units (last slot only) load nothing.
+            let in_stage = if (i + 1) * threads > sl.units { format!(" && {c}e_{i} < {}u", sl.units) } else { String::new() };
+            let _ = writeln!(s, "    let {c}ok_{i} = {c}row_{i} < {bound}{in_stage};");
+            let _ = writeln!(s, "    let {c}r_{i} = min({c}row_{i}, {bound} - 1u);");
+            let _ = writeln!(s, "    let {c}k_{i} = {unit}u * ({c}e_{i} % {}u);", sl.per_row);
+            let stride = if c == 'x' { "XS4" } else { "WS4" };
+            let _ = writeln!(s, "    let {c}st_{i} = {c}k_{i} * {stride} + {c}e_{i} / {}u / 4u;", sl.per_row);
+            let _ = writeln!(s, "    let {c}c_{i} = {c}e_{i} / {}u % 4u;", sl.per_row);
+        }
+    }
+    // Loads of the stage at `k` into the slot registers (declared with `var` the first time).
+    let loads = |k: &str, decl: bool, indent: &str| -> String {
+        let mut l = String::new();
+        let v = if decl { "var " } else { "" };
+        let t = if decl { "wl0" } else { "wl" };
+        for i in 0..xs.units.div_ceil(threads) {
+            let _ = writeln!(l, "{indent}{v}xv_{i} = tiled_load_x(xr_{i}, select(p.k, {k} + xk_{i}, xok_{i}));");
+        }
+        for i in 0..ws.units.div_ceil(threads) {
+            if w_unit == 8 {
+                let _ = writeln!(l, "{indent}let {t}_{i} = tiled_load_w8(wr_{i}, select(p.k, {k} + wk_{i}, wok_{i}));");
+                let _ = writeln!(l, "{indent}{v}wv_{i} = {t}_{i}.lo;");
+                let _ = writeln!(l, "{indent}{v}wh_{i} = {t}_{i}.hi;");
+            } else {
+                let _ = writeln!(l, "{indent}{v}wv_{i} = tiled_load_w(wr_{i}, select(p.k, {k} + wk_{i}, wok_{i}));");
+            }
+        }
+        l
+    };
+    s.push_str(&loads("0u", true, "    "));
+    for r in 0..rm {
+        for c in 0..8 {
+            let _ = writeln!(s, "    var acc_{r}_{c} = 0.0;");
+        }
+    }
+    let sub = bk / kg;
+    let _ = writeln!(s, "    let xa = kg * {}u * XS4 + ty;", sub);
+    let _ = writeln!(s, "    let wa = kg * {}u * WS4 + tx;", sub);
+    let _ = writeln!(s, "    for (var k0 = 0u; k0 < p.k; k0 += BK) {{");
+    let _ = writeln!(s, "        workgroupBarrier();");
+    for sl in [&xs, &ws] {
+        let c = sl.name;
+        let (arr, stride) = if c == 'x' { ("xs", "XS4") } else { ("ws", "WS4") };
+        for i in 0..sl.units.div_ceil(threads) {
+            let partial = (i + 1) * threads > sl.units;
+            let ind = if partial { "            " } else { "        " };
+            if partial {
+                let _ = writeln!(s, "        if {c}e_{i} < {}u {{", sl.units);
+            }
+            let regs: Vec<String> = if c == 'w' && w_unit == 8 { vec![format!("wv_{i}"), format!("wh_{i}")] } else { vec![format!("{c}v_{i}")] };
+            for (h, reg) in regs.iter().enumerate() {
+                for (j, cc) in comp.iter().enumerate() {
+                    let off = 4 * h + j;
+                    let _ = writeln!(s, "{ind}{arr}[{c}st_{i} + {off}u * {stride}][{c}c_{i}] = {reg}.{cc};");
+                }
+            }
+            if partial {
+                let _ = writeln!(s, "        }}");
+            }
+        }
+    }
+    let _ = writeln!(s, "        workgroupBarrier();");
+    let _ = writeln!(s, "        let kn = k0 + BK;");
+    s.push_str(&loads("kn", false, "        "));
+    for k in 0..sub {
+        let _ = writeln!(s, "        let a0_{k} = xs[xa + {k}u * XS4];");
+        if rm == 8 {
+            let _ = writeln!(s, "        let a1_{k} = xs[xa + {k}u * XS4 + TM / 8u];");
+        }
+        let _ = writeln!(s, "        let b0_{k} = ws[wa + {k}u * WS4];");
+        let _ = writeln!(s, "        let b1_{k} = ws[wa + {k}u * WS4 + TN / 8u];");
+        for r in 0..rm {
+            for c in 0..8 {
+                let _ = writeln!(s, "        acc_{r}_{c} += a{}_{k}.{} * b{}_{k}.{};", r / 4, comp[(r % 4) as usize], c / 4, comp[c % 4]);
+            }
+        }
+    }
+    let _ = writeln!(s, "    }}");
+    if kg > 1 {
+        // One group at a time adds its sums into group 0's (workgroup memory holds one tile of partials).
+        let _ = writeln!(s, "    for (var g = 1u; g < KG; g++) {{");
+        let _ = writeln!(s, "        if kg == g {{");
+        for r in 0..rm {
+            for c in 0..8 {
+                let _ = writeln!(s, "            red[{}u * GROUP + lt] = acc_{r}_{c};", r * 8 + c);
+            }
+        }
+        let _ = writeln!(s, "        }}");
+        let _ = writeln!(s, "        workgroupBarrier();");
+        let _ = writeln!(s, "        if kg == 0u {{");
+        for r in 0..rm {
+            for c in 0..8 {
+                let _ = writeln!(s, "            acc_{r}_{c} += red[{}u * GROUP + lt];", r * 8 + c);
+            }
+        }
+        let _ = writeln!(s, "        }}");
+        let _ = writeln!(s, "        workgroupBarrier();");
+        let _ = writeln!(s, "    }}");
+        let _ = writeln!(s, "    if kg != 0u {{");
+        let _ = writeln!(s, "        return;");
+        let _ = writeln!(s, "    }}");
+    }
+    // Columns 4·tx.. and TN/2 + 4·tx.. of the tile; SwiGLU pairs column c (gate) with c + 4 (up).
+    if epilogue == LinearEpilogue::SwiGlu {
+        for c in 0..4 {
+            let _ = writeln!(s, "    let o_{c} = TN / 2u * tn + 4u * tx + {c}u;");
+        }
+    } else {
+        for c in 0..8 {
+            let half = if c < 4 { "" } else { " + TN / 2u" };
+            let _ = writeln!(s, "    let n_{c} = TN * tn + 4u * tx + {}u{half};", c % 4);
+        }
+    }
+    for r in 0..rm {
+        let half = if r < 4 { "" } else { " + TM / 2u" };
+        let _ = writeln!(s, "    let m_{r} = TM * tm + 4u * ty + {}u{half};", r % 4);
+        let _ = writeln!(s, "    if m_{r} < p.m {{");
+        if epilogue == LinearEpilogue::SwiGlu {
+            for c in 0..4 {
+                let _ = writeln!(s, "        if o_{c} < p.out_cols {{ y[m_{r} * p.out_cols + o_{c}] = silu(acc_{r}_{c}) * acc_{r}_{}; }}", c + 4);
+            }
+        } else {
+            for c in 0..8 {
+                let _ = writeln!(s, "        if n_{c} < p.n {{ write_out(m_{r}, n_{c}, acc_{r}_{c}); }}");
+            }
+        }
+        let _ = writeln!(s, "    }}");
+    }
+    s
 }
 
 /// The generated parts of the small-M kernel for one specialisation.
