@@ -4,9 +4,10 @@
 //!
 //! Numerics: x is rounded to f16 when staged (W already is f16); products are exact in f32 and summed in f32
 //! accumulators. Against the plain kernel's f32 x this adds, per output, an error of at most
-//! 2⁻¹¹ · Σ_k |x[m,k]·W[n,k]| (half an f16 ulp relative per x element), i.e. a relative error ≲ 5·10⁻⁴ of the
-//! absolute dot product, typically ~2⁻¹¹/√K of it for random signs; |x| must stay below 65504 (f16's largest
-//! finite value) or the product becomes ±inf.
+//! 2⁻¹¹ · Σ_k |x[m,k]·W[n,k]| (half an f16 ulp relative per x element; below 6·10⁻⁵, f16's subnormal range,
+//! instead 2⁻²⁵ absolute per element, times |W[n,k]|), i.e. a relative error ≲ 5·10⁻⁴ of the absolute dot
+//! product, typically ~2⁻¹¹/√K of it for random signs; |x| must stay below 65504 (f16's largest finite value)
+//! or the product becomes ±inf.
 use std::fmt::Write;
 
 use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer};
