@@ -92,6 +92,10 @@ pub fn linear_row_blocks(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer,
         return Some(vec![linear_small_m(gpu, x, w, y, m, epilogue)]);
     }
     let out_cols = check_shapes(x, w, y, m, epilogue);
+    // Tensor cores (native, f16 weights) for the encoder and the prefill.
+    if m >= super::linear_coop::COOP_M_MIN && super::linear_coop::coop_supported(gpu, w) {
+        return vec![super::linear_coop::linear_coop(gpu, x, w, y, m, epilogue)];
+    }
     let align = gpu.device.limits().min_storage_buffer_offset_alignment as u64;
     let x_block = SMALL_M_MAX as u64 * w.cols as u64 * 4;
     let y_block = SMALL_M_MAX as u64 * out_cols as u64 * 4;

@@ -8,6 +8,7 @@
 //!   they like; values that change per decoder step live in small storage buffers the host rewrites
 //!   with `queue.write_buffer` (never in the uniform), so dispatches are reused unchanged.
 pub mod linear;
+pub mod linear_coop;
 pub mod norm;
 pub mod embed;
 pub mod rope;
