@@ -78,6 +78,11 @@ pub const BLOCKED_M_MAX: u32 = 128;
 /// offsets) matrix–vector passes over blocks of 16 rows — one dispatch for every whole block (the grid's z picks
 /// the block) and one for the rest — else the single dispatch `linear` picks.
 pub fn linear_rows(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Vec<Dispatch> {
+    // Tensor cores (native, f16 weights) for the encoder and the prefill.
+    if m >= super::linear_coop::COOP_M_MIN && super::linear_coop::coop_supported(gpu, w) {
+        check_shapes(x, w, y, m, epilogue);
+        return vec![super::linear_coop::linear_coop(gpu, x, w, y, m, epilogue)];
+    }
     if m <= SMALL_M_MAX || m > BLOCKED_M_MAX {
         return vec![linear(gpu, x, w, y, m, epilogue)];
     }
@@ -92,10 +97,6 @@ pub fn linear_row_blocks(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer,
         return Some(vec![linear_small_m(gpu, x, w, y, m, epilogue)]);
     }
     let out_cols = check_shapes(x, w, y, m, epilogue);
-    // Tensor cores (native, f16 weights) for the encoder and the prefill.
-    if m >= super::linear_coop::COOP_M_MIN && super::linear_coop::coop_supported(gpu, w) {
-        return vec![super::linear_coop::linear_coop(gpu, x, w, y, m, epilogue)];
-    }
     let align = gpu.device.limits().min_storage_buffer_offset_alignment as u64;
     let x_block = SMALL_M_MAX as u64 * w.cols as u64 * 4;
     let y_block = SMALL_M_MAX as u64 * out_cols as u64 * 4;
