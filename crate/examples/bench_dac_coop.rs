@@ -24,7 +24,8 @@ mod native {
     use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
     use dia_webgpu::kernels::dac_conv::{self, conv1d_len, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights};
-    use dia_webgpu::kernels::{dac_conv_coop, Numerics};
+    use dia_webgpu::kernels::dac_conv_coop::{self, CoopTile};
+    use dia_webgpu::kernels::Numerics;
 
     struct Args {
         frames: Vec<usize>,
@@ -173,7 +174,10 @@ mod native {
         let alpha = gpu.upload("alpha", &(0..cin).map(|_| 1.0 + 0.5 * rng.uniform()).collect::<Vec<f32>>());
         let y0 = rng.vec(cout * len_out, 1.0);
         let (y_plain, y_coop) = (gpu.upload("y_plain", &y0), gpu.upload("y_coop", &y0));
-        let (plain, coop) = match l {
+        // The tile shape the kernel picks, then the other one (timed only, for comparison).
+        let chosen = CoopTile::for_channels(cout as u32);
+        let other = if chosen == CoopTile::WIDE { CoopTile::NARROW } else { CoopTile::WIDE };
+        let (plain, coop, coop_other) = match l {
             Layer::Conv(_, _, k, d, _, snake, accumulate, tanh) => {
                 let w = Conv1dWeights::upload(gpu, "w", &rng.vec(cout * cin * k, 1.0 / ((cin * k) as f32).sqrt()), &rng.vec(cout, 0.1), cout, cin, k, Numerics::F16W)
                     .map_err(|e| e.to_string())?;
@@ -181,7 +185,8 @@ mod native {
                 let pad = ((k - 1) * d / 2) as u32;
                 (
                     dac_conv::conv1d(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_plain, f, tile),
-                    dac_conv_coop::conv1d(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_coop, f),
+                    dac_conv_coop::conv1d_with_tile(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_coop, f, chosen),
+                    dac_conv_coop::conv1d_with_tile(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_coop, f, other),
                 )
             }
             Layer::ConvT(_, _, s, _) => {
@@ -191,7 +196,8 @@ mod native {
                 let pad = s.div_ceil(2) as u32;
                 (
                     dac_conv::conv_transpose1d(gpu, &x, len_in as u32, &w, pad, &y_plain, f, tile),
-                    dac_conv_coop::conv_transpose1d(gpu, &x, len_in as u32, &w, pad, &y_coop, f),
+                    dac_conv_coop::conv_transpose1d_with_tile(gpu, &x, len_in as u32, &w, pad, &y_coop, f, chosen),
+                    dac_conv_coop::conv_transpose1d_with_tile(gpu, &x, len_in as u32, &w, pad, &y_coop, f, other),
                 )
             }
         };
@@ -201,15 +207,18 @@ mod native {
         let b = gpu.read_f32_blocking(&y_coop).map_err(|e| e.to_string())?;
         let diff = max_abs_diff(&a[..y0.len()], &b[..y0.len()]);
         let scale = a[..y0.len()].iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let (tp, tc) = (time(gpu, &plain, iters)?, time(gpu, &coop, iters)?);
+        let (tp, tc, to) = (time(gpu, &plain, iters)?, time(gpu, &coop, iters)?, time(gpu, &coop_other, iters)?);
         println!(
-            "  {:<36} plain {:8.3} ms {:6.2} TFLOP/s | tensor cores {:8.3} ms {:6.2} TFLOP/s | x{:5.1} | max abs diff {diff:.2e} (max |y| {scale:.2})",
+            "  {:<36} plain {:8.3} ms {:6.2} TFLOP/s | tensor cores ({} rows) {:8.3} ms {:6.2} TFLOP/s | x{:5.1} | max abs diff {diff:.2e} (max |y| {scale:.2}) | {}-row tile {:8.3} ms",
             l.describe(),
             tp * 1e3,
             l.flops() / tp / 1e12,
+            chosen.tm(),
             tc * 1e3,
             l.flops() / tc / 1e12,
-            tp / tc
+            tp / tc,
+            other.tm(),
+            to * 1e3
         );
         Ok(Some((tp, tc)))
     }

@@ -156,42 +156,56 @@ pub fn shader(v: &CoopVariant) -> String {
         }
     }
     let weight_fn = match v.numerics {
-        Numerics::F16W => "fn load_pair(co: u32, row: u32, word: u32) -> u32 {\n\
-             if (co >= P.cout || 2u * word >= P.k_total) { return 0u; }\n\
-             return w[row * P.w_stride + word];\n\
-             }\n"
-            .to_string(),
-        Numerics::F32 => "fn load_pair(co: u32, row: u32, word: u32) -> u32 {\n\
-             let k = 2u * word;\n\
-             if (co >= P.cout || k >= P.k_total) { return 0u; }\n\
-             let i = row * P.w_stride + k;\n\
-             var hi = 0.0;\n\
-             if (k + 1u < P.k_total) { hi = w[i + 1u]; }\n\
-             return pack2x16float(vec2<f32>(w[i], hi));\n\
-             }\n"
-            .to_string(),
+        Numerics::F16W => r#"fn load_pair(co: u32, row: u32, word: u32) -> u32 {
+    if (co >= P.cout || 2u * word >= P.k_total) {
+        return 0u;
+    }
+    return w[row * P.w_stride + word];
+}
+"#,
+        Numerics::F32 => r#"fn load_pair(co: u32, row: u32, word: u32) -> u32 {
+    let k = 2u * word;
+    if (co >= P.cout || k >= P.k_total) {
+        return 0u;
+    }
+    let i = row * P.w_stride + k;
+    var hi = 0.0;
+    if (k + 1u < P.k_total) {
+        hi = w[i + 1u];
+    }
+    return pack2x16float(vec2<f32>(w[i], hi));
+}
+"#,
     };
     let snake_decl = if v.snake {
         // As in dac_conv.rs: sin² has period π, so the argument is reduced first (π split in two so n·PI_HI is
         // exact) to keep approximate hardware sin accurate for large |αx|.
-        "@group(0) @binding(5) var<storage, read> alpha: array<f32>;\n\
-         fn alpha_of(ci: u32) -> f32 { return alpha[ci]; }\n\
-         fn act(a: f32, v: f32) -> f32 {\n\
-             let z = a * v;\n\
-             let n = round(z * 0.318309886);\n\
-             let r = (z - n * 3.140625) - n * 9.67653589793e-4;\n\
-             let s = sin(r);\n\
-             return v + s * s / (a + 1e-9);\n\
-         }\n"
+        r#"@group(0) @binding(5) var<storage, read> alpha: array<f32>;
+fn alpha_of(ci: u32) -> f32 {
+    return alpha[ci];
+}
+fn act(a: f32, v: f32) -> f32 {
+    let z = a * v;
+    let n = round(z * 0.318309886);
+    let r = (z - n * 3.140625) - n * 9.67653589793e-4;
+    let s = sin(r);
+    return v + s * s / (a + 1e-9);
+}
+"#
     } else {
-        "fn alpha_of(ci: u32) -> f32 { return 0.0; }\n\
-         fn act(a: f32, v: f32) -> f32 { return v; }\n"
+        r#"fn alpha_of(ci: u32) -> f32 {
+    return 0.0;
+}
+fn act(a: f32, v: f32) -> f32 {
+    return v;
+}
+"#
     };
     specialize(
         SOURCE,
         &[
             ("W_TYPE", if v.numerics == Numerics::F16W { "u32" } else { "f32" }.to_string()),
-            ("WEIGHT_FN", weight_fn),
+            ("WEIGHT_FN", weight_fn.to_string()),
             ("SNAKE_DECL", snake_decl.to_string()),
             ("TM", t.tm().to_string()),
             ("TN", TN.to_string()),
@@ -243,10 +257,10 @@ struct Geometry {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w: &GpuMatrix, bias: &GpuBuffer, y: &GpuBuffer, fusion: ConvFusion) -> Dispatch {
+fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w: &GpuMatrix, bias: &GpuBuffer, y: &GpuBuffer, fusion: ConvFusion, tile: CoopTile) -> Dispatch {
     assert!(gpu.tensor_cores(), "dac_conv_coop needs a device with tensor cores (Gpu::tensor_cores)");
     let v = CoopVariant {
-        tile: CoopTile::for_channels(g.cout),
+        tile,
         numerics: w.numerics,
         taps: g.taps,
         snake: fusion.snake_alpha.is_some(),
@@ -301,6 +315,23 @@ pub fn conv1d(
     y: &GpuBuffer,
     fusion: ConvFusion,
 ) -> Dispatch {
+    conv1d_with_tile(gpu, x, len_in, w, stride, dilation, padding, y, fusion, CoopTile::for_channels(w.cout))
+}
+
+/// `conv1d` with a chosen tile shape (measurements).
+#[allow(clippy::too_many_arguments)]
+pub fn conv1d_with_tile(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    len_in: u32,
+    w: &Conv1dWeights,
+    stride: u32,
+    dilation: u32,
+    padding: u32,
+    y: &GpuBuffer,
+    fusion: ConvFusion,
+    tile: CoopTile,
+) -> Dispatch {
     assert!(stride > 0 && dilation > 0, "conv1d stride and dilation must be positive");
     let len_out = conv1d_len(len_in, w.kernel, stride, dilation, padding);
     let g = Geometry {
@@ -317,7 +348,7 @@ pub fn conv1d(
         nphase: 1,
         cols: len_out,
     };
-    build(gpu, g, x, &w.w, &w.bias, y, fusion)
+    build(gpu, g, x, &w.w, &w.bias, y, fusion, tile)
 }
 
 /// `dac_conv::conv_transpose1d` on tensor cores: y `[cout, len_out]` (= or += per `fusion`)
@@ -330,6 +361,21 @@ pub fn conv_transpose1d(
     padding: u32,
     y: &GpuBuffer,
     fusion: ConvFusion,
+) -> Dispatch {
+    conv_transpose1d_with_tile(gpu, x, len_in, w, padding, y, fusion, CoopTile::for_channels(w.cout))
+}
+
+/// `conv_transpose1d` with a chosen tile shape (measurements).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose1d_with_tile(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    len_in: u32,
+    w: &ConvTranspose1dWeights,
+    padding: u32,
+    y: &GpuBuffer,
+    fusion: ConvFusion,
+    tile: CoopTile,
 ) -> Dispatch {
     let len_out = conv_transpose1d_len(len_in, w.kernel, w.stride, padding);
     let taps = w.taps();
@@ -348,7 +394,7 @@ pub fn conv_transpose1d(
         // Phase p holds ⌈(len_out + pad − p)/s⌉ − ⌈(pad − p)/s⌉ ≤ ⌈len_out/s⌉ columns.
         cols: len_out.div_ceil(w.stride),
     };
-    build(gpu, g, x, &w.w, &w.bias, y, fusion)
+    build(gpu, g, x, &w.w, &w.bias, y, fusion, tile)
 }
 
 /// Whether a convolution with `cout` output channels is worth the tensor-core kernel: a tile's 96 or 128 rows
