@@ -78,6 +78,9 @@ mod native {
         /// (0 skips the measurement).
         #[arg(long, default_value_t = 100)]
         generations: usize,
+        /// Plain kernels only, even where the adapter has tensor cores (A/B measurements)
+        #[arg(long)]
+        no_tensor_cores: bool,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -90,6 +93,8 @@ mod native {
     #[derive(Serialize)]
     struct Report {
         adapter: String,
+        /// Whether the DAC and the encoder ran on tensor cores (cooperative matrices).
+        tensor_cores: bool,
         config: String,
         batch: usize,
         steps: usize,
@@ -202,7 +207,7 @@ mod native {
             return Err(format!("--steps {} + {WARMUP_STEPS} warm-up steps exceed the decoder's {max_new} positions", args.steps).into());
         }
         let biggest = biggest_matrix_bytes(&cfg, &args.numerics);
-        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: biggest, ..Default::default() })?;
+        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: biggest, want_tensor_cores: !args.no_tensor_cores, ..Default::default() })?;
         eprintln!("adapter: {}", gpu.describe());
 
         let copy_bytes = args.copy_mib.unwrap_or(if full { 1024 } else { 64 }) << 20;
@@ -215,6 +220,7 @@ mod native {
         }
         let report = Report {
             adapter: gpu.describe(),
+            tensor_cores: gpu.tensor_cores(),
             config: args.config.clone(),
             batch: args.batch,
             steps: args.steps,
@@ -920,7 +926,14 @@ mod native {
     }
 
     fn print_table(r: &Report) {
-        println!("dia-bench: {} config, batch {}, {} steps per decoder run, on {}", r.config, r.batch, r.steps, r.adapter);
+        println!(
+            "dia-bench: {} config, batch {}, {} steps per decoder run, on {}, tensor cores {}",
+            r.config,
+            r.batch,
+            r.steps,
+            r.adapter,
+            if r.tensor_cores { "used (DAC, encoder)" } else { "not used" }
+        );
         println!(
             "ceiling (a): buffer copy {:.0} GB/s read+written ({} MiB copied)",
             r.copy_gbps_read_write,

@@ -12,6 +12,7 @@ use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuError};
 use crate::kernels::dac_conv::{
     conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights,
 };
+use crate::kernels::dac_conv_coop;
 use crate::kernels::dac_rvq::{rvq_decode, rvq_encode, RvqDims, RvqWeights};
 use crate::kernels::Numerics;
 use crate::weights::Checkpoint;
@@ -316,7 +317,7 @@ impl<'g> DacModelBuilder<'g> {
             encoder: self.encoder,
         };
         let tile = ConvTile::preferred(self.store.gpu, self.numerics);
-        Ok(DacModel { config: self.cfg, numerics: self.numerics, tile, w: Arc::new(w) })
+        Ok(DacModel { config: self.cfg, numerics: self.numerics, tile, tensor_cores: true, w: Arc::new(w) })
     }
 }
 
@@ -325,6 +326,8 @@ pub struct DacModel {
     pub config: DacConfig,
     pub numerics: Numerics,
     tile: ConvTile,
+    /// Decode on tensor cores where the device has them and the weights are f16 (`set_tensor_cores`).
+    tensor_cores: bool,
     w: Arc<Weights>,
 }
 
@@ -390,6 +393,18 @@ impl DacModel {
 
     pub fn conv_tile(&self) -> ConvTile {
         self.tile
+    }
+
+    /// Whether decoders made from now on may use tensor cores (`kernels::dac_conv_coop`); they do where
+    /// `Gpu::tensor_cores()` and the weights are f16w (f32 models keep f32 weights exact on `dac_conv`).
+    /// Off forces the plain kernel (A/B comparisons). The encoder always uses `dac_conv` (f32 arithmetic).
+    pub fn set_tensor_cores(&mut self, on: bool) {
+        self.tensor_cores = on;
+    }
+
+    /// Whether decoders made on `gpu` now would use tensor cores.
+    pub fn uses_tensor_cores(&self, gpu: &Gpu) -> bool {
+        self.tensor_cores && gpu.tensor_cores() && self.numerics == Numerics::F16W
     }
 
     pub fn has_encoder(&self) -> bool {
@@ -464,6 +479,7 @@ impl DacModel {
         Ok(DacDecoder {
             w: self.w.clone(),
             tile: self.tile,
+            coop: self.uses_tensor_cores(gpu),
             n_codebooks: cfg.n_codebooks,
             codebook_size: cfg.codebook_size,
             max_frames,
@@ -518,7 +534,7 @@ impl DacModel {
         let mut len = lens[1];
         for (blk, &next) in e.blocks.iter().zip(&lens[2..]) {
             for ru in &blk.res {
-                res_unit(gpu, w, ru, cur, &h, len, tile, &mut ds);
+                res_unit(gpu, w, ru, cur, &h, len, tile, false, &mut ds);
             }
             let c = &w.convs[blk.conv];
             let stride = c.kernel / 2;
@@ -569,14 +585,24 @@ fn encode_lengths(w: &Weights, e: &Encoder, samples: u32) -> Vec<u32> {
     lens
 }
 
-/// x += conv2(Snake₂(conv1_dil(Snake₁(x)))) over `[C, len]`, through `h`.
+/// Conv1d on tensor cores where `coop` (and the layer has enough output channels), else on `dac_conv`.
 #[allow(clippy::too_many_arguments)]
-fn res_unit(gpu: &Gpu, w: &Weights, ru: &ResUnit, x: &GpuBuffer, h: &GpuBuffer, len: u32, tile: ConvTile, out: &mut Vec<Dispatch>) {
+fn conv1d_on(gpu: &Gpu, coop: bool, x: &GpuBuffer, len: u32, c: &Conv1dWeights, stride: u32, dil: u32, pad: u32, y: &GpuBuffer, fusion: ConvFusion, tile: ConvTile) -> Vec<Dispatch> {
+    if coop && dac_conv_coop::worthwhile(c.cout) {
+        vec![dac_conv_coop::conv1d(gpu, x, len, c, stride, dil, pad, y, fusion)]
+    } else {
+        conv1d(gpu, x, len, c, stride, dil, pad, y, fusion, tile).dispatches
+    }
+}
+
+/// x += conv2(Snake₂(conv1_dil(Snake₁(x)))) over `[C, len]`, through `h` (on tensor cores where `coop`).
+#[allow(clippy::too_many_arguments)]
+fn res_unit(gpu: &Gpu, w: &Weights, ru: &ResUnit, x: &GpuBuffer, h: &GpuBuffer, len: u32, tile: ConvTile, coop: bool, out: &mut Vec<Dispatch>) {
     let (c1, c2) = (&w.convs[ru.conv1], &w.convs[ru.conv2]);
     let f1 = ConvFusion { snake_alpha: Some(&w.alphas[ru.snake1]), ..Default::default() };
-    out.extend(conv1d(gpu, x, len, c1, 1, ru.dilation, same_pad(c1, ru.dilation), h, f1, tile).dispatches);
+    out.extend(conv1d_on(gpu, coop, x, len, c1, 1, ru.dilation, same_pad(c1, ru.dilation), h, f1, tile));
     let f2 = ConvFusion { snake_alpha: Some(&w.alphas[ru.snake2]), accumulate: true, tanh: false };
-    out.extend(conv1d(gpu, h, len, c2, 1, 1, same_pad(c2, 1), x, f2, tile).dispatches);
+    out.extend(conv1d_on(gpu, coop, h, len, c2, 1, 1, same_pad(c2, 1), x, f2, tile));
 }
 
 /// A decoding workspace: codes in, PCM out, for windows of up to `max_frames` frames. Record a decode into
@@ -585,6 +611,8 @@ fn res_unit(gpu: &Gpu, w: &Weights, ru: &ResUnit, x: &GpuBuffer, h: &GpuBuffer, 
 pub struct DacDecoder {
     w: Arc<Weights>,
     tile: ConvTile,
+    /// Convolutions on tensor cores (`DacModel::uses_tensor_cores` when the workspace was made).
+    coop: bool,
     n_codebooks: usize,
     codebook_size: usize,
     max_frames: usize,
@@ -660,26 +688,30 @@ impl DacDecoder {
 
     fn plan(&self, gpu: &Gpu, frames: u32) -> Vec<Dispatch> {
         let w = &*self.w;
-        let tile = self.tile;
+        let (tile, coop) = (self.tile, self.coop);
         let lens = decode_lengths(w, frames);
         let mut ds = vec![rvq_decode(gpu, &self.codes, &w.rvq, &self.z, frames)];
         let c1 = &w.convs[w.dec_conv1];
-        ds.extend(conv1d(gpu, &self.z, frames, c1, 1, 1, same_pad(c1, 1), &self.a, ConvFusion::default(), tile).dispatches);
+        ds.extend(conv1d_on(gpu, coop, &self.z, frames, c1, 1, 1, same_pad(c1, 1), &self.a, ConvFusion::default(), tile));
         let (mut cur, mut other) = (&self.a, &self.b);
         let mut len = lens[1];
         for (blk, &next) in w.dec_blocks.iter().zip(&lens[2..]) {
             let ct = &w.convts[blk.conv_t];
             let fusion = ConvFusion { snake_alpha: Some(&w.alphas[blk.snake]), ..Default::default() };
-            ds.extend(conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion, tile).dispatches);
+            ds.extend(if coop && dac_conv_coop::worthwhile(ct.cout) {
+                vec![dac_conv_coop::conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion)]
+            } else {
+                conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion, tile).dispatches
+            });
             std::mem::swap(&mut cur, &mut other);
             len = next;
             for ru in &blk.res {
-                res_unit(gpu, w, ru, cur, &self.h, len, tile, &mut ds);
+                res_unit(gpu, w, ru, cur, &self.h, len, tile, coop, &mut ds);
             }
         }
         let c2 = &w.convs[w.dec_conv2];
         let fusion = ConvFusion { snake_alpha: Some(&w.alphas[w.dec_snake]), accumulate: false, tanh: true };
-        ds.extend(conv1d(gpu, cur, len, c2, 1, 1, same_pad(c2, 1), &self.pcm, fusion, tile).dispatches);
+        ds.extend(conv1d_on(gpu, coop, cur, len, c2, 1, 1, same_pad(c2, 1), &self.pcm, fusion, tile));
         ds
     }
 

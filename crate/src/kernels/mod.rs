@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod attention;
 pub mod sampling;
 pub mod dac_conv;
+pub mod dac_conv_coop;
 pub mod dac_rvq;
 
 use crate::gpu::{Gpu, GpuBuffer, GpuError};

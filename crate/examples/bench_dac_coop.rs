@@ -1,0 +1,296 @@
+//! DAC decoder convolutions: the plain kernel (`dac_conv`) against tensor cores (`dac_conv_coop`), f16w weights.
+//!
+//! `cargo run --release --example bench_dac_coop -- [--frames 861,18] [--iters N]`
+//! For each layer shape of the 44.1 kHz decoder at each window length: median milliseconds and TFLOP/s of both
+//! kernels and the max abs difference of their outputs; then the whole decoder (random weights) both ways, with
+//! the max abs PCM difference. Exits with a message where the device has no tensor cores.
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    if let Err(e) = native::run() {
+        eprintln!("bench_dac_coop: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::time::Instant;
+
+    use dia_webgpu::config::DacConfig;
+    use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
+    use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
+    use dia_webgpu::kernels::dac_conv::{self, conv1d_len, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights};
+    use dia_webgpu::kernels::dac_conv_coop::{self, CoopTile};
+    use dia_webgpu::kernels::Numerics;
+
+    struct Args {
+        frames: Vec<usize>,
+        iters: usize,
+    }
+
+    fn parse() -> Result<Args, String> {
+        let mut a = Args { frames: vec![861, 18], iters: 9 };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--frames" => {
+                    a.frames = value()?
+                        .split(',')
+                        .map(|f| f.parse().map_err(|e| format!("--frames: {e}")))
+                        .collect::<Result<_, _>>()?
+                }
+                "--iters" => a.iters = value()?.parse().map_err(|e| format!("--iters: {e}"))?,
+                _ => return Err(format!("unknown argument {flag}")),
+            }
+        }
+        if a.frames.contains(&0) || a.iters == 0 {
+            return Err("--frames and --iters must be positive".into());
+        }
+        Ok(a)
+    }
+
+    /// Small deterministic generator (xorshift64*), uniform in [−1, 1).
+    struct Rng(u64);
+
+    impl Rng {
+        fn uniform(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            (0..n).map(|_| scale * self.uniform()).collect()
+        }
+    }
+
+    /// The decoder with random weights (fan-in scaled so activations stay in a sane range), as bench_dac.
+    fn random_decoder(gpu: &Gpu, cfg: &DacConfig) -> Result<DacModel, String> {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut b = DacModelBuilder::new(gpu, cfg, Numerics::F16W, false).map_err(|e| e.to_string())?;
+        for spec in dac_tensor_specs(cfg).into_iter().filter(|s| !s.name.starts_with("encoder.")) {
+            let n: usize = spec.shape.iter().product();
+            let data: Vec<f32> = if spec.name.ends_with(".alpha") {
+                (0..n).map(|_| 1.0 + 0.5 * rng.uniform()).collect()
+            } else if spec.weight_norm {
+                let fan_in = if spec.name.contains("conv_t") { spec.shape[0] } else { n / spec.shape[0] };
+                rng.vec(n, 1.0 / (fan_in as f32).sqrt())
+            } else {
+                rng.vec(n, 0.1)
+            };
+            b.accept(&spec.name, &spec.shape, &data).map_err(|e| e.to_string())?;
+        }
+        b.finish().map_err(|e| e.to_string())
+    }
+
+    /// One convolution of the decoder.
+    #[derive(Clone, Copy)]
+    enum Layer {
+        /// cin, cout, kernel, dilation, len, snake, accumulate, tanh
+        Conv(usize, usize, usize, usize, usize, bool, bool, bool),
+        /// cin, cout, stride, len_in
+        ConvT(usize, usize, usize, usize),
+    }
+
+    impl Layer {
+        fn describe(&self) -> String {
+            match *self {
+                Layer::Conv(cin, cout, k, d, len, ..) => format!("conv {cin:>4}->{cout:<4} k{k} d{d} len {len}"),
+                Layer::ConvT(cin, cout, s, len) => format!("convT {cin:>4}->{cout:<4} s{s} len {len}->{}", len * s),
+            }
+        }
+
+        /// Multiply-add FLOPs.
+        fn flops(&self) -> f64 {
+            match *self {
+                Layer::Conv(cin, cout, k, _, len, ..) => 2.0 * (cin * cout * k) as f64 * len as f64,
+                Layer::ConvT(cin, cout, s, len) => 2.0 * (cin * cout * 2 * s) as f64 * len as f64,
+            }
+        }
+    }
+
+    /// Every convolution of the decoder for `frames` frames (each residual unit's two kernels once per dilation).
+    fn decoder_layers(cfg: &DacConfig, frames: usize) -> Vec<Layer> {
+        let mut out = vec![Layer::Conv(cfg.latent, cfg.decoder_hidden, 7, 1, frames, false, false, false)];
+        let (mut c, mut len) = (cfg.decoder_hidden, frames);
+        for &s in &cfg.upsampling_ratios {
+            out.push(Layer::ConvT(c, c / 2, s, len));
+            c /= 2;
+            len *= s;
+            for d in [1, 3, 9] {
+                out.push(Layer::Conv(c, c, 7, d, len, true, false, false));
+                out.push(Layer::Conv(c, c, 1, 1, len, true, true, false));
+            }
+        }
+        out.push(Layer::Conv(c, 1, 7, 1, len, true, false, true));
+        out
+    }
+
+    /// Median seconds per dispatch over `iters` batches (a batch ≥ ~20 ms of work once warmed up).
+    fn time(gpu: &Gpu, d: &Dispatch, iters: usize) -> Result<f64, String> {
+        let batch = |n: usize| -> Result<f64, String> {
+            let t0 = Instant::now();
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for _ in 0..n {
+                    d.record(&mut pass);
+                }
+            }
+            gpu.queue.submit([enc.finish()]);
+            gpu.wait_idle().map_err(|e| e.to_string())?;
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        batch(1)?; // warm-up
+        let one = batch(1)?.max(1e-6);
+        let n = ((20e-3 / one).ceil() as usize).clamp(1, 1000);
+        let mut times: Vec<f64> = (0..iters).map(|_| batch(n).map(|t| t / n as f64)).collect::<Result<_, _>>()?;
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) })
+    }
+
+    /// Times and compares one layer; returns (plain s, coop s) or None where the layer stays on the plain kernel.
+    fn layer(gpu: &Gpu, l: Layer, iters: usize, rng: &mut Rng) -> Result<Option<(f64, f64)>, String> {
+        let tile = ConvTile::preferred(gpu, Numerics::F16W);
+        let (cin, cout, len_in, len_out) = match l {
+            Layer::Conv(cin, cout, k, d, len, ..) => (cin, cout, len, conv1d_len(len as u32, k as u32, 1, d as u32, ((k - 1) * d / 2) as u32) as usize),
+            Layer::ConvT(cin, cout, s, len) => (cin, cout, len, conv_transpose1d_len(len as u32, 2 * s as u32, s as u32, s.div_ceil(2) as u32) as usize),
+        };
+        if !dac_conv_coop::worthwhile(cout as u32) {
+            println!("  {:<36} stays on the plain kernel ({cout} output channel(s) would idle a tensor-core tile)", l.describe());
+            return Ok(None);
+        }
+        let x: GpuBuffer = gpu.upload("x", &rng.vec(cin * len_in, 1.0));
+        let alpha = gpu.upload("alpha", &(0..cin).map(|_| 1.0 + 0.5 * rng.uniform()).collect::<Vec<f32>>());
+        let y0 = rng.vec(cout * len_out, 1.0);
+        let (y_plain, y_coop) = (gpu.upload("y_plain", &y0), gpu.upload("y_coop", &y0));
+        // The tile shape the kernel picks, then the other one (timed only, for comparison).
+        let chosen = CoopTile::for_channels(cout as u32);
+        let other = if chosen == CoopTile::WIDE { CoopTile::NARROW } else { CoopTile::WIDE };
+        let (plain, coop, coop_other) = match l {
+            Layer::Conv(_, _, k, d, _, snake, accumulate, tanh) => {
+                let w = Conv1dWeights::upload(gpu, "w", &rng.vec(cout * cin * k, 1.0 / ((cin * k) as f32).sqrt()), &rng.vec(cout, 0.1), cout, cin, k, Numerics::F16W)
+                    .map_err(|e| e.to_string())?;
+                let f = ConvFusion { snake_alpha: snake.then_some(&alpha), accumulate, tanh };
+                let pad = ((k - 1) * d / 2) as u32;
+                (
+                    dac_conv::conv1d(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_plain, f, tile),
+                    dac_conv_coop::conv1d_with_tile(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_coop, f, chosen),
+                    dac_conv_coop::conv1d_with_tile(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_coop, f, other),
+                )
+            }
+            Layer::ConvT(_, _, s, _) => {
+                let w = ConvTranspose1dWeights::upload(gpu, "wt", &rng.vec(cin * cout * 2 * s, 1.0 / (cin as f32).sqrt()), &rng.vec(cout, 0.1), cin, cout, 2 * s, s, Numerics::F16W)
+                    .map_err(|e| e.to_string())?;
+                let f = ConvFusion { snake_alpha: Some(&alpha), ..Default::default() };
+                let pad = s.div_ceil(2) as u32;
+                (
+                    dac_conv::conv_transpose1d(gpu, &x, len_in as u32, &w, pad, &y_plain, f, tile),
+                    dac_conv_coop::conv_transpose1d_with_tile(gpu, &x, len_in as u32, &w, pad, &y_coop, f, chosen),
+                    dac_conv_coop::conv_transpose1d_with_tile(gpu, &x, len_in as u32, &w, pad, &y_coop, f, other),
+                )
+            }
+        };
+        // One run each from the same y0 for the comparison, then the timings (which overwrite / accumulate into y).
+        gpu.run(&[&plain, &coop]);
+        let a = gpu.read_f32_blocking(&y_plain).map_err(|e| e.to_string())?;
+        let b = gpu.read_f32_blocking(&y_coop).map_err(|e| e.to_string())?;
+        let diff = max_abs_diff(&a[..y0.len()], &b[..y0.len()]);
+        let scale = a[..y0.len()].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (tp, tc, to) = (time(gpu, &plain, iters)?, time(gpu, &coop, iters)?, time(gpu, &coop_other, iters)?);
+        println!(
+            "  {:<36} plain {:8.3} ms {:6.2} TFLOP/s | tensor cores ({} rows) {:8.3} ms {:6.2} TFLOP/s | x{:5.1} | max abs diff {diff:.2e} (max |y| {scale:.2}) | {}-row tile {:8.3} ms",
+            l.describe(),
+            tp * 1e3,
+            l.flops() / tp / 1e12,
+            chosen.tm(),
+            tc * 1e3,
+            l.flops() / tc / 1e12,
+            tp / tc,
+            other.tm(),
+            to * 1e3
+        );
+        Ok(Some((tp, tc)))
+    }
+
+    /// Median ms of one whole decode and its PCM.
+    fn decode(gpu: &Gpu, model: &DacModel, frames: usize, iters: usize) -> Result<(f64, Vec<f32>), String> {
+        let mut dec = model.decoder(gpu, frames).map_err(|e| e.to_string())?;
+        let codes: Vec<u32> = (0..model.config.n_codebooks * frames)
+            .map(|i| (i as u64 * 2_654_435_761 % model.config.codebook_size as u64) as u32)
+            .collect();
+        dec.write_codes(gpu, &codes, frames).map_err(|e| e.to_string())?;
+        let mut times = Vec::new();
+        // The first run compiles pipelines and builds the launch sequence: not timed.
+        for i in 0..=iters {
+            let t0 = Instant::now();
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                dec.record(gpu, &mut pass, frames).map_err(|e| e.to_string())?;
+            }
+            gpu.queue.submit([enc.finish()]);
+            gpu.wait_idle().map_err(|e| e.to_string())?;
+            if i > 0 {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let n = dec.pcm_len(frames);
+        let pcm = gpu.read_f32_blocking(&dec.pcm_buffer().slice(0, n as u64 * 4)).map_err(|e| e.to_string())?;
+        Ok((times[times.len() / 2], pcm))
+    }
+
+    pub fn run() -> Result<(), String> {
+        let args = parse()?;
+        let cfg = DacConfig::dac_44khz();
+        let gpu = Gpu::new_blocking(GpuOptions::default()).map_err(|e| e.to_string())?;
+        if !gpu.tensor_cores() {
+            println!(
+                "{}: no tensor cores through wgpu (needs cooperative matrices 16x16x16 f16->f32, shader-f16, subgroups of 32); nothing to compare",
+                gpu.describe()
+            );
+            return Ok(());
+        }
+        println!("DAC 44.1 kHz decoder convolutions, f16w weights, on {}; median of {} batches", gpu.describe(), args.iters);
+        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        for &frames in &args.frames {
+            println!("{frames} frames ({:.2} s of audio), per layer:", frames as f64 * 512.0 / 44100.0);
+            let (mut sum_plain, mut sum_coop) = (0.0, 0.0);
+            for l in decoder_layers(&cfg, frames) {
+                if let Some((p, c)) = layer(&gpu, l, args.iters, &mut rng)? {
+                    sum_plain += p;
+                    sum_coop += c;
+                }
+            }
+            println!("  sum over the tensor-core layers: plain {:.2} ms, tensor cores {:.2} ms", sum_plain * 1e3, sum_coop * 1e3);
+        }
+        let mut model = random_decoder(&gpu, &cfg)?;
+        for &frames in &args.frames {
+            model.set_tensor_cores(false);
+            let (ms_plain, pcm_plain) = decode(&gpu, &model, frames, args.iters)?;
+            model.set_tensor_cores(true);
+            let (ms_coop, pcm_coop) = decode(&gpu, &model, frames, args.iters)?;
+            let per_10s = 441000.0 / 512.0 / frames as f64;
+            println!(
+                "whole decoder, {frames} frames: plain {ms_plain:.2} ms ({:.2} ms per 10 s), tensor cores {ms_coop:.2} ms ({:.2} ms per 10 s), x{:.1}; max abs PCM diff {:.2e} over {} samples",
+                ms_plain * per_10s,
+                ms_coop * per_10s,
+                ms_plain / ms_coop,
+                max_abs_diff(&pcm_plain, &pcm_coop),
+                pcm_plain.len()
+            );
+        }
+        Ok(())
+    }
+}
