@@ -243,7 +243,8 @@ fn dac_coop_decoder_matches_the_plain_decoder() {
     }
     let mut model = b.finish().unwrap();
     assert!(model.uses_tensor_cores(&gpu));
-    let frames = 7;
+    // Long enough that the last block's layers (96 channels × ≥ 2^17 samples) take the tensor-core kernel.
+    let frames = 300;
     let codes: Vec<u32> = (0..cfg.n_codebooks * frames).map(|_| rng.below(cfg.codebook_size as u64) as u32).collect();
     let coop = model.decode_blocking(&gpu, &codes, frames).unwrap();
     model.set_tensor_cores(false);

@@ -133,14 +133,16 @@ mod native {
     }
 
     /// Median seconds per dispatch over `iters` batches (a batch ≥ ~20 ms of work once warmed up).
-    fn time(gpu: &Gpu, d: &Dispatch, iters: usize) -> Result<f64, String> {
+    fn time(gpu: &Gpu, ds: &[&Dispatch], iters: usize) -> Result<f64, String> {
         let batch = |n: usize| -> Result<f64, String> {
             let t0 = Instant::now();
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 for _ in 0..n {
-                    d.record(&mut pass);
+                    for d in ds {
+                        d.record(&mut pass);
+                    }
                 }
             }
             gpu.queue.submit([enc.finish()]);
@@ -202,12 +204,13 @@ mod native {
             }
         };
         // One run each from the same y0 for the comparison, then the timings (which overwrite / accumulate into y).
-        gpu.run(&[&plain, &coop]);
+        let plain: Vec<&Dispatch> = plain.dispatches.iter().collect();
+        gpu.run(&plain.iter().copied().chain([&coop]).collect::<Vec<_>>());
         let a = gpu.read_f32_blocking(&y_plain).map_err(|e| e.to_string())?;
         let b = gpu.read_f32_blocking(&y_coop).map_err(|e| e.to_string())?;
         let diff = max_abs_diff(&a[..y0.len()], &b[..y0.len()]);
         let scale = a[..y0.len()].iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let (tp, tc, to) = (time(gpu, &plain, iters)?, time(gpu, &coop, iters)?, time(gpu, &coop_other, iters)?);
+        let (tp, tc, to) = (time(gpu, &plain, iters)?, time(gpu, &[&coop], iters)?, time(gpu, &[&coop_other], iters)?);
         println!(
             "  {:<36} plain {:8.3} ms {:6.2} TFLOP/s | tensor cores ({} rows) {:8.3} ms {:6.2} TFLOP/s | x{:5.1} | max abs diff {diff:.2e} (max |y| {scale:.2}) | {}-row tile {:8.3} ms",
             l.describe(),

@@ -585,10 +585,10 @@ fn encode_lengths(w: &Weights, e: &Encoder, samples: u32) -> Vec<u32> {
     lens
 }
 
-/// Conv1d on tensor cores where `coop` (and the layer has enough output channels), else on `dac_conv`.
+/// Conv1d on tensor cores where `coop` and that kernel is the faster one for the layer's shape, else on `dac_conv`.
 #[allow(clippy::too_many_arguments)]
 fn conv1d_on(gpu: &Gpu, coop: bool, x: &GpuBuffer, len: u32, c: &Conv1dWeights, stride: u32, dil: u32, pad: u32, y: &GpuBuffer, fusion: ConvFusion, tile: ConvTile) -> Vec<Dispatch> {
-    if coop && dac_conv_coop::worthwhile(c.cout) {
+    if coop && dac_conv_coop::faster_than_plain(c.cout, conv1d_len(len, c.kernel, stride, dil, pad)) {
         vec![dac_conv_coop::conv1d(gpu, x, len, c, stride, dil, pad, y, fusion)]
     } else {
         conv1d(gpu, x, len, c, stride, dil, pad, y, fusion, tile).dispatches
@@ -698,7 +698,7 @@ impl DacDecoder {
         for (blk, &next) in w.dec_blocks.iter().zip(&lens[2..]) {
             let ct = &w.convts[blk.conv_t];
             let fusion = ConvFusion { snake_alpha: Some(&w.alphas[blk.snake]), ..Default::default() };
-            ds.extend(if coop && dac_conv_coop::worthwhile(ct.cout) {
+            ds.extend(if coop && dac_conv_coop::faster_than_plain(ct.cout, next) {
                 vec![dac_conv_coop::conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion)]
             } else {
                 conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion, tile).dispatches

@@ -82,13 +82,17 @@ impl DiaModel {
         let tokens = gpu.upload("enc_tokens", &text.tokens);
         let qinfo = gpu.upload("enc_qinfo", &text.qinfo());
         let seqs = gpu.upload("enc_seqs", &text.seqs());
-        let x = gpu.buffer("enc_x", n as u64 * e.hidden as u64 * F32);
-        let h = gpu.buffer("enc_h", n as u64 * e.hidden as u64 * F32);
-        let qkv = gpu.buffer("enc_qkv", n as u64 * qkv_w as u64 * F32);
-        let attn = gpu.buffer("enc_attn", n as u64 * (e.heads * e.head_dim) as u64 * F32);
-        let mlp = gpu.buffer("enc_mlp", n as u64 * e.intermediate as u64 * F32);
-        let enc_out = gpu.buffer("enc_out", n as u64 * e.hidden as u64 * F32);
+        // Sized in steps of 256 tokens so that texts of similar lengths share the kept buffers.
+        let cap = (n as u64).next_multiple_of(256);
+        let x = gpu.reusable_buffer("enc_x", cap * e.hidden as u64 * F32);
+        let h = gpu.reusable_buffer("enc_h", cap * e.hidden as u64 * F32);
+        let qkv = gpu.reusable_buffer("enc_qkv", cap * qkv_w as u64 * F32);
+        let attn = gpu.reusable_buffer("enc_attn", cap * (e.heads * e.head_dim) as u64 * F32);
+        let mlp = gpu.reusable_buffer("enc_mlp", cap * e.intermediate as u64 * F32);
+        let enc_out = gpu.reusable_buffer("enc_out", cap * e.hidden as u64 * F32);
         let (cos, sin) = (&self.enc_rope.0, &self.enc_rope.1);
+        // The activations and the cross K/V come from `reusable_buffer` (no device allocation per request): each
+        // is written in full by its producer before anything reads it.
 
         let mut ds: Vec<Dispatch> = vec![embed_tokens(gpu, &self.enc_embedding, &tokens, &x, n)];
         for l in &self.enc_layers {
@@ -127,7 +131,7 @@ impl DiaModel {
         ds.push(rmsnorm(gpu, &x, &self.enc_norm, &enc_out, n, e.hidden as u32, e.norm_eps));
 
         let kv_w = (2 * d.cross_kv_heads * d.cross_head_dim) as u32;
-        let cross_kv: Vec<GpuBuffer> = (0..d.layers).map(|_| gpu.buffer("cross_kv", n as u64 * kv_w as u64 * F32)).collect();
+        let cross_kv: Vec<GpuBuffer> = (0..d.layers).map(|l| gpu.reusable_buffer(&format!("cross_kv.{l}"), cap * kv_w as u64 * F32)).collect();
         for (l, kv) in self.dec_layers.iter().zip(&cross_kv) {
             ds.extend(linear_rows(gpu, &enc_out, &l.cross_kv, kv, n, LinearEpilogue::Store));
             if let Some((c, s)) = &self.cross_rope {

@@ -397,8 +397,17 @@ pub fn conv_transpose1d_with_tile(
     build(gpu, g, x, &w.w, &w.bias, y, fusion, tile)
 }
 
-/// Whether a convolution with `cout` output channels is worth the tensor-core kernel: a tile's 96 or 128 rows
+/// Whether a convolution with `cout` output channels suits the tensor-core kernel at all: a tile's 96 or 128 rows
 /// would mostly idle below 32 channels (the decoder's last, 1-channel convolution stays on `dac_conv`).
 pub fn worthwhile(cout: u32) -> bool {
     cout >= 32
+}
+
+/// Whether this kernel beats the plain straight-line `dac_conv` for a layer with `cout` channels and `len_out`
+/// output samples. Measured on an H100 (`bench_dac_coop`, f16w): it wins only on the long, narrow layers of the
+/// last two blocks (192 channels × 220k samples 5.3 vs 6.6 ms, 96 × 441k 2.5 vs 3.4 ms for k7, 0.93 vs 1.38 ms
+/// for k1) and loses on the wide ones and on every short window (18 frames: 13.9 vs 3.2 ms for the decoder):
+/// its im2col staging, not the tensor cores, is the limit there.
+pub fn faster_than_plain(cout: u32, len_out: u32) -> bool {
+    worthwhile(cout) && cout <= 192 && len_out >= 1 << 17
 }
