@@ -290,6 +290,12 @@ mod native {
         let log = |what: &str| eprintln!("{}: {what}", numerics.name());
         log(&format!("model built from random weights in {model_build_s:.1} s"));
 
+        // The GPU idled while the CPU made the random weights: bring its clocks up before the first timing (on the
+        // H100 the encoder's short runs otherwise measured the ramp: 62 ms for 100 bytes, 47 ms for 1000).
+        let warm = Instant::now();
+        while warm.elapsed() < Duration::from_millis(500) {
+            time_linear_only(gpu, &streamed_matrices(&model), 2 * args.batch as u32, 20)?;
+        }
         let encoder_ms_100_bytes = time_encoder(gpu, &model, 100, args.runs)?;
         let encoder_ms_1000_bytes = time_encoder(gpu, &model, cfg.encoder.max_positions.min(1000), args.runs)?;
         log(&format!("encoder {encoder_ms_100_bytes:.2} ms (100 bytes), {encoder_ms_1000_bytes:.2} ms (1000 bytes)"));
