@@ -888,7 +888,6 @@ fn dac_decoder_context_is_the_exact_receptive_field() {
     x[j] = 1.0;
     x = same(&x, 1);
     for &st in &t.cfg.upsampling_ratios {
-        let st = st as usize;
         x = conv_transpose1d_ref(&x, x.len(), &ones[..2 * st], &zero, 1, 1, 2 * st, st, st.div_ceil(2), None).iter().map(|&v| v as f32).collect();
         for dil in [1, 3, 9] {
             let r = same(&x, dil);

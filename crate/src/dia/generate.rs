@@ -128,7 +128,7 @@ impl<'m> Session<'m> {
         }
         let batch = items.len();
         let prompt = prompt.unwrap_or(&[]);
-        if prompt.len() % c != 0 {
+        if !prompt.len().is_multiple_of(c) {
             return Err(DiaError::BadPrompt(format!("prompt codes are not a multiple of {c} channels")));
         }
         if let Some(bad) = prompt.iter().find(|&&v| v >= cfg.eos) {
