@@ -68,11 +68,11 @@ pub fn linear(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
 }
 
 /// Largest M that `linear_rows` serves with matrix–vector passes over blocks of `SMALL_M_MAX` rows (the weights
-/// are read once per block); above it the tiled kernel. 128 was measured on the H100 against the tiled kernel
-/// before its straight-line rewrite (encoder, 100 bytes: 16-row blocks ≈ 5 TFLOP/s vs 1.2). The rewritten kernel has
-/// not been timed on the H100 yet: `bench_linear --crossover` prints both paths per M on the encoder's shapes, and
-/// this constant should become the largest M where the blocks still win.
-pub const BLOCKED_M_MAX: u32 = 128;
+/// are read once per block); above it the tiled kernel. From `bench_linear --crossover` on the H100 with the
+/// straight-line tiled kernel (f16w and f32 alike): the tiled kernel wins from M = 64 on every encoder shape (M = 101:
+/// 0.047 vs 0.098 ms for 3072×1024, 0.080 vs 0.242 ms for the 8192-row SwiGLU, 0.070 vs 0.141 ms for 1024×4096); at
+/// M = 32 it wins the sum of the three (0.126 vs 0.166 ms) while the blocks still win the K = 4096 product.
+pub const BLOCKED_M_MAX: u32 = 32;
 
 /// `linear` for any M as a list of dispatches: for M ≤ `BLOCKED_M_MAX` (when row blocks can be bound at aligned
 /// offsets) matrix–vector passes over blocks of 16 rows — one dispatch for every whole block (the grid's z picks
