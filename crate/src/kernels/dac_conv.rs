@@ -324,10 +324,12 @@ impl ConvTile {
     /// Per-call choice, with f16 arithmetic for f16 weights where a GPU has `shader-f16` (twice the
     /// FMA rate with packed f16; CPU adapters emulate f16 and only lose by it).
     pub fn preferred(gpu: &Gpu, numerics: Numerics) -> ConvTile {
-        let f16_math = numerics == Numerics::F16W
-            && gpu.features.contains(wgpu::Features::SHADER_F16)
-            && gpu.info.device_type != wgpu::DeviceType::Cpu;
-        ConvTile { f16_math, ..ConvTile::default() }
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        let f16_math = numerics == Numerics::F16W && gpu.features.contains(wgpu::Features::SHADER_F16) && !cpu;
+        // Software adapters get the smallest register tile: Chrome's SwiftShader lost the device (GPU process
+        // gone after ~2 minutes) compiling the larger tiles' straight-line code; a CPU gains nothing from them.
+        let shape = cpu.then_some(ConvShape::SHORT);
+        ConvTile { shape, f16_math, ..ConvTile::default() }
     }
 
     /// The rule, for what is not forced:
