@@ -676,20 +676,63 @@ fn reduce_pipeline(gpu: &Gpu, fusion: &ConvFusion) -> std::sync::Arc<wgpu::Compu
 }
 
 /// The geometry shared by both convolution kinds (see the shader's header).
-struct Geometry {
-    cin: u32,
-    cout: u32,
-    taps: u32,
-    len_in: u32,
-    len_out: u32,
-    in_stride: u32,
-    dil: u32,
-    in_off: i32,
-    out_stride: u32,
-    out_pad: u32,
-    nphase: u32,
+pub(crate) struct Geometry {
+    pub(crate) cin: u32,
+    pub(crate) cout: u32,
+    pub(crate) taps: u32,
+    pub(crate) len_in: u32,
+    pub(crate) len_out: u32,
+    pub(crate) in_stride: u32,
+    pub(crate) dil: u32,
+    pub(crate) in_off: i32,
+    pub(crate) out_stride: u32,
+    pub(crate) out_pad: u32,
+    pub(crate) nphase: u32,
     /// Columns per phase to cover (an upper bound over phases; the kernel drops t ≥ len_out).
-    cols: u32,
+    pub(crate) cols: u32,
+}
+
+impl Geometry {
+    /// Conv1d over `len_in` input steps: output steps by the PyTorch formula, zero padding both sides.
+    pub(crate) fn conv1d(len_in: u32, w: &Conv1dWeights, stride: u32, dilation: u32, padding: u32) -> Geometry {
+        assert!(stride > 0 && dilation > 0, "conv1d stride and dilation must be positive");
+        let len_out = conv1d_len(len_in, w.kernel, stride, dilation, padding);
+        Geometry {
+            cin: w.cin,
+            cout: w.cout,
+            taps: w.kernel,
+            len_in,
+            len_out,
+            in_stride: stride,
+            dil: dilation,
+            in_off: -(padding as i32),
+            out_stride: 1,
+            out_pad: 0,
+            nphase: 1,
+            cols: len_out,
+        }
+    }
+
+    /// ConvTranspose1d as `stride` phase convolutions over the per-phase weights, `padding` cropped both ends.
+    pub(crate) fn conv_transpose1d(len_in: u32, w: &ConvTranspose1dWeights, padding: u32) -> Geometry {
+        let len_out = conv_transpose1d_len(len_in, w.kernel, w.stride, padding);
+        let taps = w.taps();
+        Geometry {
+            cin: w.cin,
+            cout: w.cout,
+            taps,
+            len_in,
+            len_out,
+            in_stride: 1,
+            dil: 1,
+            in_off: -(taps as i32 - 1),
+            out_stride: w.stride,
+            out_pad: padding,
+            nphase: w.stride,
+            // Phase p holds ⌈(len_out + pad − p)/s⌉ − ⌈(pad − p)/s⌉ ≤ ⌈len_out/s⌉ columns.
+            cols: len_out.div_ceil(w.stride),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -768,23 +811,7 @@ pub fn conv1d(
     fusion: ConvFusion,
     tile: ConvTile,
 ) -> ConvLaunch {
-    assert!(stride > 0 && dilation > 0, "conv1d stride and dilation must be positive");
-    let len_out = conv1d_len(len_in, w.kernel, stride, dilation, padding);
-    let g = Geometry {
-        cin: w.cin,
-        cout: w.cout,
-        taps: w.kernel,
-        len_in,
-        len_out,
-        in_stride: stride,
-        dil: dilation,
-        in_off: -(padding as i32),
-        out_stride: 1,
-        out_pad: 0,
-        nphase: 1,
-        cols: len_out,
-    };
-    build(gpu, g, x, &w.w, &w.bias, y, fusion, tile)
+    build(gpu, Geometry::conv1d(len_in, w, stride, dilation, padding), x, &w.w, &w.bias, y, fusion, tile)
 }
 
 /// y `[cout, len_out]` (= or += per `fusion`) ConvTranspose1d(x `[cin, len_in]`) with `padding` cropped
@@ -800,22 +827,5 @@ pub fn conv_transpose1d(
     fusion: ConvFusion,
     tile: ConvTile,
 ) -> ConvLaunch {
-    let len_out = conv_transpose1d_len(len_in, w.kernel, w.stride, padding);
-    let taps = w.taps();
-    let g = Geometry {
-        cin: w.cin,
-        cout: w.cout,
-        taps,
-        len_in,
-        len_out,
-        in_stride: 1,
-        dil: 1,
-        in_off: -(taps as i32 - 1),
-        out_stride: w.stride,
-        out_pad: padding,
-        nphase: w.stride,
-        // Phase p holds ⌈(len_out + pad − p)/s⌉ − ⌈(pad − p)/s⌉ ≤ ⌈len_out/s⌉ columns.
-        cols: len_out.div_ceil(w.stride),
-    };
-    build(gpu, g, x, &w.w, &w.bias, y, fusion, tile)
+    build(gpu, Geometry::conv_transpose1d(len_in, w, padding), x, &w.w, &w.bias, y, fusion, tile)
 }

@@ -7,7 +7,7 @@
 //! fragment code (loads, multiply-adds, output) is generated here per tile shape and spliced into the WGSL.
 use std::fmt::Write;
 
-use super::dac_conv::{conv1d_len, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTranspose1dWeights};
+use super::dac_conv::{Conv1dWeights, ConvFusion, ConvTranspose1dWeights, Geometry};
 use super::{GpuMatrix, Numerics};
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 
@@ -239,23 +239,6 @@ struct Params {
     pad: [u32; 3],
 }
 
-/// The geometry shared by both convolution kinds (see the shader's header).
-struct Geometry {
-    cin: u32,
-    cout: u32,
-    taps: u32,
-    len_in: u32,
-    len_out: u32,
-    in_stride: u32,
-    dil: u32,
-    in_off: i32,
-    out_stride: u32,
-    out_pad: u32,
-    nphase: u32,
-    /// Columns per phase to cover (an upper bound over phases; the kernel drops t ≥ len_out).
-    cols: u32,
-}
-
 #[allow(clippy::too_many_arguments)]
 fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w: &GpuMatrix, bias: &GpuBuffer, y: &GpuBuffer, fusion: ConvFusion, tile: CoopTile) -> Dispatch {
     assert!(gpu.tensor_cores(), "dac_conv_coop needs a device with tensor cores (Gpu::tensor_cores)");
@@ -332,23 +315,7 @@ pub fn conv1d_with_tile(
     fusion: ConvFusion,
     tile: CoopTile,
 ) -> Dispatch {
-    assert!(stride > 0 && dilation > 0, "conv1d stride and dilation must be positive");
-    let len_out = conv1d_len(len_in, w.kernel, stride, dilation, padding);
-    let g = Geometry {
-        cin: w.cin,
-        cout: w.cout,
-        taps: w.kernel,
-        len_in,
-        len_out,
-        in_stride: stride,
-        dil: dilation,
-        in_off: -(padding as i32),
-        out_stride: 1,
-        out_pad: 0,
-        nphase: 1,
-        cols: len_out,
-    };
-    build(gpu, g, x, &w.w, &w.bias, y, fusion, tile)
+    build(gpu, Geometry::conv1d(len_in, w, stride, dilation, padding), x, &w.w, &w.bias, y, fusion, tile)
 }
 
 /// `dac_conv::conv_transpose1d` on tensor cores: y `[cout, len_out]` (= or += per `fusion`)
@@ -377,24 +344,7 @@ pub fn conv_transpose1d_with_tile(
     fusion: ConvFusion,
     tile: CoopTile,
 ) -> Dispatch {
-    let len_out = conv_transpose1d_len(len_in, w.kernel, w.stride, padding);
-    let taps = w.taps();
-    let g = Geometry {
-        cin: w.cin,
-        cout: w.cout,
-        taps,
-        len_in,
-        len_out,
-        in_stride: 1,
-        dil: 1,
-        in_off: -(taps as i32 - 1),
-        out_stride: w.stride,
-        out_pad: padding,
-        nphase: w.stride,
-        // Phase p holds ⌈(len_out + pad − p)/s⌉ − ⌈(pad − p)/s⌉ ≤ ⌈len_out/s⌉ columns.
-        cols: len_out.div_ceil(w.stride),
-    };
-    build(gpu, g, x, &w.w, &w.bias, y, fusion, tile)
+    build(gpu, Geometry::conv_transpose1d(len_in, w, padding), x, &w.w, &w.bias, y, fusion, tile)
 }
 
 /// Whether a convolution with `cout` output channels suits the tensor-core kernel at all: a tile's 96 or 128 rows

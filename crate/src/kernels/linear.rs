@@ -636,7 +636,7 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool) -> Sm
 }
 
 /// Checks buffer sizes against the shapes; returns the number of output columns.
-fn check_shapes(x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> u32 {
+pub(super) fn check_shapes(x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> u32 {
     assert!(w.rows > 0 && w.cols > 0, "linear: empty weight matrix");
     let out_cols = match epilogue {
         LinearEpilogue::SwiGlu => {

@@ -11,7 +11,7 @@
 use std::fmt::Write;
 
 use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer};
-use super::linear::LinearEpilogue;
+use super::linear::{check_shapes, LinearEpilogue};
 use super::{GpuMatrix, Numerics};
 
 const SOURCE: &str = include_str!("../../../shaders/linear_coop.wgsl");
@@ -182,22 +182,6 @@ fn epilogue_name(e: LinearEpilogue) -> &'static str {
     }
 }
 
-/// Checks buffer sizes against the shapes; returns the number of output columns.
-fn check_shapes(x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> u32 {
-    assert!(w.rows > 0 && w.cols > 0, "linear_coop: empty weight matrix");
-    let out_cols = match epilogue {
-        LinearEpilogue::SwiGlu => {
-            assert!(w.rows.is_multiple_of(2), "linear_coop SwiGLU: weight rows {} not even", w.rows);
-            w.rows / 2
-        }
-        _ => w.rows,
-    };
-    assert!(x.size >= m as u64 * w.cols as u64 * 4, "linear_coop: x holds fewer than {m} × {} f32", w.cols);
-    assert!(y.size >= m as u64 * out_cols as u64 * 4, "linear_coop: y holds fewer than {m} × {out_cols} f32");
-    let words = w.rows as u64 * w.row_stride_words() as u64;
-    assert!(w.data.size >= words * 4, "linear_coop: weight buffer smaller than its shape");
-    out_cols
-}
 
 /// The complete WGSL of one specialisation (host-side translation tests use it too).
 pub fn shader_source(shape: CoopShape, epilogue: LinearEpilogue, access: CoopAccess) -> String {
