@@ -1,7 +1,7 @@
 //! DAC codec: convolution and RVQ kernels against CPU references (`dac_kernel_*`).
 mod common;
 
-use common::{rel_err, test_gpu, Rng};
+use common::{conv_epilogue, rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Gpu, GpuBuffer};
 use dia_webgpu::kernels::dac_conv::{
     conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvLaunch, ConvShape, ConvTile,
@@ -102,16 +102,6 @@ fn conv_transpose1d_ref(
     y
 }
 
-/// Applies the epilogue fusions to a reference result.
-fn epilogue(conv: &[f64], y0: &[f32], accumulate: bool, tanh: bool) -> Vec<f32> {
-    conv.iter()
-        .zip(y0)
-        .map(|(&c, &y)| {
-            let v = if accumulate { c + y as f64 } else { c };
-            (if tanh { v.tanh() } else { v }) as f32
-        })
-        .collect()
-}
 
 struct Fusions {
     snake: bool,
@@ -183,7 +173,7 @@ fn dac_kernel_conv1d_matches_cpu() {
                 conv1d(&gpu, &x_gpu, len as u32, &wg, stride as u32, dil as u32, pad as u32, y, fusion, ConvTile::default())
             });
             let conv = conv1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, dil, pad, f.snake.then_some(&alpha[..]));
-            let want = epilogue(&conv, &y0, f.accumulate, f.tanh);
+            let want = conv_epilogue(&conv, &y0, f.accumulate, f.tanh);
             let label = format!(
                 "conv1d cin {cin} cout {cout} k {k} s {stride} d {dil} p {pad} len {len} {} snake {} acc {} tanh {}",
                 numerics.name(),
@@ -236,7 +226,7 @@ fn dac_kernel_conv_transpose1d_matches_cpu() {
                 conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, pad as u32, y, fusion, ConvTile::default())
             });
             let conv = conv_transpose1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, pad, f.snake.then_some(&alpha[..]));
-            let want = epilogue(&conv, &y0, f.accumulate, f.tanh);
+            let want = conv_epilogue(&conv, &y0, f.accumulate, f.tanh);
             let label = format!(
                 "convT cin {cin} cout {cout} k {k} s {stride} p {pad} len {len} {} snake {} acc {} tanh {}",
                 numerics.name(),
@@ -272,7 +262,7 @@ fn dac_kernel_conv_other_tiles_match_cpu() {
         let y0 = rng.vec(cout * len, 1.0);
         let got = run_into(&gpu, &y0, |y| conv1d(&gpu, &x_gpu, len as u32, &wg, 1, dil as u32, 3 * dil as u32, y, fusion, tile));
         let conv = conv1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, 1, dil, 3 * dil, Some(&alpha));
-        check(&format!("conv1d tile {tile:?}"), &got, &epilogue(&conv, &y0, true, false), 2e-5);
+        check(&format!("conv1d tile {tile:?}"), &got, &conv_epilogue(&conv, &y0, true, false), 2e-5);
 
         let (cin, cout, k, s, p, len) = (23, 11, 8, 4, 2, 29);
         let x = rng.vec(cin * len, 2.0);
@@ -285,7 +275,7 @@ fn dac_kernel_conv_other_tiles_match_cpu() {
             conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, p as u32, y, ConvFusion::default(), tile)
         });
         let conv = conv_transpose1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, s, p, None);
-        check(&format!("convT tile {tile:?}"), &got, &epilogue(&conv, &y0, false, false), 2e-5);
+        check(&format!("convT tile {tile:?}"), &got, &conv_epilogue(&conv, &y0, false, false), 2e-5);
     }
 }
 
@@ -339,7 +329,7 @@ fn dac_kernel_conv_each_shape_and_split_ragged() {
             }
             let conv = conv1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, dil, pad, f.snake.then_some(&alpha[..]));
             let label = format!("conv1d {tile:?} cin {cin} cout {cout} k {k} s {stride} d {dil} len {len} {}", numerics.name());
-            check(&label, &got, &epilogue(&conv, &y0, f.accumulate, f.tanh), 2e-5);
+            check(&label, &got, &conv_epilogue(&conv, &y0, f.accumulate, f.tanh), 2e-5);
         }
         for &(cin, cout, k, stride, pad, len) in convts {
             let numerics = NUMERICS[n % 2];
@@ -358,7 +348,7 @@ fn dac_kernel_conv_each_shape_and_split_ragged() {
             let got = run_into(&gpu, &y0, |y| conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, pad as u32, y, fusion, tile));
             let conv = conv_transpose1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, pad, f.snake.then_some(&alpha[..]));
             let label = format!("convT {tile:?} cin {cin} cout {cout} k {k} s {stride} len {len} {}", numerics.name());
-            check(&label, &got, &epilogue(&conv, &y0, f.accumulate, f.tanh), 2e-5);
+            check(&label, &got, &conv_epilogue(&conv, &y0, f.accumulate, f.tanh), 2e-5);
         }
     }
     // cin 151 × 7 taps on 5 steps launches one workgroup: the per-call choice splits the reduction.
@@ -397,7 +387,7 @@ fn dac_kernel_conv_f16_math_close_to_cpu() {
         let y0 = rng.vec(cout * len, 1.0);
         let got = run_into(&gpu, &y0, |y| conv1d(&gpu, &x_gpu, len as u32, &wg, 1, dil as u32, 3 * dil as u32, y, fusion, tile));
         let conv = conv1d_ref(&x, len, &stored(&w, Numerics::F16W), &b, cin, cout, k, 1, dil, 3 * dil, Some(&alpha));
-        check(&format!("f16 conv1d {tile:?} cin {cin} cout {cout} k {k} d {dil} len {len}"), &got, &epilogue(&conv, &y0, true, false), 2e-3);
+        check(&format!("f16 conv1d {tile:?} cin {cin} cout {cout} k {k} d {dil} len {len}"), &got, &conv_epilogue(&conv, &y0, true, false), 2e-3);
 
         let (s, p) = (4, 2);
         let wt = rng.vec(cin * cout * 2 * s, 1.0 / (cin as f32).sqrt());
@@ -405,7 +395,7 @@ fn dac_kernel_conv_f16_math_close_to_cpu() {
         let y0 = vec![0.0; cout * conv_transpose1d_len(len as u32, 2 * s as u32, s as u32, p as u32) as usize];
         let got = run_into(&gpu, &y0, |y| conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, p as u32, y, ConvFusion::default(), tile));
         let conv = conv_transpose1d_ref(&x, len, &stored(&wt, Numerics::F16W), &b, cin, cout, 2 * s, s, p, None);
-        check(&format!("f16 convT {tile:?} cin {cin} cout {cout} len {len}"), &got, &epilogue(&conv, &y0, false, false), 2e-3);
+        check(&format!("f16 convT {tile:?} cin {cin} cout {cout} len {len}"), &got, &conv_epilogue(&conv, &y0, false, false), 2e-3);
     }
 }
 

@@ -51,7 +51,7 @@ fn coop_tile_choice_wastes_fewest_rows() {
     assert_eq!(CoopTile::for_channels(100), CoopTile::WIDE);
 }
 
-use common::{rel_err, test_gpu, Rng};
+use common::{conv_epilogue, rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Gpu, GpuBuffer};
 use dia_webgpu::kernels::dac_conv::{conv1d_len, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTranspose1dWeights};
 use dia_webgpu::kernels::{round_f16, Numerics};
@@ -114,15 +114,6 @@ fn conv_transpose1d_ref(x: &[f32], len: usize, w: &[f32], b: &[f32], cin: usize,
     y
 }
 
-fn epilogue(conv: &[f64], y0: &[f32], accumulate: bool, tanh: bool) -> Vec<f32> {
-    conv.iter()
-        .zip(y0)
-        .map(|(&c, &y)| {
-            let v = if accumulate { c + y as f64 } else { c };
-            (if tanh { v.tanh() } else { v }) as f32
-        })
-        .collect()
-}
 
 /// Runs one dispatch writing into a fresh `y` initialised with `y0`; returns `y`.
 fn run_into(gpu: &Gpu, y0: &[f32], make: impl FnOnce(&GpuBuffer) -> dia_webgpu::gpu::Dispatch) -> Vec<f32> {
@@ -185,7 +176,7 @@ fn dac_coop_conv1d_matches_cpu_on_ragged_shapes() {
         let got = run_into(&gpu, &y0, |y| dac_conv_coop::conv1d(&gpu, &x_gpu, len as u32, &cw, stride as u32, dil as u32, pad as u32, y, fusion));
         let conv = conv1d_ref(&x, len, &w, &b, cin, cout, k, stride, dil, pad, snake.then_some(&alpha[..]));
         let label = format!("conv1d cin {cin} cout {cout} k {k} s {stride} d {dil} len {len} {} snake {snake} acc {accumulate} tanh {tanh}", numerics.name());
-        check(&label, &got, &epilogue(&conv, &y0, accumulate, tanh));
+        check(&label, &got, &conv_epilogue(&conv, &y0, accumulate, tanh));
     }
 }
 
@@ -215,7 +206,7 @@ fn dac_coop_conv_transpose1d_matches_cpu_on_ragged_shapes() {
         let got = run_into(&gpu, &y0, |y| dac_conv_coop::conv_transpose1d(&gpu, &x_gpu, len as u32, &cw, pad as u32, y, fusion));
         let conv = conv_transpose1d_ref(&x, len, &w, &b, cin, cout, k, stride, pad, snake.then_some(&alpha[..]));
         let label = format!("convT cin {cin} cout {cout} k {k} s {stride} p {pad} len {len} {} snake {snake} acc {accumulate} tanh {tanh}", numerics.name());
-        check(&label, &got, &epilogue(&conv, &y0, accumulate, tanh));
+        check(&label, &got, &conv_epilogue(&conv, &y0, accumulate, tanh));
     }
 }
 

@@ -2,7 +2,7 @@
 //! linear (both schedules, all epilogues, both numerics), rmsnorm, embeddings, RoPE.
 mod common;
 
-use common::{rel_err, test_gpu, Rng};
+use common::{cpu_linear, rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::embed::{embed_channels_sum, embed_tokens};
 use dia_webgpu::kernels::linear::{
@@ -32,24 +32,6 @@ fn stored(w: &[f32], numerics: Numerics) -> Vec<f32> {
     }
 }
 
-/// y as the epilogue defines it, accumulated in f64; `y0` is y before the kernel (used by Accumulate).
-fn cpu_linear(x: &[f32], w: &[f32], y0: &[f32], m: usize, n: usize, k: usize, epilogue: LinearEpilogue) -> Vec<f32> {
-    let dot = |mi: usize, ni: usize| -> f64 { (0..k).map(|ki| x[mi * k + ki] as f64 * w[ni * k + ki] as f64).sum() };
-    match epilogue {
-        LinearEpilogue::Store => (0..m * n).map(|i| dot(i / n, i % n) as f32).collect(),
-        LinearEpilogue::Accumulate => (0..m * n).map(|i| (y0[i] as f64 + dot(i / n, i % n)) as f32).collect(),
-        LinearEpilogue::SwiGlu => {
-            let half = n / 2;
-            (0..m * half)
-                .map(|i| {
-                    let (mi, j) = (i / half, i % half);
-                    let gate = dot(mi, j);
-                    (gate / (1.0 + (-gate).exp()) * dot(mi, half + j)) as f32
-                })
-                .collect()
-        }
-    }
-}
 
 struct Case {
     m: usize,

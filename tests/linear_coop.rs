@@ -10,7 +10,7 @@ mod common;
 #[path = "../crate/examples/probe_coop.rs"]
 mod probe_coop;
 
-use common::{rel_err, test_gpu, Rng};
+use common::{cpu_linear, rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::Gpu;
 use dia_webgpu::kernels::linear::{linear_rows, LinearEpilogue};
 use dia_webgpu::kernels::linear_coop::{linear_coop_shaped, shader_source, CoopAccess, CoopShape, COOP_M_MIN};
@@ -61,24 +61,6 @@ fn coop_workgroup_memory_is_what_the_shape_says() {
     }
 }
 
-/// y as the epilogue defines it, accumulated in f64; `y0` is y before the kernel (used by Accumulate).
-fn cpu_linear(x: &[f32], w: &[f32], y0: &[f32], m: usize, n: usize, k: usize, epilogue: LinearEpilogue) -> Vec<f32> {
-    let dot = |mi: usize, ni: usize| -> f64 { (0..k).map(|ki| x[mi * k + ki] as f64 * w[ni * k + ki] as f64).sum() };
-    match epilogue {
-        LinearEpilogue::Store => (0..m * n).map(|i| dot(i / n, i % n) as f32).collect(),
-        LinearEpilogue::Accumulate => (0..m * n).map(|i| (y0[i] as f64 + dot(i / n, i % n)) as f32).collect(),
-        LinearEpilogue::SwiGlu => {
-            let half = n / 2;
-            (0..m * half)
-                .map(|i| {
-                    let (mi, j) = (i / half, i % half);
-                    let gate = dot(mi, j);
-                    (gate / (1.0 + (-gate).exp()) * dot(mi, half + j)) as f32
-                })
-                .collect()
-        }
-    }
-}
 
 fn tensor_core_gpu(test: &str) -> Option<Gpu> {
     let gpu = test_gpu();

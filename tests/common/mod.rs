@@ -6,6 +6,8 @@ pub mod nari;
 
 use std::path::PathBuf;
 
+use dia_webgpu::kernels::linear::LinearEpilogue;
+
 pub mod cpu_ref;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -81,4 +83,35 @@ pub fn snr_db(a: &[f32], b: &[f32]) -> f64 {
 /// Reads every tensor of a safetensors file as (shape, f32 data) — for fixtures; int tensors are converted.
 pub fn load_expected(path: &std::path::Path) -> fixture::Expected {
     fixture::parse_expected(&std::fs::read(path).expect("read fixture"))
+}
+
+/// `linear`'s reference: y as the epilogue defines it, accumulated in f64; `y0` is y before the kernel (used by
+/// Accumulate).
+pub fn cpu_linear(x: &[f32], w: &[f32], y0: &[f32], m: usize, n: usize, k: usize, epilogue: LinearEpilogue) -> Vec<f32> {
+    let dot = |mi: usize, ni: usize| -> f64 { (0..k).map(|ki| x[mi * k + ki] as f64 * w[ni * k + ki] as f64).sum() };
+    match epilogue {
+        LinearEpilogue::Store => (0..m * n).map(|i| dot(i / n, i % n) as f32).collect(),
+        LinearEpilogue::Accumulate => (0..m * n).map(|i| (y0[i] as f64 + dot(i / n, i % n)) as f32).collect(),
+        LinearEpilogue::SwiGlu => {
+            let half = n / 2;
+            (0..m * half)
+                .map(|i| {
+                    let (mi, j) = (i / half, i % half);
+                    let gate = dot(mi, j);
+                    (gate / (1.0 + (-gate).exp()) * dot(mi, half + j)) as f32
+                })
+                .collect()
+        }
+    }
+}
+
+/// A convolution's reference result with the kernels' epilogue fusions applied (residual add, then tanh).
+pub fn conv_epilogue(conv: &[f64], y0: &[f32], accumulate: bool, tanh: bool) -> Vec<f32> {
+    conv.iter()
+        .zip(y0)
+        .map(|(&c, &y)| {
+            let v = if accumulate { c + y as f64 } else { c };
+            (if tanh { v.tanh() } else { v }) as f32
+        })
+        .collect()
 }
