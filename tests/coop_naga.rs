@@ -56,13 +56,7 @@ fn every_gemm_variant_translates() {
 fn workgroup_memory_fits_the_requested_limit() {
     for cfg in coop::variants() {
         let wgsl = coop::gemm_shader(&cfg);
-        let module = wgpu::naga::front::wgsl::parse_str(&wgsl).expect("parses");
-        let bytes: u32 = module
-            .global_variables
-            .iter()
-            .filter(|(_, g)| g.space == wgpu::naga::AddressSpace::WorkGroup)
-            .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
-            .sum();
+        let bytes = coop::workgroup_bytes(&wgsl);
         assert_eq!(bytes, cfg.workgroup_bytes(), "{}", cfg.name());
         assert!(bytes <= 40 * 1024, "{}: {bytes} bytes", cfg.name());
     }

@@ -29,13 +29,7 @@ fn every_coop_conv_variant_translates_to_spirv() {
 fn coop_conv_workgroup_memory_matches_the_declared_size() {
     for v in dac_conv_coop::variants() {
         let wgsl = dac_conv_coop::shader(&v);
-        let module = wgpu::naga::front::wgsl::parse_str(&wgsl).expect("parses");
-        let bytes: u32 = module
-            .global_variables
-            .iter()
-            .filter(|(_, g)| g.space == wgpu::naga::AddressSpace::WorkGroup)
-            .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
-            .sum();
+        let bytes = probe_coop::coop::workgroup_bytes(&wgsl);
         assert_eq!(bytes, v.tile.workgroup_bytes(), "{}", v.key());
         // NVIDIA's Vulkan driver allows 48 KiB.
         assert!(bytes <= 48 * 1024, "{}: {bytes} bytes", v.key());

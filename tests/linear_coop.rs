@@ -50,13 +50,7 @@ fn every_coop_linear_variant_translates_on_the_host() {
 fn coop_workgroup_memory_is_what_the_shape_says() {
     for shape in shapes() {
         let wgsl = shader_source(shape, LinearEpilogue::Store, CoopAccess::Vec);
-        let module = wgpu::naga::front::wgsl::parse_str(&wgsl).expect("parses");
-        let bytes: u32 = module
-            .global_variables
-            .iter()
-            .filter(|(_, g)| g.space == wgpu::naga::AddressSpace::WorkGroup)
-            .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
-            .sum();
+        let bytes = probe_coop::coop::workgroup_bytes(&wgsl);
         assert_eq!(bytes, shape.workgroup_bytes(), "{shape:?}");
     }
 }

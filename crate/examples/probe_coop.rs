@@ -336,6 +336,18 @@ struct P { m: u32, n: u32, k: u32, pad: u32 }\n\
             .collect()
     }
 
+    /// Bytes of workgroup memory a WGSL module declares (what the device's `max_compute_workgroup_storage_size`
+    /// must allow), as naga lays the variables out.
+    pub fn workgroup_bytes(wgsl: &str) -> u32 {
+        let module = wgpu::naga::front::wgsl::parse_str(wgsl).expect("parses");
+        module
+            .global_variables
+            .iter()
+            .filter(|(_, g)| g.space == wgpu::naga::AddressSpace::WorkGroup)
+            .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
+            .sum()
+    }
+
     /// WGSL → naga IR → validation → SPIR-V, as wgpu does for a Vulkan compute pipeline (wgpu-hal's
     /// `spv::Options` for a Vulkan 1.3 device). `robust_buffers`: the device has robustBufferAccess2 (wgpu then
     /// leaves storage-buffer indices unchecked; otherwise it clamps them). Returns the SPIR-V word count; a panic
