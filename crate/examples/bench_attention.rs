@@ -3,16 +3,26 @@
 //! independent (each repeat has its own output: no barrier, launches may overlap). The difference is what the
 //! ordering costs; the independent figure is closer to the kernels' own time.
 //!
-//! cargo run --release --example bench_attention -- [repeats]
+//! cargo run --release --example bench_attention -- [--repeats 200]
+
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(clap::Parser)]
+#[command(name = "bench_attention", about = "Decode attention at the model's shapes: chained vs independent repeats")]
+struct Args {
+    /// Repeats of each case in one submission (µs per repeat reported).
+    #[arg(long, default_value_t = 200, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    repeats: usize,
+}
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
+    use clap::Parser;
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::attention::{attention_decode, AttentionArgs};
     use dia_webgpu::kernels::norm::rmsnorm;
     use std::time::Instant;
 
-    let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let Args { repeats } = Args::parse();
     let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: 128 << 20, ..Default::default() }).expect("a GPU adapter");
     println!("adapter: {}", gpu.describe());
     let time = |ds: &[Dispatch]| -> f64 {

@@ -1,7 +1,7 @@
 //! DAC decoder throughput: the real-size 44.1 kHz decoder with random weights decodes a window of frames
 //! (861 = 10 s by default) repeatedly; prints milliseconds per 10 s of audio for each numerics mode.
 //!
-//! `cargo run --release --example bench_dac -- [--frames N] [--iters N] [--numerics f32,f16w] [--tiles] [--layers]`
+//! `cargo run --release --example bench_dac -- [--frames 861] [--iters 5] [--numerics f32,f16w] [--tiles] [--layers]`
 //! (`--tiles` also times every convolution tile shape forced on all layers; `--layers` times each layer of
 //! the decoder alone, with the tile and split-K the per-call choice gives it). f16w runs with f16
 //! arithmetic where the device has `shader-f16`, and once more with f32 arithmetic for comparison.
@@ -22,6 +22,9 @@ fn main() {}
 mod native {
     use std::time::Instant;
 
+    use clap::builder::RangedU64ValueParser;
+    use clap::Parser;
+
     use dia_webgpu::config::DacConfig;
     use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
     use dia_webgpu::gpu::{Gpu, GpuOptions};
@@ -35,37 +38,28 @@ mod native {
     /// Frames in 10 s of 44.1 kHz audio at hop 512.
     const FRAMES_PER_10S: f64 = 441000.0 / 512.0;
 
+    #[derive(Parser)]
+    #[command(name = "bench_dac", about = "DAC 44.1 kHz decoder throughput with random weights")]
     struct Args {
+        /// Frames decoded per run (861 = 10 s of audio; the streaming decoder's first window is about 18).
+        #[arg(long, default_value_t = 861, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
         frames: usize,
+        /// Timed runs after one untimed run (best reported).
+        #[arg(long, default_value_t = 5, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
         iters: usize,
+        /// Weight storage modes to measure, comma-separated (f32, f16w).
+        #[arg(long, value_delimiter = ',', default_value = "f32,f16w", value_parser = parse_numerics)]
         numerics: Vec<Numerics>,
+        /// Also time every convolution tile shape forced on all layers.
+        #[arg(long)]
         tiles: bool,
+        /// Also time each layer of the decoder alone (tile and split-K as the per-call choice gives them).
+        #[arg(long)]
         layers: bool,
     }
 
-    fn parse() -> Result<Args, String> {
-        let mut a = Args { frames: 861, iters: 5, numerics: vec![Numerics::F32, Numerics::F16W], tiles: false, layers: false };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--frames" => a.frames = value()?.parse().map_err(|e| format!("--frames: {e}"))?,
-                "--iters" => a.iters = value()?.parse().map_err(|e| format!("--iters: {e}"))?,
-                "--numerics" => {
-                    a.numerics = value()?
-                        .split(',')
-                        .map(|n| Numerics::parse(n).ok_or(format!("unknown numerics {n}")))
-                        .collect::<Result<_, _>>()?
-                }
-                "--tiles" => a.tiles = true,
-                "--layers" => a.layers = true,
-                _ => return Err(format!("unknown argument {flag}")),
-            }
-        }
-        if a.frames == 0 || a.iters == 0 {
-            return Err("--frames and --iters must be positive".into());
-        }
-        Ok(a)
+    fn parse_numerics(s: &str) -> Result<Numerics, String> {
+        Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w)"))
     }
 
     /// Small deterministic generator (xorshift64*), uniform in [−1, 1).
@@ -287,7 +281,7 @@ mod native {
     }
 
     pub fn run() -> Result<(), String> {
-        let args = parse()?;
+        let args = Args::parse();
         let cfg = DacConfig::dac_44khz();
         let gpu = Gpu::new_blocking(GpuOptions::default()).map_err(|e| e.to_string())?;
         let flops = decode_flops(&cfg, args.frames);

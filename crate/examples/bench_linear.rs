@@ -1,7 +1,7 @@
 //! Weight-streaming rate of the small-M linear kernel (the decoder step's hot path), or with `--tiled`
 //! the arithmetic rate of the tiled kernel on the encoder's shapes.
 //!
-//! cargo run --release --example bench_linear -- --rows 16384 --cols 2048 --m 2 --iters 200 --numerics f16w
+//! cargo run --release --example bench_linear -- [--rows 16384] [--cols 2048] [--m 2] [--iters 200] [--numerics f16w]
 //! cargo run --release --example bench_linear -- --tiled --iters 20 --numerics f16w
 //!
 //! cargo run --release --example bench_linear -- --crossover --iters 20 --numerics f16w
@@ -11,9 +11,10 @@
 //! prints TFLOP/s of the tile `linear` picks (with `--sweep`: of every tile shape). `--crossover` times the
 //! 16-row matrix–vector blocks against the tiled kernel at M = 16 … 1001 (where `BLOCKED_M_MAX` should sit).
 //!
-//! Other flags: `--epilogue store|acc|swiglu`, `--batch B` (dispatches per command buffer, default 10),
-//! `--threads T --k-threads K --rows-per-thread R` (workgroup shape, default the one `linear` uses), `--sweep` (time every
-//! workgroup shape that fits M instead; with `--tiled` every tile shape).
+//! Other flags (`--help` lists them all): `--epilogue store|acc|swiglu` (default store), `--batch B`
+//! (dispatches per command buffer, default 10), `--threads T --k-threads K --rows-per-thread R` (workgroup
+//! shape, default the one `linear` uses), `--sweep` (time every workgroup shape that fits M instead; with
+//! `--tiled` every tile shape).
 //!
 //! Records `--batch` dispatches per command buffer (consecutive dispatches write the same output, so
 //! they run one after another as decoder layers do), submits `--iters` of them back to back after a
@@ -31,117 +32,110 @@ fn main() {
 fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
+#[derive(clap::Parser)]
+#[command(name = "bench_linear", about = "Weight-streaming rate of the small-M linear kernel, or the tiled kernel's arithmetic rate")]
 struct Args {
+    /// Weight matrix rows (output features; twice the outputs with `--epilogue swiglu`).
+    #[arg(long, default_value_t = 16384, value_parser = positive())]
     rows: usize,
+    /// Weight matrix columns (K).
+    #[arg(long, default_value_t = 2048, value_parser = positive())]
     cols: usize,
+    /// Rows of x: 1 ..= SMALL_M_MAX for the small-M kernel; with `--tiled`, a value above SMALL_M_MAX replaces 101 and 1001.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     m: u32,
+    /// Command buffers submitted back to back after the warm-up.
+    #[arg(long, default_value_t = 200, value_parser = positive())]
     iters: usize,
+    /// Dispatches per command buffer.
+    #[arg(long, default_value_t = 10, value_parser = positive())]
     batch: usize,
+    /// Weight storage (f32, f16w).
+    #[arg(long, default_value = "f16w", value_parser = parse_numerics)]
     numerics: dia_webgpu::kernels::Numerics,
+    /// What the kernel does with each output (store, acc, swiglu).
+    #[arg(long, default_value = "store", value_parser = parse_epilogue)]
     epilogue: dia_webgpu::kernels::linear::LinearEpilogue,
-    shape: dia_webgpu::kernels::linear::SmallMShape,
+    /// Workgroup threads (default: the workgroup shape `linear` uses).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
+    /// Threads along K (default: the workgroup shape `linear` uses).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    k_threads: Option<u32>,
+    /// Weight rows per thread (default: the workgroup shape `linear` uses).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    rows_per_thread: Option<u32>,
+    /// Time every workgroup shape that fits M (with `--tiled`: every tile shape).
+    #[arg(long)]
     sweep: bool,
+    /// The tiled kernel on the encoder's matrices instead of the small-M kernel.
+    #[arg(long)]
     tiled: bool,
+    /// 16-row matrix–vector blocks against the tiled kernel at M = 16 … 1001.
+    #[arg(long)]
     crossover: bool,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn parse_args() -> Result<Args, String> {
-    use dia_webgpu::kernels::linear::{LinearEpilogue, SmallMShape};
-    use dia_webgpu::kernels::Numerics;
-    let mut a = Args {
-        rows: 16384,
-        cols: 2048,
-        m: 2,
-        iters: 200,
-        batch: 10,
-        numerics: Numerics::F16W,
-        epilogue: LinearEpilogue::Store,
-        shape: SmallMShape { threads: 0, k_threads: 0, rows_per_thread: 0 },
-        sweep: false,
-        tiled: false,
-        crossover: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--sweep" {
-            a.sweep = true;
-            continue;
-        }
-        if flag == "--tiled" {
-            a.tiled = true;
-            continue;
-        }
-        if flag == "--crossover" {
-            a.crossover = true;
-            continue;
-        }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = || value.parse::<usize>().map_err(|e| format!("{flag} {value}: {e}"));
-        match flag.as_str() {
-            "--rows" => a.rows = num()?,
-            "--cols" => a.cols = num()?,
-            "--m" => a.m = num()? as u32,
-            "--iters" => a.iters = num()?,
-            "--batch" => a.batch = num()?,
-            "--threads" => a.shape.threads = num()? as u32,
-            "--k-threads" => a.shape.k_threads = num()? as u32,
-            "--rows-per-thread" => a.shape.rows_per_thread = num()? as u32,
-            "--numerics" => a.numerics = Numerics::parse(&value).ok_or_else(|| format!("unknown numerics {value} (f32, f16w)"))?,
-            "--epilogue" => {
-                a.epilogue = match value.as_str() {
-                    "store" => LinearEpilogue::Store,
-                    "acc" => LinearEpilogue::Accumulate,
-                    "swiglu" => LinearEpilogue::SwiGlu,
-                    _ => return Err(format!("unknown epilogue {value} (store, acc, swiglu)")),
-                }
-            }
-            _ => return Err(format!("unknown flag {flag}; flags: --rows --cols --m --iters --batch --numerics --epilogue --threads --k-threads --rows-per-thread --sweep --tiled --crossover")),
-        }
+fn positive() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn parse_numerics(s: &str) -> Result<dia_webgpu::kernels::Numerics, String> {
+    dia_webgpu::kernels::Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w)"))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn parse_epilogue(s: &str) -> Result<dia_webgpu::kernels::linear::LinearEpilogue, String> {
+    use dia_webgpu::kernels::linear::LinearEpilogue;
+    match s {
+        "store" => Ok(LinearEpilogue::Store),
+        "acc" => Ok(LinearEpilogue::Accumulate),
+        "swiglu" => Ok(LinearEpilogue::SwiGlu),
+        _ => Err(format!("unknown epilogue {s:?} (store, acc, swiglu)")),
     }
-    if a.tiled || a.crossover {
-        if a.iters == 0 || a.batch == 0 {
-            return Err("need positive iters and batch".into());
-        }
-        return Ok(a);
-    }
-    let max_m = dia_webgpu::kernels::linear::SMALL_M_MAX;
-    if a.m == 0 || a.m > max_m || a.rows == 0 || a.cols == 0 || a.iters == 0 || a.batch == 0 {
-        return Err(format!("need 1 ≤ m ≤ {max_m} and positive rows, cols, iters, batch"));
+}
+
+/// The small-M workgroup shape to time: `linear`'s choice, with any of `--threads --k-threads --rows-per-thread`
+/// put in its place; an error where the problem or the shape does not suit the small-M kernel.
+#[cfg(not(target_arch = "wasm32"))]
+fn small_m_shape(a: &Args) -> Result<dia_webgpu::kernels::linear::SmallMShape, String> {
+    use dia_webgpu::kernels::linear::{LinearEpilogue, SmallMShape, SMALL_M_MAX};
+    if a.m > SMALL_M_MAX {
+        return Err(format!("need 1 ≤ m ≤ {SMALL_M_MAX} for the small-M kernel"));
     }
     if a.epilogue == LinearEpilogue::SwiGlu && a.rows % 2 == 1 {
         return Err("swiglu needs an even number of rows".into());
     }
     let default = SmallMShape::for_shape(a.m, a.rows as u32, a.cols as u32);
-    if a.shape.threads == 0 {
-        a.shape.threads = default.threads;
+    let shape = SmallMShape {
+        threads: a.threads.unwrap_or(default.threads),
+        k_threads: a.k_threads.unwrap_or(default.k_threads),
+        rows_per_thread: a.rows_per_thread.unwrap_or(default.rows_per_thread),
+    };
+    if !shape.fits(a.m) {
+        return Err(format!("{shape:?} does not fit m = {}: powers of two, k_threads ≤ threads ≤ 256, even rows, partial sums ≤ 16 KiB", a.m));
     }
-    if a.shape.k_threads == 0 {
-        a.shape.k_threads = default.k_threads;
-    }
-    if a.shape.rows_per_thread == 0 {
-        a.shape.rows_per_thread = default.rows_per_thread;
-    }
-    if !a.shape.fits(a.m) {
-        return Err(format!("{:?} does not fit m = {}: powers of two, k_threads ≤ threads ≤ 256, even rows, partial sums ≤ 16 KiB", a.shape, a.m));
-    }
-    Ok(a)
+    Ok(shape)
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 fn bench() -> Result<(), String> {
+    use clap::Parser;
     use dia_webgpu::gpu::{Gpu, GpuOptions};
     use dia_webgpu::kernels::linear::{linear_small_m_shaped, LinearEpilogue, SmallMShape};
     use dia_webgpu::kernels::{stride_words, GpuMatrix};
     use std::time::Instant;
 
-    let a = parse_args()?;
+    let a = Args::parse();
     if a.crossover {
         return tiled::crossover(&a);
     }
     if a.tiled {
         return tiled::bench(&a);
     }
+    let shape = small_m_shape(&a)?;
     let weight_bytes = a.rows as u64 * stride_words(a.cols as u32, a.numerics) as u64 * 4;
     let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: weight_bytes, ..Default::default() }).map_err(|e| e.to_string())?;
     println!("adapter: {}", gpu.describe());
@@ -167,7 +161,7 @@ fn bench() -> Result<(), String> {
         });
         all.filter(|s| s.fits(a.m)).collect()
     } else {
-        vec![a.shape]
+        vec![shape]
     };
     for shape in shapes {
         let dispatch = linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape);

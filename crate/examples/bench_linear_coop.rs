@@ -1,7 +1,7 @@
 //! The encoder's matrix products on tensor cores (`kernels::linear_coop`) against the plain kernels, then the
 //! whole encoder (`DiaModel::encode`, random full-size weights) with tensor cores on and off. Native only.
 //!
-//! cargo run --release --example bench_linear_coop [-- --iters 20 --skip-encoder]
+//! cargo run --release --example bench_linear_coop -- [--iters 20] [--skip-encoder]
 //!
 //! Per matrix of the Dia encoder (QKV 1024→3072, O 1024→1024 accumulate, gate/up 1024→2×4096 SwiGLU, down
 //! 4096→1024 accumulate, cross K/V 1024→4096) and of the decoder prefill (gate/up 2048→2×8192, down 8192→2048) at
@@ -26,6 +26,9 @@ mod native {
     use std::error::Error;
     use std::time::Instant;
 
+    use clap::builder::RangedU64ValueParser;
+    use clap::Parser;
+
     use dia_webgpu::config::DiaConfig;
     use dia_webgpu::dia::forward::PackedText;
     use dia_webgpu::dia::DiaModel;
@@ -36,22 +39,15 @@ mod native {
 
     type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
+    #[derive(Parser)]
+    #[command(name = "bench_linear_coop", about = "The encoder's matrix products and the whole encoder, tensor cores against plain kernels")]
     struct Args {
+        /// Timed batches per product, and timed encodes per text size (at least 3); medians reported.
+        #[arg(long, default_value_t = 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
         iters: usize,
+        /// Time the matrix products only, not the whole encoder.
+        #[arg(long)]
         skip_encoder: bool,
-    }
-
-    fn args() -> Result<Args> {
-        let mut a = Args { iters: 20, skip_encoder: false };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            match flag.as_str() {
-                "--skip-encoder" => a.skip_encoder = true,
-                "--iters" => a.iters = it.next().ok_or("--iters needs a value")?.parse()?,
-                other => return Err(format!("unknown argument {other}; use [--iters N] [--skip-encoder]").into()),
-            }
-        }
-        Ok(a)
     }
 
     fn gpu(tensor_cores: bool) -> Result<Gpu> {
@@ -132,7 +128,7 @@ mod native {
     }
 
     pub fn run() -> Result<()> {
-        let args = args()?;
+        let args = Args::parse();
         let tc = gpu(true)?;
         if !tc.tensor_cores() {
             println!("{}: no tensor cores (cooperative matrices 16x16x16 f16->f32, subgroups of 32); nothing to compare", tc.describe());

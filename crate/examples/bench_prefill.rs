@@ -3,16 +3,28 @@
 //! sequences (n − 1 text tokens + the 1-token unconditional row), non-causal, fused QKV rows. Prints ms per pass
 //! and the ratio, and the largest difference between the two outputs.
 //!
-//! cargo run --release --example bench_prefill -- [heads (default 16)] [repeats (default 5)]
+//! cargo run --release --example bench_prefill -- [--heads 16] [--repeats 5]
+
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(clap::Parser)]
+#[command(name = "bench_prefill", about = "Encoder attention: flash kernel vs tiled passes at the encoder's shapes")]
+struct Args {
+    /// Attention heads (the model has 16; time scales with heads).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    heads: u32,
+    /// Timed passes in one submission, after one warm-up (ms per pass reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    repeats: usize,
+}
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
+    use clap::Parser;
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::attention::{attention_prefill, attention_prefill_limited, AttentionArgs};
     use std::time::Instant;
 
-    let heads: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(16);
-    let repeats: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let Args { heads, repeats } = Args::parse();
     let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: 128 << 20, ..Default::default() }).expect("a GPU adapter");
     println!("adapter: {}", gpu.describe());
     if heads < 16 {
