@@ -1,9 +1,11 @@
-//! DAC decoder convolutions: the plain kernel (`dac_conv`) against tensor cores (`dac_conv_coop`), f16w weights.
+//! DAC decoder convolutions: the plain kernel (`dac_conv`) against tensor cores, f16w weights: the channels-first
+//! kernel (`dac_conv_coop`) and the channels-last one (`dac_conv_cl`, over `dac_channels_last::pack`ed input).
 //!
-//! `cargo run --release --example bench_dac_coop -- [--frames 861,18] [--iters N]`
-//! For each layer shape of the 44.1 kHz decoder at each window length: median milliseconds and TFLOP/s of both
-//! kernels and the max abs difference of their outputs; then the whole decoder (random weights) both ways, with
-//! the max abs PCM difference. Exits with a message where the device has no tensor cores.
+//! `cargo run --release --example bench_dac_coop -- [--frames 861,18] [--iters 5]`
+//! For each layer shape of the 44.1 kHz decoder at each window length: median milliseconds and TFLOP/s of the
+//! three kernels (the channels-first pair's max abs difference; the channels-last `pack` of the layer's input
+//! timed on its own), then the whole decoder (random weights) on plain kernels and on tensor cores, with the max
+//! abs PCM difference. Exits with a message where the device has no tensor cores.
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
@@ -20,38 +22,28 @@ fn main() {}
 mod native {
     use std::time::Instant;
 
+    use clap::builder::RangedU64ValueParser;
+    use clap::Parser;
+
     use dia_webgpu::config::DacConfig;
-    use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
+    use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder, CHANNELS_LAST_MIN_FRAMES};
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
     use dia_webgpu::kernels::dac_conv::{self, conv1d_len, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights};
+    use dia_webgpu::kernels::dac_channels_last::{pack, SourceLayout};
+    use dia_webgpu::kernels::dac_conv::conv_transpose_phase_weights;
+    use dia_webgpu::kernels::dac_conv_cl::{self, tap_major, ClEpilogue};
     use dia_webgpu::kernels::dac_conv_coop::{self, CoopTile};
-    use dia_webgpu::kernels::Numerics;
+    use dia_webgpu::kernels::{GpuMatrix, Numerics};
 
+    #[derive(Parser)]
+    #[command(name = "bench_dac_coop", about = "DAC decoder convolutions: plain kernels against tensor cores")]
     struct Args {
+        /// Window lengths in frames, comma-separated (861 = 10 s of audio; a stream's first window is about 18).
+        #[arg(long, value_delimiter = ',', default_value = "861,18", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
         frames: Vec<usize>,
+        /// Timed batches per measurement (the median is reported).
+        #[arg(long, default_value_t = 5, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
         iters: usize,
-    }
-
-    fn parse() -> Result<Args, String> {
-        let mut a = Args { frames: vec![861, 18], iters: 9 };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--frames" => {
-                    a.frames = value()?
-                        .split(',')
-                        .map(|f| f.parse().map_err(|e| format!("--frames: {e}")))
-                        .collect::<Result<_, _>>()?
-                }
-                "--iters" => a.iters = value()?.parse().map_err(|e| format!("--iters: {e}"))?,
-                _ => return Err(format!("unknown argument {flag}")),
-            }
-        }
-        if a.frames.contains(&0) || a.iters == 0 {
-            return Err("--frames and --iters must be positive".into());
-        }
-        Ok(a)
     }
 
     /// Small deterministic generator (xorshift64*), uniform in [−1, 1).
@@ -161,8 +153,16 @@ mod native {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) })
     }
 
-    /// Times and compares one layer; returns (plain s, coop s) or None where the layer stays on the plain kernel.
-    fn layer(gpu: &Gpu, l: Layer, iters: usize, rng: &mut Rng) -> Result<Option<(f64, f64)>, String> {
+    /// Seconds per layer: plain, tensor cores channels-first, channels-last, and the channels-last input's pack.
+    struct LayerTimes {
+        plain: f64,
+        coop: f64,
+        cl: f64,
+        pack: f64,
+    }
+
+    /// Times and compares one layer; None where the layer stays on the plain kernel.
+    fn layer(gpu: &Gpu, l: Layer, iters: usize, rng: &mut Rng) -> Result<Option<LayerTimes>, String> {
         let tile = ConvTile::preferred(gpu, Numerics::F16W);
         let (cin, cout, len_in, len_out) = match l {
             Layer::Conv(cin, cout, k, d, len, ..) => (cin, cout, len, conv1d_len(len as u32, k as u32, 1, d as u32, ((k - 1) * d / 2) as u32) as usize),
@@ -179,27 +179,47 @@ mod native {
         // The tile shape the kernel picks, then the other one (timed only, for comparison).
         let chosen = CoopTile::for_channels(cout as u32);
         let other = if chosen == CoopTile::WIDE { CoopTile::NARROW } else { CoopTile::WIDE };
-        let (plain, coop, coop_other) = match l {
+        // Channels-last: the input as the decode packs it (from a channels-last f32 copy, Snake where the layer
+        // has it), the output f32 [len_out, cout] or, for a residual unit's first conv, Snake'd f16.
+        let x_cl = gpu.upload("x_cl", &rng.vec(cin * len_in, 1.0));
+        let x16 = gpu.buffer("x16", (cin * len_in * 2) as u64);
+        let y_cl = gpu.upload("y_cl", &y0);
+        let alpha_out = gpu.upload("alpha_out", &(0..cout).map(|_| 1.0 + 0.5 * rng.uniform()).collect::<Vec<f32>>());
+        let (plain, coop, coop_other, cl, packer) = match l {
             Layer::Conv(_, _, k, d, _, snake, accumulate, tanh) => {
-                let w = Conv1dWeights::upload(gpu, "w", &rng.vec(cout * cin * k, 1.0 / ((cin * k) as f32).sqrt()), &rng.vec(cout, 0.1), cout, cin, k, Numerics::F16W)
-                    .map_err(|e| e.to_string())?;
+                let wd = rng.vec(cout * cin * k, 1.0 / ((cin * k) as f32).sqrt());
+                let w = Conv1dWeights::upload(gpu, "w", &wd, &rng.vec(cout, 0.1), cout, cin, k, Numerics::F16W).map_err(|e| e.to_string())?;
+                let w_cl = GpuMatrix::upload(gpu, "w_cl", &tap_major(&wd, cin, k), cout, k * cin, Numerics::F16W).map_err(|e| e.to_string())?;
                 let f = ConvFusion { snake_alpha: snake.then_some(&alpha), accumulate, tanh };
                 let pad = ((k - 1) * d / 2) as u32;
+                let epilogue = if accumulate {
+                    ClEpilogue::Accumulate
+                } else if snake {
+                    ClEpilogue::SnakeHalf(&alpha_out)
+                } else {
+                    ClEpilogue::Store
+                };
                 (
                     dac_conv::conv1d(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_plain, f, tile),
                     dac_conv_coop::conv1d_with_tile(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_coop, f, chosen),
                     dac_conv_coop::conv1d_with_tile(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_coop, f, other),
+                    dac_conv_cl::conv1d(gpu, &x16, len_in as u32, &w, &w_cl, 1, d as u32, pad, &y_cl, epilogue),
+                    pack(gpu, &x_cl, SourceLayout::ChannelsLast, cin as u32, len_in as u32, snake.then_some(&alpha), &x16),
                 )
             }
             Layer::ConvT(_, _, s, _) => {
-                let w = ConvTranspose1dWeights::upload(gpu, "wt", &rng.vec(cin * cout * 2 * s, 1.0 / (cin as f32).sqrt()), &rng.vec(cout, 0.1), cin, cout, 2 * s, s, Numerics::F16W)
-                    .map_err(|e| e.to_string())?;
+                let wd = rng.vec(cin * cout * 2 * s, 1.0 / (cin as f32).sqrt());
+                let w = ConvTranspose1dWeights::upload(gpu, "wt", &wd, &rng.vec(cout, 0.1), cin, cout, 2 * s, s, Numerics::F16W).map_err(|e| e.to_string())?;
+                let phased = conv_transpose_phase_weights(&wd, cin, cout, 2 * s, s);
+                let w_cl = GpuMatrix::upload(gpu, "wt_cl", &tap_major(&phased, cin, 2), s * cout, 2 * cin, Numerics::F16W).map_err(|e| e.to_string())?;
                 let f = ConvFusion { snake_alpha: Some(&alpha), ..Default::default() };
                 let pad = s.div_ceil(2) as u32;
                 (
                     dac_conv::conv_transpose1d(gpu, &x, len_in as u32, &w, pad, &y_plain, f, tile),
                     dac_conv_coop::conv_transpose1d_with_tile(gpu, &x, len_in as u32, &w, pad, &y_coop, f, chosen),
                     dac_conv_coop::conv_transpose1d_with_tile(gpu, &x, len_in as u32, &w, pad, &y_coop, f, other),
+                    dac_conv_cl::conv_transpose1d(gpu, &x16, len_in as u32, &w, &w_cl, pad, &y_cl, ClEpilogue::Store),
+                    pack(gpu, &x_cl, SourceLayout::ChannelsLast, cin as u32, len_in as u32, Some(&alpha), &x16),
                 )
             }
         };
@@ -211,19 +231,23 @@ mod native {
         let diff = max_abs_diff(&a[..y0.len()], &b[..y0.len()]);
         let scale = a[..y0.len()].iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let (tp, tc, to) = (time(gpu, &plain, iters)?, time(gpu, &[&coop], iters)?, time(gpu, &[&coop_other], iters)?);
+        gpu.run(&[&packer]);
+        let (tl, tk) = (time(gpu, &[&cl], iters)?, time(gpu, &[&packer], iters)?);
         println!(
-            "  {:<36} plain {:8.3} ms {:6.2} TFLOP/s | tensor cores ({} rows) {:8.3} ms {:6.2} TFLOP/s | x{:5.1} | max abs diff {diff:.2e} (max |y| {scale:.2}) | {}-row tile {:8.3} ms",
+            "  {:<36} plain {:7.3} ms {:6.2} TFLOP/s | channels-first TC ({} rows) {:7.3} ms {:6.2} | max abs diff {diff:.2e} (max |y| {scale:.2}) | {}-row tile {:7.3} ms | channels-last TC {:7.3} ms {:6.2} TFLOP/s + pack {:6.3} ms",
             l.describe(),
             tp * 1e3,
             l.flops() / tp / 1e12,
             chosen.tm(),
             tc * 1e3,
             l.flops() / tc / 1e12,
-            tp / tc,
             other.tm(),
-            to * 1e3
+            to * 1e3,
+            tl * 1e3,
+            l.flops() / tl / 1e12,
+            tk * 1e3
         );
-        Ok(Some((tp, tc)))
+        Ok(Some(LayerTimes { plain: tp, coop: tc, cl: tl, pack: tk }))
     }
 
     /// Median ms of one whole decode and its PCM.
@@ -255,7 +279,7 @@ mod native {
     }
 
     pub fn run() -> Result<(), String> {
-        let args = parse()?;
+        let args = Args::parse();
         let cfg = DacConfig::dac_44khz();
         let gpu = Gpu::new_blocking(GpuOptions::default()).map_err(|e| e.to_string())?;
         if !gpu.tensor_cores() {
@@ -269,14 +293,22 @@ mod native {
         let mut rng = Rng(0x5EED_1234_ABCD_0001);
         for &frames in &args.frames {
             println!("{frames} frames ({:.2} s of audio), per layer:", frames as f64 * 512.0 / 44100.0);
-            let (mut sum_plain, mut sum_coop) = (0.0, 0.0);
+            let mut sum = LayerTimes { plain: 0.0, coop: 0.0, cl: 0.0, pack: 0.0 };
             for l in decoder_layers(&cfg, frames) {
-                if let Some((p, c)) = layer(&gpu, l, args.iters, &mut rng)? {
-                    sum_plain += p;
-                    sum_coop += c;
+                if let Some(t) = layer(&gpu, l, args.iters, &mut rng)? {
+                    sum.plain += t.plain;
+                    sum.coop += t.coop;
+                    sum.cl += t.cl;
+                    sum.pack += t.pack;
                 }
             }
-            println!("  sum over the tensor-core layers: plain {:.2} ms, tensor cores {:.2} ms", sum_plain * 1e3, sum_coop * 1e3);
+            println!(
+                "  sum over the tensor-core layers: plain {:.2} ms, channels-first TC {:.2} ms, channels-last TC {:.2} ms (+ packs {:.2} ms; the decode packs once per residual unit)",
+                sum.plain * 1e3,
+                sum.coop * 1e3,
+                sum.cl * 1e3,
+                sum.pack * 1e3
+            );
         }
         let mut model = random_decoder(&gpu, &cfg)?;
         for &frames in &args.frames {
@@ -286,8 +318,9 @@ mod native {
             let (ms_coop, pcm_coop) = decode(&gpu, &model, frames, args.iters)?;
             let per_10s = 441000.0 / 512.0 / frames as f64;
             println!(
-                "whole decoder, {frames} frames: plain {ms_plain:.2} ms ({:.2} ms per 10 s), tensor cores {ms_coop:.2} ms ({:.2} ms per 10 s), x{:.1}; max abs PCM diff {:.2e} over {} samples",
+                "whole decoder, {frames} frames: plain {ms_plain:.2} ms ({:.2} ms per 10 s), tensor cores ({}) {ms_coop:.2} ms ({:.2} ms per 10 s), x{:.1}; max abs PCM diff {:.2e} over {} samples",
                 ms_plain * per_10s,
+                if frames >= CHANNELS_LAST_MIN_FRAMES { "channels-last" } else { "channels-first where faster" },
                 ms_coop * per_10s,
                 ms_plain / ms_coop,
                 max_abs_diff(&pcm_plain, &pcm_coop),

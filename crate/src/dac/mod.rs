@@ -9,7 +9,7 @@ pub mod model;
 
 pub use layout::{check_dac_layout, dac_tensor_specs, fold_weight_norm, TensorSpec};
 pub use model::check_dac_checkpoint;
-pub use model::{DacDecoder, DacModel, DacModelBuilder};
+pub use model::{DacDecoder, DacModel, DacModelBuilder, CHANNELS_LAST_MIN_FRAMES};
 
 use crate::config::ConfigError;
 use crate::gpu::GpuError;

@@ -12,7 +12,11 @@ use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuError};
 use crate::kernels::dac_conv::{
     conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights,
 };
+use crate::kernels::dac_channels_last::{self, SourceLayout};
+use crate::kernels::dac_conv::{conv_transpose_phase_weights, empty_matrix, write_matrix_rows};
+use crate::kernels::dac_conv_cl::{self, ClEpilogue};
 use crate::kernels::dac_conv_coop;
+use crate::kernels::GpuMatrix;
 use crate::kernels::dac_rvq::{rvq_decode, rvq_encode, RvqDims, RvqWeights};
 use crate::kernels::Numerics;
 use crate::weights::Checkpoint;
@@ -67,6 +71,10 @@ struct Encoder {
 struct Weights {
     convs: Vec<Conv1dWeights>,
     convts: Vec<ConvTranspose1dWeights>,
+    /// Tap-major copies for the channels-last decode on tensor cores (`dac_conv_cl`), per conv / conv-transpose;
+    /// made for the decoder's layers when the device has tensor cores and the weights are f16.
+    convs_cl: Vec<Option<GpuMatrix>>,
+    convts_cl: Vec<Option<GpuMatrix>>,
     /// Snake α per channel, f32 `[C]`.
     alphas: Vec<GpuBuffer>,
     rvq: RvqWeights,
@@ -77,12 +85,32 @@ struct Weights {
     encoder: Option<Encoder>,
 }
 
+impl Weights {
+    /// Whether the whole decoder can run channels-last on tensor cores: every layer but the last, one-channel
+    /// convolution has its tap-major copy, and that last one reads 8 channels per load.
+    fn decoder_channels_last(&self) -> bool {
+        let conv_cl = |id: usize| self.convs_cl[id].is_some();
+        conv_cl(self.dec_conv1)
+            && self.dec_blocks.iter().all(|b| self.convts_cl[b.conv_t].is_some() && b.res.iter().all(|r| conv_cl(r.conv1) && conv_cl(r.conv2)))
+            && self.convs[self.dec_conv2].cout == 1
+            && self.convs[self.dec_conv2].cin.is_multiple_of(8)
+    }
+}
+
+/// Windows of at least this many frames decode channels-last on tensor cores (where available); shorter ones
+/// (a stream's first windows) on the plain kernels, whose smaller tiles fill the GPU better there.
+pub const CHANNELS_LAST_MIN_FRAMES: usize = 64;
+
 /// GPU objects being allocated, and which checkpoint tensor fills which.
 struct Store<'g> {
     gpu: &'g Gpu,
     numerics: Numerics,
+    /// Whether the decoder's layers get tap-major copies (`Weights::convs_cl`).
+    channels_last: bool,
     convs: Vec<Conv1dWeights>,
     convts: Vec<ConvTranspose1dWeights>,
+    convs_cl: Vec<Option<GpuMatrix>>,
+    convts_cl: Vec<Option<GpuMatrix>>,
     alphas: Vec<GpuBuffer>,
     targets: BTreeMap<String, Target>,
 }
@@ -91,13 +119,15 @@ struct Store<'g> {
 const NOT_LOADED: usize = usize::MAX;
 
 impl Store<'_> {
-    fn conv(&mut self, base: &str, cout: usize, cin: usize, kernel: usize, load: bool) -> Result<usize, DacError> {
+    /// `decoder`: a decoder layer (gets a tap-major copy where `channels_last`).
+    fn conv(&mut self, base: &str, cout: usize, cin: usize, kernel: usize, load: bool, decoder: bool) -> Result<usize, DacError> {
         if !load {
             self.skip(&[format!("{base}.weight"), format!("{base}.bias")]);
             return Ok(NOT_LOADED);
         }
         let id = self.convs.len();
         self.convs.push(Conv1dWeights::allocate(self.gpu, base, cout, cin, kernel, self.numerics)?);
+        self.convs_cl.push(self.cl_matrix(decoder, base, cout, cout, cin, kernel)?);
         self.targets.insert(format!("{base}.weight"), Target::ConvW(id));
         self.targets.insert(format!("{base}.bias"), Target::ConvB(id));
         Ok(id)
@@ -106,9 +136,19 @@ impl Store<'_> {
     fn conv_t(&mut self, base: &str, cin: usize, cout: usize, stride: usize) -> Result<usize, DacError> {
         let id = self.convts.len();
         self.convts.push(ConvTranspose1dWeights::allocate(self.gpu, base, cin, cout, 2 * stride, stride, self.numerics)?);
+        self.convts_cl.push(self.cl_matrix(true, base, stride * cout, cout, cin, self.convts[id].taps() as usize)?);
         self.targets.insert(format!("{base}.weight"), Target::ConvTW(id));
         self.targets.insert(format!("{base}.bias"), Target::ConvTB(id));
         Ok(id)
+    }
+
+    /// An empty tap-major matrix `[rows, taps·cin]` (rows = phases · cout) for a decoder layer that `dac_conv_cl`
+    /// can run, else None.
+    fn cl_matrix(&self, decoder: bool, base: &str, rows: usize, cout: usize, cin: usize, taps: usize) -> Result<Option<GpuMatrix>, DacError> {
+        if !(decoder && self.channels_last && dac_conv_cl::supports(cin as u32, cout as u32)) {
+            return Ok(None);
+        }
+        Ok(Some(empty_matrix(self.gpu, &format!("{base}.cl"), rows, taps * cin, Numerics::F16W)?))
     }
 
     fn alpha(&mut self, name: String, channels: usize, load: bool) -> usize {
@@ -122,15 +162,15 @@ impl Store<'_> {
         id
     }
 
-    fn res_units(&mut self, p: &str, channels: usize, load: bool) -> Result<Vec<ResUnit>, DacError> {
+    fn res_units(&mut self, p: &str, channels: usize, load: bool, decoder: bool) -> Result<Vec<ResUnit>, DacError> {
         let mut out = Vec::new();
         for (r, &dilation) in RES_DILATIONS.iter().enumerate() {
             let u = format!("{p}.res_unit{}", r + 1);
             out.push(ResUnit {
                 snake1: self.alpha(format!("{u}.snake1.alpha"), channels, load),
-                conv1: self.conv(&format!("{u}.conv1"), channels, channels, 7, load)?,
+                conv1: self.conv(&format!("{u}.conv1"), channels, channels, 7, load, decoder)?,
                 snake2: self.alpha(format!("{u}.snake2.alpha"), channels, load),
-                conv2: self.conv(&format!("{u}.conv2"), channels, channels, 1, load)?,
+                conv2: self.conv(&format!("{u}.conv2"), channels, channels, 1, load, decoder)?,
                 dilation,
             });
         }
@@ -171,21 +211,32 @@ impl<'g> DacModelBuilder<'g> {
     /// and dropped (a decode-only codec, 22 M parameters lighter for the real model).
     pub fn new(gpu: &'g Gpu, cfg: &DacConfig, numerics: Numerics, load_encoder: bool) -> Result<DacModelBuilder<'g>, DacError> {
         validate_config(cfg)?;
-        let mut st = Store { gpu, numerics, convs: Vec::new(), convts: Vec::new(), alphas: Vec::new(), targets: BTreeMap::new() };
+        let channels_last = gpu.tensor_cores() && numerics == Numerics::F16W;
+        let mut st = Store {
+            gpu,
+            numerics,
+            channels_last,
+            convs: Vec::new(),
+            convts: Vec::new(),
+            convs_cl: Vec::new(),
+            convts_cl: Vec::new(),
+            alphas: Vec::new(),
+            targets: BTreeMap::new(),
+        };
         let enc = load_encoder;
 
-        let conv1 = st.conv("encoder.conv1", cfg.encoder_hidden, 1, 7, enc)?;
+        let conv1 = st.conv("encoder.conv1", cfg.encoder_hidden, 1, 7, enc, false)?;
         let mut blocks = Vec::new();
         for (i, (&s, (cin, cout))) in cfg.downsampling_ratios.iter().zip(encoder_widths(cfg)).enumerate() {
             let p = format!("encoder.block.{i}");
-            let res = st.res_units(&p, cin, enc)?;
+            let res = st.res_units(&p, cin, enc, false)?;
             let snake = st.alpha(format!("{p}.snake1.alpha"), cin, enc);
-            let conv = st.conv(&format!("{p}.conv1"), cout, cin, 2 * s, enc)?;
+            let conv = st.conv(&format!("{p}.conv1"), cout, cin, 2 * s, enc, false)?;
             blocks.push(EncoderBlock { res, snake, conv });
         }
         let enc_last = encoder_widths(cfg).last().map_or(cfg.encoder_hidden, |w| w.1);
         let snake = st.alpha("encoder.snake1.alpha".into(), enc_last, enc);
-        let conv2 = st.conv("encoder.conv2", cfg.latent, enc_last, 3, enc)?;
+        let conv2 = st.conv("encoder.conv2", cfg.latent, enc_last, 3, enc, false)?;
         let encoder = enc.then_some(Encoder { conv1, blocks, snake, conv2 });
 
         let dims = RvqDims {
@@ -204,18 +255,18 @@ impl<'g> DacModelBuilder<'g> {
             st.targets.insert(format!("{p}.codebook.weight"), Target::Codebook(i));
         }
 
-        let dec_conv1 = st.conv("decoder.conv1", cfg.decoder_hidden, cfg.latent, 7, true)?;
+        let dec_conv1 = st.conv("decoder.conv1", cfg.decoder_hidden, cfg.latent, 7, true, true)?;
         let mut dec_blocks = Vec::new();
         for (j, (&s, (cin, cout))) in cfg.upsampling_ratios.iter().zip(decoder_widths(cfg)).enumerate() {
             let p = format!("decoder.block.{j}");
             let snake = st.alpha(format!("{p}.snake1.alpha"), cin, true);
             let conv_t = st.conv_t(&format!("{p}.conv_t1"), cin, cout, s)?;
-            let res = st.res_units(&p, cout, true)?;
+            let res = st.res_units(&p, cout, true, true)?;
             dec_blocks.push(DecoderBlock { snake, conv_t, res });
         }
         let dec_last = decoder_widths(cfg).last().map_or(cfg.decoder_hidden, |w| w.1);
         let dec_snake = st.alpha("decoder.snake1.alpha".into(), dec_last, true);
-        let dec_conv2 = st.conv("decoder.conv2", 1, dec_last, 7, true)?;
+        let dec_conv2 = st.conv("decoder.conv2", 1, dec_last, 7, true, true)?;
 
         // The graph above and `dac_tensor_specs` describe the same layout; a mismatch is a bug here.
         let specs: BTreeMap<String, TensorSpec> = dac_tensor_specs(cfg).into_iter().map(|s| (s.name.clone(), s)).collect();
@@ -281,9 +332,23 @@ impl<'g> DacModelBuilder<'g> {
     fn install(&self, logical: &str, data: &[f32]) {
         let gpu = self.store.gpu;
         match self.store.targets[logical] {
-            Target::ConvW(id) => self.store.convs[id].set_weight(gpu, data),
+            Target::ConvW(id) => {
+                let c = &self.store.convs[id];
+                c.set_weight(gpu, data);
+                if let Some(m) = &self.store.convs_cl[id] {
+                    write_matrix_rows(gpu, m, 0, &dac_conv_cl::tap_major(data, c.cin as usize, c.kernel as usize), m.rows as usize);
+                }
+            }
             Target::ConvB(id) => self.store.convs[id].set_bias(gpu, data),
-            Target::ConvTW(id) => self.store.convts[id].set_weight(gpu, data),
+            Target::ConvTW(id) => {
+                let c = &self.store.convts[id];
+                c.set_weight(gpu, data);
+                if let Some(m) = &self.store.convts_cl[id] {
+                    let (cin, cout, kernel, stride) = (c.cin as usize, c.cout as usize, c.kernel as usize, c.stride as usize);
+                    let phased = conv_transpose_phase_weights(data, cin, cout, kernel, stride);
+                    write_matrix_rows(gpu, m, 0, &dac_conv_cl::tap_major(&phased, cin, c.taps() as usize), m.rows as usize);
+                }
+            }
             Target::ConvTB(id) => self.store.convts[id].set_bias(gpu, data),
             Target::Alpha(id) => gpu.write(&self.store.alphas[id], data),
             Target::Codebook(i) => self.rvq.set_codebook(gpu, i, data),
@@ -308,6 +373,8 @@ impl<'g> DacModelBuilder<'g> {
         let w = Weights {
             convs: self.store.convs,
             convts: self.store.convts,
+            convs_cl: self.store.convs_cl,
+            convts_cl: self.store.convts_cl,
             alphas: self.store.alphas,
             rvq: self.rvq,
             dec_conv1: self.dec_conv1,
@@ -476,10 +543,14 @@ impl DacModel {
         for (blk, len) in self.w.dec_blocks.iter().zip(&lens[2..]) {
             act = act.max(self.w.convts[blk.conv_t].cout as usize * *len as usize);
         }
+        let coop = self.uses_tensor_cores(gpu);
+        let channels_last = coop && self.w.decoder_channels_last();
         Ok(DacDecoder {
             w: self.w.clone(),
             tile: self.tile,
-            coop: self.uses_tensor_cores(gpu),
+            coop,
+            // The residual units' inner activation, f16 (half the widest activation's words).
+            act_half: if channels_last { Some(buffer("dac.act_half", act.div_ceil(2))?) } else { None },
             n_codebooks: cfg.n_codebooks,
             codebook_size: cfg.codebook_size,
             max_frames,
@@ -613,6 +684,8 @@ pub struct DacDecoder {
     tile: ConvTile,
     /// Convolutions on tensor cores (`DacModel::uses_tensor_cores` when the workspace was made).
     coop: bool,
+    /// Present when windows of `CHANNELS_LAST_MIN_FRAMES` or more decode channels-last (`plan_channels_last`).
+    act_half: Option<GpuBuffer>,
     n_codebooks: usize,
     codebook_size: usize,
     max_frames: usize,
@@ -687,6 +760,11 @@ impl DacDecoder {
     }
 
     fn plan(&self, gpu: &Gpu, frames: u32) -> Vec<Dispatch> {
+        if let Some(p2) = &self.act_half {
+            if frames as usize >= CHANNELS_LAST_MIN_FRAMES {
+                return self.plan_channels_last(gpu, frames, p2);
+            }
+        }
         let w = &*self.w;
         let (tile, coop) = (self.tile, self.coop);
         let lens = decode_lengths(w, frames);
@@ -712,6 +790,45 @@ impl DacDecoder {
         let c2 = &w.convs[w.dec_conv2];
         let fusion = ConvFusion { snake_alpha: Some(&w.alphas[w.dec_snake]), accumulate: false, tanh: true };
         ds.extend(conv1d_on(gpu, coop, cur, len, c2, 1, 1, same_pad(c2, 1), &self.pcm, fusion, tile));
+        ds
+    }
+
+    /// The decode on tensor cores over channels-last activations: the residual stream stays f32 `[time, C]` in
+    /// `a` / `b`; each convolution reads the f16 `[time, C]` copy that `pack` makes in `h` (Snake applied once per
+    /// element) or, inside a residual unit, that the first convolution's epilogue writes into `p2`.
+    fn plan_channels_last(&self, gpu: &Gpu, frames: u32, p2: &GpuBuffer) -> Vec<Dispatch> {
+        let w = &*self.w;
+        let lens = decode_lengths(w, frames);
+        let cl = |id: usize| w.convs_cl[id].as_ref().expect("tap-major decoder weights");
+        let pack = |src: &GpuBuffer, layout: SourceLayout, channels: u32, len: u32, alpha: Option<usize>| {
+            dac_channels_last::pack(gpu, src, layout, channels, len, alpha.map(|a| &w.alphas[a]), &self.h)
+        };
+        let c1 = &w.convs[w.dec_conv1];
+        let mut ds = vec![
+            rvq_decode(gpu, &self.codes, &w.rvq, &self.z, frames),
+            pack(&self.z, SourceLayout::ChannelsFirst, c1.cin, frames, None),
+            dac_conv_cl::conv1d(gpu, &self.h, frames, c1, cl(w.dec_conv1), 1, 1, same_pad(c1, 1), &self.a, ClEpilogue::Store),
+        ];
+        let (mut cur, mut other) = (&self.a, &self.b);
+        let mut len = lens[1];
+        for (blk, &next) in w.dec_blocks.iter().zip(&lens[2..]) {
+            let ct = &w.convts[blk.conv_t];
+            let ct_cl = w.convts_cl[blk.conv_t].as_ref().expect("tap-major decoder weights");
+            ds.push(pack(cur, SourceLayout::ChannelsLast, ct.cin, len, Some(blk.snake)));
+            ds.push(dac_conv_cl::conv_transpose1d(gpu, &self.h, len, ct, ct_cl, ct.stride.div_ceil(2), other, ClEpilogue::Store));
+            std::mem::swap(&mut cur, &mut other);
+            len = next;
+            for ru in &blk.res {
+                let (r1, r2) = (&w.convs[ru.conv1], &w.convs[ru.conv2]);
+                ds.push(pack(cur, SourceLayout::ChannelsLast, r1.cin, len, Some(ru.snake1)));
+                let inner = ClEpilogue::SnakeHalf(&w.alphas[ru.snake2]);
+                ds.push(dac_conv_cl::conv1d(gpu, &self.h, len, r1, cl(ru.conv1), 1, ru.dilation, same_pad(r1, ru.dilation), p2, inner));
+                ds.push(dac_conv_cl::conv1d(gpu, p2, len, r2, cl(ru.conv2), 1, 1, same_pad(r2, 1), cur, ClEpilogue::Accumulate));
+            }
+        }
+        let c2 = &w.convs[w.dec_conv2];
+        ds.push(pack(cur, SourceLayout::ChannelsLast, c2.cin, len, Some(w.dec_snake)));
+        ds.push(dac_channels_last::conv_mono(gpu, &self.h, len, c2, 1, same_pad(c2, 1), &self.pcm));
         ds
     }
 

@@ -569,7 +569,8 @@ fn conv_code(shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split:
     ConvCode { setup, fetch, store, compute, epilogue }
 }
 
-fn snake_decl(binding: u32) -> String {
+/// WGSL declaring Snake's α at `@binding(binding)` and `fn act(ci: u32, v: f32) -> f32` (Snake of channel ci).
+pub(crate) fn snake_decl(binding: u32) -> String {
     // sin² has period π: reducing the argument first keeps approximate hardware sin accurate for large
     // |αx| (π split in two so n·PI_HI is exact).
     format!(

@@ -1,0 +1,397 @@
+//! `shaders/dac_conv_cl.wgsl`: the DAC decoder's convolutions on tensor cores over f16 channels-last
+//! activations (`dac_channels_last::pack` makes them, Snake applied once per element), as an implicit GEMM
+//! with time as the rows and a tap-major reduction, so the input tile of a stage is 32 consecutive channels of
+//! TM input rows: plain 16-byte loads. Native only (`Gpu::tensor_cores()`, f16 weights).
+//!
+//! Weights: the convolution's matrix rewritten tap-major (`tap_major`), `[nphase·cout, taps·cin]` f16, kept
+//! beside the channels-first matrix the plain kernels use. Products of f16 values accumulate in f32.
+use std::fmt::Write;
+
+use super::dac_conv::{snake_decl, Conv1dWeights, ConvTranspose1dWeights, Geometry};
+use super::{GpuMatrix, Numerics};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+
+const SOURCE: &str = include_str!("../../../shaders/dac_conv_cl.wgsl");
+
+/// Staged row stride in halves (32 reduction rows + 8 of padding), as `LDS` in the shader.
+const LDS: u32 = 40;
+/// The per-subgroup f32 output slots (8 × 16 × 16).
+const OUT_BYTES: u32 = 8 * 256 * 4;
+/// Workgroups worth filling a big GPU with (2 per SM of a 132-SM H100) before taking the taller tile.
+const GROUPS_TARGET: u32 = 264;
+
+/// Work split of a workgroup: 8 subgroups in a `sub_m` × `sub_n` grid, each `frag_m` × `frag_n` accumulators
+/// of 16×16, i.e. `tm()` time rows × `tn()` output channels; `stages` 2 = double-buffered staging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClShape {
+    pub sub_m: u32,
+    pub sub_n: u32,
+    pub frag_m: u32,
+    pub frag_n: u32,
+    pub stages: u32,
+}
+
+impl ClShape {
+    /// 128 × 128.
+    pub const LARGE: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 2, frag_n: 4, stages: 2 };
+    /// 128 × 96 (96- and 192-channel layers without idle columns).
+    pub const LARGE96: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 2, frag_n: 3, stages: 2 };
+    /// 64 × 128 (short inputs: twice the workgroups).
+    pub const MEDIUM: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 1, frag_n: 4, stages: 2 };
+    /// 64 × 96.
+    pub const MEDIUM96: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 1, frag_n: 3, stages: 2 };
+    pub const ALL: [ClShape; 4] = [ClShape::LARGE, ClShape::LARGE96, ClShape::MEDIUM, ClShape::MEDIUM96];
+
+    pub fn tm(self) -> u32 {
+        16 * self.sub_m * self.frag_m
+    }
+
+    pub fn tn(self) -> u32 {
+        16 * self.sub_n * self.frag_n
+    }
+
+    /// Weight rows staged per stage: `tn` rounded up to whole passes of 256 invocations (64 rows each).
+    fn staged_n(self) -> u32 {
+        self.tn().next_multiple_of(64)
+    }
+
+    pub fn with_stages(self, stages: u32) -> ClShape {
+        ClShape { stages, ..self }
+    }
+
+    pub fn name(self) -> String {
+        format!("{}x{}.s{}", self.tm(), self.tn(), self.stages)
+    }
+
+    /// Bytes of workgroup memory the shader declares.
+    pub fn workgroup_bytes(self) -> u32 {
+        self.stages * (self.tm() + self.staged_n()) * LDS * 2 + OUT_BYTES
+    }
+
+    /// Whether the generator supports the shape: 8 subgroups, whole passes over the time rows, 1 or 2 stages.
+    pub fn fits(self) -> bool {
+        self.sub_m * self.sub_n == 8 && self.frag_m >= 1 && self.frag_n >= 1 && self.tm().is_multiple_of(64) && (self.stages == 1 || self.stages == 2)
+    }
+
+    /// Per call: 96 output channels per tile where that divides `cout` and 128 does not, the 128-row tile
+    /// where it still gives `GROUPS_TARGET` workgroups, double-buffered where the workgroup memory allows.
+    fn for_geometry(gpu: &Gpu, g: &Geometry) -> ClShape {
+        let narrow = !g.cout.is_multiple_of(128) && g.cout.is_multiple_of(96);
+        let (tall, short) = if narrow { (ClShape::LARGE96, ClShape::MEDIUM96) } else { (ClShape::LARGE, ClShape::MEDIUM) };
+        let groups = |s: ClShape| g.cols.div_ceil(s.tm()) * g.cout.div_ceil(s.tn()) * g.nphase;
+        let shape = if groups(tall) >= GROUPS_TARGET { tall } else { short };
+        let limit = gpu.limits.max_compute_workgroup_storage_size;
+        if shape.workgroup_bytes() <= limit { shape } else { shape.with_stages(1) }
+    }
+}
+
+/// What the epilogue does with bias + the accumulated sum at (t, co).
+#[derive(Clone, Copy)]
+pub enum ClEpilogue<'a> {
+    /// y f32 `[len_out, cout]` = value.
+    Store,
+    /// y f32 `[len_out, cout]` += value (residual add).
+    Accumulate,
+    /// y f16 channels-last `[len_out, cout]` (u32 pairs) = Snake(value) with per-channel α (`cout` even): the
+    /// packed input of the next convolution, written without a `pack` pass.
+    SnakeHalf(&'a GpuBuffer),
+}
+
+impl ClEpilogue<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            ClEpilogue::Store => "store",
+            ClEpilogue::Accumulate => "acc",
+            ClEpilogue::SnakeHalf(_) => "snake16",
+        }
+    }
+}
+
+/// The epilogue kinds, for host-side translation checks.
+pub const EPILOGUE_NAMES: [&str; 3] = ["store", "acc", "snake16"];
+
+/// Rewrites rows of `cin·taps` columns from channel-major (`ci·taps + tap`, PyTorch's Conv1d layout and
+/// `conv_transpose_phase_weights`') to tap-major (`tap·cin + ci`).
+pub fn tap_major(rows: &[f32], cin: usize, taps: usize) -> Vec<f32> {
+    let k = cin * taps;
+    assert!(k > 0 && rows.len().is_multiple_of(k), "tap_major: rows of {k} columns expected");
+    let mut out = vec![0.0f32; rows.len()];
+    for (src, dst) in rows.chunks(k).zip(out.chunks_mut(k)) {
+        for ci in 0..cin {
+            for tap in 0..taps {
+                dst[tap * cin + ci] = src[ci * taps + tap];
+            }
+        }
+    }
+    out
+}
+
+/// Whether a convolution from `cin` to `cout` channels can run here: 16-byte input loads need cin a multiple of
+/// 8; a tile's 96+ channels would mostly idle below 32 outputs (the decoder's 1-channel last layer).
+pub fn supports(cin: u32, cout: u32) -> bool {
+    cin.is_multiple_of(8) && cout >= 32 && cout.is_multiple_of(2)
+}
+
+/// The WGSL of one specialisation (entry point `main`).
+pub fn shader_source(shape: ClShape, epilogue: &str) -> String {
+    assert!(shape.fits(), "dac_conv_cl: unsupported {shape:?}");
+    let out_decl = match epilogue {
+        "store" | "acc" => format!(
+            "@group(0) @binding(4) var<storage, read_write> y: array<f32>;\n\
+             fn emit(t: u32, co: u32, v: f32) {{\n\
+                 let i = t * P.cout + co;\n\
+                 {}\n\
+             }}\n",
+            if epilogue == "acc" { "y[i] = y[i] + v + bias[co];" } else { "y[i] = v + bias[co];" }
+        ),
+        "snake16" => format!(
+            "@group(0) @binding(4) var<storage, read_write> y: array<u32>;\n{}\
+             fn emit2(t: u32, co: u32, v0: f32, v1: f32) {{\n\
+                 y[(t * P.cout + co) / 2u] = pack2x16float(vec2<f32>(act(co, v0 + bias[co]), act(co + 1u, v1 + bias[co + 1u])));\n\
+             }}\n",
+            snake_decl(5)
+        ),
+        other => panic!("dac_conv_cl: unknown epilogue {other}"),
+    };
+    specialize(
+        SOURCE,
+        &[
+            ("OUT_DECL", out_decl),
+            ("TM", shape.tm().to_string()),
+            ("TN", shape.tn().to_string()),
+            ("SA_LEN", (shape.stages * shape.tm() * LDS).to_string()),
+            ("SB_LEN", (shape.stages * shape.staged_n() * LDS).to_string()),
+            ("BODY", body(shape, epilogue == "snake16")),
+        ],
+    )
+}
+
+/// `main`'s body after its prologue (phase, q0, n0, w_row0, sg, nk).
+fn body(shape: ClShape, pairs: bool) -> String {
+    let (tm, sn_rows) = (shape.tm(), shape.staged_n());
+    let (passes_a, passes_b) = (tm / 64, sn_rows / 64);
+    let mut s = String::new();
+    let _ = writeln!(s, "    let sm = (sg / {}u) * {}u;", shape.sub_n, 16 * shape.frag_m);
+    let _ = writeln!(s, "    let sn = (sg % {}u) * {}u;", shape.sub_n, 16 * shape.frag_n);
+    // Staging: invocation lid loads halves 8·ql.. of row rl (+ 64 per pass) of both operands.
+    s.push_str("    let ql = lid % 4u;\n    let rl = lid / 4u;\n");
+    for u in 0..passes_a {
+        let _ = writeln!(s, "    let pa{u} = i32((q0 + rl + {}u) * P.in_stride) + P.in_off;", 64 * u);
+        let _ = writeln!(s, "    let sao{u} = (rl + {}u) * {LDS}u + ql * 8u;", 64 * u);
+    }
+    for u in 0..passes_b {
+        let r = 64 * u;
+        let _ = writeln!(s, "    let co{u} = n0 + rl + {r}u;");
+        let _ = writeln!(s, "    let vb{u} = rl + {r}u < {}u && co{u} < P.cout;", shape.tn());
+        let _ = writeln!(s, "    let wr{u} = select(0u, (w_row0 + co{u}) * P.w_stride4, vb{u});");
+        let _ = writeln!(s, "    let sbo{u} = (rl + {r}u) * {LDS}u + ql * 8u;");
+    }
+    for i in 0..shape.frag_m {
+        for j in 0..shape.frag_n {
+            let _ = writeln!(s, "    var acc{i}{j} = coop_mat16x16<f32, C>();");
+        }
+    }
+    // Global loads of the stage at reduction row `k` into registers suffixed `tag` (zeros outside x / W).
+    let load = |s: &mut String, tag: &str, k: &str| {
+        let _ = writeln!(s, "        let kk{tag} = {k} + ql * 8u;");
+        let _ = writeln!(s, "        let kin{tag} = kk{tag} < P.k_total;");
+        let _ = writeln!(s, "        let tap{tag} = kk{tag} / P.cin;");
+        let _ = writeln!(s, "        let ci{tag} = kk{tag} - tap{tag} * P.cin;");
+        let _ = writeln!(s, "        let sh{tag} = i32(tap{tag} * P.dil);");
+        for u in 0..passes_a {
+            let _ = writeln!(s, "        let pos{u}{tag} = pa{u} + sh{tag};");
+            let _ = writeln!(s, "        let oka{u}{tag} = kin{tag} && pos{u}{tag} >= 0 && pos{u}{tag} < i32(P.len_in);");
+            let _ = writeln!(
+                s,
+                "        let va{u}{tag} = select(vec4<u32>(), x[select(0u, (u32(pos{u}{tag}) * P.cin + ci{tag}) / 8u, oka{u}{tag})], oka{u}{tag});"
+            );
+        }
+        for u in 0..passes_b {
+            let _ = writeln!(s, "        let okb{u}{tag} = kin{tag} && vb{u};");
+            let _ = writeln!(s, "        let vw{u}{tag} = select(vec4<u32>(), w[select(0u, wr{u} + kk{tag} / 8u, okb{u}{tag})], okb{u}{tag});");
+        }
+    };
+    // Stores of registers `tag` into the stage at `base_a` / `base_b`.
+    let stage = |s: &mut String, tag: &str, base_a: &str, base_b: &str| {
+        let halves = |s: &mut String, arr: &str, base: &str, off: &str, v: &str| {
+            for (e, c) in ["x", "y", "z", "w"].iter().enumerate() {
+                let _ = writeln!(s, "        let h{v}{e} = vec2<f16>(unpack2x16float({v}.{c}));");
+                let _ = writeln!(s, "        {arr}[{base} + {off} + {}u] = h{v}{e}.x;", 2 * e);
+                let _ = writeln!(s, "        {arr}[{base} + {off} + {}u] = h{v}{e}.y;", 2 * e + 1);
+            }
+        };
+        for u in 0..passes_a {
+            halves(s, "sa", base_a, &format!("sao{u}"), &format!("va{u}{tag}"));
+        }
+        for u in 0..passes_b {
+            halves(s, "sb", base_b, &format!("sbo{u}"), &format!("vw{u}{tag}"));
+        }
+    };
+    let compute = |s: &mut String, base_a: &str, base_b: &str| {
+        for kk in 0..2 {
+            for i in 0..shape.frag_m {
+                let _ = writeln!(
+                    s,
+                    "        let fa{kk}{i} = coopLoadT<coop_mat16x16<f16, A>>(&sa[{base_a} + (sm + {}u) * {LDS}u + {}u], {LDS}u);",
+                    16 * i,
+                    16 * kk
+                );
+            }
+            for j in 0..shape.frag_n {
+                let _ = writeln!(
+                    s,
+                    "        let fb{kk}{j} = coopLoad<coop_mat16x16<f16, B>>(&sb[{base_b} + (sn + {}u) * {LDS}u + {}u], {LDS}u);",
+                    16 * j,
+                    16 * kk
+                );
+            }
+            for i in 0..shape.frag_m {
+                for j in 0..shape.frag_n {
+                    let _ = writeln!(s, "        acc{i}{j} = coopMultiplyAdd(fa{kk}{i}, fb{kk}{j}, acc{i}{j});");
+                }
+            }
+        }
+    };
+    s.push_str("    {\n");
+    load(&mut s, "p", "0u");
+    stage(&mut s, "p", "0u", "0u");
+    s.push_str("    }\n    workgroupBarrier();\n    for (var kt = 0u; kt < nk; kt++) {\n");
+    // The next stage's loads go out before this stage's matrix work (the last iteration reloads itself).
+    s.push_str("        let kn = min(kt + 1u, nk - 1u) * 32u;\n");
+    load(&mut s, "n", "kn");
+    if shape.stages == 2 {
+        let (sa_len, sb_len) = (tm * LDS, sn_rows * LDS);
+        let _ = writeln!(s, "        let ca = (kt % 2u) * {sa_len}u;");
+        let _ = writeln!(s, "        let na = {sa_len}u - ca;");
+        let _ = writeln!(s, "        let cb = (kt % 2u) * {sb_len}u;");
+        let _ = writeln!(s, "        let nb = {sb_len}u - cb;");
+        compute(&mut s, "ca", "cb");
+        stage(&mut s, "n", "na", "nb");
+    } else {
+        compute(&mut s, "0u", "0u");
+        s.push_str("        workgroupBarrier();\n");
+        stage(&mut s, "n", "0u", "0u");
+    }
+    s.push_str("        workgroupBarrier();\n    }\n");
+    output(&mut s, shape, pairs);
+    s
+}
+
+/// One round per accumulator index (i, j): every subgroup stores its block into its slot of `so`, then the
+/// workgroup writes each slot's elements that lie inside y (one element per invocation, or one f16 pair per
+/// invocation of the first 128 for the packed epilogue).
+fn output(s: &mut String, shape: ClShape, pairs: bool) {
+    s.push_str("    let obase = sg * 256u;\n");
+    if pairs {
+        s.push_str("    let lr = lid / 8u;\n    let lc = (lid % 8u) * 2u;\n    let live = lid < 128u;\n");
+    } else {
+        s.push_str("    let lr = lid / 16u;\n    let lc = lid % 16u;\n    let live = true;\n");
+    }
+    let sub_row = |g: u32, i: u32| (g / shape.sub_n) * 16 * shape.frag_m + 16 * i;
+    let sub_col = |g: u32, j: u32| (g % shape.sub_n) * 16 * shape.frag_n + 16 * j;
+    for i in 0..shape.frag_m {
+        for j in 0..shape.frag_n {
+            let _ = writeln!(s, "    let ov{i}{j} = acc{i}{j};");
+            let _ = writeln!(s, "    coopStoreT(ov{i}{j}, &so[obase], 16u);");
+            s.push_str("    workgroupBarrier();\n");
+            for g in 0..8 {
+                let (r, c, slot) = (sub_row(g, i), sub_col(g, j), g * 256);
+                let write = if pairs {
+                    format!("emit2(t, co, so[{slot}u + lr * 16u + lc], so[{slot}u + lr * 16u + lc + 1u]);")
+                } else {
+                    format!("emit(t, co, so[{slot}u + lid]);")
+                };
+                let _ = writeln!(
+                    s,
+                    "    {{ let t = time_of(q0 + {r}u + lr, phase); let co = n0 + {c}u + lc; if live && t < P.len_out && co < P.cout {{ {write} }} }}"
+                );
+            }
+            s.push_str("    workgroupBarrier();\n");
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    cin: u32,
+    cout: u32,
+    k_total: u32,
+    len_in: u32,
+    len_out: u32,
+    in_stride: u32,
+    dil: u32,
+    in_off: i32,
+    out_stride: u32,
+    out_pad: u32,
+    nphase: u32,
+    w_stride4: u32,
+    grid_x: u32,
+    pad: [u32; 3],
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w_cl: &GpuMatrix, bias: &GpuBuffer, y: &GpuBuffer, epilogue: ClEpilogue, shape: Option<ClShape>) -> Dispatch {
+    assert!(gpu.tensor_cores(), "dac_conv_cl needs a device with tensor cores (Gpu::tensor_cores)");
+    assert!(supports(g.cin, g.cout), "dac_conv_cl: {} → {} channels unsupported", g.cin, g.cout);
+    assert_eq!(w_cl.numerics, Numerics::F16W, "dac_conv_cl: f16 weights only");
+    assert_eq!((w_cl.rows, w_cl.cols), (g.nphase * g.cout, g.taps * g.cin), "dac_conv_cl: tap-major weights of the wrong shape");
+    assert!(x.size >= g.len_in as u64 * g.cin as u64 * 2, "dac_conv_cl: input smaller than [len_in, cin] f16");
+    let out_bytes = match epilogue {
+        ClEpilogue::SnakeHalf(_) => 2,
+        _ => 4,
+    };
+    assert!(y.size >= g.len_out as u64 * g.cout as u64 * out_bytes, "dac_conv_cl: output smaller than [len_out, cout]");
+    let shape = shape.unwrap_or_else(|| ClShape::for_geometry(gpu, &g));
+    assert!(
+        shape.workgroup_bytes() <= gpu.limits.max_compute_workgroup_storage_size,
+        "dac_conv_cl: {shape:?} needs {} bytes of workgroup memory",
+        shape.workgroup_bytes()
+    );
+    let name = epilogue.name();
+    let key = format!("dac_conv_cl:{}:{name}", shape.name());
+    let pipe = gpu.pipeline(&key, "main", || shader_source(shape, name));
+    let [grid_x, split, _] = grid_1d(g.cols.div_ceil(shape.tm()));
+    let params = Params {
+        cin: g.cin,
+        cout: g.cout,
+        k_total: g.cin * g.taps,
+        len_in: g.len_in,
+        len_out: g.len_out,
+        in_stride: g.in_stride,
+        dil: g.dil,
+        in_off: g.in_off,
+        out_stride: g.out_stride,
+        out_pad: g.out_pad,
+        nphase: g.nphase,
+        w_stride4: w_cl.row_stride_words() / 4,
+        grid_x,
+        pad: [0; 3],
+    };
+    let workgroups = if g.len_out == 0 { [0, 0, 0] } else { [grid_x, g.cout.div_ceil(shape.tn()), g.nphase * split] };
+    let mut buffers = vec![x, &w_cl.data, bias, y];
+    if let ClEpilogue::SnakeHalf(alpha) = epilogue {
+        buffers.push(alpha);
+    }
+    gpu.dispatch(&pipe, &params, &buffers, workgroups)
+}
+
+/// y (`[len_out, cout]` per `epilogue`) = Conv1d of packed f16 channels-last x `[len_in, cin]` with zero padding
+/// `padding` both sides; `w_cl` = `tap_major` of `w`'s weights. Needs `gpu.tensor_cores()` and `supports`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv1d(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &Conv1dWeights, w_cl: &GpuMatrix, stride: u32, dilation: u32, padding: u32, y: &GpuBuffer, epilogue: ClEpilogue) -> Dispatch {
+    build(gpu, Geometry::conv1d(len_in, w, stride, dilation, padding), x, w_cl, &w.bias, y, epilogue, None)
+}
+
+/// `conv1d` with a forced work split (tests and benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub fn conv1d_shaped(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &Conv1dWeights, w_cl: &GpuMatrix, stride: u32, dilation: u32, padding: u32, y: &GpuBuffer, epilogue: ClEpilogue, shape: ClShape) -> Dispatch {
+    build(gpu, Geometry::conv1d(len_in, w, stride, dilation, padding), x, w_cl, &w.bias, y, epilogue, Some(shape))
+}
+
+/// y (`[len_out, cout]` per `epilogue`) = ConvTranspose1d of packed f16 channels-last x `[len_in, cin]` with
+/// `padding` cropped from both ends; `w_cl` = `tap_major` of `w`'s per-phase matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose1d(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &ConvTranspose1dWeights, w_cl: &GpuMatrix, padding: u32, y: &GpuBuffer, epilogue: ClEpilogue) -> Dispatch {
+    build(gpu, Geometry::conv_transpose1d(len_in, w, padding), x, w_cl, &w.bias, y, epilogue, None)
+}
