@@ -266,3 +266,43 @@ fn channels_last_conv_transpose1d_matches_cpu_on_ragged_shapes() {
         check_epilogues(&gpu, &label, len_out, cout, &b, &conv, &mut rng, &run);
     }
 }
+
+/// The real-size 44.1 kHz decoder (random weights, f16w) decodes the same codes to nearly the same PCM channels-last
+/// on tensor cores and on the plain kernels (both stage in f16; the plain kernel may also sum in f16 on GPUs with
+/// shader-f16).
+#[test]
+fn channels_last_decoder_matches_the_plain_decoder() {
+    use dia_webgpu::config::DacConfig;
+    use dia_webgpu::dac::{dac_tensor_specs, DacModelBuilder};
+    let Some(gpu) = tensor_core_gpu() else { return };
+    let cfg = DacConfig::dac_44khz();
+    let mut rng = Rng::new(47);
+    let mut b = DacModelBuilder::new(&gpu, &cfg, Numerics::F16W, false).unwrap();
+    for spec in dac_tensor_specs(&cfg).into_iter().filter(|s| !s.name.starts_with("encoder.")) {
+        let n: usize = spec.shape.iter().product();
+        let data: Vec<f32> = if spec.name.ends_with(".alpha") {
+            (0..n).map(|_| 1.0 + 0.5 * rng.uniform()).collect()
+        } else if spec.weight_norm {
+            let fan_in = if spec.name.contains("conv_t") { spec.shape[0] } else { n / spec.shape[0] };
+            rng.vec(n, 1.0 / (fan_in as f32).sqrt())
+        } else {
+            rng.vec(n, 0.1)
+        };
+        b.accept(&spec.name, &spec.shape, &data).unwrap();
+    }
+    let mut model = b.finish().unwrap();
+    assert!(model.uses_tensor_cores(&gpu));
+    // Long enough for the channels-last decode (CHANNELS_LAST_MIN_FRAMES).
+    let frames = 300;
+    assert!(frames >= dia_webgpu::dac::CHANNELS_LAST_MIN_FRAMES);
+    let codes: Vec<u32> = (0..cfg.n_codebooks * frames).map(|_| rng.below(cfg.codebook_size as u64) as u32).collect();
+    let coop = model.decode_blocking(&gpu, &codes, frames).unwrap();
+    model.set_tensor_cores(false);
+    assert!(!model.uses_tensor_cores(&gpu));
+    let plain = model.decode_blocking(&gpu, &codes, frames).unwrap();
+    assert_eq!(coop.len(), plain.len());
+    assert!(coop.iter().all(|v| v.is_finite()));
+    let snr = common::snr_db(&coop, &plain);
+    println!("decoder, {frames} frames: tensor cores vs plain SNR {snr:.1} dB, rel err {:.2e}", rel_err(&coop, &plain));
+    assert!(snr > 30.0, "SNR {snr:.1} dB");
+}

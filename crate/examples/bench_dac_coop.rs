@@ -1,11 +1,11 @@
-//! DAC decoder convolutions: the plain kernel (`dac_conv`) against tensor cores, f16w weights: the channels-first
-//! kernel (`dac_conv_coop`) and the channels-last one (`dac_conv_cl`, over `dac_channels_last::pack`ed input).
+//! DAC decoder convolutions: the plain kernel (`dac_conv`) against tensor cores (`dac_conv_cl`, channels-last over
+//! `dac_channels_last::pack`ed input), f16w weights.
 //!
 //! `cargo run --release --example bench_dac_coop -- [--frames 861,18] [--iters 5]`
-//! For each layer shape of the 44.1 kHz decoder at each window length: median milliseconds and TFLOP/s of the
-//! three kernels (the channels-first pair's max abs difference; the channels-last `pack` of the layer's input
-//! timed on its own), then the whole decoder (random weights) on plain kernels and on tensor cores, with the max
-//! abs PCM difference. Exits with a message where the device has no tensor cores.
+//! For each layer shape of the 44.1 kHz decoder at each window length: median milliseconds and TFLOP/s of both
+//! kernels (the `pack` of the tensor-core kernel's input timed on its own), then the whole decoder (random
+//! weights) on plain kernels and on tensor cores, with the max abs PCM difference. Exits with a message where
+//! the device has no tensor cores.
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
@@ -32,7 +32,6 @@ mod native {
     use dia_webgpu::kernels::dac_channels_last::{pack, SourceLayout};
     use dia_webgpu::kernels::dac_conv::conv_transpose_phase_weights;
     use dia_webgpu::kernels::dac_conv_cl::{self, tap_major, ClEpilogue};
-    use dia_webgpu::kernels::dac_conv_coop::{self, CoopTile};
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
 
     #[derive(Parser)]
@@ -153,10 +152,9 @@ mod native {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) })
     }
 
-    /// Seconds per layer: plain, tensor cores channels-first, channels-last, and the channels-last input's pack.
+    /// Seconds per layer: plain kernel, tensor cores channels-last, and the channels-last input's pack.
     struct LayerTimes {
         plain: f64,
-        coop: f64,
         cl: f64,
         pack: f64,
     }
@@ -168,24 +166,21 @@ mod native {
             Layer::Conv(cin, cout, k, d, len, ..) => (cin, cout, len, conv1d_len(len as u32, k as u32, 1, d as u32, ((k - 1) * d / 2) as u32) as usize),
             Layer::ConvT(cin, cout, s, len) => (cin, cout, len, conv_transpose1d_len(len as u32, 2 * s as u32, s as u32, s.div_ceil(2) as u32) as usize),
         };
-        if !dac_conv_coop::worthwhile(cout as u32) {
+        if !dac_conv_cl::supports(cin as u32, cout as u32) {
             println!("  {:<36} stays on the plain kernel ({cout} output channel(s) would idle a tensor-core tile)", l.describe());
             return Ok(None);
         }
         let x: GpuBuffer = gpu.upload("x", &rng.vec(cin * len_in, 1.0));
         let alpha = gpu.upload("alpha", &(0..cin).map(|_| 1.0 + 0.5 * rng.uniform()).collect::<Vec<f32>>());
         let y0 = rng.vec(cout * len_out, 1.0);
-        let (y_plain, y_coop) = (gpu.upload("y_plain", &y0), gpu.upload("y_coop", &y0));
-        // The tile shape the kernel picks, then the other one (timed only, for comparison).
-        let chosen = CoopTile::for_channels(cout as u32);
-        let other = if chosen == CoopTile::WIDE { CoopTile::NARROW } else { CoopTile::WIDE };
+        let y_plain = gpu.upload("y_plain", &y0);
         // Channels-last: the input as the decode packs it (from a channels-last f32 copy, Snake where the layer
         // has it), the output f32 [len_out, cout] or, for a residual unit's first conv, Snake'd f16.
         let x_cl = gpu.upload("x_cl", &rng.vec(cin * len_in, 1.0));
         let x16 = gpu.buffer("x16", (cin * len_in * 2) as u64);
         let y_cl = gpu.upload("y_cl", &y0);
         let alpha_out = gpu.upload("alpha_out", &(0..cout).map(|_| 1.0 + 0.5 * rng.uniform()).collect::<Vec<f32>>());
-        let (plain, coop, coop_other, cl, packer) = match l {
+        let (plain, cl, packer) = match l {
             Layer::Conv(_, _, k, d, _, snake, accumulate, tanh) => {
                 let wd = rng.vec(cout * cin * k, 1.0 / ((cin * k) as f32).sqrt());
                 let w = Conv1dWeights::upload(gpu, "w", &wd, &rng.vec(cout, 0.1), cout, cin, k, Numerics::F16W).map_err(|e| e.to_string())?;
@@ -201,8 +196,6 @@ mod native {
                 };
                 (
                     dac_conv::conv1d(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_plain, f, tile),
-                    dac_conv_coop::conv1d_with_tile(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_coop, f, chosen),
-                    dac_conv_coop::conv1d_with_tile(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_coop, f, other),
                     dac_conv_cl::conv1d(gpu, &x16, len_in as u32, &w, &w_cl, 1, d as u32, pad, &y_cl, epilogue),
                     pack(gpu, &x_cl, SourceLayout::ChannelsLast, cin as u32, len_in as u32, snake.then_some(&alpha), &x16),
                 )
@@ -216,38 +209,26 @@ mod native {
                 let pad = s.div_ceil(2) as u32;
                 (
                     dac_conv::conv_transpose1d(gpu, &x, len_in as u32, &w, pad, &y_plain, f, tile),
-                    dac_conv_coop::conv_transpose1d_with_tile(gpu, &x, len_in as u32, &w, pad, &y_coop, f, chosen),
-                    dac_conv_coop::conv_transpose1d_with_tile(gpu, &x, len_in as u32, &w, pad, &y_coop, f, other),
                     dac_conv_cl::conv_transpose1d(gpu, &x16, len_in as u32, &w, &w_cl, pad, &y_cl, ClEpilogue::Store),
                     pack(gpu, &x_cl, SourceLayout::ChannelsLast, cin as u32, len_in as u32, Some(&alpha), &x16),
                 )
             }
         };
-        // One run each from the same y0 for the comparison, then the timings (which overwrite / accumulate into y).
+        // Timings only: tests/dac_cl.rs checks the values.
         let plain: Vec<&Dispatch> = plain.dispatches.iter().collect();
-        gpu.run(&plain.iter().copied().chain([&coop]).collect::<Vec<_>>());
-        let a = gpu.read_f32_blocking(&y_plain).map_err(|e| e.to_string())?;
-        let b = gpu.read_f32_blocking(&y_coop).map_err(|e| e.to_string())?;
-        let diff = max_abs_diff(&a[..y0.len()], &b[..y0.len()]);
-        let scale = a[..y0.len()].iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let (tp, tc, to) = (time(gpu, &plain, iters)?, time(gpu, &[&coop], iters)?, time(gpu, &[&coop_other], iters)?);
         gpu.run(&[&packer]);
-        let (tl, tk) = (time(gpu, &[&cl], iters)?, time(gpu, &[&packer], iters)?);
+        let (tp, tl, tk) = (time(gpu, &plain, iters)?, time(gpu, &[&cl], iters)?, time(gpu, &[&packer], iters)?);
         println!(
-            "  {:<36} plain {:7.3} ms {:6.2} TFLOP/s | channels-first TC ({} rows) {:7.3} ms {:6.2} | max abs diff {diff:.2e} (max |y| {scale:.2}) | {}-row tile {:7.3} ms | channels-last TC {:7.3} ms {:6.2} TFLOP/s + pack {:6.3} ms",
+            "  {:<36} plain {:7.3} ms {:6.2} TFLOP/s | tensor cores, channels-last {:7.3} ms {:6.2} TFLOP/s, x{:4.1} | its input's pack {:6.3} ms",
             l.describe(),
             tp * 1e3,
             l.flops() / tp / 1e12,
-            chosen.tm(),
-            tc * 1e3,
-            l.flops() / tc / 1e12,
-            other.tm(),
-            to * 1e3,
             tl * 1e3,
             l.flops() / tl / 1e12,
+            tp / tl,
             tk * 1e3
         );
-        Ok(Some(LayerTimes { plain: tp, coop: tc, cl: tl, pack: tk }))
+        Ok(Some(LayerTimes { plain: tp, cl: tl, pack: tk }))
     }
 
     /// Median ms of one whole decode and its PCM.
@@ -293,19 +274,17 @@ mod native {
         let mut rng = Rng(0x5EED_1234_ABCD_0001);
         for &frames in &args.frames {
             println!("{frames} frames ({:.2} s of audio), per layer:", frames as f64 * 512.0 / 44100.0);
-            let mut sum = LayerTimes { plain: 0.0, coop: 0.0, cl: 0.0, pack: 0.0 };
+            let mut sum = LayerTimes { plain: 0.0, cl: 0.0, pack: 0.0 };
             for l in decoder_layers(&cfg, frames) {
                 if let Some(t) = layer(&gpu, l, args.iters, &mut rng)? {
                     sum.plain += t.plain;
-                    sum.coop += t.coop;
                     sum.cl += t.cl;
                     sum.pack += t.pack;
                 }
             }
             println!(
-                "  sum over the tensor-core layers: plain {:.2} ms, channels-first TC {:.2} ms, channels-last TC {:.2} ms (+ packs {:.2} ms; the decode packs once per residual unit)",
+                "  sum over the tensor-core layers: plain {:.2} ms, tensor cores channels-last {:.2} ms (+ packs {:.2} ms; the decode packs once per convolution with taps)",
                 sum.plain * 1e3,
-                sum.coop * 1e3,
                 sum.cl * 1e3,
                 sum.pack * 1e3
             );
@@ -320,7 +299,7 @@ mod native {
             println!(
                 "whole decoder, {frames} frames: plain {ms_plain:.2} ms ({:.2} ms per 10 s), tensor cores ({}) {ms_coop:.2} ms ({:.2} ms per 10 s), x{:.1}; max abs PCM diff {:.2e} over {} samples",
                 ms_plain * per_10s,
-                if frames >= CHANNELS_LAST_MIN_FRAMES { "channels-last" } else { "channels-first where faster" },
+                if frames >= CHANNELS_LAST_MIN_FRAMES { "channels-last" } else { "plain below CHANNELS_LAST_MIN_FRAMES" },
                 ms_coop * per_10s,
                 ms_plain / ms_coop,
                 max_abs_diff(&pcm_plain, &pcm_coop),

@@ -15,7 +15,6 @@ use crate::kernels::dac_conv::{
 use crate::kernels::dac_channels_last::{self, SourceLayout};
 use crate::kernels::dac_conv::{conv_transpose_phase_weights, empty_matrix, write_matrix_rows};
 use crate::kernels::dac_conv_cl::{self, ClEpilogue};
-use crate::kernels::dac_conv_coop;
 use crate::kernels::GpuMatrix;
 use crate::kernels::dac_rvq::{rvq_decode, rvq_encode, RvqDims, RvqWeights};
 use crate::kernels::Numerics;
@@ -99,7 +98,7 @@ impl Weights {
 
 /// Windows of at least this many frames decode channels-last on tensor cores (where available); shorter ones
 /// (a stream's first windows) on the plain kernels, whose smaller tiles fill the GPU better there.
-pub const CHANNELS_LAST_MIN_FRAMES: usize = 64;
+pub const CHANNELS_LAST_MIN_FRAMES: usize = 16;
 
 /// GPU objects being allocated, and which checkpoint tensor fills which.
 struct Store<'g> {
@@ -462,9 +461,10 @@ impl DacModel {
         self.tile
     }
 
-    /// Whether decoders made from now on may use tensor cores (`kernels::dac_conv_coop`); they do where
-    /// `Gpu::tensor_cores()` and the weights are f16w (f32 models keep f32 weights exact on `dac_conv`).
-    /// Off forces the plain kernel (A/B comparisons). The encoder always uses `dac_conv` (f32 arithmetic).
+    /// Whether decoders made from now on may decode on tensor cores (channels-last, `kernels::dac_conv_cl`, for
+    /// windows of `CHANNELS_LAST_MIN_FRAMES` or more); they do where `Gpu::tensor_cores()`, the weights are f16w
+    /// (f32 models keep f32 weights exact on `dac_conv`) and every layer's widths suit `dac_conv_cl`. Off forces
+    /// the plain kernels (A/B comparisons). The encoder always uses `dac_conv` (f32 arithmetic).
     pub fn set_tensor_cores(&mut self, on: bool) {
         self.tensor_cores = on;
     }
@@ -543,12 +543,10 @@ impl DacModel {
         for (blk, len) in self.w.dec_blocks.iter().zip(&lens[2..]) {
             act = act.max(self.w.convts[blk.conv_t].cout as usize * *len as usize);
         }
-        let coop = self.uses_tensor_cores(gpu);
-        let channels_last = coop && self.w.decoder_channels_last();
+        let channels_last = self.uses_tensor_cores(gpu) && self.w.decoder_channels_last();
         Ok(DacDecoder {
             w: self.w.clone(),
             tile: self.tile,
-            coop,
             // The residual units' inner activation, f16 (half the widest activation's words).
             act_half: if channels_last { Some(buffer("dac.act_half", act.div_ceil(2))?) } else { None },
             n_codebooks: cfg.n_codebooks,
@@ -605,7 +603,7 @@ impl DacModel {
         let mut len = lens[1];
         for (blk, &next) in e.blocks.iter().zip(&lens[2..]) {
             for ru in &blk.res {
-                res_unit(gpu, w, ru, cur, &h, len, tile, false, &mut ds);
+                res_unit(gpu, w, ru, cur, &h, len, tile, &mut ds);
             }
             let c = &w.convs[blk.conv];
             let stride = c.kernel / 2;
@@ -656,24 +654,14 @@ fn encode_lengths(w: &Weights, e: &Encoder, samples: u32) -> Vec<u32> {
     lens
 }
 
-/// Conv1d on tensor cores where `coop` and that kernel is the faster one for the layer's shape, else on `dac_conv`.
+/// x += conv2(Snake₂(conv1_dil(Snake₁(x)))) over `[C, len]`, through `h`.
 #[allow(clippy::too_many_arguments)]
-fn conv1d_on(gpu: &Gpu, coop: bool, x: &GpuBuffer, len: u32, c: &Conv1dWeights, stride: u32, dil: u32, pad: u32, y: &GpuBuffer, fusion: ConvFusion, tile: ConvTile) -> Vec<Dispatch> {
-    if coop && dac_conv_coop::faster_than_plain(c.cout, conv1d_len(len, c.kernel, stride, dil, pad)) {
-        vec![dac_conv_coop::conv1d(gpu, x, len, c, stride, dil, pad, y, fusion)]
-    } else {
-        conv1d(gpu, x, len, c, stride, dil, pad, y, fusion, tile).dispatches
-    }
-}
-
-/// x += conv2(Snake₂(conv1_dil(Snake₁(x)))) over `[C, len]`, through `h` (on tensor cores where `coop`).
-#[allow(clippy::too_many_arguments)]
-fn res_unit(gpu: &Gpu, w: &Weights, ru: &ResUnit, x: &GpuBuffer, h: &GpuBuffer, len: u32, tile: ConvTile, coop: bool, out: &mut Vec<Dispatch>) {
+fn res_unit(gpu: &Gpu, w: &Weights, ru: &ResUnit, x: &GpuBuffer, h: &GpuBuffer, len: u32, tile: ConvTile, out: &mut Vec<Dispatch>) {
     let (c1, c2) = (&w.convs[ru.conv1], &w.convs[ru.conv2]);
     let f1 = ConvFusion { snake_alpha: Some(&w.alphas[ru.snake1]), ..Default::default() };
-    out.extend(conv1d_on(gpu, coop, x, len, c1, 1, ru.dilation, same_pad(c1, ru.dilation), h, f1, tile));
+    out.extend(conv1d(gpu, x, len, c1, 1, ru.dilation, same_pad(c1, ru.dilation), h, f1, tile).dispatches);
     let f2 = ConvFusion { snake_alpha: Some(&w.alphas[ru.snake2]), accumulate: true, tanh: false };
-    out.extend(conv1d_on(gpu, coop, h, len, c2, 1, 1, same_pad(c2, 1), x, f2, tile));
+    out.extend(conv1d(gpu, h, len, c2, 1, 1, same_pad(c2, 1), x, f2, tile).dispatches);
 }
 
 /// A decoding workspace: codes in, PCM out, for windows of up to `max_frames` frames. Record a decode into
@@ -682,8 +670,6 @@ fn res_unit(gpu: &Gpu, w: &Weights, ru: &ResUnit, x: &GpuBuffer, h: &GpuBuffer, 
 pub struct DacDecoder {
     w: Arc<Weights>,
     tile: ConvTile,
-    /// Convolutions on tensor cores (`DacModel::uses_tensor_cores` when the workspace was made).
-    coop: bool,
     /// Present when windows of `CHANNELS_LAST_MIN_FRAMES` or more decode channels-last (`plan_channels_last`).
     act_half: Option<GpuBuffer>,
     n_codebooks: usize,
@@ -766,30 +752,26 @@ impl DacDecoder {
             }
         }
         let w = &*self.w;
-        let (tile, coop) = (self.tile, self.coop);
+        let tile = self.tile;
         let lens = decode_lengths(w, frames);
         let mut ds = vec![rvq_decode(gpu, &self.codes, &w.rvq, &self.z, frames)];
         let c1 = &w.convs[w.dec_conv1];
-        ds.extend(conv1d_on(gpu, coop, &self.z, frames, c1, 1, 1, same_pad(c1, 1), &self.a, ConvFusion::default(), tile));
+        ds.extend(conv1d(gpu, &self.z, frames, c1, 1, 1, same_pad(c1, 1), &self.a, ConvFusion::default(), tile).dispatches);
         let (mut cur, mut other) = (&self.a, &self.b);
         let mut len = lens[1];
         for (blk, &next) in w.dec_blocks.iter().zip(&lens[2..]) {
             let ct = &w.convts[blk.conv_t];
             let fusion = ConvFusion { snake_alpha: Some(&w.alphas[blk.snake]), ..Default::default() };
-            ds.extend(if coop && dac_conv_coop::faster_than_plain(ct.cout, next) {
-                vec![dac_conv_coop::conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion)]
-            } else {
-                conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion, tile).dispatches
-            });
+            ds.extend(conv_transpose1d(gpu, cur, len, ct, ct.stride.div_ceil(2), other, fusion, tile).dispatches);
             std::mem::swap(&mut cur, &mut other);
             len = next;
             for ru in &blk.res {
-                res_unit(gpu, w, ru, cur, &self.h, len, tile, coop, &mut ds);
+                res_unit(gpu, w, ru, cur, &self.h, len, tile, &mut ds);
             }
         }
         let c2 = &w.convs[w.dec_conv2];
         let fusion = ConvFusion { snake_alpha: Some(&w.alphas[w.dec_snake]), accumulate: false, tanh: true };
-        ds.extend(conv1d_on(gpu, coop, cur, len, c2, 1, 1, same_pad(c2, 1), &self.pcm, fusion, tile));
+        ds.extend(conv1d(gpu, cur, len, c2, 1, 1, same_pad(c2, 1), &self.pcm, fusion, tile).dispatches);
         ds
     }
 

@@ -7,7 +7,7 @@
 //! beside the channels-first matrix the plain kernels use. Products of f16 values accumulate in f32.
 use std::fmt::Write;
 
-use super::dac_conv::{snake_decl, Conv1dWeights, ConvTranspose1dWeights, Geometry};
+use super::dac_conv::{Conv1dWeights, ConvTranspose1dWeights, Geometry};
 use super::{GpuMatrix, Numerics};
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 
@@ -136,21 +136,19 @@ pub fn supports(cin: u32, cout: u32) -> bool {
 pub fn shader_source(shape: ClShape, epilogue: &str) -> String {
     assert!(shape.fits(), "dac_conv_cl: unsupported {shape:?}");
     let out_decl = match epilogue {
-        "store" | "acc" => format!(
-            "@group(0) @binding(4) var<storage, read_write> y: array<f32>;\n\
-             fn emit(t: u32, co: u32, v: f32) {{\n\
-                 let i = t * P.cout + co;\n\
-                 {}\n\
-             }}\n",
-            if epilogue == "acc" { "y[i] = y[i] + v + bias[co];" } else { "y[i] = v + bias[co];" }
-        ),
-        "snake16" => format!(
-            "@group(0) @binding(4) var<storage, read_write> y: array<u32>;\n{}\
-             fn emit2(t: u32, co: u32, v0: f32, v1: f32) {{\n\
-                 y[(t * P.cout + co) / 2u] = pack2x16float(vec2<f32>(act(co, v0 + bias[co]), act(co + 1u, v1 + bias[co + 1u])));\n\
-             }}\n",
-            snake_decl(5)
-        ),
+        "store" | "acc" => "@group(0) @binding(4) var<storage, read_write> y: array<f32>;\n".to_string(),
+        // As in dac_conv.rs: sin² has period π, so the argument is reduced first (π split in two so n·PI_HI is
+        // exact) to keep approximate hardware sin accurate for large |αx|.
+        "snake16" => "@group(0) @binding(4) var<storage, read_write> y: array<u32>;\n\
+             @group(0) @binding(5) var<storage, read> alpha: array<f32>;\n\
+             fn snake(a: f32, v: f32) -> f32 {\n\
+                 let z = a * v;\n\
+                 let n = round(z * 0.318309886);\n\
+                 let r = (z - n * 3.140625) - n * 9.67653589793e-4;\n\
+                 let s = sin(r);\n\
+                 return v + s * s / (a + 1e-9);\n\
+             }\n"
+            .to_string(),
         other => panic!("dac_conv_cl: unknown epilogue {other}"),
     };
     specialize(
@@ -161,13 +159,13 @@ pub fn shader_source(shape: ClShape, epilogue: &str) -> String {
             ("TN", shape.tn().to_string()),
             ("SA_LEN", (shape.stages * shape.tm() * LDS).to_string()),
             ("SB_LEN", (shape.stages * shape.staged_n() * LDS).to_string()),
-            ("BODY", body(shape, epilogue == "snake16")),
+            ("BODY", body(shape, epilogue)),
         ],
     )
 }
 
 /// `main`'s body after its prologue (phase, q0, n0, w_row0, sg, nk).
-fn body(shape: ClShape, pairs: bool) -> String {
+fn body(shape: ClShape, epilogue: &str) -> String {
     let (tm, sn_rows) = (shape.tm(), shape.staged_n());
     let (passes_a, passes_b) = (tm / 64, sn_rows / 64);
     let mut s = String::new();
@@ -273,14 +271,17 @@ fn body(shape: ClShape, pairs: bool) -> String {
         stage(&mut s, "n", "0u", "0u");
     }
     s.push_str("        workgroupBarrier();\n    }\n");
-    output(&mut s, shape, pairs);
+    output(&mut s, shape, epilogue);
     s
 }
 
 /// One round per accumulator index (i, j): every subgroup stores its block into its slot of `so`, then the
 /// workgroup writes each slot's elements that lie inside y (one element per invocation, or one f16 pair per
-/// invocation of the first 128 for the packed epilogue).
-fn output(s: &mut String, shape: ClShape, pairs: bool) {
+/// invocation of the first 128 for the packed epilogue). Each round issues all its global loads (bias, α, the
+/// residual) before its stores: loads after a store to a possibly aliasing buffer wait for it, and a
+/// load-add-store chain per element made the k1 convolutions latency-bound.
+fn output(s: &mut String, shape: ClShape, epilogue: &str) {
+    let pairs = epilogue == "snake16";
     s.push_str("    let obase = sg * 256u;\n");
     if pairs {
         s.push_str("    let lr = lid / 8u;\n    let lc = (lid % 8u) * 2u;\n    let live = lid < 128u;\n");
@@ -293,20 +294,28 @@ fn output(s: &mut String, shape: ClShape, pairs: bool) {
         for j in 0..shape.frag_n {
             let _ = writeln!(s, "    let ov{i}{j} = acc{i}{j};");
             let _ = writeln!(s, "    coopStoreT(ov{i}{j}, &so[obase], 16u);");
-            s.push_str("    workgroupBarrier();\n");
+            s.push_str("    workgroupBarrier();\n    {\n");
             for g in 0..8 {
                 let (r, c, slot) = (sub_row(g, i), sub_col(g, j), g * 256);
-                let write = if pairs {
-                    format!("emit2(t, co, so[{slot}u + lr * 16u + lc], so[{slot}u + lr * 16u + lc + 1u]);")
+                let _ = writeln!(s, "        let t{g} = time_of(q0 + {r}u + lr, phase);");
+                let _ = writeln!(s, "        let co{g} = n0 + {c}u + lc;");
+                let _ = writeln!(s, "        let ok{g} = live && t{g} < P.len_out && co{g} < P.cout;");
+                let _ = writeln!(s, "        let c{g} = select(0u, co{g}, ok{g});");
+                if pairs {
+                    let _ = writeln!(s, "        let i{g} = select(0u, (t{g} * P.cout + co{g}) / 2u, ok{g});");
+                    let _ = writeln!(s, "        let v{g} = vec2<f32>(so[{slot}u + lr * 16u + lc], so[{slot}u + lr * 16u + lc + 1u]) + vec2<f32>(bias[c{g}], bias[c{g} + 1u]);");
+                    let _ = writeln!(s, "        let a{g} = vec2<f32>(alpha[c{g}], alpha[c{g} + 1u]);");
                 } else {
-                    format!("emit(t, co, so[{slot}u + lid]);")
-                };
-                let _ = writeln!(
-                    s,
-                    "    {{ let t = time_of(q0 + {r}u + lr, phase); let co = n0 + {c}u + lc; if live && t < P.len_out && co < P.cout {{ {write} }} }}"
-                );
+                    let _ = writeln!(s, "        let i{g} = select(0u, t{g} * P.cout + co{g}, ok{g});");
+                    let residual = if epilogue == "acc" { format!(" + y[i{g}]") } else { String::new() };
+                    let _ = writeln!(s, "        let v{g} = so[{slot}u + lid] + bias[c{g}]{residual};");
+                }
             }
-            s.push_str("    workgroupBarrier();\n");
+            for g in 0..8 {
+                let value = if pairs { format!("pack2x16float(vec2<f32>(snake(a{g}.x, v{g}.x), snake(a{g}.y, v{g}.y)))") } else { format!("v{g}") };
+                let _ = writeln!(s, "        if ok{g} {{ y[i{g}] = {value}; }}");
+            }
+            s.push_str("    }\n    workgroupBarrier();\n");
         }
     }
 }

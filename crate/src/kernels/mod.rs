@@ -16,7 +16,6 @@ pub mod kv_cache;
 pub mod attention;
 pub mod sampling;
 pub mod dac_conv;
-pub mod dac_conv_coop;
 pub mod dac_conv_cl;
 pub mod dac_channels_last;
 pub mod dac_rvq;
