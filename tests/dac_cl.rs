@@ -167,11 +167,29 @@ fn check_epilogues(gpu: &Gpu, label: &str, len_out: usize, cout: usize, b: &[f32
             }
             _ => {
                 let y = gpu.upload("y", &y0);
-                let acc = kind == "acc";
-                run(&y, if acc { ClEpilogue::Accumulate } else { ClEpilogue::Store });
+                let acc = kind.starts_with("acc");
+                let y16 = gpu.buffer("y16", (len_out * cout * 2) as u64);
+                run(
+                    &y,
+                    match kind {
+                        "store" => ClEpilogue::Store,
+                        "acc" => ClEpilogue::Accumulate,
+                        "store_pack" => ClEpilogue::StorePacked(&a, &y16),
+                        _ => ClEpilogue::AccumulatePacked(&a, &y16),
+                    },
+                );
                 let mut got = gpu.read_f32_blocking(&y).unwrap();
                 got.truncate(len_out * cout);
-                (got, conv_epilogue(&biased, &y0, acc, false))
+                let want = conv_epilogue(&biased, &y0, acc, false);
+                if kind.ends_with("_pack") {
+                    // The f16 copy is Snake of the f32 result, as the next convolution reads it.
+                    let packed = unpack_pairs(&read_u32(gpu, &y16, len_out * cout / 2));
+                    let want16: Vec<f32> = got.iter().enumerate().map(|(i, &v)| round_f16(snake(v as f64, alpha[i % cout] as f64) as f32)).collect();
+                    let e = rel_err(&packed, &want16);
+                    println!("{label} {kind} (f16 copy): rel err {e:.2e}");
+                    assert!(e < 1e-3, "{label} {kind} (f16 copy): rel err {e:.3e}");
+                }
+                (got, want)
             }
         };
         assert!(got.iter().all(|v| v.is_finite()), "{label} {kind}: non-finite output");

@@ -547,8 +547,13 @@ impl DacModel {
         Ok(DacDecoder {
             w: self.w.clone(),
             tile: self.tile,
-            // The residual units' inner activation, f16 (half the widest activation's words).
-            act_half: if channels_last { Some(buffer("dac.act_half", act.div_ceil(2))?) } else { None },
+            // Two f16 copies of the widest activation (or of the latent), written and read in turn.
+            act_half: if channels_last {
+                let words = act.max(cfg.latent * max_frames).div_ceil(2);
+                Some([buffer("dac.act_half_0", words)?, buffer("dac.act_half_1", words)?])
+            } else {
+                None
+            },
             n_codebooks: cfg.n_codebooks,
             codebook_size: cfg.codebook_size,
             max_frames,
@@ -670,8 +675,9 @@ fn res_unit(gpu: &Gpu, w: &Weights, ru: &ResUnit, x: &GpuBuffer, h: &GpuBuffer, 
 pub struct DacDecoder {
     w: Arc<Weights>,
     tile: ConvTile,
-    /// Present when windows of `CHANNELS_LAST_MIN_FRAMES` or more decode channels-last (`plan_channels_last`).
-    act_half: Option<GpuBuffer>,
+    /// Present when windows of `CHANNELS_LAST_MIN_FRAMES` or more decode channels-last (`plan_channels_last`):
+    /// the f16 inputs of its convolutions, alternately.
+    act_half: Option<[GpuBuffer; 2]>,
     n_codebooks: usize,
     codebook_size: usize,
     max_frames: usize,
@@ -746,9 +752,9 @@ impl DacDecoder {
     }
 
     fn plan(&self, gpu: &Gpu, frames: u32) -> Vec<Dispatch> {
-        if let Some(p2) = &self.act_half {
+        if let Some(halves) = &self.act_half {
             if frames as usize >= CHANNELS_LAST_MIN_FRAMES {
-                return self.plan_channels_last(gpu, frames, p2);
+                return self.plan_channels_last(gpu, frames, halves);
             }
         }
         let w = &*self.w;
@@ -775,42 +781,53 @@ impl DacDecoder {
         ds
     }
 
-    /// The decode on tensor cores over channels-last activations: the residual stream stays f32 `[time, C]` in
-    /// `a` / `b`; each convolution reads the f16 `[time, C]` copy that `pack` makes in `h` (Snake applied once per
-    /// element) or, inside a residual unit, that the first convolution's epilogue writes into `p2`.
-    fn plan_channels_last(&self, gpu: &Gpu, frames: u32, p2: &GpuBuffer) -> Vec<Dispatch> {
+    /// The decode on tensor cores over channels-last activations. The residual stream stays f32 `[time, C]` in
+    /// `a` / `b`; every convolution reads an f16 `[time, C]` copy with Snake applied, which the convolution before
+    /// it writes from its epilogue into one of `halves` (alternately: a convolution's input and its packed output
+    /// are different buffers). Only the latent is packed by a pass of its own; a residual unit's inner activation
+    /// goes through `h`.
+    fn plan_channels_last(&self, gpu: &Gpu, frames: u32, halves: &[GpuBuffer; 2]) -> Vec<Dispatch> {
         let w = &*self.w;
         let lens = decode_lengths(w, frames);
         let cl = |id: usize| w.convs_cl[id].as_ref().expect("tap-major decoder weights");
-        let pack = |src: &GpuBuffer, layout: SourceLayout, channels: u32, len: u32, alpha: Option<usize>| {
-            dac_channels_last::pack(gpu, src, layout, channels, len, alpha.map(|a| &w.alphas[a]), &self.h)
-        };
+        // The Snake of each convolution input in decode order; the convolution before each writes its copy.
+        let mut consumers = Vec::new();
+        for blk in &w.dec_blocks {
+            consumers.push(blk.snake);
+            consumers.extend(blk.res.iter().map(|r| r.snake1));
+        }
+        consumers.push(w.dec_snake);
+        let mut next_alpha = consumers.into_iter().map(|a| &w.alphas[a]);
+        let mut next = || next_alpha.next().expect("one packed copy per convolution input");
+        let (mut input, mut spare) = (&halves[0], &halves[1]);
+
         let c1 = &w.convs[w.dec_conv1];
         let mut ds = vec![
             rvq_decode(gpu, &self.codes, &w.rvq, &self.z, frames),
-            pack(&self.z, SourceLayout::ChannelsFirst, c1.cin, frames, None),
-            dac_conv_cl::conv1d(gpu, &self.h, frames, c1, cl(w.dec_conv1), 1, 1, same_pad(c1, 1), &self.a, ClEpilogue::Store),
+            dac_channels_last::pack(gpu, &self.z, SourceLayout::ChannelsFirst, c1.cin, frames, None, input),
+            dac_conv_cl::conv1d(gpu, input, frames, c1, cl(w.dec_conv1), 1, 1, same_pad(c1, 1), &self.a, ClEpilogue::StorePacked(next(), spare)),
         ];
+        std::mem::swap(&mut input, &mut spare);
         let (mut cur, mut other) = (&self.a, &self.b);
         let mut len = lens[1];
-        for (blk, &next) in w.dec_blocks.iter().zip(&lens[2..]) {
+        for (blk, &next_len) in w.dec_blocks.iter().zip(&lens[2..]) {
             let ct = &w.convts[blk.conv_t];
             let ct_cl = w.convts_cl[blk.conv_t].as_ref().expect("tap-major decoder weights");
-            ds.push(pack(cur, SourceLayout::ChannelsLast, ct.cin, len, Some(blk.snake)));
-            ds.push(dac_conv_cl::conv_transpose1d(gpu, &self.h, len, ct, ct_cl, ct.stride.div_ceil(2), other, ClEpilogue::Store));
+            ds.push(dac_conv_cl::conv_transpose1d(gpu, input, len, ct, ct_cl, ct.stride.div_ceil(2), other, ClEpilogue::StorePacked(next(), spare)));
             std::mem::swap(&mut cur, &mut other);
-            len = next;
+            std::mem::swap(&mut input, &mut spare);
+            len = next_len;
             for ru in &blk.res {
                 let (r1, r2) = (&w.convs[ru.conv1], &w.convs[ru.conv2]);
-                ds.push(pack(cur, SourceLayout::ChannelsLast, r1.cin, len, Some(ru.snake1)));
                 let inner = ClEpilogue::SnakeHalf(&w.alphas[ru.snake2]);
-                ds.push(dac_conv_cl::conv1d(gpu, &self.h, len, r1, cl(ru.conv1), 1, ru.dilation, same_pad(r1, ru.dilation), p2, inner));
-                ds.push(dac_conv_cl::conv1d(gpu, p2, len, r2, cl(ru.conv2), 1, 1, same_pad(r2, 1), cur, ClEpilogue::Accumulate));
+                ds.push(dac_conv_cl::conv1d(gpu, input, len, r1, cl(ru.conv1), 1, ru.dilation, same_pad(r1, ru.dilation), &self.h, inner));
+                let add = ClEpilogue::AccumulatePacked(next(), spare);
+                ds.push(dac_conv_cl::conv1d(gpu, &self.h, len, r2, cl(ru.conv2), 1, 1, same_pad(r2, 1), cur, add));
+                std::mem::swap(&mut input, &mut spare);
             }
         }
         let c2 = &w.convs[w.dec_conv2];
-        ds.push(pack(cur, SourceLayout::ChannelsLast, c2.cin, len, Some(w.dec_snake)));
-        ds.push(dac_channels_last::conv_mono(gpu, &self.h, len, c2, 1, same_pad(c2, 1), &self.pcm));
+        ds.push(dac_channels_last::conv_mono(gpu, input, len, c2, 1, same_pad(c2, 1), &self.pcm));
         ds
     }
 

@@ -95,6 +95,10 @@ pub enum ClEpilogue<'a> {
     /// y f16 channels-last `[len_out, cout]` (u32 pairs) = Snake(value) with per-channel α (`cout` even): the
     /// packed input of the next convolution, written without a `pack` pass.
     SnakeHalf(&'a GpuBuffer),
+    /// `Store`, and the next convolution's input as `SnakeHalf` writes it: (α, f16 destination).
+    StorePacked(&'a GpuBuffer, &'a GpuBuffer),
+    /// `Accumulate`, and Snake of the sum as f16 into the second buffer with α from the first.
+    AccumulatePacked(&'a GpuBuffer, &'a GpuBuffer),
 }
 
 impl ClEpilogue<'_> {
@@ -103,12 +107,14 @@ impl ClEpilogue<'_> {
             ClEpilogue::Store => "store",
             ClEpilogue::Accumulate => "acc",
             ClEpilogue::SnakeHalf(_) => "snake16",
+            ClEpilogue::StorePacked(..) => "store_pack",
+            ClEpilogue::AccumulatePacked(..) => "acc_pack",
         }
     }
 }
 
 /// The epilogue kinds, for host-side translation checks.
-pub const EPILOGUE_NAMES: [&str; 3] = ["store", "acc", "snake16"];
+pub const EPILOGUE_NAMES: [&str; 5] = ["store", "acc", "snake16", "store_pack", "acc_pack"];
 
 /// Rewrites rows of `cin·taps` columns from channel-major (`ci·taps + tap`, PyTorch's Conv1d layout and
 /// `conv_transpose_phase_weights`') to tap-major (`tap·cin + ci`).
@@ -135,20 +141,22 @@ pub fn supports(cin: u32, cout: u32) -> bool {
 /// The WGSL of one specialisation (entry point `main`).
 pub fn shader_source(shape: ClShape, epilogue: &str) -> String {
     assert!(shape.fits(), "dac_conv_cl: unsupported {shape:?}");
-    let out_decl = match epilogue {
-        "store" | "acc" => "@group(0) @binding(4) var<storage, read_write> y: array<f32>;\n".to_string(),
-        // As in dac_conv.rs: sin² has period π, so the argument is reduced first (π split in two so n·PI_HI is
-        // exact) to keep approximate hardware sin accurate for large |αx|.
-        "snake16" => "@group(0) @binding(4) var<storage, read_write> y: array<u32>;\n\
-             @group(0) @binding(5) var<storage, read> alpha: array<f32>;\n\
+    // As in dac_conv.rs: sin² has period π, so the argument is reduced first (π split in two so n·PI_HI is
+    // exact) to keep approximate hardware sin accurate for large |αx|.
+    let snake = "@group(0) @binding(5) var<storage, read> alpha: array<f32>;\n\
              fn snake(a: f32, v: f32) -> f32 {\n\
                  let z = a * v;\n\
                  let n = round(z * 0.318309886);\n\
                  let r = (z - n * 3.140625) - n * 9.67653589793e-4;\n\
                  let s = sin(r);\n\
                  return v + s * s / (a + 1e-9);\n\
-             }\n"
-            .to_string(),
+             }\n";
+    let out_decl = match epilogue {
+        "store" | "acc" => "@group(0) @binding(4) var<storage, read_write> y: array<f32>;\n".to_string(),
+        "snake16" => format!("@group(0) @binding(4) var<storage, read_write> y: array<u32>;\n{snake}"),
+        "store_pack" | "acc_pack" => {
+            format!("@group(0) @binding(4) var<storage, read_write> y: array<f32>;\n{snake}@group(0) @binding(6) var<storage, read_write> y16: array<u32>;\n")
+        }
         other => panic!("dac_conv_cl: unknown epilogue {other}"),
     };
     specialize(
@@ -276,18 +284,19 @@ fn body(shape: ClShape, epilogue: &str) -> String {
 }
 
 /// One round per accumulator index (i, j): every subgroup stores its block into its slot of `so`, then the
-/// workgroup writes each slot's elements that lie inside y (one element per invocation, or one f16 pair per
-/// invocation of the first 128 for the packed epilogue). Each round issues all its global loads (bias, α, the
+/// workgroup writes each slot's elements that lie inside y, two adjacent channels per invocation (an f16 pair
+/// packs into one word), two slots per pass. Each round issues all its global loads (bias, α, the
 /// residual) before its stores: loads after a store to a possibly aliasing buffer wait for it, and a
 /// load-add-store chain per element made the k1 convolutions latency-bound.
 fn output(s: &mut String, shape: ClShape, epilogue: &str) {
-    let pairs = epilogue == "snake16";
-    s.push_str("    let obase = sg * 256u;\n");
-    if pairs {
-        s.push_str("    let lr = lid / 8u;\n    let lc = (lid % 8u) * 2u;\n    let live = lid < 128u;\n");
-    } else {
-        s.push_str("    let lr = lid / 16u;\n    let lc = lid % 16u;\n    let live = true;\n");
-    }
+    let (packs, f32_out) = match epilogue {
+        "snake16" => (true, false),
+        "store_pack" | "acc_pack" => (true, true),
+        _ => (false, true),
+    };
+    let residual = epilogue.starts_with("acc");
+    // Two slots per pass: invocation lid takes columns lc, lc + 1 of row lr of slot 2·pass + hi.
+    s.push_str("    let obase = sg * 256u;\n    let hi = lid / 128u;\n    let lp = lid % 128u;\n    let lr = lp / 8u;\n    let lc = (lp % 8u) * 2u;\n");
     let sub_row = |g: u32, i: u32| (g / shape.sub_n) * 16 * shape.frag_m + 16 * i;
     let sub_col = |g: u32, j: u32| (g % shape.sub_n) * 16 * shape.frag_n + 16 * j;
     for i in 0..shape.frag_m {
@@ -295,25 +304,31 @@ fn output(s: &mut String, shape: ClShape, epilogue: &str) {
             let _ = writeln!(s, "    let ov{i}{j} = acc{i}{j};");
             let _ = writeln!(s, "    coopStoreT(ov{i}{j}, &so[obase], 16u);");
             s.push_str("    workgroupBarrier();\n    {\n");
-            for g in 0..8 {
-                let (r, c, slot) = (sub_row(g, i), sub_col(g, j), g * 256);
-                let _ = writeln!(s, "        let t{g} = time_of(q0 + {r}u + lr, phase);");
-                let _ = writeln!(s, "        let co{g} = n0 + {c}u + lc;");
-                let _ = writeln!(s, "        let ok{g} = live && t{g} < P.len_out && co{g} < P.cout;");
-                let _ = writeln!(s, "        let c{g} = select(0u, co{g}, ok{g});");
-                if pairs {
-                    let _ = writeln!(s, "        let i{g} = select(0u, (t{g} * P.cout + co{g}) / 2u, ok{g});");
-                    let _ = writeln!(s, "        let v{g} = vec2<f32>(so[{slot}u + lr * 16u + lc], so[{slot}u + lr * 16u + lc + 1u]) + vec2<f32>(bias[c{g}], bias[c{g} + 1u]);");
-                    let _ = writeln!(s, "        let a{g} = vec2<f32>(alpha[c{g}], alpha[c{g} + 1u]);");
-                } else {
-                    let _ = writeln!(s, "        let i{g} = select(0u, t{g} * P.cout + co{g}, ok{g});");
-                    let residual = if epilogue == "acc" { format!(" + y[i{g}]") } else { String::new() };
-                    let _ = writeln!(s, "        let v{g} = so[{slot}u + lid] + bias[c{g}]{residual};");
+            for p in 0..4 {
+                let (g0, g1) = (2 * p, 2 * p + 1);
+                let _ = writeln!(s, "        let t{p} = time_of(q0 + select({}u, {}u, hi == 1u) + lr, phase);", sub_row(g0, i), sub_row(g1, i));
+                let _ = writeln!(s, "        let co{p} = n0 + select({}u, {}u, hi == 1u) + lc;", sub_col(g0, j), sub_col(g1, j));
+                // cout is even, so co < cout covers co + 1.
+                let _ = writeln!(s, "        let ok{p} = t{p} < P.len_out && co{p} < P.cout;");
+                let _ = writeln!(s, "        let c{p} = select(0u, co{p}, ok{p});");
+                let _ = writeln!(s, "        let i{p} = select(0u, t{p} * P.cout + co{p}, ok{p});");
+                let _ = writeln!(s, "        let e{p} = ({}u + hi * 256u) + lr * 16u + lc;", g0 * 256);
+                let res = if residual { format!(" + vec2<f32>(y[i{p}], y[i{p} + 1u])") } else { String::new() };
+                let _ = writeln!(s, "        let v{p} = vec2<f32>(so[e{p}], so[e{p} + 1u]) + vec2<f32>(bias[c{p}], bias[c{p} + 1u]){res};");
+                if packs {
+                    let _ = writeln!(s, "        let a{p} = vec2<f32>(alpha[c{p}], alpha[c{p} + 1u]);");
                 }
             }
-            for g in 0..8 {
-                let value = if pairs { format!("pack2x16float(vec2<f32>(snake(a{g}.x, v{g}.x), snake(a{g}.y, v{g}.y)))") } else { format!("v{g}") };
-                let _ = writeln!(s, "        if ok{g} {{ y[i{g}] = {value}; }}");
+            for p in 0..4 {
+                let mut stores = String::new();
+                if f32_out {
+                    let _ = write!(stores, "y[i{p}] = v{p}.x; y[i{p} + 1u] = v{p}.y; ");
+                }
+                if packs {
+                    let target = if f32_out { "y16" } else { "y" };
+                    let _ = write!(stores, "{target}[i{p} / 2u] = pack2x16float(vec2<f32>(snake(a{p}.x, v{p}.x), snake(a{p}.y, v{p}.y))); ");
+                }
+                let _ = writeln!(s, "        if ok{p} {{ {stores}}}");
             }
             s.push_str("    }\n    workgroupBarrier();\n");
         }
@@ -350,6 +365,9 @@ fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w_cl: &GpuMatrix, bias: &GpuBuff
         ClEpilogue::SnakeHalf(_) => 2,
         _ => 4,
     };
+    if let ClEpilogue::StorePacked(_, y16) | ClEpilogue::AccumulatePacked(_, y16) = epilogue {
+        assert!(y16.size >= g.len_out as u64 * g.cout as u64 * 2, "dac_conv_cl: packed output smaller than [len_out, cout]");
+    }
     assert!(y.size >= g.len_out as u64 * g.cout as u64 * out_bytes, "dac_conv_cl: output smaller than [len_out, cout]");
     let shape = shape.unwrap_or_else(|| ClShape::for_geometry(gpu, &g));
     assert!(
@@ -379,8 +397,10 @@ fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w_cl: &GpuMatrix, bias: &GpuBuff
     };
     let workgroups = if g.len_out == 0 { [0, 0, 0] } else { [grid_x, g.cout.div_ceil(shape.tn()), g.nphase * split] };
     let mut buffers = vec![x, &w_cl.data, bias, y];
-    if let ClEpilogue::SnakeHalf(alpha) = epilogue {
-        buffers.push(alpha);
+    match epilogue {
+        ClEpilogue::SnakeHalf(alpha) => buffers.push(alpha),
+        ClEpilogue::StorePacked(alpha, y16) | ClEpilogue::AccumulatePacked(alpha, y16) => buffers.extend([alpha, y16]),
+        ClEpilogue::Store | ClEpilogue::Accumulate => {}
     }
     gpu.dispatch(&pipe, &params, &buffers, workgroups)
 }
