@@ -20,7 +20,8 @@ use dia_webgpu::kernels::{round_f16, GpuMatrix, Numerics};
 fn variants() -> Vec<(ClShape, &'static str)> {
     let mut out = Vec::new();
     for shape in ClShape::ALL {
-        for stages in [1, 2] {
+        // Each shape as declared and single-buffered (what the per-call choice falls back to).
+        for stages in [shape.stages, 1].into_iter().collect::<std::collections::BTreeSet<_>>() {
             for e in EPILOGUE_NAMES {
                 out.push((shape.with_stages(stages), e));
             }
@@ -212,7 +213,10 @@ fn channels_last_conv1d_matches_cpu_on_ragged_shapes() {
         (96, 96, 7, 1, 3, 9, 1000, Some(ClShape::LARGE96)),
         (24, 200, 1, 1, 1, 0, 129, None),
         (56, 130, 7, 1, 1, 3, 17, Some(ClShape::LARGE)),
-        (64, 40, 8, 4, 1, 2, 203, Some(ClShape::MEDIUM.with_stages(1))),
+        (64, 40, 8, 4, 1, 2, 203, Some(ClShape::LARGE.with_stages(1))),
+        (96, 96, 7, 1, 9, 27, 700, Some(ClShape::TALL96)),
+        (64, 192, 7, 1, 3, 9, 600, Some(ClShape::WIDE192)),
+        (128, 256, 1, 1, 1, 0, 513, Some(ClShape::TALL)),
     ];
     for (cin, cout, k, stride, dil, pad, len, shape) in cases {
         let x: Vec<f32> = rng.vec(len * cin, 2.0).into_iter().map(round_f16).collect();

@@ -31,7 +31,7 @@ mod native {
     use dia_webgpu::kernels::dac_conv::{self, conv1d_len, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights};
     use dia_webgpu::kernels::dac_channels_last::{pack, SourceLayout};
     use dia_webgpu::kernels::dac_conv::conv_transpose_phase_weights;
-    use dia_webgpu::kernels::dac_conv_cl::{self, tap_major, ClEpilogue};
+    use dia_webgpu::kernels::dac_conv_cl::{self, tap_major, ClEpilogue, ClShape};
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
 
     #[derive(Parser)]
@@ -46,6 +46,9 @@ mod native {
         /// Only the whole decoder, not each layer.
         #[arg(long)]
         whole_only: bool,
+        /// Per layer, also time the tensor-core kernel with every work split of `ClShape::ALL`.
+        #[arg(long)]
+        sweep: bool,
     }
 
     /// Small deterministic generator (xorshift64*), uniform in [−1, 1).
@@ -163,7 +166,7 @@ mod native {
     }
 
     /// Times and compares one layer; None where the layer stays on the plain kernel.
-    fn layer(gpu: &Gpu, l: Layer, iters: usize, rng: &mut Rng) -> Result<Option<LayerTimes>, String> {
+    fn layer(gpu: &Gpu, l: Layer, iters: usize, sweep: bool, rng: &mut Rng) -> Result<Option<LayerTimes>, String> {
         let tile = ConvTile::preferred(gpu, Numerics::F16W);
         let (cin, cout, len_in, len_out) = match l {
             Layer::Conv(cin, cout, k, d, len, ..) => (cin, cout, len, conv1d_len(len as u32, k as u32, 1, d as u32, ((k - 1) * d / 2) as u32) as usize),
@@ -184,7 +187,8 @@ mod native {
         let y_cl = gpu.upload("y_cl", &y0);
         let y16 = gpu.buffer("y16", (cout * len_out * 2) as u64);
         let alpha_out = gpu.upload("alpha_out", &(0..cout).map(|_| 1.0 + 0.5 * rng.uniform()).collect::<Vec<f32>>());
-        let (plain, cl, packer) = match l {
+        type ClWith<'a> = Box<dyn Fn(Option<ClShape>) -> Dispatch + 'a>;
+        let (plain, cl_with, packer): (_, ClWith, _) = match l {
             Layer::Conv(_, _, k, d, _, snake, accumulate, tanh) => {
                 let wd = rng.vec(cout * cin * k, 1.0 / ((cin * k) as f32).sqrt());
                 let w = Conv1dWeights::upload(gpu, "w", &wd, &rng.vec(cout, 0.1), cout, cin, k, Numerics::F16W).map_err(|e| e.to_string())?;
@@ -199,9 +203,14 @@ mod native {
                 } else {
                     ClEpilogue::StorePacked(&alpha_out, &y16)
                 };
+                let plain = dac_conv::conv1d(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_plain, f, tile);
+                let (x16, y_cl) = (&x16, &y_cl);
                 (
-                    dac_conv::conv1d(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_plain, f, tile),
-                    dac_conv_cl::conv1d(gpu, &x16, len_in as u32, &w, &w_cl, 1, d as u32, pad, &y_cl, epilogue),
+                    plain,
+                    Box::new(move |shape| match shape {
+                        Some(sh) => dac_conv_cl::conv1d_shaped(gpu, x16, len_in as u32, &w, &w_cl, 1, d as u32, pad, y_cl, epilogue, sh),
+                        None => dac_conv_cl::conv1d(gpu, x16, len_in as u32, &w, &w_cl, 1, d as u32, pad, y_cl, epilogue),
+                    }),
                     pack(gpu, &x_cl, SourceLayout::ChannelsLast, cin as u32, len_in as u32, snake.then_some(&alpha), &x16),
                 )
             }
@@ -212,15 +221,21 @@ mod native {
                 let w_cl = GpuMatrix::upload(gpu, "wt_cl", &tap_major(&phased, cin, 2), s * cout, 2 * cin, Numerics::F16W).map_err(|e| e.to_string())?;
                 let f = ConvFusion { snake_alpha: Some(&alpha), ..Default::default() };
                 let pad = s.div_ceil(2) as u32;
+                let plain = dac_conv::conv_transpose1d(gpu, &x, len_in as u32, &w, pad, &y_plain, f, tile);
+                let (x16, y_cl, epilogue) = (&x16, &y_cl, ClEpilogue::StorePacked(&alpha_out, &y16));
                 (
-                    dac_conv::conv_transpose1d(gpu, &x, len_in as u32, &w, pad, &y_plain, f, tile),
-                    dac_conv_cl::conv_transpose1d(gpu, &x16, len_in as u32, &w, &w_cl, pad, &y_cl, ClEpilogue::StorePacked(&alpha_out, &y16)),
+                    plain,
+                    Box::new(move |shape| match shape {
+                        Some(sh) => dac_conv_cl::conv_transpose1d_shaped(gpu, x16, len_in as u32, &w, &w_cl, pad, y_cl, epilogue, sh),
+                        None => dac_conv_cl::conv_transpose1d(gpu, x16, len_in as u32, &w, &w_cl, pad, y_cl, epilogue),
+                    }),
                     pack(gpu, &x_cl, SourceLayout::ChannelsLast, cin as u32, len_in as u32, Some(&alpha), &x16),
                 )
             }
         };
         // Timings only: tests/dac_cl.rs checks the values.
         let plain: Vec<&Dispatch> = plain.dispatches.iter().collect();
+        let cl = cl_with(None);
         gpu.run(&[&packer]);
         let (tp, tl, tk) = (time(gpu, &plain, iters)?, time(gpu, &[&cl], iters)?, time(gpu, &[&packer], iters)?);
         println!(
@@ -233,6 +248,15 @@ mod native {
             tp / tl,
             tk * 1e3
         );
+        if sweep {
+            let limit = gpu.limits.max_compute_workgroup_storage_size;
+            let mut line = String::from("    work splits:");
+            for shape in ClShape::ALL.into_iter().filter(|s| s.workgroup_bytes() <= limit) {
+                let t = time(gpu, &[&cl_with(Some(shape))], iters)?;
+                line += &format!(" {} {:.3} ms;", shape.name(), t * 1e3);
+            }
+            println!("{line}");
+        }
         Ok(Some(LayerTimes { plain: tp, cl: tl, pack: tk }))
     }
 
@@ -254,11 +278,18 @@ mod native {
             gpu.wait_idle().map_err(|e| e.to_string())?;
             Ok(t0.elapsed().as_secs_f64() * 1e3)
         };
-        // Untimed first: pipeline compiles, the launch sequence, and half a second for the GPU's clocks to come up
-        // (an 18-frame decode right after start-up measured 7.0 ms against 2.4 warm).
+        // Untimed first: pipeline compiles, the launch sequence, and decodes until three in a row agree within 5 %
+        // (0.5 to 5 s): on the H100 the first second of tensor-core decodes ran 2-4x slower (an 18-frame decode
+        // 7.0 ms against 2.4 once settled, 861 frames 74 and 29 ms against 17.5).
         let warm = Instant::now();
-        while warm.elapsed().as_secs_f64() < 0.5 {
-            once()?;
+        let mut last: Vec<f64> = Vec::new();
+        while warm.elapsed().as_secs_f64() < 5.0 {
+            last.push(once()?);
+            let tail = &last[last.len().saturating_sub(3)..];
+            let settled = tail.len() == 3 && tail.iter().cloned().fold(f64::MIN, f64::max) <= 1.05 * tail.iter().cloned().fold(f64::MAX, f64::min);
+            if settled && warm.elapsed().as_secs_f64() >= 0.5 {
+                break;
+            }
         }
         let mut times = (0..iters).map(|_| once()).collect::<Result<Vec<f64>, String>>()?;
         times.sort_by(f64::total_cmp);
@@ -284,7 +315,7 @@ mod native {
             println!("{frames} frames ({:.2} s of audio), per layer:", frames as f64 * 512.0 / 44100.0);
             let mut sum = LayerTimes { plain: 0.0, cl: 0.0, pack: 0.0 };
             for l in decoder_layers(&cfg, frames) {
-                if let Some(t) = layer(&gpu, l, args.iters, &mut rng)? {
+                if let Some(t) = layer(&gpu, l, args.iters, args.sweep, &mut rng)? {
                     sum.plain += t.plain;
                     sum.cl += t.cl;
                     sum.pack += t.pack;

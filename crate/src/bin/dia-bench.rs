@@ -616,7 +616,7 @@ mod native {
     }
 
     /// Milliseconds to decode `frames` frames with the DAC (codes already on the GPU, PCM left there):
-    /// median of `runs` after half a second of warm-up decodes (which also build the launch sequence).
+    /// median of `runs` after warm-up decodes (which also build the launch sequence) have settled.
     fn time_dac(gpu: &Gpu, dac: &DacModel, frames: usize, runs: usize) -> Result<f64> {
         let mut dec = dac.decoder(gpu, frames)?;
         let book = dac.config.codebook_size as u64;
@@ -633,13 +633,20 @@ mod native {
             gpu.wait_idle()?;
             Ok(ms(t0.elapsed()))
         };
-        // Half a second of decodes first: the GPU idled while the CPU made the codec's random weights, and a
-        // 24 ms decode right after that measured the clock ramp (80 ms on the H100 against 24 when warm).
+        // Warm-up until three decodes in a row agree within 5 % (at least half a second, at most five): on the H100 the
+        // first second of decodes after the codec's random weights were made ran at 74, 29, then 17.5 ms.
         let warm = Instant::now();
-        while warm.elapsed() < Duration::from_millis(500) {
-            decode_once()?;
+        let mut last: Vec<f64> = Vec::new();
+        while warm.elapsed() < Duration::from_secs(5) {
+            last.push(decode_once()?);
+            let tail = &last[last.len().saturating_sub(3)..];
+            let settled = tail.len() == 3 && tail.iter().cloned().fold(f64::MIN, f64::max) <= 1.05 * tail.iter().cloned().fold(f64::MAX, f64::min);
+            if settled && warm.elapsed() >= Duration::from_millis(500) {
+                break;
+            }
         }
         let times = (0..runs).map(|_| decode_once()).collect::<Result<Vec<f64>>>()?;
+        eprintln!("DAC decodes of {frames} frames, ms: {}", times.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>().join(", "));
         let head = gpu.read_f32_blocking(&dec.pcm_buffer().slice(0, 4 * dec.pcm_len(frames).min(4096) as u64))?;
         if head.iter().any(|v| !v.is_finite()) {
             return Err("the DAC produced non-finite samples".into());

@@ -36,11 +36,13 @@ impl ClShape {
     pub const LARGE: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 2, frag_n: 4, stages: 2 };
     /// 128 × 96 (96- and 192-channel layers without idle columns).
     pub const LARGE96: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 2, frag_n: 3, stages: 2 };
-    /// 64 × 128 (short inputs: twice the workgroups).
-    pub const MEDIUM: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 1, frag_n: 4, stages: 2 };
-    /// 64 × 96.
-    pub const MEDIUM96: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 1, frag_n: 3, stages: 2 };
-    pub const ALL: [ClShape; 4] = [ClShape::LARGE, ClShape::LARGE96, ClShape::MEDIUM, ClShape::MEDIUM96];
+    /// 128 × 192, single-buffered (192-channel layers in one column tile).
+    pub const WIDE192: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 2, frag_n: 6, stages: 1 };
+    /// 256 × 96, single-buffered.
+    pub const TALL96: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 4, frag_n: 3, stages: 1 };
+    /// 256 × 128, single-buffered.
+    pub const TALL: ClShape = ClShape { sub_m: 4, sub_n: 2, frag_m: 4, frag_n: 4, stages: 1 };
+    pub const ALL: [ClShape; 5] = [ClShape::LARGE, ClShape::LARGE96, ClShape::WIDE192, ClShape::TALL96, ClShape::TALL];
 
     pub fn tm(self) -> u32 {
         16 * self.sub_m * self.frag_m
@@ -73,13 +75,21 @@ impl ClShape {
         self.sub_m * self.sub_n == 8 && self.frag_m >= 1 && self.frag_n >= 1 && self.tm().is_multiple_of(64) && (self.stages == 1 || self.stages == 2)
     }
 
-    /// Per call: 96 output channels per tile where that divides `cout` and 128 does not, the 128-row tile
-    /// where it still gives `GROUPS_TARGET` workgroups, double-buffered where the workgroup memory allows.
+    /// Per call, measured on an H100 (`bench_dac_coop --sweep`, 861 frames): the tile covers all of a 192-channel
+    /// layer (128 × 192), 96 channels where 128 does not divide the count, else 128; and 256 rows where that still
+    /// gives `GROUPS_TARGET` workgroups, else 128 (64-row tiles lost everywhere, even with twice the workgroups).
+    /// 384 channels × 55k steps, k7: 1.055 ms at 128 × 128, 0.835 at 256 × 128; 192 × 220k: 1.29 ms at
+    /// 128 × 96, 1.07 at 128 × 192; 96 × 441k: 0.678 at 128 × 96, 0.598 at 256 × 96.
     fn for_geometry(gpu: &Gpu, g: &Geometry) -> ClShape {
-        let narrow = !g.cout.is_multiple_of(128) && g.cout.is_multiple_of(96);
-        let (tall, short) = if narrow { (ClShape::LARGE96, ClShape::MEDIUM96) } else { (ClShape::LARGE, ClShape::MEDIUM) };
+        let (big, small) = if g.cout == 192 {
+            (ClShape::WIDE192, ClShape::LARGE96)
+        } else if g.cout.is_multiple_of(96) && !g.cout.is_multiple_of(128) {
+            (ClShape::TALL96, ClShape::LARGE96)
+        } else {
+            (ClShape::TALL, ClShape::LARGE)
+        };
         let groups = |s: ClShape| g.cols.div_ceil(s.tm()) * g.cout.div_ceil(s.tn()) * g.nphase;
-        let shape = if groups(tall) >= GROUPS_TARGET { tall } else { short };
+        let shape = if groups(big) >= GROUPS_TARGET { big } else { small };
         let limit = gpu.limits.max_compute_workgroup_storage_size;
         if shape.workgroup_bytes() <= limit { shape } else { shape.with_stages(1) }
     }
@@ -416,6 +426,12 @@ pub fn conv1d(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &Conv1dWeights, w_cl: &G
 #[allow(clippy::too_many_arguments)]
 pub fn conv1d_shaped(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &Conv1dWeights, w_cl: &GpuMatrix, stride: u32, dilation: u32, padding: u32, y: &GpuBuffer, epilogue: ClEpilogue, shape: ClShape) -> Dispatch {
     build(gpu, Geometry::conv1d(len_in, w, stride, dilation, padding), x, w_cl, &w.bias, y, epilogue, Some(shape))
+}
+
+/// `conv_transpose1d` with a forced work split (tests and benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose1d_shaped(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &ConvTranspose1dWeights, w_cl: &GpuMatrix, padding: u32, y: &GpuBuffer, epilogue: ClEpilogue, shape: ClShape) -> Dispatch {
+    build(gpu, Geometry::conv_transpose1d(len_in, w, padding), x, w_cl, &w.bias, y, epilogue, Some(shape))
 }
 
 /// y (`[len_out, cout]` per `epilogue`) = ConvTranspose1d of packed f16 channels-last x `[len_in, cin]` with
