@@ -1,6 +1,7 @@
 //! `shaders/dac_channels_last.wgsl`: the plain helper kernels of the DAC's channels-last decode on tensor cores
-//! (`dac_conv_cl`): `pack` turns f32 activations into the f16 channels-last input of the next convolution
-//! (Snake applied once per element, not once per tap), `conv_mono` is the last, one-channel convolution.
+//! (`dac_conv_cl`): `pack` turns f32 activations into the f16 channels-last input of a convolution (Snake applied
+//! once per element, not once per tap; the decode packs only the RVQ's latent this way, the convolutions' epilogues
+//! write the other inputs), `conv_mono` is the last, one-channel convolution.
 //!
 //! Channels-last f16 activations `[time, C]` are stored as u32 pairs (low half = even channel); C is even
 //! (a multiple of 8 for `conv_mono` and the convolutions, which read 8 channels per 16-byte load).

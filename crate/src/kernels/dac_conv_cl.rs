@@ -1,7 +1,9 @@
-//! `shaders/dac_conv_cl.wgsl`: the DAC decoder's convolutions on tensor cores over f16 channels-last
-//! activations (`dac_channels_last::pack` makes them, Snake applied once per element), as an implicit GEMM
-//! with time as the rows and a tap-major reduction, so the input tile of a stage is 32 consecutive channels of
-//! TM input rows: plain 16-byte loads. Native only (`Gpu::tensor_cores()`, f16 weights).
+//! `shaders/dac_conv_cl.wgsl`: the DAC decoder's convolutions on tensor cores over f16 channels-last activations
+//! (written by the previous convolution's epilogue or by `dac_channels_last::pack`, Snake applied once per
+//! element), as an implicit GEMM with time as the rows and a tap-major reduction, so the input tile of a stage is
+//! 32 consecutive channels of TM input rows: plain 16-byte loads. Native only (`Gpu::tensor_cores()`, f16
+//! weights). The epilogue adds the bias and writes f32 (stored, or added to the residual stream), the next
+//! convolution's Snake'd f16 input, or both.
 //!
 //! Weights: the convolution's matrix rewritten tap-major (`tap_major`), `[nphase·cout, taps·cin]` f16, kept
 //! beside the channels-first matrix the plain kernels use. Products of f16 values accumulate in f32.
