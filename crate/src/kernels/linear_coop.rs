@@ -10,6 +10,8 @@
 //! or the product becomes ±inf.
 use std::fmt::Write;
 
+use super::coop_code::{staged_reduction, Staging};
+
 use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer};
 use super::linear::{check_shapes, LinearEpilogue};
 use super::{GpuMatrix, Numerics};
@@ -310,53 +312,7 @@ fn body(shape: CoopShape, epilogue: LinearEpilogue, access: CoopAccess) -> Strin
             }
         }
     };
-    // The tensor-core work on the stage at `base_a` / `base_b`.
-    let compute = |s: &mut String, base_a: &str, base_b: &str| {
-        for kk in 0..2 {
-            for i in 0..shape.frag_m {
-                let _ = writeln!(
-                    s,
-                    "        let fa{kk}{i} = coopLoadT<coop_mat16x16<f16, A>>(&sa[{base_a} + (sm + {}u) * {LDS}u + {}u], {LDS}u);",
-                    16 * i,
-                    16 * kk
-                );
-            }
-            for j in 0..shape.frag_n {
-                let _ = writeln!(
-                    s,
-                    "        let fb{kk}{j} = coopLoad<coop_mat16x16<f16, B>>(&sb[{base_b} + (sn + {}u) * {LDS}u + {}u], {LDS}u);",
-                    16 * j,
-                    16 * kk
-                );
-            }
-            for i in 0..shape.frag_m {
-                for j in 0..shape.frag_n {
-                    let _ = writeln!(s, "        acc{i}{j} = coopMultiplyAdd(fa{kk}{i}, fb{kk}{j}, acc{i}{j});");
-                }
-            }
-        }
-    };
-    s.push_str("    {\n");
-    load(&mut s, "p", "0u");
-    stage(&mut s, "p", "0u", "0u");
-    s.push_str("    }\n    workgroupBarrier();\n    for (var kt = 0u; kt < nk; kt++) {\n");
-    // The next stage's loads go out before this stage's matrix work (the last iteration reloads itself).
-    s.push_str("        let kn = min(kt + 1u, nk - 1u) * 32u;\n");
-    load(&mut s, "n", "kn");
-    if shape.stages == 2 {
-        let (sa_len, sb_len) = (tm * LDS, tn * LDS);
-        let _ = writeln!(s, "        let ca = (kt % 2u) * {sa_len}u;");
-        let _ = writeln!(s, "        let na = {sa_len}u - ca;");
-        let _ = writeln!(s, "        let cb = (kt % 2u) * {sb_len}u;");
-        let _ = writeln!(s, "        let nb = {sb_len}u - cb;");
-        compute(&mut s, "ca", "cb");
-        stage(&mut s, "n", "na", "nb");
-    } else {
-        compute(&mut s, "0u", "0u");
-        s.push_str("        workgroupBarrier();\n");
-        stage(&mut s, "n", "0u", "0u");
-    }
-    s.push_str("        workgroupBarrier();\n    }\n");
+    staged_reduction(&mut s, shape.frag_m, shape.frag_n, LDS, shape.stages, tm * LDS, tn * LDS, Staging { load: &load, stage: &stage });
     output(&mut s, shape, epilogue);
     s
 }

@@ -9,6 +9,7 @@
 //!   with `queue.write_buffer` (never in the uniform), so dispatches are reused unchanged.
 pub mod linear;
 pub mod linear_coop;
+mod coop_code;
 pub mod norm;
 pub mod embed;
 pub mod rope;
