@@ -569,19 +569,22 @@ fn conv_code(shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split:
     ConvCode { setup, fetch, store, compute, epilogue }
 }
 
-/// WGSL declaring Snake's α at `@binding(binding)` and `fn act(ci: u32, v: f32) -> f32` (Snake of channel ci).
+/// WGSL declaring Snake's α at `@binding(binding)`, `fn snake(a: f32, v: f32) -> f32` (Snake with α = a) and
+/// `fn act(ci: u32, v: f32) -> f32` (Snake of channel ci).
 pub(crate) fn snake_decl(binding: u32) -> String {
     // sin² has period π: reducing the argument first keeps approximate hardware sin accurate for large
     // |αx| (π split in two so n·PI_HI is exact).
     format!(
         "@group(0) @binding({binding}) var<storage, read> alpha: array<f32>;\n\
-         fn act(ci: u32, v: f32) -> f32 {{\n\
-             let a = alpha[ci];\n\
+         fn snake(a: f32, v: f32) -> f32 {{\n\
              let z = a * v;\n\
              let n = round(z * 0.318309886);\n\
              let r = (z - n * 3.140625) - n * 9.67653589793e-4;\n\
              let s = sin(r);\n\
              return v + s * s / (a + 1e-9);\n\
+         }}\n\
+         fn act(ci: u32, v: f32) -> f32 {{\n\
+             return snake(alpha[ci], v);\n\
          }}\n"
     )
 }

@@ -9,7 +9,9 @@
 //! beside the channels-first matrix the plain kernels use. Products of f16 values accumulate in f32.
 use std::fmt::Write;
 
-use super::dac_conv::{Conv1dWeights, ConvTranspose1dWeights, Geometry};
+use super::coop_code::{staged_reduction, Staging};
+
+use super::dac_conv::{snake_decl, Conv1dWeights, ConvTranspose1dWeights, Geometry};
 use super::{GpuMatrix, Numerics};
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 
@@ -153,16 +155,7 @@ pub fn supports(cin: u32, cout: u32) -> bool {
 /// The WGSL of one specialisation (entry point `main`).
 pub fn shader_source(shape: ClShape, epilogue: &str) -> String {
     assert!(shape.fits(), "dac_conv_cl: unsupported {shape:?}");
-    // As in dac_conv.rs: sin² has period π, so the argument is reduced first (π split in two so n·PI_HI is
-    // exact) to keep approximate hardware sin accurate for large |αx|.
-    let snake = "@group(0) @binding(5) var<storage, read> alpha: array<f32>;\n\
-             fn snake(a: f32, v: f32) -> f32 {\n\
-                 let z = a * v;\n\
-                 let n = round(z * 0.318309886);\n\
-                 let r = (z - n * 3.140625) - n * 9.67653589793e-4;\n\
-                 let s = sin(r);\n\
-                 return v + s * s / (a + 1e-9);\n\
-             }\n";
+    let snake = snake_decl(5);
     let out_decl = match epilogue {
         "store" | "acc" => "@group(0) @binding(4) var<storage, read_write> y: array<f32>;\n".to_string(),
         "snake16" => format!("@group(0) @binding(4) var<storage, read_write> y: array<u32>;\n{snake}"),
@@ -245,52 +238,7 @@ fn body(shape: ClShape, epilogue: &str) -> String {
             halves(s, "sb", base_b, &format!("sbo{u}"), &format!("vw{u}{tag}"));
         }
     };
-    let compute = |s: &mut String, base_a: &str, base_b: &str| {
-        for kk in 0..2 {
-            for i in 0..shape.frag_m {
-                let _ = writeln!(
-                    s,
-                    "        let fa{kk}{i} = coopLoadT<coop_mat16x16<f16, A>>(&sa[{base_a} + (sm + {}u) * {LDS}u + {}u], {LDS}u);",
-                    16 * i,
-                    16 * kk
-                );
-            }
-            for j in 0..shape.frag_n {
-                let _ = writeln!(
-                    s,
-                    "        let fb{kk}{j} = coopLoad<coop_mat16x16<f16, B>>(&sb[{base_b} + (sn + {}u) * {LDS}u + {}u], {LDS}u);",
-                    16 * j,
-                    16 * kk
-                );
-            }
-            for i in 0..shape.frag_m {
-                for j in 0..shape.frag_n {
-                    let _ = writeln!(s, "        acc{i}{j} = coopMultiplyAdd(fa{kk}{i}, fb{kk}{j}, acc{i}{j});");
-                }
-            }
-        }
-    };
-    s.push_str("    {\n");
-    load(&mut s, "p", "0u");
-    stage(&mut s, "p", "0u", "0u");
-    s.push_str("    }\n    workgroupBarrier();\n    for (var kt = 0u; kt < nk; kt++) {\n");
-    // The next stage's loads go out before this stage's matrix work (the last iteration reloads itself).
-    s.push_str("        let kn = min(kt + 1u, nk - 1u) * 32u;\n");
-    load(&mut s, "n", "kn");
-    if shape.stages == 2 {
-        let (sa_len, sb_len) = (tm * LDS, sn_rows * LDS);
-        let _ = writeln!(s, "        let ca = (kt % 2u) * {sa_len}u;");
-        let _ = writeln!(s, "        let na = {sa_len}u - ca;");
-        let _ = writeln!(s, "        let cb = (kt % 2u) * {sb_len}u;");
-        let _ = writeln!(s, "        let nb = {sb_len}u - cb;");
-        compute(&mut s, "ca", "cb");
-        stage(&mut s, "n", "na", "nb");
-    } else {
-        compute(&mut s, "0u", "0u");
-        s.push_str("        workgroupBarrier();\n");
-        stage(&mut s, "n", "0u", "0u");
-    }
-    s.push_str("        workgroupBarrier();\n    }\n");
+    staged_reduction(&mut s, shape.frag_m, shape.frag_n, LDS, shape.stages, tm * LDS, sn_rows * LDS, Staging { load: &load, stage: &stage });
     output(&mut s, shape, epilogue);
     s
 }
