@@ -13,7 +13,7 @@ use crate::kernels::dac_conv::{
     conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights,
 };
 use crate::kernels::dac_channels_last::{self, SourceLayout};
-use crate::kernels::dac_conv::{conv_transpose_phase_weights, empty_matrix, write_matrix_rows};
+use crate::kernels::dac_conv::{empty_matrix, write_matrix_rows};
 use crate::kernels::dac_conv_cl::{self, ClEpilogue};
 use crate::kernels::GpuMatrix;
 use crate::kernels::dac_rvq::{rvq_decode, rvq_encode, RvqDims, RvqWeights};
@@ -342,11 +342,10 @@ impl<'g> DacModelBuilder<'g> {
             Target::ConvB(id) => self.store.convs[id].set_bias(gpu, data),
             Target::ConvTW(id) => {
                 let c = &self.store.convts[id];
-                c.set_weight(gpu, data);
+                let phased = c.phased(data);
+                c.set_phased_weight(gpu, &phased);
                 if let Some(m) = &self.store.convts_cl[id] {
-                    let (cin, cout, kernel, stride) = (c.cin as usize, c.cout as usize, c.kernel as usize, c.stride as usize);
-                    let phased = conv_transpose_phase_weights(data, cin, cout, kernel, stride);
-                    write_matrix_rows(gpu, m, 0, &dac_conv_cl::tap_major(&phased, cin, c.taps() as usize), m.rows as usize);
+                    write_matrix_rows(gpu, m, 0, &dac_conv_cl::tap_major(&phased, c.cin as usize, c.taps() as usize), m.rows as usize);
                 }
             }
             Target::ConvTB(id) => self.store.convts[id].set_bias(gpu, data),

@@ -162,9 +162,17 @@ impl ConvTranspose1dWeights {
 
     /// `w`: `[cin, cout, kernel]` row-major; rewritten into the per-phase layout here.
     pub fn set_weight(&self, gpu: &Gpu, w: &[f32]) {
-        let (cin, cout, kernel, stride) = (self.cin as usize, self.cout as usize, self.kernel as usize, self.stride as usize);
-        let phased = conv_transpose_phase_weights(w, cin, cout, kernel, stride);
-        write_matrix_rows(gpu, &self.w, 0, &phased, stride * cout);
+        self.set_phased_weight(gpu, &self.phased(w));
+    }
+
+    /// `w` `[cin, cout, kernel]` in the per-phase layout of `conv_transpose_phase_weights`.
+    pub fn phased(&self, w: &[f32]) -> Vec<f32> {
+        conv_transpose_phase_weights(w, self.cin as usize, self.cout as usize, self.kernel as usize, self.stride as usize)
+    }
+
+    /// Uploads weights already in the per-phase layout (`phased`).
+    pub fn set_phased_weight(&self, gpu: &Gpu, phased: &[f32]) {
+        write_matrix_rows(gpu, &self.w, 0, phased, (self.stride * self.cout) as usize);
     }
 
     pub fn set_bias(&self, gpu: &Gpu, bias: &[f32]) {
