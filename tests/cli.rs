@@ -84,8 +84,14 @@ fn cli_bad_input_fails_without_output() {
     let bad_wav = dir.path().join("bad.wav");
     std::fs::write(&bad_wav, b"RIFF\x24\x00\x00\x00WAVEnot really").unwrap();
     let long = "a".repeat(1025);
+    let nan_wav = dir.path().join("nan.wav");
+    let mut samples = vec![0.25f32; 4410];
+    samples[100] = f32::NAN;
+    std::fs::write(&nan_wav, dia_webgpu::pipeline::wav_bytes(&samples, 44_100)).unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--text", "", "--model", s(&dia), "--codec", s(&dac)], "empty"),
+        (vec!["--text", " \n\t  ", "--model", s(&dia), "--codec", s(&dac)], "whitespace"),
+        (vec!["--text", "hi", "--model", s(&dia), "--codec", s(&dac), "--prompt-audio", s(&nan_wav)], "finite"),
         (vec!["--text", &long, "--model", s(&dia), "--codec", s(&dac)], "1024"),
         (vec!["--text", "hi", "--model", s(&truncated), "--codec", s(&dac)], "model"),
         (vec!["--text", "hi", "--model", s(&dia), "--codec", s(dir.path())], "codec"),
@@ -102,10 +108,33 @@ fn cli_bad_input_fails_without_output() {
         assert!(leftovers.is_empty(), "{args:?} left a partial file");
         println!("{needle}: {}", err.trim());
     }
+    // An output directory that does not exist fails before anything is loaded: the model named here does not
+    // exist either, and the message is about the output.
+    let missing = dir.path().join("no/such/dir/x.wav");
+    for flag in ["--out", "--codes-out"] {
+        let o = dia_tts(&["--text", "hi", "--model", "/nonexistent/model", "--codec", s(&dac), flag, s(&missing)], &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(flag) && err.contains("does not exist") && !err.contains("/nonexistent/model"), "{flag}: {err}");
+        assert!(!dir.path().join("no").exists());
+    }
     // No adapter: only a backend this machine cannot have.
     let o = dia_tts(&["--text", "hi", "--model", s(&dia), "--codec", s(&dac), "--out", s(&out)], &[("WGPU_BACKEND", Path::new("dx12"))]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("no GPU adapter") && !out.exists(), "{err}");
+}
+
+/// Lengths cut before the EOS tail completes (which once panicked indexing past the generated rows) write a WAV.
+#[test]
+fn cli_short_max_new_tokens_write_a_wav() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dia, dac) = (fixtures_dir().join("dia"), fixtures_dir().join("dac"));
+    for n in ["1", "2", "15", "16", "17"] {
+        let out = dir.path().join(format!("n{n}.wav"));
+        let o = dia_tts(&["--text", "[S1] Short.", "--model", s(&dia), "--codec", s(&dac), "--out", s(&out), "--max-new-tokens", n], &[]);
+        assert!(o.status.success(), "--max-new-tokens {n}: {}", String::from_utf8_lossy(&o.stderr));
+        let pcm = read_wav(&out);
+        assert!(pcm.len() % 512 == 0, "--max-new-tokens {n}: {} samples", pcm.len());
+    }
 }
 
 /// A hub-style file server on 127.0.0.1: `/{repo}/resolve/main/{file}` with Range support. Records requests.

@@ -145,6 +145,60 @@ fn pipeline_prompt_audio_formats() {
     assert!(matches!(Audio::from_wav(&bytes[..bytes.len() / 2 + 1]), Err(PipelineError::Audio(_))));
 }
 
+/// Every length a user may ask for works: from 1 row (nothing but the BOS row's successor) through the lengths
+/// cut before the 15-row EOS tail completes (2..15 once indexed past the generated rows) to a few windows. The audio
+/// is whole frames of the final rows only, and the streamed audio equals decoding those frames at once.
+#[test]
+fn pipeline_every_short_max_new_tokens() {
+    let gpu = test_gpu();
+    let (dia, dac) = long_talker(&gpu, Numerics::F32);
+    let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+    let cfg = &dia.cfg;
+    let c = cfg.decoder.channels;
+    for n in 1..=40usize {
+        let mut opts = GenerateOptions { max_new_tokens: n, ..GenerateOptions::default() };
+        opts.sampling.seed = n as u64;
+        let (pcm, _, speech) = speak(&tts, "[S1] Short.", None, &opts);
+        let g = &speech.generation;
+        // Frames whose every channel exists (delayed row t + 15) and that come before the channel-0 EOS row.
+        let finals = g.rows.saturating_sub(15);
+        let pads = (0..g.rows).filter(|&r| g.codes[r * c] == cfg.pad).count();
+        let end = (g.rows - pads).saturating_sub(1).min(finals).max(g.prefix_rows);
+        let frames = end - g.prefix_rows;
+        assert_eq!(pcm.len(), frames * 512, "max_new_tokens {n}: {} rows", g.rows);
+        let codes = codes_for_decode(&g.item(0), &cfg.delay_pattern, cfg.bos, cfg.pad, cfg.eos, Some(g.prefix_rows));
+        assert_eq!(codes.len(), frames * c, "max_new_tokens {n}: whole decoding crops like streaming");
+        if frames > 0 {
+            let cm: Vec<u32> = (0..c).flat_map(|ch| (0..frames).map(move |t| (t, ch))).map(|(t, ch)| codes[t * c + ch]).collect();
+            let whole = dac.decode_blocking(&gpu, &cm, frames).unwrap();
+            assert!(snr_db(&pcm, &whole) >= 80.0, "max_new_tokens {n}: streamed audio differs from whole decoding");
+        }
+    }
+}
+
+/// NaN and ±Inf samples in a voice prompt are refused (from a WAV and as samples handed over directly), before
+/// the codec sees them.
+#[test]
+fn pipeline_refuses_non_finite_prompts() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut samples = vec![0.1f32; 1000];
+        samples[700] = bad;
+        let r = Audio::from_wav(&wav_bytes(&samples, 44_100));
+        assert!(matches!(&r, Err(PipelineError::Audio(m)) if m.contains("sample 700")), "{bad}: {r:?}");
+    }
+    let gpu = test_gpu();
+    let (dia, dac) = models(&gpu, Numerics::F32);
+    let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+    let prompt = Audio { samples: vec![0.0, f32::NAN, 0.0], sample_rate: 44_100 };
+    let mut got = 0usize;
+    let r = pollster::block_on(tts.speak("[S1] Hi.", Some(&prompt), &GenerateOptions::default(), &mut |c: &[f32]| got += c.len(), &|| false));
+    assert!(matches!(r, Err(PipelineError::Audio(_))), "{r:?}");
+    assert_eq!(got, 0);
+    // Text that is only whitespace is refused like the empty string.
+    let r = pollster::block_on(tts.speak(" \n\t ", None, &GenerateOptions::default(), &mut |_: &[f32]| {}, &|| false));
+    assert!(matches!(r, Err(PipelineError::Dia(DiaError::EmptyText))), "{r:?}");
+}
+
 /// GPU memory is flat over many generations in one session: after each `speak` (texts and lengths varying,
 /// every fourth one asked to cancel after its first chunk) the library's buffers and wgpu's device allocations
 /// are where they were after the first one.

@@ -54,7 +54,21 @@ impl Audio {
         .map_err(|e| PipelineError::Audio(format!("truncated or corrupt WAV data: {e}")))?;
         let ch = spec.channels as usize;
         let samples = interleaved.chunks_exact(ch).map(|f| f.iter().sum::<f32>() / ch as f32).collect();
-        Ok(Audio { samples, sample_rate: spec.sample_rate })
+        let audio = Audio { samples, sample_rate: spec.sample_rate };
+        audio.check_finite()?;
+        Ok(audio)
+    }
+
+    /// Refuses NaN and ±Inf samples (a float WAV can hold them; the codec would turn them into NaN codes).
+    pub fn check_finite(&self) -> Result<(), PipelineError> {
+        match self.samples.iter().position(|s| !s.is_finite()) {
+            Some(i) => Err(PipelineError::Audio(format!(
+                "sample {i} ({:.3} s in) is {}: the audio must hold finite values only",
+                i as f64 / self.sample_rate.max(1) as f64,
+                self.samples[i]
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The same audio at `rate` Hz (FFT resampler; identity when the rate already matches).
@@ -128,6 +142,10 @@ impl<'a> Tts<'a> {
         if audio.samples.is_empty() {
             return Err(PipelineError::Audio("the voice prompt is empty".into()));
         }
+        if audio.sample_rate == 0 {
+            return Err(PipelineError::Audio("the voice prompt has a sample rate of 0 Hz".into()));
+        }
+        audio.check_finite()?;
         let mut pcm = audio.resampled(SAMPLE_RATE)?.samples;
         let hop = 512;
         pcm.resize(pcm.len().div_ceil(hop) * hop, 0.0);
@@ -178,7 +196,9 @@ impl<'a> Tts<'a> {
         // The channel-0 EOS row ends the audio (HF batch_decode crop); flush everything up to it.
         let c = cfg.decoder.channels;
         let pads = (0..generation.rows).filter(|&r| generation.codes[r * c] == cfg.pad).count();
-        let end = (generation.rows - pads).saturating_sub(1).max(stream.start);
+        // A generation cut before its EOS tail (max_new_tokens < 16) has frames whose later channels were never
+        // produced: only final frames are audio.
+        let end = (generation.rows - pads).saturating_sub(1).min(stream.final_frames()).max(stream.start);
         stream.end = Some(end);
         stream.flush(end, end).await?;
         Ok(Speech { frames: stream.emitted - stream.start, samples: stream.samples, generation })

@@ -51,17 +51,20 @@ pub fn rows_to_feed(prefix: &[u32], channels: usize, pad: u32) -> usize {
 
 /// HF `batch_decode` crop of one item's delayed codes `[S, C]`: revert the delay and keep undelayed rows
 /// `[start, end)` with start = `prompt_rows` (BOS + prompt) or the channel-0 BOS count, end = the channel-0
-/// EOS row. Values outside the codebook are clamped to 0 (spec §4.1). Returns `[T, C]` row-major.
+/// EOS row. Values outside the codebook are clamped to 0 (spec §4.1). A sequence cut before its EOS tail is
+/// complete (fewer than 16 new rows) has frames whose later channels were never generated: it ends at the last
+/// frame whose every channel exists, rather than decoding made-up codes. Returns `[T, C]` row-major.
 pub fn codes_for_decode(seq: &[u32], delay: &[usize], bos: u32, pad: u32, codebook: u32, prompt_rows: Option<usize>) -> Vec<u32> {
     let c = delay.len();
     let s = seq.len() / c;
     let start = prompt_rows.unwrap_or_else(|| (0..s).filter(|&t| seq[t * c] == bos).count());
     let pads = (0..s).filter(|&t| seq[t * c] == pad).count();
-    let end = (s - pads).saturating_sub(1);
+    let complete = s.saturating_sub(delay.iter().copied().max().unwrap_or(0));
+    let end = (s - pads).saturating_sub(1).min(complete);
     let mut out = Vec::new();
     for t in start..end.max(start) {
         for (ch, &d) in delay.iter().enumerate() {
-            let v = if t + d < s { seq[(t + d) * c + ch] } else { 0 };
+            let v = seq[(t + d) * c + ch];
             out.push(if v < codebook { v } else { 0 });
         }
     }
@@ -97,5 +100,15 @@ mod tests {
         // undelayed frames a0=(1,2), a1=(3,4); delayed with BOS 9, then EOS(7)/PAD(8) tail.
         let seq = vec![9, 9, 1, 9, 3, 2, 7, 4, 8, 7];
         assert_eq!(codes_for_decode(&seq, &delay, 9, 8, 5, None), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn crop_of_a_sequence_cut_before_its_tail_keeps_complete_frames_only() {
+        let delay = [0, 2];
+        // BOS row, then 3 generated rows and no EOS: frame 1 has channel 1 at row 3, frame 2 would need row 4.
+        let seq = vec![9, 9, 1, 9, 3, 9, 4, 2];
+        assert_eq!(codes_for_decode(&seq, &delay, 9, 8, 5, None), vec![1, 2]);
+        // Fewer rows than the delay: no frame is complete.
+        assert!(codes_for_decode(&seq[..4], &delay, 9, 8, 5, None).is_empty());
     }
 }

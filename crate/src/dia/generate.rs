@@ -108,6 +108,10 @@ impl<'m> Session<'m> {
     /// Prepares a request: `texts` (one item each), an optional voice prompt as undelayed DAC codes
     /// `[frames, C]` shared by every item, and options. Runs the encoder.
     pub fn new(gpu: &'m Gpu, model: &'m DiaModel, texts: &[&str], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool) -> Result<Session<'m>, DiaError> {
+        // Text that is only whitespace would be spoken as silence at best: refuse it like the empty string.
+        if texts.iter().any(|t| t.trim().is_empty()) {
+            return Err(DiaError::EmptyText);
+        }
         let items: Vec<Vec<u32>> = texts.iter().map(|t| encode_text(t)).collect();
         Self::from_tokens(gpu, model, &items, prompt, opts, record_scores)
     }

@@ -28,7 +28,7 @@ pub enum DiaError {
     Weights(#[from] crate::weights::WeightsError),
     #[error("bad model config: {0}")]
     Config(String),
-    #[error("the text is empty")]
+    #[error("the text is empty (or only whitespace)")]
     EmptyText,
     #[error("the text is {bytes} bytes long; the encoder takes at most {limit} bytes")]
     TextTooLong { bytes: usize, limit: usize },

@@ -110,6 +110,14 @@ mod native {
             (None, None) => unreachable!("clap requires one"),
         };
         let text = text.trim_end_matches(['\n', '\r']).to_string();
+        // Everything a user can get wrong is checked before minutes of loading and generating.
+        if text.trim().is_empty() {
+            return Err("the text is empty (or only whitespace): give the words to speak with --text or --text-file".into());
+        }
+        check_output_path(&args.out, "--out")?;
+        if let Some(p) = &args.codes_out {
+            check_output_path(p, "--codes-out")?;
+        }
         let numerics = Numerics::parse(&args.dtype).unwrap();
         let prompt = match &args.prompt_audio {
             Some(p) => {
@@ -193,6 +201,24 @@ mod native {
             gpu.describe(),
             numerics.name(),
         );
+        Ok(())
+    }
+
+    /// An output path must name a file in a directory that exists, so a typo fails at once, not after the generation.
+    fn check_output_path(path: &Path, flag: &str) -> Result<(), String> {
+        if path.as_os_str().is_empty() || path.file_name().is_none() {
+            return Err(format!("{flag} {:?} does not name a file", path.display().to_string()));
+        }
+        if path.is_dir() {
+            return Err(format!("{flag} {} is a directory; give a file name", path.display()));
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(format!("{flag} {}: the directory {} does not exist", path.display(), dir.display()));
+        }
         Ok(())
     }
 
