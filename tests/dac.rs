@@ -759,6 +759,30 @@ fn dac_parity_encode_codes_identical() {
     assert!(first_same * 10 >= shape[2] * 9, "f16w first-codebook agreement {first_same}/{}", shape[2]);
 }
 
+/// A decoder width that is not a multiple of 2^blocks (36: blocks of 18, 9, 4 and 2 channels, floor division as in
+/// the reference) decodes and encodes like HF transformers' DacModel (`tests/fixtures/dac-width-36`, made by its
+/// `make.py`).
+#[test]
+fn dac_parity_decoder_width_not_a_multiple_of_2_pow_blocks() {
+    let gpu = test_gpu();
+    let dir = common::repo_root().join("tests/fixtures/dac-width-36");
+    let exp = common::load_expected(&dir.join("expected.safetensors"));
+    let cfg = DacConfig::from_json_str(&std::fs::read_to_string(dir.join("dac/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg.decoder_hidden, 36);
+    let (cshape, codes) = &exp["dac.codes"];
+    let frames = cshape[2];
+    for (numerics, min_snr) in [(Numerics::F32, 60.0), (Numerics::F16W, 55.0)] {
+        let model = DacModel::load_dir(&gpu, &dir.join("dac"), numerics, true).unwrap();
+        let got = model.decode_blocking(&gpu, &as_codes(codes), frames).unwrap();
+        let snr = common::snr_db(&got, &exp["dac.decoded"].1);
+        println!("dac width 36 decode {}: SNR {snr:.1} dB", numerics.name());
+        assert!(snr >= min_snr, "{}: SNR {snr:.1} dB < {min_snr} dB", numerics.name());
+    }
+    let model = DacModel::load_dir(&gpu, &dir.join("dac"), Numerics::F32, true).unwrap();
+    let got = model.encode_blocking(&gpu, &exp["dac.prompt_pcm"].1).unwrap();
+    assert_eq!(got, as_codes(&exp["dac.encoded_codes"].1), "encoded codes differ from the reference");
+}
+
 /// The three stored weight forms load to the same model: weight norm is folded with g per slice of
 /// axis 0 (per input channel for ConvTranspose).
 #[test]

@@ -189,7 +189,9 @@ fn weights_config_dac_defaults_and_errors() {
         with(&|v| v["upsampling_ratios"] = json!([8, 8, 8, 2])),
         Err(ConfigError::DacHopLength { upsampling: 1024, .. })
     ));
-    assert!(matches!(with(&|v| v["decoder_hidden_size"] = json!(40)), Err(ConfigError::DacDecoderWidth { .. })));
+    // Block widths are floor(40 / 2^(j+1)) = 20, 10, 5, 2 as in the reference; 15 leaves none after 4 halvings.
+    assert!(with(&|v| v["decoder_hidden_size"] = json!(40)).is_ok());
+    assert!(matches!(with(&|v| v["decoder_hidden_size"] = json!(15)), Err(ConfigError::DacDecoderWidth { .. })));
     assert_eq!(with(&|v| v["n_codebooks"] = json!(0)), Err(ConfigError::ZeroSize("n_codebooks".into())));
     assert_eq!(
         with(&|v| {

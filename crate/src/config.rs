@@ -110,7 +110,7 @@ pub enum ConfigError {
     #[error("DAC hop_length {hop_length} must equal the product of downsampling ({downsampling}) and of upsampling ({upsampling}) ratios")]
     DacHopLength { hop_length: usize, downsampling: usize, upsampling: usize },
     #[error(
-        "DAC decoder_hidden_size {decoder_hidden} is not divisible by 2^{blocks} (one halving per upsampling block)"
+        "DAC decoder_hidden_size {decoder_hidden} leaves no channel after {blocks} halvings (one per upsampling block): it must be at least 2^{blocks}"
     )]
     DacDecoderWidth { decoder_hidden: usize, blocks: usize },
 }
@@ -584,10 +584,10 @@ impl DacConfig {
         if down != self.hop_length || up != self.hop_length {
             return Err(ConfigError::DacHopLength { hop_length: self.hop_length, downsampling: down, upsampling: up });
         }
-        // Each decoder block halves the channel count.
+        // Decoder block j outputs decoder_hidden / 2^(j+1) channels, rounded down as the reference does; the last
+        // block must keep at least one.
         let blocks = self.upsampling_ratios.len();
-        let divisor = 1usize.checked_shl(blocks as u32).unwrap_or(0);
-        if divisor == 0 || !self.decoder_hidden.is_multiple_of(divisor) {
+        if blocks >= usize::BITS as usize || self.decoder_hidden >> blocks == 0 {
             return Err(ConfigError::DacDecoderWidth { decoder_hidden: self.decoder_hidden, blocks });
         }
         Ok(())
