@@ -1,5 +1,6 @@
 //! The `dia-tts` program end to end: reference audio from the tiny fixtures, voice prompts, error cases that
-//! must leave no output behind, and downloads from a hub-style server on 127.0.0.1 (sharded, resumed).
+//! must leave no output behind, and downloads from a hub-style server on 127.0.0.1 (sharded, resumed, the
+//! Hugging Face cache layout, unsafe shard names, corrupt LFS files) and caches used offline.
 mod common;
 
 use std::collections::BTreeMap;
@@ -137,7 +138,44 @@ fn cli_short_max_new_tokens_write_a_wav() {
     }
 }
 
-/// A hub-style file server on 127.0.0.1: `/{repo}/resolve/main/{file}` with Range support. Records requests.
+/// The commit every repository of the test hub resolves `main` to.
+const COMMIT: &str = "6a1f0c3e9d2b4a5f8e7d6c5b4a39281706f5e4d3";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One file of a test repository. LFS files are announced by their SHA-256 and served from `/cdn/{sha}`
+/// through a 302, as the Hugging Face hub does; `served` replaces the bytes the CDN sends (corruption).
+#[derive(Clone)]
+struct HubFile {
+    bytes: Vec<u8>,
+    lfs: bool,
+    served: Option<Vec<u8>>,
+}
+
+impl HubFile {
+    fn git(bytes: Vec<u8>) -> HubFile {
+        HubFile { bytes, lfs: false, served: None }
+    }
+    fn lfs(bytes: Vec<u8>) -> HubFile {
+        HubFile { bytes, lfs: true, served: None }
+    }
+    /// The ETag the hub gives a file: its SHA-256 for LFS files, a git blob id (40 hex digits) otherwise.
+    fn etag(&self) -> String {
+        let sha = sha256_hex(&self.bytes);
+        if self.lfs {
+            sha
+        } else {
+            sha[..40].to_string()
+        }
+    }
+}
+
+/// A Hugging Face–style hub on 127.0.0.1: `/{repo}/resolve/{main or COMMIT}/{file}` answers HEAD and GET
+/// with `X-Repo-Commit` and an ETag; LFS files redirect to `/cdn/{sha256}` with `X-Linked-Etag` and
+/// `X-Linked-Size`. Range requests are honoured. Records every request as "METHOD PATH RANGE".
 struct Hub {
     port: u16,
     log: Arc<Mutex<Vec<String>>>,
@@ -145,8 +183,24 @@ struct Hub {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap()
+}
+
+/// `data`, or the part of it that a `Range: bytes=N-` header asks for.
+fn ranged(data: &[u8], range: Option<&str>) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    match range.and_then(|r| r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse::<usize>().ok())) {
+        Some(from) if from < data.len() => tiny_http::Response::from_data(data[from..].to_vec())
+            .with_status_code(206)
+            .with_header(header("Content-Range", &format!("bytes {from}-{}/{}", data.len() - 1, data.len()))),
+        Some(_) => tiny_http::Response::from_data(Vec::new()).with_status_code(416),
+        None => tiny_http::Response::from_data(data.to_vec()),
+    }
+}
+
 impl Hub {
-    fn start(files: BTreeMap<String, Vec<u8>>) -> Hub {
+    /// `repos`: "org/name" → file name → file.
+    fn start(repos: BTreeMap<String, BTreeMap<String, HubFile>>) -> Hub {
         let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
         let port = server.server_addr().to_ip().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -158,13 +212,26 @@ impl Hub {
                 let Ok(Some(req)) = server.recv_timeout(std::time::Duration::from_millis(100)) else { continue };
                 let path = req.url().to_string();
                 let range = req.headers().iter().find(|h| h.field.equiv("Range")).map(|h| h.value.to_string());
-                log2.lock().unwrap().push(format!("{path} {}", range.clone().unwrap_or_default()));
-                let _ = match files.get(&path) {
-                    None => req.respond(tiny_http::Response::from_string("not found").with_status_code(404)),
-                    Some(data) => match range.and_then(|r| r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse::<usize>().ok())) {
-                        Some(from) if from < data.len() => req.respond(tiny_http::Response::from_data(data[from..].to_vec()).with_status_code(206)),
-                        _ => req.respond(tiny_http::Response::from_data(data.clone())),
-                    },
+                log2.lock().unwrap().push(format!("{} {path} {}", req.method(), range.clone().unwrap_or_default()));
+                let lookup = path.split_once("/resolve/").and_then(|(repo, rest)| {
+                    let (rev, file) = rest.split_once('/')?;
+                    let f = repos.get(repo.trim_start_matches('/'))?.get(file)?;
+                    (rev == "main" || rev == COMMIT).then_some(f)
+                });
+                let cdn = path.strip_prefix("/cdn/").and_then(|sha| repos.values().flat_map(|r| r.values()).find(|f| f.lfs && f.etag() == sha));
+                let _ = match (lookup, cdn) {
+                    (Some(f), _) if f.lfs => req.respond(
+                        tiny_http::Response::empty(302)
+                            .with_header(header("Location", &format!("http://127.0.0.1:{port}/cdn/{}", f.etag())))
+                            .with_header(header("X-Repo-Commit", COMMIT))
+                            .with_header(header("X-Linked-Etag", &format!("\"{}\"", f.etag())))
+                            .with_header(header("X-Linked-Size", &f.bytes.len().to_string())),
+                    ),
+                    (Some(f), _) => req.respond(
+                        ranged(&f.bytes, range.as_deref()).with_header(header("X-Repo-Commit", COMMIT)).with_header(header("ETag", &format!("\"{}\"", f.etag()))),
+                    ),
+                    (None, Some(f)) => req.respond(ranged(f.served.as_ref().unwrap_or(&f.bytes), range.as_deref())),
+                    (None, None) => req.respond(tiny_http::Response::from_string("not found").with_status_code(404)),
                 };
             }
         });
@@ -173,6 +240,10 @@ impl Hub {
 
     fn url(&self) -> PathBuf {
         PathBuf::from(format!("http://127.0.0.1:{}", self.port))
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 }
 
@@ -185,10 +256,12 @@ impl Drop for Hub {
     }
 }
 
-#[test]
-fn cli_downloads_sharded_checkpoint_with_resume() {
+const DIA_REPO: &str = "nari-labs/Dia-1.6B-0626";
+const DAC_REPO: &str = "descript/dac_44khz";
+
+/// The tiny Dia split into two shards with an index, as the real 0626 checkpoint ships.
+fn sharded_dia() -> BTreeMap<String, HubFile> {
     let fx = fixtures_dir();
-    // The tiny Dia split into two shards with an index, as the real 0626 checkpoint ships.
     let all = load_expected(&fx.join("dia/model.safetensors"));
     let names: Vec<&String> = all.keys().collect();
     let half = names.len() / 2;
@@ -200,39 +273,183 @@ fn cli_downloads_sharded_checkpoint_with_resume() {
         shards[k].push(((*n).clone(), shape.clone(), data.clone()));
         index.insert((*n).clone(), serde_json::Value::from(format!("model-0000{}-of-00002.safetensors", k + 1)));
     }
-    let mut files = BTreeMap::new();
-    let dia = "/nari-labs/Dia-1.6B-0626/resolve/main";
-    let dac = "/descript/dac_44khz/resolve/main";
-    files.insert(format!("{dia}/config.json"), std::fs::read(fx.join("dia/config.json")).unwrap());
-    files.insert(format!("{dia}/model.safetensors.index.json"), serde_json::json!({ "weight_map": index }).to_string().into_bytes());
-    let shard1 = common::nari::serialize_f32(&shards[0]);
-    files.insert(format!("{dia}/model-00001-of-00002.safetensors"), shard1.clone());
-    files.insert(format!("{dia}/model-00002-of-00002.safetensors"), common::nari::serialize_f32(&shards[1]));
-    files.insert(format!("{dac}/config.json"), std::fs::read(fx.join("dac/config.json")).unwrap());
-    files.insert(format!("{dac}/model.safetensors"), std::fs::read(fx.join("dac/model.safetensors")).unwrap());
-    let hub = Hub::start(files);
+    BTreeMap::from([
+        ("config.json".to_string(), HubFile::git(std::fs::read(fx.join("dia/config.json")).unwrap())),
+        ("model.safetensors.index.json".to_string(), HubFile::git(serde_json::json!({ "weight_map": index }).to_string().into_bytes())),
+        ("model-00001-of-00002.safetensors".to_string(), HubFile::lfs(common::nari::serialize_f32(&shards[0]))),
+        ("model-00002-of-00002.safetensors".to_string(), HubFile::lfs(common::nari::serialize_f32(&shards[1]))),
+    ])
+}
+
+fn single_file_dac() -> BTreeMap<String, HubFile> {
+    let fx = fixtures_dir();
+    BTreeMap::from([
+        ("config.json".to_string(), HubFile::git(std::fs::read(fx.join("dac/config.json")).unwrap())),
+        ("model.safetensors".to_string(), HubFile::lfs(std::fs::read(fx.join("dac/model.safetensors")).unwrap())),
+    ])
+}
+
+fn repo_cache(hf_home: &Path, repo: &str) -> PathBuf {
+    hf_home.join("hub").join(format!("models--{}", repo.replace('/', "--")))
+}
+
+/// Every file, symlink and directory under `dir` (symlinks not followed).
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(tree(&p));
+        }
+    }
+    out
+}
+
+#[test]
+fn cli_downloads_sharded_checkpoint_with_resume() {
+    let dia = sharded_dia();
+    let dac = single_file_dac();
+    let shard1 = dia["model-00001-of-00002.safetensors"].clone();
+    let hub = Hub::start(BTreeMap::from([(DIA_REPO.to_string(), dia.clone()), (DAC_REPO.to_string(), dac.clone())]));
 
     let home = tempfile::tempdir().unwrap();
     // An interrupted earlier download of shard 1: the rest must be fetched with a Range request.
-    let snap = home.path().join("hub/models--nari-labs--Dia-1.6B-0626/snapshots/main");
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::write(snap.join("model-00001-of-00002.safetensors.incomplete"), &shard1[..1000]).unwrap();
+    let blobs = repo_cache(home.path(), DIA_REPO).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(format!("{}.incomplete", shard1.etag())), &shard1.bytes[..1000]).unwrap();
 
     let out = home.path().join("x.wav");
     let text = texts()[0].clone();
     let o = dia_tts(&[&["--text", &text, "--out", s(&out)][..], &GREEDY[..]].concat(), &[("HF_HOME", home.path()), ("HF_ENDPOINT", &hub.url())]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let log = hub.log.lock().unwrap().clone();
-    assert!(log.iter().any(|l| l.contains("model-00001-of-00002.safetensors bytes=1000-")), "resumed with a Range request: {log:?}");
+    let log = hub.requests();
+    // The resolve answers a 302 to the CDN; the Range goes along.
+    assert!(log.iter().any(|l| l == &format!("GET /cdn/{} bytes=1000-", shard1.etag())), "resumed with a Range request: {log:?}");
     assert!(log.iter().any(|l| l.contains("model-00002-of-00002")), "{log:?}");
-    let exp = load_expected(&fx.join("expected.safetensors"));
+    let exp = load_expected(&fixtures_dir().join("expected.safetensors"));
     assert!(snr_db(&read_wav(&out), &exp["t0.pcm"].1) >= 60.0, "downloaded model speaks like the fixture");
 
+    // The Hugging Face cache layout: blobs by etag, snapshots/{commit} of relative links, refs/main = commit.
+    for (repo, files) in [(DIA_REPO, &dia), (DAC_REPO, &dac)] {
+        let dir = repo_cache(home.path(), repo);
+        assert_eq!(std::fs::read_to_string(dir.join("refs/main")).unwrap(), COMMIT, "{repo}: refs/main");
+        let mut blobs: Vec<String> = std::fs::read_dir(dir.join("blobs")).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+        blobs.sort();
+        let mut want: Vec<String> = files.values().map(HubFile::etag).collect();
+        want.sort();
+        assert_eq!(blobs, want, "{repo}: one blob per file, named by its etag, nothing incomplete left");
+        let snap = dir.join("snapshots").join(COMMIT);
+        let linked: Vec<String> = std::fs::read_dir(&snap).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+        assert_eq!(linked.len(), files.len(), "{repo}: {linked:?}");
+        for (name, f) in files.iter() {
+            let link = snap.join(name);
+            assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("../../blobs").join(f.etag()), "{repo}/{name}");
+            assert_eq!(std::fs::read(&link).unwrap(), f.bytes, "{repo}/{name}: contents");
+        }
+        assert_eq!(std::fs::read_dir(dir.join("snapshots")).unwrap().count(), 1, "{repo}: only the commit's snapshot");
+    }
+
     // Second run: everything comes from the cache, no request at all.
-    let before = hub.log.lock().unwrap().len();
+    let before = hub.requests().len();
     let o = dia_tts(&[&["--text", &text, "--out", s(&out)][..], &GREEDY[..]].concat(), &[("HF_HOME", home.path()), ("HF_ENDPOINT", &hub.url())]);
     assert!(o.status.success());
-    assert_eq!(hub.log.lock().unwrap().len(), before, "cached checkpoints are not fetched again");
+    assert_eq!(hub.requests().len(), before, "cached checkpoints are not fetched again");
+}
+
+#[test]
+fn cli_refuses_index_with_unsafe_shard_names() {
+    let root = tempfile::tempdir().unwrap();
+    let hf_home = root.path().join("hf");
+    let cache = hf_home.join("hub");
+    let outside = root.path().join("abs/x");
+    let good = sharded_dia();
+    let weight_map = |bad: &str| {
+        serde_json::json!({ "weight_map": { "a": "model-00001-of-00002.safetensors", "b": bad } }).to_string().into_bytes()
+    };
+    for bad in ["../../x", "../../../../../x", s(&outside), "sub/dir", "..\\..\\x", "C:x", ".."] {
+        let mut dia = good.clone();
+        dia.insert("model.safetensors.index.json".into(), HubFile::git(weight_map(bad)));
+        dia.insert(bad.to_string(), HubFile::lfs(b"not for writing".to_vec())); // served, should it be asked for
+        let hub = Hub::start(BTreeMap::from([(DIA_REPO.to_string(), dia), (DAC_REPO.to_string(), single_file_dac())]));
+        let out = root.path().join("x.wav");
+        let o = dia_tts(&["--text", "[S1] Hi.", "--out", s(&out), "--max-new-tokens", "20"], &[("HF_HOME", &hf_home), ("HF_ENDPOINT", &hub.url())]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{bad:?}: {err}");
+        assert!(err.contains("not a plain file name") && err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+        assert!(!out.exists(), "{bad:?}: no output");
+        // Nothing but the config and the index was asked for, and nothing was written outside the cache.
+        let log = hub.requests();
+        assert!(
+            log.iter().all(|l| l.contains("/config.json") || l.contains("/model.safetensors.index.json") || l.contains("/model.safetensors ")),
+            "{bad:?}: {log:?}"
+        );
+        for p in tree(root.path()) {
+            assert!(p == hf_home || p.starts_with(&cache), "{bad:?}: {} written outside the cache", p.display());
+        }
+        let dir = repo_cache(&hf_home, DIA_REPO);
+        assert!(!dir.join("refs").exists() && !dir.join("snapshots").exists(), "{bad:?}: no snapshot of a refused repository");
+        println!("{bad:?}: {}", err.trim());
+    }
+}
+
+#[test]
+fn cli_discards_a_corrupt_lfs_download() {
+    let mut dia = sharded_dia();
+    let shard2 = dia.get_mut("model-00002-of-00002.safetensors").unwrap();
+    let mut bad = shard2.bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    shard2.served = Some(bad);
+    let sha = shard2.etag();
+    let hub = Hub::start(BTreeMap::from([(DIA_REPO.to_string(), dia), (DAC_REPO.to_string(), single_file_dac())]));
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("x.wav");
+    let o = dia_tts(&["--text", "[S1] Hi.", "--out", s(&out), "--max-new-tokens", "20"], &[("HF_HOME", home.path()), ("HF_ENDPOINT", &hub.url())]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    println!("{}", err.trim());
+    assert!(!o.status.success() && err.contains("SHA-256") && err.contains(&sha) && err.contains("model-00002-of-00002.safetensors"), "{err}");
+    assert!(!out.exists(), "no output from a corrupt checkpoint");
+    let dir = repo_cache(home.path(), DIA_REPO);
+    assert!(!dir.join("blobs").join(&sha).exists() && !dir.join(format!("blobs/{sha}.incomplete")).exists(), "the bad bytes are not kept");
+    assert!(!dir.join("refs").exists() && !dir.join("snapshots").exists(), "no snapshot names the corrupt file");
+}
+
+/// Writes `files` as huggingface_hub lays out a download of `revision` (`refs/main` = `revision`): blobs by
+/// etag and relative links, or (`links` false) plain files in the snapshot, as our earlier versions did.
+fn write_cache(hf_home: &Path, repo: &str, revision: &str, files: &BTreeMap<String, HubFile>, links: bool) {
+    let dir = repo_cache(hf_home, repo);
+    let snap = dir.join("snapshots").join(revision);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(dir.join("blobs")).unwrap();
+    std::fs::create_dir_all(dir.join("refs")).unwrap();
+    std::fs::write(dir.join("refs/main"), revision).unwrap();
+    for (name, f) in files {
+        if links {
+            std::fs::write(dir.join("blobs").join(f.etag()), &f.bytes).unwrap();
+            std::os::unix::fs::symlink(Path::new("../../blobs").join(f.etag()), snap.join(name)).unwrap();
+        } else {
+            std::fs::write(snap.join(name), &f.bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn cli_uses_existing_caches_offline() {
+    let home = tempfile::tempdir().unwrap();
+    // Dia as huggingface_hub writes it; the DAC as our previous version did (snapshots/main, refs/main = main).
+    write_cache(home.path(), DIA_REPO, COMMIT, &sharded_dia(), true);
+    write_cache(home.path(), DAC_REPO, "main", &single_file_dac(), false);
+    let hub = Hub::start(BTreeMap::new());
+    let out = home.path().join("x.wav");
+    let text = texts()[0].clone();
+    let o = dia_tts(&[&["--text", &text, "--out", s(&out)][..], &GREEDY[..]].concat(), &[("HF_HOME", home.path()), ("HF_ENDPOINT", &hub.url())]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("bundled"), "{err}");
+    assert_eq!(hub.requests(), Vec::<String>::new(), "complete caches need no request");
+    let exp = load_expected(&fixtures_dir().join("expected.safetensors"));
+    assert!(snr_db(&read_wav(&out), &exp["t0.pcm"].1) >= 60.0, "the cached model speaks like the fixture");
 }
 
 #[test]

@@ -14,6 +14,33 @@ const RETRIES = 3;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+const WINDOWS_DEVICES = /^(CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])$/i;
+
+/**
+ * Why `name` is not a plain file name of a repository's top level (null if it is): index shards name
+ * files, and a name that is a path (`../x`, `/x`, `a/b`, `C:x`) must never become a request. The same
+ * rule as the native download (crate/src/bin/dia-tts/hub.rs).
+ */
+export function unsafeNameReason(name) {
+  if (typeof name !== 'string') return 'not a string';
+  if (name === '') return 'empty';
+  if (name === '.' || name === '..') return 'a directory reference';
+  if (/[/\\]/.test(name)) return 'it contains a path separator';
+  if (name.includes(':')) return "it contains ':', a drive prefix or stream name on Windows";
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) return 'it contains a control character';
+  if (new TextEncoder().encode(name).length > 255) return 'longer than 255 bytes';
+  if (/[. ]$/.test(name)) return 'it ends with a dot or a space, which Windows drops';
+  if (WINDOWS_DEVICES.test(name.split('.')[0].trimEnd())) return 'a reserved device name on Windows';
+  return null;
+}
+
+/** Throws CheckpointError unless `name` is a plain file name (see unsafeNameReason). */
+function checkFileName(repo, name, what = 'file') {
+  const reason = unsafeNameReason(name);
+  if (reason) throw new CheckpointError(`${repo}: ${what} ${JSON.stringify(name)} is not a plain file name (${reason}); it was not requested`, { file: String(name), reason });
+}
+
 /** Files of one repository at `{baseUrl}/{repo}/resolve/{revision}/{file}`; counts its requests. */
 export class HubSource {
   constructor({ baseUrl, repo, revision = 'main', signal }) {
@@ -25,11 +52,12 @@ export class HubSource {
   }
 
   url(file) {
-    return `${this.baseUrl}/${this.repo}/resolve/${encodeURIComponent(this.revision)}/${file}`;
+    return `${this.baseUrl}/${this.repo}/resolve/${encodeURIComponent(this.revision)}/${encodeURIComponent(file)}`;
   }
 
   /** fetch with retries on network errors, 429 and 5xx; `onRetry` undoes partial progress. */
   async #fetch(file, range, read, onRetry) {
+    checkFileName(this.repo, file);
     const url = this.url(file);
     for (let attempt = 0; ; attempt++) {
       if (this.signal?.aborted) throw new CancelledError('loading was cancelled');
@@ -135,8 +163,11 @@ export async function resolveCheckpoint(src) {
     }
     const map = index?.weight_map;
     if (!map || typeof map !== 'object') throw new CheckpointError(`${src.url('model.safetensors.index.json')} has no weight_map`);
+    const files = [...new Set(Object.values(map))].sort();
+    // Every shard name is checked before the first shard is requested.
+    for (const file of files) checkFileName(src.repo, file, 'shard');
     tensors = [];
-    for (const file of [...new Set(Object.values(map))].sort()) {
+    for (const file of files) {
       tensors.push(...(await src.header(file)).filter((t) => map[t.name] === file));
     }
   }

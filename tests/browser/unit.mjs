@@ -217,4 +217,39 @@ export const unitTests = [
       }
     },
   ],
+  [
+    'index naming ../../x, /abs/x, sub/dir, C:x shards → CheckpointError before any shard is requested',
+    async () => {
+      const { mkdtempSync, writeFileSync } = await import('node:fs');
+      const { join } = await import('node:path');
+      const { tmpdir } = await import('node:os');
+      const { HubSource, resolveCheckpoint, unsafeNameReason } = await import('../../worker/loader.js');
+      for (const ok of ['model.safetensors', 'model-00001-of-00002.safetensors', 'a..b', 'weights v2.bin']) {
+        assert(unsafeNameReason(ok) === null, `${ok} refused: ${unsafeNameReason(ok)}`);
+      }
+      const dir = mkdtempSync(join(tmpdir(), 'dia-hub-'));
+      writeFileSync(join(dir, 'config.json'), '{}');
+      const server = await startServer({ repos: { 'evil/index': dir }, mounts: {} });
+      const allowed = ['config.json', 'model.safetensors', 'model.safetensors.index.json'];
+      try {
+        for (const bad of ['../../x', '/abs/x', 'sub/dir', '..\\x', 'C:x', '..', '', 'a\u0000b', 'NUL.safetensors']) {
+          writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { a: 'model-00001-of-00002.safetensors', b: bad } }));
+          server.log.length = 0;
+          const src = new HubSource({ baseUrl: `${server.origin}/hub`, repo: 'evil/index' });
+          const error = await resolveCheckpoint(src).then(() => null, (e) => e);
+          assert(error?.name === 'CheckpointError', `${JSON.stringify(bad)}: ${error?.name}: ${error?.message}`);
+          assert(error.message.includes('not a plain file name'), error.message);
+          const requested = server.log.map((e) => e.path.split('/resolve/main/')[1]);
+          assert(requested.every((f) => allowed.includes(f)), `${JSON.stringify(bad)}: requested ${requested}`);
+        }
+        // The same rule guards every request, whatever built the name.
+        server.log.length = 0;
+        const src = new HubSource({ baseUrl: `${server.origin}/hub`, repo: 'evil/index' });
+        const error = await src.bytes('../config.json', 0, 2).then(() => null, (e) => e);
+        assert(error?.name === 'CheckpointError' && server.log.length === 0 && src.requests === 0, `${error?.name}, ${server.log.length} requests`);
+      } finally {
+        await server.close();
+      }
+    },
+  ],
 ];

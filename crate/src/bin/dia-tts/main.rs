@@ -95,10 +95,12 @@ mod native {
         eprintln!("dia-tts: {repo} is not in the Hugging Face cache ({}); downloading from {}", hub::cache_root().display(), hub::endpoint());
         match hub::download(repo) {
             Ok(p) => Ok(Some(p)),
-            Err(e) => {
+            Err(e) if e.is_unreachable() => {
                 eprintln!("dia-tts: cannot download {repo}: {e}");
                 Ok(None)
             }
+            // An unsafe or corrupt answer is not papered over with the bundled model.
+            Err(e) => Err(format!("download of {repo} from {} refused: {e}", hub::endpoint())),
         }
     }
 
