@@ -97,7 +97,20 @@ impl Gpu {
         if std::env::var_os("WGPU_BACKEND").is_none() {
             desc.backends = wgpu::Backends::all();
         }
+        let backends = desc.backends;
         let instance = wgpu::Instance::new(desc);
+        // Natively, rank the adapters ourselves: a real GPU first, and among equals any backend before OpenGL
+        // (software OpenGL, llvmpipe, runs this model ~100x slower than software Vulkan, lavapipe).
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let mut adapters = instance.enumerate_adapters(backends).await;
+            adapters.sort_by_key(|a| adapter_rank(&a.get_info(), opts.high_performance));
+            if let Some(adapter) = adapters.into_iter().next() {
+                return Self::from_adapter(adapter, opts).await;
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = backends;
         let power = if opts.high_performance {
             wgpu::PowerPreference::HighPerformance
         } else {
@@ -211,6 +224,12 @@ impl Gpu {
     /// A short human description: adapter name and backend.
     pub fn describe(&self) -> String {
         format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// For a software OpenGL adapter (Mesa's llvmpipe: wgpu's last resort where no Vulkan driver is installed), one
+    /// line saying so and how to install the software Vulkan driver, which is far faster; None otherwise.
+    pub fn software_gl_hint(&self) -> Option<String> {
+        software_gl_hint(&self.info)
     }
 
     /// Error if the device has been lost since creation.
@@ -582,4 +601,70 @@ pub fn specialize(src: &str, defs: &[(&str, String)]) -> String {
     }
     debug_assert!(!out.contains("{{"), "unreplaced placeholder in shader");
     out
+}
+
+/// Sort key for adapters, smallest first: the device type the caller prefers (discrete for high performance,
+/// integrated otherwise), then the other GPU kind, virtual, CPU; among equal types, OpenGL last.
+pub fn adapter_rank(info: &wgpu::AdapterInfo, high_performance: bool) -> (u8, u8) {
+    use wgpu::DeviceType::*;
+    let device = match (info.device_type, high_performance) {
+        (DiscreteGpu, true) | (IntegratedGpu, false) => 0,
+        (IntegratedGpu, true) | (DiscreteGpu, false) => 1,
+        (VirtualGpu, _) => 2,
+        (Cpu, _) => 3,
+        (Other, _) => 4,
+    };
+    (device, u8::from(info.backend == wgpu::Backend::Gl))
+}
+
+/// See `Gpu::software_gl_hint`.
+pub fn software_gl_hint(info: &wgpu::AdapterInfo) -> Option<String> {
+    let software = info.device_type == wgpu::DeviceType::Cpu || info.name.to_lowercase().contains("llvmpipe");
+    (info.backend == wgpu::Backend::Gl && software).then(|| {
+        format!(
+            "this runs on software OpenGL ({}): no Vulkan adapter was found (or WGPU_BACKEND excluded it), and this is about 100x slower than software Vulkan. \
+             Install Mesa's lavapipe: `sudo apt-get install mesa-vulkan-drivers` (Debian/Ubuntu), \
+             `sudo dnf install mesa-vulkan-drivers` (Fedora), `sudo pacman -S vulkan-swrast` (Arch); \
+             with a GPU, install its vendor's Vulkan driver",
+            info.name
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, device_type: wgpu::DeviceType, backend: wgpu::Backend) -> wgpu::AdapterInfo {
+        wgpu::AdapterInfo {
+            name: name.into(),
+            vendor: 0,
+            device: 0,
+            device_type,
+            device_pci_bus_id: String::new(),
+            driver: String::new(),
+            driver_info: String::new(),
+            backend,
+            subgroup_min_size: 0,
+            subgroup_max_size: 0,
+            transient_saves_memory: None,
+            limit_bucket: None,
+        }
+    }
+
+    #[test]
+    fn adapters_rank_real_gpus_first_and_opengl_last_among_equals() {
+        use wgpu::{Backend::*, DeviceType::*};
+        let gl_cpu = info("llvmpipe (LLVM 15.0.6, 256 bits)", Cpu, Gl);
+        let vk_cpu = info("llvmpipe (LLVM 15.0.6, 256 bits)", Cpu, Vulkan);
+        let gl_gpu = info("NVIDIA", DiscreteGpu, Gl);
+        let vk_igpu = info("Intel", IntegratedGpu, Vulkan);
+        let mut all = [&gl_cpu, &vk_cpu, &vk_igpu, &gl_gpu];
+        all.sort_by_key(|i| adapter_rank(i, true));
+        assert_eq!(all.map(|i| (i.device_type, i.backend)), [(DiscreteGpu, Gl), (IntegratedGpu, Vulkan), (Cpu, Vulkan), (Cpu, Gl)]);
+        all.sort_by_key(|i| adapter_rank(i, false));
+        assert_eq!(all[0].device_type, IntegratedGpu);
+        assert!(software_gl_hint(&gl_cpu).unwrap().contains("mesa-vulkan-drivers"));
+        assert!(software_gl_hint(&vk_cpu).is_none() && software_gl_hint(&gl_gpu).is_none());
+    }
 }

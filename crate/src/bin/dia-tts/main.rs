@@ -79,6 +79,10 @@ mod native {
         codes_out: Option<PathBuf>,
     }
 
+    /// Rows the bundled random-weight model generates by default: 2 s of audio (86 frames per second) plus the
+    /// 15-row EOS tail, so the README's first command ends in seconds even on a software adapter.
+    const BUNDLED_SAMPLE_ROWS: usize = 2 * 86 + 15;
+
     /// The tiny random-weight model shipped in the repository, for machines without the real weights.
     fn bundled() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/tiny")
@@ -144,8 +148,21 @@ mod native {
                 (bundled().join("dia"), bundled().join("dac"))
             }
         };
+        // The random-weight model never says EOS: unless asked otherwise, speak a short sample of it, not 35 s.
+        let using_bundled = model == bundled().join("dia");
+        let max_new_tokens = match args.max_new_tokens {
+            Some(n) => Some(n),
+            None if using_bundled => {
+                eprintln!("dia-tts: the bundled model makes {BUNDLED_SAMPLE_ROWS} rows (about 2 s of audio); --max-new-tokens changes that");
+                Some(BUNDLED_SAMPLE_ROWS)
+            }
+            None => None,
+        };
 
         let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: 64 << 20, ..GpuOptions::default() }).map_err(|e| e.to_string())?;
+        if let Some(hint) = gpu.software_gl_hint() {
+            eprintln!("dia-tts: {hint}");
+        }
         let t_load = Instant::now();
         let dia = load_model_dir(&gpu, &model, numerics).map_err(|e| format!("model {}: {e}", model.display()))?;
         let dac = DacModel::load_dir(&gpu, &codec, numerics, prompt.is_some()).map_err(|e| format!("codec {}: {e}", codec.display()))?;
@@ -159,11 +176,11 @@ mod native {
                 top_p: args.top_p,
                 seed: args.seed,
             },
-            max_new_tokens: args.max_new_tokens.unwrap_or(GenerateOptions::default().max_new_tokens),
+            max_new_tokens: max_new_tokens.unwrap_or(GenerateOptions::default().max_new_tokens),
             ..GenerateOptions::default()
         };
         let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
-        let bar = ProgressBar::new(args.max_new_tokens.unwrap_or(dia.cfg.decoder.max_positions) as u64);
+        let bar = ProgressBar::new(max_new_tokens.unwrap_or(dia.cfg.decoder.max_positions) as u64);
         bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos} frames {per_sec}").unwrap().progress_chars("=> "));
         bar.set_message("speaking");
         let mut pcm: Vec<f32> = Vec::new();
