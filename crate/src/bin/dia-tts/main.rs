@@ -148,12 +148,12 @@ mod native {
                 (bundled().join("dia"), bundled().join("dac"))
             }
         };
-        // The random-weight model never says EOS: unless asked otherwise, speak a short sample of it, not 35 s.
+        // Random weights speak noise: unless asked otherwise, a short sample of it (it may end sooner, on its EOS).
         let using_bundled = model == bundled().join("dia");
         let max_new_tokens = match args.max_new_tokens {
             Some(n) => Some(n),
             None if using_bundled => {
-                eprintln!("dia-tts: the bundled model makes {BUNDLED_SAMPLE_ROWS} rows (about 2 s of audio); --max-new-tokens changes that");
+                eprintln!("dia-tts: the bundled model makes at most {BUNDLED_SAMPLE_ROWS} rows (about 2 s of audio); --max-new-tokens changes that");
                 Some(BUNDLED_SAMPLE_ROWS)
             }
             None => None,
