@@ -1,0 +1,98 @@
+//! Regression cases of the fuzz targets (tests/fuzz): the crashes cargo-fuzz found and handcrafted hostile
+//! inputs (`tests/fuzz/regressions/<target>/`), each checked for the typed error it now gives. CPU only;
+//! `tests/fuzz/run` does the fuzzing.
+
+use std::path::{Path, PathBuf};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz")
+}
+
+fn hostile(target: &str, name: &str) -> Vec<u8> {
+    let path = fuzz_dir().join("regressions").join(target).join(format!("hostile-{name}"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn hostile_str(target: &str, name: &str) -> String {
+    String::from_utf8(hostile(target, name)).expect("UTF-8")
+}
+
+/// A config may not claim unbounded layers: loading lists every layer's tensors before reading any (a
+/// 10^15-layer config ran out of memory building that list).
+#[test]
+fn fuzz_dia_config_layer_count_is_bounded() {
+    use dia_webgpu::config::{ConfigError, DiaConfig, MAX_LAYERS};
+    for name in ["layers-1e15.json", "layers-u64-max.json", "nari-layers-1e15.json"] {
+        let err = DiaConfig::from_json_str(&hostile_str("dia_config", name)).unwrap_err();
+        assert!(matches!(err, ConfigError::TooMany { max: MAX_LAYERS, .. }), "{name}: {err}");
+    }
+}
+
+/// Sizes whose products overflow (or exceed what the kernels can index) are refused with the tensor named.
+#[test]
+fn fuzz_dia_config_tensor_sizes_are_bounded() {
+    use dia_webgpu::config::{ConfigError, DiaConfig};
+    for (name, tensor) in [
+        ("hidden-2e62.json", "decoder embedding"),
+        ("vocab-2e62.json", "decoder embedding"),
+        ("heads-times-dim-overflow.json", "encoder query projection"),
+        ("intermediate-2e63.json", "encoder MLP"),
+        ("max-positions-u64-max.json", "decoder self-attention cache"),
+    ] {
+        let err = DiaConfig::from_json_str(&hostile_str("dia_config", name)).unwrap_err();
+        assert!(matches!(&err, ConfigError::TensorTooLarge { tensor: t, .. } if t == tensor), "{name}: {err}");
+    }
+}
+
+/// A delay at or beyond the decoder's positions can never make a frame final (and sized the CPU code grid).
+#[test]
+fn fuzz_dia_config_delay_below_positions() {
+    use dia_webgpu::config::{ConfigError, DiaConfig};
+    let mut cfg: serde_json::Value = serde_json::from_str(&hostile_str("dia_config", "layers-1e15.json")).unwrap();
+    cfg["encoder_config"]["num_hidden_layers"] = 1.into();
+    let positions = cfg["decoder_config"]["max_position_embeddings"].as_u64().unwrap() as usize;
+    assert!(DiaConfig::from_json_str(&cfg.to_string()).is_ok());
+    for delay in [positions, usize::MAX] {
+        cfg["delay_pattern"][1] = delay.into();
+        let err = DiaConfig::from_json_str(&cfg.to_string()).unwrap_err();
+        assert_eq!(err, ConfigError::DelayTooLong { delay, max_positions: positions });
+    }
+}
+
+/// Block and codebook counts are bounded, and the encoder's doubling widths cannot wrap (70 blocks of
+/// stride 1 shifted a width by 64 bits: an overflow panic, or a width of 0 without overflow checks).
+#[test]
+fn fuzz_dac_config_counts_and_widths_are_bounded() {
+    use dia_webgpu::config::{ConfigError, DacConfig, MAX_CODEBOOKS, MAX_DAC_BLOCKS};
+    for (name, max) in [
+        ("ratios-70-ones.json", MAX_DAC_BLOCKS),
+        ("encoder-ratios-70-ones.json", MAX_DAC_BLOCKS),
+        ("codebooks-1e15.json", MAX_CODEBOOKS),
+    ] {
+        let err = DacConfig::from_json_str(&hostile_str("dac_config", name)).unwrap_err();
+        assert!(matches!(err, ConfigError::TooMany { max: m, .. } if m == max), "{name}: {err}");
+    }
+    for name in [
+        "encoder-hidden-2e62.json",
+        "ratio-2e62.json",
+        "codebook-size-2e62.json",
+        "latent-2e62.json",
+        "decoder-hidden-2e63.json",
+    ] {
+        let err = DacConfig::from_json_str(&hostile_str("dac_config", name)).unwrap_err();
+        assert!(matches!(err, ConfigError::TensorTooLarge { .. }), "{name}: {err}");
+    }
+}
+
+/// Found by cargo-fuzz: without `hop_length`, the default (the product of `downsampling_ratios`) overflowed
+/// and panicked; the product is now checked there and in `validate`.
+#[test]
+fn fuzz_dac_config_ratio_product_overflow() {
+    use dia_webgpu::config::{ConfigError, DacConfig};
+    let crash = fuzz_dir().join("regressions/dac_config/crash-hop-product-overflow-68276589");
+    let err = DacConfig::from_json_str(&String::from_utf8(std::fs::read(crash).unwrap()).unwrap()).unwrap_err();
+    assert_eq!(err, ConfigError::DacRatioOverflow { field: "downsampling_ratios" });
+    let mut cfg = DacConfig::dac_44khz();
+    cfg.upsampling_ratios = vec![1 << 40, 1 << 40];
+    assert_eq!(cfg.validate(), Err(ConfigError::DacRatioOverflow { field: "upsampling_ratios" }));
+}
