@@ -96,3 +96,48 @@ fn fuzz_dac_config_ratio_product_overflow() {
     cfg.upsampling_ratios = vec![1 << 40, 1 << 40];
     assert_eq!(cfg.validate(), Err(ConfigError::DacRatioOverflow { field: "upsampling_ratios" }));
 }
+
+/// A WAV header's sample rate decides the resampler's FFT length and the output length: 1 Hz made a
+/// 4000-sample prompt 176 M samples, a prime rate near 2^32 asked for a 16 GiB filter. Both are refused
+/// before any sample is read or resampled.
+#[test]
+fn fuzz_wav_prompt_sample_rate_is_bounded() {
+    use dia_webgpu::pipeline::{Audio, PipelineError, MAX_PROMPT_SAMPLE_RATE, MIN_PROMPT_SAMPLE_RATE};
+    for (name, rate) in [("rate-1.wav", 1), ("rate-u32-max.wav", u32::MAX), ("rate-prime-4294967291.wav", 4294967291)] {
+        let err = Audio::from_wav(&hostile("wav_prompt", name)).unwrap_err();
+        assert!(matches!(err, PipelineError::SampleRate { rate: r, .. } if r == rate), "{name}: {err}");
+    }
+    // Audio built in code goes through the same check.
+    let audio = Audio { samples: vec![0.0; 16], sample_rate: 4294967291 };
+    assert!(matches!(audio.resampled(44_100), Err(PipelineError::SampleRate { .. })));
+    let audio = Audio { samples: vec![0.0; 16], sample_rate: 16_000 };
+    assert!(matches!(audio.resampled(1), Err(PipelineError::SampleRate { rate: 1, .. })));
+    // The bounds themselves resample.
+    for rate in [MIN_PROMPT_SAMPLE_RATE, MAX_PROMPT_SAMPLE_RATE] {
+        let audio = Audio { samples: vec![0.25; 100], sample_rate: rate };
+        let out = audio.resampled(44_100).unwrap();
+        assert_eq!(out.samples.len() as u64, (100u64 * 44_100).div_ceil(rate as u64));
+    }
+}
+
+/// Found by cargo-fuzz: a float WAV holding NaN (or ±inf, or values so large that the FFT overflows) made
+/// the resampler panic inside rubato. Such samples are refused when read and before resampling.
+#[test]
+fn fuzz_wav_prompt_samples_must_be_finite() {
+    use dia_webgpu::pipeline::{Audio, PipelineError, MAX_PROMPT_AMPLITUDE};
+    let crash = std::fs::read(fuzz_dir().join("regressions/wav_prompt/crash-rubato-nan-panic-56e755a7")).unwrap();
+    assert!(matches!(Audio::from_wav(&crash), Err(PipelineError::SampleValue { .. })));
+    let err = Audio::from_wav(&hostile("wav_prompt", "float-nan-inf.wav")).unwrap_err();
+    assert!(matches!(err, PipelineError::SampleValue { index: 0, value, .. } if value.is_nan()), "{err}");
+    let err = Audio::from_wav(&hostile("wav_prompt", "float-huge.wav")).unwrap_err();
+    assert!(matches!(err, PipelineError::SampleValue { index: 0, value: 3.0e38, .. }), "{err}");
+    // Audio built in code: refused before resampling, and at the codec's own rate too.
+    for (bad, rate) in [(f32::NAN, 16_000), (f32::NEG_INFINITY, 44_100), (2.0 * MAX_PROMPT_AMPLITUDE, 48_000)] {
+        let mut samples = vec![0.1; 64];
+        samples[7] = bad;
+        let err = Audio { samples, sample_rate: rate }.resampled(44_100).unwrap_err();
+        assert!(matches!(err, PipelineError::SampleValue { index: 7, .. }), "{err}");
+    }
+    let loud = Audio { samples: vec![MAX_PROMPT_AMPLITUDE, -MAX_PROMPT_AMPLITUDE], sample_rate: 16_000 };
+    assert_eq!(loud.resampled(44_100).unwrap().samples.len(), 6);
+}
