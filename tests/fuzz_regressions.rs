@@ -1,11 +1,63 @@
-//! Regression cases of the fuzz targets (tests/fuzz): the crashes cargo-fuzz found and handcrafted hostile
-//! inputs (`tests/fuzz/regressions/<target>/`), each checked for the typed error it now gives. CPU only;
-//! `tests/fuzz/run` does the fuzzing.
+//! Replays every fuzz seed and regression case (`tests/fuzz/seeds/<target>/*`,
+//! `tests/fuzz/regressions/<target>/*`: crashes cargo-fuzz found, and handcrafted hostile inputs) through the
+//! fuzz targets' own entry points, asserting that none panics (an `Err` from the library is fine). Then checks
+//! that the fixed findings give the typed error they now give. CPU only; `tests/fuzz/run` does the fuzzing.
+
+#[path = "fuzz/src/lib.rs"]
+mod fuzz_entry;
 
 use std::path::{Path, PathBuf};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz")
+}
+
+/// Every file of `<fuzz_dir>/<kind>/<target>/`, sorted.
+fn cases(kind: &str, target: &str) -> Vec<PathBuf> {
+    let dir = fuzz_dir().join(kind).join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs every case of `kind` through its target; returns how many ran, fails listing every panicking file.
+fn replay(kind: &str) -> usize {
+    let mut ran = 0;
+    let mut panicked = Vec::new();
+    for (target, entry) in fuzz_entry::TARGETS {
+        for path in cases(kind, target) {
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if std::panic::catch_unwind(|| entry(&bytes)).is_err() {
+                panicked.push(path.display().to_string());
+            }
+            ran += 1;
+        }
+    }
+    assert!(panicked.is_empty(), "{} of {ran} {kind} cases panicked:\n{}", panicked.len(), panicked.join("\n"));
+    ran
+}
+
+#[test]
+fn fuzz_regressions_replay_without_panic() {
+    let ran = replay("regressions");
+    // Every target keeps at least its handcrafted hostile inputs.
+    for (target, _) in fuzz_entry::TARGETS {
+        assert!(!cases("regressions", target).is_empty(), "no regression cases for {target}");
+    }
+    eprintln!("{ran} regression cases replayed");
+}
+
+#[test]
+fn fuzz_seeds_replay_without_panic() {
+    let ran = replay("seeds");
+    for (target, _) in fuzz_entry::TARGETS {
+        assert!(!cases("seeds", target).is_empty(), "no seeds for {target}");
+    }
+    eprintln!("{ran} seeds replayed");
 }
 
 fn hostile(target: &str, name: &str) -> Vec<u8> {
