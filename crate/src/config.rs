@@ -76,6 +76,50 @@ pub struct DacConfig {
     pub hop_length: usize,
 }
 
+/// Most layers per stack (encoder, decoder) a Dia config may have (the real model: 12 and 18). Loading lists
+/// every tensor of every layer before reading any, so a config must not be able to claim unbounded work.
+pub const MAX_LAYERS: usize = 1024;
+
+/// Most blocks per side a DAC config may have (the real codec: 4); each block doubles (encoder) or halves
+/// (decoder) the width, so more than a few dozen cannot describe a usable codec anyway.
+pub const MAX_DAC_BLOCKS: usize = 32;
+
+/// Most codebooks a DAC config may have (the real codec: 9); three tensors each are listed at load.
+pub const MAX_CODEBOOKS: usize = 1024;
+
+/// Most elements of any one tensor a config implies (weights, RoPE tables, caches, the code grid): the
+/// kernels index elements with `u32`. The real model's largest holds about 19 M.
+pub const MAX_TENSOR_ELEMENTS: u64 = u32::MAX as u64;
+
+/// One tensor a config implies, for the size check: what it is and its dimensions (`u64`, so that widths
+/// derived by doubling cannot wrap before they are checked).
+type ImpliedTensor = (String, Vec<u64>);
+
+/// Element count of a shape, saturating at `u64::MAX` (which is then above any limit).
+fn elements(shape: &[u64]) -> u64 {
+    shape.iter().fold(1u64, |acc, &d| acc.saturating_mul(d))
+}
+
+/// The first implied tensor with more than `MAX_TENSOR_ELEMENTS` elements, as an error.
+fn check_tensor_sizes(tensors: impl IntoIterator<Item = ImpliedTensor>) -> Result<(), ConfigError> {
+    match tensors.into_iter().find(|(_, shape)| elements(shape) > MAX_TENSOR_ELEMENTS) {
+        Some((tensor, shape)) => {
+            Err(ConfigError::TensorTooLarge { tensor, elements: elements(&shape), shape, max: MAX_TENSOR_ELEMENTS })
+        }
+        None => Ok(()),
+    }
+}
+
+/// `(what, shape)` with the shape's sizes widened to `u64`.
+fn implied(what: impl Into<String>, shape: &[usize]) -> ImpliedTensor {
+    (what.into(), shape.iter().map(|&d| d as u64).collect())
+}
+
+/// The product of a DAC config's stride list (the hop length it implies), or an error if it overflows.
+fn ratio_product(field: &'static str, ratios: &[usize]) -> Result<usize, ConfigError> {
+    ratios.iter().try_fold(1usize, |acc, &r| acc.checked_mul(r)).ok_or(ConfigError::DacRatioOverflow { field })
+}
+
 /// Why a `config.json` was refused. Field names are dotted JSON paths (`decoder_config.num_channels`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
@@ -113,6 +157,14 @@ pub enum ConfigError {
         "DAC decoder_hidden_size {decoder_hidden} leaves no channel after {blocks} halvings (one per upsampling block): it must be at least 2^{blocks}"
     )]
     DacDecoderWidth { decoder_hidden: usize, blocks: usize },
+    #[error("the product of `{field}` (the hop length in samples) overflows")]
+    DacRatioOverflow { field: &'static str },
+    #[error("config field `{field}` is {value}, more than the {max} supported")]
+    TooMany { field: String, value: usize, max: usize },
+    #[error("the config's sizes make the {tensor} {shape:?}: {elements} elements, more than the {max} supported")]
+    TensorTooLarge { tensor: String, shape: Vec<u64>, elements: u64, max: u64 },
+    #[error("delay_pattern holds {delay}, but a delay must be below the decoder's {max_positions} positions")]
+    DelayTooLong { delay: usize, max_positions: usize },
 }
 
 /// A JSON object with the dotted path it was found at, for error messages.
@@ -438,6 +490,31 @@ impl DiaConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::ZeroSize(name.to_string()));
         }
+        for (field, layers) in [("encoder.layers", e.layers), ("decoder.layers", d.layers)] {
+            if layers > MAX_LAYERS {
+                return Err(ConfigError::TooMany { field: field.into(), value: layers, max: MAX_LAYERS });
+            }
+        }
+        // What loading builds from these sizes, before any weight is read.
+        let positions = e.max_positions.max(d.max_positions);
+        check_tensor_sizes([
+            implied("encoder embedding", &[e.vocab, e.hidden]),
+            implied("encoder query projection", &[e.heads, e.head_dim, e.hidden]),
+            implied("encoder key/value projection", &[e.kv_heads, e.head_dim, e.hidden]),
+            implied("encoder MLP", &[2, e.intermediate, e.hidden]),
+            implied("encoder RoPE table", &[e.max_positions, e.head_dim]),
+            implied("decoder embedding", &[d.channels, d.vocab, d.hidden]),
+            implied("decoder query projection", &[d.heads, d.head_dim, d.hidden]),
+            implied("decoder key/value projection", &[d.kv_heads, d.head_dim, d.hidden]),
+            implied("decoder self-attention cache", &[d.max_positions, d.kv_heads, d.head_dim]),
+            implied("decoder RoPE table", &[d.max_positions, d.head_dim]),
+            implied("cross-attention query projection", &[d.cross_heads, d.cross_head_dim, d.hidden]),
+            implied("cross-attention key/value projection", &[d.cross_kv_heads, d.cross_head_dim, d.cross_hidden]),
+            implied("cross-attention cache", &[e.max_positions, d.cross_kv_heads, d.cross_head_dim]),
+            implied("cross-attention RoPE table", &[positions, d.cross_head_dim]),
+            implied("decoder MLP", &[2, d.intermediate, d.hidden]),
+            implied("code grid", &[d.max_positions, d.channels]),
+        ])?;
         let positive = [
             ("encoder.norm_eps", e.norm_eps),
             ("encoder.rope_theta", e.rope_theta),
@@ -465,6 +542,10 @@ impl DiaConfig {
         }
         if self.delay_pattern.len() != d.channels {
             return Err(ConfigError::DelayPatternLength { pattern: self.delay_pattern.len(), channels: d.channels });
+        }
+        // A frame is final only once the row `frame + max_delay` exists: a longer delay never finishes one.
+        if let Some(&delay) = self.delay_pattern.iter().find(|&&delay| delay >= d.max_positions) {
+            return Err(ConfigError::DelayTooLong { delay, max_positions: d.max_positions });
         }
         for (name, id) in [("bos", self.bos), ("eos", self.eos), ("pad", self.pad)] {
             if id as usize >= d.vocab {
@@ -534,7 +615,7 @@ impl DacConfig {
         };
         let hop_length = match root.opt_usize("hop_length")? {
             Some(h) => h,
-            None => downsampling_ratios.iter().product(),
+            None => ratio_product("downsampling_ratios", &downsampling_ratios)?,
         };
         let rate = root.usize("sampling_rate")?;
         let sample_rate = u32::try_from(rate)
@@ -578,9 +659,17 @@ impl DacConfig {
         if self.upsampling_ratios.contains(&0) {
             return Err(ConfigError::ZeroSize("upsampling_ratios[..]".into()));
         }
-        // Saturating: an absurd product must fail the comparison, not overflow.
-        let product = |r: &[usize]| r.iter().fold(1usize, |acc, &x| acc.saturating_mul(x));
-        let (down, up) = (product(&self.downsampling_ratios), product(&self.upsampling_ratios));
+        for (field, value, max) in [
+            ("downsampling_ratios", self.downsampling_ratios.len(), MAX_DAC_BLOCKS),
+            ("upsampling_ratios", self.upsampling_ratios.len(), MAX_DAC_BLOCKS),
+            ("n_codebooks", self.n_codebooks, MAX_CODEBOOKS),
+        ] {
+            if value > max {
+                return Err(ConfigError::TooMany { field: field.into(), value, max });
+            }
+        }
+        let down = ratio_product("downsampling_ratios", &self.downsampling_ratios)?;
+        let up = ratio_product("upsampling_ratios", &self.upsampling_ratios)?;
         if down != self.hop_length || up != self.hop_length {
             return Err(ConfigError::DacHopLength { hop_length: self.hop_length, downsampling: down, upsampling: up });
         }
@@ -590,7 +679,32 @@ impl DacConfig {
         if blocks >= usize::BITS as usize || self.decoder_hidden >> blocks == 0 {
             return Err(ConfigError::DacDecoderWidth { decoder_hidden: self.decoder_hidden, blocks });
         }
-        Ok(())
+        check_tensor_sizes(self.largest_tensors())
+    }
+
+    /// The codec's largest tensors per block and stage (`dac::layout::dac_tensor_specs` lists them all), in
+    /// `u64` so that the encoder's doubling widths cannot wrap.
+    fn largest_tensors(&self) -> Vec<ImpliedTensor> {
+        let (enc, dec, latent) = (self.encoder_hidden as u64, self.decoder_hidden as u64, self.latent as u64);
+        let mut out = vec![implied("encoder.conv1", &[self.encoder_hidden, 7])];
+        let mut width = enc;
+        for (i, &stride) in self.downsampling_ratios.iter().enumerate() {
+            let wider = width.saturating_mul(2);
+            out.push((format!("encoder.block.{i}.conv1"), vec![wider, width, (stride as u64).saturating_mul(2)]));
+            out.push((format!("encoder.block.{i} residual convolution"), vec![width, width, 7]));
+            width = wider;
+        }
+        out.push(("encoder.conv2".into(), vec![latent, width, 3]));
+        out.push(implied("quantizer projection", &[self.codebook_dim, self.latent]));
+        out.push(implied("codebook", &[self.codebook_size, self.codebook_dim]));
+        out.push(("decoder.conv1".into(), vec![dec, latent, 7]));
+        let mut width = dec;
+        for (j, &stride) in self.upsampling_ratios.iter().enumerate() {
+            out.push((format!("decoder.block.{j}.conv_t1"), vec![width, width / 2, (stride as u64).saturating_mul(2)]));
+            width /= 2;
+            out.push((format!("decoder.block.{j} residual convolution"), vec![width, width, 7]));
+        }
+        out
     }
 
     /// The 44.1 kHz codec Dia uses (`descript/dac_44khz`).

@@ -18,6 +18,17 @@ use crate::gpu::Gpu;
 /// Sample rate of everything this pipeline produces and of the codec.
 pub const SAMPLE_RATE: u32 = 44_100;
 
+/// Voice prompt sample rates accepted for resampling (telephone audio up to 768 kHz studio rates). The
+/// resampler's FFT length grows with the rate and the output with `SAMPLE_RATE / rate`, so a rate merely
+/// claimed by a WAV header must not reach it unchecked.
+pub const MIN_PROMPT_SAMPLE_RATE: u32 = 8_000;
+pub const MAX_PROMPT_SAMPLE_RATE: u32 = 768_000;
+
+/// Largest magnitude a voice prompt sample may have. Integer PCM decodes to [-1, 1) and float WAVs are
+/// nominally the same (some tools scale to ±32768); NaN, ±inf or astronomically large values would turn the
+/// resampler's FFT into NaN (and used to panic inside it).
+pub const MAX_PROMPT_AMPLITUDE: f32 = 1.0e6;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
@@ -26,6 +37,28 @@ pub enum PipelineError {
     Dac(#[from] DacError),
     #[error("unsupported audio: {0}")]
     Audio(String),
+    #[error("unsupported audio: a sample rate of {rate} Hz (supported: {min} to {max} Hz)")]
+    SampleRate { rate: u32, min: u32, max: u32 },
+    #[error("unsupported audio: sample {index} is {value}, not a finite value within ±{max}")]
+    SampleValue { index: usize, value: f32, max: f32 },
+}
+
+/// `PipelineError::SampleValue` for the first sample that is not finite or beyond `MAX_PROMPT_AMPLITUDE`.
+fn check_samples(samples: &[f32]) -> Result<(), PipelineError> {
+    // `!(|x| <= max)` also catches NaN.
+    match samples.iter().position(|x| !(x.abs() <= MAX_PROMPT_AMPLITUDE)) {
+        Some(index) => Err(PipelineError::SampleValue { index, value: samples[index], max: MAX_PROMPT_AMPLITUDE }),
+        None => Ok(()),
+    }
+}
+
+/// `PipelineError::SampleRate` unless voice prompts may have `rate`.
+fn check_sample_rate(rate: u32) -> Result<(), PipelineError> {
+    if (MIN_PROMPT_SAMPLE_RATE..=MAX_PROMPT_SAMPLE_RATE).contains(&rate) {
+        Ok(())
+    } else {
+        Err(PipelineError::SampleRate { rate, min: MIN_PROMPT_SAMPLE_RATE, max: MAX_PROMPT_SAMPLE_RATE })
+    }
 }
 
 /// Mono audio at any sample rate.
@@ -36,13 +69,16 @@ pub struct Audio {
 }
 
 impl Audio {
-    /// Decodes a WAV file (integer PCM of 8–32 bits or 32-bit float), mixing channels down to mono.
+    /// Decodes a WAV file (integer PCM of 8–32 bits or 32-bit float), mixing channels down to mono. Sample
+    /// rates outside `MIN_PROMPT_SAMPLE_RATE..=MAX_PROMPT_SAMPLE_RATE` are refused before any sample is read,
+    /// samples that are not finite or beyond `MAX_PROMPT_AMPLITUDE` after reading.
     pub fn from_wav(bytes: &[u8]) -> Result<Audio, PipelineError> {
         let reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| PipelineError::Audio(format!("not a readable WAV file: {e}")))?;
         let spec = reader.spec();
         if spec.channels == 0 || spec.sample_rate == 0 {
             return Err(PipelineError::Audio("WAV header has no channels or no sample rate".into()));
         }
+        check_sample_rate(spec.sample_rate)?;
         let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
             (hound::SampleFormat::Float, 32) => reader.into_samples::<f32>().collect::<Result<_, _>>(),
             (hound::SampleFormat::Int, b @ 8..=32) => {
@@ -52,6 +88,7 @@ impl Audio {
             (f, b) => return Err(PipelineError::Audio(format!("{b}-bit {f:?} WAV samples are not supported (use 16-bit PCM or 32-bit float)"))),
         }
         .map_err(|e| PipelineError::Audio(format!("truncated or corrupt WAV data: {e}")))?;
+        check_samples(&interleaved)?;
         let ch = spec.channels as usize;
         let samples = interleaved.chunks_exact(ch).map(|f| f.iter().sum::<f32>() / ch as f32).collect();
         let audio = Audio { samples, sample_rate: spec.sample_rate };
@@ -71,11 +108,16 @@ impl Audio {
         }
     }
 
-    /// The same audio at `rate` Hz (FFT resampler; identity when the rate already matches).
+    /// The same audio at `rate` Hz (FFT resampler; identity when the rate already matches). Every sample must
+    /// be finite and within `MAX_PROMPT_AMPLITUDE`; both rates, if they differ, within
+    /// `MIN_PROMPT_SAMPLE_RATE..=MAX_PROMPT_SAMPLE_RATE`.
     pub fn resampled(&self, rate: u32) -> Result<Audio, PipelineError> {
+        check_samples(&self.samples)?;
         if self.sample_rate == rate {
             return Ok(self.clone());
         }
+        check_sample_rate(self.sample_rate)?;
+        check_sample_rate(rate)?;
         use rubato::Resampler;
         let chunk = 1024;
         let mut r = rubato::FftFixedIn::<f32>::new(self.sample_rate as usize, rate as usize, chunk, 2, 1)
