@@ -26,8 +26,17 @@ export class QuotaExceededError extends DiaError {}
 export class CacheEvictedError extends DiaError {}
 /** Any other IndexedDB failure. */
 export class StorageError extends DiaError {}
-/** The WebAssembly engine reported an error (GPU limits, bad tensor, generation failure). */
-export class EngineError extends DiaError {}
+/**
+ * The WebAssembly engine reported an error (GPU limits, bad tensor, generation failure). `code` (also
+ * `details.code`) marks the failures that end the engine: 'device-lost' (the GPU device was lost), 'panic'
+ * (a Rust panic), 'crash' (any other uncaught error in the worker). The DiaTTS then starts a new engine for its
+ * next request, from the weight store.
+ */
+export class EngineError extends DiaError {
+  get code() {
+    return this.details.code;
+  }
+}
 /** A generation was stopped by `cancel()` or an AbortSignal. */
 export class CancelledError extends DiaError {}
 /** An argument that the API cannot use. */
@@ -47,11 +56,12 @@ const classes = {
   InvalidOptionError,
 };
 
-/** Serialisable form of any thrown value; foreign errors become EngineError. */
+/** Serialisable form of any thrown value; foreign errors become EngineError (keeping the engine's `code`). */
 export function errorToJSON(e) {
   if (e instanceof DiaError) return e.toJSON();
   const message = e instanceof Error ? e.message : String(e);
-  return { name: 'EngineError', message, details: {} };
+  const code = typeof e?.code === 'string' ? e.code : undefined;
+  return { name: 'EngineError', message, details: code ? { code } : {} };
 }
 
 export function errorFromJSON({ name, message, details }) {

@@ -3,7 +3,9 @@
 //   page → worker: { type: 'load', model, codec, baseUrl, revision, numerics, cache, encoder }
 //                  { type: 'generate', text, options, prompt? }   { type: 'cancel', target }
 //   worker → page: load → progress* → ready;  generate → chunk* → done | cancelled;  error (any request);
-//                  fatal (no id: the engine crashed and this worker is done)
+//                  fatal { message, code } (no id: the engine panicked ('panic') or crashed ('crash'); this
+//                  worker is done and every request to it fails with an EngineError of that code)
+// An error of code 'device-lost' (the GPU device was lost) also ends the engine: the page starts a new worker.
 import init, { DiaEngine } from '../wasm/dia_webgpu.js';
 import { CheckpointError, EngineError, errorToJSON, InvalidOptionError } from './errors.js';
 import { fillComponent, HubSource, prepareComponent } from './loader.js';
@@ -12,6 +14,7 @@ import { WeightStore } from './store.js';
 let engine = null;
 let loaded = false;
 let current = null; // the running generation: { id, cancelled }
+let broken = null; // the EngineError of the panic or crash that ended the engine
 
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 
@@ -147,8 +150,10 @@ function cancel(msg) {
   }
 }
 
-// A Rust panic leaves the engine unusable and may surface outside any request (in a wasm task), so it
-// is reported once as 'fatal' with the panic's text, which console_error_panic_hook logs just before.
+// A Rust panic traps the wasm instance, which is unusable from then on (wasm-bindgen marks it so). Inside a
+// generation it surfaces outside any request, as an uncaught error of the task that polled the future; in a
+// synchronous call, as a WebAssembly.RuntimeError thrown there. Either way it is reported once as 'fatal' with
+// the panic's text, which console_error_panic_hook logs just before.
 let lastPanic = null;
 const consoleError = console.error.bind(console);
 console.error = (...args) => {
@@ -156,9 +161,22 @@ console.error = (...args) => {
   if (text.includes('panicked at')) lastPanic = text.split('\n\nStack:')[0].trim();
   consoleError(...args);
 };
+
+function fatal(error) {
+  if (broken) return;
+  broken = lastPanic || error instanceof WebAssembly.RuntimeError
+    ? new EngineError(`the engine panicked: ${lastPanic ?? error.message}`, { code: 'panic' })
+    : new EngineError(`the engine crashed: ${error?.message ?? error}`, { code: 'crash' });
+  post({ type: 'fatal', message: broken.message, code: broken.code });
+}
 self.addEventListener('error', (event) => {
   event.preventDefault();
-  post({ type: 'fatal', message: lastPanic ?? event.message });
+  fatal(event.error ?? new Error(event.message));
+});
+self.addEventListener('unhandledrejection', (event) => {
+  if (!(event.reason instanceof WebAssembly.RuntimeError)) return;
+  event.preventDefault();
+  fatal(event.reason);
 });
 
 const handlers = { load, generate };
@@ -167,9 +185,11 @@ self.onmessage = async ({ data: msg }) => {
   if (msg.type === 'cancel') return cancel(msg);
   const handler = handlers[msg.type];
   try {
+    if (broken) throw broken;
     if (!handler) throw new InvalidOptionError(`unknown request ${msg.type}`);
     await handler(msg);
   } catch (e) {
-    post({ type: 'error', id: msg.id, error: errorToJSON(e) });
+    if (e instanceof WebAssembly.RuntimeError) fatal(e);
+    post({ type: 'error', id: msg.id, error: errorToJSON(broken ?? e) });
   }
 };

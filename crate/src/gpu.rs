@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use wgpu::util::DeviceExt;
-
 /// Why a GPU could not be used, or an operation on it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -58,7 +56,11 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// Number of times the CPU blocked on (or awaited) the GPU: readbacks and explicit waits.
     waits: AtomicU64,
+    /// Why the device was lost, once it is.
     lost: Arc<Mutex<Option<String>>>,
+    /// The first uncaptured wgpu error (validation, out of memory) not reported yet: wgpu's default handler
+    /// would panic on it; kept here, it fails the next check with a typed error.
+    uncaptured: Arc<Mutex<Option<String>>>,
     allocations: Mutex<Allocations>,
     /// `shared_scratch` buffers by key, alive while some dispatch still binds them.
     scratch: Mutex<HashMap<String, std::sync::Weak<wgpu::Buffer>>>,
@@ -197,9 +199,19 @@ impl Gpu {
             .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
         let lost = Arc::new(Mutex::new(None));
         let lost_cb = lost.clone();
-        device.set_device_lost_callback(move |_reason, msg| {
-            *lost_cb.lock().unwrap() = Some(msg);
+        device.set_device_lost_callback(move |reason, msg| {
+            let reason = match reason {
+                wgpu::DeviceLostReason::Destroyed => "destroyed",
+                wgpu::DeviceLostReason::Unknown => "unknown reason",
+            };
+            lost_cb.lock().unwrap().get_or_insert_with(|| if msg.is_empty() { reason.to_string() } else { format!("{reason}: {msg}") });
         });
+        // Errors of a lost device never come here (wgpu reports them through the lost callback), others do.
+        let uncaptured = Arc::new(Mutex::new(None));
+        let first_error = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+        }));
         Ok(Gpu {
             device,
             queue,
@@ -209,6 +221,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             waits: AtomicU64::new(0),
             lost,
+            uncaptured,
             allocations: Mutex::new(Allocations::default()),
             scratch: Mutex::new(HashMap::new()),
             reusable: Mutex::new(HashMap::new()),
@@ -232,11 +245,53 @@ impl Gpu {
         software_gl_hint(&self.info)
     }
 
-    /// Error if the device has been lost since creation.
+    /// Error if the device has been lost since creation. Natively a loss is noticed when the device is polled
+    /// (every wait does), in the browser when `GPUDevice.lost` settles.
     pub fn check_lost(&self) -> Result<(), GpuError> {
         match self.lost.lock().unwrap().as_ref() {
             Some(m) => Err(GpuError::DeviceLost(m.clone())),
             None => Ok(()),
+        }
+    }
+
+    /// Destroys the device (its memory is freed, every later operation on it fails) and records the loss at once:
+    /// wgpu's lost callback comes only once the work in flight has drained (in Chromium on SwiftShader, ~20 s
+    /// after a `destroy` with a few decoder steps queued), and until then a failed readback could not tell why.
+    pub fn destroy(&self) {
+        self.lost.lock().unwrap().get_or_insert_with(|| "destroyed".to_string());
+        self.device.destroy();
+    }
+
+    /// Whether an uncaptured GPU error (validation, out of memory) is waiting to be reported.
+    pub fn has_uncaptured_error(&self) -> bool {
+        self.uncaptured.lock().unwrap().is_some()
+    }
+
+    /// `check_lost`, then the uncaptured GPU error recorded since the last check, if any (reported once).
+    pub fn check(&self) -> Result<(), GpuError> {
+        self.check_lost()?;
+        match self.uncaptured.lock().unwrap().take() {
+            Some(e) => Err(GpuError::Validation(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// What a failed GPU operation (a readback, a wait) means: `DeviceLost` if the device is lost — the operations
+    /// it ends fail a moment before the loss is reported, so this lets the report arrive (natively a wait for the
+    /// queue, in the browser up to `LOSS_REPORT_WAIT_MS`) — else `failure`.
+    pub async fn lost_or(&self, failure: GpuError) -> GpuError {
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        #[cfg(target_arch = "wasm32")]
+        for _ in 0..LOSS_REPORT_WAIT_MS / 10 {
+            if self.lost.lock().unwrap().is_some() {
+                break;
+            }
+            sleep_ms(10).await;
+        }
+        match self.check_lost() {
+            Err(lost) => lost,
+            Ok(()) => failure,
         }
     }
 
@@ -362,23 +417,27 @@ impl Gpu {
         if size == 0 {
             return self.buffer(label, 4);
         }
-        let padded = size.div_ceil(16) * 16;
-        let buf = if padded == size {
-            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            })
-        } else {
-            let mut v = bytes.to_vec();
-            v.resize(padded as usize, 0);
-            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: &v,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            })
-        };
+        let buf = self.init_buffer(label, bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
         GpuBuffer { buf: self.track(buf), offset: 0, size }
+    }
+
+    /// A buffer of `bytes` rounded up to 16 (zero padding) holding `bytes`, written while mapped at creation.
+    /// Unlike wgpu's `create_buffer_init`, which panics when the mapping fails, a lost device (the only cause
+    /// here) leaves the buffer unwritten: it is invalid anyway, and the loss is reported at the next check.
+    fn init_buffer(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (bytes.len() as u64).max(16).div_ceil(16) * 16,
+            usage,
+            mapped_at_creation: true,
+        });
+        if let Ok(mut view) = buf.get_mapped_range_mut(..) {
+            // Mapped-at-creation memory starts zeroed: only the data needs writing.
+            view.slice(..bytes.len()).copy_from_slice(bytes);
+            drop(view);
+            buf.unmap();
+        }
+        buf
     }
 
     /// Writes `data` into `dst` at its offset (ordered before the next submit).
@@ -392,14 +451,7 @@ impl Gpu {
 
     /// A uniform buffer holding `params` (a `#[repr(C)]` Pod struct, 16-byte multiple).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> Arc<wgpu::Buffer> {
-        let bytes = bytemuck::bytes_of(params);
-        let mut v = bytes.to_vec();
-        v.resize(bytes.len().div_ceil(16) * 16, 0);
-        self.track(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &v,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        }))
+        self.track(self.init_buffer(label, bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST))
     }
 
     /// Builds a dispatch: binding 0 = a uniform with `params`, bindings 1.. = `buffers` in order.
@@ -515,19 +567,44 @@ pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, offset: u64, size: u64)
         let _ = tx.send(r);
     });
     #[cfg(not(target_arch = "wasm32"))]
-    gpu.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
-    rx.await
-        .map_err(|_| GpuError::Readback("map callback dropped".into()))?
-        .map_err(|e| GpuError::Readback(e.to_string()))?;
-    let data = slice
-        .get_mapped_range()
-        .map_err(|e| GpuError::Readback(e.to_string()))?
-        .to_vec();
+    if let Err(e) = gpu.device.poll(wgpu::PollType::wait_indefinitely()) {
+        return Err(gpu.lost_or(GpuError::Readback(format!("waiting for the GPU: {e}"))).await);
+    }
+    let mapped = match rx.await {
+        Ok(r) => r.map_err(|e| GpuError::Readback(e.to_string())),
+        Err(_) => Err(GpuError::Readback("map callback dropped".into())),
+    };
+    let data = mapped.and_then(|()| Ok(slice.get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?.to_vec()));
+    let data = match data {
+        Ok(d) => d,
+        Err(e) => return Err(gpu.lost_or(e).await),
+    };
     staging.unmap();
-    gpu.check_lost()?;
+    gpu.check()?;
     Ok(data)
+}
+
+/// How long `Gpu::lost_or` waits in the browser for `GPUDevice.lost` to settle after an operation failed.
+#[cfg(target_arch = "wasm32")]
+const LOSS_REPORT_WAIT_MS: u32 = 1000;
+
+/// Resolves after `ms` milliseconds (`setTimeout` of the window or worker), letting the browser's tasks run.
+#[cfg(target_arch = "wasm32")]
+async fn sleep_ms(ms: u32) {
+    use wasm_bindgen::JsCast;
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let global = js_sys::global();
+        let set_timeout = js_sys::Reflect::get(&global, &"setTimeout".into()).ok().and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        match set_timeout {
+            Some(f) => {
+                let _ = f.call2(&global, &resolve, &ms.into());
+            }
+            None => {
+                let _ = resolve.call0(&wasm_bindgen::JsValue::UNDEFINED);
+            }
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
 /// A byte range of a GPU buffer (offset and size in bytes; offset 256-aligned when bound).

@@ -61,6 +61,18 @@ fn check_sample_rate(rate: u32) -> Result<(), PipelineError> {
     }
 }
 
+impl PipelineError {
+    /// Whether the GPU device was lost during the request (the models and their device are unusable; a new
+    /// device and models are needed).
+    pub fn is_device_lost(&self) -> bool {
+        match self {
+            PipelineError::Dia(e) => e.is_device_lost(),
+            PipelineError::Dac(e) => e.is_device_lost(),
+            PipelineError::Audio(_) => false,
+        }
+    }
+}
+
 /// Mono audio at any sample rate.
 #[derive(Debug, Clone)]
 pub struct Audio {

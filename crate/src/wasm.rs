@@ -6,7 +6,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -31,8 +30,6 @@ pub struct DiaEngine {
     numerics: Numerics,
     /// The browser's own words for the adapter (wgpu passes on only its often empty description).
     adapter_label: String,
-    /// The first uncaptured WebGPU error (validation, out of memory) not yet reported to JavaScript.
-    gpu_error: Arc<Mutex<Option<String>>>,
     run: Rc<RunState>,
     gpu: Rc<Gpu>,
 }
@@ -55,6 +52,34 @@ impl Drop for BusyGuard {
 
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
+}
+
+/// The `code` a rejected `generate` carries when the GPU device was lost: the engine is unusable (the worker
+/// reports an `EngineError` of this code and starts a new engine for the next request).
+const DEVICE_LOST: &str = "device-lost";
+
+/// A JavaScript `Error` with `message`, and `code = "device-lost"` when `device_lost`.
+fn engine_error(message: impl std::fmt::Display, device_lost: bool) -> JsValue {
+    let error = JsValue::from(JsError::new(&message.to_string()));
+    if device_lost {
+        let _ = js_sys::Reflect::set(&error, &"code".into(), &DEVICE_LOST.into());
+    }
+    error
+}
+
+fn gpu_error(e: GpuError) -> JsValue {
+    let lost = matches!(e, GpuError::DeviceLost(_));
+    engine_error(e, lost)
+}
+
+/// Test-only faults that `generate`'s `testHook` option injects at the generation's second cancellation
+/// check (decoder steps submitted, readbacks in flight), for the package's end-to-end tests of recovery.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TestHook {
+    /// A Rust panic inside the running generation (the wasm instance traps).
+    Panic,
+    /// `GPUDevice.destroy()`: the device is lost under the generation.
+    LoseDevice,
 }
 
 /// Largest Dia-1.6B matrix (decoder MLP gate/up, 16384 × 2048) in bytes for `numerics`: an adapter whose
@@ -116,12 +141,7 @@ impl DiaEngine {
             }
             e => js_err(e),
         })?;
-        // Without a handler the browser only logs these; kept, they fail the next call that checks.
-        let gpu_error = Arc::new(Mutex::new(None));
-        let first_error = gpu_error.clone();
-        gpu.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
-        }));
+        // Uncaptured WebGPU errors (the browser would only log them) are kept by `Gpu`: they fail the next check.
         Ok(DiaEngine {
             dia_builder: None,
             dac_builder: None,
@@ -129,7 +149,6 @@ impl DiaEngine {
             dac: None,
             numerics,
             adapter_label,
-            gpu_error,
             run: Rc::new(RunState::default()),
             gpu: Rc::new(gpu),
         })
@@ -178,11 +197,11 @@ impl DiaEngine {
 
     /// Completes the model; with tensors missing it throws and loading can go on.
     #[wasm_bindgen(js_name = finishModel)]
-    pub fn finish_model(&mut self) -> Result<(), JsError> {
+    pub fn finish_model(&mut self) -> Result<(), JsValue> {
         let builder = self.dia_builder.as_ref().ok_or_else(|| JsError::new("no model is being loaded: call beginModel first"))?;
         let missing = builder.missing();
         if let Some(first) = missing.first() {
-            return Err(js_err(DiaError::MissingTensor { name: first.clone(), count: missing.len() }));
+            return Err(js_err(DiaError::MissingTensor { name: first.clone(), count: missing.len() }).into());
         }
         let builder = self.dia_builder.take().expect("checked above");
         self.dia = Some(Rc::new(builder.finish().map_err(js_err)?));
@@ -216,7 +235,7 @@ impl DiaEngine {
 
     /// Completes the codec; on an error (e.g. a missing tensor) loading starts again with `beginCodec`.
     #[wasm_bindgen(js_name = finishCodec)]
-    pub fn finish_codec(&mut self) -> Result<(), JsError> {
+    pub fn finish_codec(&mut self) -> Result<(), JsValue> {
         let builder = self.dac_builder.take().ok_or_else(|| JsError::new("no codec is being loaded: call beginCodec first"))?;
         self.dac = Some(Rc::new(builder.finish().map_err(js_err)?));
         self.check_gpu_error()
@@ -225,19 +244,22 @@ impl DiaEngine {
     /// Speaks `text`, calling `onChunk` with consecutive chunks of 44.1 kHz mono samples as they become
     /// final. `promptPcm` (mono, 44.1 kHz) is a voice to continue; its transcript should begin `text`.
     /// Resolves to `{ samples, steps, seconds }`; rejects with the error's message (containing
-    /// "cancelled" after `cancel()`, or the callback's own exception if `onChunk` throws).
+    /// "cancelled" after `cancel()`, or the callback's own exception if `onChunk` throws). When the GPU device
+    /// was lost the error has `code: "device-lost"` and the engine is unusable: create another.
+    /// `options.testHook` is test-only (the package's own tests): `"panic"` panics inside the generation,
+    /// `"lose-device"` destroys the GPU device under it.
     #[wasm_bindgen(unchecked_return_type = "Promise<{ samples: number, steps: number, seconds: number }>")]
     pub fn generate(
         &self,
         text: String,
-        #[wasm_bindgen(unchecked_param_type = "{ temperature?: number, topP?: number, cfgScale?: number, cfgFilterTopK?: number, seed?: number, maxNewTokens?: number }")]
+        #[wasm_bindgen(unchecked_param_type = "{ temperature?: number, topP?: number, cfgScale?: number, cfgFilterTopK?: number, seed?: number, maxNewTokens?: number, testHook?: \"panic\" | \"lose-device\" }")]
         options: JsValue,
         #[wasm_bindgen(js_name = promptPcm, unchecked_param_type = "Float32Array | undefined")] prompt_pcm: Option<Vec<f32>>,
         #[wasm_bindgen(js_name = onChunk, unchecked_param_type = "(pcm: Float32Array) => void")] on_chunk: js_sys::Function,
     ) -> js_sys::Promise {
         let job = self.start_job(&options);
         wasm_bindgen_futures::future_to_promise(async move {
-            let (run, gpu, gpu_error, dia, dac, opts) = job.map_err(JsValue::from)?;
+            let (run, gpu, dia, dac, opts, hook) = job?;
             let _busy = BusyGuard(run.clone());
             let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
             let prompt = prompt_pcm.map(|samples| Audio { samples, sample_rate: SAMPLE_RATE });
@@ -249,16 +271,26 @@ impl DiaEngine {
                     }
                 }
             };
-            let cancelled = || run.cancel.get() || thrown.borrow().is_some() || gpu_error.lock().unwrap().is_some();
+            let checks = Cell::new(0u32);
+            let cancelled = || {
+                checks.set(checks.get() + 1);
+                if checks.get() == 2 {
+                    match hook {
+                        Some(TestHook::Panic) => panic!("forced panic (test-only generate option testHook: \"panic\")"),
+                        Some(TestHook::LoseDevice) => gpu.destroy(),
+                        None => {}
+                    }
+                }
+                run.cancel.get() || thrown.borrow().is_some() || gpu.has_uncaptured_error()
+            };
             let start = js_sys::Date::now();
             let result = tts.speak(&text, prompt.as_ref(), &opts, &mut on_pcm, &cancelled).await;
-            if let Some(e) = gpu_error.lock().unwrap().take() {
-                return Err(js_err(GpuError::Validation(e)).into());
-            }
+            // A lost device or a GPU error explains whatever else went wrong: it comes first.
+            gpu.check().map_err(gpu_error)?;
             if let Some(e) = thrown.take() {
                 return Err(e);
             }
-            let speech = result.map_err(|e: PipelineError| JsValue::from(js_err(e)))?;
+            let speech = result.map_err(|e: PipelineError| engine_error(&e, e.is_device_lost()))?;
             let out = js_sys::Object::new();
             let set = |k: &str, v: f64| js_sys::Reflect::set(&out, &JsValue::from_str(k), &JsValue::from_f64(v));
             set("samples", speech.samples as f64)?;
@@ -276,7 +308,7 @@ impl DiaEngine {
     }
 }
 
-type Job = (Rc<RunState>, Rc<Gpu>, Arc<Mutex<Option<String>>>, Rc<DiaModel>, Rc<DacModel>, GenerateOptions);
+type Job = (Rc<RunState>, Rc<Gpu>, Rc<DiaModel>, Rc<DacModel>, GenerateOptions, Option<TestHook>);
 
 impl DiaEngine {
     /// The device as a `'static` borrow for the builders.
@@ -288,26 +320,23 @@ impl DiaEngine {
         unsafe { &*Rc::as_ptr(&self.gpu) }
     }
 
-    /// Throws the GPU error recorded since the last check, if any.
-    fn check_gpu_error(&self) -> Result<(), JsError> {
-        match self.gpu_error.lock().unwrap().take() {
-            Some(e) => Err(js_err(GpuError::Validation(e))),
-            None => Ok(()),
-        }
+    /// Throws if the device was lost or a GPU error was recorded since the last check.
+    fn check_gpu_error(&self) -> Result<(), JsValue> {
+        self.gpu.check().map_err(gpu_error)
     }
 
     /// Everything a generation needs, checked and shared; marks the engine busy.
-    fn start_job(&self, options: &JsValue) -> Result<Job, JsError> {
+    fn start_job(&self, options: &JsValue) -> Result<Job, JsValue> {
         if self.run.busy.get() {
-            return Err(JsError::new("a generation is already running on this engine (cancel it or wait for it)"));
+            return Err(JsError::new("a generation is already running on this engine (cancel it or wait for it)").into());
         }
         let dia = self.dia.clone().ok_or_else(|| JsError::new("no model loaded: call beginModel, putModelTensor… and finishModel first"))?;
         let dac = self.dac.clone().ok_or_else(|| JsError::new("no codec loaded: call beginCodec, putCodecTensor… and finishCodec first"))?;
-        let opts = parse_options(options)?;
+        let (opts, hook) = parse_options(options)?;
         self.check_gpu_error()?;
         self.run.busy.set(true);
         self.run.cancel.set(false);
-        Ok((self.run.clone(), self.gpu.clone(), self.gpu_error.clone(), dia, dac, opts))
+        Ok((self.run.clone(), self.gpu.clone(), dia, dac, opts, hook))
     }
 }
 
@@ -320,10 +349,10 @@ fn convert(name: &str, dtype: &str, shape: &[u32], bytes: &[u8]) -> Result<(Vec<
 }
 
 /// `generate`'s options object; absent fields keep the reference defaults (`GenerateOptions::default`).
-fn parse_options(options: &JsValue) -> Result<GenerateOptions, JsError> {
+fn parse_options(options: &JsValue) -> Result<(GenerateOptions, Option<TestHook>), JsError> {
     let mut opts = GenerateOptions::default();
     if options.is_undefined() || options.is_null() {
-        return Ok(opts);
+        return Ok((opts, None));
     }
     if !options.is_object() {
         return Err(JsError::new("generate: options must be an object"));
@@ -363,5 +392,11 @@ fn parse_options(options: &JsValue) -> Result<GenerateOptions, JsError> {
     if let Some(x) = integer("maxNewTokens", 1.0)? {
         opts.max_new_tokens = x as usize;
     }
-    Ok(opts)
+    let hook = match get(options, "testHook").map(|v| v.as_string()) {
+        None => None,
+        Some(Some(h)) if h == "panic" => Some(TestHook::Panic),
+        Some(Some(h)) if h == "lose-device" => Some(TestHook::LoseDevice),
+        Some(_) => return Err(JsError::new("generate: options.testHook (test-only) must be \"panic\" or \"lose-device\"")),
+    };
+    Ok((opts, hook))
 }

@@ -5,6 +5,8 @@
 //   node e2e.mjs [--mock]   (--mock: the package was built with the JS mock engine; parity is then
 //                            checked against the mock's own first output instead of the fixtures)
 //   DIA_BROWSER_FULL=1      also the voice-prompt parity case
+//   DIA_BROWSER_ONLY=regex  only the tests whose name matches (case-insensitive; the npm pack step always
+//                           runs); for iterating on a few tests, each of which must then set up what it needs
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,7 +31,13 @@ const CANCEL_TEXT = '[S1] Cancel me. [S2] No.';
 // ---------------------------------------------------------------- tiny harness
 
 const results = [];
-async function test(name, fn) {
+const only = process.env.DIA_BROWSER_ONLY ? new RegExp(process.env.DIA_BROWSER_ONLY, 'i') : null;
+let leftOut = 0;
+async function test(name, fn, { always = false } = {}) {
+  if (only && !always && !only.test(name)) {
+    leftOut++;
+    return;
+  }
   const started = Date.now();
   try {
     const note = await fn();
@@ -236,7 +244,7 @@ async function main() {
     const tsc = join(here, 'node_modules', 'typescript', 'bin', 'tsc');
     execFileSync('node', [tsc, '--noEmit', '--strict', '--target', 'es2022', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--lib', 'es2022,dom,dom.iterable', 'use.ts'], { cwd: app, stdio: 'pipe' });
     return `${filename}, ${files.length} files`;
-  });
+  }, { always: true });
   if (!pkgDir) {
     console.log('0 passed, 1 failed (the package could not be packed; nothing else was run)');
     process.exit(1);
@@ -435,6 +443,56 @@ async function main() {
       assert(r.positions > 0 && r.monotonic, `${r.positions} position reports, monotonic ${r.monotonic}`);
       const snr = checkT0(r.audio);
       return `${r.played} samples played at 48000 Hz, ${r.underruns} underrun(s), ${r.positions} position reports; SNR ${fmtDb(snr)}`;
+    });
+
+    // A Rust panic traps the wasm instance, and a lost GPU device ends the engine: either way the request fails
+    // with an EngineError saying so, and the DiaTTS starts a new engine (a new worker, the weights from
+    // IndexedDB) for its next request. The faults come from generate's test-only `testHook` option, at the
+    // generation's second cancellation check (decoder steps submitted, readbacks in flight).
+    const ensureF32Engine = async () => {
+      if (!(await call(page, () => window.tts?.info?.numerics === 'f32'))) await load(page, f32);
+    };
+    const FAULT_RUN = { ...GREEDY, maxNewTokens: 300 }; // CANCEL_TEXT: still generating when the fault comes
+
+    await test('a Rust panic during generate → EngineError (code panic) with the panic text; the next generate restarts the engine from IndexedDB, PCM right', async () => {
+      await ensureF32Engine();
+      await call(page, () => (window.firstWorker = window.tts.worker));
+      const err = await expectError(generate(page, CANCEL_TEXT, { ...FAULT_RUN, testHook: 'panic' }), 'EngineError');
+      assert(err.details?.code === 'panic', `code ${err.details?.code}: ${err.message}`);
+      assert(/panicked at/.test(err.message) && /forced panic/.test(err.message), `the panic text is missing: ${err.message}`);
+      resetLog();
+      const r = await generate(page, t0Text, GREEDY);
+      const { info, newWorker } = await call(page, () => ({ info: window.tts.info, newWorker: window.tts.worker !== window.firstWorker }));
+      assert(newWorker, 'the generation after the panic ran in the old worker');
+      assert(info.fromCache && log.length === 0, `restarting the engine made ${log.length} request(s)`);
+      const snr = checkT0(r.audio);
+      return `"${err.message.split('\n').join(' ')}"; then the engine restarted (${info.tensors} tensors from IndexedDB in ${info.seconds.toFixed(2)} s) and generated ${r.audio.length} samples, SNR ${fmtDb(snr)}`;
+    });
+
+    await test('GPU device destroyed mid-generation → EngineError (code device-lost); then a new load and generation work, PCM right', async () => {
+      await ensureF32Engine();
+      const r = await call(
+        page,
+        async ({ text, options }) => {
+          let chunks = 0;
+          try {
+            await window.tts.generate(text, { ...options, onChunk: () => chunks++ });
+            return { chunks };
+          } catch (e) {
+            return { chunks, error: { name: e.name, message: e.message, code: e.code } };
+          }
+        },
+        { text: CANCEL_TEXT, options: { ...FAULT_RUN, testHook: 'lose-device' } },
+      );
+      assert(r.error, `the generation on a destroyed device succeeded (${r.chunks} chunks)`);
+      assert(r.error.name === 'EngineError' && r.error.code === 'device-lost', `${r.error.name} (code ${r.error.code}): ${r.error.message}`);
+      assert(r.chunks === 0, `${r.chunks} chunk(s) came from the generation the device was lost under`);
+      resetLog();
+      const { info } = await load(page, f32);
+      assert(info.fromCache, 'the new load read the weight store');
+      const g = await generate(page, t0Text, GREEDY);
+      const snr = checkT0(g.audio);
+      return `"${r.error.message}"; then a new load (${info.tensors} tensors from IndexedDB) generated ${g.audio.length} samples, SNR ${fmtDb(snr)}`;
     });
 
     await test('AudioWorklet fed by a SharedArrayBuffer ring on a cross-origin isolated page: exact consumption', async () => {
@@ -681,5 +739,5 @@ await main().catch((e) => {
 });
 const passed = results.filter(Boolean).length;
 const failed = results.length - passed;
-console.log(`${passed} passed, ${failed} failed`);
+console.log(`${passed} passed, ${failed} failed${only ? ` (${leftOut} left out by DIA_BROWSER_ONLY=${only.source})` : ''}`);
 process.exit(failed ? 1 : 0);

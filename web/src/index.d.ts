@@ -76,6 +76,8 @@ export interface GenerateOptions {
   /** Voice to continue; its transcript should begin `text`. Float32Array = mono 44.1 kHz samples. */
   prompt?: Float32Array | AudioBuffer | Blob | ArrayBuffer;
   signal?: AbortSignal;
+  /** @internal Test-only (the package's own tests): a Rust panic, or a GPU device loss, during the generation. */
+  testHook?: 'panic' | 'lose-device';
 }
 
 export interface GenerationStats {
@@ -170,6 +172,11 @@ export declare class CheckpointError extends DiaError {}
 export declare class QuotaExceededError extends DiaError {}
 export declare class CacheEvictedError extends DiaError {}
 export declare class StorageError extends DiaError {}
-export declare class EngineError extends DiaError {}
+export declare class EngineError extends DiaError {
+  /** Set when the failure ended the engine: 'device-lost' (the GPU device was lost), 'panic' (a Rust panic; the
+   *  message carries its text) or 'crash' (another uncaught error in the worker). The DiaTTS starts a new engine
+   *  (a new worker, weights from the store) for its next generation. */
+  readonly code?: 'device-lost' | 'panic' | 'crash';
+}
 export declare class CancelledError extends DiaError {}
 export declare class InvalidOptionError extends DiaError {}

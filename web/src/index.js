@@ -32,7 +32,10 @@ const DEFAULTS = {
 };
 
 const NUMERICS = { f16w: 'f16w', auto: 'f16w', f32: 'f32' };
-const ENGINE_OPTIONS = ['temperature', 'topP', 'cfgScale', 'cfgFilterTopK', 'seed', 'maxNewTokens'];
+// testHook is test-only (the package's own tests inject a panic or a device loss with it).
+const ENGINE_OPTIONS = ['temperature', 'topP', 'cfgScale', 'cfgFilterTopK', 'seed', 'maxNewTokens', 'testHook'];
+// EngineError codes after which the worker's engine is unusable.
+const ENGINE_ENDING_CODES = new Set(['panic', 'crash', 'device-lost']);
 
 function engineOptions(options) {
   const out = {};
@@ -69,17 +72,14 @@ export class DiaTTS {
     if (!numerics) throw new InvalidOptionError(`dtype must be "f16w" (default), "f32" or "auto", not ${JSON.stringify(o.dtype)}`);
     const caps = await requireWebGPU(numerics);
     if (o.cache) navigator.storage?.persist?.().catch(() => {}); // ask the browser not to evict the weights
-    const worker = new Worker(o.workerUrl ?? new URL('./worker/worker.js', import.meta.url), { type: 'module', name: 'dia-webgpu' });
-    const tts = new DiaTTS(worker, caps);
+    const spawn = () => new Worker(o.workerUrl ?? new URL('./worker/worker.js', import.meta.url), { type: 'module', name: 'dia-webgpu' });
+    const loadMessage = { type: 'load', model: o.model, codec: o.codec, baseUrl: o.baseUrl, revision: o.revision, numerics, cache: o.cache, encoder: o.encoder };
+    const tts = new DiaTTS(spawn(), caps, { spawn, loadMessage });
     try {
-      const ready = await tts.#send(
-        { type: 'load', model: o.model, codec: o.codec, baseUrl: o.baseUrl, revision: o.revision, numerics, cache: o.cache, encoder: o.encoder },
-        { onProgress: o.onProgress },
-      );
-      tts.info = ready;
+      tts.info = await tts.#send(loadMessage, { onProgress: o.onProgress });
       return tts;
     } catch (e) {
-      worker.terminate();
+      tts.#worker.terminate();
       throw e;
     }
   }
@@ -108,11 +108,23 @@ export class DiaTTS {
   #players = new Map(); // AudioContext → Promise<PcmPlayer>
   #context = null;
   #failure = null;
+  // After a panic or a lost GPU device the engine is gone: `#lost` is the EngineError that ended it, and the
+  // next generation first starts a new worker (`#spawn`) and loads it again (`#loadMessage`, from the store).
+  #spawn = null;
+  #loadMessage = null;
+  #lost = null;
+  #restarting = null;
 
-  constructor(worker, capabilities) {
+  constructor(worker, capabilities, { spawn = null, loadMessage = null } = {}) {
     this.capabilities = capabilities;
     this.samplingRate = SAMPLE_RATE;
     this.info = null;
+    this.#spawn = spawn;
+    this.#loadMessage = loadMessage;
+    this.#attach(worker);
+  }
+
+  #attach(worker) {
     this.#worker = worker;
     worker.onmessage = ({ data }) => this.#onMessage(data);
     worker.onerror = (event) => {
@@ -138,6 +150,33 @@ export class DiaTTS {
     this.#requests.clear();
   }
 
+  /** The engine ended (`error`: an EngineError of code 'panic', 'crash' or 'device-lost'): its worker is
+   *  stopped, its requests fail with `error`, and the next generation starts a new engine. */
+  #engineLost(error) {
+    this.#lost = error;
+    this.#worker.terminate();
+    for (const r of this.#requests.values()) r.reject(error);
+    this.#requests.clear();
+  }
+
+  /** A working engine: after an engine was lost, a new worker loaded as the first one was (from the weight
+   *  store when it has the weights). If that fails, the error is thrown and the next call tries again. */
+  #ready() {
+    if (!this.#lost || this.#failure) return Promise.resolve();
+    if (!this.#spawn) return Promise.reject(this.#lost);
+    this.#restarting ??= (async () => {
+      this.#attach(this.#spawn());
+      this.#lost = null;
+      try {
+        this.info = await this.#send(this.#loadMessage);
+      } catch (e) {
+        this.#engineLost(e);
+        throw e;
+      }
+    })().finally(() => (this.#restarting = null));
+    return this.#restarting;
+  }
+
   #send(message, handlers = {}, transfer = []) {
     if (this.#failure) return Promise.reject(this.#failure);
     const id = ++this.#ids;
@@ -149,7 +188,7 @@ export class DiaTTS {
   }
 
   #onMessage(m) {
-    if (m.type === 'fatal') return this.#fail(new EngineError(`the engine crashed: ${m.message}`));
+    if (m.type === 'fatal') return this.#engineLost(new EngineError(m.message, { code: m.code }));
     const r = this.#requests.get(m.id);
     if (!r) return;
     switch (m.type) {
@@ -168,9 +207,12 @@ export class DiaTTS {
         this.#requests.delete(m.id);
         r.reject(new CancelledError('the generation was cancelled', { chunks: m.chunks, steps: m.steps }));
         return;
-      case 'error':
+      case 'error': {
         this.#requests.delete(m.id);
-        r.reject(errorFromJSON(m.error));
+        const error = errorFromJSON(m.error);
+        r.reject(error);
+        if (error instanceof EngineError && ENGINE_ENDING_CODES.has(error.code)) this.#engineLost(error);
+      }
     }
   }
 
@@ -191,6 +233,7 @@ export class DiaTTS {
     };
     const run = async () => {
       const prompt = await promptSamples(options.prompt);
+      await this.#ready();
       if (job.stopped) throw new CancelledError('the generation was cancelled before it started');
       return this.#send(
         { type: 'generate', text, options: engineOptions(options), prompt },

@@ -41,3 +41,10 @@ pub enum DacError {
     #[error("this DAC model was loaded without its encoder")]
     NoEncoder,
 }
+
+impl DacError {
+    /// Whether the GPU device was lost (the codec and its device are unusable; a new device is needed).
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, DacError::Gpu(GpuError::DeviceLost(_)))
+    }
+}

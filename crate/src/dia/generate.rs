@@ -118,6 +118,8 @@ impl<'m> Session<'m> {
 
     /// `new` for already tokenized texts (one id list per item).
     pub fn from_tokens(gpu: &'m Gpu, model: &'m DiaModel, items: &[Vec<u32>], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool) -> Result<Session<'m>, DiaError> {
+        // Nothing is built on a lost device: its buffers would be invalid.
+        gpu.check()?;
         let cfg = &model.cfg;
         let c = cfg.decoder.channels;
         let limit = cfg.encoder.max_positions;
@@ -286,6 +288,8 @@ impl<'m> Session<'m> {
             if cancelled() {
                 return Err(DiaError::Cancelled);
             }
+            // A lost device (or a GPU error) ends the generation at once: its rows would be garbage.
+            self.gpu.check()?;
             if self.steps_submitted < max_steps && !free.is_empty() {
                 let first_row = self.s0 + self.steps_submitted;
                 let mut n = every.min(max_steps - self.steps_submitted);
@@ -310,21 +314,31 @@ impl<'m> Session<'m> {
             // Take what is ready; block only when the ring is full or everything is submitted.
             let must_wait = free.is_empty() || self.steps_submitted >= max_steps;
             let Some(front) = pending.front_mut() else { break };
+            let dropped = || GpuError::Readback("map callback dropped".into());
             let ready = match front.rx.try_recv() {
                 Ok(Some(r)) => Some(r),
                 Ok(None) if must_wait => {
-                    self.gpu.wait_idle()?;
-                    Some((&mut front.rx).await.map_err(|_| DiaError::Gpu(GpuError::Readback("map callback dropped".into())))?)
+                    if let Err(e) = self.gpu.wait_idle() {
+                        return Err(self.gpu.lost_or(e).await.into());
+                    }
+                    match (&mut front.rx).await {
+                        Ok(r) => Some(r),
+                        Err(_) => return Err(self.gpu.lost_or(dropped()).await.into()),
+                    }
                 }
                 Ok(None) => None,
-                Err(_) => return Err(DiaError::Gpu(GpuError::Readback("map callback dropped".into()))),
+                Err(_) => return Err(self.gpu.lost_or(dropped()).await.into()),
             };
             let Some(result) = ready else { continue };
-            result.map_err(|e| DiaError::Gpu(GpuError::Readback(e.to_string())))?;
             let p = pending.pop_front().unwrap();
-            let data: Vec<u32> = {
-                let view = staging[p.slot].slice(..16 + p.rows as u64 * row_bytes).get_mapped_range().map_err(|e| DiaError::Gpu(GpuError::Readback(e.to_string())))?;
-                bytemuck::pod_collect_to_vec(&view)
+            let view = result.map_err(|e| GpuError::Readback(e.to_string())).and_then(|()| {
+                let view = staging[p.slot].slice(..16 + p.rows as u64 * row_bytes).get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?;
+                Ok(bytemuck::pod_collect_to_vec::<u8, u32>(&view))
+            });
+            // A readback fails when the device is lost under it: say so rather than "map failed".
+            let data = match view {
+                Ok(d) => d,
+                Err(e) => return Err(self.gpu.lost_or(e).await.into()),
             };
             staging[p.slot].unmap();
             free.push(p.slot);
@@ -339,7 +353,7 @@ impl<'m> Session<'m> {
                 end = Some(total);
             }
         }
-        self.gpu.check_lost()?;
+        self.gpu.check()?;
         let rows = end.ok_or_else(|| DiaError::Gpu(GpuError::Readback("generation ended without a final row count".into())))?;
         out.truncate(rows * self.batch * c);
         Ok(Generation { codes: out, rows, batch: self.batch, channels: c, prefix_rows: self.s0 })

@@ -42,6 +42,13 @@ pub enum DiaError {
     Cancelled,
 }
 
+impl DiaError {
+    /// Whether the GPU device was lost (the model and its device are unusable; a new device is needed).
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, DiaError::Gpu(GpuError::DeviceLost(_)))
+    }
+}
+
 /// Loads a checkpoint (either layout) that has been opened as a `Checkpoint`: shapes are validated against
 /// the config before any data is read, then tensors stream to the GPU one at a time.
 pub fn load_model(gpu: &crate::gpu::Gpu, cfg: &crate::config::DiaConfig, ckpt: &crate::weights::Checkpoint, numerics: crate::kernels::Numerics) -> Result<DiaModel, DiaError> {

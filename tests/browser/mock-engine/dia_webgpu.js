@@ -96,7 +96,23 @@ export class DiaEngine {
 
   async generate(text, options = {}, promptPcm, onChunk) {
     if (!this.model || !this.codec) throw new Error('no model loaded');
+    if (this.lost) throw Object.assign(new Error('the GPU device was lost: destroyed'), { code: 'device-lost' });
     if (this.busy) throw new Error('a generation is already running');
+    // The test-only faults of the real engine, as they surface there: a panic logs its text and traps in the
+    // task polling the generation (whose promise never settles); a lost device rejects with code 'device-lost'.
+    if (options.testHook === 'panic') {
+      await new Promise((r) => setTimeout(r, 15));
+      console.error('panicked at mock-engine/dia_webgpu.js:\nforced panic (test-only generate option testHook: "panic")\n\nStack:\n\n(mock)');
+      queueMicrotask(() => {
+        throw new WebAssembly.RuntimeError('unreachable');
+      });
+      return new Promise(() => {});
+    }
+    if (options.testHook === 'lose-device') {
+      await new Promise((r) => setTimeout(r, 15));
+      this.lost = true;
+      throw Object.assign(new Error('the GPU device was lost: destroyed'), { code: 'device-lost' });
+    }
     this.busy = true;
     this.cancelled = false;
     const started = performance.now();
