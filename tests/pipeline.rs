@@ -184,7 +184,7 @@ fn pipeline_refuses_non_finite_prompts() {
         let mut samples = vec![0.1f32; 1000];
         samples[700] = bad;
         let r = Audio::from_wav(&wav_bytes(&samples, 44_100));
-        assert!(matches!(&r, Err(PipelineError::Audio(m)) if m.contains("sample 700")), "{bad}: {r:?}");
+        assert!(matches!(&r, Err(PipelineError::SampleValue { index: 700, .. })), "{bad}: {r:?}");
     }
     let gpu = test_gpu();
     let (dia, dac) = models(&gpu, Numerics::F32);
@@ -192,7 +192,7 @@ fn pipeline_refuses_non_finite_prompts() {
     let prompt = Audio { samples: vec![0.0, f32::NAN, 0.0], sample_rate: 44_100 };
     let mut got = 0usize;
     let r = pollster::block_on(tts.speak("[S1] Hi.", Some(&prompt), &GenerateOptions::default(), &mut |c: &[f32]| got += c.len(), &|| false));
-    assert!(matches!(r, Err(PipelineError::Audio(_))), "{r:?}");
+    assert!(matches!(r, Err(PipelineError::SampleValue { index: 1, .. })), "{r:?}");
     assert_eq!(got, 0);
     // Text that is only whitespace is refused like the empty string.
     let r = pollster::block_on(tts.speak(" \n\t ", None, &GenerateOptions::default(), &mut |_: &[f32]| {}, &|| false));

@@ -68,7 +68,7 @@ impl PipelineError {
         match self {
             PipelineError::Dia(e) => e.is_device_lost(),
             PipelineError::Dac(e) => e.is_device_lost(),
-            PipelineError::Audio(_) => false,
+            PipelineError::Audio(_) | PipelineError::SampleRate { .. } | PipelineError::SampleValue { .. } => false,
         }
     }
 }
@@ -103,21 +103,7 @@ impl Audio {
         check_samples(&interleaved)?;
         let ch = spec.channels as usize;
         let samples = interleaved.chunks_exact(ch).map(|f| f.iter().sum::<f32>() / ch as f32).collect();
-        let audio = Audio { samples, sample_rate: spec.sample_rate };
-        audio.check_finite()?;
-        Ok(audio)
-    }
-
-    /// Refuses NaN and ±Inf samples (a float WAV can hold them; the codec would turn them into NaN codes).
-    pub fn check_finite(&self) -> Result<(), PipelineError> {
-        match self.samples.iter().position(|s| !s.is_finite()) {
-            Some(i) => Err(PipelineError::Audio(format!(
-                "sample {i} ({:.3} s in) is {}: the audio must hold finite values only",
-                i as f64 / self.sample_rate.max(1) as f64,
-                self.samples[i]
-            ))),
-            None => Ok(()),
-        }
+        Ok(Audio { samples, sample_rate: spec.sample_rate })
     }
 
     /// The same audio at `rate` Hz (FFT resampler; identity when the rate already matches). Every sample must
@@ -196,10 +182,9 @@ impl<'a> Tts<'a> {
         if audio.samples.is_empty() {
             return Err(PipelineError::Audio("the voice prompt is empty".into()));
         }
-        if audio.sample_rate == 0 {
-            return Err(PipelineError::Audio("the voice prompt has a sample rate of 0 Hz".into()));
-        }
-        audio.check_finite()?;
+        // Checked here too, since samples handed over directly (the browser's) skip `from_wav`.
+        check_sample_rate(audio.sample_rate)?;
+        check_samples(&audio.samples)?;
         let mut pcm = audio.resampled(SAMPLE_RATE)?.samples;
         let hop = 512;
         pcm.resize(pcm.len().div_ceil(hop) * hop, 0.0);
