@@ -1,8 +1,8 @@
 // y = x · Wᵀ with fused epilogues. x: f32 [M, K]; W: [N, K] (f32, or f16 pairs packed in u32).
 //
-// This file is assembled by `crate/src/kernels/linear.rs` from the sections below (each starts with a
-// `//== section: <name>` line): `common`, one weight-access section (`access_<mode>_<vec8|pair>`) and one
-// kernel (`small_m` or `tiled`). The access sections give every kernel the same interface:
+// This file is assembled by `crate/src/kernels/linear/` (small_m.rs, tiled.rs) from the sections below (each
+// starts with a `//== section: <name>` line): `common`, one weight-access section (`access_<mode>_<vec8|pair>`)
+// and one kernel (`small_m` or `tiled`). `{{PARAMS}}` is the Rust side's `Params` declaration (mod.rs). The access sections give every kernel the same interface:
 //   type Chunk            a few consecutive columns of one row,
 //   fn chunks() -> u32    chunks per row,
 //   fn load_w(row, c)     chunk c of weight row `row` (row < N, c < chunks()),
@@ -11,17 +11,7 @@
 // `vec8` sections (K a multiple of 8) load 16 bytes at a time; `pair` sections take any K.
 
 //== section: common
-struct Params {
-    m: u32,        // rows of x and y
-    n: u32,        // rows of W
-    k: u32,        // columns of x and W
-    stride: u32,   // words between W rows
-    out_cols: u32, // columns of y: n, or n / 2 for SwiGLU
-    groups: u32,   // workgroups with work (the grid may hold a few more)
-    tiles_n: u32,  // tiled kernel: tiles along the output columns
-    eps: f32,      // small-M kernel with fused RMSNorm
-}
-
+{{PARAMS}}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 

@@ -16,17 +16,7 @@
 enable f16;
 enable wgpu_cooperative_matrix;
 
-struct Params {
-    m: u32,        // rows of x and y
-    n: u32,        // rows of W
-    k: u32,        // columns of x and W
-    stride: u32,   // words between W rows
-    out_cols: u32, // columns of y: n, or n / 2 for SwiGLU
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
-
+{{PARAMS}}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<{{X_ELEM}}>;
 @group(0) @binding(2) var<storage, read> w: array<{{W_ELEM}}>;

@@ -479,3 +479,33 @@ fn small_m_default_shapes_fit() {
         }
     }
 }
+
+/// The pipeline cache: one shader module per distinct source (entry points and keys of one source share it, as the
+/// attention family's three prefill entry points do), and one pipeline per typed variant.
+#[test]
+fn pipeline_cache_shares_modules_and_variants() {
+    use dia_webgpu::gpu::KernelVariant;
+    use dia_webgpu::kernels::linear::SmallMVariant;
+    use dia_webgpu::kernels::WeightFormat;
+    use std::sync::Arc;
+    let gpu = test_gpu();
+    let src = || {
+        "@group(0) @binding(1) var<storage, read_write> y: array<f32>;\n\
+         @compute @workgroup_size(1) fn a() { y[0] = 1.0; }\n\
+         @compute @workgroup_size(1) fn b() { y[0] = 2.0; }\n"
+            .to_string()
+    };
+    let modules = gpu.shader_module_count();
+    let pa = gpu.pipeline("cache_test.a", "a", src);
+    let pb = gpu.pipeline("cache_test.b", "b", src);
+    assert_eq!(gpu.shader_module_count(), modules + 1, "two entry points of one source: one module");
+    assert!(!Arc::ptr_eq(&pa, &pb), "two entry points: two pipelines");
+    assert!(Arc::ptr_eq(&pa, &gpu.pipeline("cache_test.a_again", "a", src)), "same source and entry point under another key");
+    let v = SmallMVariant::new(WeightFormat::F32, 16, 1, LinearEpilogue::Store, SmallMShape::for_shape(1, 8, 16), false, false);
+    let p1 = gpu.variant_pipeline(v);
+    assert!(Arc::ptr_eq(&p1, &gpu.variant_pipeline(v)), "a variant compiles once");
+    let acc = SmallMVariant { epilogue: LinearEpilogue::Accumulate, ..v };
+    assert_ne!(v.source(), acc.source());
+    assert!(!Arc::ptr_eq(&p1, &gpu.variant_pipeline(acc)), "another variant, another pipeline");
+    assert_eq!(gpu.shader_module_count(), modules + 3);
+}

@@ -1,4 +1,4 @@
-//! The tensor-core linear (`kernels::linear_coop`): every generated variant through naga's WGSL → SPIR-V
+//! The tensor-core linear (`kernels::linear::coop`): every generated variant through naga's WGSL → SPIR-V
 //! translation on the host (no GPU), and, where the device has tensor cores, every shape and epilogue against
 //! the CPU on ragged sizes.
 #![cfg(not(target_arch = "wasm32"))]
@@ -12,8 +12,8 @@ mod probe_coop;
 
 use common::{cpu_linear, rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::Gpu;
-use dia_webgpu::kernels::linear::{linear_rows, LinearEpilogue};
-use dia_webgpu::kernels::linear_coop::{linear_coop_shaped, shader_source, CoopAccess, CoopShape, COOP_M_MIN};
+use dia_webgpu::gpu::KernelVariant;
+use dia_webgpu::kernels::linear::{linear_coop_shaped, linear_rows, CoopAccess, CoopShape, CoopVariant, LinearEpilogue, COOP_M_MIN};
 use dia_webgpu::kernels::{round_f16, GpuMatrix, Numerics};
 use probe_coop::coop;
 
@@ -34,7 +34,7 @@ fn every_coop_linear_variant_translates_on_the_host() {
     for shape in shapes() {
         for epilogue in EPILOGUES {
             for access in ACCESSES {
-                let wgsl = shader_source(shape, epilogue, access);
+                let wgsl = CoopVariant { access, epilogue, shape }.source();
                 for robust in [false, true] {
                     let words = coop::translate_spirv(&wgsl, robust)
                         .unwrap_or_else(|e| panic!("{shape:?} {epilogue:?} {access:?} (robust {robust}): {e}"));
@@ -49,7 +49,7 @@ fn every_coop_linear_variant_translates_on_the_host() {
 #[test]
 fn coop_workgroup_memory_is_what_the_shape_says() {
     for shape in shapes() {
-        let wgsl = shader_source(shape, LinearEpilogue::Store, CoopAccess::Vec);
+        let wgsl = CoopVariant { access: CoopAccess::Vec, epilogue: LinearEpilogue::Store, shape }.source();
         let bytes = probe_coop::coop::workgroup_bytes(&wgsl);
         assert_eq!(bytes, shape.workgroup_bytes(), "{shape:?}");
     }

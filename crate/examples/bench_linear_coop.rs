@@ -1,4 +1,4 @@
-//! The encoder's matrix products on tensor cores (`kernels::linear_coop`) against the plain kernels, then the
+//! The encoder's matrix products on tensor cores (`kernels::linear::coop`) against the plain kernels, then the
 //! whole encoder (`DiaModel::encode`, random full-size weights) with tensor cores on and off. Native only.
 //!
 //! cargo run --release --example bench_linear_coop -- [--iters 20] [--skip-encoder]
@@ -33,8 +33,7 @@ mod native {
     use dia_webgpu::dia::forward::PackedText;
     use dia_webgpu::dia::DiaModel;
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
-    use dia_webgpu::kernels::linear::{linear_rows, LinearEpilogue};
-    use dia_webgpu::kernels::linear_coop::{linear_coop_shaped, CoopShape};
+    use dia_webgpu::kernels::linear::{linear_coop_shaped, linear_rows, CoopShape, LinearEpilogue};
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
 
     type Result<T> = std::result::Result<T, Box<dyn Error>>;

@@ -3,7 +3,10 @@
 //!
 //! Knows nothing of the model: kernels and the model build on the pieces here.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -46,6 +49,59 @@ impl Default for GpuOptions {
     }
 }
 
+/// One compiled specialisation of a kernel family: a typed value (`#[derive(Clone, Copy, Debug, PartialEq, Eq,
+/// Hash)]`: weight format × epilogue × shape × …) that is both the input of the family's WGSL generator and the
+/// key of its pipeline in `Gpu::variant_pipeline`, so the key cannot drift from what was generated.
+pub trait KernelVariant: Copy + Eq + Hash + Debug + Send + Sync + 'static {
+    /// The entry point the pipeline runs.
+    fn entry_point(&self) -> &'static str;
+    /// The complete WGSL source of this variant.
+    fn source(&self) -> String;
+}
+
+/// A `KernelVariant` of any type as a map key (equal only to an equal value of the same type).
+trait VariantKey: Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn eq_key(&self, other: &dyn VariantKey) -> bool;
+    fn hash_key(&self, state: &mut dyn Hasher);
+}
+
+impl<V: KernelVariant> VariantKey for V {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn eq_key(&self, other: &dyn VariantKey) -> bool {
+        other.as_any().downcast_ref::<V>() == Some(self)
+    }
+    fn hash_key(&self, mut state: &mut dyn Hasher) {
+        std::any::TypeId::of::<V>().hash(&mut state);
+        self.hash(&mut state);
+    }
+}
+
+impl PartialEq for dyn VariantKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.eq_key(other)
+    }
+}
+
+impl Eq for dyn VariantKey {}
+
+impl Hash for dyn VariantKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.hash_key(state)
+    }
+}
+
+/// Compiled shader code, shared by every key that yields the same source: a module per distinct source text,
+/// a pipeline per (module, entry point), so several entry points of one source are parsed and validated once.
+#[derive(Default)]
+struct ModuleCache {
+    by_source: HashMap<String, usize>,
+    modules: Vec<wgpu::ShaderModule>,
+    pipelines: HashMap<(usize, String), Arc<wgpu::ComputePipeline>>,
+}
+
 /// A device plus everything the kernels share: pipeline cache and wait counter.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -53,7 +109,11 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// `variant_pipeline`'s typed keys.
+    variants: Mutex<HashMap<Box<dyn VariantKey>, Arc<wgpu::ComputePipeline>>>,
+    modules: Mutex<ModuleCache>,
     /// Number of times the CPU blocked on (or awaited) the GPU: readbacks and explicit waits.
     waits: AtomicU64,
     /// Why the device was lost, once it is.
@@ -219,6 +279,8 @@ impl Gpu {
             features,
             limits,
             pipelines: Mutex::new(HashMap::new()),
+            variants: Mutex::new(HashMap::new()),
+            modules: Mutex::new(ModuleCache::default()),
             waits: AtomicU64::new(0),
             lost,
             uncaptured,
@@ -337,21 +399,55 @@ impl Gpu {
         if let Some(p) = cache.get(key) {
             return p.clone();
         }
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(key),
-            source: wgpu::ShaderSource::Wgsl(source().into()),
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(key),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        let p = Arc::new(pipeline);
+        let p = self.compile(key, source(), entry);
         cache.insert(key.to_string(), p.clone());
         p
+    }
+
+    /// The compute pipeline of a typed kernel variant, generated and compiled on the first request.
+    pub fn variant_pipeline<V: KernelVariant>(&self, variant: V) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.variants.lock().unwrap();
+        if let Some(p) = cache.get(&variant as &dyn VariantKey) {
+            return p.clone();
+        }
+        let p = self.compile(&format!("{variant:?}"), variant.source(), variant.entry_point());
+        cache.insert(Box::new(variant), p.clone());
+        p
+    }
+
+    /// The pipeline running `entry` of `source`, through the module cache.
+    fn compile(&self, label: &str, source: String, entry: &str) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.modules.lock().unwrap();
+        let ModuleCache { by_source, modules, pipelines } = &mut *cache;
+        let module = match by_source.get(&source) {
+            Some(&i) => i,
+            None => {
+                modules.push(self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(label),
+                    source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+                }));
+                by_source.insert(source, modules.len() - 1);
+                modules.len() - 1
+            }
+        };
+        pipelines
+            .entry((module, entry.to_string()))
+            .or_insert_with(|| {
+                Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(label),
+                    layout: None,
+                    module: &modules[module],
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                }))
+            })
+            .clone()
+    }
+
+    /// Number of distinct shader modules compiled so far (one per distinct source text).
+    pub fn shader_module_count(&self) -> usize {
+        self.modules.lock().unwrap().modules.len()
     }
 
     /// A zero-initialised storage buffer of `bytes` (rounded up to 16) usable as kernel input/output and copy source.

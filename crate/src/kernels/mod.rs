@@ -7,8 +7,9 @@
 //! - a wrapper returns a `Dispatch` built once (bind group included) that callers record as often as
 //!   they like; values that change per decoder step live in small storage buffers the host rewrites
 //!   with `queue.write_buffer` (never in the uniform), so dispatches are reused unchanged.
+#[macro_use]
+mod wgsl;
 pub mod linear;
-pub mod linear_coop;
 mod coop_code;
 pub mod norm;
 pub mod embed;
@@ -49,6 +50,25 @@ impl Numerics {
     }
 }
 
+/// How a `GpuMatrix` stores its values: part of every weight-reading kernel variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// f32 values, one per word.
+    F32,
+    /// f16 values, two per word (low half = even column); rows of odd length end with a zero half.
+    F16,
+}
+
+impl WeightFormat {
+    /// The name in kernel source sections (`access_<name>_…`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::F16 => "f16w",
+        }
+    }
+}
+
 /// A weight matrix `[rows, cols]` on the GPU. Row `r` starts at word `r * row_stride_words()`.
 /// In `F16W` a row with an odd number of columns is padded with one zero half.
 pub struct GpuMatrix {
@@ -59,6 +79,14 @@ pub struct GpuMatrix {
 }
 
 impl GpuMatrix {
+    /// How the values are stored.
+    pub fn format(&self) -> WeightFormat {
+        match self.numerics {
+            Numerics::F32 => WeightFormat::F32,
+            Numerics::F16W => WeightFormat::F16,
+        }
+    }
+
     /// Row stride in 32-bit words (f32 elements for `F32`, packed pairs for `F16W`).
     pub fn row_stride_words(&self) -> u32 {
         stride_words(self.cols, self.numerics)

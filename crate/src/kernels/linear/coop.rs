@@ -10,13 +10,13 @@
 //! or the product becomes ±inf.
 use std::fmt::Write;
 
-use super::coop_code::{staged_reduction, Staging};
+use crate::kernels::coop_code::{staged_reduction, Staging};
 
-use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer};
-use super::linear::{check_shapes, LinearEpilogue};
-use super::{GpuMatrix, Numerics};
+use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
+use super::{check_shapes, LinearEpilogue};
+use crate::kernels::{GpuMatrix, WeightFormat};
 
-const SOURCE: &str = include_str!("../../../shaders/linear_coop.wgsl");
+const SOURCE: &str = include_str!("../../../../shaders/linear_coop.wgsl");
 
 /// Smallest M that `linear_rows` sends here (the decoder's M = 2 steps keep the matrix–vector kernel).
 pub const COOP_M_MIN: u32 = 16;
@@ -30,7 +30,7 @@ const OUT_BYTES: u32 = 8 * 256 * 4;
 /// Work split: 8 subgroups of 32 in a `sub_m` × `sub_n` grid, each owning `frag_m` × `frag_n` 16×16
 /// accumulators, so a workgroup computes (16·sub_m·frag_m) x rows × (16·sub_n·frag_n) weight rows;
 /// `stages` 1 (registers prefetch the next K stage, two barriers per stage) or 2 (double-buffered, one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CoopShape {
     pub sub_m: u32,
     pub sub_n: u32,
@@ -107,7 +107,7 @@ impl CoopShape {
 
 /// How the kernel reads x and W: 16-byte loads (4 f32 of x, 8 halves of W) when K is a multiple of 8, else
 /// one element of x / one packed pair of W at a time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CoopAccess {
     Vec,
     Scalar,
@@ -117,29 +117,30 @@ impl CoopAccess {
     pub fn for_k(k: u32) -> CoopAccess {
         if k.is_multiple_of(8) { CoopAccess::Vec } else { CoopAccess::Scalar }
     }
-
-    fn name(self) -> &'static str {
-        match self {
-            CoopAccess::Vec => "vec",
-            CoopAccess::Scalar => "scalar",
-        }
-    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    stride: u32,
-    out_cols: u32,
-    pad: [u32; 3],
+wgsl_params! {
+    /// Uniform parameters of the tensor-core kernel.
+    struct Params {
+        /// rows of x and y
+        m: u32,
+        /// rows of W
+        n: u32,
+        /// columns of x and W
+        k: u32,
+        /// words between W rows
+        stride: u32,
+        /// columns of y: n, or n / 2 for SwiGLU
+        out_cols: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
+    }
 }
 
 /// Whether `linear_coop` can serve these weights on this device (the routing test of `linear_rows`).
 pub fn coop_supported(gpu: &Gpu, w: &GpuMatrix) -> bool {
-    gpu.tensor_cores() && w.numerics == Numerics::F16W && CoopShape::for_problem(gpu, 1, w.rows, LinearEpilogue::Store).is_some()
+    gpu.tensor_cores() && w.format() == WeightFormat::F16 && CoopShape::for_problem(gpu, 1, w.rows, LinearEpilogue::Store).is_some()
 }
 
 /// `linear` on tensor cores, same arguments and semantics (x: f32 `[m, w.cols]`, y as the epilogue says, x and
@@ -152,7 +153,7 @@ pub fn linear_coop(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u3
 /// `linear_coop` with an explicit work split (tests and benchmarks).
 pub fn linear_coop_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: CoopShape) -> Dispatch {
     assert!(gpu.tensor_cores(), "linear_coop: the device has no cooperative matrices");
-    assert_eq!(w.numerics, Numerics::F16W, "linear_coop: f16 weights only");
+    assert_eq!(w.format(), WeightFormat::F16, "linear_coop: f16 weights only");
     assert!(shape.fits(), "linear_coop: unsupported {shape:?}");
     assert!(
         shape.workgroup_bytes() <= gpu.limits.max_compute_workgroup_storage_size,
@@ -160,51 +161,48 @@ pub fn linear_coop_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer
         shape.workgroup_bytes()
     );
     let out_cols = check_shapes(x, w, y, m, epilogue);
-    let access = CoopAccess::for_k(w.cols);
-    let key = format!("linear_coop.{}.{}.{}x{}.f{}x{}.s{}", access.name(), epilogue_name(epilogue), shape.sub_m, shape.sub_n, shape.frag_m, shape.frag_n, shape.stages);
-    let pipeline = gpu.pipeline(&key, "main", || shader_source(shape, epilogue, access));
-    let params = Params { m, n: w.rows, k: w.cols, stride: w.row_stride_words(), out_cols, pad: [0; 3] };
+    let pipeline = gpu.variant_pipeline(CoopVariant { access: CoopAccess::for_k(w.cols), epilogue, shape });
+    let params = Params { m, n: w.rows, k: w.cols, stride: w.row_stride_words(), out_cols, pad0: 0, pad1: 0, pad2: 0 };
     let grid = [shape.tiles_n(w.rows, epilogue), m.div_ceil(shape.tm()), 1];
     gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid)
 }
 
-fn epilogue_code(e: LinearEpilogue) -> u32 {
-    match e {
-        LinearEpilogue::Store => 0,
-        LinearEpilogue::Accumulate => 1,
-        LinearEpilogue::SwiGlu => 2,
-    }
+/// One compiled specialisation of the tensor-core kernel (f16 weights): the WGSL generator's input and the
+/// pipeline-cache key. Host-side translation tests take its `source()` too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CoopVariant {
+    pub access: CoopAccess,
+    pub epilogue: LinearEpilogue,
+    pub shape: CoopShape,
 }
 
-fn epilogue_name(e: LinearEpilogue) -> &'static str {
-    match e {
-        LinearEpilogue::Store => "store",
-        LinearEpilogue::Accumulate => "acc",
-        LinearEpilogue::SwiGlu => "swiglu",
+impl KernelVariant for CoopVariant {
+    fn entry_point(&self) -> &'static str {
+        "main"
     }
-}
 
-
-/// The complete WGSL of one specialisation (host-side translation tests use it too).
-pub fn shader_source(shape: CoopShape, epilogue: LinearEpilogue, access: CoopAccess) -> String {
-    assert!(shape.fits(), "linear_coop: unsupported {shape:?}");
-    let (x_elem, w_elem) = match access {
-        CoopAccess::Vec => ("vec4<f32>", "vec4<u32>"),
-        CoopAccess::Scalar => ("f32", "u32"),
-    };
-    specialize(
-        SOURCE,
-        &[
-            ("X_ELEM", x_elem.to_string()),
-            ("W_ELEM", w_elem.to_string()),
-            ("EPILOGUE", epilogue_code(epilogue).to_string()),
-            ("TM", shape.tm().to_string()),
-            ("TN", shape.tn().to_string()),
-            ("SA_LEN", (shape.stages * shape.tm() * LDS).to_string()),
-            ("SB_LEN", (shape.stages * shape.tn() * LDS).to_string()),
-            ("BODY", body(shape, epilogue, access)),
-        ],
-    )
+    fn source(&self) -> String {
+        let CoopVariant { access, epilogue, shape } = *self;
+        assert!(shape.fits(), "linear_coop: unsupported {shape:?}");
+        let (x_elem, w_elem) = match access {
+            CoopAccess::Vec => ("vec4<f32>", "vec4<u32>"),
+            CoopAccess::Scalar => ("f32", "u32"),
+        };
+        specialize(
+            SOURCE,
+            &[
+                ("PARAMS", Params::wgsl()),
+                ("X_ELEM", x_elem.to_string()),
+                ("W_ELEM", w_elem.to_string()),
+                ("EPILOGUE", epilogue.code().to_string()),
+                ("TM", shape.tm().to_string()),
+                ("TN", shape.tn().to_string()),
+                ("SA_LEN", (shape.stages * shape.tm() * LDS).to_string()),
+                ("SB_LEN", (shape.stages * shape.tn() * LDS).to_string()),
+                ("BODY", body(shape, epilogue, access)),
+            ],
+        )
+    }
 }
 
 /// How one operand is read: `per_load` staged halves per load, `per_row` loads per staged row of 32.

@@ -1,0 +1,271 @@
+//! The matrix–vector schedule of `linear` (M ≤ `SMALL_M_MAX`: decoder steps, M = 2·batch): a workgroup reads each
+//! of its weight rows once for all M rows of x (`shaders/linear.wgsl`, section `small_m`).
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
+
+use super::{check_shapes, section, LinearEpilogue, Params, SMALL_M_MAX};
+use crate::kernels::{GpuMatrix, WeightFormat};
+
+/// Partial sums a small-M workgroup may hold: 4096 f32 = 16 KiB of workgroup memory.
+const SMALL_M_PARTIALS: u32 = 4096;
+
+/// Shape of a small-M workgroup: `threads` threads in groups of `k_threads` that share weight rows along
+/// K; each group takes `rows_per_thread` rows, so a workgroup owns `rows()` = threads / k_threads ·
+/// rows_per_thread rows (even, so SwiGLU pairs gate and up rows). The partial sums,
+/// (rows()·M + M)·(k_threads + 1) f32, must fit 16 KiB of workgroup memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SmallMShape {
+    pub threads: u32,
+    pub k_threads: u32,
+    pub rows_per_thread: u32,
+}
+
+impl SmallMShape {
+    /// Weight rows per workgroup.
+    pub fn rows(self) -> u32 {
+        self.threads / self.k_threads.max(1) * self.rows_per_thread
+    }
+
+    /// The shape `linear` uses for an `n × k` matrix at this M. Measured on an H100 with the generated
+    /// straight-line loop (bench_linear --sweep, M = 2, the decoder's matrices): 128 threads, 2 rows per thread
+    /// (4 for the wide gate/up and logits matrices), 64 threads along K for the 2048-row and the long-K matrices
+    /// and 32 otherwise — 1.2–1.9× the one-row-per-group shape on each matrix.
+    pub fn for_shape(m: u32, n: u32, k: u32) -> SmallMShape {
+        let m = m.max(1);
+        let chunks = chunks_per_row(k);
+        let k_max = chunks.next_power_of_two().clamp(4, 64);
+        let k_threads = (if n <= 2048 || chunks >= 1024 { 64 } else { 32 }).min(k_max);
+        let wide = if n >= 8192 { 4 } else { 2 };
+        let mut shape = SmallMShape { threads: 128, k_threads, rows_per_thread: (wide * 2 / m).max(1) };
+        while !shape.fits(m) && shape.rows_per_thread > 1 {
+            shape.rows_per_thread /= 2;
+        }
+        while !shape.fits(m) && shape.threads > k_threads {
+            shape.threads /= 2;
+        }
+        // A single thread group needs two rows per thread for SwiGLU pairs.
+        if shape.rows() % 2 == 1 {
+            shape.rows_per_thread = 2;
+        }
+        shape
+    }
+
+    /// Whether the shape fits the limits above for this M.
+    pub fn fits(self, m: u32) -> bool {
+        self.threads.is_power_of_two()
+            && self.threads <= 256
+            && self.k_threads.is_power_of_two()
+            && self.k_threads <= self.threads
+            && self.rows_per_thread >= 1
+            && self.rows().is_multiple_of(2)
+            && self.partial_words(m) <= SMALL_M_PARTIALS
+    }
+
+    fn partial_words(self, m: u32) -> u32 {
+        (self.rows() + 1) * m.max(1) * (self.k_threads + 1)
+    }
+}
+
+/// 8-column chunks per row on the 16-byte path, 2-column pairs otherwise.
+fn chunks_per_row(k: u32) -> u32 {
+    if k.is_multiple_of(8) { k / 8 } else { k.div_ceil(2) }
+}
+
+/// The matrix–vector schedule (m ≤ `SMALL_M_MAX`), for tests and benchmarks; `linear` chooses it itself.
+pub fn linear_small_m(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Dispatch {
+    linear_small_m_shaped(gpu, x, w, y, m, epilogue, SmallMShape::for_shape(m, w.rows, w.cols))
+}
+
+/// The matrix–vector schedule with an explicit workgroup shape (benchmarks tune with this).
+pub fn linear_small_m_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape) -> Dispatch {
+    small_m_dispatch(gpu, x, w, y, m, epilogue, shape, None, 1)
+}
+
+/// How the small-M kernel reads a row: 8-column chunks as 16-byte loads (8 f16, or 2 × 4 f32) when K is a multiple
+/// of 8, else 2-column pairs (any K).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SmallMAccess {
+    Vec8,
+    Pair,
+}
+
+impl SmallMAccess {
+    pub fn for_k(k: u32) -> SmallMAccess {
+        if k.is_multiple_of(8) { SmallMAccess::Vec8 } else { SmallMAccess::Pair }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SmallMAccess::Vec8 => "vec8",
+            SmallMAccess::Pair => "pair",
+        }
+    }
+}
+
+/// One compiled specialisation of the small-M kernel: the WGSL generator's input and the pipeline-cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SmallMVariant {
+    pub format: WeightFormat,
+    pub access: SmallMAccess,
+    pub epilogue: LinearEpilogue,
+    /// RMSNorm fused into the x loads (gain at binding 4, eps in the parameters).
+    pub norm: bool,
+    /// Rows of x per pass (1..=`SMALL_M_MAX`): one pipeline per M keeps the accumulators in registers.
+    pub m: u32,
+    pub shape: SmallMShape,
+    /// Chunks per row each thread loads per round.
+    pub unroll: u32,
+    /// Serves a stack of `m`-row blocks, one per grid z (`linear_row_blocks`).
+    pub blocked: bool,
+}
+
+impl SmallMVariant {
+    /// The variant for `m` rows of x against a matrix of `format` with `k` columns.
+    pub fn new(format: WeightFormat, k: u32, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool) -> SmallMVariant {
+        // m = 0 dispatches nothing but still needs a pipeline.
+        let m = m.max(1);
+        // Chunks per row each thread loads per round: more loads in flight at small M (registers allow it), never
+        // more rounds' worth than the row has.
+        let per_thread = chunks_per_row(k).div_ceil(shape.k_threads).max(1);
+        let unroll = (match m { 1..=2 => 4, 3..=4 => 2, _ => 1 }).min(per_thread);
+        SmallMVariant { format, access: SmallMAccess::for_k(k), epilogue, norm, m, shape, unroll, blocked }
+    }
+}
+
+impl KernelVariant for SmallMVariant {
+    fn entry_point(&self) -> &'static str {
+        "small_m"
+    }
+
+    fn source(&self) -> String {
+        let SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked } = *self;
+        let SmallMShape { threads, k_threads, rows_per_thread } = shape;
+        let code = small_m_code(m, rows_per_thread, unroll, k_threads, norm);
+        let norm_section = if norm { access.name() } else { "none" };
+        let src = [
+            section("common"),
+            section(&format!("access_{}_{}", format.name(), access.name())),
+            section(&format!("norm_{norm_section}")),
+            section("small_m"),
+        ]
+        .concat();
+        specialize(
+            &src,
+            &[
+                ("PARAMS", Params::wgsl()),
+                ("EPILOGUE", epilogue.code().to_string()),
+                ("M", m.to_string()),
+                ("THREADS", threads.to_string()),
+                ("K_THREADS", k_threads.to_string()),
+                ("ROWS_PER_THREAD", rows_per_thread.to_string()),
+                ("NORM", norm.to_string()),
+                ("BLOCKED", blocked.to_string()),
+                ("RED", shape.partial_words(m).to_string()),
+                ("UNROLL", unroll.to_string()),
+                ("DECLS", code.decls),
+                ("BODY", code.body),
+                ("STORES", code.stores),
+                ("LANE_SUM", code.lane_sum),
+            ],
+        )
+    }
+}
+
+/// The small-M kernel over `blocks` consecutive blocks of `m` rows of x and y (the grid's z).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: Option<(&GpuBuffer, f32)>, blocks: u32) -> Dispatch {
+    assert!(m <= SMALL_M_MAX, "linear_small_m: m = {m} > {SMALL_M_MAX}");
+    assert!(shape.fits(m), "linear_small_m: {shape:?} does not fit m = {m}");
+    let out_cols = check_shapes(x, w, y, m * blocks, epilogue);
+    let variant = SmallMVariant::new(w.format(), w.cols, m, epilogue, shape, norm.is_some(), blocks > 1);
+    let pipeline = gpu.variant_pipeline(variant);
+    let rows = shape.rows();
+    let groups = match epilogue {
+        LinearEpilogue::SwiGlu => out_cols.div_ceil(rows / 2),
+        _ => w.rows.div_ceil(rows),
+    };
+    let groups = if m == 0 { 0 } else { groups };
+    let params = Params {
+        m,
+        n: w.rows,
+        k: w.cols,
+        stride: w.row_stride_words(),
+        out_cols,
+        groups,
+        tiles_n: 0,
+        eps: norm.map_or(0.0, |n| n.1),
+    };
+    let [gx, gy, _] = grid_1d(groups);
+    let grid = [gx, gy, blocks];
+    match norm {
+        Some((gain, _)) => gpu.dispatch(&pipeline, &params, &[x, &w.data, y, gain], grid),
+        None => gpu.dispatch(&pipeline, &params, &[x, &w.data, y], grid),
+    }
+}
+
+/// The generated parts of the small-M kernel for one specialisation.
+struct SmallMCode {
+    decls: String,
+    body: String,
+    stores: String,
+    lane_sum: String,
+}
+
+/// Straight-line WGSL for `m` rows of x, `rpt` weight rows per thread and `unroll` chunks per round: all loads of a
+/// round first (clamped chunk indices, so they need no branch), then the dot products, masked for chunks past the
+/// row. Accumulators are named scalars (acc_<row>_<m>), so nothing lives in an indexed array.
+fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool) -> SmallMCode {
+    use std::fmt::Write;
+    let mut decls = String::new();
+    let mut body = String::new();
+    let mut stores = String::new();
+    for i in 0..rpt {
+        let _ = writeln!(decls, "    let row_{i} = slot_row(g, {i}u * G + rg);");
+        for mi in 0..m {
+            let _ = writeln!(decls, "    var acc_{i}_{mi} = 0.0;");
+        }
+    }
+    if norm {
+        for mi in 0..m {
+            let _ = writeln!(decls, "    var sq_{mi} = 0.0;");
+        }
+    }
+    for j in 0..unroll {
+        let _ = writeln!(body, "        let c_{j} = min(c + {j}u * KT, nc - 1u);");
+    }
+    for j in 0..unroll {
+        for i in 0..rpt {
+            let _ = writeln!(body, "        let w_{i}_{j} = load_w(row_{i}, c_{j});");
+        }
+        for mi in 0..m {
+            let _ = writeln!(body, "        let xr_{mi}_{j} = load_x({mi}u, c_{j});");
+        }
+    }
+    for j in 0..unroll {
+        // Chunk j of the round exists when c + j·KT < nc (always for j = 0).
+        let mask = |e: String| if j == 0 { e } else { format!("select(0.0, {e}, c + {j}u * KT < nc)") };
+        for mi in 0..m {
+            if norm {
+                let _ = writeln!(body, "        sq_{mi} += {};", mask(format!("chunk_dot(xr_{mi}_{j}, xr_{mi}_{j})")));
+            }
+            let _ = writeln!(body, "        let x_{mi}_{j} = scale_x(xr_{mi}_{j}, c_{j});");
+            for i in 0..rpt {
+                let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, w_{i}_{j})")));
+            }
+        }
+    }
+    for i in 0..rpt {
+        for mi in 0..m {
+            let _ = writeln!(stores, "    red[(({i}u * G + rg) * M + {mi}u) * LANES + kt] = acc_{i}_{mi};");
+        }
+    }
+    if norm {
+        // Every thread group saw the same x chunks: group 0's squares are the row's.
+        let _ = writeln!(stores, "    if rg == 0u {{");
+        for mi in 0..m {
+            let _ = writeln!(stores, "        red[(OUTS + {mi}u) * LANES + kt] = sq_{mi};");
+        }
+        let _ = writeln!(stores, "    }}");
+    }
+    let lanes: Vec<String> = (0..k_threads).map(|j| format!("red[b + {j}u]")).collect();
+    SmallMCode { decls, body, stores, lane_sum: super::super::wgsl_tree_sum(&lanes) }
+}

@@ -1,0 +1,86 @@
+//! Declarations shared between Rust and WGSL, written once.
+
+/// Scalar types a uniform parameter struct may hold, with their WGSL names.
+pub(crate) trait WgslScalar: bytemuck::Pod {
+    const WGSL: &'static str;
+}
+
+impl WgslScalar for u32 {
+    const WGSL: &'static str = "u32";
+}
+
+impl WgslScalar for i32 {
+    const WGSL: &'static str = "i32";
+}
+
+impl WgslScalar for f32 {
+    const WGSL: &'static str = "f32";
+}
+
+/// The WGSL text of `struct <name> { … }`: one field per line, each field's doc comment (if any) as a trailing
+/// `//` comment aligned one space past the longest field.
+pub(crate) fn struct_decl(name: &str, fields: &[(&str, &str, Option<&str>)]) -> String {
+    let decl = |f: &(&str, &str, Option<&str>)| format!("{}: {},", f.0, f.1);
+    let width = fields.iter().map(|f| decl(f).len()).max().unwrap_or(0);
+    let mut s = format!("struct {name} {{\n");
+    for f in fields {
+        match f.2 {
+            Some(doc) => s.push_str(&format!("    {:width$} // {}\n", decl(f), doc.trim())),
+            None => s.push_str(&format!("    {}\n", decl(f))),
+        }
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// Declares a kernel's uniform parameters once for both sides: the `#[repr(C)]` Pod Rust struct, and
+/// `<Name>::wgsl()`, the WGSL declaration of the same struct (field order, names and types from the one list, so
+/// the two cannot drift apart). Fields are 4-byte scalars (`u32`, `i32`, `f32`); a field's `///` doc comment
+/// becomes its trailing comment in the WGSL.
+macro_rules! wgsl_params {
+    (
+        $(#[doc = $doc:literal])*
+        $vis:vis struct $name:ident {
+            $( $(#[doc = $fdoc:literal])? $field:ident : $ty:ident ),* $(,)?
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name {
+            $( $(#[doc = $fdoc])? pub $field: $ty ),*
+        }
+
+        impl $name {
+            /// The WGSL declaration of this struct.
+            pub fn wgsl() -> String {
+                $crate::kernels::wgsl::struct_decl(
+                    stringify!($name),
+                    &[$( (stringify!($field), <$ty as $crate::kernels::wgsl::WgslScalar>::WGSL, None$(.or(Some($fdoc)))?) ),*],
+                )
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    wgsl_params! {
+        /// A test struct.
+        struct Example {
+            /// first
+            a: u32,
+            long_name: f32,
+            /// third, with a longer comment
+            c: i32,
+        }
+    }
+
+    #[test]
+    fn one_declaration_gives_both_structs() {
+        assert_eq!(std::mem::size_of::<Example>(), 12);
+        let bytes = bytemuck::bytes_of(&Example { a: 1, long_name: 2.0, c: -3 }).to_vec();
+        assert_eq!(bytes[8..12], (-3i32).to_le_bytes());
+        assert_eq!(Example::wgsl(), "struct Example {\n    a: u32,         // first\n    long_name: f32,\n    c: i32,         // third, with a longer comment\n}\n");
+    }
+}
