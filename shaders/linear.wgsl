@@ -326,7 +326,7 @@ fn small_m(
     row0 = select(0u, wid.z * M, {{BLOCKED}});
     let kt = tid % KT;
     let rg = tid / KT;
-    // Straight-line code generated per shape (linear.rs, `small_m_code`): a loop of loads into arrays would
+    // Straight-line code generated per shape (small_m.rs, `small_m_code`): a loop of loads into arrays would
     // wait out each load's latency in turn, while named values let all U·(RPT + M) loads of a round be in flight.
 {{DECLS}}
     let nc = chunks();
@@ -381,7 +381,7 @@ fn row_scale(m: u32) -> f32 {
 // so each thread holds both factors of its outputs.
 // KG > 1 splits each stage's BK columns between KG groups of threads (more threads per tile for small M);
 // their partial sums meet in workgroup memory at the end.
-// The body is straight-line code generated per shape (linear.rs, `tiled_code`): named accumulators and named
+// The body is straight-line code generated per shape (tiled.rs, `tiled_code`): named accumulators and named
 // global loads for the next stage issued before this stage's arithmetic, so every load is in flight at once.
 const TM: u32 = {{TM}}u;
 const TN: u32 = {{TN}}u;
