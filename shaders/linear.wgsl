@@ -126,6 +126,143 @@ fn load_x(m: u32, c: u32) -> Chunk {
 
 fn chunk_dot(a: Chunk, b: Chunk) -> f32 { return dot(a, b); }
 
+//== section: qdecode
+// Quantized weights (`crate/src/quant.rs` defines the format): each row is its value words, then one f16 scale per
+// QGROUP columns (pairs, low half = even group), then padding to 16 bytes; a value is offset-binary, column c in
+// field c % PER_WORD of value word c / PER_WORD. Columns past K hold q = 0 up to the end of the last group.
+const QGROUP: u32 = {{GROUP}}u;
+
+// Words of values in a row: whole groups.
+fn value_words() -> u32 {
+    return (p.k + QGROUP - 1u) / QGROUP * (QGROUP / PER_WORD);
+}
+
+// Offset-binary fields to signed values, exactly and without an integer-to-float conversion: the field in the low
+// mantissa bits of 2^23 gives 2^23 + u, from which 2^23 + (the offset) is subtracted.
+fn bytes4(q: u32) -> vec4<f32> {
+    let u = (vec4<u32>(q) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+    return bitcast<vec4<f32>>(u | vec4<u32>(0x4b000000u)) - vec4<f32>(8388736.0);
+}
+
+// Nibbles `shift / 4` .. `shift / 4 + 3` of q (shift 0 or 16).
+fn nibbles4(q: u32, shift: u32) -> vec4<f32> {
+    let u = (vec4<u32>(q) >> (vec4<u32>(0u, 4u, 8u, 12u) + vec4<u32>(shift))) & vec4<u32>(0xfu);
+    return bitcast<vec4<f32>>(u | vec4<u32>(0x4b000000u)) - vec4<f32>(8388616.0);
+}
+
+//== section: qsmall_q8
+// Small-M access for q8: a chunk is one 16-byte block of 16 columns (4 words of 4 bytes), within one group.
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+
+const PER_WORD: u32 = 4u;
+const CHUNK: u32 = 16u;
+
+struct Chunk { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32> }
+
+fn chunks() -> u32 { return (p.k + CHUNK - 1u) / CHUNK; }
+
+fn load_w(row: u32, c: u32) -> vec4<u32> { return w[row * (p.stride / 4u) + c]; }
+
+fn dequant(q: vec4<u32>) -> Chunk { return Chunk(bytes4(q.x), bytes4(q.y), bytes4(q.z), bytes4(q.w)); }
+
+fn load_x(m: u32, c: u32) -> Chunk { return Chunk(x4(m, 4u * c), x4(m, 4u * c + 1u), x4(m, 4u * c + 2u), x4(m, 4u * c + 3u)); }
+
+fn scale_x(xc: Chunk, c: u32) -> Chunk {
+    let v = 4u * c;
+    return Chunk(xc.a * gain4(v), xc.b * gain4(v + 1u), xc.c * gain4(v + 2u), xc.d * gain4(v + 3u));
+}
+
+fn chunk_dot(a: Chunk, b: Chunk) -> f32 { return (dot(a.a, b.a) + dot(a.b, b.b)) + (dot(a.c, b.c) + dot(a.d, b.d)); }
+
+//== section: qsmall_q4
+// Small-M access for q4: a chunk is one 16-byte block of 32 columns (4 words of 8 nibbles), within one group.
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+
+const PER_WORD: u32 = 8u;
+const CHUNK: u32 = 32u;
+
+struct Chunk { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, e: vec4<f32>, f: vec4<f32>, g: vec4<f32>, h: vec4<f32> }
+
+fn chunks() -> u32 { return (p.k + CHUNK - 1u) / CHUNK; }
+
+fn load_w(row: u32, c: u32) -> vec4<u32> { return w[row * (p.stride / 4u) + c]; }
+
+fn dequant(q: vec4<u32>) -> Chunk {
+    return Chunk(
+        nibbles4(q.x, 0u), nibbles4(q.x, 16u), nibbles4(q.y, 0u), nibbles4(q.y, 16u),
+        nibbles4(q.z, 0u), nibbles4(q.z, 16u), nibbles4(q.w, 0u), nibbles4(q.w, 16u),
+    );
+}
+
+fn load_x(m: u32, c: u32) -> Chunk {
+    let v = 8u * c;
+    return Chunk(x4(m, v), x4(m, v + 1u), x4(m, v + 2u), x4(m, v + 3u), x4(m, v + 4u), x4(m, v + 5u), x4(m, v + 6u), x4(m, v + 7u));
+}
+
+fn scale_x(xc: Chunk, c: u32) -> Chunk {
+    let v = 8u * c;
+    return Chunk(
+        xc.a * gain4(v), xc.b * gain4(v + 1u), xc.c * gain4(v + 2u), xc.d * gain4(v + 3u),
+        xc.e * gain4(v + 4u), xc.f * gain4(v + 5u), xc.g * gain4(v + 6u), xc.h * gain4(v + 7u),
+    );
+}
+
+fn chunk_dot(a: Chunk, b: Chunk) -> f32 {
+    return ((dot(a.a, b.a) + dot(a.b, b.b)) + (dot(a.c, b.c) + dot(a.d, b.d))) + ((dot(a.e, b.e) + dot(a.f, b.f)) + (dot(a.g, b.g) + dot(a.h, b.h)));
+}
+
+//== section: qsmall_scale
+// The f16 scale of the group holding chunk c of weight row `row` (read from the row's scale words).
+fn load_scale(row: u32, c: u32) -> f32 {
+    let g = c * CHUNK / QGROUP;
+    let i = row * p.stride + value_words() + g / 2u;
+    let s = unpack2x16float(w[i / 4u][i % 4u]);
+    return select(s.x, s.y, (g & 1u) == 1u);
+}
+
+//== section: qx_vec4
+// x4(m, v): columns 4v .. 4v + 3 of x row m (K % 4 == 0: one 16-byte load); zeros past K.
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+
+fn x4(m: u32, v: u32) -> vec4<f32> {
+    let n = p.k / 4u;
+    return select(vec4<f32>(0.0), x[(row0 + m) * n + min(v, n - 1u)], v < n);
+}
+
+//== section: qx_scalar
+// x4(m, v) for any K: element loads, zeros past K (indices clamped so no access leaves the row).
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+
+fn x4(m: u32, v: u32) -> vec4<f32> {
+    let b = (row0 + m) * p.k;
+    let k = 4u * v;
+    let l = p.k - 1u;
+    return vec4<f32>(
+        select(0.0, x[b + min(k, l)], k < p.k),
+        select(0.0, x[b + min(k + 1u, l)], k + 1u < p.k),
+        select(0.0, x[b + min(k + 2u, l)], k + 2u < p.k),
+        select(0.0, x[b + min(k + 3u, l)], k + 3u < p.k),
+    );
+}
+
+//== section: qnorm_none
+fn gain4(v: u32) -> vec4<f32> { return vec4<f32>(1.0); }
+
+//== section: qnorm_vec4
+// Fused RMSNorm: gain at columns 4v .. 4v + 3 (past K it multiplies zeros, so its index is only clamped).
+@group(0) @binding(4) var<storage, read> gain: array<vec4<f32>>;
+
+fn gain4(v: u32) -> vec4<f32> { return gain[min(v, p.k / 4u - 1u)]; }
+
+//== section: qnorm_scalar
+@group(0) @binding(4) var<storage, read> gain: array<f32>;
+
+fn gain4(v: u32) -> vec4<f32> {
+    let k = 4u * v;
+    let l = p.k - 1u;
+    return vec4<f32>(gain[min(k, l)], gain[min(k + 1u, l)], gain[min(k + 2u, l)], gain[min(k + 3u, l)]);
+}
+
 //== section: norm_none
 fn scale_x(xc: Chunk, c: u32) -> Chunk { return xc; }
 
@@ -189,7 +326,7 @@ fn small_m(
     row0 = select(0u, wid.z * M, {{BLOCKED}});
     let kt = tid % KT;
     let rg = tid / KT;
-    // Straight-line code generated per shape (linear.rs, `small_m_code`): a loop of loads into arrays would
+    // Straight-line code generated per shape (small_m.rs, `small_m_code`): a loop of loads into arrays would
     // wait out each load's latency in turn, while named values let all U·(RPT + M) loads of a round be in flight.
 {{DECLS}}
     let nc = chunks();
@@ -244,7 +381,7 @@ fn row_scale(m: u32) -> f32 {
 // so each thread holds both factors of its outputs.
 // KG > 1 splits each stage's BK columns between KG groups of threads (more threads per tile for small M);
 // their partial sums meet in workgroup memory at the end.
-// The body is straight-line code generated per shape (linear.rs, `tiled_code`): named accumulators and named
+// The body is straight-line code generated per shape (tiled.rs, `tiled_code`): named accumulators and named
 // global loads for the next stage issued before this stage's arithmetic, so every load is in flight at once.
 const TM: u32 = {{TM}}u;
 const TN: u32 = {{TN}}u;
@@ -292,6 +429,75 @@ fn tiled(
     let tx = lt % THREADS_N;
     let ty = lt / THREADS_N;
 {{BODY}}
+}
+
+//== section: tiled_x_vec4
+// Tiled-kernel loads of x for quantized weights (as in the f32 / f16 sections): K % 4 == 0, one 16-byte load.
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+
+fn tiled_load_x(m: u32, k: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), x[(m * p.k + min(k, p.k - 4u)) / 4u], k < p.k);
+}
+
+//== section: tiled_x_scalar
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+
+fn tiled_load_x(m: u32, k: u32) -> vec4<f32> {
+    let b = m * p.k;
+    let l = p.k - 1u;
+    return vec4<f32>(
+        select(0.0, x[b + min(k, l)], k < p.k),
+        select(0.0, x[b + min(k + 1u, l)], k + 1u < p.k),
+        select(0.0, x[b + min(k + 2u, l)], k + 2u < p.k),
+        select(0.0, x[b + min(k + 3u, l)], k + 3u < p.k),
+    );
+}
+
+//== section: tiled_w_quant
+// Tiled-kernel weight loads for quantized weights, dequantized (with their group's scale) as they are staged. k is
+// a multiple of the staging unit, which lies in one group; a unit past K reads as 0 (its word index is clamped to
+// the row's last value word, and the padding up to the group's end holds q = 0).
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+
+fn tiled_scale(n: u32, k: u32) -> f32 {
+    let g = k / QGROUP;
+    let s = unpack2x16float(w[n * p.stride + value_words() + g / 2u]);
+    return select(s.x, s.y, (g & 1u) == 1u);
+}
+
+fn tiled_word(n: u32, k: u32) -> u32 {
+    return w[n * p.stride + min(k / PER_WORD, value_words() - 1u)];
+}
+
+//== section: tiled_w_q8
+const PER_WORD: u32 = 4u;
+
+// Columns k .. k + 3: one word.
+fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
+    let kk = min(k, p.k - 1u);
+    return select(vec4<f32>(0.0), bytes4(tiled_word(n, kk)) * tiled_scale(n, kk), k < p.k);
+}
+
+//== section: tiled_w_q4_unit4
+const PER_WORD: u32 = 8u;
+
+// Columns k .. k + 3 (k % 4 == 0): half a word.
+fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
+    let kk = min(k, p.k - 1u);
+    return select(vec4<f32>(0.0), nibbles4(tiled_word(n, kk), (k % 8u) * 4u) * tiled_scale(n, kk), k < p.k);
+}
+
+//== section: tiled_w_q4_unit8
+const PER_WORD: u32 = 8u;
+
+struct W8 { lo: vec4<f32>, hi: vec4<f32> }
+
+// Columns k .. k + 7 (k % 8 == 0): one word.
+fn tiled_load_w8(n: u32, k: u32) -> W8 {
+    let kk = min(k, p.k - 1u);
+    let q = tiled_word(n, kk);
+    let s = select(0.0, tiled_scale(n, kk), k < p.k);
+    return W8(nibbles4(q, 0u) * s, nibbles4(q, 16u) * s);
 }
 
 //== section: tiled_access_f32_vec4

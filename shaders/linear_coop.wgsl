@@ -4,7 +4,7 @@
 // A workgroup of 256 invocations = 8 subgroups of 32 owns a TM × TN tile of (x rows) × (weight rows); subgroup
 // sg owns FM × FN 16×16 f32 accumulators at rows SM(sg).., columns SN(sg)... K goes through workgroup memory
 // 32 columns per stage as f16 (x is rounded to f16 here), rows padded to LDS halves (bank-conflict-free
-// fragment loads); rows and columns outside x / W are staged as zeros. `crate/src/kernels/linear_coop.rs`
+// fragment loads); rows and columns outside x / W are staged as zeros. `crate/src/kernels/linear/coop.rs`
 // generates `main`'s body as straight-line code (named registers, no per-thread arrays).
 //
 // Output: cooperative stores cannot be skipped per subgroup (uniform control flow), so each accumulator goes

@@ -12,11 +12,11 @@ use dia_webgpu::kernels::{round_f16, Numerics};
 
 const NUMERICS: [Numerics; 2] = [Numerics::F32, Numerics::F16W];
 
-/// What the GPU stores for a weight in `numerics`.
+/// What the GPU stores for a weight in `numerics` (the codec runs q8 and q4 as f16w).
 fn stored(w: &[f32], numerics: Numerics) -> Vec<f32> {
-    match numerics {
+    match numerics.codec() {
         Numerics::F32 => w.to_vec(),
-        Numerics::F16W => w.iter().map(|&v| round_f16(v)).collect(),
+        _ => w.iter().map(|&v| round_f16(v)).collect(),
     }
 }
 
@@ -738,6 +738,21 @@ fn dac_parity_decode_f32_and_f16w() {
         let math = if math { "f16" } else { "f32" };
         println!("dac decode {} ({math} math): SNR {snr:.1} dB, rel err {:.2e}", numerics.name(), rel_err(&got, want));
         assert!(snr >= min_snr, "{} {math} math: SNR {snr:.1} dB < {min_snr} dB", numerics.name());
+    }
+}
+
+/// The codec has no quantized path: a q8 or q4 model's codec loads and decodes exactly as in f16w.
+#[test]
+fn dac_quantized_modes_run_the_codec_in_f16w() {
+    let gpu = test_gpu();
+    let exp = expected();
+    let (cshape, codes) = &exp["dac.codes"];
+    let frames = cshape[2];
+    let f16w = DacModel::load_dir(&gpu, &tiny_dir(), Numerics::F16W, false).unwrap().decode_blocking(&gpu, &as_codes(codes), frames).unwrap();
+    for numerics in [Numerics::Q8, Numerics::Q4] {
+        let model = DacModel::load_dir(&gpu, &tiny_dir(), numerics, false).unwrap();
+        assert_eq!(model.numerics, Numerics::F16W, "{numerics:?}");
+        assert_eq!(model.decode_blocking(&gpu, &as_codes(codes), frames).unwrap(), f16w, "{numerics:?}");
     }
 }
 

@@ -29,6 +29,7 @@ fn stored(w: &[f32], numerics: Numerics) -> Vec<f32> {
     match numerics {
         Numerics::F32 => w.to_vec(),
         Numerics::F16W => w.iter().map(|&v| round_f16(v)).collect(),
+        Numerics::Q8 | Numerics::Q4 => panic!("the quantized formats are tested in kernels_linear_quant.rs"),
     }
 }
 

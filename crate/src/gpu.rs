@@ -27,6 +27,8 @@ pub enum GpuError {
     Readback(String),
     #[error("GPU validation error: {0}")]
     Validation(String),
+    #[error("weights could not be quantized: {0}")]
+    Quantization(#[from] crate::quant::QuantError),
 }
 
 /// What the caller wants from the adapter.

@@ -211,6 +211,8 @@ impl<'g> DacModelBuilder<'g> {
     /// and dropped (a decode-only codec, 22 M parameters lighter for the real model).
     pub fn new(gpu: &'g Gpu, cfg: &DacConfig, numerics: Numerics, load_encoder: bool) -> Result<DacModelBuilder<'g>, DacError> {
         validate_config(cfg)?;
+        // The codec has no quantized path: a q8 / q4 model runs it in f16w.
+        let numerics = numerics.codec();
         let channels_last = gpu.tensor_cores() && numerics == Numerics::F16W;
         let mut st = Store {
             gpu,

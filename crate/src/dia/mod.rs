@@ -6,7 +6,7 @@ pub mod model;
 pub mod tokenizer;
 
 pub use generate::{GenerateOptions, Generation, Session};
-pub use model::{DiaModel, DiaModelBuilder};
+pub use model::{DiaModel, DiaModelBuilder, MatrixRole};
 
 use crate::gpu::GpuError;
 use crate::kernels::sampling::SamplingError;
@@ -22,6 +22,8 @@ pub enum DiaError {
     UnexpectedTensor(String),
     #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
     WrongShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("tensor {name}: {source}")]
+    Quantization { name: String, source: crate::quant::QuantError },
     #[error("the checkpoint lacks tensor {name} ({count} missing in all)")]
     MissingTensor { name: String, count: usize },
     #[error("reading weights: {0}")]

@@ -75,9 +75,9 @@ pub fn conv_mono(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &Conv1dWeights, dilat
     assert_eq!(w.cout, 1, "conv_mono: one output channel");
     assert!(w.cin.is_multiple_of(8), "conv_mono: input channels must be a multiple of 8");
     let len_out = super::dac_conv::conv1d_len(len_in, w.kernel, 1, dilation, pad);
-    let key = format!("dac_conv_mono:{}", w.w.numerics.name());
+    let key = format!("dac_conv_mono:{}", w.w.format.name());
     let pipe = gpu.pipeline(&key, "conv_mono", || {
-        format!("{}{}", section("common"), specialize(section("conv_mono"), &[("WEIGHT_DECL", weight_decl(w.w.numerics, 2))]))
+        format!("{}{}", section("common"), specialize(section("conv_mono"), &[("WEIGHT_DECL", weight_decl(w.w.format, 2))]))
     });
     let (workgroups, row) = grid(len_out);
     let params = Params { channels: w.cin, len_in, len_out, taps: w.kernel, dil: dilation, pad, row, pad0: 0 };

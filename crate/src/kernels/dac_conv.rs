@@ -8,7 +8,7 @@
 //! t = q·s + p − padding takes taps k = p + m·s of input q − m. The weights are rewritten once at upload
 //! into that per-phase layout (`conv_transpose_phase_weights`).
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError};
-use super::{pack_f16_rows, stride_words, weight_decl, GpuMatrix, Numerics};
+use super::{weight_decl, GpuMatrix, Numerics, WeightFormat};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_conv.wgsl");
 
@@ -33,29 +33,14 @@ pub fn conv_transpose1d_len(len_in: u32, kernel: u32, stride: u32, padding: u32)
 
 /// An all-zero weight matrix `[rows, cols]` to be filled with `write_matrix` (same limit check as upload).
 pub fn empty_matrix(gpu: &Gpu, label: &str, rows: usize, cols: usize, numerics: Numerics) -> Result<GpuMatrix, GpuError> {
-    let bytes = rows as u64 * stride_words(cols as u32, numerics) as u64 * 4;
-    if bytes > gpu.limits.max_storage_buffer_binding_size {
-        return Err(GpuError::LimitTooSmall {
-            adapter: gpu.info.name.clone(),
-            limit: "max_storage_buffer_binding_size",
-            available: gpu.limits.max_storage_buffer_binding_size,
-            required: bytes,
-        });
-    }
-    Ok(GpuMatrix { data: gpu.buffer(label, bytes), rows: rows as u32, cols: cols as u32, numerics })
+    GpuMatrix::empty(gpu, label, rows, cols, numerics)
 }
 
-/// Writes row-major f32 rows `[rows, cols]` into `m` starting at row `row0`, in `m`'s storage format.
+/// Writes row-major f32 rows `[rows, cols]` into `m` starting at row `row0`, in `m`'s storage format (the codec's
+/// weights are f32 or f16, never quantized).
 pub fn write_matrix_rows(gpu: &Gpu, m: &GpuMatrix, row0: usize, data: &[f32], rows: usize) {
-    let cols = m.cols as usize;
-    assert_eq!(data.len(), rows * cols, "matrix rows length");
-    assert!(row0 + rows <= m.rows as usize, "matrix rows out of range");
-    let stride_bytes = m.row_stride_words() as u64 * 4;
-    let dst = m.data.slice(row0 as u64 * stride_bytes, rows as u64 * stride_bytes);
-    match m.numerics {
-        Numerics::F32 => gpu.write(&dst, data),
-        Numerics::F16W => gpu.write(&dst, &pack_f16_rows(data, rows, cols)),
-    }
+    assert!(!matches!(m.format, WeightFormat::Quant(_)), "write_matrix_rows: the codec's weights are never quantized");
+    m.write_rows(gpu, row0, data, rows).expect("f32 and f16 conversions cannot fail");
 }
 
 /// Conv1d weights: matrix `[cout, cin·kernel]` (the PyTorch `[cout, cin, kernel]` tensor flattened) and bias.
@@ -604,7 +589,7 @@ fn finish_section(fusion: &ConvFusion) -> String {
 #[allow(clippy::too_many_arguments)]
 fn conv_pipeline(
     gpu: &Gpu,
-    numerics: Numerics,
+    format: WeightFormat,
     shape: ConvShape,
     ch: &Chunking,
     f16_math: bool,
@@ -617,7 +602,7 @@ fn conv_pipeline(
     let (acc, tanh) = if split { (false, false) } else { (fusion.accumulate, fusion.tanh) };
     let key = format!(
         "dac_conv:{}:{}:{}x{}x{}x{}:c{}k{}x{}:p{}s{}a{}t{}",
-        numerics.name(),
+        format.name(),
         if f16_math { "h" } else { "f" },
         shape.wm,
         shape.wn,
@@ -661,7 +646,7 @@ fn conv_pipeline(
             section("conv"),
             &[
                 ("ENABLE_F16", if f16_math { "enable f16;" } else { "" }.to_string()),
-                ("WEIGHT_DECL", weight_decl(numerics, 2)),
+                ("WEIGHT_DECL", weight_decl(format, 2)),
                 ("OUT_DECL", out_decl),
                 ("SNAKE_DECL", snake_decl),
                 ("WM", shape.wm.to_string()),
@@ -760,7 +745,7 @@ fn build(
 ) -> ConvLaunch {
     let Resolved { shape, splits, split_ch, chunking: ch } = tile.resolve(&g);
     let split = splits > 1;
-    let pipe = conv_pipeline(gpu, w.numerics, shape, &ch, tile.f16_math, split, &fusion);
+    let pipe = conv_pipeline(gpu, w.format, shape, &ch, tile.f16_math, split, &fusion);
     let tiles_n = g.cols.div_ceil(shape.tn());
     let tiles_m = g.cout.div_ceil(shape.tm());
     // Time tiles past the per-dimension limit continue along z (z = phase + nphase·(split + splits·row)).

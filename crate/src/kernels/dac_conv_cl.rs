@@ -12,7 +12,7 @@ use std::fmt::Write;
 use super::coop_code::{staged_reduction, Staging};
 
 use super::dac_conv::{snake_decl, Conv1dWeights, ConvTranspose1dWeights, Geometry};
-use super::{GpuMatrix, Numerics};
+use super::{GpuMatrix, WeightFormat};
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_conv_cl.wgsl");
@@ -318,7 +318,7 @@ struct Params {
 fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w_cl: &GpuMatrix, bias: &GpuBuffer, y: &GpuBuffer, epilogue: ClEpilogue, shape: Option<ClShape>) -> Dispatch {
     assert!(gpu.tensor_cores(), "dac_conv_cl needs a device with tensor cores (Gpu::tensor_cores)");
     assert!(supports(g.cin, g.cout), "dac_conv_cl: {} → {} channels unsupported", g.cin, g.cout);
-    assert_eq!(w_cl.numerics, Numerics::F16W, "dac_conv_cl: f16 weights only");
+    assert_eq!(w_cl.format, WeightFormat::F16, "dac_conv_cl: f16 weights only");
     assert_eq!((w_cl.rows, w_cl.cols), (g.nphase * g.cout, g.taps * g.cin), "dac_conv_cl: tap-major weights of the wrong shape");
     assert!(x.size >= g.len_in as u64 * g.cin as u64 * 2, "dac_conv_cl: input smaller than [len_in, cin] f16");
     let out_bytes = match epilogue {

@@ -2,7 +2,7 @@
 //! (encode, codebook by codebook). Small kernels: ~70 multiply-adds per latent value.
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError};
 use super::dac_conv::{empty_matrix, write_matrix_rows};
-use super::{weight_decl, GpuMatrix, Numerics};
+use super::{weight_decl, GpuMatrix, Numerics, WeightFormat};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_rvq.wgsl");
 
@@ -127,11 +127,11 @@ struct RvqParams {
     grid_x: u32,
 }
 
-fn pipeline(gpu: &Gpu, rvq: &RvqWeights, numerics: Numerics, entry: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
+fn pipeline(gpu: &Gpu, rvq: &RvqWeights, format: WeightFormat, entry: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
     let dim = rvq.dims.codebook_dim;
-    let key = format!("dac_rvq:{entry}:{}:d{dim}", numerics.name());
+    let key = format!("dac_rvq:{entry}:{}:d{dim}", format.name());
     gpu.pipeline(&key, entry, || {
-        specialize(SOURCE, &[("WEIGHT_DECL", weight_decl(numerics, 3)), ("CB_DIM", dim.to_string())])
+        specialize(SOURCE, &[("WEIGHT_DECL", weight_decl(format, 3)), ("CB_DIM", dim.to_string())])
     })
 }
 
@@ -152,7 +152,7 @@ fn project_out(
     q_count: u32,
     subtract: bool,
 ) -> Dispatch {
-    let pipe = pipeline(gpu, rvq, rvq.out_proj.numerics, "project_out");
+    let pipe = pipeline(gpu, rvq, rvq.out_proj.format, "project_out");
     let total = rvq.dims.latent as u32 * frames;
     let grid = grid_1d(total.div_ceil(256));
     let params = RvqParams {
@@ -173,7 +173,7 @@ fn project_out(
 /// code = argmax_j cos(in_proj_i(r), codebook_i[j]) (first index on ties), then r −= out_proj_i(codebook_i[code]).
 /// `residual` is consumed (it ends as the quantisation error). Two dispatches per codebook, in order.
 pub fn rvq_encode(gpu: &Gpu, residual: &GpuBuffer, rvq: &RvqWeights, codes: &GpuBuffer, frames: u32) -> Vec<Dispatch> {
-    let assign = pipeline(gpu, rvq, rvq.in_proj.numerics, "assign");
+    let assign = pipeline(gpu, rvq, rvq.in_proj.format, "assign");
     let grid = grid_1d(frames);
     let mut out = Vec::with_capacity(2 * rvq.dims.n_codebooks);
     for i in 0..rvq.dims.n_codebooks as u32 {

@@ -59,7 +59,7 @@ fn gather(gpu: &Gpu, entry: &str, table: &GpuMatrix, tokens: &GpuBuffer, out: &G
     let elements = params.n as u64 * params.cols as u64;
     assert!(out.size >= elements * 4, "{entry}: out holds fewer than {} × {} f32", params.n, params.cols);
     assert!(elements <= u32::MAX as u64, "{entry}: output too large for 32-bit indexing");
-    let key = format!("embed.{entry}.{}", table.numerics.name());
-    let pipeline = gpu.pipeline(&key, entry, || specialize(SOURCE, &[("WEIGHTS", weight_decl(table.numerics, 2))]));
+    let key = format!("embed.{entry}.{}", table.format.name());
+    let pipeline = gpu.pipeline(&key, entry, || specialize(SOURCE, &[("WEIGHTS", weight_decl(table.format, 2))]));
     gpu.dispatch(&pipeline, &params, &[tokens, &table.data, out], grid_1d(elements.div_ceil(THREADS) as u32))
 }

@@ -23,14 +23,21 @@ pub mod dac_channels_last;
 pub mod dac_rvq;
 
 use crate::gpu::{Gpu, GpuBuffer, GpuError};
+use crate::quant::{QuantError, QuantFormat};
 
-/// How weights are stored on the GPU (arithmetic is f32 in both).
+/// How a model's weights are stored on the GPU (arithmetic is f32 in every mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Numerics {
     /// f32 weights: parity mode.
     F32,
     /// f16 weights packed two per u32 (low half = even column), unpacked with `unpack2x16float`.
     F16W,
+    /// Dia's projection matrices (attention, MLP, logits head) block-quantized to 8 bits (`QuantFormat::Q8`);
+    /// embedding tables f16, norms f32; the codec runs as `F16W`.
+    Q8,
+    /// As `Q8` with the MLP and logits-head matrices at 4 bits (`QuantFormat::Q4`); the attention projections
+    /// stay at q8 (`dia::MatrixRole::format` says why).
+    Q4,
 }
 
 impl Numerics {
@@ -38,6 +45,8 @@ impl Numerics {
         match self {
             Numerics::F32 => "f32",
             Numerics::F16W => "f16w",
+            Numerics::Q8 => "q8",
+            Numerics::Q4 => "q4",
         }
     }
 
@@ -45,8 +54,42 @@ impl Numerics {
         match s {
             "f32" => Some(Numerics::F32),
             "f16w" => Some(Numerics::F16W),
+            "q8" => Some(Numerics::Q8),
+            "q4" => Some(Numerics::Q4),
             _ => None,
         }
+    }
+
+    /// How the model's weight matrices are stored in this mode (`dia::MatrixRole::format` refines it per matrix).
+    pub fn weight_format(self) -> WeightFormat {
+        match self {
+            Numerics::F32 => WeightFormat::F32,
+            Numerics::F16W => WeightFormat::F16,
+            Numerics::Q8 => WeightFormat::Quant(QuantFormat::Q8),
+            Numerics::Q4 => WeightFormat::Quant(QuantFormat::Q4),
+        }
+    }
+
+    /// How lookup tables (embeddings, read a few rows per step) are stored: f32 in `F32`, else f16.
+    pub fn table_format(self) -> WeightFormat {
+        match self {
+            Numerics::F32 => WeightFormat::F32,
+            _ => WeightFormat::F16,
+        }
+    }
+
+    /// The mode the codec runs in: the DAC has no quantized path, so `Q8` and `Q4` run it as `F16W`.
+    pub fn codec(self) -> Numerics {
+        match self {
+            Numerics::Q8 | Numerics::Q4 => Numerics::F16W,
+            n => n,
+        }
+    }
+}
+
+impl From<Numerics> for WeightFormat {
+    fn from(n: Numerics) -> WeightFormat {
+        n.weight_format()
     }
 }
 
@@ -57,6 +100,8 @@ pub enum WeightFormat {
     F32,
     /// f16 values, two per word (low half = even column); rows of odd length end with a zero half.
     F16,
+    /// Block-quantized values with f16 scales (`crate::quant` defines the format and the row layout).
+    Quant(QuantFormat),
 }
 
 impl WeightFormat {
@@ -65,58 +110,92 @@ impl WeightFormat {
         match self {
             WeightFormat::F32 => "f32",
             WeightFormat::F16 => "f16w",
+            WeightFormat::Quant(q) => q.name(),
         }
+    }
+
+    /// Words between the rows of a matrix of `cols` columns.
+    pub fn row_words(self, cols: u32) -> u32 {
+        match self {
+            WeightFormat::F32 => cols,
+            WeightFormat::F16 => cols.div_ceil(2),
+            WeightFormat::Quant(q) => q.row_words(cols),
+        }
+    }
+
+    /// Row-major f32 `data` of `[rows, cols]` in this format, `rows × row_words(cols)` words.
+    pub fn encode_rows(self, data: &[f32], rows: usize, cols: usize) -> Result<Vec<u32>, QuantError> {
+        Ok(match self {
+            WeightFormat::F32 => bytemuck::cast_slice(data).to_vec(),
+            WeightFormat::F16 => pack_f16_rows(data, rows, cols),
+            WeightFormat::Quant(q) => crate::quant::quantize_gpu_rows(data, rows, cols, q)?,
+        })
     }
 }
 
 /// A weight matrix `[rows, cols]` on the GPU. Row `r` starts at word `r * row_stride_words()`.
-/// In `F16W` a row with an odd number of columns is padded with one zero half.
+/// In `F16` a row with an odd number of columns is padded with one zero half.
 pub struct GpuMatrix {
     pub data: GpuBuffer,
     pub rows: u32,
     pub cols: u32,
-    pub numerics: Numerics,
+    pub format: WeightFormat,
 }
 
 impl GpuMatrix {
-    /// How the values are stored.
-    pub fn format(&self) -> WeightFormat {
-        match self.numerics {
-            Numerics::F32 => WeightFormat::F32,
-            Numerics::F16W => WeightFormat::F16,
-        }
+    /// Row stride in 32-bit words (f32 elements for `F32`, packed pairs for `F16`, see `quant` for the others).
+    pub fn row_stride_words(&self) -> u32 {
+        self.format.row_words(self.cols)
     }
 
-    /// Row stride in 32-bit words (f32 elements for `F32`, packed pairs for `F16W`).
-    pub fn row_stride_words(&self) -> u32 {
-        stride_words(self.cols, self.numerics)
+    /// A matrix of zeros (words) to be filled later, checked against the device's largest binding.
+    pub fn empty(gpu: &Gpu, label: &str, rows: usize, cols: usize, format: impl Into<WeightFormat>) -> Result<GpuMatrix, GpuError> {
+        let format = format.into();
+        let bytes = rows as u64 * format.row_words(cols as u32) as u64 * 4;
+        check_binding(gpu, bytes)?;
+        Ok(GpuMatrix { data: gpu.buffer(label, bytes), rows: rows as u32, cols: cols as u32, format })
+    }
+
+    /// Writes row-major f32 `data` of `[rows, cols]` into rows `row0..row0 + rows`, converted to the storage format
+    /// (ordered before the next submit).
+    pub fn write_rows(&self, gpu: &Gpu, row0: usize, data: &[f32], rows: usize) -> Result<(), QuantError> {
+        let cols = self.cols as usize;
+        assert_eq!(data.len(), rows * cols, "matrix rows length");
+        assert!(row0 + rows <= self.rows as usize, "matrix rows out of range");
+        let offset = self.data.offset + row0 as u64 * self.row_stride_words() as u64 * 4;
+        match self.format {
+            WeightFormat::F32 => gpu.queue.write_buffer(&self.data.buf, offset, bytemuck::cast_slice(data)),
+            format => gpu.queue.write_buffer(&self.data.buf, offset, bytemuck::cast_slice(&format.encode_rows(data, rows, cols)?)),
+        }
+        Ok(())
     }
 
     /// Converts row-major f32 `data` to the storage format and uploads it.
-    pub fn upload(gpu: &Gpu, label: &str, data: &[f32], rows: usize, cols: usize, numerics: Numerics) -> Result<GpuMatrix, GpuError> {
+    pub fn upload(gpu: &Gpu, label: &str, data: &[f32], rows: usize, cols: usize, format: impl Into<WeightFormat>) -> Result<GpuMatrix, GpuError> {
+        let format = format.into();
         assert_eq!(data.len(), rows * cols, "matrix data length");
-        let words = rows as u64 * stride_words(cols as u32, numerics) as u64;
-        if words * 4 > gpu.limits.max_storage_buffer_binding_size {
-            return Err(GpuError::LimitTooSmall {
-                adapter: gpu.info.name.clone(),
-                limit: "max_storage_buffer_binding_size",
-                available: gpu.limits.max_storage_buffer_binding_size,
-                required: words * 4,
-            });
-        }
-        let data = match numerics {
-            Numerics::F32 => gpu.upload(label, data),
-            Numerics::F16W => gpu.upload(label, &pack_f16_rows(data, rows, cols)),
-        };
-        Ok(GpuMatrix { data, rows: rows as u32, cols: cols as u32, numerics })
+        check_binding(gpu, rows as u64 * format.row_words(cols as u32) as u64 * 4)?;
+        let words = format.encode_rows(data, rows, cols)?;
+        Ok(GpuMatrix { data: gpu.upload(label, &words), rows: rows as u32, cols: cols as u32, format })
     }
 }
 
-pub fn stride_words(cols: u32, numerics: Numerics) -> u32 {
-    match numerics {
-        Numerics::F32 => cols,
-        Numerics::F16W => cols.div_ceil(2),
+/// An error unless `bytes` fit one storage binding of the device.
+fn check_binding(gpu: &Gpu, bytes: u64) -> Result<(), GpuError> {
+    if bytes > gpu.limits.max_storage_buffer_binding_size {
+        return Err(GpuError::LimitTooSmall {
+            adapter: gpu.info.name.clone(),
+            limit: "max_storage_buffer_binding_size",
+            available: gpu.limits.max_storage_buffer_binding_size,
+            required: bytes,
+        });
     }
+    Ok(())
+}
+
+/// Words between the rows of a `cols`-column matrix stored in `format`.
+pub fn stride_words(cols: u32, format: impl Into<WeightFormat>) -> u32 {
+    format.into().row_words(cols)
 }
 
 /// f32 rows → f16 pairs packed in u32 (low 16 bits = even column), each row padded to whole words.
@@ -139,18 +218,20 @@ pub fn round_f16(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
-/// WGSL snippet defining the weight array at `binding` and `fn load_w(row_word_base: u32, col: u32) -> f32`.
-/// Kernels that want wide loads may instead branch on `numerics` and write their own access code.
-pub fn weight_decl(numerics: Numerics, binding: u32) -> String {
-    match numerics {
-        Numerics::F32 => format!(
+/// WGSL snippet defining the weight array at `binding` and `fn load_w(row_word_base: u32, col: u32) -> f32`, for
+/// f32 and f16 matrices (lookup tables and the codec's weights, which are never quantized). Kernels that want wide
+/// loads may instead branch on the format and write their own access code.
+pub fn weight_decl(format: WeightFormat, binding: u32) -> String {
+    match format {
+        WeightFormat::F32 => format!(
             "@group(0) @binding({binding}) var<storage, read> w: array<f32>;\n\
              fn load_w(base: u32, col: u32) -> f32 {{ return w[base + col]; }}\n"
         ),
-        Numerics::F16W => format!(
+        WeightFormat::F16 => format!(
             "@group(0) @binding({binding}) var<storage, read> w: array<u32>;\n\
              fn load_w(base: u32, col: u32) -> f32 {{ let p = unpack2x16float(w[base + col / 2u]); return select(p.x, p.y, (col & 1u) == 1u); }}\n"
         ),
+        WeightFormat::Quant(q) => panic!("weight_decl: {} matrices are read by the linear kernels only", q.name()),
     }
 }
 

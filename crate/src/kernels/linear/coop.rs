@@ -140,7 +140,7 @@ wgsl_params! {
 
 /// Whether `linear_coop` can serve these weights on this device (the routing test of `linear_rows`).
 pub fn coop_supported(gpu: &Gpu, w: &GpuMatrix) -> bool {
-    gpu.tensor_cores() && w.format() == WeightFormat::F16 && CoopShape::for_problem(gpu, 1, w.rows, LinearEpilogue::Store).is_some()
+    gpu.tensor_cores() && w.format == WeightFormat::F16 && CoopShape::for_problem(gpu, 1, w.rows, LinearEpilogue::Store).is_some()
 }
 
 /// `linear` on tensor cores, same arguments and semantics (x: f32 `[m, w.cols]`, y as the epilogue says, x and
@@ -153,7 +153,7 @@ pub fn linear_coop(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u3
 /// `linear_coop` with an explicit work split (tests and benchmarks).
 pub fn linear_coop_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: CoopShape) -> Dispatch {
     assert!(gpu.tensor_cores(), "linear_coop: the device has no cooperative matrices");
-    assert_eq!(w.format(), WeightFormat::F16, "linear_coop: f16 weights only");
+    assert_eq!(w.format, WeightFormat::F16, "linear_coop: f16 weights only");
     assert!(shape.fits(), "linear_coop: unsupported {shape:?}");
     assert!(
         shape.workgroup_bytes() <= gpu.limits.max_compute_workgroup_storage_size,

@@ -152,7 +152,7 @@ fn row_blocks(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
     let x_block = SMALL_M_MAX as u64 * w.cols as u64 * 4;
     let y_block = SMALL_M_MAX as u64 * out_cols as u64 * 4;
     let (whole, rest) = (m / SMALL_M_MAX, m % SMALL_M_MAX);
-    let shape = SmallMShape::for_shape(SMALL_M_MAX, w.rows, w.cols);
+    let shape = SmallMShape::for_format(w.format, SMALL_M_MAX, w.rows, w.cols);
     let mut ds = vec![small_m_dispatch(gpu, x, w, y, SMALL_M_MAX, epilogue, shape, None, whole)];
     if rest > 0 {
         let xs = x.slice(whole as u64 * x_block, rest as u64 * w.cols as u64 * 4);
@@ -168,7 +168,7 @@ fn row_blocks(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
 pub fn norm_linear(gpu: &Gpu, x: &GpuBuffer, gain: &GpuBuffer, eps: f32, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, scratch: &GpuBuffer) -> Vec<Dispatch> {
     assert!(gain.size >= w.cols as u64 * 4, "norm_linear: gain holds fewer than {} f32", w.cols);
     if m <= SMALL_M_MAX {
-        let shape = SmallMShape::for_shape(m, w.rows, w.cols);
+        let shape = SmallMShape::for_format(w.format, m, w.rows, w.cols);
         vec![small_m_dispatch(gpu, x, w, y, m, epilogue, shape, Some((gain, eps)), 1)]
     } else {
         let mut ds = vec![rmsnorm(gpu, x, gain, scratch, m, w.cols, eps)];

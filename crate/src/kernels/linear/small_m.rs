@@ -30,8 +30,13 @@ impl SmallMShape {
     /// (4 for the wide gate/up and logits matrices), 64 threads along K for the 2048-row and the long-K matrices
     /// and 32 otherwise — 1.2–1.9× the one-row-per-group shape on each matrix.
     pub fn for_shape(m: u32, n: u32, k: u32) -> SmallMShape {
+        SmallMShape::for_format(WeightFormat::F16, m, n, k)
+    }
+
+    /// `for_shape` for a matrix stored in `format` (f32 and f16 alike; a quantized row has fewer, wider chunks).
+    pub fn for_format(format: WeightFormat, m: u32, n: u32, k: u32) -> SmallMShape {
         let m = m.max(1);
-        let chunks = chunks_per_row(k);
+        let chunks = chunks_per_row(format, k);
         let k_max = chunks.next_power_of_two().clamp(4, 64);
         let k_threads = (if n <= 2048 || chunks >= 1024 { 64 } else { 32 }).min(k_max);
         let wide = if n >= 8192 { 4 } else { 2 };
@@ -65,14 +70,19 @@ impl SmallMShape {
     }
 }
 
-/// 8-column chunks per row on the 16-byte path, 2-column pairs otherwise.
-fn chunks_per_row(k: u32) -> u32 {
-    if k.is_multiple_of(8) { k / 8 } else { k.div_ceil(2) }
+/// Chunks per row: f32 and f16 8-column chunks on the 16-byte path, 2-column pairs otherwise; quantized rows 16-byte
+/// blocks (16 columns of q8, 32 of q4).
+fn chunks_per_row(format: WeightFormat, k: u32) -> u32 {
+    match format {
+        WeightFormat::Quant(q) => k.div_ceil(4 * q.per_word()),
+        _ if k.is_multiple_of(8) => k / 8,
+        _ => k.div_ceil(2),
+    }
 }
 
 /// The matrix–vector schedule (m ≤ `SMALL_M_MAX`), for tests and benchmarks; `linear` chooses it itself.
 pub fn linear_small_m(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Dispatch {
-    linear_small_m_shaped(gpu, x, w, y, m, epilogue, SmallMShape::for_shape(m, w.rows, w.cols))
+    linear_small_m_shaped(gpu, x, w, y, m, epilogue, SmallMShape::for_format(w.format, m, w.rows, w.cols))
 }
 
 /// The matrix–vector schedule with an explicit workgroup shape (benchmarks tune with this).
@@ -80,23 +90,37 @@ pub fn linear_small_m_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuf
     small_m_dispatch(gpu, x, w, y, m, epilogue, shape, None, 1)
 }
 
-/// How the small-M kernel reads a row: 8-column chunks as 16-byte loads (8 f16, or 2 × 4 f32) when K is a multiple
-/// of 8, else 2-column pairs (any K).
+/// How the small-M kernel reads a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SmallMAccess {
+    /// f32 / f16: 8-column chunks as 16-byte loads (8 f16, or 2 × 4 f32); K a multiple of 8.
     Vec8,
+    /// f32 / f16: 2-column pairs, any K.
     Pair,
+    /// Quantized: 16-byte weight blocks, x in 16-byte loads; K a multiple of 4.
+    BlockVec4,
+    /// Quantized: 16-byte weight blocks, x element by element; any K.
+    BlockScalar,
 }
 
 impl SmallMAccess {
-    pub fn for_k(k: u32) -> SmallMAccess {
-        if k.is_multiple_of(8) { SmallMAccess::Vec8 } else { SmallMAccess::Pair }
+    pub fn new(format: WeightFormat, k: u32) -> SmallMAccess {
+        match format {
+            WeightFormat::Quant(_) if k.is_multiple_of(4) => SmallMAccess::BlockVec4,
+            WeightFormat::Quant(_) => SmallMAccess::BlockScalar,
+            _ if k.is_multiple_of(8) => SmallMAccess::Vec8,
+            _ => SmallMAccess::Pair,
+        }
     }
 
+    /// The name in the section names of `shaders/linear.wgsl` (`access_<format>_<name>`, `norm_<name>`,
+    /// `qx_<name>`, `qnorm_<name>`).
     fn name(self) -> &'static str {
         match self {
             SmallMAccess::Vec8 => "vec8",
             SmallMAccess::Pair => "pair",
+            SmallMAccess::BlockVec4 => "vec4",
+            SmallMAccess::BlockScalar => "scalar",
         }
     }
 }
@@ -123,11 +147,16 @@ impl SmallMVariant {
     pub fn new(format: WeightFormat, k: u32, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool) -> SmallMVariant {
         // m = 0 dispatches nothing but still needs a pipeline.
         let m = m.max(1);
-        // Chunks per row each thread loads per round: more loads in flight at small M (registers allow it), never
-        // more rounds' worth than the row has.
-        let per_thread = chunks_per_row(k).div_ceil(shape.k_threads).max(1);
-        let unroll = (match m { 1..=2 => 4, 3..=4 => 2, _ => 1 }).min(per_thread);
-        SmallMVariant { format, access: SmallMAccess::for_k(k), epilogue, norm, m, shape, unroll, blocked }
+        // Chunks per row each thread loads per round: more loads in flight at small M (registers allow it: up to
+        // 64 f32 of x chunks per thread, M rounded up to 2, 4 or 8), never more rounds' worth than the row has.
+        let per_thread = chunks_per_row(format, k).div_ceil(shape.k_threads).max(1);
+        let chunk_floats = match format {
+            WeightFormat::Quant(q) => 4 * q.per_word(),
+            _ => 8,
+        };
+        let m_bucket = match m { 1..=2 => 2, 3..=4 => 4, _ => 8 };
+        let unroll = (64 / (m_bucket * chunk_floats)).clamp(1, 4).min(per_thread);
+        SmallMVariant { format, access: SmallMAccess::new(format, k), epilogue, norm, m, shape, unroll, blocked }
     }
 }
 
@@ -139,15 +168,29 @@ impl KernelVariant for SmallMVariant {
     fn source(&self) -> String {
         let SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked } = *self;
         let SmallMShape { threads, k_threads, rows_per_thread } = shape;
-        let code = small_m_code(m, rows_per_thread, unroll, k_threads, norm);
+        let quant = matches!(format, WeightFormat::Quant(_));
+        let code = small_m_code(m, rows_per_thread, unroll, k_threads, norm, quant);
         let norm_section = if norm { access.name() } else { "none" };
-        let src = [
-            section("common"),
-            section(&format!("access_{}_{}", format.name(), access.name())),
-            section(&format!("norm_{norm_section}")),
-            section("small_m"),
-        ]
-        .concat();
+        let src = if quant {
+            [
+                section("common"),
+                section("qdecode"),
+                section(&format!("qsmall_{}", format.name())),
+                section("qsmall_scale"),
+                section(&format!("qx_{}", access.name())),
+                section(&format!("qnorm_{norm_section}")),
+                section("small_m"),
+            ]
+            .concat()
+        } else {
+            [
+                section("common"),
+                section(&format!("access_{}_{}", format.name(), access.name())),
+                section(&format!("norm_{norm_section}")),
+                section("small_m"),
+            ]
+            .concat()
+        };
         specialize(
             &src,
             &[
@@ -165,6 +208,7 @@ impl KernelVariant for SmallMVariant {
                 ("BODY", code.body),
                 ("STORES", code.stores),
                 ("LANE_SUM", code.lane_sum),
+                ("GROUP", quant_group(format).to_string()),
             ],
         )
     }
@@ -176,7 +220,7 @@ pub(super) fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuB
     assert!(m <= SMALL_M_MAX, "linear_small_m: m = {m} > {SMALL_M_MAX}");
     assert!(shape.fits(m), "linear_small_m: {shape:?} does not fit m = {m}");
     let out_cols = check_shapes(x, w, y, m * blocks, epilogue);
-    let variant = SmallMVariant::new(w.format(), w.cols, m, epilogue, shape, norm.is_some(), blocks > 1);
+    let variant = SmallMVariant::new(w.format, w.cols, m, epilogue, shape, norm.is_some(), blocks > 1);
     let pipeline = gpu.variant_pipeline(variant);
     let rows = shape.rows();
     let groups = match epilogue {
@@ -210,10 +254,20 @@ struct SmallMCode {
     lane_sum: String,
 }
 
+/// Weights per scale of a quantized format (the `GROUP` constant; unused by f32 and f16).
+pub(super) fn quant_group(format: WeightFormat) -> u32 {
+    match format {
+        WeightFormat::Quant(q) => q.group(),
+        _ => 0,
+    }
+}
+
 /// Straight-line WGSL for `m` rows of x, `rpt` weight rows per thread and `unroll` chunks per round: all loads of a
 /// round first (clamped chunk indices, so they need no branch), then the dot products, masked for chunks past the
-/// row. Accumulators are named scalars (acc_<row>_<m>), so nothing lives in an indexed array.
-fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool) -> SmallMCode {
+/// row. Accumulators are named scalars (acc_<row>_<m>), so nothing lives in an indexed array. Quantized chunks are
+/// loaded packed with their group's scale, dequantized once for all M rows, and the scale multiplies each chunk's
+/// dot product.
+fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant: bool) -> SmallMCode {
     use std::fmt::Write;
     let mut decls = String::new();
     let mut body = String::new();
@@ -235,6 +289,9 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool) -> Sm
     for j in 0..unroll {
         for i in 0..rpt {
             let _ = writeln!(body, "        let w_{i}_{j} = load_w(row_{i}, c_{j});");
+            if quant {
+                let _ = writeln!(body, "        let s_{i}_{j} = load_scale(row_{i}, c_{j});");
+            }
         }
         for mi in 0..m {
             let _ = writeln!(body, "        let xr_{mi}_{j} = load_x({mi}u, c_{j});");
@@ -243,13 +300,19 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool) -> Sm
     for j in 0..unroll {
         // Chunk j of the round exists when c + j·KT < nc (always for j = 0).
         let mask = |e: String| if j == 0 { e } else { format!("select(0.0, {e}, c + {j}u * KT < nc)") };
+        if quant {
+            for i in 0..rpt {
+                let _ = writeln!(body, "        let d_{i}_{j} = dequant(w_{i}_{j});");
+            }
+        }
         for mi in 0..m {
             if norm {
                 let _ = writeln!(body, "        sq_{mi} += {};", mask(format!("chunk_dot(xr_{mi}_{j}, xr_{mi}_{j})")));
             }
             let _ = writeln!(body, "        let x_{mi}_{j} = scale_x(xr_{mi}_{j}, c_{j});");
             for i in 0..rpt {
-                let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, w_{i}_{j})")));
+                let dot = if quant { format!("chunk_dot(x_{mi}_{j}, d_{i}_{j}) * s_{i}_{j}") } else { format!("chunk_dot(x_{mi}_{j}, w_{i}_{j})") };
+                let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(dot));
             }
         }
     }

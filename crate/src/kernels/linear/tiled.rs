@@ -3,8 +3,10 @@
 //! `tiled`).
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
+use super::small_m::quant_group;
 use super::{check_shapes, section, LinearEpilogue, Params};
 use crate::kernels::{GpuMatrix, WeightFormat};
+use crate::quant::QuantBits;
 
 /// Workgroups the tiled schedule aims for when choosing its tile: about 2 per SM on an H100 (132 SMs), so that
 /// every SM has work and a second workgroup to switch to at barriers.
@@ -96,7 +98,7 @@ pub fn linear_tiled(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u
 pub fn linear_tiled_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: TiledShape) -> Dispatch {
     assert!(shape.fits(), "linear_tiled: unsupported {shape:?}");
     let out_cols = check_shapes(x, w, y, m, epilogue);
-    let pipeline = gpu.variant_pipeline(TiledVariant { format: w.format(), access: TiledAccess::new(w.format(), w.cols, shape), epilogue, shape });
+    let pipeline = gpu.variant_pipeline(TiledVariant { format: w.format, access: TiledAccess::new(w.format, w.cols, shape), epilogue, shape });
     let tiles_n = shape.tiles_n(w.rows, epilogue);
     let groups = if m == 0 { 0 } else { shape.groups(m, w.rows, epilogue) };
     let params = Params {
@@ -114,6 +116,8 @@ pub fn linear_tiled_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffe
 
 /// How the tiled kernel reads x and W: 16-byte x loads (and 8-byte f16 weight loads) need whole 4-column groups in
 /// every row; 16-byte f16 weight loads whole 8-column groups, and a stage of whole 8-column units; else element loads.
+/// Quantized weights are read in staging units of 4 columns (q8: one word; q4: half a word) or, for q4 where
+/// `Vec8` applies, 8 (one word); only x's loads depend on K.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TiledAccess {
     Vec8,
@@ -123,8 +127,13 @@ pub enum TiledAccess {
 
 impl TiledAccess {
     pub fn new(format: WeightFormat, k: u32, shape: TiledShape) -> TiledAccess {
+        let unit8 = match format {
+            WeightFormat::F16 => k.is_multiple_of(8),
+            WeightFormat::Quant(q) => q.bits() == QuantBits::Q4 && k.is_multiple_of(4),
+            WeightFormat::F32 => false,
+        };
         match format {
-            WeightFormat::F16 if k.is_multiple_of(8) && shape.bk.is_multiple_of(8) => TiledAccess::Vec8,
+            _ if unit8 && shape.bk.is_multiple_of(8) => TiledAccess::Vec8,
             _ if k.is_multiple_of(4) => TiledAccess::Vec4,
             _ => TiledAccess::Scalar,
         }
@@ -161,7 +170,18 @@ impl KernelVariant for TiledVariant {
     fn source(&self) -> String {
         let TiledVariant { format, access, epilogue, shape } = *self;
         let TiledShape { tm, tn, rm, bk, kg } = shape;
-        let src = format!("{}{}{}", section("common"), section(&format!("tiled_access_{}_{}", format.name(), access.name())), section("tiled"));
+        let src = match format {
+            WeightFormat::Quant(q) => {
+                let w_section = match (q.bits(), access) {
+                    (QuantBits::Q8, _) => "tiled_w_q8",
+                    (QuantBits::Q4, TiledAccess::Vec8) => "tiled_w_q4_unit8",
+                    (QuantBits::Q4, _) => "tiled_w_q4_unit4",
+                };
+                let x_section = if access == TiledAccess::Scalar { "tiled_x_scalar" } else { "tiled_x_vec4" };
+                [section("common"), section(x_section), section("qdecode"), section("tiled_w_quant"), section(w_section), section("tiled")].concat()
+            }
+            _ => format!("{}{}{}", section("common"), section(&format!("tiled_access_{}_{}", format.name(), access.name())), section("tiled")),
+        };
         let red = if kg > 1 { format!("var<workgroup> red: array<f32, {}>;", tm * tn) } else { String::new() };
         specialize(
             &src,
@@ -176,6 +196,7 @@ impl KernelVariant for TiledVariant {
                 ("THREADS", shape.threads().to_string()),
                 ("RED_DECL", red),
                 ("BODY", tiled_code(shape, access.w_unit(), epilogue)),
+                ("GROUP", quant_group(format).to_string()),
             ],
         )
     }
