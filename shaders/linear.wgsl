@@ -1,14 +1,19 @@
-// y = x · Wᵀ with fused epilogues. x: f32 [M, K]; W: [N, K] (f32, or f16 pairs packed in u32).
+// y = x · Wᵀ with fused epilogues. x: f32 [M, K]; W: [N, K] (f32, f16 pairs packed in u32, or q8 / q4 blocks).
 //
 // This file is assembled by `crate/src/kernels/linear/` (small_m.rs, tiled.rs) from the sections below (each
 // starts with a `//== section: <name>` line): `common`, one weight-access section (`access_<mode>_<vec8|pair>`)
-// and one kernel (`small_m` or `tiled`). `{{PARAMS}}` is the Rust side's `Params` declaration (mod.rs). The access sections give every kernel the same interface:
+// and one kernel (`small_m` or `tiled`); `{{PARAMS}}` is the Rust side's `Params` declaration (mod.rs). The access
+// sections give every kernel the same interface:
 //   type Chunk            a few consecutive columns of one row,
 //   fn chunks() -> u32    chunks per row,
 //   fn load_w(row, c)     chunk c of weight row `row` (row < N, c < chunks()),
 //   fn load_x(m, c)       chunk c of x row `m` (m < M, c < chunks()); columns ≥ K read as 0,
 //   fn chunk_dot(a, b)    Σ a·b over the chunk.
 // `vec8` sections (K a multiple of 8) load 16 bytes at a time; `pair` sections take any K.
+// Quantized weights (q8, q4: `crate/src/quant.rs`) take `qdecode` (dequantization) and, for the small-M kernel,
+// `qsmall_<q8|q4>` + `qsmall_scale` (16-byte weight blocks as chunks, `fn dequant`, `fn load_scale`), `qx_<vec4|scalar>`
+// (x loads) and `qnorm_<none|vec4|scalar>` (the fused norm's gain) in place of the access and norm sections; for the
+// tiled kernel `tiled_x_<vec4|scalar>`, `tiled_w_quant` and `tiled_w_<q8|q4_unit4|q4_unit8>`.
 
 //== section: common
 {{PARAMS}}

@@ -83,7 +83,7 @@ fn positive() -> clap::builder::RangedU64ValueParser<usize> {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn parse_numerics(s: &str) -> Result<dia_webgpu::kernels::Numerics, String> {
-    dia_webgpu::kernels::Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w)"))
+    dia_webgpu::kernels::Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w, q8, q4)"))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -87,7 +87,7 @@ mod native {
     }
 
     fn parse_numerics(s: &str) -> std::result::Result<Numerics, String> {
-        Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w)"))
+        Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w, q8, q4)"))
     }
 
     #[derive(Serialize)]

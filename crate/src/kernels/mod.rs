@@ -2,7 +2,7 @@
 //!
 //! Conventions shared by every family:
 //! - activations are f32 storage buffers, row-major;
-//! - weights are `GpuMatrix` in one of the `Numerics` storage formats, `[rows = out, cols = in]`;
+//! - weights are `GpuMatrix` in one of the `WeightFormat`s, `[rows = out, cols = in]`;
 //! - each WGSL entry point has `@binding(0)` = a uniform `Params` struct, storage buffers from 1;
 //! - a wrapper returns a `Dispatch` built once (bind group included) that callers record as often as
 //!   they like; values that change per decoder step live in small storage buffers the host rewrites

@@ -1,6 +1,7 @@
 //! `shaders/linear_coop.wgsl`: `linear` (y = x · Wᵀ with the same epilogues) on tensor cores through wgpu's
-//! experimental cooperative matrices, for f16 weights (`Numerics::F16W`) on devices where
+//! experimental cooperative matrices, for f16 weights (`WeightFormat::F16`) on devices where
 //! `Gpu::tensor_cores()` holds (native only: browsers have no cooperative matrices, so this never runs there).
+//! Quantized weights have no tensor-core path: `schedule` gives them the tiled kernel.
 //!
 //! Numerics: x is rounded to f16 when staged (W already is f16); products are exact in f32 and summed in f32
 //! accumulators. Against the plain kernel's f32 x this adds, per output, an error of at most

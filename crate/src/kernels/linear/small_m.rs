@@ -33,7 +33,8 @@ impl SmallMShape {
         SmallMShape::for_format(WeightFormat::F16, m, n, k)
     }
 
-    /// `for_shape` for a matrix stored in `format` (f32 and f16 alike; a quantized row has fewer, wider chunks).
+    /// `for_shape` for a matrix stored in `format` (f32 and f16 alike; a quantized row has fewer, wider chunks, and
+    /// takes the same rule on its chunk count: not yet tuned on a GPU).
     pub fn for_format(format: WeightFormat, m: u32, n: u32, k: u32) -> SmallMShape {
         let m = m.max(1);
         let chunks = chunks_per_row(format, k);
