@@ -138,6 +138,44 @@ fn cli_short_max_new_tokens_write_a_wav() {
     }
 }
 
+/// `dia-tts convert` writes a checkpoint that loads in its mode by default and speaks exactly as converting on
+/// load does; bad conversions fail with a message and write nothing.
+#[test]
+fn cli_convert_then_speak_in_the_converted_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dia, dac) = (fixtures_dir().join("dia"), fixtures_dir().join("dac"));
+    let q4 = dir.path().join("dia-q4");
+    let o = dia_tts(&["convert", "--model", s(&dia), "--dtype", "q4", "--out", s(&q4)], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--dtype q4"), "{}", String::from_utf8_lossy(&o.stdout));
+    let speak = |model: &Path, extra: &[&str], name: &str| {
+        let out = dir.path().join(format!("{name}.wav"));
+        let codes = dir.path().join(format!("{name}.json"));
+        let args = [&["--text", "[S1] Short.", "--model", s(model), "--codec", s(&dac), "--out", s(&out), "--codes-out", s(&codes)][..], &GREEDY[..6], extra].concat();
+        let o = dia_tts(&args, &[]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8_lossy(&o.stdout).into_owned(), std::fs::read(&out).unwrap(), std::fs::read(&codes).unwrap())
+    };
+    let (summary, wav, codes) = speak(&q4, &[], "converted");
+    assert!(summary.contains("[q4]"), "a converted checkpoint loads in its own mode: {summary}");
+    let (summary, wav_on_load, codes_on_load) = speak(&dia, &["--dtype", "q4"], "on-load");
+    assert!(summary.contains("[q4]"), "{summary}");
+    assert!(codes == codes_on_load && wav == wav_on_load, "converted and quantized-on-load speak alike");
+
+    // Refusals: an existing output, a converted source, an unknown mode.
+    for (args, says) in [
+        (vec!["convert", "--model", s(&dia), "--dtype", "q8", "--out", s(&q4)], "already exists"),
+        (vec!["convert", "--model", s(&q4), "--dtype", "q8", "--out", s(&dir.path().join("x"))], "already a converted checkpoint"),
+        (vec!["convert", "--model", s(&dia), "--dtype", "q2", "--out", s(&dir.path().join("y"))], "invalid value"),
+    ] {
+        let o = dia_tts(&args, &[]);
+        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(says), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["converted.json", "converted.wav", "dia-q4", "on-load.json", "on-load.wav"]);
+}
+
 /// The commit every repository of the test hub resolves `main` to.
 const COMMIT: &str = "6a1f0c3e9d2b4a5f8e7d6c5b4a39281706f5e4d3";
 

@@ -220,6 +220,99 @@ impl QuantizedRows {
     }
 }
 
+/// How a quantized matrix is kept in a safetensors checkpoint (what `dia-tts convert` writes): two tensors beside
+/// each other, named after the matrix's `<base>.weight`:
+/// - `<base>.qweight`: U32 `[rows, value_words]`, the packed values exactly as `QuantizedRows::values`;
+/// - `<base>.scales`: F16 `[rows, groups]`, the scales exactly as `QuantizedRows::scales`.
+///
+/// Stored checkpoints always use groups of 32, so the format follows from the shapes: 8 value words per group is
+/// q8, 4 is q4.
+pub mod stored {
+    use super::{QuantFormat, QuantizedRows};
+
+    /// Suffix of the packed values' tensor.
+    pub const VALUES: &str = ".qweight";
+    /// Suffix of the scales' tensor.
+    pub const SCALES: &str = ".scales";
+
+    /// `("<base>.qweight", "<base>.scales")` for the matrix `<base>.weight`; None for a name not ending in `.weight`.
+    pub fn part_names(weight_name: &str) -> Option<(String, String)> {
+        let base = weight_name.strip_suffix(".weight")?;
+        Some((format!("{base}{VALUES}"), format!("{base}{SCALES}")))
+    }
+
+    /// Which half of a stored quantized matrix `name` is, and the matrix's `<base>.weight` name.
+    pub fn split_part(name: &str) -> Option<(String, Part)> {
+        if let Some(base) = name.strip_suffix(VALUES) {
+            Some((format!("{base}.weight"), Part::Values))
+        } else {
+            name.strip_suffix(SCALES).map(|base| (format!("{base}.weight"), Part::Scales))
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Part {
+        Values,
+        Scales,
+    }
+
+    /// Why two stored tensors do not make a quantized `[rows, cols]` matrix.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum StoredQuantError {
+        #[error("{part} has shape {found:?}; a quantized {rows} × {cols} matrix stores {expected}")]
+        Shape { part: String, found: Vec<usize>, rows: usize, cols: usize, expected: String },
+        #[error("{part}: {bytes} bytes for shape {shape:?}")]
+        Bytes { part: String, bytes: usize, shape: Vec<usize> },
+    }
+
+    /// The format a `[rows, cols]` matrix was stored in, from the shapes of its two tensors.
+    pub fn format_of(weight_name: &str, rows: usize, cols: usize, values_shape: &[usize], scales_shape: &[usize]) -> Result<QuantFormat, StoredQuantError> {
+        let groups = QuantFormat::Q8.groups(cols as u32) as usize;
+        let (values_name, scales_name) = part_names(weight_name).unwrap_or_default();
+        if scales_shape != [rows, groups] {
+            return Err(StoredQuantError::Shape { part: scales_name, found: scales_shape.to_vec(), rows, cols, expected: format!("[{rows}, {groups}] (F16)") });
+        }
+        [QuantFormat::Q8, QuantFormat::Q4]
+            .into_iter()
+            .find(|f| values_shape == [rows, f.value_words(cols as u32) as usize])
+            .ok_or_else(|| StoredQuantError::Shape {
+                part: values_name,
+                found: values_shape.to_vec(),
+                rows,
+                cols,
+                expected: format!("[{rows}, {}] (U32, q8) or [{rows}, {}] (U32, q4)", QuantFormat::Q8.value_words(cols as u32), QuantFormat::Q4.value_words(cols as u32)),
+            })
+    }
+
+    /// Rebuilds the matrix from its two tensors' little-endian bytes (shapes already checked by `format_of`).
+    pub fn from_parts(weight_name: &str, format: QuantFormat, rows: usize, cols: usize, values: &[u8], scales: &[u8]) -> Result<QuantizedRows, StoredQuantError> {
+        let (values_name, scales_name) = part_names(weight_name).unwrap_or_default();
+        let vw = format.value_words(cols as u32) as usize;
+        let groups = format.groups(cols as u32) as usize;
+        if values.len() != rows * vw * 4 {
+            return Err(StoredQuantError::Bytes { part: values_name, bytes: values.len(), shape: vec![rows, vw] });
+        }
+        if scales.len() != rows * groups * 2 {
+            return Err(StoredQuantError::Bytes { part: scales_name, bytes: scales.len(), shape: vec![rows, groups] });
+        }
+        Ok(QuantizedRows {
+            format,
+            rows,
+            cols,
+            values: values.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            scales: scales.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect(),
+        })
+    }
+
+    /// The two tensors' little-endian bytes and shapes: `(values, [rows, value_words]), (scales, [rows, groups])`.
+    pub fn to_parts(q: &QuantizedRows) -> ((Vec<u8>, [usize; 2]), (Vec<u8>, [usize; 2])) {
+        let cols = q.cols as u32;
+        let values = q.values.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let scales = q.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        ((values, [q.rows, q.format.value_words(cols) as usize]), (scales, [q.rows, q.format.groups(cols) as usize]))
+    }
+}
+
 /// Row-major f32 `data` of `[rows, cols]` straight to the GPU layout of `format`.
 pub fn quantize_gpu_rows(data: &[f32], rows: usize, cols: usize, format: QuantFormat) -> Result<Vec<u32>, QuantError> {
     Ok(quantize_rows(data, rows, cols, format)?.gpu_rows())
@@ -291,6 +384,24 @@ mod tests {
                 assert_eq!(q.gpu_rows().len(), rows * format.row_words(cols as u32) as usize);
             }
         }
+    }
+
+    #[test]
+    fn stored_parts_round_trip_and_name_their_format() {
+        let w: Vec<f32> = (0..3 * 70).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        for format in [QuantFormat::Q8, QuantFormat::Q4] {
+            let q = quantize_rows(&w, 3, 70, format).unwrap();
+            let ((values, vshape), (scales, sshape)) = stored::to_parts(&q);
+            assert_eq!(sshape, [3, 3]);
+            assert_eq!(stored::format_of("a.weight", 3, 70, &vshape, &sshape), Ok(format));
+            assert_eq!(stored::from_parts("a.weight", format, 3, 70, &values, &scales).unwrap(), q);
+            assert!(stored::from_parts("a.weight", format, 3, 70, &values[4..], &scales).is_err());
+            assert!(stored::format_of("a.weight", 3, 70, &[3, 5], &sshape).is_err());
+            assert!(stored::format_of("a.weight", 3, 70, &vshape, &[3, 2]).is_err());
+        }
+        assert_eq!(stored::split_part("x.y.qweight"), Some(("x.y.weight".to_string(), stored::Part::Values)));
+        assert_eq!(stored::split_part("x.y.scales"), Some(("x.y.weight".to_string(), stored::Part::Scales)));
+        assert_eq!(stored::split_part("x.y.weight"), None);
     }
 
     #[test]

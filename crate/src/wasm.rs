@@ -118,15 +118,15 @@ async fn browser_adapter_label() -> Option<String> {
 
 #[wasm_bindgen]
 impl DiaEngine {
-    /// Opens a WebGPU device. `numerics`: `"f32"` (exact) or `"f16w"` (f16 weights, half the memory;
-    /// needs no `shader-f16`).
-    pub async fn create(#[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16w\"")] numerics: String) -> Result<DiaEngine, JsError> {
+    /// Opens a WebGPU device. `numerics`: `"f32"` (exact), `"f16w"` (f16 weights, half the memory; needs no
+    /// `shader-f16`), `"q8"` or `"q4"` (block-quantized matrices, a quarter / a sixth of f32's memory).
+    pub async fn create(#[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16w\" | \"q8\" | \"q4\"")] numerics: String) -> Result<DiaEngine, JsError> {
         // After a panic (the wasm instance traps but lives on, e.g. in a test harness) std refuses to
         // change the hook, and would panic again here.
         if !std::thread::panicking() {
             console_error_panic_hook::set_once();
         }
-        let numerics = Numerics::parse(&numerics).ok_or_else(|| JsError::new(&format!("unknown numerics {numerics:?}: use \"f32\" or \"f16w\"")))?;
+        let numerics = Numerics::parse(&numerics).ok_or_else(|| JsError::new(&format!("unknown numerics {numerics:?}: use \"f32\", \"f16w\", \"q8\" or \"q4\"")))?;
         if navigator_gpu().is_none() {
             return Err(JsError::new("WebGPU is not available here: navigator.gpu is missing (a browser with WebGPU enabled, on https or localhost, is needed)"));
         }
@@ -175,18 +175,21 @@ impl DiaEngine {
         Ok(())
     }
 
-    /// One tensor of the Dia checkpoint in the HF layout: `dtype` `"F32"`, `"F16"` or `"BF16"`, little-endian bytes.
+    /// One tensor of the Dia checkpoint in the HF layout: `dtype` `"F32"`, `"F16"` or `"BF16"`, little-endian
+    /// bytes; or one half of a quantized matrix as `storedTensors` gives it (`<base>.qweight` `"U32"`,
+    /// `<base>.scales` `"F16"`), the halves in either order.
     #[wasm_bindgen(js_name = putModelTensor)]
     pub fn put_model_tensor(
         &mut self,
         name: &str,
-        #[wasm_bindgen(unchecked_param_type = "\"F32\" | \"F16\" | \"BF16\"")] dtype: &str,
+        #[wasm_bindgen(unchecked_param_type = "\"F32\" | \"F16\" | \"BF16\" | \"U32\"")] dtype: &str,
         #[wasm_bindgen(unchecked_param_type = "Uint32Array")] shape: &[u32],
-        #[wasm_bindgen(unchecked_param_type = "Uint8Array")] bytes: &[u8],
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array")] bytes: Vec<u8>,
     ) -> Result<(), JsError> {
         let builder = self.dia_builder.as_mut().ok_or_else(|| JsError::new("no model is being loaded: call beginModel first"))?;
-        let (shape, data) = convert(name, dtype, shape, bytes)?;
-        builder.put(name, &shape, &data).map_err(js_err)
+        let dt = parse_dtype(name, dtype)?;
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        builder.put_stored(name, dt, &shape, bytes).map_err(js_err)
     }
 
     /// Names of the model tensors not received yet.
@@ -342,8 +345,48 @@ impl DiaEngine {
 }
 
 /// A tensor from JavaScript as a shape and f32 data, checked against its dtype.
+fn parse_dtype(name: &str, dtype: &str) -> Result<Dtype, JsError> {
+    Dtype::parse(dtype).ok_or_else(|| JsError::new(&format!("tensor {name}: unknown dtype {dtype:?} (use \"F32\", \"F16\" or \"BF16\")")))
+}
+
+/// The form in which the mode `numerics` keeps one Dia tensor (HF name and layout; `dtype` `"F32"`, `"F16"` or
+/// `"BF16"`): what the worker stores, and what `putModelTensor` takes back with nothing left to round. An array
+/// of one tensor (norms as F32, matrices as F32 or F16), or of a quantized matrix's two halves (`<base>.qweight`
+/// U32, `<base>.scales` F16). A half of an already converted checkpoint is returned as it is.
+#[wasm_bindgen(js_name = storedTensors, unchecked_return_type = "{ name: string, dtype: \"F32\" | \"F16\" | \"U32\", shape: Uint32Array, bytes: Uint8Array }[]")]
+pub fn stored_tensors(
+    name: &str,
+    #[wasm_bindgen(unchecked_param_type = "\"F32\" | \"F16\" | \"BF16\" | \"U32\"")] dtype: &str,
+    #[wasm_bindgen(unchecked_param_type = "Uint32Array")] shape: &[u32],
+    #[wasm_bindgen(unchecked_param_type = "Uint8Array")] bytes: Vec<u8>,
+    #[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16w\" | \"q8\" | \"q4\"")] numerics: &str,
+) -> Result<js_sys::Array, JsError> {
+    let mode = Numerics::parse(numerics).ok_or_else(|| JsError::new(&format!("unknown numerics {numerics:?}: use \"f32\", \"f16w\", \"q8\" or \"q4\"")))?;
+    let dt = parse_dtype(name, dtype)?;
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let parts = if crate::quant::stored::split_part(name).is_some() {
+        vec![crate::dia::stored::StoredTensor { name: name.to_string(), dtype: dt, shape, bytes }]
+    } else {
+        let values = crate::weights::TensorValues::F32(tensor_to_f32(name, dt, &shape, &bytes).map_err(js_err)?);
+        drop(bytes);
+        crate::dia::stored::stored_form(name, &shape, values, mode).map_err(js_err)?
+    };
+    let out = js_sys::Array::new();
+    for p in parts {
+        let o = js_sys::Object::new();
+        let shape: Vec<u32> = p.shape.iter().map(|&d| d as u32).collect();
+        let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&o, &k.into(), v).map(|_| ()).map_err(|_| JsError::new("storedTensors: cannot build the result"));
+        set("name", &p.name.as_str().into())?;
+        set("dtype", &p.dtype.name().into())?;
+        set("shape", &js_sys::Uint32Array::from(shape.as_slice()).into())?;
+        set("bytes", &js_sys::Uint8Array::from(p.bytes.as_slice()).into())?;
+        out.push(&o);
+    }
+    Ok(out)
+}
+
 fn convert(name: &str, dtype: &str, shape: &[u32], bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), JsError> {
-    let dt = Dtype::parse(dtype).ok_or_else(|| JsError::new(&format!("tensor {name}: unknown dtype {dtype:?} (use \"F32\", \"F16\" or \"BF16\")")))?;
+    let dt = parse_dtype(name, dtype)?;
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     let data = tensor_to_f32(name, dt, &shape, bytes).map_err(js_err)?;
     Ok((shape, data))

@@ -42,6 +42,7 @@ mod native {
     use dia_webgpu::kernels::sampling::SamplingParams;
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
     use dia_webgpu::pipeline::{PipelineError, Tts};
+    use dia_webgpu::weights::TensorValues;
 
     type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -447,11 +448,11 @@ mod native {
             gpu.poll_nonblocking();
             let n: usize = shape.iter().product();
             if name.ends_with("norm.weight") {
-                return Ok(vec![1.0; n]);
+                return Ok(TensorValues::F32(vec![1.0; n]));
             }
             // Fan-in scaling keeps activations in range through the layers.
             let scale = if shape.len() == 2 && !name.contains("embed") { 1.0 / (shape[1] as f32).sqrt() } else { 1.0 };
-            Ok(noise.take(n, scale))
+            Ok(TensorValues::F32(noise.take(n, scale)))
         })?;
         Ok(b.finish()?)
     }

@@ -3,6 +3,7 @@ pub mod delay;
 pub mod forward;
 pub mod generate;
 pub mod model;
+pub mod stored;
 pub mod tokenizer;
 
 pub use generate::{GenerateOptions, Generation, Session};
@@ -40,6 +41,8 @@ pub enum DiaError {
     BadPrompt(String),
     #[error("bad options: {0}")]
     BadOptions(String),
+    #[error("{0}")]
+    Io(String),
     #[error("generation was cancelled")]
     Cancelled,
 }
@@ -57,8 +60,22 @@ pub fn load_model(gpu: &crate::gpu::Gpu, cfg: &crate::config::DiaConfig, ckpt: &
     let weights = crate::weights::DiaWeights::new(ckpt, cfg)?;
     weights.validate()?;
     let mut builder = DiaModelBuilder::new(gpu, cfg, numerics)?;
-    builder.put_all(|name, _| Ok(weights.read(name)?))?;
+    builder.put_all(|name, _| Ok(weights.read_values(name)?))?;
     builder.finish()
+}
+
+/// The mode a converted checkpoint was written for when it holds quantized matrices (`Q4` if any is q4, else
+/// `Q8`); None for a checkpoint of plain numbers. Reads headers only.
+pub fn stored_numerics(cfg: &crate::config::DiaConfig, ckpt: &crate::weights::Checkpoint) -> Result<Option<crate::kernels::Numerics>, DiaError> {
+    use crate::kernels::Numerics;
+    let formats = crate::weights::DiaWeights::new(ckpt, cfg)?.quantized_formats()?;
+    Ok(if formats.contains("q4") {
+        Some(Numerics::Q4)
+    } else if formats.contains("q8") {
+        Some(Numerics::Q8)
+    } else {
+        None
+    })
 }
 
 /// Loads a checkpoint directory (`config.json` + `model.safetensors` or a sharded index) in either layout.

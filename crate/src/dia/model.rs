@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use crate::config::DiaConfig;
 use crate::gpu::{Gpu, GpuBuffer};
 use crate::kernels::{rope::rope_tables, GpuMatrix, Numerics, WeightFormat};
+use crate::quant::stored::{self, Part};
+use crate::weights::{tensor_to_f32, Dtype, TensorValues, WeightsError};
 
 use super::DiaError;
 
@@ -70,6 +72,23 @@ pub enum MatrixRole {
 }
 
 impl MatrixRole {
+    /// The role of a Dia matrix by its HF-layout tensor name; None for a tensor that is no matrix (the norms)
+    /// or not Dia's. The builder allocates by this too, so the converter and the loader always agree.
+    pub fn of_tensor(hf_name: &str) -> Option<MatrixRole> {
+        let name = hf_name.strip_suffix(".weight")?;
+        if name == "model.encoder.embedding" || name == "model.decoder.embeddings.embed" {
+            Some(MatrixRole::Embedding)
+        } else if name == "logits_dense" {
+            Some(MatrixRole::Logits)
+        } else if name.contains(".self_attention.") || name.contains(".cross_attention.") {
+            Some(MatrixRole::Attention)
+        } else if name.contains(".mlp.") {
+            Some(MatrixRole::Mlp)
+        } else {
+            None
+        }
+    }
+
     /// The storage format of this matrix in `numerics`. `Q4` keeps the attention projections at q8: on the fixture
     /// model, keeping them at q8 halves the teacher-forced logits' error of an all-q4 model (relative error 0.45 →
     /// 0.23 in the CPU reference, top-1 agreement 41 → 69 %), while keeping the MLP (0.40) or the logits head (0.43)
@@ -100,6 +119,8 @@ pub struct DiaModelBuilder<'g> {
     vectors: Vec<GpuBuffer>,
     slots: BTreeMap<String, Slot>,
     received: BTreeMap<String, ()>,
+    /// One half of a quantized matrix (`put_stored`) waiting for the other: matrix name → (shape, bytes).
+    pending_halves: BTreeMap<String, (Vec<usize>, Vec<u8>)>,
 }
 
 impl<'g> DiaModelBuilder<'g> {
@@ -112,70 +133,69 @@ impl<'g> DiaModelBuilder<'g> {
             vectors: Vec::new(),
             slots: BTreeMap::new(),
             received: BTreeMap::new(),
+            pending_halves: BTreeMap::new(),
         };
         let e = &cfg.encoder;
         let d = &cfg.decoder;
-        use MatrixRole::{Attention, Embedding, Logits, Mlp};
-        b.matrix("model.encoder.embedding.weight", Embedding, &[("", e.vocab)], e.hidden)?;
+        b.matrix("model.encoder.embedding.weight", &[("", e.vocab)], e.hidden)?;
         for i in 0..e.layers {
             let p = format!("model.encoder.layers.{i}.");
             b.vector(&format!("{p}pre_sa_norm.weight"), e.hidden);
             b.matrix(
                 &format!("{p}self_attention.qkv"),
-                Attention,
                 &[("q_proj", e.heads * e.head_dim), ("k_proj", e.kv_heads * e.head_dim), ("v_proj", e.kv_heads * e.head_dim)],
                 e.hidden,
             )?;
-            b.matrix(&format!("{p}self_attention.o_proj.weight"), Attention, &[("", e.hidden)], e.heads * e.head_dim)?;
+            b.matrix(&format!("{p}self_attention.o_proj.weight"), &[("", e.hidden)], e.heads * e.head_dim)?;
             b.vector(&format!("{p}post_sa_norm.weight"), e.hidden);
-            b.matrix(&format!("{p}mlp.gate_up_proj.weight"), Mlp, &[("", 2 * e.intermediate)], e.hidden)?;
-            b.matrix(&format!("{p}mlp.down_proj.weight"), Mlp, &[("", e.hidden)], e.intermediate)?;
+            b.matrix(&format!("{p}mlp.gate_up_proj.weight"), &[("", 2 * e.intermediate)], e.hidden)?;
+            b.matrix(&format!("{p}mlp.down_proj.weight"), &[("", e.hidden)], e.intermediate)?;
         }
         b.vector("model.encoder.norm.weight", e.hidden);
-        b.matrix("model.decoder.embeddings.embed.weight", Embedding, &[("", d.channels * d.vocab)], d.hidden)?;
+        b.matrix("model.decoder.embeddings.embed.weight", &[("", d.channels * d.vocab)], d.hidden)?;
         for i in 0..d.layers {
             let p = format!("model.decoder.layers.{i}.");
             b.vector(&format!("{p}pre_sa_norm.weight"), d.hidden);
             b.matrix(
                 &format!("{p}self_attention.qkv"),
-                Attention,
                 &[("q_proj", d.heads * d.head_dim), ("k_proj", d.kv_heads * d.head_dim), ("v_proj", d.kv_heads * d.head_dim)],
                 d.hidden,
             )?;
-            b.matrix(&format!("{p}self_attention.o_proj.weight"), Attention, &[("", d.hidden)], d.heads * d.head_dim)?;
+            b.matrix(&format!("{p}self_attention.o_proj.weight"), &[("", d.hidden)], d.heads * d.head_dim)?;
             b.vector(&format!("{p}pre_ca_norm.weight"), d.hidden);
-            b.matrix(&format!("{p}cross_attention.q_proj.weight"), Attention, &[("", d.cross_heads * d.cross_head_dim)], d.hidden)?;
+            b.matrix(&format!("{p}cross_attention.q_proj.weight"), &[("", d.cross_heads * d.cross_head_dim)], d.hidden)?;
             b.matrix(
                 &format!("{p}cross_attention.kv"),
-                Attention,
                 &[("k_proj", d.cross_kv_heads * d.cross_head_dim), ("v_proj", d.cross_kv_heads * d.cross_head_dim)],
                 d.cross_hidden,
             )?;
-            b.matrix(&format!("{p}cross_attention.o_proj.weight"), Attention, &[("", d.hidden)], d.cross_heads * d.cross_head_dim)?;
+            b.matrix(&format!("{p}cross_attention.o_proj.weight"), &[("", d.hidden)], d.cross_heads * d.cross_head_dim)?;
             b.vector(&format!("{p}pre_mlp_norm.weight"), d.hidden);
-            b.matrix(&format!("{p}mlp.gate_up_proj.weight"), Mlp, &[("", 2 * d.intermediate)], d.hidden)?;
-            b.matrix(&format!("{p}mlp.down_proj.weight"), Mlp, &[("", d.hidden)], d.intermediate)?;
+            b.matrix(&format!("{p}mlp.gate_up_proj.weight"), &[("", 2 * d.intermediate)], d.hidden)?;
+            b.matrix(&format!("{p}mlp.down_proj.weight"), &[("", d.hidden)], d.intermediate)?;
         }
         b.vector("model.decoder.norm.weight", d.hidden);
-        b.matrix("logits_dense.weight", Logits, &[("", d.channels * d.vocab)], d.hidden)?;
+        b.matrix("logits_dense.weight", &[("", d.channels * d.vocab)], d.hidden)?;
         Ok(b)
     }
 
     /// Allocates one matrix of `cols` columns made of the listed parts stacked by rows. A part with an empty
     /// suffix is the tensor `name` itself; otherwise `name` ends in a fused pseudo-name (`.qkv`, `.kv`) and the
     /// part is the checkpoint tensor `<prefix>.<suffix>.weight`.
-    fn matrix(&mut self, name: &str, role: MatrixRole, parts: &[(&str, usize)], cols: usize) -> Result<(), DiaError> {
+    fn matrix(&mut self, name: &str, parts: &[(&str, usize)], cols: usize) -> Result<(), DiaError> {
         let rows: usize = parts.iter().map(|p| p.1).sum();
+        let tensors: Vec<String> = parts
+            .iter()
+            .map(|&(suffix, _)| match name.rsplit_once('.') {
+                Some((prefix, _)) if !suffix.is_empty() => format!("{prefix}.{suffix}.weight"),
+                _ => name.to_string(),
+            })
+            .collect();
+        let role = MatrixRole::of_tensor(&tensors[0]).ok_or_else(|| DiaError::UnexpectedTensor(tensors[0].clone()))?;
         let id = self.matrices.len();
         self.matrices.push(GpuMatrix::empty(self.gpu, name, rows, cols, role.format(self.numerics))?);
         let mut row = 0;
-        for &(suffix, n) in parts {
-            let tensor = if suffix.is_empty() {
-                name.to_string()
-            } else {
-                let prefix = &name[..name.rfind('.').unwrap()];
-                format!("{prefix}.{suffix}.weight")
-            };
+        for (tensor, &(_, n)) in tensors.into_iter().zip(parts) {
             self.slots.insert(tensor, Slot::Matrix { id, row, rows: n, cols });
             row += n;
         }
@@ -224,11 +244,56 @@ impl<'g> DiaModelBuilder<'g> {
         Ok(())
     }
 
-    /// Fills every tensor from `read(name) -> data` (e.g. a checkpoint reader or random weights).
-    pub fn put_all(&mut self, mut read: impl FnMut(&str, &[usize]) -> Result<Vec<f32>, DiaError>) -> Result<(), DiaError> {
+    /// Places one tensor as a checkpoint holds it: numbers (as `put`), or a quantized matrix, written as it is
+    /// when the slot has its format (so a converted checkpoint gives bit-identical weights to quantizing on load)
+    /// and dequantized into the slot's format otherwise.
+    pub fn put_values(&mut self, name: &str, shape: &[usize], values: TensorValues) -> Result<(), DiaError> {
+        let q = match values {
+            TensorValues::F32(data) => return self.put(name, shape, &data),
+            TensorValues::Quant(q) => q,
+        };
+        match self.slots.get(name).copied() {
+            Some(Slot::Matrix { id, row, rows, cols }) if self.matrices[id].format == WeightFormat::Quant(q.format) && shape == [rows, cols] && q.rows == rows && q.cols == cols => {
+                self.matrices[id].write_gpu_rows(self.gpu, row, &q.gpu_rows(), rows);
+                self.received.insert(name.to_string(), ());
+                Ok(())
+            }
+            _ => self.put(name, shape, &q.dequantize()),
+        }
+    }
+
+    /// Places one tensor from its stored bytes (`dtype` F32, BF16 or F16), or one half of a quantized matrix
+    /// (`<base>.qweight` U32 or `<base>.scales` F16, `quant::stored`): the first half waits for the second, in
+    /// either order. For tensors that arrive one at a time without a checkpoint around them (the browser).
+    pub fn put_stored(&mut self, name: &str, dtype: Dtype, shape: &[usize], bytes: Vec<u8>) -> Result<(), DiaError> {
+        let Some((weight, part)) = stored::split_part(name) else {
+            let data = tensor_to_f32(name, dtype, shape, &bytes)?;
+            return self.put(name, shape, &data);
+        };
+        let Some(Slot::Matrix { rows, cols, .. }) = self.slots.get(&weight).copied() else {
+            return Err(DiaError::UnexpectedTensor(name.to_string()));
+        };
+        let want = if part == Part::Values { Dtype::U32 } else { Dtype::F16 };
+        if dtype != want {
+            return Err(WeightsError::UnsupportedDtype { name: name.to_string(), dtype: format!("{dtype} (must be {want})") }.into());
+        }
+        let Some((other_shape, other_bytes)) = self.pending_halves.remove(&weight) else {
+            self.pending_halves.insert(weight, (shape.to_vec(), bytes));
+            return Ok(());
+        };
+        let ((vshape, vbytes), (sshape, sbytes)) =
+            if part == Part::Values { ((shape.to_vec(), bytes), (other_shape, other_bytes)) } else { ((other_shape, other_bytes), (shape.to_vec(), bytes)) };
+        let quantized = stored::format_of(&weight, rows, cols, &vshape, &sshape)
+            .and_then(|format| stored::from_parts(&weight, format, rows, cols, &vbytes, &sbytes))
+            .map_err(|e| WeightsError::QuantizedTensor { name: weight.clone(), reason: e.to_string() })?;
+        self.put_values(&weight, &[rows, cols], TensorValues::Quant(quantized))
+    }
+
+    /// Fills every tensor from `read(name, shape) -> values` (e.g. a checkpoint reader or random weights).
+    pub fn put_all(&mut self, mut read: impl FnMut(&str, &[usize]) -> Result<TensorValues, DiaError>) -> Result<(), DiaError> {
         for (name, shape) in self.expected() {
-            let data = read(&name, &shape)?;
-            self.put(&name, &shape, &data)?;
+            let values = read(&name, &shape)?;
+            self.put_values(&name, &shape, values)?;
             // Let large uploads drain so staging memory stays bounded while streaming a checkpoint.
             self.gpu.poll_nonblocking();
         }
@@ -308,11 +373,11 @@ impl DiaModel {
         b.put_all(|name, shape| {
             let n: usize = shape.iter().product();
             if name.ends_with("norm.weight") {
-                return Ok(vec![1.0; n]);
+                return Ok(TensorValues::F32(vec![1.0; n]));
             }
             // Scale like a trained model's init so activations stay in range: 1/sqrt(fan_in).
             let scale = if shape.len() == 2 && !name.contains("embed") { 1.0 / (shape[1] as f32).sqrt() } else { 1.0 };
-            Ok((0..n)
+            Ok(TensorValues::F32((0..n)
                 .map(|_| {
                     state ^= state >> 12;
                     state ^= state << 25;
@@ -320,7 +385,7 @@ impl DiaModel {
                     let u = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
                     (u * 2.0 - 1.0) * scale
                 })
-                .collect())
+                .collect()))
         })?;
         b.finish()
     }

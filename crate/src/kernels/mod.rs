@@ -170,6 +170,14 @@ impl GpuMatrix {
         Ok(())
     }
 
+    /// Writes `rows` rows already in this matrix's storage layout (`row_stride_words()` words each) at `row0`.
+    pub fn write_gpu_rows(&self, gpu: &Gpu, row0: usize, words: &[u32], rows: usize) {
+        assert_eq!(words.len(), rows * self.row_stride_words() as usize, "matrix rows length");
+        assert!(row0 + rows <= self.rows as usize, "matrix rows out of range");
+        let offset = self.data.offset + row0 as u64 * self.row_stride_words() as u64 * 4;
+        gpu.queue.write_buffer(&self.data.buf, offset, bytemuck::cast_slice(words));
+    }
+
     /// Converts row-major f32 `data` to the storage format and uploads it.
     pub fn upload(gpu: &Gpu, label: &str, data: &[f32], rows: usize, cols: usize, format: impl Into<WeightFormat>) -> Result<GpuMatrix, GpuError> {
         let format = format.into();

@@ -4,8 +4,28 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::checkpoint::Checkpoint;
+use super::header::Dtype;
 use super::WeightsError;
 use crate::config::DiaConfig;
+use crate::quant::{stored, QuantFormat, QuantizedRows};
+
+/// One Dia tensor's values as the checkpoint holds them: numbers (from F32, BF16 or F16), or a quantized matrix
+/// (a converted checkpoint, `quant::stored`), which is handed on as is so that nothing is rounded twice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorValues {
+    F32(Vec<f32>),
+    Quant(QuantizedRows),
+}
+
+impl TensorValues {
+    /// The values as f32 (a quantized matrix dequantized).
+    pub fn into_f32(self) -> Vec<f32> {
+        match self {
+            TensorValues::F32(v) => v,
+            TensorValues::Quant(q) => q.dequantize(),
+        }
+    }
+}
 
 /// Tensor naming and orientation of a Dia checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,11 +246,38 @@ impl<'a> DiaWeights<'a> {
         Ok(())
     }
 
+    /// The format of `entry` when the checkpoint stores it quantized (HF layout only: `<base>.qweight` and
+    /// `<base>.scales` instead of `<base>.weight`), after checking both halves' presence, dtypes and shapes.
+    fn quantized_format(&self, entry: &Entry) -> Result<Option<QuantFormat>, WeightsError> {
+        let Some((values, scales)) = stored::part_names(&entry.hf_name) else { return Ok(None) };
+        if self.layout != DiaLayout::Hf || entry.hf_shape.len() != 2 || !(self.ckpt.contains(&values) || self.ckpt.contains(&scales)) {
+            return Ok(None);
+        }
+        let info = |name: &str, dtype: Dtype| {
+            let info = self.ckpt.info(name).ok_or_else(|| WeightsError::MissingTensor { name: name.to_string() })?;
+            if info.dtype != dtype {
+                return Err(WeightsError::UnsupportedDtype { name: name.to_string(), dtype: format!("{} (a quantized matrix's {} must be {dtype})", info.dtype, if dtype == Dtype::U32 { "values" } else { "scales" }) });
+            }
+            Ok(info)
+        };
+        let (vi, si) = (info(&values, Dtype::U32)?, info(&scales, Dtype::F16)?);
+        let (rows, cols) = (entry.hf_shape[0], entry.hf_shape[1]);
+        stored::format_of(&entry.hf_name, rows, cols, &vi.shape, &si.shape)
+            .map(Some)
+            .map_err(|e| WeightsError::QuantizedTensor { name: entry.hf_name.clone(), reason: e.to_string() })
+    }
+
     /// Checks, from the headers alone, that the checkpoint holds exactly the tensors this config needs in
-    /// this layout: each present, of the expected shape and a readable dtype, and nothing else.
+    /// this layout: each present, of the expected shape and a readable dtype (or a well-formed quantized pair),
+    /// and nothing else.
     pub fn validate(&self) -> Result<(), WeightsError> {
         let mut expected = BTreeSet::new();
         for entry in &self.plan {
+            if self.quantized_format(entry)?.is_some() {
+                let (values, scales) = stored::part_names(&entry.hf_name).expect("checked by quantized_format");
+                expected.extend([values, scales]);
+                continue;
+            }
             for (name, shape) in self.sources(entry) {
                 self.check_source(&name, &shape)?;
                 expected.insert(name);
@@ -243,33 +290,57 @@ impl<'a> DiaWeights<'a> {
         Ok(())
     }
 
-    /// One tensor in the HF layout (row-major, shape `hf_shape(hf_name)`), converted to f32. Checks the
-    /// stored shapes before reading any data.
+    /// One tensor in the HF layout (row-major, shape `hf_shape(hf_name)`), converted to f32 (a quantized matrix
+    /// dequantized). Checks the stored shapes before reading any data.
     pub fn read(&self, hf_name: &str) -> Result<Vec<f32>, WeightsError> {
+        Ok(self.read_values(hf_name)?.into_f32())
+    }
+
+    /// Whether the checkpoint stores any matrix quantized (a converted checkpoint), and in which formats.
+    pub fn quantized_formats(&self) -> Result<BTreeSet<&'static str>, WeightsError> {
+        let mut formats = BTreeSet::new();
+        for entry in &self.plan {
+            if let Some(f) = self.quantized_format(entry)? {
+                formats.insert(f.name());
+            }
+        }
+        Ok(formats)
+    }
+
+    /// One tensor in the HF layout as stored: numbers converted to f32, or a quantized matrix as it is.
+    pub fn read_values(&self, hf_name: &str) -> Result<TensorValues, WeightsError> {
         let entry = self
             .by_hf_name
             .get(hf_name)
             .map(|&i| &self.plan[i])
             .ok_or_else(|| WeightsError::UnknownTensor { name: hf_name.to_string() })?;
+        if let Some(format) = self.quantized_format(entry)? {
+            let (values, scales) = stored::part_names(hf_name).expect("checked by quantized_format");
+            let (rows, cols) = (entry.hf_shape[0], entry.hf_shape[1]);
+            return stored::from_parts(hf_name, format, rows, cols, &self.ckpt.read_bytes(&values)?, &self.ckpt.read_bytes(&scales)?)
+                .map(TensorValues::Quant)
+                .map_err(|e| WeightsError::QuantizedTensor { name: hf_name.to_string(), reason: e.to_string() });
+        }
         let sources = self.sources(entry);
         for (name, shape) in &sources {
             self.check_source(name, shape)?;
         }
-        match (self.layout, &entry.nari) {
-            (DiaLayout::Hf, _) | (DiaLayout::Nari, NariSource::Copy { .. }) => self.ckpt.read_f32(&sources[0].0),
+        let values = match (self.layout, &entry.nari) {
+            (DiaLayout::Hf, _) | (DiaLayout::Nari, NariSource::Copy { .. }) => self.ckpt.read_f32(&sources[0].0)?,
             (DiaLayout::Nari, NariSource::Dense { name, shape, n_in }) => {
                 let rows: usize = shape[..*n_in].iter().product();
                 let cols: usize = shape[*n_in..].iter().product();
-                Ok(transpose(&self.ckpt.read_f32(name)?, rows, cols))
+                transpose(&self.ckpt.read_f32(name)?, rows, cols)
             }
             (DiaLayout::Nari, NariSource::Concat { names, .. }) => {
                 let mut out = Vec::with_capacity(entry.hf_shape.iter().product());
                 for name in names {
                     out.extend_from_slice(&self.ckpt.read_f32(name)?);
                 }
-                Ok(out)
+                out
             }
-        }
+        };
+        Ok(TensorValues::F32(values))
     }
 }
 

@@ -11,7 +11,7 @@ mod source;
 
 pub use checkpoint::{tensor_to_f32, Checkpoint};
 pub use header::{Dtype, Header, TensorInfo, MAX_HEADER_LEN};
-pub use layout::{expected_hf_tensors, DiaLayout, DiaWeights};
+pub use layout::{expected_hf_tensors, DiaLayout, DiaWeights, TensorValues};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::FileSource;
 pub use source::{ByteSource, MemorySource};
@@ -70,6 +70,8 @@ pub enum WeightsError {
     MissingInShard { name: String, shard: String },
     #[error("index names shard {shard:?}, which is not a plain file name")]
     BadShardName { shard: String },
+    #[error("quantized matrix {name}: {reason}")]
+    QuantizedTensor { name: String, reason: String },
     #[error("{dir} holds neither model.safetensors.index.json nor model.safetensors")]
     NoCheckpoint { dir: String },
 }

@@ -21,7 +21,10 @@ mod native {
 
     use clap::Parser;
     use dia_webgpu::dac::DacModel;
-    use dia_webgpu::dia::{load_model_dir, GenerateOptions};
+    use dia_webgpu::config::DiaConfig;
+    use dia_webgpu::dia::stored::convert_dir;
+    use dia_webgpu::dia::{load_model_dir, stored_numerics, GenerateOptions};
+    use dia_webgpu::weights::Checkpoint;
     use dia_webgpu::gpu::{Gpu, GpuOptions};
     use dia_webgpu::kernels::sampling::SamplingParams;
     use dia_webgpu::kernels::Numerics;
@@ -32,8 +35,10 @@ mod native {
 
     /// Dia 1.6B text-to-speech on the GPU (WebGPU through wgpu): writes a 44.1 kHz mono WAV.
     #[derive(Parser, Debug)]
-    #[command(version, about)]
+    #[command(version, about, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     struct Args {
+        #[command(subcommand)]
+        command: Option<Command>,
         /// Text to speak; mark speakers with [S1] and [S2].
         #[arg(long, conflicts_with = "text_file", required_unless_present = "text_file")]
         text: Option<String>,
@@ -71,12 +76,98 @@ mod native {
         /// limit (3072 rows, about 35 s).
         #[arg(long)]
         max_new_tokens: Option<usize>,
-        /// Weights on the GPU: f32 (exact) or f16w (half the memory, faster).
-        #[arg(long, default_value = "f16w", value_parser = ["f32", "f16w"])]
-        dtype: String,
+        /// Weights on the GPU: f32 (exact, 6.4 GB), f16w (f16, 3.2 GB), q8 (8-bit, 1.7 GB) or q4 (4-bit MLP and
+        /// logits head, 8-bit attention, 1.1 GB). Default: the mode a converted checkpoint was written for, else f16w.
+        #[arg(long, value_parser = ["f32", "f16w", "q8", "q4"])]
+        dtype: Option<String>,
         /// Also write the generated (delayed) codes as JSON.
         #[arg(long)]
         codes_out: Option<PathBuf>,
+    }
+
+    #[derive(clap::Subcommand, Debug)]
+    enum Command {
+        /// Writes a Dia checkpoint stored as one mode keeps it (config.json + model.safetensors, HF layout), which
+        /// loads in that mode with nothing to convert: e.g. a q4 checkpoint of ~1.1 GB instead of 6.4 GB of f32.
+        Convert(ConvertArgs),
+    }
+
+    #[derive(clap::Args, Debug)]
+    struct ConvertArgs {
+        /// Source checkpoint directory (F32, BF16 or F16; HF or nari layout; single or sharded). Default: the
+        /// Hugging Face cache, then a download of nari-labs/Dia-1.6B-0626.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Storage: f32, f16, q8 or q4 (the modes of `--dtype`; f16 is f16w's).
+        #[arg(long, value_parser = ["f32", "f16", "f16w", "q8", "q4"])]
+        dtype: String,
+        /// Output directory (must not exist; it appears only once complete).
+        #[arg(long)]
+        out: PathBuf,
+    }
+
+    /// `dia-tts convert`.
+    fn convert(args: &ConvertArgs) -> Result<(), String> {
+        let numerics = match args.dtype.as_str() {
+            "f16" => Numerics::F16W,
+            other => Numerics::parse(other).expect("clap checked the value"),
+        };
+        if args.out.exists() {
+            return Err(format!("--out {} already exists: give a new directory", args.out.display()));
+        }
+        let model = resolve(args.model.as_deref(), hub::DIA_REPO)?
+            .ok_or_else(|| format!("no source checkpoint: {} could not be found or downloaded; pass --model DIR", hub::DIA_REPO))?;
+        let tensors = dia_webgpu::weights::expected_hf_tensors(&read_config(&model)?).len();
+        let bar = ProgressBar::new(tensors as u64);
+        bar.set_style(ProgressStyle::with_template("{spinner} converting [{bar:40}] {pos}/{len} tensors {msg}").unwrap().progress_chars("=> "));
+        let t0 = Instant::now();
+        let report = convert_dir(&model, &args.out, numerics, &mut |done, name| {
+            bar.set_position(done as u64);
+            bar.set_message(name.to_string());
+        })
+        .map_err(|e| format!("convert {}: {e}", model.display()))?;
+        bar.finish_and_clear();
+        println!(
+            "{}: {} tensors, {:.3} GB ({}) in {:.1} s; use it with --model {} (it loads as --dtype {})",
+            report.out_dir.display(),
+            report.tensors,
+            report.bytes as f64 / 1e9,
+            numerics.name(),
+            t0.elapsed().as_secs_f64(),
+            report.out_dir.display(),
+            numerics.name()
+        );
+        Ok(())
+    }
+
+    fn read_config(dir: &Path) -> Result<DiaConfig, String> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        DiaConfig::from_json_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The mode to load `dir` in: `--dtype`, else the one it was converted for, else f16w.
+    fn choose_numerics(dtype: Option<&str>, dir: &Path) -> Result<Numerics, String> {
+        let stored = read_config(dir)
+            .and_then(|cfg| {
+                let ckpt = Checkpoint::open_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                stored_numerics(&cfg, &ckpt).map_err(|e| format!("{}: {e}", dir.display()))
+            })
+            .unwrap_or(None); // a broken checkpoint is reported by the load itself
+        Ok(match (dtype.map(|d| Numerics::parse(d).expect("clap checked the value")), stored) {
+            (Some(asked), Some(stored)) if asked != stored => {
+                eprintln!(
+                    "dia-tts: {} was converted for {}; its matrices are dequantized and stored again as {}",
+                    dir.display(),
+                    stored.name(),
+                    asked.name()
+                );
+                asked
+            }
+            (Some(asked), _) => asked,
+            (None, Some(stored)) => stored,
+            (None, None) => Numerics::F16W,
+        })
     }
 
     /// Rows the bundled random-weight model generates by default: 2 s of audio (86 frames per second) plus the
@@ -110,6 +201,9 @@ mod native {
 
     pub fn main() -> Result<(), String> {
         let args = Args::parse();
+        if let Some(Command::Convert(c)) = &args.command {
+            return convert(c);
+        }
         let text = match (&args.text, &args.text_file) {
             (Some(t), _) => t.clone(),
             (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| format!("cannot read --text-file {}: {e}", f.display()))?,
@@ -124,7 +218,6 @@ mod native {
         if let Some(p) = &args.codes_out {
             check_output_path(p, "--codes-out")?;
         }
-        let numerics = Numerics::parse(&args.dtype).unwrap();
         let prompt = match &args.prompt_audio {
             Some(p) => {
                 let bytes = std::fs::read(p).map_err(|e| format!("cannot read --prompt-audio {}: {e}", p.display()))?;
@@ -159,6 +252,7 @@ mod native {
             None => None,
         };
 
+        let numerics = choose_numerics(args.dtype.as_deref(), &model)?;
         let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: 64 << 20, ..GpuOptions::default() }).map_err(|e| e.to_string())?;
         if let Some(hint) = gpu.software_gl_hint() {
             eprintln!("dia-tts: {hint}");
