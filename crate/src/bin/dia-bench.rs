@@ -85,6 +85,24 @@ mod native {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also measure peak GPU memory of one generation of a 1000-byte text to the decoder's full length
+        /// (codec included) per mode.
+        #[arg(long)]
+        peak_long: bool,
+        /// Measure quality instead of speed: each `--numerics` mode against f32 on the same inputs, teacher-forced
+        /// over `--quality-steps` rows (logits relative error, top-1 agreement), and greedy codes (first
+        /// divergence). With `--model DIR` a real checkpoint, else random weights of `--config`.
+        #[arg(long)]
+        quality: bool,
+        /// Rows fed teacher-forced per text in `--quality`.
+        #[arg(long, default_value_t = 256)]
+        quality_steps: usize,
+        /// A checkpoint directory for `--quality` (any layout or converted mode; it is loaded per mode).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Texts for `--quality` (repeatable); default: three built-in dialogue lines.
+        #[arg(long)]
+        text: Vec<String>,
     }
 
     fn parse_numerics(s: &str) -> std::result::Result<Numerics, String> {
@@ -124,6 +142,9 @@ mod native {
         weights_vs_linear_only: f64,
         dac_ms_per_10s: f64,
         peak_allocated_bytes: u64,
+        /// `--peak-long`: peak GPU memory (model, codec, session) over one `Tts::speak` of 1000 bytes of text
+        /// allowed the decoder's full length, and the steps it made (random weights may end earlier).
+        peak_long: Option<(u64, usize)>,
         /// `Tts::speak` on 100 bytes of text, from the call to the first PCM chunk (None: no audio came, the
         /// random model ended at once).
         ttfa_ms: Option<f64>,
@@ -201,6 +222,9 @@ mod native {
         let args = Args::parse();
         if args.steps == 0 || args.batch == 0 || args.runs == 0 {
             return Err("--steps, --batch and --runs must be positive".into());
+        }
+        if args.quality {
+            return quality::run(&args);
         }
         let (cfg, dac_cfg, full) = configs(&args.config)?;
         let max_new = cfg.decoder.max_positions - 1;
@@ -340,6 +364,10 @@ mod native {
             log(&format!("profile: encoder (1000 bytes) linear only {:.2} ms, attention only {:.2} ms", p.encoder_linear_only_ms, p.encoder_attention_only_ms));
         }
 
+        let peak_long = if args.peak_long { Some(peak_of_long_generation(gpu, &model, &dac)?) } else { None };
+        if let Some((bytes, steps)) = peak_long {
+            log(&format!("peak GPU memory, 1000 bytes to {steps} steps: {:.1} MB", bytes as f64 / 1e6));
+        }
         let memory = (args.generations > 0).then(|| memory_over_generations(gpu, &model, &dac, args.generations)).transpose()?;
         if let Some(m) = &memory {
             let mb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1} MB", b as f64 / 1e6));
@@ -370,10 +398,197 @@ mod native {
             weights_vs_linear_only: weights_gbps / linear_only_gbps,
             dac_ms_per_10s: dac_ms * FRAMES_PER_10S / FRAMES_PER_10S.round(),
             peak_allocated_bytes: peak,
+            peak_long,
             ttfa_ms,
             memory,
             profile,
         })
+    }
+
+    /// `--quality`: how far each storage mode moves the model from f32 on the same inputs. Per text, the f32 model's
+    /// greedy codes (cut at its EOS, continued with fixed pseudo-random codes up to `--quality-steps` rows when it
+    /// ends early) are fed teacher-forced to every mode; the conditional logits are compared with f32's (relative
+    /// L2 error, top-1 agreement over every row and channel), and each mode's own greedy codes with f32's (first
+    /// differing step). Models are loaded one at a time, so the GPU holds one model at once.
+    mod quality {
+        use super::*;
+        use dia_webgpu::dia::load_model_dir;
+
+        #[derive(Serialize)]
+        struct TextFigures {
+            text_bytes: usize,
+            rows: usize,
+            /// Rows the f32 model generated itself before its EOS (the rest are fixed pseudo-random codes).
+            generated_rows: usize,
+            rel_err: f64,
+            top1: f64,
+            /// First generated step whose greedy codes differ from f32's (None: identical over `compared` steps).
+            first_divergence: Option<usize>,
+            compared: usize,
+        }
+
+        #[derive(Serialize)]
+        struct ModeQuality {
+            numerics: &'static str,
+            texts: Vec<TextFigures>,
+            rel_err: f64,
+            top1: f64,
+        }
+
+        const DEFAULT_TEXTS: [&str; 3] = [
+            "[S1] Dia is an open weights text to speech model. [S2] You get full control over scripts and voices. [S1] Wow. Amazing. (laughs) [S2] Try it now on GitHub or Hugging Face.",
+            "[S1] Did you hear the rain last night? [S2] I did, it kept me awake for hours. (sighs) [S1] Same here. Coffee?",
+            "[S1] The quarterly numbers came in this morning, and honestly, they are better than anyone expected. [S2] Better than expected? Tell me everything.",
+        ];
+
+        pub fn run(args: &Args) -> Result<()> {
+            let modes: Vec<Numerics> = args.numerics.iter().copied().filter(|&n| n != Numerics::F32).collect();
+            if modes.is_empty() {
+                return Err("--quality compares modes with f32: give them with --numerics (e.g. f16w,q8,q4)".into());
+            }
+            let cfg = match &args.model {
+                Some(dir) => {
+                    let path = dir.join("config.json");
+                    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    DiaConfig::from_json_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                }
+                None => configs(&args.config)?.0,
+            };
+            let steps = args.quality_steps;
+            if steps == 0 || steps + 1 > cfg.decoder.max_positions {
+                return Err(format!("--quality-steps must be 1..={}", cfg.decoder.max_positions - 1).into());
+            }
+            let texts: Vec<String> = if args.text.is_empty() { DEFAULT_TEXTS.iter().map(|t| t.to_string()).collect() } else { args.text.clone() };
+            for t in &texts {
+                if t.trim().is_empty() || t.len() > cfg.encoder.max_positions {
+                    return Err(format!("each --text must be 1..={} bytes", cfg.encoder.max_positions).into());
+                }
+            }
+            let gpu = Gpu::new_blocking(GpuOptions {
+                min_storage_binding: biggest_matrix_bytes(&cfg, &[Numerics::F32]),
+                want_tensor_cores: !args.no_tensor_cores,
+                ..Default::default()
+            })?;
+            eprintln!("adapter: {}", gpu.describe());
+            let load = |numerics: Numerics| -> Result<DiaModel> {
+                match &args.model {
+                    Some(dir) => Ok(load_model_dir(&gpu, dir, numerics)?),
+                    None => random_dia(&gpu, &cfg, numerics),
+                }
+            };
+            let c = cfg.decoder.channels;
+            let v = cfg.decoder.vocab;
+            let greedy = GenerateOptions {
+                sampling: SamplingParams { cfg_scale: 3.0, cfg_filter_top_k: 45, temperature: 0.0, top_p: 1.0, seed: 0 },
+                max_new_tokens: steps,
+                readback_every: 8,
+            };
+            // The reference: f32's greedy rows and its teacher-forced logits on them.
+            let reference = load(Numerics::F32)?;
+            let mut inputs = Vec::new();
+            for text in &texts {
+                let ids = encode_text(text);
+                let generated = pollster::block_on(reference.generate(&gpu, &[text.as_str()], None, &greedy))?.item(0);
+                let generated_rows = generated.len() / c;
+                let mut rows = generated.clone();
+                let mut state = 0x2545_F491_4F6C_DD1Du64;
+                while rows.len() < (steps + 1) * c {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    rows.push((state % 1024) as u32);
+                }
+                let logits = pollster::block_on(reference.teacher_forced_logits(&gpu, &ids, &rows))?;
+                eprintln!("f32: {} bytes, {generated_rows} rows generated, {} teacher-forced", text.len(), rows.len() / c);
+                inputs.push((ids, generated, rows, logits));
+            }
+            drop(reference);
+            gpu.wait_idle()?;
+
+            let mut report = Vec::new();
+            for &numerics in &modes {
+                let model = load(numerics)?;
+                let mut figures = Vec::new();
+                for (text, (ids, reference_codes, rows, want)) in texts.iter().zip(&inputs) {
+                    let got = pollster::block_on(model.teacher_forced_logits(&gpu, ids, rows))?;
+                    let codes = pollster::block_on(model.generate(&gpu, &[text.as_str()], None, &greedy))?.item(0);
+                    let compared = codes.len().min(reference_codes.len()) / c;
+                    let first_divergence = (0..compared).find(|&r| codes[r * c..(r + 1) * c] != reference_codes[r * c..(r + 1) * c]).or((codes.len() != reference_codes.len()).then_some(compared));
+                    let f = TextFigures {
+                        text_bytes: text.len(),
+                        rows: rows.len() / c,
+                        generated_rows: reference_codes.len() / c,
+                        rel_err: rel_err(&got, want),
+                        top1: top1(&got, want, v),
+                        first_divergence: first_divergence.map(|r| r.saturating_sub(1)),
+                        compared,
+                    };
+                    eprintln!(
+                        "{}: {} bytes: logits rel err {:.3e}, top-1 {:.1} %, greedy {}",
+                        numerics.name(),
+                        f.text_bytes,
+                        f.rel_err,
+                        f.top1 * 100.0,
+                        f.first_divergence.map_or(format!("identical over {} rows", f.compared), |s| format!("first differs at step {s}"))
+                    );
+                    figures.push(f);
+                }
+                let n = figures.len() as f64;
+                report.push(ModeQuality {
+                    numerics: numerics.name(),
+                    rel_err: figures.iter().map(|f| f.rel_err).sum::<f64>() / n,
+                    top1: figures.iter().map(|f| f.top1).sum::<f64>() / n,
+                    texts: figures,
+                });
+                drop(model);
+                gpu.wait_idle()?;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let source = args.model.as_ref().map_or(format!("random weights, {} config", args.config), |d| d.display().to_string());
+                println!("dia-bench --quality: {source}, {} texts, {steps} teacher-forced rows each, against f32, on {}", texts.len(), gpu.describe());
+                println!("{:<8} {:>16} {:>10}  greedy codes (first differing step per text)", "mode", "logits rel err", "top-1 %");
+                for m in &report {
+                    let greedy: Vec<String> = m.texts.iter().map(|f| f.first_divergence.map_or(format!("same/{}", f.compared), |s| s.to_string())).collect();
+                    println!("{:<8} {:>16.3e} {:>10.1}  {}", m.numerics, m.rel_err, m.top1 * 100.0, greedy.join(", "));
+                }
+            }
+            Ok(())
+        }
+
+        fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+            let (mut num, mut den) = (0f64, 0f64);
+            for (&a, &b) in got.iter().zip(want) {
+                num += (a as f64 - b as f64).powi(2);
+                den += (b as f64).powi(2);
+            }
+            (num / den.max(f64::MIN_POSITIVE)).sqrt()
+        }
+
+        /// Share of (row, channel) positions whose largest logit is the same.
+        fn top1(got: &[f32], want: &[f32], v: usize) -> f64 {
+            let argmax = |x: &[f32]| x.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+            let n = want.len() / v;
+            (0..n).filter(|&i| argmax(&got[i * v..(i + 1) * v]) == argmax(&want[i * v..(i + 1) * v])).count() as f64 / n as f64
+        }
+    }
+
+    /// Peak GPU memory (model and codec as loaded, plus everything one generation allocates) of a 1000-byte text
+    /// generated up to the decoder's length, and the steps made.
+    fn peak_of_long_generation(gpu: &Gpu, dia: &DiaModel, dac: &DacModel) -> Result<(u64, usize)> {
+        let tts = Tts { gpu, dia, dac };
+        let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. "
+            .chars()
+            .cycle()
+            .take(dia.cfg.encoder.max_positions.min(1000))
+            .collect();
+        gpu.wait_idle()?;
+        gpu.reset_peak_allocated();
+        let speech = pollster::block_on(tts.speak(&text, None, &GenerateOptions::default(), &mut |_: &[f32]| {}, &|| false))?;
+        gpu.wait_idle()?;
+        let g = &speech.generation;
+        Ok((gpu.peak_allocated_bytes(), g.rows - g.prefix_rows))
     }
 
     /// Runs `n` short generations (100 bytes of text, 64 new rows, streamed through the codec) one after
@@ -975,6 +1190,7 @@ mod native {
         row("  weights GB/s / linear-only (b)", &|m| format!("{:.2}", m.weights_vs_linear_only));
         row("DAC decode per 10 s audio, ms", &|m| format!("{:.2}", m.dac_ms_per_10s));
         row("peak GPU memory allocated, MB", &|m| format!("{:.1}", m.peak_allocated_bytes as f64 / 1e6));
+        row("peak GPU memory, 1000 bytes full length, MB (steps)", &|m| m.peak_long.map_or("-".into(), |(b, s)| format!("{:.1} ({s})", b as f64 / 1e6)));
         row("TTFA (100 bytes, Tts::speak), ms", &|m| m.ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1}")));
         if r.modes.iter().any(|m| m.memory.is_some()) {
             let mem = |m: &ModeFigures, f: &dyn Fn(&MemoryRun) -> String| m.memory.as_ref().map_or("-".into(), f);
