@@ -10,7 +10,7 @@ use dia_webgpu::dac::DacModel;
 use dia_webgpu::dia::{DiaModel, GenerateOptions};
 use dia_webgpu::gpu::Gpu;
 use dia_webgpu::kernels::Numerics;
-use dia_webgpu::pipeline::Tts;
+use dia_webgpu::pipeline::{Audio, Tts};
 
 /// Workgroups of the probe and the words each one reads and writes (the adapters' minimum of 16 KiB).
 const GROUPS: u32 = 64;
@@ -56,26 +56,34 @@ fn stale_workgroup_memory_shows_without_the_zeroing() {
     assert!(left_over > 0, "without the zeroing some workgroup should find an earlier one's values (if this adapter zeroes anyway, the test below proves nothing here)");
 }
 
-/// Text to PCM on the fixture's dimensions (random weights, sampled, f32 and f16 weights) with and without the
-/// zeroing: the same codes and bit-identical samples. The texts give encoder lengths for each
-/// linear schedule (matrix–vector, row blocks, tiled), and the run covers every kernel the CLI runs.
+/// Text (+ voice prompt) to PCM on the fixture's dimensions (random weights, sampled, f32 and f16 weights) with and
+/// without the zeroing: the same codes and bit-identical samples. The texts give encoder lengths for each linear
+/// schedule (matrix–vector, row blocks, tiled), and the prompt runs the codec's encoder: every kernel `dia-tts` runs.
 #[test]
 fn speech_is_bit_identical_without_the_zeroing() {
     let dir = fixtures_dir();
     let cfg = dia_webgpu::config::DiaConfig::from_json_str(&std::fs::read_to_string(dir.join("dia/config.json")).unwrap()).unwrap();
-    let texts = ["[S1] Hi.", "[S1] Hello there, GPU.", "[S1] Hello from the GPU. [S2] Hi!", "[S1] A longer line, so that the encoder runs the tiled kernel. [S2] Yes."];
+    // 0.1 s of a 441 Hz tone at the codec's rate.
+    let tone = Audio { samples: (0..4410).map(|i| 0.5 * (2.0 * std::f32::consts::PI * 441.0 * i as f32 / 44_100.0).sin()).collect(), sample_rate: 44_100 };
+    let cases = [
+        ("[S1] Hi.", None),
+        ("[S1] Hello there, GPU.", None),
+        ("[S1] Hello from the GPU. [S2] Hi!", None),
+        ("[S1] A longer line, so that the encoder runs the tiled kernel. [S2] Yes.", None),
+        ("[S1] Hello from the GPU.", Some(&tone)),
+    ];
     for numerics in [Numerics::F16W, Numerics::F32] {
         let speak = |zeroing: bool| {
             let gpu = test_gpu().with_workgroup_zeroing(zeroing);
             let dia = DiaModel::random(&gpu, &cfg, numerics, 7).unwrap();
-            let dac = DacModel::load_dir(&gpu, &dir.join("dac"), numerics, false).unwrap();
+            let dac = DacModel::load_dir(&gpu, &dir.join("dac"), numerics, true).unwrap();
             let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
             let mut out = Vec::new();
-            for (i, text) in texts.iter().enumerate() {
+            for (i, (text, prompt)) in cases.iter().enumerate() {
                 let mut opts = GenerateOptions { max_new_tokens: 40, ..GenerateOptions::default() };
                 opts.sampling.seed = i as u64;
                 let mut pcm = Vec::new();
-                let speech = pollster::block_on(tts.speak(text, None, &opts, &mut |c: &[f32]| pcm.extend_from_slice(c), &|| false)).unwrap();
+                let speech = pollster::block_on(tts.speak(text, *prompt, &opts, &mut |c: &[f32]| pcm.extend_from_slice(c), &|| false)).unwrap();
                 out.push((speech.generation.codes.clone(), pcm));
             }
             out
@@ -83,10 +91,10 @@ fn speech_is_bit_identical_without_the_zeroing() {
         let (zeroed, stale) = (speak(true), speak(false));
         for (i, ((codes_z, pcm_z), (codes_s, pcm_s))) in zeroed.iter().zip(&stale).enumerate() {
             let first = codes_z.iter().zip(codes_s).position(|(a, b)| a != b);
-            assert!(codes_z == codes_s, "{numerics:?} text {i}: codes differ without the zeroing (first at {first:?})");
-            assert!(!pcm_z.is_empty(), "{numerics:?} text {i}: no audio");
+            assert!(codes_z == codes_s, "{numerics:?} case {i}: codes differ without the zeroing (first at {first:?})");
+            assert!(!pcm_z.is_empty(), "{numerics:?} case {i}: no audio");
             let same = pcm_z.len() == pcm_s.len() && pcm_z.iter().zip(pcm_s).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{numerics:?} text {i}: samples differ without the zeroing");
+            assert!(same, "{numerics:?} case {i}: samples differ without the zeroing");
         }
     }
 }

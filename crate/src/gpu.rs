@@ -167,7 +167,7 @@ impl Gpu {
         let backends = desc.backends;
         let instance = wgpu::Instance::new(desc);
         // Natively, rank the adapters ourselves: a real GPU first, and among equals any backend before OpenGL
-        // (software OpenGL, llvmpipe, runs this model ~100x slower than software Vulkan, lavapipe).
+        // (software OpenGL, llvmpipe, compiles this model's pipelines far more slowly than software Vulkan, lavapipe).
         #[cfg(not(target_arch = "wasm32"))]
         {
             let mut adapters = instance.enumerate_adapters(backends).await;
@@ -846,7 +846,8 @@ pub fn adapter_rank(info: &wgpu::AdapterInfo, high_performance: bool) -> (u8, u8
 pub fn software_gl_hint(info: &wgpu::AdapterInfo) -> Option<String> {
     is_software_gl(info).then(|| {
         format!(
-            "this runs on software OpenGL ({}): no Vulkan adapter was found (or WGPU_BACKEND excluded it), and this is about 100x slower than software Vulkan. \
+            "this runs on software OpenGL ({}): no Vulkan adapter was found (or WGPU_BACKEND excluded it), and the first run here \
+             spends a minute or more compiling GPU pipelines (software Vulkan: seconds). \
              Install Mesa's lavapipe: `sudo apt-get install mesa-vulkan-drivers` (Debian/Ubuntu), \
              `sudo dnf install mesa-vulkan-drivers` (Fedora), `sudo pacman -S vulkan-swrast` (Arch); \
              with a GPU, install its vendor's Vulkan driver",
