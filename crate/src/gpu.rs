@@ -111,6 +111,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// Whether pipelines ask wgpu to zero workgroup memory at the start of each workgroup (WebGPU's default): off on
+    /// software OpenGL (`zeroes_workgroup_memory`), where it costs minutes of shader compilation.
+    zero_workgroup_memory: bool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -164,7 +167,7 @@ impl Gpu {
         let backends = desc.backends;
         let instance = wgpu::Instance::new(desc);
         // Natively, rank the adapters ourselves: a real GPU first, and among equals any backend before OpenGL
-        // (software OpenGL, llvmpipe, runs this model ~100x slower than software Vulkan, lavapipe).
+        // (software OpenGL, llvmpipe, compiles this model's pipelines far more slowly than software Vulkan, lavapipe).
         #[cfg(not(target_arch = "wasm32"))]
         {
             let mut adapters = instance.enumerate_adapters(backends).await;
@@ -275,6 +278,7 @@ impl Gpu {
             first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
         }));
         Ok(Gpu {
+            zero_workgroup_memory: zeroes_workgroup_memory(&info),
             device,
             queue,
             info,
@@ -296,6 +300,18 @@ impl Gpu {
     /// of exactly 32 invocations, `shader-f16`): the DAC and encoder kernels then use them.
     pub fn tensor_cores(&self) -> bool {
         self.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    }
+
+    /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now
+    /// on (tests run the kernels without it on adapters that are not software OpenGL).
+    pub fn with_workgroup_zeroing(mut self, on: bool) -> Gpu {
+        self.zero_workgroup_memory = on;
+        self
+    }
+
+    /// Whether pipelines compiled now zero their workgroup memory first (see `zeroes_workgroup_memory`).
+    pub fn workgroup_zeroing(&self) -> bool {
+        self.zero_workgroup_memory
     }
 
     /// A short human description: adapter name and backend.
@@ -424,6 +440,8 @@ impl Gpu {
         let module = match by_source.get(&source) {
             Some(&i) => i,
             None => {
+                #[cfg(not(target_arch = "wasm32"))]
+                dump_wgsl(label, &source);
                 modules.push(self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(label),
                     source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
@@ -440,7 +458,10 @@ impl Gpu {
                     layout: None,
                     module: &modules[module],
                     entry_point: Some(entry),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        zero_initialize_workgroup_memory: self.zero_workgroup_memory,
+                        ..Default::default()
+                    },
                     cache: None,
                 }))
             })
@@ -758,6 +779,35 @@ impl Dispatch {
     }
 }
 
+/// Whether wgpu should zero each workgroup's memory before a kernel runs on this adapter: everywhere except on software
+/// OpenGL (Mesa's llvmpipe through wgpu's GL backend). There naga writes the zeroing as one invocation assigning an
+/// array constructor of every element (`red = float[2448](0.0, 0.0, …)`) before a barrier, which llvmpipe's
+/// compiler turns into thousands of stores in a coroutine (invocations suspend at each barrier): compiling one
+/// matrix–vector pipeline took minutes, against 1-3 s without it. Every kernel writes the workgroup memory it
+/// reads before reading it (tests/workgroup_memory.rs runs them on poisoned workgroup memory), so the zeroing
+/// changes no result; elsewhere it stays on (a Vulkan driver zeroes natively, and browsers always do).
+pub fn zeroes_workgroup_memory(info: &wgpu::AdapterInfo) -> bool {
+    !is_software_gl(info)
+}
+
+/// OpenGL on a CPU (Mesa's llvmpipe): the adapter `software_gl_hint` warns about and `zeroes_workgroup_memory` spares.
+pub fn is_software_gl(info: &wgpu::AdapterInfo) -> bool {
+    let software = info.device_type == wgpu::DeviceType::Cpu || info.name.to_lowercase().contains("llvmpipe");
+    info.backend == wgpu::Backend::Gl && software
+}
+
+/// With `DIA_WGSL_DUMP=<dir>`, writes each distinct shader source compiled to `<dir>/<label>.wgsl` (the label's
+/// punctuation replaced): to compare generated shaders before and after a change, or to translate them offline.
+#[cfg(not(target_arch = "wasm32"))]
+fn dump_wgsl(label: &str, source: &str) {
+    let Some(dir) = std::env::var_os("DIA_WGSL_DUMP") else { return };
+    let name: String = label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(240).collect();
+    let path = std::path::Path::new(&dir).join(format!("{name}.wgsl"));
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, source)) {
+        eprintln!("DIA_WGSL_DUMP: cannot write {}: {e}", path.display());
+    }
+}
+
 /// Splits a 1-D count of workgroups into a 2-D grid within the per-dimension limit (65535).
 pub fn grid_1d(groups: u32) -> [u32; 3] {
     if groups <= 65535 {
@@ -794,10 +844,10 @@ pub fn adapter_rank(info: &wgpu::AdapterInfo, high_performance: bool) -> (u8, u8
 
 /// See `Gpu::software_gl_hint`.
 pub fn software_gl_hint(info: &wgpu::AdapterInfo) -> Option<String> {
-    let software = info.device_type == wgpu::DeviceType::Cpu || info.name.to_lowercase().contains("llvmpipe");
-    (info.backend == wgpu::Backend::Gl && software).then(|| {
+    is_software_gl(info).then(|| {
         format!(
-            "this runs on software OpenGL ({}): no Vulkan adapter was found (or WGPU_BACKEND excluded it), and this is about 100x slower than software Vulkan. \
+            "this runs on software OpenGL ({}): no Vulkan adapter was found (or WGPU_BACKEND excluded it), and the first run here \
+             spends a minute or more compiling GPU pipelines (software Vulkan: seconds). \
              Install Mesa's lavapipe: `sudo apt-get install mesa-vulkan-drivers` (Debian/Ubuntu), \
              `sudo dnf install mesa-vulkan-drivers` (Fedora), `sudo pacman -S vulkan-swrast` (Arch); \
              with a GPU, install its vendor's Vulkan driver",
@@ -841,5 +891,15 @@ mod tests {
         assert_eq!(all[0].device_type, IntegratedGpu);
         assert!(software_gl_hint(&gl_cpu).unwrap().contains("mesa-vulkan-drivers"));
         assert!(software_gl_hint(&vk_cpu).is_none() && software_gl_hint(&gl_gpu).is_none());
+    }
+
+    #[test]
+    fn only_software_opengl_skips_the_workgroup_zeroing() {
+        use wgpu::{Backend::*, DeviceType::*};
+        assert!(!zeroes_workgroup_memory(&info("llvmpipe (LLVM 15.0.6, 256 bits)", Cpu, Gl)));
+        assert!(!zeroes_workgroup_memory(&info("llvmpipe (LLVM 19.1.7, 256 bits)", Other, Gl)));
+        for (device, backend) in [(Cpu, Vulkan), (DiscreteGpu, Gl), (DiscreteGpu, Vulkan), (Cpu, BrowserWebGpu), (IntegratedGpu, Metal)] {
+            assert!(zeroes_workgroup_memory(&info("any", device, backend)), "{device:?} {backend:?}");
+        }
     }
 }
