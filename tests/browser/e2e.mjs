@@ -372,7 +372,10 @@ async function main() {
     await test('capabilities: SwiftShader WebGPU adapter', async () => {
       const caps = await call(page, () => window.dia.DiaTTS.capabilities());
       assert(caps.webgpu, `no WebGPU: ${caps.reason}`);
-      return `${caps.adapter.description || caps.adapter.vendor || 'adapter'}, fallback ${caps.adapter.isFallbackAdapter}, shader-f16 ${caps.shaderF16}, max binding ${caps.maxStorageBufferBindingSize}`;
+      // A software adapter: dtype 'auto' picks q8 (rule 6), unless the device looks small (rules 1–3).
+      const small = caps.device.mobile || caps.device.deviceMemory <= 4;
+      assert(caps.autoDtype.dtype === (small ? 'q4' : 'q8'), `auto picks ${JSON.stringify(caps.autoDtype)} with ${JSON.stringify(caps.device)}`);
+      return `${caps.adapter.description || caps.adapter.vendor || 'adapter'}, fallback ${caps.adapter.isFallbackAdapter}, shader-f16 ${caps.shaderF16}, max binding ${caps.maxStorageBufferBindingSize}; auto → ${caps.autoDtype.dtype} (${caps.autoDtype.reason}; device ${JSON.stringify(caps.device)})`;
     });
 
     await test('f32 → f16 conversion (f16w store) is bit-identical to the platform Float16Array', async () => {
@@ -849,14 +852,18 @@ async function main() {
       });
     }
 
-    await test('quota exceeded while storing weights → QuotaExceededError', async () => {
-      const ctx = await browser.newContext();
-      const p = await openPage(ctx, testPage);
-      const cdp = await ctx.newCDPSession(p);
-      await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 300000 });
-      const err = await expectError(load(p, f32), 'QuotaExceededError');
-      await ctx.close();
-      return err.message;
+    await test('quota exceeded while storing weights → QuotaExceededError (f32, and q4 whose records come from the engine)', async () => {
+      const messages = [];
+      for (const dtype of ['f32', 'q4']) {
+        const ctx = await browser.newContext();
+        const p = await openPage(ctx, testPage);
+        const cdp = await ctx.newCDPSession(p);
+        await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 300000 });
+        const err = await expectError(load(p, { ...f32, dtype }), 'QuotaExceededError');
+        await ctx.close();
+        messages.push(`${dtype}: ${err.message}`);
+      }
+      return messages.join(' | ');
     });
 
     await test('site data cleared while a load is under way → CacheEvictedError', async () => {
