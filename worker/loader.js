@@ -8,13 +8,13 @@ import { sha256Hex } from './store.js';
 /** Adjacent small tensors are fetched together up to this many bytes (the DAC has ~200 tiny ones). */
 const GROUP_BYTES = 4 << 20;
 const PARALLEL = 4;
+/** Bytes in flight at once (downloads wait beyond it), so the worker never holds much of a checkpoint. */
+const IN_FLIGHT_BYTES = 256 << 20;
+const RETRIES = 3;
 /** The quantized numerics modes: their stored form comes from the engine (`storedTensors`). */
 export const QUANTIZED = new Set(['q8', 'q4']);
 /** Safetensors metadata key of a converted checkpoint's mode (crate/src/dia/stored.rs). */
 export const CONVERTED_METADATA_KEY = 'dia_webgpu.numerics';
-/** Bytes in flight at once (downloads wait beyond it), so the worker never holds much of a checkpoint. */
-const IN_FLIGHT_BYTES = 256 << 20;
-const RETRIES = 3;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

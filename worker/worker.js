@@ -85,7 +85,8 @@ function codecSink(withEncoder) {
   };
 }
 
-/** GPU memory the modes take, smallest last (for choosing between a converted checkpoint's mode and 'auto''s). */
+/** The modes by the GPU memory they take, smallest last (as web/src/dtype.js DTYPES), to choose between a converted
+ *  checkpoint's mode and the one 'auto' picked. */
 const BY_MEMORY = ['f32', 'f16w', 'q8', 'q4'];
 
 async function load(msg) {
@@ -123,7 +124,7 @@ async function load(msg) {
       adapterInfo: engine.adapterInfo(),
       numerics,
       numericsReason: reason,
-      converted: modelManifest.converted,
+      converted: modelManifest.converted ?? null,
       fromCache: requests === 0,
       requests,
       networkBytes: progress.networkBytes,
