@@ -219,16 +219,18 @@ async fn browser_engine_pcm_f32() {
     assert!(r.as_ref().is_err_and(|m| m.contains("no model loaded")), "{r:?}");
 
     engine.begin_model(DIA_CONFIG).unwrap();
-    let bad = engine.put_model_tensor("model.encoder.norm.weight", "F32", &[3], &[0; 12]).map_err(|e| message(e.into()));
+    let bad = engine.put_model_tensor("model.encoder.norm.weight", "F32", &[3], vec![0; 12]).map_err(|e| message(e.into()));
     assert!(bad.as_ref().is_err_and(|m| m.contains("model.encoder.norm.weight") && m.contains("shape")), "{bad:?}");
-    let short = engine.put_model_tensor("model.encoder.norm.weight", "BF16", &[64], &[0; 12]).map_err(|e| message(e.into()));
+    let short = engine.put_model_tensor("model.encoder.norm.weight", "BF16", &[64], vec![0; 12]).map_err(|e| message(e.into()));
     assert!(short.as_ref().is_err_and(|m| m.contains("12 bytes") && m.contains("needs 128")), "{short:?}");
-    let int = engine.put_model_tensor("model.encoder.norm.weight", "I64", &[64], &[0; 512]).map_err(|e| message(e.into()));
+    let int = engine.put_model_tensor("model.encoder.norm.weight", "I64", &[64], vec![0; 512]).map_err(|e| message(e.into()));
     assert!(int.as_ref().is_err_and(|m| m.contains("I64")), "{int:?}");
     let total = engine.model_missing().unwrap().len();
-    put_all(DIA_WEIGHTS, |n, d, s, b| engine.put_model_tensor(n, d, s, b));
+    put_all(DIA_WEIGHTS, |n, d, s, b| engine.put_model_tensor(n, d, s, b.to_vec()));
     assert!(engine.model_missing().unwrap().is_empty());
     engine.finish_model().unwrap();
+    let memory = engine.memory().unwrap();
+    assert!(field(&memory, "allocated") > 0.0 && field(&memory, "peak") >= field(&memory, "allocated"), "memory() after loading the model: {memory:?}");
     engine.begin_codec(DAC_CONFIG, true).unwrap();
     put_all(DAC_WEIGHTS, |n, d, s, b| engine.put_codec_tensor(n, d, s, b));
     engine.finish_codec().unwrap();

@@ -11,6 +11,10 @@ const PARALLEL = 4;
 /** Bytes in flight at once (downloads wait beyond it), so the worker never holds much of a checkpoint. */
 const IN_FLIGHT_BYTES = 256 << 20;
 const RETRIES = 3;
+/** The quantized numerics modes: their stored form comes from the engine (`storedTensors`). */
+export const QUANTIZED = new Set(['q8', 'q4']);
+/** Safetensors metadata key of a converted checkpoint's mode (crate/src/dia/stored.rs). */
+export const CONVERTED_METADATA_KEY = 'dia_webgpu.numerics';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -148,8 +152,11 @@ export async function resolveCheckpoint(src) {
     throw new CheckpointError(`${src.url('config.json')} is not JSON (${e.message})`);
   }
   let tensors;
+  let metadata;
   try {
-    tensors = await src.header('model.safetensors');
+    const header = await src.header('model.safetensors');
+    tensors = [...header];
+    metadata = header.metadata;
   } catch (e) {
     if (!(e instanceof DownloadError && e.details.status === 404)) throw e;
     let index;
@@ -168,15 +175,92 @@ export async function resolveCheckpoint(src) {
     for (const file of files) checkFileName(src.repo, file, 'shard');
     tensors = [];
     for (const file of files) {
-      tensors.push(...(await src.header(file)).filter((t) => map[t.name] === file));
+      const header = await src.header(file);
+      metadata ??= header.metadata;
+      tensors.push(...header.filter((t) => map[t.name] === file));
     }
   }
-  return { config, tensors };
+  return { config, tensors, converted: convertedMode(metadata) };
+}
+
+/** The mode a checkpoint written by `dia-tts convert` was stored for (its safetensors metadata), else null. */
+export function convertedMode(metadata) {
+  const mode = metadata?.[CONVERTED_METADATA_KEY];
+  return QUANTIZED.has(mode) || mode === 'f16w' || mode === 'f32' ? mode : null;
 }
 
 /** The dtype a tensor is stored and uploaded as: f16w keeps Dia matrices as f16 (exactly as the engine would). */
 export function storedDtype(t, variant) {
   return variant === 'f16w' && t.shape.length === 2 && (t.dtype === 'F32' || t.dtype === 'BF16') ? 'F16' : t.dtype;
+}
+
+/** `<base>.weight` for one half of a quantized matrix as a converted checkpoint holds it, else null. */
+export function quantizedBase(name) {
+  const m = /^(.*)\.(qweight|scales)$/.exec(name);
+  return m ? `${m[1]}.weight` : null;
+}
+
+/**
+ * The stored form of checkpoint tensor `t` (its bytes `raw`) in `variant`: what the weight store keeps and the
+ * engine receives, as `[{ name, dtype, shape, bytes }]`. q8 / q4: the engine's `storedTensors` (`toStored`),
+ * which gives norms as F32, embedding tables as F16 and a quantized matrix as its two halves, exactly what the
+ * engine would write when quantizing on load; a half of a converted checkpoint is kept as it is. Other variants:
+ * the tensor itself, its matrices as f16 in f16w.
+ */
+export function storedForm(t, raw, variant, toStored) {
+  if (QUANTIZED.has(variant) && !quantizedBase(t.name)) {
+    return Array.from(toStored(t.name, t.dtype, Uint32Array.from(t.shape), raw, variant), (p) => ({ name: p.name, dtype: p.dtype, shape: [...p.shape], bytes: p.bytes }));
+  }
+  const dtype = storedDtype(t, variant);
+  return [{ name: t.name, dtype, shape: t.shape, bytes: dtype === t.dtype ? raw : toF16Bytes(raw, t.dtype) }];
+}
+
+/**
+ * One store record for a stored form: the parts' bytes one after the other, and their layout (kept in the
+ * manifest as `t.parts`) unless the record is simply the tensor in `storedDtype` (f32, f16w, the codec, norms).
+ */
+export function packParts(t, parts, variant) {
+  const [p] = parts;
+  if (parts.length === 1 && p.name === t.name && p.dtype === storedDtype(t, variant) && String(p.shape) === String(t.shape)) return { bytes: p.bytes, layout: null };
+  const layout = parts.map((p) => ({ name: p.name, dtype: p.dtype, shape: [...p.shape], length: p.bytes.byteLength }));
+  const bytes = new Uint8Array(layout.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    bytes.set(p.bytes, at);
+    at += p.bytes.byteLength;
+  }
+  return { bytes, layout };
+}
+
+/** The parts of a verified record (`t.parts` its layout; without one the record is `t` in `variant`'s dtype); null
+ *  if the layout does not cover the bytes exactly. */
+export function unpackParts(t, bytes, variant) {
+  if (!t.parts) return [{ name: t.name, dtype: storedDtype(t, variant), shape: t.shape, bytes }];
+  if (t.parts.reduce((n, p) => n + p.length, 0) !== bytes.byteLength) return null;
+  let at = 0;
+  return t.parts.map((p) => {
+    const part = { name: p.name, dtype: p.dtype, shape: p.shape, bytes: bytes.subarray(at, at + p.length) };
+    at += p.length;
+    return part;
+  });
+}
+
+/** The model's tensors the engine still needs: its HF names, or both halves of a quantized matrix (converted checkpoint). */
+export function wantedModelTensors(tensors, missingNames) {
+  const missing = new Set(missingNames);
+  const needed = tensors.filter((t) => missing.has(t.name));
+  for (const t of needed) missing.delete(t.name);
+  const halves = new Map(); // <base>.weight → its halves in the checkpoint
+  for (const t of tensors) {
+    const base = quantizedBase(t.name);
+    if (base && missing.has(base)) halves.set(base, [...(halves.get(base) ?? []), t]);
+  }
+  for (const [base, parts] of halves) {
+    if (parts.length !== 2) continue; // one half alone: reported missing below
+    needed.push(...parts);
+    missing.delete(base);
+  }
+  return { needed, missing: [...missing] };
 }
 
 /** Tensors in file order merged into contiguous ranges of at most GROUP_BYTES (large ones alone). */
@@ -220,23 +304,39 @@ async function forEachParallel(groups, fn) {
 }
 
 /**
- * First half of loading one component ("model" or "codec"): its manifest from the store, or resolved
- * from the network (config + headers) and saved; `sink.begin(config)`; the tensors the engine needs.
- * `sink` = { begin(config), wanted(tensors) → needed subset, put(name, dtype, shape, bytes), finish() }.
+ * The manifest of one component ("model" or "codec") stored as `variant`: from the store, or resolved from
+ * the network (config + headers; `from`: another variant's manifest of the same checkpoint instead) and saved.
  */
-export async function prepareComponent({ component, src, store, variant, sink, progress }) {
+export async function resolveManifest({ component, src, store, variant, progress, from = null }) {
   const id = `${src.baseUrl}|${src.repo}|${src.revision}|${variant}`;
   let manifest = store ? await store.getManifest(id) : null;
   if (!manifest) {
-    progress.status({ status: 'resolving', component });
-    const { config, tensors } = await resolveCheckpoint(src);
-    manifest = { id, repo: src.repo, revision: src.revision, variant, config, tensors, created: Date.now() };
+    let resolved = from;
+    if (!resolved) {
+      progress.status({ status: 'resolving', component });
+      resolved = await resolveCheckpoint(src);
+    }
+    // Header facts only: hashes and part layouts belong to the variant that stored them.
+    const tensors = resolved.tensors.map(({ name, file, dtype, shape, begin, end }) => ({ name, file, dtype, shape, begin, end }));
+    manifest = { id, repo: src.repo, revision: src.revision, variant, config: resolved.config, tensors, converted: resolved.converted ?? null, created: Date.now() };
     await store?.putManifest(manifest);
   }
+  return manifest;
+}
+
+/**
+ * First half of loading one component: its manifest (`resolveManifest`, or `manifest` when already
+ * resolved); `sink.begin(config)`; the tensors the engine needs.
+ * `sink` = { begin(config), wanted(tensors) → needed subset, put(name, dtype, shape, bytes), finish(),
+ * stored(t, raw, variant) → the stored form (`storedForm`) }.
+ */
+export async function prepareComponent({ component, src, store, variant, sink, progress, manifest = null }) {
+  manifest ??= await resolveManifest({ component, src, store, variant, progress });
+  const id = manifest.id;
   sink.begin(manifest.config);
   const needed = sink.wanted(manifest.tensors);
   for (const t of needed) {
-    if (DTYPE_BYTES[t.dtype] === undefined) throw new CheckpointError(`${t.name}: dtype ${t.dtype} is not supported (F32, F16, BF16 are)`);
+    if (DTYPE_BYTES[t.dtype] === undefined) throw new CheckpointError(`${t.name}: dtype ${t.dtype} is not supported (F32, F16, BF16 are, and U32 for a quantized matrix's .qweight)`);
   }
   progress.add(needed);
   return { component, src, store, variant, sink, progress, id, manifest, needed };
@@ -248,8 +348,13 @@ export async function prepareComponent({ component, src, store, variant, sink, p
  * `sink.finish()`. Returns what came from where.
  */
 export async function fillComponent({ component, src, store, variant, sink, progress, id, manifest, needed }) {
-  const put = (t, dtype, bytes) => sink.put(t.name, dtype, Uint32Array.from(t.shape), bytes);
-  const stats = { cached: 0, downloaded: 0, corrupt: [], missing: [] };
+  const putParts = (parts) => {
+    for (const p of parts) sink.put(p.name, p.dtype, Uint32Array.from(p.shape), p.bytes);
+  };
+  // downloadBytes: the checkpoint bytes of these tensors (what a first load downloads); storedBytes: their
+  // stored form (what the weight store holds, or would hold with cache: false).
+  const stats = { cached: 0, downloaded: 0, corrupt: [], missing: [], downloadBytes: 0, storedBytes: 0 };
+  for (const t of needed) stats.downloadBytes += t.end - t.begin;
   const toFetch = [];
   for (const t of needed) {
     if (!store || !t.hash) {
@@ -263,14 +368,16 @@ export async function fillComponent({ component, src, store, variant, sink, prog
       toFetch.push(t);
       continue;
     }
-    if ((await sha256Hex(bytes)) !== t.hash) {
+    const parts = (await sha256Hex(bytes)) === t.hash ? unpackParts(t, bytes, variant) : null;
+    if (!parts) {
       stats.corrupt.push(t.name);
       progress.status({ status: 'corrupt', component, tensor: t.name });
       await store.deleteTensor(id, t.name, t.hash);
       toFetch.push(t);
       continue;
     }
-    put(t, storedDtype(t, variant), bytes);
+    putParts(parts);
+    stats.storedBytes += bytes.byteLength;
     stats.cached++;
     progress.tensorDone(component, t, 'cache');
   }
@@ -279,10 +386,14 @@ export async function fillComponent({ component, src, store, variant, sink, prog
     const bytes = await src.bytes(g.file, g.begin, g.end, (n) => progress.bytes(component, n));
     for (const t of g.tensors) {
       const raw = bytes.subarray(t.begin - g.begin, t.end - g.begin);
-      const dtype = storedDtype(t, variant);
-      const stored = dtype === t.dtype ? raw : toF16Bytes(raw, t.dtype);
-      if (store) t.hash = await store.putTensor(id, t.name, stored);
-      put(t, dtype, stored);
+      const parts = sink.stored(t, raw, variant);
+      const record = packParts(t, parts, variant);
+      // The record first, then its hash and layout in the manifest: a record without them is never read.
+      if (store) t.hash = await store.putTensor(id, t.name, record.bytes);
+      if (record.layout) t.parts = record.layout;
+      else delete t.parts;
+      putParts(parts);
+      stats.storedBytes += record.bytes.byteLength;
       stats.downloaded++;
       progress.tensorDone(component, t, 'network');
     }

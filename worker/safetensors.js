@@ -1,7 +1,8 @@
 // safetensors headers: 8-byte little-endian length, then JSON { name: { dtype, shape, data_offsets } }.
 import { CheckpointError } from './errors.js';
 
-export const DTYPE_BYTES = { F32: 4, F16: 2, BF16: 2 };
+// U32: the packed values of a quantized matrix in a converted checkpoint (`<base>.qweight`, `dia-tts convert`).
+export const DTYPE_BYTES = { F32: 4, F16: 2, BF16: 2, U32: 4 };
 
 /** Longest header accepted (the real Dia header is ~40 KB); guards against reading garbage as a length. */
 export const MAX_HEADER_BYTES = 64 * 1024 * 1024;
@@ -18,6 +19,7 @@ export function headerLength(first8, file) {
 /**
  * Parses a header into tensors with absolute byte ranges [begin, end) in `file`. Tensors of dtypes the
  * engine does not take are kept (flagged by their dtype) and rejected only if they are actually needed.
+ * The array's `metadata` property is the header's `__metadata__` (string values only; {} if none).
  */
 export function parseHeader(headerBytes, file, fileSize) {
   let json;
@@ -28,6 +30,8 @@ export function parseHeader(headerBytes, file, fileSize) {
   }
   const base = 8 + headerBytes.byteLength;
   const tensors = [];
+  const meta = json?.__metadata__;
+  tensors.metadata = Object.fromEntries(Object.entries(meta && typeof meta === 'object' ? meta : {}).filter(([, v]) => typeof v === 'string'));
   for (const [name, t] of Object.entries(json)) {
     if (name === '__metadata__') continue;
     const { dtype, shape, data_offsets: off } = t ?? {};

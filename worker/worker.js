@@ -1,14 +1,15 @@
 // The Dia Web Worker: owns the WebGPU engine (wasm) and the weight store.
 // Protocol (every message carries the request's `id`):
-//   page → worker: { type: 'load', model, codec, baseUrl, revision, numerics, cache, encoder }
+//   page → worker: { type: 'load', model, codec, baseUrl, revision, numerics, auto, autoReason, cache, encoder }
+//                  (auto: numerics is what dtype 'auto' picked for the adapter; a converted checkpoint may change it)
 //                  { type: 'generate', text, options, prompt? }   { type: 'cancel', target }
 //   worker → page: load → progress* → ready;  generate → chunk* → done | cancelled;  error (any request);
 //                  fatal { message, code } (no id: the engine panicked ('panic') or crashed ('crash'); this
 //                  worker is done and every request to it fails with an EngineError of that code)
 // An error of code 'device-lost' (the GPU device was lost) also ends the engine: the page starts a new worker.
-import init, { DiaEngine } from '../wasm/dia_webgpu.js';
+import init, { DiaEngine, storedTensors } from '../wasm/dia_webgpu.js';
 import { CheckpointError, EngineError, errorToJSON, InvalidOptionError } from './errors.js';
-import { fillComponent, HubSource, prepareComponent } from './loader.js';
+import { fillComponent, HubSource, prepareComponent, resolveManifest, storedForm, wantedModelTensors } from './loader.js';
 import { WeightStore } from './store.js';
 
 let engine = null;
@@ -61,16 +62,14 @@ function modelSink() {
   return {
     begin: (config) => engine.beginModel(config),
     wanted: (tensors) => {
-      const missing = new Set(engine.modelMissing());
-      const needed = tensors.filter((t) => missing.has(t.name));
-      for (const t of needed) missing.delete(t.name);
-      if (missing.size > 0) {
-        const names = [...missing];
+      const { needed, missing: names } = wantedModelTensors(tensors, engine.modelMissing());
+      if (names.length > 0) {
         throw new CheckpointError(`the checkpoint lacks ${names.length} tensor(s) the model needs, e.g. ${names[0]}`, { missing: names });
       }
       return needed;
     },
     put: (name, dtype, shape, bytes) => engine.putModelTensor(name, dtype, shape, bytes),
+    stored: (t, raw, variant) => storedForm(t, raw, variant, storedTensors),
     finish: () => engine.finishModel(),
   };
 }
@@ -81,23 +80,39 @@ function codecSink(withEncoder) {
     // The encoder only serves voice prompts: without it, its weights are not even downloaded.
     wanted: (tensors) => tensors.filter((t) => withEncoder || !t.name.startsWith('encoder.')),
     put: (name, dtype, shape, bytes) => engine.putCodecTensor(name, dtype, shape, bytes),
+    stored: (t, raw) => storedForm(t, raw, 'raw'),
     finish: () => engine.finishCodec(),
   };
 }
+
+/** The modes by the GPU memory they take, smallest last (as web/src/dtype.js DTYPES), to choose between a converted
+ *  checkpoint's mode and the one 'auto' picked. */
+const BY_MEMORY = ['f32', 'f16w', 'q8', 'q4'];
 
 async function load(msg) {
   if (engine) throw new InvalidOptionError('this worker already holds a model; start another DiaTTS to load a second one');
   const started = performance.now();
   await init();
-  engine = await DiaEngine.create(msg.numerics);
   const store = msg.cache ? await WeightStore.open() : null;
   const progress = new Progress(msg.id);
   const source = (repo) => new HubSource({ baseUrl: msg.baseUrl, repo, revision: msg.revision });
   const modelSrc = source(msg.model);
   const codecSrc = source(msg.codec);
   try {
+    let numerics = msg.numerics;
+    let reason = msg.auto ? `auto: ${msg.autoReason}` : 'requested';
+    let modelManifest = await resolveManifest({ component: 'model', src: modelSrc, store, variant: numerics, progress });
+    // 'auto' and a checkpoint converted for a mode that takes no more memory than the adapter's pick: load it in its
+    // own mode, as it is (nothing rounded twice).
+    const own = modelManifest.converted;
+    if (msg.auto && own && own !== numerics && BY_MEMORY.indexOf(own) >= BY_MEMORY.indexOf(numerics)) {
+      modelManifest = await resolveManifest({ component: 'model', src: modelSrc, store, variant: own, progress, from: modelManifest });
+      reason = `auto: a checkpoint converted for ${own} (the adapter's pick: ${numerics}, ${msg.autoReason})`;
+      numerics = own;
+    }
+    engine = await DiaEngine.create(numerics);
     // Both manifests first, so the progress total is known from the start.
-    const model = await prepareComponent({ component: 'model', src: modelSrc, store, variant: msg.numerics, sink: modelSink(), progress });
+    const model = await prepareComponent({ component: 'model', src: modelSrc, store, variant: numerics, sink: modelSink(), progress, manifest: modelManifest });
     const codec = await prepareComponent({ component: 'codec', src: codecSrc, store, variant: 'raw', sink: codecSink(msg.encoder), progress });
     const modelStats = await fillComponent(model);
     const codecStats = await fillComponent(codec);
@@ -107,10 +122,15 @@ async function load(msg) {
       type: 'ready',
       id: msg.id,
       adapterInfo: engine.adapterInfo(),
-      numerics: msg.numerics,
+      numerics,
+      numericsReason: reason,
+      converted: modelManifest.converted ?? null,
       fromCache: requests === 0,
       requests,
       networkBytes: progress.networkBytes,
+      downloadBytes: modelStats.downloadBytes + codecStats.downloadBytes,
+      storedBytes: modelStats.storedBytes + codecStats.storedBytes,
+      gpuMemory: engine.memory(),
       tensors: progress.tensorsTotal,
       model: modelStats,
       codec: codecStats,
@@ -134,7 +154,7 @@ async function generate(msg) {
       post({ type: 'chunk', id: job.id, pcm: chunk }, [chunk.buffer]);
     });
     const { samples, steps, seconds } = result;
-    post({ type: job.cancelled ? 'cancelled' : 'done', id: job.id, samples, steps, seconds, chunks: job.chunks });
+    post({ type: job.cancelled ? 'cancelled' : 'done', id: job.id, samples, steps, seconds, chunks: job.chunks, gpuMemory: engine.memory() });
   } catch (e) {
     if (!job.cancelled) throw e;
     post({ type: 'cancelled', id: job.id, chunks: job.chunks });

@@ -165,6 +165,18 @@ impl DiaEngine {
         format!("{name} ({:?}{fallback}); shader-f16: {f16}", self.gpu.info.backend)
     }
 
+    /// GPU memory held by the engine's buffers (weights, caches, activations; readback staging not counted), in
+    /// bytes: `{ allocated, peak }`, `peak` the most ever held since the device was made (loading and every
+    /// generation so far included).
+    #[wasm_bindgen(unchecked_return_type = "{ allocated: number, peak: number }")]
+    pub fn memory(&self) -> Result<JsValue, JsError> {
+        let out = js_sys::Object::new();
+        let set = |k: &str, v: u64| js_sys::Reflect::set(&out, &k.into(), &JsValue::from_f64(v as f64)).map(|_| ()).map_err(|_| JsError::new("memory: cannot build the result"));
+        set("allocated", self.gpu.allocated_bytes())?;
+        set("peak", self.gpu.peak_allocated_bytes())?;
+        Ok(out.into())
+    }
+
     /// Starts loading a Dia model from its `config.json` (HF or nari schema); drops the loaded one.
     #[wasm_bindgen(js_name = beginModel)]
     pub fn begin_model(&mut self, #[wasm_bindgen(js_name = configJson)] config_json: &str) -> Result<(), JsError> {
@@ -344,9 +356,9 @@ impl DiaEngine {
     }
 }
 
-/// A tensor from JavaScript as a shape and f32 data, checked against its dtype.
+/// A safetensors dtype name from JavaScript.
 fn parse_dtype(name: &str, dtype: &str) -> Result<Dtype, JsError> {
-    Dtype::parse(dtype).ok_or_else(|| JsError::new(&format!("tensor {name}: unknown dtype {dtype:?} (use \"F32\", \"F16\" or \"BF16\")")))
+    Dtype::parse(dtype).ok_or_else(|| JsError::new(&format!("tensor {name}: unknown dtype {dtype:?} (use \"F32\", \"F16\", \"BF16\", or \"U32\" for a quantized matrix's .qweight)")))
 }
 
 /// The form in which the mode `numerics` keeps one Dia tensor (HF name and layout; `dtype` `"F32"`, `"F16"` or
@@ -385,6 +397,7 @@ pub fn stored_tensors(
     Ok(out)
 }
 
+/// A tensor from JavaScript as a shape and f32 data, checked against its dtype.
 fn convert(name: &str, dtype: &str, shape: &[u32], bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), JsError> {
     let dt = parse_dtype(name, dtype)?;
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();

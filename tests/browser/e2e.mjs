@@ -5,10 +5,13 @@
 //   node e2e.mjs [--mock]   (--mock: the package was built with the JS mock engine; parity is then
 //                            checked against the mock's own first output instead of the fixtures)
 //   DIA_BROWSER_FULL=1      also the voice-prompt parity case
+//   DIA_TTS=path            the native dia-tts (tests/browser/run builds it): q8/q4 reference outputs and a
+//                           converted checkpoint are made with it
 //   DIA_BROWSER_ONLY=regex  only the tests whose name matches (case-insensitive; the npm pack step always
 //                           runs); for iterating on a few tests, each of which must then set up what it needs
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -113,6 +116,70 @@ function snrDb(ref, x) {
   return noise === 0 ? Infinity : 10 * Math.log10(signal / noise);
 }
 
+const sha256 = (bytes) => createHash('sha256').update(bytes).digest('hex');
+
+/** Samples of a mono 32-bit float WAV (what dia-tts writes). */
+function readWavF32(file) {
+  const buf = readFileSync(file);
+  for (let at = 12; at + 8 <= buf.length; ) {
+    const id = buf.toString('latin1', at, at + 4);
+    const size = buf.readUInt32LE(at + 4);
+    if (id === 'data') return new Float32Array(buf.buffer.slice(buf.byteOffset + at + 8, buf.byteOffset + at + 8 + size));
+    at += 8 + size + (size & 1);
+  }
+  throw new Error(`${file}: no data chunk`);
+}
+
+/**
+ * The native engine (dia-tts, $DIA_TTS) on the fixtures: `generate(mode, text)` → the PCM of a greedy generation
+ * with GREEDY's settings, `convert(mode)` → a converted checkpoint directory; each made once, in `work`.
+ */
+function nativeTool(work) {
+  const bin = process.env.DIA_TTS;
+  const made = new Map();
+  const run = (args) => {
+    if (!bin || !existsSync(bin)) throw new Error(`the native dia-tts is needed (DIA_TTS=${bin ?? ''}; tests/browser/run builds it)`);
+    execFileSync(bin, args, { stdio: 'pipe', env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? work } });
+  };
+  const once = (key, make) => {
+    if (!made.has(key)) made.set(key, make());
+    return made.get(key);
+  };
+  return {
+    generate: (mode, text) =>
+      once(`gen-${mode}-${text}`, () => {
+        const out = join(work, `native-${mode}-${made.size}.wav`);
+        const g = ['--temperature', GREEDY.temperature, '--cfg-filter-top-k', GREEDY.cfgFilterTopK, '--max-new-tokens', GREEDY.maxNewTokens, '--cfg-scale', GREEDY.cfgScale];
+        run(['--model', join(fixtures, 'dia'), '--codec', join(fixtures, 'dac'), '--text', text, '--dtype', mode, ...g.map(String), '--out', out]);
+        return readWavF32(out);
+      }),
+    convert: (mode, dir) =>
+      once(`convert-${mode}`, () => {
+        run(['convert', '--model', join(fixtures, 'dia'), '--dtype', mode, '--out', dir]);
+        return dir;
+      }),
+  };
+}
+
+/**
+ * The stored form of one HF-layout Dia tensor in q8 / q4, as crate/src/dia/model.rs (MatrixRole::format) and
+ * crate/src/quant.rs define it: norms F32, embedding tables F16, other matrices as <base>.qweight (U32, groups of
+ * 32: 8 words per group in q8, 4 in q4) + <base>.scales (F16, one per group); q4 keeps attention at q8.
+ */
+function expectedParts(t, mode) {
+  if (t.shape.length !== 2) return [{ name: t.name, dtype: 'F32', shape: t.shape }];
+  if (/^model\.(encoder\.embedding|decoder\.embeddings\.embed)\.weight$/.test(t.name)) return [{ name: t.name, dtype: 'F16', shape: t.shape }];
+  const [rows, cols] = t.shape;
+  const groups = Math.ceil(cols / 32);
+  const words = mode === 'q8' || /_attention\./.test(t.name) ? 8 : 4;
+  const base = t.name.replace(/\.weight$/, '');
+  return [
+    { name: `${base}.qweight`, dtype: 'U32', shape: [rows, groups * words] },
+    { name: `${base}.scales`, dtype: 'F16', shape: [rows, groups] },
+  ];
+}
+const partBytes = (p) => p.shape.reduce((a, d) => a * d, 1) * { F32: 4, F16: 2, U32: 4 }[p.dtype];
+
 // ---------------------------------------------------------------- page helpers
 
 /** Runs `fn(arg)` in the page; a thrown error comes back as an Error with the page error's name. */
@@ -176,7 +243,7 @@ function generate(page, text, options) {
     page,
     async ({ text, options }) => {
       const r = await window.tts.generate(text, options);
-      return { audio: Array.from(r.audio), samples: r.samples, steps: r.steps, seconds: r.seconds, samplingRate: r.samplingRate };
+      return { audio: Array.from(r.audio), samples: r.samples, steps: r.steps, seconds: r.seconds, samplingRate: r.samplingRate, gpuMemory: r.gpuMemory };
     },
     { text, options },
   );
@@ -233,9 +300,11 @@ async function main() {
     // The declarations type-check a typical use under strict TypeScript.
     writeFileSync(
       join(app, 'use.ts'),
-      `import { DiaTTS, toWav, type LoadProgress, type GeneratedAudio } from 'dia-webgpu';
+      `import { DiaTTS, chooseDtype, toWav, type LoadProgress, type GeneratedAudio, type Numerics } from 'dia-webgpu';
        export async function speak(text: string): Promise<Uint8Array> {
-         const tts = await DiaTTS.load({ dtype: 'f16w', onProgress: (p: LoadProgress) => console.log(p.progress) });
+         const tts = await DiaTTS.load({ dtype: 'q4', onProgress: (p: LoadProgress) => console.log(p.progress) });
+         const mode: Numerics = tts.info.numerics;
+         console.log(mode, tts.info.storedBytes, tts.info.gpuMemory.peak, chooseDtype(await DiaTTS.capabilities()).dtype);
          for await (const chunk of tts.stream(text, { temperature: 1.2 })) console.log(chunk.length);
          const out: GeneratedAudio = await tts.generate(text, { cfgScale: 3, seed: 1 });
          return toWav(out.audio, out.samplingRate);
@@ -252,11 +321,13 @@ async function main() {
 
   const sharded = join(work, 'sharded');
   makeSharded(sharded);
+  const convertedQ4 = join(work, 'converted-q4'); // made by `dia-tts convert` when a test needs it
   const server = await startServer({
     repos: {
       'tiny/dia': join(fixtures, 'dia'),
       'tiny/dac': join(fixtures, 'dac'),
       'tiny-sharded/dia': sharded,
+      'tiny-q4conv/dia': convertedQ4,
       'tiny-slow/dia': { dir: join(fixtures, 'dia'), delayMs: 300 },
       'tiny-slow/dac': { dir: join(fixtures, 'dac'), delayMs: 300 },
     },
@@ -301,7 +372,10 @@ async function main() {
     await test('capabilities: SwiftShader WebGPU adapter', async () => {
       const caps = await call(page, () => window.dia.DiaTTS.capabilities());
       assert(caps.webgpu, `no WebGPU: ${caps.reason}`);
-      return `${caps.adapter.description || caps.adapter.vendor || 'adapter'}, fallback ${caps.adapter.isFallbackAdapter}, shader-f16 ${caps.shaderF16}, max binding ${caps.maxStorageBufferBindingSize}`;
+      // A software adapter: dtype 'auto' picks q8 (rule 6), unless the device looks small (rules 1–3).
+      const small = caps.device.mobile || caps.device.deviceMemory <= 4;
+      assert(caps.autoDtype.dtype === (small ? 'q4' : 'q8'), `auto picks ${JSON.stringify(caps.autoDtype)} with ${JSON.stringify(caps.device)}`);
+      return `${caps.adapter.description || caps.adapter.vendor || 'adapter'}, fallback ${caps.adapter.isFallbackAdapter}, shader-f16 ${caps.shaderF16}, max binding ${caps.maxStorageBufferBindingSize}; auto → ${caps.autoDtype.dtype} (${caps.autoDtype.reason}; device ${JSON.stringify(caps.device)})`;
     });
 
     await test('f32 → f16 conversion (f16w store) is bit-identical to the platform Float16Array', async () => {
@@ -623,6 +697,141 @@ async function main() {
       return `${r.audio.length} samples in ${r.seconds.toFixed(1)} s; ${same && !mock ? `SNR vs t0.pcm ${fmtDb(snrDb(t0Pcm, r.audio))}` : 'another length than t0.pcm'} (f16 weights: informative)`;
     });
 
+    // q8 / q4: each Dia tensor goes through the engine's storedTensors as it streams and only that stored form is
+    // kept (one record per checkpoint tensor: a quantized matrix's two halves back to back, their layout in the
+    // manifest). The arithmetic is f32 in both modes, so SwiftShader's lack of shader-f16 does not matter, and
+    // greedy generations must equal the native engine's (dia-tts on the machine's Vulkan adapter).
+    const recordSizes = (id, tensors) =>
+      call(
+        page,
+        async ({ id, names }) => {
+          const req = (r) => new Promise((res, rej) => ((r.onsuccess = () => res(r.result)), (r.onerror = () => rej(r.error))));
+          const db = await req(indexedDB.open('dia-webgpu'));
+          const out = {};
+          for (const [name, hash] of names) out[name] = (await req(db.transaction('tensors').objectStore('tensors').get([id, name, hash])))?.bytes.byteLength ?? null;
+          db.close();
+          return out;
+        },
+        { id, names: tensors.map((t) => [t.name, t.hash]) },
+      );
+    // Under DIA_BROWSER_ONLY a test may run without the one that stored a mode's records: load it then.
+    const ensureStored = async (mode) => {
+      // Opening a database that does not exist would create it without its stores: look first.
+      const exists = await call(page, async () => (await indexedDB.databases()).some((d) => d.name === 'dia-webgpu'));
+      if (!exists || !(await manifest(`${base}|tiny/dia|main|${mode}`))?.tensors.every((t) => t.hash)) await load(page, { ...f32, dtype: mode });
+    };
+    const storedTotal = async (id) => {
+      const m = await manifest(id);
+      return Object.values(await recordSizes(id, m.tensors)).reduce((a, b) => a + b, 0);
+    };
+    const native = mock ? null : nativeTool(work);
+    const gpuAfterLoad = {}; // mode → info.gpuMemory.allocated
+    const checkQuantizedStore = async (mode, info) => {
+      const m = await manifest(`${base}|tiny/dia|main|${mode}`);
+      const sizes = await recordSizes(m.id, m.tensors);
+      for (const t of m.tensors) {
+        const want = expectedParts(t, mode);
+        const layout = t.parts ?? [{ name: t.name, dtype: t.dtype, shape: t.shape }];
+        const same = JSON.stringify(layout.map(({ name, dtype, shape }) => ({ name, dtype, shape }))) === JSON.stringify(want);
+        assert(same || mock, `${t.name} [${t.shape}] stored as ${JSON.stringify(layout)}, expected ${JSON.stringify(want)}`);
+        const bytes = want.reduce((a, p) => a + partBytes(p), 0);
+        assert(sizes[t.name] === bytes, `${t.name}: ${sizes[t.name]} bytes in its record, ${bytes} expected`);
+      }
+      const stored = Object.values(sizes).reduce((a, b) => a + b, 0);
+      const f16 = await storedTotal(`${base}|tiny/dia|main|f16w`);
+      assert(stored < f16, `${mode} stores ${stored} bytes, f16w ${f16}`);
+      assert(info.model.storedBytes === stored, `info.model.storedBytes ${info.model.storedBytes}, records ${stored}`);
+      assert(info.model.downloadBytes === m.tensors.reduce((a, t) => a + t.end - t.begin, 0), `info.model.downloadBytes ${info.model.downloadBytes}`);
+      assert(info.gpuMemory?.allocated > 0 && info.gpuMemory.peak >= info.gpuMemory.allocated, `gpuMemory ${JSON.stringify(info.gpuMemory)}`);
+      gpuAfterLoad[mode] = info.gpuMemory.allocated;
+      return `${m.tensors.length} tensors, ${(stored / 1e6).toFixed(2)} MB stored (f16w ${(f16 / 1e6).toFixed(2)} MB, checkpoint ${(info.model.downloadBytes / 1e6).toFixed(2)} MB), GPU ${(info.gpuMemory.allocated / 1e6).toFixed(2)} MB after loading`;
+    };
+    const checkNative = (mode, audio) => {
+      if (mock) return 'mock engine: not compared';
+      const ref = native.generate(mode, t0Text);
+      const snr = snrDb(ref, audio);
+      assert(snr >= MIN_SNR_DB, `SNR ${snr.toFixed(1)} dB < ${MIN_SNR_DB} dB against the native ${mode} generation (${ref.length} samples, browser ${audio.length})`);
+      return `SNR ${fmtDb(snr)} against native ${mode}`;
+    };
+
+    await test('q8: tensors quantized as they stream, only the stored form in IndexedDB (fewer bytes than f16w); generation of t0 equals the native q8 one', async () => {
+      await ensureStored('f16w');
+      resetLog();
+      const { info } = await load(page, { ...f32, dtype: 'q8' });
+      assert(info.numerics === 'q8' && info.numericsReason === 'requested' && info.codec.downloaded === 0, JSON.stringify(info));
+      const store = await checkQuantizedStore('q8', info);
+      const r = await generate(page, t0Text, GREEDY);
+      const parity = checkNative('q8', r.audio);
+      return `${store}; ${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s, ${parity}`;
+    });
+
+    await test('q4: stored form in IndexedDB (MLP and logits head in 4 bits, attention in 8), fewer bytes than q8; a reload loads it with zero requests; its generation of t0 equals the native q4 one', async () => {
+      await ensureStored('f16w');
+      await ensureStored('q8');
+      const { info } = await load(page, { ...f32, dtype: 'q4' });
+      assert(info.numerics === 'q4' && info.model.downloaded > 0, JSON.stringify(info));
+      const store = await checkQuantizedStore('q4', info);
+      const q8 = await storedTotal(`${base}|tiny/dia|main|q8`);
+      assert(info.model.storedBytes < q8, `q4 stores ${info.model.storedBytes} bytes, q8 ${q8}`);
+      await call(page, () => window.tts.dispose());
+      await page.reload();
+      await page.waitForSelector('body[data-ready=yes]');
+      resetLog();
+      const again = await load(page, { ...f32, dtype: 'q4' });
+      assert(log.length === 0, `${log.length} requests: ${log.map((e) => e.path).join(', ')}`);
+      assert(again.info.fromCache && again.info.model.downloaded === 0, JSON.stringify(again.info));
+      assert(again.info.model.storedBytes === info.model.storedBytes, 'the same bytes came back from the store');
+      // The generation runs on the engine fed from the store (records split back into their halves).
+      const r = await generate(page, t0Text, GREEDY);
+      const parity = checkNative('q4', r.audio);
+      assert(r.gpuMemory?.peak >= again.info.gpuMemory.allocated, `gpuMemory after generating ${JSON.stringify(r.gpuMemory)}`);
+      return `${store}; from the store: ${again.info.tensors} tensors, 0 requests; ${r.audio.length} samples, ${parity}, GPU peak ${(r.gpuMemory.peak / 1e6).toFixed(2)} MB`;
+    });
+
+    await test('GPU memory after loading: f32 > f16w > q8 > q4 (engine.memory())', async () => {
+      for (const mode of ['f32', 'f16w']) {
+        if (gpuAfterLoad[mode] === undefined) gpuAfterLoad[mode] = (await load(page, { ...f32, dtype: mode })).info.gpuMemory.allocated;
+      }
+      for (const mode of ['q8', 'q4']) {
+        if (gpuAfterLoad[mode] === undefined) gpuAfterLoad[mode] = (await load(page, { ...f32, dtype: mode })).info.gpuMemory.allocated;
+      }
+      const order = ['f32', 'f16w', 'q8', 'q4'].map((m) => gpuAfterLoad[m]);
+      assert(order.every((x, i) => i === 0 || x < order[i - 1]), `allocated after load: ${JSON.stringify(gpuAfterLoad)}`);
+      return Object.entries(gpuAfterLoad).map(([m, b]) => `${m} ${(b / 1e6).toFixed(2)} MB`).join(', ');
+    });
+
+    await test('converted q4 checkpoint (dia-tts convert) loads as is with dtype auto: its halves stored unchanged, equal to quantizing on load; generation equals native q4; a reload makes no request', async () => {
+      if (mock) return 'mock engine: skipped (needs the native converter)';
+      const dir = native.convert('q4', convertedQ4);
+      const file = readSafetensors(join(dir, 'model.safetensors'));
+      await ensureStored('q4');
+      resetLog();
+      const { info } = await load(page, { ...f32, model: 'tiny-q4conv/dia', dtype: 'auto' });
+      assert(info.numerics === 'q4' && info.converted === 'q4' && /converted for q4/.test(info.numericsReason), `${info.numerics}: ${info.numericsReason}`);
+      // As is: every record is the file's tensor, byte for byte (its SHA-256), with no layout of its own.
+      const conv = await manifest(`${base}|tiny-q4conv/dia|main|q4`);
+      for (const t of conv.tensors) {
+        assert(!t.parts && t.hash === sha256(tensorBytes(file, t.name)), `${t.name}: stored ${t.parts ? 'converted' : 'other bytes'}`);
+      }
+      assert(conv.tensors.some((t) => t.name.endsWith('.qweight')), 'the converted checkpoint has quantized halves');
+      // Bit-identical to the browser's own quantization on load (the q4 store of the f32 checkpoint).
+      const onLoad = await manifest(`${base}|tiny/dia|main|q4`);
+      for (const t of onLoad.tensors) {
+        const names = (t.parts ?? [t]).map((p) => p.name);
+        const want = sha256(Buffer.concat(names.map((n) => tensorBytes(file, n))));
+        assert(t.hash === want, `${t.name}: quantized on load ≠ converted (${names.join(' + ')})`);
+      }
+      const r = await generate(page, t0Text, GREEDY);
+      const parity = checkNative('q4', r.audio);
+      await call(page, () => window.tts.dispose());
+      await page.reload();
+      await page.waitForSelector('body[data-ready=yes]');
+      resetLog();
+      const again = await load(page, { ...f32, model: 'tiny-q4conv/dia', dtype: 'auto' });
+      assert(log.length === 0 && again.info.numerics === 'q4', `${log.length} requests, ${again.info.numerics}`);
+      return `${conv.tensors.length} tensors as is (${(info.model.storedBytes / 1e6).toFixed(2)} MB), ${onLoad.tensors.length} equal to quantizing on load; ${parity}; "${info.numericsReason}"`;
+    });
+
     await test('sharded checkpoint (model.safetensors.index.json + 2 shards): same tensors, same bytes', async () => {
       resetLog();
       const { info } = await load(page, { ...f32, model: 'tiny-sharded/dia' });
@@ -653,14 +862,18 @@ async function main() {
       });
     }
 
-    await test('quota exceeded while storing weights → QuotaExceededError', async () => {
-      const ctx = await browser.newContext();
-      const p = await openPage(ctx, testPage);
-      const cdp = await ctx.newCDPSession(p);
-      await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 300000 });
-      const err = await expectError(load(p, f32), 'QuotaExceededError');
-      await ctx.close();
-      return err.message;
+    await test('quota exceeded while storing weights → QuotaExceededError (f32, and q4 whose records come from the engine)', async () => {
+      const messages = [];
+      for (const dtype of ['f32', 'q4']) {
+        const ctx = await browser.newContext();
+        const p = await openPage(ctx, testPage);
+        const cdp = await ctx.newCDPSession(p);
+        await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 300000 });
+        const err = await expectError(load(p, { ...f32, dtype }), 'QuotaExceededError');
+        await ctx.close();
+        messages.push(`${dtype}: ${err.message}`);
+      }
+      return messages.join(' | ');
     });
 
     await test('site data cleared while a load is under way → CacheEvictedError', async () => {
@@ -699,13 +912,15 @@ async function main() {
       return 'per-repo and whole-store clearing';
     });
 
-    await test('demo page: loads, generates, draws the waveform, offers a WAV (screenshot)', async () => {
+    await test('demo page: loads in q4 (download, stored and GPU sizes shown), generates, draws the waveform, offers a WAV (screenshot)', async () => {
       const demo = await context.newPage();
       demo.on('pageerror', (e) => console.log(`  [demo error] ${e.message}`));
-      const q = new URLSearchParams({ model: 'tiny/dia', codec: 'tiny/dac', base, dtype: 'f32' });
+      const q = new URLSearchParams({ model: 'tiny/dia', codec: 'tiny/dac', base, dtype: 'q4' });
       await demo.goto(`${origin}/pkg/demo/index.html?${q}`);
       await demo.click('#load');
       await demo.waitForSelector('#status[data-state=ready]', { timeout: 120000 });
+      const sizes = await demo.evaluate(() => ({ ...document.querySelector('#sizes').dataset, text: document.querySelector('#sizes').textContent }));
+      assert(sizes.numerics === 'q4' && Number(sizes.stored) > 0 && Number(sizes.stored) < Number(sizes.download) && Number(sizes.gpu) > 0, `sizes shown: ${JSON.stringify(sizes)}`);
       await demo.click('summary:has-text("Sampling")');
       await demo.fill('#max-tokens', mock ? '40' : '24'); // 24 steps: the fewest that give audio, to keep it short
       await demo.fill('#temperature', '0');
@@ -718,13 +933,14 @@ async function main() {
         for (let i = 0; i < pixels.length; i += 4) if (pixels[i] !== pixels[0] || pixels[i + 1] !== pixels[1] || pixels[i + 2] !== pixels[2]) inked++;
         const link = document.querySelector('#download');
         const wav = await (await fetch(link.href)).arrayBuffer();
-        return { inked, wav: wav.byteLength, samples: Number(document.querySelector('#status').dataset.samples), name: link.download };
+        return { inked, wav: wav.byteLength, samples: Number(document.querySelector('#status').dataset.samples), name: link.download, peak: Number(document.querySelector('#sizes').dataset.gpuPeak) };
       });
       await demo.screenshot({ path: join(artifacts, 'demo.png'), fullPage: true });
       await demo.close();
       assert(r.inked > 500, `only ${r.inked} waveform pixels drawn`);
       assert(r.wav === 44 + 2 * r.samples && r.samples > 0, `WAV of ${r.wav} bytes for ${r.samples} samples`);
-      return `${r.samples} samples, ${r.inked} waveform pixels, ${r.name} (${r.wav} bytes); artifacts/demo.png`;
+      assert(r.peak >= Number(sizes.gpu), `GPU peak after generating ${r.peak} < ${sizes.gpu} after loading`);
+      return `"${sizes.text}" ${r.samples} samples, ${r.inked} waveform pixels, ${r.name} (${r.wav} bytes); artifacts/demo.png`;
     });
   } finally {
     await browser.close();

@@ -176,6 +176,88 @@ export const unitTests = [
     },
   ],
   [
+    "dtype 'auto': q4 on mobile / ≤ 4 GB / limits < 1 GiB / shared-memory GPUs, f16w on NVIDIA/AMD with ≥ 2 GiB limits, else q8",
+    async () => {
+      const { chooseDtype, deviceSignals } = await import('../../web/src/dtype.js');
+      const GiB = 2 ** 30;
+      const gpu = (vendor, limit, fallback = false) => ({ adapter: { vendor, isFallbackAdapter: fallback }, maxStorageBufferBindingSize: limit, maxBufferSize: limit });
+      const desktop = { mobile: false, deviceMemory: 8 };
+      const cases = [
+        [gpu('nvidia', 4 * GiB), desktop, 'f16w'],
+        [gpu('amd', 2 * GiB), desktop, 'f16w'],
+        [gpu('nvidia', 4 * GiB), { mobile: false }, 'f16w'], // deviceMemory unknown (Firefox, Safari)
+        [gpu('nvidia', 1.5 * GiB), desktop, 'q8'], // discrete, but limits below 2 GiB
+        [{ ...gpu('nvidia', 4 * GiB), maxBufferSize: 512 * 2 ** 20 }, desktop, 'q4'], // the smaller limit counts
+        [gpu('nvidia', 4 * GiB), { mobile: true, deviceMemory: 8 }, 'q4'],
+        [gpu('nvidia', 4 * GiB), { mobile: false, deviceMemory: 4 }, 'q4'],
+        [gpu('intel', 4 * GiB), desktop, 'q4'],
+        [gpu('apple', 4 * GiB), desktop, 'q4'],
+        [gpu('qualcomm', 2 * GiB), desktop, 'q4'],
+        [gpu('arm', 128 * 2 ** 20), { mobile: true, deviceMemory: 2 }, 'q4'],
+        [gpu('google', GiB, true), desktop, 'q8'], // SwiftShader: 1 GiB limits, a fallback adapter
+        [gpu('nvidia', 4 * GiB, true), desktop, 'q8'], // a fallback adapter is never the discrete GPU
+        [gpu('', 4 * GiB), desktop, 'q8'], // vendor not given
+        [gpu('Intel', 4 * GiB), desktop, 'q4'], // case does not matter
+      ];
+      for (const [caps, device, want] of cases) {
+        const { dtype, reason } = chooseDtype(caps, device);
+        assert(dtype === want && reason, `${JSON.stringify(caps)} ${JSON.stringify(device)} → ${dtype} (${reason}), want ${want}`);
+      }
+      assert(chooseDtype().dtype === 'q4', 'nothing known (limits 0) → q4');
+      // Signals: userAgentData first, then the UA string; deviceMemory only when a positive number.
+      assert(deviceSignals({ userAgentData: { mobile: false }, userAgent: 'Mozilla/5.0 (Linux; Android 14) Mobile', deviceMemory: 8 }).mobile === false, 'userAgentData wins');
+      assert(deviceSignals({ userAgent: 'Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X)' }).mobile === true, 'iPhone UA');
+      const d = deviceSignals({ userAgent: 'Mozilla/5.0 (X11; Linux x86_64)', deviceMemory: 0 });
+      assert(d.mobile === false && d.deviceMemory === undefined, JSON.stringify(d));
+      assert(deviceSignals(undefined).mobile === false, 'no navigator');
+    },
+  ],
+  [
+    'q8/q4 store records: stored form from the engine, halves packed back to back and split again; converted checkpoints as they are',
+    async () => {
+      const { storedForm, packParts, unpackParts, quantizedBase, wantedModelTensors, convertedMode } = await import('../../worker/loader.js');
+      const { parseHeader } = await import('../../worker/safetensors.js');
+      const raw = Uint8Array.from({ length: 4 * 6 }, (_, i) => i);
+      const matrix = { name: 'model.decoder.layers.0.mlp.down_proj.weight', dtype: 'F32', shape: [2, 3] };
+      const calls = [];
+      // A stand-in for the engine's storedTensors (what it returns, not how it quantizes).
+      const toStored = (name, dtype, shape, bytes, numerics) => {
+        calls.push([name, dtype, [...shape], bytes.length, numerics]);
+        const base = name.replace(/\.weight$/, '');
+        return [
+          { name: `${base}.qweight`, dtype: 'U32', shape: Uint32Array.from([2, 8]), bytes: new Uint8Array(64).fill(7) },
+          { name: `${base}.scales`, dtype: 'F16', shape: Uint32Array.from([2, 1]), bytes: new Uint8Array(4).fill(9) },
+        ];
+      };
+      const parts = storedForm(matrix, raw, 'q8', toStored);
+      assert(calls.length === 1 && String(calls[0]) === String([matrix.name, 'F32', [2, 3], 24, 'q8']), JSON.stringify(calls));
+      const record = packParts(matrix, parts, 'q8');
+      assert(record.bytes.length === 68 && record.layout.length === 2 && record.layout[1].length === 4, JSON.stringify(record.layout));
+      const back = unpackParts({ ...matrix, parts: record.layout }, record.bytes, 'q8');
+      assert(back.map((p) => `${p.name}:${p.dtype}:${p.shape}:${p.bytes.length}:${p.bytes[0]}`).join(' ') === 'model.decoder.layers.0.mlp.down_proj.qweight:U32:2,8:64:7 model.decoder.layers.0.mlp.down_proj.scales:F16:2,1:4:9', 'split back');
+      assert(unpackParts({ ...matrix, parts: record.layout }, record.bytes.subarray(1), 'q8') === null, 'a layout that does not cover the record');
+      // A half of a converted checkpoint is kept as it is, without the engine.
+      const half = { name: 'model.decoder.layers.0.mlp.down_proj.qweight', dtype: 'U32', shape: [2, 8] };
+      const halfRaw = new Uint8Array(64);
+      const kept = storedForm(half, halfRaw, 'q4', toStored);
+      assert(calls.length === 1 && kept.length === 1 && kept[0].bytes === halfRaw, 'halves bypass storedTensors');
+      assert(packParts(half, kept, 'q4').layout === null, 'stored as the tensor itself');
+      // f32 / f16w records stay as before (no layout); f16w matrices are f16.
+      const f16 = storedForm(matrix, raw, 'f16w');
+      assert(f16[0].dtype === 'F16' && f16[0].bytes.length === 12 && packParts(matrix, f16, 'f16w').layout === null, 'f16w');
+      assert(unpackParts(matrix, f16[0].bytes, 'f16w')[0].dtype === 'F16', 'f16w read back');
+      assert(quantizedBase('a.b.qweight') === 'a.b.weight' && quantizedBase('a.b.scales') === 'a.b.weight' && quantizedBase('a.b.weight') === null, 'quantizedBase');
+      // The engine asks for <base>.weight; a converted checkpoint answers with both halves.
+      const t = (name) => ({ name });
+      const w = wantedModelTensors([t('n.weight'), t('m.qweight'), t('m.scales'), t('lonely.qweight'), t('extra.weight')], ['n.weight', 'm.weight', 'lonely.weight']);
+      assert(w.needed.map((x) => x.name).join(' ') === 'n.weight m.qweight m.scales' && String(w.missing) === 'lonely.weight', JSON.stringify(w));
+      // The converted mode comes from the safetensors metadata.
+      const header = parseHeader(new TextEncoder().encode(JSON.stringify({ __metadata__: { format: 'pt', 'dia_webgpu.numerics': 'q4' }, a: { dtype: 'U32', shape: [1, 4], data_offsets: [0, 16] } })), 'f');
+      assert(header.length === 1 && convertedMode(header.metadata) === 'q4', JSON.stringify(header.metadata));
+      assert(convertedMode({ 'dia_webgpu.numerics': 'q3' }) === null && convertedMode(undefined) === null, 'unknown modes are not trusted');
+    },
+  ],
+  [
     'toWav: RIFF header, 16-bit clipping, 32-bit float option',
     async () => {
       const { toWav } = await import('../../web/src/wav.js');

@@ -1,4 +1,4 @@
-// The demo page. Query parameters (for local checkpoints): ?model=org/name&codec=org/name&base=URL&dtype=f32
+// The demo page. Query parameters (for local checkpoints): ?model=org/name&codec=org/name&base=URL&dtype=q4
 import { decodeAudio, DiaTTS, PcmPlayer, SAMPLE_RATE, toWav } from '../dist/index.js';
 
 const $ = (id) => document.getElementById(id);
@@ -48,7 +48,17 @@ async function showCapabilities() {
   $('caps').textContent =
     `WebGPU adapter: ${a.description || a.vendor || 'unknown'}${a.isFallbackAdapter ? ' (software fallback)' : ''}; ` +
     `shader-f16 ${caps.shaderF16 ? 'yes' : 'no'} (not needed); max buffer binding ${mb(caps.maxStorageBufferBindingSize)} MB; ` +
-    `${caps.crossOriginIsolated ? 'cross-origin isolated (shared-memory audio)' : 'not cross-origin isolated'}.`;
+    `${caps.crossOriginIsolated ? 'cross-origin isolated (shared-memory audio)' : 'not cross-origin isolated'}; ` +
+    `auto weights: ${caps.autoDtype.dtype} (${caps.autoDtype.reason}).`;
+}
+
+/** Download, stored and GPU sizes of the loaded mode (`peak`: after the last generation, when there was one). */
+function showSizes(info, gpu = info.gpuMemory) {
+  const el = $('sizes');
+  el.textContent =
+    `${info.numerics} (${info.numericsReason}): download ${mb(info.downloadBytes)} MB, stored ${mb(info.storedBytes)} MB, ` +
+    `GPU memory ${mb(gpu.allocated)} MB (peak ${mb(gpu.peak)} MB).`;
+  Object.assign(el.dataset, { numerics: info.numerics, download: String(info.downloadBytes), stored: String(info.storedBytes), gpu: String(gpu.allocated), gpuPeak: String(gpu.peak) });
 }
 
 async function load() {
@@ -71,6 +81,7 @@ async function load() {
     const i = tts.info;
     $('progress').value = 100;
     setStatus('ready', `Ready in ${i.seconds.toFixed(1)} s: ${i.tensors} tensors, ${i.fromCache ? 'all from this browser\'s storage' : `${mb(i.networkBytes)} MB downloaded`}. ${i.adapterInfo}`);
+    showSizes(i);
   } catch (e) {
     setStatus('error', 'Loading failed.');
     showError(e);
@@ -154,6 +165,7 @@ async function generate() {
     offerDownload(audio);
     const speed = audio.length / SAMPLE_RATE / r.seconds;
     $('result').textContent = `${(audio.length / SAMPLE_RATE).toFixed(2)} s of audio, ${r.steps} steps in ${r.seconds.toFixed(1)} s (${speed >= 0.1 ? speed.toFixed(2) : speed.toPrecision(2)}× real time).`;
+    showSizes(tts.info, r.gpuMemory);
     setStatus('done', 'Done.', { samples: String(audio.length) });
   } catch (e) {
     setStatus(e.name === 'CancelledError' ? 'ready' : 'error', e.name === 'CancelledError' ? 'Stopped.' : 'Generation failed.');

@@ -1,8 +1,10 @@
 // Feature detection, before any download: WebGPU present, an adapter, its limits and features.
+import { chooseDtype, deviceSignals } from './dtype.js';
 import { WebGPUUnavailableError } from './worker/errors.js';
 
-/** Largest Dia-1.6B matrix (decoder MLP gate/up, 16384 × 2048) as the engine binds it, per numerics. */
-export const LARGEST_BINDING = { f32: 16384 * 2048 * 4, f16w: 16384 * 2048 * 2 };
+/** Largest Dia-1.6B buffer the engine binds, per numerics (as the engine asks, crate/src/wasm.rs): the decoder MLP
+ *  gate/up (16384 × 2048) in f32 or f16; q8 and q4 ask as f16w does (their f16 embedding tables stay as large). */
+export const LARGEST_BINDING = { f32: 16384 * 2048 * 4, f16w: 16384 * 2048 * 2, q8: 16384 * 2048 * 2, q4: 16384 * 2048 * 2 };
 
 /**
  * What this browser offers. Never throws: `webgpu` false with `reason` when unusable.
@@ -29,24 +31,27 @@ export async function capabilities() {
     return { ...base, reason: 'WebGPU is present but offered no GPU adapter (the GPU may be blocklisted or disabled; see chrome://gpu).' };
   }
   const info = adapter.info ?? {};
-  return {
+  const caps = {
     ...base,
     webgpu: true,
     adapter: { vendor: info.vendor ?? '', architecture: info.architecture ?? '', description: info.description ?? '', isFallbackAdapter: info.isFallbackAdapter ?? false },
     shaderF16: adapter.features.has('shader-f16'),
     maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
     maxBufferSize: adapter.limits.maxBufferSize,
+    device: deviceSignals(),
   };
+  return { ...caps, autoDtype: chooseDtype(caps, caps.device) };
 }
 
-/** Throws WebGPUUnavailableError with a readable message when `numerics` cannot run here. */
-export async function requireWebGPU(numerics) {
+/** Throws WebGPUUnavailableError with a readable message when `dtype` ('auto': the mode it picks here) cannot run here. */
+export async function requireWebGPU(dtype) {
   const caps = await capabilities();
   if (!caps.webgpu) throw new WebGPUUnavailableError(caps.reason, { capabilities: caps });
+  const numerics = dtype === 'auto' ? caps.autoDtype.dtype : dtype;
   const need = LARGEST_BINDING[numerics];
   const limit = Math.min(caps.maxStorageBufferBindingSize, caps.maxBufferSize);
   if (limit < need) {
-    const hint = numerics === 'f32' && limit >= LARGEST_BINDING.f16w ? ' Load with dtype "f16w", which needs half as much.' : '';
+    const hint = numerics === 'f32' && limit >= LARGEST_BINDING.f16w ? ' Load with dtype "f16w", "q8" or "q4", which need half as much.' : '';
     throw new WebGPUUnavailableError(
       `This GPU binds at most ${(limit / 2 ** 20).toFixed(0)} MiB per buffer; the model needs ${need / 2 ** 20} MiB in ${numerics}.${hint}`,
       { capabilities: caps, reason: 'limits' },

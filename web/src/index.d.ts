@@ -2,7 +2,17 @@
 
 export declare const SAMPLE_RATE: 44100;
 
-export type Dtype = 'f16w' | 'f32' | 'auto';
+/** The engine's weight modes: f32 (exact), f16w (f16 weights), q8 / q4 (block-quantized matrices; q4 keeps the
+ *  attention projections in 8 bits). Arithmetic is f32 in every mode; none needs shader-f16. */
+export type Numerics = 'f32' | 'f16w' | 'q8' | 'q4';
+/** A mode, or 'auto' (the default): the mode `chooseDtype` picks for this adapter and device (web/README.md). */
+export type Dtype = Numerics | 'auto';
+
+/** Bytes of GPU memory the engine's buffers hold now, and the most they have held since the engine started. */
+export interface GpuMemory {
+  allocated: number;
+  peak: number;
+}
 
 export interface LoadProgress {
   /** resolving: reading config + headers; downloading: bytes arriving; downloaded / cached: one tensor
@@ -27,7 +37,8 @@ export interface LoadOptions {
   model?: string;
   /** DAC repository (default "descript/dac_44khz"). */
   codec?: string;
-  /** "f16w" (default: f16 weights, f32 arithmetic, no shader-f16 needed) or "f32" (exact, twice the memory). */
+  /** "auto" (default: picked per adapter, see chooseDtype; a converted checkpoint's own mode when it takes no
+   *  more memory), "f16w" (f16 weights), "q8", "q4" (quantized) or "f32" (exact, the most memory). */
   dtype?: Dtype;
   onProgress?: (progress: LoadProgress) => void;
   /** Hub root: files are fetched from `{baseUrl}/{repo}/resolve/{revision}/{file}` (default https://huggingface.co). */
@@ -43,11 +54,23 @@ export interface LoadOptions {
 
 export interface LoadInfo {
   adapterInfo: string;
-  numerics: 'f16w' | 'f32';
+  /** The mode the engine runs in. */
+  numerics: Numerics;
+  /** Why: "requested", or "auto: …" with the rule that chose it. */
+  numericsReason: string;
+  /** The mode the model checkpoint was converted for (`dia-tts convert`), or null for an original checkpoint. */
+  converted: Numerics | null;
   /** True when not a single request was made (everything came from the weight store). */
   fromCache: boolean;
   requests: number;
+  /** Bytes that came over the network in this load. */
   networkBytes: number;
+  /** Checkpoint bytes of every tensor loaded (model + codec): what a first load downloads. */
+  downloadBytes: number;
+  /** Bytes of their stored form (model + codec): what the weight store holds (or would, with cache: false). */
+  storedBytes: number;
+  /** GPU memory once loaded (weights, codec and the engine's fixed buffers). */
+  gpuMemory: GpuMemory;
   tensors: number;
   model: ComponentStats;
   codec: ComponentStats;
@@ -61,6 +84,10 @@ export interface ComponentStats {
   corrupt: string[];
   /** Stored tensors that had disappeared (fetched again). */
   missing: string[];
+  /** Checkpoint bytes of this component's tensors. */
+  downloadBytes: number;
+  /** Bytes of their stored form. */
+  storedBytes: number;
 }
 
 export interface GenerateOptions {
@@ -84,6 +111,8 @@ export interface GenerationStats {
   samples: number;
   steps: number;
   seconds: number;
+  /** GPU memory after the generation; `peak` includes its caches and activations. */
+  gpuMemory: GpuMemory;
 }
 
 export interface GeneratedAudio extends GenerationStats {
@@ -121,6 +150,17 @@ export interface Capabilities {
   shaderF16?: boolean;
   maxStorageBufferBindingSize?: number;
   maxBufferSize?: number;
+  /** The device signals dtype 'auto' reads besides the adapter. */
+  device?: DeviceSignals;
+  /** What dtype 'auto' loads here (before a converted checkpoint's own mode is considered). */
+  autoDtype?: { dtype: 'f16w' | 'q8' | 'q4'; reason: string };
+}
+
+export interface DeviceSignals {
+  /** navigator.userAgentData.mobile, else a mobile user agent string. */
+  mobile: boolean;
+  /** navigator.deviceMemory in GB, where the browser tells it. */
+  deviceMemory?: number;
 }
 
 export declare class DiaTTS {
@@ -144,6 +184,12 @@ export declare class DiaTTS {
 export declare function toWav(audio: Float32Array | { audio: Float32Array; samplingRate?: number }, samplingRate?: number, options?: { float?: boolean }): Uint8Array;
 export declare function decodeAudio(input: Blob | ArrayBuffer | Uint8Array): Promise<Float32Array>;
 export declare function capabilities(): Promise<Capabilities>;
+/** The rule behind dtype 'auto' (pure; web/README.md): q4 on mobile devices, with ≤ 4 GB of memory, buffer limits
+ *  under 1 GiB or GPUs that share system memory; f16w on NVIDIA/AMD GPUs with ≥ 2 GiB limits; q8 otherwise. */
+export declare function chooseDtype(
+  capabilities: Pick<Capabilities, 'adapter' | 'maxStorageBufferBindingSize' | 'maxBufferSize'>,
+  device?: Partial<DeviceSignals>,
+): { dtype: 'f16w' | 'q8' | 'q4'; reason: string };
 
 export interface Playback {
   readonly stream: number;

@@ -1,5 +1,6 @@
 // dia-webgpu: Dia 1.6B text-to-speech + the DAC codec on WebGPU, in a Web Worker.
 import { capabilities, requireWebGPU } from './features.js';
+import { chooseDtype, DTYPES } from './dtype.js';
 import { decodeAudio, toMono44k } from './audio.js';
 import { canShareMemory, PcmPlayer, SAMPLE_RATE } from './player.js';
 import { toWav } from './wav.js';
@@ -19,19 +20,19 @@ export {
 } from './worker/errors.js';
 import { deleteWeightDatabase, WeightStore } from './worker/store.js';
 
-export { capabilities, decodeAudio, PcmPlayer, SAMPLE_RATE, toWav };
+export { capabilities, chooseDtype, decodeAudio, PcmPlayer, SAMPLE_RATE, toWav };
 
 const DEFAULTS = {
   model: 'nari-labs/Dia-1.6B-0626',
   codec: 'descript/dac_44khz',
   baseUrl: 'https://huggingface.co',
   revision: 'main',
-  dtype: 'f16w',
+  dtype: 'auto',
   cache: true,
   encoder: true,
 };
 
-const NUMERICS = { f16w: 'f16w', auto: 'f16w', f32: 'f32' };
+const DTYPE_OPTIONS = ['auto', ...DTYPES];
 // testHook is test-only (the package's own tests inject a panic or a device loss with it).
 const ENGINE_OPTIONS = ['temperature', 'topP', 'cfgScale', 'cfgFilterTopK', 'seed', 'maxNewTokens', 'testHook'];
 // EngineError codes after which the worker's engine is unusable.
@@ -68,12 +69,24 @@ export class DiaTTS {
    */
   static async load(options = {}) {
     const o = { ...DEFAULTS, ...options };
-    const numerics = NUMERICS[o.dtype];
-    if (!numerics) throw new InvalidOptionError(`dtype must be "f16w" (default), "f32" or "auto", not ${JSON.stringify(o.dtype)}`);
-    const caps = await requireWebGPU(numerics);
+    if (!DTYPE_OPTIONS.includes(o.dtype)) throw new InvalidOptionError(`dtype must be "auto" (default), "f16w", "q8", "q4" or "f32", not ${JSON.stringify(o.dtype)}`);
+    const auto = o.dtype === 'auto';
+    const caps = await requireWebGPU(o.dtype);
+    const numerics = auto ? caps.autoDtype.dtype : o.dtype;
     if (o.cache) navigator.storage?.persist?.().catch(() => {}); // ask the browser not to evict the weights
     const spawn = () => new Worker(o.workerUrl ?? new URL('./worker/worker.js', import.meta.url), { type: 'module', name: 'dia-webgpu' });
-    const loadMessage = { type: 'load', model: o.model, codec: o.codec, baseUrl: o.baseUrl, revision: o.revision, numerics, cache: o.cache, encoder: o.encoder };
+    const loadMessage = {
+      type: 'load',
+      model: o.model,
+      codec: o.codec,
+      baseUrl: o.baseUrl,
+      revision: o.revision,
+      numerics,
+      auto,
+      autoReason: auto ? caps.autoDtype.reason : undefined,
+      cache: o.cache,
+      encoder: o.encoder,
+    };
     const tts = new DiaTTS(spawn(), caps, { spawn, loadMessage });
     try {
       tts.info = await tts.#send(loadMessage, { onProgress: o.onProgress });
@@ -250,11 +263,11 @@ export class DiaTTS {
     const started = this.#queue.then(() => (job.stopped ? Promise.reject(new CancelledError('the generation was cancelled before it started')) : run()));
     this.#queue = started.catch(() => {});
     job.done = started.then(
-      ({ samples, steps, seconds }) => {
+      ({ samples, steps, seconds, gpuMemory }) => {
         // A generation that ended while its cancel was on the way still counts as cancelled: its last
         // chunks were dropped.
         if (job.stopped) throw new CancelledError('the generation was cancelled');
-        return { samples, steps, seconds };
+        return { samples, steps, seconds, gpuMemory };
       },
     );
     job.done.then(

@@ -3,7 +3,33 @@
 // It validates tensors like the engine (names from the config, byte sizes), folds every tensor into a
 // checksum, and "generates" a deterministic tone from the text, options and checksum in timed chunks.
 
-const DTYPE_BYTES = { F32: 4, F16: 2, BF16: 2 };
+const DTYPE_BYTES = { F32: 4, F16: 2, BF16: 2, U32: 4 };
+const NUMERICS = ['f32', 'f16w', 'q8', 'q4'];
+const EMBEDDINGS = new Set(['model.encoder.embedding.weight', 'model.decoder.embeddings.embed.weight']);
+const halfOf = (name) => /^(.*)\.(qweight|scales)$/.exec(name);
+
+/** The real engine's storedTensors, in shapes and dtypes (groups of 32; q4 keeps attention at q8); the bytes are a
+ *  deterministic digest of the input, not a quantization. */
+export function storedTensors(name, dtype, shape, bytes, numerics) {
+  if (!NUMERICS.includes(numerics)) throw new Error(`unknown numerics ${numerics}`);
+  check(name, dtype, shape, bytes);
+  if (halfOf(name)) return [{ name, dtype, shape: Uint32Array.from(shape), bytes: Uint8Array.from(bytes) }];
+  const digest = (n) => Uint8Array.from({ length: n }, (_, i) => bytes[(i * 7919) % bytes.length] ^ (i & 0xff));
+  const numel = [...shape].reduce((a, d) => a * d, 1);
+  const one = (dt) => [{ name, dtype: dt, shape: Uint32Array.from(shape), bytes: digest(numel * DTYPE_BYTES[dt]) }];
+  if (shape.length !== 2) return one('F32');
+  if (EMBEDDINGS.has(name)) return one(numerics === 'f32' ? 'F32' : 'F16');
+  if (numerics === 'f32') return one('F32');
+  if (numerics === 'f16w') return one('F16');
+  const [rows, cols] = shape;
+  const groups = Math.ceil(cols / 32);
+  const words = numerics === 'q8' || /_attention\./.test(name) ? 8 : 4;
+  const base = name.replace(/\.weight$/, '');
+  return [
+    { name: `${base}.qweight`, dtype: 'U32', shape: Uint32Array.from([rows, groups * words]), bytes: digest(rows * groups * words * 4) },
+    { name: `${base}.scales`, dtype: 'F16', shape: Uint32Array.from([rows, groups]), bytes: digest(rows * groups * 2) },
+  ];
+}
 
 function modelNames(cfg) {
   const names = ['model.encoder.embedding.weight', 'model.encoder.norm.weight', 'model.decoder.embeddings.embed.weight', 'model.decoder.norm.weight', 'logits_dense.weight'];
@@ -36,7 +62,7 @@ export default async function init() {}
 
 export class DiaEngine {
   static async create(numerics) {
-    if (numerics !== 'f32' && numerics !== 'f16w') throw new Error(`unknown numerics ${numerics}`);
+    if (!NUMERICS.includes(numerics)) throw new Error(`unknown numerics ${numerics}`);
     if (!navigator.gpu || !(await navigator.gpu.requestAdapter())) throw new Error('WebGPU is not available here');
     return new DiaEngine(numerics);
   }
@@ -61,10 +87,23 @@ export class DiaEngine {
 
   putModelTensor(name, dtype, shape, bytes) {
     if (!this.pending) throw new Error('no model is being loaded: call beginModel first');
-    if (!this.pending.has(name)) throw new Error(`unexpected tensor ${name}`);
+    const half = halfOf(name);
+    const base = half ? `${half[1]}.weight` : name;
+    if (!this.pending.has(base)) throw new Error(`unexpected tensor ${name}`);
     check(name, dtype, shape, bytes);
     this.checksum = fold(this.checksum, bytes);
-    this.pending.delete(name);
+    if (half) {
+      // The first half waits for the second, as in the engine.
+      this.halves ??= new Set();
+      if (!this.halves.has(base)) return void this.halves.add(base);
+      this.halves.delete(base);
+    }
+    this.pending.delete(base);
+  }
+
+  memory() {
+    const bytes = 1e6 * (this.numerics === 'f32' ? 8 : this.numerics === 'f16w' ? 4 : this.numerics === 'q8' ? 2 : 1);
+    return { allocated: bytes, peak: bytes };
   }
 
   modelMissing() {
