@@ -765,3 +765,17 @@ fn weights_sources_bounds() {
     assert!(matches!(file.read_at(file.len() - 15, &mut tail), Err(WeightsError::ReadOutOfRange { .. })));
     assert!(matches!(FileSource::open(dia_dir().join("absent.safetensors")), Err(WeightsError::Io { .. })));
 }
+
+/// The browser's feature check (web/src/features.js) asks for the same largest binding as the engine does.
+#[test]
+fn weights_largest_binding_matches_the_browser_check() {
+    use dia_webgpu::kernels::Numerics;
+    let js = std::fs::read_to_string(common::repo_root().join("web/src/features.js")).unwrap();
+    let line = js.lines().find(|l| l.contains("export const LARGEST_BINDING")).expect("LARGEST_BINDING in features.js");
+    let cfg = DiaConfig::dia_1_6b();
+    for n in [Numerics::F32, Numerics::F16W, Numerics::Q8, Numerics::Q4] {
+        let want = dia_webgpu::dia::largest_matrix_bytes(&cfg, n);
+        assert!(line.contains(&format!("{}: {want}", n.name())), "features.js: {} should be {want}: {line}", n.name());
+    }
+    assert_eq!(dia_webgpu::dia::largest_matrix_bytes(&cfg, Numerics::F32), 16384 * 2048 * 4);
+}

@@ -48,7 +48,7 @@ mod native {
         #[arg(long, default_value_t = 5, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
         iters: usize,
         /// Weight storage modes to measure, comma-separated (f32, f16w).
-        #[arg(long, value_delimiter = ',', default_value = "f32,f16w", value_parser = parse_numerics)]
+        #[arg(long, value_delimiter = ',', default_value = "f32,f16w")]
         numerics: Vec<Numerics>,
         /// Also time every convolution tile shape forced on all layers.
         #[arg(long)]
@@ -56,10 +56,6 @@ mod native {
         /// Also time each layer of the decoder alone (tile and split-K as the per-call choice gives them).
         #[arg(long)]
         layers: bool,
-    }
-
-    fn parse_numerics(s: &str) -> Result<Numerics, String> {
-        Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w)"))
     }
 
     /// Small deterministic generator (xorshift64*), uniform in [−1, 1).

@@ -51,7 +51,7 @@ struct Args {
     #[arg(long, default_value_t = 10, value_parser = positive())]
     batch: usize,
     /// Weight storage (f32, f16w).
-    #[arg(long, default_value = "f16w", value_parser = parse_numerics)]
+    #[arg(long, default_value = "f16w")]
     numerics: dia_webgpu::kernels::Numerics,
     /// What the kernel does with each output (store, acc, swiglu).
     #[arg(long, default_value = "store", value_parser = parse_epilogue)]
@@ -82,10 +82,6 @@ fn positive() -> clap::builder::RangedU64ValueParser<usize> {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn parse_numerics(s: &str) -> Result<dia_webgpu::kernels::Numerics, String> {
-    dia_webgpu::kernels::Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w, q8, q4)"))
-}
-
 #[cfg(not(target_arch = "wasm32"))]
 fn parse_epilogue(s: &str) -> Result<dia_webgpu::kernels::linear::LinearEpilogue, String> {
     use dia_webgpu::kernels::linear::LinearEpilogue;

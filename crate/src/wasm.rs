@@ -82,17 +82,6 @@ enum TestHook {
     LoseDevice,
 }
 
-/// Largest Dia-1.6B matrix (decoder MLP gate/up, 16384 × 2048) in bytes for `numerics`: an adapter whose
-/// storage bindings are smaller cannot hold the real model, so `create` says so at once.
-fn largest_matrix_bytes(numerics: Numerics) -> u64 {
-    let words_per_row = match numerics {
-        Numerics::F32 => 2048,
-        // q8 / q4 matrices are smaller, but their f16 embedding tables and codec are not: ask as for f16w.
-        Numerics::F16W | Numerics::Q8 | Numerics::Q4 => 1024,
-    };
-    16384 * words_per_row * 4
-}
-
 /// `obj[key]` unless missing, undefined or null.
 fn get(obj: &JsValue, key: &str) -> Option<JsValue> {
     js_sys::Reflect::get(obj, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null())
@@ -131,7 +120,7 @@ impl DiaEngine {
             return Err(JsError::new("WebGPU is not available here: navigator.gpu is missing (a browser with WebGPU enabled, on https or localhost, is needed)"));
         }
         let adapter_label = browser_adapter_label().await.unwrap_or_default();
-        let opts = GpuOptions { high_performance: true, min_storage_binding: largest_matrix_bytes(numerics), want_shader_f16: true, want_tensor_cores: false };
+        let opts = GpuOptions { high_performance: true, min_storage_binding: crate::dia::largest_matrix_bytes(&DiaConfig::dia_1_6b(), numerics), want_shader_f16: true, want_tensor_cores: false };
         let gpu = Gpu::new(opts).await.map_err(|e| match e {
             GpuError::NoAdapter(why) => JsError::new(&format!(
                 "WebGPU gave no adapter: navigator.gpu.requestAdapter() found none (WebGPU disabled, or this GPU blocklisted; Chromium on a machine without a GPU needs --enable-unsafe-webgpu). Detail: {why}"

@@ -2,9 +2,10 @@
 import { chooseDtype, deviceSignals } from './dtype.js';
 import { WebGPUUnavailableError } from './worker/errors.js';
 
-/** Largest Dia-1.6B buffer the engine binds, per numerics (as the engine asks, crate/src/wasm.rs): the decoder MLP
- *  gate/up (16384 × 2048) in f32 or f16; q8 and q4 ask as f16w does (their f16 embedding tables stay as large). */
-export const LARGEST_BINDING = { f32: 16384 * 2048 * 4, f16w: 16384 * 2048 * 2, q8: 16384 * 2048 * 2, q4: 16384 * 2048 * 2 };
+/** Largest Dia-1.6B weight matrix the engine binds, per numerics, in bytes: `dia::largest_matrix_bytes` for the
+ *  1.6B config (crate/src/dia/model.rs; tests/weights.rs checks these figures against it). The decoder MLP gate/up
+ *  (16384 × 2048) in f32 and f16; in q8 and q4 the f16 decoder embedding (9252 × 2048) is the largest. */
+export const LARGEST_BINDING = { f32: 134217728, f16w: 67108864, q8: 37896192, q4: 37896192 };
 
 /**
  * What this browser offers. Never throws: `webgpu` false with `reason` when unusable.

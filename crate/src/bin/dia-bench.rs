@@ -58,7 +58,7 @@ mod native {
         #[arg(long, default_value = "full")]
         config: String,
         /// Weight storage modes to measure, comma-separated (f32, f16w).
-        #[arg(long, value_delimiter = ',', default_value = "f32,f16w", value_parser = parse_numerics)]
+        #[arg(long, value_delimiter = ',', default_value = "f32,f16w")]
         numerics: Vec<Numerics>,
         /// Decoder steps per timed run (submitted back to back, one wait at the end).
         #[arg(long, default_value_t = 500)]
@@ -103,10 +103,6 @@ mod native {
         /// Texts for `--quality` (repeatable); default: three built-in dialogue lines.
         #[arg(long)]
         text: Vec<String>,
-    }
-
-    fn parse_numerics(s: &str) -> std::result::Result<Numerics, String> {
-        Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?} (f32, f16w, q8, q4)"))
     }
 
     #[derive(Serialize)]
@@ -290,19 +286,9 @@ mod native {
         DacConfig { encoder_hidden: 4, decoder_hidden: 32, latent: 64, ..DacConfig::dac_44khz() }
     }
 
-    /// The largest weight matrix (bytes): the binding size the device must allow.
+    /// The binding size the device must allow: the largest weight matrix in any of `numerics`.
     fn biggest_matrix_bytes(cfg: &DiaConfig, numerics: &[Numerics]) -> u64 {
-        let (e, d) = (&cfg.encoder, &cfg.decoder);
-        let shapes = [
-            (2 * d.intermediate, d.hidden),
-            (d.hidden, d.intermediate),
-            (d.channels * d.vocab, d.hidden),
-            (2 * e.intermediate, e.hidden),
-            (e.hidden, e.intermediate),
-        ];
-        let elem = if numerics.contains(&Numerics::F32) { 4 } else { 2 };
-        let most = shapes.iter().map(|(r, c)| r * c).max().unwrap_or(0);
-        ((most * elem) as u64).max(16 << 20)
+        numerics.iter().map(|&n| dia_webgpu::dia::largest_matrix_bytes(cfg, n)).max().unwrap_or(0).max(16 << 20)
     }
 
     fn measure_mode(gpu: &Gpu, cfg: &DiaConfig, dac_cfg: &DacConfig, numerics: Numerics, args: &Args, copy_gbps: f64) -> Result<ModeFigures> {

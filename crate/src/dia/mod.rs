@@ -7,7 +7,7 @@ pub mod stored;
 pub mod tokenizer;
 
 pub use generate::{GenerateOptions, Generation, Session};
-pub use model::{DiaModel, DiaModelBuilder, MatrixRole};
+pub use model::{largest_matrix_bytes, DiaModel, DiaModelBuilder, MatrixRole};
 
 use crate::gpu::GpuError;
 use crate::kernels::sampling::SamplingError;

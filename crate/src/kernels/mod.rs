@@ -87,6 +87,21 @@ impl Numerics {
     }
 }
 
+/// `"f32"`, `"f16w"`, `"q8"` or `"q4"` (`Numerics::name`): what every front end parses (clap takes it as is).
+impl std::str::FromStr for Numerics {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Numerics, String> {
+        Numerics::parse(s).ok_or_else(|| format!("unknown numerics {s:?}: use f32, f16w, q8 or q4"))
+    }
+}
+
+impl std::fmt::Display for Numerics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl From<Numerics> for WeightFormat {
     fn from(n: Numerics) -> WeightFormat {
         n.weight_format()

@@ -253,7 +253,9 @@ mod native {
         };
 
         let numerics = choose_numerics(args.dtype.as_deref(), &model)?;
-        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: 64 << 20, ..GpuOptions::default() }).map_err(|e| e.to_string())?;
+        // The device must bind the largest matrix; a broken config is reported by the load itself.
+        let min_storage_binding = read_config(&model).map_or(64 << 20, |cfg| dia_webgpu::dia::largest_matrix_bytes(&cfg, numerics)).max(16 << 20);
+        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding, ..GpuOptions::default() }).map_err(|e| e.to_string())?;
         if let Some(hint) = gpu.software_gl_hint() {
             eprintln!("dia-tts: {hint}");
         }
