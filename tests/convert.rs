@@ -223,3 +223,42 @@ fn convert_refusals_leave_nothing_behind() {
     assert!(listing(&dir.join("taken")).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The browser's block-wise conversion from stored bytes gives exactly the whole-tensor conversion, from every
+/// float dtype, in every mode, on row counts that are no multiple of its block; a NaN is reported at its row.
+#[test]
+fn convert_from_bytes_block_by_block_equals_whole_tensor() {
+    use dia_webgpu::dia::stored::stored_form_from_bytes;
+    use dia_webgpu::weights::{Dtype, TensorValues};
+    let mut rng = common::Rng::new(7);
+    let names = ["model.decoder.layers.0.mlp.down_proj.weight", "model.decoder.layers.0.self_attention.q_proj.weight", "model.decoder.embeddings.embed.weight", "model.decoder.norm.weight"];
+    for name in names {
+        for shape in [vec![1usize, 40], vec![63, 70], vec![64, 32], vec![130, 33], vec![200]] {
+            if (shape.len() == 1) != name.ends_with("norm.weight") {
+                continue;
+            }
+            let data = rng.vec(shape.iter().product(), 2.0);
+            for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
+                let bytes: Vec<u8> = match dtype {
+                    Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    Dtype::BF16 => data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+                    _ => data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+                };
+                let values = TensorValues::F32(dia_webgpu::weights::tensor_to_f32(name, dtype, &shape, &bytes).unwrap());
+                for numerics in [Numerics::F32, Numerics::F16W, Numerics::Q8, Numerics::Q4] {
+                    let want = stored_form(name, &shape, values.clone(), numerics).unwrap();
+                    let got = stored_form_from_bytes(name, dtype, &shape, &bytes, numerics).unwrap();
+                    assert_eq!(got, want, "{name} {shape:?} {dtype} {}", numerics.name());
+                }
+            }
+        }
+    }
+    // A NaN in row 100 of a 130-row matrix (second block) is reported at row 100; a short buffer is a size error.
+    let mut data = vec![0.5f32; 130 * 33];
+    data[100 * 33 + 5] = f32::NAN;
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let e = stored_form_from_bytes(names[0], Dtype::F32, &[130, 33], &bytes, Numerics::Q4).unwrap_err();
+    assert!(matches!(&e, DiaError::Quantization { source: dia_webgpu::quant::QuantError::NonFinite { row: 100, col: 5, .. }, .. }), "{e}");
+    let e = stored_form_from_bytes(names[0], Dtype::F32, &[130, 33], &bytes[4..], Numerics::Q4).unwrap_err();
+    assert!(matches!(&e, DiaError::Weights(WeightsError::SizeMismatch { .. })), "{e}");
+}

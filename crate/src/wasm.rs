@@ -368,9 +368,8 @@ pub fn stored_tensors(
     let parts = if crate::quant::stored::split_part(name).is_some() {
         vec![crate::dia::stored::StoredTensor { name: name.to_string(), dtype: dt, shape, bytes }]
     } else {
-        let values = crate::weights::TensorValues::F32(tensor_to_f32(name, dt, &shape, &bytes).map_err(js_err)?);
-        drop(bytes);
-        crate::dia::stored::stored_form(name, &shape, values, mode).map_err(js_err)?
+        // Block by block: the tensor is never held whole as f32 (the wasm heap keeps its peak).
+        crate::dia::stored::stored_form_from_bytes(name, dt, &shape, &bytes, mode).map_err(js_err)?
     };
     let out = js_sys::Array::new();
     for p in parts {

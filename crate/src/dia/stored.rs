@@ -54,6 +54,67 @@ pub fn stored_form(name: &str, shape: &[usize], values: TensorValues, numerics: 
     }
 }
 
+/// Rows converted at a time by `stored_form_from_bytes`.
+const BLOCK_ROWS: usize = 64;
+
+/// `stored_form` straight from a tensor's stored bytes (`dtype` F32, BF16 or F16, little-endian), converting
+/// `BLOCK_ROWS` rows at a time: only the input, the output and one block are in memory, never the whole tensor as
+/// f32 (in the browser a wasm heap grows to its peak and stays there). Gives exactly what `stored_form` gives.
+pub fn stored_form_from_bytes(name: &str, dtype: Dtype, shape: &[usize], bytes: &[u8], numerics: Numerics) -> Result<Vec<StoredTensor>, DiaError> {
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if !dtype.is_float_readable() || numel.and_then(|n| n.checked_mul(dtype.size_bytes() as usize)) != Some(bytes.len()) {
+        // Let the whole-tensor conversion name the problem.
+        crate::weights::tensor_to_f32(name, dtype, shape, bytes)?;
+    }
+    let (rows, cols) = match shape {
+        [rows, cols] => (*rows, *cols),
+        _ => (1, numel.unwrap_or(0)),
+    };
+    let elem = dtype.size_bytes() as usize;
+    let block = |r0: usize| -> Result<Vec<f32>, DiaError> {
+        let r1 = (r0 + BLOCK_ROWS).min(rows);
+        Ok(crate::weights::tensor_to_f32(name, dtype, &[r1 - r0, cols], &bytes[r0 * cols * elem..r1 * cols * elem])?)
+    };
+    let one = |dtype: Dtype, bytes: Vec<u8>| vec![StoredTensor { name: name.to_string(), dtype, shape: shape.to_vec(), bytes }];
+    match storage_format(name, numerics) {
+        WeightFormat::F32 | WeightFormat::F16 if cols == 0 || rows == 0 => stored_form(name, shape, TensorValues::F32(Vec::new()), numerics),
+        WeightFormat::F32 => {
+            let mut out = Vec::with_capacity(rows * cols * 4);
+            for r0 in (0..rows).step_by(BLOCK_ROWS) {
+                out.extend(block(r0)?.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            Ok(one(Dtype::F32, out))
+        }
+        WeightFormat::F16 => {
+            let mut out = Vec::with_capacity(rows * cols * 2);
+            for r0 in (0..rows).step_by(BLOCK_ROWS) {
+                out.extend(block(r0)?.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()));
+            }
+            Ok(one(Dtype::F16, out))
+        }
+        WeightFormat::Quant(format) => {
+            if shape.len() != 2 {
+                return Err(DiaError::WrongShape { name: name.to_string(), expected: vec![0, 0], found: shape.to_vec() });
+            }
+            let mut q = crate::quant::QuantizedRows { format, rows, cols, values: Vec::new(), scales: Vec::new() };
+            for r0 in (0..rows).step_by(BLOCK_ROWS) {
+                let data = block(r0)?;
+                let part = quantize_rows(&data, data.len() / cols.max(1), cols, format).map_err(|source| {
+                    let source = match source {
+                        crate::quant::QuantError::NonFinite { row, col, value } => crate::quant::QuantError::NonFinite { row: row + r0, col, value },
+                        crate::quant::QuantError::ScaleOverflow { row, group, max } => crate::quant::QuantError::ScaleOverflow { row: row + r0, group, max },
+                        e => e,
+                    };
+                    DiaError::Quantization { name: name.to_string(), source }
+                })?;
+                q.values.extend(part.values);
+                q.scales.extend(part.scales);
+            }
+            stored_form(name, shape, TensorValues::Quant(q), numerics)
+        }
+    }
+}
+
 /// The names, dtypes and shapes `stored_form` gives `name` (nothing computed): for sizing files before writing.
 pub fn stored_layout(name: &str, shape: &[usize], numerics: Numerics) -> Vec<(String, Dtype, Vec<usize>)> {
     match (storage_format(name, numerics), shape, stored::part_names(name)) {
