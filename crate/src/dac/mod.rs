@@ -2,14 +2,20 @@
 //! `descript/dac_44khz` weight layout (spec §5).
 //!
 //! - `layout`: the checkpoint's tensor names and shapes for a `DacConfig`, validation, weight-norm folding;
-//! - `model`: `DacModelBuilder` (tensors in any order, uploaded as they arrive), `DacModel`, and the
-//!   reusable `DacDecoder` workspace that records a decode of a window of frames into a caller's pass.
+//! - `loader`: `DacModelBuilder` (tensors in any order, uploaded as they arrive) and `DacModel::load`;
+//! - `model`: `DacModel`, its weight graph, and what decoding and encoding share;
+//! - `decoder`: the reusable `DacDecoder` workspace that records a decode of a window of frames into a caller's pass;
+//! - `encoder`: PCM to codes.
+mod decoder;
+mod encoder;
 pub mod layout;
+mod loader;
 pub mod model;
 
 pub use layout::{check_dac_layout, dac_tensor_specs, fold_weight_norm, TensorSpec};
-pub use model::check_dac_checkpoint;
-pub use model::{DacDecoder, DacModel, DacModelBuilder, CHANNELS_LAST_MIN_FRAMES};
+pub use decoder::DacDecoder;
+pub use loader::{check_dac_checkpoint, DacModelBuilder};
+pub use model::{DacModel, CHANNELS_LAST_MIN_FRAMES};
 
 use crate::config::ConfigError;
 use crate::gpu::GpuError;
