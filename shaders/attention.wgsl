@@ -1,4 +1,5 @@
-// Attention with scale 1.0 (Dia uses no 1/sqrt(d)), GQA and per-query masks, never materialising scores.
+// Attention with scale 1.0 (Dia uses no 1/sqrt(d)), GQA and per-query masks. The decode pair and the flash-style
+// prefill never materialise scores; the three-pass prefill does, in a scratch buffer.
 // Specialised on {{HD}} (head_dim) and derived tile sizes, so the per-thread vectors below live in registers.
 //
 // Entry points:
