@@ -84,7 +84,13 @@ fn cli_bad_input_fails_without_output() {
     std::fs::write(truncated.join("model.safetensors"), &full[..full.len() / 2]).unwrap();
     let bad_wav = dir.path().join("bad.wav");
     std::fs::write(&bad_wav, b"RIFF\x24\x00\x00\x00WAVEnot really").unwrap();
-    let long = "a".repeat(1025);
+    // Beyond the largest script (a file: one argument may not be that long).
+    let huge = dir.path().join("huge.txt");
+    std::fs::write(&huge, "a".repeat(dia_webgpu::dia::segment::MAX_SCRIPT_BYTES + 1)).unwrap();
+    let long_script = "[S1] A sentence of a long script. [S2] Another one here. ".repeat(20);
+    let tags_only = "[S1][S2]".repeat(100);
+    let prompt_wav = dir.path().join("prompt.wav");
+    std::fs::write(&prompt_wav, dia_webgpu::pipeline::wav_bytes(&[0.1f32; 4410], 44_100)).unwrap();
     let nan_wav = dir.path().join("nan.wav");
     let mut samples = vec![0.25f32; 4410];
     samples[100] = f32::NAN;
@@ -93,7 +99,9 @@ fn cli_bad_input_fails_without_output() {
         (vec!["--text", "", "--model", s(&dia), "--codec", s(&dac)], "empty"),
         (vec!["--text", " \n\t  ", "--model", s(&dia), "--codec", s(&dac)], "whitespace"),
         (vec!["--text", "hi", "--model", s(&dia), "--codec", s(&dac), "--prompt-audio", s(&nan_wav)], "finite"),
-        (vec!["--text", &long, "--model", s(&dia), "--codec", s(&dac)], "1024"),
+        (vec!["--text-file", s(&huge), "--model", s(&dia), "--codec", s(&dac)], "at most 262144 bytes"),
+        (vec!["--text", &long_script, "--model", s(&dia), "--codec", s(&dac), "--prompt-audio", s(&prompt_wav)], "--prompt-text"),
+        (vec!["--text", &tags_only, "--model", s(&dia), "--codec", s(&dac)], "nothing to speak"),
         (vec!["--text", "hi", "--model", s(&truncated), "--codec", s(&dac)], "model"),
         (vec!["--text", "hi", "--model", s(&dia), "--codec", s(dir.path())], "codec"),
         (vec!["--text", "hi", "--model", s(&dia), "--codec", s(&dac), "--prompt-audio", s(&bad_wav)], "WAV"),
@@ -500,4 +508,51 @@ fn cli_unreachable_hub_says_what_to_do_and_uses_the_bundled_model() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("bundled tiny model") && err.contains("--model DIR --codec DIR") && err.contains("HF_ENDPOINT"), "{err}");
     assert!(out.exists());
+}
+
+/// A long script (issue 16) on the bundled tiny model (4 kB, 40 turns): one WAV of every segment's frames, the summary line counts
+/// the segments, --codes-out lists them, and the same seed gives the same WAV.
+#[test]
+fn cli_long_text_file_is_spoken_in_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundled = common::repo_root().join("assets/tiny");
+    let (dia, dac) = (bundled.join("dia"), bundled.join("dac"));
+    let script: String = (0..40)
+        .map(|i| format!("[S{}] This is line {i} of a long script (laughs), and it goes on for a while. Does it end? Not yet, no.", 1 + i % 2))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(script.len() >= 4000, "{} bytes", script.len());
+    let text_file = dir.path().join("script.txt");
+    std::fs::write(&text_file, &script).unwrap();
+    let (out, codes) = (dir.path().join("long.wav"), dir.path().join("codes.json"));
+    let args = [
+        "--text-file", s(&text_file), "--model", s(&dia), "--codec", s(&dac), "--out", s(&out),
+        "--codes-out", s(&codes), "--max-new-tokens", "24", "--seed", "5",
+    ];
+    let o = dia_tts(&args, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = String::from_utf8_lossy(&o.stdout);
+    println!("{summary}");
+    let n: usize = summary.split(" segments").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("no segment count: {summary}"));
+    assert!(n >= 4, "{summary}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&codes).unwrap()).unwrap();
+    let segments = j["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), n);
+    // The WAV holds every segment's frames (at most 8 each: 24 rows, ended by length if not by EOS).
+    let frames: usize = segments
+        .iter()
+        .map(|seg| {
+            let rows: Vec<u32> = seg["delayed_codes"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32)).collect();
+            let prefix = seg["prefix_rows"].as_u64().unwrap() as usize;
+            dia_webgpu::dia::delay::codes_for_decode(&rows, &[0, 8, 9, 10, 11, 12, 13, 14, 15], 1026, 1025, 1024, Some(prefix)).len() / 9
+        })
+        .sum();
+    let pcm = read_wav(&out);
+    assert!(frames > 0 && frames <= n * 8, "{frames} frames");
+    assert_eq!(pcm.len(), frames * 512);
+    assert!(pcm.iter().all(|x| x.is_finite()));
+    let first = std::fs::read(&out).unwrap();
+    let o = dia_tts(&args, &[]);
+    assert!(o.status.success());
+    assert!(std::fs::read(&out).unwrap() == first, "same seed, different WAV");
 }

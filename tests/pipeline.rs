@@ -252,3 +252,226 @@ fn gpu_reusable_buffers_are_shared_only_when_idle() {
     gpu.release_reusable();
     assert_eq!(gpu.allocated_bytes(), base);
 }
+
+// ---- Long-form scripts (issue 16) ----
+
+use dia_webgpu::dia::segment::SegmentLimits;
+use dia_webgpu::pipeline::{segment_seed, ScriptProgress, ScriptSpeech, VoicePrompt};
+
+/// A dialogue of `turns` speaker turns of growing length (so later segments read longer texts).
+fn script(turns: usize) -> String {
+    (0..turns).map(|i| format!("[S{}] Turn {i} says {}.", 1 + i % 2, "more and more words ".repeat(1 + i % 5).trim_end())).collect::<Vec<_>>().join(" ")
+}
+
+/// Runs `speak_script`, returning the streamed PCM, the progress reports and the result.
+fn speak_script(tts: &Tts, text: &str, voice: Option<VoicePrompt>, opts: &GenerateOptions, limits: &SegmentLimits) -> (Vec<f32>, Vec<ScriptProgress>, ScriptSpeech) {
+    let mut pcm = Vec::new();
+    let mut progress = Vec::new();
+    let s = pollster::block_on(tts.speak_script(text, voice, opts, limits, &mut |p: &ScriptProgress| progress.push(p.clone()), &mut |c: &[f32]| pcm.extend_from_slice(c), &|| false)).unwrap();
+    assert_eq!(pcm.len(), s.samples);
+    (pcm, progress, s)
+}
+
+/// Decodes undelayed frames `[n, C]` at once.
+fn decode_whole(gpu: &Gpu, dac: &DacModel, frames: &[u32], c: usize) -> Vec<f32> {
+    let n = frames.len() / c;
+    let cm: Vec<u32> = (0..c).flat_map(|ch| (0..n).map(move |t| (t, ch))).map(|(t, ch)| frames[t * c + ch]).collect();
+    dac.decode_blocking(gpu, &cm, n).unwrap()
+}
+
+/// Greedy, every segment: its codes are exactly a voice-cloning generation with the same prompt codes and text,
+/// its prompt is the previous segment's frames (the voice's in front when given), and the streamed PCM of the
+/// whole script is bit-identical to decoding all segments' frames at once (no gap, click or repeat at a join).
+#[test]
+fn longform_segments_are_voice_cloning_and_stream_as_one() {
+    let gpu = test_gpu();
+    let (dia, _) = long_talker(&gpu, Numerics::F32);
+    let dac = DacModel::load_dir(&gpu, &fixtures_dir().join("dac"), Numerics::F32, true).unwrap(); // with its encoder, for the voice
+    let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+    let c = dia.cfg.decoder.channels;
+    let mut opts = greedy(&meta());
+    opts.max_new_tokens = 40;
+    let limits = SegmentLimits { max_bytes: 60, min_bytes: 20 };
+    let voice_audio = Audio { samples: (0..11_000).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect(), sample_rate: 44_100 };
+    let transcript = "[S1] A voice. [S2] Another.";
+    let text = script(8);
+    for voice in [None, Some(VoicePrompt { audio: &voice_audio, transcript: Some(transcript) })] {
+        let (pcm, progress, speech) = speak_script(&tts, &text, voice, &opts, &limits);
+        let n = speech.segments.len();
+        assert!(n >= 6, "{n} segments");
+        let voice_codes = match voice {
+            Some(v) => pollster::block_on(tts.prompt_codes(v.audio)).unwrap(),
+            None => Vec::new(),
+        };
+        for (i, seg) in speech.segments.iter().enumerate() {
+            assert!(seg.script_text.starts_with("[S1] ") || seg.script_text.starts_with("[S2] "));
+            let mut want_prompt = voice_codes.clone();
+            if i > 0 {
+                assert!(seg.carried_previous, "segment {i} did not carry the previous one");
+                want_prompt.extend_from_slice(&speech.segments[i - 1].frames);
+                assert!(seg.text.ends_with(&format!("{} {}", speech.segments[i - 1].script_text, seg.script_text)));
+            }
+            assert_eq!(seg.prompt_codes, want_prompt, "segment {i}: prompt codes");
+            if voice.is_some() {
+                assert!(seg.text.starts_with(transcript), "segment {i}: the voice's transcript leads");
+            }
+            let mut o = opts.clone();
+            o.sampling.seed = segment_seed(opts.sampling.seed, i);
+            let prompt = (!seg.prompt_codes.is_empty()).then_some(seg.prompt_codes.as_slice());
+            let cloned = pollster::block_on(dia.generate(&gpu, &[&seg.text], prompt, &o)).unwrap();
+            assert_eq!(cloned.codes, seg.generation.codes, "segment {i}: codes differ from voice cloning");
+            // Its frames are the HF crop of its generation (ended by length after 24 frames, or earlier by EOS).
+            let g = &seg.generation;
+            let cfg = &dia.cfg;
+            assert_eq!(seg.frames, codes_for_decode(&g.item(0), &cfg.delay_pattern, cfg.bos, cfg.pad, cfg.eos, Some(g.prefix_rows)), "segment {i}: frames");
+            assert!(seg.frames.len() / c <= 40 - 16);
+        }
+        // Progress: every segment announced in order with its count, rows rising within it.
+        let starts: Vec<usize> = progress.iter().filter(|p| p.rows == 0).map(|p| p.segment).collect();
+        assert_eq!(starts, (0..n).collect::<Vec<_>>());
+        assert!(progress.iter().all(|p| p.segments == n));
+        assert!(progress.windows(2).all(|w| w[0].segment < w[1].segment || w[0].rows <= w[1].rows));
+        let all: Vec<u32> = speech.segments.iter().flat_map(|s| s.frames.iter().copied()).collect();
+        assert_eq!(speech.frames * c, all.len());
+        let whole = decode_whole(&gpu, &dac, &all, c);
+        assert_eq!(pcm.len(), whole.len());
+        let diff = pcm.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        println!("{n} segments, {} frames: streamed vs whole max |diff| {diff:e}", speech.frames);
+        assert!(pcm == whole, "streamed script differs from decoding its frames at once: max |diff| {diff:e}");
+    }
+}
+
+/// A script that is one segment is exactly `speak`: same codes, same PCM, with and without a voice prompt.
+#[test]
+fn longform_one_segment_is_exactly_speak() {
+    let gpu = test_gpu();
+    let (dia, dac) = models(&gpu, Numerics::F32);
+    let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+    let meta = meta();
+    let opts = greedy(&meta);
+    let exp = load_expected(&fixtures_dir().join("expected.safetensors"));
+    let prompt = Audio { samples: exp["clone.prompt_pcm"].1.clone(), sample_rate: 44_100 };
+    let text = meta["texts"][0].as_str().unwrap();
+    for voice in [None, Some(VoicePrompt { audio: &prompt, transcript: None })] {
+        let (want, _, speech) = speak(&tts, text, voice.map(|v| v.audio), &opts);
+        let (pcm, progress, script) = speak_script(&tts, text, voice, &opts, &SegmentLimits::default());
+        assert_eq!(script.segments.len(), 1);
+        assert_eq!(script.segments[0].generation.codes, speech.generation.codes);
+        assert!(pcm == want, "one-segment script differs from speak");
+        assert_eq!(progress[0], ScriptProgress { segment: 0, segments: 1, rows: 0, estimated_rows: dia_webgpu::dia::segment::estimated_rows(text), frames_out: 0 });
+    }
+    // Whitespace around a short text is the caller's: kept as it is.
+    let padded = format!("  {text} \n");
+    let (want, _, speech) = speak(&tts, &padded, None, &opts);
+    let (pcm, _, spoken) = speak_script(&tts, &padded, None, &opts, &SegmentLimits::default());
+    assert_eq!(spoken.segments[0].text, padded);
+    assert!(spoken.segments[0].generation.codes == speech.generation.codes && pcm == want);
+    // A transcript given separately goes in front of the script.
+    let (want, ..) = speak(&tts, &format!("[S1] Hello. {text}"), Some(&prompt), &opts);
+    let (pcm, ..) = speak_script(&tts, text, Some(VoicePrompt { audio: &prompt, transcript: Some("[S1] Hello.") }), &opts, &SegmentLimits::default());
+    assert!(pcm == want);
+    // A long script with a voice but no transcript is refused before anything runs.
+    let mut got = 0;
+    let r = pollster::block_on(tts.speak_script(&script(30), Some(VoicePrompt { audio: &prompt, transcript: None }), &opts, &SegmentLimits::default(), &mut |_: &ScriptProgress| {}, &mut |c: &[f32]| got += c.len(), &|| false));
+    assert!(matches!(r, Err(PipelineError::VoiceNeedsTranscript { .. })), "{r:?}");
+    let r = pollster::block_on(tts.speak_script(&"[S1][S2]".repeat(200), None, &opts, &SegmentLimits::default(), &mut |_: &ScriptProgress| {}, &mut |c: &[f32]| got += c.len(), &|| false));
+    assert!(matches!(r, Err(PipelineError::Script(dia_webgpu::dia::segment::ScriptError::NothingToSpeak))), "{r:?}");
+    assert_eq!(got, 0);
+}
+
+/// A 20-segment script keeps GPU memory flat: every segment's session starts from the same allocation, the peak
+/// is that of a 2-segment script, and nothing is left over at the end. Cancelling stops within a segment and
+/// between segments; the same seed gives the same audio.
+#[test]
+fn longform_memory_flat_cancel_and_seed() {
+    let gpu = test_gpu();
+    let (dia, dac) = long_talker(&gpu, Numerics::F32);
+    let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+    let mut opts = GenerateOptions { max_new_tokens: 24, ..GenerateOptions::default() };
+    opts.sampling.seed = 7;
+    // One turn per segment (no two fit in 320 bytes), of 150 to 310 bytes: texts with the previous segment
+    // from ~300 to ~620 bytes, across the encoder's 512-token buffer step.
+    let limits = SegmentLimits { max_bytes: 320, min_bytes: 0 };
+    let long: String = (0..20).map(|i| format!("[S{}] {}.", 1 + i % 2, "word ".repeat(30 + 8 * (i % 5)).trim_end())).collect::<Vec<_>>().join(" ");
+    let run = |text: &str, at_start: &mut Vec<u64>| {
+        let mut pcm = Vec::new();
+        let s = pollster::block_on(tts.speak_script(
+            text,
+            None,
+            &opts,
+            &limits,
+            &mut |p: &ScriptProgress| {
+                if p.rows == 0 {
+                    at_start.push(gpu.allocated_bytes());
+                }
+            },
+            &mut |c: &[f32]| pcm.extend_from_slice(c),
+            &|| false,
+        ))
+        .unwrap();
+        (pcm, s)
+    };
+    let turns: Vec<&str> = long.split(" [S").collect();
+    // The two longest adjacent turns: the largest text any segment of `long` reads.
+    let two = format!("[S{} [S{}", turns[3], turns[4]);
+    let _ = run(&two, &mut Vec::new()); // warm the kept buffers
+    gpu.wait_idle().unwrap();
+    let base = gpu.allocated_bytes();
+    gpu.reset_peak_allocated();
+    let mut starts2 = Vec::new();
+    let _ = run(&two, &mut starts2);
+    let peak2 = gpu.peak_allocated_bytes();
+    gpu.reset_peak_allocated();
+    let mut starts = Vec::new();
+    let (_, speech) = run(&long, &mut starts);
+    let peak20 = gpu.peak_allocated_bytes();
+    gpu.wait_idle().unwrap();
+    println!("20 segments: allocated at segment starts {starts:?}; peak {peak20} vs {peak2} for 2 segments; {base} before, {} after", gpu.allocated_bytes());
+    assert_eq!(speech.segments.len(), 20);
+    // Between segments only the streaming codec's launch plans may be added: one per window length it has
+    // decoded (a few KiB of uniforms each, at most 32 + the context's lengths, all freed with the stream).
+    let (lo, hi) = (*starts[1..].iter().min().unwrap(), *starts.iter().max().unwrap());
+    assert!(lo == starts[1] && hi - lo <= 128 << 10, "memory moved between segments: {starts:?}");
+    assert!(starts2[1] <= hi);
+    // Within a segment its text's encoder scratch depends on its length: the 2-segment script reads the longest.
+    assert!(peak20 <= peak2 + (128 << 10), "a 20-segment script peaks higher than a 2-segment one: {peak20} vs {peak2}");
+    assert_eq!(gpu.allocated_bytes(), base, "memory left over after the script");
+
+    // Same seed, same audio; another seed, other audio.
+    let three: String = long.split(" [S").take(3).collect::<Vec<_>>().join(" [S");
+    let (a, sa) = run(&three, &mut Vec::new());
+    for (x, y) in sa.segments.iter().zip(&speech.segments) {
+        assert_eq!(x.generation.codes, y.generation.codes, "the first segments of the same script and seed differ");
+    }
+    let (b, _) = run(&three, &mut Vec::new());
+    assert!(a == b && !a.is_empty(), "same script and seed, different audio");
+    let mut other = opts.clone();
+    other.sampling.seed = 8;
+    let c = pollster::block_on(tts.speak_script(&three, None, &other, &limits, &mut |_: &ScriptProgress| {}, &mut |_: &[f32]| {}, &|| false)).unwrap();
+    assert_ne!(c.segments[1].generation.codes, sa.segments[1].generation.codes, "another seed, same codes");
+
+    // Cancel between segments (asked at the end of segment 1) and within one (after its first rows).
+    for within in [false, true] {
+        let cancel = std::cell::Cell::new(false);
+        let mut segments_seen = Vec::new();
+        let r = pollster::block_on(tts.speak_script(
+            &long,
+            None,
+            &opts,
+            &limits,
+            &mut |p: &ScriptProgress| {
+                segments_seen.push(p.segment);
+                if (within && p.segment == 2 && p.rows > 0) || (!within && p.segment == 1 && p.rows >= opts.max_new_tokens) {
+                    cancel.set(true);
+                }
+            },
+            &mut |_: &[f32]| {},
+            &|| cancel.get(),
+        ));
+        assert!(matches!(r, Err(PipelineError::Dia(DiaError::Cancelled))), "{r:?}");
+        let last = *segments_seen.last().unwrap();
+        assert_eq!(last, if within { 2 } else { 1 }, "segments after the cancel: {segments_seen:?}");
+    }
+    gpu.wait_idle().unwrap();
+    assert_eq!(gpu.allocated_bytes(), base, "memory left over after cancelled scripts");
+}

@@ -12,7 +12,9 @@
 
 use crate::dac::{DacDecoder, DacError, DacModel};
 use crate::dia::generate::RowSink;
-use crate::dia::{DiaError, DiaModel, GenerateOptions, Generation, Session};
+use crate::dia::segment::{self, split_script, ScriptError, SegmentLimits};
+use crate::dia::tokenizer::encode_text;
+use crate::dia::{DiaError, DiaModel, GenerateOptions, Generation, Reserve, Session};
 use crate::gpu::Gpu;
 
 /// Sample rate of everything this pipeline produces and of the codec.
@@ -41,6 +43,10 @@ pub enum PipelineError {
     SampleRate { rate: u32, min: u32, max: u32 },
     #[error("unsupported audio: sample {index} is {value}, not a finite value within ±{max}")]
     SampleValue { index: usize, value: f32, max: f32 },
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+    #[error("the script is {segments} segments long: a voice prompt needs its transcript (kept in front of every segment) for more than one")]
+    VoiceNeedsTranscript { segments: usize },
 }
 
 /// `PipelineError::SampleValue` for the first sample that is not finite or beyond `MAX_PROMPT_AMPLITUDE`.
@@ -68,7 +74,11 @@ impl PipelineError {
         match self {
             PipelineError::Dia(e) => e.is_device_lost(),
             PipelineError::Dac(e) => e.is_device_lost(),
-            PipelineError::Audio(_) | PipelineError::SampleRate { .. } | PipelineError::SampleValue { .. } => false,
+            PipelineError::Audio(_)
+            | PipelineError::SampleRate { .. }
+            | PipelineError::SampleValue { .. }
+            | PipelineError::Script(_)
+            | PipelineError::VoiceNeedsTranscript { .. } => false,
         }
     }
 }
@@ -209,38 +219,72 @@ impl<'a> Tts<'a> {
             None => None,
         };
         let mut session = Session::new(self.gpu, self.dia, &[text], prompt_codes.as_deref(), opts, false)?;
-        let cfg = &self.dia.cfg;
+        let mut stream = self.frame_stream(on_pcm)?;
+        let (generation, frames) = self.run_segment(&mut session, opts, &mut stream, true, &mut |_, _| {}, cancelled).await?;
+        stream.finish().await?;
+        Ok(Speech { frames: frames.len() / self.dia.cfg.decoder.channels, samples: stream.samples, generation })
+    }
+
+    /// The codec's streaming state for one continuous stream of audio.
+    fn frame_stream<'f>(&self, on_pcm: &'f mut dyn FnMut(&[f32])) -> Result<FrameStream<'a, 'f>, PipelineError> {
         let (left, right) = self.dac.decoder_context();
-        let mut stream = StreamDecoder {
+        Ok(FrameStream {
             gpu: self.gpu,
             decoder: self.dac.stream_decoder(self.gpu, STREAM_FRAMES + left + right)?,
             left,
             right,
+            channels: self.dia.cfg.decoder.channels,
             first_chunk: None,
+            frames: Vec::new(),
+            emitted: 0,
+            on_pcm,
+            samples: 0,
+            error: None,
+        })
+    }
+
+    /// Runs a prepared session, appending its new audio frames to `stream` (and decoding what they allow) as rows
+    /// come in; `last`: no frames follow this session's in the stream. Returns the generation and its new frames
+    /// (undelayed `[n, C]`, invalid codes clamped to 0, as the stream holds them). `on_rows` hears the rows
+    /// generated so far.
+    async fn run_segment(
+        &self,
+        session: &mut Session<'_>,
+        opts: &GenerateOptions,
+        stream: &mut FrameStream<'_, '_>,
+        last: bool,
+        on_rows: &mut dyn FnMut(usize, usize),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(Generation, Vec<u32>), PipelineError> {
+        let cfg = &self.dia.cfg;
+        let c = cfg.decoder.channels;
+        let offset = stream.len();
+        let mut sink = SegmentSink {
+            stream,
             rows: Vec::new(),
             delay: cfg.delay_pattern.clone(),
             eos: cfg.eos,
             start: session.prefix_rows(),
-            emitted: session.prefix_rows(),
+            pushed: session.prefix_rows(),
+            offset,
             end: None,
-            on_pcm,
-            samples: 0,
-            error: None,
+            last,
+            on_rows,
         };
-        let generation = session.run(opts, &mut stream, cancelled).await;
-        if let Some(e) = stream.error.take() {
+        let generation = session.run(opts, &mut sink, cancelled).await;
+        if let Some(e) = sink.stream.error.take() {
             return Err(e);
         }
         let generation = generation?;
-        // The channel-0 EOS row ends the audio (HF batch_decode crop); flush everything up to it.
-        let c = cfg.decoder.channels;
+        // The channel-0 EOS row ends the audio (HF batch_decode crop).
         let pads = (0..generation.rows).filter(|&r| generation.codes[r * c] == cfg.pad).count();
         // A generation cut before its EOS tail (max_new_tokens < 16) has frames whose later channels were never
         // produced: only final frames are audio.
-        let end = (generation.rows - pads).saturating_sub(1).min(stream.final_frames()).max(stream.start);
-        stream.end = Some(end);
-        stream.flush(end, end).await?;
-        Ok(Speech { frames: stream.emitted - stream.start, samples: stream.samples, generation })
+        let end = (generation.rows - pads).saturating_sub(1).min(sink.final_frames()).max(sink.start);
+        sink.end = Some(end);
+        sink.push_final(end);
+        let frames = sink.stream.frames[offset * c..].to_vec();
+        Ok((generation, frames))
     }
 }
 
@@ -251,63 +295,49 @@ const FIRST_CHUNK_FRAMES: usize = 8;
 /// Share of the audio queued ahead of playback that producing the next chunk may take.
 const PACE_MARGIN: f64 = 0.75;
 
-/// Collects delayed rows and decodes the final frames in overlapping windows.
-struct StreamDecoder<'a, 'f> {
+/// One continuous stream of undelayed audio frames — from one generation, or from the segments of a long script
+/// one after another — decoded in overlapping windows as the frames come.
+struct FrameStream<'a, 'f> {
     gpu: &'a Gpu,
     decoder: DacDecoder,
     /// Frames of context each window needs on each side (the codec's receptive field).
     left: usize,
     right: usize,
+    channels: usize,
     /// When the first chunk was handed out, and the frames emitted by then.
     first_chunk: Option<(web_time::Instant, usize)>,
-    /// Delayed rows `[n, C]` so far (batch of one).
-    rows: Vec<u32>,
-    delay: Vec<usize>,
-    eos: u32,
-    /// First audio frame (after BOS and prompt).
-    start: usize,
+    /// Every frame so far, `[n, C]`, invalid codes clamped to 0.
+    frames: Vec<u32>,
     /// Next frame to emit.
     emitted: usize,
-    /// The channel-0 EOS row once seen: frames from it on are not audio.
-    end: Option<usize>,
     on_pcm: &'f mut dyn FnMut(&[f32]),
     samples: usize,
     error: Option<PipelineError>,
 }
 
-impl StreamDecoder<'_, '_> {
-    fn channels(&self) -> usize {
-        self.delay.len()
+impl FrameStream<'_, '_> {
+    fn len(&self) -> usize {
+        self.frames.len() / self.channels
     }
 
-    fn max_delay(&self) -> usize {
-        self.delay.iter().copied().max().unwrap_or(0)
-    }
-
-    /// Frames whose codes are all known: frame t needs delayed rows up to t + max delay.
-    fn final_frames(&self) -> usize {
-        (self.rows.len() / self.channels()).saturating_sub(self.max_delay())
-    }
-
-    /// Undelayed codes of frames [a, b), codebook-major `[C, b − a]`, invalid values clamped to 0.
+    /// Codes of frames [a, b), codebook-major `[C, b − a]`.
     fn window_codes(&self, a: usize, b: usize) -> Vec<u32> {
-        let c = self.channels();
+        let c = self.channels;
         let mut out = vec![0u32; c * (b - a)];
-        for (ch, &d) in self.delay.iter().enumerate() {
+        for ch in 0..c {
             for t in a..b {
-                let v = self.rows[(t + d) * c + ch];
-                out[ch * (b - a) + t - a] = if v < self.eos { v } else { 0 };
+                out[ch * (b - a) + t - a] = self.frames[t * c + ch];
             }
         }
         out
     }
 
     /// Emits frames [emitted, upto) in windows; `right_edge` is the last frame that may serve as context
-    /// (the sequence end once known, so the window edge matches whole-sequence decoding there).
+    /// (the stream's end once known, so the window edge matches whole-sequence decoding there).
     async fn flush(&mut self, upto: usize, right_edge: usize) -> Result<(), PipelineError> {
         while self.emitted < upto {
             let b = upto.min(self.emitted + STREAM_FRAMES);
-            let ws = self.emitted.saturating_sub(self.left).max(self.start);
+            let ws = self.emitted.saturating_sub(self.left);
             let we = (b + self.right).min(right_edge);
             let codes = self.window_codes(ws, we);
             let pcm = self.decoder.decode(self.gpu, &codes, we - ws).await?;
@@ -321,6 +351,23 @@ impl StreamDecoder<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Decodes the next chunk once the frames allow it: with `complete` (no frame will follow) everything, else
+    /// up to the right context's frames before the last one.
+    async fn advance(&mut self, complete: bool) -> Result<(), PipelineError> {
+        let n = self.len();
+        let upto = if complete { n } else { n.saturating_sub(self.right) };
+        if upto >= self.emitted + self.next_chunk() {
+            self.flush(upto, n).await?;
+        }
+        Ok(())
+    }
+
+    /// Emits every frame left (the stream has ended).
+    async fn finish(&mut self) -> Result<(), PipelineError> {
+        let n = self.len();
+        self.flush(n, n).await
     }
 
     /// New frames the next chunk waits for: the largest of 32, 16 or 8 that, at the rate frames have been
@@ -346,14 +393,62 @@ fn paced_chunk(rate: f64, ahead_s: f64) -> usize {
         .unwrap_or(FIRST_CHUNK_FRAMES)
 }
 
-impl RowSink for StreamDecoder<'_, '_> {
+/// Collects one session's delayed rows and moves its final frames into the stream.
+struct SegmentSink<'s, 'a, 'f> {
+    stream: &'s mut FrameStream<'a, 'f>,
+    /// Delayed rows `[n, C]` so far (batch of one).
+    rows: Vec<u32>,
+    delay: Vec<usize>,
+    eos: u32,
+    /// First audio frame (after BOS and prompt), in this session's rows.
+    start: usize,
+    /// Next frame (in this session's rows) to move into the stream.
+    pushed: usize,
+    /// Stream index of this session's first frame.
+    offset: usize,
+    /// The channel-0 EOS row once seen: frames from it on are not audio.
+    end: Option<usize>,
+    /// No session follows this one in the stream.
+    last: bool,
+    on_rows: &'s mut dyn FnMut(usize, usize),
+}
+
+impl SegmentSink<'_, '_, '_> {
+    fn channels(&self) -> usize {
+        self.delay.len()
+    }
+
+    fn max_delay(&self) -> usize {
+        self.delay.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Frames whose codes are all known: frame t needs delayed rows up to t + max delay.
+    fn final_frames(&self) -> usize {
+        (self.rows.len() / self.channels()).saturating_sub(self.max_delay())
+    }
+
+    /// Moves frames [pushed, upto) into the stream, undelayed, invalid values clamped to 0.
+    fn push_final(&mut self, upto: usize) {
+        let c = self.channels();
+        for t in self.pushed..upto {
+            for (ch, &d) in self.delay.iter().enumerate() {
+                let v = self.rows[(t + d) * c + ch];
+                self.stream.frames.push(if v < self.eos { v } else { 0 });
+            }
+        }
+        self.pushed = self.pushed.max(upto);
+    }
+}
+
+impl RowSink for SegmentSink<'_, '_, '_> {
     /// The next chunk's frames plus the right context must be final: frame f is final with delayed row
     /// f + max delay.
     fn wanted_rows(&self) -> Option<usize> {
         if self.end.is_some() {
             return None;
         }
-        Some(self.emitted + self.next_chunk() + self.right + self.max_delay())
+        let needed = self.stream.emitted + self.stream.next_chunk() + self.stream.right;
+        Some(self.start + needed.saturating_sub(self.offset) + self.max_delay())
     }
 
     async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError> {
@@ -365,21 +460,199 @@ impl RowSink for StreamDecoder<'_, '_> {
             }
         }
         self.rows.extend_from_slice(rows);
+        let generated = (self.rows.len() / c).saturating_sub(self.start);
+        if generated > 0 {
+            (self.on_rows)(generated, self.stream.emitted);
+        }
         let finals = self.final_frames();
-        // With the end known, frames up to it are exact with the end as the window edge; before that, keep
-        // the right context's final frames to the right of every emitted one.
-        let (upto, edge) = match self.end {
-            Some(e) if finals >= e => (e, e),
-            Some(e) => (finals.saturating_sub(self.right).min(e), finals),
-            None => (finals.saturating_sub(self.right), finals),
-        };
-        if upto >= self.emitted + self.next_chunk() {
-            if let Err(e) = self.flush(upto, edge).await {
-                self.error = Some(e);
-                return Err(DiaError::Cancelled);
-            }
+        let upto = self.end.map_or(finals, |e| finals.min(e));
+        self.push_final(upto);
+        // The stream is complete once this last session's frames reach its end.
+        let complete = self.last && self.end.is_some_and(|e| finals >= e);
+        if let Err(e) = self.stream.advance(complete).await {
+            self.stream.error = Some(e);
+            return Err(DiaError::Cancelled);
         }
         Ok(())
+    }
+}
+
+/// A voice for `Tts::speak_script`: prompt audio and, for a script of more than one segment, its transcript.
+#[derive(Debug, Clone, Copy)]
+pub struct VoicePrompt<'p> {
+    pub audio: &'p Audio,
+    /// What the prompt audio says, with its speaker tags. Without it the script itself must begin with the
+    /// transcript (as for `speak`), which only works for a script of one segment.
+    pub transcript: Option<&'p str>,
+}
+
+/// Where a long script stands, reported at the start of every segment (`rows` 0, before its GPU work is
+/// prepared) and with every batch of rows generated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptProgress {
+    /// Segment being generated (0-based) and how many there are.
+    pub segment: usize,
+    pub segments: usize,
+    /// Rows generated so far for this segment, and the estimate of its rows (`segment::estimated_rows`).
+    pub rows: usize,
+    pub estimated_rows: usize,
+    /// Audio frames handed out so far over the whole script.
+    pub frames_out: usize,
+}
+
+/// One spoken segment of a script.
+#[derive(Debug, Clone)]
+pub struct SpokenSegment {
+    /// The segment's own text (from `segment::split_script`).
+    pub script_text: String,
+    /// The text the model read: the context's transcripts, then the segment.
+    pub text: String,
+    /// The voice prompt codes it continued (undelayed `[frames, C]`): the user's voice and/or the previous
+    /// segment's frames.
+    pub prompt_codes: Vec<u32>,
+    /// Whether the previous segment rode along as context.
+    pub carried_previous: bool,
+    pub generation: Generation,
+    /// New audio frames (undelayed `[n, C]`, as streamed).
+    pub frames: Vec<u32>,
+}
+
+/// What one `speak_script` call produced.
+#[derive(Debug, Clone)]
+pub struct ScriptSpeech {
+    pub segments: Vec<SpokenSegment>,
+    /// Audio frames and samples streamed in all.
+    pub frames: usize,
+    pub samples: usize,
+}
+
+/// Seed of segment `i`: the given one for the first (so a one-segment script is exactly `speak`), a distinct one
+/// derived from it for each later segment (the same seed gives the same audio).
+pub fn segment_seed(seed: u64, i: usize) -> u64 {
+    if i == 0 {
+        seed
+    } else {
+        seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+/// Rows a segment is planned to need after its prompt: the user's `max_new_tokens` if set, else room for speech
+/// `NEW_ROWS_FACTOR` times as long as estimated plus the 15-row EOS tail.
+pub fn planned_new_rows(segment: &str, max_new_tokens: usize) -> usize {
+    if max_new_tokens != usize::MAX {
+        max_new_tokens
+    } else {
+        (NEW_ROWS_FACTOR * segment::estimated_rows(segment) as f64).ceil() as usize + 15
+    }
+}
+
+/// How much longer than estimated a segment may turn out and still fit beside its context.
+pub const NEW_ROWS_FACTOR: f64 = 1.6;
+
+/// The context rule (docs/long-form.md): a segment continues the user's voice (always, when given) and the whole
+/// previous segment — its frames and its text — when the decoder keeps `planned_new_rows` after them and the
+/// encoder takes both texts; otherwise the previous segment is left out. Returns (text, prompt codes, whether
+/// the previous segment was carried).
+pub fn segment_context(
+    cfg: &crate::config::DiaConfig,
+    voice: Option<(&str, &[u32])>,
+    previous: Option<(&str, &[u32])>,
+    segment: &str,
+    max_new_tokens: usize,
+) -> (String, Vec<u32>, bool) {
+    let c = cfg.decoder.channels;
+    // The transcripts go in front, one space apart; the segment itself is kept as it is (a one-segment script is
+    // the caller's text byte for byte).
+    let join = |context: &[&str]| {
+        let context: Vec<&str> = context.iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect();
+        if context.is_empty() {
+            segment.to_string()
+        } else {
+            format!("{} {segment}", context.join(" "))
+        }
+    };
+    let (vt, vc) = voice.unwrap_or(("", &[]));
+    let new_rows = planned_new_rows(segment, max_new_tokens);
+    if let Some((pt, pc)) = previous {
+        let text = join(&[vt, pt]);
+        let frames = (vc.len() + pc.len()) / c;
+        let fits_rows = 1 + frames + new_rows <= cfg.decoder.max_positions;
+        let fits_text = encode_text(&text).len() <= cfg.encoder.max_positions;
+        if fits_rows && fits_text {
+            return (text, [vc, pc].concat(), true);
+        }
+    }
+    (join(&[vt]), vc.to_vec(), false)
+}
+
+impl Tts<'_> {
+    /// Speaks a script of any length (up to `segment::MAX_SCRIPT_BYTES`) as one continuous stream: split into
+    /// segments (`segment::split_script`), each generated as a continuation of the context `segment_context`
+    /// chooses, their new frames decoded by one streaming codec. A script that is one segment is exactly
+    /// `speak(script, voice audio)` (the transcript, if given, in front). `opts.max_new_tokens` applies to every
+    /// segment; segment i samples with `segment_seed(seed, i)`. `cancelled` is checked within and between
+    /// segments.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn speak_script(
+        &self,
+        script: &str,
+        voice: Option<VoicePrompt<'_>>,
+        opts: &GenerateOptions,
+        limits: &SegmentLimits,
+        on_progress: &mut dyn FnMut(&ScriptProgress),
+        on_pcm: &mut dyn FnMut(&[f32]),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<ScriptSpeech, PipelineError> {
+        let segments = split_script(script, limits)?;
+        if segments.len() > 1 && voice.is_some_and(|v| v.transcript.is_none()) {
+            return Err(PipelineError::VoiceNeedsTranscript { segments: segments.len() });
+        }
+        let voice_codes = match voice {
+            Some(v) => Some(self.prompt_codes(v.audio).await?),
+            None => None,
+        };
+        let voice_ctx = voice_codes.as_deref().map(|codes| (voice.and_then(|v| v.transcript).unwrap_or(""), codes));
+        // Every segment of a long script sizes its GPU buffers for the largest request, so memory stays flat.
+        let reserve = if segments.len() > 1 { Reserve::full(self.dia) } else { Reserve::default() };
+        let mut stream = self.frame_stream(on_pcm)?;
+        let mut spoken: Vec<SpokenSegment> = Vec::with_capacity(segments.len());
+        let n = segments.len();
+        for (i, seg) in segments.iter().enumerate() {
+            if cancelled() {
+                return Err(DiaError::Cancelled.into());
+            }
+            let previous = spoken.last().map(|s| (s.script_text.as_str(), s.frames.as_slice()));
+            let (text, prompt_codes, carried_previous) = segment_context(&self.dia.cfg, voice_ctx, previous, seg, opts.max_new_tokens);
+            let mut seg_opts = opts.clone();
+            seg_opts.sampling.seed = segment_seed(opts.sampling.seed, i);
+            let estimated_rows = segment::estimated_rows(seg);
+            let mut progress = ScriptProgress { segment: i, segments: n, rows: 0, estimated_rows, frames_out: stream.emitted };
+            on_progress(&progress);
+            let prompt = (!prompt_codes.is_empty()).then_some(prompt_codes.as_slice());
+            let mut session = Session::with_reserve(self.gpu, self.dia, &[&text], prompt, &seg_opts, reserve)?;
+            let (generation, frames) = self
+                .run_segment(
+                    &mut session,
+                    &seg_opts,
+                    &mut stream,
+                    i + 1 == n,
+                    &mut |rows, frames_out| {
+                        progress.rows = rows;
+                        progress.frames_out = frames_out;
+                        on_progress(&progress);
+                    },
+                    cancelled,
+                )
+                .await?;
+            drop(session);
+            if i + 1 == n {
+                stream.finish().await?;
+            } else {
+                stream.advance(false).await?;
+            }
+            spoken.push(SpokenSegment { script_text: seg.clone(), text, prompt_codes, carried_previous, generation, frames });
+        }
+        Ok(ScriptSpeech { frames: stream.emitted, samples: stream.samples, segments: spoken })
     }
 }
 

@@ -22,6 +22,8 @@ pub struct PackedText {
     pub tokens: Vec<u32>,
     /// (offset, length) per segment.
     pub segments: Vec<(u32, u32)>,
+    /// Tokens the encoder's working buffers are sized for at least (`with_capacity`).
+    pub capacity: usize,
 }
 
 impl PackedText {
@@ -34,7 +36,14 @@ impl PackedText {
         }
         segments.push((tokens.len() as u32, 1));
         tokens.push(0);
-        PackedText { tokens, segments }
+        PackedText { tokens, segments, capacity: 0 }
+    }
+
+    /// The same text with the encoder's buffers sized for at least `tokens` tokens: requests made with one
+    /// capacity share the kept buffers whatever their lengths (long-form segments keep GPU memory flat).
+    pub fn with_capacity(mut self, tokens: usize) -> PackedText {
+        self.capacity = tokens;
+        self
     }
 
     /// (segment, position) per token.
@@ -83,7 +92,7 @@ impl DiaModel {
         let qinfo = gpu.upload("enc_qinfo", &text.qinfo());
         let seqs = gpu.upload("enc_seqs", &text.seqs());
         // Sized in steps of 256 tokens so that texts of similar lengths share the kept buffers.
-        let cap = (n as u64).next_multiple_of(256);
+        let cap = (n as u64).max(text.capacity as u64).next_multiple_of(256);
         let x = gpu.reusable_buffer("enc_x", cap * e.hidden as u64 * F32);
         let h = gpu.reusable_buffer("enc_h", cap * e.hidden as u64 * F32);
         let qkv = gpu.reusable_buffer("enc_qkv", cap * qkv_w as u64 * F32);
@@ -165,9 +174,15 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(gpu: &Gpu, model: &DiaModel, rows: u32, max_len: u32) -> KvCache {
+        Self::with_capacity(gpu, model, rows, max_len, 0)
+    }
+
+    /// `new` with buffers sized for at least `capacity` positions: sessions made with one capacity share the
+    /// kept buffers whatever their lengths.
+    pub fn with_capacity(gpu: &Gpu, model: &DiaModel, rows: u32, max_len: u32, capacity: u32) -> KvCache {
         let d = &model.cfg.decoder;
         // Sized in steps of 512 positions so that generations of similar lengths share the kept buffers.
-        let bytes = rows as u64 * max_len.next_multiple_of(512) as u64 * (d.kv_heads * d.head_dim) as u64 * F32;
+        let bytes = rows as u64 * max_len.max(capacity).next_multiple_of(512) as u64 * (d.kv_heads * d.head_dim) as u64 * F32;
         KvCache {
             // Kept for the next session: every position is written (prefill or step) before attention reads it.
             k: (0..d.layers).map(|l| gpu.reusable_buffer(&format!("kv_k.{l}"), bytes)).collect(),

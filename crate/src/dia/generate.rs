@@ -79,6 +79,24 @@ impl<F: FnMut(usize, &[u32])> RowSink for F {
     }
 }
 
+/// GPU working memory a session sizes its buffers for at least, beyond what its own request needs. Sessions made
+/// with the same reserve reuse the same kept buffers (`Gpu::reusable_buffer`) whatever their text and prompt
+/// lengths, so a long script's segments leave GPU memory exactly where the first one put it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserve {
+    /// Text tokens (the encoder's buffers).
+    pub text_tokens: usize,
+    /// Decoder positions (the KV cache).
+    pub positions: usize,
+}
+
+impl Reserve {
+    /// The most any request of `model` can need.
+    pub fn full(model: &DiaModel) -> Reserve {
+        Reserve { text_tokens: model.cfg.encoder.max_positions, positions: model.cfg.decoder.max_positions }
+    }
+}
+
 /// One generation request's GPU state: encoder output, KV cache, decoder graphs and the sampler.
 pub struct Session<'m> {
     gpu: &'m Gpu,
@@ -116,8 +134,21 @@ impl<'m> Session<'m> {
         Self::from_tokens(gpu, model, &items, prompt, opts, record_scores)
     }
 
+    /// `new` with GPU buffers sized for at least `reserve` (same generation, same codes).
+    pub fn with_reserve(gpu: &'m Gpu, model: &'m DiaModel, texts: &[&str], prompt: Option<&[u32]>, opts: &GenerateOptions, reserve: Reserve) -> Result<Session<'m>, DiaError> {
+        if texts.iter().any(|t| t.trim().is_empty()) {
+            return Err(DiaError::EmptyText);
+        }
+        let items: Vec<Vec<u32>> = texts.iter().map(|t| encode_text(t)).collect();
+        Self::build(gpu, model, &items, prompt, opts, false, reserve)
+    }
+
     /// `new` for already tokenized texts (one id list per item).
     pub fn from_tokens(gpu: &'m Gpu, model: &'m DiaModel, items: &[Vec<u32>], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool) -> Result<Session<'m>, DiaError> {
+        Self::build(gpu, model, items, prompt, opts, record_scores, Reserve::default())
+    }
+
+    fn build(gpu: &'m Gpu, model: &'m DiaModel, items: &[Vec<u32>], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool, reserve: Reserve) -> Result<Session<'m>, DiaError> {
         // Nothing is built on a lost device: its buffers would be invalid.
         gpu.check()?;
         let cfg = &model.cfg;
@@ -155,9 +186,9 @@ impl<'m> Session<'m> {
         }
         let prefix: Vec<u32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
 
-        let enc = model.encode(gpu, PackedText::new(items));
+        let enc = model.encode(gpu, PackedText::new(items).with_capacity(reserve.text_tokens));
         let rows = 2 * batch as u32;
-        let cache = KvCache::new(gpu, model, rows, max_length as u32);
+        let cache = KvCache::with_capacity(gpu, model, rows, max_length as u32, reserve.positions as u32);
         let step = DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, 1);
         let prefill = (s0 > 1).then(|| DecoderGraph::new(gpu, model, &enc, &cache, batch as u32, s0 as u32));
         let (head, logits) = model.logits_head(gpu, &step.x, rows);

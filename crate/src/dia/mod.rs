@@ -3,10 +3,11 @@ pub mod delay;
 pub mod forward;
 pub mod generate;
 pub mod model;
+pub mod segment;
 pub mod stored;
 pub mod tokenizer;
 
-pub use generate::{GenerateOptions, Generation, Session};
+pub use generate::{GenerateOptions, Generation, Reserve, Session};
 pub use model::{largest_matrix_bytes, DiaModel, DiaModelBuilder, MatrixRole};
 
 use crate::gpu::GpuError;

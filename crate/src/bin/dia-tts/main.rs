@@ -28,8 +28,9 @@ mod native {
     use dia_webgpu::gpu::{Gpu, GpuOptions};
     use dia_webgpu::kernels::sampling::SamplingParams;
     use dia_webgpu::kernels::Numerics;
-    use dia_webgpu::pipeline::{wav_bytes, Audio, Tts, SAMPLE_RATE};
-    use indicatif::{ProgressBar, ProgressStyle};
+    use dia_webgpu::dia::segment::{split_script, SegmentLimits};
+    use dia_webgpu::pipeline::{wav_bytes, Audio, ScriptProgress, Tts, VoicePrompt, SAMPLE_RATE};
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
     use super::hub;
 
@@ -39,16 +40,21 @@ mod native {
     struct Args {
         #[command(subcommand)]
         command: Option<Command>,
-        /// Text to speak; mark speakers with [S1] and [S2].
+        /// Text to speak; mark speakers with [S1] and [S2]. A text of any length (up to 256 KiB) is spoken in
+        /// segments of about 5 to 11 s, one continuous stream (docs/long-form.md).
         #[arg(long, conflicts_with = "text_file", required_unless_present = "text_file")]
         text: Option<String>,
-        /// Read the text from a file.
+        /// Read the text from a file (a long script is fine).
         #[arg(long)]
         text_file: Option<PathBuf>,
-        /// A voice to continue (WAV: integer PCM or 32-bit float, any rate, mono or stereo). Its transcript
-        /// should begin the text.
+        /// A voice to continue (WAV: integer PCM or 32-bit float, any rate, mono or stereo). Give its transcript
+        /// with --prompt-text, or begin the text with it (a short text only).
         #[arg(long)]
         prompt_audio: Option<PathBuf>,
+        /// The transcript of --prompt-audio, with its speaker tags. Needed for a text long enough to be spoken in
+        /// several segments: every segment continues the prompt, so the speakers keep its voices.
+        #[arg(long, requires = "prompt_audio")]
+        prompt_text: Option<String>,
         /// Dia checkpoint directory (config.json + safetensors, HF or nari layout). Default: the Hugging Face
         /// cache, then a download of nari-labs/Dia-1.6B-0626.
         #[arg(long)]
@@ -72,8 +78,8 @@ mod native {
         cfg_filter_top_k: u32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Rows to generate (86 per second of audio, 15 of them the end tail). Default: up to the model's
-        /// limit (3072 rows, about 35 s).
+        /// Rows to generate per segment (86 per second of audio, 15 of them the end tail). Default: up to the
+        /// model's limit (3072 rows, about 35 s, less the context a segment continues).
         #[arg(long)]
         max_new_tokens: Option<usize>,
         /// Weights on the GPU: f32 (exact, 6.4 GB), f16w (f16, 3.2 GB), q8 (8-bit, 1.7 GB) or q4 (4-bit MLP and
@@ -214,6 +220,12 @@ mod native {
         if text.trim().is_empty() {
             return Err("the text is empty (or only whitespace): give the words to speak with --text or --text-file".into());
         }
+        // The script's segments now: a bad script, or a long one with a prompt but no transcript, fails before loading.
+        let limits = SegmentLimits::default();
+        let segments = split_script(&text, &limits).map_err(|e| e.to_string())?.len();
+        if segments > 1 && args.prompt_audio.is_some() && args.prompt_text.is_none() {
+            return Err(format!("the text is {segments} segments long: give the transcript of --prompt-audio with --prompt-text (every segment continues it)"));
+        }
         check_output_path(&args.out, "--out")?;
         if let Some(p) = &args.codes_out {
             check_output_path(p, "--codes-out")?;
@@ -276,40 +288,66 @@ mod native {
             ..GenerateOptions::default()
         };
         let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
-        let bar = ProgressBar::new(max_new_tokens.unwrap_or(dia.cfg.decoder.max_positions) as u64);
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos} frames {per_sec}").unwrap().progress_chars("=> "));
-        bar.set_message("speaking");
+        // One bar for the segments (with the audio so far), one for the rows of the segment being generated.
+        let bars = MultiProgress::new();
+        let overall = bars.add(ProgressBar::new(segments as u64));
+        overall.set_style(ProgressStyle::with_template("{spinner} speaking [{bar:40}] segment {pos}/{len} {msg}").unwrap().progress_chars("=> "));
+        let segment_bar = bars.add(ProgressBar::new(0));
+        segment_bar.set_style(ProgressStyle::with_template("  segment [{bar:40}] {pos}/{len} rows {per_sec}").unwrap().progress_chars("=> "));
         let mut pcm: Vec<f32> = Vec::new();
         let t0 = Instant::now();
         let mut first_audio = None;
-        let speech = pollster::block_on(tts.speak(
+        let voice = prompt.as_ref().map(|audio| VoicePrompt { audio, transcript: args.prompt_text.as_deref() });
+        let speech = pollster::block_on(tts.speak_script(
             &text,
-            prompt.as_ref(),
+            voice,
             &opts,
+            &limits,
+            &mut |p: &ScriptProgress| {
+                if p.rows == 0 {
+                    overall.set_position(p.segment as u64 + 1);
+                    segment_bar.reset();
+                    segment_bar.set_length(max_new_tokens.unwrap_or(p.estimated_rows) as u64);
+                }
+                segment_bar.set_position(p.rows as u64);
+                overall.set_message(format!("{:.1} s of audio", p.frames_out as f64 * 512.0 / SAMPLE_RATE as f64));
+            },
             &mut |chunk: &[f32]| {
                 first_audio.get_or_insert_with(|| t0.elapsed());
                 pcm.extend_from_slice(chunk);
-                bar.set_position((pcm.len() / 512) as u64);
             },
             &|| false,
         ))
         .map_err(|e| e.to_string())?;
         let gen_s = t0.elapsed().as_secs_f64();
-        bar.finish_and_clear();
+        segment_bar.finish_and_clear();
+        overall.finish_and_clear();
 
         write_atomically(&args.out, &wav_bytes(&pcm, SAMPLE_RATE))?;
         if let Some(p) = &args.codes_out {
-            let g = &speech.generation;
-            let rows: Vec<&[u32]> = g.codes.chunks(g.channels).collect();
-            let json = serde_json::json!({ "delayed_codes": rows, "prefix_rows": g.prefix_rows, "channels": g.channels });
+            let json_of = |g: &dia_webgpu::dia::Generation| {
+                let rows: Vec<&[u32]> = g.codes.chunks(g.channels).collect();
+                serde_json::json!({ "delayed_codes": rows, "prefix_rows": g.prefix_rows, "channels": g.channels })
+            };
+            // One segment: the generation as before; several: one entry per segment, with the text it read.
+            let json = match &speech.segments[..] {
+                [one] => json_of(&one.generation),
+                all => serde_json::json!({ "segments": all.iter().map(|s| {
+                    let mut j = json_of(&s.generation);
+                    j["text"] = s.text.clone().into();
+                    j
+                }).collect::<Vec<_>>() }),
+            };
             write_atomically(p, json.to_string().as_bytes())?;
         }
-        let steps = speech.generation.rows - speech.generation.prefix_rows;
+        let steps: usize = speech.segments.iter().map(|s| s.generation.rows - s.generation.prefix_rows).sum();
+        let n = speech.segments.len();
         let audio_s = pcm.len() as f64 / SAMPLE_RATE as f64;
         println!(
-            "{}: {:.2} s of audio, {steps} steps in {gen_s:.2} s ({:.1} steps/s, {:.2}x real time, first audio after {:.0} ms) on {} [{}], weights loaded in {load_s:.1} s",
+            "{}: {:.2} s of audio, {n} segment{}, {steps} steps in {gen_s:.2} s ({:.1} steps/s, {:.2}x real time, first audio after {:.0} ms) on {} [{}], weights loaded in {load_s:.1} s",
             args.out.display(),
             audio_s,
+            if n == 1 { "" } else { "s" },
             steps as f64 / gen_s,
             audio_s / gen_s,
             first_audio.map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN),
