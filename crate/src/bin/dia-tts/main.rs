@@ -152,14 +152,11 @@ mod native {
         DiaConfig::from_json_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The mode to load `dir` in: `--dtype`, else the one it was converted for, else f16w.
-    fn choose_numerics(dtype: Option<&str>, dir: &Path) -> Result<Numerics, String> {
-        let stored = read_config(dir)
-            .and_then(|cfg| {
-                let ckpt = Checkpoint::open_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                stored_numerics(&cfg, &ckpt).map_err(|e| format!("{}: {e}", dir.display()))
-            })
-            .unwrap_or(None); // a broken checkpoint is reported by the load itself
+    /// The mode to load `dir` (whose config is `cfg`, if it parsed) in: `--dtype`, else the one it was converted
+    /// for, else f16w.
+    fn choose_numerics(dtype: Option<&str>, dir: &Path, cfg: Option<&DiaConfig>) -> Result<Numerics, String> {
+        // A broken checkpoint is reported by the load itself.
+        let stored = cfg.and_then(|cfg| stored_numerics(cfg, &Checkpoint::open_dir(dir).ok()?).ok().flatten());
         Ok(match (dtype.map(|d| Numerics::parse(d).expect("clap checked the value")), stored) {
             (Some(asked), Some(stored)) if asked != stored => {
                 eprintln!(
@@ -264,9 +261,10 @@ mod native {
             None => None,
         };
 
-        let numerics = choose_numerics(args.dtype.as_deref(), &model)?;
+        let config = read_config(&model).ok();
+        let numerics = choose_numerics(args.dtype.as_deref(), &model, config.as_ref())?;
         // The device must bind the largest matrix; a broken config is reported by the load itself.
-        let min_storage_binding = read_config(&model).map_or(64 << 20, |cfg| dia_webgpu::dia::largest_matrix_bytes(&cfg, numerics)).max(16 << 20);
+        let min_storage_binding = config.as_ref().map_or(64 << 20, |cfg| dia_webgpu::dia::largest_matrix_bytes(cfg, numerics)).max(16 << 20);
         let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding, ..GpuOptions::default() }).map_err(|e| e.to_string())?;
         if let Some(hint) = gpu.software_gl_hint() {
             eprintln!("dia-tts: {hint}");
