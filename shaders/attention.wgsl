@@ -49,8 +49,10 @@ const NEG: f32 = -3.0e38;
 @group(0) @binding(1) var<storage, read> qinfo: array<u32>;
 @group(0) @binding(2) var<storage, read> seqs: array<u32>;
 @group(0) @binding(3) var<storage, read> qbuf: array<f32>;
-@group(0) @binding(4) var<storage, read> kbuf: array<f32>;
-@group(0) @binding(5) var<storage, read> vbuf: array<f32>;
+// K and V: f32 words, or f16 pairs packed in u32 words ({{KV_WORD}}; `load_k`, `load_v`, `pv_load_v` and the
+// appending combine's `store_pair_k` / `store_pair_v` are generated per format: `kv_cache::KvFormat`).
+@group(0) @binding(4) var<storage, read> kbuf: array<{{KV_WORD}}>;
+@group(0) @binding(5) var<storage, read> vbuf: array<{{KV_WORD}}>;
 
 // Visible key count of query row `row` (0 if the row or its sequence is out of range).
 fn visible_keys(row: u32) -> u32 {
@@ -86,15 +88,7 @@ fn load_q(i: u32) -> f32 {
     if i < arrayLength(&qbuf) { return qbuf[i]; }
     return 0.0;
 }
-fn load_k(i: u32) -> f32 {
-    if i < arrayLength(&kbuf) { return kbuf[i]; }
-    return 0.0;
-}
-fn load_v(i: u32) -> f32 {
-    if i < arrayLength(&vbuf) { return vbuf[i]; }
-    return 0.0;
-}
-
+{{KV_LOADS}}
 // ---------------------------------------------------------------------------------------------------------------
 // Tiled prefill, three passes per chunk of rows. WebGPU's 16 KiB of workgroup memory leaves flash tiles for
 // head_dim 128 too small to reuse loads; plain tiled products over a materialised score matrix fit easily.
@@ -115,7 +109,7 @@ const DN: u32 = {{DN}}u; // output columns per PV tile: 64, or 128 when head_dim
 @group(0) @binding(5) var<storage, read_write> sc_out: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> sm_scratch: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> pv_scratch: array<f32>;
-@group(0) @binding(4) var<storage, read> pv_v: array<f32>;
+@group(0) @binding(4) var<storage, read> pv_v: array<{{KV_WORD}}>;
 @group(0) @binding(5) var<storage, read_write> pv_out: array<f32>;
 
 var<workgroup> ta: array<vec4<f32>, 256>;  // [kk][row / 4]: queries (scores) or probabilities (PV)
@@ -170,11 +164,7 @@ fn pv_s(i: u32) -> f32 {
     if i < arrayLength(&pv_scratch) { return pv_scratch[i]; }
     return 0.0;
 }
-fn pv_load_v(i: u32) -> f32 {
-    if i < arrayLength(&pv_v) { return pv_v[i]; }
-    return 0.0;
-}
-
+{{PV_LOAD}}
 @compute @workgroup_size(256)
 fn prefill_scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let j0 = wid.x * TR;
@@ -610,8 +600,9 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
 @group(0) @binding(3) var<storage, read> partials_in: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out_c: array<f32>;
 // Appending decode: the K and V caches the new key goes into.
-@group(0) @binding(5) var<storage, read_write> kcache_c: array<f32>;
-@group(0) @binding(6) var<storage, read_write> vcache_c: array<f32>;
+@group(0) @binding(5) var<storage, read_write> kcache_c: array<{{KV_WORD}}>;
+@group(0) @binding(6) var<storage, read_write> vcache_c: array<{{KV_WORD}}>;
+{{KV_STORES}}
 
 // Appending decode: the first head of each kv head's group copies the new key's staged K and V into the caches
 // at (seq, pos). No pass of this step reads that cache row any more (the partials took the new key from the
@@ -628,13 +619,10 @@ fn append_new_key(lid: u32, h: u32, row: u32) {
     let g = h / p.n_rep;
     let slot = new_key_slot(row, g);
     let dst = (seqs[2u * s] + pos) * p.kv_stride + g * HD;
-    for (var d = lid; d < HD; d += WG) {
-        if dst + p.k_col + d < arrayLength(&kcache_c) {
-            kcache_c[dst + p.k_col + d] = partial_at(slot + d);
-        }
-        if dst + p.v_col + d < arrayLength(&vcache_c) {
-            vcache_c[dst + p.v_col + d] = partial_at(slot + HD + d);
-        }
+    // Pairs of values (HD is even; an f16 pair is one word).
+    for (var d = 2u * lid; d < HD; d += 2u * WG) {
+        store_pair_k(dst + p.k_col + d, partial_at(slot + d), partial_at(slot + d + 1u), true);
+        store_pair_v(dst + p.v_col + d, partial_at(slot + HD + d), partial_at(slot + HD + d + 1u), true);
     }
 }
 

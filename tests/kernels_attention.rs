@@ -8,7 +8,7 @@ use std::time::Instant;
 use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, attention_prefill_limited, AttentionArgs};
-use dia_webgpu::kernels::kv_cache::rope_kv_write;
+use dia_webgpu::kernels::kv_cache::{pack_f16, rope_kv_write, KvFormat};
 use dia_webgpu::kernels::rope::rope_tables;
 
 /// Where q, k and v live (the three layouts the model uses).
@@ -85,8 +85,42 @@ impl Problem {
     }
 }
 
+/// Values as an f16 cache holds them (rounded to nearest).
+fn f16_rounded(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// f16 pairs packed into u32 words (value 2i in the low half of word i), as `KvFormat::F16` caches hold them.
+fn f16_words(v: &[f32]) -> Vec<u32> {
+    v.chunks(2).map(|p| half::f16::from_f32(p[0]).to_bits() as u32 | (half::f16::from_f32(*p.get(1).unwrap_or(&0.0)).to_bits() as u32) << 16).collect()
+}
+
+fn f16_unpacked(words: &[u32]) -> Vec<f32> {
+    words.iter().flat_map(|&w| [half::f16::from_bits(w as u16).to_f32(), half::f16::from_bits((w >> 16) as u16).to_f32()]).collect()
+}
+
+/// Each value within one f16 rounding step of `want`'s (the WGSL spec lets `pack2x16float` round either way).
+fn assert_f16_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let step = (w.abs() * (1.0 / 1024.0)).max(6.2e-5);
+        assert!((g - w).abs() <= step, "{what}: value {i} is {g}, want {w} within one f16 step");
+    }
+}
+
+impl Problem {
+    /// The problem with its keys and values rounded to f16, as an f16 cache holds them (separate K/V buffers
+    /// only: in the fused layout the queries share the buffer).
+    fn with_f16_kv(mut self) -> Problem {
+        self.k = f16_rounded(&self.k);
+        self.v = self.v.as_deref().map(f16_rounded);
+        self
+    }
+}
+
 /// GPU copies of a problem's buffers; `out` starts as NaN so a value the kernel never writes shows up.
 struct GpuProblem {
+    format: KvFormat,
     q: GpuBuffer,
     k: GpuBuffer,
     v: Option<GpuBuffer>,
@@ -97,12 +131,23 @@ struct GpuProblem {
 
 impl GpuProblem {
     fn new(gpu: &Gpu, p: &Problem, fused: bool) -> GpuProblem {
-        let k = gpu.upload("k", &p.k);
+        GpuProblem::with_format(gpu, p, fused, KvFormat::F32)
+    }
+
+    /// K and V held in `format` (F16: the problem's values must already be f16-rounded, `with_f16_kv`).
+    fn with_format(gpu: &Gpu, p: &Problem, fused: bool, format: KvFormat) -> GpuProblem {
+        assert!(!(fused && format == KvFormat::F16), "the fused layout holds f32 queries");
+        let kv = |label: &str, v: &[f32]| match format {
+            KvFormat::F32 => gpu.upload(label, v),
+            KvFormat::F16 => gpu.upload(label, &f16_words(v)),
+        };
+        let k = kv("k", &p.k);
         GpuProblem {
+            format,
             // In the fused layout q, k and v are literally one buffer.
             q: if fused { k.clone() } else { gpu.upload("q", &p.q) },
             k,
-            v: p.v.as_ref().map(|v| gpu.upload("v", v)),
+            v: p.v.as_ref().map(|v| kv("v", v)),
             qinfo: gpu.upload("qinfo", &p.qinfo),
             seqs: gpu.upload("seqs", &p.seqs),
             out: gpu.upload("out", &vec![f32::NAN; p.rows * p.heads * p.head_dim]),
@@ -128,6 +173,7 @@ impl GpuProblem {
             head_dim: p.head_dim as u32,
             causal: p.causal,
             max_keys,
+            kv_format: self.format,
         }
     }
 }
@@ -249,7 +295,11 @@ fn check(p: &Problem, qinfo: &[u32], got: &[f32], what: &str) {
 }
 
 fn run_both(gpu: &Gpu, p: &Problem, fused: bool, what: &str) {
-    let bufs = GpuProblem::new(gpu, p, fused);
+    run_both_in(gpu, p, fused, KvFormat::F32, what);
+}
+
+fn run_both_in(gpu: &Gpu, p: &Problem, fused: bool, format: KvFormat, what: &str) {
+    let bufs = GpuProblem::with_format(gpu, p, fused, format);
     let args = bufs.args(p, p.max_keys());
     let prefill = attention_prefill(gpu, &args);
     gpu.run(&prefill.iter().collect::<Vec<_>>());
@@ -276,7 +326,12 @@ fn sweep(hd: usize, seed: u64) {
             let queries = mixed_queries(&mut rng, &kv_lens, 41);
             let p = make_problem(&mut rng, layout, &kv_lens, &queries, heads, kv_heads, hd, causal, logit);
             let what = format!("hd {hd} heads {heads}/{kv_heads} causal {causal} {layout:?} logit std {logit}");
-            run_both(&gpu, &p, matches!(layout, Layout::FusedQkv), &what);
+            let fused = matches!(layout, Layout::FusedQkv);
+            run_both(&gpu, &p, fused, &what);
+            if !fused {
+                // The same problem over f16 caches: exact against the f16-rounded keys and values.
+                run_both_in(&gpu, &p.with_f16_kv(), false, KvFormat::F16, &format!("{what} f16 K/V"));
+            }
             case += 1;
         }
     }
@@ -286,7 +341,9 @@ fn sweep(hd: usize, seed: u64) {
         for causal in [false, true] {
             let queries = mixed_queries(&mut rng, &kv_lens, 9);
             let p = make_problem(&mut rng, Layout::PackedKv, &kv_lens, &queries, heads, kv_heads, hd, causal, 20.0);
-            run_both(&gpu, &p, false, &format!("hd {hd} heads {heads}/{kv_heads} causal {causal} single-chunk decode"));
+            let what = format!("hd {hd} heads {heads}/{kv_heads} causal {causal} single-chunk decode");
+            run_both(&gpu, &p, false, &what);
+            run_both_in(&gpu, &p.with_f16_kv(), false, KvFormat::F16, &format!("{what} f16 K/V"));
         }
     }
 }
@@ -407,61 +464,109 @@ fn attention_decode_reuses_dispatch_as_pos_grows() {
 }
 
 /// RoPE + cache write in one dispatch: Q rotated in place (K and V of the source untouched), rotated K and V at
-/// (seq, pos) of the caches, rows past the cache skipped, positions past the tables unrotated; against the CPU.
+/// (seq, pos) of the caches, rows past the cache skipped, positions past the tables unrotated; against the CPU,
+/// with f32 caches and with f16 caches (every untouched value kept bit for bit, written ones within an f16 step).
 #[test]
 fn rope_kv_write_rotates_and_writes_new_rows() {
     let gpu = test_gpu();
     let mut rng = Rng::new(23);
-    for (head_dim, q_heads, kv_heads, max_pos) in [(8usize, 3usize, 2usize, 9usize), (128, 4, 1, 64)] {
-        let (n_seq, max_len) = (3usize, 11usize);
-        let width = kv_heads * head_dim;
-        let row_stride = q_heads * head_dim + 2 * width + 5; // a few unrelated columns at the end of each row
-        let (cos, sin) = rope_tables(max_pos, head_dim, 10000.0);
-        let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
-        let rows = 6usize;
-        let cache_len = n_seq * max_len * width;
-        let mut k_want = rng.vec(cache_len, 1.0);
-        let mut v_want = rng.vec(cache_len, 1.0);
-        let (k_cache, v_cache) = (gpu.upload("k_cache", &k_want), gpu.upload("v_cache", &v_want));
-        // (seq, pos): in range; pos ≥ max_len; seq past the cache; pos ≥ max_pos (unrotated, still cached when < max_len).
-        let qinfo: Vec<u32> = [[0u32, 0], [2, 10], [1, 4], [1, max_len as u32], [3, 0], [0, max_pos.min(max_len - 1) as u32]].concat();
-        let qinfo = if max_pos < max_len { qinfo } else { [&qinfo[..10], &[0u32, 7]].concat() };
-        let x = rng.vec(rows * row_stride, 1.0);
-        let (xb, qb) = (gpu.upload("qkv", &x), gpu.upload("qinfo", &qinfo));
-        let d = rope_kv_write(&gpu, &xb, &qb, &cb, &sb, &k_cache, &v_cache, rows as u32, row_stride as u32, q_heads as u32, head_dim as u32, width as u32, max_len as u32);
-        gpu.run(&[&d]);
-        let half = head_dim / 2;
-        let rotate = |v: &[f32], pos: usize| -> Vec<f32> {
-            if pos >= max_pos {
-                return v.to_vec();
+    for format in KvFormat::ALL {
+        for (head_dim, q_heads, kv_heads, max_pos) in [(8usize, 3usize, 2usize, 9usize), (128, 4, 1, 64), (12, 2, 3, 20), (6, 1, 2, 9)] {
+            if !format.supports(head_dim as u32) {
+                continue;
             }
-            let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
-            (0..head_dim)
-                .map(|i| if i < half { v[i] * c[i] - v[i + half] * s[i] } else { v[i] * c[i - half] + v[i - half] * s[i - half] })
-                .collect()
-        };
-        let mut x_want = x.clone();
-        for m in 0..rows {
-            let (seq, pos) = (qinfo[2 * m] as usize, qinfo[2 * m + 1] as usize);
-            let row = &x[m * row_stride..][..row_stride];
-            for h in 0..q_heads {
-                x_want[m * row_stride + h * head_dim..][..head_dim].copy_from_slice(&rotate(&row[h * head_dim..][..head_dim], pos));
-            }
-            if seq < n_seq && pos < max_len {
-                let dst = (seq * max_len + pos) * width;
-                for g in 0..kv_heads {
-                    let k = &row[(q_heads + g) * head_dim..][..head_dim];
-                    k_want[dst + g * head_dim..][..head_dim].copy_from_slice(&rotate(k, pos));
+            let (n_seq, max_len) = (3usize, 11usize);
+            let width = kv_heads * head_dim;
+            let row_stride = q_heads * head_dim + 2 * width + 5; // a few unrelated columns at the end of each row
+            let (cos, sin) = rope_tables(max_pos, head_dim, 10000.0);
+            let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
+            let rows = 6usize;
+            let cache_len = n_seq * max_len * width;
+            let (mut k_want, mut v_want) = (rng.vec(cache_len, 1.0), rng.vec(cache_len, 1.0));
+            let upload = |label: &str, v: &mut Vec<f32>| match format {
+                KvFormat::F32 => gpu.upload(label, v),
+                KvFormat::F16 => {
+                    *v = f16_rounded(v);
+                    gpu.upload(label, &f16_words(v))
                 }
-                v_want[dst..dst + width].copy_from_slice(&row[q_heads * head_dim + width..][..width]);
+            };
+            let (k_cache, v_cache) = (upload("k_cache", &mut k_want), upload("v_cache", &mut v_want));
+            let (k_before, v_before) = (k_want.clone(), v_want.clone());
+            // (seq, pos): in range; pos ≥ max_len; seq past the cache; pos ≥ max_pos (unrotated, still cached when < max_len).
+            let qinfo: Vec<u32> = [[0u32, 0], [2, 10], [1, 4], [1, max_len as u32], [3, 0], [0, max_pos.min(max_len - 1) as u32]].concat();
+            let qinfo = if max_pos < max_len { qinfo } else { [&qinfo[..10], &[0u32, 7]].concat() };
+            let x = rng.vec(rows * row_stride, 1.0);
+            let (xb, qb) = (gpu.upload("qkv", &x), gpu.upload("qinfo", &qinfo));
+            let d = rope_kv_write(&gpu, &xb, &qb, &cb, &sb, &k_cache, &v_cache, rows as u32, row_stride as u32, q_heads as u32, head_dim as u32, width as u32, max_len as u32, format);
+            gpu.run(&[&d]);
+            let half = head_dim / 2;
+            let rotate = |v: &[f32], pos: usize| -> Vec<f32> {
+                if pos >= max_pos {
+                    return v.to_vec();
+                }
+                let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+                (0..head_dim)
+                    .map(|i| if i < half { v[i] * c[i] - v[i + half] * s[i] } else { v[i] * c[i - half] + v[i - half] * s[i - half] })
+                    .collect()
+            };
+            let mut x_want = x.clone();
+            for m in 0..rows {
+                let (seq, pos) = (qinfo[2 * m] as usize, qinfo[2 * m + 1] as usize);
+                let row = &x[m * row_stride..][..row_stride];
+                for h in 0..q_heads {
+                    x_want[m * row_stride + h * head_dim..][..head_dim].copy_from_slice(&rotate(&row[h * head_dim..][..head_dim], pos));
+                }
+                if seq < n_seq && pos < max_len {
+                    let dst = (seq * max_len + pos) * width;
+                    for g in 0..kv_heads {
+                        let k = &row[(q_heads + g) * head_dim..][..head_dim];
+                        k_want[dst + g * head_dim..][..head_dim].copy_from_slice(&rotate(k, pos));
+                    }
+                    v_want[dst..dst + width].copy_from_slice(&row[q_heads * head_dim + width..][..width]);
+                }
+            }
+            let what = format!("{format} caches, hd={head_dim}");
+            let e = rel_err(&gpu.read_f32_blocking(&xb).unwrap(), &x_want);
+            assert!(e <= 1e-6, "{what}: source rows rel err {e:.3e}");
+            match format {
+                KvFormat::F32 => {
+                    let e = rel_err(&gpu.read_f32_blocking(&k_cache).unwrap(), &k_want);
+                    assert!(e <= 1e-6, "{what}: k cache rel err {e:.3e}");
+                    assert_eq!(gpu.read_f32_blocking(&v_cache).unwrap(), v_want, "{what}: v cache");
+                }
+                KvFormat::F16 => {
+                    let (k_got, v_got) = (f16_unpacked(&gpu.read_u32_blocking(&k_cache).unwrap()), f16_unpacked(&gpu.read_u32_blocking(&v_cache).unwrap()));
+                    for (got, want, before, name) in [(&k_got, &k_want, &k_before, "k"), (&v_got, &v_want, &v_before, "v")] {
+                        assert_f16_close(got, want, &format!("{what}: {name} cache"));
+                        // Values the write does not touch stay exactly as they were.
+                        for i in 0..cache_len {
+                            if want[i] == before[i] {
+                                assert_eq!(got[i], before[i], "{what}: {name} cache value {i} changed");
+                            }
+                        }
+                    }
+                }
             }
         }
-        let tol = 1e-6;
-        let e = rel_err(&gpu.read_f32_blocking(&xb).unwrap(), &x_want);
-        assert!(e <= tol, "hd={head_dim}: source rows rel err {e:.3e}");
-        let e = rel_err(&gpu.read_f32_blocking(&k_cache).unwrap(), &k_want);
-        assert!(e <= tol, "hd={head_dim}: k cache rel err {e:.3e}");
-        assert_eq!(gpu.read_f32_blocking(&v_cache).unwrap(), v_want, "hd={head_dim}: v cache");
+    }
+}
+
+/// `pack_f16`: word i holds values 2i and 2i + 1 rounded to f16, an odd count padded with 0, the rest of the
+/// destination untouched.
+#[test]
+fn pack_f16_packs_pairs() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(29);
+    for n in [1usize, 2, 7, 513, 1000] {
+        let v = rng.vec(n, 3.0);
+        let src = gpu.upload("values", &v);
+        let dst = gpu.upload("packed", &vec![0xdead_beefu32; n.div_ceil(2) + 3]);
+        gpu.run(&[&pack_f16(&gpu, &src, &dst, n as u32)]);
+        let got = gpu.read_u32_blocking(&dst).unwrap();
+        let mut want_values = v.clone();
+        want_values.resize(n.div_ceil(2) * 2, 0.0);
+        assert_f16_close(&f16_unpacked(&got[..n.div_ceil(2)]), &f16_rounded(&want_values), &format!("{n} values"));
+        assert_eq!(&got[n.div_ceil(2)..], &[0xdead_beefu32; 3], "{n} values: words past the packed ones");
     }
 }
 
@@ -473,100 +578,122 @@ fn rope_kv_write_rotates_and_writes_new_rows() {
 fn attention_decode_appending_matches_rope_then_attention() {
     let gpu = test_gpu();
     let mut rng = Rng::new(31);
-    for (hd, heads, kv_heads, max_pos) in [(16usize, 4usize, 2usize, 3072usize), (128, 16, 4, 3072), (32, 4, 4, 150)] {
-        let (n_seq, max_len) = (4usize, 300usize);
-        let width = kv_heads * hd;
-        let stride = heads * hd + 2 * width + 3; // fused projection rows [Q | K | V] + unrelated columns
-        let (cos, sin) = rope_tables(max_pos, hd, 10000.0);
-        let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
-        // Sequence 3 has a shorter cache view: its last step's position lies past it.
-        let seqs: Vec<u32> = (0..n_seq).flat_map(|s| [(s * max_len) as u32, if s == 3 { 140 } else { max_len as u32 }]).collect();
-        let mut k_cache = rng.vec(n_seq * max_len * width, 1.0);
-        let mut v_cache = rng.vec(n_seq * max_len * width, 1.0);
-        let (kb, vb) = (gpu.upload("k_cache", &k_cache), gpu.upload("v_cache", &v_cache));
-        let rows = 4usize;
-        let qkv_b = gpu.buffer("qkv", (rows * stride * 4) as u64);
-        let qinfo_b = gpu.buffer("qinfo", (rows * 8) as u64);
-        let seqs_b = gpu.upload("seqs", &seqs);
-        let out = gpu.buffer("out", (rows * heads * hd * 4) as u64);
-        let args = AttentionArgs {
-            q_buf: &qkv_b,
-            q_stride: stride as u32,
-            q_col: 0,
-            k_buf: &kb,
-            v_buf: &vb,
-            kv_stride: width as u32,
-            k_col: 0,
-            v_col: 0,
-            qinfo: &qinfo_b,
-            seqs: &seqs_b,
-            out: &out,
-            rows: rows as u32,
-            heads: heads as u32,
-            kv_heads: kv_heads as u32,
-            head_dim: hd as u32,
-            causal: true,
-            max_keys: max_len as u32,
-        };
-        assert!(dia_webgpu::kernels::attention::can_append_in_decode(&args));
-        let step = dia_webgpu::kernels::attention::attention_decode_appending(&gpu, &args, &cb, &sb);
-        let half = hd / 2;
-        let rotate = |v: &[f32], pos: usize| -> Vec<f32> {
-            if pos >= max_pos {
-                return v.to_vec();
-            }
-            let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
-            (0..hd).map(|i| if i < half { v[i] * c[i] - v[i + half] * s[i] } else { v[i] * c[i - half] + v[i - half] * s[i - half] }).collect()
-        };
-        // Rows: seq 0 from position 0, seq 1 across a chunk edge, seq 2 past the RoPE tables of the last case,
-        // seq 3 reaching past its cache view. Row order shuffled against seq order.
-        let starts = [(2usize, 160usize), (0, 0), (3, 138), (1, 62)];
-        for i in 0..4 {
-            let qinfo: Vec<u32> = starts.iter().flat_map(|&(s, p0)| [s as u32, (p0 + i) as u32]).collect();
-            let x = rng.vec(rows * stride, 0.5);
-            gpu.write(&qkv_b, &x);
-            gpu.write(&qinfo_b, &qinfo);
-            gpu.write(&out, &vec![f32::NAN; rows * heads * hd]);
-            gpu.run(&step.iter().collect::<Vec<_>>());
-            // CPU: rotate the queries, append the new keys, attend over the caches.
-            let mut q = vec![0f32; rows * heads * hd];
-            for m in 0..rows {
-                let (seq, pos) = (qinfo[2 * m] as usize, qinfo[2 * m + 1] as usize);
-                let row = &x[m * stride..][..stride];
-                for h in 0..heads {
-                    q[(m * heads + h) * hd..][..hd].copy_from_slice(&rotate(&row[h * hd..][..hd], pos));
+    for format in KvFormat::ALL {
+        for (hd, heads, kv_heads, max_pos) in [(16usize, 4usize, 2usize, 3072usize), (128, 16, 4, 3072), (32, 4, 4, 150)] {
+            let (n_seq, max_len) = (4usize, 300usize);
+            let width = kv_heads * hd;
+            let stride = heads * hd + 2 * width + 3; // fused projection rows [Q | K | V] + unrelated columns
+            let (cos, sin) = rope_tables(max_pos, hd, 10000.0);
+            let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
+            // Sequence 3 has a shorter cache view: its last step's position lies past it.
+            let seqs: Vec<u32> = (0..n_seq).flat_map(|s| [(s * max_len) as u32, if s == 3 { 140 } else { max_len as u32 }]).collect();
+            let mut k_cache = rng.vec(n_seq * max_len * width, 1.0);
+            let mut v_cache = rng.vec(n_seq * max_len * width, 1.0);
+            let (kb, vb) = match format {
+                KvFormat::F32 => (gpu.upload("k_cache", &k_cache), gpu.upload("v_cache", &v_cache)),
+                KvFormat::F16 => {
+                    k_cache = f16_rounded(&k_cache);
+                    v_cache = f16_rounded(&v_cache);
+                    (gpu.upload("k_cache", &f16_words(&k_cache)), gpu.upload("v_cache", &f16_words(&v_cache)))
                 }
-                if pos < seqs[2 * seq + 1] as usize {
-                    let dst = (seq * max_len + pos) * width;
-                    for g in 0..kv_heads {
-                        k_cache[dst + g * hd..][..hd].copy_from_slice(&rotate(&row[(heads + g) * hd..][..hd], pos));
-                    }
-                    v_cache[dst..dst + width].copy_from_slice(&row[heads * hd + width..][..width]);
-                }
-            }
-            let p = Problem {
-                q,
-                q_stride: heads * hd,
+            };
+            let rows = 4usize;
+            let qkv_b = gpu.buffer("qkv", (rows * stride * 4) as u64);
+            let qinfo_b = gpu.buffer("qinfo", (rows * 8) as u64);
+            let seqs_b = gpu.upload("seqs", &seqs);
+            let out = gpu.buffer("out", (rows * heads * hd * 4) as u64);
+            let args = AttentionArgs {
+                q_buf: &qkv_b,
+                q_stride: stride as u32,
                 q_col: 0,
-                k: k_cache.clone(),
-                v: Some(v_cache.clone()),
-                kv_stride: width,
+                k_buf: &kb,
+                v_buf: &vb,
+                kv_stride: width as u32,
                 k_col: 0,
                 v_col: 0,
-                qinfo: qinfo.clone(),
-                seqs: seqs.clone(),
-                rows,
-                heads,
-                kv_heads,
-                head_dim: hd,
+                qinfo: &qinfo_b,
+                seqs: &seqs_b,
+                out: &out,
+                rows: rows as u32,
+                heads: heads as u32,
+                kv_heads: kv_heads as u32,
+                head_dim: hd as u32,
                 causal: true,
+                max_keys: max_len as u32,
+                kv_format: format,
             };
-            let what = format!("hd {hd} heads {heads}/{kv_heads} step {i}");
-            check(&p, &qinfo, &gpu.read_f32_blocking(&out).unwrap(), &what);
-            let e = rel_err(&gpu.read_f32_blocking(&kb).unwrap(), &k_cache);
-            assert!(e <= 1e-6, "{what}: k cache rel err {e:.3e}");
-            assert_eq!(gpu.read_f32_blocking(&vb).unwrap(), v_cache, "{what}: v cache");
-            assert_eq!(gpu.read_f32_blocking(&qkv_b).unwrap(), x, "{what}: the QKV rows must stay unrotated");
+            assert!(dia_webgpu::kernels::attention::can_append_in_decode(&args));
+            let step = dia_webgpu::kernels::attention::attention_decode_appending(&gpu, &args, &cb, &sb);
+            let half = hd / 2;
+            let rotate = |v: &[f32], pos: usize| -> Vec<f32> {
+                if pos >= max_pos {
+                    return v.to_vec();
+                }
+                let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+                (0..hd).map(|i| if i < half { v[i] * c[i] - v[i + half] * s[i] } else { v[i] * c[i - half] + v[i - half] * s[i - half] }).collect()
+            };
+            // Rows: seq 0 from position 0, seq 1 across a chunk edge, seq 2 past the RoPE tables of the last case,
+            // seq 3 reaching past its cache view. Row order shuffled against seq order.
+            let starts = [(2usize, 160usize), (0, 0), (3, 138), (1, 62)];
+            for i in 0..4 {
+                let qinfo: Vec<u32> = starts.iter().flat_map(|&(s, p0)| [s as u32, (p0 + i) as u32]).collect();
+                let x = rng.vec(rows * stride, 0.5);
+                gpu.write(&qkv_b, &x);
+                gpu.write(&qinfo_b, &qinfo);
+                gpu.write(&out, &vec![f32::NAN; rows * heads * hd]);
+                gpu.run(&step.iter().collect::<Vec<_>>());
+                // CPU: rotate the queries, append the new keys, attend over the caches.
+                let mut q = vec![0f32; rows * heads * hd];
+                for m in 0..rows {
+                    let (seq, pos) = (qinfo[2 * m] as usize, qinfo[2 * m + 1] as usize);
+                    let row = &x[m * stride..][..stride];
+                    for h in 0..heads {
+                        q[(m * heads + h) * hd..][..hd].copy_from_slice(&rotate(&row[h * hd..][..hd], pos));
+                    }
+                    if pos < seqs[2 * seq + 1] as usize {
+                        let dst = (seq * max_len + pos) * width;
+                        for g in 0..kv_heads {
+                            k_cache[dst + g * hd..][..hd].copy_from_slice(&rotate(&row[(heads + g) * hd..][..hd], pos));
+                        }
+                        v_cache[dst..dst + width].copy_from_slice(&row[heads * hd + width..][..width]);
+                    }
+                }
+                let p = Problem {
+                    q,
+                    q_stride: heads * hd,
+                    q_col: 0,
+                    k: k_cache.clone(),
+                    v: Some(v_cache.clone()),
+                    kv_stride: width,
+                    k_col: 0,
+                    v_col: 0,
+                    qinfo: qinfo.clone(),
+                    seqs: seqs.clone(),
+                    rows,
+                    heads,
+                    kv_heads,
+                    head_dim: hd,
+                    causal: true,
+                };
+                let what = format!("{format} caches, hd {hd} heads {heads}/{kv_heads} step {i}");
+                // The step attends over its own new key in f32 (from the QKV row) and over the cached ones as cached.
+                check(&p, &qinfo, &gpu.read_f32_blocking(&out).unwrap(), &what);
+                match format {
+                    KvFormat::F32 => {
+                        let e = rel_err(&gpu.read_f32_blocking(&kb).unwrap(), &k_cache);
+                        assert!(e <= 1e-6, "{what}: k cache rel err {e:.3e}");
+                        assert_eq!(gpu.read_f32_blocking(&vb).unwrap(), v_cache, "{what}: v cache");
+                    }
+                    KvFormat::F16 => {
+                        let (k_got, v_got) = (f16_unpacked(&gpu.read_u32_blocking(&kb).unwrap()), f16_unpacked(&gpu.read_u32_blocking(&vb).unwrap()));
+                        assert_f16_close(&k_got, &k_cache, &format!("{what}: k cache"));
+                        assert_f16_close(&v_got, &v_cache, &format!("{what}: v cache"));
+                        // Later steps read the new keys as the cache holds them.
+                        (k_cache, v_cache) = (k_got, v_got);
+                    }
+                }
+                assert_eq!(gpu.read_f32_blocking(&qkv_b).unwrap(), x, "{what}: the QKV rows must stay unrotated");
+            }
         }
     }
 }

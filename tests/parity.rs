@@ -7,6 +7,7 @@ use common::fixture::{cases, first_difference, options, prompt_of, text_ids, u32
 use common::{fixtures_dir, load_expected, rel_err, test_gpu};
 use dia_webgpu::dia::{load_model_dir, DiaModel, GenerateOptions, Session};
 use dia_webgpu::gpu::Gpu;
+use dia_webgpu::kernels::kv_cache::KvFormat;
 use dia_webgpu::kernels::Numerics;
 
 struct Fixture {
@@ -213,12 +214,17 @@ fn parity_cross_attention_rope_flag_f32() {
 /// agreement), each case printed.
 fn tf_figures(gpu: &Gpu, f: &Fixture, numerics: Numerics) -> (f64, f64) {
     let m = model(gpu, numerics);
+    tf_figures_of(gpu, f, &m)
+}
+
+fn tf_figures_of(gpu: &Gpu, f: &Fixture, m: &DiaModel) -> (f64, f64) {
+    let numerics = m.numerics;
     let (mut worst_err, mut worst_agree) = (0.0f64, 1.0f64);
     for case in cases(&f.exp, ".logits_tf24") {
-        let (got, want) = tf_logits(gpu, &m, f, &case);
+        let (got, want) = tf_logits(gpu, m, f, &case);
         let err = rel_err(&got, &want);
         let agree = top1_agreement(&got, &want, f.exp[&format!("{case}.logits_tf24")].0[2]);
-        println!("{} {case}.logits_tf24 rel err {err:.2e}, top-1 agreement {:.1}%", numerics.name(), agree * 100.0);
+        println!("{} (KV caches {}) {case}.logits_tf24 rel err {err:.2e}, top-1 agreement {:.1}%", numerics.name(), m.kv_format, agree * 100.0);
         worst_err = worst_err.max(err);
         worst_agree = worst_agree.min(agree);
     }
@@ -272,6 +278,27 @@ fn parity_logits_tf24_q4_bounded() {
     let (err, agree) = tf_figures(&test_gpu(), &fixture(), Numerics::Q4);
     assert!(err <= 0.5, "q4 rel err {err:.2e}");
     assert!(agree >= 0.45, "q4 top-1 agreement {agree}");
+}
+
+/// f16 KV caches (`KvFormat::F16`, the default of q8 and q4) against the reference, under f32 and f16w weights.
+/// Rounding each cached key and value to f16 (relative 2⁻¹¹) perturbs the scores much as f16 weights perturb a
+/// projection, so f16w's bounds (5e-3, 97 %) apply; under f32 weights the caches are the only rounding, bounded at
+/// 2e-3. Measured on the fixture: f32 weights 5.0–5.4e-4; f16w 1.4–3.4e-3 (with f32 caches 1.4–3.1e-3); q8
+/// unchanged to three digits (3.2–5.8e-2 either way). The q8 and q4 tests above run with f16 caches (their default).
+#[test]
+fn parity_logits_tf24_kv_f16_bounded() {
+    let (gpu, f) = (test_gpu(), fixture());
+    for (numerics, bound) in [(Numerics::F32, 2e-3), (Numerics::F16W, 5e-3)] {
+        let mut m = model(&gpu, numerics);
+        m.kv_format = KvFormat::F16;
+        let (err, agree) = tf_figures_of(&gpu, &f, &m);
+        assert!(err <= bound, "{} with f16 caches: rel err {err:.2e}", numerics.name());
+        assert!(agree >= 0.97, "{} with f16 caches: top-1 agreement {agree}", numerics.name());
+    }
+    // q8 with f32 caches, printed beside its default (f16 caches, `parity_logits_tf24_q8_bounded`).
+    let mut m = model(&gpu, Numerics::Q8);
+    m.kv_format = KvFormat::F32;
+    tf_figures_of(&gpu, &f, &m);
 }
 
 /// Greedy generation in f16w, q8 and q4 against the reference codes: identical, or the first differing row

@@ -63,7 +63,7 @@ fn main() {
         let outs: Vec<_> = (0..repeats).map(|_| gpu.buffer("out", (rows * 16 * hd * 4) as u64)).collect();
         let args = |out| AttentionArgs {
             q_buf: &q, q_stride: 24 * hd, q_col: 0, k_buf: &k, v_buf: &v, kv_stride: kv_w, k_col: 0, v_col: 0,
-            qinfo: &qinfo, seqs: &seqs, out, rows, heads: 16, kv_heads: 4, head_dim: hd, causal: true, max_keys: max_len,
+            qinfo: &qinfo, seqs: &seqs, out, rows, heads: 16, kv_heads: 4, head_dim: hd, causal: true, max_keys: max_len, kv_format: Default::default(),
         };
         let chained: Vec<Dispatch> = (0..repeats).flat_map(|_| attention_decode(&gpu, &args(&outs[0]))).collect();
         let independent: Vec<Dispatch> = outs.iter().flat_map(|o| attention_decode(&gpu, &args(o))).collect();
@@ -80,7 +80,7 @@ fn main() {
         let outs: Vec<_> = (0..repeats).map(|_| gpu.buffer("out", (rows * 16 * hd * 4) as u64)).collect();
         let args = |out| AttentionArgs {
             q_buf: &cq, q_stride: 16 * hd, q_col: 0, k_buf: &kv, v_buf: &kv, kv_stride: ckv_w, k_col: 0, v_col: ckv_w / 2,
-            qinfo: &qinfo, seqs: &seqs, out, rows, heads: 16, kv_heads: 16, head_dim: hd, causal: false, max_keys: text,
+            qinfo: &qinfo, seqs: &seqs, out, rows, heads: 16, kv_heads: 16, head_dim: hd, causal: false, max_keys: text, kv_format: Default::default(),
         };
         let chained: Vec<Dispatch> = (0..repeats).flat_map(|_| attention_decode(&gpu, &args(&outs[0]))).collect();
         let independent: Vec<Dispatch> = outs.iter().flat_map(|o| attention_decode(&gpu, &args(o))).collect();

@@ -70,6 +70,7 @@ fn main() {
             head_dim: hd,
             causal: false,
             max_keys: n,
+            kv_format: Default::default(),
         };
         let flash = time(&attention_prefill_limited(&gpu, &args(&outs[0]), 0));
         let tiled_ds = attention_prefill(&gpu, &args(&outs[1]));

@@ -34,12 +34,13 @@ mod native {
     use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
     use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText, StepPart};
     use dia_webgpu::dia::tokenizer::encode_text;
-    use dia_webgpu::dia::{DiaError, DiaModel, DiaModelBuilder, GenerateOptions, Session};
+    use dia_webgpu::dia::{kv_format_for, DiaError, DiaModel, DiaModelBuilder, GenerateOptions, Session};
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::attention::{attention_prefill, AttentionArgs};
     use dia_webgpu::kernels::linear::{linear, linear_rows, linear_small_m_shaped, LinearEpilogue, SmallMShape};
     use dia_webgpu::kernels::norm::rmsnorm;
     use dia_webgpu::kernels::sampling::SamplingParams;
+    use dia_webgpu::kernels::kv_cache::KvFormat;
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
     use dia_webgpu::pipeline::{PipelineError, Tts};
     use dia_webgpu::weights::TensorValues;
@@ -103,6 +104,31 @@ mod native {
         /// Texts for `--quality` (repeatable); default: three built-in dialogue lines.
         #[arg(long)]
         text: Vec<String>,
+        /// KV-cache formats to measure each mode with, comma-separated (f32, f16); default: each mode's own
+        /// (`dia::kv_format_for`: f16 for q8 and q4, f32 otherwise). Under `--quality` the f32 reference keeps f32
+        /// caches, and f32 weights are measured too when another cache format is asked for.
+        #[arg(long, value_delimiter = ',')]
+        kv_cache: Vec<KvFormat>,
+    }
+
+    /// The (weights, KV cache) combinations to measure: every mode with every `--kv-cache` format, or its default.
+    fn combinations(args: &Args, modes: &[Numerics]) -> Vec<(Numerics, Option<KvFormat>)> {
+        modes
+            .iter()
+            .flat_map(|&n| match args.kv_cache.is_empty() {
+                true => vec![(n, None)],
+                false => args.kv_cache.iter().map(|&k| (n, Some(k))).collect(),
+            })
+            .collect()
+    }
+
+    /// A label for a measured combination: the mode, plus the cache format when it is not the mode's default.
+    fn label(model: &DiaModel) -> String {
+        if model.kv_format == kv_format_for(model.numerics, &model.cfg) {
+            model.numerics.name().to_string()
+        } else {
+            format!("{}+kv{}", model.numerics.name(), model.kv_format)
+        }
     }
 
     #[derive(Serialize)]
@@ -122,6 +148,8 @@ mod native {
     #[derive(Serialize)]
     struct ModeFigures {
         numerics: &'static str,
+        /// How the attention K/V caches were held (f32 or f16).
+        kv_cache: &'static str,
         model_build_s: f64,
         encoder_ms_100_bytes: f64,
         encoder_ms_1000_bytes: f64,
@@ -236,8 +264,8 @@ mod native {
         let copy_gbps = copy_bandwidth(&gpu, copy_bytes)?;
         eprintln!("copy ceiling: {copy_gbps:.1} GB/s read+written");
         let mut modes = Vec::new();
-        for &numerics in &args.numerics {
-            modes.push(measure_mode(&gpu, &cfg, &dac_cfg, numerics, &args, copy_gbps)?);
+        for (numerics, kv) in combinations(&args, &args.numerics) {
+            modes.push(measure_mode(&gpu, &cfg, &dac_cfg, numerics, kv, &args, copy_gbps)?);
         }
         let report = Report {
             adapter: gpu.describe(),
@@ -291,14 +319,17 @@ mod native {
         numerics.iter().map(|&n| dia_webgpu::dia::largest_matrix_bytes(cfg, n)).max().unwrap_or(0).max(16 << 20)
     }
 
-    fn measure_mode(gpu: &Gpu, cfg: &DiaConfig, dac_cfg: &DacConfig, numerics: Numerics, args: &Args, copy_gbps: f64) -> Result<ModeFigures> {
+    #[allow(clippy::too_many_arguments)]
+    fn measure_mode(gpu: &Gpu, cfg: &DiaConfig, dac_cfg: &DacConfig, numerics: Numerics, kv: Option<KvFormat>, args: &Args, copy_gbps: f64) -> Result<ModeFigures> {
         gpu.reset_peak_allocated();
         let t0 = Instant::now();
-        let model = random_dia(gpu, cfg, numerics)?;
+        let mut model = random_dia(gpu, cfg, numerics)?;
+        model.kv_format = kv.unwrap_or(model.kv_format);
         gpu.wait_idle()?;
         let model_build_s = t0.elapsed().as_secs_f64();
         // Progress on stderr as figures come in: a run cut short still shows what it measured.
-        let log = |what: &str| eprintln!("{}: {what}", numerics.name());
+        let name = label(&model);
+        let log = |what: &str| eprintln!("{name}: {what}");
         log(&format!("model built from random weights in {model_build_s:.1} s"));
 
         // The GPU idled while the CPU made the random weights: bring its clocks up before the first timing (on the
@@ -371,6 +402,7 @@ mod native {
 
         Ok(ModeFigures {
             numerics: numerics.name(),
+            kv_cache: model.kv_format.name(),
             model_build_s,
             encoder_ms_100_bytes,
             encoder_ms_1000_bytes,
@@ -415,7 +447,8 @@ mod native {
 
         #[derive(Serialize)]
         struct ModeQuality {
-            numerics: &'static str,
+            /// The weights' mode, `+kv<format>` when the caches are not its default.
+            numerics: String,
             texts: Vec<TextFigures>,
             rel_err: f64,
             top1: f64,
@@ -428,7 +461,10 @@ mod native {
         ];
 
         pub fn run(args: &Args) -> Result<()> {
-            let modes: Vec<Numerics> = args.numerics.iter().copied().filter(|&n| n != Numerics::F32).collect();
+            let modes: Vec<(Numerics, Option<KvFormat>)> = combinations(args, &args.numerics)
+                .into_iter()
+                .filter(|&(n, kv)| n != Numerics::F32 || kv.is_some_and(|k| k != KvFormat::F32))
+                .collect();
             if modes.is_empty() {
                 return Err("--quality compares modes with f32: give them with --numerics (e.g. f16w,q8,q4)".into());
             }
@@ -492,8 +528,10 @@ mod native {
             gpu.wait_idle()?;
 
             let mut report = Vec::new();
-            for &numerics in &modes {
-                let model = load(numerics)?;
+            for &(numerics, kv) in &modes {
+                let mut model = load(numerics)?;
+                model.kv_format = kv.unwrap_or(model.kv_format);
+                let name = label(&model);
                 let mut figures = Vec::new();
                 for (text, (ids, reference_codes, rows, want)) in texts.iter().zip(&inputs) {
                     let got = pollster::block_on(model.teacher_forced_logits(&gpu, ids, rows))?;
@@ -510,8 +548,7 @@ mod native {
                         compared,
                     };
                     eprintln!(
-                        "{}: {} bytes: logits rel err {:.3e}, top-1 {:.1} %, greedy {}",
-                        numerics.name(),
+                        "{name}: {} bytes: logits rel err {:.3e}, top-1 {:.1} %, greedy {}",
                         f.text_bytes,
                         f.rel_err,
                         f.top1 * 100.0,
@@ -521,7 +558,7 @@ mod native {
                 }
                 let n = figures.len() as f64;
                 report.push(ModeQuality {
-                    numerics: numerics.name(),
+                    numerics: name,
                     rel_err: figures.iter().map(|f| f.rel_err).sum::<f64>() / n,
                     top1: figures.iter().map(|f| f.top1).sum::<f64>() / n,
                     texts: figures,
@@ -534,10 +571,10 @@ mod native {
             } else {
                 let source = args.model.as_ref().map_or(format!("random weights, {} config", args.config), |d| d.display().to_string());
                 println!("dia-bench --quality: {source}, {} texts, {steps} teacher-forced rows each, against f32, on {}", texts.len(), gpu.describe());
-                println!("{:<8} {:>16} {:>10}  greedy codes (first differing step per text)", "mode", "logits rel err", "top-1 %");
+                println!("{:<10} {:>16} {:>10}  greedy codes (first differing step per text)", "mode", "logits rel err", "top-1 %");
                 for m in &report {
                     let greedy: Vec<String> = m.texts.iter().map(|f| f.first_divergence.map_or(format!("same/{}", f.compared), |s| s.to_string())).collect();
-                    println!("{:<8} {:>16.3e} {:>10.1}  {}", m.numerics, m.rel_err, m.top1 * 100.0, greedy.join(", "));
+                    println!("{:<10} {:>16.3e} {:>10.1}  {}", m.numerics, m.rel_err, m.top1 * 100.0, greedy.join(", "));
                 }
             }
             Ok(())
@@ -1129,6 +1166,7 @@ mod native {
                     head_dim: hd,
                     causal: false,
                     max_keys: n,
+                    kv_format: KvFormat::F32,
                 },
             ));
         }
@@ -1161,6 +1199,7 @@ mod native {
         );
         let mut rows: Vec<(String, Vec<String>)> = vec![("numerics".into(), r.modes.iter().map(|m| m.numerics.to_string()).collect())];
         let mut row = |name: &str, f: &dyn Fn(&ModeFigures) -> String| rows.push((name.to_string(), r.modes.iter().map(f).collect()));
+        row("KV caches", &|m| m.kv_cache.to_string());
         row("model build (random weights), s", &|m| format!("{:.1}", m.model_build_s));
         row("encoder, 100 bytes, ms", &|m| format!("{:.2}", m.encoder_ms_100_bytes));
         row("encoder, 1000 bytes, ms", &|m| format!("{:.2}", m.encoder_ms_1000_bytes));

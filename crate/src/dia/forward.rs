@@ -6,7 +6,7 @@
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
 use crate::kernels::attention::{attention_decode, attention_decode_appending, attention_prefill, can_append_in_decode, AttentionArgs};
 use crate::kernels::embed::{embed_channels_sum, embed_tokens};
-use crate::kernels::kv_cache::rope_kv_write;
+use crate::kernels::kv_cache::{pack_f16, rope_kv_write, KvFormat};
 use crate::kernels::linear::{linear_rows, norm_linear, LinearEpilogue, SMALL_M_MAX};
 use crate::kernels::norm::rmsnorm;
 use crate::kernels::rope::rope;
@@ -67,8 +67,9 @@ pub struct EncoderState {
     pub text: PackedText,
     /// `[tokens, enc_hidden]`.
     pub enc_out: GpuBuffer,
-    /// Per decoder layer: `[tokens, 2·Hc_kv·hdc]` = [k | v].
+    /// Per decoder layer: `[tokens, 2·Hc_kv·hdc]` = [k | v], held in `cross_format`.
     pub cross_kv: Vec<GpuBuffer>,
+    pub cross_format: KvFormat,
     /// (offset, length) per segment, u32 pairs, for cross-attention.
     pub seqs: GpuBuffer,
 }
@@ -130,6 +131,7 @@ impl DiaModel {
                     head_dim: hd,
                     causal: false,
                     max_keys: n,
+                    kv_format: KvFormat::F32,
                 },
             ));
             ds.extend(linear_rows(gpu, &attn, &l.o, &x, n, LinearEpilogue::Accumulate));
@@ -140,15 +142,22 @@ impl DiaModel {
         ds.push(rmsnorm(gpu, &x, &self.enc_norm, &enc_out, n, e.hidden as u32, e.norm_eps));
 
         let kv_w = (2 * d.cross_kv_heads * d.cross_head_dim) as u32;
-        let cross_kv: Vec<GpuBuffer> = (0..d.layers).map(|l| gpu.reusable_buffer(&format!("cross_kv.{l}"), cap * kv_w as u64 * F32)).collect();
+        let format = self.kv_format;
+        let cross_kv: Vec<GpuBuffer> = (0..d.layers).map(|l| gpu.reusable_buffer(&format!("cross_kv.{l}"), cap * kv_w as u64 * format.value_bytes())).collect();
+        // f16 caches: each layer's K/V is projected in f32 into one staging buffer, then packed into its cache.
+        let staging = (format == KvFormat::F16).then(|| gpu.reusable_buffer("cross_kv.staging", cap * kv_w as u64 * F32));
         for (l, kv) in self.dec_layers.iter().zip(&cross_kv) {
-            ds.extend(linear_rows(gpu, &enc_out, &l.cross_kv, kv, n, LinearEpilogue::Store));
+            let projected = staging.as_ref().unwrap_or(kv);
+            ds.extend(linear_rows(gpu, &enc_out, &l.cross_kv, projected, n, LinearEpilogue::Store));
             if let Some((c, s)) = &self.cross_rope {
                 // v0.1 only: keys rotated at their encoder positions.
-                ds.push(rope(gpu, kv, c, s, &qinfo, n, kv_w, 0, d.cross_kv_heads as u32, d.cross_head_dim as u32));
+                ds.push(rope(gpu, projected, c, s, &qinfo, n, kv_w, 0, d.cross_kv_heads as u32, d.cross_head_dim as u32));
+            }
+            if staging.is_some() {
+                ds.push(pack_f16(gpu, projected, kv, n * kv_w));
             }
         }
-        (ds, EncoderState { text, enc_out, cross_kv, seqs })
+        (ds, EncoderState { text, enc_out, cross_kv, cross_format: format, seqs })
     }
 }
 
@@ -168,6 +177,7 @@ impl DiaModel {
 pub struct KvCache {
     pub k: Vec<GpuBuffer>,
     pub v: Vec<GpuBuffer>,
+    pub format: KvFormat,
     pub max_len: u32,
     pub rows: u32,
 }
@@ -182,8 +192,10 @@ impl KvCache {
     pub fn with_capacity(gpu: &Gpu, model: &DiaModel, rows: u32, max_len: u32, capacity: u32) -> KvCache {
         let d = &model.cfg.decoder;
         // Sized in steps of 512 positions so that generations of similar lengths share the kept buffers.
-        let bytes = rows as u64 * max_len.max(capacity).next_multiple_of(512) as u64 * (d.kv_heads * d.head_dim) as u64 * F32;
+        let format = model.kv_format;
+        let bytes = rows as u64 * max_len.max(capacity).next_multiple_of(512) as u64 * (d.kv_heads * d.head_dim) as u64 * format.value_bytes();
         KvCache {
+            format,
             // Kept for the next session: every position is written (prefill or step) before attention reads it.
             k: (0..d.layers).map(|l| gpu.reusable_buffer(&format!("kv_k.{l}"), bytes)).collect(),
             v: (0..d.layers).map(|l| gpu.reusable_buffer(&format!("kv_v.{l}"), bytes)).collect(),
@@ -275,13 +287,14 @@ impl DecoderGraph {
                 head_dim: hd,
                 causal: true,
                 max_keys: cache.max_len,
+                kv_format: cache.format,
             };
             if t == 1 && can_append_in_decode(&self_attention) {
                 // A step: RoPE and the cache update happen inside the attention's two passes.
                 body.extend(tag(StepPart::SelfAttention, attention_decode_appending(gpu, &self_attention, cos, sin)));
             } else {
                 // RoPE on Q and K, K and V into the cache (one dispatch), then attention over the cache.
-                body.push((StepPart::RopeKv, rope_kv_write(gpu, &qkv, &qinfo, cos, sin, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32, hd, kv_width, cache.max_len)));
+                body.push((StepPart::RopeKv, rope_kv_write(gpu, &qkv, &qinfo, cos, sin, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32, hd, kv_width, cache.max_len, cache.format)));
                 body.extend(tag(StepPart::SelfAttention, attend(&self_attention)));
             }
             body.extend(tag(StepPart::Linear, linear_rows(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate)));
@@ -309,6 +322,7 @@ impl DecoderGraph {
                 head_dim: d.cross_head_dim as u32,
                 causal: false,
                 max_keys: max_text,
+                kv_format: enc.cross_format,
             })));
             body.extend(tag(StepPart::Linear, linear_rows(gpu, &cattn, &l.cross_o, &x, m, LinearEpilogue::Accumulate)));
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::config::DiaConfig;
 use crate::gpu::{Gpu, GpuBuffer};
-use crate::kernels::{rope::rope_tables, GpuMatrix, Numerics, WeightFormat};
+use crate::kernels::{kv_cache::KvFormat, rope::rope_tables, GpuMatrix, Numerics, WeightFormat};
 use crate::quant::stored::{self, Part};
 use crate::weights::{tensor_to_f32, Dtype, TensorValues, WeightsError};
 
@@ -56,6 +56,20 @@ pub struct DiaModel {
     pub enc_rope: (GpuBuffer, GpuBuffer),
     pub dec_rope: (GpuBuffer, GpuBuffer),
     pub cross_rope: Option<(GpuBuffer, GpuBuffer)>,
+    /// How sessions hold the self- and cross-attention K/V caches (`kv_format_for`'s default for the numerics;
+    /// may be changed between sessions).
+    pub kv_format: KvFormat,
+}
+
+/// The KV-cache format a model in `numerics` uses unless told otherwise: f16 where the weights are quantized
+/// (their memory targets need it, and the caches' rounding is far below the weights'), f32 otherwise (f32 keeps
+/// exact parity; f16w keeps its measured figures). Heads whose head_dim does not suit f16 pairs stay f32.
+pub fn kv_format_for(numerics: Numerics, cfg: &DiaConfig) -> KvFormat {
+    let f16_fits = KvFormat::F16.supports(cfg.decoder.head_dim as u32) && KvFormat::F16.supports(cfg.decoder.cross_head_dim as u32);
+    match numerics {
+        Numerics::Q8 | Numerics::Q4 if f16_fits => KvFormat::F16,
+        _ => KvFormat::F32,
+    }
 }
 
 /// What a weight matrix does, which decides its storage format in each `Numerics` mode.
@@ -402,6 +416,7 @@ impl<'g> DiaModelBuilder<'g> {
             .cross_attention_rope
             .then(|| tables(d.max_positions.max(e.max_positions), d.cross_head_dim, d.rope_theta));
         Ok(DiaModel {
+            kv_format: kv_format_for(self.numerics, &cfg),
             numerics: self.numerics,
             enc_embedding,
             enc_layers,

@@ -5,6 +5,7 @@
 //! step's self-attention also folds in RoPE and the KV-cache update (`attention_decode_appending`): every
 //! dependent dispatch costs several µs of ordering on a GPU, so a step saves one per layer.
 use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer};
+use crate::kernels::kv_cache::KvFormat;
 
 const SHADER: &str = include_str!("../../../shaders/attention.wgsl");
 
@@ -59,7 +60,8 @@ pub struct AttentionArgs<'a> {
     pub causal: bool,
     /// Upper bound on any kv_len / pos+1 this dispatch will ever see (sizes the split-K and the prefill score
     /// scratch; the tiled prefill never reads keys past it).
-    pub max_keys: u32,
+    pub max_keys: u32,    /// How `k_buf` and `v_buf` hold their values (element indices above are values, whatever the format).
+    pub kv_format: KvFormat,
 }
 
 #[repr(C)]
@@ -109,18 +111,22 @@ impl AttentionArgs<'_> {
 }
 
 /// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile.
-fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bool, append: bool) -> std::sync::Arc<wgpu::ComputePipeline> {
+fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat) -> std::sync::Arc<wgpu::ComputePipeline> {
     // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 66 words of row info.
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
     let chunk = decode_chunk(decode_heads);
     // Generated code only on a cache miss: building it per dispatch is most of a session's host set-up.
-    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}"), entry, || {
+    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}.kv{kv}"), entry, || {
         let code = decode_code(head_dim, decode_heads, chunk, append);
         let tiled = tiled_code(head_dim);
         specialize(
             SHADER,
             &[
+                ("KV_WORD", kv.wgsl_word().to_string()),
+                ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf"), kv.wgsl_load("load_v", "vbuf")].concat()),
+                ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v")),
+                ("KV_STORES", [kv.wgsl_store_pair("store_pair_k", "kcache_c"), kv.wgsl_store_pair("store_pair_v", "vcache_c")].concat()),
                 ("HD", head_dim.to_string()),
                 ("DP", head_dim.div_ceil(PREFILL_LANES).to_string()),
                 ("BK", key_tile.to_string()),
@@ -164,9 +170,9 @@ pub fn attention_prefill_limited(gpu: &Gpu, a: &AttentionArgs, max_scratch_bytes
     }
     let cap = fit.min(a.rows.max(1).next_multiple_of(TILE_ROWS) as u64) as u32;
     let scratch = gpu.shared_scratch("attention.prefill.scores", row_bytes * cap as u64);
-    let scores = pipeline(gpu, "prefill_scores", a.head_dim, 1, false, false);
-    let softmax = pipeline(gpu, "prefill_softmax", a.head_dim, 1, false, false);
-    let pv = pipeline(gpu, "prefill_pv", a.head_dim, 1, false, false);
+    let scores = pipeline(gpu, "prefill_scores", a.head_dim, 1, false, false, a.kv_format);
+    let softmax = pipeline(gpu, "prefill_softmax", a.head_dim, 1, false, false, a.kv_format);
+    let pv = pipeline(gpu, "prefill_pv", a.head_dim, 1, false, false, a.kv_format);
     let dn = tiled_columns(a.head_dim);
     let mut ds = Vec::new();
     for row0 in (0..a.rows).step_by(cap as usize) {
@@ -183,7 +189,7 @@ pub fn attention_prefill_limited(gpu: &Gpu, a: &AttentionArgs, max_scratch_bytes
 /// Flash-style: a workgroup per 32 query rows and head, no scratch.
 fn prefill_flash(gpu: &Gpu, a: &AttentionArgs) -> Dispatch {
     let params = a.params(0);
-    let pipeline = pipeline(gpu, "prefill", a.head_dim, 1, false, false);
+    let pipeline = pipeline(gpu, "prefill", a.head_dim, 1, false, false, a.kv_format);
     let buffers = [a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out];
     gpu.dispatch(&pipeline, &params, &buffers, [a.rows.div_ceil(PREFILL_QUERIES), a.heads, 1])
 }
@@ -371,7 +377,7 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
     let grid = [a.heads / nr, n_chunks, a.rows];
     if n_chunks == 1 {
         // Every key in one chunk: the partial pass normalises and writes the output itself.
-        let single = pipeline(gpu, "decode_partial", a.head_dim, nr, true, false);
+        let single = pipeline(gpu, "decode_partial", a.head_dim, nr, true, false, a.kv_format);
         return vec![gpu.dispatch(&single, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out], grid)];
     }
     let append = rope.is_some();
@@ -381,8 +387,8 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
         words += a.rows as u64 * a.kv_heads as u64 * 2 * a.head_dim as u64;
     }
     let partials = gpu.buffer("attention.decode.partials", words * 4);
-    let partial = pipeline(gpu, "decode_partial", a.head_dim, nr, false, append);
-    let combine = pipeline(gpu, "decode_combine", a.head_dim, nr, false, append);
+    let partial = pipeline(gpu, "decode_partial", a.head_dim, nr, false, append, a.kv_format);
+    let combine = pipeline(gpu, "decode_combine", a.head_dim, nr, false, append, a.kv_format);
     match rope {
         None => vec![
             gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], grid),

@@ -20,25 +20,124 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// How a KV cache holds its values. `F16` halves the caches (Dia's full-length caches for a 1000-byte text: 1.06 GB
+/// in f32), at f16's rounding of every cached key and value; `tests/parity.rs` measures what that does to the
+/// logits. F16 values are packed in pairs into u32 words (element 2i in the low half of word i), so browsers
+/// without `shader-f16` read them too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KvFormat {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvFormat {
+    pub const ALL: [KvFormat; 2] = [KvFormat::F32, KvFormat::F16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvFormat::F32 => "f32",
+            KvFormat::F16 => "f16",
+        }
+    }
+
+    /// Bytes per cached value.
+    pub fn value_bytes(self) -> u64 {
+        match self {
+            KvFormat::F32 => 4,
+            KvFormat::F16 => 2,
+        }
+    }
+
+    /// Whether caches of heads of `head_dim` can use this format: f16 pairs of a rotated key are written whole by
+    /// one thread, which needs head_dim % 4 == 0.
+    pub fn supports(self, head_dim: u32) -> bool {
+        match self {
+            KvFormat::F32 => head_dim.is_multiple_of(2),
+            KvFormat::F16 => head_dim.is_multiple_of(4),
+        }
+    }
+
+    /// The WGSL type of a cache word.
+    pub(crate) fn wgsl_word(self) -> &'static str {
+        match self {
+            KvFormat::F32 => "f32",
+            KvFormat::F16 => "u32",
+        }
+    }
+
+    /// WGSL `fn <name>(i: u32) -> f32`: value i of storage array `var` (0 past its end).
+    pub(crate) fn wgsl_load(self, name: &str, var: &str) -> String {
+        match self {
+            KvFormat::F32 => format!("fn {name}(i: u32) -> f32 {{\n    if i < arrayLength(&{var}) {{ return {var}[i]; }}\n    return 0.0;\n}}\n"),
+            KvFormat::F16 => format!(
+                "fn {name}(i: u32) -> f32 {{\n    let w = i / 2u;\n    if w < arrayLength(&{var}) {{\n        let h = unpack2x16float({var}[w]);\n        return select(h.x, h.y, (i & 1u) == 1u);\n    }}\n    return 0.0;\n}}\n"
+            ),
+        }
+    }
+
+    /// WGSL `fn <name>(d: u32, a: f32, b: f32, two: bool)`: values d (even) and, if `two`, d + 1 of storage array `var`
+    /// (f16 pairs are always written whole).
+    pub(crate) fn wgsl_store_pair(self, name: &str, var: &str) -> String {
+        match self {
+            KvFormat::F32 => format!(
+                "fn {name}(d: u32, a: f32, b: f32, two: bool) {{\n    if d < arrayLength(&{var}) {{ {var}[d] = a; }}\n    if two && d + 1u < arrayLength(&{var}) {{ {var}[d + 1u] = b; }}\n}}\n"
+            ),
+            KvFormat::F16 => format!(
+                "fn {name}(d: u32, a: f32, b: f32, two: bool) {{\n    let w = d / 2u;\n    if w < arrayLength(&{var}) {{ {var}[w] = pack2x16float(vec2<f32>(a, b)); }}\n}}\n"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for KvFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<KvFormat, String> {
+        KvFormat::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| format!("unknown KV-cache format `{s}` (expected f32 or f16)"))
+    }
+}
+
+fn shader(format: KvFormat) -> String {
+    let store = [format.wgsl_store_pair("store_pair_k", "k_cache"), format.wgsl_store_pair("store_pair_v", "v_cache")].concat();
+    let store = format!("const VALUES_PER_WORD: u32 = {}u;\n{store}", 4 / format.value_bytes());
+    specialize(SHADER, &[("KV_WORD", format.wgsl_word().to_string()), ("STORE_PAIR", store)])
+}
+
 /// RoPE and the cache write in one dispatch, for source rows laid out [Q heads | K heads | V] (the fused
 /// projection, row stride `row_stride`, `q_heads` query heads and `width / head_dim` key heads of `head_dim`):
 /// rotates Q in place and writes the rotated K and the V of row m to (seq, pos) = (qinfo[2m], qinfo[2m+1])
-/// of the caches, as `rope` followed by a plain copy would (K is not written back to the source).
-/// cos/sin are `rope::rope_tables` for head_dim; a position beyond them is left unrotated.
+/// of the caches (held in `format`), as `rope` followed by a plain copy would (K is not written back to the
+/// source). cos/sin are `rope::rope_tables` for head_dim; a position beyond them is left unrotated.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv_write(
     gpu: &Gpu, qkv: &GpuBuffer, qinfo: &GpuBuffer, cos: &GpuBuffer, sin: &GpuBuffer, k_cache: &GpuBuffer, v_cache: &GpuBuffer,
-    rows: u32, row_stride: u32, q_heads: u32, head_dim: u32, width: u32, max_len: u32,
+    rows: u32, row_stride: u32, q_heads: u32, head_dim: u32, width: u32, max_len: u32, format: KvFormat,
 ) -> Dispatch {
     assert!(width > 0 && max_len > 0, "rope_kv_write: width and max_len must be positive");
-    assert!(head_dim > 0 && head_dim.is_multiple_of(2) && width.is_multiple_of(head_dim), "rope_kv_write: head_dim {head_dim} must be even and divide width {width}");
+    assert!(format.supports(head_dim) && width.is_multiple_of(head_dim), "rope_kv_write: head_dim {head_dim} must suit {format} caches and divide width {width}");
     assert!((q_heads * head_dim + 2 * width) <= row_stride, "rope_kv_write: Q, K and V run past the row stride");
     assert_eq!(cos.size, sin.size, "rope_kv_write: cos and sin tables differ in size");
     let max_pos = (cos.size / 4 / (head_dim / 2) as u64) as u32;
     let k_col = q_heads * head_dim;
-    let per_row = (k_col + width) / 2 + width;
-    let pipeline = gpu.pipeline("kv_cache.rope_kv_write", "rope_kv_write", || specialize(SHADER, &[]));
+    let heads = q_heads + width / head_dim;
+    let per_row = heads * (head_dim / 2).div_ceil(2) + width / 2;
+    let pipeline = gpu.pipeline(&format!("kv_cache.rope_kv_write.{format}"), "rope_kv_write", || shader(format));
     let grid = grid_1d((rows as u64 * per_row as u64).div_ceil(WORKGROUP as u64) as u32);
     let params = Params { rows, row_stride, k_col, v_col: k_col + width, width, max_len, groups_x: grid[0], q_heads, head_dim, max_pos, _pad: [0; 2] };
     gpu.dispatch(&pipeline, &params, &[qkv, qinfo, k_cache, v_cache, cos, sin], grid)
+}
+
+/// `values` f32 values of `src` into f16 pairs in `dst` (word i = values 2i, 2i + 1; an odd count pads with 0).
+pub fn pack_f16(gpu: &Gpu, src: &GpuBuffer, dst: &GpuBuffer, values: u32) -> Dispatch {
+    assert!(src.size >= values as u64 * 4 && dst.size >= values.div_ceil(2) as u64 * 4, "pack_f16: buffers too small for {values} values");
+    let pipeline = gpu.pipeline("kv_cache.pack_f16", "pack_f16", || shader(KvFormat::F16));
+    let grid = grid_1d(values.div_ceil(2).div_ceil(WORKGROUP).max(1));
+    let params = Params { rows: values, row_stride: 0, k_col: 0, v_col: 0, width: 0, max_len: 0, groups_x: grid[0], q_heads: 0, head_dim: 0, max_pos: 0, _pad: [0; 2] };
+    gpu.dispatch(&pipeline, &params, &[src, dst], grid)
 }
