@@ -18,7 +18,7 @@ use crate::dia::{DiaError, DiaModel, GenerateOptions, Generation, Reserve, Sessi
 use crate::gpu::Gpu;
 
 mod batch;
-pub use batch::{BatchProgress, BatchSpeech, SpokenText};
+pub use batch::{list_text, BatchProgress, BatchSpeech, SpokenText};
 
 /// Sample rate of everything this pipeline produces and of the codec.
 pub const SAMPLE_RATE: u32 = 44_100;

@@ -55,15 +55,16 @@ pub struct BatchSpeech {
     pub samples: usize,
 }
 
-impl Tts<'_> {
-    /// The text the model reads for `text` with `voice`: its transcript, if given, in front.
-    fn batch_text(voice: Option<VoicePrompt<'_>>, text: &str) -> String {
-        match voice.and_then(|v| v.transcript).map(str::trim).filter(|t| !t.is_empty()) {
-            Some(t) => format!("{t} {text}"),
-            None => text.to_string(),
-        }
+/// The text the model reads for one text of a list continuing a voice with `transcript`: the transcript, if given,
+/// in front (one space apart).
+pub fn list_text(transcript: Option<&str>, text: &str) -> String {
+    match transcript.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => format!("{t} {text}"),
+        None => text.to_string(),
     }
+}
 
+impl Tts<'_> {
     /// The decoder positions a session of these options is sized for (its `max_length`).
     fn batch_positions(&self, prompt_frames: usize, opts: &GenerateOptions) -> usize {
         let max = self.dia.cfg.decoder.max_positions;
@@ -88,7 +89,7 @@ impl Tts<'_> {
                 if t.trim().is_empty() {
                     return Err(PipelineError::BatchText { index, source: DiaError::EmptyText });
                 }
-                let text = Self::batch_text(voice, t);
+                let text = list_text(voice.and_then(|v| v.transcript), t);
                 let bytes = encode_text(&text).len();
                 if bytes > limit {
                     return Err(PipelineError::BatchText { index, source: DiaError::TextTooLong { bytes, limit } });
