@@ -40,7 +40,7 @@ struct Params {
     off_choice: u32,
     off_eos0: u32,
     off_forced: u32,
-    _pad0: u32,
+    first_item: u32,      // the RNG index of item 0: item b draws as first_item + b
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -183,7 +183,7 @@ fn uniform01(row: u32, item: u32, channel: u32) -> f32 {
     var h = mix32(P.seed_lo ^ 0x9e3779b9u);
     h = mix32(h ^ P.seed_hi);
     h = mix32(h ^ row);
-    h = mix32(h ^ item);
+    h = mix32(h ^ (P.first_item + item));
     h = mix32(h ^ channel);
     return f32(h >> 8u) * (1.0 / 16777216.0);
 }

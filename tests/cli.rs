@@ -556,3 +556,83 @@ fn cli_long_text_file_is_spoken_in_segments() {
     assert!(o.status.success());
     assert!(std::fs::read(&out).unwrap() == first, "same seed, different WAV");
 }
+
+/// `--batch`: one WAV per non-empty line (`<stem>-<n>.wav`), each as the line spoken alone (greedy), the same bytes
+/// whatever the batch size (also sampled), and nothing else written.
+#[test]
+fn cli_batch_writes_one_wav_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dia, dac) = (fixtures_dir().join("dia"), fixtures_dir().join("dac"));
+    let t = texts();
+    let lines = [t[0].as_str(), "", t[1].as_str(), "   ", "[S2] A third line, a little longer than the others are."];
+    let text_file = dir.path().join("lines.txt");
+    std::fs::write(&text_file, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("take.wav");
+    let base = ["--model", s(&dia), "--codec", s(&dac), "--text-file", s(&text_file), "--out", s(&out), "--batch"];
+    let numbered = |n: usize| dir.path().join(format!("take-{n}.wav"));
+    let run = |extra: &[&str]| {
+        let o = dia_tts(&[&base[..], extra].concat(), &[]);
+        assert!(o.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&o.stderr));
+        println!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        (String::from_utf8_lossy(&o.stdout).to_string(), (1..=3).map(|n| std::fs::read(numbered(n)).unwrap()).collect::<Vec<_>>())
+    };
+    let (summary, by_two) = run(&[&GREEDY[..], &["--batch-size", "2"]].concat());
+    assert!(summary.contains("3 WAVs") && summary.contains("2 batches"), "{summary}");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["lines.txt", "take-1.wav", "take-2.wav", "take-3.wav"], "one WAV per non-empty line, nothing else");
+    // Each line as if spoken alone.
+    for (n, line) in [lines[0], lines[2], lines[4]].into_iter().enumerate() {
+        let alone = dir.path().join("alone.wav");
+        let o = dia_tts(&[&["--model", s(&dia), "--codec", s(&dac), "--text", line, "--out", s(&alone)], &GREEDY[..]].concat(), &[]);
+        assert!(o.status.success());
+        let (got, want) = (read_wav(&numbered(n + 1)), read_wav(&alone));
+        assert_eq!(got.len(), want.len(), "line {}", n + 1);
+        if !want.is_empty() {
+            assert!(snr_db(&got, &want) >= 60.0, "line {}: SNR {:.1} dB", n + 1, snr_db(&got, &want));
+        }
+    }
+    // The automatic batch size (all three at once here) writes the same bytes.
+    let (summary, auto) = run(&GREEDY);
+    assert!(summary.contains("1 batch "), "{summary}");
+    assert!(auto == by_two, "greedy: batch size 2 and automatic differ");
+    // Sampled: the same bytes for batches of 1 and of 3.
+    let sampled = ["--seed", "5", "--max-new-tokens", "30", "--dtype", "f32"];
+    let (_, ones) = run(&[&sampled[..], &["--batch-size", "1"]].concat());
+    let (_, threes) = run(&[&sampled[..], &["--batch-size", "3"]].concat());
+    assert!(ones == threes, "sampled: batch sizes 1 and 3 differ");
+    assert!(ones != auto, "sampling changed nothing");
+}
+
+/// `--batch` mistakes fail before anything is written, naming the line or the option.
+#[test]
+fn cli_batch_bad_input_fails_without_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dia, dac) = (fixtures_dir().join("dia"), fixtures_dir().join("dac"));
+    let good = dir.path().join("good.txt");
+    std::fs::write(&good, "[S1] One.\n[S2] Two.\n").unwrap();
+    let long = dir.path().join("long.txt");
+    std::fs::write(&long, format!("[S1] Fine.\n\n[S2] {}\n", "word ".repeat(300))).unwrap();
+    let blank = dir.path().join("blank.txt");
+    std::fs::write(&blank, "\n  \n\n").unwrap();
+    let out = dir.path().join("never.wav");
+    let model = ["--model", s(&dia), "--codec", s(&dac), "--out", s(&out)];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--batch", "--text-file", s(&long)], "line 3 of"),
+        (vec!["--batch", "--text-file", s(&blank)], "empty"),
+        (vec!["--batch", "--text-file", s(&good), "--batch-size", "0"], "--batch-size"),
+        (vec!["--batch", "--text-file", s(&good), "--batch-size", "65"], "--batch-size"),
+        (vec!["--batch", "--text-file", s(&good), "--batch-size=-2"], "--batch-size"),
+        (vec!["--batch", "--text", "[S1] Hi."], "--text-file"),
+        (vec!["--text-file", s(&good), "--batch-size", "2"], "--batch"),
+    ];
+    for (args, needle) in cases {
+        let o = dia_tts(&[&args[..], &model[..]].concat(), &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(err.contains(needle), "{args:?}: message should mention {needle:?}: {err}");
+        let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".txt")).collect();
+        assert!(written.is_empty(), "{args:?} wrote {written:?}");
+        println!("{needle}: {}", err.lines().next().unwrap_or(""));
+    }
+}

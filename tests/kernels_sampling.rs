@@ -22,16 +22,18 @@ struct Shape {
     eos: u32,
     pad: u32,
     bos: u32,
+    /// The sampler's `first_item`: item b draws as item first_item + b.
+    first_item: u32,
 }
 
 impl Shape {
     /// Dia: 9 channels, 1028 ids, EOS 1024, PAD 1025, BOS 1026.
     fn dia(b: usize) -> Shape {
-        Shape { b, c: 9, v: 1028, delay: vec![0, 8, 9, 10, 11, 12, 13, 14, 15], eos: 1024, pad: 1025, bos: 1026 }
+        Shape { b, c: 9, v: 1028, delay: vec![0, 8, 9, 10, 11, 12, 13, 14, 15], eos: 1024, pad: 1025, bos: 1026, first_item: 0 }
     }
     /// Ragged: not a multiple of the workgroup size, fewer channels, shorter delays.
     fn ragged(b: usize) -> Shape {
-        Shape { b, c: 4, v: 517, delay: vec![0, 2, 3, 5], eos: 513, pad: 514, bos: 515 }
+        Shape { b, c: 4, v: 517, delay: vec![0, 2, 3, 5], eos: 513, pad: 514, bos: 515, first_item: 0 }
     }
     fn max_delay(&self) -> u32 {
         *self.delay.iter().max().unwrap()
@@ -44,6 +46,7 @@ impl Shape {
             delay: self.delay.clone(),
             eos: self.eos,
             pad: self.pad,
+            first_item: self.first_item,
         }
     }
     /// npref `build_prefix` for every item: [B, P, C] and s0 (prompt frames n per item, same n).
@@ -266,7 +269,7 @@ fn reference(
             .map(|row| {
                 let s = &scores[row * v..(row + 1) * v];
                 if cfg.sampling() {
-                    draw(s, counter_uniform(cfg.seed, l as u32, (row / cn) as u32, (row % cn) as u32)) as u32
+                    draw(s, counter_uniform(cfg.seed, l as u32, sh.first_item.wrapping_add((row / cn) as u32), (row % cn) as u32)) as u32
                 } else {
                     argmax(s) as u32
                 }
@@ -637,6 +640,9 @@ fn sampling_sampled_matches_reference() {
             1.0 / 128.0,
         ),
         (Shape::ragged(1), Cfg { scale: 1.5, k: 7, temperature: 0.5, top_p: 0.3, seed: 9 }, 1000.0, 0.5),
+        // A later batch of a list: its items draw as items 5, 6, 7 (and wrap at u32::MAX like the GPU).
+        (Shape { first_item: 5, ..Shape::dia(3) }, Cfg { scale: 3.0, k: 50, temperature: 1.8, top_p: 0.9, seed: 2 }, 6.0, 1.0 / 64.0),
+        (Shape { first_item: u32::MAX, ..Shape::ragged(3) }, Cfg { scale: 2.0, k: 517, temperature: 1.0, top_p: 1.0, seed: 3 }, 8.0, 1.0 / 32.0),
     ];
     for (case, (sh, cfg, scale, grid)) in cases.into_iter().enumerate() {
         let mut rng = Rng::new(200 + case as u64);

@@ -380,6 +380,25 @@ impl Gpu {
         self.waits.load(Ordering::Relaxed)
     }
 
+    /// Bytes of device-local memory the adapter has (its largest device-local Vulkan heap), or None where the
+    /// backend does not tell (WebGPU in a browser, Metal, DX12, OpenGL). Software Vulkan reports system memory.
+    pub fn device_memory(&self) -> Option<u64> {
+        #[cfg(all(not(target_arch = "wasm32"), any(target_os = "linux", target_os = "windows", target_os = "android")))]
+        {
+            // SAFETY: only reads a property of the physical device behind this device; nothing is created,
+            // destroyed or used concurrently (wgpu-hal's own adapter code makes the same call).
+            let hal = unsafe { self.device.as_hal::<wgpu::hal::api::Vulkan>() }?;
+            let props = unsafe { hal.shared_instance().raw_instance().get_physical_device_memory_properties(hal.raw_physical_device()) };
+            // VK_MEMORY_HEAP_DEVICE_LOCAL_BIT (without naming the `ash` crate).
+            const DEVICE_LOCAL: u32 = 1;
+            props.memory_heaps[..props.memory_heap_count as usize].iter().filter(|h| h.flags.as_raw() & DEVICE_LOCAL != 0).map(|h| h.size).max()
+        }
+        #[cfg(not(all(not(target_arch = "wasm32"), any(target_os = "linux", target_os = "windows", target_os = "android"))))]
+        {
+            None
+        }
+    }
+
     /// Bytes of GPU memory held now by buffers made through `buffer`, `upload` and `uniform` (sizes as
     /// allocated, 16-byte padding included; readback staging buffers are not counted).
     pub fn allocated_bytes(&self) -> u64 {

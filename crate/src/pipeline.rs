@@ -17,6 +17,9 @@ use crate::dia::tokenizer::encode_text;
 use crate::dia::{DiaError, DiaModel, GenerateOptions, Generation, Reserve, Session};
 use crate::gpu::Gpu;
 
+mod batch;
+pub use batch::{list_text, BatchProgress, BatchSpeech, SpokenText};
+
 /// Sample rate of everything this pipeline produces and of the codec.
 pub const SAMPLE_RATE: u32 = 44_100;
 
@@ -47,6 +50,13 @@ pub enum PipelineError {
     Script(#[from] ScriptError),
     #[error("the script is {segments} segments long: a voice prompt needs its transcript (kept in front of every segment) for more than one")]
     VoiceNeedsTranscript { segments: usize },
+    #[error("the list of texts is empty")]
+    EmptyBatch,
+    /// A text of a `speak_batch` list that cannot be spoken; `index` is its place in the list (from 0).
+    #[error("text {index} of the list: {source}")]
+    BatchText { index: usize, source: DiaError },
+    #[error("a batch of {size} texts does not fit ({why}); at most {max}")]
+    BatchSize { size: usize, max: usize, why: String },
 }
 
 /// `PipelineError::SampleValue` for the first sample that is not finite or beyond `MAX_PROMPT_AMPLITUDE`.
@@ -78,7 +88,10 @@ impl PipelineError {
             | PipelineError::SampleRate { .. }
             | PipelineError::SampleValue { .. }
             | PipelineError::Script(_)
-            | PipelineError::VoiceNeedsTranscript { .. } => false,
+            | PipelineError::VoiceNeedsTranscript { .. }
+            | PipelineError::EmptyBatch
+            | PipelineError::BatchText { .. }
+            | PipelineError::BatchSize { .. } => false,
         }
     }
 }

@@ -445,3 +445,78 @@ fn parse_options(options: &JsValue) -> Result<(GenerateOptions, Option<TestHook>
     };
     Ok((opts, hook))
 }
+
+/// Lists of texts (docs/batch.md): kept apart from `generate` so that both can change on their own.
+#[wasm_bindgen]
+impl DiaEngine {
+    /// Speaks every text of `texts` as its own audio, several at a time (`Tts::speak_batch`), calling `onText(index,
+    /// pcm, steps)` with each text's whole 44.1 kHz audio in list order as its batch finishes. `options` as for
+    /// `generate`, plus `batchSize` (1 to 64; default: as many, up to 8, as the device's binding limit allows).
+    /// `promptPcm`: a voice every text continues (each text should begin with its transcript). Text i samples as
+    /// item i, so its audio does not depend on the batch size. Resolves to `{ texts, batches, batchSize, steps,
+    /// samples, seconds }`; rejects like `generate` (an error naming the list index for a blank or too long text).
+    #[wasm_bindgen(js_name = generateBatch, unchecked_return_type = "Promise<{ texts: number, batches: number, batchSize: number, steps: number, samples: number, seconds: number }>")]
+    pub fn generate_batch(
+        &self,
+        texts: Vec<String>,
+        #[wasm_bindgen(unchecked_param_type = "{ temperature?: number, topP?: number, cfgScale?: number, cfgFilterTopK?: number, seed?: number, maxNewTokens?: number, batchSize?: number }")]
+        options: JsValue,
+        #[wasm_bindgen(js_name = promptPcm, unchecked_param_type = "Float32Array | undefined")] prompt_pcm: Option<Vec<f32>>,
+        #[wasm_bindgen(js_name = onText, unchecked_param_type = "(index: number, pcm: Float32Array, steps: number) => void")] on_text: js_sys::Function,
+    ) -> js_sys::Promise {
+        let batch_size = batch_size_option(&options);
+        let job = self.start_job(&options);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (run, gpu, dia, dac, opts, _) = job?;
+            let _busy = BusyGuard(run.clone());
+            let batch_size = batch_size?;
+            let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+            let prompt = prompt_pcm.map(|samples| Audio { samples, sample_rate: SAMPLE_RATE });
+            let voice = prompt.as_ref().map(|audio| crate::pipeline::VoicePrompt { audio, transcript: None });
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let batch_size = match batch_size {
+                Some(n) => n,
+                None => {
+                    let frames = prompt.as_ref().map_or(0, |a| a.samples.len().div_ceil(512));
+                    tts.auto_batch_size(&refs, voice, frames, &opts).map_err(|e| engine_error(&e, e.is_device_lost()))?
+                }
+            };
+            let thrown: RefCell<Option<JsValue>> = RefCell::new(None);
+            let mut on_spoken = |t: crate::pipeline::SpokenText| {
+                if thrown.borrow().is_none() {
+                    let pcm = js_sys::Float32Array::from(t.samples.as_slice());
+                    if let Err(e) = on_text.call3(&JsValue::NULL, &JsValue::from_f64(t.index as f64), &pcm, &JsValue::from_f64(t.steps as f64)) {
+                        *thrown.borrow_mut() = Some(e);
+                    }
+                }
+            };
+            let cancelled = || run.cancel.get() || thrown.borrow().is_some() || gpu.has_uncaptured_error();
+            let start = js_sys::Date::now();
+            let result = tts.speak_batch(&refs, voice, &opts, batch_size, &mut |_| {}, &mut on_spoken, &cancelled).await;
+            gpu.check().map_err(gpu_error)?;
+            if let Some(e) = thrown.take() {
+                return Err(e);
+            }
+            let done = result.map_err(|e: PipelineError| engine_error(&e, e.is_device_lost()))?;
+            let out = js_sys::Object::new();
+            let set = |k: &str, v: f64| js_sys::Reflect::set(&out, &JsValue::from_str(k), &JsValue::from_f64(v));
+            set("texts", done.texts as f64)?;
+            set("batches", done.batches as f64)?;
+            set("batchSize", batch_size as f64)?;
+            set("steps", done.steps as f64)?;
+            set("samples", done.samples as f64)?;
+            set("seconds", (js_sys::Date::now() - start) / 1000.0)?;
+            Ok(out.into())
+        })
+    }
+}
+
+/// `options.batchSize` of `generateBatch`: None when absent, else a whole number in 1..=`MAX_BATCH`.
+fn batch_size_option(options: &JsValue) -> Result<Option<usize>, JsValue> {
+    let max = crate::dia::batch_plan::MAX_BATCH;
+    match get(options, "batchSize").map(|v| v.as_f64()) {
+        None => Ok(None),
+        Some(Some(x)) if x.fract() == 0.0 && (1.0..=max as f64).contains(&x) => Ok(Some(x as usize)),
+        Some(_) => Err(JsError::new(&format!("generateBatch: options.batchSize must be a whole number from 1 to {max}")).into()),
+    }
+}

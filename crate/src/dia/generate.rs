@@ -140,15 +140,44 @@ impl<'m> Session<'m> {
             return Err(DiaError::EmptyText);
         }
         let items: Vec<Vec<u32>> = texts.iter().map(|t| encode_text(t)).collect();
-        Self::build(gpu, model, &items, prompt, opts, false, reserve)
+        Self::build(gpu, model, &items, prompt, opts, false, reserve, 0)
+    }
+
+    /// `with_reserve` for one batch of a longer list of texts that starts at list index `first_item`: item b draws
+    /// its random numbers as list item `first_item + b` (`SamplerShape::first_item`), so each text of the list gets
+    /// the same draws whatever the batch size.
+    pub fn list_batch(
+        gpu: &'m Gpu,
+        model: &'m DiaModel,
+        texts: &[&str],
+        first_item: u32,
+        prompt: Option<&[u32]>,
+        opts: &GenerateOptions,
+        reserve: Reserve,
+    ) -> Result<Session<'m>, DiaError> {
+        if texts.iter().any(|t| t.trim().is_empty()) {
+            return Err(DiaError::EmptyText);
+        }
+        let items: Vec<Vec<u32>> = texts.iter().map(|t| encode_text(t)).collect();
+        Self::build(gpu, model, &items, prompt, opts, false, reserve, first_item)
     }
 
     /// `new` for already tokenized texts (one id list per item).
     pub fn from_tokens(gpu: &'m Gpu, model: &'m DiaModel, items: &[Vec<u32>], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool) -> Result<Session<'m>, DiaError> {
-        Self::build(gpu, model, items, prompt, opts, record_scores, Reserve::default())
+        Self::build(gpu, model, items, prompt, opts, record_scores, Reserve::default(), 0)
     }
 
-    fn build(gpu: &'m Gpu, model: &'m DiaModel, items: &[Vec<u32>], prompt: Option<&[u32]>, opts: &GenerateOptions, record_scores: bool, reserve: Reserve) -> Result<Session<'m>, DiaError> {
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        gpu: &'m Gpu,
+        model: &'m DiaModel,
+        items: &[Vec<u32>],
+        prompt: Option<&[u32]>,
+        opts: &GenerateOptions,
+        record_scores: bool,
+        reserve: Reserve,
+        first_item: u32,
+    ) -> Result<Session<'m>, DiaError> {
         // Nothing is built on a lost device: its buffers would be invalid.
         gpu.check()?;
         let cfg = &model.cfg;
@@ -201,6 +230,7 @@ impl<'m> Session<'m> {
             delay: cfg.delay_pattern.iter().map(|&d| d as u32).collect(),
             eos: cfg.eos,
             pad: cfg.pad,
+            first_item,
         };
         let bufs = SamplerBuffers { logits: &logits, tokens: &step.tokens, codes: &codes, qinfo: &step.qinfo };
         let sampler = Sampler::new(gpu, &shape, &opts.sampling, &bufs, &prefix, prefix_rows as u32, s0 as u32, max_length as u32, record_scores)?;

@@ -1,4 +1,5 @@
 //! The Dia model on the GPU: tokenizer, weights, encoder and decoder passes, generation.
+pub mod batch_plan;
 pub mod delay;
 pub mod forward;
 pub mod generate;

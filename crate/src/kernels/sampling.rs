@@ -32,6 +32,9 @@ pub struct SamplerShape {
     pub delay: Vec<u32>,
     pub eos: u32,
     pub pad: u32,
+    /// The random draws' index of item 0: item b draws as item `first_item + b` (`counter_uniform`), so a list of
+    /// texts generated in batches of any size draws the same numbers for each text.
+    pub first_item: u32,
 }
 
 /// Logit processing settings (HF names: guidance_scale, top_k, temperature, top_p).
@@ -106,7 +109,7 @@ struct Params {
     off_choice: u32,
     off_eos0: u32,
     off_forced: u32,
-    _pad0: u32,
+    first_item: u32,
 }
 
 /// Word offsets of the sampler's state buffer (layout documented in the shader).
@@ -220,7 +223,7 @@ impl Sampler {
             off_choice: layout.choice,
             off_eos0: layout.eos0,
             off_forced: layout.forced,
-            _pad0: 0,
+            first_item: shape.first_item,
         };
 
         let chunk = v.div_ceil(WORKGROUP);
@@ -335,7 +338,8 @@ fn mix32(x: u32) -> u32 {
     h
 }
 
-/// The GPU's uniform draw for (seed, row ℓ, item, channel), in [0, 1) with 24 bits: the inverse-CDF
+/// The GPU's uniform draw for (seed, row ℓ, item, channel), in [0, 1) with 24 bits (`item`: the sampler's
+/// `first_item` plus the batch index): the inverse-CDF
 /// target of that row is this value times the total mass of the kept ids, accumulated in id order.
 pub fn counter_uniform(seed: u64, row: u32, item: u32, channel: u32) -> f32 {
     let mut h = mix32(seed as u32 ^ 0x9e37_79b9);

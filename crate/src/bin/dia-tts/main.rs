@@ -30,7 +30,8 @@ mod native {
     use dia_webgpu::kernels::sampling::SamplingParams;
     use dia_webgpu::kernels::Numerics;
     use dia_webgpu::dia::segment::{split_script, SegmentLimits};
-    use dia_webgpu::pipeline::{wav_bytes, Audio, ScriptProgress, Tts, VoicePrompt, SAMPLE_RATE};
+    use dia_webgpu::dia::tokenizer::encode_text;
+    use dia_webgpu::pipeline::{list_text, wav_bytes, Audio, BatchProgress, PipelineError, ScriptProgress, SpokenText, Tts, VoicePrompt, SAMPLE_RATE};
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
     use super::hub;
@@ -48,6 +49,13 @@ mod native {
         /// Read the text from a file (a long script is fine).
         #[arg(long)]
         text_file: Option<PathBuf>,
+        /// Speak every non-empty line of --text-file as its own text, several at a time, into one WAV per line:
+        /// `<out stem>-<n>.wav`, n from 1 in line order (docs/batch.md). A line must fit one segment (1024 bytes).
+        #[arg(long, requires = "text_file")]
+        batch: bool,
+        /// Lines generated together with --batch. Default: as many (up to 8) as the GPU's limits and memory allow.
+        #[arg(long, requires = "batch", value_parser = clap::value_parser!(u64).range(1..=dia_webgpu::dia::batch_plan::MAX_BATCH as u64))]
+        batch_size: Option<u64>,
         /// A voice to continue (WAV: integer PCM or 32-bit float, any rate, mono or stereo). Give its transcript
         /// with --prompt-text, or begin the text with it (a short text only).
         #[arg(long)]
@@ -222,12 +230,18 @@ mod native {
         if text.trim().is_empty() {
             return Err("the text is empty (or only whitespace): give the words to speak with --text or --text-file".into());
         }
-        // The script's segments now: a bad script, or a long one with a prompt but no transcript, fails before loading.
         let limits = SegmentLimits::default();
-        let segments = split_script(&text, &limits).map_err(|e| e.to_string())?.len();
-        if segments > 1 && args.prompt_audio.is_some() && args.prompt_text.is_none() {
-            return Err(format!("the text is {segments} segments long: give the transcript of --prompt-audio with --prompt-text (every segment continues it)"));
-        }
+        let segments = if args.batch {
+            0
+        } else {
+            // The script's segments now: a bad script, or a long one with a prompt but no transcript, fails before loading.
+            let segments = split_script(&text, &limits).map_err(|e| e.to_string())?.len();
+            if segments > 1 && args.prompt_audio.is_some() && args.prompt_text.is_none() {
+                return Err(format!("the text is {segments} segments long: give the transcript of --prompt-audio with --prompt-text (every segment continues it)"));
+            }
+            segments
+        };
+        let lines = if args.batch { batch_lines(&text) } else { Vec::new() };
         check_output_path(&args.out, "--out")?;
         if let Some(p) = &args.codes_out {
             check_output_path(p, "--codes-out")?;
@@ -267,6 +281,9 @@ mod native {
         };
 
         let config = read_config(&model).ok();
+        if let Some(cfg) = config.as_ref().filter(|_| args.batch) {
+            check_lines(&lines, args.text_file.as_deref().unwrap_or(Path::new("")), args.prompt_text.as_deref(), cfg.encoder.max_positions)?;
+        }
         let numerics = choose_numerics(args.dtype.as_deref(), &model, config.as_ref())?;
         // The device must bind the largest matrix; a broken config is reported by the load itself.
         let min_storage_binding = config.as_ref().map_or(64 << 20, |cfg| dia_webgpu::dia::largest_matrix_bytes(cfg, numerics)).max(16 << 20);
@@ -299,6 +316,10 @@ mod native {
             ..GenerateOptions::default()
         };
         let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+        if args.batch {
+            let file = args.text_file.as_deref().expect("clap requires --text-file with --batch");
+            return speak_lines(&args, &tts, file, &lines, prompt.as_ref(), &opts, max_new_tokens, numerics, load_s);
+        }
         // One bar for the segments (with the audio so far), one for the rows of the segment being generated.
         let bars = MultiProgress::new();
         let overall = bars.add(ProgressBar::new(segments as u64));
@@ -365,6 +386,137 @@ mod native {
             gpu.describe(),
             numerics.name(),
             dia.kv_format,
+        );
+        Ok(())
+    }
+
+    /// The texts of a --batch file: its non-empty lines (trimmed), with their line numbers (from 1).
+    fn batch_lines(text: &str) -> Vec<(usize, String)> {
+        text.lines().enumerate().map(|(i, l)| (i + 1, l.trim().to_string())).filter(|(_, l)| !l.is_empty()).collect()
+    }
+
+    /// Every line of a --batch file must be one text the encoder takes whole (with the voice transcript in front).
+    fn check_lines(lines: &[(usize, String)], file: &Path, transcript: Option<&str>, limit: usize) -> Result<(), String> {
+        for (line, text) in lines {
+            let bytes = encode_text(&list_text(transcript, text)).len();
+            if bytes > limit {
+                let with = if transcript.is_some() { " with the --prompt-text in front" } else { "" };
+                return Err(format!(
+                    "line {line} of {} is {bytes} bytes{with}; one text of --batch holds at most {limit}: split the line, or speak the file without --batch (one long script)",
+                    file.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `<out stem>-<n>.<out extension>` next to `out`.
+    fn numbered_path(out: &Path, n: usize) -> PathBuf {
+        let stem = out.file_stem().map_or("out".into(), |s| s.to_string_lossy());
+        let name = match out.extension() {
+            Some(ext) => format!("{stem}-{n}.{}", ext.to_string_lossy()),
+            None => format!("{stem}-{n}"),
+        };
+        out.with_file_name(name)
+    }
+
+    /// `dia-tts --batch`: every line its own WAV, written (atomically) as its batch finishes.
+    #[allow(clippy::too_many_arguments)]
+    fn speak_lines(
+        args: &Args,
+        tts: &Tts,
+        file: &Path,
+        lines: &[(usize, String)],
+        prompt: Option<&Audio>,
+        opts: &GenerateOptions,
+        max_new_tokens: Option<usize>,
+        numerics: Numerics,
+        load_s: f64,
+    ) -> Result<(), String> {
+        let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
+        let voice = prompt.map(|audio| VoicePrompt { audio, transcript: args.prompt_text.as_deref() });
+        // Line numbers in place of list indices.
+        let name_line = |e: PipelineError| match e {
+            PipelineError::BatchText { index, source } => format!("line {} of {}: {source}", lines[index].0, file.display()),
+            e => e.to_string(),
+        };
+        let batch_size = match args.batch_size {
+            Some(n) => n as usize,
+            None => {
+                let prompt_frames = prompt.map_or(0, |a| (a.samples.len() as u64 * SAMPLE_RATE as u64).div_ceil(a.sample_rate as u64).div_ceil(512) as usize);
+                tts.auto_batch_size(&texts, voice, prompt_frames, opts).map_err(name_line)?
+            }
+        };
+        let batches = texts.len().div_ceil(batch_size);
+        eprintln!("dia-tts: {} lines in {batches} batch{} of up to {batch_size}", texts.len(), if batches == 1 { "" } else { "es" });
+        let bars = MultiProgress::new();
+        let rows_bar = bars.add(ProgressBar::new(0));
+        rows_bar.set_style(ProgressStyle::with_template("{spinner} batch {msg} [{bar:40}] {pos}/{len} rows {per_sec}").unwrap().progress_chars("=> "));
+        let t0 = Instant::now();
+        let mut batch_start = Instant::now();
+        let write_error: std::cell::RefCell<Option<String>> = Default::default();
+        let (mut written, mut audio_s, mut text_steps) = (Vec::new(), 0.0, 0);
+        let done = pollster::block_on(tts.speak_batch(
+            &texts,
+            voice,
+            opts,
+            batch_size,
+            &mut |p: &BatchProgress| {
+                if p.rows == 0 {
+                    if p.batch > 0 {
+                        let took = batch_start.elapsed().as_secs_f64();
+                        bars.suspend(|| eprintln!("dia-tts: batch {}/{} done in {took:.1} s ({}/{} lines written)", p.batch, p.batches, p.done, texts.len()));
+                    }
+                    batch_start = Instant::now();
+                    rows_bar.reset();
+                    rows_bar.set_length(max_new_tokens.unwrap_or(p.max_rows.max(1)) as u64);
+                    rows_bar.set_message(format!("{}/{} (lines {}-{})", p.batch + 1, p.batches, p.first_item + 1, p.first_item + p.items));
+                }
+                rows_bar.set_position(p.rows as u64);
+            },
+            &mut |t: SpokenText| {
+                if write_error.borrow().is_some() {
+                    return;
+                }
+                let path = numbered_path(&args.out, t.index + 1);
+                let mut result = write_atomically(&path, &wav_bytes(&t.samples, SAMPLE_RATE));
+                if let (Ok(()), Some(codes)) = (&result, &args.codes_out) {
+                    let rows: Vec<&[u32]> = t.codes.chunks(tts.dia.cfg.decoder.channels).collect();
+                    let json = serde_json::json!({ "delayed_codes": rows, "prefix_rows": t.prefix_rows, "channels": tts.dia.cfg.decoder.channels, "text": t.text, "line": lines[t.index].0 });
+                    result = write_atomically(&numbered_path(codes, t.index + 1), json.to_string().as_bytes());
+                }
+                match result {
+                    Ok(()) => {
+                        audio_s += t.samples.len() as f64 / SAMPLE_RATE as f64;
+                        text_steps += t.steps;
+                        written.push(path);
+                    }
+                    Err(e) => *write_error.borrow_mut() = Some(e),
+                }
+            },
+            // A write that failed stops the run: the lines after it would have nowhere to go.
+            &|| write_error.borrow().is_some(),
+        ));
+        rows_bar.finish_and_clear();
+        if let Some(e) = write_error.borrow_mut().take() {
+            return Err(e);
+        }
+        let done = done.map_err(name_line)?;
+        let gen_s = t0.elapsed().as_secs_f64();
+        eprintln!("dia-tts: batch {}/{} done in {:.1} s ({}/{} lines written)", done.batches, done.batches, batch_start.elapsed().as_secs_f64(), written.len(), texts.len());
+        println!(
+            "{} .. {}: {} WAVs, {audio_s:.2} s of audio, {} batch{} of up to {batch_size}, {} steps in {gen_s:.2} s ({:.1} steps/s, {:.1} rows/s over all lines, {:.2}x real time) on {} [{}], weights loaded in {load_s:.1} s",
+            written.first().map_or(String::new(), |p| p.display().to_string()),
+            written.last().map_or(String::new(), |p| p.display().to_string()),
+            written.len(),
+            done.batches,
+            if done.batches == 1 { "" } else { "es" },
+            done.steps,
+            done.steps as f64 / gen_s,
+            text_steps as f64 / gen_s,
+            audio_s / gen_s,
+            tts.gpu.describe(),
+            numerics.name(),
         );
         Ok(())
     }
