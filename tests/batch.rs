@@ -151,26 +151,29 @@ fn batch_cancel_and_progress() {
 #[test]
 fn batch_memory_plan_covers_a_real_session() {
     let gpu = test_gpu();
-    let (dia, _) = models(&gpu);
+    let (mut dia, _) = models(&gpu);
     let opts = options(0.0, 0);
     let text = TEXTS[2];
-    let session_bytes = |batch: usize| {
-        gpu.release_reusable();
-        let before = gpu.allocated_bytes();
-        let texts = vec![text; batch];
-        let positions = 1 + opts.max_new_tokens;
-        let reserve = Reserve { text_tokens: batch * text.len() + 1, positions };
-        let s = Session::list_batch(&gpu, &dia, &texts, 0, None, &opts, reserve).unwrap();
-        let used = gpu.allocated_bytes() - before;
-        drop(s);
-        (used, session_size(&dia.cfg, &BatchShape { batch, text_tokens: text.len(), positions, prompt_frames: 0 }).bytes)
-    };
-    let (used1, plan1) = session_bytes(1);
-    let (used5, plan5) = session_bytes(5);
-    let (grow, plan_grow) = (used5 - used1, plan5 - plan1);
-    println!("session: batch 1 {used1} B (plan {plan1}), batch 5 {used5} B (plan {plan5}); growth {grow} B per 4 texts, plan {plan_grow}");
-    assert!(plan_grow >= grow, "the plan's growth {plan_grow} covers the real {grow}");
-    assert!(plan_grow as f64 <= 1.5 * grow as f64, "the plan's growth {plan_grow} is near the real {grow}");
+    for format in dia_webgpu::kernels::kv_cache::KvFormat::ALL {
+        dia.kv_format = format;
+        let session_bytes = |batch: usize| {
+            gpu.release_reusable();
+            let before = gpu.allocated_bytes();
+            let texts = vec![text; batch];
+            let positions = 1 + opts.max_new_tokens;
+            let reserve = Reserve { text_tokens: batch * text.len() + 1, positions };
+            let s = Session::list_batch(&gpu, &dia, &texts, 0, None, &opts, reserve).unwrap();
+            let used = gpu.allocated_bytes() - before;
+            drop(s);
+            (used, session_size(&dia.cfg, &BatchShape { batch, text_tokens: text.len(), positions, prompt_frames: 0, kv_format: dia.kv_format }).bytes)
+        };
+        let (used1, plan1) = session_bytes(1);
+        let (used5, plan5) = session_bytes(5);
+        let (grow, plan_grow) = (used5 - used1, plan5 - plan1);
+        println!("{format} caches: session: batch 1 {used1} B (plan {plan1}), batch 5 {used5} B (plan {plan5}); growth {grow} B per 4 texts, plan {plan_grow}");
+        assert!(plan_grow >= grow, "{format} caches: the plan's growth {plan_grow} covers the real {grow}");
+        assert!(plan_grow as f64 <= 1.5 * grow as f64, "{format} caches: the plan's growth {plan_grow} is near the real {grow}");
+    }
     // Vulkan tells the device's memory (lavapipe: system memory); the tiny model then fits the automatic batch.
     if gpu.info.backend == wgpu::Backend::Vulkan {
         let memory = gpu.device_memory().expect("a Vulkan device tells its memory");
@@ -187,7 +190,7 @@ fn batch_memory_plan_covers_a_real_session() {
 #[test]
 fn batch_max_batch_follows_the_limits() {
     let cfg = DiaConfig::from_json_str(&std::fs::read_to_string(fixtures_dir().join("dia/config.json")).unwrap()).unwrap();
-    let shape = BatchShape { batch: 1, text_tokens: 100, positions: 3072, prompt_frames: 0 };
+    let shape = BatchShape { batch: 1, text_tokens: 100, positions: 3072, prompt_frames: 0, kv_format: Default::default() };
     let size = |b| session_size(&cfg, &BatchShape { batch: b, ..shape });
     assert_eq!(max_batch(&cfg, &shape, u64::MAX, None, 8), 8, "only the limit asked");
     assert_eq!(max_batch(&cfg, &shape, u64::MAX, None, 1000), MAX_BATCH);

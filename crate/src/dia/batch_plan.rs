@@ -3,6 +3,7 @@
 //! memory. GPU-free, so a caller can plan before anything is built.
 
 use crate::config::DiaConfig;
+use crate::kernels::kv_cache::KvFormat;
 
 const F32: u64 = 4;
 
@@ -29,6 +30,8 @@ pub struct BatchShape {
     pub positions: usize,
     /// Voice prompt frames every item continues (0 without a prompt).
     pub prompt_frames: usize,
+    /// How the attention caches hold their values (the model's `kv_format`).
+    pub kv_format: KvFormat,
 }
 
 /// GPU memory of one session, as far as it grows with the batch (the fixed few MiB are not counted).
@@ -54,18 +57,22 @@ pub fn session_size(cfg: &DiaConfig, shape: &BatchShape) -> SessionSize {
     let dec_width = (2 * d.hidden + (d.heads + 2 * d.kv_heads) * d.head_dim + d.heads * d.head_dim + 2 * d.cross_heads * d.cross_head_dim + d.intermediate) as u64;
     let enc_width = (3 * e.hidden + (e.heads + 2 * e.kv_heads) * e.head_dim + e.heads * e.head_dim + e.intermediate) as u64;
 
-    let kv_layer = rows * positions * (d.kv_heads * d.head_dim) as u64 * F32;
-    let cross_layer = tokens * (2 * d.cross_kv_heads * d.cross_head_dim) as u64 * F32;
+    let kv_value = shape.kv_format.value_bytes();
+    let kv_layer = rows * positions * (d.kv_heads * d.head_dim) as u64 * kv_value;
+    let cross_layer = tokens * (2 * d.cross_kv_heads * d.cross_head_dim) as u64 * kv_value;
+    // f16 cross caches are projected through one f32 staging buffer of a layer's size.
+    let cross_staging = if shape.kv_format == KvFormat::F32 { 0 } else { tokens * (2 * d.cross_kv_heads * d.cross_head_dim) as u64 * F32 };
     let encoder_mlp = tokens * e.intermediate as u64 * F32;
     let prefill_mlp = prefill * d.intermediate as u64 * F32;
     let logits = rows * (d.channels * d.vocab) as u64 * F32;
     let bytes = 2 * d.layers as u64 * kv_layer
         + d.layers as u64 * cross_layer
+        + cross_staging
         + tokens * enc_width * F32
         + (prefill + rows) * dec_width * F32
         + logits
         + positions * b * d.channels as u64 * 4;
-    SessionSize { bytes, largest_binding: kv_layer.max(cross_layer).max(encoder_mlp).max(prefill_mlp).max(logits) }
+    SessionSize { bytes, largest_binding: kv_layer.max(cross_layer).max(cross_staging).max(encoder_mlp).max(prefill_mlp).max(logits) }
 }
 
 /// The largest batch (1..=`limit`, at most `MAX_BATCH`) whose session fits the device: every binding within

@@ -102,6 +102,7 @@ impl Tts<'_> {
     /// The memory plan's view of a batch of `batch` of these texts.
     fn batch_shape(&self, texts: &[String], prompt_frames: usize, opts: &GenerateOptions, batch: usize) -> BatchShape {
         BatchShape {
+            kv_format: self.dia.kv_format,
             batch,
             text_tokens: texts.iter().map(|t| encode_text(t).len()).max().unwrap_or(1),
             positions: self.batch_positions(prompt_frames, opts),
