@@ -155,18 +155,23 @@ function showTextInfo() {
   $('text-info').textContent = `${bytes} bytes${bytes > 160 ? ' (spoken in segments)' : ''}`;
 }
 
-/** Segment i of n and the rows of the current one (`null`: nothing running). */
-function showSegment(p) {
+/** Segment i of n and the rows of the current one, of `maxRows` at most (`null`: nothing running; the last
+ *  segment shown stays in the element's data attributes). */
+function showSegment(p, maxRows) {
   const el = $('segment');
   const bar = $('segment-progress');
   bar.hidden = !p;
-  if (!p) return;
-  el.textContent =
-    `Segment ${p.segment + 1} of ${p.segments}: ${p.rows} of ~${p.estimatedRows} rows` + ` · ${p.audioSeconds.toFixed(1)} s of audio so far`;
+  if (!p) {
+    el.textContent = '';
+    return;
+  }
+  // The rows a segment is expected to take: the estimate, unless "Max tokens" caps it.
+  const planned = Math.min(p.estimatedRows, maxRows ?? Infinity);
+  el.textContent = `Segment ${p.segment + 1} of ${p.segments}: ${p.rows} of ~${planned} rows · ${p.audioSeconds.toFixed(1)} s of audio out`;
   Object.assign(el.dataset, { segment: String(p.segment + 1), segments: String(p.segments) });
   // Whole segments done plus this one's share (its rows can run past the estimate).
   bar.max = p.segments;
-  bar.value = p.segment + Math.min(1, p.rows / Math.max(1, p.estimatedRows));
+  bar.value = p.segment + Math.min(1, p.rows / Math.max(1, planned));
 }
 
 async function generate() {
@@ -185,7 +190,7 @@ async function generate() {
     seed: number('seed') ?? Math.floor(Math.random() * 2 ** 31),
     maxNewTokens: number('max-tokens'),
     prompt: prompt ? { audio: prompt, transcript: promptText || undefined } : undefined,
-    onProgress: showSegment,
+    onProgress: (p) => showSegment(p, number('max-tokens')),
     onChunk: (pcm) => {
       chunks.push(pcm);
       total += pcm.length;
