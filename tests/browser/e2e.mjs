@@ -4,7 +4,7 @@
 // cancellation, corruption recovery, quota errors and the demo page. Prints "N passed, N failed".
 //   node e2e.mjs [--mock]   (--mock: the package was built with the JS mock engine; parity is then
 //                            checked against the mock's own first output instead of the fixtures)
-//   DIA_BROWSER_FULL=1      also the voice-prompt parity case
+//   DIA_BROWSER_FULL=1      also the voice-prompt parity cases (one generation, and a long script)
 //   DIA_TTS=path            the native dia-tts (tests/browser/run builds it): q8/q4 reference outputs and a
 //                           converted checkpoint are made with it
 //   DIA_BROWSER_ONLY=regex  only the tests whose name matches (case-insensitive; the npm pack step always
@@ -137,6 +137,25 @@ function readWavF32(file) {
   throw new Error(`${file}: no data chunk`);
 }
 
+/** Writes mono samples as a 32-bit float WAV (what dia-tts reads as a voice prompt). */
+function writeWavF32(file, samples, rate = 44100) {
+  const data = Buffer.from(Float32Array.from(samples).buffer);
+  const h = Buffer.alloc(44);
+  h.write('RIFF', 0, 'latin1');
+  h.writeUInt32LE(36 + data.length, 4);
+  h.write('WAVEfmt ', 8, 'latin1');
+  h.writeUInt32LE(16, 16);
+  h.writeUInt16LE(3, 20); // IEEE float
+  h.writeUInt16LE(1, 22);
+  h.writeUInt32LE(rate, 24);
+  h.writeUInt32LE(rate * 4, 28);
+  h.writeUInt16LE(4, 32);
+  h.writeUInt16LE(32, 34);
+  h.write('data', 36, 'latin1');
+  h.writeUInt32LE(data.length, 40);
+  writeFileSync(file, Buffer.concat([h, data]));
+}
+
 /**
  * The native engine (dia-tts, $DIA_TTS) on the fixtures: `generate(mode, text)` → the PCM of a greedy generation
  * with GREEDY's settings, `convert(mode)` → a converted checkpoint directory; each made once, in `work`.
@@ -153,11 +172,11 @@ function nativeTool(work) {
     return made.get(key);
   };
   return {
-    generate: (mode, text) =>
-      once(`gen-${mode}-${text}`, () => {
+    generate: (mode, text, extra = []) =>
+      once(`gen-${mode}-${text}-${extra.join(' ')}`, () => {
         const out = join(work, `native-${mode}-${made.size}.wav`);
         const g = ['--temperature', GREEDY.temperature, '--cfg-filter-top-k', GREEDY.cfgFilterTopK, '--max-new-tokens', GREEDY.maxNewTokens, '--cfg-scale', GREEDY.cfgScale];
-        run(['--model', join(fixtures, 'dia'), '--codec', join(fixtures, 'dac'), '--text', text, '--dtype', mode, ...g.map(String), '--out', out]);
+        run(['--model', join(fixtures, 'dia'), '--codec', join(fixtures, 'dac'), '--text', text, '--dtype', mode, ...g.map(String), ...extra, '--out', out]);
         return readWavF32(out);
       }),
     convert: (mode, dir) =>
@@ -654,6 +673,33 @@ async function main() {
       checkProgress(r.events, LONG_SEGMENTS);
       return `${r.played} samples played; ${checkLong(r.audio)}`;
     });
+
+    if (full) {
+      await test('long script with a voice prompt { audio, transcript }: every segment continues it; PCM equals native dia-tts --prompt-audio --prompt-text', async () => {
+        await ensureF32Engine();
+        const prompt = fixture('clone.prompt_pcm');
+        const transcript = t0Text;
+        const r = await call(
+          page,
+          async ({ text, options, prompt, transcript }) => {
+            const events = [];
+            const out = await window.tts.generate(text, { ...options, prompt: { audio: Float32Array.from(prompt), transcript }, onProgress: (p) => events.push(p) });
+            return { audio: Array.from(out.audio), segments: out.segments, steps: out.steps, seconds: out.seconds, events };
+          },
+          { text: LONG_TEXT, options: GREEDY, prompt: Array.from(prompt), transcript },
+        );
+        assert(r.segments === LONG_SEGMENTS, `${r.segments} segments`);
+        checkProgress(r.events, LONG_SEGMENTS);
+        assert(r.audio.every(Number.isFinite), 'audio with NaN or infinite samples');
+        if (mock) return `${r.audio.length} samples (mock engine: not compared)`;
+        const wav = join(work, 'voice-prompt.wav');
+        writeWavF32(wav, prompt);
+        const ref = native.generate('f32', LONG_TEXT, ['--prompt-audio', wav, '--prompt-text', transcript]);
+        const snr = snrDb(ref, r.audio);
+        assert(snr >= MIN_SNR_DB, `SNR ${snr.toFixed(1)} dB < ${MIN_SNR_DB} dB against native (${ref.length} samples, browser ${r.audio.length})`);
+        return `${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s; SNR ${fmtDb(snr)} against native dia-tts`;
+      });
+    }
 
     await test('cancel mid-script: stopped once segment 2 of 3 has started, no progress after cancel(), the worker says cancelled and nothing follows', async () => {
       await ensureF32Engine();
