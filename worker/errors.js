@@ -7,6 +7,10 @@ export class DiaError extends Error {
     this.name = new.target.name;
     this.details = details;
   }
+  /** What went wrong, where the package tells cases of one class apart (`details.code`), else undefined. */
+  get code() {
+    return this.details.code;
+  }
   toJSON() {
     return { name: this.name, message: this.message, details: this.details };
   }
@@ -32,14 +36,15 @@ export class StorageError extends DiaError {}
  * (a Rust panic), 'crash' (any other uncaught error in the worker). The DiaTTS then starts a new engine for its
  * next request, from the weight store.
  */
-export class EngineError extends DiaError {
-  get code() {
-    return this.details.code;
-  }
-}
+export class EngineError extends DiaError {}
 /** A generation was stopped by `cancel()` or an AbortSignal. */
 export class CancelledError extends DiaError {}
-/** An argument that the API cannot use. */
+/**
+ * An argument that the API cannot use. The engine's refusals of a text carry a `code` (also `details.code`):
+ * 'script-too-long' (over the splitter's maximum; `details.bytes`, `details.limit`), 'nothing-to-speak' (empty,
+ * whitespace or speaker tags only), 'voice-needs-transcript' (a voice prompt without `transcript` on a text of
+ * more than one segment; `details.segments`).
+ */
 export class InvalidOptionError extends DiaError {}
 
 const classes = {
@@ -56,11 +61,21 @@ const classes = {
   InvalidOptionError,
 };
 
-/** Serialisable form of any thrown value; foreign errors become EngineError (keeping the engine's `code`). */
+/** The engine's error codes for a text it refuses (the request is at fault, the engine is fine), with the numbers
+ *  each one carries. */
+const INVALID_INPUT = { 'script-too-long': ['bytes', 'limit'], 'nothing-to-speak': [], 'voice-needs-transcript': ['segments'] };
+
+/** Serialisable form of any thrown value; foreign errors become EngineError (keeping the engine's `code`), or
+ *  InvalidOptionError for a text the engine refuses (`INVALID_INPUT`). */
 export function errorToJSON(e) {
   if (e instanceof DiaError) return e.toJSON();
   const message = e instanceof Error ? e.message : String(e);
   const code = typeof e?.code === 'string' ? e.code : undefined;
+  if (Object.hasOwn(INVALID_INPUT, code)) {
+    const details = { code };
+    for (const key of INVALID_INPUT[code]) if (typeof e[key] === 'number') details[key] = e[key];
+    return { name: 'InvalidOptionError', message, details };
+  }
   return { name: 'EngineError', message, details: code ? { code } : {} };
 }
 

@@ -2,8 +2,9 @@
 // Protocol (every message carries the request's `id`):
 //   page → worker: { type: 'load', model, codec, baseUrl, revision, numerics, auto, autoReason, cache, encoder }
 //                  (auto: numerics is what dtype 'auto' picked for the adapter; a converted checkpoint may change it)
-//                  { type: 'generate', text, options, prompt? }   { type: 'cancel', target }
-//   worker → page: load → progress* → ready;  generate → chunk* → done | cancelled;  error (any request);
+//                  { type: 'generate', text, options, prompt?, promptTranscript? }   { type: 'cancel', target }
+//   worker → page: load → progress* → ready;  generate → (progress | chunk)* → done | cancelled;  error (any request);
+//                  (a generation's progress: { segment, segments, rows, estimatedRows, framesOut, audioSeconds })
 //                  fatal { message, code } (no id: the engine panicked ('panic') or crashed ('crash'); this
 //                  worker is done and every request to it fails with an EngineError of that code)
 // An error of code 'device-lost' (the GPU device was lost) also ends the engine: the page starts a new worker.
@@ -146,15 +147,19 @@ async function generate(msg) {
   const job = { id: msg.id, cancelled: false, chunks: 0 };
   current = job;
   try {
-    const result = await engine.generate(msg.text, msg.options ?? {}, msg.prompt ?? undefined, (pcm) => {
+    const onChunk = (pcm) => {
       if (job.cancelled) return;
       // A copy of our own, so transferring it can never detach memory the engine still uses.
       const chunk = new Float32Array(pcm);
       job.chunks++;
       post({ type: 'chunk', id: job.id, pcm: chunk }, [chunk.buffer]);
-    });
-    const { samples, steps, seconds } = result;
-    post({ type: job.cancelled ? 'cancelled' : 'done', id: job.id, samples, steps, seconds, chunks: job.chunks, gpuMemory: engine.memory() });
+    };
+    const onProgress = (progress) => {
+      if (!job.cancelled) post({ type: 'progress', id: job.id, progress });
+    };
+    const result = await engine.generate(msg.text, msg.options ?? {}, msg.prompt ?? undefined, onChunk, msg.promptTranscript ?? undefined, onProgress);
+    const { samples, steps, seconds, segments } = result;
+    post({ type: job.cancelled ? 'cancelled' : 'done', id: job.id, samples, steps, seconds, segments, chunks: job.chunks, gpuMemory: engine.memory() });
   } catch (e) {
     if (!job.cancelled) throw e;
     post({ type: 'cancelled', id: job.id, chunks: job.chunks });

@@ -12,10 +12,11 @@ use wasm_bindgen::JsCast;
 
 use crate::config::{DacConfig, DiaConfig};
 use crate::dac::{DacModel, DacModelBuilder};
+use crate::dia::segment::{ScriptError, SegmentLimits};
 use crate::dia::{DiaError, DiaModel, DiaModelBuilder, GenerateOptions};
 use crate::gpu::{Gpu, GpuError, GpuOptions};
 use crate::kernels::Numerics;
-use crate::pipeline::{Audio, PipelineError, Tts, SAMPLE_RATE};
+use crate::pipeline::{Audio, PipelineError, ScriptProgress, Tts, VoicePrompt, SAMPLE_RATE};
 use crate::weights::{tensor_to_f32, Dtype};
 
 /// Dia and the DAC codec on one WebGPU device.
@@ -80,6 +81,49 @@ enum TestHook {
     Panic,
     /// `GPUDevice.destroy()`: the device is lost under the generation.
     LoseDevice,
+}
+
+/// The cancellation check at which a `testHook` fault strikes: `speak_script` checks once before the first segment,
+/// then the generation once before its first decoder steps and again once they are submitted, readbacks in flight.
+const HOOK_CHECK: u32 = 3;
+
+/// A `generate` failure as JavaScript sees it: the message, and a `code` for the failures the package tells
+/// apart — a lost device (the engine is unusable), or a script the splitter refuses (the request is at fault:
+/// `script-too-long` with `bytes` and `limit`, `nothing-to-speak`, `voice-needs-transcript` with `segments`).
+fn pipeline_error(e: PipelineError) -> JsValue {
+    let error = engine_error(&e, e.is_device_lost());
+    let set = |k: &str, v: JsValue| {
+        let _ = js_sys::Reflect::set(&error, &k.into(), &v);
+    };
+    match e {
+        PipelineError::Script(ScriptError::TooLong { bytes, limit }) => {
+            set("code", "script-too-long".into());
+            set("bytes", JsValue::from_f64(bytes as f64));
+            set("limit", JsValue::from_f64(limit as f64));
+        }
+        PipelineError::Script(ScriptError::NothingToSpeak) | PipelineError::Dia(DiaError::EmptyText) => set("code", "nothing-to-speak".into()),
+        PipelineError::VoiceNeedsTranscript { segments } => {
+            set("code", "voice-needs-transcript".into());
+            set("segments", JsValue::from_f64(segments as f64));
+        }
+        _ => {}
+    }
+    error
+}
+
+/// `ScriptProgress` as the object `generate`'s `onProgress` receives (`hop`: samples per audio frame).
+fn progress_object(p: &ScriptProgress, hop: usize) -> JsValue {
+    let out = js_sys::Object::new();
+    let set = |k: &str, v: f64| {
+        let _ = js_sys::Reflect::set(&out, &k.into(), &JsValue::from_f64(v));
+    };
+    set("segment", p.segment as f64);
+    set("segments", p.segments as f64);
+    set("rows", p.rows as f64);
+    set("estimatedRows", p.estimated_rows as f64);
+    set("framesOut", p.frames_out as f64);
+    set("audioSeconds", (p.frames_out * hop) as f64 / SAMPLE_RATE as f64);
+    out.into()
 }
 
 /// `obj[key]` unless missing, undefined or null.
@@ -246,14 +290,24 @@ impl DiaEngine {
         self.check_gpu_error()
     }
 
-    /// Speaks `text`, calling `onChunk` with consecutive chunks of 44.1 kHz mono samples as they become
-    /// final. `promptPcm` (mono, 44.1 kHz) is a voice to continue; its transcript should begin `text`.
-    /// Resolves to `{ samples, steps, seconds }`; rejects with the error's message (containing
-    /// "cancelled" after `cancel()`, or the callback's own exception if `onChunk` throws). When the GPU device
-    /// was lost the error has `code: "device-lost"` and the engine is unusable: create another.
-    /// `options.testHook` is test-only (the package's own tests): `"panic"` panics inside the generation,
-    /// `"lose-device"` destroys the GPU device under it.
-    #[wasm_bindgen(unchecked_return_type = "Promise<{ samples: number, steps: number, seconds: number }>")]
+    /// Speaks `text`, a script of any length up to 256 KiB, calling `onChunk` with consecutive chunks of 44.1 kHz
+    /// mono samples as they become final. A text longer than one segment (160 bytes) is split at speaker turns and
+    /// sentences and spoken segment by segment, each continuing the previous one, as one continuous stream
+    /// (`Tts::speak_script`, docs/long-form.md); a text of one segment is spoken exactly as a single generation.
+    /// `options.maxNewTokens` applies to each segment. `promptPcm` (mono, 44.1 kHz) is a voice to continue:
+    /// with `promptTranscript` (what it says, with speaker tags) every segment continues it; without, `text`
+    /// must begin with its transcript and be one segment long. `onProgress` hears `{ segment, segments, rows,
+    /// estimatedRows, framesOut, audioSeconds }` at the start of every segment (`rows` 0) and with every batch
+    /// of rows. Resolves to `{ samples, steps, seconds, segments }` (`steps`: decoder steps of all segments);
+    /// rejects with the error's message (containing "cancelled" after `cancel()`, which is checked between and
+    /// within segments, or the callback's own exception if `onChunk` or `onProgress` throws). A script the
+    /// splitter refuses rejects with `code` "script-too-long" (with `bytes`, `limit`) or "nothing-to-speak"; a
+    /// voice prompt without its transcript on a longer script with "voice-needs-transcript" (with `segments`),
+    /// before any GPU work. When the GPU device was lost the error has `code: "device-lost"` and the engine is
+    /// unusable: create another. `options.testHook` is test-only (the package's own tests): `"panic"` panics
+    /// inside the generation, `"lose-device"` destroys the GPU device under it.
+    #[allow(clippy::too_many_arguments)]
+    #[wasm_bindgen(unchecked_return_type = "Promise<{ samples: number, steps: number, seconds: number, segments: number }>")]
     pub fn generate(
         &self,
         text: String,
@@ -261,6 +315,12 @@ impl DiaEngine {
         options: JsValue,
         #[wasm_bindgen(js_name = promptPcm, unchecked_param_type = "Float32Array | undefined")] prompt_pcm: Option<Vec<f32>>,
         #[wasm_bindgen(js_name = onChunk, unchecked_param_type = "(pcm: Float32Array) => void")] on_chunk: js_sys::Function,
+        #[wasm_bindgen(js_name = promptTranscript, unchecked_param_type = "string | undefined")] prompt_transcript: Option<String>,
+        #[wasm_bindgen(
+            js_name = onProgress,
+            unchecked_param_type = "((progress: { segment: number, segments: number, rows: number, estimatedRows: number, framesOut: number, audioSeconds: number }) => void) | undefined"
+        )]
+        on_progress: Option<js_sys::Function>,
     ) -> js_sys::Promise {
         let job = self.start_job(&options);
         wasm_bindgen_futures::future_to_promise(async move {
@@ -268,18 +328,26 @@ impl DiaEngine {
             let _busy = BusyGuard(run.clone());
             let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
             let prompt = prompt_pcm.map(|samples| Audio { samples, sample_rate: SAMPLE_RATE });
+            let voice = prompt.as_ref().map(|audio| VoicePrompt { audio, transcript: prompt_transcript.as_deref() });
+            // The first exception a callback throws: it stops the generation and is what the promise rejects with.
             let thrown: RefCell<Option<JsValue>> = RefCell::new(None);
-            let mut on_pcm = |pcm: &[f32]| {
+            let call = |f: &js_sys::Function, arg: &JsValue| {
                 if thrown.borrow().is_none() {
-                    if let Err(e) = on_chunk.call1(&JsValue::NULL, &js_sys::Float32Array::from(pcm)) {
+                    if let Err(e) = f.call1(&JsValue::NULL, arg) {
                         *thrown.borrow_mut() = Some(e);
                     }
+                }
+            };
+            let mut on_pcm = |pcm: &[f32]| call(&on_chunk, &js_sys::Float32Array::from(pcm).into());
+            let mut report = |p: &ScriptProgress| {
+                if let Some(f) = &on_progress {
+                    call(f, &progress_object(p, dac.config.hop_length));
                 }
             };
             let checks = Cell::new(0u32);
             let cancelled = || {
                 checks.set(checks.get() + 1);
-                if checks.get() == 2 {
+                if checks.get() == HOOK_CHECK {
                     match hook {
                         Some(TestHook::Panic) => panic!("forced panic (test-only generate option testHook: \"panic\")"),
                         Some(TestHook::LoseDevice) => gpu.destroy(),
@@ -289,18 +357,20 @@ impl DiaEngine {
                 run.cancel.get() || thrown.borrow().is_some() || gpu.has_uncaptured_error()
             };
             let start = js_sys::Date::now();
-            let result = tts.speak(&text, prompt.as_ref(), &opts, &mut on_pcm, &cancelled).await;
+            let result = tts.speak_script(&text, voice, &opts, &SegmentLimits::default(), &mut report, &mut on_pcm, &cancelled).await;
             // A lost device or a GPU error explains whatever else went wrong: it comes first.
             gpu.check().map_err(gpu_error)?;
             if let Some(e) = thrown.take() {
                 return Err(e);
             }
-            let speech = result.map_err(|e: PipelineError| engine_error(&e, e.is_device_lost()))?;
+            let speech = result.map_err(pipeline_error)?;
+            let steps: usize = speech.segments.iter().map(|s| s.generation.rows - s.generation.prefix_rows).sum();
             let out = js_sys::Object::new();
             let set = |k: &str, v: f64| js_sys::Reflect::set(&out, &JsValue::from_str(k), &JsValue::from_f64(v));
             set("samples", speech.samples as f64)?;
-            set("steps", (speech.generation.rows - speech.generation.prefix_rows) as f64)?;
+            set("steps", steps as f64)?;
             set("seconds", (js_sys::Date::now() - start) / 1000.0)?;
+            set("segments", speech.segments.len() as f64)?;
             Ok(out.into())
         })
     }

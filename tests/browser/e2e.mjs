@@ -4,7 +4,7 @@
 // cancellation, corruption recovery, quota errors and the demo page. Prints "N passed, N failed".
 //   node e2e.mjs [--mock]   (--mock: the package was built with the JS mock engine; parity is then
 //                            checked against the mock's own first output instead of the fixtures)
-//   DIA_BROWSER_FULL=1      also the voice-prompt parity case
+//   DIA_BROWSER_FULL=1      also the voice-prompt parity cases (one generation, and a long script)
 //   DIA_TTS=path            the native dia-tts (tests/browser/run builds it): q8/q4 reference outputs and a
 //                           converted checkpoint are made with it
 //   DIA_BROWSER_ONLY=regex  only the tests whose name matches (case-insensitive; the npm pack step always
@@ -30,6 +30,13 @@ const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const GREEDY = { temperature: 0, cfgFilterTopK: 45, maxNewTokens: 40, cfgScale: 3 };
 const MIN_SNR_DB = 60;
 const CANCEL_TEXT = '[S1] Cancel me. [S2] No.';
+// A script of three segments (302 bytes; the splitter's segments hold at most 160): greedy with GREEDY's 40 rows
+// per segment, the tiny model gives 40, 16 (its own EOS) and 40 steps (measured natively with dia-tts).
+const LONG_TEXT =
+  '[S1] The first speaker opens the show with a greeting. [S2] The second speaker answers, then asks about the weather. ' +
+  '[S1] It is sunny today, with a light wind from the west. [S2] That sounds lovely. (laughs) Let us go for a walk in the park. ' +
+  '[S1] Good idea. I will get my coat and meet you by the door.';
+const LONG_SEGMENTS = 3;
 
 // ---------------------------------------------------------------- tiny harness
 
@@ -130,6 +137,25 @@ function readWavF32(file) {
   throw new Error(`${file}: no data chunk`);
 }
 
+/** Writes mono samples as a 32-bit float WAV (what dia-tts reads as a voice prompt). */
+function writeWavF32(file, samples, rate = 44100) {
+  const data = Buffer.from(Float32Array.from(samples).buffer);
+  const h = Buffer.alloc(44);
+  h.write('RIFF', 0, 'latin1');
+  h.writeUInt32LE(36 + data.length, 4);
+  h.write('WAVEfmt ', 8, 'latin1');
+  h.writeUInt32LE(16, 16);
+  h.writeUInt16LE(3, 20); // IEEE float
+  h.writeUInt16LE(1, 22);
+  h.writeUInt32LE(rate, 24);
+  h.writeUInt32LE(rate * 4, 28);
+  h.writeUInt16LE(4, 32);
+  h.writeUInt16LE(32, 34);
+  h.write('data', 36, 'latin1');
+  h.writeUInt32LE(data.length, 40);
+  writeFileSync(file, Buffer.concat([h, data]));
+}
+
 /**
  * The native engine (dia-tts, $DIA_TTS) on the fixtures: `generate(mode, text)` → the PCM of a greedy generation
  * with GREEDY's settings, `convert(mode)` → a converted checkpoint directory; each made once, in `work`.
@@ -146,11 +172,11 @@ function nativeTool(work) {
     return made.get(key);
   };
   return {
-    generate: (mode, text) =>
-      once(`gen-${mode}-${text}`, () => {
+    generate: (mode, text, extra = []) =>
+      once(`gen-${mode}-${text}-${extra.join(' ')}`, () => {
         const out = join(work, `native-${mode}-${made.size}.wav`);
         const g = ['--temperature', GREEDY.temperature, '--cfg-filter-top-k', GREEDY.cfgFilterTopK, '--max-new-tokens', GREEDY.maxNewTokens, '--cfg-scale', GREEDY.cfgScale];
-        run(['--model', join(fixtures, 'dia'), '--codec', join(fixtures, 'dac'), '--text', text, '--dtype', mode, ...g.map(String), '--out', out]);
+        run(['--model', join(fixtures, 'dia'), '--codec', join(fixtures, 'dac'), '--text', text, '--dtype', mode, ...g.map(String), ...extra, '--out', out]);
         return readWavF32(out);
       }),
     convert: (mode, dir) =>
@@ -243,7 +269,7 @@ function generate(page, text, options) {
     page,
     async ({ text, options }) => {
       const r = await window.tts.generate(text, options);
-      return { audio: Array.from(r.audio), samples: r.samples, steps: r.steps, seconds: r.seconds, samplingRate: r.samplingRate, gpuMemory: r.gpuMemory };
+      return { audio: Array.from(r.audio), samples: r.samples, steps: r.steps, seconds: r.seconds, segments: r.segments, samplingRate: r.samplingRate, gpuMemory: r.gpuMemory };
     },
     { text, options },
   );
@@ -300,13 +326,18 @@ async function main() {
     // The declarations type-check a typical use under strict TypeScript.
     writeFileSync(
       join(app, 'use.ts'),
-      `import { DiaTTS, chooseDtype, toWav, type LoadProgress, type GeneratedAudio, type Numerics } from 'dia-webgpu';
+      `import { DiaTTS, chooseDtype, toWav, InvalidOptionError, type LoadProgress, type GeneratedAudio, type GenerationProgress, type Numerics } from 'dia-webgpu';
        export async function speak(text: string): Promise<Uint8Array> {
          const tts = await DiaTTS.load({ dtype: 'q4', onProgress: (p: LoadProgress) => console.log(p.progress) });
          const mode: Numerics = tts.info.numerics;
          console.log(mode, tts.info.storedBytes, tts.info.gpuMemory.peak, chooseDtype(await DiaTTS.capabilities()).dtype);
          for await (const chunk of tts.stream(text, { temperature: 1.2 })) console.log(chunk.length);
          const out: GeneratedAudio = await tts.generate(text, { cfgScale: 3, seed: 1 });
+         const voice = { audio: out.audio, transcript: '[S1] Hello.' };
+         const onProgress = (p: GenerationProgress) => console.log(p.segment + 1, p.segments, p.rows, p.estimatedRows, p.audioSeconds);
+         const long = await tts.speak(text.repeat(20), { prompt: voice, onProgress });
+         console.log(long.segments, long.played);
+         try { await tts.generate(''); } catch (e) { if (e instanceof InvalidOptionError && e.code === 'script-too-long') console.log(e.details.limit); }
          return toWav(out.audio, out.samplingRate);
        }`,
     );
@@ -426,6 +457,8 @@ async function main() {
     await test(`generate t0 greedy in f32 → PCM matches t0.pcm (SNR ≥ ${MIN_SNR_DB} dB)`, async () => {
       const r = await generate(page, t0Text, GREEDY);
       assert(r.samples === r.audio.length && r.samplingRate === 44100, `samples ${r.samples} vs ${r.audio.length}`);
+      // A text of one segment goes through the long-form path unchanged: one segment, the reference's PCM.
+      assert(r.segments === 1, `${r.segments} segments for a ${t0Text.length}-byte text`);
       const snr = checkT0(r.audio);
       t0Audio = r.audio;
       return `${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s, SNR ${fmtDb(snr)}`;
@@ -527,6 +560,7 @@ async function main() {
       if (!(await call(page, () => window.tts?.info?.numerics === 'f32'))) await load(page, f32);
     };
     const FAULT_RUN = { ...GREEDY, maxNewTokens: 300 }; // CANCEL_TEXT: still generating when the fault comes
+    const native = mock ? null : nativeTool(work);
 
     await test('a Rust panic during generate → EngineError (code panic) with the panic text; the next generate restarts the engine from IndexedDB, PCM right', async () => {
       await ensureF32Engine();
@@ -567,6 +601,168 @@ async function main() {
       const g = await generate(page, t0Text, GREEDY);
       const snr = checkT0(g.audio);
       return `"${r.error.message}"; then a new load (${info.tensors} tensors from IndexedDB) generated ${g.audio.length} samples, SNR ${fmtDb(snr)}`;
+    });
+
+    // Long-form (issue 16): a script of several segments is one continuous stream. The native dia-tts speaks the
+    // same script through the same `Tts::speak_script` (on the machine's Vulkan adapter): the browser's PCM must
+    // equal it, as the single-generation parity tests require.
+    let longAudio = null;
+    const checkLong = (audio) => {
+      assert(audio.every(Number.isFinite), 'audio with NaN or infinite samples');
+      if (mock) {
+        longAudio ??= Float32Array.from(audio);
+        const snr = snrDb(longAudio, audio);
+        assert(snr >= MIN_SNR_DB, `SNR ${snr.toFixed(1)} dB against the first long run (mock)`);
+        return 'mock engine: compared with its first long run';
+      }
+      const ref = native.generate('f32', LONG_TEXT);
+      const snr = snrDb(ref, audio);
+      assert(snr >= MIN_SNR_DB, `SNR ${snr.toFixed(1)} dB < ${MIN_SNR_DB} dB against the native speak_script (${ref.length} samples, browser ${audio.length})`);
+      return `SNR ${fmtDb(snr)} against native dia-tts`;
+    };
+    /** Progress events in order: every segment 0..n-1 starts once (rows 0), rows and audio never go back. */
+    const checkProgress = (events, segments) => {
+      assert(events.length > 0, 'no progress events');
+      assert(events.every((e) => e.segments === segments), `segments reported: ${[...new Set(events.map((e) => e.segments))]}, ${segments} expected`);
+      const starts = events.filter((e) => e.rows === 0).map((e) => e.segment);
+      assert(JSON.stringify(starts) === JSON.stringify([...Array(segments).keys()]), `segment starts ${JSON.stringify(starts)}`);
+      for (let i = 1; i < events.length; i++) {
+        const [a, b] = [events[i - 1], events[i]];
+        const ordered = b.segment > a.segment || (b.segment === a.segment && b.rows >= a.rows);
+        assert(ordered && b.framesOut >= a.framesOut, `progress went back: ${JSON.stringify(a)} → ${JSON.stringify(b)}`);
+        assert(b.segment <= a.segment + 1, `segment ${a.segment} → ${b.segment}`);
+      }
+      assert(events.every((e) => e.estimatedRows > 0 && Math.abs(e.audioSeconds - (e.framesOut * 512) / 44100) < 1e-9), `fields: ${JSON.stringify(events[0])}`);
+    };
+
+    await test(`long script (${LONG_SEGMENTS} segments) through stream(): progress segment by segment, one continuous PCM equal to the native speak_script`, async () => {
+      await ensureF32Engine();
+      const r = await call(
+        page,
+        async ({ text, options }) => {
+          const events = [];
+          const stream = window.tts.stream(text, { ...options, onProgress: (p) => events.push(p) });
+          const chunks = [];
+          for await (const chunk of stream) chunks.push(...chunk);
+          const result = await stream.result;
+          return { audio: chunks, result, events };
+        },
+        { text: LONG_TEXT, options: GREEDY },
+      );
+      assert(r.result.segments === LONG_SEGMENTS, `result.segments ${r.result.segments}`);
+      assert(r.result.samples === r.audio.length && r.audio.length > 0, `samples ${r.result.samples}, streamed ${r.audio.length}`);
+      checkProgress(r.events, LONG_SEGMENTS);
+      const parity = checkLong(r.audio);
+      return `${r.audio.length} samples, ${r.result.steps} steps in ${r.result.seconds.toFixed(1)} s, ${r.events.length} progress events; ${parity}`;
+    });
+
+    await test('long script through speak(): played through the AudioWorklet, all samples consumed, PCM equal to the native speak_script', async () => {
+      await ensureF32Engine();
+      const r = await call(
+        page,
+        async ({ text, options }) => {
+          const events = [];
+          const audioContext = new AudioContext();
+          const r = await window.tts.speak(text, { ...options, audioContext, onProgress: (p) => events.push(p) });
+          await audioContext.close();
+          return { audio: Array.from(r.audio), samples: r.samples, played: r.played, segments: r.segments, events };
+        },
+        { text: LONG_TEXT, options: GREEDY },
+      );
+      assert(r.segments === LONG_SEGMENTS && r.played === r.audio.length && r.samples === r.audio.length, `segments ${r.segments}, played ${r.played} of ${r.audio.length}`);
+      checkProgress(r.events, LONG_SEGMENTS);
+      return `${r.played} samples played; ${checkLong(r.audio)}`;
+    });
+
+    if (full) {
+      await test('long script with a voice prompt { audio, transcript }: every segment continues it; PCM equals native dia-tts --prompt-audio --prompt-text', async () => {
+        await ensureF32Engine();
+        const prompt = fixture('clone.prompt_pcm');
+        const transcript = t0Text;
+        const r = await call(
+          page,
+          async ({ text, options, prompt, transcript }) => {
+            const events = [];
+            const out = await window.tts.generate(text, { ...options, prompt: { audio: Float32Array.from(prompt), transcript }, onProgress: (p) => events.push(p) });
+            return { audio: Array.from(out.audio), segments: out.segments, steps: out.steps, seconds: out.seconds, events };
+          },
+          { text: LONG_TEXT, options: GREEDY, prompt: Array.from(prompt), transcript },
+        );
+        assert(r.segments === LONG_SEGMENTS, `${r.segments} segments`);
+        checkProgress(r.events, LONG_SEGMENTS);
+        assert(r.audio.every(Number.isFinite), 'audio with NaN or infinite samples');
+        if (mock) return `${r.audio.length} samples (mock engine: not compared)`;
+        const wav = join(work, 'voice-prompt.wav');
+        writeWavF32(wav, prompt);
+        const ref = native.generate('f32', LONG_TEXT, ['--prompt-audio', wav, '--prompt-text', transcript]);
+        const snr = snrDb(ref, r.audio);
+        assert(snr >= MIN_SNR_DB, `SNR ${snr.toFixed(1)} dB < ${MIN_SNR_DB} dB against native (${ref.length} samples, browser ${r.audio.length})`);
+        return `${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s; SNR ${fmtDb(snr)} against native dia-tts`;
+      });
+    }
+
+    await test('cancel mid-script: stopped once segment 2 of 3 has started, no progress after cancel(), the worker says cancelled and nothing follows', async () => {
+      await ensureF32Engine();
+      const r = await call(
+        page,
+        async ({ text, options }) => {
+          const messages = [];
+          const listen = ({ data }) => messages.push(data.type === 'progress' ? { type: 'progress', segment: data.progress.segment } : { type: data.type });
+          window.tts.worker.addEventListener('message', listen);
+          let cancelling = null;
+          let afterCancel = 0;
+          let chunks = 0;
+          // Cancelled at the first progress event of the second segment (its start, between segments).
+          const onProgress = (p) => {
+            if (cancelling) afterCancel++;
+            else if (p.segment >= 1) cancelling = window.tts.cancel();
+          };
+          let error = null;
+          try {
+            for await (const chunk of window.tts.stream(text, { ...options, onProgress })) chunks += chunk.length ? 1 : 0;
+          } catch (e) {
+            error = e.name;
+          }
+          await cancelling;
+          await new Promise((r) => setTimeout(r, 1000)); // anything still on its way arrives now
+          window.tts.worker.removeEventListener('message', listen);
+          const end = messages.findIndex((m) => m.type === 'cancelled' || m.type === 'done');
+          return {
+            error,
+            chunks,
+            afterCancel,
+            ended: messages.filter((m) => m.type === 'cancelled' || m.type === 'done').map((m) => m.type),
+            afterAck: messages.slice(end + 1).length,
+            segmentsStarted: [...new Set(messages.filter((m) => m.type === 'progress').map((m) => m.segment))],
+          };
+        },
+        { text: LONG_TEXT, options: GREEDY },
+      );
+      assert(r.error === 'CancelledError', `stream ended with ${r.error}`);
+      assert(r.afterCancel === 0, `${r.afterCancel} progress event(s) after cancel()`);
+      assert(r.ended.length === 1 && r.ended[0] === 'cancelled', `the worker answered ${r.ended}`);
+      assert(r.afterAck === 0, `${r.afterAck} message(s) after the worker's acknowledgement`);
+      assert(!r.segmentsStarted.includes(LONG_SEGMENTS - 1), `the last segment started: ${r.segmentsStarted}`);
+      return `segments started: ${r.segmentsStarted.join(', ')} of ${LONG_SEGMENTS}; ${r.chunks} chunk(s) before the cancel`;
+    });
+
+    await test('a script over the splitter\'s maximum → InvalidOptionError (code script-too-long); a voice prompt without transcript on a long script → InvalidOptionError (code voice-needs-transcript); whitespace → code nothing-to-speak; the engine stays usable', async () => {
+      await ensureF32Engine();
+      const r = await call(page, async (text) => {
+        const outcome = async (p) => p.then(() => ({ name: 'none' }), (e) => ({ name: e.name, code: e.code, message: e.message, details: e.details }));
+        const tooLong = await outcome(window.tts.generate(`[S1] ${'a'.repeat(256 * 1024)}`));
+        const voice = await outcome(window.tts.generate(text, { prompt: new Float32Array(4410).fill(0.1) }));
+        const nothing = await outcome(window.tts.generate(' \n '));
+        return { tooLong, voice, nothing };
+      }, LONG_TEXT);
+      assert(r.tooLong.name === 'InvalidOptionError' && r.tooLong.code === 'script-too-long', `over-long: ${JSON.stringify(r.tooLong)}`);
+      assert(r.tooLong.details.bytes === 256 * 1024 + 5 && r.tooLong.details.limit === 256 * 1024, `details ${JSON.stringify(r.tooLong.details)}`);
+      assert(r.voice.name === 'InvalidOptionError' && r.voice.code === 'voice-needs-transcript' && r.voice.details.segments === LONG_SEGMENTS, `voice: ${JSON.stringify(r.voice)}`);
+      assert(r.nothing.name === 'InvalidOptionError' && r.nothing.code === 'nothing-to-speak', `whitespace: ${JSON.stringify(r.nothing)}`);
+      // The engine is unharmed: a generation right after is the reference's.
+      const g = await generate(page, t0Text, GREEDY);
+      const snr = checkT0(g.audio);
+      return `"${r.tooLong.message}" | "${r.voice.message}" | "${r.nothing.message}"; then t0 SNR ${fmtDb(snr)}`;
     });
 
     await test('AudioWorklet fed by a SharedArrayBuffer ring on a cross-origin isolated page: exact consumption', async () => {
@@ -724,7 +920,6 @@ async function main() {
       const m = await manifest(id);
       return Object.values(await recordSizes(id, m.tensors)).reduce((a, b) => a + b, 0);
     };
-    const native = mock ? null : nativeTool(work);
     const gpuAfterLoad = {}; // mode → info.gpuMemory.allocated
     const checkQuantizedStore = async (mode, info) => {
       const m = await manifest(`${base}|tiny/dia|main|${mode}`);
@@ -912,7 +1107,7 @@ async function main() {
       return 'per-repo and whole-store clearing';
     });
 
-    await test('demo page: loads in q4 (download, stored and GPU sizes shown), generates, draws the waveform, offers a WAV (screenshot)', async () => {
+    await test('demo page: loads in q4 (download, stored and GPU sizes shown), long and short examples, generates (segment progress shown), draws the waveform, offers a WAV (screenshot)', async () => {
       const demo = await context.newPage();
       demo.on('pageerror', (e) => console.log(`  [demo error] ${e.message}`));
       const q = new URLSearchParams({ model: 'tiny/dia', codec: 'tiny/dac', base, dtype: 'q4' });
@@ -921,6 +1116,11 @@ async function main() {
       await demo.waitForSelector('#status[data-state=ready]', { timeout: 120000 });
       const sizes = await demo.evaluate(() => ({ ...document.querySelector('#sizes').dataset, text: document.querySelector('#sizes').textContent }));
       assert(sizes.numerics === 'q4' && Number(sizes.stored) > 0 && Number(sizes.stored) < Number(sizes.download) && Number(sizes.gpu) > 0, `sizes shown: ${JSON.stringify(sizes)}`);
+      // The long example is a script of several segments; the short one (generated below) fits one.
+      await demo.click('#example-long');
+      const long = await demo.evaluate(() => ({ bytes: new TextEncoder().encode(document.querySelector('#text').value).length, info: document.querySelector('#text-info').textContent }));
+      assert(long.bytes > 500 && /segments/.test(long.info), `long example: ${JSON.stringify(long)}`);
+      await demo.click('#example-short');
       await demo.click('summary:has-text("Sampling")');
       await demo.fill('#max-tokens', mock ? '40' : '24'); // 24 steps: the fewest that give audio, to keep it short
       await demo.fill('#temperature', '0');
@@ -933,13 +1133,16 @@ async function main() {
         for (let i = 0; i < pixels.length; i += 4) if (pixels[i] !== pixels[0] || pixels[i + 1] !== pixels[1] || pixels[i + 2] !== pixels[2]) inked++;
         const link = document.querySelector('#download');
         const wav = await (await fetch(link.href)).arrayBuffer();
-        return { inked, wav: wav.byteLength, samples: Number(document.querySelector('#status').dataset.samples), name: link.download, peak: Number(document.querySelector('#sizes').dataset.gpuPeak) };
+        const status = document.querySelector('#status').dataset;
+        const segment = document.querySelector('#segment').dataset;
+        return { inked, wav: wav.byteLength, samples: Number(status.samples), segments: status.segments, shown: `${segment.segment}/${segment.segments}`, name: link.download, peak: Number(document.querySelector('#sizes').dataset.gpuPeak) };
       });
       await demo.screenshot({ path: join(artifacts, 'demo.png'), fullPage: true });
       await demo.close();
       assert(r.inked > 500, `only ${r.inked} waveform pixels drawn`);
       assert(r.wav === 44 + 2 * r.samples && r.samples > 0, `WAV of ${r.wav} bytes for ${r.samples} samples`);
       assert(r.peak >= Number(sizes.gpu), `GPU peak after generating ${r.peak} < ${sizes.gpu} after loading`);
+      assert(r.segments === '1' && r.shown === '1/1', `segments ${r.segments}, progress shown ${r.shown}`);
       return `"${sizes.text}" ${r.samples} samples, ${r.inked} waveform pixels, ${r.name} (${r.wav} bytes); artifacts/demo.png`;
     });
   } finally {

@@ -334,4 +334,24 @@ export const unitTests = [
       }
     },
   ],
+  [
+    'engine errors across postMessage: a refused text becomes InvalidOptionError with its code and numbers; device-lost stays EngineError',
+    async () => {
+      const { errorFromJSON, errorToJSON, EngineError, InvalidOptionError } = await import('../../worker/errors.js');
+      // What the wasm engine throws: an Error with a code and numbers as own properties (crate/src/wasm.rs).
+      const engine = (message, props) => Object.assign(new Error(message), props);
+      const across = (e) => errorFromJSON(structuredClone(errorToJSON(e)));
+      const long = across(engine('the script is 300000 bytes long', { code: 'script-too-long', bytes: 300000, limit: 262144 }));
+      assert(long instanceof InvalidOptionError && long.code === 'script-too-long', `${long.name} ${long.code}`);
+      assert(long.details.bytes === 300000 && long.details.limit === 262144 && long.message === 'the script is 300000 bytes long', JSON.stringify(long.details));
+      const voice = across(engine('needs its transcript', { code: 'voice-needs-transcript', segments: 4 }));
+      assert(voice instanceof InvalidOptionError && voice.details.segments === 4, JSON.stringify(voice.details));
+      const empty = across(engine('nothing to speak', { code: 'nothing-to-speak' }));
+      assert(empty instanceof InvalidOptionError && empty.code === 'nothing-to-speak', empty.name);
+      const lost = across(engine('the GPU device was lost', { code: 'device-lost' }));
+      assert(lost instanceof EngineError && lost.code === 'device-lost', `${lost.name} ${lost.code}`);
+      const plain = across(new Error('bad tensor'));
+      assert(plain instanceof EngineError && plain.code === undefined, `${plain.name} ${plain.code}`);
+    },
+  ],
 ];

@@ -10,6 +10,21 @@ const source = {
 };
 if (params.get('dtype')) $('dtype').value = params.get('dtype');
 
+const SHORT_EXAMPLE = $('text').value;
+// About a minute of dialogue: the package splits it at speaker turns and sentences into segments of 5–10 s.
+const LONG_EXAMPLE = [
+  '[S1] Welcome back to the show. Today we are talking about speech synthesis that runs entirely in a web browser.',
+  '[S2] Thanks for having me. It still surprises people that a model with more than a billion parameters can run on the graphics card of an ordinary laptop.',
+  '[S1] So how does it work? (clears throat) Walk me through it.',
+  '[S2] The weights are downloaded once and kept in the browser. Then every step of the model runs as a small program on the GPU, through WebGPU.',
+  '[S1] And a long script like this one? The model only speaks about thirty seconds at a time.',
+  '[S2] Right. The script is cut at speaker turns and sentences, and each piece is spoken as a continuation of the one before it, so the voices stay the same.',
+  '[S1] And you hear it as one recording, without gaps?',
+  '[S2] Exactly. The audio of all the pieces is decoded as one stream. (laughs) You are listening to it right now.',
+  '[S1] Amazing. Thanks for coming on.',
+  '[S2] My pleasure.',
+].join(' ');
+
 let tts = null;
 let audio = null; // the last generated utterance
 let prompt = null; // voice prompt samples
@@ -135,13 +150,38 @@ function offerDownload(samples) {
   link.setAttribute('aria-disabled', 'false');
 }
 
+function showTextInfo() {
+  const bytes = new TextEncoder().encode($('text').value).length;
+  $('text-info').textContent = `${bytes} bytes${bytes > 160 ? ' (spoken in segments)' : ''}`;
+}
+
+/** Segment i of n and the rows of the current one, of `maxRows` at most (`null`: nothing running; the last
+ *  segment shown stays in the element's data attributes). */
+function showSegment(p, maxRows) {
+  const el = $('segment');
+  const bar = $('segment-progress');
+  bar.hidden = !p;
+  if (!p) {
+    el.textContent = '';
+    return;
+  }
+  // The rows a segment is expected to take: the estimate, unless "Max tokens" caps it.
+  const planned = Math.min(p.estimatedRows, maxRows ?? Infinity);
+  el.textContent = `Segment ${p.segment + 1} of ${p.segments}: ${p.rows} of ~${planned} rows · ${p.audioSeconds.toFixed(1)} s of audio out`;
+  Object.assign(el.dataset, { segment: String(p.segment + 1), segments: String(p.segments) });
+  // Whole segments done plus this one's share (its rows can run past the estimate).
+  bar.max = p.segments;
+  bar.value = p.segment + Math.min(1, p.rows / Math.max(1, planned));
+}
+
 async function generate() {
   showError(null);
   setBusy(true);
   const chunks = [];
   let total = 0;
   const promptText = $('prompt-text').value.trim();
-  const text = prompt && promptText ? `${promptText} ${$('text').value}` : $('text').value;
+  const text = $('text').value;
+  $('segment').textContent = '';
   const options = {
     temperature: number('temperature'),
     topP: number('top-p'),
@@ -149,7 +189,8 @@ async function generate() {
     cfgFilterTopK: number('top-k'),
     seed: number('seed') ?? Math.floor(Math.random() * 2 ** 31),
     maxNewTokens: number('max-tokens'),
-    prompt: prompt ?? undefined,
+    prompt: prompt ? { audio: prompt, transcript: promptText || undefined } : undefined,
+    onProgress: (p) => showSegment(p, number('max-tokens')),
     onChunk: (pcm) => {
       chunks.push(pcm);
       total += pcm.length;
@@ -164,13 +205,15 @@ async function generate() {
     drawWaveform([audio], audio.length, audio.length);
     offerDownload(audio);
     const speed = audio.length / SAMPLE_RATE / r.seconds;
-    $('result').textContent = `${(audio.length / SAMPLE_RATE).toFixed(2)} s of audio, ${r.steps} steps in ${r.seconds.toFixed(1)} s (${speed >= 0.1 ? speed.toFixed(2) : speed.toPrecision(2)}× real time).`;
+    const segments = r.segments > 1 ? ` in ${r.segments} segments` : '';
+    $('result').textContent = `${(audio.length / SAMPLE_RATE).toFixed(2)} s of audio${segments}, ${r.steps} steps in ${r.seconds.toFixed(1)} s (${speed >= 0.1 ? speed.toFixed(2) : speed.toPrecision(2)}× real time).`;
     showSizes(tts.info, r.gpuMemory);
-    setStatus('done', 'Done.', { samples: String(audio.length) });
+    setStatus('done', 'Done.', { samples: String(audio.length), segments: String(r.segments) });
   } catch (e) {
     setStatus(e.name === 'CancelledError' ? 'ready' : 'error', e.name === 'CancelledError' ? 'Stopped.' : 'Generation failed.');
     if (e.name !== 'CancelledError') showError(e);
   } finally {
+    showSegment(null);
     setBusy(false);
   }
 }
@@ -207,6 +250,13 @@ async function choosePrompt() {
 }
 
 $('load').addEventListener('click', load);
+$('text').addEventListener('input', showTextInfo);
+for (const [id, example] of [['example-short', SHORT_EXAMPLE], ['example-long', LONG_EXAMPLE]]) {
+  $(id).addEventListener('click', () => {
+    $('text').value = example;
+    showTextInfo();
+  });
+}
 $('generate').addEventListener('click', generate);
 $('play').addEventListener('click', play);
 $('stop').addEventListener('click', stop);
@@ -219,4 +269,5 @@ $('clear').addEventListener('click', async () => {
   setStatus('idle', 'Stored weights cleared.');
 });
 drawWaveform([], 0);
+showTextInfo();
 showCapabilities().catch(showError);

@@ -90,6 +90,31 @@ export interface ComponentStats {
   storedBytes: number;
 }
 
+/** Audio of a voice prompt: Float32Array = mono 44.1 kHz samples; anything else is decoded and resampled. */
+export type PromptAudio = Float32Array | AudioBuffer | Blob | ArrayBuffer;
+
+/** A voice prompt with what it says. */
+export interface VoicePrompt {
+  audio: PromptAudio;
+  /** The prompt's transcript with its speaker tags ("[S1] … [S2] …"). Every segment of the text continues the
+   *  prompt with its transcript in front, so the speakers keep its voices. Needed when the text is longer than one
+   *  segment; without it, the text itself must begin with the transcript. */
+  transcript?: string;
+}
+
+/** Where a generation stands, reported at the start of every segment (`rows` 0) and as its rows come. */
+export interface GenerationProgress {
+  /** The segment being generated, from 0, and how many the text was split into (1 for a short text). */
+  segment: number;
+  segments: number;
+  /** Decoder rows generated so far in this segment, and the splitter's estimate of its rows (86 a second). */
+  rows: number;
+  estimatedRows: number;
+  /** Audio frames (512 samples) and seconds handed out so far, over the whole text. */
+  framesOut: number;
+  audioSeconds: number;
+}
+
 export interface GenerateOptions {
   /** 0 = greedy (default 1.2). */
   temperature?: number;
@@ -99,9 +124,13 @@ export interface GenerateOptions {
   /** Top-k filter applied to the guided logits (default 45). */
   cfgFilterTopK?: number;
   seed?: number;
+  /** Rows to generate at most, per segment (86 per second of audio). Default: up to the model's limit. */
   maxNewTokens?: number;
-  /** Voice to continue; its transcript should begin `text`. Float32Array = mono 44.1 kHz samples. */
-  prompt?: Float32Array | AudioBuffer | Blob | ArrayBuffer;
+  /** Voice to continue: `{ audio, transcript }`, or the audio alone (its transcript must then begin `text`, and the
+   *  text must be one segment long). */
+  prompt?: PromptAudio | VoicePrompt;
+  /** Segment i of n, rows generated, audio handed out; see GenerationProgress. */
+  onProgress?: (progress: GenerationProgress) => void;
   signal?: AbortSignal;
   /** @internal Test-only (the package's own tests): a Rust panic, or a GPU device loss, during the generation. */
   testHook?: 'panic' | 'lose-device';
@@ -109,8 +138,11 @@ export interface GenerateOptions {
 
 export interface GenerationStats {
   samples: number;
+  /** Decoder steps, over all segments. */
   steps: number;
   seconds: number;
+  /** Segments the text was spoken in (1 for a text that fits one). */
+  segments: number;
   /** GPU memory after the generation; `peak` includes its caches and activations. */
   gpuMemory: GpuMemory;
 }
@@ -210,6 +242,8 @@ export declare class PcmPlayer {
 
 export declare class DiaError extends Error {
   details: Record<string, unknown>;
+  /** `details.code`, where the class has cases (EngineError, InvalidOptionError). */
+  readonly code?: string;
 }
 export declare class WebGPUUnavailableError extends DiaError {}
 export declare class DownloadError extends DiaError {}
@@ -225,4 +259,10 @@ export declare class EngineError extends DiaError {
   readonly code?: 'device-lost' | 'panic' | 'crash';
 }
 export declare class CancelledError extends DiaError {}
-export declare class InvalidOptionError extends DiaError {}
+export declare class InvalidOptionError extends DiaError {
+  /** Set when the engine refused the text: 'script-too-long' (more than the 256 KiB the splitter takes;
+   *  `details.bytes`, `details.limit`), 'nothing-to-speak' (empty, whitespace or speaker tags only),
+   *  'voice-needs-transcript' (a voice prompt without its transcript on a text of several segments;
+   *  `details.segments`). */
+  readonly code?: 'script-too-long' | 'nothing-to-speak' | 'voice-needs-transcript';
+}

@@ -49,7 +49,17 @@ async function promptSamples(prompt) {
   if (prompt instanceof Float32Array) return prompt.slice();
   if (typeof AudioBuffer !== 'undefined' && prompt instanceof AudioBuffer) return toMono44k(prompt);
   if (prompt instanceof Blob || prompt instanceof ArrayBuffer) return decodeAudio(prompt);
-  throw new InvalidOptionError('prompt must be a Float32Array (mono, 44.1 kHz), an AudioBuffer, a Blob or an ArrayBuffer');
+  throw new InvalidOptionError('prompt must be a Float32Array (mono, 44.1 kHz), an AudioBuffer, a Blob or an ArrayBuffer, or { audio, transcript } with one of those');
+}
+
+/** `options.prompt` as { samples, transcript }: a bare audio value, or { audio, transcript } (transcript optional). */
+async function voicePrompt(prompt) {
+  const isVoice = prompt !== null && typeof prompt === 'object' && 'audio' in prompt && !(prompt instanceof Float32Array);
+  if (!isVoice) return { samples: await promptSamples(prompt), transcript: undefined };
+  const { audio, transcript } = prompt;
+  if (transcript !== undefined && typeof transcript !== 'string') throw new InvalidOptionError('prompt.transcript must be a string (what the voice prompt says, with its speaker tags)');
+  if (audio === undefined || audio === null) throw new InvalidOptionError('prompt.audio is missing');
+  return { samples: await promptSamples(audio), transcript };
 }
 
 function concat(chunks) {
@@ -231,8 +241,11 @@ export class DiaTTS {
 
   /**
    * Streams the speech as it is generated: an async iterator of 44.1 kHz mono Float32Array chunks, with
-   * `result` (a promise of { samples, steps, seconds }) and `cancel()`. Breaking out of a `for await`
-   * loop cancels the generation.
+   * `result` (a promise of { samples, steps, seconds, segments, gpuMemory }) and `cancel()`. Breaking out of a
+   * `for await` loop cancels the generation. `text` may be a script of any length (up to 256 KiB): a text longer
+   * than one segment is spoken segment by segment as one continuous stream, `options.onProgress` hearing
+   * { segment, segments, rows, estimatedRows, framesOut, audioSeconds }. `options.prompt`: a voice, as audio
+   * (whose transcript then begins `text`) or { audio, transcript } (needed for a text of several segments).
    */
   stream(text, options = {}) {
     const job = { id: null, stopped: false };
@@ -245,11 +258,13 @@ export class DiaTTS {
       wake = null;
     };
     const run = async () => {
-      const prompt = await promptSamples(options.prompt);
+      if (typeof text !== 'string') throw new InvalidOptionError('text must be a string');
+      if (options.onProgress !== undefined && typeof options.onProgress !== 'function') throw new InvalidOptionError('onProgress must be a function');
+      const { samples: prompt, transcript: promptTranscript } = await voicePrompt(options.prompt);
       await this.#ready();
       if (job.stopped) throw new CancelledError('the generation was cancelled before it started');
       return this.#send(
-        { type: 'generate', text, options: engineOptions(options), prompt },
+        { type: 'generate', text, options: engineOptions(options), prompt, promptTranscript },
         {
           onSent: (id) => (job.id = id),
           onChunk: (pcm) => {
@@ -257,17 +272,20 @@ export class DiaTTS {
             chunks.push(pcm);
             notify();
           },
+          onProgress: (progress) => {
+            if (!job.stopped) options.onProgress?.(progress);
+          },
         },
       );
     };
     const started = this.#queue.then(() => (job.stopped ? Promise.reject(new CancelledError('the generation was cancelled before it started')) : run()));
     this.#queue = started.catch(() => {});
     job.done = started.then(
-      ({ samples, steps, seconds, gpuMemory }) => {
+      ({ samples, steps, seconds, segments, gpuMemory }) => {
         // A generation that ended while its cancel was on the way still counts as cancelled: its last
         // chunks were dropped.
         if (job.stopped) throw new CancelledError('the generation was cancelled');
-        return { samples, steps, seconds, gpuMemory };
+        return { samples, steps, seconds, segments, gpuMemory };
       },
     );
     job.done.then(
@@ -303,7 +321,8 @@ export class DiaTTS {
     };
   }
 
-  /** Generates the whole utterance: { audio: Float32Array, samplingRate: 44100, samples, steps, seconds }. */
+  /** Generates the whole utterance (a script of any length, as `stream`): { audio: Float32Array, samplingRate: 44100,
+   *  samples, steps, seconds, segments, gpuMemory }. */
   async generate(text, options = {}) {
     const chunks = [];
     const stream = this.stream(text, options);

@@ -133,10 +133,19 @@ export class DiaEngine {
     this.codec = true;
   }
 
-  async generate(text, options = {}, promptPcm, onChunk) {
+  async generate(text, options = {}, promptPcm, onChunk, promptTranscript, onProgress) {
     if (!this.model || !this.codec) throw new Error('no model loaded');
     if (this.lost) throw Object.assign(new Error('the GPU device was lost: destroyed'), { code: 'device-lost' });
     if (this.busy) throw new Error('a generation is already running');
+    // The real engine's refusals of a text (crate/src/dia/segment.rs), with its limits: 256 KiB, one segment up to
+    // 160 bytes; a longer text in segments of about 110 bytes (roughly what the real splitter's packing gives).
+    const bytes = new TextEncoder().encode(text).length;
+    if (bytes > 256 * 1024) throw Object.assign(new Error(`the script is ${bytes} bytes long; at most 262144 bytes are taken`), { code: 'script-too-long', bytes, limit: 256 * 1024 });
+    if (text.replace(/\[S[12]\]/g, '').trim() === '') throw Object.assign(new Error('the script has nothing to speak'), { code: 'nothing-to-speak' });
+    const segments = bytes <= 160 ? 1 : Math.ceil(bytes / 110);
+    if (segments > 1 && promptPcm && promptTranscript === undefined) {
+      throw Object.assign(new Error(`the script is ${segments} segments long: a voice prompt needs its transcript`), { code: 'voice-needs-transcript', segments });
+    }
     // The test-only faults of the real engine, as they surface there: a panic logs its text and traps in the
     // task polling the generation (whose promise never settles); a lost device rejects with code 'device-lost'.
     if (options.testHook === 'panic') {
@@ -158,20 +167,27 @@ export class DiaEngine {
     try {
       const steps = Math.min(options.maxNewTokens ?? 86, 10000);
       let seed = this.checksum ^ (options.seed ?? 0);
-      for (const c of text) seed = (Math.imul(seed, 33) + c.charCodeAt(0)) | 0;
+      for (const c of (promptTranscript ?? '') + text) seed = (Math.imul(seed, 33) + c.charCodeAt(0)) | 0;
       const freq = 200 + (Math.abs(seed) % 400) + (promptPcm ? 50 : 0);
       const framesPerChunk = 8;
       let samples = 0;
-      for (let step = 0; step < steps; step += framesPerChunk) {
-        await new Promise((r) => setTimeout(r, 15));
+      const progress = (segment, rows) =>
+        onProgress?.({ segment, segments, rows, estimatedRows: steps, framesOut: samples / 512, audioSeconds: samples / 44100 });
+      for (let segment = 0; segment < segments; segment++) {
         if (this.cancelled) throw new Error('generation cancelled');
-        const n = 512 * Math.min(framesPerChunk, steps - step);
-        const pcm = new Float32Array(n);
-        for (let i = 0; i < n; i++) pcm[i] = 0.2 * Math.sin((2 * Math.PI * freq * (samples + i)) / 44100);
-        samples += n;
-        onChunk(pcm);
+        progress(segment, 0);
+        for (let step = 0; step < steps; step += framesPerChunk) {
+          await new Promise((r) => setTimeout(r, 15));
+          if (this.cancelled) throw new Error('generation cancelled');
+          const n = 512 * Math.min(framesPerChunk, steps - step);
+          const pcm = new Float32Array(n);
+          for (let i = 0; i < n; i++) pcm[i] = 0.2 * Math.sin((2 * Math.PI * freq * (samples + i)) / 44100);
+          samples += n;
+          progress(segment, Math.min(step + framesPerChunk, steps));
+          onChunk(pcm);
+        }
       }
-      return { samples, steps, seconds: (performance.now() - started) / 1000 };
+      return { samples, steps: steps * segments, seconds: (performance.now() - started) / 1000, segments };
     } finally {
       this.busy = false;
     }
