@@ -563,8 +563,8 @@ pub fn planned_new_rows(segment: &str, max_new_tokens: usize) -> usize {
 pub const NEW_ROWS_FACTOR: f64 = 1.6;
 
 /// The context rule (docs/long-form.md): a segment continues the user's voice (always, when given) and the whole
-/// previous segment — its frames and its text — when the decoder keeps `planned_new_rows` after them and the
-/// encoder takes both texts; otherwise the previous segment is left out. Returns (text, prompt codes, whether
+/// previous segment — its frames and its text — when it made audio, the decoder keeps `planned_new_rows` after
+/// them and the encoder takes both texts; otherwise the previous segment is left out. Returns (text, prompt codes, whether
 /// the previous segment was carried).
 pub fn segment_context(
     cfg: &crate::config::DiaConfig,
@@ -586,7 +586,8 @@ pub fn segment_context(
     };
     let (vt, vc) = voice.unwrap_or(("", &[]));
     let new_rows = planned_new_rows(segment, max_new_tokens);
-    if let Some((pt, pc)) = previous {
+    // A previous segment that made no audio is not carried: its text without frames would be spoken again.
+    if let Some((pt, pc)) = previous.filter(|(_, pc)| !pc.is_empty()) {
         let text = join(&[vt, pt]);
         let frames = (vc.len() + pc.len()) / c;
         let fits_rows = 1 + frames + new_rows <= cfg.decoder.max_positions;
@@ -671,7 +672,20 @@ impl Tts<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::paced_chunk;
+    use super::{paced_chunk, segment_context};
+
+    /// A previous segment is carried with its frames; one that made no frames is not (its text alone would make
+    /// the next segment speak it again).
+    #[test]
+    fn a_previous_segment_without_audio_is_not_carried() {
+        let cfg = crate::config::DiaConfig::from_json_str(include_str!("../../assets/tiny/dia/config.json")).unwrap();
+        let c = cfg.decoder.channels;
+        let frames = vec![7u32; 3 * c];
+        let (text, codes, carried) = segment_context(&cfg, None, Some(("[S1] Hello there.", &frames)), "[S2] Hi.", 50);
+        assert!(carried && text == "[S1] Hello there. [S2] Hi." && codes == frames, "{text:?} {carried}");
+        let (text, codes, carried) = segment_context(&cfg, None, Some(("[S1] Hello there.", &[])), "[S2] Hi.", 50);
+        assert!(!carried && text == "[S2] Hi." && codes.is_empty(), "{text:?} {carried}");
+    }
 
     /// Frames per second of audio.
     const REAL_TIME: f64 = 44_100.0 / 512.0;
