@@ -104,6 +104,11 @@ mod native {
         /// Texts for `--quality` (repeatable); default: three built-in dialogue lines.
         #[arg(long)]
         text: Vec<String>,
+        /// Also speak a script of this many bytes (`Tts::speak_script`: segments, one continuous stream) per mode
+        /// and report its figures beside one segment's (0: skip). Random weights never end on channel 0's EOS
+        /// here, so each segment runs to its planned rows.
+        #[arg(long, default_value_t = 0)]
+        script_bytes: usize,
         /// KV-cache formats to measure each mode with, comma-separated (f32, f16); default: each mode's own
         /// (`dia::kv_format_for`: f16 for q8 and q4, f32 otherwise). Under `--quality` the f32 reference keeps f32
         /// caches, and f32 weights are measured too when another cache format is asked for.
@@ -172,8 +177,36 @@ mod native {
         /// `Tts::speak` on 100 bytes of text, from the call to the first PCM chunk (None: no audio came, the
         /// random model ended at once).
         ttfa_ms: Option<f64>,
+        /// `Tts::speak` of 100 bytes allowed `--steps` new rows, streamed through the codec (median of `--runs`).
+        whole: WholeRun,
+        /// `--script-bytes`: one `Tts::speak_script` of that many bytes.
+        script: Option<ScriptRun>,
         memory: Option<MemoryRun>,
         profile: Option<Profile>,
+    }
+
+    /// A whole generation as users get it: encoder, steps, readbacks and the streaming codec.
+    #[derive(Serialize, Clone, Copy)]
+    struct WholeRun {
+        steps: usize,
+        steps_per_s: f64,
+        /// From the call to the first PCM chunk.
+        first_audio_ms: f64,
+        /// steps/s over the greedy decoder-alone run's.
+        vs_decoder_alone: f64,
+    }
+
+    #[derive(Serialize)]
+    struct ScriptRun {
+        bytes: usize,
+        segments: usize,
+        steps: usize,
+        audio_s: f64,
+        seconds: f64,
+        steps_per_s: f64,
+        first_audio_ms: f64,
+        /// Peak GPU memory over the script (model and codec included).
+        peak_bytes: u64,
     }
 
     /// GPU memory after each of `generations` speak calls in one session (model and codec loaded once).
@@ -321,6 +354,8 @@ mod native {
 
     #[allow(clippy::too_many_arguments)]
     fn measure_mode(gpu: &Gpu, cfg: &DiaConfig, dac_cfg: &DacConfig, numerics: Numerics, kv: Option<KvFormat>, args: &Args, copy_gbps: f64) -> Result<ModeFigures> {
+        // Buffers kept from the previous mode's sessions are not this mode's.
+        gpu.release_reusable();
         gpu.reset_peak_allocated();
         let t0 = Instant::now();
         let mut model = random_dia(gpu, cfg, numerics)?;
@@ -372,6 +407,18 @@ mod native {
         drop(session);
         let ttfa_ms = time_ttfa(gpu, &model, &dac, args.runs)?;
         log(&format!("time to first audio {}", ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1} ms"))));
+        let whole = time_whole(gpu, &model, &dac, args.steps, args.runs, greedy.steps_per_s)?;
+        log(&format!(
+            "whole generation ({} steps, streamed): {:.1} steps/s ({:.2}x the decoder alone), first audio {:.1} ms",
+            whole.steps, whole.steps_per_s, whole.vs_decoder_alone, whole.first_audio_ms
+        ));
+        let script = if args.script_bytes > 0 { Some(time_script(gpu, &model, &dac, args.script_bytes)?) } else { None };
+        if let Some(r) = &script {
+            log(&format!(
+                "script of {} bytes: {} segments, {} steps, {:.1} s of audio in {:.2} s ({:.1} steps/s, {:.2}x real time), first audio {:.1} ms, peak {:.2} GB",
+                r.bytes, r.segments, r.steps, r.audio_s, r.seconds, r.steps_per_s, r.audio_s / r.seconds, r.first_audio_ms, r.peak_bytes as f64 / 1e9
+            ));
+        }
         let profile = if args.profile { Some(profile_step(gpu, &model, &dac, args.batch, args.steps)?) } else { None };
         if let Some(p) = &profile {
             log(&format!("profile: attention only {:.3} ms, {} tiny dispatches {:.3} ms", p.attention_only_ms, p.dispatches_per_step, p.dispatch_floor_ms));
@@ -418,6 +465,8 @@ mod native {
             peak_allocated_bytes: peak,
             peak_long,
             ttfa_ms,
+            whole,
+            script,
             memory,
             profile,
         })
@@ -607,6 +656,8 @@ mod native {
             .take(dia.cfg.encoder.max_positions.min(1000))
             .collect();
         gpu.wait_idle()?;
+        // Buffers kept from earlier sessions (of other sizes, or another mode's caches) are not this generation's.
+        gpu.release_reusable();
         gpu.reset_peak_allocated();
         let speech = pollster::block_on(tts.speak(&text, None, &GenerateOptions::default(), &mut |_: &[f32]| {}, &|| false))?;
         gpu.wait_idle()?;
@@ -690,7 +741,13 @@ mod native {
             }
             // Fan-in scaling keeps activations in range through the layers.
             let scale = if shape.len() == 2 && !name.contains("embed") { 1.0 / (shape[1] as f32).sqrt() } else { 1.0 };
-            Ok(TensorValues::F32(noise.take(n, scale)))
+            let mut values = noise.take(n, scale);
+            if name.ends_with("logits_dense.weight") {
+                // Channel 0's EOS logit is 0 against random others: generations run to their length instead of
+                // ending wherever random weights happen to pick EOS.
+                values[cfg.eos as usize * cfg.decoder.hidden..][..cfg.decoder.hidden].fill(0.0);
+            }
+            Ok(TensorValues::F32(values))
         })?;
         Ok(b.finish()?)
     }
@@ -897,6 +954,73 @@ mod native {
     /// Time to first audio: `Tts::speak` on 100 bytes of text with the default options, from the call
     /// (tokenising, encoder and session set-up included) to the first PCM chunk it hands out; the generation is
     /// cancelled there. Median of `runs` after one warm-up; None if no run produced audio.
+    /// `Tts::speak` of 100 bytes allowed `steps` new rows, `runs` times after a warm-up: median steps/s and first
+    /// audio.
+    fn time_whole(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, steps: usize, runs: usize, decoder_alone: f64) -> Result<WholeRun> {
+        let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. ".chars().cycle().take(100).collect();
+        let tts = Tts { gpu, dia, dac };
+        let opts = GenerateOptions { max_new_tokens: steps, ..GenerateOptions::default() };
+        let (mut rates, mut firsts, mut made) = (Vec::new(), Vec::new(), 0);
+        for i in 0..=runs.max(1) {
+            let first = Cell::new(None);
+            let t0 = Instant::now();
+            let mut on_pcm = |chunk: &[f32]| {
+                if first.get().is_none() && !chunk.is_empty() {
+                    first.set(Some(ms(t0.elapsed())));
+                }
+            };
+            let speech = pollster::block_on(tts.speak(&text, None, &opts, &mut on_pcm, &|| false))?;
+            gpu.wait_idle()?;
+            let seconds = t0.elapsed().as_secs_f64();
+            let g = &speech.generation;
+            made = g.rows - g.prefix_rows;
+            if i > 0 {
+                rates.push(made as f64 / seconds);
+                firsts.push(first.get().unwrap_or(f64::NAN));
+            }
+        }
+        let steps_per_s = median(rates);
+        Ok(WholeRun { steps: made, steps_per_s, first_audio_ms: median(firsts), vs_decoder_alone: steps_per_s / decoder_alone })
+    }
+
+    /// One `Tts::speak_script` of `bytes` bytes of dialogue (after a short warm-up speak).
+    fn time_script(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, bytes: usize) -> Result<ScriptRun> {
+        use dia_webgpu::dia::segment::SegmentLimits;
+        let lines = [
+            "[S1] Dia is an open-weights text to speech model, and it speaks dialogue. ",
+            "[S2] One voice per tag, kept across the whole script, however long it runs. ",
+            "[S1] Long scripts are cut into segments of a few sentences each. (laughs) ",
+            "[S2] Every segment continues the one before it, so the voices stay the same. ",
+        ];
+        let script: String = lines.iter().cycle().flat_map(|l| l.chars()).take(bytes).collect();
+        let tts = Tts { gpu, dia, dac };
+        let opts = GenerateOptions::default();
+        gpu.wait_idle()?;
+        gpu.release_reusable();
+        gpu.reset_peak_allocated();
+        let first = Cell::new(None);
+        let t0 = Instant::now();
+        let mut on_pcm = |chunk: &[f32]| {
+            if first.get().is_none() && !chunk.is_empty() {
+                first.set(Some(ms(t0.elapsed())));
+            }
+        };
+        let speech = pollster::block_on(tts.speak_script(script.trim_end(), None, &opts, &SegmentLimits::default(), &mut |_| {}, &mut on_pcm, &|| false))?;
+        gpu.wait_idle()?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let steps: usize = speech.segments.iter().map(|s| s.generation.rows - s.generation.prefix_rows).sum();
+        Ok(ScriptRun {
+            bytes: script.trim_end().len(),
+            segments: speech.segments.len(),
+            steps,
+            audio_s: speech.samples as f64 / 44_100.0,
+            seconds,
+            steps_per_s: steps as f64 / seconds,
+            first_audio_ms: first.get().unwrap_or(f64::NAN),
+            peak_bytes: gpu.peak_allocated_bytes(),
+        })
+    }
+
     fn time_ttfa(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, runs: usize) -> Result<Option<f64>> {
         let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. "
             .chars()
@@ -1217,6 +1341,18 @@ mod native {
         row("peak GPU memory allocated, MB", &|m| format!("{:.1}", m.peak_allocated_bytes as f64 / 1e6));
         row("peak GPU memory, 1000 bytes full length, MB (steps)", &|m| m.peak_long.map_or("-".into(), |(b, s)| format!("{:.1} ({s})", b as f64 / 1e6)));
         row("TTFA (100 bytes, Tts::speak), ms", &|m| m.ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1}")));
+        row("whole generation (100 bytes, streamed), steps/s", &|m| format!("{:.1} ({} steps)", m.whole.steps_per_s, m.whole.steps));
+        row("  / decoder alone (greedy)", &|m| format!("{:.2}", m.whole.vs_decoder_alone));
+        row("  first audio, ms", &|m| format!("{:.1}", m.whole.first_audio_ms));
+        if r.modes.iter().any(|m| m.script.is_some()) {
+            fn script(m: &ModeFigures, f: fn(&ScriptRun) -> String) -> String {
+                m.script.as_ref().map_or("-".into(), f)
+            }
+            row("script: bytes, segments, steps", &|m| script(m, |s| format!("{}, {}, {}", s.bytes, s.segments, s.steps)));
+            row("script: steps/s (x real time)", &|m| script(m, |s| format!("{:.1} ({:.2}x)", s.steps_per_s, s.audio_s / s.seconds)));
+            row("script: first audio, ms", &|m| script(m, |s| format!("{:.1}", s.first_audio_ms)));
+            row("script: peak GPU memory, GB", &|m| script(m, |s| format!("{:.2}", s.peak_bytes as f64 / 1e9)));
+        }
         if r.modes.iter().any(|m| m.memory.is_some()) {
             let mem = |m: &ModeFigures, f: &dyn Fn(&MemoryRun) -> String| m.memory.as_ref().map_or("-".into(), f);
             let mb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1}", b as f64 / 1e6));
