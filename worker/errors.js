@@ -43,7 +43,10 @@ export class CancelledError extends DiaError {}
  * An argument that the API cannot use. The engine's refusals of a text carry a `code` (also `details.code`):
  * 'script-too-long' (over the splitter's maximum; `details.bytes`, `details.limit`), 'nothing-to-speak' (empty,
  * whitespace or speaker tags only), 'voice-needs-transcript' (a voice prompt without `transcript` on a text of
- * more than one segment; `details.segments`).
+ * more than one segment; `details.segments`). For a list of texts (`generate([...])`): 'empty-list', and
+ * 'nothing-to-speak', 'not-a-string' or 'text-too-long' (over what one generation reads; `details.bytes`,
+ * `details.limit`) with `details.index`, the text's place in the list; 'batch-too-large' (`details.size`,
+ * `details.max`: the device cannot bind a batch that large).
  */
 export class InvalidOptionError extends DiaError {}
 
@@ -63,7 +66,14 @@ const classes = {
 
 /** The engine's error codes for a text it refuses (the request is at fault, the engine is fine), with the numbers
  *  each one carries. */
-const INVALID_INPUT = { 'script-too-long': ['bytes', 'limit'], 'nothing-to-speak': [], 'voice-needs-transcript': ['segments'] };
+const INVALID_INPUT = {
+  'script-too-long': ['bytes', 'limit'],
+  'nothing-to-speak': ['index'],
+  'voice-needs-transcript': ['segments'],
+  'empty-list': [],
+  'text-too-long': ['index', 'bytes', 'limit'],
+  'batch-too-large': ['size', 'max'],
+};
 
 /** Serialisable form of any thrown value; foreign errors become EngineError (keeping the engine's `code`), or
  *  InvalidOptionError for a text the engine refuses (`INVALID_INPUT`). */

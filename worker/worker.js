@@ -3,8 +3,13 @@
 //   page → worker: { type: 'load', model, codec, baseUrl, revision, numerics, auto, autoReason, cache, encoder }
 //                  (auto: numerics is what dtype 'auto' picked for the adapter; a converted checkpoint may change it)
 //                  { type: 'generate', text, options, prompt?, promptTranscript? }   { type: 'cancel', target }
+//                  { type: 'generateBatch', texts, options, prompt?, promptTranscript? }  (options may add batchSize)
 //   worker → page: load → progress* → ready;  generate → (progress | chunk)* → done | cancelled;  error (any request);
 //                  (a generation's progress: { segment, segments, rows, estimatedRows, framesOut, audioSeconds })
+//                  generateBatch → (progress | text)* → done | cancelled: one text { index, pcm, steps, seconds,
+//                  gpuMemory } per text in list order as its batch finishes (seconds: since its batch started);
+//                  progress { batch, batches, firstItem, items, rows, maxRows, done }; done { texts, batches,
+//                  batchSize, steps, samples, seconds, gpuMemory }; cancelled { texts } (how many were sent)
 //                  fatal { message, code } (no id: the engine panicked ('panic') or crashed ('crash'); this
 //                  worker is done and every request to it fails with an EngineError of that code)
 // An error of code 'device-lost' (the GPU device was lost) also ends the engine: the page starts a new worker.
@@ -168,6 +173,34 @@ async function generate(msg) {
   }
 }
 
+async function generateBatch(msg) {
+  if (!loaded) throw new EngineError('no model loaded');
+  const job = { id: msg.id, cancelled: false, texts: 0 };
+  current = job;
+  let batchStarted = performance.now();
+  try {
+    const onText = (index, pcm, steps) => {
+      if (job.cancelled) return;
+      const audio = new Float32Array(pcm); // our own copy, transferred
+      job.texts++;
+      const seconds = (performance.now() - batchStarted) / 1000;
+      post({ type: 'text', id: job.id, index, pcm: audio, steps, seconds, gpuMemory: engine.memory() }, [audio.buffer]);
+    };
+    const onProgress = (progress) => {
+      if (progress.rows === 0) batchStarted = performance.now();
+      if (!job.cancelled) post({ type: 'progress', id: job.id, progress });
+    };
+    const result = await engine.generateBatch(msg.texts, msg.options ?? {}, msg.prompt ?? undefined, onText, msg.promptTranscript ?? undefined, onProgress);
+    if (job.cancelled) post({ type: 'cancelled', id: job.id, texts: job.texts });
+    else post({ type: 'done', id: job.id, ...result, gpuMemory: engine.memory() });
+  } catch (e) {
+    if (!job.cancelled) throw e;
+    post({ type: 'cancelled', id: job.id, texts: job.texts });
+  } finally {
+    if (current === job) current = null;
+  }
+}
+
 function cancel(msg) {
   if (current && (msg.target === undefined || current.id === msg.target)) {
     current.cancelled = true;
@@ -204,7 +237,7 @@ self.addEventListener('unhandledrejection', (event) => {
   fatal(event.reason);
 });
 
-const handlers = { load, generate };
+const handlers = { load, generate, generateBatch };
 
 self.onmessage = async ({ data: msg }) => {
   if (msg.type === 'cancel') return cancel(msg);

@@ -16,7 +16,7 @@ use crate::dia::segment::{ScriptError, SegmentLimits};
 use crate::dia::{DiaError, DiaModel, DiaModelBuilder, GenerateOptions};
 use crate::gpu::{Gpu, GpuError, GpuOptions};
 use crate::kernels::Numerics;
-use crate::pipeline::{Audio, PipelineError, ScriptProgress, Tts, VoicePrompt, SAMPLE_RATE};
+use crate::pipeline::{Audio, BatchProgress, PipelineError, ScriptProgress, SpokenText, Tts, VoicePrompt, SAMPLE_RATE};
 use crate::weights::{tensor_to_f32, Dtype};
 
 /// Dia and the DAC codec on one WebGPU device.
@@ -522,9 +522,15 @@ impl DiaEngine {
     /// Speaks every text of `texts` as its own audio, several at a time (`Tts::speak_batch`), calling `onText(index,
     /// pcm, steps)` with each text's whole 44.1 kHz audio in list order as its batch finishes. `options` as for
     /// `generate`, plus `batchSize` (1 to 64; default: as many, up to 8, as the device's binding limit allows).
-    /// `promptPcm`: a voice every text continues (each text should begin with its transcript). Text i samples as
-    /// item i, so its audio does not depend on the batch size. Resolves to `{ texts, batches, batchSize, steps,
-    /// samples, seconds }`; rejects like `generate` (an error naming the list index for a blank or too long text).
+    /// `promptPcm`: a voice every text continues; `promptTranscript` (what it says, with speaker tags) is put in
+    /// front of every text, as `dia-tts --batch --prompt-text` and `generate`'s long scripts do (without it, every
+    /// text must begin with the transcript). Text i samples as item i, so its audio does not depend on the batch
+    /// size; greedy, every text is exactly `generate` of it alone. `onProgress` hears `{ batch, batches, firstItem,
+    /// items, rows, maxRows, done }` when a batch starts (`rows` 0) and with every readback of its rows. Resolves to
+    /// `{ texts, batches, batchSize, steps, samples, seconds }`; rejects like `generate`, a list the engine refuses
+    /// before any GPU work with a `code`: "empty-list", "nothing-to-speak" or "text-too-long" (with `index`, the
+    /// text's place in the list, and `bytes`, `limit`), "batch-too-large" (with `size`, `max`).
+    #[allow(clippy::too_many_arguments)]
     #[wasm_bindgen(js_name = generateBatch, unchecked_return_type = "Promise<{ texts: number, batches: number, batchSize: number, steps: number, samples: number, seconds: number }>")]
     pub fn generate_batch(
         &self,
@@ -533,6 +539,12 @@ impl DiaEngine {
         options: JsValue,
         #[wasm_bindgen(js_name = promptPcm, unchecked_param_type = "Float32Array | undefined")] prompt_pcm: Option<Vec<f32>>,
         #[wasm_bindgen(js_name = onText, unchecked_param_type = "(index: number, pcm: Float32Array, steps: number) => void")] on_text: js_sys::Function,
+        #[wasm_bindgen(js_name = promptTranscript, unchecked_param_type = "string | undefined")] prompt_transcript: Option<String>,
+        #[wasm_bindgen(
+            js_name = onProgress,
+            unchecked_param_type = "((progress: { batch: number, batches: number, firstItem: number, items: number, rows: number, maxRows: number, done: number }) => void) | undefined"
+        )]
+        on_progress: Option<js_sys::Function>,
     ) -> js_sys::Promise {
         let batch_size = batch_size_option(&options);
         let job = self.start_job(&options);
@@ -542,43 +554,106 @@ impl DiaEngine {
             let batch_size = batch_size?;
             let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
             let prompt = prompt_pcm.map(|samples| Audio { samples, sample_rate: SAMPLE_RATE });
-            let voice = prompt.as_ref().map(|audio| crate::pipeline::VoicePrompt { audio, transcript: None });
+            let voice = prompt.as_ref().map(|audio| VoicePrompt { audio, transcript: prompt_transcript.as_deref() });
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let batch_size = match batch_size {
                 Some(n) => n,
                 None => {
-                    let frames = prompt.as_ref().map_or(0, |a| a.samples.len().div_ceil(512));
-                    tts.auto_batch_size(&refs, voice, frames, &opts).map_err(|e| engine_error(&e, e.is_device_lost()))?
+                    let frames = prompt.as_ref().map_or(0, |a| a.samples.len().div_ceil(dac.config.hop_length));
+                    tts.auto_batch_size(&refs, voice, frames, &opts).map_err(batch_error)?
                 }
             };
+            // The first exception a callback throws: it stops the generation and is what the promise rejects with.
             let thrown: RefCell<Option<JsValue>> = RefCell::new(None);
-            let mut on_spoken = |t: crate::pipeline::SpokenText| {
+            let call = |f: &js_sys::Function, args: &[JsValue]| {
                 if thrown.borrow().is_none() {
-                    let pcm = js_sys::Float32Array::from(t.samples.as_slice());
-                    if let Err(e) = on_text.call3(&JsValue::NULL, &JsValue::from_f64(t.index as f64), &pcm, &JsValue::from_f64(t.steps as f64)) {
+                    let result = match args {
+                        [a] => f.call1(&JsValue::NULL, a),
+                        [a, b, c] => f.call3(&JsValue::NULL, a, b, c),
+                        _ => unreachable!("callbacks take one or three arguments"),
+                    };
+                    if let Err(e) = result {
                         *thrown.borrow_mut() = Some(e);
                     }
                 }
             };
+            let mut on_spoken = |t: SpokenText| {
+                let pcm = js_sys::Float32Array::from(t.samples.as_slice());
+                call(&on_text, &[JsValue::from_f64(t.index as f64), pcm.into(), JsValue::from_f64(t.steps as f64)]);
+            };
+            let mut report = |p: &BatchProgress| {
+                if let Some(f) = &on_progress {
+                    call(f, &[batch_progress_object(p)]);
+                }
+            };
             let cancelled = || run.cancel.get() || thrown.borrow().is_some() || gpu.has_uncaptured_error();
             let start = js_sys::Date::now();
-            let result = tts.speak_batch(&refs, voice, &opts, batch_size, &mut |_| {}, &mut on_spoken, &cancelled).await;
+            let result = tts.speak_batch(&refs, voice, &opts, batch_size, &mut report, &mut on_spoken, &cancelled).await;
             gpu.check().map_err(gpu_error)?;
             if let Some(e) = thrown.take() {
                 return Err(e);
             }
-            let done = result.map_err(|e: PipelineError| engine_error(&e, e.is_device_lost()))?;
+            let done = result.map_err(batch_error)?;
             let out = js_sys::Object::new();
             let set = |k: &str, v: f64| js_sys::Reflect::set(&out, &JsValue::from_str(k), &JsValue::from_f64(v));
             set("texts", done.texts as f64)?;
             set("batches", done.batches as f64)?;
-            set("batchSize", batch_size as f64)?;
+            set("batchSize", batch_size.min(texts.len()) as f64)?;
             set("steps", done.steps as f64)?;
             set("samples", done.samples as f64)?;
             set("seconds", (js_sys::Date::now() - start) / 1000.0)?;
             Ok(out.into())
         })
     }
+}
+
+/// `BatchProgress` as the object `generateBatch`'s `onProgress` receives.
+fn batch_progress_object(p: &BatchProgress) -> JsValue {
+    let out = js_sys::Object::new();
+    let set = |k: &str, v: usize| {
+        let _ = js_sys::Reflect::set(&out, &k.into(), &JsValue::from_f64(v as f64));
+    };
+    set("batch", p.batch);
+    set("batches", p.batches);
+    set("firstItem", p.first_item);
+    set("items", p.items);
+    set("rows", p.rows);
+    set("maxRows", p.max_rows);
+    set("done", p.done);
+    out.into()
+}
+
+/// A `generateBatch` failure as JavaScript sees it: as `pipeline_error`, plus a `code` for a list the engine refuses
+/// (the request is at fault): "empty-list"; "nothing-to-speak" or "text-too-long" (`bytes`, `limit`) with `index`,
+/// the text's place in the list; "batch-too-large" (`size`, `max`).
+fn batch_error(e: PipelineError) -> JsValue {
+    let error = engine_error(&e, e.is_device_lost());
+    let set = |k: &str, v: JsValue| {
+        let _ = js_sys::Reflect::set(&error, &k.into(), &v);
+    };
+    let num = |x: usize| JsValue::from_f64(x as f64);
+    match e {
+        PipelineError::EmptyBatch => set("code", "empty-list".into()),
+        PipelineError::BatchText { index, source } => {
+            set("index", num(index));
+            match source {
+                DiaError::EmptyText => set("code", "nothing-to-speak".into()),
+                DiaError::TextTooLong { bytes, limit } => {
+                    set("code", "text-too-long".into());
+                    set("bytes", num(bytes));
+                    set("limit", num(limit));
+                }
+                _ => {}
+            }
+        }
+        PipelineError::BatchSize { size, max, .. } => {
+            set("code", "batch-too-large".into());
+            set("size", num(size));
+            set("max", num(max));
+        }
+        other => return pipeline_error(other),
+    }
+    error
 }
 
 /// `options.batchSize` of `generateBatch`: None when absent, else a whole number in 1..=`MAX_BATCH`.

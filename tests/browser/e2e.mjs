@@ -179,6 +179,15 @@ function nativeTool(work) {
         run(['--model', join(fixtures, 'dia'), '--codec', join(fixtures, 'dac'), '--text', text, '--dtype', mode, ...g.map(String), ...extra, '--out', out]);
         return readWavF32(out);
       }),
+    /** `dia-tts --batch --text-file` on `texts` (one per line): the PCM of each line's WAV, in list order. */
+    generateBatch: (mode, texts, extra = []) =>
+      once(`batch-${mode}-${texts.join('\n')}-${extra.join(' ')}`, () => {
+        const stem = join(work, `native-batch-${mode}-${made.size}`);
+        writeFileSync(`${stem}.txt`, `${texts.join('\n')}\n`);
+        const g = ['--temperature', GREEDY.temperature, '--cfg-filter-top-k', GREEDY.cfgFilterTopK, '--max-new-tokens', GREEDY.maxNewTokens, '--cfg-scale', GREEDY.cfgScale];
+        run(['--model', join(fixtures, 'dia'), '--codec', join(fixtures, 'dac'), '--batch', '--text-file', `${stem}.txt`, '--dtype', mode, ...g.map(String), ...extra, '--out', `${stem}.wav`]);
+        return texts.map((_, i) => readWavF32(`${stem}-${i + 1}.wav`));
+      }),
     convert: (mode, dir) =>
       once(`convert-${mode}`, () => {
         run(['convert', '--model', join(fixtures, 'dia'), '--dtype', mode, '--out', dir]);
@@ -326,7 +335,7 @@ async function main() {
     // The declarations type-check a typical use under strict TypeScript.
     writeFileSync(
       join(app, 'use.ts'),
-      `import { DiaTTS, chooseDtype, toWav, InvalidOptionError, type LoadProgress, type GeneratedAudio, type GenerationProgress, type Numerics } from 'dia-webgpu';
+      `import { DiaTTS, chooseDtype, toWav, InvalidOptionError, type LoadProgress, type GeneratedAudio, type GenerationProgress, type Numerics, type GeneratedText, type BatchProgress } from 'dia-webgpu';
        export async function speak(text: string): Promise<Uint8Array> {
          const tts = await DiaTTS.load({ dtype: 'q4', onProgress: (p: LoadProgress) => console.log(p.progress) });
          const mode: Numerics = tts.info.numerics;
@@ -338,6 +347,8 @@ async function main() {
          const long = await tts.speak(text.repeat(20), { prompt: voice, onProgress });
          console.log(long.segments, long.played);
          try { await tts.generate(''); } catch (e) { if (e instanceof InvalidOptionError && e.code === 'script-too-long') console.log(e.details.limit); }
+         const lines: GeneratedText[] = await tts.generate(['[S1] One.', '[S2] Two.'], { batchSize: 2, prompt: voice, onText: (i: number, r: GeneratedText) => console.log(i, r.index, r.audio.length), onProgress: (p: BatchProgress) => console.log(p.batch, p.rows, p.maxRows) });
+         console.log(lines[1].samplingRate, lines.length);
          return toWav(out.audio, out.samplingRate);
        }`,
     );
@@ -764,6 +775,190 @@ async function main() {
       const snr = checkT0(g.audio);
       return `"${r.tooLong.message}" | "${r.voice.message}" | "${r.nothing.message}"; then t0 SNR ${fmtDb(snr)}`;
     });
+
+    // Lists of texts (issue 17): generate([...texts]) speaks each text as its own audio, a batch of texts per decoder
+    // step (Tts::speak_batch). Greedy, every text is exactly that text generated alone: the reference is t0.pcm for t0
+    // and the native dia-tts --text for the others (the mock engine: its own generation of the text alone).
+    const LIST = [t0Text, expected.texts[1], '[S2] A third line, in a batch of its own.'];
+    const listParity = async (i, text, audio) => {
+      if (!mock && text === t0Text) return checkT0(audio);
+      const ref = mock ? Float32Array.from((await generate(page, text, GREEDY)).audio) : native.generate('f32', text);
+      const snr = snrDb(ref, audio);
+      assert(snr >= MIN_SNR_DB, `text ${i}: SNR ${snr.toFixed(1)} dB < ${MIN_SNR_DB} dB against it generated alone (${ref.length} samples, list ${audio.length})`);
+      return snr;
+    };
+
+    await test('a list the package or the engine refuses → InvalidOptionError naming the text: empty list, a blank text, a non-string, a text over 1024 bytes (codes empty-list, nothing-to-speak, not-a-string, text-too-long with index); batchSize outside 1..64 or not whole; stream() of a list', async () => {
+      await ensureF32Engine();
+      const r = await call(page, async () => {
+        const outcome = async (f) => {
+          try {
+            await f();
+            return { name: 'none' };
+          } catch (e) {
+            return { name: e.name, code: e.code, message: e.message, details: e.details };
+          }
+        };
+        const ok = '[S1] Fine.';
+        return {
+          empty: await outcome(() => window.tts.generate([])),
+          blank: await outcome(() => window.tts.generate([ok, ' \n '])),
+          notString: await outcome(() => window.tts.generate([ok, 42])),
+          // 1102 bytes as the tokenizer counts them: a speaker tag is one byte.
+          tooLong: await outcome(() => window.tts.generate([ok, ok, `[S1] ${'a'.repeat(1100)}`])),
+          sizes: await Promise.all([0, 65, 1.5, '2', NaN, null].map((batchSize) => outcome(() => window.tts.generate([ok], { batchSize })))),
+          stream: await outcome(() => window.tts.stream([ok]).result),
+        };
+      });
+      assert(r.empty.name === 'InvalidOptionError' && r.empty.code === 'empty-list', `empty: ${JSON.stringify(r.empty)}`);
+      assert(r.blank.name === 'InvalidOptionError' && r.blank.code === 'nothing-to-speak' && r.blank.details.index === 1 && /text 1\b/.test(r.blank.message), `blank: ${JSON.stringify(r.blank)}`);
+      assert(r.notString.name === 'InvalidOptionError' && r.notString.code === 'not-a-string' && r.notString.details.index === 1, `non-string: ${JSON.stringify(r.notString)}`);
+      const t = r.tooLong;
+      assert(t.name === 'InvalidOptionError' && t.code === 'text-too-long' && t.details.index === 2 && t.details.bytes === 1102 && t.details.limit === 1024, `too long: ${JSON.stringify(t)}`);
+      r.sizes.forEach((e, i) => assert(e.name === 'InvalidOptionError' && /batchSize/.test(e.message), `batchSize case ${i}: ${JSON.stringify(e)}`));
+      assert(r.stream.name === 'InvalidOptionError', `stream of a list: ${JSON.stringify(r.stream)}`);
+      return `"${r.empty.message}" | "${r.blank.message}" | "${r.notString.message}" | "${t.message}" | "${r.sizes[0].message}"`;
+    });
+
+    await test('cancel a list between batches (AbortSignal from onText): no text after the abort, CancelledError with the texts handed out, the worker says cancelled and nothing follows', async () => {
+      await ensureF32Engine();
+      const r = await call(
+        page,
+        async ({ texts, options }) => {
+          const messages = [];
+          const listen = ({ data }) => messages.push(data.type);
+          window.tts.worker.addEventListener('message', listen);
+          const abort = new AbortController();
+          const heard = [];
+          let error = null;
+          try {
+            await window.tts.generate(texts, {
+              ...options,
+              batchSize: 1,
+              signal: abort.signal,
+              onText: (i) => {
+                heard.push({ i, afterAbort: abort.signal.aborted });
+                abort.abort();
+              },
+            });
+          } catch (e) {
+            error = { name: e.name, details: e.details };
+          }
+          await new Promise((r) => setTimeout(r, 1000)); // anything still on its way arrives now
+          window.tts.worker.removeEventListener('message', listen);
+          const end = messages.findIndex((m) => m === 'cancelled' || m === 'done');
+          return { heard, error, ended: messages.filter((m) => m === 'cancelled' || m === 'done'), texts: messages.filter((m) => m === 'text').length, afterAck: messages.slice(end + 1) };
+        },
+        { texts: LIST, options: { ...GREEDY, maxNewTokens: 24 } },
+      );
+      assert(r.error?.name === 'CancelledError', `ended with ${JSON.stringify(r.error)}`);
+      assert(r.heard.length === 1 && r.heard[0].i === 0 && !r.heard[0].afterAbort, `onText heard ${JSON.stringify(r.heard)}`);
+      assert(r.error.details.texts === 1, `details ${JSON.stringify(r.error.details)}`);
+      assert(r.ended.length === 1 && r.ended[0] === 'cancelled' && r.texts === 1, `the worker answered ${r.ended} after ${r.texts} text(s)`);
+      assert(r.afterAck.length === 0, `${r.afterAck} after the worker's acknowledgement`);
+      return `stopped after text 0 of ${LIST.length}; the worker sent ${r.texts} text and 'cancelled'`;
+    });
+
+    await test('an exception thrown by onText stops the list: generate rejects with it, no text after it, the worker says cancelled', async () => {
+      await ensureF32Engine();
+      const r = await call(
+        page,
+        async ({ texts, options }) => {
+          const messages = [];
+          const listen = ({ data }) => messages.push(data.type);
+          window.tts.worker.addEventListener('message', listen);
+          const heard = [];
+          let error = null;
+          try {
+            await window.tts.generate(texts, {
+              ...options,
+              batchSize: 1,
+              onText: (i) => {
+                heard.push(i);
+                throw new RangeError(`no room for text ${i}`);
+              },
+            });
+          } catch (e) {
+            error = { name: e.name, message: e.message };
+          }
+          await new Promise((r) => setTimeout(r, 1000));
+          window.tts.worker.removeEventListener('message', listen);
+          return { heard, error, ended: messages.filter((m) => m === 'cancelled' || m === 'done'), texts: messages.filter((m) => m === 'text').length };
+        },
+        { texts: LIST.slice(0, 2), options: { ...GREEDY, maxNewTokens: 24 } },
+      );
+      assert(r.error?.name === 'RangeError' && r.error.message === 'no room for text 0', `rejected with ${JSON.stringify(r.error)}`);
+      assert(JSON.stringify(r.heard) === '[0]' && r.texts === 1, `onText heard ${JSON.stringify(r.heard)}, the worker sent ${r.texts} text(s)`);
+      assert(JSON.stringify(r.ended) === '["cancelled"]', `the worker answered ${r.ended}`);
+      return `rejected with "${r.error.message}"`;
+    });
+
+    await test(`list of ${LIST.length} texts, batchSize 2 (batches of 2 and 1), greedy in f32: one result per text in list order, onText as each batch finishes, batch progress; every text equals it generated alone`, async () => {
+      await ensureF32Engine();
+      const r = await call(
+        page,
+        async ({ texts, options }) => {
+          const heard = [];
+          const events = [];
+          const results = await window.tts.generate(texts, { ...options, batchSize: 2, onText: (i, res) => heard.push({ i, samples: res.samples }), onProgress: (p) => events.push(p) });
+          return { heard, events, results: results.map((x) => ({ ...x, audio: Array.from(x.audio) })) };
+        },
+        { texts: LIST, options: GREEDY },
+      );
+      assert(r.results.length === LIST.length, `${r.results.length} results`);
+      assert(JSON.stringify(r.heard.map((h) => h.i)) === '[0,1,2]', `onText order ${JSON.stringify(r.heard)}`);
+      r.results.forEach((x, i) => {
+        assert(x.index === i && x.samplingRate === 44100 && x.segments === 1 && x.samples === x.audio.length && x.samples === r.heard[i].samples, `result ${i}: ${JSON.stringify({ ...x, audio: x.audio.length })}`);
+        assert(x.steps > 0 && x.steps <= GREEDY.maxNewTokens && x.seconds > 0 && x.gpuMemory.peak > 0, `result ${i}: steps ${x.steps}, seconds ${x.seconds}, gpuMemory ${JSON.stringify(x.gpuMemory)}`);
+        assert(x.audio.every(Number.isFinite), `text ${i}: NaN or infinite samples`);
+      });
+      const starts = r.events.filter((e) => e.rows === 0);
+      assert(JSON.stringify(starts.map((e) => [e.batch, e.batches, e.firstItem, e.items])) === '[[0,2,0,2],[1,2,2,1]]', `batch starts ${JSON.stringify(starts)}`);
+      for (let i = 1; i < r.events.length; i++) {
+        const [a, b] = [r.events[i - 1], r.events[i]];
+        assert(b.batch > a.batch || (b.batch === a.batch && b.rows >= a.rows && b.rows <= b.maxRows), `progress went back: ${JSON.stringify(a)} → ${JSON.stringify(b)}`);
+      }
+      const snrs = [];
+      for (const [i, x] of r.results.entries()) snrs.push(await listParity(i, LIST[i], x.audio));
+      return `${r.results.map((x) => `${x.samples} samples/${x.steps} steps`).join(', ')}; ${r.events.length} progress events; SNR against alone: ${snrs.map(fmtDb).join(', ')}`;
+    });
+
+    if (full) {
+      await test('list with a voice prompt { audio, transcript }: the transcript is put in front of every text; PCM equals native dia-tts --batch --prompt-audio --prompt-text', async () => {
+        await ensureF32Engine();
+        const prompt = fixture('clone.prompt_pcm');
+        const transcript = t0Text;
+        const texts = LIST.slice(1);
+        const r = await call(
+          page,
+          async ({ texts, options, prompt, transcript }) => {
+            const out = await window.tts.generate(texts, { ...options, prompt: { audio: Float32Array.from(prompt), transcript } });
+            return out.map((x) => ({ audio: Array.from(x.audio), steps: x.steps, seconds: x.seconds }));
+          },
+          { texts, options: GREEDY, prompt: Array.from(prompt), transcript },
+        );
+        assert(r.length === texts.length, `${r.length} results`);
+        let refs;
+        if (mock) {
+          // The mock's generation of "<transcript> <text>" continuing the audio alone.
+          refs = [];
+          for (const text of texts) {
+            const one = await call(page, async ({ text, options, prompt }) => Array.from((await window.tts.generate(text, { ...options, prompt: Float32Array.from(prompt) })).audio), { text: `${transcript} ${text}`, options: GREEDY, prompt: Array.from(prompt) });
+            refs.push(Float32Array.from(one));
+          }
+        } else {
+          const wav = join(work, 'voice-prompt-list.wav');
+          writeWavF32(wav, prompt);
+          refs = native.generateBatch('f32', texts, ['--prompt-audio', wav, '--prompt-text', transcript]);
+        }
+        const snrs = r.map((x, i) => {
+          const snr = snrDb(refs[i], x.audio);
+          assert(snr >= MIN_SNR_DB, `text ${i}: SNR ${snr.toFixed(1)} dB < ${MIN_SNR_DB} dB (${refs[i].length} samples, browser ${x.audio.length})`);
+          return snr;
+        });
+        return `${r.map((x) => `${x.audio.length} samples/${x.steps} steps`).join(', ')}; SNR ${snrs.map(fmtDb).join(', ')} against ${mock ? 'the mock alone' : 'native dia-tts --batch'}`;
+      });
+    }
 
     await test('AudioWorklet fed by a SharedArrayBuffer ring on a cross-origin isolated page: exact consumption', async () => {
       assert(t0Audio, 'needs the t0 audio');

@@ -152,6 +152,37 @@ export interface GeneratedAudio extends GenerationStats {
   samplingRate: 44100;
 }
 
+/** Where a list generation stands: reported when a batch starts (`rows` 0) and as its rows come. */
+export interface BatchProgress {
+  /** The batch being generated, from 0, and how many there are. */
+  batch: number;
+  batches: number;
+  /** List index of the batch's first text, and its number of texts. */
+  firstItem: number;
+  items: number;
+  /** Decoder rows generated so far in this batch (it ends with its longest text), and the most it may generate. */
+  rows: number;
+  maxRows: number;
+  /** Texts handed to `onText` so far. */
+  done: number;
+}
+
+/** One text of a list, spoken: what `generate(text)` returns, plus its place in the list. `seconds`: its batch's
+ *  time until this text was ready; `segments` is always 1. */
+export interface GeneratedText extends GeneratedAudio {
+  index: number;
+}
+
+/** Options of `generate([...texts])`: those of one generation (`maxNewTokens` per text; `prompt` continued by every
+ *  text, its transcript put in front of each), with batch progress and per-text results. */
+export interface GenerateListOptions extends Omit<GenerateOptions, 'onProgress' | 'testHook'> {
+  /** Texts per batch (per decoder step), 1 to 64. Default: as many as the device binds, up to 8. */
+  batchSize?: number;
+  /** Called with each text's result in list order, as its batch finishes. Throwing stops the generation. */
+  onText?: (index: number, result: GeneratedText) => void;
+  onProgress?: (progress: BatchProgress) => void;
+}
+
 export interface SpeakOptions extends GenerateOptions {
   onChunk?: (pcm: Float32Array) => void;
   audioContext?: AudioContext;
@@ -207,6 +238,8 @@ export declare class DiaTTS {
   /** The AudioContext `speak` created, once it has. */
   readonly audioContext: AudioContext | null;
   generate(text: string, options?: GenerateOptions & { onChunk?: (pcm: Float32Array) => void }): Promise<GeneratedAudio>;
+  /** Each text of the list as its own audio, several texts per decoder step; one result per text, in list order. */
+  generate(texts: readonly string[], options?: GenerateListOptions): Promise<GeneratedText[]>;
   stream(text: string, options?: GenerateOptions): DiaStream;
   speak(text: string, options?: SpeakOptions): Promise<SpokenAudio>;
   cancel(): Promise<void>;
@@ -263,6 +296,8 @@ export declare class InvalidOptionError extends DiaError {
   /** Set when the engine refused the text: 'script-too-long' (more than the 256 KiB the splitter takes;
    *  `details.bytes`, `details.limit`), 'nothing-to-speak' (empty, whitespace or speaker tags only),
    *  'voice-needs-transcript' (a voice prompt without its transcript on a text of several segments;
-   *  `details.segments`). */
-  readonly code?: 'script-too-long' | 'nothing-to-speak' | 'voice-needs-transcript';
+   *  `details.segments`). For a list of texts: 'empty-list'; 'nothing-to-speak', 'not-a-string' or 'text-too-long'
+   *  (over the 1024 bytes one generation reads; `details.bytes`, `details.limit`) with `details.index`, the text's
+   *  place in the list; 'batch-too-large' (`details.size`, `details.max`). */
+  readonly code?: 'script-too-long' | 'nothing-to-speak' | 'voice-needs-transcript' | 'empty-list' | 'not-a-string' | 'text-too-long' | 'batch-too-large';
 }

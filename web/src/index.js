@@ -38,6 +38,23 @@ const ENGINE_OPTIONS = ['temperature', 'topP', 'cfgScale', 'cfgFilterTopK', 'see
 // EngineError codes after which the worker's engine is unusable.
 const ENGINE_ENDING_CODES = new Set(['panic', 'crash', 'device-lost']);
 
+// The largest batch the engine takes (crate/src/dia/batch_plan.rs MAX_BATCH).
+const MAX_BATCH_SIZE = 64;
+
+/** A list of texts for `generate([...])`, checked before anything is queued: an InvalidOptionError naming the first
+ *  thing wrong (whether a text is blank or too long the engine tells, with the same codes and the text's index). */
+function checkList(texts, options) {
+  if (texts.length === 0) throw new InvalidOptionError('the list of texts is empty', { code: 'empty-list' });
+  const bad = texts.findIndex((t) => typeof t !== 'string');
+  if (bad >= 0) throw new InvalidOptionError(`text ${bad} of the list is not a string (${typeof texts[bad]})`, { code: 'not-a-string', index: bad });
+  const { batchSize, onText, onProgress } = options;
+  if (batchSize !== undefined && !(Number.isInteger(batchSize) && batchSize >= 1 && batchSize <= MAX_BATCH_SIZE)) {
+    throw new InvalidOptionError(`batchSize must be a whole number from 1 to ${MAX_BATCH_SIZE}, not ${JSON.stringify(batchSize) ?? String(batchSize)}`);
+  }
+  if (onText !== undefined && typeof onText !== 'function') throw new InvalidOptionError('onText must be a function');
+  if (onProgress !== undefined && typeof onProgress !== 'function') throw new InvalidOptionError('onProgress must be a function');
+}
+
 function engineOptions(options) {
   const out = {};
   for (const key of ENGINE_OPTIONS) if (options[key] !== undefined) out[key] = options[key];
@@ -221,6 +238,9 @@ export class DiaTTS {
       case 'chunk':
         r.onChunk?.(m.pcm);
         return;
+      case 'text':
+        r.onText?.(m);
+        return;
       case 'ready':
       case 'done':
         this.#requests.delete(m.id);
@@ -228,7 +248,7 @@ export class DiaTTS {
         return;
       case 'cancelled':
         this.#requests.delete(m.id);
-        r.reject(new CancelledError('the generation was cancelled', { chunks: m.chunks, steps: m.steps }));
+        r.reject(new CancelledError('the generation was cancelled', m.texts === undefined ? { chunks: m.chunks, steps: m.steps } : { texts: m.texts }));
         return;
       case 'error': {
         this.#requests.delete(m.id);
@@ -258,7 +278,7 @@ export class DiaTTS {
       wake = null;
     };
     const run = async () => {
-      if (typeof text !== 'string') throw new InvalidOptionError('text must be a string');
+      if (typeof text !== 'string') throw new InvalidOptionError('text must be a string (generate also takes an array of strings, each spoken as its own audio)');
       if (options.onProgress !== undefined && typeof options.onProgress !== 'function') throw new InvalidOptionError('onProgress must be a function');
       const { samples: prompt, transcript: promptTranscript } = await voicePrompt(options.prompt);
       await this.#ready();
@@ -322,8 +342,10 @@ export class DiaTTS {
   }
 
   /** Generates the whole utterance (a script of any length, as `stream`): { audio: Float32Array, samplingRate: 44100,
-   *  samples, steps, seconds, segments, gpuMemory }. */
+   *  samples, steps, seconds, segments, gpuMemory }. Given an array of texts, each is spoken as its own audio (see
+   *  `#generateList`) and the result is an array of those objects, one per text. */
   async generate(text, options = {}) {
+    if (Array.isArray(text)) return this.#generateList(text, options);
     const chunks = [];
     const stream = this.stream(text, options);
     for await (const chunk of stream) {
@@ -367,6 +389,68 @@ export class DiaTTS {
     } finally {
       this.#playbacks.delete(playback);
     }
+  }
+
+  /**
+   * Speaks every text of `texts` as its own audio, several texts at a time (one decoder step advances a whole batch),
+   * and resolves to one result per text, in list order: { audio, samplingRate, samples, steps, seconds (its batch's
+   * time until this text was ready), segments: 1, gpuMemory, index }. `options.onText(index, result)` hears each text
+   * as its batch finishes; `options.onProgress` hears { batch, batches, firstItem, items, rows, maxRows, done };
+   * `options.batchSize` (1 to 64) caps the texts per batch (default: as many as the device binds, up to 8). Each text
+   * must fit one generation (1024 bytes); `options.prompt` { audio, transcript } puts the transcript in front of every
+   * text. Cancelled (`cancel()`, `signal`, or `onText` throwing), it rejects; texts handed to `onText` stay handed out.
+   */
+  #generateList(texts, options) {
+    checkList(texts, options);
+    const list = [...texts];
+    const results = new Array(list.length);
+    const job = { id: null, stopped: false, failure: null };
+    const run = async () => {
+      const { samples: prompt, transcript: promptTranscript } = await voicePrompt(options.prompt);
+      await this.#ready();
+      if (job.stopped) throw new CancelledError('the generation was cancelled before it started');
+      const batchSize = options.batchSize;
+      return this.#send(
+        { type: 'generateBatch', texts: list, options: { ...engineOptions(options), ...(batchSize === undefined ? {} : { batchSize }) }, prompt, promptTranscript },
+        {
+          onSent: (id) => (job.id = id),
+          onText: ({ index, pcm, steps, seconds, gpuMemory }) => {
+            if (job.stopped) return;
+            const result = { audio: pcm, samplingRate: SAMPLE_RATE, samples: pcm.length, steps, seconds, segments: 1, gpuMemory, index };
+            results[index] = result;
+            try {
+              options.onText?.(index, result);
+            } catch (e) {
+              // As an exception in generate's onChunk: the generation stops and the call rejects with it.
+              job.failure = e;
+              this.#cancelJob(job);
+            }
+          },
+          onProgress: (progress) => {
+            if (!job.stopped) options.onProgress?.(progress);
+          },
+        },
+      );
+    };
+    const started = this.#queue.then(() => (job.stopped ? Promise.reject(new CancelledError('the generation was cancelled before it started')) : run()));
+    this.#queue = started.catch(() => {});
+    job.done = started.then(
+      () => {
+        if (job.failure) throw job.failure;
+        if (job.stopped) throw new CancelledError('the generation was cancelled', { texts: results.filter(Boolean).length });
+        const missing = results.findIndex((r) => r === undefined);
+        if (missing >= 0 || results.length !== list.length) throw new EngineError(`the engine finished without text ${missing} of the list`);
+        return results;
+      },
+      (e) => {
+        throw job.failure ?? e;
+      },
+    );
+    this.#jobs.add(job);
+    job.done.catch(() => {}).finally(() => this.#jobs.delete(job));
+    if (options.signal?.aborted) this.#cancelJob(job);
+    else options.signal?.addEventListener('abort', () => this.#cancelJob(job), { once: true });
+    return job.done;
   }
 
   #cancelJob(job) {

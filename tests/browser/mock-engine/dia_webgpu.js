@@ -163,34 +163,93 @@ export class DiaEngine {
     }
     this.busy = true;
     this.cancelled = false;
-    const started = performance.now();
     try {
-      const steps = Math.min(options.maxNewTokens ?? 86, 10000);
-      let seed = this.checksum ^ (options.seed ?? 0);
-      for (const c of (promptTranscript ?? '') + text) seed = (Math.imul(seed, 33) + c.charCodeAt(0)) | 0;
-      const freq = 200 + (Math.abs(seed) % 400) + (promptPcm ? 50 : 0);
-      const framesPerChunk = 8;
-      let samples = 0;
-      const progress = (segment, rows) =>
-        onProgress?.({ segment, segments, rows, estimatedRows: steps, framesOut: samples / 512, audioSeconds: samples / 44100 });
-      for (let segment = 0; segment < segments; segment++) {
-        if (this.cancelled) throw new Error('generation cancelled');
-        progress(segment, 0);
-        for (let step = 0; step < steps; step += framesPerChunk) {
-          await new Promise((r) => setTimeout(r, 15));
-          if (this.cancelled) throw new Error('generation cancelled');
-          const n = 512 * Math.min(framesPerChunk, steps - step);
-          const pcm = new Float32Array(n);
-          for (let i = 0; i < n; i++) pcm[i] = 0.2 * Math.sin((2 * Math.PI * freq * (samples + i)) / 44100);
-          samples += n;
-          progress(segment, Math.min(step + framesPerChunk, steps));
-          onChunk(pcm);
-        }
-      }
-      return { samples, steps: steps * segments, seconds: (performance.now() - started) / 1000, segments };
+      return await this.tone(text, options, promptPcm, promptTranscript, segments, onChunk, onProgress);
     } finally {
       this.busy = false;
     }
+  }
+
+  /** The "generation": a tone from the text, options and checksum, in timed chunks of 8 frames per segment. */
+  async tone(text, options, promptPcm, promptTranscript, segments, onChunk, onProgress) {
+    const started = performance.now();
+    const steps = Math.min(options.maxNewTokens ?? 86, 10000);
+    let seed = this.checksum ^ (options.seed ?? 0);
+    for (const c of (promptTranscript ?? '') + text) seed = (Math.imul(seed, 33) + c.charCodeAt(0)) | 0;
+    const freq = 200 + (Math.abs(seed) % 400) + (promptPcm ? 50 : 0);
+    const framesPerChunk = 8;
+    let samples = 0;
+    const progress = (segment, rows) =>
+      onProgress?.({ segment, segments, rows, estimatedRows: steps, framesOut: samples / 512, audioSeconds: samples / 44100 });
+    for (let segment = 0; segment < segments; segment++) {
+      if (this.cancelled) throw new Error('generation cancelled');
+      progress(segment, 0);
+      for (let step = 0; step < steps; step += framesPerChunk) {
+        await new Promise((r) => setTimeout(r, 15));
+        if (this.cancelled) throw new Error('generation cancelled');
+        const n = 512 * Math.min(framesPerChunk, steps - step);
+        const pcm = new Float32Array(n);
+        for (let i = 0; i < n; i++) pcm[i] = 0.2 * Math.sin((2 * Math.PI * freq * (samples + i)) / 44100);
+        samples += n;
+        progress(segment, Math.min(step + framesPerChunk, steps));
+        onChunk(pcm);
+      }
+    }
+    return { samples, steps: steps * segments, seconds: (performance.now() - started) / 1000, segments };
+  }
+
+  /** The real engine's generateBatch: its refusals of a list (codes, list index), texts handed out in list order one
+   *  batch at a time; each text's audio is the mock generate's of the text it reads (greedy parity holds here too). */
+  async generateBatch(texts, options = {}, promptPcm, onText, promptTranscript, onProgress) {
+    if (!this.model || !this.codec) throw new Error('no model loaded');
+    if (this.busy) throw new Error('a generation is already running');
+    if (texts.length === 0) throw Object.assign(new Error('the list of texts is empty'), { code: 'empty-list' });
+    const read = texts.map((t, index) => {
+      if (t.trim() === '') throw Object.assign(new Error(`text ${index} of the list: the text is empty`), { code: 'nothing-to-speak', index });
+      const text = promptTranscript?.trim() ? `${promptTranscript.trim()} ${t}` : t;
+      const bytes = new TextEncoder().encode(text.replace(/\[S[12]\]/g, 'S')).length; // a speaker tag is one token byte
+      if (bytes > 1024) throw Object.assign(new Error(`text ${index} of the list: ${bytes} bytes, at most 1024`), { code: 'text-too-long', index, bytes, limit: 1024 });
+      return text;
+    });
+    const size = Math.min(options.batchSize ?? 8, texts.length);
+    const started = performance.now();
+    const batches = Math.ceil(texts.length / size);
+    let steps = 0;
+    let samples = 0;
+    this.busy = true;
+    this.cancelled = false;
+    try {
+      for (let batch = 0; batch < batches; batch++) {
+        if (this.cancelled) throw new Error('generation cancelled');
+        const firstItem = batch * size;
+        const items = read.slice(firstItem, firstItem + size);
+        const maxRows = options.maxNewTokens ?? 86;
+        const report = (rows) => onProgress?.({ batch, batches, firstItem, items: items.length, rows, maxRows, done: firstItem });
+        report(0);
+        const outs = [];
+        for (const text of items) {
+          const chunks = [];
+          const r = await this.tone(text, options, promptPcm, undefined, 1, (pcm) => chunks.push(pcm));
+          const pcm = new Float32Array(r.samples);
+          let at = 0;
+          for (const c of chunks) {
+            pcm.set(c, at);
+            at += c.length;
+          }
+          outs.push({ pcm, steps: r.steps });
+          report(Math.max(...outs.map((o) => o.steps)));
+        }
+        steps += Math.max(...outs.map((o) => o.steps));
+        for (const [b, o] of outs.entries()) {
+          if (this.cancelled) throw new Error('generation cancelled');
+          samples += o.pcm.length;
+          onText(firstItem + b, o.pcm, o.steps);
+        }
+      }
+    } finally {
+      this.busy = false;
+    }
+    return { texts: texts.length, batches, batchSize: size, steps, samples, seconds: (performance.now() - started) / 1000 };
   }
 
   cancel() {
