@@ -300,8 +300,9 @@ async function timeGeneration(engine, text, steps, seed) {
 }
 
 /** Builds the model and codec of `cfg` from random weights on a new engine; returns the engine and load figures. */
-async function buildEngine(wasm, cfg, numerics, seed, log) {
+async function buildEngine(wasm, cfg, numerics, seed, log, progress) {
   const watch = deviceWatch();
+  watch.device = null; // the engine's own, once create has asked for it
   const t0 = now();
   const engine = await wasm.DiaEngine.create(numerics);
   const load = { createSeconds: (now() - t0) / 1000 };
@@ -310,18 +311,21 @@ async function buildEngine(wasm, cfg, numerics, seed, log) {
     const dacJson = JSON.stringify(cfg.dac);
     const layout = wasm.checkpointLayout(diaJson, dacJson, numerics);
     engine.beginModel(diaJson);
-    engine.beginCodec(dacJson, false); // no voice prompts: the encoder's tensors are not needed
+    engine.beginCodec(dacJson, false);
+    // Without voice prompts the codec's encoder is not needed (beginCodec's withEncoder false).
+    const wanted = { dia: layout.dia, dac: layout.dac.filter((t) => !t.name.startsWith('encoder.')) };
+    const totalBytes = [...wanted.dia, ...wanted.dac].reduce((sum, t) => sum + 4 * elementsOf(t.shape), 0);
     let bytes = 0;
     let tensors = 0;
     let sinceDrain = 0;
     let lastPause = now();
+    let lastLog = now();
     let diaDone = false;
-    for (const t of randomCheckpoint(layout, cfg.dia, seed)) {
+    for (const t of randomCheckpoint(wanted, cfg.dia, seed)) {
       if (t.part === 'dac' && !diaDone) {
         engine.finishModel();
         diaDone = true;
       }
-      if (t.part === 'dac' && t.name.startsWith('encoder.')) continue;
       if (t.part === 'dia') engine.putModelTensor(t.name, t.dtype, Uint32Array.from(t.shape), t.bytes);
       else engine.putCodecTensor(t.name, t.dtype, Uint32Array.from(t.shape), t.bytes);
       bytes += t.bytes.byteLength;
@@ -332,7 +336,11 @@ async function buildEngine(wasm, cfg, numerics, seed, log) {
         sinceDrain = 0;
       }
       if (now() - lastPause > 50) {
-        log?.(`  ${numerics}: ${(bytes / 1e9).toFixed(2)} GB of random weights uploaded`);
+        progress({ numerics, bytes, totalBytes });
+        if (now() - lastLog > 10000) {
+          log(`${numerics}: ${(bytes / 1e9).toFixed(2)} of ${(totalBytes / 1e9).toFixed(2)} GB of random weights put`);
+          lastLog = now();
+        }
         await pause();
         lastPause = now();
       }
@@ -365,8 +373,9 @@ function release(engine, device) {
  * reported with its error and the next one runs.
  *
  * @param {object} wasm the engine module (wasm-bindgen output, initialised): `DiaEngine`, `checkpointLayout`
- * @param {object} options see `benchOptions`; plus `environment` (copied into the report) and
- *   `log(line)`, `onMode(modeReport)` callbacks
+ * @param {object} options see `benchOptions`; plus `environment` (copied into the report) and the callbacks
+ *   `log(line)`, `progress({ numerics, bytes, totalBytes })` (while the weights are put, every 50 ms or so) and
+ *   `onMode(modeReport)` (each mode's report as it ends)
  * @returns {Promise<object>} the report (plain JSON)
  */
 export async function runBenchmark(wasm, options = {}) {
@@ -395,7 +404,7 @@ export async function runBenchmark(wasm, options = {}) {
     let device = null;
     try {
       log(`${numerics}: building the ${o.config} model from random weights`);
-      ({ engine, load: mode.load, device } = await buildEngine(wasm, cfg, numerics, o.seed, log));
+      ({ engine, load: mode.load, device } = await buildEngine(wasm, cfg, numerics, o.seed, log, options.progress ?? (() => {})));
       mode.adapter = engine.adapterInfo();
       log(`${numerics}: loaded ${mode.load.tensors} tensors, ${(mode.load.bytes / 1e9).toFixed(2)} GB, in ${mode.load.seconds.toFixed(1)} s`);
       mode.firstGeneration = await timeGeneration(engine, o.text, o.warmupSteps, o.seed);

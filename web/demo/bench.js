@@ -90,7 +90,8 @@ async function run() {
   setState('running');
   try {
     const environment = { runner: 'page', userAgent: navigator.userAgent, deviceMemory: navigator.deviceMemory ?? null, page: location.href };
-    const report = await runBenchmark(engine, { ...options, environment, log, onMode: () => {} });
+    const progress = ({ numerics, bytes, totalBytes }) => ($('status').textContent = `${numerics}: building the model, ${((100 * bytes) / totalBytes).toFixed(0)} % of the random weights put`);
+    const report = await runBenchmark(engine, { ...options, environment, log, progress });
     window.benchReport = report;
     showResults(report);
     const failed = report.modes.filter((m) => !m.ok).map((m) => m.numerics);
