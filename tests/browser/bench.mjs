@@ -105,6 +105,16 @@ process.on('uncaughtException', (e) => {
   process.exit(1);
 });
 
+// Stopped by a timeout (bench-gpu.sh) or by hand: keep the modes done.
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    partial.error = `stopped by ${signal}`;
+    consoleError(`bench.mjs: ${partial.error}; ${partial.modes.length} mode(s) done`);
+    writeJsonOut({ ...partial, incomplete: true });
+    process.exit(1);
+  });
+}
+
 // ---------------------------------------------------------------- WebGPU in node, as a page has it
 
 async function setUpWebGPU() {
