@@ -129,3 +129,20 @@ fn generation_cancel_stops_and_session_model_stays_usable() {
     let (_, rows, ..) = run(&gpu, &m, &["[S1] After a cancel."], &sampled(5, 30));
     assert!(rows > 1);
 }
+
+/// `step_weight_bytes` (the browser benchmark's weights per step) counts exactly the buffers of the matrices a
+/// decoder step reads, as the builder allocates them, in every mode.
+#[test]
+fn step_weight_bytes_match_the_built_model() {
+    let gpu = test_gpu();
+    let text = std::fs::read_to_string(fixtures_dir().join("dia/config.json")).unwrap();
+    let cfg = dia_webgpu::config::DiaConfig::from_json_str(&text).unwrap();
+    for numerics in [Numerics::F32, Numerics::F16W, Numerics::Q8, Numerics::Q4] {
+        let m = DiaModel::random(&gpu, &cfg, numerics, 3).unwrap();
+        let mut built = m.logits.data.size;
+        for l in &m.dec_layers {
+            built += [&l.qkv, &l.o, &l.cross_q, &l.cross_o, &l.gate_up, &l.down].iter().map(|w| w.data.size).sum::<u64>();
+        }
+        assert_eq!(dia_webgpu::dia::step_weight_bytes(&cfg, numerics), built, "{}", numerics.name());
+    }
+}

@@ -779,3 +779,26 @@ fn weights_largest_binding_matches_the_browser_check() {
     }
     assert_eq!(dia_webgpu::dia::largest_matrix_bytes(&cfg, Numerics::F32), 16384 * 2048 * 4);
 }
+
+/// Weights one decoder step of Dia 1.6B reads (the browser benchmark's GB/s), counted by hand from the model's
+/// shapes: per layer, with hidden 2048, the rows of 2048 columns are q/k/v (16·128 + 2·4·128 = 3072), o, cross q
+/// and cross o (2048 each) and gate/up (2·8192); down has 2048 rows of 8192 columns; the logits head 9·1028 rows
+/// of 2048. Cross K/V (1024 columns, once per generation) and the embeddings are not read per step.
+#[test]
+fn weights_step_bytes_of_the_1_6b_model() {
+    use dia_webgpu::kernels::Numerics;
+    let cfg = DiaConfig::dia_1_6b();
+    let (layers, logits_rows) = (18u64, 9 * 1028u64);
+    let attention_rows = 3072 + 2048 + 2048 + 2048u64;
+    let (gate_up_rows, down_rows) = (16384u64, 2048u64);
+    let elements = layers * ((attention_rows + gate_up_rows) * 2048 + down_rows * 8192) + logits_rows * 2048;
+    assert_eq!(dia_webgpu::dia::step_weight_bytes(&cfg, Numerics::F32), elements * 4);
+    assert_eq!(dia_webgpu::dia::step_weight_bytes(&cfg, Numerics::F16W), elements * 2);
+    // Quantized rows: per group of 32 values, 8 words (q8) or 4 (q4) and one f16 scale; a row padded to 4 words.
+    // 2048 columns: 64 groups → q8 512 + 32 = 544 words, q4 256 + 32 = 288; 8192 columns: q8 2176, q4 1152.
+    let q8_words = layers * ((attention_rows + gate_up_rows) * 544 + down_rows * 2176) + logits_rows * 544;
+    assert_eq!(dia_webgpu::dia::step_weight_bytes(&cfg, Numerics::Q8), q8_words * 4);
+    // q4 keeps attention at q8 (MatrixRole::format).
+    let q4_words = layers * (attention_rows * 544 + gate_up_rows * 288 + down_rows * 1152) + logits_rows * 288;
+    assert_eq!(dia_webgpu::dia::step_weight_bytes(&cfg, Numerics::Q4), q4_words * 4);
+}

@@ -665,3 +665,29 @@ fn batch_size_option(options: &JsValue) -> Result<Option<usize>, JsValue> {
         Some(_) => Err(JsError::new(&format!("generateBatch: options.batchSize must be a whole number from 1 to {max}")).into()),
     }
 }
+
+/// What a model of these configs is made of, for building one from generated weights without a checkpoint (the
+/// browser benchmark, web/demo/bench.html): `dia` and `dac`, every checkpoint tensor's HF name and shape
+/// (`dac` as plain weights, encoder included), and `stepWeightBytes`, the weight bytes one decoder step reads in
+/// `numerics` (for the weight bandwidth a generation reaches).
+#[wasm_bindgen(
+    js_name = checkpointLayout,
+    unchecked_return_type = "{ dia: { name: string, shape: number[] }[], dac: { name: string, shape: number[] }[], stepWeightBytes: number }"
+)]
+pub fn checkpoint_layout(
+    #[wasm_bindgen(js_name = diaConfigJson)] dia_config_json: &str,
+    #[wasm_bindgen(js_name = dacConfigJson)] dac_config_json: &str,
+    #[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16w\" | \"q8\" | \"q4\"")] numerics: &str,
+) -> Result<JsValue, JsError> {
+    let mode = Numerics::parse(numerics).ok_or_else(|| JsError::new(&format!("unknown numerics {numerics:?}: use \"f32\", \"f16w\", \"q8\" or \"q4\"")))?;
+    let dia = DiaConfig::from_json_str(dia_config_json).map_err(|e| JsError::new(&format!("bad Dia config: {e}")))?;
+    let dac = DacConfig::from_json_str(dac_config_json).map_err(|e| JsError::new(&format!("bad DAC config: {e}")))?;
+    dac.validate().map_err(|e| JsError::new(&format!("bad DAC config: {e}")))?;
+    let tensors = |list: Vec<(String, Vec<usize>)>| list.into_iter().map(|(name, shape)| serde_json::json!({ "name": name, "shape": shape })).collect::<Vec<_>>();
+    let layout = serde_json::json!({
+        "dia": tensors(crate::weights::expected_hf_tensors(&dia)),
+        "dac": tensors(crate::dac::layout::dac_tensor_specs(&dac).into_iter().map(|s| (s.name, s.shape)).collect()),
+        "stepWeightBytes": crate::dia::step_weight_bytes(&dia, mode),
+    });
+    js_sys::JSON::parse(&layout.to_string()).map_err(|_| JsError::new("checkpointLayout: cannot build the result"))
+}

@@ -1,7 +1,8 @@
 // End-to-end tests of the dia-webgpu package in headless Chromium (WebGPU on SwiftShader), driven by
 // Playwright. Packs web/ with npm, installs the tarball into a fresh project, serves that copy, the
 // test page and the fixtures under hub-style URLs, and checks loading, parity, caching, playback,
-// cancellation, corruption recovery, quota errors and the demo page. Prints "N passed, N failed".
+// cancellation, corruption recovery, quota errors, the demo page and the benchmark (page and Node + Dawn
+// runner). Prints "N passed, N failed".
 //   node e2e.mjs [--mock]   (--mock: the package was built with the JS mock engine; parity is then
 //                            checked against the mock's own first output instead of the fixtures)
 //   DIA_BROWSER_FULL=1      also the voice-prompt parity cases (one generation, and a long script)
@@ -18,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
 import { unitTests } from './unit.mjs';
+import { benchPageTest, benchRunnerTest, benchUnitTests } from './bench-tests.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
@@ -305,6 +307,8 @@ async function main() {
   const fmtDb = (snr) => (snr === Infinity ? '∞ dB (bit-exact)' : `${snr.toFixed(1)} dB`);
 
   for (const [name, fn] of unitTests) await test(`unit: ${name}`, fn);
+  // The benchmark's model checks use the wasm engine (web/pkg), which the mock build lacks.
+  if (!mock) for (const [name, fn] of benchUnitTests(fixtures)) await test(`unit: ${name}`, fn);
 
   // The package as a user gets it: npm pack, installed into a fresh project.
   let pkgDir = null;
@@ -317,7 +321,7 @@ async function main() {
     execFileSync('npm', ['install', '--no-audit', '--no-fund', '--offline', join(work, filename)], { cwd: app, stdio: 'pipe' });
     pkgDir = join(app, 'node_modules', 'dia-webgpu');
     const paths = files.map((f) => f.path);
-    for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/player-worklet.js', 'dist/worker/worker.js', 'dist/wasm/dia_webgpu.js', 'demo/index.html']) {
+    for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/player-worklet.js', 'dist/worker/worker.js', 'dist/wasm/dia_webgpu.js', 'demo/index.html', 'demo/bench.html', 'demo/bench-core.js']) {
       assert(paths.includes(f), `the tarball lacks ${f}`);
     }
     if (!mock) assert(paths.includes('dist/wasm/dia_webgpu_bg.wasm'), 'the tarball lacks the wasm');
@@ -1340,6 +1344,14 @@ async function main() {
       assert(r.segments === '1' && r.shown === '1/1', `segments ${r.segments}, progress shown ${r.shown}`);
       return `"${sizes.text}" ${r.samples} samples, ${r.inked} waveform pixels, ${r.name} (${r.wav} bytes); artifacts/demo.png`;
     });
+
+    // The benchmark page needs the wasm engine's checkpointLayout, which the mock engine does not have.
+    if (!mock) {
+      await test('benchmark page (tiny config, q8, 24 steps): builds the model from random weights, times a first and a timed generation, shows the figures and a JSON report with sane fields (screenshot)', () =>
+        benchPageTest(context, `${origin}/pkg/demo/bench.html`, join(artifacts, 'bench.png')),
+      );
+      await test('benchmark in node on Dawn (tests/browser/bench.mjs --config tiny --numerics q8 --json, SwiftShader): exit 0, a report like the page\'s', benchRunnerTest);
+    }
   } finally {
     await browser.close();
     await server.close();

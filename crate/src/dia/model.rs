@@ -196,6 +196,30 @@ pub fn largest_matrix_bytes(cfg: &DiaConfig, numerics: Numerics) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of weights one decoder step reads in `numerics`: every decoder layer's self-attention, cross-attention
+/// query and output, and MLP matrices, and the logits head, as stored on the GPU. Not the cross-attention K/V
+/// projections (applied once per generation, to the encoder's output) nor the embedding tables (a step reads
+/// a few rows). A step's time divided into this is the weight bandwidth a generation reaches (dia-bench's
+/// "weights per step", the browser benchmark's GB/s).
+pub fn step_weight_bytes(cfg: &DiaConfig, numerics: Numerics) -> u64 {
+    buffer_plan(cfg)
+        .iter()
+        .filter_map(|item| match item {
+            Planned::Matrix { name, parts, cols } if is_read_every_step(name) => {
+                let role = MatrixRole::of_tensor(&part_tensors(name, parts)[0])?;
+                let rows: usize = parts.iter().map(|p| p.1).sum();
+                Some(rows as u64 * role.format(numerics).row_words(*cols as u32) as u64 * 4)
+            }
+            _ => None,
+        })
+        .sum()
+}
+
+/// Whether a planned matrix (by its plan name) is read by every decoder step.
+fn is_read_every_step(plan_name: &str) -> bool {
+    plan_name == "logits_dense.weight" || (plan_name.starts_with("model.decoder.layers.") && !plan_name.ends_with(".cross_attention.kv"))
+}
+
 /// The checkpoint tensors a planned matrix is made of: `name` itself for a part with an empty suffix; otherwise
 /// `name` ends in a fused pseudo-name (`.qkv`, `.kv`) and the part is `<prefix>.<suffix>.weight`.
 fn part_tensors(name: &str, parts: &[(&str, usize)]) -> Vec<String> {
