@@ -186,7 +186,7 @@ async fn speak(engine: &DiaEngine, text: &str, opts: &js_sys::Object, prompt: Op
         s.0.extend(a.to_vec());
         s.1 += 1;
     });
-    let promise = engine.generate(text.to_string(), opts.into(), prompt, on_chunk.as_ref().unchecked_ref::<js_sys::Function>().clone());
+    let promise = engine.generate(text.to_string(), opts.into(), prompt, on_chunk.as_ref().unchecked_ref::<js_sys::Function>().clone(), None, None);
     let result = JsFuture::from(promise).await.map_err(message);
     let (samples, chunks) = pcm.take();
     (samples, chunks, result)
@@ -237,8 +237,8 @@ async fn browser_engine_pcm_f32() {
     console_log!("engine: {total} model tensors and the codec streamed in ({:.1} s)", since(start));
 
     // One generation at a time; cancelled before its first step, it rejects with "cancelled".
-    let promise = engine.generate(texts[0].to_string(), opts.clone().into(), None, js_sys::Function::new_no_args(""));
-    let second = JsFuture::from(engine.generate(texts[0].to_string(), opts.clone().into(), None, js_sys::Function::new_no_args(""))).await.map_err(message);
+    let promise = engine.generate(texts[0].to_string(), opts.clone().into(), None, js_sys::Function::new_no_args(""), None, None);
+    let second = JsFuture::from(engine.generate(texts[0].to_string(), opts.clone().into(), None, js_sys::Function::new_no_args(""), None, None)).await.map_err(message);
     assert!(second.as_ref().is_err_and(|m| m.contains("already running")), "{second:?}");
     engine.cancel();
     let r = JsFuture::from(promise).await.map_err(message);
@@ -248,7 +248,7 @@ async fn browser_engine_pcm_f32() {
     let short = js_sys::Object::assign(&js_sys::Object::new(), &opts);
     js_sys::Reflect::set(&short, &"maxNewTokens".into(), &24.into()).unwrap();
     let throwing = js_sys::Function::new_with_args("pcm", "throw new Error(`player full after ${pcm.length} samples`)");
-    let r = JsFuture::from(engine.generate(texts[0].to_string(), short.into(), None, throwing)).await.map_err(message);
+    let r = JsFuture::from(engine.generate(texts[0].to_string(), short.into(), None, throwing, None, None)).await.map_err(message);
     assert!(r.as_ref().is_err_and(|m| m.starts_with("player full after")), "{r:?}");
 
     let prompt = exp["clone.prompt_pcm"].1.clone();
