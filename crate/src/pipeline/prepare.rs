@@ -154,7 +154,9 @@ mod disk {
     pub struct PipelineCacheDir(pub PathBuf);
 
     impl PipelineCacheDir {
-        /// The user's cache directory, or None with `DIA_PIPELINE_CACHE=off` (or where no home is known).
+        /// The user's cache directory, or None with `DIA_PIPELINE_CACHE=off` (or where no home is known);
+        /// `DIA_PIPELINE_CACHE=<absolute directory>` names another (without moving the driver's own shader cache,
+        /// which also follows `XDG_CACHE_HOME`).
         pub fn from_env() -> Option<PipelineCacheDir> {
             Self::from_vars(|name| std::env::var_os(name))
         }
@@ -163,6 +165,9 @@ mod disk {
         pub fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PipelineCacheDir> {
             if var("DIA_PIPELINE_CACHE").is_some_and(|v| v.eq_ignore_ascii_case("off") || v == "0") {
                 return None;
+            }
+            if let Some(dir) = var("DIA_PIPELINE_CACHE").filter(|v| Path::new(v).is_absolute()) {
+                return Some(PipelineCacheDir(PathBuf::from(dir)));
             }
             let base = match var("XDG_CACHE_HOME").filter(|v| Path::new(v).is_absolute()) {
                 Some(dir) => PathBuf::from(dir),
@@ -308,6 +313,7 @@ mod disk {
             // A relative XDG_CACHE_HOME is invalid (XDG base directory spec): ignored.
             assert_eq!(PipelineCacheDir::from_vars(vars(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/h")])), dir("/h/.cache/dia-webgpu/pipelines"));
             assert_eq!(PipelineCacheDir::from_vars(vars(&[("DIA_PIPELINE_CACHE", "off"), ("HOME", "/h")])), None);
+            assert_eq!(PipelineCacheDir::from_vars(vars(&[("DIA_PIPELINE_CACHE", "/d"), ("HOME", "/h")])), dir("/d"));
             assert_eq!(PipelineCacheDir::from_vars(vars(&[])), None);
         }
 
