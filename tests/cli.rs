@@ -20,6 +20,10 @@ fn dia_tts(args: &[&str], envs: &[(&str, &Path)]) -> Output {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
+    // Tests leave the user's pipeline cache alone unless they name one.
+    if !envs.iter().any(|(k, _)| *k == "DIA_PIPELINE_CACHE") {
+        cmd.env("DIA_PIPELINE_CACHE", "off");
+    }
     cmd.output().expect("run dia-tts")
 }
 
@@ -635,4 +639,34 @@ fn cli_batch_bad_input_fails_without_output() {
         assert!(written.is_empty(), "{args:?} wrote {written:?}");
         println!("{needle}: {}", err.lines().next().unwrap_or(""));
     }
+}
+
+/// `dia-tts` prepares its pipelines after loading and says so; `DIA_PIPELINE_CACHE=<dir>` receives the driver's
+/// pipeline cache (where the adapter has one) and a second run finds it; `DIA_PIPELINE_CACHE=off` uses none.
+#[test]
+fn cli_pipeline_cache_follows_dia_pipeline_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("pipelines");
+    let (dia, dac) = (fixtures_dir().join("dia"), fixtures_dir().join("dac"));
+    let out = dir.path().join("x.wav");
+    let args = ["--text", "[S1] Hello there.", "--model", s(&dia), "--codec", s(&dac), "--out", s(&out), "--max-new-tokens", "10"];
+    let run = |setting: &Path| {
+        let o = dia_tts(&args, &[("DIA_PIPELINE_CACHE", setting)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let first = run(&cache);
+    println!("{first}");
+    assert!(first.contains(" pipelines in "), "summary line: {first}");
+    let files = || std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    if first.contains("cache miss: no file yet") {
+        assert_eq!(files(), 1);
+        let second = run(&cache);
+        assert!(second.contains("(cache hit"), "summary line: {second}");
+    } else {
+        assert!(first.contains("(no pipeline cache on this adapter)"), "summary line: {first}");
+        assert_eq!(files(), 0);
+    }
+    let off = run(Path::new("off"));
+    assert!(off.contains("(no cache)"), "summary line: {off}");
 }

@@ -18,7 +18,11 @@ use crate::dia::{DiaError, DiaModel, GenerateOptions, Generation, Reserve, Sessi
 use crate::gpu::Gpu;
 
 mod batch;
+mod prepare;
 pub use batch::{list_text, BatchProgress, BatchSpeech, SpokenText};
+pub use prepare::{CacheUse, Prepared};
+#[cfg(not(target_arch = "wasm32"))]
+pub use prepare::{cache_file_name, read_cache_file, write_cache_file, PipelineCacheDir};
 
 /// Sample rate of everything this pipeline produces and of the codec.
 pub const SAMPLE_RATE: u32 = 44_100;

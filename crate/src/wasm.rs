@@ -254,7 +254,7 @@ impl DiaEngine {
         }
         let builder = self.dia_builder.take().expect("checked above");
         self.dia = Some(Rc::new(builder.finish().map_err(js_err)?));
-        self.check_gpu_error()
+        self.prepare_when_loaded()
     }
 
     /// Starts loading the DAC codec from its `config.json`; `withEncoder` is needed for voice prompts
@@ -287,6 +287,15 @@ impl DiaEngine {
     pub fn finish_codec(&mut self) -> Result<(), JsValue> {
         let builder = self.dac_builder.take().ok_or_else(|| JsError::new("no codec is being loaded: call beginCodec first"))?;
         self.dac = Some(Rc::new(builder.finish().map_err(js_err)?));
+        self.prepare_when_loaded()
+    }
+
+    /// Once both models are loaded (whichever finished last), creates every pipeline a generation uses
+    /// (`Tts::prepare`), so the first `generate` compiles none; then reports any GPU error of the load.
+    fn prepare_when_loaded(&self) -> Result<(), JsValue> {
+        if let (Some(dia), Some(dac)) = (&self.dia, &self.dac) {
+            Tts { gpu: &self.gpu, dia, dac }.prepare().map_err(js_err)?;
+        }
         self.check_gpu_error()
     }
 

@@ -7,7 +7,9 @@
 //! Per numerics mode: encoder time for 100 and 1000 bytes of text, decoder steps/s (greedy and sampled),
 //! weight bytes streamed per second against two ceilings measured in the same run (a plain buffer copy and
 //! the small-M `linear` kernel alone over the same matrices), DAC decode time per 10 s of audio and peak
-//! GPU memory, and time to first audio through `pipeline::Tts::speak`. `--profile` also times parts of the
+//! GPU memory, and time to first audio through `pipeline::Tts::speak`: warm, and for the first generation after
+//! loading (after `Tts::prepare`, whose compile time and pipeline-cache use it prints; `--no-prepare` to compare).
+//! `--profile` also times parts of the
 //! step graph on their own.
 
 #[cfg(target_arch = "wasm32")]
@@ -42,7 +44,7 @@ mod native {
     use dia_webgpu::kernels::sampling::SamplingParams;
     use dia_webgpu::kernels::kv_cache::KvFormat;
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
-    use dia_webgpu::pipeline::{PipelineError, Tts};
+    use dia_webgpu::pipeline::{CacheUse, PipelineCacheDir, PipelineError, Tts};
     use dia_webgpu::weights::TensorValues;
 
     type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -83,6 +85,10 @@ mod native {
         /// Plain kernels only, even where the adapter has tensor cores (A/B measurements)
         #[arg(long)]
         no_tensor_cores: bool,
+        /// Skip `Tts::prepare` after loading (pipelines then compile on first use): the first generation's time
+        /// to first audio without it, for comparison.
+        #[arg(long)]
+        no_prepare: bool,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -181,6 +187,12 @@ mod native {
         whole: WholeRun,
         /// `--script-bytes`: one `Tts::speak_script` of that many bytes.
         script: Option<ScriptRun>,
+        /// `Tts::prepare` right after loading (None with `--no-prepare`): pipelines listed, compiled, seconds and
+        /// the pipeline cache's part (`DIA_PIPELINE_CACHE=off` for none).
+        prepare: Option<PrepareFigures>,
+        /// The first `Tts::speak` after loading (and preparing), 100 bytes: time to first audio, as a fresh
+        /// process's first generation sees it (None: no audio came).
+        first_ttfa_ms: Option<f64>,
         memory: Option<MemoryRun>,
         profile: Option<Profile>,
     }
@@ -207,6 +219,15 @@ mod native {
         first_audio_ms: f64,
         /// Peak GPU memory over the script (model and codec included).
         peak_bytes: u64,
+    }
+
+    #[derive(Serialize)]
+    struct PrepareFigures {
+        pipelines: usize,
+        compiled: usize,
+        seconds: f64,
+        /// "hit", "miss: <why>", "off" or "unsupported".
+        cache: String,
     }
 
     /// GPU memory after each of `generations` speak calls in one session (model and codec loaded once).
@@ -366,6 +387,34 @@ mod native {
         let name = label(&model);
         let log = |what: &str| eprintln!("{name}: {what}");
         log(&format!("model built from random weights in {model_build_s:.1} s"));
+        // First use, as a fresh `dia-tts` sees it: the codec, `prepare` (compiles, or finds the pipeline cache of an
+        // earlier run), then the first generation. Before anything else in this mode compiles a pipeline (a
+        // fresh process per mode measures it cold: `--numerics` one mode).
+        let dac = random_dac(gpu, dac_cfg, numerics)?;
+        let tts = Tts { gpu, dia: &model, dac: &dac };
+        let prepare = if args.no_prepare {
+            None
+        } else {
+            let (p, note) = tts.prepare_cached(PipelineCacheDir::from_env().as_ref())?;
+            if let Some(note) = note {
+                log(&note);
+            }
+            log(&format!("pipelines: {p}"));
+            let cache = match &p.cache {
+                CacheUse::Hit { .. } => "hit".to_string(),
+                CacheUse::Miss { why } => format!("miss: {why}"),
+                CacheUse::Off => "off".into(),
+                CacheUse::Unsupported => "unsupported".into(),
+            };
+            Some(PrepareFigures { pipelines: p.pipelines, compiled: p.compiled, seconds: p.seconds, cache })
+        };
+        let compiles = gpu.pipeline_compiles();
+        let first_ttfa_ms = ttfa_once(gpu, &tts)?;
+        log(&format!(
+            "first generation after load: time to first audio {} ({} pipelines compiled during it)",
+            first_ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1} ms")),
+            gpu.pipeline_compiles() - compiles
+        ));
 
         // The GPU idled while the CPU made the random weights: bring its clocks up before the first timing (on the
         // H100 the encoder's short runs otherwise measured the ramp: 62 ms for 100 bytes, 47 ms for 1000).
@@ -400,7 +449,6 @@ mod native {
         let linear_only_gbps = weight_bytes_per_step as f64 / linear_s / 1e9;
         log(&format!("linear only {:.1} passes/s, {linear_only_gbps:.1} GB/s", 1.0 / linear_s));
 
-        let dac = random_dac(gpu, dac_cfg, numerics)?;
         let dac_ms = time_dac(gpu, &dac, FRAMES_PER_10S.round() as usize, args.runs)?;
         let peak = gpu.peak_allocated_bytes();
         log(&format!("DAC {dac_ms:.2} ms per {} frames; peak allocated {:.1} MB", FRAMES_PER_10S.round(), peak as f64 / 1e6));
@@ -467,6 +515,8 @@ mod native {
             ttfa_ms,
             whole,
             script,
+            prepare,
+            first_ttfa_ms,
             memory,
             profile,
         })
@@ -1022,33 +1072,39 @@ mod native {
     }
 
     fn time_ttfa(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, runs: usize) -> Result<Option<f64>> {
+        let tts = Tts { gpu, dia, dac };
+        let mut times = Vec::new();
+        for i in 0..=runs {
+            if let (true, Some(t)) = (i > 0, ttfa_once(gpu, &tts)?) {
+                times.push(t);
+            }
+        }
+        Ok((!times.is_empty()).then(|| median(times)))
+    }
+
+    /// One `Tts::speak` of 100 bytes with the default options, cancelled at its first audio: milliseconds from the
+    /// call to the first PCM chunk (None: no audio came).
+    fn ttfa_once(gpu: &Gpu, tts: &Tts) -> Result<Option<f64>> {
         let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. "
             .chars()
             .cycle()
             .take(100)
             .collect();
-        let tts = Tts { gpu, dia, dac };
         let opts = GenerateOptions::default();
-        let mut times = Vec::new();
-        for i in 0..=runs {
-            let first = Cell::new(None);
-            let t0 = Instant::now();
-            let mut on_pcm = |chunk: &[f32]| {
-                if first.get().is_none() && !chunk.is_empty() {
-                    first.set(Some(ms(t0.elapsed())));
-                }
-            };
-            let cancelled = || first.get().is_some();
-            match pollster::block_on(tts.speak(&text, None, &opts, &mut on_pcm, &cancelled)) {
-                Ok(_) | Err(PipelineError::Dia(DiaError::Cancelled)) => {}
-                Err(e) => return Err(e.into()),
+        let first = Cell::new(None);
+        let t0 = Instant::now();
+        let mut on_pcm = |chunk: &[f32]| {
+            if first.get().is_none() && !chunk.is_empty() {
+                first.set(Some(ms(t0.elapsed())));
             }
-            gpu.wait_idle()?;
-            if let (true, Some(t)) = (i > 0, first.get()) {
-                times.push(t);
-            }
+        };
+        let cancelled = || first.get().is_some();
+        match pollster::block_on(tts.speak(&text, None, &opts, &mut on_pcm, &cancelled)) {
+            Ok(_) | Err(PipelineError::Dia(DiaError::Cancelled)) => {}
+            Err(e) => return Err(e.into()),
         }
-        Ok((!times.is_empty()).then(|| median(times)))
+        gpu.wait_idle()?;
+        Ok(first.get())
     }
 
     /// Parts of the step graph alone, built from the same kernels as `DecoderGraph` with its shapes.
@@ -1353,6 +1409,10 @@ mod native {
             row("script: first audio, ms", &|m| script(m, |s| format!("{:.1}", s.first_audio_ms)));
             row("script: peak GPU memory, GB", &|m| script(m, |s| format!("{:.2}", s.peak_bytes as f64 / 1e9)));
         }
+        row("pipelines: compiled / listed in s (cache)", &|m| {
+            m.prepare.as_ref().map_or("not prepared".into(), |p| format!("{} / {} in {:.2} ({})", p.compiled, p.pipelines, p.seconds, p.cache))
+        });
+        row("first generation after load: TTFA, ms", &|m| m.first_ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1}")));
         if r.modes.iter().any(|m| m.memory.is_some()) {
             let mem = |m: &ModeFigures, f: &dyn Fn(&MemoryRun) -> String| m.memory.as_ref().map_or("-".into(), f);
             let mb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1}", b as f64 / 1e6));

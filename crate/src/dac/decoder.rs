@@ -108,6 +108,17 @@ impl DacDecoder {
         Ok(())
     }
 
+    /// Builds the launch sequences of windows of every length up to `max_frames` now rather than on first use (with
+    /// `Gpu::begin_discovery`: lists the pipelines a stream of windows of any length needs).
+    pub fn plan_every_window(&mut self, gpu: &Gpu) {
+        for frames in 1..=self.max_frames as u32 {
+            if !self.plans.contains_key(&frames) {
+                let plan = self.plan(gpu, frames);
+                self.plans.insert(frames, plan);
+            }
+        }
+    }
+
     fn plan(&self, gpu: &Gpu, frames: u32) -> Vec<Dispatch> {
         if let Some(halves) = &self.act_half {
             if frames as usize >= CHANNELS_LAST_MIN_FRAMES {

@@ -1,7 +1,7 @@
 //! Encoding PCM to codes (voice prompts): strided convolutions, then the RVQ's codebook-by-codebook nearest code.
 
 
-use crate::gpu::Gpu;
+use crate::gpu::{Dispatch, Gpu, GpuBuffer};
 use crate::kernels::dac_conv::{conv1d, conv1d_len, ConvFusion, ConvTile};
 use crate::kernels::dac_rvq::rvq_encode;
 
@@ -27,11 +27,21 @@ impl DacModel {
     /// Encodes mono 44.1 kHz samples to codes `[n_codebooks, T]` (codebook-major), T = `frames_for_samples`.
     /// No padding is added: a caller wanting every sample covered pads to a multiple of the hop first.
     pub async fn encode(&self, gpu: &Gpu, pcm: &[f32]) -> Result<Vec<u32>, DacError> {
+        let Some((ds, codes, words)) = self.encode_graph(gpu, pcm)? else { return Ok(Vec::new()) };
+        gpu.run(&ds.iter().collect::<Vec<_>>());
+        let mut out = gpu.read_u32(&codes).await?;
+        out.truncate(words);
+        Ok(out)
+    }
+
+    /// The encode's dispatches (not submitted), the buffer they write the codes to and how many words of it are
+    /// codes; None when the samples make no frame.
+    pub(crate) fn encode_graph(&self, gpu: &Gpu, pcm: &[f32]) -> Result<Option<(Vec<Dispatch>, GpuBuffer, usize)>, DacError> {
         let e = self.w.encoder.as_ref().ok_or(DacError::NoEncoder)?;
         let lens = encode_lengths(&self.w, e, pcm.len() as u32);
         let frames = *lens.last().unwrap();
         if frames == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let w = &*self.w;
         // f32 arithmetic here even where decoding uses f16: the codes are argmins, sensitive to near-ties.
@@ -68,10 +78,7 @@ impl DacModel {
         let fusion = ConvFusion { snake_alpha: Some(&w.alphas[e.snake]), ..Default::default() };
         ds.extend(conv1d(gpu, cur, len, c2, 1, 1, same_pad(c2, 1), &z, fusion, tile).dispatches);
         ds.extend(rvq_encode(gpu, &z, &w.rvq, &codes, frames));
-        gpu.run(&ds.iter().collect::<Vec<_>>());
-        let mut out = gpu.read_u32(&codes).await?;
-        out.truncate(self.config.n_codebooks * frames as usize);
-        Ok(out)
+        Ok(Some((ds, codes, self.config.n_codebooks * frames as usize)))
     }
 
     #[cfg(not(target_arch = "wasm32"))]
