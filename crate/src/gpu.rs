@@ -200,25 +200,89 @@ pub struct Gpu {
 
 /// Bytes held by the live buffers of `buffer`/`upload`/`uniform`. Each buffer is registered with a weak
 /// handle and its bytes are given back once its last handle is gone (noticed at the next allocation or
-/// query, so the peak taken at each allocation is exact).
+/// query, so the peak taken at each allocation is exact). Bytes are also kept per allocation group (the buffer's
+/// label with its numeric path parts folded, `fold_label`), and the groups' bytes at the peak are kept with it.
 #[derive(Default)]
 struct Allocations {
-    live: Vec<(Weak<wgpu::Buffer>, u64)>,
+    /// (buffer, bytes, group index).
+    live: Vec<(Weak<wgpu::Buffer>, u64, usize)>,
     bytes: u64,
     peak: u64,
+    /// Group names and their index in `group_bytes` / `peak_groups`.
+    groups: Vec<String>,
+    group_index: HashMap<String, usize>,
+    /// Bytes and live buffers per group now.
+    group_bytes: Vec<(u64, u64)>,
+    /// `group_bytes` when `peak` was reached.
+    peak_groups: Vec<(u64, u64)>,
 }
 
 impl Allocations {
     fn sweep(&mut self) {
-        let bytes = &mut self.bytes;
-        self.live.retain(|(buf, size)| {
+        let (bytes, groups) = (&mut self.bytes, &mut self.group_bytes);
+        self.live.retain(|&(ref buf, size, group)| {
             let alive = buf.strong_count() > 0;
             if !alive {
                 *bytes -= size;
+                groups[group].0 -= size;
+                groups[group].1 -= 1;
             }
             alive
         });
     }
+
+    fn add(&mut self, buf: Weak<wgpu::Buffer>, size: u64, label: &str) {
+        let name = fold_label(label);
+        let group = match self.group_index.get(&name) {
+            Some(&g) => g,
+            None => {
+                self.groups.push(name.clone());
+                self.group_bytes.push((0, 0));
+                self.group_index.insert(name, self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        self.live.push((buf, size, group));
+        self.bytes += size;
+        self.group_bytes[group].0 += size;
+        self.group_bytes[group].1 += 1;
+        if self.bytes > self.peak {
+            self.peak = self.bytes;
+            self.peak_groups.clone_from(&self.group_bytes);
+        }
+    }
+
+    fn mark_peak(&mut self) {
+        self.peak = self.bytes;
+        self.peak_groups.clone_from(&self.group_bytes);
+    }
+
+    /// Non-empty groups of `by_group` (indexed like `groups`), largest first.
+    fn breakdown(&self, by_group: &[(u64, u64)]) -> Vec<AllocationGroup> {
+        let mut out: Vec<AllocationGroup> = by_group
+            .iter()
+            .enumerate()
+            .filter(|(_, &(bytes, _))| bytes > 0)
+            .map(|(g, &(bytes, buffers))| AllocationGroup { label: self.groups[g].clone(), bytes, buffers })
+            .collect();
+        out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.label.cmp(&b.label)));
+        out
+    }
+}
+
+/// Buffers of one allocation group (`Gpu::peak_breakdown`): every buffer whose label folds to `label`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AllocationGroup {
+    pub label: String,
+    pub bytes: u64,
+    pub buffers: u64,
+}
+
+/// A buffer label with every purely numeric dot-separated part replaced by `*` ("kv_k.12" → "kv_k.*",
+/// "model.decoder.layers.3.mlp.down_proj.weight" → "model.decoder.layers.*.mlp.down_proj.weight"), so that
+/// per-layer buffers count as one group while "conv1" and "conv2" stay apart.
+pub fn fold_label(label: &str) -> String {
+    label.split('.').map(|part| if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) { "*" } else { part }).collect::<Vec<_>>().join(".")
 }
 
 impl Gpu {
@@ -489,17 +553,29 @@ impl Gpu {
     pub fn reset_peak_allocated(&self) {
         let mut a = self.allocations.lock().unwrap();
         a.sweep();
-        a.peak = a.bytes;
+        a.mark_peak();
     }
 
-    fn track(&self, buf: wgpu::Buffer) -> Arc<wgpu::Buffer> {
+    /// What `allocated_bytes` was made of when it reached `peak_allocated_bytes`: bytes and buffers per allocation
+    /// group (labels folded by `fold_label`), largest first. Their bytes sum to the peak.
+    pub fn peak_breakdown(&self) -> Vec<AllocationGroup> {
+        let a = self.allocations.lock().unwrap();
+        a.breakdown(&a.peak_groups)
+    }
+
+    /// What `allocated_bytes` is made of now, as `peak_breakdown`.
+    pub fn allocated_breakdown(&self) -> Vec<AllocationGroup> {
+        let mut a = self.allocations.lock().unwrap();
+        a.sweep();
+        a.breakdown(&a.group_bytes)
+    }
+
+    fn track(&self, label: &str, buf: wgpu::Buffer) -> Arc<wgpu::Buffer> {
         let size = buf.size();
         let buf = Arc::new(buf);
         let mut a = self.allocations.lock().unwrap();
         a.sweep();
-        a.live.push((Arc::downgrade(&buf), size));
-        a.bytes += size;
-        a.peak = a.peak.max(a.bytes);
+        a.add(Arc::downgrade(&buf), size, label);
         buf
     }
 
@@ -784,7 +860,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        GpuBuffer { buf: self.track(buf), offset: 0, size: bytes.max(4) }
+        GpuBuffer { buf: self.track(label, buf), offset: 0, size: bytes.max(4) }
     }
 
     /// A scratch buffer of at least `bytes` for `key`, shared with every earlier caller of the same key whose
@@ -848,7 +924,7 @@ impl Gpu {
             return self.buffer(label, 4);
         }
         let buf = self.init_buffer(label, bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
-        GpuBuffer { buf: self.track(buf), offset: 0, size }
+        GpuBuffer { buf: self.track(label, buf), offset: 0, size }
     }
 
     /// A buffer of `bytes` rounded up to 16 (zero padding) holding `bytes`, written while mapped at creation.
@@ -881,7 +957,7 @@ impl Gpu {
 
     /// A uniform buffer holding `params` (a `#[repr(C)]` Pod struct, 16-byte multiple).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> Arc<wgpu::Buffer> {
-        self.track(self.init_buffer(label, bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST))
+        self.track(label, self.init_buffer(label, bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST))
     }
 
     /// Builds a dispatch: binding 0 = a uniform with `params`, bindings 1.. = `buffers` in order.
@@ -896,7 +972,7 @@ impl Gpu {
         if let Some(d) = self.discovery.lock().unwrap().as_ref() {
             // Discovery: the pipeline may not be compiled yet and the buffers are stand-ins; the dispatch only has to
             // exist (it records nothing).
-            return Dispatch { pipeline: d.placeholder.clone(), bind_group: d.empty_group.clone(), workgroups: [0, 0, 0], uniform: d.uniform.clone() };
+            return Dispatch { pipeline: d.placeholder.clone(), bind_group: d.empty_group.clone(), workgroups: [0, 0, 0], uniform: d.uniform.clone(), _bound: Vec::new() };
         }
         let uniform = self.uniform("params", params);
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
@@ -908,7 +984,7 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch { pipeline: pipeline.clone(), bind_group, workgroups, uniform }
+        Dispatch { pipeline: pipeline.clone(), bind_group, workgroups, uniform, _bound: buffers.iter().map(|b| b.buf.clone()).collect() }
     }
 
     /// Records `dispatches` into one compute pass of a fresh encoder and submits it.
@@ -1077,6 +1153,11 @@ pub struct Dispatch {
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
     uniform: Arc<wgpu::Buffer>,
+    /// The buffers the bind group binds. wgpu keeps them alive through the bind group anyway; holding them here
+    /// too keeps the accounting true (`Gpu::allocated_bytes` counts a buffer while a dispatch binds it), keeps a
+    /// `shared_scratch` buffer shared while dispatches that bind it exist, and keeps `reusable_buffer` from handing
+    /// a buffer that live dispatches still write to another user.
+    _bound: Vec<Arc<wgpu::Buffer>>,
 }
 
 impl Dispatch {

@@ -37,7 +37,7 @@ mod native {
     use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText, StepPart};
     use dia_webgpu::dia::tokenizer::encode_text;
     use dia_webgpu::dia::{kv_format_for, DiaError, DiaModel, DiaModelBuilder, GenerateOptions, Session};
-    use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
+    use dia_webgpu::gpu::{AllocationGroup, Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::attention::{attention_prefill, AttentionArgs};
     use dia_webgpu::kernels::linear::{linear, linear_rows, linear_small_m_shaped, LinearEpilogue, SmallMShape};
     use dia_webgpu::kernels::norm::rmsnorm;
@@ -96,6 +96,15 @@ mod native {
         /// (codec included) per mode.
         #[arg(long)]
         peak_long: bool,
+        /// Only the `--peak-long` measurement (per mode: build, then the long generation), nothing timed: for
+        /// slow adapters. Prints what was allocated at the peak by group.
+        #[arg(long)]
+        peak_only: bool,
+        /// With `--peak-long` / `--peak-only`: end the long generation once the codec has streamed this many PCM
+        /// chunks (0: run to the end). Every buffer is sized for the full length up front (caches for 3072
+        /// positions, the codec's window), so on a slow adapter a few chunks show the same composition.
+        #[arg(long, default_value_t = 0)]
+        peak_pcm_chunks: usize,
         /// Measure quality instead of speed: each `--numerics` mode against f32 on the same inputs, teacher-forced
         /// over `--quality-steps` rows (logits relative error, top-1 agreement), and greedy codes (first
         /// divergence). With `--model DIR` a real checkpoint, else random weights of `--config`.
@@ -180,6 +189,8 @@ mod native {
         /// `--peak-long`: peak GPU memory (model, codec, session) over one `Tts::speak` of 1000 bytes of text
         /// allowed the decoder's full length, and the steps it made (random weights may end earlier).
         peak_long: Option<(u64, usize)>,
+        /// `--peak-long`: what was allocated at that peak, by allocation group (labels with layer numbers folded).
+        peak_long_groups: Option<Vec<AllocationGroup>>,
         /// `Tts::speak` on 100 bytes of text, from the call to the first PCM chunk (None: no audio came, the
         /// random model ended at once).
         ttfa_ms: Option<f64>,
@@ -312,6 +323,9 @@ mod native {
         let biggest = biggest_matrix_bytes(&cfg, &args.numerics);
         let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: biggest, want_tensor_cores: !args.no_tensor_cores, ..Default::default() })?;
         eprintln!("adapter: {}", gpu.describe());
+        if args.peak_only {
+            return peak_only(&gpu, &cfg, &dac_cfg, &args);
+        }
 
         let copy_bytes = args.copy_mib.unwrap_or(if full { 1024 } else { 64 }) << 20;
         let copy_bytes = copy_bytes.min(gpu.limits.max_buffer_size) / 16 * 16;
@@ -476,10 +490,15 @@ mod native {
             log(&format!("profile: encoder (1000 bytes) linear only {:.2} ms, attention only {:.2} ms", p.encoder_linear_only_ms, p.encoder_attention_only_ms));
         }
 
-        let peak_long = if args.peak_long { Some(peak_of_long_generation(gpu, &model, &dac)?) } else { None };
-        if let Some((bytes, steps)) = peak_long {
-            log(&format!("peak GPU memory, 1000 bytes to {steps} steps: {:.1} MB", bytes as f64 / 1e6));
+        let long = if args.peak_long { Some(peak_of_long_generation(gpu, &model, &dac, args.peak_pcm_chunks)?) } else { None };
+        if let Some(p) = &long {
+            log(&format!("peak GPU memory, 1000 bytes to {} steps: {:.1} MB", p.steps, p.bytes as f64 / 1e6));
+            print_groups(&name, &p.groups);
         }
+        let (peak_long, peak_long_groups) = match long {
+            Some(p) => (Some((p.bytes, p.steps)), Some(p.groups)),
+            None => (None, None),
+        };
         let memory = (args.generations > 0).then(|| memory_over_generations(gpu, &model, &dac, args.generations)).transpose()?;
         if let Some(m) = &memory {
             let mb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1} MB", b as f64 / 1e6));
@@ -512,6 +531,7 @@ mod native {
             dac_ms_per_10s: dac_ms * FRAMES_PER_10S / FRAMES_PER_10S.round(),
             peak_allocated_bytes: peak,
             peak_long,
+            peak_long_groups,
             ttfa_ms,
             whole,
             script,
@@ -696,9 +716,19 @@ mod native {
         }
     }
 
+    /// `--peak-long`: the peak, the steps made and what was allocated at the peak.
+    #[derive(Serialize)]
+    struct LongPeak {
+        bytes: u64,
+        /// Steps made (when ended early by `--peak-pcm-chunks`: the frames the streamed audio covers).
+        steps: usize,
+        groups: Vec<AllocationGroup>,
+    }
+
     /// Peak GPU memory (model and codec as loaded, plus everything one generation allocates) of a 1000-byte text
-    /// generated up to the decoder's length, and the steps made.
-    fn peak_of_long_generation(gpu: &Gpu, dia: &DiaModel, dac: &DacModel) -> Result<(u64, usize)> {
+    /// generated up to the decoder's length, the steps made, and what the peak was made of. `pcm_chunks` > 0 ends
+    /// the generation once the codec has streamed that many chunks (buffers are sized for the full length anyway).
+    fn peak_of_long_generation(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, pcm_chunks: usize) -> Result<LongPeak> {
         let tts = Tts { gpu, dia, dac };
         let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. "
             .chars()
@@ -709,10 +739,89 @@ mod native {
         // Buffers kept from earlier sessions (of other sizes, or another mode's caches) are not this generation's.
         gpu.release_reusable();
         gpu.reset_peak_allocated();
-        let speech = pollster::block_on(tts.speak(&text, None, &GenerateOptions::default(), &mut |_: &[f32]| {}, &|| false))?;
+        let (chunks, samples) = (Cell::new(0usize), Cell::new(0usize));
+        let mut on_pcm = |pcm: &[f32]| {
+            chunks.set(chunks.get() + 1);
+            samples.set(samples.get() + pcm.len());
+        };
+        let stop = || pcm_chunks > 0 && chunks.get() >= pcm_chunks;
+        let steps = match pollster::block_on(tts.speak(&text, None, &GenerateOptions::default(), &mut on_pcm, &stop)) {
+            Ok(speech) => speech.generation.rows - speech.generation.prefix_rows,
+            Err(PipelineError::Dia(DiaError::Cancelled)) if stop() => samples.get() / dac.config.hop_length.max(1),
+            Err(e) => return Err(e.into()),
+        };
         gpu.wait_idle()?;
-        let g = &speech.generation;
-        Ok((gpu.peak_allocated_bytes(), g.rows - g.prefix_rows))
+        Ok(LongPeak { bytes: gpu.peak_allocated_bytes(), steps, groups: gpu.peak_breakdown() })
+    }
+
+    /// What a group of buffers is, by its label: Dia weights, codec weights, caches or working memory.
+    fn group_kind(label: &str) -> &'static str {
+        if label.starts_with("model.") || label.starts_with("logits_dense") || label.starts_with("rope_") {
+            "Dia weights"
+        } else if label.starts_with("decoder.") || label.starts_with("encoder.") || label.starts_with("quantizer") || label.starts_with("rvq.") {
+            "codec weights"
+        } else if label.starts_with("kv_k") || label.starts_with("kv_v") || (label.starts_with("cross_kv.") && label != "cross_kv.staging") {
+            "KV caches"
+        } else if label.starts_with("enc_") || label == "cross_kv.staging" || label.starts_with("attention.prefill") {
+            "encoder working memory"
+        } else if label.starts_with("dac") {
+            "codec working memory"
+        } else {
+            "decoder working memory and other"
+        }
+    }
+
+    /// The allocation groups of a peak, on stderr: totals by kind, then the largest groups.
+    fn print_groups(name: &str, groups: &[AllocationGroup]) {
+        let mut kinds: Vec<(&str, u64)> = Vec::new();
+        for g in groups {
+            let kind = group_kind(&g.label);
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, b)) => *b += g.bytes,
+                None => kinds.push((kind, g.bytes)),
+            }
+        }
+        kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        let total: u64 = groups.iter().map(|g| g.bytes).sum();
+        eprintln!("{name}: at the peak, {:.1} MB in {} groups:", total as f64 / 1e6, groups.len());
+        for (kind, bytes) in &kinds {
+            eprintln!("{name}:   {kind:<34} {:>9.1} MB", *bytes as f64 / 1e6);
+        }
+        for g in groups.iter().take(40) {
+            eprintln!("{name}:     {:<56} {:>9.3} MB in {} buffers ({})", g.label, g.bytes as f64 / 1e6, g.buffers, group_kind(&g.label));
+        }
+        if groups.len() > 40 {
+            let rest: u64 = groups[40..].iter().map(|g| g.bytes).sum();
+            eprintln!("{name}:     {} smaller groups {:>9.3} MB", groups.len() - 40, rest as f64 / 1e6);
+        }
+    }
+
+    /// `--peak-only`: per mode, the model and codec built, then only the long generation's peak.
+    fn peak_only(gpu: &Gpu, cfg: &DiaConfig, dac_cfg: &DacConfig, args: &Args) -> Result<()> {
+        #[derive(Serialize)]
+        struct PeakOnly {
+            numerics: &'static str,
+            kv_cache: &'static str,
+            #[serde(flatten)]
+            peak: LongPeak,
+        }
+        let mut out = Vec::new();
+        for (numerics, kv) in combinations(args, &args.numerics) {
+            gpu.release_reusable();
+            let mut model = random_dia(gpu, cfg, numerics)?;
+            model.kv_format = kv.unwrap_or(model.kv_format);
+            let dac = random_dac(gpu, dac_cfg, numerics)?;
+            gpu.wait_idle()?;
+            let name = label(&model);
+            let peak = peak_of_long_generation(gpu, &model, &dac, args.peak_pcm_chunks)?;
+            eprintln!("{name}: peak GPU memory, 1000 bytes to {} steps: {:.1} MB", peak.steps, peak.bytes as f64 / 1e6);
+            print_groups(&name, &peak.groups);
+            out.push(PeakOnly { numerics: numerics.name(), kv_cache: model.kv_format.name(), peak });
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Ok(())
     }
 
     /// Runs `n` short generations (100 bytes of text, 64 new rows, streamed through the codec) one after
