@@ -8,7 +8,7 @@ use std::time::Instant;
 use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, attention_prefill_limited, AttentionArgs};
-use dia_webgpu::kernels::kv_cache::{pack_f16, rope_kv_write, KvFormat};
+use dia_webgpu::kernels::kv_cache::{pack_f16, pack_kv, rope_kv_write, KvFormat};
 use dia_webgpu::kernels::rope::rope_tables;
 
 /// Where q, k and v live (the three layouts the model uses).
@@ -23,6 +23,7 @@ enum Layout {
 }
 
 /// One attention problem on the host, laid out exactly as the GPU buffers will be.
+#[derive(Clone)]
 struct Problem {
     q: Vec<f32>,
     q_stride: usize,
@@ -99,6 +100,50 @@ fn f16_unpacked(words: &[u32]) -> Vec<f32> {
     words.iter().flat_map(|&w| [half::f16::from_bits(w as u16).to_f32(), half::f16::from_bits((w >> 16) as u16).to_f32()]).collect()
 }
 
+/// `KvFormat::Q8` blocks of `v` (whole blocks of `hd`), by the format's rule: per block, scale = max |v| / 127 (f32),
+/// q = round(v / scale) clamped to ±127 in bytes of words, then the scale's bits.
+fn q8_blocks(v: &[f32], hd: usize) -> Vec<u32> {
+    assert!(v.len().is_multiple_of(hd));
+    v.chunks(hd)
+        .flat_map(|block| {
+            let scale = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+            let q = |x: f32| if scale > 0.0 { (x / scale).round().clamp(-127.0, 127.0) as i32 } else { 0 };
+            let words: Vec<u32> = block.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |w, (k, &x)| w | ((q(x) as u32) & 0xff) << (8 * k))).collect();
+            words.into_iter().chain([scale.to_bits()])
+        })
+        .collect()
+}
+
+/// The values `KvFormat::Q8` blocks stand for.
+fn q8_unpacked(words: &[u32], hd: usize) -> Vec<f32> {
+    words
+        .chunks(hd / 4 + 1)
+        .flat_map(|b| {
+            let scale = f32::from_bits(b[hd / 4]);
+            b[..hd / 4].iter().flat_map(move |&w| (0..4).map(move |k| ((w >> (8 * k)) as u8 as i8) as f32 * scale))
+        })
+        .collect()
+}
+
+fn q8_rounded(v: &[f32], hd: usize) -> Vec<f32> {
+    q8_unpacked(&q8_blocks(v, hd), hd)
+}
+
+/// GPU q8 blocks against the f32 values they quantize: each scale max |v| / 127 (within f32 rounding), each value
+/// within half a step of the scale (the GPU's division may round a tie the other way).
+fn assert_q8_close(got: &[u32], want: &[f32], hd: usize, what: &str) {
+    assert_eq!(got.len(), want.len() / hd * (hd / 4 + 1), "{what}: words");
+    let values = q8_unpacked(got, hd);
+    for (b, block) in want.chunks(hd).enumerate() {
+        let scale = f32::from_bits(got[b * (hd / 4 + 1) + hd / 4]);
+        let want_scale = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+        assert!((scale - want_scale).abs() <= want_scale * 1e-6, "{what}: block {b} scale {scale}, want {want_scale}");
+        for (j, (&g, &w)) in values[b * hd..][..hd].iter().zip(block).enumerate() {
+            assert!((g - w).abs() <= 0.5 * scale * (1.0 + 1e-4), "{what}: block {b} value {j} is {g}, want {w} within half a step of {scale}");
+        }
+    }
+}
+
 /// Each value within one f16 rounding step of `want`'s (the WGSL spec lets `pack2x16float` round either way).
 fn assert_f16_close(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
@@ -109,6 +154,13 @@ fn assert_f16_close(got: &[f32], want: &[f32], what: &str) {
 }
 
 impl Problem {
+    /// The problem with its keys and values as q8 blocks hold them (separate K/V buffers, head-aligned).
+    fn with_q8_kv(mut self) -> Problem {
+        self.k = q8_rounded(&self.k, self.head_dim);
+        self.v = self.v.as_deref().map(|v| q8_rounded(v, self.head_dim));
+        self
+    }
+
     /// The problem with its keys and values rounded to f16, as an f16 cache holds them (separate K/V buffers
     /// only: in the fused layout the queries share the buffer).
     fn with_f16_kv(mut self) -> Problem {
@@ -136,10 +188,11 @@ impl GpuProblem {
 
     /// K and V held in `format` (F16: the problem's values must already be f16-rounded, `with_f16_kv`).
     fn with_format(gpu: &Gpu, p: &Problem, fused: bool, format: KvFormat) -> GpuProblem {
-        assert!(!(fused && format == KvFormat::F16), "the fused layout holds f32 queries");
+        assert!(!(fused && format != KvFormat::F32), "the fused layout holds f32 queries");
         let kv = |label: &str, v: &[f32]| match format {
             KvFormat::F32 => gpu.upload(label, v),
             KvFormat::F16 => gpu.upload(label, &f16_words(v)),
+            KvFormat::Q8 => gpu.upload(label, &q8_blocks(v, p.head_dim)),
         };
         let k = kv("k", &p.k);
         GpuProblem {
@@ -330,7 +383,9 @@ fn sweep(hd: usize, seed: u64) {
             run_both(&gpu, &p, fused, &what);
             if !fused {
                 // The same problem over f16 caches: exact against the f16-rounded keys and values.
-                run_both_in(&gpu, &p.with_f16_kv(), false, KvFormat::F16, &format!("{what} f16 K/V"));
+                run_both_in(&gpu, &p.clone().with_f16_kv(), false, KvFormat::F16, &format!("{what} f16 K/V"));
+                // And over q8 blocks: exact against the keys and values the blocks stand for.
+                run_both_in(&gpu, &p.with_q8_kv(), false, KvFormat::Q8, &format!("{what} q8 K/V"));
             }
             case += 1;
         }
@@ -343,7 +398,8 @@ fn sweep(hd: usize, seed: u64) {
             let p = make_problem(&mut rng, Layout::PackedKv, &kv_lens, &queries, heads, kv_heads, hd, causal, 20.0);
             let what = format!("hd {hd} heads {heads}/{kv_heads} causal {causal} single-chunk decode");
             run_both(&gpu, &p, false, &what);
-            run_both_in(&gpu, &p.with_f16_kv(), false, KvFormat::F16, &format!("{what} f16 K/V"));
+            run_both_in(&gpu, &p.clone().with_f16_kv(), false, KvFormat::F16, &format!("{what} f16 K/V"));
+            run_both_in(&gpu, &p.with_q8_kv(), false, KvFormat::Q8, &format!("{what} q8 K/V"));
         }
     }
 }
@@ -489,6 +545,10 @@ fn rope_kv_write_rotates_and_writes_new_rows() {
                     *v = f16_rounded(v);
                     gpu.upload(label, &f16_words(v))
                 }
+                KvFormat::Q8 => {
+                    *v = q8_rounded(v, head_dim);
+                    gpu.upload(label, &q8_blocks(v, head_dim))
+                }
             };
             let (k_cache, v_cache) = (upload("k_cache", &mut k_want), upload("v_cache", &mut v_want));
             let (k_before, v_before) = (k_want.clone(), v_want.clone());
@@ -546,8 +606,61 @@ fn rope_kv_write_rotates_and_writes_new_rows() {
                         }
                     }
                 }
+                KvFormat::Q8 => {
+                    let words = head_dim / 4 + 1;
+                    for (cache, want, before, name) in [(&k_cache, &k_want, &k_before, "k"), (&v_cache, &v_want, &v_before, "v")] {
+                        let got = gpu.read_u32_blocking(cache).unwrap();
+                        let got_values = q8_unpacked(&got, head_dim);
+                        let mut written = 0;
+                        for b in 0..cache_len / head_dim {
+                            let r = b * head_dim..(b + 1) * head_dim;
+                            if want[r.clone()] == before[r.clone()] {
+                                // A block the write does not touch stays exactly as it was.
+                                assert_eq!(&got_values[r.clone()], &before[r], "{what}: {name} cache block {b} changed");
+                            } else {
+                                assert_q8_close(&got[b * words..][..words], &want[r], head_dim, &format!("{what}: {name} cache block {b}"));
+                                written += 1;
+                            }
+                        }
+                        // Rows (0, 0), (2, 10), (1, 4) and the one at max_pos or 7: four positions of kv_heads blocks.
+                        assert_eq!(written, 4 * kv_heads, "{what}: {name} blocks written");
+                    }
+                }
             }
         }
+    }
+}
+
+/// `pack_kv` into q8 blocks: each head-sized block quantized by the format's rule (scale max |v| / 127, values
+/// within half a step), blocks of zeros (scale 0) and of one large value, the words past the blocks untouched;
+/// the attention kernels then read the blocks back as `q8_unpacked` does (the sweep above).
+#[test]
+fn pack_kv_q8_quantizes_blocks() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(37);
+    for (hd, blocks) in [(4usize, 1usize), (16, 7), (24, 5), (128, 9), (256, 3)] {
+        let mut v = rng.vec(hd * blocks, 3.0);
+        v[..hd].fill(0.0);
+        if blocks > 2 {
+            v[2 * hd + hd / 2] = 1e4;
+        }
+        let src = gpu.upload("values", &v);
+        let words = blocks * (hd / 4 + 1);
+        assert_eq!(KvFormat::Q8.bytes((hd * blocks) as u64, hd as u32), words as u64 * 4);
+        let dst = gpu.upload("packed", &vec![0xdead_beefu32; words + 3]);
+        gpu.run(&[&pack_kv(&gpu, &src, &dst, (hd * blocks) as u32, hd as u32, KvFormat::Q8)]);
+        let got = gpu.read_u32_blocking(&dst).unwrap();
+        let what = format!("hd {hd}, {blocks} blocks");
+        assert_q8_close(&got[..words], &v, hd, &what);
+        assert!(got[..hd / 4 + 1].iter().all(|&w| w == 0), "{what}: a block of zeros is all zero words");
+        assert_eq!(&got[words..], &[0xdead_beefu32; 3], "{what}: words past the blocks");
+        // Negative control: the check catches a value off by two steps of its block.
+        let last = hd * blocks - 1;
+        let step = f32::from_bits(got[words - 1]);
+        let mut off = v.clone();
+        off[last] += 2.0 * step.max(1e-3);
+        let caught = std::panic::catch_unwind(|| assert_q8_close(&got[..words], &off, hd, "off by two steps")).is_err();
+        assert!(caught, "{what}: a value off by two steps passes the check");
     }
 }
 
@@ -578,7 +691,9 @@ fn pack_f16_packs_pairs() {
 fn attention_decode_appending_matches_rope_then_attention() {
     let gpu = test_gpu();
     let mut rng = Rng::new(31);
-    for format in KvFormat::ALL {
+    // q8 caches are written a block at a time by `rope_kv_write`, never by the appending combine (see
+    // `can_append_in_decode`).
+    for format in [KvFormat::F32, KvFormat::F16] {
         for (hd, heads, kv_heads, max_pos) in [(16usize, 4usize, 2usize, 3072usize), (128, 16, 4, 3072), (32, 4, 4, 150)] {
             let (n_seq, max_len) = (4usize, 300usize);
             let width = kv_heads * hd;
@@ -596,6 +711,7 @@ fn attention_decode_appending_matches_rope_then_attention() {
                     v_cache = f16_rounded(&v_cache);
                     (gpu.upload("k_cache", &f16_words(&k_cache)), gpu.upload("v_cache", &f16_words(&v_cache)))
                 }
+                KvFormat::Q8 => unreachable!("not an appending format"),
             };
             let rows = 4usize;
             let qkv_b = gpu.buffer("qkv", (rows * stride * 4) as u64);
@@ -691,6 +807,7 @@ fn attention_decode_appending_matches_rope_then_attention() {
                         // Later steps read the new keys as the cache holds them.
                         (k_cache, v_cache) = (k_got, v_got);
                     }
+                    KvFormat::Q8 => unreachable!(),
                 }
                 assert_eq!(gpu.read_f32_blocking(&qkv_b).unwrap(), x, "{what}: the QKV rows must stay unrotated");
             }

@@ -284,7 +284,8 @@ fn parity_logits_tf24_q4_bounded() {
 /// Rounding each cached key and value to f16 (relative 2⁻¹¹) perturbs the scores much as f16 weights perturb a
 /// projection, so f16w's bounds (5e-3, 97 %) apply; under f32 weights the caches are the only rounding, bounded at
 /// 2e-3. Measured on the fixture: f32 weights 5.0–5.4e-4; f16w 1.4–3.4e-3 (with f32 caches 1.4–3.1e-3); q8
-/// unchanged to three digits (3.2–5.8e-2 either way). The q8 and q4 tests above run with f16 caches (their default).
+/// unchanged to three digits (3.2–5.8e-2 either way). The q8 and q4 tests above run with their default caches (q8
+/// since `parity_logits_tf24_kv_q8_bounded`'s format; f16 before).
 #[test]
 fn parity_logits_tf24_kv_f16_bounded() {
     let (gpu, f) = (test_gpu(), fixture());
@@ -299,6 +300,36 @@ fn parity_logits_tf24_kv_f16_bounded() {
     let mut m = model(&gpu, Numerics::Q8);
     m.kv_format = KvFormat::F32;
     tf_figures_of(&gpu, &f, &m);
+}
+
+/// q8 KV caches (`KvFormat::Q8`, the default of q8 and q4: each head's values at a position as bytes with one f32
+/// scale) against the reference, under f32 and f16w weights, and q8 weights with q8 caches against q8 weights with
+/// f16 caches. A byte step of max |v| / 127 rounds a cached value by up to 0.4 % of its head's largest, ~16× f16's
+/// relative step. Measured on the fixture: f32 weights 0.86–1.94e-2 (f16 caches 5.0–5.4e-4), top-1 95.4–100 %;
+/// f16w 0.89–2.26e-2, top-1 97.2–100 %; q8 weights 3.05–6.08e-2 (f16 caches 3.17–5.82e-2, f32 caches 3.17–5.81e-2). Bounded at about
+/// twice the worst case (4e-2, top-1 90 %); the q8 weights' error grows by at most a quarter.
+#[test]
+fn parity_logits_tf24_kv_q8_bounded() {
+    let (gpu, f) = (test_gpu(), fixture());
+    for numerics in [Numerics::F32, Numerics::F16W] {
+        let (bound, agreement) = (4e-2, 0.90);
+        let mut m = model(&gpu, numerics);
+        m.kv_format = KvFormat::Q8;
+        let (err, agree) = tf_figures_of(&gpu, &f, &m);
+        assert!(err <= bound, "{} with q8 caches: rel err {err:.2e}", numerics.name());
+        assert!(agree >= agreement, "{} with q8 caches: top-1 agreement {agree}", numerics.name());
+        // Negative control: the caches' rounding shows (not silently f32 or f16 caches).
+        m.kv_format = KvFormat::F32;
+        let (err_f32, _) = tf_figures_of(&gpu, &f, &m);
+        assert!(err > err_f32, "{}: q8 caches err {err:.2e} no more than f32 caches' {err_f32:.2e}", numerics.name());
+    }
+    // q8 weights: the caches' share of the error is small beside the weights'.
+    let mut m = model(&gpu, Numerics::Q8);
+    assert_eq!(m.kv_format, KvFormat::Q8, "q8's default caches");
+    let (err_q8, _) = tf_figures_of(&gpu, &f, &m);
+    m.kv_format = KvFormat::F16;
+    let (err_f16, _) = tf_figures_of(&gpu, &f, &m);
+    assert!(err_q8 <= 1.25 * err_f16, "q8 weights: q8 caches {err_q8:.2e} against f16 caches {err_f16:.2e}");
 }
 
 /// Greedy generation in f16w, q8 and q4 against the reference codes: identical, or the first differing row

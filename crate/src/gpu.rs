@@ -904,6 +904,19 @@ impl Gpu {
         fresh
     }
 
+    /// Frees the idle buffers `reusable_buffer` keeps for `labels` (those in use stay, and stay pooled).
+    pub fn release_reusable_labels(&self, labels: &[&str]) {
+        let mut pool = self.reusable.lock().unwrap();
+        for label in labels {
+            if let Some(list) = pool.get_mut(*label) {
+                list.retain(|b| Arc::strong_count(b) > 1);
+                if list.is_empty() {
+                    pool.remove(*label);
+                }
+            }
+        }
+    }
+
     /// Frees the idle buffers `reusable_buffer` keeps.
     pub fn release_reusable(&self) {
         let mut pool = self.reusable.lock().unwrap();

@@ -146,9 +146,11 @@ impl<'g> DacModelBuilder<'g> {
     /// and dropped (a decode-only codec, 22 M parameters lighter for the real model).
     pub fn new(gpu: &'g Gpu, cfg: &DacConfig, numerics: Numerics, load_encoder: bool) -> Result<DacModelBuilder<'g>, DacError> {
         validate_config(cfg)?;
+        // Tap-major copies for tensor cores double the decoder's weights (~110 MB for the 44.1 kHz codec): made in f16w
+        // only, not in the memory modes q8 / q4, whose codec then decodes on the plain kernels.
+        let channels_last = gpu.tensor_cores() && numerics == Numerics::F16W;
         // The codec has no quantized path: a q8 / q4 model runs it in f16w.
         let numerics = numerics.codec();
-        let channels_last = gpu.tensor_cores() && numerics == Numerics::F16W;
         let mut st = Store {
             gpu,
             numerics,

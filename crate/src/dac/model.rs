@@ -54,7 +54,8 @@ pub(super) struct Weights {
     pub(super) convs: Vec<Conv1dWeights>,
     pub(super) convts: Vec<ConvTranspose1dWeights>,
     /// Tap-major copies for the channels-last decode on tensor cores (`dac_conv_cl`), per conv / conv-transpose;
-    /// made for the decoder's layers when the device has tensor cores and the weights are f16.
+    /// made for the decoder's layers when the device has tensor cores and the mode is f16w (not in the memory modes
+    /// q8 / q4, whose f16 codec weights would double).
     pub(super) convs_cl: Vec<Option<GpuMatrix>>,
     pub(super) convts_cl: Vec<Option<GpuMatrix>>,
     /// Snake α per channel, f32 `[C]`.
@@ -146,7 +147,7 @@ impl DacModel {
 
     /// Whether decoders made on `gpu` now would use tensor cores.
     pub fn uses_tensor_cores(&self, gpu: &Gpu) -> bool {
-        self.tensor_cores && gpu.tensor_cores() && self.numerics == Numerics::F16W
+        self.tensor_cores && gpu.tensor_cores() && self.numerics == Numerics::F16W && self.w.decoder_channels_last()
     }
 
     pub fn has_encoder(&self) -> bool {

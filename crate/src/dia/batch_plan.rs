@@ -57,12 +57,13 @@ pub fn session_size(cfg: &DiaConfig, shape: &BatchShape) -> SessionSize {
     let dec_width = (2 * d.hidden + (d.heads + 2 * d.kv_heads) * d.head_dim + d.heads * d.head_dim + 2 * d.cross_heads * d.cross_head_dim + d.intermediate) as u64;
     let enc_width = (3 * e.hidden + (e.heads + 2 * e.kv_heads) * e.head_dim + e.heads * e.head_dim + e.intermediate) as u64;
 
-    let kv_value = shape.kv_format.value_bytes();
-    let kv_layer = rows * positions * (d.kv_heads * d.head_dim) as u64 * kv_value;
-    let cross_layer = tokens * (2 * d.cross_kv_heads * d.cross_head_dim) as u64 * kv_value;
-    // f16 cross caches are projected through one f32 staging buffer of a layer's size.
-    let cross_staging = if shape.kv_format == KvFormat::F32 { 0 } else { tokens * (2 * d.cross_kv_heads * d.cross_head_dim) as u64 * F32 };
-    let encoder_mlp = tokens * e.intermediate as u64 * F32;
+    let kv_layer = shape.kv_format.bytes(rows * positions * (d.kv_heads * d.head_dim) as u64, d.head_dim as u32);
+    let cross_layer = shape.kv_format.bytes(tokens * (2 * d.cross_kv_heads * d.cross_head_dim) as u64, d.cross_head_dim as u32);
+    // f16 / q8 cross caches are projected through f32 staging of a layer's size: the encoder's MLP buffer, widened
+    // where a layer's K/V is wider than the MLP.
+    let staged = if shape.kv_format == KvFormat::F32 { 0 } else { 2 * d.cross_kv_heads * d.cross_head_dim };
+    let cross_staging = tokens * staged.saturating_sub(e.intermediate) as u64 * F32;
+    let encoder_mlp = tokens * e.intermediate.max(staged) as u64 * F32;
     let prefill_mlp = prefill * d.intermediate as u64 * F32;
     let logits = rows * (d.channels * d.vocab) as u64 * F32;
     let bytes = 2 * d.layers as u64 * kv_layer

@@ -6,7 +6,7 @@
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
 use crate::kernels::attention::{attention_decode, attention_decode_appending, attention_prefill, can_append_in_decode, AttentionArgs};
 use crate::kernels::embed::{embed_channels_sum, embed_tokens};
-use crate::kernels::kv_cache::{pack_f16, rope_kv_write, KvFormat};
+use crate::kernels::kv_cache::{pack_kv, rope_kv_write, KvFormat};
 use crate::kernels::linear::{linear_rows, norm_linear, LinearEpilogue, SMALL_M_MAX};
 use crate::kernels::norm::rmsnorm;
 use crate::kernels::rope::rope;
@@ -74,12 +74,27 @@ pub struct EncoderState {
     pub seqs: GpuBuffer,
 }
 
+/// The labels of the encoder's working buffers (`Gpu::reusable_buffer`): needed during its pass only (`enc_out` until
+/// the cross K/V are projected, which is within the pass too).
+pub const ENCODER_WORKSPACE: [&str; 6] = ["enc_x", "enc_h", "enc_qkv", "enc_attn", "enc_mlp", "enc_out"];
+
 impl DiaModel {
-    /// Runs the encoder over the packed text and projects the cross-attention K/V of every layer (once).
+    /// Runs the encoder over the packed text and projects the cross-attention K/V of every layer (once). Unless the
+    /// model keeps them (`keep_encoder_workspace`), the working buffers no one holds any more are freed after.
     pub fn encode(&self, gpu: &Gpu, text: PackedText) -> EncoderState {
         let (ds, state) = self.encoder_graph(gpu, text);
         gpu.run(&ds.iter().collect::<Vec<_>>());
+        drop(ds);
+        self.release_encoder_workspace(gpu);
         state
+    }
+
+    /// Frees the idle pooled encoder working buffers unless the model keeps them (`keep_encoder_workspace`). The
+    /// memory itself goes once the GPU has finished with it (wgpu holds it while queued work uses it).
+    pub fn release_encoder_workspace(&self, gpu: &Gpu) {
+        if !self.keep_encoder_workspace {
+            gpu.release_reusable_labels(&ENCODER_WORKSPACE);
+        }
     }
 
     /// The encoder's dispatches (not submitted) and the state they fill: `encode` without the submission, for
@@ -98,7 +113,11 @@ impl DiaModel {
         let h = gpu.reusable_buffer("enc_h", cap * e.hidden as u64 * F32);
         let qkv = gpu.reusable_buffer("enc_qkv", cap * qkv_w as u64 * F32);
         let attn = gpu.reusable_buffer("enc_attn", cap * (e.heads * e.head_dim) as u64 * F32);
-        let mlp = gpu.reusable_buffer("enc_mlp", cap * e.intermediate as u64 * F32);
+        // The MLP's activations, and after the last layer the f32 staging of the f16 / q8 cross K/V (never both at once).
+        let kv_w = (2 * d.cross_kv_heads * d.cross_head_dim) as u32;
+        let format = self.kv_format;
+        let staged_kv = if format == KvFormat::F32 { 0 } else { kv_w as usize };
+        let mlp = gpu.reusable_buffer("enc_mlp", cap * e.intermediate.max(staged_kv) as u64 * F32);
         let enc_out = gpu.reusable_buffer("enc_out", cap * e.hidden as u64 * F32);
         let (cos, sin) = (&self.enc_rope.0, &self.enc_rope.1);
         // The activations and the cross K/V come from `reusable_buffer` (no device allocation per request): each
@@ -141,11 +160,9 @@ impl DiaModel {
         }
         ds.push(rmsnorm(gpu, &x, &self.enc_norm, &enc_out, n, e.hidden as u32, e.norm_eps));
 
-        let kv_w = (2 * d.cross_kv_heads * d.cross_head_dim) as u32;
-        let format = self.kv_format;
-        let cross_kv: Vec<GpuBuffer> = (0..d.layers).map(|l| gpu.reusable_buffer(&format!("cross_kv.{l}"), cap * kv_w as u64 * format.value_bytes())).collect();
-        // f16 caches: each layer's K/V is projected in f32 into one staging buffer, then packed into its cache.
-        let staging = (format == KvFormat::F16).then(|| gpu.reusable_buffer("cross_kv.staging", cap * kv_w as u64 * F32));
+        let cross_kv: Vec<GpuBuffer> = (0..d.layers).map(|l| gpu.reusable_buffer(&format!("cross_kv.{l}"), format.bytes(cap * kv_w as u64, d.cross_head_dim as u32))).collect();
+        // f16 and q8 caches: each layer's K/V is projected in f32 into the MLP's buffer, then packed into its cache.
+        let staging = (format != KvFormat::F32).then(|| mlp.clone());
         for (l, kv) in self.dec_layers.iter().zip(&cross_kv) {
             let projected = staging.as_ref().unwrap_or(kv);
             ds.extend(linear_rows(gpu, &enc_out, &l.cross_kv, projected, n, LinearEpilogue::Store));
@@ -154,7 +171,7 @@ impl DiaModel {
                 ds.push(rope(gpu, projected, c, s, &qinfo, n, kv_w, 0, d.cross_kv_heads as u32, d.cross_head_dim as u32));
             }
             if staging.is_some() {
-                ds.push(pack_f16(gpu, projected, kv, n * kv_w));
+                ds.push(pack_kv(gpu, projected, kv, n * kv_w, d.cross_head_dim as u32, format));
             }
         }
         (ds, EncoderState { text, enc_out, cross_kv, cross_format: format, seqs })
@@ -193,7 +210,7 @@ impl KvCache {
         let d = &model.cfg.decoder;
         // Sized in steps of 512 positions so that generations of similar lengths share the kept buffers.
         let format = model.kv_format;
-        let bytes = rows as u64 * max_len.max(capacity).next_multiple_of(512) as u64 * (d.kv_heads * d.head_dim) as u64 * format.value_bytes();
+        let bytes = format.bytes(rows as u64 * max_len.max(capacity).next_multiple_of(512) as u64 * (d.kv_heads * d.head_dim) as u64, d.head_dim as u32);
         KvCache {
             format,
             // Kept for the next session: every position is written (prefill or step) before attention reads it.

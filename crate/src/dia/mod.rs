@@ -9,7 +9,7 @@ pub mod stored;
 pub mod tokenizer;
 
 pub use generate::{GenerateOptions, Generation, Reserve, Session};
-pub use model::{kv_format_for, largest_matrix_bytes, step_weight_bytes, DiaModel, DiaModelBuilder, MatrixRole};
+pub use model::{keeps_encoder_workspace, kv_format_for, largest_matrix_bytes, step_weight_bytes, DiaModel, DiaModelBuilder, MatrixRole};
 
 use crate::gpu::GpuError;
 use crate::kernels::sampling::SamplingError;

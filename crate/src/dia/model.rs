@@ -59,15 +59,30 @@ pub struct DiaModel {
     /// How sessions hold the self- and cross-attention K/V caches (`kv_format_for`'s default for the numerics;
     /// may be changed between sessions).
     pub kv_format: KvFormat,
+    /// Whether the encoder's working buffers (`ENCODER_WORKSPACE`) stay pooled (`Gpu::reusable_buffer`) for the
+    /// next request after a session's encoder pass, or are freed at once (`keeps_encoder_workspace`'s default for
+    /// the numerics; may be changed between sessions).
+    pub keep_encoder_workspace: bool,
 }
 
-/// The KV-cache format a model in `numerics` uses unless told otherwise: f16 where the weights are quantized
-/// (their memory targets need it, and the caches' rounding is far below the weights'), f32 otherwise (f32 keeps
-/// exact parity; f16w keeps its measured figures). Heads whose head_dim does not suit f16 pairs stay f32.
+/// Whether a model in `numerics` keeps the encoder's working buffers pooled between requests: yes in `F32` and
+/// `F16W` (the next request allocates nothing), no in the memory modes `Q8` and `Q4`, where the ~80 MB they take
+/// for a 1000-byte text would otherwise stay allocated through the whole generation and its peak (re-allocating
+/// them costs a few device allocations per request).
+pub fn keeps_encoder_workspace(numerics: Numerics) -> bool {
+    !matches!(numerics, Numerics::Q8 | Numerics::Q4)
+}
+
+/// The KV-cache format a model in `numerics` uses unless told otherwise: q8 blocks where the weights are quantized
+/// (their memory targets need it: a quarter of f32, and the caches' rounding is far below the weights', see
+/// `tests/parity.rs`), f32 otherwise (f32 keeps exact parity; f16w keeps its measured figures). Heads whose
+/// head_dim suits no smaller format stay f32 (q8 needs whole words per head, up to `Q8_MAX_HEAD_DIM`; f16 pairs
+/// otherwise).
 pub fn kv_format_for(numerics: Numerics, cfg: &DiaConfig) -> KvFormat {
-    let f16_fits = KvFormat::F16.supports(cfg.decoder.head_dim as u32) && KvFormat::F16.supports(cfg.decoder.cross_head_dim as u32);
+    let fits = |f: KvFormat| f.supports(cfg.decoder.head_dim as u32) && f.supports(cfg.decoder.cross_head_dim as u32);
     match numerics {
-        Numerics::Q8 | Numerics::Q4 if f16_fits => KvFormat::F16,
+        Numerics::Q8 | Numerics::Q4 if fits(KvFormat::Q8) => KvFormat::Q8,
+        Numerics::Q8 | Numerics::Q4 if fits(KvFormat::F16) => KvFormat::F16,
         _ => KvFormat::F32,
     }
 }
@@ -441,6 +456,7 @@ impl<'g> DiaModelBuilder<'g> {
             .then(|| tables(d.max_positions.max(e.max_positions), d.cross_head_dim, d.rope_theta));
         Ok(DiaModel {
             kv_format: kv_format_for(self.numerics, &cfg),
+            keep_encoder_workspace: keeps_encoder_workspace(self.numerics),
             numerics: self.numerics,
             enc_embedding,
             enc_layers,

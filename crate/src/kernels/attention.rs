@@ -124,8 +124,8 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bo
             SHADER,
             &[
                 ("KV_WORD", kv.wgsl_word().to_string()),
-                ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf"), kv.wgsl_load("load_v", "vbuf")].concat()),
-                ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v")),
+                ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf", head_dim), kv.wgsl_load("load_v", "vbuf", head_dim)].concat()),
+                ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v", head_dim)),
                 ("KV_STORES", [kv.wgsl_store_pair("store_pair_k", "kcache_c"), kv.wgsl_store_pair("store_pair_v", "vcache_c")].concat()),
                 ("HD", head_dim.to_string()),
                 ("DP", head_dim.div_ceil(PREFILL_LANES).to_string()),
@@ -345,7 +345,8 @@ pub fn attention_decode(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
 /// separate K and V caches (both are written).
 pub fn can_append_in_decode(a: &AttentionArgs) -> bool {
     let (_, chunk) = decode_shape(a);
-    a.causal && a.head_dim.is_multiple_of(16) && a.max_keys.div_ceil(chunk) > 1 && !std::sync::Arc::ptr_eq(&a.k_buf.buf, &a.v_buf.buf)
+    // q8 caches are written a whole block at a time; the appending combine writes pairs.
+    a.kv_format != KvFormat::Q8 && a.causal && a.head_dim.is_multiple_of(16) && a.max_keys.div_ceil(chunk) > 1 && !std::sync::Arc::ptr_eq(&a.k_buf.buf, &a.v_buf.buf)
 }
 
 /// `attention_decode` for a decoder step's self-attention with RoPE and the KV-cache update folded in (what
@@ -386,7 +387,9 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
         // The new keys' rotated K and V per (row, kv head), staged for the combine.
         words += a.rows as u64 * a.kv_heads as u64 * 2 * a.head_dim as u64;
     }
-    let partials = gpu.buffer("attention.decode.partials", words * 4);
+    // Written by the partial pass and read by the combine right after it: one buffer for every layer's decode
+    // (36 of ~0.47 MB for Dia's self and cross attention at 3072 positions otherwise).
+    let partials = gpu.shared_scratch("attention.decode.partials", words * 4);
     let partial = pipeline(gpu, "decode_partial", a.head_dim, nr, false, append, a.kv_format);
     let combine = pipeline(gpu, "decode_combine", a.head_dim, nr, false, append, a.kv_format);
     match rope {

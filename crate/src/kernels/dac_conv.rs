@@ -778,7 +778,9 @@ fn build(
     let mut dispatches = Vec::new();
     if split {
         let n = g.cout as u64 * g.len_out as u64;
-        let part = gpu.buffer("dac_conv.split_k", (splits as u64 * n).max(1) * 4);
+        // Written by the split-K pass and read by the reduce right after it: one buffer for every conv of a decode
+        // (9 of them took 23 MB for the 44.1 kHz codec's streaming window).
+        let part = gpu.shared_scratch("dac_conv.split_k", (splits as u64 * n).max(1) * 4);
         let mut buffers: Vec<&GpuBuffer> = vec![x, &w.data, &part];
         buffers.extend(fusion.snake_alpha);
         dispatches.push(gpu.dispatch(&pipe, &params, &buffers, workgroups));

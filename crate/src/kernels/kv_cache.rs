@@ -2,6 +2,7 @@
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 
 const SHADER: &str = include_str!("../../../shaders/kv_cache.wgsl");
+const Q8_SHADER: &str = include_str!("../../../shaders/kv_cache_q8.wgsl");
 const WORKGROUP: u32 = 256;
 
 #[repr(C)]
@@ -24,37 +25,51 @@ struct Params {
 /// in f32), at f16's rounding of every cached key and value; `tests/parity.rs` measures what that does to the
 /// logits. F16 values are packed in pairs into u32 words (element 2i in the low half of word i), so browsers
 /// without `shader-f16` read them too.
+///
+/// `Q8` quarters them (plus one word per head): each head's `head_dim` values at one position (a block: the cache
+/// layouts keep a head's values contiguous and head-aligned) are stored as `head_dim / 4` words of signed bytes
+/// (value j in byte j % 4 of word j / 4, two's complement), then one f32 scale word: value = q · scale, with
+/// scale = max |v| / 127 over the block and q = round(v / scale) in [-127, 127] (a block of zeros has scale 0).
+/// Writers quantize a whole block at once (`rope_kv_write` and `pack_kv` run a workgroup per block), so the
+/// decode's appending path, which writes a key pair by pair, is not used with it (`can_append_in_decode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KvFormat {
     #[default]
     F32,
     F16,
+    Q8,
 }
 
+/// Largest head_dim a `Q8` block may have (the writers' workgroup holds one block).
+pub const Q8_MAX_HEAD_DIM: u32 = 256;
+
 impl KvFormat {
-    pub const ALL: [KvFormat; 2] = [KvFormat::F32, KvFormat::F16];
+    pub const ALL: [KvFormat; 3] = [KvFormat::F32, KvFormat::F16, KvFormat::Q8];
 
     pub fn name(self) -> &'static str {
         match self {
             KvFormat::F32 => "f32",
             KvFormat::F16 => "f16",
+            KvFormat::Q8 => "q8",
         }
     }
 
-    /// Bytes per cached value.
-    pub fn value_bytes(self) -> u64 {
+    /// Bytes of a cache holding `values` values of heads of `head_dim` (a multiple of it for `Q8`: whole blocks).
+    pub fn bytes(self, values: u64, head_dim: u32) -> u64 {
         match self {
-            KvFormat::F32 => 4,
-            KvFormat::F16 => 2,
+            KvFormat::F32 => values * 4,
+            KvFormat::F16 => values * 2,
+            KvFormat::Q8 => values.div_ceil(head_dim as u64) * (head_dim as u64 + 4),
         }
     }
 
     /// Whether caches of heads of `head_dim` can use this format: f16 pairs of a rotated key are written whole by
-    /// one thread, which needs head_dim % 4 == 0.
+    /// one thread, which needs head_dim % 4 == 0; a q8 block is whole words and one writer workgroup.
     pub fn supports(self, head_dim: u32) -> bool {
         match self {
             KvFormat::F32 => head_dim.is_multiple_of(2),
             KvFormat::F16 => head_dim.is_multiple_of(4),
+            KvFormat::Q8 => head_dim.is_multiple_of(4) && head_dim > 0 && head_dim <= Q8_MAX_HEAD_DIM,
         }
     }
 
@@ -62,13 +77,19 @@ impl KvFormat {
     pub(crate) fn wgsl_word(self) -> &'static str {
         match self {
             KvFormat::F32 => "f32",
-            KvFormat::F16 => "u32",
+            KvFormat::F16 | KvFormat::Q8 => "u32",
         }
     }
 
-    /// WGSL `fn <name>(i: u32) -> f32`: value i of storage array `var` (0 past its end).
-    pub(crate) fn wgsl_load(self, name: &str, var: &str) -> String {
+    /// WGSL `fn <name>(i: u32) -> f32`: value i of storage array `var` (0 past its end), for heads of `head_dim`.
+    pub(crate) fn wgsl_load(self, name: &str, var: &str, head_dim: u32) -> String {
         match self {
+            KvFormat::Q8 => {
+                let (words, stride) = (head_dim / 4, head_dim / 4 + 1);
+                format!(
+                    "fn {name}(i: u32) -> f32 {{\n    let base = (i / {head_dim}u) * {stride}u;\n    let j = i % {head_dim}u;\n    if base + {words}u < arrayLength(&{var}) {{\n        let q = extractBits(bitcast<i32>({var}[base + j / 4u]), (j & 3u) * 8u, 8u);\n        return f32(q) * bitcast<f32>({var}[base + {words}u]);\n    }}\n    return 0.0;\n}}\n"
+                )
+            }
             KvFormat::F32 => format!("fn {name}(i: u32) -> f32 {{\n    if i < arrayLength(&{var}) {{ return {var}[i]; }}\n    return 0.0;\n}}\n"),
             // The wanted half shifted down and converted alone (one conversion, not two and a select: H100 decode
             // 414 → 423 steps/s with f16 caches).
@@ -79,9 +100,11 @@ impl KvFormat {
     }
 
     /// WGSL `fn <name>(d: u32, a: f32, b: f32, two: bool)`: values d (even) and, if `two`, d + 1 of storage array `var`
-    /// (f16 pairs are always written whole).
+    /// (f16 pairs are always written whole). `Q8` has none (blocks are written whole): an empty function that is
+    /// never called (`can_append_in_decode` is false for it).
     pub(crate) fn wgsl_store_pair(self, name: &str, var: &str) -> String {
         match self {
+            KvFormat::Q8 => format!("fn {name}(d: u32, a: f32, b: f32, two: bool) {{}}\n"),
             KvFormat::F32 => format!(
                 "fn {name}(d: u32, a: f32, b: f32, two: bool) {{\n    if d < arrayLength(&{var}) {{ {var}[d] = a; }}\n    if two && d + 1u < arrayLength(&{var}) {{ {var}[d + 1u] = b; }}\n}}\n"
             ),
@@ -101,14 +124,24 @@ impl std::fmt::Display for KvFormat {
 impl std::str::FromStr for KvFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<KvFormat, String> {
-        KvFormat::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| format!("unknown KV-cache format `{s}` (expected f32 or f16)"))
+        KvFormat::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| format!("unknown KV-cache format `{s}` (expected f32, f16 or q8)"))
     }
 }
 
 fn shader(format: KvFormat) -> String {
     let store = [format.wgsl_store_pair("store_pair_k", "k_cache"), format.wgsl_store_pair("store_pair_v", "v_cache")].concat();
-    let store = format!("const VALUES_PER_WORD: u32 = {}u;\n{store}", 4 / format.value_bytes());
+    // Cache values per word, for the bound check of a (seq, pos) row (q8: the check uses whole blocks instead).
+    let per_word = match format {
+        KvFormat::F32 => 1,
+        KvFormat::F16 => 2,
+        KvFormat::Q8 => 4,
+    };
+    let store = format!("const VALUES_PER_WORD: u32 = {per_word}u;\n{store}");
     specialize(SHADER, &[("KV_WORD", format.wgsl_word().to_string()), ("STORE_PAIR", store)])
+}
+
+fn q8_shader() -> String {
+    specialize(Q8_SHADER, &[("MAX_HD", Q8_MAX_HEAD_DIM.to_string())])
 }
 
 /// RoPE and the cache write in one dispatch, for source rows laid out [Q heads | K heads | V] (the fused
@@ -127,12 +160,38 @@ pub fn rope_kv_write(
     assert_eq!(cos.size, sin.size, "rope_kv_write: cos and sin tables differ in size");
     let max_pos = (cos.size / 4 / (head_dim / 2) as u64) as u32;
     let k_col = q_heads * head_dim;
+    if format == KvFormat::Q8 {
+        // A workgroup per (row, head): Q heads rotated in place, each K and V head quantized as one block.
+        let blocks = rows * (q_heads + 2 * width / head_dim);
+        let pipeline = gpu.pipeline("kv_cache.rope_kv_write_q8", "rope_kv_write_q8", q8_shader);
+        let grid = grid_1d(blocks.max(1));
+        let params = Params { rows, row_stride, k_col, v_col: k_col + width, width, max_len, groups_x: grid[0], q_heads, head_dim, max_pos, _pad: [0; 2] };
+        return gpu.dispatch(&pipeline, &params, &[qkv, qinfo, k_cache, v_cache, cos, sin], grid);
+    }
     let heads = q_heads + width / head_dim;
     let per_row = heads * (head_dim / 2).div_ceil(2) + width / 2;
     let pipeline = gpu.pipeline(&format!("kv_cache.rope_kv_write.{format}"), "rope_kv_write", || shader(format));
     let grid = grid_1d((rows as u64 * per_row as u64).div_ceil(WORKGROUP as u64) as u32);
     let params = Params { rows, row_stride, k_col, v_col: k_col + width, width, max_len, groups_x: grid[0], q_heads, head_dim, max_pos, _pad: [0; 2] };
     gpu.dispatch(&pipeline, &params, &[qkv, qinfo, k_cache, v_cache, cos, sin], grid)
+}
+
+/// `values` f32 values of `src` (whole heads of `head_dim`) into a cache of `format` in `dst`, for caches written by
+/// other kernels (the cross-attention K/V): `pack_f16` for `F16`, one q8 block per head for `Q8`. Panics for `F32`
+/// (nothing to pack).
+pub fn pack_kv(gpu: &Gpu, src: &GpuBuffer, dst: &GpuBuffer, values: u32, head_dim: u32, format: KvFormat) -> Dispatch {
+    match format {
+        KvFormat::F16 => pack_f16(gpu, src, dst, values),
+        KvFormat::Q8 => {
+            assert!(format.supports(head_dim) && values.is_multiple_of(head_dim), "pack_kv: {values} values are no whole q8 blocks of {head_dim}");
+            assert!(src.size >= values as u64 * 4 && dst.size >= format.bytes(values as u64, head_dim), "pack_kv: buffers too small for {values} values");
+            let pipeline = gpu.pipeline("kv_cache.pack_q8", "pack_q8", q8_shader);
+            let grid = grid_1d((values / head_dim).max(1));
+            let params = Params { rows: values, row_stride: 0, k_col: 0, v_col: 0, width: 0, max_len: 0, groups_x: grid[0], q_heads: 0, head_dim, max_pos: 0, _pad: [0; 2] };
+            gpu.dispatch(&pipeline, &params, &[src, dst], grid)
+        }
+        KvFormat::F32 => panic!("pack_kv: f32 caches are written directly"),
+    }
 }
 
 /// `values` f32 values of `src` into f16 pairs in `dst` (word i = values 2i, 2i + 1; an odd count pads with 0).
