@@ -188,6 +188,13 @@ impl DiaEngine {
         })
     }
 
+    /// Compute pipelines this engine has compiled so far: loading compiles every one a generation uses, so a
+    /// generation that adds to the count compiled during it (the benchmark page reports that).
+    #[wasm_bindgen(js_name = pipelineCompiles)]
+    pub fn pipeline_compiles(&self) -> f64 {
+        self.gpu.pipeline_compiles() as f64
+    }
+
     /// The adapter (vendor, architecture, description as the browser gives them; whether it is a software
     /// fallback), the backend, and whether it offers `shader-f16`.
     #[wasm_bindgen(js_name = adapterInfo)]
