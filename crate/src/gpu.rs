@@ -324,7 +324,7 @@ impl Gpu {
                 required_limits: limits.clone(),
                 // SAFETY: wgpu marks cooperative matrices experimental (its shader translation has had bugs, e.g.
                 // naga 30 drops a computed `coopStore` stride); our cooperative-matrix kernels are translated on the
-                // host in tests (tests/coop_naga.rs) and checked against the plain kernels on a GPU that has them.
+                // host in tests (tests/linear_coop.rs, tests/dac_cl.rs) and checked against the plain kernels on a GPU that has them.
                 experimental_features: if tensor_cores { unsafe { wgpu::ExperimentalFeatures::enabled() } } else { wgpu::ExperimentalFeatures::disabled() },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
