@@ -8,7 +8,7 @@ pub mod segment;
 pub mod stored;
 pub mod tokenizer;
 
-pub use generate::{GenerateOptions, Generation, Reserve, Session};
+pub use generate::{GenerateOptions, Generation, Reserve, RunError, Session};
 pub use model::{kv_format_for, largest_matrix_bytes, step_weight_bytes, DiaModel, DiaModelBuilder, MatrixRole};
 
 use crate::gpu::GpuError;

@@ -4,7 +4,7 @@
 
 use crate::dac::{DacError, DacModel};
 use crate::dia::segment::ScriptError;
-use crate::dia::{DiaError, DiaModel, GenerateOptions, Generation, Session};
+use crate::dia::{DiaError, DiaModel, GenerateOptions, Generation, RunError, Session};
 use crate::gpu::Gpu;
 
 mod audio;
@@ -62,6 +62,16 @@ impl PipelineError {
             | PipelineError::EmptyBatch
             | PipelineError::BatchText { .. }
             | PipelineError::BatchSize { .. } => false,
+        }
+    }
+}
+
+/// A generation stopped by its own error or by the streaming codec's.
+impl From<RunError<DacError>> for PipelineError {
+    fn from(e: RunError<DacError>) -> Self {
+        match e {
+            RunError::Dia(e) => PipelineError::Dia(e),
+            RunError::Sink(e) => PipelineError::Dac(e),
         }
     }
 }

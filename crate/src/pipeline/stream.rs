@@ -10,9 +10,9 @@
 //! audio already handed out (if played from the first chunk on) runs out, so a device slower than about twice real
 //! time keeps small chunks instead of stalling playback.
 
-use crate::dac::DacDecoder;
+use crate::dac::{DacDecoder, DacError};
 use crate::dia::generate::RowSink;
-use crate::dia::{DiaError, GenerateOptions, Generation, Session};
+use crate::dia::{GenerateOptions, Generation, Session};
 use crate::gpu::Gpu;
 
 use super::{PipelineError, Tts, SAMPLE_RATE};
@@ -32,7 +32,6 @@ impl<'a> Tts<'a> {
             emitted: 0,
             on_pcm,
             samples: 0,
-            error: None,
         })
     }
 
@@ -64,11 +63,7 @@ impl<'a> Tts<'a> {
             last,
             on_rows,
         };
-        let generation = session.run(opts, &mut sink, cancelled).await;
-        if let Some(e) = sink.stream.error.take() {
-            return Err(e);
-        }
-        let generation = generation?;
+        let generation = session.run_with(opts, &mut sink, cancelled).await?;
         // The channel-0 EOS row ends the audio (HF batch_decode crop).
         let pads = (0..generation.rows).filter(|&r| generation.codes[r * c] == cfg.pad).count();
         // A generation cut before its EOS tail (max_new_tokens < 16) has frames whose later channels were never
@@ -105,7 +100,6 @@ pub(super) struct FrameStream<'a, 'f> {
     pub(super) emitted: usize,
     on_pcm: &'f mut dyn FnMut(&[f32]),
     pub(super) samples: usize,
-    error: Option<PipelineError>,
 }
 
 impl FrameStream<'_, '_> {
@@ -127,7 +121,7 @@ impl FrameStream<'_, '_> {
 
     /// Emits frames [emitted, upto) in windows; `right_edge` is the last frame that may serve as context
     /// (the stream's end once known, so the window edge matches whole-sequence decoding there).
-    async fn flush(&mut self, upto: usize, right_edge: usize) -> Result<(), PipelineError> {
+    async fn flush(&mut self, upto: usize, right_edge: usize) -> Result<(), DacError> {
         while self.emitted < upto {
             let b = upto.min(self.emitted + STREAM_FRAMES);
             let ws = self.emitted.saturating_sub(self.left);
@@ -148,7 +142,7 @@ impl FrameStream<'_, '_> {
 
     /// Decodes the next chunk once the frames allow it: with `complete` (no frame will follow) everything, else
     /// up to the right context's frames before the last one.
-    pub(super) async fn advance(&mut self, complete: bool) -> Result<(), PipelineError> {
+    pub(super) async fn advance(&mut self, complete: bool) -> Result<(), DacError> {
         let n = self.len();
         let upto = if complete { n } else { n.saturating_sub(self.right) };
         if upto >= self.emitted + self.next_chunk() {
@@ -158,7 +152,7 @@ impl FrameStream<'_, '_> {
     }
 
     /// Emits every frame left (the stream has ended).
-    pub(super) async fn finish(&mut self) -> Result<(), PipelineError> {
+    pub(super) async fn finish(&mut self) -> Result<(), DacError> {
         let n = self.len();
         self.flush(n, n).await
     }
@@ -234,6 +228,9 @@ impl SegmentSink<'_, '_, '_> {
 }
 
 impl RowSink for SegmentSink<'_, '_, '_> {
+    /// The codec failed decoding a window.
+    type Error = DacError;
+
     /// The next chunk's frames plus the right context must be final: frame f is final with delayed row
     /// f + max delay.
     fn wanted_rows(&self) -> Option<usize> {
@@ -244,7 +241,7 @@ impl RowSink for SegmentSink<'_, '_, '_> {
         Some(self.start + needed.saturating_sub(self.offset) + self.max_delay())
     }
 
-    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError> {
+    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DacError> {
         let c = self.channels();
         debug_assert_eq!(first_row * c, self.rows.len());
         for (i, row) in rows.chunks_exact(c).enumerate() {
@@ -262,11 +259,7 @@ impl RowSink for SegmentSink<'_, '_, '_> {
         self.push_final(upto);
         // The stream is complete once this last session's frames reach its end.
         let complete = self.last && self.end.is_some_and(|e| finals >= e);
-        if let Err(e) = self.stream.advance(complete).await {
-            self.stream.error = Some(e);
-            return Err(DiaError::Cancelled);
-        }
-        Ok(())
+        self.stream.advance(complete).await
     }
 }
 
