@@ -330,7 +330,39 @@ fn to_u32_id(id: u64, name: &'static str, vocab: usize) -> Result<u32, ConfigErr
     }
 }
 
+/// A checkpoint directory's `config.json` that could not be read or was refused; shows as `<path>: <why>`.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct ConfigFileError {
+    pub path: std::path::PathBuf,
+    pub source: ConfigFileProblem,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileProblem {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
 impl DiaConfig {
+    /// Reads and parses `<dir>/config.json` (either schema); also returns the file's text, for copying it as is.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir_with_text(dir: &std::path::Path) -> Result<(DiaConfig, String), ConfigFileError> {
+        let path = dir.join("config.json");
+        let read = std::fs::read_to_string(&path).map_err(ConfigFileProblem::from).and_then(|text| Ok((DiaConfig::from_json_str(&text)?, text)));
+        read.map_err(|source| ConfigFileError { path, source })
+    }
+
+    /// Reads and parses `<dir>/config.json` (either schema).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir(dir: &std::path::Path) -> Result<DiaConfig, ConfigFileError> {
+        Self::from_dir_with_text(dir).map(|(cfg, _)| cfg)
+    }
+
     /// Parses `config.json` of either schema (detected from its keys) and validates it.
     pub fn from_json_str(s: &str) -> Result<DiaConfig, ConfigError> {
         let value = parse_json(s)?;
@@ -721,5 +753,31 @@ impl DacConfig {
             latent: 1024,
             hop_length: 512,
         }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    /// A checkpoint directory's config: read and parsed, or an error that names the file and says why.
+    #[test]
+    fn from_dir_reads_the_config_or_names_the_file() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/tiny/dia");
+        let (cfg, text) = DiaConfig::from_dir_with_text(&dir).unwrap();
+        assert_eq!(text, std::fs::read_to_string(dir.join("config.json")).unwrap());
+        assert_eq!(cfg, DiaConfig::from_json_str(&text).unwrap());
+
+        let missing = dir.join("no-such-dir");
+        let err = DiaConfig::from_dir(&missing).unwrap_err();
+        assert!(matches!(err.source, ConfigFileProblem::Read(_)), "{err:?}");
+        assert!(err.to_string().starts_with(&format!("{}: ", missing.join("config.json").display())), "{err}");
+
+        let bad = std::env::temp_dir().join(format!("dia-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::write(bad.join("config.json"), "{\"hidden_size\": 1}").unwrap();
+        let err = DiaConfig::from_dir(&bad).unwrap_err();
+        std::fs::remove_dir_all(&bad).unwrap();
+        assert!(matches!(err.source, ConfigFileProblem::Config(ConfigError::UnknownSchema)), "{err:?}");
     }
 }

@@ -568,11 +568,7 @@ mod native {
                 return Err("--quality compares modes with f32: give them with --numerics (e.g. f16w,q8,q4)".into());
             }
             let cfg = match &args.model {
-                Some(dir) => {
-                    let path = dir.join("config.json");
-                    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                    DiaConfig::from_json_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-                }
+                Some(dir) => DiaConfig::from_dir(dir)?,
                 None => configs(&args.config)?.0,
             };
             let steps = args.quality_steps;

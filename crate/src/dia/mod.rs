@@ -83,9 +83,7 @@ pub fn stored_numerics(cfg: &crate::config::DiaConfig, ckpt: &crate::weights::Ch
 /// Loads a checkpoint directory (`config.json` + `model.safetensors` or a sharded index) in either layout.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_model_dir(gpu: &crate::gpu::Gpu, dir: &std::path::Path, numerics: crate::kernels::Numerics) -> Result<DiaModel, DiaError> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
-    let cfg = crate::config::DiaConfig::from_json_str(&text).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let cfg = crate::config::DiaConfig::from_dir(dir).map_err(|e| DiaError::Config(e.to_string()))?;
     let ckpt = crate::weights::Checkpoint::open_dir(dir)?;
     load_model(gpu, &cfg, &ckpt, numerics)
 }

@@ -233,9 +233,7 @@ mod convert {
     /// complete (written beside it under a temporary name, then renamed). `progress(done, name)` is called
     /// after each source tensor.
     pub fn convert_dir(src: &Path, out: &Path, numerics: Numerics, progress: &mut dyn FnMut(usize, &str)) -> Result<ConvertReport, DiaError> {
-        let cfg_path = src.join("config.json");
-        let config_text = std::fs::read_to_string(&cfg_path).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
-        let cfg = DiaConfig::from_json_str(&config_text).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
+        let (cfg, config_text) = DiaConfig::from_dir_with_text(src).map_err(|e| DiaError::Config(e.to_string()))?;
         let ckpt = Checkpoint::open_dir(src)?;
         let weights = DiaWeights::new(&ckpt, &cfg)?;
         weights.validate()?;

@@ -160,9 +160,7 @@ mod native {
     }
 
     fn read_config(dir: &Path) -> Result<DiaConfig, String> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        DiaConfig::from_json_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        DiaConfig::from_dir(dir).map_err(|e| e.to_string())
     }
 
     /// The mode to load `dir` (whose config is `cfg`, if it parsed) in: `--dtype`, else the one it was converted
