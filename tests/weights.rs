@@ -8,10 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use dia_webgpu::config::{ConfigError, ConfigSchema, DacConfig, DiaConfig};
-use dia_webgpu::weights::{
-    expected_hf_tensors, ByteSource, Checkpoint, DiaLayout, DiaWeights, Dtype, FileSource, Header, MemorySource,
-    WeightsError,
-};
+use dia_webgpu::dia::layout::{expected_hf_tensors, DiaLayout, DiaWeights};
+use dia_webgpu::weights::{ByteSource, Checkpoint, Dtype, FileSource, Header, MemorySource, WeightsError};
 use serde_json::{json, Value};
 
 fn dia_dir() -> PathBuf {

@@ -3,10 +3,9 @@
 
 use crate::config::{DacConfig, DiaConfig};
 use crate::dac::{dac_tensor_specs, DacError, DacModel, DacModelBuilder};
-use crate::dia::{DiaError, DiaModel, DiaModelBuilder};
+use crate::dia::{DiaError, DiaModel, DiaModelBuilder, TensorValues};
 use crate::gpu::Gpu;
 use crate::kernels::Numerics;
-use crate::weights::TensorValues;
 
 /// xorshift64*: small, fast and good enough for test data and random weights (not for anything secret).
 #[derive(Clone, Debug)]

@@ -11,7 +11,9 @@ use crate::config::DiaConfig;
 use crate::gpu::{Gpu, GpuBuffer};
 use crate::kernels::{kv_cache::KvFormat, rope::rope_tables, GpuMatrix, Numerics, WeightFormat};
 use crate::quant::stored::{self, Part};
-use crate::weights::{tensor_to_f32, Dtype, TensorValues, WeightsError};
+use crate::weights::{tensor_to_f32, Dtype, WeightsError};
+
+use super::layout::TensorValues;
 
 use super::DiaError;
 

@@ -8,7 +8,9 @@
 
 use crate::kernels::{Numerics, WeightFormat};
 use crate::quant::{quantize_rows, stored};
-use crate::weights::{Dtype, TensorValues};
+use crate::weights::Dtype;
+
+use super::layout::TensorValues;
 
 use super::{DiaError, MatrixRole};
 
@@ -142,7 +144,8 @@ mod convert {
     use crate::config::DiaConfig;
     use crate::dia::DiaError;
     use crate::kernels::Numerics;
-    use crate::weights::{Checkpoint, DiaWeights, Dtype};
+    use crate::dia::layout::DiaWeights;
+    use crate::weights::{Checkpoint, Dtype};
 
     /// What `convert_dir` wrote.
     #[derive(Debug, Clone)]
@@ -260,7 +263,7 @@ mod convert {
         std::fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
         let result = (|| {
             std::fs::write(tmp.join("config.json"), &config_text).map_err(|e| io(&tmp, e))?;
-            let expected = crate::weights::expected_hf_tensors(&cfg);
+            let expected = crate::dia::layout::expected_hf_tensors(&cfg);
             let source = Rc::new(Source {
                 weights,
                 numerics,

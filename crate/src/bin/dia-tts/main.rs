@@ -136,7 +136,7 @@ mod native {
         }
         let model = resolve(args.model.as_deref(), hub::DIA_REPO)?
             .ok_or_else(|| format!("no source checkpoint: {} could not be found or downloaded; pass --model DIR", hub::DIA_REPO))?;
-        let tensors = dia_webgpu::weights::expected_hf_tensors(&read_config(&model)?).len();
+        let tensors = dia_webgpu::dia::layout::expected_hf_tensors(&read_config(&model)?).len();
         let bar = ProgressBar::new(tensors as u64);
         bar.set_style(ProgressStyle::with_template("{spinner} converting [{bar:40}] {pos}/{len} tensors {msg}").unwrap().progress_chars("=> "));
         let t0 = Instant::now();

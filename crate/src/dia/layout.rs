@@ -3,11 +3,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::checkpoint::Checkpoint;
-use super::header::Dtype;
-use super::WeightsError;
 use crate::config::DiaConfig;
 use crate::quant::{stored, QuantFormat, QuantizedRows};
+use crate::weights::{Checkpoint, Dtype, WeightsError};
 
 /// One Dia tensor's values as the checkpoint holds them: numbers (from F32, BF16 or F16), or a quantized matrix
 /// (a converted checkpoint, `quant::stored`), which is handed on as is so that nothing is rounded twice.
