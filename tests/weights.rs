@@ -308,7 +308,7 @@ fn weights_config_dia_older_spellings() {
     assert!(matches!(no_rope, Err(ConfigError::MissingField(f)) if f.contains("decoder_config.rope_parameters")));
 }
 
-/// nari v0.1 `config.json` with the values of spec §1.1.
+/// nari v0.1 `config.json` with the values of docs/model.md §1.1.
 fn nari_v01_json() -> Value {
     json!({
         "version": "0.1",

@@ -250,8 +250,8 @@ mod native {
             Ok(t0.elapsed().as_secs_f64() * 1e3)
         };
         // Untimed first: pipeline compiles, the launch sequence, and two seconds at least, then until three decodes
-        // in a row agree within 5 % (at most six): on the H100 the GPU's clocks come back in steps after the CPU
-        // worked alone (861 frames at 74, 37, then 17 ms; an 18-frame window 6.4–7.0 ms against 2.4).
+        // in a row agree within 5 % (at most six): the GPU's clocks come back in steps after the CPU worked alone
+        // (docs/performance.md, "After the CPU works alone").
         let warm = Instant::now();
         let mut last: Vec<f64> = Vec::new();
         while warm.elapsed().as_secs_f64() < 6.0 {

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 pub enum ConfigSchema {
     /// transformers `DiaConfig` (nari-labs/Dia-1.6B-0626, HF layout).
     Hf,
-    /// nari v0.1 (`nari-labs/Dia-1.6B`): `model.encoder.n_layer`, … (spec §1.1).
+    /// nari v0.1 (`nari-labs/Dia-1.6B`): `model.encoder.n_layer`, … (docs/model.md §1.1).
     NariV01,
 }
 
@@ -57,7 +57,7 @@ pub struct DiaConfig {
     pub bos: u32,
     pub eos: u32,
     pub pad: u32,
-    /// RoPE in cross-attention: only the v0.1 checkpoint as nari ran it (spec §3.5).
+    /// RoPE in cross-attention: only the v0.1 checkpoint as nari ran it (docs/model.md §3.5).
     pub cross_attention_rope: bool,
 }
 
@@ -592,7 +592,7 @@ impl DiaConfig {
         self.delay_pattern.iter().copied().max().unwrap_or(0)
     }
 
-    /// The full-size Dia 1.6B (`nari-labs/Dia-1.6B-0626`, HF schema, spec §1.2).
+    /// The full-size Dia 1.6B (`nari-labs/Dia-1.6B-0626`, HF schema, docs/model.md §1.2).
     pub fn dia_1_6b() -> DiaConfig {
         DiaConfig {
             schema: ConfigSchema::Hf,

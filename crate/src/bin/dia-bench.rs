@@ -416,8 +416,8 @@ mod native {
             gpu.pipeline_compiles() - compiles
         ));
 
-        // The GPU idled while the CPU made the random weights: bring its clocks up before the first timing (on the
-        // H100 the encoder's short runs otherwise measured the ramp: 62 ms for 100 bytes, 47 ms for 1000).
+        // The GPU idled while the CPU made the random weights: bring its clocks up before the first timing (the
+        // encoder's short runs otherwise measured the ramp: docs/performance.md).
         let warm = Instant::now();
         while warm.elapsed() < Duration::from_millis(500) {
             time_linear_only(gpu, &streamed_matrices(&model), 2 * args.batch as u32, 20)?;
@@ -906,9 +906,9 @@ mod native {
             gpu.wait_idle()?;
             Ok(ms(t0.elapsed()))
         };
-        // Warm-up: two seconds at least, then until three decodes in a row agree within 5 % (at most six seconds). On the
-        // H100 the GPU's clocks come back in steps after the CPU made the codec's random weights: decodes ran at 74 ms
-        // (three alike, so agreement alone is no sign), 37, then 17 ms, about a second after the first.
+        // Warm-up: two seconds at least, then until three decodes in a row agree within 5 % (at most six seconds). The
+        // GPU's clocks come back in steps after the CPU made the codec's random weights, with plateaus of several alike
+        // decodes, so agreement alone is no sign (docs/performance.md, "After the CPU works alone").
         let warm = Instant::now();
         let mut last: Vec<f64> = Vec::new();
         while warm.elapsed() < Duration::from_secs(6) {

@@ -1,4 +1,4 @@
-//! Generation (spec §4, HF semantics): CFG rows, delayed prefix and prompt prefill, GPU-side sampling, the
+//! Generation (docs/model.md §4, HF semantics): CFG rows, delayed prefix and prompt prefill, GPU-side sampling, the
 //! EOS/PAD tail, batches. The CPU never waits on the GPU per step: steps are submitted back to back and the
 //! produced rows come back through a small ring of asynchronous readbacks, a few steps behind.
 
@@ -14,7 +14,7 @@ use super::model::DiaModel;
 use super::tokenizer::encode_text;
 use super::DiaError;
 
-/// Options of one `generate` call. Defaults are the reference's (spec §4.6, nari `generate()`).
+/// Options of one `generate` call. Defaults are the reference's (docs/model.md §4.6).
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub sampling: SamplingParams,
