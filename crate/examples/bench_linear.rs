@@ -122,6 +122,7 @@ fn bench() -> Result<(), String> {
     use dia_webgpu::gpu::{Gpu, GpuOptions};
     use dia_webgpu::kernels::linear::{linear_small_m_shaped, LinearEpilogue, SmallMShape};
     use dia_webgpu::kernels::{stride_words, GpuMatrix};
+    use dia_webgpu::random::Rng;
     use std::time::Instant;
 
     let a = Args::parse();
@@ -137,15 +138,9 @@ fn bench() -> Result<(), String> {
     println!("adapter: {}", gpu.describe());
 
     // Deterministic pseudo-random weights in [-1, 1) (values do not affect the timing, but keep them finite).
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    };
-    let w: Vec<f32> = (0..a.rows * a.cols).map(|_| next()).collect();
-    let x: Vec<f32> = (0..a.m as usize * a.cols).map(|_| next()).collect();
+    let mut rng = Rng::new(1);
+    let w = rng.vec(a.rows * a.cols, 1.0);
+    let x = rng.vec(a.m as usize * a.cols, 1.0);
     let wm = GpuMatrix::upload(&gpu, "w", &w, a.rows, a.cols, a.numerics).map_err(|e| e.to_string())?;
     drop(w);
     let out_cols = if a.epilogue == LinearEpilogue::SwiGlu { a.rows / 2 } else { a.rows };
@@ -206,6 +201,7 @@ mod tiled {
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
     use dia_webgpu::kernels::linear::{linear_row_blocks, linear_tiled_shaped, LinearEpilogue, TiledShape, BLOCKED_M_MAX};
     use dia_webgpu::kernels::GpuMatrix;
+    use dia_webgpu::random::Rng;
     use std::time::Instant;
 
     /// Seconds per call of the dispatch list `ds` (after a warm-up), `iters` calls recorded in batches of `batch`.
@@ -233,18 +229,12 @@ mod tiled {
     }
 
     fn cases(gpu: &Gpu, a: &Args, shapes: &[(usize, usize, LinearEpilogue)], max_m: u32) -> Result<Vec<Case>, String> {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut rng = Rng::new(2);
         let mut out = Vec::new();
         for &(rows, k, epilogue) in shapes {
-            let w: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+            let w = rng.vec(rows * k, 1.0);
             let wm = GpuMatrix::upload(gpu, "w", &w, rows, k, a.numerics).map_err(|e| e.to_string())?;
-            let x = gpu.upload("x", &(0..max_m as usize * k).map(|_| next()).collect::<Vec<f32>>());
+            let x = gpu.upload("x", &rng.vec(max_m as usize * k, 1.0));
             let out_cols = if epilogue == LinearEpilogue::SwiGlu { rows / 2 } else { rows };
             let y = gpu.buffer("y", (max_m as usize * out_cols * 4) as u64);
             out.push(Case { rows, k, epilogue, w: wm, x, y });

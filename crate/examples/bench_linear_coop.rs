@@ -35,6 +35,7 @@ mod native {
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
     use dia_webgpu::kernels::linear::{linear_coop_shaped, linear_rows, CoopShape, LinearEpilogue};
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
+    use dia_webgpu::random::Rng;
 
     type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -55,15 +56,7 @@ mod native {
 
     /// Deterministic values in [−scale, scale).
     fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s >> 12;
-                s ^= s << 25;
-                s ^= s >> 27;
-                ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
-            })
-            .collect()
+        Rng::new(seed).vec(n, scale)
     }
 
     /// One matrix product on one device: its inputs, and y reset to `y0` before each checked run.

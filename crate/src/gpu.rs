@@ -342,7 +342,7 @@ impl Gpu {
                 required_limits: limits.clone(),
                 // SAFETY: wgpu marks cooperative matrices experimental (its shader translation has had bugs, e.g.
                 // naga 30 drops a computed `coopStore` stride); our cooperative-matrix kernels are translated on the
-                // host in tests (tests/coop_naga.rs) and checked against the plain kernels on a GPU that has them.
+                // host in tests (tests/linear_coop.rs, tests/dac_cl.rs) and checked against the plain kernels on a GPU that has them.
                 experimental_features: if tensor_cores { unsafe { wgpu::ExperimentalFeatures::enabled() } } else { wgpu::ExperimentalFeatures::disabled() },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
@@ -769,7 +769,7 @@ impl Gpu {
     ///
     /// Data the driver cannot use (another driver or wgpu version) gives an empty cache (wgpu's `fallback`); wgpu
     /// checks only a header, not the contents, so callers must hand over data exactly as `pipeline_cache_data`
-    /// returned it (`pipeline::cache_file` checks a SHA-256 of it).
+    /// returned it (`pipeline::read_cache_file` checks the SHA-256 `write_cache_file` stored with it).
     pub fn use_pipeline_cache(&self, data: Option<&[u8]>) -> bool {
         if !self.features.contains(wgpu::Features::PIPELINE_CACHE) {
             return false;
@@ -826,8 +826,8 @@ impl Gpu {
 
     /// A storage buffer of at least `bytes` for `label` that nobody else holds, kept by the `Gpu` after its
     /// users drop it and handed to the next caller of the same label: per-generation working memory (KV
-    /// caches, codec activations) without a device allocation each time (a 12 MiB buffer costs 0.16–0.3 ms
-    /// of host time on an H100's driver). Contents are stale, not zero: only for buffers every reader finds
+    /// caches, codec activations) without a device allocation each time (an allocation costs the driver's time on
+    /// the host, per request: docs/performance.md). Contents are stale, not zero: only for buffers every reader finds
     /// written first. Idle buffers of the label too small for the request are freed; `release_reusable`
     /// frees every idle one.
     pub fn reusable_buffer(&self, label: &str, bytes: u64) -> GpuBuffer {

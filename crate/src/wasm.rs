@@ -701,7 +701,7 @@ pub fn checkpoint_layout(
     dac.validate().map_err(|e| JsError::new(&format!("bad DAC config: {e}")))?;
     let tensors = |list: Vec<(String, Vec<usize>)>| list.into_iter().map(|(name, shape)| serde_json::json!({ "name": name, "shape": shape })).collect::<Vec<_>>();
     let layout = serde_json::json!({
-        "dia": tensors(crate::weights::expected_hf_tensors(&dia)),
+        "dia": tensors(crate::dia::layout::expected_hf_tensors(&dia)),
         "dac": tensors(crate::dac::layout::dac_tensor_specs(&dac).into_iter().map(|s| (s.name, s.shape)).collect()),
         "stepWeightBytes": crate::dia::step_weight_bytes(&dia, mode),
     });

@@ -1,8 +1,9 @@
-//! Generation (spec §4, HF semantics): CFG rows, delayed prefix and prompt prefill, GPU-side sampling, the
+//! Generation (docs/model.md §4, HF semantics): CFG rows, delayed prefix and prompt prefill, GPU-side sampling, the
 //! EOS/PAD tail, batches. The CPU never waits on the GPU per step: steps are submitted back to back and the
 //! produced rows come back through a small ring of asynchronous readbacks, a few steps behind.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuError};
 use crate::kernels::sampling::{Sampler, SamplerBuffers, SamplerShape, SamplingParams};
@@ -13,7 +14,7 @@ use super::model::DiaModel;
 use super::tokenizer::encode_text;
 use super::DiaError;
 
-/// Options of one `generate` call. Defaults are the reference's (spec §4.6, nari `generate()`).
+/// Options of one `generate` call. Defaults are the reference's (docs/model.md §4.6).
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub sampling: SamplingParams,
@@ -62,7 +63,10 @@ impl Generation {
 /// (the streaming codec) can do GPU work of its own between readbacks.
 #[allow(async_fn_in_trait)]
 pub trait RowSink {
-    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError>;
+    /// The sink's own failure (the streaming codec's), which ends the run as `RunError::Sink`.
+    type Error;
+
+    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), Self::Error>;
 
     /// How many rows (from row 0) the sink needs before it can next make progress — the streaming codec's next
     /// chunk — if it knows. The session then ends a readback exactly there instead of at the next full
@@ -73,9 +77,26 @@ pub trait RowSink {
 }
 
 impl<F: FnMut(usize, &[u32])> RowSink for F {
-    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError> {
+    type Error = Infallible;
+
+    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), Infallible> {
         self(first_row, rows);
         Ok(())
+    }
+}
+
+/// Why `Session::run_with` stopped before the end: the generation's own error, or the sink's.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError<E> {
+    #[error(transparent)]
+    Dia(#[from] DiaError),
+    #[error(transparent)]
+    Sink(E),
+}
+
+impl<E> From<GpuError> for RunError<E> {
+    fn from(e: GpuError) -> Self {
+        RunError::Dia(e.into())
     }
 }
 
@@ -334,8 +355,17 @@ impl<'m> Session<'m> {
 
     /// Runs to the end. `sink` receives produced delayed rows `[n, B, C]` in order as they reach the CPU
     /// (a few steps after the GPU made them), starting with the known prefix rows; `cancelled()` is checked
-    /// between chunks of steps.
-    pub async fn run<S: RowSink + ?Sized>(&mut self, opts: &GenerateOptions, sink: &mut S, cancelled: impl Fn() -> bool) -> Result<Generation, DiaError> {
+    /// between chunks of steps. For sinks that cannot fail (closures); `run_with` for those that can.
+    pub async fn run<S: RowSink<Error = Infallible> + ?Sized>(&mut self, opts: &GenerateOptions, sink: &mut S, cancelled: impl Fn() -> bool) -> Result<Generation, DiaError> {
+        self.run_with(opts, sink, cancelled).await.map_err(|e| match e {
+            RunError::Dia(e) => e,
+            RunError::Sink(never) => match never {},
+        })
+    }
+
+    /// `run` with a sink that may fail: its first error ends the run (no further steps or rows) and comes back
+    /// as `RunError::Sink`.
+    pub async fn run_with<S: RowSink + ?Sized>(&mut self, opts: &GenerateOptions, sink: &mut S, cancelled: impl Fn() -> bool) -> Result<Generation, RunError<S::Error>> {
         const RING: usize = 3;
         let c = self.model.cfg.decoder.channels;
         let row_bytes = (self.batch * c * 4) as u64;
@@ -351,14 +381,14 @@ impl<'m> Session<'m> {
             })
             .collect();
         let mut out = self.known.clone();
-        sink.rows(0, &self.known).await?;
+        sink.rows(0, &self.known).await.map_err(RunError::Sink)?;
         let max_steps = self.max_length - self.s0;
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut free: Vec<usize> = (0..RING).collect();
         let mut end: Option<usize> = None;
         while end.is_none() {
             if cancelled() {
-                return Err(DiaError::Cancelled);
+                return Err(DiaError::Cancelled.into());
             }
             // A lost device (or a GPU error) ends the generation at once: its rows would be garbage.
             self.gpu.check()?;
@@ -431,7 +461,7 @@ impl<'m> Session<'m> {
             let rows = &data[4..4 + valid * self.batch * c];
             out.extend_from_slice(rows);
             if valid > 0 {
-                sink.rows(p.first_row, rows).await?;
+                sink.rows(p.first_row, rows).await.map_err(RunError::Sink)?;
             }
             if over {
                 end = Some(total);
