@@ -85,7 +85,7 @@ struct Args {
     #[arg(long)]
     decoder: bool,
     /// Rows of x for `--decoder` (2 per text with CFG).
-    #[arg(long, value_delimiter = ',', default_value = "2,16")]
+    #[arg(long, value_delimiter = ',', default_value = "2,16", value_parser = clap::value_parser!(u32).range(1..))]
     decoder_ms: Vec<u32>,
     /// Decoder layers for `--decoder` (default the 1.6B model's 18).
     #[arg(long)]
