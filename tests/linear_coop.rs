@@ -317,3 +317,39 @@ fn decoder_norm_linear_matches_cpu() {
     }
 }
 
+
+/// The logits head at the decoder's row counts (the fixture's config, random weights): where the policy does not
+/// fuse the final norm (tensor cores from `COOP_M_MIN` rows, or above `SMALL_M_MAX`) it needs a scratch of
+/// `[rows, D]` (a 4-byte one at 8–16 rows made `rmsnorm` panic on tensor-core devices). Against the norm, then the
+/// plain kernels on f32 x.
+#[test]
+fn logits_head_serves_every_decoder_row_count() {
+    use dia_webgpu::config::DiaConfig;
+    use dia_webgpu::dia::DiaModel;
+    use dia_webgpu::kernels::linear::{linear_scheduled, Schedule};
+    use dia_webgpu::kernels::norm::rmsnorm;
+    use dia_webgpu::kernels::Numerics;
+    let gpu = test_gpu();
+    let cfg = DiaConfig::from_json_str(&std::fs::read_to_string(common::fixtures_dir().join("dia/config.json")).unwrap()).unwrap();
+    let d = cfg.decoder.clone();
+    let mut rng = Rng::new(61);
+    for numerics in [Numerics::F16W, Numerics::Q4] {
+        let model = DiaModel::random(&gpu, &cfg, numerics, 5).unwrap();
+        for rows in DECODER_MS {
+            let x = gpu.upload("x", &rng.vec(rows * d.hidden, 2.0));
+            let (ds, out) = model.logits_head(&gpu, &x, rows as u32);
+            gpu.run(&ds.iter().collect::<Vec<_>>());
+            let got = gpu.read_f32_blocking(&out).unwrap();
+            let normed = gpu.buffer("normed", (rows * d.hidden * 4) as u64);
+            let want_buf = gpu.buffer("want", out.size);
+            let plain = if rows as u32 <= SMALL_M_MAX { Schedule::SmallM } else { Schedule::Tiled };
+            let mut reference = vec![rmsnorm(&gpu, &x, &model.dec_norm, &normed, rows as u32, d.hidden as u32, d.norm_eps)];
+            reference.extend(linear_scheduled(&gpu, &normed, &model.logits, &want_buf, rows as u32, LinearEpilogue::Store, plain));
+            gpu.run(&reference.iter().collect::<Vec<_>>());
+            let want = gpu.read_f32_blocking(&want_buf).unwrap();
+            let coop = gpu.tensor_cores() && rows as u32 >= COOP_M_MIN;
+            let err = rel_err(&got, &want);
+            assert!(err < if coop { 1e-3 } else { 1e-5 }, "{numerics:?} rows {rows}: rel err {err:.2e}");
+        }
+    }
+}
