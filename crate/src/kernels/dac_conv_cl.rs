@@ -237,7 +237,7 @@ fn body(shape: ClShape, epilogue: &str) -> String {
             halves(s, "sb", base_b, &format!("sbo{u}"), &format!("vw{u}{tag}"));
         }
     };
-    staged_reduction(&mut s, shape.frag_m, shape.frag_n, LDS, shape.stages, tm * LDS, sn_rows * LDS, Staging { load: &load, stage: &stage });
+    staged_reduction(&mut s, shape.frag_m, shape.frag_n, LDS, shape.stages, tm * LDS, sn_rows * LDS, Staging { load: &load, stage: &stage, step: 32, frag_k: "" });
     output(&mut s, shape, epilogue);
     s
 }
