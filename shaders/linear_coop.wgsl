@@ -1,10 +1,12 @@
 // y = x · Wᵀ on tensor cores (wgpu's experimental cooperative matrices; native only, never on the web path).
-// x: f32 [M, K]; W: f16 pairs packed in u32, [N, K], rows `stride` words apart; epilogues as in linear.wgsl.
+// x: f32 [M, K]; W [N, K], rows `stride` words apart: f16 pairs packed in u32, or q8 / q4 blocks (crate/src/quant.rs),
+// dequantized with their group's scale into the f16 staged tile; epilogues as in linear.wgsl.
 //
 // A workgroup of 256 invocations = 8 subgroups of 32 owns a TM × TN tile of (x rows) × (weight rows); subgroup
 // sg owns FM × FN 16×16 f32 accumulators at rows SM(sg).., columns SN(sg)... K goes through workgroup memory
-// 32 columns per stage as f16 (x is rounded to f16 here), rows padded to LDS halves (bank-conflict-free
-// fragment loads); rows and columns outside x / W are staged as zeros. `crate/src/kernels/linear/coop.rs`
+// KS columns per stage as f16 (x is rounded to f16 here), rows padded to LDS halves (bank-conflict-free
+// fragment loads); rows and columns outside x / W are staged as zeros. With KS > 32 (small-M shapes) the
+// subgroups split each stage's columns in blocks of 32 and their partial sums meet in the output. `crate/src/kernels/linear/coop.rs`
 // generates `main`'s body as straight-line code (named registers, no per-thread arrays).
 //
 // Output: cooperative stores cannot be skipped per subgroup (uniform control flow), so each accumulator goes
@@ -26,14 +28,16 @@ enable wgpu_cooperative_matrix;
 const EPILOGUE: u32 = {{EPILOGUE}}u;
 const TM: u32 = {{TM}}u;
 const TN: u32 = {{TN}}u;
-// Staged row stride in halves: 32 columns + 8 of padding.
-const LDS: u32 = 40u;
+// Columns of K per stage, and the staged row stride in halves: KS columns + 8 of padding.
+const KS: u32 = {{KS}}u;
+const LDS: u32 = {{LDS}}u;
 const NONE: u32 = 0xffffffffu;
 
 var<workgroup> sa: array<f16, {{SA_LEN}}>;
 var<workgroup> sb: array<f16, {{SB_LEN}}>;
 var<workgroup> so: array<f32, 2048>;
 
+{{WEIGHT_FNS}}
 fn silu(z: f32) -> f32 {
     return z / (1.0 + exp(-z));
 }
@@ -70,6 +74,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let m0 = wid.y * TM;
     let t = wid.x;
     let sg = lid / 32u;
-    let nk = (p.k + 31u) / 32u;
+    let nk = (p.k + KS - 1u) / KS;
 {{BODY}}
 }

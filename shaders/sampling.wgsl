@@ -1,4 +1,4 @@
-// Dia sampling on the GPU, one decoder step (HF `generate` semantics, spec §4.4–4.7):
+// Dia sampling on the GPU, one decoder step (HF `generate` semantics, docs/model.md §4.4–4.7):
 //   `select_token`: one workgroup per (item b, channel c): CFG top-k filter, temperature, EOS channel
 //                   filter, top-p, multinomial draw (or argmax); records channel 0's "EOS is the argmax".
 //   `advance`:      one workgroup for the batch: EOS delay pattern, finished/PAD, delay-mask override,

@@ -12,7 +12,8 @@ use dia_webgpu::dia::stored::{convert_dir, stored_form, NUMERICS_METADATA_KEY};
 use dia_webgpu::dia::{load_model_dir, stored_numerics, DiaError, DiaModel, DiaModelBuilder};
 use dia_webgpu::gpu::Gpu;
 use dia_webgpu::kernels::{GpuMatrix, Numerics};
-use dia_webgpu::weights::{Checkpoint, DiaWeights, WeightsError};
+use dia_webgpu::dia::layout::DiaWeights;
+use dia_webgpu::weights::{Checkpoint, WeightsError};
 use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 
@@ -229,7 +230,8 @@ fn convert_refusals_leave_nothing_behind() {
 #[test]
 fn convert_from_bytes_block_by_block_equals_whole_tensor() {
     use dia_webgpu::dia::stored::stored_form_from_bytes;
-    use dia_webgpu::weights::{Dtype, TensorValues};
+    use dia_webgpu::dia::layout::TensorValues;
+    use dia_webgpu::weights::Dtype;
     let mut rng = common::Rng::new(7);
     let names = ["model.decoder.layers.0.mlp.down_proj.weight", "model.decoder.layers.0.self_attention.q_proj.weight", "model.decoder.embeddings.embed.weight", "model.decoder.norm.weight"];
     for name in names {

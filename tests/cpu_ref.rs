@@ -85,7 +85,7 @@ fn cpu_ref_logits_tf24_match_fixtures() {
     }
 }
 
-/// Spec §3.2: the unconditional row (L zero bytes) gives the logits of a single zero byte.
+/// docs/model.md §3.2: the unconditional row (L zero bytes) gives the logits of a single zero byte.
 #[test]
 fn cpu_ref_uncond_equals_single_zero_byte() {
     let (model, exp) = fixtures();

@@ -1,7 +1,8 @@
 //! DAC codec: convolution and RVQ kernels against CPU references (`dac_kernel_*`).
 mod common;
 
-use common::{conv_epilogue, rel_err, test_gpu, Rng};
+use common::conv_ref::{self, conv_epilogue};
+use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Gpu, GpuBuffer};
 use dia_webgpu::kernels::dac_conv::{
     conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvLaunch, ConvShape, ConvTile,
@@ -19,89 +20,6 @@ fn stored(w: &[f32], numerics: Numerics) -> Vec<f32> {
         _ => w.iter().map(|&v| round_f16(v)).collect(),
     }
 }
-
-fn snake_ref(v: f64, a: f64) -> f64 {
-    v + (a * v).sin().powi(2) / (a + 1e-9)
-}
-
-/// CPU Conv1d: x `[cin, len]`, w `[cout, cin, k]`.
-#[allow(clippy::too_many_arguments)]
-fn conv1d_ref(
-    x: &[f32],
-    len: usize,
-    w: &[f32],
-    b: &[f32],
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    dil: usize,
-    pad: usize,
-    alpha: Option<&[f32]>,
-) -> Vec<f64> {
-    let len_out = conv1d_len(len as u32, k as u32, stride as u32, dil as u32, pad as u32) as usize;
-    let mut y = vec![0.0f64; cout * len_out];
-    for co in 0..cout {
-        for t in 0..len_out {
-            let mut s = b[co] as f64;
-            for ci in 0..cin {
-                for kk in 0..k {
-                    let pos = (t * stride + kk * dil) as isize - pad as isize;
-                    if pos < 0 || pos >= len as isize {
-                        continue;
-                    }
-                    let mut v = x[ci * len + pos as usize] as f64;
-                    if let Some(a) = alpha {
-                        v = snake_ref(v, a[ci] as f64);
-                    }
-                    s += w[(co * cin + ci) * k + kk] as f64 * v;
-                }
-            }
-            y[co * len_out + t] = s;
-        }
-    }
-    y
-}
-
-/// CPU ConvTranspose1d: x `[cin, len]`, w `[cin, cout, k]`, the scatter form of the reference.
-#[allow(clippy::too_many_arguments)]
-fn conv_transpose1d_ref(
-    x: &[f32],
-    len: usize,
-    w: &[f32],
-    b: &[f32],
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    alpha: Option<&[f32]>,
-) -> Vec<f64> {
-    let full_len = (len - 1) * stride + k;
-    let mut full = vec![0.0f64; cout * full_len];
-    for ci in 0..cin {
-        for j in 0..len {
-            let mut v = x[ci * len + j] as f64;
-            if let Some(a) = alpha {
-                v = snake_ref(v, a[ci] as f64);
-            }
-            for co in 0..cout {
-                for kk in 0..k {
-                    full[co * full_len + j * stride + kk] += w[(ci * cout + co) * k + kk] as f64 * v;
-                }
-            }
-        }
-    }
-    let len_out = conv_transpose1d_len(len as u32, k as u32, stride as u32, pad as u32) as usize;
-    let mut y = vec![0.0f64; cout * len_out];
-    for co in 0..cout {
-        for t in 0..len_out {
-            y[co * len_out + t] = full[co * full_len + t + pad] + b[co] as f64;
-        }
-    }
-    y
-}
-
 
 struct Fusions {
     snake: bool,
@@ -172,7 +90,7 @@ fn dac_kernel_conv1d_matches_cpu() {
             let got = run_into(&gpu, &y0, |y| {
                 conv1d(&gpu, &x_gpu, len as u32, &wg, stride as u32, dil as u32, pad as u32, y, fusion, ConvTile::default())
             });
-            let conv = conv1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, dil, pad, f.snake.then_some(&alpha[..]));
+            let conv = conv_ref::conv1d(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, dil, pad, f.snake.then_some(&alpha[..]));
             let want = conv_epilogue(&conv, &y0, f.accumulate, f.tanh);
             let label = format!(
                 "conv1d cin {cin} cout {cout} k {k} s {stride} d {dil} p {pad} len {len} {} snake {} acc {} tanh {}",
@@ -225,7 +143,7 @@ fn dac_kernel_conv_transpose1d_matches_cpu() {
             let got = run_into(&gpu, &y0, |y| {
                 conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, pad as u32, y, fusion, ConvTile::default())
             });
-            let conv = conv_transpose1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, pad, f.snake.then_some(&alpha[..]));
+            let conv = conv_ref::conv_transpose1d(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, pad, f.snake.then_some(&alpha[..]));
             let want = conv_epilogue(&conv, &y0, f.accumulate, f.tanh);
             let label = format!(
                 "convT cin {cin} cout {cout} k {k} s {stride} p {pad} len {len} {} snake {} acc {} tanh {}",
@@ -261,7 +179,7 @@ fn dac_kernel_conv_other_tiles_match_cpu() {
         let fusion = ConvFusion { snake_alpha: Some(&a_gpu), accumulate: true, tanh: false };
         let y0 = rng.vec(cout * len, 1.0);
         let got = run_into(&gpu, &y0, |y| conv1d(&gpu, &x_gpu, len as u32, &wg, 1, dil as u32, 3 * dil as u32, y, fusion, tile));
-        let conv = conv1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, 1, dil, 3 * dil, Some(&alpha));
+        let conv = conv_ref::conv1d(&x, len, &stored(&w, numerics), &b, cin, cout, k, 1, dil, 3 * dil, Some(&alpha));
         check(&format!("conv1d tile {tile:?}"), &got, &conv_epilogue(&conv, &y0, true, false), 2e-5);
 
         let (cin, cout, k, s, p, len) = (23, 11, 8, 4, 2, 29);
@@ -274,7 +192,7 @@ fn dac_kernel_conv_other_tiles_match_cpu() {
         let got = run_into(&gpu, &y0, |y| {
             conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, p as u32, y, ConvFusion::default(), tile)
         });
-        let conv = conv_transpose1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, s, p, None);
+        let conv = conv_ref::conv_transpose1d(&x, len, &stored(&w, numerics), &b, cin, cout, k, s, p, None);
         check(&format!("convT tile {tile:?}"), &got, &conv_epilogue(&conv, &y0, false, false), 2e-5);
     }
 }
@@ -327,7 +245,7 @@ fn dac_kernel_conv_each_shape_and_split_ragged() {
             if let Some(want) = tile.splits {
                 assert_eq!(splits > 1, want > 1, "{tile:?}: {splits} splits");
             }
-            let conv = conv1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, dil, pad, f.snake.then_some(&alpha[..]));
+            let conv = conv_ref::conv1d(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, dil, pad, f.snake.then_some(&alpha[..]));
             let label = format!("conv1d {tile:?} cin {cin} cout {cout} k {k} s {stride} d {dil} len {len} {}", numerics.name());
             check(&label, &got, &conv_epilogue(&conv, &y0, f.accumulate, f.tanh), 2e-5);
         }
@@ -346,7 +264,7 @@ fn dac_kernel_conv_each_shape_and_split_ragged() {
             let wg = ConvTranspose1dWeights::upload(&gpu, "w", &w, &b, cin, cout, k, stride, numerics).unwrap();
             let fusion = ConvFusion { snake_alpha: f.snake.then_some(&a_gpu), accumulate: f.accumulate, tanh: f.tanh };
             let got = run_into(&gpu, &y0, |y| conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, pad as u32, y, fusion, tile));
-            let conv = conv_transpose1d_ref(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, pad, f.snake.then_some(&alpha[..]));
+            let conv = conv_ref::conv_transpose1d(&x, len, &stored(&w, numerics), &b, cin, cout, k, stride, pad, f.snake.then_some(&alpha[..]));
             let label = format!("convT {tile:?} cin {cin} cout {cout} k {k} s {stride} len {len} {}", numerics.name());
             check(&label, &got, &conv_epilogue(&conv, &y0, f.accumulate, f.tanh), 2e-5);
         }
@@ -386,7 +304,7 @@ fn dac_kernel_conv_f16_math_close_to_cpu() {
         let fusion = ConvFusion { snake_alpha: Some(&a_gpu), accumulate: true, tanh: false };
         let y0 = rng.vec(cout * len, 1.0);
         let got = run_into(&gpu, &y0, |y| conv1d(&gpu, &x_gpu, len as u32, &wg, 1, dil as u32, 3 * dil as u32, y, fusion, tile));
-        let conv = conv1d_ref(&x, len, &stored(&w, Numerics::F16W), &b, cin, cout, k, 1, dil, 3 * dil, Some(&alpha));
+        let conv = conv_ref::conv1d(&x, len, &stored(&w, Numerics::F16W), &b, cin, cout, k, 1, dil, 3 * dil, Some(&alpha));
         check(&format!("f16 conv1d {tile:?} cin {cin} cout {cout} k {k} d {dil} len {len}"), &got, &conv_epilogue(&conv, &y0, true, false), 2e-3);
 
         let (s, p) = (4, 2);
@@ -394,7 +312,7 @@ fn dac_kernel_conv_f16_math_close_to_cpu() {
         let wg = ConvTranspose1dWeights::upload(&gpu, "w", &wt, &b, cin, cout, 2 * s, s, Numerics::F16W).unwrap();
         let y0 = vec![0.0; cout * conv_transpose1d_len(len as u32, 2 * s as u32, s as u32, p as u32) as usize];
         let got = run_into(&gpu, &y0, |y| conv_transpose1d(&gpu, &x_gpu, len as u32, &wg, p as u32, y, ConvFusion::default(), tile));
-        let conv = conv_transpose1d_ref(&x, len, &stored(&wt, Numerics::F16W), &b, cin, cout, 2 * s, s, p, None);
+        let conv = conv_ref::conv_transpose1d(&x, len, &stored(&wt, Numerics::F16W), &b, cin, cout, 2 * s, s, p, None);
         check(&format!("f16 convT {tile:?} cin {cin} cout {cout} len {len}"), &got, &conv_epilogue(&conv, &y0, false, false), 2e-3);
     }
 }
@@ -911,13 +829,13 @@ fn dac_decoder_context_is_the_exact_receptive_field() {
     let ones = [1.0f32; 16];
     let zero = [0.0f32];
     let same = |x: &[f32], dil: usize| -> Vec<f32> {
-        conv1d_ref(x, x.len(), &ones[..7], &zero, 1, 1, 7, 1, dil, 3 * dil, None).iter().map(|&v| v as f32).collect()
+        conv_ref::conv1d(x, x.len(), &ones[..7], &zero, 1, 1, 7, 1, dil, 3 * dil, None).iter().map(|&v| v as f32).collect()
     };
     let mut x = vec![0.0f32; frames];
     x[j] = 1.0;
     x = same(&x, 1);
     for &st in &t.cfg.upsampling_ratios {
-        x = conv_transpose1d_ref(&x, x.len(), &ones[..2 * st], &zero, 1, 1, 2 * st, st, st.div_ceil(2), None).iter().map(|&v| v as f32).collect();
+        x = conv_ref::conv_transpose1d(&x, x.len(), &ones[..2 * st], &zero, 1, 1, 2 * st, st, st.div_ceil(2), None).iter().map(|&v| v as f32).collect();
         for dil in [1, 3, 9] {
             let r = same(&x, dil);
             x = x.iter().zip(&r).map(|(a, b)| a + b).collect();

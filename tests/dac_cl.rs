@@ -5,13 +5,10 @@
 
 mod common;
 
-// The example's `native` half (GPU probe) is unused here; its `coop` module holds wgpu's own translation.
-#[allow(dead_code)]
-#[path = "../crate/examples/probe_coop.rs"]
-mod probe_coop;
-
-use common::{conv_epilogue, rel_err, test_gpu, Rng};
+use common::conv_ref::{conv_epilogue, snake};
+use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Gpu, GpuBuffer};
+use dia_webgpu::naga_check;
 use dia_webgpu::kernels::dac_channels_last::{conv_mono, pack, SourceLayout};
 use dia_webgpu::kernels::dac_conv::{conv1d_len, conv_transpose1d_len, conv_transpose_phase_weights, Conv1dWeights, ConvTranspose1dWeights};
 use dia_webgpu::kernels::dac_conv_cl::{self, tap_major, ClEpilogue, ClShape, EPILOGUE_NAMES};
@@ -35,10 +32,10 @@ fn every_channels_last_conv_variant_translates_to_spirv() {
     for (shape, e) in variants() {
         let wgsl = dac_conv_cl::shader_source(shape, e);
         for robust in [false, true] {
-            let words = probe_coop::coop::translate_spirv(&wgsl, robust).unwrap_or_else(|err| panic!("{} {e} (robust {robust}): {err}\n{wgsl}", shape.name()));
+            let words = naga_check::translate_spirv(&wgsl, robust).unwrap_or_else(|err| panic!("{} {e} (robust {robust}): {err}\n{wgsl}", shape.name()));
             assert!(words > 1000, "{} {e}: suspiciously small module ({words} words)", shape.name());
         }
-        let bytes = probe_coop::coop::workgroup_bytes(&wgsl);
+        let bytes = naga_check::workgroup_bytes(&wgsl);
         assert_eq!(bytes, shape.workgroup_bytes(), "{} {e}", shape.name());
         // NVIDIA's Vulkan driver allows 48 KiB.
         assert!(bytes <= 48 * 1024, "{} {e}: {bytes} bytes", shape.name());
@@ -53,10 +50,6 @@ fn tap_major_moves_each_weight_to_its_tap_block() {
     let got = tap_major(&rows, cin, taps);
     let want: Vec<f32> = (0..2).flat_map(|r| (0..taps).flat_map(move |t| (0..cin).map(move |ci| (100 * r + 10 * ci + t) as f32))).collect();
     assert_eq!(got, want);
-}
-
-fn snake(v: f64, a: f64) -> f64 {
-    v + (a * v).sin().powi(2) / (a + 1e-9)
 }
 
 /// f32 pairs → u32 (low half = even element), as the kernels store f16 channels-last data.
@@ -295,24 +288,10 @@ fn channels_last_conv_transpose1d_matches_cpu_on_ragged_shapes() {
 #[test]
 fn channels_last_decoder_matches_the_plain_decoder() {
     use dia_webgpu::config::DacConfig;
-    use dia_webgpu::dac::{dac_tensor_specs, DacModelBuilder};
     let Some(gpu) = tensor_core_gpu() else { return };
     let cfg = DacConfig::dac_44khz();
     let mut rng = Rng::new(47);
-    let mut b = DacModelBuilder::new(&gpu, &cfg, Numerics::F16W, false).unwrap();
-    for spec in dac_tensor_specs(&cfg).into_iter().filter(|s| !s.name.starts_with("encoder.")) {
-        let n: usize = spec.shape.iter().product();
-        let data: Vec<f32> = if spec.name.ends_with(".alpha") {
-            (0..n).map(|_| 1.0 + 0.5 * rng.uniform()).collect()
-        } else if spec.weight_norm {
-            let fan_in = if spec.name.contains("conv_t") { spec.shape[0] } else { n / spec.shape[0] };
-            rng.vec(n, 1.0 / (fan_in as f32).sqrt())
-        } else {
-            rng.vec(n, 0.1)
-        };
-        b.accept(&spec.name, &spec.shape, &data).unwrap();
-    }
-    let mut model = b.finish().unwrap();
+    let mut model = dia_webgpu::random::dac_decoder(&gpu, &cfg, Numerics::F16W, &mut rng).unwrap();
     assert!(model.uses_tensor_cores(&gpu));
     // Long enough for the channels-last decode (CHANNELS_LAST_MIN_FRAMES).
     let frames = 300;

@@ -3,7 +3,8 @@
 mod common;
 
 use common::{fixtures_dir, test_gpu};
-use dia_webgpu::dia::{load_model_dir, DiaError, DiaModel, GenerateOptions, Session};
+use dia_webgpu::dia::generate::RowSink;
+use dia_webgpu::dia::{load_model_dir, DiaError, DiaModel, GenerateOptions, RunError, Session};
 use dia_webgpu::gpu::Gpu;
 use dia_webgpu::kernels::Numerics;
 
@@ -127,6 +128,34 @@ fn generation_cancel_stops_and_session_model_stays_usable() {
     let r = pollster::block_on(s.run(&opts, &mut |_: usize, _: &[u32]| seen.set(seen.get() + 1), || seen.get() >= 2));
     assert!(matches!(r, Err(DiaError::Cancelled)));
     let (_, rows, ..) = run(&gpu, &m, &["[S1] After a cancel."], &sampled(5, 30));
+    assert!(rows > 1);
+}
+
+/// A sink that can fail (the streaming codec) ends the run with its own error, not a `Cancelled` or any other
+/// generation error, and hears no rows after failing; the session's model stays usable.
+#[test]
+fn generation_a_failing_sink_ends_the_run_with_its_own_error() {
+    #[derive(Debug, PartialEq)]
+    struct SinkFailed(usize);
+    struct FailsOnSecondCall {
+        calls: usize,
+    }
+    impl RowSink for FailsOnSecondCall {
+        type Error = SinkFailed;
+        async fn rows(&mut self, _first_row: usize, _rows: &[u32]) -> Result<(), SinkFailed> {
+            self.calls += 1;
+            if self.calls == 2 { Err(SinkFailed(self.calls)) } else { Ok(()) }
+        }
+    }
+    let gpu = test_gpu();
+    let m = long_talker(&gpu);
+    let opts = sampled(5, 200);
+    let mut s = Session::new(&gpu, &m, &["[S1] Fail me."], None, &opts, false).unwrap();
+    let mut sink = FailsOnSecondCall { calls: 0 };
+    let r = pollster::block_on(s.run_with(&opts, &mut sink, || false));
+    assert!(matches!(r, Err(RunError::Sink(SinkFailed(2)))), "{r:?}");
+    assert_eq!(sink.calls, 2, "no rows after the sink failed");
+    let (_, rows, ..) = run(&gpu, &m, &["[S1] After a failed sink."], &sampled(5, 30));
     assert!(rows > 1);
 }
 

@@ -1,6 +1,5 @@
-//! GPU sampler (`kernels::sampling`) against a Rust port of the numpy reference chain
-//! (`npref/generate.py`: cfg_filter, eos_channel_filter, top_k_filter, top_p_filter, EosDelayPattern,
-//! generate_batch, force_known), driven over many consecutive steps recorded into one command buffer.
+//! GPU sampler (`kernels::sampling`) against a CPU reference of transformers' chain (docs/model.md §4.4–4.7:
+//! CFG filter, EOS channel filter, top-k, top-p, EOS delay pattern, the batch loop, known-cell forcing), driven over many consecutive steps recorded into one command buffer.
 mod common;
 
 use std::collections::BTreeMap;
@@ -49,7 +48,7 @@ impl Shape {
             first_item: self.first_item,
         }
     }
-    /// npref `build_prefix` for every item: [B, P, C] and s0 (prompt frames n per item, same n).
+    /// The delayed prefix (docs/model.md §4.2) for every item: [B, P, C] and s0 (prompt frames n per item, same n).
     fn prefix(&self, prompts: &[Vec<Vec<u32>>]) -> (Vec<u32>, usize, usize) {
         let n = prompts[0].len();
         let md = self.max_delay() as usize;
@@ -102,10 +101,10 @@ impl Cfg {
 }
 
 // ------------------------------------------------------------------------------------------------
-// CPU reference: npref's chain, f32 throughout
+// CPU reference: transformers' chain (docs/model.md §4.4–4.7), f32 throughout
 // ------------------------------------------------------------------------------------------------
 
-/// numpy argmax: first index of the maximum (0 when every value is −inf).
+/// argmax: first index of the maximum (0 when every value is −inf).
 fn argmax(s: &[f32]) -> usize {
     let mut best = 0;
     for i in 1..s.len() {
@@ -203,7 +202,7 @@ struct RefOut {
     s: usize,
 }
 
-/// npref `generate_batch` over precomputed per-step logits (`steps[j]` feeds row s0 + j).
+/// The generation loop over precomputed per-step logits (`steps[j]` feeds row s0 + j).
 #[allow(clippy::too_many_arguments)]
 fn reference(
     sh: &Shape,

@@ -163,7 +163,7 @@ fn softmax(x: &[f32]) -> Vec<f64> {
     e.iter().map(|y| y / s).collect()
 }
 
-/// The nari checkpoint layout (spec §2.2) loads to the same model: the fixture converted to it generates
+/// The nari checkpoint layout (docs/model.md §2.2) loads to the same model: the fixture converted to it generates
 /// the reference codes and logits.
 #[test]
 fn parity_nari_layout_f32() {
@@ -185,7 +185,7 @@ fn parity_nari_layout_f32() {
     assert_eq!(codes, u32s(&f.exp["t0.generated"].1), "nari layout t0.generated differs");
 }
 
-/// The v0.1 cross-attention RoPE flag (spec §3.5), against the CPU reference with the same flag.
+/// The v0.1 cross-attention RoPE flag (docs/model.md §3.5), against the CPU reference with the same flag.
 #[test]
 fn parity_cross_attention_rope_flag_f32() {
     let f = fixture();

@@ -8,10 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use dia_webgpu::config::{ConfigError, ConfigSchema, DacConfig, DiaConfig};
-use dia_webgpu::weights::{
-    expected_hf_tensors, ByteSource, Checkpoint, DiaLayout, DiaWeights, Dtype, FileSource, Header, MemorySource,
-    WeightsError,
-};
+use dia_webgpu::dia::layout::{expected_hf_tensors, DiaLayout, DiaWeights};
+use dia_webgpu::weights::{ByteSource, Checkpoint, Dtype, FileSource, Header, MemorySource, WeightsError};
 use serde_json::{json, Value};
 
 fn dia_dir() -> PathBuf {
@@ -310,7 +308,7 @@ fn weights_config_dia_older_spellings() {
     assert!(matches!(no_rope, Err(ConfigError::MissingField(f)) if f.contains("decoder_config.rope_parameters")));
 }
 
-/// nari v0.1 `config.json` with the values of spec §1.1.
+/// nari v0.1 `config.json` with the values of docs/model.md §1.1.
 fn nari_v01_json() -> Value {
     json!({
         "version": "0.1",

@@ -20,6 +20,7 @@ fn main() {
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::attention::{attention_decode, AttentionArgs};
     use dia_webgpu::kernels::norm::rmsnorm;
+    use dia_webgpu::random::Rng;
     use std::time::Instant;
 
     let Args { repeats } = Args::parse();
@@ -38,7 +39,7 @@ fn main() {
         gpu.wait_idle().unwrap();
         t0.elapsed().as_secs_f64() / 5.0 / repeats as f64 * 1e6
     };
-    let noise = |n: usize, seed: u32| -> Vec<f32> { (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.5).collect() };
+    let noise = |n: usize, seed: u64| -> Vec<f32> { Rng::new(seed).vec(n, 0.5) };
 
     // Launch + ordering cost alone: a one-row RMSNorm of 2048 values.
     let x = gpu.upload("x", &noise(2048, 1));

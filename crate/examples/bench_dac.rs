@@ -26,7 +26,7 @@ mod native {
     use clap::Parser;
 
     use dia_webgpu::config::DacConfig;
-    use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
+    use dia_webgpu::dac::DacModel;
     use dia_webgpu::gpu::{Gpu, GpuOptions};
     use dia_webgpu::gpu::GpuBuffer;
     use dia_webgpu::kernels::dac_conv::{
@@ -34,6 +34,7 @@ mod native {
         ConvTranspose1dWeights,
     };
     use dia_webgpu::kernels::Numerics;
+    use dia_webgpu::random::{self, Rng};
 
     /// Frames in 10 s of 44.1 kHz audio at hop 512.
     const FRAMES_PER_10S: f64 = 441000.0 / 512.0;
@@ -58,36 +59,9 @@ mod native {
         layers: bool,
     }
 
-    /// Small deterministic generator (xorshift64*), uniform in [−1, 1).
-    struct Rng(u64);
-
-    impl Rng {
-        fn uniform(&mut self) -> f32 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        }
-    }
-
     /// The decoder with random weights (fan-in scaled so activations stay in a sane range).
     fn random_decoder(gpu: &Gpu, cfg: &DacConfig, numerics: Numerics) -> Result<DacModel, String> {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let mut b = DacModelBuilder::new(gpu, cfg, numerics, false).map_err(|e| e.to_string())?;
-        for spec in dac_tensor_specs(cfg).into_iter().filter(|s| !s.name.starts_with("encoder.")) {
-            let n: usize = spec.shape.iter().product();
-            let data: Vec<f32> = if spec.name.ends_with(".alpha") {
-                (0..n).map(|_| 1.0 + 0.5 * rng.uniform()).collect()
-            } else if spec.weight_norm {
-                let fan_in = if spec.name.contains("conv_t") { spec.shape[0] } else { n / spec.shape[0] };
-                let scale = 1.0 / (fan_in as f32).sqrt();
-                (0..n).map(|_| scale * rng.uniform()).collect()
-            } else {
-                (0..n).map(|_| 0.1 * rng.uniform()).collect()
-            };
-            b.accept(&spec.name, &spec.shape, &data).map_err(|e| e.to_string())?;
-        }
-        b.finish().map_err(|e| e.to_string())
+        random::dac_decoder(gpu, cfg, numerics, &mut Rng::from_state(0x9E37_79B9_7F4A_7C15)).map_err(|e| e.to_string())
     }
 
     /// Multiply-add FLOPs of one decode of `frames` frames (convolutions only; RVQ and Snake excluded).
@@ -145,8 +119,8 @@ mod native {
     /// Times each convolution of the decoder alone (same shapes, tiles and fusions as a decode of `frames`
     /// frames; random weights, activations left as they come): best of `iters` runs of 5 back-to-back launches.
     fn time_layers(gpu: &Gpu, cfg: &DacConfig, numerics: Numerics, tile: ConvTile, frames: usize, iters: usize) -> Result<(), String> {
-        let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
-        let mut random = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| scale * rng.uniform()).collect() };
+        let mut rng = Rng::from_state(0x5DEE_CE66_D1CE_4E5B);
+        let mut random = |n: usize, scale: f32| -> Vec<f32> { rng.vec(n, scale) };
         let err = |e: dia_webgpu::gpu::GpuError| e.to_string();
         // Widest activation of the decode.
         let mut widest = cfg.decoder_hidden * frames;

@@ -26,13 +26,14 @@ mod native {
     use clap::Parser;
 
     use dia_webgpu::config::DacConfig;
-    use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder, CHANNELS_LAST_MIN_FRAMES};
+    use dia_webgpu::dac::{DacModel, CHANNELS_LAST_MIN_FRAMES};
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
     use dia_webgpu::kernels::dac_conv::{self, conv1d_len, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights};
     use dia_webgpu::kernels::dac_channels_last::{pack, SourceLayout};
     use dia_webgpu::kernels::dac_conv::conv_transpose_phase_weights;
     use dia_webgpu::kernels::dac_conv_cl::{self, tap_major, ClEpilogue, ClShape};
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
+    use dia_webgpu::random::{self, Rng};
 
     #[derive(Parser)]
     #[command(name = "bench_dac_coop", about = "DAC decoder convolutions: plain kernels against tensor cores")]
@@ -51,39 +52,9 @@ mod native {
         sweep: bool,
     }
 
-    /// Small deterministic generator (xorshift64*), uniform in [−1, 1).
-    struct Rng(u64);
-
-    impl Rng {
-        fn uniform(&mut self) -> f32 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        }
-
-        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-            (0..n).map(|_| scale * self.uniform()).collect()
-        }
-    }
-
     /// The decoder with random weights (fan-in scaled so activations stay in a sane range), as bench_dac.
     fn random_decoder(gpu: &Gpu, cfg: &DacConfig) -> Result<DacModel, String> {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let mut b = DacModelBuilder::new(gpu, cfg, Numerics::F16W, false).map_err(|e| e.to_string())?;
-        for spec in dac_tensor_specs(cfg).into_iter().filter(|s| !s.name.starts_with("encoder.")) {
-            let n: usize = spec.shape.iter().product();
-            let data: Vec<f32> = if spec.name.ends_with(".alpha") {
-                (0..n).map(|_| 1.0 + 0.5 * rng.uniform()).collect()
-            } else if spec.weight_norm {
-                let fan_in = if spec.name.contains("conv_t") { spec.shape[0] } else { n / spec.shape[0] };
-                rng.vec(n, 1.0 / (fan_in as f32).sqrt())
-            } else {
-                rng.vec(n, 0.1)
-            };
-            b.accept(&spec.name, &spec.shape, &data).map_err(|e| e.to_string())?;
-        }
-        b.finish().map_err(|e| e.to_string())
+        random::dac_decoder(gpu, cfg, Numerics::F16W, &mut Rng::from_state(0x9E37_79B9_7F4A_7C15)).map_err(|e| e.to_string())
     }
 
     /// One convolution of the decoder.
@@ -279,8 +250,8 @@ mod native {
             Ok(t0.elapsed().as_secs_f64() * 1e3)
         };
         // Untimed first: pipeline compiles, the launch sequence, and two seconds at least, then until three decodes
-        // in a row agree within 5 % (at most six): on the H100 the GPU's clocks come back in steps after the CPU
-        // worked alone (861 frames at 74, 37, then 17 ms; an 18-frame window 6.4–7.0 ms against 2.4).
+        // in a row agree within 5 % (at most six): the GPU's clocks come back in steps after the CPU worked alone
+        // (docs/performance.md, "After the CPU works alone").
         let warm = Instant::now();
         let mut last: Vec<f64> = Vec::new();
         while warm.elapsed().as_secs_f64() < 6.0 {
@@ -310,7 +281,7 @@ mod native {
             return Ok(());
         }
         println!("DAC 44.1 kHz decoder convolutions, f16w weights, on {}; median of {} batches", gpu.describe(), args.iters);
-        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        let mut rng = Rng::from_state(0x5EED_1234_ABCD_0001);
         for &frames in args.frames.iter().filter(|_| !args.whole_only) {
             println!("{frames} frames ({:.2} s of audio), per layer:", frames as f64 * 512.0 / 44100.0);
             let mut sum = LayerTimes { plain: 0.0, cl: 0.0, pack: 0.0 };

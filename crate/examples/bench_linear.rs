@@ -5,11 +5,18 @@
 //! cargo run --release --example bench_linear -- --tiled --iters 20 --numerics f16w
 //!
 //! cargo run --release --example bench_linear -- --crossover --iters 20 --numerics f16w
+//! cargo run --release --example bench_linear -- --decoder --numerics f16w [--decoder-ms 2,8,16] [--iters 200]
 //!
 //! `--tiled` times M = 101 and 1001 rows of x (or `--m`) against the encoder's matrices (QKV 3072×1024 store,
 //! O 1024×1024 accumulate, gate/up 8192×1024 SwiGLU, down 1024×4096 accumulate, cross K/V 4096×1024 store) and
 //! prints TFLOP/s of the tile `linear` picks (with `--sweep`: of every tile shape). `--crossover` times the
 //! 16-row matrix–vector blocks against the tiled kernel at M = 16 … 1001 (where `BLOCKED_M_MAX` should sit).
+//! `--decoder` times every matrix a decoder step reads (all layers of the 1.6B model and the logits head, each in
+//! the format `--numerics` gives its role, random weights), as the step runs them (`norm_linear` for QKV, cross Q,
+//! gate/up and logits, `linear_rows` for the rest), at each M of `--decoder-ms` (default 2 and 16: batch 1 and 8),
+//! on each path forced (`small-M`: the matrix–vector kernel with its fused norm, M ≤ 16; `tensor-cores`: where the
+//! device has them) and as the policy picks (`policy`, `COOP_M_MIN` decides): passes/s and GB/s of weights; with
+//! `--sweep` also the tensor cores on each tile shape forced.
 //!
 //! Other flags (`--help` lists them all): `--epilogue store|acc|swiglu` (default store), `--batch B`
 //! (dispatches per command buffer, default 10), `--threads T --k-threads K --rows-per-thread R` (workgroup
@@ -74,6 +81,15 @@ struct Args {
     /// 16-row matrix–vector blocks against the tiled kernel at M = 16 … 1001.
     #[arg(long)]
     crossover: bool,
+    /// The decoder step's whole set of matrices, each path forced and the policy's choice, at `--decoder-ms`.
+    #[arg(long)]
+    decoder: bool,
+    /// Rows of x for `--decoder` (2 per text with CFG).
+    #[arg(long, value_delimiter = ',', default_value = "2,16", value_parser = clap::value_parser!(u32).range(1..))]
+    decoder_ms: Vec<u32>,
+    /// Decoder layers for `--decoder` (default the 1.6B model's 18).
+    #[arg(long)]
+    layers: Option<usize>,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -122,9 +138,13 @@ fn bench() -> Result<(), String> {
     use dia_webgpu::gpu::{Gpu, GpuOptions};
     use dia_webgpu::kernels::linear::{linear_small_m_shaped, LinearEpilogue, SmallMShape};
     use dia_webgpu::kernels::{stride_words, GpuMatrix};
+    use dia_webgpu::random::Rng;
     use std::time::Instant;
 
     let a = Args::parse();
+    if a.decoder {
+        return decoder::bench(&a);
+    }
     if a.crossover {
         return tiled::crossover(&a);
     }
@@ -137,15 +157,9 @@ fn bench() -> Result<(), String> {
     println!("adapter: {}", gpu.describe());
 
     // Deterministic pseudo-random weights in [-1, 1) (values do not affect the timing, but keep them finite).
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    };
-    let w: Vec<f32> = (0..a.rows * a.cols).map(|_| next()).collect();
-    let x: Vec<f32> = (0..a.m as usize * a.cols).map(|_| next()).collect();
+    let mut rng = Rng::new(1);
+    let w = rng.vec(a.rows * a.cols, 1.0);
+    let x = rng.vec(a.m as usize * a.cols, 1.0);
     let wm = GpuMatrix::upload(&gpu, "w", &w, a.rows, a.cols, a.numerics).map_err(|e| e.to_string())?;
     drop(w);
     let out_cols = if a.epilogue == LinearEpilogue::SwiGlu { a.rows / 2 } else { a.rows };
@@ -206,6 +220,7 @@ mod tiled {
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
     use dia_webgpu::kernels::linear::{linear_row_blocks, linear_tiled_shaped, LinearEpilogue, TiledShape, BLOCKED_M_MAX};
     use dia_webgpu::kernels::GpuMatrix;
+    use dia_webgpu::random::Rng;
     use std::time::Instant;
 
     /// Seconds per call of the dispatch list `ds` (after a warm-up), `iters` calls recorded in batches of `batch`.
@@ -233,18 +248,12 @@ mod tiled {
     }
 
     fn cases(gpu: &Gpu, a: &Args, shapes: &[(usize, usize, LinearEpilogue)], max_m: u32) -> Result<Vec<Case>, String> {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut rng = Rng::new(2);
         let mut out = Vec::new();
         for &(rows, k, epilogue) in shapes {
-            let w: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+            let w = rng.vec(rows * k, 1.0);
             let wm = GpuMatrix::upload(gpu, "w", &w, rows, k, a.numerics).map_err(|e| e.to_string())?;
-            let x = gpu.upload("x", &(0..max_m as usize * k).map(|_| next()).collect::<Vec<f32>>());
+            let x = gpu.upload("x", &rng.vec(max_m as usize * k, 1.0));
             let out_cols = if epilogue == LinearEpilogue::SwiGlu { rows / 2 } else { rows };
             let y = gpu.buffer("y", (max_m as usize * out_cols * 4) as u64);
             out.push(Case { rows, k, epilogue, w: wm, x, y });
@@ -332,6 +341,158 @@ mod tiled {
                     tt * 1e3,
                     flops / tt / 1e12,
                     if tb <= tt { "blocks" } else { "tiled" }
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `--decoder`: the decoder step's matrices as the step multiplies them, per M and path.
+#[cfg(not(target_arch = "wasm32"))]
+mod decoder {
+    use super::Args;
+    use dia_webgpu::config::DiaConfig;
+    use dia_webgpu::dia::MatrixRole;
+    use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
+    use dia_webgpu::kernels::linear::{
+        coop_supported, linear_coop_shaped, linear_scheduled, norm_linear_scheduled, schedule, CoopShape, LinearEpilogue, Schedule, COOP_M_MIN, SMALL_M_MAX,
+    };
+    use dia_webgpu::kernels::norm::rmsnorm;
+    use dia_webgpu::kernels::GpuMatrix;
+    use std::time::Instant;
+
+    /// One matrix of a layer: rows, columns, epilogue, role, whether the step normalizes its input first.
+    struct Spec {
+        rows: usize,
+        cols: usize,
+        epilogue: LinearEpilogue,
+        role: MatrixRole,
+        norm: bool,
+    }
+
+    pub fn bench(a: &Args) -> Result<(), String> {
+        let d = DiaConfig::dia_1_6b().decoder;
+        let layers = a.layers.unwrap_or(d.layers);
+        let (attn, cross) = (d.heads * d.head_dim, d.cross_heads * d.cross_head_dim);
+        let layer = [
+            Spec { rows: attn + 2 * d.kv_heads * d.head_dim, cols: d.hidden, epilogue: LinearEpilogue::Store, role: MatrixRole::Attention, norm: true },
+            Spec { rows: d.hidden, cols: attn, epilogue: LinearEpilogue::Accumulate, role: MatrixRole::Attention, norm: false },
+            Spec { rows: cross, cols: d.hidden, epilogue: LinearEpilogue::Store, role: MatrixRole::Attention, norm: true },
+            Spec { rows: d.hidden, cols: cross, epilogue: LinearEpilogue::Accumulate, role: MatrixRole::Attention, norm: false },
+            Spec { rows: 2 * d.intermediate, cols: d.hidden, epilogue: LinearEpilogue::SwiGlu, role: MatrixRole::Mlp, norm: true },
+            Spec { rows: d.hidden, cols: d.intermediate, epilogue: LinearEpilogue::Accumulate, role: MatrixRole::Mlp, norm: false },
+        ];
+        let logits = Spec { rows: d.channels * d.vocab, cols: d.hidden, epilogue: LinearEpilogue::Store, role: MatrixRole::Logits, norm: true };
+        let specs: Vec<&Spec> = (0..layers).flat_map(|_| layer.iter()).chain([&logits]).collect();
+
+        let largest = specs.iter().map(|s| s.rows as u64 * s.role.format(a.numerics).row_words(s.cols as u32) as u64 * 4).max().unwrap_or(0);
+        let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: largest, ..Default::default() }).map_err(|e| e.to_string())?;
+        println!("adapter: {} (tensor cores: {})", gpu.describe(), gpu.tensor_cores());
+
+        // One random matrix per distinct (spec, format), encoded once and written into every layer's own buffer (so
+        // the pass streams the whole model's bytes, as a step does).
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let mut encoded: Vec<Vec<u32>> = Vec::new();
+        for s in layer.iter().chain([&logits]) {
+            let w: Vec<f32> = (0..s.rows * s.cols).map(|_| next() / (s.cols as f32).sqrt()).collect();
+            encoded.push(s.role.format(a.numerics).encode_rows(&w, s.rows, s.cols).map_err(|e| e.to_string())?);
+        }
+        let mut mats = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            let which = if i + 1 == specs.len() { layer.len() } else { i % layer.len() };
+            let m = GpuMatrix::empty(&gpu, "w", s.rows, s.cols, s.role.format(a.numerics)).map_err(|e| e.to_string())?;
+            m.write_gpu_rows(&gpu, 0, &encoded[which], s.rows);
+            mats.push(m);
+        }
+        drop(encoded);
+        let bytes: u64 = mats.iter().map(|m| m.data.size).sum();
+        let max_m = a.decoder_ms.iter().copied().max().unwrap_or(1).max(1) as u64;
+        let max_cols = specs.iter().map(|s| s.cols).max().unwrap_or(1) as u64;
+        let max_rows = specs.iter().map(|s| s.rows).max().unwrap_or(1) as u64;
+        let x = gpu.upload("x", &(0..(max_m * max_cols) as usize).map(|_| next()).collect::<Vec<f32>>());
+        let y = gpu.buffer("y", max_m * max_rows * 4);
+        let scratch = gpu.buffer("scratch", max_m * max_cols * 4);
+        let gain = gpu.upload("gain", &vec![1.0f32; max_cols as usize]);
+        let coop = gpu.tensor_cores() && mats.iter().all(|w| coop_supported(&gpu, w));
+        println!(
+            "decoder matrices: {layers} layers + logits, {} numerics, {:.1} MB of weights per pass; COOP_M_MIN = {COOP_M_MIN}, SMALL_M_MAX = {SMALL_M_MAX}",
+            a.numerics.name(),
+            bytes as f64 / 1e6
+        );
+        for &m in &a.decoder_ms {
+            let mut paths: Vec<(&str, Option<Schedule>)> = Vec::new();
+            if m <= SMALL_M_MAX {
+                paths.push(("small-M", Some(Schedule::SmallM)));
+            }
+            if coop {
+                paths.push(("tensor-cores", Some(Schedule::TensorCores)));
+            }
+            paths.push(("policy", None));
+            // With --sweep, the tensor cores on every tile of the list `linear_coop` picks from at this M, forced on
+            // each matrix whose epilogue it serves (the others keep the default tile).
+            let limit = gpu.limits.max_compute_workgroup_storage_size;
+            let list: &[CoopShape] = if m <= SMALL_M_MAX { &CoopShape::SMALL_M } else { &CoopShape::ALL };
+            let tiles: Vec<CoopShape> = if coop && a.sweep {
+                list.iter().filter_map(|s| [2, 1].into_iter().map(|st| s.with_stages(st)).find(|s| s.workgroup_bytes() <= limit)).collect()
+            } else {
+                Vec::new()
+            };
+            let mut runs: Vec<(String, Vec<Dispatch>, Vec<Schedule>)> = Vec::new();
+            for (name, path) in paths {
+                let mut ds: Vec<Dispatch> = Vec::new();
+                let mut picked = Vec::new();
+                for (s, w) in specs.iter().zip(&mats) {
+                    let xs = if s.norm { &x } else { &scratch };
+                    let p = path.unwrap_or_else(|| schedule(&gpu, xs, w, &y, m, s.epilogue));
+                    if !picked.contains(&p) {
+                        picked.push(p);
+                    }
+                    if s.norm {
+                        ds.extend(norm_linear_scheduled(&gpu, &x, &gain, 1e-5, w, &y, m, s.epilogue, &scratch, p));
+                    } else {
+                        ds.extend(linear_scheduled(&gpu, &scratch, w, &y, m, s.epilogue, p));
+                    }
+                }
+                runs.push((name.to_string(), ds, picked));
+            }
+            for tile in tiles {
+                let mut ds: Vec<Dispatch> = Vec::new();
+                for (s, w) in specs.iter().zip(&mats) {
+                    if s.norm {
+                        ds.push(rmsnorm(&gpu, &x, &gain, &scratch, m, w.cols, 1e-5));
+                    }
+                    let shape = if tile.supports(s.epilogue) { tile } else { CoopShape::for_problem(&gpu, m, w.rows, s.epilogue).ok_or("no tile fits")? };
+                    ds.push(linear_coop_shaped(&gpu, &scratch, w, &y, m, s.epilogue, shape));
+                }
+                runs.push((format!("tile {}", tile.name()), ds, vec![Schedule::TensorCores]));
+            }
+            for (name, ds, picked) in runs {
+                let refs: Vec<&Dispatch> = ds.iter().collect();
+                for _ in 0..a.iters.div_ceil(10).max(3) {
+                    gpu.run(&refs);
+                }
+                gpu.wait_idle().map_err(|e| e.to_string())?;
+                let start = Instant::now();
+                for _ in 0..a.iters {
+                    gpu.run(&refs);
+                }
+                gpu.wait_idle().map_err(|e| e.to_string())?;
+                gpu.check_lost().map_err(|e| e.to_string())?;
+                let per_pass = start.elapsed().as_secs_f64() / a.iters as f64;
+                println!(
+                    "decoder linear {} M={m:2} {name:12}: {:8.1} passes/s, {:7.3} ms/pass, {:7.1} GB/s of weights, {} dispatches ({picked:?})",
+                    a.numerics.name(),
+                    1.0 / per_pass,
+                    per_pass * 1e3,
+                    bytes as f64 / per_pass / 1e9,
+                    ds.len()
                 );
             }
         }

@@ -1,7 +1,7 @@
 //! The encoder's matrix products on tensor cores (`kernels::linear::coop`) against the plain kernels, then the
 //! whole encoder (`DiaModel::encode`, random full-size weights) with tensor cores on and off. Native only.
 //!
-//! cargo run --release --example bench_linear_coop -- [--iters 20] [--skip-encoder]
+//! cargo run --release --example bench_linear_coop -- [--iters 20] [--skip-encoder] [--numerics f16w|q8|q4]
 //!
 //! Per matrix of the Dia encoder (QKV 1024→3072, O 1024→1024 accumulate, gate/up 1024→2×4096 SwiGLU, down
 //! 4096→1024 accumulate, cross K/V 1024→4096) and of the decoder prefill (gate/up 2048→2×8192, down 8192→2048) at
@@ -35,6 +35,7 @@ mod native {
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
     use dia_webgpu::kernels::linear::{linear_coop_shaped, linear_rows, CoopShape, LinearEpilogue};
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
+    use dia_webgpu::random::Rng;
 
     type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -47,6 +48,9 @@ mod native {
         /// Time the matrix products only, not the whole encoder.
         #[arg(long)]
         skip_encoder: bool,
+        /// Weight storage of the matrices (f16w, q8, q4: all of them in that format) and of the random model.
+        #[arg(long, default_value = "f16w")]
+        numerics: Numerics,
     }
 
     fn gpu(tensor_cores: bool) -> Result<Gpu> {
@@ -55,15 +59,7 @@ mod native {
 
     /// Deterministic values in [−scale, scale).
     fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s >> 12;
-                s ^= s << 25;
-                s ^= s >> 27;
-                ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
-            })
-            .collect()
+        Rng::new(seed).vec(n, scale)
     }
 
     /// One matrix product on one device: its inputs, and y reset to `y0` before each checked run.
@@ -75,10 +71,10 @@ mod native {
     }
 
     impl Problem {
-        fn new(gpu: &Gpu, m: u32, n: u32, k: u32, epilogue: LinearEpilogue) -> Result<Problem> {
+        fn new(gpu: &Gpu, m: u32, n: u32, k: u32, epilogue: LinearEpilogue, numerics: Numerics) -> Result<Problem> {
             let out_cols = if epilogue == LinearEpilogue::SwiGlu { n / 2 } else { n };
             let x = gpu.upload("bench.x", &noise((m * k) as usize, 1 + m as u64, 1.0));
-            let w = GpuMatrix::upload(gpu, "bench.w", &noise((n * k) as usize, 2 + n as u64 * 7 + k as u64, 1.0 / (k as f32).sqrt()), n as usize, k as usize, Numerics::F16W)?;
+            let w = GpuMatrix::upload(gpu, "bench.w", &noise((n * k) as usize, 2 + n as u64 * 7 + k as u64, 1.0 / (k as f32).sqrt()), n as usize, k as usize, numerics.weight_format())?;
             let y0 = noise((m * out_cols) as usize, 3, 1.0);
             let y = gpu.upload("bench.y", &y0);
             Ok(Problem { x, w, y, y0 })
@@ -134,7 +130,7 @@ mod native {
             return Ok(());
         }
         let plain = gpu(false)?;
-        println!("adapter {}; workgroup memory limit {} bytes", tc.describe(), tc.limits.max_compute_workgroup_storage_size);
+        println!("adapter {}; workgroup memory limit {} bytes; weights {}", tc.describe(), tc.limits.max_compute_workgroup_storage_size, args.numerics.name());
         let shapes: Vec<CoopShape> = CoopShape::ALL
             .iter()
             .flat_map(|s| [s.with_stages(1), s.with_stages(2)])
@@ -159,12 +155,12 @@ mod native {
                     let diff = diff.map_or("-".to_string(), |d| format!("{d:.2e}"));
                     println!("{name:<12} {m:>5} {n:>6} {k:>5}  {path:<14} {:>9.4} {:>8.1} {diff:>10}", secs * 1e3, flops / secs / 1e12);
                 };
-                let p = Problem::new(&plain, m, n, k, epilogue)?;
+                let p = Problem::new(&plain, m, n, k, epilogue, args.numerics)?;
                 let ds = linear_rows(&plain, &p.x, &p.w, &p.y, m, epilogue);
                 let reference = p.result(&plain, &ds)?;
                 row("plain", time(&plain, &ds, args.iters)?, None);
                 drop((ds, p));
-                let c = Problem::new(&tc, m, n, k, epilogue)?;
+                let c = Problem::new(&tc, m, n, k, epilogue, args.numerics)?;
                 let ds = linear_rows(&tc, &c.x, &c.w, &c.y, m, epilogue);
                 let d = max_abs_diff(&c.result(&tc, &ds)?, &reference);
                 row("coop (auto)", time(&tc, &ds, args.iters)?, Some(d));
@@ -176,21 +172,21 @@ mod native {
             }
         }
         if !args.skip_encoder {
-            encoder(&plain, &tc, args.iters)?;
+            encoder(&plain, &tc, args.iters, args.numerics)?;
         }
         Ok(())
     }
 
-    /// `DiaModel::encode` (encoder + cross K/V) for 100 and 1000 bytes with random full-size f16 weights: median ms
+    /// `DiaModel::encode` (encoder + cross K/V) for 100 and 1000 bytes with random full-size weights: median ms
     /// until the GPU is done, host graph building included, tensor cores off then on; and the max abs difference
     /// of the encoder outputs.
-    fn encoder(plain: &Gpu, tc: &Gpu, iters: usize) -> Result<()> {
+    fn encoder(plain: &Gpu, tc: &Gpu, iters: usize, numerics: Numerics) -> Result<()> {
         let cfg = DiaConfig::dia_1_6b();
         let sizes = [100usize, 1000];
         let mut outputs: Vec<Vec<Vec<f32>>> = Vec::new();
         for (label, gpu) in [("plain", plain), ("tensor cores", tc)] {
             let t0 = Instant::now();
-            let model = DiaModel::random(gpu, &cfg, Numerics::F16W, 7)?;
+            let model = DiaModel::random(gpu, &cfg, numerics, 7)?;
             gpu.wait_idle()?;
             eprintln!("{label}: random model built in {:.1} s", t0.elapsed().as_secs_f64());
             let mut outs = Vec::new();

@@ -21,6 +21,7 @@ struct Args {
 fn main() {
     use clap::Parser;
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
+    use dia_webgpu::random::Rng;
     use dia_webgpu::kernels::attention::{attention_prefill, attention_prefill_limited, AttentionArgs};
     use std::time::Instant;
 
@@ -43,7 +44,7 @@ fn main() {
         t0.elapsed().as_secs_f64() * 1e3 / repeats as f64
     };
     // Entries uniform in ±0.3: q·k of std ≈ 0.34, like trained attention rather than noise-dominated.
-    let noise = |n: usize, seed: u32| -> Vec<f32> { (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 * 0.6 - 0.3).collect() };
+    let noise = |n: usize, seed: u32| -> Vec<f32> { Rng::new(seed as u64).vec(n, 0.3) };
     println!("| tokens | heads | flash ms | tiled ms | flash / tiled | max abs diff |");
     println!("|--:|--:|--:|--:|--:|--:|");
     for n in [101u32, 1001] {

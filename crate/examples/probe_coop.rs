@@ -22,11 +22,10 @@ fn main() {
     native::main()
 }
 
-/// Shader generation and the host-side naga translation; also compiled into `tests/coop_naga.rs`.
+/// Shader generation, and the host-side naga translation (the library's `naga_check`).
 #[cfg(not(target_arch = "wasm32"))]
 pub mod coop {
     use std::fmt::Write;
-    use wgpu::naga;
 
     /// Output tile per 256-invocation workgroup (8 subgroups of 32, each 32×64 = 2×4 accumulators of 16×16).
     pub const TILE_M: u32 = 128;
@@ -336,85 +335,14 @@ struct P { m: u32, n: u32, k: u32, pad: u32 }\n\
             .collect()
     }
 
-    /// Bytes of workgroup memory a WGSL module declares (what the device's `max_compute_workgroup_storage_size`
-    /// must allow), as naga lays the variables out.
-    pub fn workgroup_bytes(wgsl: &str) -> u32 {
-        let module = wgpu::naga::front::wgsl::parse_str(wgsl).expect("parses");
-        module
-            .global_variables
-            .iter()
-            .filter(|(_, g)| g.space == wgpu::naga::AddressSpace::WorkGroup)
-            .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
-            .sum()
-    }
-
-    /// WGSL → naga IR → validation → SPIR-V, as wgpu does for a Vulkan compute pipeline (wgpu-hal's
-    /// `spv::Options` for a Vulkan 1.3 device). `robust_buffers`: the device has robustBufferAccess2 (wgpu then
-    /// leaves storage-buffer indices unchecked; otherwise it clamps them). Returns the SPIR-V word count; a panic
-    /// inside naga comes back as `Err` with its message.
-    pub fn translate_spirv(wgsl: &str, robust_buffers: bool) -> Result<usize, String> {
-        let wgsl = wgsl.to_owned();
-        let run = move || -> Result<usize, String> {
-            let module =
-                naga::front::wgsl::parse_str(&wgsl).map_err(|e| format!("parse: {}", e.emit_to_string(&wgsl)))?;
-            let info =
-                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-                    .validate(&module)
-                    .map_err(|e| format!("validate: {}", e.emit_to_string(&wgsl)))?;
-            let (module, info) = naga::back::pipeline_constants::process_overrides(
-                &module,
-                &info,
-                Some((naga::ShaderStage::Compute, "main")),
-                &Default::default(),
-            )
-            .map_err(|e| format!("overrides: {e}"))?;
-            let check = |robust| {
-                if robust {
-                    naga::proc::BoundsCheckPolicy::Unchecked
-                } else {
-                    naga::proc::BoundsCheckPolicy::Restrict
-                }
-            };
-            let options = naga::back::spv::Options {
-                lang_version: (1, 6),
-                flags: naga::back::spv::WriterFlags::FORCE_POINT_SIZE,
-                // wgpu-hal maps every binding to the same set/binding; faking the missing map does the same
-                fake_missing_bindings: true,
-                bounds_check_policies: naga::proc::BoundsCheckPolicies {
-                    index: naga::proc::BoundsCheckPolicy::Restrict,
-                    buffer: check(robust_buffers),
-                    image_load: check(robust_buffers),
-                    binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
-                },
-                zero_initialize_workgroup_memory: naga::back::spv::ZeroInitializeWorkgroupMemoryMode::Polyfill,
-                ..Default::default()
-            };
-            let pipeline = naga::back::spv::PipelineOptions {
-                shader_stage: naga::ShaderStage::Compute,
-                entry_point: "main".into(),
-            };
-            naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
-                .map(|words| words.len())
-                .map_err(|e| format!("spv: {e}"))
-        };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-            Ok(result) => result,
-            Err(payload) => Err(format!("naga panicked: {}", panic_message(&*payload))),
-        }
-    }
-
-    pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "(non-string payload)".into())
-    }
+    // The host-side translation lives in the library, shared with the kernels' tests.
+    pub use dia_webgpu::naga_check::{panic_message, translate_spirv, workgroup_bytes};
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
     use super::coop::{self, GemmConfig};
+    use dia_webgpu::random::Rng;
     use std::time::Instant;
     use wgpu::util::DeviceExt;
 
@@ -631,11 +559,10 @@ mod native {
         }
     }
 
-    fn rnd_stream(mut seed: u64) -> impl FnMut() -> f32 {
-        move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        }
+    /// Values in [-0.5, 0.5).
+    fn rnd_stream(seed: u64) -> impl FnMut() -> f32 {
+        let mut rng = Rng::new(seed);
+        move || 0.5 * rng.uniform()
     }
 
     fn measure(device: &wgpu::Device, queue: &wgpu::Queue, cfg: &GemmConfig, pipeline: &wgpu::ComputePipeline) {
@@ -800,5 +727,65 @@ mod native {
             }
         }
         (worst, worst / scale.max(1e-30))
+    }
+}
+
+/// Host-only (no GPU): naga 30's WGSL → SPIR-V translation, with wgpu-hal's Vulkan options, of the GEMM above
+/// and of the store forms that show naga's bug. Run by `cargo test` (the example has `test = true`).
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::coop;
+
+    /// The first probe's shader panics in naga's SPIR-V writer exactly as on the H100.
+    #[test]
+    fn first_probe_shader_reproduces_the_uncached_expression_panic() {
+        for robust in [false, true] {
+            let err = coop::translate_spirv(&coop::first_probe_shader(), robust).expect_err("naga 30.0.1 should panic");
+            assert!(err.contains("is not cached"), "unexpected failure: {err}");
+        }
+    }
+
+    /// A `coopStoreT` stride computed inside the call is the trigger; `let`-bound arguments and literals translate.
+    #[test]
+    fn only_a_computed_store_argument_trips_naga() {
+        for (name, wgsl) in coop::store_forms() {
+            let result = coop::translate_spirv(&wgsl, false);
+            if name == "uniform-field stride" {
+                assert!(
+                    result.as_ref().is_err_and(|e| e.contains("is not cached")),
+                    "{name}: {result:?}"
+                );
+            } else {
+                assert!(result.is_ok(), "{name}: {result:?}");
+            }
+        }
+    }
+
+    /// Every GEMM variant parses, validates (cooperative ops in uniform control flow) and becomes SPIR-V, with
+    /// storage-buffer indices clamped or unchecked (the two policies wgpu picks between).
+    #[test]
+    fn every_gemm_variant_translates() {
+        for cfg in coop::variants() {
+            for robust in [false, true] {
+                let words = coop::translate_spirv(&coop::gemm_shader(&cfg), robust)
+                    .unwrap_or_else(|e| panic!("{} (robust {robust}): {e}", cfg.name()));
+                assert!(
+                    words > 1000,
+                    "{}: suspiciously small module ({words} words)",
+                    cfg.name()
+                );
+            }
+        }
+    }
+
+    /// The shaders stay within what the probe asks of the device.
+    #[test]
+    fn workgroup_memory_fits_the_requested_limit() {
+        for cfg in coop::variants() {
+            let wgsl = coop::gemm_shader(&cfg);
+            let bytes = coop::workgroup_bytes(&wgsl);
+            assert_eq!(bytes, cfg.workgroup_bytes(), "{}", cfg.name());
+            assert!(bytes <= 40 * 1024, "{}: {bytes} bytes", cfg.name());
+        }
     }
 }

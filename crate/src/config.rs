@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 pub enum ConfigSchema {
     /// transformers `DiaConfig` (nari-labs/Dia-1.6B-0626, HF layout).
     Hf,
-    /// nari v0.1 (`nari-labs/Dia-1.6B`): `model.encoder.n_layer`, … (spec §1.1).
+    /// nari v0.1 (`nari-labs/Dia-1.6B`): `model.encoder.n_layer`, … (docs/model.md §1.1).
     NariV01,
 }
 
@@ -57,7 +57,7 @@ pub struct DiaConfig {
     pub bos: u32,
     pub eos: u32,
     pub pad: u32,
-    /// RoPE in cross-attention: only the v0.1 checkpoint as nari ran it (spec §3.5).
+    /// RoPE in cross-attention: only the v0.1 checkpoint as nari ran it (docs/model.md §3.5).
     pub cross_attention_rope: bool,
 }
 
@@ -330,7 +330,39 @@ fn to_u32_id(id: u64, name: &'static str, vocab: usize) -> Result<u32, ConfigErr
     }
 }
 
+/// A checkpoint directory's `config.json` that could not be read or was refused; shows as `<path>: <why>`.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct ConfigFileError {
+    pub path: std::path::PathBuf,
+    pub source: ConfigFileProblem,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileProblem {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
 impl DiaConfig {
+    /// Reads and parses `<dir>/config.json` (either schema); also returns the file's text, for copying it as is.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir_with_text(dir: &std::path::Path) -> Result<(DiaConfig, String), ConfigFileError> {
+        let path = dir.join("config.json");
+        let read = std::fs::read_to_string(&path).map_err(ConfigFileProblem::from).and_then(|text| Ok((DiaConfig::from_json_str(&text)?, text)));
+        read.map_err(|source| ConfigFileError { path, source })
+    }
+
+    /// Reads and parses `<dir>/config.json` (either schema).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir(dir: &std::path::Path) -> Result<DiaConfig, ConfigFileError> {
+        Self::from_dir_with_text(dir).map(|(cfg, _)| cfg)
+    }
+
     /// Parses `config.json` of either schema (detected from its keys) and validates it.
     pub fn from_json_str(s: &str) -> Result<DiaConfig, ConfigError> {
         let value = parse_json(s)?;
@@ -560,7 +592,7 @@ impl DiaConfig {
         self.delay_pattern.iter().copied().max().unwrap_or(0)
     }
 
-    /// The full-size Dia 1.6B (`nari-labs/Dia-1.6B-0626`, HF schema, spec §1.2).
+    /// The full-size Dia 1.6B (`nari-labs/Dia-1.6B-0626`, HF schema, docs/model.md §1.2).
     pub fn dia_1_6b() -> DiaConfig {
         DiaConfig {
             schema: ConfigSchema::Hf,
@@ -721,5 +753,31 @@ impl DacConfig {
             latent: 1024,
             hop_length: 512,
         }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    /// A checkpoint directory's config: read and parsed, or an error that names the file and says why.
+    #[test]
+    fn from_dir_reads_the_config_or_names_the_file() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/tiny/dia");
+        let (cfg, text) = DiaConfig::from_dir_with_text(&dir).unwrap();
+        assert_eq!(text, std::fs::read_to_string(dir.join("config.json")).unwrap());
+        assert_eq!(cfg, DiaConfig::from_json_str(&text).unwrap());
+
+        let missing = dir.join("no-such-dir");
+        let err = DiaConfig::from_dir(&missing).unwrap_err();
+        assert!(matches!(err.source, ConfigFileProblem::Read(_)), "{err:?}");
+        assert!(err.to_string().starts_with(&format!("{}: ", missing.join("config.json").display())), "{err}");
+
+        let bad = std::env::temp_dir().join(format!("dia-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::write(bad.join("config.json"), "{\"hidden_size\": 1}").unwrap();
+        let err = DiaConfig::from_dir(&bad).unwrap_err();
+        std::fs::remove_dir_all(&bad).unwrap();
+        assert!(matches!(err.source, ConfigFileProblem::Config(ConfigError::UnknownSchema)), "{err:?}");
     }
 }

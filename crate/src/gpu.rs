@@ -196,7 +196,25 @@ pub struct Gpu {
     scratch: Mutex<HashMap<String, std::sync::Weak<wgpu::Buffer>>>,
     /// `reusable_buffer` buffers by label, kept between users (strongly held here).
     reusable: Mutex<HashMap<String, Vec<Arc<wgpu::Buffer>>>>,
+    /// The uniform buffer that `dispatch` is packing parameters into (see `params_slot`).
+    params: Mutex<ParamsChunk>,
 }
+
+/// Parameters of dispatches are packed into shared uniform buffers of `PARAMS_CHUNK` bytes, one slot each at the
+/// adapter's uniform offset alignment, instead of one buffer per dispatch: a generation builds several hundred
+/// dispatches, and in a browser each buffer created costs a round trip (Dawn under Node on an H100: ~0.9 ms per
+/// dispatch built, 140 ms of every generation's time to first audio). Chunks are kept and refilled once no
+/// dispatch binds them (a refill is written through the queue, after the work that read the old values), so
+/// after the first generation no chunk is allocated and memory stays flat.
+#[derive(Default)]
+struct ParamsChunk {
+    /// Every chunk kept; the one being filled is `chunks[current]`.
+    chunks: Vec<Arc<wgpu::Buffer>>,
+    current: usize,
+    used: u64,
+}
+
+const PARAMS_CHUNK: u64 = 64 << 10;
 
 /// Bytes held by the live buffers of `buffer`/`upload`/`uniform`. Each buffer is registered with a weak
 /// handle and its bytes are given back once its last handle is gone (noticed at the next allocation or
@@ -388,7 +406,7 @@ impl Gpu {
                 required_limits: limits.clone(),
                 // SAFETY: wgpu marks cooperative matrices experimental (its shader translation has had bugs, e.g.
                 // naga 30 drops a computed `coopStore` stride); our cooperative-matrix kernels are translated on the
-                // host in tests (tests/coop_naga.rs) and checked against the plain kernels on a GPU that has them.
+                // host in tests (tests/linear_coop.rs, tests/dac_cl.rs) and checked against the plain kernels on a GPU that has them.
                 experimental_features: if tensor_cores { unsafe { wgpu::ExperimentalFeatures::enabled() } } else { wgpu::ExperimentalFeatures::disabled() },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
@@ -430,6 +448,7 @@ impl Gpu {
             allocations: Mutex::new(Allocations::default()),
             scratch: Mutex::new(HashMap::new()),
             reusable: Mutex::new(HashMap::new()),
+            params: Mutex::new(ParamsChunk::default()),
         })
     }
 
@@ -826,7 +845,7 @@ impl Gpu {
     ///
     /// Data the driver cannot use (another driver or wgpu version) gives an empty cache (wgpu's `fallback`); wgpu
     /// checks only a header, not the contents, so callers must hand over data exactly as `pipeline_cache_data`
-    /// returned it (`pipeline::cache_file` checks a SHA-256 of it).
+    /// returned it (`pipeline::read_cache_file` checks the SHA-256 `write_cache_file` stored with it).
     pub fn use_pipeline_cache(&self, data: Option<&[u8]>) -> bool {
         if !self.features.contains(wgpu::Features::PIPELINE_CACHE) {
             return false;
@@ -883,8 +902,8 @@ impl Gpu {
 
     /// A storage buffer of at least `bytes` for `label` that nobody else holds, kept by the `Gpu` after its
     /// users drop it and handed to the next caller of the same label: per-generation working memory (KV
-    /// caches, codec activations) without a device allocation each time (a 12 MiB buffer costs 0.16–0.3 ms
-    /// of host time on an H100's driver). Contents are stale, not zero: only for buffers every reader finds
+    /// caches, codec activations) without a device allocation each time (an allocation costs the driver's time on
+    /// the host, per request: docs/performance.md). Contents are stale, not zero: only for buffers every reader finds
     /// written first. Idle buffers of the label too small for the request are freed; `release_reusable`
     /// frees every idle one.
     pub fn reusable_buffer(&self, label: &str, bytes: u64) -> GpuBuffer {
@@ -917,13 +936,25 @@ impl Gpu {
         }
     }
 
-    /// Frees the idle buffers `reusable_buffer` keeps.
+    /// Bytes of the kept dispatch-parameter chunks: they grow to what the most dispatches alive at once needed, then
+    /// stay (freed when idle by `release_reusable`).
+    pub fn params_bytes(&self) -> u64 {
+        self.params.lock().unwrap().chunks.len() as u64 * PARAMS_CHUNK
+    }
+
+    /// Frees the idle buffers `reusable_buffer` keeps, and the parameter chunks no dispatch binds.
     pub fn release_reusable(&self) {
         let mut pool = self.reusable.lock().unwrap();
         for list in pool.values_mut() {
             list.retain(|b| Arc::strong_count(b) > 1);
         }
         pool.retain(|_, l| !l.is_empty());
+        // Parameter chunks too, but the one being filled.
+        let mut params = self.params.lock().unwrap();
+        if let Some(current) = params.chunks.get(params.current).cloned() {
+            params.chunks.retain(|b| Arc::ptr_eq(b, &current) || Arc::strong_count(b) > 1);
+            params.current = params.chunks.iter().position(|b| Arc::ptr_eq(b, &current)).unwrap_or(0);
+        }
     }
 
     /// A storage buffer initialised with `data`.
@@ -968,9 +999,51 @@ impl Gpu {
         }
     }
 
-    /// A uniform buffer holding `params` (a `#[repr(C)]` Pod struct, 16-byte multiple).
+    /// A slot holding `bytes` (zero-padded to a multiple of 16) in the current parameters chunk, or in a buffer of
+    /// its own when larger than a quarter chunk: the buffer, the slot's offset and its size. Written through the
+    /// queue, so ordered after work already submitted and before the next submit.
+    fn params_slot(&self, bytes: &[u8]) -> (Arc<wgpu::Buffer>, u64, u64) {
+        let size = (bytes.len() as u64).max(16).div_ceil(16) * 16;
+        if size > PARAMS_CHUNK / 4 {
+            return (self.uniform_bytes("params", bytes), 0, size);
+        }
+        let align = (self.limits.min_uniform_buffer_offset_alignment as u64).max(16);
+        let mut chunk = self.params.lock().unwrap();
+        let mut start = chunk.used.next_multiple_of(align);
+        if chunk.chunks.is_empty() || start + size > PARAMS_CHUNK {
+            // A kept chunk that no dispatch binds any more (only this list holds it), else a new one.
+            let current = chunk.current;
+            let idle = (0..chunk.chunks.len()).find(|&i| i != current && Arc::strong_count(&chunk.chunks[i]) == 1);
+            chunk.current = idle.unwrap_or_else(|| {
+                chunk.chunks.push(self.track("params", self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: PARAMS_CHUNK,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })));
+                chunk.chunks.len() - 1
+            });
+            start = 0;
+        }
+        let buffer = chunk.chunks[chunk.current].clone();
+        chunk.used = start + size;
+        if bytes.len() as u64 == size {
+            self.queue.write_buffer(&buffer, start, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(size as usize, 0);
+            self.queue.write_buffer(&buffer, start, &padded);
+        }
+        (buffer, start, size)
+    }
+
+    fn uniform_bytes(&self, label: &str, bytes: &[u8]) -> Arc<wgpu::Buffer> {
+        self.track(label, self.init_buffer(label, bytes, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST))
+    }
+
+    /// A uniform buffer of its own holding `params` (a `#[repr(C)]` Pod struct, 16-byte multiple).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> Arc<wgpu::Buffer> {
-        self.track(label, self.init_buffer(label, bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST))
+        self.uniform_bytes(label, bytemuck::bytes_of(params))
     }
 
     /// Builds a dispatch: binding 0 = a uniform with `params`, bindings 1.. = `buffers` in order.
@@ -985,10 +1058,11 @@ impl Gpu {
         if let Some(d) = self.discovery.lock().unwrap().as_ref() {
             // Discovery: the pipeline may not be compiled yet and the buffers are stand-ins; the dispatch only has to
             // exist (it records nothing).
-            return Dispatch { pipeline: d.placeholder.clone(), bind_group: d.empty_group.clone(), workgroups: [0, 0, 0], uniform: d.uniform.clone(), _bound: Vec::new() };
+            return Dispatch { pipeline: d.placeholder.clone(), bind_group: d.empty_group.clone(), workgroups: [0, 0, 0], _uniform: d.uniform.clone(), _bound: Vec::new() };
         }
-        let uniform = self.uniform("params", params);
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        let (uniform, offset, size) = self.params_slot(bytemuck::bytes_of(params));
+        let params_binding = wgpu::BufferBinding { buffer: &uniform, offset, size: wgpu::BufferSize::new(size) };
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(params_binding) }];
         for (i, b) in buffers.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.binding() });
         }
@@ -997,7 +1071,7 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch { pipeline: pipeline.clone(), bind_group, workgroups, uniform, _bound: buffers.iter().map(|b| b.buf.clone()).collect() }
+        Dispatch { pipeline: pipeline.clone(), bind_group, workgroups, _uniform: uniform, _bound: buffers.iter().map(|b| b.buf.clone()).collect() }
     }
 
     /// Records `dispatches` into one compute pass of a fresh encoder and submits it.
@@ -1046,6 +1120,16 @@ impl Gpu {
         pollster::block_on(self.read_u32(src))
     }
 
+    /// Blocks until the submission `index` is done (natively; counts as a wait). Unlike `wait_idle`, the work
+    /// submitted after it keeps the GPU busy meanwhile.
+    pub fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<(), GpuError> {
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+            .map(|_| ())
+            .map_err(|e| GpuError::DeviceLost(e.to_string()))
+    }
+
     /// Lets the device make progress without blocking (native); a no-op on the web.
     pub fn poll_nonblocking(&self) {
         let _ = self.device.poll(wgpu::PollType::Poll);
@@ -1054,6 +1138,9 @@ impl Gpu {
     /// Blocks until all submitted work is done (counts as a wait).
     pub fn wait_idle(&self) -> Result<(), GpuError> {
         self.waits.fetch_add(1, Ordering::Relaxed);
+        // Writes queued since the last submit (dispatch parameters) go with an empty submit, so that they too are
+        // done and their staging memory freed when this returns.
+        self.queue.submit([]);
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
@@ -1165,7 +1252,8 @@ pub struct Dispatch {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
-    uniform: Arc<wgpu::Buffer>,
+    /// The parameters' buffer (a shared chunk): held so that `allocated_bytes` counts it while the dispatch lives.
+    _uniform: Arc<wgpu::Buffer>,
     /// The buffers the bind group binds. wgpu keeps them alive through the bind group anyway; holding them here
     /// too keeps the accounting true (`Gpu::allocated_bytes` counts a buffer while a dispatch binds it), keeps a
     /// `shared_scratch` buffer shared while dispatches that bind it exist, and keeps `reusable_buffer` from handing
@@ -1181,11 +1269,6 @@ impl Dispatch {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], self.workgroups[2]);
-    }
-
-    /// The uniform buffer holding this dispatch's parameters (to update shape-dependent values in place).
-    pub fn params_buffer(&self) -> &wgpu::Buffer {
-        &self.uniform
     }
 }
 

@@ -361,13 +361,8 @@ mod tests {
 
     #[test]
     fn dequantized_error_is_at_most_half_a_step() {
-        let mut state = 0x1234_5678_9abc_def0u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut rng = crate::random::Rng::new(0x1234_5678_9abc_def0);
+        let mut next = || rng.uniform();
         for format in [QuantFormat::Q8, QuantFormat::Q4, QuantFormat::new(QuantBits::Q4, 64).unwrap()] {
             for (rows, cols) in [(3, 1), (5, 33), (2, 100), (4, 257)] {
                 let w: Vec<f32> = (0..rows * cols).map(|_| next() * 3.0).collect();

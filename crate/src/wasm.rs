@@ -188,6 +188,13 @@ impl DiaEngine {
         })
     }
 
+    /// Compute pipelines this engine has compiled so far: loading compiles every one a generation uses, so a
+    /// generation that adds to the count compiled during it (the benchmark page reports that).
+    #[wasm_bindgen(js_name = pipelineCompiles)]
+    pub fn pipeline_compiles(&self) -> f64 {
+        self.gpu.pipeline_compiles() as f64
+    }
+
     /// The adapter (vendor, architecture, description as the browser gives them; whether it is a software
     /// fallback), the backend, and whether it offers `shader-f16`.
     #[wasm_bindgen(js_name = adapterInfo)]
@@ -694,7 +701,7 @@ pub fn checkpoint_layout(
     dac.validate().map_err(|e| JsError::new(&format!("bad DAC config: {e}")))?;
     let tensors = |list: Vec<(String, Vec<usize>)>| list.into_iter().map(|(name, shape)| serde_json::json!({ "name": name, "shape": shape })).collect::<Vec<_>>();
     let layout = serde_json::json!({
-        "dia": tensors(crate::weights::expected_hf_tensors(&dia)),
+        "dia": tensors(crate::dia::layout::expected_hf_tensors(&dia)),
         "dac": tensors(crate::dac::layout::dac_tensor_specs(&dac).into_iter().map(|s| (s.name, s.shape)).collect()),
         "stepWeightBytes": crate::dia::step_weight_bytes(&dia, mode),
     });

@@ -9,6 +9,7 @@
 #                                                 driver and runs bench.mjs (default: --config full, every mode,
 #                                                 500 steps × 3); ARGS replace those defaults. Report and log go to
 #                                                 $OUT/bench.json and $OUT/bench.log (else /tmp/dia-bench/out).
+#                                                 BENCH_NODE_ARGS: extra node options (e.g. --cpu-prof).
 #
 # The GPU machine needs the Vulkan loader (libvulkan.so.1): where it lacks it, carry the Debian packages in .gl/
 # (see docs/browser-bench.md); `run` unpacks them. The NVIDIA ICD is taken from VK_DRIVER_FILES, by default
@@ -79,7 +80,7 @@ run() {
   local args=("$@")
   [ ${#args[@]} -gt 0 ] || args=(--config full --numerics f16w,q8,q4,f32 --steps 500 --runs 3)
   set -o pipefail
-  timeout -k 10 "${BENCH_TIMEOUT:-540}" "$unpacked/node" tests/browser/bench.mjs --pkg "$unpacked/pkg" --dawn "$unpacked/dawn.node" \
+  timeout -k 10 "${BENCH_TIMEOUT:-540}" "$unpacked/node" ${BENCH_NODE_ARGS:-} tests/browser/bench.mjs --pkg "$unpacked/pkg" --dawn "$unpacked/dawn.node" \
     --json-out "$out/bench.json" "${args[@]}" 2>&1 | tee "$out/bench.log"
 }
 

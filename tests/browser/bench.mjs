@@ -6,12 +6,13 @@
 //
 //   node tests/browser/bench.mjs [--config tiny|full] [--numerics f16w,q8,q4,f32] [--steps N] [--runs R]
 //        [--warmup N] [--seed N] [--text TEXT] [--json] [--json-out FILE] [--pkg DIR] [--dawn FILE]
-//        [--dawn-flag NAME=VALUE]...
+//        [--dawn-flag NAME=VALUE]... [--timeline]
 //
 // --config full (default): Dia 1.6B + DAC 44.1 kHz from random weights; tiny: the test fixtures' sizes.
 // --numerics: modes in order (default f16w,q8,q4,f32), a fresh engine each; a mode that fails is reported and
 //   the next one runs. --steps: decoder steps per timed generation (default 500 full, 100 tiny), after one
 //   --warmup generation (default 40 steps; the first after loading). --runs: timed generations per mode (3).
+// --timeline: log each timed generation's first readbacks and chunks (ms from the call: rows back, chunk out).
 // --json: the report (one JSON object) on stdout, the progress on stderr; --json-out FILE: the report to FILE too
 //   (written also when the run fails part-way).
 // --pkg: the wasm-bindgen --target web output (default web/pkg; tests/browser/run and web/README.md build it).
@@ -49,6 +50,7 @@ try {
       seed: { type: 'string' },
       text: { type: 'string' },
       json: { type: 'boolean', default: false },
+      timeline: { type: 'boolean', default: false },
       'json-out': { type: 'string' },
       pkg: { type: 'string' },
       dawn: { type: 'string' },
@@ -77,6 +79,7 @@ try {
     warmupSteps: whole('warmup'),
     seed: whole('seed'),
     text: args.text,
+    timeline: args.timeline,
   });
 } catch (e) {
   usage(e.message);

@@ -1,4 +1,5 @@
-//! Plain-Rust CPU reference of the Dia forward pass (spec §3, a port of `npref/dia.py`), in f64.
+//! Plain-Rust CPU reference of the Dia forward pass (docs/model.md §3: nari's `dia/layers.py`, transformers'
+//! `modeling_dia.py`), in f64.
 //! An oracle for tests: simple loops, no caching, one item, no padding.
 //! Activations are row-major `[rows, width]`; head h of a row occupies columns `h·head_dim ..`.
 
@@ -82,7 +83,7 @@ impl CpuDiaConfig {
 /// The Dia model (HF checkpoint layout) with f64 weights.
 pub struct CpuDia {
     pub cfg: CpuDiaConfig,
-    /// RoPE in cross-attention (nari v0.1, spec §3.5): queries at their decoder position, keys at 0..L−1,
+    /// RoPE in cross-attention (nari v0.1, docs/model.md §3.5): queries at their decoder position, keys at 0..L−1,
     /// both with the decoder theta.
     pub cross_rope: bool,
     weights: BTreeMap<String, (Vec<usize>, Vec<f64>)>,
@@ -156,7 +157,7 @@ impl CpuDia {
     }
 
     /// Logits `[T, C, V]` for the delayed audio rows `rows` (`[T, C]`) fed at positions 0..T−1 with a causal
-    /// mask. `uncond`: those of the CFG unconditional row, whose text is `ids.len()` zero bytes (spec §3.2).
+    /// mask. `uncond`: those of the CFG unconditional row, whose text is `ids.len()` zero bytes (docs/model.md §3.2).
     pub fn teacher_forced_logits(&self, ids: &[u32], rows: &[u32], uncond: bool) -> Vec<f64> {
         let c = &self.cfg;
         let (hid, nc, vocab) = (c.dec_hidden, c.channels, c.vocab);

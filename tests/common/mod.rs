@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use dia_webgpu::kernels::linear::LinearEpilogue;
 
+pub mod conv_ref;
 pub mod cpu_ref;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -39,30 +40,9 @@ pub fn test_gpu() -> Gpu {
         .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
-/// Small deterministic generator for test data (xorshift64*).
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform() * scale).collect()
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
+/// The library's generator (xorshift64*), shared with the benchmarks and `DiaModel::random`.
+#[allow(unused_imports)]
+pub use dia_webgpu::random::Rng;
 
 /// max |a − b| / max |b|.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -103,15 +83,4 @@ pub fn cpu_linear(x: &[f32], w: &[f32], y0: &[f32], m: usize, n: usize, k: usize
                 .collect()
         }
     }
-}
-
-/// A convolution's reference result with the kernels' epilogue fusions applied (residual add, then tanh).
-pub fn conv_epilogue(conv: &[f64], y0: &[f32], accumulate: bool, tanh: bool) -> Vec<f32> {
-    conv.iter()
-        .zip(y0)
-        .map(|(&c, &y)| {
-            let v = if accumulate { c + y as f64 } else { c };
-            (if tanh { v.tanh() } else { v }) as f32
-        })
-        .collect()
 }

@@ -1,4 +1,4 @@
-//! Test-only: rewrites an HF-layout Dia checkpoint into the nari layout (the inverse of spec §2.4), written
+//! Test-only: rewrites an HF-layout Dia checkpoint into the nari layout (the inverse of docs/model.md §2.4), written
 //! from the spec's tables independently of the library's mapping so the two can check each other.
 
 use dia_webgpu::config::DiaConfig;

@@ -150,6 +150,7 @@ export function benchOptions(o = {}) {
     warmupSteps,
     seed: whole('seed', o.seed ?? 42, 0),
     text: o.text ?? BENCH_TEXT,
+    timeline: Boolean(o.timeline),
   };
 }
 
@@ -280,11 +281,19 @@ const DRAIN_BYTES = 512 << 20;
 async function timeGeneration(engine, text, steps, seed) {
   let firstAudio = null;
   let chunks = 0;
+  const compiledBefore = engine.pipelineCompiles?.() ?? null;
+  // When rows came back and chunks went out (ms from the call): where the time to first audio goes.
+  const timeline = [];
   const t0 = now();
-  const r = await engine.generate(text, { seed, maxNewTokens: steps }, undefined, () => {
+  const onChunk = () => {
     firstAudio ??= now() - t0;
     chunks++;
-  });
+    if (timeline.length < 64) timeline.push({ ms: now() - t0, chunk: chunks });
+  };
+  const onProgress = (p) => {
+    if (timeline.length < 64) timeline.push({ ms: now() - t0, rows: p.rows });
+  };
+  const r = await engine.generate(text, { seed, maxNewTokens: steps }, undefined, onChunk, undefined, onProgress);
   const wallSeconds = (now() - t0) / 1000;
   const audioSeconds = r.samples / SAMPLE_RATE;
   return {
@@ -296,6 +305,9 @@ async function timeGeneration(engine, text, steps, seed) {
     samples: r.samples,
     audioSeconds,
     realTime: audioSeconds / wallSeconds,
+    // Pipelines compiled during this generation (0 when loading prepared them all).
+    pipelinesCompiled: compiledBefore === null ? null : engine.pipelineCompiles() - compiledBefore,
+    timeline,
   };
 }
 
@@ -346,9 +358,18 @@ async function buildEngine(wasm, cfg, numerics, seed, log, progress) {
       }
     }
     if (!diaDone) engine.finishModel();
+    // The last finish compiles every pipeline a generation uses (Tts::prepare): its cost is reported on its own.
+    const tPrepare = now();
     engine.finishCodec();
     if (watch.device) await watch.device.queue.onSubmittedWorkDone();
-    Object.assign(load, { seconds: (now() - t0) / 1000, tensors, bytes, stepWeightBytes: layout.stepWeightBytes });
+    Object.assign(load, {
+      seconds: (now() - t0) / 1000,
+      prepareSeconds: (now() - tPrepare) / 1000,
+      pipelines: engine.pipelineCompiles?.() ?? null,
+      tensors,
+      bytes,
+      stepWeightBytes: layout.stepWeightBytes,
+    });
     return { engine, load, device: watch.device };
   } catch (e) {
     release(engine, watch.device);
@@ -408,12 +429,13 @@ export async function runBenchmark(wasm, options = {}) {
       mode.adapter = engine.adapterInfo();
       log(`${numerics}: loaded ${mode.load.tensors} tensors, ${(mode.load.bytes / 1e9).toFixed(2)} GB, in ${mode.load.seconds.toFixed(1)} s`);
       mode.firstGeneration = await timeGeneration(engine, o.text, o.warmupSteps, o.seed);
-      log(`${numerics}: first generation after loading (${mode.firstGeneration.steps} steps): first audio ${fmtMs(mode.firstGeneration.firstAudioMs)}`);
+      log(`${numerics}: first generation after loading (${mode.firstGeneration.steps} steps): first audio ${fmtMs(mode.firstGeneration.firstAudioMs)}, ${mode.firstGeneration.pipelinesCompiled ?? "?"} pipelines compiled during it`);
       mode.generations = [];
       for (let k = 0; k < o.runs; k++) {
         const g = await timeGeneration(engine, o.text, o.steps, o.seed + 1 + k);
         mode.generations.push(g);
         log(`${numerics}: run ${k + 1}/${o.runs}: ${g.steps} steps, ${g.stepsPerSecond.toFixed(1)} steps/s, first audio ${fmtMs(g.firstAudioMs)}, ${g.realTime.toFixed(2)}× real time`);
+        if (o.timeline) log(`${numerics}: run ${k + 1} timeline (ms: rows back / chunk out): ${g.timeline.slice(0, 16).map((e) => `${e.ms.toFixed(0)}:${e.rows ?? `chunk${e.chunk}`}`).join(' ')}`);
       }
       const memory = engine.memory();
       mode.gpuMemory = { allocatedBytes: memory.allocated, peakBytes: memory.peak };
@@ -453,6 +475,7 @@ export function summaryRows(report) {
           gpuMemory: m.gpuMemory.peakBytes >= 2 ** 30 ? `${(m.gpuMemory.peakBytes / 2 ** 30).toFixed(2)} GiB` : `${(m.gpuMemory.peakBytes / 2 ** 20).toFixed(1)} MiB`,
           weightGBps: m.median.weightGBps.toPrecision(3),
           load: `${m.load.seconds.toFixed(1)} s`,
+          prepare: m.load.prepareSeconds === undefined ? '–' : `${m.load.prepareSeconds.toFixed(2)} s (${m.load.pipelines ?? '?'} pipelines)`,
         }
       : { numerics: m.numerics, error: m.error },
   );
@@ -467,4 +490,5 @@ export const SUMMARY_COLUMNS = [
   ['gpuMemory', 'GPU memory (peak)'],
   ['weightGBps', 'weights GB/s'],
   ['load', 'build'],
+  ['prepare', 'of which compiling pipelines'],
 ];

@@ -33,10 +33,10 @@ mod native {
     use serde::Serialize;
 
     use dia_webgpu::config::{DacConfig, DiaConfig};
-    use dia_webgpu::dac::{dac_tensor_specs, DacModel, DacModelBuilder};
+    use dia_webgpu::dac::DacModel;
     use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText, StepPart};
     use dia_webgpu::dia::tokenizer::encode_text;
-    use dia_webgpu::dia::{kv_format_for, DiaError, DiaModel, DiaModelBuilder, GenerateOptions, Session};
+    use dia_webgpu::dia::{kv_format_for, DiaError, DiaModel, GenerateOptions, Session};
     use dia_webgpu::gpu::{AllocationGroup, Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::attention::{attention_prefill, AttentionArgs};
     use dia_webgpu::kernels::linear::{linear, linear_rows, linear_small_m_shaped, LinearEpilogue, SmallMShape};
@@ -45,7 +45,7 @@ mod native {
     use dia_webgpu::kernels::kv_cache::KvFormat;
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
     use dia_webgpu::pipeline::{CacheUse, PipelineCacheDir, PipelineError, Tts};
-    use dia_webgpu::weights::TensorValues;
+    use dia_webgpu::random::{self, Noise};
 
     type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -430,8 +430,8 @@ mod native {
             gpu.pipeline_compiles() - compiles
         ));
 
-        // The GPU idled while the CPU made the random weights: bring its clocks up before the first timing (on the
-        // H100 the encoder's short runs otherwise measured the ramp: 62 ms for 100 bytes, 47 ms for 1000).
+        // The GPU idled while the CPU made the random weights: bring its clocks up before the first timing (the
+        // encoder's short runs otherwise measured the ramp: docs/performance.md).
         let warm = Instant::now();
         while warm.elapsed() < Duration::from_millis(500) {
             time_linear_only(gpu, &streamed_matrices(&model), 2 * args.batch as u32, 20)?;
@@ -588,11 +588,7 @@ mod native {
                 return Err("--quality compares modes with f32: give them with --numerics (e.g. f16w,q8,q4)".into());
             }
             let cfg = match &args.model {
-                Some(dir) => {
-                    let path = dir.join("config.json");
-                    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                    DiaConfig::from_json_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-                }
+                Some(dir) => DiaConfig::from_dir(dir)?,
                 None => configs(&args.config)?.0,
             };
             let steps = args.quality_steps;
@@ -850,84 +846,15 @@ mod native {
         })
     }
 
-    /// Pseudo-random values in [−1, 1): one block generated once and read at a different offset for each
-    /// tensor. The values only need to be finite and not all alike; generating 1.6 B of them fresh on the
-    /// CPU would dominate the run.
-    struct Noise {
-        block: Vec<f32>,
-        next_offset: usize,
-    }
-
-    impl Noise {
-        fn new(seed: u64) -> Noise {
-            // A prime length, so offsets and tensor lengths do not line up.
-            const LEN: usize = (1 << 22) + 15;
-            let mut s = seed | 1;
-            let block = (0..LEN)
-                .map(|_| {
-                    s ^= s >> 12;
-                    s ^= s << 25;
-                    s ^= s >> 27;
-                    (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-                })
-                .collect();
-            Noise { block, next_offset: 0 }
-        }
-
-        fn take(&mut self, n: usize, scale: f32) -> Vec<f32> {
-            let mut out = Vec::with_capacity(n);
-            let mut i = self.next_offset % self.block.len();
-            while out.len() < n {
-                let k = (self.block.len() - i).min(n - out.len());
-                out.extend(self.block[i..i + k].iter().map(|v| v * scale));
-                i = 0;
-            }
-            self.next_offset += 7_919;
-            out
-        }
-    }
-
+    /// Dia with random weights read from a noise block (generating 1.6 B values fresh would dominate the run);
+    /// channel 0's EOS row zeroed so generations run to their length.
     fn random_dia(gpu: &Gpu, cfg: &DiaConfig, numerics: Numerics) -> Result<DiaModel> {
-        let mut noise = Noise::new(0x9E37_79B9_7F4A_7C15);
-        let mut b = DiaModelBuilder::new(gpu, cfg, numerics)?;
-        b.put_all(|name, shape| {
-            // Submitting flushes the previous tensor's staged upload, so staging memory stays one tensor.
-            gpu.queue.submit(std::iter::empty());
-            gpu.poll_nonblocking();
-            let n: usize = shape.iter().product();
-            if name.ends_with("norm.weight") {
-                return Ok(TensorValues::F32(vec![1.0; n]));
-            }
-            // Fan-in scaling keeps activations in range through the layers.
-            let scale = if shape.len() == 2 && !name.contains("embed") { 1.0 / (shape[1] as f32).sqrt() } else { 1.0 };
-            let mut values = noise.take(n, scale);
-            if name.ends_with("logits_dense.weight") {
-                // Channel 0's EOS logit is 0 against random others: generations run to their length instead of
-                // ending wherever random weights happen to pick EOS.
-                values[cfg.eos as usize * cfg.decoder.hidden..][..cfg.decoder.hidden].fill(0.0);
-            }
-            Ok(TensorValues::F32(values))
-        })?;
-        Ok(b.finish()?)
+        Ok(random::dia_model(gpu, cfg, numerics, &mut Noise::new(0x9E37_79B9_7F4A_7C15), true)?)
     }
 
-    /// The decoder with random weights (decode-only: the encoder's tensors are not loaded).
+    /// The codec's decoder with random weights (decode-only: the encoder's tensors are not loaded).
     fn random_dac(gpu: &Gpu, cfg: &DacConfig, numerics: Numerics) -> Result<DacModel> {
-        let mut noise = Noise::new(0xD1B5_4A32_D192_ED03);
-        let mut b = DacModelBuilder::new(gpu, cfg, numerics, false)?;
-        for spec in dac_tensor_specs(cfg).into_iter().filter(|s| !s.name.starts_with("encoder.")) {
-            let n: usize = spec.shape.iter().product();
-            let data = if spec.name.ends_with(".alpha") {
-                noise.take(n, 0.5).into_iter().map(|v| 1.0 + v).collect()
-            } else if spec.weight_norm {
-                let fan_in = if spec.name.contains("conv_t") { spec.shape[0] } else { n / spec.shape[0] };
-                noise.take(n, 1.0 / (fan_in as f32).sqrt())
-            } else {
-                noise.take(n, 0.1)
-            };
-            b.accept(&spec.name, &spec.shape, &data)?;
-        }
-        Ok(b.finish()?)
+        Ok(random::dac_decoder(gpu, cfg, numerics, &mut Noise::new(0xD1B5_4A32_D192_ED03))?)
     }
 
     /// `bytes` text tokens of plausible dialogue (speaker tags and ASCII).
@@ -1088,9 +1015,9 @@ mod native {
             gpu.wait_idle()?;
             Ok(ms(t0.elapsed()))
         };
-        // Warm-up: two seconds at least, then until three decodes in a row agree within 5 % (at most six seconds). On the
-        // H100 the GPU's clocks come back in steps after the CPU made the codec's random weights: decodes ran at 74 ms
-        // (three alike, so agreement alone is no sign), 37, then 17 ms, about a second after the first.
+        // Warm-up: two seconds at least, then until three decodes in a row agree within 5 % (at most six seconds). The
+        // GPU's clocks come back in steps after the CPU made the codec's random weights, with plateaus of several alike
+        // decodes, so agreement alone is no sign (docs/performance.md, "After the CPU works alone").
         let warm = Instant::now();
         let mut last: Vec<f64> = Vec::new();
         while warm.elapsed() < Duration::from_secs(6) {

@@ -1,4 +1,4 @@
-//! Delay pattern (spec §4.1, §4.7): the delayed decoder prefix, its revert, and the output crop.
+//! Delay pattern (docs/model.md §4.1, §4.7): the delayed decoder prefix, its revert, and the output crop.
 
 /// Delayed prefix `[1 + n + max_delay, C]` (row-major) for an undelayed grid of BOS, the `n` prompt frames
 /// (`prompt`, `[n, C]` row-major) and `max_delay` PAD rows. PAD marks "to be generated".
@@ -43,7 +43,7 @@ pub fn apply_delay(codes: &[u32], rows: usize, delay: &[usize], bos: u32) -> Vec
     out
 }
 
-/// Rows fed at the start: the prefix length minus the PAD count of channel 0 (spec §4.7).
+/// Rows fed at the start: the prefix length minus the PAD count of channel 0 (docs/model.md §4.7).
 pub fn rows_to_feed(prefix: &[u32], channels: usize, pad: u32) -> usize {
     let rows = prefix.len() / channels;
     rows - (0..rows).filter(|&t| prefix[t * channels] == pad).count()
@@ -51,7 +51,7 @@ pub fn rows_to_feed(prefix: &[u32], channels: usize, pad: u32) -> usize {
 
 /// HF `batch_decode` crop of one item's delayed codes `[S, C]`: revert the delay and keep undelayed rows
 /// `[start, end)` with start = `prompt_rows` (BOS + prompt) or the channel-0 BOS count, end = the channel-0
-/// EOS row. Values outside the codebook are clamped to 0 (spec §4.1). A sequence cut before its EOS tail is
+/// EOS row. Values outside the codebook are clamped to 0 (docs/model.md §4.1). A sequence cut before its EOS tail is
 /// complete (fewer than 16 new rows) has frames whose later channels were never generated: it ends at the last
 /// frame whose every channel exists, rather than decoding made-up codes. Returns `[T, C]` row-major.
 pub fn codes_for_decode(seq: &[u32], delay: &[usize], bos: u32, pad: u32, codebook: u32, prompt_rows: Option<usize>) -> Vec<u32> {

@@ -1,8 +1,9 @@
-//! Generation (spec §4, HF semantics): CFG rows, delayed prefix and prompt prefill, GPU-side sampling, the
+//! Generation (docs/model.md §4, HF semantics): CFG rows, delayed prefix and prompt prefill, GPU-side sampling, the
 //! EOS/PAD tail, batches. The CPU never waits on the GPU per step: steps are submitted back to back and the
 //! produced rows come back through a small ring of asynchronous readbacks, a few steps behind.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuError};
 use crate::kernels::sampling::{Sampler, SamplerBuffers, SamplerShape, SamplingParams};
@@ -13,7 +14,7 @@ use super::model::DiaModel;
 use super::tokenizer::encode_text;
 use super::DiaError;
 
-/// Options of one `generate` call. Defaults are the reference's (spec §4.6, nari `generate()`).
+/// Options of one `generate` call. Defaults are the reference's (docs/model.md §4.6).
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub sampling: SamplingParams,
@@ -62,7 +63,10 @@ impl Generation {
 /// (the streaming codec) can do GPU work of its own between readbacks.
 #[allow(async_fn_in_trait)]
 pub trait RowSink {
-    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError>;
+    /// The sink's own failure (the streaming codec's), which ends the run as `RunError::Sink`.
+    type Error;
+
+    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), Self::Error>;
 
     /// How many rows (from row 0) the sink needs before it can next make progress — the streaming codec's next
     /// chunk — if it knows. The session then ends a readback exactly there instead of at the next full
@@ -73,9 +77,26 @@ pub trait RowSink {
 }
 
 impl<F: FnMut(usize, &[u32])> RowSink for F {
-    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), DiaError> {
+    type Error = Infallible;
+
+    async fn rows(&mut self, first_row: usize, rows: &[u32]) -> Result<(), Infallible> {
         self(first_row, rows);
         Ok(())
+    }
+}
+
+/// Why `Session::run_with` stopped before the end: the generation's own error, or the sink's.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError<E> {
+    #[error(transparent)]
+    Dia(#[from] DiaError),
+    #[error(transparent)]
+    Sink(E),
+}
+
+impl<E> From<GpuError> for RunError<E> {
+    fn from(e: GpuError) -> Self {
+        RunError::Dia(e.into())
     }
 }
 
@@ -120,6 +141,8 @@ struct Pending {
     first_row: usize,
     rows: usize,
     rx: futures::channel::oneshot::Receiver<Result<(), wgpu::BufferAsyncError>>,
+    /// The submit of the chunk's steps and copy.
+    submission: wgpu::SubmissionIndex,
 }
 
 impl<'m> Session<'m> {
@@ -275,33 +298,42 @@ impl<'m> Session<'m> {
         self.s0
     }
 
-    /// Submits the next decoder step (the prompt prefill pass first when there is one): one command
-    /// encoder, one compute pass for layers, logits and sampling.
+    /// Submits the next decoder step (the prompt prefill pass first when there is one).
     pub fn submit_step(&mut self) {
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        match (&self.prefill, self.steps_submitted) {
-            (Some(p), 0) => {
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    p.record(&mut pass);
-                }
-                // The last token of each row continues into the step graph's hidden rows and the shared head.
-                let d = self.model.cfg.decoder.hidden as u64 * 4;
-                let t = p.t as u64;
-                for r in 0..p.rows as u64 {
-                    enc.copy_buffer_to_buffer(&p.x.buf, p.x.offset + (r * t + t - 1) * d, &self.step.x.buf, self.step.x.offset + r * d, d);
-                }
+        self.record_steps(&mut enc, 1);
+        self.gpu.queue.submit([enc.finish()]);
+    }
+
+    /// Records the next `n` decoder steps into `enc` (the prompt prefill pass first when there is one): the steps
+    /// in one compute pass, so that a chunk of steps costs one submit. Each step reads its position and the rows
+    /// before it from the GPU, so nothing is written between them.
+    fn record_steps(&mut self, enc: &mut wgpu::CommandEncoder, n: usize) {
+        let mut left = n;
+        if let (Some(p), 0, 1..) = (&self.prefill, self.steps_submitted, left) {
+            {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                self.record_head(&mut pass);
+                p.record(&mut pass);
             }
-            _ => {
-                let mut pass = enc.begin_compute_pass(&Default::default());
+            // The last token of each row continues into the step graph's hidden rows and the shared head.
+            let d = self.model.cfg.decoder.hidden as u64 * 4;
+            let t = p.t as u64;
+            for r in 0..p.rows as u64 {
+                enc.copy_buffer_to_buffer(&p.x.buf, p.x.offset + (r * t + t - 1) * d, &self.step.x.buf, self.step.x.offset + r * d, d);
+            }
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.record_head(&mut pass);
+            left -= 1;
+            self.steps_submitted += 1;
+        }
+        if left > 0 {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..left {
                 self.step.record(&mut pass);
                 self.record_head(&mut pass);
             }
+            self.steps_submitted += left;
         }
-        self.gpu.queue.submit([enc.finish()]);
-        self.steps_submitted += 1;
     }
 
     fn record_head(&self, pass: &mut wgpu::ComputePass<'_>) {
@@ -323,8 +355,17 @@ impl<'m> Session<'m> {
 
     /// Runs to the end. `sink` receives produced delayed rows `[n, B, C]` in order as they reach the CPU
     /// (a few steps after the GPU made them), starting with the known prefix rows; `cancelled()` is checked
-    /// between chunks of steps.
-    pub async fn run<S: RowSink + ?Sized>(&mut self, opts: &GenerateOptions, sink: &mut S, cancelled: impl Fn() -> bool) -> Result<Generation, DiaError> {
+    /// between chunks of steps. For sinks that cannot fail (closures); `run_with` for those that can.
+    pub async fn run<S: RowSink<Error = Infallible> + ?Sized>(&mut self, opts: &GenerateOptions, sink: &mut S, cancelled: impl Fn() -> bool) -> Result<Generation, DiaError> {
+        self.run_with(opts, sink, cancelled).await.map_err(|e| match e {
+            RunError::Dia(e) => e,
+            RunError::Sink(never) => match never {},
+        })
+    }
+
+    /// `run` with a sink that may fail: its first error ends the run (no further steps or rows) and comes back
+    /// as `RunError::Sink`.
+    pub async fn run_with<S: RowSink + ?Sized>(&mut self, opts: &GenerateOptions, sink: &mut S, cancelled: impl Fn() -> bool) -> Result<Generation, RunError<S::Error>> {
         const RING: usize = 3;
         let c = self.model.cfg.decoder.channels;
         let row_bytes = (self.batch * c * 4) as u64;
@@ -340,14 +381,14 @@ impl<'m> Session<'m> {
             })
             .collect();
         let mut out = self.known.clone();
-        sink.rows(0, &self.known).await?;
+        sink.rows(0, &self.known).await.map_err(RunError::Sink)?;
         let max_steps = self.max_length - self.s0;
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut free: Vec<usize> = (0..RING).collect();
         let mut end: Option<usize> = None;
         while end.is_none() {
             if cancelled() {
-                return Err(DiaError::Cancelled);
+                return Err(DiaError::Cancelled.into());
             }
             // A lost device (or a GPU error) ends the generation at once: its rows would be garbage.
             self.gpu.check()?;
@@ -357,19 +398,30 @@ impl<'m> Session<'m> {
                 if let Some(wanted) = sink.wanted_rows().filter(|&w| w > first_row) {
                     n = n.min(wanted - first_row);
                 }
-                for _ in 0..n {
-                    self.submit_step();
-                }
+                // In a browser a submit costs a trip through the WebGPU implementation that grows with its dispatches
+                // (Dawn under Node on an H100: ~1.5 ms for a step's ~166): a chunk of steps and its readback copy go
+                // as one. Natively a submit per step lets the GPU start on the first step at once.
+                let per_submit = if self.gpu.info.backend == wgpu::Backend::BrowserWebGpu { n } else { 1 };
                 let slot = free.pop().unwrap();
                 let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+                let mut left = n;
+                while left > 0 {
+                    let k = per_submit.min(left);
+                    self.record_steps(&mut enc, k);
+                    left -= k;
+                    if left > 0 {
+                        let full = std::mem::replace(&mut enc, self.gpu.device.create_command_encoder(&Default::default()));
+                        self.gpu.queue.submit([full.finish()]);
+                    }
+                }
                 enc.copy_buffer_to_buffer(&self.sampler.status().buf, self.sampler.status().offset, &staging[slot], 0, 16);
                 enc.copy_buffer_to_buffer(&self.codes.buf, self.codes.offset + first_row as u64 * row_bytes, &staging[slot], 16, n as u64 * row_bytes);
-                self.gpu.queue.submit([enc.finish()]);
+                let submission = self.gpu.queue.submit([enc.finish()]);
                 let (tx, rx) = futures::channel::oneshot::channel();
                 staging[slot].slice(..16 + n as u64 * row_bytes).map_async(wgpu::MapMode::Read, move |r| {
                     let _ = tx.send(r);
                 });
-                pending.push_back(Pending { slot, first_row, rows: n, rx });
+                pending.push_back(Pending { slot, first_row, rows: n, rx, submission });
                 self.gpu.poll_nonblocking();
             }
             // Take what is ready; block only when the ring is full or everything is submitted.
@@ -379,7 +431,8 @@ impl<'m> Session<'m> {
             let ready = match front.rx.try_recv() {
                 Ok(Some(r)) => Some(r),
                 Ok(None) if must_wait => {
-                    if let Err(e) = self.gpu.wait_idle() {
+                    // Only for the oldest chunk: the GPU keeps running the later ones while the next is recorded.
+                    if let Err(e) = self.gpu.wait_for(front.submission.clone()) {
                         return Err(self.gpu.lost_or(e).await.into());
                     }
                     match (&mut front.rx).await {
@@ -408,7 +461,7 @@ impl<'m> Session<'m> {
             let rows = &data[4..4 + valid * self.batch * c];
             out.extend_from_slice(rows);
             if valid > 0 {
-                sink.rows(p.first_row, rows).await?;
+                sink.rows(p.first_row, rows).await.map_err(RunError::Sink)?;
             }
             if over {
                 end = Some(total);

@@ -3,12 +3,14 @@ pub mod batch_plan;
 pub mod delay;
 pub mod forward;
 pub mod generate;
+pub mod layout;
 pub mod model;
 pub mod segment;
 pub mod stored;
 pub mod tokenizer;
 
-pub use generate::{GenerateOptions, Generation, Reserve, Session};
+pub use generate::{GenerateOptions, Generation, Reserve, RunError, Session};
+pub use layout::{expected_hf_tensors, DiaLayout, DiaWeights, TensorValues};
 pub use model::{keeps_encoder_workspace, kv_format_for, largest_matrix_bytes, step_weight_bytes, DiaModel, DiaModelBuilder, MatrixRole};
 
 use crate::gpu::GpuError;
@@ -59,7 +61,7 @@ impl DiaError {
 /// Loads a checkpoint (either layout) that has been opened as a `Checkpoint`: shapes are validated against
 /// the config before any data is read, then tensors stream to the GPU one at a time.
 pub fn load_model(gpu: &crate::gpu::Gpu, cfg: &crate::config::DiaConfig, ckpt: &crate::weights::Checkpoint, numerics: crate::kernels::Numerics) -> Result<DiaModel, DiaError> {
-    let weights = crate::weights::DiaWeights::new(ckpt, cfg)?;
+    let weights = DiaWeights::new(ckpt, cfg)?;
     weights.validate()?;
     let mut builder = DiaModelBuilder::new(gpu, cfg, numerics)?;
     builder.put_all(|name, _| Ok(weights.read_values(name)?))?;
@@ -70,7 +72,7 @@ pub fn load_model(gpu: &crate::gpu::Gpu, cfg: &crate::config::DiaConfig, ckpt: &
 /// `Q8`); None for a checkpoint of plain numbers. Reads headers only.
 pub fn stored_numerics(cfg: &crate::config::DiaConfig, ckpt: &crate::weights::Checkpoint) -> Result<Option<crate::kernels::Numerics>, DiaError> {
     use crate::kernels::Numerics;
-    let formats = crate::weights::DiaWeights::new(ckpt, cfg)?.quantized_formats()?;
+    let formats = DiaWeights::new(ckpt, cfg)?.quantized_formats()?;
     Ok(if formats.contains("q4") {
         Some(Numerics::Q4)
     } else if formats.contains("q8") {
@@ -83,9 +85,7 @@ pub fn stored_numerics(cfg: &crate::config::DiaConfig, ckpt: &crate::weights::Ch
 /// Loads a checkpoint directory (`config.json` + `model.safetensors` or a sharded index) in either layout.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_model_dir(gpu: &crate::gpu::Gpu, dir: &std::path::Path, numerics: crate::kernels::Numerics) -> Result<DiaModel, DiaError> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
-    let cfg = crate::config::DiaConfig::from_json_str(&text).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let cfg = crate::config::DiaConfig::from_dir(dir).map_err(|e| DiaError::Config(e.to_string()))?;
     let ckpt = crate::weights::Checkpoint::open_dir(dir)?;
     load_model(gpu, &cfg, &ckpt, numerics)
 }

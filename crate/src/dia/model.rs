@@ -11,7 +11,9 @@ use crate::config::DiaConfig;
 use crate::gpu::{Gpu, GpuBuffer};
 use crate::kernels::{kv_cache::KvFormat, rope::rope_tables, GpuMatrix, Numerics, WeightFormat};
 use crate::quant::stored::{self, Part};
-use crate::weights::{tensor_to_f32, Dtype, TensorValues, WeightsError};
+use crate::weights::{tensor_to_f32, Dtype, WeightsError};
+
+use super::layout::TensorValues;
 
 use super::DiaError;
 
@@ -474,27 +476,9 @@ impl<'g> DiaModelBuilder<'g> {
 }
 
 impl DiaModel {
-    /// A model with random weights (benchmarks, and runs without a checkpoint). Deterministic in `seed`.
+    /// A model with random weights (tests, and runs without a checkpoint). Deterministic in `seed`; see
+    /// `random::dia_model` for how the values are drawn.
     pub fn random(gpu: &Gpu, cfg: &DiaConfig, numerics: Numerics, seed: u64) -> Result<DiaModel, DiaError> {
-        let mut b = DiaModelBuilder::new(gpu, cfg, numerics)?;
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        b.put_all(|name, shape| {
-            let n: usize = shape.iter().product();
-            if name.ends_with("norm.weight") {
-                return Ok(TensorValues::F32(vec![1.0; n]));
-            }
-            // Scale like a trained model's init so activations stay in range: 1/sqrt(fan_in).
-            let scale = if shape.len() == 2 && !name.contains("embed") { 1.0 / (shape[1] as f32).sqrt() } else { 1.0 };
-            Ok(TensorValues::F32((0..n)
-                .map(|_| {
-                    state ^= state >> 12;
-                    state ^= state << 25;
-                    state ^= state >> 27;
-                    let u = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
-                    (u * 2.0 - 1.0) * scale
-                })
-                .collect()))
-        })?;
-        b.finish()
+        crate::random::dia_model(gpu, cfg, numerics, &mut crate::random::Rng::new(seed), false)
     }
 }

@@ -8,7 +8,9 @@
 
 use crate::kernels::{Numerics, WeightFormat};
 use crate::quant::{quantize_rows, stored};
-use crate::weights::{Dtype, TensorValues};
+use crate::weights::Dtype;
+
+use super::layout::TensorValues;
 
 use super::{DiaError, MatrixRole};
 
@@ -142,7 +144,8 @@ mod convert {
     use crate::config::DiaConfig;
     use crate::dia::DiaError;
     use crate::kernels::Numerics;
-    use crate::weights::{Checkpoint, DiaWeights, Dtype};
+    use crate::dia::layout::DiaWeights;
+    use crate::weights::{Checkpoint, Dtype};
 
     /// What `convert_dir` wrote.
     #[derive(Debug, Clone)]
@@ -233,9 +236,7 @@ mod convert {
     /// complete (written beside it under a temporary name, then renamed). `progress(done, name)` is called
     /// after each source tensor.
     pub fn convert_dir(src: &Path, out: &Path, numerics: Numerics, progress: &mut dyn FnMut(usize, &str)) -> Result<ConvertReport, DiaError> {
-        let cfg_path = src.join("config.json");
-        let config_text = std::fs::read_to_string(&cfg_path).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
-        let cfg = DiaConfig::from_json_str(&config_text).map_err(|e| DiaError::Config(format!("{}: {e}", cfg_path.display())))?;
+        let (cfg, config_text) = DiaConfig::from_dir_with_text(src).map_err(|e| DiaError::Config(e.to_string()))?;
         let ckpt = Checkpoint::open_dir(src)?;
         let weights = DiaWeights::new(&ckpt, &cfg)?;
         weights.validate()?;
@@ -262,7 +263,7 @@ mod convert {
         std::fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
         let result = (|| {
             std::fs::write(tmp.join("config.json"), &config_text).map_err(|e| io(&tmp, e))?;
-            let expected = crate::weights::expected_hf_tensors(&cfg);
+            let expected = crate::dia::layout::expected_hf_tensors(&cfg);
             let source = Rc::new(Source {
                 weights,
                 numerics,

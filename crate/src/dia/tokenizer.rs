@@ -1,4 +1,4 @@
-//! Byte-level text tokenizer (spec §3.1): UTF-8 bytes, with the literal `[S1]`/`[S2]` replaced by 0x01/0x02.
+//! Byte-level text tokenizer (docs/model.md §3.1): UTF-8 bytes, with the literal `[S1]`/`[S2]` replaced by 0x01/0x02.
 
 /// Token ids for `text`. Nothing else is special; non-ASCII characters become their UTF-8 bytes.
 pub fn encode_text(text: &str) -> Vec<u32> {

@@ -4,23 +4,25 @@
 //! row `sm` and B row `sn`. Each kernel generates its own global loads, staging stores and epilogue.
 use std::fmt::Write;
 
-/// The tensor-core work on one staged step at offsets `base_a` / `base_b`: two 16-deep fragment rounds.
-fn multiply_stage(s: &mut String, frag_m: u32, frag_n: u32, lds: u32, base_a: &str, base_b: &str) {
+/// The tensor-core work on one staged step at offsets `base_a` / `base_b`: two 16-deep fragment rounds, from
+/// column `frag_k` of the staged rows (a WGSL expression; empty for column 0).
+fn multiply_stage(s: &mut String, frag_m: u32, frag_n: u32, lds: u32, frag_k: &str, base_a: &str, base_b: &str) {
+    let col = |kk: u32| if frag_k.is_empty() { format!("{}u", 16 * kk) } else { format!("{frag_k} + {}u", 16 * kk) };
     for kk in 0..2 {
         for i in 0..frag_m {
             let _ = writeln!(
                 s,
-                "        let fa{kk}{i} = coopLoadT<coop_mat16x16<f16, A>>(&sa[{base_a} + (sm + {}u) * {lds}u + {}u], {lds}u);",
+                "        let fa{kk}{i} = coopLoadT<coop_mat16x16<f16, A>>(&sa[{base_a} + (sm + {}u) * {lds}u + {}], {lds}u);",
                 16 * i,
-                16 * kk
+                col(kk)
             );
         }
         for j in 0..frag_n {
             let _ = writeln!(
                 s,
-                "        let fb{kk}{j} = coopLoad<coop_mat16x16<f16, B>>(&sb[{base_b} + (sn + {}u) * {lds}u + {}u], {lds}u);",
+                "        let fb{kk}{j} = coopLoad<coop_mat16x16<f16, B>>(&sb[{base_b} + (sn + {}u) * {lds}u + {}], {lds}u);",
                 16 * j,
-                16 * kk
+                col(kk)
             );
         }
         for i in 0..frag_m {
@@ -33,9 +35,13 @@ fn multiply_stage(s: &mut String, frag_m: u32, frag_n: u32, lds: u32, base_a: &s
 
 /// How a kernel fills its staging tiles: `load(s, tag, k)` emits the global loads of the step at reduction row
 /// `k` into registers suffixed `tag`; `stage(s, tag, base_a, base_b)` stores those registers into `sa` / `sb`.
+/// A step is `step` reduction rows; `frag_k` (a WGSL expression, empty for 0) is the staged column where this
+/// subgroup's 32 start, when subgroups split a step between them.
 pub(crate) struct Staging<'a> {
     pub load: &'a dyn Fn(&mut String, &str, &str),
     pub stage: &'a dyn Fn(&mut String, &str, &str, &str),
+    pub step: u32,
+    pub frag_k: &'a str,
 }
 
 /// The reduction loop over `nk` steps: the first step loaded and staged, then per step the next step's global
@@ -47,17 +53,17 @@ pub(crate) fn staged_reduction(s: &mut String, frag_m: u32, frag_n: u32, lds: u3
     (staging.load)(s, "p", "0u");
     (staging.stage)(s, "p", "0u", "0u");
     s.push_str("    }\n    workgroupBarrier();\n    for (var kt = 0u; kt < nk; kt++) {\n");
-    s.push_str("        let kn = min(kt + 1u, nk - 1u) * 32u;\n");
+    let _ = writeln!(s, "        let kn = min(kt + 1u, nk - 1u) * {}u;", staging.step);
     (staging.load)(s, "n", "kn");
     if stages == 2 {
         let _ = writeln!(s, "        let ca = (kt % 2u) * {sa_len}u;");
         let _ = writeln!(s, "        let na = {sa_len}u - ca;");
         let _ = writeln!(s, "        let cb = (kt % 2u) * {sb_len}u;");
         let _ = writeln!(s, "        let nb = {sb_len}u - cb;");
-        multiply_stage(s, frag_m, frag_n, lds, "ca", "cb");
+        multiply_stage(s, frag_m, frag_n, lds, staging.frag_k, "ca", "cb");
         (staging.stage)(s, "n", "na", "nb");
     } else {
-        multiply_stage(s, frag_m, frag_n, lds, "0u", "0u");
+        multiply_stage(s, frag_m, frag_n, lds, staging.frag_k, "0u", "0u");
         s.push_str("        workgroupBarrier();\n");
         (staging.stage)(s, "n", "0u", "0u");
     }

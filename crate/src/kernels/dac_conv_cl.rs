@@ -79,11 +79,10 @@ impl ClShape {
         self.sub_m * self.sub_n == 8 && self.frag_m >= 1 && self.frag_n >= 1 && self.tm().is_multiple_of(64) && (self.stages == 1 || self.stages == 2)
     }
 
-    /// Per call, measured on an H100 (`bench_dac_coop --sweep`, 861 frames): the tile covers all of a 192-channel
-    /// layer (128 × 192), 96 channels where 128 does not divide the count, else 128; and 256 rows where that still
-    /// gives `GROUPS_TARGET` workgroups, else 128 (64-row tiles lost everywhere, even with twice the workgroups).
-    /// 384 channels × 55k steps, k7: 1.055 ms at 128 × 128, 0.835 at 256 × 128; 192 × 220k: 1.29 ms at
-    /// 128 × 96, 1.07 at 128 × 192; 96 × 441k: 0.678 at 128 × 96, 0.598 at 256 × 96.
+    /// Per call, from a sweep of every layer (`bench_dac_coop --sweep`; the figures are in docs/performance.md,
+    /// "Taller tiles beat more workgroups"): the tile covers all of a 192-channel layer (128 × 192), 96 channels
+    /// where 128 does not divide the count, else 128; and 256 rows where that still gives `GROUPS_TARGET`
+    /// workgroups, else 128 (64-row tiles lost everywhere, even with twice the workgroups).
     fn for_geometry(gpu: &Gpu, g: &Geometry) -> ClShape {
         let (big, small) = if g.cout == 192 {
             (ClShape::WIDE192, ClShape::LARGE96)
@@ -238,7 +237,7 @@ fn body(shape: ClShape, epilogue: &str) -> String {
             halves(s, "sb", base_b, &format!("sbo{u}"), &format!("vw{u}{tag}"));
         }
     };
-    staged_reduction(&mut s, shape.frag_m, shape.frag_n, LDS, shape.stages, tm * LDS, sn_rows * LDS, Staging { load: &load, stage: &stage });
+    staged_reduction(&mut s, shape.frag_m, shape.frag_n, LDS, shape.stages, tm * LDS, sn_rows * LDS, Staging { load: &load, stage: &stage, step: 32, frag_k: "" });
     output(&mut s, shape, epilogue);
     s
 }

@@ -7,13 +7,13 @@
 //! 2. `advance`, one workgroup: the EOS delay pattern, per-channel finished/PAD, the delay-mask override,
 //!    and the outputs (codes row, next tokens, positions, status).
 //!
-//! This is `generate_batch` of the numpy reference (`npref/generate.py`) step for step. The CPU never
+//! This is transformers' Dia generation (docs/model.md §4.4–4.7) step for step. The CPU never
 //! waits: the row index ℓ lives in the status buffer, and steps recorded after the end change nothing.
 //! The sampling top-k warper is not run: it uses the CFG filter's k, and at most k ids survive that filter,
 //! so it can never drop one.
 //!
 //! Edge cases: a row left with no id (k so small that only PAD/BOS made the CFG top-k) produces id 0, as
-//! numpy's argmax of an all −inf row; k = vocab keeps every id with its conditional value (HF's
+//! an argmax taking the first maximum gives on an all −inf row; k = vocab keeps every id with its conditional value (HF's
 //! `top_k=None`, which returns the guided logits themselves, is not offered). Top-p costs O(n²/256) per row
 //! for n candidates (n ≤ k): fast for the usual k ≤ 256, correct but slower for larger k.
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
@@ -209,7 +209,7 @@ impl Sampler {
             prefix_rows,
             top_k: params.cfg_filter_top_k,
             temperature: if sampling { params.temperature } else { 1.0 },
-            // numpy compares the f32 cumulative sums with the float64 1 − p rounded to f32.
+            // transformers compares the f32 cumulative sums with 1 − p computed in float64 (Python) and rounded to f32.
             top_p_drop: (1.0 - params.top_p as f64) as f32,
             cfg_scale: params.cfg_scale,
             seed_lo: params.seed as u32,

@@ -5,7 +5,8 @@
 //! on the seed, its text and its index, not on the batch size or on the other texts. Text 0 is exactly `speak`
 //! with the same seed; with greedy decoding (temperature 0) every text is exactly `speak` of it alone.
 
-use super::{FrameStream, PipelineError, Tts, VoicePrompt};
+use super::stream::FrameStream;
+use super::{PipelineError, Tts, VoicePrompt};
 use crate::dia::batch_plan::{max_batch, session_size, BatchShape, AUTO_BATCH, MAX_BATCH};
 use crate::dia::delay::codes_for_decode;
 use crate::dia::tokenizer::encode_text;

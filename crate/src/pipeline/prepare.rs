@@ -9,7 +9,8 @@
 use crate::dia::{GenerateOptions, Session};
 use crate::gpu::PipelineSet;
 
-use super::{PipelineError, Tts, STREAM_FRAMES};
+use super::stream::STREAM_FRAMES;
+use super::{PipelineError, Tts};
 
 /// What `Tts::prepare` did.
 #[derive(Debug, Clone)]

@@ -1,17 +1,15 @@
-//! Safetensors reading tensor by tensor from any byte source; HF and nari layouts mapped to one internal
-//! (HF, `[out, in]`) layout; dtype conversion. Knows nothing of GPUs or model math.
+//! Safetensors reading tensor by tensor from any byte source; dtype conversion. Knows nothing of GPUs, models or
+//! their tensor names (Dia's layouts are `dia::layout`, the codec's `dac::layout`).
 //!
 //! Nothing here assumes a file: a checkpoint is a set of [`ByteSource`]s (memory, native file, later JS
 //! chunks), and only the headers plus the tensors actually asked for are ever read.
 
 mod checkpoint;
 mod header;
-mod layout;
 mod source;
 
 pub use checkpoint::{tensor_to_f32, Checkpoint};
 pub use header::{Dtype, Header, TensorInfo, MAX_HEADER_LEN};
-pub use layout::{expected_hf_tensors, DiaLayout, DiaWeights, TensorValues};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::FileSource;
 pub use source::{ByteSource, MemorySource};

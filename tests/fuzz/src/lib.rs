@@ -10,7 +10,8 @@ use dia_webgpu::dac::layout::{check_dac_layout, dac_tensor_specs, decoder_widths
 use dia_webgpu::dia::delay::build_prefix;
 use dia_webgpu::dia::tokenizer::encode_text;
 use dia_webgpu::pipeline::{Audio, SAMPLE_RATE};
-use dia_webgpu::weights::{expected_hf_tensors, ByteSource, Checkpoint, DiaLayout, DiaWeights, Header, MemorySource};
+use dia_webgpu::dia::layout::{expected_hf_tensors, DiaLayout, DiaWeights};
+use dia_webgpu::weights::{ByteSource, Checkpoint, Header, MemorySource};
 
 /// The bundled tiny model's configs: a parsed header is also checked against them, as loading does.
 const TINY_DIA_CONFIG: &str = include_str!("../../../assets/tiny/dia/config.json");

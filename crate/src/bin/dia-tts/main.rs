@@ -137,7 +137,7 @@ mod native {
         }
         let model = resolve(args.model.as_deref(), hub::DIA_REPO)?
             .ok_or_else(|| format!("no source checkpoint: {} could not be found or downloaded; pass --model DIR", hub::DIA_REPO))?;
-        let tensors = dia_webgpu::weights::expected_hf_tensors(&read_config(&model)?).len();
+        let tensors = dia_webgpu::dia::layout::expected_hf_tensors(&read_config(&model)?).len();
         let bar = ProgressBar::new(tensors as u64);
         bar.set_style(ProgressStyle::with_template("{spinner} converting [{bar:40}] {pos}/{len} tensors {msg}").unwrap().progress_chars("=> "));
         let t0 = Instant::now();
@@ -161,9 +161,7 @@ mod native {
     }
 
     fn read_config(dir: &Path) -> Result<DiaConfig, String> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        DiaConfig::from_json_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        DiaConfig::from_dir(dir).map_err(|e| e.to_string())
     }
 
     /// The mode to load `dir` (whose config is `cfg`, if it parsed) in: `--dtype`, else the one it was converted

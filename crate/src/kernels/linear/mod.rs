@@ -4,7 +4,8 @@
 //! the pipeline-cache key):
 //! - `small_m`: matrix–vector, every weight read once for all M ≤ 16 rows (decoder steps, M = 2·batch);
 //! - `tiled`: matrix–matrix through workgroup memory (encoder, prefill), any adapter;
-//! - `coop`: matrix–matrix on tensor cores (native devices with cooperative matrices, f16 weights).
+//! - `coop`: matrix–matrix on tensor cores (native devices with cooperative matrices, f16 and quantized weights),
+//!   from `COOP_M_MIN` rows on: decoder steps of 8–16 rows as well as the encoder and prefill.
 //!
 //! `small_m` and `tiled` are assembled from the sections of `shaders/linear.wgsl`, `coop` from
 //! `shaders/linear_coop.wgsl`.
@@ -12,7 +13,7 @@ pub mod coop;
 pub mod small_m;
 pub mod tiled;
 
-pub use coop::{coop_supported, linear_coop, linear_coop_shaped, CoopAccess, CoopShape, CoopVariant, COOP_M_MIN};
+pub use coop::{coop_format, coop_supported, linear_coop, linear_coop_shaped, CoopAccess, CoopShape, CoopVariant, COOP_M_MIN};
 pub use small_m::{linear_small_m, linear_small_m_shaped, SmallMAccess, SmallMShape, SmallMVariant};
 pub use tiled::{linear_tiled, linear_tiled_shaped, TiledAccess, TiledShape, TiledVariant};
 
@@ -80,7 +81,8 @@ wgsl_params! {
 /// Which implementation computes an M-row product (`linear_rows`' choice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
-    /// Tensor cores: M ≥ `COOP_M_MIN` with f16 weights on a device with cooperative matrices (encoder, prefill).
+    /// Tensor cores: M ≥ `COOP_M_MIN` with f16 or quantized weights on a device with cooperative matrices
+    /// (encoder, prefill, and decoder steps of 8 rows or more).
     TensorCores,
     /// One matrix–vector pass: M ≤ `SMALL_M_MAX`.
     SmallM,
@@ -119,10 +121,17 @@ pub fn linear(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
 /// M ≤ `BLOCKED_M_MAX` matrix–vector passes (over blocks of 16 rows above `SMALL_M_MAX`: one dispatch for every
 /// whole block, the grid's z picking the block, and one for the rest), else the tiled kernel.
 pub fn linear_rows(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Vec<Dispatch> {
-    match schedule(gpu, x, w, y, m, epilogue) {
+    linear_scheduled(gpu, x, w, y, m, epilogue, schedule(gpu, x, w, y, m, epilogue))
+}
+
+/// `linear_rows` on the implementation `path` rather than `schedule`'s choice (benchmarks force one path to
+/// compare them). Panics where `path` cannot serve: `SmallM` above `SMALL_M_MAX`, `TensorCores` without
+/// `coop_supported`, `RowBlocks` on blocks the adapter cannot bind.
+pub fn linear_scheduled(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, path: Schedule) -> Vec<Dispatch> {
+    match path {
         Schedule::TensorCores => vec![linear_coop(gpu, x, w, y, m, epilogue)],
         Schedule::SmallM => vec![linear_small_m(gpu, x, w, y, m, epilogue)],
-        Schedule::RowBlocks => row_blocks(gpu, x, w, y, m, epilogue),
+        Schedule::RowBlocks => linear_row_blocks(gpu, x, w, y, m, epilogue).expect("linear_scheduled: row blocks not bindable at this alignment"),
         Schedule::Tiled => vec![linear_tiled(gpu, x, w, y, m, epilogue)],
     }
 }
@@ -162,17 +171,36 @@ fn row_blocks(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
     ds
 }
 
-/// y = rmsnorm(x; gain, eps) · Wᵀ with the epilogue: one fused matrix–vector dispatch for m ≤ `SMALL_M_MAX`,
-/// else RMSNorm into `scratch` (f32 `[m, w.cols]`) and `linear_rows`.
+/// y = rmsnorm(x; gain, eps) · Wᵀ with the epilogue: one fused matrix–vector dispatch where `schedule` picks the
+/// matrix–vector kernel, else (tensor cores, or m > `SMALL_M_MAX`) RMSNorm into `scratch` (f32 `[m, w.cols]`)
+/// and `linear_rows`.
 #[allow(clippy::too_many_arguments)]
 pub fn norm_linear(gpu: &Gpu, x: &GpuBuffer, gain: &GpuBuffer, eps: f32, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, scratch: &GpuBuffer) -> Vec<Dispatch> {
+    norm_linear_scheduled(gpu, x, gain, eps, w, y, m, epilogue, scratch, schedule(gpu, x, w, y, m, epilogue))
+}
+
+/// `norm_linear` on the implementation `path` (as `linear_scheduled`): `SmallM` fuses the norm into its one
+/// dispatch, every other path normalizes into `scratch` first.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_linear_scheduled(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    gain: &GpuBuffer,
+    eps: f32,
+    w: &GpuMatrix,
+    y: &GpuBuffer,
+    m: u32,
+    epilogue: LinearEpilogue,
+    scratch: &GpuBuffer,
+    path: Schedule,
+) -> Vec<Dispatch> {
     assert!(gain.size >= w.cols as u64 * 4, "norm_linear: gain holds fewer than {} f32", w.cols);
-    if m <= SMALL_M_MAX {
+    if path == Schedule::SmallM {
         let shape = SmallMShape::for_format(w.format, m, w.rows, w.cols);
         vec![small_m_dispatch(gpu, x, w, y, m, epilogue, shape, Some((gain, eps)), 1)]
     } else {
         let mut ds = vec![rmsnorm(gpu, x, gain, scratch, m, w.cols, eps)];
-        ds.extend(linear_rows(gpu, scratch, w, y, m, epilogue));
+        ds.extend(linear_scheduled(gpu, scratch, w, y, m, epilogue, path));
         ds
     }
 }

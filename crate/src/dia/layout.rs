@@ -1,13 +1,11 @@
-//! Dia's tensor names and shapes in the HF layout (the internal one: `nn.Linear` `[out, in]`, spec §2.3) and
-//! how each is materialised from a nari-layout checkpoint (Flax-style kernels, input dims first, §2.2/§2.4).
+//! Dia's tensor names and shapes in the HF layout (the internal one: `nn.Linear` `[out, in]`, docs/model.md §2.3)
+//! and how each is materialised from a nari-layout checkpoint (Flax-style kernels, input dims first, §2.2/§2.4).
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::checkpoint::Checkpoint;
-use super::header::Dtype;
-use super::WeightsError;
 use crate::config::DiaConfig;
 use crate::quant::{stored, QuantFormat, QuantizedRows};
+use crate::weights::{Checkpoint, Dtype, WeightsError};
 
 /// One Dia tensor's values as the checkpoint holds them: numbers (from F32, BF16 or F16), or a quantized matrix
 /// (a converted checkpoint, `quant::stored`), which is handed on as is so that nothing is rounded twice.
@@ -178,7 +176,7 @@ fn plan(cfg: &DiaConfig) -> Vec<Entry> {
     plan.0
 }
 
-/// Every tensor of the HF layout with the shape the config implies (spec §2.3).
+/// Every tensor of the HF layout with the shape the config implies (docs/model.md §2.3).
 pub fn expected_hf_tensors(cfg: &DiaConfig) -> Vec<(String, Vec<usize>)> {
     plan(cfg).into_iter().map(|e| (e.hf_name, e.hf_shape)).collect()
 }
