@@ -299,8 +299,12 @@ impl DiaEngine {
 
     /// Once both models are loaded (whichever finished last), creates every pipeline a generation uses
     /// (`Tts::prepare`), so the first `generate` compiles none; then reports any GPU error of the load.
+    /// Not on a software adapter (SwiftShader): there compiling is CPU work in the browser's GPU process, and every
+    /// pipeline of every request kind takes minutes, far more than the few a generation compiles on first use (and it
+    /// holds the GPU process busy meanwhile).
     fn prepare_when_loaded(&self) -> Result<(), JsValue> {
-        if let (Some(dia), Some(dac)) = (&self.dia, &self.dac) {
+        let software = self.gpu.info.device_type == wgpu::DeviceType::Cpu;
+        if let (Some(dia), Some(dac), false) = (&self.dia, &self.dac, software) {
             Tts { gpu: &self.gpu, dia, dac }.prepare().map_err(js_err)?;
         }
         self.check_gpu_error()
