@@ -9,18 +9,7 @@
 // Plain WGSL (no f16, no cooperative matrices), so both also run on software adapters for the tests.
 // dac_channels_last.rs builds one module per entry point: section `common` + the entry point's section.
 //== section: common
-struct Params {
-    channels: u32,
-    len_in: u32,
-    len_out: u32,
-    // conv_mono: taps, dilation, left padding.
-    taps: u32,
-    dil: u32,
-    pad: u32,
-    // Invocations per row of the dispatch grid (grid_1d may fold a long dispatch into 2-D).
-    row: u32,
-    _pad0: u32,
-}
+{{PARAMS}}
 
 @group(0) @binding(0) var<uniform> P: Params;
 

@@ -15,29 +15,9 @@
 // a named value, then the FMAs into named accumulators, because loops over per-thread arrays serialise the
 // loads on some drivers. The next chunk's global loads are issued before the current chunk's arithmetic.
 {{ENABLE_F16}}
-struct Params {
-    cin: u32,
-    cout: u32,
-    taps: u32,
-    len_in: u32,
-    len_out: u32,
-    in_stride: u32,
-    dil: u32,
-    in_off: i32,
-    out_stride: u32,
-    out_pad: u32,
-    nphase: u32,
-    w_stride: u32,
-    grid_x: u32,
-    span: u32,
-    // Input channels per split, chunks per split, tap blocks per channel block, splits.
-    split_ch: u32,
-    chunks: u32,
-    tap_blocks: u32,
-    splits: u32,
-}
+{{PARAMS}}
 
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: ConvParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 {{WEIGHT_DECL}}
 {{OUT_DECL}}
@@ -135,14 +115,9 @@ fn finish(o: u32, acc: f32) {
 //== section: reduce
 // Split-K epilogue: y[co, t] = (Σ_s part[s, co, t]) + bias[co] (+ y, tanh), the splits added in order so the
 // result does not depend on scheduling.
-struct Params {
-    cout: u32,
-    len_out: u32,
-    splits: u32,
-    _pad: u32,
-}
+{{PARAMS}}
 
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: ReduceParams;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;

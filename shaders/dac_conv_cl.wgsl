@@ -19,25 +19,7 @@
 enable f16;
 enable wgpu_cooperative_matrix;
 
-struct Params {
-    cin: u32,
-    cout: u32,
-    k_total: u32,
-    len_in: u32,
-    len_out: u32,
-    in_stride: u32,
-    dil: u32,
-    in_off: i32,
-    out_stride: u32,
-    out_pad: u32,
-    nphase: u32,
-    // 16-byte words between weight rows.
-    w_stride4: u32,
-    grid_x: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+{{PARAMS}}
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;

@@ -7,18 +7,9 @@
 //
 // Both entry points share one binding layout, so the declarations serve both.
 
-struct Params {
-    latent: u32,
-    frames: u32,
-    cb_size: u32,
-    q_first: u32,
-    q_count: u32,
-    subtract: u32,
-    w_stride: u32,
-    grid_x: u32,
-}
+{{PARAMS}}
 
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: RvqParams;
 @group(0) @binding(1) var<storage, read_write> codes: array<u32>;
 @group(0) @binding(2) var<storage, read> cb: array<f32>;
 {{WEIGHT_DECL}}

@@ -1,16 +1,7 @@
 // Embedding gathers from a weight table [table_rows, cols] (f32, or f16 pairs: see `load_w`).
 // One thread per output value; a token outside the table gives zeros.
 
-struct Params {
-    n: u32,          // output rows
-    cols: u32,
-    stride: u32,     // words between table rows
-    table_rows: u32,
-    token_rows: u32, // embed_channels_sum: rows of the token buffer
-    channels: u32,
-    vocab: u32,
-    _pad: u32,
-}
+{{PARAMS}}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> tokens: array<u32>;

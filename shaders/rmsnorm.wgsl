@@ -1,11 +1,6 @@
 // RMSNorm: y[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight, one workgroup per row, statistics in f32.
 
-struct Params {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    _pad: u32,
-}
+{{PARAMS}}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

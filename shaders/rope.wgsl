@@ -1,16 +1,7 @@
 // Rotary embedding in place, half-split ("rotate_half") layout, angles from precomputed cos/sin tables
 // [max_pos, head_dim / 2]. One thread per rotated pair (i, i + d/2) of one head of one row.
 
-struct Params {
-    rows: u32,
-    row_stride: u32,
-    col_offset: u32,
-    heads: u32,
-    head_dim: u32,
-    max_pos: u32,
-    pairs: u32, // rows · heads · head_dim / 2
-    _pad: u32,
-}
+{{PARAMS}}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;

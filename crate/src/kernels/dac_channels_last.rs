@@ -12,23 +12,28 @@ use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 const SOURCE: &str = include_str!("../../../shaders/dac_channels_last.wgsl");
 
 fn section(name: &str) -> &'static str {
-    let marker = format!("//== section: {name}\n");
-    let start = SOURCE.find(&marker).unwrap_or_else(|| panic!("dac_channels_last.wgsl has no section {name}")) + marker.len();
-    let end = SOURCE[start..].find("//== section: ").map_or(SOURCE.len(), |e| start + e);
-    &SOURCE[start..end]
+    crate::kernels::wgsl::section(SOURCE, "dac_channels_last.wgsl", name)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    channels: u32,
-    len_in: u32,
-    len_out: u32,
-    taps: u32,
-    dil: u32,
-    pad: u32,
-    row: u32,
-    pad0: u32,
+/// Section `common` with the parameters declared.
+fn common() -> String {
+    specialize(section("common"), &[("PARAMS", Params::wgsl())])
+}
+
+wgsl_params! {
+    /// Uniform parameters of the channels-last layout kernels.
+    struct Params {
+        channels: u32,
+        len_in: u32,
+        len_out: u32,
+        /// conv_mono: taps, dilation, left padding
+        taps: u32,
+        dil: u32,
+        pad: u32,
+        /// invocations per row of the dispatch grid (grid_1d may fold a long dispatch into 2-D)
+        row: u32,
+        pad0: u32,
+    }
 }
 
 /// Where `pack` reads its f32 source.
@@ -58,7 +63,7 @@ pub fn pack(gpu: &Gpu, src: &GpuBuffer, layout: SourceLayout, channels: u32, len
             None => "fn act(ci: u32, v: f32) -> f32 { return v; }\n".into(),
         };
         let body = specialize(section("pack"), &[("SNAKE_DECL", snake), ("TRANSPOSED", transposed.to_string())]);
-        format!("{}{}", section("common"), body)
+        format!("{}{}", common(), body)
     });
     let (workgroups, row) = grid(len * channels / 2);
     let params = Params { channels, len_in: len, len_out: len, taps: 0, dil: 0, pad: 0, row, pad0: 0 };
@@ -77,7 +82,7 @@ pub fn conv_mono(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &Conv1dWeights, dilat
     let len_out = super::dac_conv::conv1d_len(len_in, w.kernel, 1, dilation, pad);
     let key = format!("dac_conv_mono:{}", w.w.format.name());
     let pipe = gpu.pipeline(&key, "conv_mono", || {
-        format!("{}{}", section("common"), specialize(section("conv_mono"), &[("WEIGHT_DECL", weight_decl(w.w.format, 2))]))
+        format!("{}{}", common(), specialize(section("conv_mono"), &[("WEIGHT_DECL", weight_decl(w.w.format, 2))]))
     });
     let (workgroups, row) = grid(len_out);
     let params = Params { channels: w.cin, len_in, len_out, taps: w.kernel, dil: dilation, pad, row, pad0: 0 };

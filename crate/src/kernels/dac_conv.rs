@@ -384,45 +384,46 @@ struct Resolved {
     chunking: Chunking,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct ConvParams {
-    cin: u32,
-    cout: u32,
-    taps: u32,
-    len_in: u32,
-    len_out: u32,
-    in_stride: u32,
-    dil: u32,
-    in_off: i32,
-    out_stride: u32,
-    out_pad: u32,
-    nphase: u32,
-    w_stride: u32,
-    grid_x: u32,
-    span: u32,
-    split_ch: u32,
-    chunks: u32,
-    tap_blocks: u32,
-    splits: u32,
-    _pad: [u32; 2],
+wgsl_params! {
+    /// Uniform parameters of the convolution kernel (section `conv`).
+    struct ConvParams {
+        cin: u32,
+        cout: u32,
+        taps: u32,
+        len_in: u32,
+        len_out: u32,
+        in_stride: u32,
+        dil: u32,
+        in_off: i32,
+        out_stride: u32,
+        out_pad: u32,
+        nphase: u32,
+        w_stride: u32,
+        grid_x: u32,
+        span: u32,
+        /// input channels per split, chunks per split, tap blocks per channel block, splits
+        split_ch: u32,
+        chunks: u32,
+        tap_blocks: u32,
+        splits: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct ReduceParams {
-    cout: u32,
-    len_out: u32,
-    splits: u32,
-    _pad: u32,
+wgsl_params! {
+    /// Uniform parameters of the split-K reduction (section `reduce`).
+    struct ReduceParams {
+        cout: u32,
+        len_out: u32,
+        splits: u32,
+        _pad: u32,
+    }
 }
 
 /// The text of one `//== section: <name>` of `shaders/dac_conv.wgsl` (up to the next section).
 fn section(name: &str) -> &'static str {
-    let marker = format!("//== section: {name}\n");
-    let start = SOURCE.find(&marker).unwrap_or_else(|| panic!("dac_conv.wgsl has no section {name}")) + marker.len();
-    let end = SOURCE[start..].find("//== section: ").map_or(SOURCE.len(), |e| start + e);
-    &SOURCE[start..end]
+    crate::kernels::wgsl::section(SOURCE, "dac_conv.wgsl", name)
 }
 
 /// Generated straight-line parts of the conv entry point (see the shader's header).
@@ -645,6 +646,7 @@ fn conv_pipeline(
         specialize(
             section("conv"),
             &[
+                ("PARAMS", ConvParams::wgsl()),
                 ("ENABLE_F16", if f16_math { "enable f16;" } else { "" }.to_string()),
                 ("WEIGHT_DECL", weight_decl(format, 2)),
                 ("OUT_DECL", out_decl),
@@ -669,7 +671,7 @@ fn conv_pipeline(
 
 fn reduce_pipeline(gpu: &Gpu, fusion: &ConvFusion) -> std::sync::Arc<wgpu::ComputePipeline> {
     let key = format!("dac_conv_reduce:a{}t{}", fusion.accumulate as u8, fusion.tanh as u8);
-    gpu.pipeline(&key, "reduce", || format!("{}{}", section("reduce"), finish_section(fusion)))
+    gpu.pipeline(&key, "reduce", || format!("{}{}", specialize(section("reduce"), &[("PARAMS", ReduceParams::wgsl())]), finish_section(fusion)))
 }
 
 /// The geometry shared by both convolution kinds (see the shader's header).
@@ -770,7 +772,7 @@ fn build(
         chunks: split_ch.div_ceil(ch.cc) * tap_blocks,
         tap_blocks,
         splits,
-        _pad: [0; 2],
+        _pad0: 0, _pad1: 0,
     };
     let empty = g.len_out == 0 || g.cout == 0;
     let workgroups = if empty { [0, 0, 0] } else { [grid_x, tiles_m, g.nphase * splits * rows] };

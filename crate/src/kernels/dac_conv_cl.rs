@@ -166,6 +166,7 @@ pub fn shader_source(shape: ClShape, epilogue: &str) -> String {
     specialize(
         SOURCE,
         &[
+            ("PARAMS", Params::wgsl()),
             ("OUT_DECL", out_decl),
             ("TM", shape.tm().to_string()),
             ("TN", shape.tn().to_string()),
@@ -294,23 +295,27 @@ fn output(s: &mut String, shape: ClShape, epilogue: &str) {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    cin: u32,
-    cout: u32,
-    k_total: u32,
-    len_in: u32,
-    len_out: u32,
-    in_stride: u32,
-    dil: u32,
-    in_off: i32,
-    out_stride: u32,
-    out_pad: u32,
-    nphase: u32,
-    w_stride4: u32,
-    grid_x: u32,
-    pad: [u32; 3],
+wgsl_params! {
+    /// Uniform parameters of the channels-last (tensor-core) convolution.
+    struct Params {
+        cin: u32,
+        cout: u32,
+        k_total: u32,
+        len_in: u32,
+        len_out: u32,
+        in_stride: u32,
+        dil: u32,
+        in_off: i32,
+        out_stride: u32,
+        out_pad: u32,
+        nphase: u32,
+        /// 16-byte words between weight rows
+        w_stride4: u32,
+        grid_x: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -352,7 +357,9 @@ fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w_cl: &GpuMatrix, bias: &GpuBuff
         nphase: g.nphase,
         w_stride4: w_cl.row_stride_words() / 4,
         grid_x,
-        pad: [0; 3],
+        pad0: 0,
+        pad1: 0,
+        pad2: 0,
     };
     let workgroups = if g.len_out == 0 { [0, 0, 0] } else { [grid_x, g.cout.div_ceil(shape.tn()), g.nphase * split] };
     let mut buffers = vec![x, &w_cl.data, bias, y];

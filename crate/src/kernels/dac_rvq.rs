@@ -114,24 +114,25 @@ impl RvqWeights {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct RvqParams {
-    latent: u32,
-    frames: u32,
-    cb_size: u32,
-    q_first: u32,
-    q_count: u32,
-    subtract: u32,
-    w_stride: u32,
-    grid_x: u32,
+wgsl_params! {
+    /// Uniform parameters of the residual vector quantizer kernels.
+    struct RvqParams {
+        latent: u32,
+        frames: u32,
+        cb_size: u32,
+        q_first: u32,
+        q_count: u32,
+        subtract: u32,
+        w_stride: u32,
+        grid_x: u32,
+    }
 }
 
 fn pipeline(gpu: &Gpu, rvq: &RvqWeights, format: WeightFormat, entry: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
     let dim = rvq.dims.codebook_dim;
     let key = format!("dac_rvq:{entry}:{}:d{dim}", format.name());
     gpu.pipeline(&key, entry, || {
-        specialize(SOURCE, &[("WEIGHT_DECL", weight_decl(format, 3)), ("CB_DIM", dim.to_string())])
+        specialize(SOURCE, &[("PARAMS", RvqParams::wgsl()), ("WEIGHT_DECL", weight_decl(format, 3)), ("CB_DIM", dim.to_string())])
     })
 }
 

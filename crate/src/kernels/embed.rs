@@ -5,17 +5,18 @@ use super::{weight_decl, GpuMatrix};
 const SOURCE: &str = include_str!("../../../shaders/embed.wgsl");
 const THREADS: u64 = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    cols: u32,
-    stride: u32,
-    table_rows: u32,
-    token_rows: u32,
-    channels: u32,
-    vocab: u32,
-    _pad: u32,
+wgsl_params! {
+    /// Uniform parameters of the embedding gathers.
+    struct Params {
+        n: u32,
+        cols: u32,
+        stride: u32,
+        table_rows: u32,
+        token_rows: u32,
+        channels: u32,
+        vocab: u32,
+        _pad: u32,
+    }
 }
 
 /// out[i, :] = table[tokens[i], :] for i < n; tokens: u32 `[n]`; out: f32 `[n, table.cols]`.
@@ -60,6 +61,6 @@ fn gather(gpu: &Gpu, entry: &str, table: &GpuMatrix, tokens: &GpuBuffer, out: &G
     assert!(out.size >= elements * 4, "{entry}: out holds fewer than {} × {} f32", params.n, params.cols);
     assert!(elements <= u32::MAX as u64, "{entry}: output too large for 32-bit indexing");
     let key = format!("embed.{entry}.{}", table.format.name());
-    let pipeline = gpu.pipeline(&key, entry, || specialize(SOURCE, &[("WEIGHTS", weight_decl(table.format, 2))]));
+    let pipeline = gpu.pipeline(&key, entry, || specialize(SOURCE, &[("PARAMS", Params::wgsl()), ("WEIGHTS", weight_decl(table.format, 2))]));
     gpu.dispatch(&pipeline, &params, &[tokens, &table.data, out], grid_1d(elements.div_ceil(THREADS) as u32))
 }

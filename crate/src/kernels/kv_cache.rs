@@ -1,24 +1,28 @@
 //! `shaders/kv_cache.wgsl`: in-place KV-cache update that writes only the new rows, RoPE applied on the way.
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 
-const SHADER: &str = include_str!("../../../shaders/kv_cache.wgsl");
-const Q8_SHADER: &str = include_str!("../../../shaders/kv_cache_q8.wgsl");
+const SOURCE: &str = include_str!("../../../shaders/kv_cache.wgsl");
 const WORKGROUP: u32 = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    row_stride: u32,
-    k_col: u32,
-    v_col: u32,
-    width: u32,
-    max_len: u32,
-    groups_x: u32,
-    q_heads: u32,
-    head_dim: u32,
-    max_pos: u32,
-    _pad: [u32; 2],
+wgsl_params! {
+    /// Uniform parameters of the KV-cache writes and packs.
+    struct Params {
+        rows: u32,
+        row_stride: u32,
+        k_col: u32,
+        v_col: u32,
+        width: u32,
+        max_len: u32,
+        /// workgroups along x of the 2-D grid (flattened index)
+        groups_x: u32,
+        /// query heads before the key heads in each source row
+        q_heads: u32,
+        head_dim: u32,
+        /// rows of the cos/sin tables
+        max_pos: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
 /// How a KV cache holds its values. `F16` halves the caches (Dia's full-length caches for a 1000-byte text: 1.06 GB
@@ -137,11 +141,18 @@ fn shader(format: KvFormat) -> String {
         KvFormat::Q8 => 4,
     };
     let store = format!("const VALUES_PER_WORD: u32 = {per_word}u;\n{store}");
-    specialize(SHADER, &[("KV_WORD", format.wgsl_word().to_string()), ("STORE_PAIR", store)])
+    let src = [section("common"), section("plain")].concat();
+    specialize(&src, &[("PARAMS", Params::wgsl()), ("KV_WORD", format.wgsl_word().to_string()), ("STORE_PAIR", store)])
 }
 
 fn q8_shader() -> String {
-    specialize(Q8_SHADER, &[("MAX_HD", Q8_MAX_HEAD_DIM.to_string())])
+    let src = [section("common"), section("q8")].concat();
+    specialize(&src, &[("PARAMS", Params::wgsl()), ("KV_WORD", KvFormat::Q8.wgsl_word().to_string()), ("MAX_HD", Q8_MAX_HEAD_DIM.to_string())])
+}
+
+/// The text of one `//== section: <name>` of `shaders/kv_cache.wgsl` (up to the next section).
+fn section(name: &str) -> &'static str {
+    crate::kernels::wgsl::section(SOURCE, "kv_cache.wgsl", name)
 }
 
 /// RoPE and the cache write in one dispatch, for source rows laid out [Q heads | K heads | V] (the fused
@@ -165,14 +176,14 @@ pub fn rope_kv_write(
         let blocks = rows * (q_heads + 2 * width / head_dim);
         let pipeline = gpu.pipeline("kv_cache.rope_kv_write_q8", "rope_kv_write_q8", q8_shader);
         let grid = grid_1d(blocks.max(1));
-        let params = Params { rows, row_stride, k_col, v_col: k_col + width, width, max_len, groups_x: grid[0], q_heads, head_dim, max_pos, _pad: [0; 2] };
+        let params = Params { rows, row_stride, k_col, v_col: k_col + width, width, max_len, groups_x: grid[0], q_heads, head_dim, max_pos, _pad0: 0, _pad1: 0 };
         return gpu.dispatch(&pipeline, &params, &[qkv, qinfo, k_cache, v_cache, cos, sin], grid);
     }
     let heads = q_heads + width / head_dim;
     let per_row = heads * (head_dim / 2).div_ceil(2) + width / 2;
     let pipeline = gpu.pipeline(&format!("kv_cache.rope_kv_write.{format}"), "rope_kv_write", || shader(format));
     let grid = grid_1d((rows as u64 * per_row as u64).div_ceil(WORKGROUP as u64) as u32);
-    let params = Params { rows, row_stride, k_col, v_col: k_col + width, width, max_len, groups_x: grid[0], q_heads, head_dim, max_pos, _pad: [0; 2] };
+    let params = Params { rows, row_stride, k_col, v_col: k_col + width, width, max_len, groups_x: grid[0], q_heads, head_dim, max_pos, _pad0: 0, _pad1: 0 };
     gpu.dispatch(&pipeline, &params, &[qkv, qinfo, k_cache, v_cache, cos, sin], grid)
 }
 
@@ -187,7 +198,7 @@ pub fn pack_kv(gpu: &Gpu, src: &GpuBuffer, dst: &GpuBuffer, values: u32, head_di
             assert!(src.size >= values as u64 * 4 && dst.size >= format.bytes(values as u64, head_dim), "pack_kv: buffers too small for {values} values");
             let pipeline = gpu.pipeline("kv_cache.pack_q8", "pack_q8", q8_shader);
             let grid = grid_1d((values / head_dim).max(1));
-            let params = Params { rows: values, row_stride: 0, k_col: 0, v_col: 0, width: 0, max_len: 0, groups_x: grid[0], q_heads: 0, head_dim, max_pos: 0, _pad: [0; 2] };
+            let params = Params { rows: values, row_stride: 0, k_col: 0, v_col: 0, width: 0, max_len: 0, groups_x: grid[0], q_heads: 0, head_dim, max_pos: 0, _pad0: 0, _pad1: 0 };
             gpu.dispatch(&pipeline, &params, &[src, dst], grid)
         }
         KvFormat::F32 => panic!("pack_kv: f32 caches are written directly"),
@@ -199,6 +210,6 @@ pub fn pack_f16(gpu: &Gpu, src: &GpuBuffer, dst: &GpuBuffer, values: u32) -> Dis
     assert!(src.size >= values as u64 * 4 && dst.size >= values.div_ceil(2) as u64 * 4, "pack_f16: buffers too small for {values} values");
     let pipeline = gpu.pipeline("kv_cache.pack_f16", "pack_f16", || shader(KvFormat::F16));
     let grid = grid_1d(values.div_ceil(2).div_ceil(WORKGROUP).max(1));
-    let params = Params { rows: values, row_stride: 0, k_col: 0, v_col: 0, width: 0, max_len: 0, groups_x: grid[0], q_heads: 0, head_dim: 0, max_pos: 0, _pad: [0; 2] };
+    let params = Params { rows: values, row_stride: 0, k_col: 0, v_col: 0, width: 0, max_len: 0, groups_x: grid[0], q_heads: 0, head_dim: 0, max_pos: 0, _pad0: 0, _pad1: 0 };
     gpu.dispatch(&pipeline, &params, &[src, dst], grid)
 }

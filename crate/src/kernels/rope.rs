@@ -1,19 +1,21 @@
 //! `shaders/rope.wgsl`: rotary embedding, half-split ("rotate_half") layout, in place, from tables.
-use crate::gpu::{grid_1d, Dispatch, Gpu, GpuBuffer};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
 
 const SOURCE: &str = include_str!("../../../shaders/rope.wgsl");
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    row_stride: u32,
-    col_offset: u32,
-    heads: u32,
-    head_dim: u32,
-    max_pos: u32,
-    pairs: u32,
-    _pad: u32,
+wgsl_params! {
+    /// Uniform parameters of `rope`.
+    struct Params {
+        rows: u32,
+        row_stride: u32,
+        col_offset: u32,
+        heads: u32,
+        head_dim: u32,
+        max_pos: u32,
+        /// rows · heads · head_dim / 2
+        pairs: u32,
+        _pad: u32,
+    }
 }
 
 /// cos/sin tables `[max_pos, head_dim/2]`, computed once the way PyTorch does it:
@@ -72,6 +74,6 @@ pub fn rope(gpu: &Gpu, x: &GpuBuffer, cos: &GpuBuffer, sin: &GpuBuffer, qinfo: &
         pairs: pairs as u32,
         _pad: 0,
     };
-    let pipeline = gpu.pipeline("rope", "rope", || SOURCE.to_string());
+    let pipeline = gpu.pipeline("rope", "rope", || specialize(SOURCE, &[("PARAMS", Params::wgsl())]));
     gpu.dispatch(&pipeline, &params, &[x, cos, sin, qinfo], grid_1d(pairs.div_ceil(256) as u32))
 }

@@ -33,6 +33,15 @@ pub(crate) fn struct_decl(name: &str, fields: &[(&str, &str, Option<&str>)]) -> 
     s
 }
 
+/// The text of one `//== section: <name>` of a shader file (`file` names it in the panic), up to the next section.
+/// Sections are how a kernel family assembles its modules from one file; a missing one is a bug in this crate.
+pub(crate) fn section(source: &'static str, file: &str, name: &str) -> &'static str {
+    let marker = format!("//== section: {name}\n");
+    let start = source.find(&marker).unwrap_or_else(|| panic!("{file} has no section {name}")) + marker.len();
+    let end = source[start..].find("//== section: ").map_or(source.len(), |e| start + e);
+    &source[start..end]
+}
+
 /// Declares a kernel's uniform parameters once for both sides: the `#[repr(C)]` Pod Rust struct, and
 /// `<Name>::wgsl()`, the WGSL declaration of the same struct (field order, names and types from the one list, so
 /// the two cannot drift apart). Fields are 4-byte scalars (`u32`, `i32`, `f32`); a field's `///` doc comment

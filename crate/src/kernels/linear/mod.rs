@@ -228,8 +228,5 @@ pub(crate) fn check_shapes(x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, 
 
 /// The text of one `//== section: <name>` of `shaders/linear.wgsl` (up to the next section).
 fn section(name: &str) -> &'static str {
-    let marker = format!("//== section: {name}\n");
-    let start = SOURCE.find(&marker).unwrap_or_else(|| panic!("linear.wgsl has no section {name}")) + marker.len();
-    let end = SOURCE[start..].find("//== section: ").map_or(SOURCE.len(), |e| start + e);
-    &SOURCE[start..end]
+    crate::kernels::wgsl::section(SOURCE, "linear.wgsl", name)
 }
