@@ -115,8 +115,6 @@ fn coop_variants_differ_by_format() {
 fn tensor_core_gpu(test: &str) -> Option<Gpu> {
     let gpu = test_gpu();
     if gpu.tensor_cores() {
-        // The routes under test include those not yet on by default.
-        gpu.set_tensor_core_trial_routes(true);
         Some(gpu)
     } else {
         println!("{test}: skipped, {} has no tensor cores (cooperative matrices)", gpu.describe());

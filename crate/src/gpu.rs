@@ -7,7 +7,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Why a GPU could not be used, or an operation on it failed.
@@ -172,9 +172,6 @@ pub struct Gpu {
     /// Whether pipelines ask wgpu to zero workgroup memory at the start of each workgroup (WebGPU's default): off on
     /// software OpenGL (`zeroes_workgroup_memory`), where it costs minutes of shader compilation.
     zero_workgroup_memory: bool,
-    /// Whether `linear` may take the tensor-core routes that have not yet run on tensor-core hardware (see
-    /// `tensor_core_trial_routes`).
-    tensor_core_trials: AtomicBool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -433,7 +430,6 @@ impl Gpu {
         }));
         Ok(Gpu {
             zero_workgroup_memory: zeroes_workgroup_memory(&info),
-            tensor_core_trials: AtomicBool::new(std::env::var("DIA_TENSOR_CORES").is_ok_and(|v| v == "all")),
             device,
             queue,
             info,
@@ -460,18 +456,6 @@ impl Gpu {
     /// of exactly 32 invocations, `shader-f16`): the DAC and encoder kernels then use them.
     pub fn tensor_cores(&self) -> bool {
         self.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
-    }
-
-    /// Whether `linear` sends quantized weights, and decoder steps of `COOP_M_MIN`..=16 rows, to tensor cores.
-    /// Those routes are built and translated on the host but have not yet run on tensor-core hardware, so they are
-    /// off unless `DIA_TENSOR_CORES=all` is set or `set_tensor_core_trial_routes(true)` is called (the
-    /// tensor-core tests and benchmarks do); until then f16 weights from 17 rows on take tensor cores, as before.
-    pub fn tensor_core_trial_routes(&self) -> bool {
-        self.tensor_core_trials.load(Ordering::Relaxed)
-    }
-
-    pub fn set_tensor_core_trial_routes(&self, on: bool) {
-        self.tensor_core_trials.store(on, Ordering::Relaxed);
     }
 
     /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now

@@ -19,7 +19,7 @@ pub use tiled::{linear_tiled, linear_tiled_shaped, TiledAccess, TiledShape, Tile
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
 use super::norm::rmsnorm;
-use super::{GpuMatrix, WeightFormat};
+use super::GpuMatrix;
 use small_m::small_m_dispatch;
 
 const SOURCE: &str = include_str!("../../../../shaders/linear.wgsl");
@@ -96,10 +96,9 @@ pub enum Schedule {
 /// The implementation `linear_rows` uses for these operands (after checking their shapes).
 pub fn schedule(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Schedule {
     let out_cols = check_shapes(x, w, y, m, epilogue);
-    // Quantized weights and 8-16 rows on tensor cores wait for a run on tensor-core hardware (`Gpu::tensor_core_trial_routes`).
-    let trial = gpu.tensor_core_trial_routes();
-    let coop_rows = if trial { m >= COOP_M_MIN } else { m > SMALL_M_MAX };
-    if coop_rows && coop_supported(gpu, w) && (trial || !matches!(w.format, WeightFormat::Quant(_))) {
+    // From COOP_M_MIN rows the tensor cores beat the matrix–vector kernel for every format (H100, `bench_linear
+    // --decoder`: docs/performance.md "Tensor cores for q8/q4 and for decoder steps of 8–16 rows").
+    if m >= COOP_M_MIN && coop_supported(gpu, w) {
         Schedule::TensorCores
     } else if m <= SMALL_M_MAX {
         Schedule::SmallM
