@@ -300,6 +300,10 @@ impl FrameStream<'_, '_> {
     /// will follow) everything, else up to the right context's frames before the last one.
     pub(super) async fn advance(&mut self, complete: bool, cancelled: &dyn Fn() -> bool) -> Result<(), DacError> {
         self.hand_out_ready(cancelled).await?;
+        // Submitting now could mean waiting for (and handing out) the oldest window: not after a cancel.
+        if cancelled() {
+            return Ok(());
+        }
         let n = self.len();
         let upto = if complete { n } else { n.saturating_sub(self.right) };
         if upto >= self.submitted + self.next_chunk() {
