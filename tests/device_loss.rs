@@ -62,25 +62,32 @@ fn device_lost_in_the_decoder_loop_is_a_typed_error_then_a_new_device_works() {
 
 #[test]
 fn device_lost_while_streaming_audio_is_a_typed_error_then_a_new_device_works() {
+    // Lost right after the first audio chunk (the window waited for), and after the third (a window handed out
+    // while later ones decode between the decoder's steps): decoder steps and codec work are both in flight.
+    for lost_after in [1, 3] {
+        lost_while_streaming(lost_after);
+    }
+}
+
+fn lost_while_streaming(lost_after: usize) {
     let gpu = test_gpu();
     let (dia, dac) = long_talker(&gpu);
     let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
     let chunks = Cell::new(0);
-    // Lost right after the first audio chunk: decoder steps and codec work are both in flight.
     let mut on_pcm = |_: &[f32]| {
         chunks.set(chunks.get() + 1);
-        if chunks.get() == 1 {
+        if chunks.get() == lost_after {
             gpu.device.destroy();
         }
     };
     let r = pollster::block_on(tts.speak(TEXT, None, &opts(300), &mut on_pcm, &|| false));
-    assert!(chunks.get() >= 1, "no audio chunk before the end");
+    assert!(chunks.get() >= lost_after, "only {} audio chunks before the end", chunks.get());
     match &r {
         Err(e) if e.is_device_lost() => println!("lost after {} chunk(s): {e}", chunks.get()),
         r => panic!("expected a DeviceLost error, got {r:?}"),
     }
     assert!(matches!(r, Err(PipelineError::Dia(DiaError::Gpu(GpuError::DeviceLost(_))) | PipelineError::Dac(dia_webgpu::dac::DacError::Gpu(GpuError::DeviceLost(_))))));
-    assert_eq!(chunks.get(), 1, "audio kept coming after the device was lost");
+    assert_eq!(chunks.get(), lost_after, "audio kept coming after the device was lost");
     // The lost device refuses further work with the same error instead of hanging or panicking.
     let again = pollster::block_on(tts.speak(TEXT, None, &opts(40), &mut |_: &[f32]| {}, &|| false));
     assert!(again.as_ref().is_err_and(|e| e.is_device_lost()), "a generation on the lost device: {again:?}");

@@ -175,3 +175,57 @@ fn step_weight_bytes_match_the_built_model() {
         assert_eq!(dia_webgpu::dia::step_weight_bytes(&cfg, numerics), built, "{}", numerics.name());
     }
 }
+
+/// `Dispatch::record` leaves out a `set_pipeline` or `set_bind_group` that repeats what the previous dispatch set in
+/// the same pass, sets them again in a new pass, and the results stay those of every dispatch run in order.
+#[test]
+fn recording_skips_repeated_pipeline_and_bind_group() {
+    use dia_webgpu::gpu::record_counts;
+    let gpu = test_gpu();
+    let src = "struct P { add: u32, a: u32, b: u32, c: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> x: array<u32>;
+@compute @workgroup_size(1) fn main() { x[0] = x[0] + p.add; }";
+    let add = gpu.pipeline("test.record_add", "main", || src.to_string());
+    let times_ten = gpu.pipeline("test.record_mul", "main", || src.replace("x[0] + p.add", "x[0] * p.add"));
+    let (a, b) = (gpu.upload("test.a", &[0u32]), gpu.upload("test.b", &[1u32]));
+    let add_a = gpu.dispatch(&add, &[1u32, 0, 0, 0], &[&a], [1, 1, 1]);
+    let add_b = gpu.dispatch(&add, &[2u32, 0, 0, 0], &[&b], [1, 1, 1]);
+    let mul_b = gpu.dispatch(&times_ten, &[10u32, 0, 0, 0], &[&b], [1, 1, 1]);
+    let before = record_counts();
+    // One pass: add_a, add_a (both repeats), add_b (same pipeline, another bind group), mul_b (both new).
+    gpu.run(&[&add_a, &add_a, &add_b, &mul_b]);
+    let mid = record_counts();
+    assert_eq!(
+        (mid.pipelines_set - before.pipelines_set, mid.pipelines_skipped - before.pipelines_skipped),
+        (2, 2),
+        "pipelines set and skipped in the first pass"
+    );
+    assert_eq!(
+        (mid.bind_groups_set - before.bind_groups_set, mid.bind_groups_skipped - before.bind_groups_skipped),
+        (3, 1),
+        "bind groups set and skipped in the first pass"
+    );
+    // A new pass starting with what the last one ended with sets both again.
+    gpu.run(&[&mul_b]);
+    let after = record_counts();
+    assert_eq!((after.pipelines_set - mid.pipelines_set, after.bind_groups_set - mid.bind_groups_set), (1, 1), "a new pass sets its state");
+    assert_eq!(gpu.read_u32_blocking(&a).unwrap(), vec![2], "add_a ran twice");
+    assert_eq!(gpu.read_u32_blocking(&b).unwrap(), vec![300], "(1 + 2) × 10 × 10");
+
+    // A decoder step's recording: what it leaves out (printed), with the rows still those of a plain run.
+    let m = long_talker(&gpu);
+    let opts = sampled(4, 24);
+    let before = record_counts();
+    let (codes, ..) = run(&gpu, &m, &["[S1] Count the calls."], &opts);
+    let c = record_counts();
+    println!(
+        "24 steps: set_pipeline {} (skipped {}), set_bind_group {} (skipped {})",
+        c.pipelines_set - before.pipelines_set,
+        c.pipelines_skipped - before.pipelines_skipped,
+        c.bind_groups_set - before.bind_groups_set,
+        c.bind_groups_skipped - before.bind_groups_skipped
+    );
+    let (again, ..) = run(&gpu, &m, &["[S1] Count the calls."], &opts);
+    assert_eq!(codes, again);
+}

@@ -98,6 +98,37 @@ fn pipeline_streaming_equals_whole_decoding() {
     assert!(max_diff <= 1e-4 && snr >= 80.0, "streamed audio differs from whole decoding: max {max_diff:.2e}, {snr:.1} dB");
 }
 
+/// Codec windows decoded while the decoder goes on hand out exactly the samples of the synchronous path (every
+/// window waited for), in the same order, with at most `codec_windows_in_flight` windows on the GPU at once.
+#[test]
+fn pipeline_overlapped_windows_equal_the_synchronous_path() {
+    let gpu = test_gpu();
+    let (dia, dac) = long_talker(&gpu, Numerics::F32);
+    let tts = Tts { gpu: &gpu, dia: &dia, dac: &dac };
+    let text = "[S1] Overlap must not change a single sample. [S2] Nor their order.";
+    let with = |windows: usize| {
+        let mut opts = GenerateOptions { max_new_tokens: 200, codec_windows_in_flight: windows, ..GenerateOptions::default() };
+        opts.sampling.seed = 5;
+        speak(&tts, text, None, &opts)
+    };
+    let (sync_pcm, sync_chunks, sync) = with(1);
+    println!("synchronous: {} samples in {sync_chunks} chunks, {:?}", sync_pcm.len(), sync.codec);
+    assert!(sync_chunks >= 4, "only {sync_chunks} chunks: not streaming");
+    assert_eq!(sync.codec.most_in_flight, 1);
+    assert_eq!(sync.codec.waits, sync.codec.windows, "the synchronous path waits for every window");
+    for windows in [2, 3] {
+        let (pcm, chunks, speech) = with(windows);
+        println!("{windows} windows in flight: {} samples in {chunks} chunks, {:?}", pcm.len(), speech.codec);
+        assert_eq!(speech.generation.codes, sync.generation.codes);
+        assert_eq!(pcm.len(), sync_pcm.len());
+        assert!(pcm == sync_pcm, "overlapped windows changed the audio: first difference at sample {:?}", pcm.iter().zip(&sync_pcm).position(|(a, b)| a != b));
+        let stats = speech.codec;
+        assert!(stats.most_in_flight <= windows, "{} windows in flight, at most {windows} allowed", stats.most_in_flight);
+        assert!(stats.most_in_flight >= 2, "no window was submitted while another was in flight: {stats:?}");
+        assert!(stats.waits < stats.windows, "every window was waited for: {stats:?}");
+    }
+}
+
 #[test]
 fn pipeline_cancel_stops_promptly_and_stays_usable() {
     let gpu = test_gpu();

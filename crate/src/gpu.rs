@@ -1262,13 +1262,105 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
+    /// Records the dispatch into `pass`, leaving out the `set_pipeline` / `set_bind_group` that would repeat what
+    /// the previous dispatch recorded into the same pass set (in a browser each call is a trip through the WebGPU
+    /// implementation; natively wgpu re-binds on each). Only `record` sets pipelines and bind groups on passes.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         if self.workgroups.contains(&0) {
             return;
         }
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        let (pass_key, pipeline_key, group_key) = (HandleKey::of(&*pass), HandleKey::of(&*self.pipeline), HandleKey::of(&self.bind_group));
+        let (set_pipeline, set_group) = PASS_STATE.with_borrow_mut(|s| {
+            if !pass_key.same(&s.pass) {
+                *s = PassState { pass: pass_key, counts: s.counts, ..Default::default() };
+            }
+            let set_pipeline = !pipeline_key.same(&s.pipeline);
+            let set_group = !group_key.same(&s.bind_group);
+            s.pipeline = pipeline_key;
+            s.bind_group = group_key;
+            let c = &mut s.counts;
+            if set_pipeline { c.pipelines_set += 1 } else { c.pipelines_skipped += 1 }
+            if set_group { c.bind_groups_set += 1 } else { c.bind_groups_skipped += 1 }
+            (set_pipeline, set_group)
+        });
+        if set_pipeline {
+            pass.set_pipeline(&self.pipeline);
+        }
+        if set_group {
+            pass.set_bind_group(0, &self.bind_group, &[]);
+        }
         pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], self.workgroups[2]);
+    }
+}
+
+/// `set_pipeline` / `set_bind_group` calls `Dispatch::record` made and left out as repeats, on this thread so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    pub pipelines_set: u64,
+    pub pipelines_skipped: u64,
+    pub bind_groups_set: u64,
+    pub bind_groups_skipped: u64,
+}
+
+/// This thread's `RecordCounts` (recording happens on the thread that builds the command buffer).
+pub fn record_counts() -> RecordCounts {
+    PASS_STATE.with_borrow(|s| s.counts)
+}
+
+/// What the last `Dispatch::record` on this thread left set, and in which pass.
+#[derive(Default)]
+struct PassState {
+    pass: HandleKey,
+    pipeline: HandleKey,
+    bind_group: HandleKey,
+    counts: RecordCounts,
+}
+
+thread_local! {
+    static PASS_STATE: std::cell::RefCell<PassState> = std::cell::RefCell::new(PassState::default());
+}
+
+/// A wgpu handle's identity: the bytes its `Hash` writes. wgpu hashes a handle (pass, pipeline, bind group) by an id
+/// unique to the object (a counter, or wgpu-core's index with its reuse epoch), so equal keys are the same object,
+/// and a new pass never matches an ended one. Keys longer than the buffer compare as unknown (never the same).
+#[derive(Clone, Copy, Default)]
+struct HandleKey {
+    bytes: [u8; 32],
+    /// Bytes written; None: nothing written or too many (unknown).
+    len: Option<usize>,
+}
+
+impl HandleKey {
+    fn of<T: Hash + ?Sized>(handle: &T) -> HandleKey {
+        let mut key = HandleKey { bytes: [0; 32], len: Some(0) };
+        handle.hash(&mut key);
+        if key.len == Some(0) {
+            key.len = None;
+        }
+        key
+    }
+
+    fn same(&self, other: &HandleKey) -> bool {
+        match (self.len, other.len) {
+            (Some(a), Some(b)) => a == b && self.bytes[..a] == other.bytes[..b],
+            _ => false,
+        }
+    }
+}
+
+impl Hasher for HandleKey {
+    fn write(&mut self, bytes: &[u8]) {
+        self.len = self.len.and_then(|n| {
+            let end = n + bytes.len();
+            (end <= self.bytes.len()).then(|| {
+                self.bytes[n..end].copy_from_slice(bytes);
+                end
+            })
+        });
+    }
+
+    fn finish(&self) -> u64 {
+        0
     }
 }
 

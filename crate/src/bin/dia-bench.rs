@@ -194,8 +194,12 @@ mod native {
         /// `Tts::speak` on 100 bytes of text, from the call to the first PCM chunk (None: no audio came, the
         /// random model ended at once).
         ttfa_ms: Option<f64>,
-        /// `Tts::speak` of 100 bytes allowed `--steps` new rows, streamed through the codec (median of `--runs`).
+        /// `Tts::speak` of 100 bytes allowed `--steps` new rows, streamed through the codec (median of `--runs`),
+        /// its windows decoded while the decoder goes on (`codec_windows_in_flight` 2, the default).
         whole: WholeRun,
+        /// The same with every codec window waited for (`codec_windows_in_flight` 1: the synchronous path), measured
+        /// right before `whole`.
+        whole_sync: WholeRun,
         /// `--script-bytes`: one `Tts::speak_script` of that many bytes.
         script: Option<ScriptRun>,
         /// `Tts::prepare` right after loading (None with `--no-prepare`): pipelines listed, compiled, seconds and
@@ -217,6 +221,10 @@ mod native {
         first_audio_ms: f64,
         /// steps/s over the greedy decoder-alone run's.
         vs_decoder_alone: f64,
+        /// The codec windows of the last run: how many, most on the GPU at once, times the host waited for one.
+        codec_windows: usize,
+        codec_most_in_flight: usize,
+        codec_waits: usize,
     }
 
     #[derive(Serialize)]
@@ -442,7 +450,7 @@ mod native {
 
         let greedy_params = SamplingParams { cfg_scale: 3.0, cfg_filter_top_k: 45, temperature: 0.0, top_p: 1.0, seed: 0 };
         let sampled_params = SamplingParams { temperature: 1.2, top_p: 0.95, seed: 1, ..greedy_params };
-        let opts = |sampling| GenerateOptions { sampling, max_new_tokens: cfg.decoder.max_positions - 1, readback_every: 8 };
+        let opts = |sampling| GenerateOptions { sampling, max_new_tokens: cfg.decoder.max_positions - 1, ..GenerateOptions::default() };
         let items = vec![text_tokens(100); args.batch];
         let greedy = {
             let mut session = Session::from_tokens(gpu, &model, &items, None, &opts(greedy_params), false)?;
@@ -469,11 +477,14 @@ mod native {
         drop(session);
         let ttfa_ms = time_ttfa(gpu, &model, &dac, args.runs)?;
         log(&format!("time to first audio {}", ttfa_ms.map_or("n/a (no audio)".into(), |t| format!("{t:.1} ms"))));
-        let whole = time_whole(gpu, &model, &dac, args.steps, args.runs, greedy.steps_per_s)?;
-        log(&format!(
-            "whole generation ({} steps, streamed): {:.1} steps/s ({:.2}x the decoder alone), first audio {:.1} ms",
-            whole.steps, whole.steps_per_s, whole.vs_decoder_alone, whole.first_audio_ms
-        ));
+        let whole_sync = time_whole(gpu, &model, &dac, args.steps, args.runs, greedy.steps_per_s, 1)?;
+        let whole = time_whole(gpu, &model, &dac, args.steps, args.runs, greedy.steps_per_s, 2)?;
+        for (how, w) in [("codec windows waited for", &whole_sync), ("codec windows overlapped", &whole)] {
+            log(&format!(
+                "whole generation ({} steps, streamed, {how}): {:.1} steps/s ({:.2}x the decoder alone), first audio {:.1} ms; {} windows, at most {} in flight, {} waits",
+                w.steps, w.steps_per_s, w.vs_decoder_alone, w.first_audio_ms, w.codec_windows, w.codec_most_in_flight, w.codec_waits
+            ));
+        }
         let script = if args.script_bytes > 0 { Some(time_script(gpu, &model, &dac, args.script_bytes)?) } else { None };
         if let Some(r) = &script {
             log(&format!(
@@ -534,6 +545,7 @@ mod native {
             peak_long_groups,
             ttfa_ms,
             whole,
+            whole_sync,
             script,
             prepare,
             first_ttfa_ms,
@@ -618,7 +630,7 @@ mod native {
             let greedy = GenerateOptions {
                 sampling: SamplingParams { cfg_scale: 3.0, cfg_filter_top_k: 45, temperature: 0.0, top_p: 1.0, seed: 0 },
                 max_new_tokens: steps,
-                readback_every: 8,
+                ..GenerateOptions::default()
             };
             // The reference: f32's greedy rows and its teacher-forced logits on them.
             let reference = load(Numerics::F32)?;
@@ -1042,11 +1054,15 @@ mod native {
     /// cancelled there. Median of `runs` after one warm-up; None if no run produced audio.
     /// `Tts::speak` of 100 bytes allowed `steps` new rows, `runs` times after a warm-up: median steps/s and first
     /// audio.
-    fn time_whole(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, steps: usize, runs: usize, decoder_alone: f64) -> Result<WholeRun> {
+    /// `windows_in_flight`: `GenerateOptions::codec_windows_in_flight`.
+    #[allow(clippy::too_many_arguments)]
+    fn time_whole(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, steps: usize, runs: usize, decoder_alone: f64, windows_in_flight: usize) -> Result<WholeRun> {
         let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. ".chars().cycle().take(100).collect();
         let tts = Tts { gpu, dia, dac };
-        let opts = GenerateOptions { max_new_tokens: steps, ..GenerateOptions::default() };
+        let opts = GenerateOptions { max_new_tokens: steps, codec_windows_in_flight: windows_in_flight, ..GenerateOptions::default() };
         let (mut rates, mut firsts, mut made) = (Vec::new(), Vec::new(), 0);
+        let mut codec = Default::default();
+        let calls = dia_webgpu::gpu::record_counts();
         for i in 0..=runs.max(1) {
             let first = Cell::new(None);
             let t0 = Instant::now();
@@ -1060,13 +1076,31 @@ mod native {
             let seconds = t0.elapsed().as_secs_f64();
             let g = &speech.generation;
             made = g.rows - g.prefix_rows;
+            codec = speech.codec;
             if i > 0 {
                 rates.push(made as f64 / seconds);
                 firsts.push(first.get().unwrap_or(f64::NAN));
             }
         }
         let steps_per_s = median(rates);
-        Ok(WholeRun { steps: made, steps_per_s, first_audio_ms: median(firsts), vs_decoder_alone: steps_per_s / decoder_alone })
+        let codec: dia_webgpu::pipeline::CodecStats = codec;
+        let now = dia_webgpu::gpu::record_counts();
+        eprintln!(
+            "whole generations with {windows_in_flight} codec window(s) in flight: set_pipeline {} recorded, {} left out as repeats; set_bind_group {} recorded, {} left out",
+            now.pipelines_set - calls.pipelines_set,
+            now.pipelines_skipped - calls.pipelines_skipped,
+            now.bind_groups_set - calls.bind_groups_set,
+            now.bind_groups_skipped - calls.bind_groups_skipped
+        );
+        Ok(WholeRun {
+            steps: made,
+            steps_per_s,
+            first_audio_ms: median(firsts),
+            vs_decoder_alone: steps_per_s / decoder_alone,
+            codec_windows: codec.windows,
+            codec_most_in_flight: codec.most_in_flight,
+            codec_waits: codec.waits,
+        })
     }
 
     /// One `Tts::speak_script` of `bytes` bytes of dialogue (after a short warm-up speak).
@@ -1436,6 +1470,10 @@ mod native {
         row("whole generation (100 bytes, streamed), steps/s", &|m| format!("{:.1} ({} steps)", m.whole.steps_per_s, m.whole.steps));
         row("  / decoder alone (greedy)", &|m| format!("{:.2}", m.whole.vs_decoder_alone));
         row("  first audio, ms", &|m| format!("{:.1}", m.whole.first_audio_ms));
+        row("  codec windows, most in flight, waits", &|m| format!("{}, {}, {}", m.whole.codec_windows, m.whole.codec_most_in_flight, m.whole.codec_waits));
+        row("same, every codec window waited for, steps/s", &|m| format!("{:.1} ({} steps)", m.whole_sync.steps_per_s, m.whole_sync.steps));
+        row("  / decoder alone (greedy)", &|m| format!("{:.2}", m.whole_sync.vs_decoder_alone));
+        row("  first audio, ms", &|m| format!("{:.1}", m.whole_sync.first_audio_ms));
         if r.modes.iter().any(|m| m.script.is_some()) {
             fn script(m: &ModeFigures, f: fn(&ScriptRun) -> String) -> String {
                 m.script.as_ref().map_or("-".into(), f)

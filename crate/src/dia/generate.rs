@@ -23,6 +23,10 @@ pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// Steps submitted between two readbacks.
     pub readback_every: usize,
+    /// Streamed codec windows (`pipeline`) whose decode may be on the GPU at once while the decoder goes on; their
+    /// audio is handed out in order as each readback completes. 1: the decoder waits for each window's audio
+    /// (the synchronous path). The first window is always waited for (time to first audio).
+    pub codec_windows_in_flight: usize,
 }
 
 impl Default for GenerateOptions {
@@ -31,6 +35,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams { cfg_scale: 3.0, cfg_filter_top_k: 45, temperature: 1.2, top_p: 0.95, seed: 0 },
             max_new_tokens: usize::MAX,
             readback_every: 8,
+            codec_windows_in_flight: 2,
         }
     }
 }

@@ -212,7 +212,7 @@ impl Tts<'_> {
                 let steps = self.item_steps(&codes, prefix_rows);
                 codes.truncate((prefix_rows + steps) * c);
                 let frames = codes_for_decode(&codes, &cfg.delay_pattern, cfg.bos, cfg.pad, cfg.eos, Some(prefix_rows));
-                let samples = self.decode_frames(&frames).await?;
+                let samples = self.decode_frames(&frames, opts.codec_windows_in_flight).await?;
                 done.samples += samples.len();
                 handed_out += 1;
                 on_text(SpokenText { index: first_item + b, text: text.clone(), codes, prefix_rows, steps, frames, samples });
@@ -233,10 +233,11 @@ impl Tts<'_> {
     }
 
     /// Undelayed frames `[n, C]` to samples, in the streaming codec's windows (bounded GPU memory for any length).
-    async fn decode_frames(&self, frames: &[u32]) -> Result<Vec<f32>, PipelineError> {
+    /// `windows_in_flight` as `GenerateOptions::codec_windows_in_flight`.
+    async fn decode_frames(&self, frames: &[u32], windows_in_flight: usize) -> Result<Vec<f32>, PipelineError> {
         let mut samples = Vec::new();
         let mut on_pcm = |chunk: &[f32]| samples.extend_from_slice(chunk);
-        let mut stream: FrameStream = self.frame_stream(&mut on_pcm)?;
+        let mut stream: FrameStream = self.frame_stream(&mut on_pcm, windows_in_flight)?;
         stream.frames.extend_from_slice(frames);
         stream.finish().await?;
         drop(stream);

@@ -16,6 +16,7 @@ pub use audio::{wav_bytes, Audio, MAX_PROMPT_AMPLITUDE, MAX_PROMPT_SAMPLE_RATE, 
 pub use batch::{list_text, BatchProgress, BatchSpeech, SpokenText};
 pub use script::{planned_new_rows, segment_context, segment_seed, ScriptProgress, ScriptSpeech, SpokenSegment, VoicePrompt, NEW_ROWS_FACTOR};
 pub use prepare::{CacheUse, Prepared};
+pub use stream::CodecStats;
 #[cfg(not(target_arch = "wasm32"))]
 pub use prepare::{cache_file_name, read_cache_file, write_cache_file, PipelineCacheDir};
 
@@ -84,6 +85,8 @@ pub struct Speech {
     /// Audio frames decoded (= samples / 512).
     pub frames: usize,
     pub samples: usize,
+    /// What the streaming codec's windows did (how many, how many on the GPU at once, waits).
+    pub codec: CodecStats,
 }
 
 /// Dia + the codec on one GPU.
@@ -127,10 +130,10 @@ impl<'a> Tts<'a> {
             None => None,
         };
         let mut session = Session::new(self.gpu, self.dia, &[text], prompt_codes.as_deref(), opts, false)?;
-        let mut stream = self.frame_stream(on_pcm)?;
+        let mut stream = self.frame_stream(on_pcm, opts.codec_windows_in_flight)?;
         let (generation, frames) = self.run_segment(&mut session, opts, &mut stream, true, &mut |_, _| {}, cancelled).await?;
         stream.finish().await?;
-        Ok(Speech { frames: frames.len() / self.dia.cfg.decoder.channels, samples: stream.samples, generation })
+        Ok(Speech { frames: frames.len() / self.dia.cfg.decoder.channels, samples: stream.samples, generation, codec: stream.stats })
     }
 }
 

@@ -145,7 +145,7 @@ impl Tts<'_> {
         let voice_ctx = voice_codes.as_deref().map(|codes| (voice.and_then(|v| v.transcript).unwrap_or(""), codes));
         // Every segment of a long script sizes its GPU buffers for the largest request, so memory stays flat.
         let reserve = if segments.len() > 1 { Reserve::full(self.dia) } else { Reserve::default() };
-        let mut stream = self.frame_stream(on_pcm)?;
+        let mut stream = self.frame_stream(on_pcm, opts.codec_windows_in_flight)?;
         let mut spoken: Vec<SpokenSegment> = Vec::with_capacity(segments.len());
         let n = segments.len();
         for (i, seg) in segments.iter().enumerate() {
@@ -179,7 +179,7 @@ impl Tts<'_> {
             if i + 1 == n {
                 stream.finish().await?;
             } else {
-                stream.advance(false).await?;
+                stream.advance(false, cancelled).await?;
             }
             spoken.push(SpokenSegment { script_text: seg.clone(), text, prompt_codes, carried_previous, generation, frames });
         }
