@@ -963,6 +963,7 @@ fn decode_takes_subgroup_reductions_only_when_on() {
     let queries = mixed_queries(&mut rng, &kv_lens, 2);
     let p = make_problem(&mut rng, Layout::PackedKv, &kv_lens, &queries, 16, 4, 128, true, 1.0);
     let bufs = GpuProblem::new(&gpu, &p, false);
+    println!("{}: subgroup sizes {:?}", gpu.describe(), gpu.subgroup_sizes());
     for reduction in reductions(&gpu) {
         let sources: Vec<(String, String)> = with_reduction(&gpu, reduction, || {
             gpu.begin_discovery();

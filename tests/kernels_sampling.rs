@@ -928,6 +928,7 @@ fn sampler_takes_subgroup_reductions_only_when_on() {
     let codes = gpu.buffer("codes", (64 * n * 4) as u64);
     let qinfo = gpu.buffer("qinfo", (2 * sh.b * 2 * 4) as u64);
     let bufs = SamplerBuffers { logits: &logits, tokens: &tokens, codes: &codes, qinfo: &qinfo };
+    println!("{}: subgroup sizes {:?}", gpu.describe(), gpu.subgroup_sizes());
     for reduction in reductions(&gpu) {
         gpu.set_subgroups(reduction == Reduction::Subgroup);
         gpu.begin_discovery();

@@ -1467,7 +1467,7 @@ mod web_subgroups {
         let Some(original) = get(adapter, "requestDevice").and_then(|f| f.dyn_into::<Function>().ok()) else { return };
         let target = adapter.clone();
         let once = Closure::once_into_js(move |desc: JsValue| -> JsValue {
-            let _ = Reflect::delete_property(target.unchecked_ref(), &JsValue::from_str("requestDevice"));
+            let _ = Reflect::delete_property::<JsValue>(target.unchecked_ref(), &JsValue::from_str("requestDevice"));
             if desc.is_object() {
                 let features = get(&desc, "requiredFeatures").map(|f| Array::from(&f)).unwrap_or_default();
                 features.push(&JsValue::from_str("subgroups"));
@@ -1509,7 +1509,7 @@ mod web_subgroups {
 
     impl Drop for AskForSubgroups {
         fn drop(&mut self) {
-            let _ = Reflect::delete_property(self.gpu.unchecked_ref(), &JsValue::from_str("requestAdapter"));
+            let _ = Reflect::delete_property::<JsValue>(self.gpu.unchecked_ref(), &JsValue::from_str("requestAdapter"));
         }
     }
 }
