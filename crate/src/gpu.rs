@@ -65,7 +65,8 @@ pub enum Reduction {
     /// Trees and scans through workgroup memory, a barrier per round: runs everywhere.
     Workgroup,
     /// `subgroupMax` / `subgroupAdd` / `subgroupInclusiveAdd` within each subgroup, one workgroup-memory exchange
-    /// across subgroups; for whatever subgroup size the adapter picks at run time (read from `subgroup_size`).
+    /// across subgroups (indexed by `subgroup_id`, `num_subgroups` of them): correct for whatever subgroup size the
+    /// device runs and however it groups invocations, nothing assumes 32.
     Subgroup,
 }
 
