@@ -497,11 +497,14 @@ fn new_key_slot(row: u32, g: u32) -> u32 {
 
 var<workgroup> d_part: array<f32, NR * CH * DL>;  // lane-partial dots [head][key][lane]
 var<workgroup> d_prob: array<f32, NR * CH>;       // scores, then exp(score - chunk max)
-var<workgroup> d_red: array<f32, NR * CH>;        // tree reductions (max, then sum) per head
 var<workgroup> d_vred: array<f32, NR * VG * HD>;  // V sums per key group
 
+// Per-head max and sum over a chunk, and the head totals the output reads: workgroup-memory trees, or subgroup
+// operations with one exchange across subgroups (generated per `Reduction`: attention.rs, `decode_reductions`).
+{{DECODE_REDUCE_FNS}}
+
 @compute @workgroup_size(256)
-fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>{{SG_ARGS}}) {
     let h0 = wid.x * NR;
     let c = wid.y;
     let row = wid.z;
@@ -534,33 +537,16 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         let b = e * DL; // DL = 8 lanes
         sc = ((d_part[b] + d_part[b + 1u]) + (d_part[b + 2u] + d_part[b + 3u])) + ((d_part[b + 4u] + d_part[b + 5u]) + (d_part[b + 6u] + d_part[b + 7u]));
     }
-    if live {
-        d_red[e] = sc;
-    }
-    for (var w = CH / 2u; w > 0u; w >>= 1u) {
-        workgroupBarrier();
-        if live && ek < w {
-            d_red[e] = max(d_red[e], d_red[e + w]);
-        }
-    }
-    workgroupBarrier();
+    let chunk_max = {{DECODE_MAX}};
     var mx = NEG;
     var pk = 0.0;
     if live {
-        mx = d_red[eh * CH];
+        mx = chunk_max;
         pk = select(0.0, exp(sc - mx), ek < n);
         d_prob[e] = pk;
     }
     workgroupBarrier();
-    if live {
-        d_red[e] = pk;
-    }
-    for (var w = CH / 2u; w > 0u; w >>= 1u) {
-        workgroupBarrier();
-        if live && ek < w {
-            d_red[e] += d_red[e + w];
-        }
-    }
+    {{DECODE_SUM}};
     // V: thread = (column, key group); every loaded V word serves the NR heads.
     let col = lid % HD;
     let kg = lid / HD;
@@ -576,7 +562,7 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
             acc += d_vred[(h * VG + j) * HD + d];
         }
         if SINGLE {
-            let total = d_red[h * CH];
+            let total = head_total(h);
             let o = (row * p.heads + h0 + h) * HD + d;
             if o < arrayLength(&partials) {
                 partials[o] = select(0.0, acc / total, total > 0.0);
@@ -592,7 +578,7 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         let base = ((row * p.heads + h0 + eh) * p.n_chunks + c) * (HD + 2u);
         if base + HD + 1u < arrayLength(&partials) {
             partials[base + HD] = mx;
-            partials[base + HD + 1u] = d_red[e];
+            partials[base + HD + 1u] = head_total(eh);
         }
     }
 }
@@ -634,10 +620,11 @@ fn partial_at(i: u32) -> f32 {
 // Chunk weights exp(chunk max − max) of one (row, head); at most MAX_CHUNKS chunks (the host checks).
 const MAX_CHUNKS: u32 = 256u;
 var<workgroup> c_w: array<f32, MAX_CHUNKS>;
-var<workgroup> c_red: array<f32, WG>;
+
+{{COMBINE_REDUCE_FNS}}
 
 @compute @workgroup_size(128)
-fn decode_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn decode_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>{{SG_ARGS}}) {
     let h = wid.x;
     let row = wid.y;
     let nc = min(min((visible_keys(row) + CH - 1u) / CH, p.n_chunks), MAX_CHUNKS);
@@ -649,15 +636,7 @@ fn decode_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         c_w[c] = m;
         mx = max(mx, m);
     }
-    c_red[lid] = mx;
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        workgroupBarrier();
-        if lid < w {
-            c_red[lid] = max(c_red[lid], c_red[lid + w]);
-        }
-    }
-    workgroupBarrier();
-    mx = c_red[0];
+    mx = {{COMBINE_MAX}};
     var sum = 0.0;
     for (var c = lid; c < nc; c += WG) {
         let wc = exp(c_w[c] - mx);
@@ -665,15 +644,7 @@ fn decode_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         sum += wc * partial_at(base + c * (HD + 2u) + HD + 1u);
     }
     workgroupBarrier();
-    c_red[lid] = sum;
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        workgroupBarrier();
-        if lid < w {
-            c_red[lid] += c_red[lid + w];
-        }
-    }
-    workgroupBarrier();
-    sum = c_red[0];
+    sum = {{COMBINE_SUM}};
     let inv = select(0.0, 1.0 / sum, sum > 0.0);
     let o_base = (row * p.heads + h) * HD;
     for (var d = lid; d < HD; d += WG) {

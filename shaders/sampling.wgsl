@@ -83,77 +83,14 @@ fn uniform_u32(writer: bool, x: u32) -> u32 {
     return r;
 }
 
-// Inclusive prefix sum over invocations; .y = total.
-fn scan_u32(lid: u32, x: u32) -> vec2<u32> {
-    wg_u[lid] = x;
-    workgroupBarrier();
-    for (var off = 1u; off < WG; off = off << 1u) {
-        var v = wg_u[lid];
-        if lid >= off {
-            v += wg_u[lid - off];
-        }
-        workgroupBarrier();
-        wg_u[lid] = v;
-        workgroupBarrier();
-    }
-    let r = vec2<u32>(wg_u[lid], wg_u[WG - 1u]);
-    workgroupBarrier();
-    return r;
-}
-
-fn scan_f32(lid: u32, x: f32) -> vec2<f32> {
-    wg_f[lid] = x;
-    workgroupBarrier();
-    for (var off = 1u; off < WG; off = off << 1u) {
-        var v = wg_f[lid];
-        if lid >= off {
-            v += wg_f[lid - off];
-        }
-        workgroupBarrier();
-        wg_f[lid] = v;
-        workgroupBarrier();
-    }
-    let r = vec2<f32>(wg_f[lid], wg_f[WG - 1u]);
-    workgroupBarrier();
-    return r;
-}
-
-fn sum_f32(lid: u32, x: f32) -> f32 {
-    wg_f[lid] = x;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if lid < s {
-            wg_f[lid] += wg_f[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = wg_f[0];
-    workgroupBarrier();
-    return r;
-}
-
-// Argmax over the kept ids (largest value, lowest id on ties): the id, uniform (NONE when nothing is
-// kept); the largest value goes to `top` (kept apart: it is not uniform).
-fn argmax_reduce(lid: u32, v: f32, i: u32, top: ptr<function, f32>) -> u32 {
-    wg_f[lid] = v;
-    wg_u[lid] = i;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if lid < s {
-            let io = wg_u[lid + s];
-            let vo = wg_f[lid + s];
-            let is = wg_u[lid];
-            let vs = wg_f[lid];
-            if io != NONE && (is == NONE || vo > vs || (vo == vs && io < is)) {
-                wg_u[lid] = io;
-                wg_f[lid] = vo;
-            }
-        }
-        workgroupBarrier();
-    }
-    *top = wg_f[0];
-    return uniform_u32(lid == 0u, wg_u[0]);
-}
+// Scans, sums and the argmax over the workgroup's invocations in the order of their logical index `lid`
+// (`select_token`): workgroup-memory trees, or subgroup operations with one exchange across subgroups (generated per
+// `Reduction`: sampling.rs, `reduction_code`).
+//   scan_u32 / scan_f32: inclusive prefix sum; .y = total.
+//   sum_f32: the total.
+//   argmax_reduce: argmax over the kept ids (largest value, lowest id on ties): the id, uniform (NONE when nothing
+//   is kept); the largest value goes to `top` (kept apart: it is not uniform).
+{{REDUCE_FNS}}
 
 // Order-preserving map f32 → u32 (larger float ⇒ larger key); −0 maps with +0 since they compare equal.
 fn order_key(x: f32) -> u32 {
@@ -196,8 +133,11 @@ fn uniform01(row: u32, item: u32, channel: u32) -> f32 {
 fn select_token(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    @builtin(local_invocation_index) hw_lid: u32,{{SG_ARGS}}
 ) {
+    // The invocation's logical index: every per-invocation order below (ids lid·CHUNK + j, digits, candidates) is
+    // by it, and the scans follow it.
+{{LANE}}
     let row = wid.x + wid.y * nwg.x;   // b·C + c
     if row >= P.batch * P.channels {
         return;

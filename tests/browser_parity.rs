@@ -68,6 +68,10 @@ async fn gpu() -> Rc<Gpu> {
     let gpu = Gpu::new(GpuOptions { high_performance: true, min_storage_binding: 16 << 20, want_shader_f16: true, want_tensor_cores: true })
         .await
         .expect("a WebGPU adapter (Chromium needs --enable-unsafe-webgpu)");
+    // Chromium's SwiftShader offers subgroups: the parity cases run the kernels' subgroup variants (the native
+    // tests compare them with the workgroup-memory ones).
+    console_log!("adapter {}: subgroup sizes {:?}, reductions {:?}", gpu.describe(), gpu.subgroup_sizes(), gpu.reduction());
+    assert_eq!(gpu.reduction(), dia_webgpu::gpu::Reduction::Subgroup, "the browser device must have been made with subgroups");
     let gpu = Rc::new(gpu);
     GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
     gpu
@@ -208,6 +212,7 @@ async fn browser_engine_pcm_f32() {
     assert!(bad.as_ref().is_err_and(|m| m.contains("unknown numerics")), "{bad:?}");
     let mut engine = DiaEngine::create("f32".into()).await.map_err(|e| message(e.into())).unwrap();
     console_log!("engine adapter: {}", engine.adapter_info());
+    assert!(engine.adapter_info().contains("(used)"), "the engine's device must use subgroups: {}", engine.adapter_info());
 
     // Nothing loaded: generate rejects at once with a readable message.
     let k = &meta["generate_kwargs"];

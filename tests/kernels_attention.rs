@@ -6,7 +6,7 @@ mod common;
 use std::time::Instant;
 
 use common::{rel_err, test_gpu, Rng};
-use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
+use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, Reduction};
 use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, attention_prefill_limited, AttentionArgs};
 use dia_webgpu::kernels::kv_cache::{pack_f16, pack_kv, rope_kv_write, KvFormat};
 use dia_webgpu::kernels::rope::rope_tables;
@@ -358,10 +358,45 @@ fn run_both_in(gpu: &Gpu, p: &Problem, fused: bool, format: KvFormat, what: &str
     gpu.run(&prefill.iter().collect::<Vec<_>>());
     check(p, &p.qinfo, &gpu.read_f32_blocking(&bufs.out).unwrap(), &format!("{what} prefill"));
 
-    gpu.write(&bufs.out, &vec![f32::NAN; p.rows * p.heads * p.head_dim]);
-    let decode = attention_decode(gpu, &args);
-    gpu.run(&decode.iter().collect::<Vec<_>>());
-    check(p, &p.qinfo, &gpu.read_f32_blocking(&bufs.out).unwrap(), &format!("{what} decode"));
+    // The decode with workgroup-memory and with subgroup reductions, each against the reference and both within a
+    // few ulps of each other (only the order of the sums differs).
+    let mut outs = Vec::new();
+    for reduction in reductions(gpu) {
+        gpu.write(&bufs.out, &vec![f32::NAN; p.rows * p.heads * p.head_dim]);
+        let decode = with_reduction(gpu, reduction, || attention_decode(gpu, &args));
+        gpu.run(&decode.iter().collect::<Vec<_>>());
+        let got = gpu.read_f32_blocking(&bufs.out).unwrap();
+        check(p, &p.qinfo, &got, &format!("{what} decode ({reduction:?} reductions)"));
+        outs.push(got);
+    }
+    if let [plain, subgroup] = &outs[..] {
+        let err = rel_err(subgroup, plain);
+        assert!(err < 1e-5, "{what} decode: subgroup and workgroup reductions differ by {err:.2e}");
+    }
+}
+
+/// The reductions this device can run: always `Workgroup`, and `Subgroup` where the adapter has subgroups (lavapipe
+/// and every GPU we test on do: a device without them fails here rather than skip half the tests).
+fn reductions(gpu: &Gpu) -> Vec<Reduction> {
+    assert!(
+        gpu.subgroup_sizes().is_some() || std::env::var_os("DIA_TEST_NO_SUBGROUPS").is_some(),
+        "the test adapter {} offers no subgroups: the subgroup variants would go untested (set DIA_TEST_NO_SUBGROUPS=1 to allow)",
+        gpu.describe()
+    );
+    let mut r = vec![Reduction::Workgroup];
+    if gpu.subgroup_sizes().is_some() {
+        r.push(Reduction::Subgroup);
+    }
+    r
+}
+
+/// `build` run with `gpu` set to `reduction` (subgroups back on afterwards, the default).
+fn with_reduction<T>(gpu: &Gpu, reduction: Reduction, build: impl FnOnce() -> T) -> T {
+    gpu.set_subgroups(reduction == Reduction::Subgroup);
+    assert_eq!(gpu.reduction(), reduction, "the device must take the {reduction:?} variant");
+    let out = build();
+    gpu.set_subgroups(true);
+    out
 }
 
 /// Every heads/kv_heads pairing, causal or not, cycling through layouts and logit magnitudes, for one head_dim.
@@ -693,123 +728,125 @@ fn attention_decode_appending_matches_rope_then_attention() {
     let mut rng = Rng::new(31);
     // q8 caches are written a block at a time by `rope_kv_write`, never by the appending combine (see
     // `can_append_in_decode`).
-    for format in [KvFormat::F32, KvFormat::F16] {
-        for (hd, heads, kv_heads, max_pos) in [(16usize, 4usize, 2usize, 3072usize), (128, 16, 4, 3072), (32, 4, 4, 150)] {
-            let (n_seq, max_len) = (4usize, 300usize);
-            let width = kv_heads * hd;
-            let stride = heads * hd + 2 * width + 3; // fused projection rows [Q | K | V] + unrelated columns
-            let (cos, sin) = rope_tables(max_pos, hd, 10000.0);
-            let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
-            // Sequence 3 has a shorter cache view: its last step's position lies past it.
-            let seqs: Vec<u32> = (0..n_seq).flat_map(|s| [(s * max_len) as u32, if s == 3 { 140 } else { max_len as u32 }]).collect();
-            let mut k_cache = rng.vec(n_seq * max_len * width, 1.0);
-            let mut v_cache = rng.vec(n_seq * max_len * width, 1.0);
-            let (kb, vb) = match format {
-                KvFormat::F32 => (gpu.upload("k_cache", &k_cache), gpu.upload("v_cache", &v_cache)),
-                KvFormat::F16 => {
-                    k_cache = f16_rounded(&k_cache);
-                    v_cache = f16_rounded(&v_cache);
-                    (gpu.upload("k_cache", &f16_words(&k_cache)), gpu.upload("v_cache", &f16_words(&v_cache)))
-                }
-                KvFormat::Q8 => unreachable!("not an appending format"),
-            };
-            let rows = 4usize;
-            let qkv_b = gpu.buffer("qkv", (rows * stride * 4) as u64);
-            let qinfo_b = gpu.buffer("qinfo", (rows * 8) as u64);
-            let seqs_b = gpu.upload("seqs", &seqs);
-            let out = gpu.buffer("out", (rows * heads * hd * 4) as u64);
-            let args = AttentionArgs {
-                q_buf: &qkv_b,
-                q_stride: stride as u32,
-                q_col: 0,
-                k_buf: &kb,
-                v_buf: &vb,
-                kv_stride: width as u32,
-                k_col: 0,
-                v_col: 0,
-                qinfo: &qinfo_b,
-                seqs: &seqs_b,
-                out: &out,
-                rows: rows as u32,
-                heads: heads as u32,
-                kv_heads: kv_heads as u32,
-                head_dim: hd as u32,
-                causal: true,
-                max_keys: max_len as u32,
-                kv_format: format,
-            };
-            assert!(dia_webgpu::kernels::attention::can_append_in_decode(&args));
-            let step = dia_webgpu::kernels::attention::attention_decode_appending(&gpu, &args, &cb, &sb);
-            let half = hd / 2;
-            let rotate = |v: &[f32], pos: usize| -> Vec<f32> {
-                if pos >= max_pos {
-                    return v.to_vec();
-                }
-                let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
-                (0..hd).map(|i| if i < half { v[i] * c[i] - v[i + half] * s[i] } else { v[i] * c[i - half] + v[i - half] * s[i - half] }).collect()
-            };
-            // Rows: seq 0 from position 0, seq 1 across a chunk edge, seq 2 past the RoPE tables of the last case,
-            // seq 3 reaching past its cache view. Row order shuffled against seq order.
-            let starts = [(2usize, 160usize), (0, 0), (3, 138), (1, 62)];
-            for i in 0..4 {
-                let qinfo: Vec<u32> = starts.iter().flat_map(|&(s, p0)| [s as u32, (p0 + i) as u32]).collect();
-                let x = rng.vec(rows * stride, 0.5);
-                gpu.write(&qkv_b, &x);
-                gpu.write(&qinfo_b, &qinfo);
-                gpu.write(&out, &vec![f32::NAN; rows * heads * hd]);
-                gpu.run(&step.iter().collect::<Vec<_>>());
-                // CPU: rotate the queries, append the new keys, attend over the caches.
-                let mut q = vec![0f32; rows * heads * hd];
-                for m in 0..rows {
-                    let (seq, pos) = (qinfo[2 * m] as usize, qinfo[2 * m + 1] as usize);
-                    let row = &x[m * stride..][..stride];
-                    for h in 0..heads {
-                        q[(m * heads + h) * hd..][..hd].copy_from_slice(&rotate(&row[h * hd..][..hd], pos));
+    for reduction in reductions(&gpu) {
+        for format in [KvFormat::F32, KvFormat::F16] {
+            for (hd, heads, kv_heads, max_pos) in [(16usize, 4usize, 2usize, 3072usize), (128, 16, 4, 3072), (32, 4, 4, 150)] {
+                let (n_seq, max_len) = (4usize, 300usize);
+                let width = kv_heads * hd;
+                let stride = heads * hd + 2 * width + 3; // fused projection rows [Q | K | V] + unrelated columns
+                let (cos, sin) = rope_tables(max_pos, hd, 10000.0);
+                let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
+                // Sequence 3 has a shorter cache view: its last step's position lies past it.
+                let seqs: Vec<u32> = (0..n_seq).flat_map(|s| [(s * max_len) as u32, if s == 3 { 140 } else { max_len as u32 }]).collect();
+                let mut k_cache = rng.vec(n_seq * max_len * width, 1.0);
+                let mut v_cache = rng.vec(n_seq * max_len * width, 1.0);
+                let (kb, vb) = match format {
+                    KvFormat::F32 => (gpu.upload("k_cache", &k_cache), gpu.upload("v_cache", &v_cache)),
+                    KvFormat::F16 => {
+                        k_cache = f16_rounded(&k_cache);
+                        v_cache = f16_rounded(&v_cache);
+                        (gpu.upload("k_cache", &f16_words(&k_cache)), gpu.upload("v_cache", &f16_words(&v_cache)))
                     }
-                    if pos < seqs[2 * seq + 1] as usize {
-                        let dst = (seq * max_len + pos) * width;
-                        for g in 0..kv_heads {
-                            k_cache[dst + g * hd..][..hd].copy_from_slice(&rotate(&row[(heads + g) * hd..][..hd], pos));
-                        }
-                        v_cache[dst..dst + width].copy_from_slice(&row[heads * hd + width..][..width]);
-                    }
-                }
-                let p = Problem {
-                    q,
-                    q_stride: heads * hd,
+                    KvFormat::Q8 => unreachable!("not an appending format"),
+                };
+                let rows = 4usize;
+                let qkv_b = gpu.buffer("qkv", (rows * stride * 4) as u64);
+                let qinfo_b = gpu.buffer("qinfo", (rows * 8) as u64);
+                let seqs_b = gpu.upload("seqs", &seqs);
+                let out = gpu.buffer("out", (rows * heads * hd * 4) as u64);
+                let args = AttentionArgs {
+                    q_buf: &qkv_b,
+                    q_stride: stride as u32,
                     q_col: 0,
-                    k: k_cache.clone(),
-                    v: Some(v_cache.clone()),
-                    kv_stride: width,
+                    k_buf: &kb,
+                    v_buf: &vb,
+                    kv_stride: width as u32,
                     k_col: 0,
                     v_col: 0,
-                    qinfo: qinfo.clone(),
-                    seqs: seqs.clone(),
-                    rows,
-                    heads,
-                    kv_heads,
-                    head_dim: hd,
+                    qinfo: &qinfo_b,
+                    seqs: &seqs_b,
+                    out: &out,
+                    rows: rows as u32,
+                    heads: heads as u32,
+                    kv_heads: kv_heads as u32,
+                    head_dim: hd as u32,
                     causal: true,
+                    max_keys: max_len as u32,
+                    kv_format: format,
                 };
-                let what = format!("{format} caches, hd {hd} heads {heads}/{kv_heads} step {i}");
-                // The step attends over its own new key in f32 (from the QKV row) and over the cached ones as cached.
-                check(&p, &qinfo, &gpu.read_f32_blocking(&out).unwrap(), &what);
-                match format {
-                    KvFormat::F32 => {
-                        let e = rel_err(&gpu.read_f32_blocking(&kb).unwrap(), &k_cache);
-                        assert!(e <= 1e-6, "{what}: k cache rel err {e:.3e}");
-                        assert_eq!(gpu.read_f32_blocking(&vb).unwrap(), v_cache, "{what}: v cache");
+                assert!(dia_webgpu::kernels::attention::can_append_in_decode(&args));
+                let step = with_reduction(&gpu, reduction, || dia_webgpu::kernels::attention::attention_decode_appending(&gpu, &args, &cb, &sb));
+                let half = hd / 2;
+                let rotate = |v: &[f32], pos: usize| -> Vec<f32> {
+                    if pos >= max_pos {
+                        return v.to_vec();
                     }
-                    KvFormat::F16 => {
-                        let (k_got, v_got) = (f16_unpacked(&gpu.read_u32_blocking(&kb).unwrap()), f16_unpacked(&gpu.read_u32_blocking(&vb).unwrap()));
-                        assert_f16_close(&k_got, &k_cache, &format!("{what}: k cache"));
-                        assert_f16_close(&v_got, &v_cache, &format!("{what}: v cache"));
-                        // Later steps read the new keys as the cache holds them.
-                        (k_cache, v_cache) = (k_got, v_got);
+                    let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+                    (0..hd).map(|i| if i < half { v[i] * c[i] - v[i + half] * s[i] } else { v[i] * c[i - half] + v[i - half] * s[i - half] }).collect()
+                };
+                // Rows: seq 0 from position 0, seq 1 across a chunk edge, seq 2 past the RoPE tables of the last case,
+                // seq 3 reaching past its cache view. Row order shuffled against seq order.
+                let starts = [(2usize, 160usize), (0, 0), (3, 138), (1, 62)];
+                for i in 0..4 {
+                    let qinfo: Vec<u32> = starts.iter().flat_map(|&(s, p0)| [s as u32, (p0 + i) as u32]).collect();
+                    let x = rng.vec(rows * stride, 0.5);
+                    gpu.write(&qkv_b, &x);
+                    gpu.write(&qinfo_b, &qinfo);
+                    gpu.write(&out, &vec![f32::NAN; rows * heads * hd]);
+                    gpu.run(&step.iter().collect::<Vec<_>>());
+                    // CPU: rotate the queries, append the new keys, attend over the caches.
+                    let mut q = vec![0f32; rows * heads * hd];
+                    for m in 0..rows {
+                        let (seq, pos) = (qinfo[2 * m] as usize, qinfo[2 * m + 1] as usize);
+                        let row = &x[m * stride..][..stride];
+                        for h in 0..heads {
+                            q[(m * heads + h) * hd..][..hd].copy_from_slice(&rotate(&row[h * hd..][..hd], pos));
+                        }
+                        if pos < seqs[2 * seq + 1] as usize {
+                            let dst = (seq * max_len + pos) * width;
+                            for g in 0..kv_heads {
+                                k_cache[dst + g * hd..][..hd].copy_from_slice(&rotate(&row[(heads + g) * hd..][..hd], pos));
+                            }
+                            v_cache[dst..dst + width].copy_from_slice(&row[heads * hd + width..][..width]);
+                        }
                     }
-                    KvFormat::Q8 => unreachable!(),
+                    let p = Problem {
+                        q,
+                        q_stride: heads * hd,
+                        q_col: 0,
+                        k: k_cache.clone(),
+                        v: Some(v_cache.clone()),
+                        kv_stride: width,
+                        k_col: 0,
+                        v_col: 0,
+                        qinfo: qinfo.clone(),
+                        seqs: seqs.clone(),
+                        rows,
+                        heads,
+                        kv_heads,
+                        head_dim: hd,
+                        causal: true,
+                    };
+                    let what = format!("{reduction:?} reductions, {format} caches, hd {hd} heads {heads}/{kv_heads} step {i}");
+                    // The step attends over its own new key in f32 (from the QKV row) and over the cached ones as cached.
+                    check(&p, &qinfo, &gpu.read_f32_blocking(&out).unwrap(), &what);
+                    match format {
+                        KvFormat::F32 => {
+                            let e = rel_err(&gpu.read_f32_blocking(&kb).unwrap(), &k_cache);
+                            assert!(e <= 1e-6, "{what}: k cache rel err {e:.3e}");
+                            assert_eq!(gpu.read_f32_blocking(&vb).unwrap(), v_cache, "{what}: v cache");
+                        }
+                        KvFormat::F16 => {
+                            let (k_got, v_got) = (f16_unpacked(&gpu.read_u32_blocking(&kb).unwrap()), f16_unpacked(&gpu.read_u32_blocking(&vb).unwrap()));
+                            assert_f16_close(&k_got, &k_cache, &format!("{what}: k cache"));
+                            assert_f16_close(&v_got, &v_cache, &format!("{what}: v cache"));
+                            // Later steps read the new keys as the cache holds them.
+                            (k_cache, v_cache) = (k_got, v_got);
+                        }
+                        KvFormat::Q8 => unreachable!(),
+                    }
+                    assert_eq!(gpu.read_f32_blocking(&qkv_b).unwrap(), x, "{what}: the QKV rows must stay unrotated");
                 }
-                assert_eq!(gpu.read_f32_blocking(&qkv_b).unwrap(), x, "{what}: the QKV rows must stay unrotated");
             }
         }
     }
@@ -913,4 +950,33 @@ fn peak_breakdown_sums_to_the_peak() {
     assert_eq!(find("peak_test_other").map(|g| g.bytes), Some(4096));
     assert_eq!(find("peak_test_small"), None, "allocated after the peak");
     drop(b);
+}
+
+/// Negative control for the subgroup variants: with subgroups on, the decode pair's generated WGSL uses subgroup
+/// operations (and carries the marker that becomes `enable subgroups;` on the web); switched off, it has none, so
+/// the comparisons above really ran two different kernels.
+#[test]
+fn decode_takes_subgroup_reductions_only_when_on() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(41);
+    let kv_lens = [300usize, 3];
+    let queries = mixed_queries(&mut rng, &kv_lens, 2);
+    let p = make_problem(&mut rng, Layout::PackedKv, &kv_lens, &queries, 16, 4, 128, true, 1.0);
+    let bufs = GpuProblem::new(&gpu, &p, false);
+    println!("{}: subgroup sizes {:?}", gpu.describe(), gpu.subgroup_sizes());
+    for reduction in reductions(&gpu) {
+        let sources: Vec<(String, String)> = with_reduction(&gpu, reduction, || {
+            gpu.begin_discovery();
+            let _ = attention_decode(&gpu, &bufs.args(&p, p.max_keys()));
+            gpu.end_discovery().sources().map(|(e, s)| (e.to_string(), s.to_string())).collect()
+        });
+        assert_eq!(sources.len(), 2, "decode_partial and decode_combine");
+        for (entry, source) in &sources {
+            let subgroup_ops = source.contains("subgroupMax(") && source.contains("subgroupAdd(");
+            let marked = source.starts_with(dia_webgpu::gpu::SUBGROUPS_MARKER);
+            assert_eq!(subgroup_ops, reduction == Reduction::Subgroup, "{entry} ({reduction:?}): subgroup operations in the source");
+            assert_eq!(marked, reduction == Reduction::Subgroup, "{entry} ({reduction:?}): subgroups marker");
+            assert!(!dia_webgpu::gpu::shader_source_for_target(source).lines().any(|l| l.trim_start().starts_with("enable subgroups")), "{entry}: native WGSL must not enable subgroups (naga rejects it)");
+        }
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{test_gpu, Rng};
-use dia_webgpu::gpu::{Gpu, GpuBuffer};
+use dia_webgpu::gpu::{Gpu, GpuBuffer, Reduction};
 use dia_webgpu::kernels::sampling::{
     counter_uniform, Sampler, SamplerBuffers, SamplerShape, SamplingError, SamplingParams,
 };
@@ -318,8 +318,59 @@ struct GpuOut {
     waits: u64,            // CPU waits during the recorded steps
 }
 
+/// `run_once` with the sampler built on workgroup-memory and on subgroup reductions (where the device has
+/// subgroups): both must give the same codes, tokens, positions, status and scores, bit for bit (the kept sets and
+/// choices come from exact integer work and comparisons; only a top-p or draw boundary met within rounding could
+/// differ, and these tests' logits stay clear of that). Returns the subgroup run's output.
 #[allow(clippy::too_many_arguments)]
 fn run_gpu(
+    gpu: &Gpu,
+    sh: &Shape,
+    cfg: &Cfg,
+    prefix: &[u32],
+    p: usize,
+    s0: usize,
+    max_length: usize,
+    steps: &[Vec<f32>],
+    force: Option<(usize, Vec<u32>)>,
+) -> GpuOut {
+    let mut outs: Vec<(Reduction, GpuOut)> = Vec::new();
+    for reduction in reductions(gpu) {
+        gpu.set_subgroups(reduction == Reduction::Subgroup);
+        assert_eq!(gpu.reduction(), reduction);
+        let out = run_once(gpu, sh, cfg, prefix, p, s0, max_length, steps, force.clone());
+        gpu.set_subgroups(true);
+        outs.push((reduction, out));
+    }
+    let (_, last) = outs.pop().unwrap();
+    for (reduction, other) in &outs {
+        assert_eq!(other.codes, last.codes, "codes: {reduction:?} and subgroup reductions differ");
+        assert_eq!(other.tokens, last.tokens, "tokens: {reduction:?} and subgroup reductions differ");
+        assert_eq!(other.status, last.status, "status: {reduction:?} and subgroup reductions differ");
+        assert_eq!(other.pos, last.pos, "positions: {reduction:?} and subgroup reductions differ");
+        let same_scores = other.scores.iter().flatten().zip(last.scores.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same_scores, "scores: {reduction:?} and subgroup reductions differ");
+    }
+    last
+}
+
+/// The reductions this device can run: always `Workgroup`, and `Subgroup` where the adapter has subgroups (lavapipe
+/// and every GPU we test on do: a device without them fails here rather than skip half the tests).
+fn reductions(gpu: &Gpu) -> Vec<Reduction> {
+    assert!(
+        gpu.subgroup_sizes().is_some() || std::env::var_os("DIA_TEST_NO_SUBGROUPS").is_some(),
+        "the test adapter {} offers no subgroups: the subgroup variants would go untested (set DIA_TEST_NO_SUBGROUPS=1 to allow)",
+        gpu.describe()
+    );
+    let mut r = vec![Reduction::Workgroup];
+    if gpu.subgroup_sizes().is_some() {
+        r.push(Reduction::Subgroup);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_once(
     gpu: &Gpu,
     sh: &Shape,
     cfg: &Cfg,
@@ -860,5 +911,37 @@ fn sampling_bench() {
             cfg.temperature,
             per * 1e6
         );
+    }
+}
+
+/// Negative control for the subgroup variant: with subgroups on, the sampler's WGSL uses subgroup operations (and
+/// carries the marker that becomes `enable subgroups;` on the web); switched off, it has none.
+#[test]
+fn sampler_takes_subgroup_reductions_only_when_on() {
+    xdg();
+    let gpu = test_gpu();
+    let sh = Shape::dia(2);
+    let (prefix, p, s0) = no_prompt(&sh);
+    let n = sh.b * sh.c;
+    let logits = gpu.buffer("logits", (2 * n * sh.v * 4) as u64);
+    let tokens = gpu.buffer("tokens", (n * 4) as u64);
+    let codes = gpu.buffer("codes", (64 * n * 4) as u64);
+    let qinfo = gpu.buffer("qinfo", (2 * sh.b * 2 * 4) as u64);
+    let bufs = SamplerBuffers { logits: &logits, tokens: &tokens, codes: &codes, qinfo: &qinfo };
+    println!("{}: subgroup sizes {:?}", gpu.describe(), gpu.subgroup_sizes());
+    for reduction in reductions(&gpu) {
+        gpu.set_subgroups(reduction == Reduction::Subgroup);
+        gpu.begin_discovery();
+        let sampler = Sampler::new(&gpu, &sh.gpu(), &Cfg::greedy(45).params(), &bufs, &prefix, p as u32, s0 as u32, 64, false);
+        let sources: Vec<(String, String)> = gpu.end_discovery().sources().map(|(e, s)| (e.to_string(), s.to_string())).collect();
+        gpu.set_subgroups(true);
+        assert!(sampler.is_ok());
+        let (_, select) = sources.iter().find(|(e, _)| e == "select_token").expect("select_token asked for");
+        let ops = ["subgroupInclusiveAdd(", "subgroupAdd(", "subgroupMax(", "subgroupMin("];
+        for op in ops {
+            assert_eq!(select.contains(op), reduction == Reduction::Subgroup, "select_token ({reduction:?}): {op}");
+        }
+        assert_eq!(select.starts_with(dia_webgpu::gpu::SUBGROUPS_MARKER), reduction == Reduction::Subgroup, "{reduction:?}: subgroups marker");
+        assert!(!dia_webgpu::gpu::shader_source_for_target(select).lines().any(|l| l.trim_start().starts_with("enable subgroups")), "native WGSL must not enable subgroups");
     }
 }

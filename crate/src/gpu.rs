@@ -7,7 +7,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Why a GPU could not be used, or an operation on it failed.
@@ -48,6 +48,39 @@ pub struct GpuOptions {
 impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions { high_performance: true, min_storage_binding: 128 << 20, want_shader_f16: true, want_tensor_cores: true }
+    }
+}
+
+/// The subgroup sizes an adapter may run compute invocations in (WebGPU: 4 ≤ min ≤ max ≤ 128, powers of two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubgroupSizes {
+    pub min: u32,
+    pub max: u32,
+}
+
+/// How a kernel family reduces across a workgroup: a typed field of its variant (generator input and pipeline
+/// key), so a pipeline built with subgroup operations can never be mistaken for the plain one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// Trees and scans through workgroup memory, a barrier per round: runs everywhere.
+    Workgroup,
+    /// `subgroupMax` / `subgroupAdd` / `subgroupInclusiveAdd` within each subgroup, one workgroup-memory exchange
+    /// across subgroups (indexed by `subgroup_id`, `num_subgroups` of them): correct for whatever subgroup size the
+    /// device runs and however it groups invocations, nothing assumes 32.
+    Subgroup,
+}
+
+/// First line of every WGSL source that uses subgroup operations: a comment natively (naga 30 rejects
+/// `enable subgroups;` and takes subgroup operations without it), `enable subgroups;` in the browser, which
+/// requires it (`shader_source_for_target`).
+pub const SUBGROUPS_MARKER: &str = "// dia: enable subgroups\n";
+
+/// `source` as this build's shader compiler wants it: on the web the subgroups marker becomes the `enable` line.
+pub fn shader_source_for_target(source: &str) -> std::borrow::Cow<'_, str> {
+    if cfg!(target_arch = "wasm32") && source.starts_with(SUBGROUPS_MARKER) {
+        std::borrow::Cow::Owned(format!("enable subgroups;\n{}", &source[SUBGROUPS_MARKER.len()..]))
+    } else {
+        std::borrow::Cow::Borrowed(source)
     }
 }
 
@@ -172,6 +205,12 @@ pub struct Gpu {
     /// Whether pipelines ask wgpu to zero workgroup memory at the start of each workgroup (WebGPU's default): off on
     /// software OpenGL (`zeroes_workgroup_memory`), where it costs minutes of shader compilation.
     zero_workgroup_memory: bool,
+    /// The device's subgroup sizes, when it was made with subgroups (`SUBGROUP` natively, the browser's
+    /// `subgroups` feature on the web).
+    subgroup_sizes: Option<SubgroupSizes>,
+    /// Whether kernels take their subgroup variants (`reduction`): on unless `DIA_SUBGROUPS=off` or
+    /// `set_subgroups(false)`.
+    subgroups_on: AtomicBool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -325,6 +364,9 @@ impl Gpu {
         }
         #[cfg(target_arch = "wasm32")]
         let _ = backends;
+        // Until the adapter is made: its `requestDevice` asks for `subgroups` where offered (see `web_subgroups`).
+        #[cfg(target_arch = "wasm32")]
+        let _ask_for_subgroups = web_subgroups::AskForSubgroups::install();
         let power = if opts.high_performance {
             wgpu::PowerPreference::HighPerformance
         } else {
@@ -384,6 +426,11 @@ impl Gpu {
         if adapter.features().contains(wgpu::Features::PIPELINE_CACHE) {
             features |= wgpu::Features::PIPELINE_CACHE;
         }
+        // Subgroup variants of the reductions (`Reduction::Subgroup`); natively only (wgpu's WebGPU backend neither
+        // reports nor requests `subgroups`: `web_subgroups` asks the browser directly).
+        if adapter.features().contains(wgpu::Features::SUBGROUP) {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let tensor_cores = opts.want_tensor_cores && features.contains(wgpu::Features::SHADER_F16) && adapter_has_tensor_cores(&adapter);
         if tensor_cores {
             features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
@@ -430,6 +477,8 @@ impl Gpu {
         }));
         Ok(Gpu {
             zero_workgroup_memory: zeroes_workgroup_memory(&info),
+            subgroup_sizes: device_subgroup_sizes(&device, features, &info),
+            subgroups_on: AtomicBool::new(!std::env::var("DIA_SUBGROUPS").is_ok_and(|v| v == "off")),
             device,
             queue,
             info,
@@ -456,6 +505,27 @@ impl Gpu {
     /// of exactly 32 invocations, `shader-f16`): the DAC and encoder kernels then use them.
     pub fn tensor_cores(&self) -> bool {
         self.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    }
+
+    /// The device's subgroup sizes, when it was made with subgroups (whether kernels use them or not).
+    pub fn subgroup_sizes(&self) -> Option<SubgroupSizes> {
+        self.subgroup_sizes
+    }
+
+    /// How kernels built from now on reduce across a workgroup: `Subgroup` where the device has subgroups of the
+    /// sizes the kernels are written for (4..=128, at most 64 subgroups in 256 invocations) and they are not
+    /// switched off (`DIA_SUBGROUPS=off`, `set_subgroups(false)`).
+    pub fn reduction(&self) -> Reduction {
+        match self.subgroup_sizes {
+            Some(s) if self.subgroups_on.load(Ordering::Relaxed) && s.min >= 4 && s.max <= 128 => Reduction::Subgroup,
+            _ => Reduction::Workgroup,
+        }
+    }
+
+    /// Switches the subgroup variants on or off for kernels built from now on (both paths in one process: tests,
+    /// A/B benchmarks). Without subgroups on the device, `reduction` stays `Workgroup` either way.
+    pub fn set_subgroups(&self, on: bool) {
+        self.subgroups_on.store(on, Ordering::Relaxed);
     }
 
     /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now
@@ -656,7 +726,7 @@ impl Gpu {
     fn shader_module(&self, label: &str, source: &str) -> wgpu::ShaderModule {
         #[cfg(not(target_arch = "wasm32"))]
         dump_wgsl(label, source);
-        self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) })
+        self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(shader_source_for_target(source)) })
     }
 
     /// Creates (compiles) one compute pipeline: the only place that does, so `pipeline_compiles` counts them all.
@@ -1425,6 +1495,100 @@ pub fn adapter_rank(info: &wgpu::AdapterInfo, high_performance: bool) -> (u8, u8
         (Other, _) => 4,
     };
     (device, u8::from(info.backend == wgpu::Backend::Gl))
+}
+
+/// The device's subgroup sizes, if it was made with subgroups.
+fn device_subgroup_sizes(device: &wgpu::Device, features: wgpu::Features, info: &wgpu::AdapterInfo) -> Option<SubgroupSizes> {
+    // On the web wgpu never lists `subgroups` (its WebGPU backend does not map it): ask the device itself.
+    #[cfg(target_arch = "wasm32")]
+    let has = {
+        let _ = features;
+        device.as_webgpu().is_some_and(|d| web_subgroups::has_subgroups(d.as_ref()))
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let has = {
+        let _ = device;
+        features.contains(wgpu::Features::SUBGROUP)
+    };
+    (has && info.subgroup_min_size > 0 && info.subgroup_min_size <= info.subgroup_max_size)
+        .then_some(SubgroupSizes { min: info.subgroup_min_size, max: info.subgroup_max_size })
+}
+
+/// Subgroups in the browser. wgpu 30's WebGPU backend leaves `subgroups` out of its feature table, so it neither
+/// reports the feature nor requests it, and a shader with `enable subgroups;` then fails on the device it made.
+/// While `AskForSubgroups` lives, `navigator.gpu.requestAdapter` hands out adapters whose `requestDevice` (an own
+/// property for that one call, the prototype's method underneath) adds `subgroups` to the required features when
+/// the adapter offers it; the device then says whether it has it (`has_subgroups`).
+#[cfg(target_arch = "wasm32")]
+mod web_subgroups {
+    use js_sys::{Array, Function, Reflect};
+    use wasm_bindgen::prelude::*;
+    use wasm_bindgen::JsCast;
+
+    fn get(o: &JsValue, key: &str) -> Option<JsValue> {
+        Reflect::get(o, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null())
+    }
+
+    /// Whether a `GPUAdapter` or `GPUDevice` lists the `subgroups` feature.
+    pub fn has_subgroups(o: &JsValue) -> bool {
+        let Some(features) = get(o, "features") else { return false };
+        let Some(has) = get(&features, "has").and_then(|f| f.dyn_into::<Function>().ok()) else { return false };
+        has.call1(&features, &JsValue::from_str("subgroups")).is_ok_and(|v| v.is_truthy())
+    }
+
+    /// Gives `adapter` (if it offers subgroups) a one-shot `requestDevice` that also requires them.
+    fn ask_on(adapter: &JsValue) {
+        if !has_subgroups(adapter) {
+            return;
+        }
+        let Some(original) = get(adapter, "requestDevice").and_then(|f| f.dyn_into::<Function>().ok()) else { return };
+        let target = adapter.clone();
+        let once = Closure::once_into_js(move |desc: JsValue| -> JsValue {
+            let _ = Reflect::delete_property::<JsValue>(target.unchecked_ref(), &JsValue::from_str("requestDevice"));
+            if desc.is_object() {
+                let features = get(&desc, "requiredFeatures").map(|f| Array::from(&f)).unwrap_or_default();
+                features.push(&JsValue::from_str("subgroups"));
+                let _ = Reflect::set(&desc, &JsValue::from_str("requiredFeatures"), &features);
+            }
+            original.call1(&target, &desc).unwrap_or_else(|e| js_sys::Promise::reject(&e).into())
+        });
+        let _ = Reflect::set(adapter, &JsValue::from_str("requestDevice"), &once);
+    }
+
+    /// See the module: wraps `navigator.gpu.requestAdapter` (an own property, removed on drop).
+    pub struct AskForSubgroups {
+        gpu: JsValue,
+    }
+
+    impl AskForSubgroups {
+        pub fn install() -> Option<AskForSubgroups> {
+            let gpu = get(&get(&js_sys::global(), "navigator")?, "gpu")?;
+            let original = get(&gpu, "requestAdapter")?.dyn_into::<Function>().ok()?;
+            let this = gpu.clone();
+            let wrapped = Closure::<dyn FnMut(JsValue) -> JsValue>::new(move |options: JsValue| -> JsValue {
+                let promise = match original.call1(&this, &options) {
+                    Ok(p) => p,
+                    Err(e) => return js_sys::Promise::reject(&e).into(),
+                };
+                let on_adapter = Closure::once_into_js(|adapter: JsValue| -> JsValue {
+                    ask_on(&adapter);
+                    adapter
+                });
+                match get(&promise, "then").and_then(|f| f.dyn_into::<Function>().ok()) {
+                    Some(then) => then.call1(&promise, &on_adapter).unwrap_or(promise),
+                    None => promise,
+                }
+            });
+            Reflect::set(&gpu, &JsValue::from_str("requestAdapter"), &wrapped.into_js_value()).ok()?;
+            Some(AskForSubgroups { gpu })
+        }
+    }
+
+    impl Drop for AskForSubgroups {
+        fn drop(&mut self) {
+            let _ = Reflect::delete_property::<JsValue>(self.gpu.unchecked_ref(), &JsValue::from_str("requestAdapter"));
+        }
+    }
 }
 
 /// See `Gpu::software_gl_hint`.

@@ -202,7 +202,11 @@ impl DiaEngine {
         let name = [self.adapter_label.as_str(), self.gpu.info.name.as_str()].into_iter().find(|s| !s.is_empty()).unwrap_or("unnamed adapter");
         let fallback = if self.gpu.info.device_type == wgpu::DeviceType::Cpu { ", software fallback adapter" } else { "" };
         let f16 = if self.gpu.features.contains(wgpu::Features::SHADER_F16) { "yes" } else { "no" };
-        format!("{name} ({:?}{fallback}); shader-f16: {f16}", self.gpu.info.backend)
+        let subgroups = match (self.gpu.subgroup_sizes(), self.gpu.reduction()) {
+            (Some(s), r) => format!("{}..{} ({})", s.min, s.max, if r == crate::gpu::Reduction::Subgroup { "used" } else { "not used" }),
+            (None, _) => "no".to_string(),
+        };
+        format!("{name} ({:?}{fallback}); shader-f16: {f16}; subgroups: {subgroups}", self.gpu.info.backend)
     }
 
     /// GPU memory held by the engine's buffers (weights, caches, activations; readback staging not counted), in

@@ -156,6 +156,9 @@ mod native {
         adapter: String,
         /// Whether the DAC and the encoder ran on tensor cores (cooperative matrices).
         tensor_cores: bool,
+        /// How the decode attention and the sampler reduced: "Subgroup" (subgroup sizes `min..max`) or "Workgroup"
+        /// (no subgroups on the adapter, or `DIA_SUBGROUPS=off`).
+        reductions: String,
         config: String,
         batch: usize,
         steps: usize,
@@ -330,7 +333,7 @@ mod native {
         }
         let biggest = biggest_matrix_bytes(&cfg, &args.numerics);
         let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: biggest, want_tensor_cores: !args.no_tensor_cores, ..Default::default() })?;
-        eprintln!("adapter: {}", gpu.describe());
+        eprintln!("adapter: {}; reductions: {}", gpu.describe(), reductions(&gpu));
         if args.peak_only {
             return peak_only(&gpu, &cfg, &dac_cfg, &args);
         }
@@ -346,6 +349,7 @@ mod native {
         let report = Report {
             adapter: gpu.describe(),
             tensor_cores: gpu.tensor_cores(),
+            reductions: reductions(&gpu),
             config: args.config.clone(),
             batch: args.batch,
             steps: args.steps,
@@ -1433,14 +1437,23 @@ mod native {
         }
     }
 
+    /// `Report::reductions`.
+    fn reductions(gpu: &Gpu) -> String {
+        match gpu.subgroup_sizes() {
+            Some(s) => format!("{:?} (subgroup sizes {}..{})", gpu.reduction(), s.min, s.max),
+            None => format!("{:?} (no subgroups)", gpu.reduction()),
+        }
+    }
+
     fn print_table(r: &Report) {
         println!(
-            "dia-bench: {} config, batch {}, {} steps per decoder run, on {}, tensor cores {}",
+            "dia-bench: {} config, batch {}, {} steps per decoder run, on {}, tensor cores {}, reductions {}",
             r.config,
             r.batch,
             r.steps,
             r.adapter,
-            if r.tensor_cores { "used (DAC, encoder)" } else { "not used" }
+            if r.tensor_cores { "used (DAC, encoder)" } else { "not used" },
+            r.reductions
         );
         println!(
             "ceiling (a): buffer copy {:.0} GB/s read+written ({} MiB copied)",

@@ -4,7 +4,7 @@
 //! would not fit; split-K over keys for single-query decode. The decoder
 //! step's self-attention also folds in RoPE and the KV-cache update (`attention_decode_appending`): every
 //! dependent dispatch costs several µs of ordering on a GPU, so a step saves one per layer.
-use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer};
+use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer, Reduction, SUBGROUPS_MARKER};
 use crate::kernels::kv_cache::KvFormat;
 
 const SHADER: &str = include_str!("../../../shaders/attention.wgsl");
@@ -110,19 +110,31 @@ impl AttentionArgs<'_> {
     }
 }
 
-/// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile.
-fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat) -> std::sync::Arc<wgpu::ComputePipeline> {
+/// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile; `reduction` picks the
+/// decode pair's reductions (the prefill entry points take `Reduction::Workgroup`).
+#[allow(clippy::too_many_arguments)]
+fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat, reduction: Reduction) -> std::sync::Arc<wgpu::ComputePipeline> {
     // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 66 words of row info.
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
     let chunk = decode_chunk(decode_heads);
     // Generated code only on a cache miss: building it per dispatch is most of a session's host set-up.
-    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}.kv{kv}"), entry, || {
+    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}.kv{kv}.{reduction:?}"), entry, || {
         let code = decode_code(head_dim, decode_heads, chunk, append);
         let tiled = tiled_code(head_dim);
-        specialize(
+        let red = decode_reductions(reduction, decode_heads);
+        let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
+        marker.to_string()
+            + &specialize(
             SHADER,
             &[
+                ("SG_ARGS", red.args.to_string()),
+                ("DECODE_REDUCE_FNS", red.decode_fns.clone()),
+                ("DECODE_MAX", red.decode_max.to_string()),
+                ("DECODE_SUM", red.decode_sum.to_string()),
+                ("COMBINE_REDUCE_FNS", red.combine_fns.clone()),
+                ("COMBINE_MAX", red.combine_max.to_string()),
+                ("COMBINE_SUM", red.combine_sum.to_string()),
                 ("KV_WORD", kv.wgsl_word().to_string()),
                 ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf", head_dim), kv.wgsl_load("load_v", "vbuf", head_dim)].concat()),
                 ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v", head_dim)),
@@ -170,9 +182,9 @@ pub fn attention_prefill_limited(gpu: &Gpu, a: &AttentionArgs, max_scratch_bytes
     }
     let cap = fit.min(a.rows.max(1).next_multiple_of(TILE_ROWS) as u64) as u32;
     let scratch = gpu.shared_scratch("attention.prefill.scores", row_bytes * cap as u64);
-    let scores = pipeline(gpu, "prefill_scores", a.head_dim, 1, false, false, a.kv_format);
-    let softmax = pipeline(gpu, "prefill_softmax", a.head_dim, 1, false, false, a.kv_format);
-    let pv = pipeline(gpu, "prefill_pv", a.head_dim, 1, false, false, a.kv_format);
+    let scores = pipeline(gpu, "prefill_scores", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
+    let softmax = pipeline(gpu, "prefill_softmax", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
+    let pv = pipeline(gpu, "prefill_pv", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
     let dn = tiled_columns(a.head_dim);
     let mut ds = Vec::new();
     for row0 in (0..a.rows).step_by(cap as usize) {
@@ -189,7 +201,7 @@ pub fn attention_prefill_limited(gpu: &Gpu, a: &AttentionArgs, max_scratch_bytes
 /// Flash-style: a workgroup per 32 query rows and head, no scratch.
 fn prefill_flash(gpu: &Gpu, a: &AttentionArgs) -> Dispatch {
     let params = a.params(0);
-    let pipeline = pipeline(gpu, "prefill", a.head_dim, 1, false, false, a.kv_format);
+    let pipeline = pipeline(gpu, "prefill", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
     let buffers = [a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out];
     gpu.dispatch(&pipeline, &params, &buffers, [a.rows.div_ceil(PREFILL_QUERIES), a.heads, 1])
 }
@@ -376,9 +388,10 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
     assert!(n_chunks <= MAX_DECODE_CHUNKS, "attention_decode: {} keys exceed {} chunks of {chunk}", a.max_keys, MAX_DECODE_CHUNKS);
     let params = a.params(n_chunks);
     let grid = [a.heads / nr, n_chunks, a.rows];
+    let reduction = gpu.reduction();
     if n_chunks == 1 {
         // Every key in one chunk: the partial pass normalises and writes the output itself.
-        let single = pipeline(gpu, "decode_partial", a.head_dim, nr, true, false, a.kv_format);
+        let single = pipeline(gpu, "decode_partial", a.head_dim, nr, true, false, a.kv_format, reduction);
         return vec![gpu.dispatch(&single, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out], grid)];
     }
     let append = rope.is_some();
@@ -390,8 +403,8 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
     // Written by the partial pass and read by the combine right after it: one buffer for every layer's decode
     // (36 of ~0.47 MB for Dia's self and cross attention at 3072 positions otherwise).
     let partials = gpu.shared_scratch("attention.decode.partials", words * 4);
-    let partial = pipeline(gpu, "decode_partial", a.head_dim, nr, false, append, a.kv_format);
-    let combine = pipeline(gpu, "decode_combine", a.head_dim, nr, false, append, a.kv_format);
+    let partial = pipeline(gpu, "decode_partial", a.head_dim, nr, false, append, a.kv_format, reduction);
+    let combine = pipeline(gpu, "decode_combine", a.head_dim, nr, false, append, a.kv_format, reduction);
     match rope {
         None => vec![
             gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], grid),
@@ -401,6 +414,191 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
             gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials, cos, sin], grid),
             gpu.dispatch(&combine, &params, &[a.qinfo, a.seqs, &partials, a.out, a.k_buf, a.v_buf], [a.heads, a.rows, 1]),
         ],
+    }
+}
+
+/// The decode pair's reductions as generated WGSL: helper functions, the calls that replace the reductions in
+/// `decode_partial` (per-head max and sum over a chunk) and `decode_combine` (max and sum over the chunks), and the
+/// entry points' extra builtins.
+struct DecodeReductions {
+    args: &'static str,
+    decode_fns: String,
+    decode_max: &'static str,
+    decode_sum: &'static str,
+    combine_fns: String,
+    combine_max: &'static str,
+    combine_sum: &'static str,
+}
+
+/// Most subgroups in a decode_partial workgroup (256 invocations in subgroups of at least 4: `Gpu::reduction`).
+const MAX_SUBGROUPS: u32 = 64;
+
+/// `Workgroup`: trees in workgroup memory, a barrier per round (log2 CH rounds per reduction). `Subgroup`: each
+/// subgroup reduces its invocations' values of every head at once (a subgroup may hold several heads' keys, or part
+/// of one, whatever its size and however the device maps invocations to subgroups), its first invocation stores
+/// the result by `subgroup_id`, and after one barrier every invocation folds the partials of its head.
+fn decode_reductions(reduction: Reduction, nr: u32) -> DecodeReductions {
+    use std::fmt::Write;
+    match reduction {
+        Reduction::Workgroup => DecodeReductions {
+            args: "",
+            decode_fns: "var<workgroup> d_red: array<f32, NR * CH>;        // tree reductions (max, then sum) per head
+
+fn head_max(e: u32, eh: u32, ek: u32, live: bool, x: f32) -> f32 {
+    if live {
+        d_red[e] = x;
+    }
+    for (var w = CH / 2u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if live && ek < w {
+            d_red[e] = max(d_red[e], d_red[e + w]);
+        }
+    }
+    workgroupBarrier();
+    return d_red[min(eh, NR - 1u) * CH];
+}
+
+// Leaves each head's sum in d_red[head · CH], visible after the caller's next barrier.
+fn head_sum(e: u32, ek: u32, live: bool, x: f32) {
+    if live {
+        d_red[e] = x;
+    }
+    for (var w = CH / 2u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if live && ek < w {
+            d_red[e] += d_red[e + w];
+        }
+    }
+}
+
+fn head_total(h: u32) -> f32 {
+    return d_red[h * CH];
+}
+"
+            .to_string(),
+            decode_max: "head_max(e, eh, ek, live, sc)",
+            decode_sum: "head_sum(e, ek, live, pk)",
+            combine_fns: "var<workgroup> c_red: array<f32, WG>;
+
+fn all_max(lid: u32, x: f32) -> f32 {
+    c_red[lid] = x;
+    for (var w = WG / 2u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if lid < w {
+            c_red[lid] = max(c_red[lid], c_red[lid + w]);
+        }
+    }
+    workgroupBarrier();
+    return c_red[0];
+}
+
+fn all_sum(lid: u32, x: f32) -> f32 {
+    c_red[lid] = x;
+    for (var w = WG / 2u; w > 0u; w >>= 1u) {
+        workgroupBarrier();
+        if lid < w {
+            c_red[lid] += c_red[lid + w];
+        }
+    }
+    workgroupBarrier();
+    return c_red[0];
+}
+"
+            .to_string(),
+            combine_max: "all_max(lid, mx)",
+            combine_sum: "all_sum(lid, sum)",
+        },
+        Reduction::Subgroup => {
+            // One subgroup operation per head (unrolled: NR is a constant), each over the values of that head.
+            let per_head = |op: &str, neutral: &str| {
+                let mut code = String::new();
+                for h in 0..nr {
+                    let _ = writeln!(code, "    let r_{h} = {op}(select({neutral}, x, eh == {h}u));");
+                }
+                let _ = writeln!(code, "    if sg_lane == 0u && sg_id < MAX_SG {{");
+                for h in 0..nr {
+                    let _ = writeln!(code, "        d_sg[sg_id * NR + {h}u] = r_{h};");
+                }
+                let _ = writeln!(code, "    }}");
+                code
+            };
+            let decode_fns = format!(
+                "const MAX_SG: u32 = {MAX_SUBGROUPS}u;
+var<workgroup> d_sg: array<f32, MAX_SG * NR>;   // per subgroup and head
+var<workgroup> d_tot: array<f32, NR>;           // each head's sum
+
+fn head_max(x: f32, eh: u32, sg_id: u32, sg_count: u32, sg_lane: u32) -> f32 {{
+{}    workgroupBarrier();
+    let hh = min(eh, NR - 1u);
+    var r = NEG;
+    for (var s = 0u; s < min(sg_count, MAX_SG); s++) {{
+        r = max(r, d_sg[s * NR + hh]);
+    }}
+    workgroupBarrier();
+    return r;
+}}
+
+// Leaves each head's sum in d_tot, visible after the caller's next barrier.
+fn head_sum(x: f32, eh: u32, ek: u32, live: bool, sg_id: u32, sg_count: u32, sg_lane: u32) {{
+{}    workgroupBarrier();
+    let hh = min(eh, NR - 1u);
+    var r = 0.0;
+    for (var s = 0u; s < min(sg_count, MAX_SG); s++) {{
+        r += d_sg[s * NR + hh];
+    }}
+    workgroupBarrier();
+    if live && ek == 0u {{
+        d_tot[eh] = r;
+    }}
+}}
+
+fn head_total(h: u32) -> f32 {{
+    return d_tot[h];
+}}
+",
+                per_head("subgroupMax", "NEG"),
+                per_head("subgroupAdd", "0.0")
+            );
+            DecodeReductions {
+                args: ", @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) sg_count: u32, @builtin(subgroup_invocation_id) sg_lane: u32",
+                decode_fns,
+                decode_max: "head_max(sc, eh, sg_id, sg_count, sg_lane)",
+                decode_sum: "head_sum(pk, eh, ek, live, sg_id, sg_count, sg_lane)",
+                combine_fns: "var<workgroup> c_sg: array<f32, WG>;   // per subgroup (at most WG)
+
+fn all_max(x: f32, sg_id: u32, sg_count: u32, sg_lane: u32) -> f32 {
+    let r = subgroupMax(x);
+    if sg_lane == 0u && sg_id < WG {
+        c_sg[sg_id] = r;
+    }
+    workgroupBarrier();
+    var m = NEG;
+    for (var s = 0u; s < min(sg_count, WG); s++) {
+        m = max(m, c_sg[s]);
+    }
+    workgroupBarrier();
+    return m;
+}
+
+fn all_sum(x: f32, sg_id: u32, sg_count: u32, sg_lane: u32) -> f32 {
+    let r = subgroupAdd(x);
+    if sg_lane == 0u && sg_id < WG {
+        c_sg[sg_id] = r;
+    }
+    workgroupBarrier();
+    var t = 0.0;
+    for (var s = 0u; s < min(sg_count, WG); s++) {
+        t += c_sg[s];
+    }
+    workgroupBarrier();
+    return t;
+}
+"
+                .to_string(),
+                combine_max: "all_max(mx, sg_id, sg_count, sg_lane)",
+                combine_sum: "all_sum(sum, sg_id, sg_count, sg_lane)",
+            }
+        }
     }
 }
 

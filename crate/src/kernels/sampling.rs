@@ -16,7 +16,7 @@
 //! an argmax taking the first maximum gives on an all −inf row; k = vocab keeps every id with its conditional value (HF's
 //! `top_k=None`, which returns the guided logits themselves, is not offered). Top-p costs O(n²/256) per row
 //! for n candidates (n ≤ k): fast for the usual k ≤ 256, correct but slower for larger k.
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, Reduction, SUBGROUPS_MARKER};
 
 const SHADER: &str = include_str!("../../../shaders/sampling.wgsl");
 const WORKGROUP: u32 = 256;
@@ -227,8 +227,10 @@ impl Sampler {
         };
 
         let chunk = v.div_ceil(WORKGROUP);
-        let key = format!("sampling.c{chunk}.r{}", record_scores as u32);
+        let reduction = gpu.reduction();
+        let key = format!("sampling.c{chunk}.r{}.{reduction:?}", record_scores as u32);
         let source = || {
+            let code = reduction_code(reduction);
             let record = if record_scores {
                 "const RECORD: bool = true;\n\
                  @group(0) @binding(3) var<storage, read_write> sel_scores: array<u32>;\n\
@@ -240,9 +242,14 @@ impl Sampler {
                  fn put_score(i: u32, bits: u32) {}\n\
                  fn put_forced_score(i: u32, bits: u32) {}\n"
             };
-            specialize(
+            let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
+            marker.to_string()
+                + &specialize(
                 SHADER,
                 &[
+                    ("REDUCE_FNS", code.fns),
+                    ("SG_ARGS", code.args.to_string()),
+                    ("LANE", code.lane.to_string()),
                     ("CHUNK", chunk.to_string()),
                     ("MAXC", (chunk * WORKGROUP).to_string()),
                     ("RECORD", record.to_string()),
@@ -291,6 +298,209 @@ impl Sampler {
         gpu.write(&self.force, &words);
     }
 }
+
+/// `select_token`'s workgroup-wide scans, sum and argmax as generated WGSL (see the shader), its extra builtins, and
+/// the code that sets its logical invocation index `lid`.
+struct ReductionCode {
+    fns: String,
+    args: &'static str,
+    lane: &'static str,
+}
+
+/// `Workgroup`: trees over workgroup memory (a scan is 8 rounds of two barriers), `lid` the local invocation index.
+/// `Subgroup`: `lid` numbers the invocations subgroup by subgroup (by `subgroup_id`, then by rank among the
+/// subgroup's invocations), so a subgroup holds consecutive indices whatever its size and however the device forms
+/// subgroups; a scan is then `subgroupInclusiveAdd` plus the totals of the subgroups before it (one exchange, two
+/// barriers), and the argmax and sum reduce each subgroup before one exchange. `wg_u`/`wg_f` hold the per-subgroup
+/// values (at most one subgroup per invocation).
+fn reduction_code(reduction: Reduction) -> ReductionCode {
+    match reduction {
+        Reduction::Workgroup => ReductionCode {
+            fns: WORKGROUP_REDUCTIONS.to_string(),
+            args: "",
+            lane: "    let lid = hw_lid;",
+        },
+        Reduction::Subgroup => ReductionCode {
+            fns: SUBGROUP_REDUCTIONS.to_string(),
+            args: "\n    @builtin(subgroup_id) sg_id: u32,\n    @builtin(num_subgroups) sg_count: u32,",
+            lane: "    let sg_r = subgroupExclusiveAdd(1u);
+    let sg_n = subgroupAdd(1u);
+    sg_rank = sg_r;
+    sg_size = sg_n;
+    sg_index = sg_id;
+    sg_total = sg_count;
+    if sg_r == 0u {
+        wg_u[sg_id] = sg_n;
+    }
+    workgroupBarrier();
+    var sg_base = 0u;
+    for (var s = 0u; s < sg_id; s++) {
+        sg_base += wg_u[s];
+    }
+    workgroupBarrier();
+    let lid = sg_base + sg_r;",
+        },
+    }
+}
+
+const WORKGROUP_REDUCTIONS: &str = "fn scan_u32(lid: u32, x: u32) -> vec2<u32> {
+    wg_u[lid] = x;
+    workgroupBarrier();
+    for (var off = 1u; off < WG; off = off << 1u) {
+        var v = wg_u[lid];
+        if lid >= off {
+            v += wg_u[lid - off];
+        }
+        workgroupBarrier();
+        wg_u[lid] = v;
+        workgroupBarrier();
+    }
+    let r = vec2<u32>(wg_u[lid], wg_u[WG - 1u]);
+    workgroupBarrier();
+    return r;
+}
+
+fn scan_f32(lid: u32, x: f32) -> vec2<f32> {
+    wg_f[lid] = x;
+    workgroupBarrier();
+    for (var off = 1u; off < WG; off = off << 1u) {
+        var v = wg_f[lid];
+        if lid >= off {
+            v += wg_f[lid - off];
+        }
+        workgroupBarrier();
+        wg_f[lid] = v;
+        workgroupBarrier();
+    }
+    let r = vec2<f32>(wg_f[lid], wg_f[WG - 1u]);
+    workgroupBarrier();
+    return r;
+}
+
+fn sum_f32(lid: u32, x: f32) -> f32 {
+    wg_f[lid] = x;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if lid < s {
+            wg_f[lid] += wg_f[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = wg_f[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn argmax_reduce(lid: u32, v: f32, i: u32, top: ptr<function, f32>) -> u32 {
+    wg_f[lid] = v;
+    wg_u[lid] = i;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if lid < s {
+            let io = wg_u[lid + s];
+            let vo = wg_f[lid + s];
+            let is = wg_u[lid];
+            let vs = wg_f[lid];
+            if io != NONE && (is == NONE || vo > vs || (vo == vs && io < is)) {
+                wg_u[lid] = io;
+                wg_f[lid] = vo;
+            }
+        }
+        workgroupBarrier();
+    }
+    *top = wg_f[0];
+    return uniform_u32(lid == 0u, wg_u[0]);
+}
+";
+
+/// Subgroup reductions (see `reduction_code`). `sg_*` are set at the start of `select_token`.
+const SUBGROUP_REDUCTIONS: &str = "var<private> sg_rank: u32;   // rank among the subgroup's invocations
+var<private> sg_size: u32;   // invocations in the subgroup
+var<private> sg_index: u32;  // subgroup_id
+var<private> sg_total: u32;  // num_subgroups
+
+// Inclusive scan: within the subgroup, then the totals of the subgroups before (lower `lid`s all sit there).
+fn scan_u32(lid: u32, x: u32) -> vec2<u32> {
+    let within = subgroupInclusiveAdd(x);
+    if sg_rank + 1u == sg_size {
+        wg_u[sg_index] = within;
+    }
+    workgroupBarrier();
+    var before = 0u;
+    var total = 0u;
+    for (var s = 0u; s < sg_total; s++) {
+        let t = wg_u[s];
+        before += select(0u, t, s < sg_index);
+        total += t;
+    }
+    workgroupBarrier();
+    return vec2<u32>(before + within, total);
+}
+
+fn scan_f32(lid: u32, x: f32) -> vec2<f32> {
+    let within = subgroupInclusiveAdd(x);
+    if sg_rank + 1u == sg_size {
+        wg_f[sg_index] = within;
+    }
+    workgroupBarrier();
+    var before = 0.0;
+    var total = 0.0;
+    for (var s = 0u; s < sg_total; s++) {
+        let t = wg_f[s];
+        if s < sg_index {
+            before += t;
+        }
+        total += t;
+    }
+    workgroupBarrier();
+    return vec2<f32>(before + within, total);
+}
+
+fn sum_f32(lid: u32, x: f32) -> f32 {
+    let within = subgroupAdd(x);
+    if sg_rank == 0u {
+        wg_f[sg_index] = within;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var s = 0u; s < sg_total; s++) {
+        total += wg_f[s];
+    }
+    workgroupBarrier();
+    return total;
+}
+
+// The value of an order key (`order_key` inverted; -0 comes back as +0, which compares equal).
+fn key_value(k: u32) -> f32 {
+    return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
+}
+
+// Within a subgroup: the largest value by its order key, then the lowest id holding it; across subgroups the
+// workgroup rule on (value, id).
+fn argmax_reduce(lid: u32, v: f32, i: u32, top: ptr<function, f32>) -> u32 {
+    let kept = i != NONE;
+    let best_key = subgroupMax(select(0u, order_key(v), kept));
+    let best_id = subgroupMin(select(NONE, i, kept && order_key(v) == best_key));
+    if sg_rank == 0u {
+        wg_u[sg_index] = best_id;
+        wg_f[sg_index] = key_value(best_key);
+    }
+    workgroupBarrier();
+    var bi = NONE;
+    var bv = 0.0;
+    for (var s = 0u; s < sg_total; s++) {
+        let io = wg_u[s];
+        let vo = wg_f[s];
+        if io != NONE && (bi == NONE || vo > bv || (vo == bv && io < bi)) {
+            bi = io;
+            bv = vo;
+        }
+    }
+    workgroupBarrier();
+    *top = bv;
+    return uniform_u32(lid == 0u, bi);
+}
+";
 
 fn validate(shape: &SamplerShape, params: &SamplingParams) -> Result<(), SamplingError> {
     let v = shape.vocab;
