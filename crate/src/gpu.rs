@@ -175,6 +175,8 @@ pub struct Gpu {
     /// Whether `linear` may take the tensor-core routes that have not yet run on tensor-core hardware (see
     /// `tensor_core_trial_routes`).
     tensor_core_trials: AtomicBool,
+    /// Whether kernels may multiply in f16 where the device has `shader-f16` (see `f16_arithmetic`).
+    f16_arithmetic: AtomicBool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -434,6 +436,7 @@ impl Gpu {
         Ok(Gpu {
             zero_workgroup_memory: zeroes_workgroup_memory(&info),
             tensor_core_trials: AtomicBool::new(std::env::var("DIA_TENSOR_CORES").is_ok_and(|v| v == "all")),
+            f16_arithmetic: AtomicBool::new(!std::env::var("DIA_F16_ARITH").is_ok_and(|v| v == "off")),
             device,
             queue,
             info,
@@ -472,6 +475,19 @@ impl Gpu {
 
     pub fn set_tensor_core_trial_routes(&self, on: bool) {
         self.tensor_core_trials.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether kernels may multiply in f16 where their numerics allow it (`linear::small_m_arith` decides per
+    /// matrix): the device has `shader-f16`, and neither `DIA_F16_ARITH=off` (read when the device is made) nor
+    /// `set_f16_arithmetic(false)` turned it off. Applies to the dispatches built from then on.
+    pub fn f16_arithmetic(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16) && self.f16_arithmetic.load(Ordering::Relaxed)
+    }
+
+    /// Allows or forbids f16 arithmetic (benchmarks time both in one process; tests of the f32 arithmetic turn it
+    /// off). Allowing it changes nothing on a device without `shader-f16`.
+    pub fn set_f16_arithmetic(&self, on: bool) {
+        self.f16_arithmetic.store(on, Ordering::Relaxed);
     }
 
     /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now
