@@ -14,6 +14,8 @@
 // `qsmall_<q8|q4>` + `qsmall_scale` (16-byte weight blocks as chunks, `fn dequant`, `fn load_scale`), `qx_<vec4|scalar>`
 // (x loads) and `qnorm_<none|vec4|scalar>` (the fused norm's gain) in place of the access and norm sections; for the
 // tiled kernel `tiled_x_<vec4|scalar>`, `tiled_w_quant` and `tiled_w_<q8|q4_unit4|q4_unit8>`.
+// The small-M kernel's f16 arithmetic (`Arith::F16`) adds `half` and takes `access_f16w_<vec8|pair>_half` in place
+// of the f16w access section, or adds `qhalf_<q8|q4>` to the quantized ones.
 
 //== section: common
 {{PARAMS}}

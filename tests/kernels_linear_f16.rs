@@ -1,5 +1,5 @@
 //! The small-M linear kernel in f16 arithmetic (`Arith::F16`, what `linear` takes for f16w, q8 and q4 weights on a
-//! device with shader-f16 — lavapipe has it) against the CPU on the weights as stored: every epilogue, the fused
+//! GPU with shader-f16; lavapipe has shader-f16 and the tests turn the arithmetic on for it) against the CPU on the weights as stored: every epilogue, the fused
 //! RMSNorm or none, M = 1, 2, 3, 8, 16, K on every access path (16-byte chunks and the element-wise ones), x of
 //! ordinary and of large magnitude, aligned sums at the documented range limit; every variant through naga.
 //!
@@ -155,9 +155,11 @@ fn random_operands(rng: &mut Rng, c: &Case, x_scale: f32) -> (Vec<f32>, Vec<f32>
     (x, gain, w, y0)
 }
 
-/// The device offers shader-f16 and `linear` takes f16 arithmetic for these weights (else nothing here tests it).
+/// The device offers shader-f16 and `linear` takes f16 arithmetic for these weights (else nothing here tests it);
+/// on by default on GPUs only, so turned on here.
 fn f16_gpu() -> Gpu {
     let gpu = test_gpu();
+    gpu.set_f16_arithmetic(true);
     for format in FORMATS {
         assert_eq!(small_m_arith(&gpu, format), Arith::F16, "{format:?}: the test adapter must offer shader-f16 ({})", gpu.describe());
     }
@@ -174,30 +176,29 @@ fn ks(format: WeightFormat) -> &'static [usize] {
     }
 }
 
-/// Every (M, epilogue, norm) per format, each on one K of the four access paths (every path at every M): one
-/// pipeline per case keeps the set small enough for lavapipe's compiler.
+/// Per format every (epilogue, norm) pair, M cycling through 1, 2, 3, 8, 16 and K through the four access paths
+/// (lavapipe compiles a quantized f16 pipeline in 15–130 s, so each case is one pipeline and the set stays small).
 #[test]
 fn f16_arith_small_m_ragged_within_bound() {
     let gpu = f16_gpu();
     let mut rng = Rng::new(0xf16a);
     let combos: Vec<(LinearEpilogue, bool)> = EPILOGUES.iter().flat_map(|&e| [(e, false), (e, true)]).collect();
+    let ms = [1usize, 2, 3, 8, 16, 2];
     for format in FORMATS {
-        let (mut worst, mut worst_rel, mut cases) = (0.0f64, 0.0f64, 0);
-        for (mi, m) in [1usize, 2, 3, 8, 16].into_iter().enumerate() {
-            for (ci, &(epilogue, norm)) in combos.iter().enumerate() {
-                let k = ks(format)[(mi + ci) % 4];
-                // Rows under one workgroup's, or over several workgroups with a ragged end.
-                let n = if (mi + ci / 2) % 2 == 0 { 6 } else { 67 };
-                let n = if epilogue == LinearEpilogue::SwiGlu { 2 * n } else { n };
-                let c = Case { format, m, n, k, epilogue, norm };
-                let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
-                let out = run(&gpu, &c, &x, &gain, &w, &y0);
-                worst = worst.max(out.check(&format!("{format:?} m={m} n={n} k={k} {epilogue:?} norm={norm}")));
-                worst_rel = worst_rel.max(out.rel_err());
-                cases += 1;
-            }
+        let (mut worst, mut worst_rel) = (0.0f64, 0.0f64);
+        for (ci, &(epilogue, norm)) in combos.iter().enumerate() {
+            let m = ms[ci];
+            let k = ks(format)[ci % 4];
+            // Rows under one workgroup's, or over several workgroups with a ragged end.
+            let n = if ci % 3 == 0 { 6 } else { 67 };
+            let n = if epilogue == LinearEpilogue::SwiGlu { 2 * n } else { n };
+            let c = Case { format, m, n, k, epilogue, norm };
+            let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
+            let out = run(&gpu, &c, &x, &gain, &w, &y0);
+            worst = worst.max(out.check(&format!("{format:?} m={m} n={n} k={k} {epilogue:?} norm={norm}")));
+            worst_rel = worst_rel.max(out.rel_err());
         }
-        println!("{format:?}: {cases} cases, worst error / bound {worst:.3}, worst max-norm rel err {worst_rel:.3e}");
+        println!("{format:?}: {} cases, worst error / bound {worst:.3}, worst max-norm rel err {worst_rel:.3e}", combos.len());
     }
 }
 
@@ -207,15 +208,19 @@ fn f16_arith_small_m_ragged_within_bound() {
 fn f16_arith_long_rows_and_groups_of_64() {
     let gpu = f16_gpu();
     let mut rng = Rng::new(0xf16b);
-    for (format, k) in [(F16W, 2056), (F16W, 2055), (Q8, 1100), (Q4, 1100), (q64(QuantBits::Q8), 264), (q64(QuantBits::Q4), 100)] {
-        for m in [1usize, 5] {
-            for (epilogue, norm) in [(LinearEpilogue::Accumulate, false), (LinearEpilogue::SwiGlu, true)] {
-                let c = Case { format, m, n: 14, k, epilogue, norm };
-                let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
-                let ratio = run(&gpu, &c, &x, &gain, &w, &y0).check(&format!("{format:?} m={m} k={k} {epilogue:?} norm={norm}"));
-                println!("{format:?} m={m} k={k} {epilogue:?} norm={norm}: error / bound {ratio:.3}");
-            }
-        }
+    let cases = [
+        (F16W, 2056, 1, LinearEpilogue::Accumulate, false),
+        (F16W, 2055, 5, LinearEpilogue::SwiGlu, true),
+        (Q8, 1100, 1, LinearEpilogue::SwiGlu, true),
+        (Q4, 1100, 5, LinearEpilogue::Accumulate, false),
+        (q64(QuantBits::Q8), 264, 2, LinearEpilogue::Accumulate, true),
+        (q64(QuantBits::Q4), 100, 1, LinearEpilogue::SwiGlu, false),
+    ];
+    for (format, k, m, epilogue, norm) in cases {
+        let c = Case { format, m, n: 14, k, epilogue, norm };
+        let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
+        let ratio = run(&gpu, &c, &x, &gain, &w, &y0).check(&format!("{format:?} m={m} k={k} {epilogue:?} norm={norm}"));
+        println!("{format:?} m={m} k={k} {epilogue:?} norm={norm}: error / bound {ratio:.3}");
     }
 }
 
@@ -226,12 +231,15 @@ fn f16_arith_large_x_within_bound() {
     let mut rng = Rng::new(0xf16c);
     for format in FORMATS {
         let mut worst = 0.0f64;
-        for (m, k) in [(2usize, 264usize), (16, 95)] {
-            for (epilogue, norm) in [(LinearEpilogue::Store, false), (LinearEpilogue::Store, true), (LinearEpilogue::SwiGlu, true)] {
-                let c = Case { format, m, n: 40, k, epilogue, norm };
-                let (x, gain, w, y0) = random_operands(&mut rng, &c, 300.0);
-                worst = worst.max(run(&gpu, &c, &x, &gain, &w, &y0).check(&format!("{format:?} m={m} k={k} {epilogue:?} norm={norm}")));
-            }
+        // M = 16 for f16w only: lavapipe takes minutes over a quantized f16 pipeline at M = 16 (the sweep has one).
+        let mut cases = vec![(2usize, 264usize, LinearEpilogue::Store, false), (3, 95, LinearEpilogue::SwiGlu, true)];
+        if format == F16W {
+            cases.push((16, 95, LinearEpilogue::Store, true));
+        }
+        for (m, k, epilogue, norm) in cases {
+            let c = Case { format, m, n: 40, k, epilogue, norm };
+            let (x, gain, w, y0) = random_operands(&mut rng, &c, 300.0);
+            worst = worst.max(run(&gpu, &c, &x, &gain, &w, &y0).check(&format!("{format:?} m={m} k={k} {epilogue:?} norm={norm}")));
         }
         println!("{format:?}, |x| ≤ 300: worst error / bound {worst:.3}");
     }
@@ -245,7 +253,9 @@ fn f16_arith_large_x_within_bound() {
 fn f16_arith_sums_at_the_range_limit() {
     let gpu = f16_gpu();
     for (format, xv) in [(Q8, 32000.0f32), (Q4, 16000.0), (F16W, 2000.0)] {
-        for m in [1usize, 2, 16] {
+        // f16w: 32 products per f16 sum at M ≤ 2 (4 chunks a round), 8 at M = 16.
+        let ms: &[usize] = if format == F16W { &[2, 16] } else { &[2] };
+        for &m in ms {
             let (n, k) = (8usize, 2048usize);
             let x = vec![xv; m * k];
             let w = vec![-1.0f32; n * k];
@@ -264,7 +274,7 @@ fn f16_arith_differs_from_f32_arith() {
     let gpu = f16_gpu();
     let mut rng = Rng::new(0xf16d);
     for format in FORMATS {
-        for (m, k, norm) in [(2usize, 264usize, false), (16, 95, true)] {
+        for (m, k, norm) in [(2usize, 264usize, false)] {
             let c = Case { format, m, n: 67, k, epilogue: LinearEpilogue::Store, norm };
             let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
             gpu.set_f16_arithmetic(false);

@@ -436,7 +436,13 @@ impl Gpu {
         Ok(Gpu {
             zero_workgroup_memory: zeroes_workgroup_memory(&info),
             tensor_core_trials: AtomicBool::new(std::env::var("DIA_TENSOR_CORES").is_ok_and(|v| v == "all")),
-            f16_arithmetic: AtomicBool::new(!std::env::var("DIA_F16_ARITH").is_ok_and(|v| v == "off")),
+            f16_arithmetic: AtomicBool::new(match std::env::var("DIA_F16_ARITH").as_deref() {
+                Ok("off") => false,
+                Ok("on") => true,
+                // CPU adapters emulate f16: lavapipe compiles a quantized f16 small-M pipeline 15–120× slower
+                // (q8, M = 2: 16 s; M = 16: 132 s against 1.1 s in f32) and gains nothing at run time.
+                _ => info.device_type != wgpu::DeviceType::Cpu,
+            }),
             device,
             queue,
             info,
@@ -477,15 +483,16 @@ impl Gpu {
         self.tensor_core_trials.store(on, Ordering::Relaxed);
     }
 
-    /// Whether kernels may multiply in f16 where their numerics allow it (`linear::small_m_arith` decides per
-    /// matrix): the device has `shader-f16`, and neither `DIA_F16_ARITH=off` (read when the device is made) nor
-    /// `set_f16_arithmetic(false)` turned it off. Applies to the dispatches built from then on.
+    /// Whether kernels may multiply in f16 where their numerics allow it (`linear::small_m_arith` per matrix, the
+    /// DAC's `ConvTile::preferred`): the device has `shader-f16`, and f16 arithmetic is on — by default on GPUs, off on CPU adapters
+    /// (they emulate f16); `DIA_F16_ARITH=on|off` (read when the device is made) or `set_f16_arithmetic` override
+    /// that. Applies to the dispatches built from then on.
     pub fn f16_arithmetic(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16) && self.f16_arithmetic.load(Ordering::Relaxed)
     }
 
-    /// Allows or forbids f16 arithmetic (benchmarks time both in one process; tests of the f32 arithmetic turn it
-    /// off). Allowing it changes nothing on a device without `shader-f16`.
+    /// Allows or forbids f16 arithmetic (benchmarks time both in one process; tests turn it on for CPU adapters, or
+    /// off for the f32 arithmetic). Allowing it changes nothing on a device without `shader-f16`.
     pub fn set_f16_arithmetic(&self, on: bool) {
         self.f16_arithmetic.store(on, Ordering::Relaxed);
     }
