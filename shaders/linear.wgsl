@@ -14,6 +14,8 @@
 // `qsmall_<q8|q4>` + `qsmall_scale` (16-byte weight blocks as chunks, `fn dequant`, `fn load_scale`), `qx_<vec4|scalar>`
 // (x loads) and `qnorm_<none|vec4|scalar>` (the fused norm's gain) in place of the access and norm sections; for the
 // tiled kernel `tiled_x_<vec4|scalar>`, `tiled_w_quant` and `tiled_w_<q8|q4_unit4|q4_unit8>`.
+// The small-M kernel's f16 arithmetic (`Arith::F16`) adds `half` and takes `access_f16w_<vec8|pair>_half` in place
+// of the f16w access section, or adds `qhalf_<q8|q4>` to the quantized ones.
 
 //== section: common
 {{PARAMS}}
@@ -131,6 +133,94 @@ fn load_x(m: u32, c: u32) -> Chunk {
 
 fn chunk_dot(a: Chunk, b: Chunk) -> f32 { return dot(a, b); }
 
+//== section: half
+// f16 arithmetic (`Arith::F16`, devices with shader-f16; the module starts with `enable f16;`). Each access section
+// below (`access_f16w_<vec8|pair>_half`, `qhalf_<q8|q4>`) adds to its f32 interface:
+//   type HChunk                 a chunk of weights, or of x, in f16 (paired as the weights unpack),
+//   fn half_w(raw) -> HChunk     the loaded weights (`load_w`) in f16,
+//   fn half_x(x, keep) -> HChunk x (after `scale_x`) in f16, zeros unless `keep`,
+//   fn hdot_start(x, w) / hdot_more(x, w, t)   the chunk's products summed in f16 (lanes of an f16 vector),
+//   fn hsum(t) -> f32           the lanes' total, in f32 from the last pairwise f16 sum on.
+// Range: quantized values unpack as q/1024 (q8) and q/64 (q4), exactly, so |w| ≤ 1/8 and a chunk's f16 sum stays
+// below 65504 while |x| ≤ 32752 (q8: 16 terms) or 16376 (q4: 32 terms); `QBACK` is folded into the group's scale.
+// (This is x scaled down per chunk by 2^-10 / 2^-6 and the sum scaled back, at no cost.) f16w weights are used as
+// stored, ≤ 32 products per sum: |x·w| ≤ 2047 per product keeps it finite. Precision: x rounded to f16 (2^-11
+// relative) and ≤ 9 f16 roundings per sum bound the error of each output by 10·2^-11·Σ|x·w| (first order);
+// products below f16's normal range (6.1e-5 in units of x·w') add at most 2^-25 each.
+
+// A word's two halves as f16 (low half first). naga has no bitcast from u32 to vec2<f16>; the round trip
+// f16 → f32 → f16 is exact, and compilers fold it.
+fn halves(q: u32) -> vec2<f16> {
+    return vec2<f16>(unpack2x16float(q));
+}
+
+//== section: access_f16w_vec8_half
+// access_f16w_vec8 with f16 arithmetic: a round's chunks (≤ 4 × 8 weights) are summed in one vec4<f16> per row pair.
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+
+struct Chunk { lo: vec4<f32>, hi: vec4<f32> }
+struct HChunk { lo: vec4<f16>, hi: vec4<f16> }
+
+fn chunks() -> u32 { return p.k / 8u; }
+
+fn load_w(row: u32, c: u32) -> vec4<u32> { return w[row * (p.stride / 4u) + c]; }
+
+fn half_w(q: vec4<u32>) -> HChunk { return HChunk(vec4<f16>(halves(q.x), halves(q.y)), vec4<f16>(halves(q.z), halves(q.w))); }
+
+fn load_x(m: u32, c: u32) -> Chunk {
+    let b = (row0 + m) * (p.k / 4u) + 2u * c;
+    return Chunk(x[b], x[b + 1u]);
+}
+
+fn half_x(a: Chunk, keep: bool) -> HChunk {
+    let z = vec4<f16>(0.0);
+    return HChunk(select(z, vec4<f16>(a.lo), keep), select(z, vec4<f16>(a.hi), keep));
+}
+
+fn chunk_dot(a: Chunk, b: Chunk) -> f32 { return dot(a.lo, b.lo) + dot(a.hi, b.hi); }
+
+fn hdot_start(a: HChunk, b: HChunk) -> vec4<f16> { return fma(a.hi, b.hi, a.lo * b.lo); }
+
+fn hdot_more(a: HChunk, b: HChunk, t: vec4<f16>) -> vec4<f16> { return fma(a.hi, b.hi, fma(a.lo, b.lo, t)); }
+
+fn hsum(t: vec4<f16>) -> f32 {
+    let h = t.xy + t.zw;
+    return f32(h.x) + f32(h.y);
+}
+
+//== section: access_f16w_pair_half
+// access_f16w_pair with f16 arithmetic: a round's pairs (≤ 4) are summed in one vec2<f16>.
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+
+alias Chunk = vec2<f32>;
+alias HChunk = vec2<f16>;
+
+fn chunks() -> u32 { return (p.k + 1u) / 2u; }
+
+// Rows of odd K end with a zero half, so the last pair needs no masking here.
+fn load_w(row: u32, c: u32) -> u32 { return w[row * p.stride + c]; }
+
+fn half_w(q: u32) -> HChunk { return halves(q); }
+
+fn load_x(m: u32, c: u32) -> Chunk {
+    let k0 = 2u * c;
+    let b = (row0 + m) * p.k;
+    let hi = x[b + min(k0 + 1u, p.k - 1u)];
+    return vec2<f32>(x[b + k0], select(0.0, hi, k0 + 1u < p.k));
+}
+
+fn half_x(a: Chunk, keep: bool) -> HChunk { return select(vec2<f16>(0.0), vec2<f16>(a), keep); }
+
+fn chunk_dot(a: Chunk, b: Chunk) -> f32 { return dot(a, b); }
+
+fn hdot_start(a: HChunk, b: HChunk) -> vec2<f16> { return a * b; }
+
+fn hdot_more(a: HChunk, b: HChunk, t: vec2<f16>) -> vec2<f16> { return fma(a, b, t); }
+
+fn hsum(t: vec2<f16>) -> f32 { return f32(t.x) + f32(t.y); }
+
 //== section: qdecode
 // Quantized weights (`crate/src/quant.rs` defines the format): each row is its value words, then one f16 scale per
 // QGROUP columns (pairs, low half = even group), then padding to 16 bytes; a value is offset-binary, column c in
@@ -223,6 +313,83 @@ fn load_scale(row: u32, c: u32) -> f32 {
     let i = row * p.stride + value_words() + g / 2u;
     let s = unpack2x16float(w[i / 4u][i % 4u]);
     return select(s.x, s.y, (g & 1u) == 1u);
+}
+
+//== section: qhalf_q8
+// qsmall_q8 with f16 arithmetic. A word's bytes unpack as f16 pairs (b0, b2), (b1, b3): the byte under the mantissa
+// of 1.0 (0x3c00 | b = 1 + b/1024) minus 1.125 is (b − 128)/1024 = q/1024, exactly. x pairs the same way.
+const QBACK: f32 = 1024.0;
+
+struct HChunk { a: vec4<f16>, b: vec4<f16>, c: vec4<f16>, d: vec4<f16> }
+
+fn hword(q: u32) -> vec4<f16> {
+    let lo = (q & 0x00ff00ffu) | 0x3c003c00u;
+    let hi = ((q >> 8u) & 0x00ff00ffu) | 0x3c003c00u;
+    return vec4<f16>(halves(lo), halves(hi)) - vec4<f16>(1.125);
+}
+
+fn half_w(q: vec4<u32>) -> HChunk { return HChunk(hword(q.x), hword(q.y), hword(q.z), hword(q.w)); }
+
+fn half_x(v: Chunk, keep: bool) -> HChunk {
+    let z = vec4<f16>(0.0);
+    return HChunk(
+        select(z, vec4<f16>(v.a.xzyw), keep), select(z, vec4<f16>(v.b.xzyw), keep),
+        select(z, vec4<f16>(v.c.xzyw), keep), select(z, vec4<f16>(v.d.xzyw), keep),
+    );
+}
+
+fn hdot_start(x: HChunk, w: HChunk) -> vec4<f16> { return fma(x.d, w.d, fma(x.c, w.c, fma(x.b, w.b, x.a * w.a))); }
+
+fn hsum(t: vec4<f16>) -> f32 {
+    let h = t.xy + t.zw;
+    return f32(h.x) + f32(h.y);
+}
+
+//== section: qhalf_q4
+// qsmall_q4 with f16 arithmetic. Nibbles i and i + 4 of a word unpack as one f16 pair: the nibble under the
+// mantissa of 16.0 (0x4c00 | n = 16 + n/64) minus 16.125 is (n − 8)/64 = q/64, exactly; a word gives the pairs
+// (0, 4), (1, 5), (2, 6), (3, 7). x pairs the same way.
+const QBACK: f32 = 64.0;
+
+// Word i: lo = columns 8i + (0, 4, 1, 5), hi = 8i + (2, 6, 3, 7).
+struct HWord { lo: vec4<f16>, hi: vec4<f16> }
+struct HChunk { a: HWord, b: HWord, c: HWord, d: HWord }
+
+fn hword(q: u32) -> HWord {
+    let m = 0x000f000fu;
+    let f = 0x4c004c00u;
+    let p0 = halves((q & m) | f);
+    let p1 = halves(((q >> 4u) & m) | f);
+    let p2 = halves(((q >> 8u) & m) | f);
+    let p3 = halves(((q >> 12u) & m) | f);
+    let o = vec4<f16>(16.125);
+    return HWord(vec4<f16>(p0, p1) - o, vec4<f16>(p2, p3) - o);
+}
+
+fn half_w(q: vec4<u32>) -> HChunk { return HChunk(hword(q.x), hword(q.y), hword(q.z), hword(q.w)); }
+
+// Columns 8i .. 8i + 3 (u) and 8i + 4 .. 8i + 7 (v) paired as `hword` pairs them.
+fn hx(u: vec4<f32>, v: vec4<f32>, keep: bool) -> HWord {
+    let z = vec4<f16>(0.0);
+    return HWord(select(z, vec4<f16>(vec4<f32>(u.x, v.x, u.y, v.y)), keep), select(z, vec4<f16>(vec4<f32>(u.z, v.z, u.w, v.w)), keep));
+}
+
+fn half_x(v: Chunk, keep: bool) -> HChunk { return HChunk(hx(v.a, v.b, keep), hx(v.c, v.d, keep), hx(v.e, v.f, keep), hx(v.g, v.h, keep)); }
+
+fn hdot_start(x: HChunk, w: HChunk) -> vec4<f16> {
+    var t = x.a.lo * w.a.lo;
+    t = fma(x.a.hi, w.a.hi, t);
+    t = fma(x.b.lo, w.b.lo, t);
+    t = fma(x.b.hi, w.b.hi, t);
+    t = fma(x.c.lo, w.c.lo, t);
+    t = fma(x.c.hi, w.c.hi, t);
+    t = fma(x.d.lo, w.d.lo, t);
+    return fma(x.d.hi, w.d.hi, t);
+}
+
+fn hsum(t: vec4<f16>) -> f32 {
+    let h = t.xy + t.zw;
+    return f32(h.x) + f32(h.y);
 }
 
 //== section: qx_vec4

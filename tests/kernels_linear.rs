@@ -2,7 +2,7 @@
 //! linear (both schedules, all epilogues, both numerics), rmsnorm, embeddings, RoPE.
 mod common;
 
-use common::{cpu_linear, rel_err, test_gpu, Rng};
+use common::{cpu_linear, rel_err, test_gpu_f32_arith as test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::embed::{embed_channels_sum, embed_tokens};
 use dia_webgpu::kernels::linear::{
@@ -486,7 +486,7 @@ fn small_m_default_shapes_fit() {
 #[test]
 fn pipeline_cache_shares_modules_and_variants() {
     use dia_webgpu::gpu::KernelVariant;
-    use dia_webgpu::kernels::linear::SmallMVariant;
+    use dia_webgpu::kernels::linear::{Arith, SmallMVariant};
     use dia_webgpu::kernels::WeightFormat;
     use std::sync::Arc;
     let gpu = test_gpu();
@@ -502,7 +502,7 @@ fn pipeline_cache_shares_modules_and_variants() {
     assert_eq!(gpu.shader_module_count(), modules + 1, "two entry points of one source: one module");
     assert!(!Arc::ptr_eq(&pa, &pb), "two entry points: two pipelines");
     assert!(Arc::ptr_eq(&pa, &gpu.pipeline("cache_test.a_again", "a", src)), "same source and entry point under another key");
-    let v = SmallMVariant::new(WeightFormat::F32, 16, 1, LinearEpilogue::Store, SmallMShape::for_shape(1, 8, 16), false, false);
+    let v = SmallMVariant::new(WeightFormat::F32, 16, 1, LinearEpilogue::Store, SmallMShape::for_shape(1, 8, 16), false, false, Arith::F32);
     let p1 = gpu.variant_pipeline(v);
     assert!(Arc::ptr_eq(&p1, &gpu.variant_pipeline(v)), "a variant compiles once");
     let acc = SmallMVariant { epilogue: LinearEpilogue::Accumulate, ..v };

@@ -3,10 +3,10 @@
 //! RMSNorm and the row blocks; and every generated variant through naga's validator on the host.
 mod common;
 
-use common::{cpu_linear, rel_err, test_gpu, Rng};
+use common::{cpu_linear, rel_err, test_gpu_f32_arith as test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, KernelVariant};
 use dia_webgpu::kernels::linear::{
-    linear, linear_rows, linear_small_m_shaped, linear_tiled_shaped, norm_linear, LinearEpilogue, SmallMShape, SmallMVariant, TiledAccess,
+    linear, linear_rows, linear_small_m_shaped, linear_tiled_shaped, norm_linear, Arith, LinearEpilogue, SmallMShape, SmallMVariant, TiledAccess,
     TiledShape, TiledVariant, SMALL_M_MAX,
 };
 use dia_webgpu::kernels::{GpuMatrix, WeightFormat};
@@ -212,7 +212,7 @@ fn every_quant_variant_validates_on_the_host() {
                 let shape = SmallMShape::for_format(format, m, 2048, k);
                 for epilogue in EPILOGUES {
                     for (norm, blocked) in [(false, false), (true, false), (false, true)] {
-                        let v = SmallMVariant::new(format, k, m, epilogue, shape, norm, blocked);
+                        let v = SmallMVariant::new(format, k, m, epilogue, shape, norm, blocked, Arith::F32);
                         validate(format!("{v:?}"), v.source());
                         count += 1;
                     }

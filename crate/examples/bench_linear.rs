@@ -6,6 +6,7 @@
 //!
 //! cargo run --release --example bench_linear -- --crossover --iters 20 --numerics f16w
 //! cargo run --release --example bench_linear -- --decoder --numerics f16w [--decoder-ms 2,8,16] [--iters 200]
+//! cargo run --release --example bench_linear -- --numerics q4 --arith f32,f16   (the small-M kernel's arithmetic)
 //!
 //! `--tiled` times M = 101 and 1001 rows of x (or `--m`) against the encoder's matrices (QKV 3072×1024 store,
 //! O 1024×1024 accumulate, gate/up 8192×1024 SwiGLU, down 1024×4096 accumulate, cross K/V 4096×1024 store) and
@@ -17,6 +18,10 @@
 //! on each path forced (`small-M`: the matrix–vector kernel with its fused norm, M ≤ 16; `tensor-cores`: where the
 //! device has them) and as the policy picks (`policy`, `COOP_M_MIN` decides): passes/s and GB/s of weights; with
 //! `--sweep` also the tensor cores on each tile shape forced.
+//!
+//! `--arith f32,f16` times the small-M kernel (plain and `--decoder`) in each arithmetic, one after the other in
+//! this process (`Gpu::set_f16_arithmetic`; f16 needs shader-f16 and f16w/q8/q4 weights); without it, `linear`'s
+//! policy decides (f16 where offered, unless `DIA_F16_ARITH=off`).
 //!
 //! Other flags (`--help` lists them all): `--epilogue store|acc|swiglu` (default store), `--batch B`
 //! (dispatches per command buffer, default 10), `--threads T --k-threads K --rows-per-thread R` (workgroup
@@ -90,6 +95,41 @@ struct Args {
     /// Decoder layers for `--decoder` (default the 1.6B model's 18).
     #[arg(long)]
     layers: Option<usize>,
+    /// Arithmetic of the small-M kernel, each timed in turn (f32, f16); default: `linear`'s policy.
+    #[arg(long, value_delimiter = ',', value_parser = parse_arith)]
+    arith: Vec<dia_webgpu::kernels::linear::Arith>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn parse_arith(s: &str) -> Result<dia_webgpu::kernels::linear::Arith, String> {
+    use dia_webgpu::kernels::linear::Arith;
+    match s {
+        "f32" => Ok(Arith::F32),
+        "f16" => Ok(Arith::F16),
+        _ => Err(format!("unknown arithmetic {s:?} (f32, f16)")),
+    }
+}
+
+/// The arithmetics to time: each of `--arith` forced in turn (None: the policy's choice, untouched). Forcing f16
+/// where the device or the weights cannot take it is an error.
+#[cfg(not(target_arch = "wasm32"))]
+fn arith_runs(a: &Args, gpu: &dia_webgpu::gpu::Gpu) -> Result<Vec<Option<dia_webgpu::kernels::linear::Arith>>, String> {
+    use dia_webgpu::kernels::linear::Arith;
+    if a.arith.contains(&Arith::F16) && !gpu.features.contains(wgpu::Features::SHADER_F16) {
+        return Err("--arith f16: the device has no shader-f16".into());
+    }
+    if a.arith.contains(&Arith::F16) && a.numerics == dia_webgpu::kernels::Numerics::F32 {
+        return Err("--arith f16: f32 weights always multiply in f32".into());
+    }
+    Ok(if a.arith.is_empty() { vec![None] } else { a.arith.iter().map(|&x| Some(x)).collect() })
+}
+
+/// Forces `arith` on the dispatches built from now on (None leaves the policy as it is).
+#[cfg(not(target_arch = "wasm32"))]
+fn force_arith(gpu: &dia_webgpu::gpu::Gpu, arith: Option<dia_webgpu::kernels::linear::Arith>) {
+    if let Some(x) = arith {
+        gpu.set_f16_arithmetic(x == dia_webgpu::kernels::linear::Arith::F16);
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -136,7 +176,7 @@ fn small_m_shape(a: &Args) -> Result<dia_webgpu::kernels::linear::SmallMShape, S
 fn bench() -> Result<(), String> {
     use clap::Parser;
     use dia_webgpu::gpu::{Gpu, GpuOptions};
-    use dia_webgpu::kernels::linear::{linear_small_m_shaped, LinearEpilogue, SmallMShape};
+    use dia_webgpu::kernels::linear::{linear_small_m_shaped, small_m_arith, LinearEpilogue, SmallMShape};
     use dia_webgpu::kernels::{stride_words, GpuMatrix};
     use dia_webgpu::random::Rng;
     use std::time::Instant;
@@ -173,7 +213,9 @@ fn bench() -> Result<(), String> {
     } else {
         vec![shape]
     };
-    for shape in shapes {
+    let runs: Vec<_> = arith_runs(&a, &gpu)?.into_iter().flat_map(|x| shapes.iter().map(move |&s| (x, s))).collect();
+    for (arith, shape) in runs {
+        force_arith(&gpu, arith);
         let dispatch = linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape);
         let batch: Vec<_> = std::iter::repeat_n(&dispatch, a.batch).collect();
 
@@ -194,9 +236,10 @@ fn bench() -> Result<(), String> {
         let calls = (a.iters * a.batch) as f64;
         let per_call = seconds / calls;
         println!(
-            "linear small-M {} {:?}: W {}x{} ({:.1} MB), M={}, {} threads x {} along K x {} rows each{}: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
+            "linear small-M {} {:?} {:?} arithmetic: W {}x{} ({:.1} MB), M={}, {} threads x {} along K x {} rows each{}: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
             a.numerics.name(),
             a.epilogue,
+            small_m_arith(&gpu, wm.format),
             a.rows,
             a.cols,
             weight_bytes as f64 / 1e6,
@@ -356,7 +399,8 @@ mod decoder {
     use dia_webgpu::dia::MatrixRole;
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::linear::{
-        coop_supported, linear_coop_shaped, linear_scheduled, norm_linear_scheduled, schedule, CoopShape, LinearEpilogue, Schedule, COOP_M_MIN, SMALL_M_MAX,
+        coop_supported, linear_coop_shaped, linear_scheduled, norm_linear_scheduled, schedule, small_m_arith, CoopShape, LinearEpilogue, Schedule, COOP_M_MIN,
+        SMALL_M_MAX,
     };
     use dia_webgpu::kernels::norm::rmsnorm;
     use dia_webgpu::kernels::GpuMatrix;
@@ -445,7 +489,13 @@ mod decoder {
                 Vec::new()
             };
             let mut runs: Vec<(String, Vec<Dispatch>, Vec<Schedule>)> = Vec::new();
-            for (name, path) in paths {
+            let ariths = super::arith_runs(a, &gpu)?;
+            for (arith, (name, path)) in ariths.iter().flat_map(|&x| paths.iter().map(move |&p| (x, p))) {
+                super::force_arith(&gpu, arith);
+                // The arithmetic each small-M dispatch of this run takes, per weight format of the pass.
+                let mut formats: Vec<_> = mats.iter().map(|w| w.format).collect();
+                formats.dedup();
+                let name = format!("{name} {:?}", formats.iter().map(|&f| small_m_arith(&gpu, f)).collect::<Vec<_>>());
                 let mut ds: Vec<Dispatch> = Vec::new();
                 let mut picked = Vec::new();
                 for (s, w) in specs.iter().zip(&mats) {
@@ -460,7 +510,7 @@ mod decoder {
                         ds.extend(linear_scheduled(&gpu, &scratch, w, &y, m, s.epilogue, p));
                     }
                 }
-                runs.push((name.to_string(), ds, picked));
+                runs.push((name, ds, picked));
             }
             for tile in tiles {
                 let mut ds: Vec<Dispatch> = Vec::new();
@@ -487,7 +537,7 @@ mod decoder {
                 gpu.check_lost().map_err(|e| e.to_string())?;
                 let per_pass = start.elapsed().as_secs_f64() / a.iters as f64;
                 println!(
-                    "decoder linear {} M={m:2} {name:12}: {:8.1} passes/s, {:7.3} ms/pass, {:7.1} GB/s of weights, {} dispatches ({picked:?})",
+                    "decoder linear {} M={m:2} {name:24}: {:8.1} passes/s, {:7.3} ms/pass, {:7.1} GB/s of weights, {} dispatches ({picked:?})",
                     a.numerics.name(),
                     1.0 / per_pass,
                     per_pass * 1e3,

@@ -211,6 +211,8 @@ pub struct Gpu {
     /// Whether kernels take their subgroup variants (`reduction`): on unless `DIA_SUBGROUPS=off` or
     /// `set_subgroups(false)`.
     subgroups_on: AtomicBool,
+    /// Whether kernels may multiply in f16 where the device has `shader-f16` (see `f16_arithmetic`).
+    f16_arithmetic: AtomicBool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -479,6 +481,13 @@ impl Gpu {
             zero_workgroup_memory: zeroes_workgroup_memory(&info),
             subgroup_sizes: device_subgroup_sizes(&device, features, &info),
             subgroups_on: AtomicBool::new(!std::env::var("DIA_SUBGROUPS").is_ok_and(|v| v == "off")),
+            f16_arithmetic: AtomicBool::new(match std::env::var("DIA_F16_ARITH").as_deref() {
+                Ok("off") => false,
+                Ok("on") => true,
+                // CPU adapters emulate f16: lavapipe compiles a quantized f16 small-M pipeline 15–120× slower
+                // (q8, M = 2: 16 s; M = 16: 132 s against 1.1 s in f32) and gains nothing at run time.
+                _ => info.device_type != wgpu::DeviceType::Cpu,
+            }),
             device,
             queue,
             info,
@@ -526,6 +535,20 @@ impl Gpu {
     /// A/B benchmarks). Without subgroups on the device, `reduction` stays `Workgroup` either way.
     pub fn set_subgroups(&self, on: bool) {
         self.subgroups_on.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether kernels may multiply in f16 where their numerics allow it (`linear::small_m_arith` per matrix, the
+    /// DAC's `ConvTile::preferred`): the device has `shader-f16`, and f16 arithmetic is on — by default on GPUs, off on CPU adapters
+    /// (they emulate f16); `DIA_F16_ARITH=on|off` (read when the device is made) or `set_f16_arithmetic` override
+    /// that. Applies to the dispatches built from then on.
+    pub fn f16_arithmetic(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16) && self.f16_arithmetic.load(Ordering::Relaxed)
+    }
+
+    /// Allows or forbids f16 arithmetic (benchmarks time both in one process; tests turn it on for CPU adapters, or
+    /// off for the f32 arithmetic). Allowing it changes nothing on a device without `shader-f16`.
+    pub fn set_f16_arithmetic(&self, on: bool) {
+        self.f16_arithmetic.store(on, Ordering::Relaxed);
     }
 
     /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now

@@ -40,6 +40,15 @@ pub fn test_gpu() -> Gpu {
         .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
+/// `test_gpu` with f16 arithmetic turned off (`Gpu::set_f16_arithmetic`): the f32-arithmetic tests of the kernels,
+/// exact to f32 rounding, run on it; `tests/kernels_linear_f16.rs` tests the f16 arithmetic.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn test_gpu_f32_arith() -> Gpu {
+    let gpu = test_gpu();
+    gpu.set_f16_arithmetic(false);
+    gpu
+}
+
 /// The library's generator (xorshift64*), shared with the benchmarks and `DiaModel::random`.
 #[allow(unused_imports)]
 pub use dia_webgpu::random::Rng;

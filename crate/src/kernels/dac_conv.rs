@@ -314,11 +314,11 @@ struct Chunking {
 }
 
 impl ConvTile {
-    /// Per-call choice, with f16 arithmetic for f16 weights where a GPU has `shader-f16` (twice the
-    /// FMA rate with packed f16; CPU adapters emulate f16 and only lose by it).
+    /// Per-call choice, with f16 arithmetic for f16 weights where the device allows it (`Gpu::f16_arithmetic`:
+    /// `shader-f16` on a GPU — twice the FMA rate with packed f16; CPU adapters emulate f16 and only lose by it).
     pub fn preferred(gpu: &Gpu, numerics: Numerics) -> ConvTile {
         let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
-        let f16_math = numerics == Numerics::F16W && gpu.features.contains(wgpu::Features::SHADER_F16) && !cpu;
+        let f16_math = numerics == Numerics::F16W && gpu.f16_arithmetic();
         // Software adapters get the smallest register tile: Chrome's SwiftShader lost the device (GPU process
         // gone after ~2 minutes) compiling the larger tiles' straight-line code; a CPU gains nothing from them.
         let shape = cpu.then_some(ConvShape::SHORT);

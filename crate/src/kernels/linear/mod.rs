@@ -14,7 +14,7 @@ pub mod small_m;
 pub mod tiled;
 
 pub use coop::{coop_format, coop_supported, linear_coop, linear_coop_shaped, CoopAccess, CoopShape, CoopVariant, COOP_M_MIN};
-pub use small_m::{linear_small_m, linear_small_m_shaped, SmallMAccess, SmallMShape, SmallMVariant};
+pub use small_m::{linear_small_m, linear_small_m_shaped, Arith, SmallMAccess, SmallMShape, SmallMVariant};
 pub use tiled::{linear_tiled, linear_tiled_shaped, TiledAccess, TiledShape, TiledVariant};
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
@@ -106,6 +106,17 @@ pub fn schedule(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, 
         Schedule::RowBlocks
     } else {
         Schedule::Tiled
+    }
+}
+
+/// The arithmetic of the matrix–vector kernel for weights stored in `format` on this device (the one place that
+/// decides it): f16 products (`Arith::F16`) where the device allows f16 arithmetic (`Gpu::f16_arithmetic`:
+/// `shader-f16` on a GPU, or forced) and the weights are f16 or quantized (numerics f16w, q8, q4, natively and in
+/// the browser); f32 weights (numerics f32, the parity mode) always multiply in f32.
+pub fn small_m_arith(gpu: &Gpu, format: WeightFormat) -> Arith {
+    match format {
+        WeightFormat::F16 | WeightFormat::Quant(_) if gpu.f16_arithmetic() => Arith::F16,
+        _ => Arith::F32,
     }
 }
 

@@ -2,7 +2,7 @@
 //! of its weight rows once for all M rows of x (`shaders/linear.wgsl`, section `small_m`).
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
-use super::{check_shapes, section, LinearEpilogue, Params, SMALL_M_MAX};
+use super::{check_shapes, section, small_m_arith, LinearEpilogue, Params, SMALL_M_MAX};
 use crate::kernels::{GpuMatrix, WeightFormat};
 
 /// Partial sums a small-M workgroup may hold: 4096 f32 = 16 KiB of workgroup memory.
@@ -126,6 +126,19 @@ impl SmallMAccess {
     }
 }
 
+/// How the small-M kernel multiplies (`linear::small_m_arith` chooses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arith {
+    /// Weights converted to f32, products and sums in f32.
+    F32,
+    /// `shader-f16`: weights dequantized straight into f16 (quantized values scaled to |w| ≤ 1/8, exactly), x converted
+    /// to f16 once per chunk for all the thread's weight rows, products summed in f16 over ≤ 32 weights (a
+    /// quantized chunk; an f16w round of ≤ 4 chunks), each such sum added to the f32 accumulator (times the group's
+    /// scale). Sums of f16 terms overflow past 65504: safe while |x| ≤ 16376 (q4) / 32752 (q8), and for f16w
+    /// while |x·w| ≤ 2047 per product (see `shaders/linear.wgsl`, section `half`).
+    F16,
+}
+
 /// One compiled specialisation of the small-M kernel: the WGSL generator's input and the pipeline-cache key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SmallMVariant {
@@ -141,11 +154,13 @@ pub struct SmallMVariant {
     pub unroll: u32,
     /// Serves a stack of `m`-row blocks, one per grid z (`linear_row_blocks`).
     pub blocked: bool,
+    pub arith: Arith,
 }
 
 impl SmallMVariant {
     /// The variant for `m` rows of x against a matrix of `format` with `k` columns.
-    pub fn new(format: WeightFormat, k: u32, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool) -> SmallMVariant {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(format: WeightFormat, k: u32, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool, arith: Arith) -> SmallMVariant {
         // m = 0 dispatches nothing but still needs a pipeline.
         let m = m.max(1);
         // Chunks per row each thread loads per round: more loads in flight at small M (registers allow it: up to
@@ -157,7 +172,8 @@ impl SmallMVariant {
         };
         let m_bucket = match m { 1..=2 => 2, 3..=4 => 4, _ => 8 };
         let unroll = (64 / (m_bucket * chunk_floats)).clamp(1, 4).min(per_thread);
-        SmallMVariant { format, access: SmallMAccess::new(format, k), epilogue, norm, m, shape, unroll, blocked }
+        assert!(arith == Arith::F32 || format != WeightFormat::F32, "f16 arithmetic serves f16 and quantized weights only");
+        SmallMVariant { format, access: SmallMAccess::new(format, k), epilogue, norm, m, shape, unroll, blocked, arith }
     }
 }
 
@@ -167,26 +183,36 @@ impl KernelVariant for SmallMVariant {
     }
 
     fn source(&self) -> String {
-        let SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked } = *self;
+        let SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked, arith } = *self;
         let SmallMShape { threads, k_threads, rows_per_thread } = shape;
         let quant = matches!(format, WeightFormat::Quant(_));
-        let code = small_m_code(m, rows_per_thread, unroll, k_threads, norm, quant);
+        let half = arith == Arith::F16;
+        let code = small_m_code(m, rows_per_thread, unroll, k_threads, norm, quant, half);
         let norm_section = if norm { access.name() } else { "none" };
+        // `enable f16;` must open the module, and only modules that use f16 may carry it (devices without shader-f16
+        // reject it).
+        let enable = if half { "enable f16;\n" } else { "" };
         let src = if quant {
             [
+                enable,
                 section("common"),
                 section("qdecode"),
                 section(&format!("qsmall_{}", format.name())),
                 section("qsmall_scale"),
                 section(&format!("qx_{}", access.name())),
                 section(&format!("qnorm_{norm_section}")),
+                if half { section("half") } else { "" },
+                if half { section(&format!("qhalf_{}", format.name())) } else { "" },
                 section("small_m"),
             ]
             .concat()
         } else {
+            let h = if half { "_half" } else { "" };
             [
+                enable,
                 section("common"),
-                section(&format!("access_{}_{}", format.name(), access.name())),
+                if half { section("half") } else { "" },
+                section(&format!("access_{}_{}{h}", format.name(), access.name())),
                 section(&format!("norm_{norm_section}")),
                 section("small_m"),
             ]
@@ -221,7 +247,7 @@ pub(super) fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuB
     assert!(m <= SMALL_M_MAX, "linear_small_m: m = {m} > {SMALL_M_MAX}");
     assert!(shape.fits(m), "linear_small_m: {shape:?} does not fit m = {m}");
     let out_cols = check_shapes(x, w, y, m * blocks, epilogue);
-    let variant = SmallMVariant::new(w.format, w.cols, m, epilogue, shape, norm.is_some(), blocks > 1);
+    let variant = SmallMVariant::new(w.format, w.cols, m, epilogue, shape, norm.is_some(), blocks > 1, small_m_arith(gpu, w.format));
     let pipeline = gpu.variant_pipeline(variant);
     let rows = shape.rows();
     let groups = match epilogue {
@@ -267,8 +293,10 @@ pub(super) fn quant_group(format: WeightFormat) -> u32 {
 /// round first (clamped chunk indices, so they need no branch), then the dot products, masked for chunks past the
 /// row. Accumulators are named scalars (acc_<row>_<m>), so nothing lives in an indexed array. Quantized chunks are
 /// loaded packed with their group's scale, dequantized once for all M rows, and the scale multiplies each chunk's
-/// dot product.
-fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant: bool) -> SmallMCode {
+/// dot product. With `half` (`Arith::F16`) weights are dequantized into f16 and each x chunk is converted to f16
+/// once for all `rpt` rows; a quantized chunk's products are summed in f16 and added to the accumulator times the
+/// scale, an f16w round's products (≤ 4 chunks of 8) are summed in f16 (t_<row>_<m>) and added once per round.
+fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant: bool, half: bool) -> SmallMCode {
     use std::fmt::Write;
     let mut decls = String::new();
     let mut body = String::new();
@@ -291,7 +319,9 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
         for i in 0..rpt {
             let _ = writeln!(body, "        let w_{i}_{j} = load_w(row_{i}, c_{j});");
             if quant {
-                let _ = writeln!(body, "        let s_{i}_{j} = load_scale(row_{i}, c_{j});");
+                // In f16 the quantized values are scaled down exactly (`QBACK`); the scale takes that back.
+                let back = if half { " * QBACK" } else { "" };
+                let _ = writeln!(body, "        let s_{i}_{j} = load_scale(row_{i}, c_{j}){back};");
             }
         }
         for mi in 0..m {
@@ -300,10 +330,12 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
     }
     for j in 0..unroll {
         // Chunk j of the round exists when c + j·KT < nc (always for j = 0).
-        let mask = |e: String| if j == 0 { e } else { format!("select(0.0, {e}, c + {j}u * KT < nc)") };
-        if quant {
+        let exists = format!("c + {j}u * KT < nc");
+        let mask = |e: String| if j == 0 { e } else { format!("select(0.0, {e}, {exists})") };
+        if quant || half {
+            let dequant = if half { "half_w" } else { "dequant" };
             for i in 0..rpt {
-                let _ = writeln!(body, "        let d_{i}_{j} = dequant(w_{i}_{j});");
+                let _ = writeln!(body, "        let d_{i}_{j} = {dequant}(w_{i}_{j});");
             }
         }
         for mi in 0..m {
@@ -311,9 +343,37 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
                 let _ = writeln!(body, "        sq_{mi} += {};", mask(format!("chunk_dot(xr_{mi}_{j}, xr_{mi}_{j})")));
             }
             let _ = writeln!(body, "        let x_{mi}_{j} = scale_x(xr_{mi}_{j}, c_{j});");
+            if half {
+                // An f16w round sums its chunks in f16, so a chunk past the row enters as zeros; a quantized chunk's
+                // sum is masked in f32 as in the f32 arithmetic.
+                let keep = if j == 0 || quant { "true".to_string() } else { exists.clone() };
+                let _ = writeln!(body, "        let h_{mi}_{j} = half_x(x_{mi}_{j}, {keep});");
+            }
             for i in 0..rpt {
-                let dot = if quant { format!("chunk_dot(x_{mi}_{j}, d_{i}_{j}) * s_{i}_{j}") } else { format!("chunk_dot(x_{mi}_{j}, w_{i}_{j})") };
-                let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(dot));
+                match (half, quant) {
+                    (false, false) => {
+                        let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, w_{i}_{j})")));
+                    }
+                    (false, true) => {
+                        let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, d_{i}_{j}) * s_{i}_{j}")));
+                    }
+                    (true, true) => {
+                        let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(format!("hsum(hdot_start(h_{mi}_{j}, d_{i}_{j})) * s_{i}_{j}")));
+                    }
+                    (true, false) if j == 0 => {
+                        let _ = writeln!(body, "        var t_{i}_{mi} = hdot_start(h_{mi}_{j}, d_{i}_{j});");
+                    }
+                    (true, false) => {
+                        let _ = writeln!(body, "        t_{i}_{mi} = hdot_more(h_{mi}_{j}, d_{i}_{j}, t_{i}_{mi});");
+                    }
+                }
+            }
+        }
+    }
+    if half && !quant {
+        for i in 0..rpt {
+            for mi in 0..m {
+                let _ = writeln!(body, "        acc_{i}_{mi} += hsum(t_{i}_{mi});");
             }
         }
     }
