@@ -19,7 +19,7 @@ pub use tiled::{linear_tiled, linear_tiled_shaped, TiledAccess, TiledShape, Tile
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
 use super::norm::rmsnorm;
-use super::GpuMatrix;
+use super::{GpuMatrix, WeightFormat};
 use small_m::small_m_dispatch;
 
 const SOURCE: &str = include_str!("../../../../shaders/linear.wgsl");
