@@ -302,7 +302,7 @@ fn parity_logits_tf24_kv_f16_bounded() {
     tf_figures_of(&gpu, &f, &m);
 }
 
-/// q8 KV caches (`KvFormat::Q8`, the default of q8 and q4: each head's values at a position as bytes with one f32
+/// q8 KV caches (`KvFormat::Q8`, the default of q4: each head's values at a position as bytes with one f32
 /// scale) against the reference, under f32 and f16w weights, and q8 weights with q8 caches against q8 weights with
 /// f16 caches. A byte step of max |v| / 127 rounds a cached value by up to 0.4 % of its head's largest, ~16× f16's
 /// relative step. Measured on the fixture: f32 weights 0.86–1.94e-2 (f16 caches 5.0–5.4e-4), top-1 95.4–100 %;
@@ -325,7 +325,9 @@ fn parity_logits_tf24_kv_q8_bounded() {
     }
     // q8 weights: the caches' share of the error is small beside the weights'.
     let mut m = model(&gpu, Numerics::Q8);
-    assert_eq!(m.kv_format, KvFormat::Q8, "q8's default caches");
+    assert_eq!(m.kv_format, KvFormat::F16, "q8's default caches");
+    assert_eq!(model(&gpu, Numerics::Q4).kv_format, KvFormat::Q8, "q4's default caches");
+    m.kv_format = KvFormat::Q8;
     let (err_q8, _) = tf_figures_of(&gpu, &f, &m);
     m.kv_format = KvFormat::F16;
     let (err_f16, _) = tf_figures_of(&gpu, &f, &m);

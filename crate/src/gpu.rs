@@ -208,11 +208,12 @@ pub struct Gpu {
     /// The device's subgroup sizes, when it was made with subgroups (`SUBGROUP` natively, the browser's
     /// `subgroups` feature on the web).
     subgroup_sizes: Option<SubgroupSizes>,
-    /// Whether kernels take their subgroup variants (`reduction`): on unless `DIA_SUBGROUPS=off` or
-    /// `set_subgroups(false)`.
+    /// Whether kernels take their subgroup variants (`reduction`): `subgroups_by_default`, or `set_subgroups`.
     subgroups_on: AtomicBool,
     /// Whether kernels may multiply in f16 where the device has `shader-f16` (see `f16_arithmetic`).
     f16_arithmetic: AtomicBool,
+    /// Whether the matrix–vector kernel takes its f16-arithmetic variant (see `f16_matvec`): opt-in.
+    f16_matvec: AtomicBool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -480,7 +481,7 @@ impl Gpu {
         Ok(Gpu {
             zero_workgroup_memory: zeroes_workgroup_memory(&info),
             subgroup_sizes: device_subgroup_sizes(&device, features, &info),
-            subgroups_on: AtomicBool::new(!std::env::var("DIA_SUBGROUPS").is_ok_and(|v| v == "off")),
+            subgroups_on: AtomicBool::new(subgroups_by_default()),
             f16_arithmetic: AtomicBool::new(match std::env::var("DIA_F16_ARITH").as_deref() {
                 Ok("off") => false,
                 Ok("on") => true,
@@ -488,6 +489,7 @@ impl Gpu {
                 // (q8, M = 2: 16 s; M = 16: 132 s against 1.1 s in f32) and gains nothing at run time.
                 _ => info.device_type != wgpu::DeviceType::Cpu,
             }),
+            f16_matvec: AtomicBool::new(std::env::var("DIA_F16_ARITH").is_ok_and(|v| v == "on")),
             device,
             queue,
             info,
@@ -523,7 +525,7 @@ impl Gpu {
 
     /// How kernels built from now on reduce across a workgroup: `Subgroup` where the device has subgroups of the
     /// sizes the kernels are written for (4..=128, at most 64 subgroups in 256 invocations) and they are not
-    /// switched off (`DIA_SUBGROUPS=off`, `set_subgroups(false)`).
+    /// switched off (natively the default: `subgroups_by_default`; `set_subgroups(false)`).
     pub fn reduction(&self) -> Reduction {
         match self.subgroup_sizes {
             Some(s) if self.subgroups_on.load(Ordering::Relaxed) && s.min >= 4 && s.max <= 128 => Reduction::Subgroup,
@@ -549,6 +551,15 @@ impl Gpu {
     /// off for the f32 arithmetic). Allowing it changes nothing on a device without `shader-f16`.
     pub fn set_f16_arithmetic(&self, on: bool) {
         self.f16_arithmetic.store(on, Ordering::Relaxed);
+        self.f16_matvec.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the matrix–vector kernel multiplies in f16 (`linear::small_m_arith`): only where asked for
+    /// (`DIA_F16_ARITH=on` or `set_f16_arithmetic(true)`) and allowed (`f16_arithmetic`). Off by default: on an H100
+    /// it sped whole q8/q4 steps up by 4–5 % but slowed the f16w matrices by 11 %, and two of its CPU-reference
+    /// tests exceeded their error bound there once (docs/performance.md, "shader-f16 arithmetic in the small-M kernel").
+    pub fn f16_matvec(&self) -> bool {
+        self.f16_arithmetic() && self.f16_matvec.load(Ordering::Relaxed)
     }
 
     /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now
@@ -1673,5 +1684,16 @@ mod tests {
         for (device, backend) in [(Cpu, Vulkan), (DiscreteGpu, Gl), (DiscreteGpu, Vulkan), (Cpu, BrowserWebGpu), (IntegratedGpu, Metal)] {
             assert!(zeroes_workgroup_memory(&info("any", device, backend)), "{device:?} {backend:?}");
         }
+    }
+}
+
+/// Whether kernels take their subgroup variants unless told (`Gpu::set_subgroups`): in the browser yes (the engine
+/// asks Chrome for `subgroups`); natively only with `DIA_SUBGROUPS=on`, because on an H100 (Vulkan) the decoder
+/// measured 3–6 % fewer steps/s with them (docs/performance.md, "Subgroup reductions").
+fn subgroups_by_default() -> bool {
+    if cfg!(target_arch = "wasm32") {
+        true
+    } else {
+        std::env::var("DIA_SUBGROUPS").is_ok_and(|v| v == "on")
     }
 }

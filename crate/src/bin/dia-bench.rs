@@ -124,8 +124,8 @@ mod native {
         /// here, so each segment runs to its planned rows.
         #[arg(long, default_value_t = 0)]
         script_bytes: usize,
-        /// KV-cache formats to measure each mode with, comma-separated (f32, f16); default: each mode's own
-        /// (`dia::kv_format_for`: f16 for q8 and q4, f32 otherwise). Under `--quality` the f32 reference keeps f32
+        /// KV-cache formats to measure each mode with, comma-separated (f32, f16, q8); default: each mode's own
+        /// (`dia::kv_format_for`: q8 for q4, f16 for q8, f32 otherwise). Under `--quality` the f32 reference keeps f32
         /// caches, and f32 weights are measured too when another cache format is asked for.
         #[arg(long, value_delimiter = ',')]
         kv_cache: Vec<KvFormat>,
@@ -157,7 +157,7 @@ mod native {
         /// Whether the DAC and the encoder ran on tensor cores (cooperative matrices).
         tensor_cores: bool,
         /// How the decode attention and the sampler reduced: "Subgroup" (subgroup sizes `min..max`) or "Workgroup"
-        /// (no subgroups on the adapter, or `DIA_SUBGROUPS=off`).
+        /// (no subgroups on the adapter, or natively without `DIA_SUBGROUPS=on`).
         reductions: String,
         config: String,
         batch: usize,

@@ -75,15 +75,16 @@ pub fn keeps_encoder_workspace(numerics: Numerics) -> bool {
     !matches!(numerics, Numerics::Q8 | Numerics::Q4)
 }
 
-/// The KV-cache format a model in `numerics` uses unless told otherwise: q8 blocks where the weights are quantized
-/// (their memory targets need it: a quarter of f32, and the caches' rounding is far below the weights', see
-/// `tests/parity.rs`), f32 otherwise (f32 keeps exact parity; f16w keeps its measured figures). Heads whose
+/// The KV-cache format a model in `numerics` uses unless told otherwise: q8 blocks for q4 weights (its memory target
+/// needs them: a quarter of f32, and the caches' rounding is far below the weights', see `tests/parity.rs`), f16 for
+/// q8 weights (2.26 GB at the peak with them, within q8's target; q8 caches cost its step 23 % on an H100:
+/// docs/performance.md), f32 otherwise (f32 keeps exact parity; f16w keeps its measured figures). Heads whose
 /// head_dim suits no smaller format stay f32 (q8 needs whole words per head, up to `Q8_MAX_HEAD_DIM`; f16 pairs
 /// otherwise).
 pub fn kv_format_for(numerics: Numerics, cfg: &DiaConfig) -> KvFormat {
     let fits = |f: KvFormat| f.supports(cfg.decoder.head_dim as u32) && f.supports(cfg.decoder.cross_head_dim as u32);
     match numerics {
-        Numerics::Q8 | Numerics::Q4 if fits(KvFormat::Q8) => KvFormat::Q8,
+        Numerics::Q4 if fits(KvFormat::Q8) => KvFormat::Q8,
         Numerics::Q8 | Numerics::Q4 if fits(KvFormat::F16) => KvFormat::F16,
         _ => KvFormat::F32,
     }

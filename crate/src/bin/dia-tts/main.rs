@@ -96,8 +96,8 @@ mod native {
         #[arg(long, value_parser = ["f32", "f16w", "q8", "q4"])]
         dtype: Option<String>,
         /// Attention K/V caches: f32, f16 (half the memory: 0.53 GB instead of 1.06 GB for a 1000-byte text at
-        /// full length) or q8 (bytes with a scale per head and position: 0.27 GB). Default: q8 with --dtype q8 or
-        /// q4, f32 otherwise.
+        /// full length) or q8 (bytes with a scale per head and position: 0.27 GB). Default: q8 with --dtype q4, f16
+        /// with q8, f32 otherwise.
         #[arg(long, value_parser = ["f32", "f16", "q8"])]
         kv_cache: Option<String>,
         /// Also write the generated (delayed) codes as JSON.

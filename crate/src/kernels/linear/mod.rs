@@ -110,12 +110,12 @@ pub fn schedule(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, 
 }
 
 /// The arithmetic of the matrix–vector kernel for weights stored in `format` on this device (the one place that
-/// decides it): f16 products (`Arith::F16`) where the device allows f16 arithmetic (`Gpu::f16_arithmetic`:
-/// `shader-f16` on a GPU, or forced) and the weights are f16 or quantized (numerics f16w, q8, q4, natively and in
-/// the browser); f32 weights (numerics f32, the parity mode) always multiply in f32.
+/// decides it): f16 products (`Arith::F16`) where asked for and allowed (`Gpu::f16_matvec`: opt-in, `shader-f16`)
+/// and the weights are f16 or quantized (numerics f16w, q8, q4, natively and in the browser); f32 weights
+/// (numerics f32, the parity mode) always multiply in f32.
 pub fn small_m_arith(gpu: &Gpu, format: WeightFormat) -> Arith {
     match format {
-        WeightFormat::F16 | WeightFormat::Quant(_) if gpu.f16_arithmetic() => Arith::F16,
+        WeightFormat::F16 | WeightFormat::Quant(_) if gpu.f16_matvec() => Arith::F16,
         _ => Arith::F32,
     }
 }
