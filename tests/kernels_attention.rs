@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{rel_err, test_gpu, Rng};
+use common::{reductions, rel_err, test_gpu, with_reduction, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, Reduction};
 use dia_webgpu::kernels::attention::{attention_decode, attention_prefill, attention_prefill_limited, AttentionArgs};
 use dia_webgpu::kernels::kv_cache::{pack_f16, pack_kv, rope_kv_write, KvFormat};
@@ -375,29 +375,6 @@ fn run_both_in(gpu: &Gpu, p: &Problem, fused: bool, format: KvFormat, what: &str
     }
 }
 
-/// The reductions this device can run: always `Workgroup`, and `Subgroup` where the adapter has subgroups (lavapipe
-/// and every GPU we test on do: a device without them fails here rather than skip half the tests).
-fn reductions(gpu: &Gpu) -> Vec<Reduction> {
-    assert!(
-        gpu.subgroup_sizes().is_some() || std::env::var_os("DIA_TEST_NO_SUBGROUPS").is_some(),
-        "the test adapter {} offers no subgroups: the subgroup variants would go untested (set DIA_TEST_NO_SUBGROUPS=1 to allow)",
-        gpu.describe()
-    );
-    let mut r = vec![Reduction::Workgroup];
-    if gpu.subgroup_sizes().is_some() {
-        r.push(Reduction::Subgroup);
-    }
-    r
-}
-
-/// `build` run with `gpu` set to `reduction` (subgroups back on afterwards, the default).
-fn with_reduction<T>(gpu: &Gpu, reduction: Reduction, build: impl FnOnce() -> T) -> T {
-    gpu.set_subgroups(reduction == Reduction::Subgroup);
-    assert_eq!(gpu.reduction(), reduction, "the device must take the {reduction:?} variant");
-    let out = build();
-    gpu.set_subgroups(true);
-    out
-}
 
 /// Every heads/kv_heads pairing, causal or not, cycling through layouts and logit magnitudes, for one head_dim.
 fn sweep(hd: usize, seed: u64) {

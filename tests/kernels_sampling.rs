@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{test_gpu, Rng};
+use common::{reductions, test_gpu, with_reduction, Rng};
 use dia_webgpu::gpu::{Gpu, GpuBuffer, Reduction};
 use dia_webgpu::kernels::sampling::{
     counter_uniform, Sampler, SamplerBuffers, SamplerShape, SamplingError, SamplingParams,
@@ -336,10 +336,7 @@ fn run_gpu(
 ) -> GpuOut {
     let mut outs: Vec<(Reduction, GpuOut)> = Vec::new();
     for reduction in reductions(gpu) {
-        gpu.set_subgroups(reduction == Reduction::Subgroup);
-        assert_eq!(gpu.reduction(), reduction);
-        let out = run_once(gpu, sh, cfg, prefix, p, s0, max_length, steps, force.clone());
-        gpu.set_subgroups(true);
+        let out = with_reduction(gpu, reduction, || run_once(gpu, sh, cfg, prefix, p, s0, max_length, steps, force.clone()));
         outs.push((reduction, out));
     }
     let (_, last) = outs.pop().unwrap();
@@ -354,20 +351,6 @@ fn run_gpu(
     last
 }
 
-/// The reductions this device can run: always `Workgroup`, and `Subgroup` where the adapter has subgroups (lavapipe
-/// and every GPU we test on do: a device without them fails here rather than skip half the tests).
-fn reductions(gpu: &Gpu) -> Vec<Reduction> {
-    assert!(
-        gpu.subgroup_sizes().is_some() || std::env::var_os("DIA_TEST_NO_SUBGROUPS").is_some(),
-        "the test adapter {} offers no subgroups: the subgroup variants would go untested (set DIA_TEST_NO_SUBGROUPS=1 to allow)",
-        gpu.describe()
-    );
-    let mut r = vec![Reduction::Workgroup];
-    if gpu.subgroup_sizes().is_some() {
-        r.push(Reduction::Subgroup);
-    }
-    r
-}
 
 #[allow(clippy::too_many_arguments)]
 fn run_once(
@@ -930,11 +913,12 @@ fn sampler_takes_subgroup_reductions_only_when_on() {
     let bufs = SamplerBuffers { logits: &logits, tokens: &tokens, codes: &codes, qinfo: &qinfo };
     println!("{}: subgroup sizes {:?}", gpu.describe(), gpu.subgroup_sizes());
     for reduction in reductions(&gpu) {
-        gpu.set_subgroups(reduction == Reduction::Subgroup);
-        gpu.begin_discovery();
-        let sampler = Sampler::new(&gpu, &sh.gpu(), &Cfg::greedy(45).params(), &bufs, &prefix, p as u32, s0 as u32, 64, false);
-        let sources: Vec<(String, String)> = gpu.end_discovery().sources().map(|(e, s)| (e.to_string(), s.to_string())).collect();
-        gpu.set_subgroups(true);
+        let (sampler, sources) = with_reduction(&gpu, reduction, || {
+            gpu.begin_discovery();
+            let sampler = Sampler::new(&gpu, &sh.gpu(), &Cfg::greedy(45).params(), &bufs, &prefix, p as u32, s0 as u32, 64, false);
+            let sources: Vec<(String, String)> = gpu.end_discovery().sources().map(|(e, s)| (e.to_string(), s.to_string())).collect();
+            (sampler, sources)
+        });
         assert!(sampler.is_ok());
         let (_, select) = sources.iter().find(|(e, _)| e == "select_token").expect("select_token asked for");
         let ops = ["subgroupInclusiveAdd(", "subgroupAdd(", "subgroupMax(", "subgroupMin("];

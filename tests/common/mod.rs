@@ -12,7 +12,7 @@ pub mod conv_ref;
 pub mod cpu_ref;
 
 #[cfg(not(target_arch = "wasm32"))]
-use dia_webgpu::gpu::{Gpu, GpuOptions};
+use dia_webgpu::gpu::{Gpu, GpuOptions, Reduction};
 
 /// Repository root (tests run with the crate directory as working directory).
 pub fn repo_root() -> PathBuf {
@@ -92,4 +92,31 @@ pub fn cpu_linear(x: &[f32], w: &[f32], y0: &[f32], m: usize, n: usize, k: usize
                 .collect()
         }
     }
+}
+
+/// The reductions this device can run: always `Workgroup`, and `Subgroup` where the adapter has subgroups (lavapipe
+/// and every GPU we test on do: a device without them fails here rather than skip half the tests).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn reductions(gpu: &Gpu) -> Vec<Reduction> {
+    assert!(
+        gpu.subgroup_sizes().is_some() || std::env::var_os("DIA_TEST_NO_SUBGROUPS").is_some(),
+        "the test adapter {} offers no subgroups: the subgroup variants would go untested (set DIA_TEST_NO_SUBGROUPS=1 to allow)",
+        gpu.describe()
+    );
+    let mut r = vec![Reduction::Workgroup];
+    if gpu.subgroup_sizes().is_some() {
+        r.push(Reduction::Subgroup);
+    }
+    r
+}
+
+/// `build` run with `gpu` set to `reduction`, the device's previous choice restored afterwards.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn with_reduction<T>(gpu: &Gpu, reduction: Reduction, build: impl FnOnce() -> T) -> T {
+    let before = gpu.reduction();
+    gpu.set_subgroups(reduction == Reduction::Subgroup);
+    assert_eq!(gpu.reduction(), reduction, "the device must take the {reduction:?} variant");
+    let out = build();
+    gpu.set_subgroups(before == Reduction::Subgroup);
+    out
 }
