@@ -1689,7 +1689,8 @@ mod tests {
 
 /// Whether kernels take their subgroup variants unless told (`Gpu::set_subgroups`): in the browser yes (the engine
 /// asks Chrome for `subgroups`); natively only with `DIA_SUBGROUPS=on`, because on an H100 (Vulkan) the decoder
-/// measured 3–6 % fewer steps/s with them (docs/performance.md, "Subgroup reductions").
+/// measured 3–6 % fewer steps/s with them (docs/performance.md, "Codec windows overlapped with the decoder, subgroup
+/// reductions, q8 caches").
 fn subgroups_by_default() -> bool {
     if cfg!(target_arch = "wasm32") {
         true
