@@ -15,28 +15,7 @@
 // Logits can be large (no 1/sqrt(d)): all softmax arithmetic is max-subtracted in f32. A query that sees no key
 // writes zeros. Every buffer access is bounds-checked (ragged shapes, fused or shared buffers).
 
-struct Params {
-    rows: u32,
-    heads: u32,
-    n_rep: u32,       // heads / kv_heads: query head h reads kv head h / n_rep
-    causal: u32,
-    q_stride: u32,
-    q_col: u32,
-    kv_stride: u32,
-    k_col: u32,
-    v_col: u32,
-    n_chunks: u32,    // decode: chunks per (row, head) in the scratch buffer
-    // Tiled prefill: this pass covers rows row0 .. row0 + chunk_rows; the score scratch holds chunk_cap rows of
-    // key_stride words (a multiple of 4) per head; keys past max_keys are never read.
-    row0: u32,
-    chunk_rows: u32,
-    chunk_cap: u32,
-    key_stride: u32,
-    max_keys: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+{{PARAMS}}
 
 const HD: u32 = {{HD}}u;
 const NONE: u32 = 0xffffffffu;

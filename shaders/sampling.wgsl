@@ -16,32 +16,7 @@ const MAXC: u32 = {{MAXC}}u;     // CHUNK·WG: room for every id as a top-p cand
 const NONE: u32 = 0xffffffffu;
 const NEG_INF_BITS: u32 = 0xff800000u;
 
-struct Params {
-    batch: u32,
-    channels: u32,
-    vocab: u32,
-    eos: u32,
-    pad: u32,
-    max_length: u32,
-    trigger_row: u32,     // max_length − max_delay − 1 (wrapped: never reached when negative)
-    prefix_rows: u32,
-    top_k: u32,
-    temperature: f32,     // 0 ⇒ greedy chain
-    top_p_drop: f32,      // f32(1 − top_p): drop ids whose ascending cumulative mass is ≤ this
-    cfg_scale: f32,
-    seed_lo: u32,
-    seed_hi: u32,
-    use_top_p: u32,
-    sampling: u32,
-    off_force: u32,
-    off_active: u32,
-    off_counter: u32,
-    off_finished: u32,
-    off_choice: u32,
-    off_eos0: u32,
-    off_forced: u32,
-    first_item: u32,      // the RNG index of item 0: item b draws as first_item + b
-}
+{{PARAMS}}
 
 @group(0) @binding(0) var<uniform> P: Params;
 

@@ -60,29 +60,38 @@ pub struct AttentionArgs<'a> {
     pub causal: bool,
     /// Upper bound on any kv_len / pos+1 this dispatch will ever see (sizes the split-K and the prefill score
     /// scratch; the tiled prefill never reads keys past it).
-    pub max_keys: u32,    /// How `k_buf` and `v_buf` hold their values (element indices above are values, whatever the format).
+    pub max_keys: u32,
+    /// How `k_buf` and `v_buf` hold their values (element indices above are values, whatever the format).
     pub kv_format: KvFormat,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    heads: u32,
-    n_rep: u32,
-    causal: u32,
-    q_stride: u32,
-    q_col: u32,
-    kv_stride: u32,
-    k_col: u32,
-    v_col: u32,
-    n_chunks: u32,
-    row0: u32,
-    chunk_rows: u32,
-    chunk_cap: u32,
-    key_stride: u32,
-    max_keys: u32,
-    _pad: [u32; 3],
+wgsl_params! {
+    /// Uniform parameters of the attention kernels (prefill, decode, combine).
+    struct Params {
+        rows: u32,
+        heads: u32,
+        /// heads / kv_heads: query head h reads kv head h / n_rep
+        n_rep: u32,
+        causal: u32,
+        q_stride: u32,
+        q_col: u32,
+        kv_stride: u32,
+        k_col: u32,
+        v_col: u32,
+        /// decode: chunks per (row, head) in the scratch buffer
+        n_chunks: u32,
+        /// tiled prefill: rows row0 .. row0 + chunk_rows; scratch of chunk_cap rows of key_stride words per head
+        row0: u32,
+        chunk_rows: u32,
+        chunk_cap: u32,
+        /// a multiple of 4
+        key_stride: u32,
+        /// keys past it are never read
+        max_keys: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 impl AttentionArgs<'_> {
@@ -105,7 +114,7 @@ impl AttentionArgs<'_> {
             chunk_cap: 0,
             key_stride: 0,
             max_keys: self.max_keys,
-            _pad: [0; 3],
+            _pad0: 0, _pad1: 0, _pad2: 0,
         }
     }
 }
@@ -128,6 +137,7 @@ fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bo
             + &specialize(
             SHADER,
             &[
+                ("PARAMS", Params::wgsl()),
                 ("SG_ARGS", red.args.to_string()),
                 ("DECODE_REDUCE_FNS", red.decode_fns.clone()),
                 ("DECODE_MAX", red.decode_max.to_string()),

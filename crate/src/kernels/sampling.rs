@@ -83,33 +83,38 @@ pub enum SamplingError {
     Rows { s0: u32, max_length: u32 },
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    channels: u32,
-    vocab: u32,
-    eos: u32,
-    pad: u32,
-    max_length: u32,
-    trigger_row: u32,
-    prefix_rows: u32,
-    top_k: u32,
-    temperature: f32,
-    top_p_drop: f32,
-    cfg_scale: f32,
-    seed_lo: u32,
-    seed_hi: u32,
-    use_top_p: u32,
-    sampling: u32,
-    off_force: u32,
-    off_active: u32,
-    off_counter: u32,
-    off_finished: u32,
-    off_choice: u32,
-    off_eos0: u32,
-    off_forced: u32,
-    first_item: u32,
+wgsl_params! {
+    /// Uniform parameters of the sampler (`select_token`, `advance`).
+    struct Params {
+        batch: u32,
+        channels: u32,
+        vocab: u32,
+        eos: u32,
+        pad: u32,
+        max_length: u32,
+        /// max_length − max_delay − 1 (wrapped: never reached when negative)
+        trigger_row: u32,
+        prefix_rows: u32,
+        top_k: u32,
+        /// 0 ⇒ greedy chain
+        temperature: f32,
+        /// f32(1 − top_p): drop ids whose ascending cumulative mass is ≤ this
+        top_p_drop: f32,
+        cfg_scale: f32,
+        seed_lo: u32,
+        seed_hi: u32,
+        use_top_p: u32,
+        sampling: u32,
+        off_force: u32,
+        off_active: u32,
+        off_counter: u32,
+        off_finished: u32,
+        off_choice: u32,
+        off_eos0: u32,
+        off_forced: u32,
+        /// the RNG index of item 0: item b draws as first_item + b
+        first_item: u32,
+    }
 }
 
 /// Word offsets of the sampler's state buffer (layout documented in the shader).
@@ -247,6 +252,7 @@ impl Sampler {
                 + &specialize(
                 SHADER,
                 &[
+                    ("PARAMS", Params::wgsl()),
                     ("REDUCE_FNS", code.fns),
                     ("SG_ARGS", code.args.to_string()),
                     ("LANE", code.lane.to_string()),
