@@ -196,20 +196,13 @@ fn recording_skips_repeated_pipeline_and_bind_group() {
     // One pass: add_a, add_a (both repeats), add_b (same pipeline, another bind group), mul_b (both new).
     gpu.run(&[&add_a, &add_a, &add_b, &mul_b]);
     let mid = record_counts();
-    assert_eq!(
-        (mid.pipelines_set - before.pipelines_set, mid.pipelines_skipped - before.pipelines_skipped),
-        (2, 2),
-        "pipelines set and skipped in the first pass"
-    );
-    assert_eq!(
-        (mid.bind_groups_set - before.bind_groups_set, mid.bind_groups_skipped - before.bind_groups_skipped),
-        (3, 1),
-        "bind groups set and skipped in the first pass"
-    );
+    let first = mid.since(before);
+    assert_eq!((first.pipelines_set, first.pipelines_skipped), (2, 2), "pipelines set and skipped in the first pass");
+    assert_eq!((first.bind_groups_set, first.bind_groups_skipped), (3, 1), "bind groups set and skipped in the first pass");
     // A new pass starting with what the last one ended with sets both again.
     gpu.run(&[&mul_b]);
-    let after = record_counts();
-    assert_eq!((after.pipelines_set - mid.pipelines_set, after.bind_groups_set - mid.bind_groups_set), (1, 1), "a new pass sets its state");
+    let second = record_counts().since(mid);
+    assert_eq!((second.pipelines_set, second.bind_groups_set), (1, 1), "a new pass sets its state");
     assert_eq!(gpu.read_u32_blocking(&a).unwrap(), vec![2], "add_a ran twice");
     assert_eq!(gpu.read_u32_blocking(&b).unwrap(), vec![300], "(1 + 2) × 10 × 10");
 
@@ -218,13 +211,10 @@ fn recording_skips_repeated_pipeline_and_bind_group() {
     let opts = sampled(4, 24);
     let before = record_counts();
     let (codes, ..) = run(&gpu, &m, &["[S1] Count the calls."], &opts);
-    let c = record_counts();
+    let c = record_counts().since(before);
     println!(
         "24 steps: set_pipeline {} (skipped {}), set_bind_group {} (skipped {})",
-        c.pipelines_set - before.pipelines_set,
-        c.pipelines_skipped - before.pipelines_skipped,
-        c.bind_groups_set - before.bind_groups_set,
-        c.bind_groups_skipped - before.bind_groups_skipped
+        c.pipelines_set, c.pipelines_skipped, c.bind_groups_set, c.bind_groups_skipped
     );
     let (again, ..) = run(&gpu, &m, &["[S1] Count the calls."], &opts);
     assert_eq!(codes, again);

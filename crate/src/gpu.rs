@@ -1406,6 +1406,18 @@ pub struct RecordCounts {
     pub bind_groups_skipped: u64,
 }
 
+impl RecordCounts {
+    /// The calls made between `earlier` (an older `record_counts()`) and these.
+    pub fn since(self, earlier: RecordCounts) -> RecordCounts {
+        RecordCounts {
+            pipelines_set: self.pipelines_set - earlier.pipelines_set,
+            pipelines_skipped: self.pipelines_skipped - earlier.pipelines_skipped,
+            bind_groups_set: self.bind_groups_set - earlier.bind_groups_set,
+            bind_groups_skipped: self.bind_groups_skipped - earlier.bind_groups_skipped,
+        }
+    }
+}
+
 /// This thread's `RecordCounts` (recording happens on the thread that builds the command buffer).
 pub fn record_counts() -> RecordCounts {
     PASS_STATE.with_borrow(|s| s.counts)

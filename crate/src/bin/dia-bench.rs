@@ -1088,13 +1088,10 @@ mod native {
         }
         let steps_per_s = median(rates);
         let codec: dia_webgpu::pipeline::CodecStats = codec;
-        let now = dia_webgpu::gpu::record_counts();
+        let c = dia_webgpu::gpu::record_counts().since(calls);
         eprintln!(
             "whole generations with {windows_in_flight} codec window(s) in flight: set_pipeline {} recorded, {} left out as repeats; set_bind_group {} recorded, {} left out",
-            now.pipelines_set - calls.pipelines_set,
-            now.pipelines_skipped - calls.pipelines_skipped,
-            now.bind_groups_set - calls.bind_groups_set,
-            now.bind_groups_skipped - calls.bind_groups_skipped
+            c.pipelines_set, c.pipelines_skipped, c.bind_groups_set, c.bind_groups_skipped
         );
         Ok(WholeRun {
             steps: made,
