@@ -11,7 +11,8 @@ use dia_webgpu::kernels::linear::{
 };
 use dia_webgpu::kernels::norm::rmsnorm;
 use dia_webgpu::kernels::rope::{rope, rope_tables};
-use dia_webgpu::kernels::{round_f16, GpuMatrix, Numerics};
+use dia_webgpu::kernels::{round_f16, GpuMatrix, Numerics, WeightFormat};
+use dia_webgpu::quant::{quantize_rows, QuantBits, QuantFormat};
 
 const EPILOGUES: [LinearEpilogue; 3] = [LinearEpilogue::Store, LinearEpilogue::Accumulate, LinearEpilogue::SwiGlu];
 const TOL: f64 = 1e-5;
@@ -353,19 +354,19 @@ fn embed_tokens_gather_exact() {
     let gpu = test_gpu();
     let mut rng = Rng::new(11);
     let (rows, cols, n) = (37usize, 19usize, 11usize);
-    for numerics in [Numerics::F32, Numerics::F16W] {
+    for format in table_formats() {
         let table = rng.vec(rows * cols, 3.0);
-        let tm = GpuMatrix::upload(&gpu, "table", &table, rows, cols, numerics).unwrap();
+        let tm = GpuMatrix::upload(&gpu, "table", &table, rows, cols, format).unwrap();
         let mut tokens: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
         tokens[3] = rows as u32 + 5; // outside the table: a zero row
         let tb = gpu.upload("tokens", &tokens);
         let out = gpu.upload("out", &rng.vec(n * cols, 1.0));
         run(&gpu, &embed_tokens(&gpu, &tm, &tb, &out, n as u32));
         let got = gpu.read_f32_blocking(&out).unwrap();
-        let table = stored(&table, numerics);
+        let table = stored_table(&table, rows, cols, format);
         for (i, &t) in tokens.iter().enumerate() {
             let want: Vec<f32> = if (t as usize) < rows { table[t as usize * cols..][..cols].to_vec() } else { vec![0.0; cols] };
-            assert_eq!(&got[i * cols..][..cols], &want[..], "{numerics:?}: row {i} (token {t})");
+            assert_eq!(&got[i * cols..][..cols], &want[..], "{format:?}: row {i} (token {t})");
         }
     }
 }
@@ -375,16 +376,16 @@ fn embed_channels_sum_exact() {
     let gpu = test_gpu();
     let mut rng = Rng::new(13);
     let (channels, vocab, cols, token_rows, rows) = (9usize, 13usize, 21usize, 3usize, 6usize);
-    for numerics in [Numerics::F32, Numerics::F16W] {
+    for format in table_formats() {
         let table = rng.vec(channels * vocab * cols, 1.0);
-        let tm = GpuMatrix::upload(&gpu, "table", &table, channels * vocab, cols, numerics).unwrap();
+        let tm = GpuMatrix::upload(&gpu, "table", &table, channels * vocab, cols, format).unwrap();
         let tokens: Vec<u32> = (0..token_rows * channels).map(|_| rng.below(vocab as u64) as u32).collect();
         let tb = gpu.upload("tokens", &tokens);
         let out = gpu.upload("out", &rng.vec(rows * cols, 1.0));
         let d = embed_channels_sum(&gpu, &tm, &tb, &out, rows as u32, token_rows as u32, channels as u32, vocab as u32);
         run(&gpu, &d);
         let got = gpu.read_f32_blocking(&out).unwrap();
-        let table = stored(&table, numerics);
+        let table = stored_table(&table, channels * vocab, cols, format);
         let mut want = vec![0f32; rows * cols];
         for r in 0..rows {
             let tr = r % token_rows;
@@ -395,7 +396,23 @@ fn embed_channels_sum_exact() {
                 }
             }
         }
-        assert_eq!(got, want, "{numerics:?}");
+        assert_eq!(got, want, "{format:?}");
+    }
+}
+
+/// Every format an embedding table is stored in (`dia::MatrixRole::Embedding`), and q4 with groups of 64.
+fn table_formats() -> Vec<WeightFormat> {
+    let mut formats: Vec<WeightFormat> = [Numerics::F32, Numerics::F16W, Numerics::Q8, Numerics::Q4].map(Numerics::weight_format).to_vec();
+    formats.push(WeightFormat::Quant(QuantFormat::new(QuantBits::Q4, 64).unwrap()));
+    formats
+}
+
+/// The values a table holds in `format`: what the gathers must return exactly.
+fn stored_table(table: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Vec<f32> {
+    match format {
+        WeightFormat::F32 => table.to_vec(),
+        WeightFormat::F16 => table.iter().map(|&v| round_f16(v)).collect(),
+        WeightFormat::Quant(q) => quantize_rows(table, rows, cols, q).unwrap().dequantize(),
     }
 }
 

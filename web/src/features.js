@@ -4,8 +4,8 @@ import { WebGPUUnavailableError } from './worker/errors.js';
 
 /** Largest Dia-1.6B weight matrix the engine binds, per numerics, in bytes: `dia::largest_matrix_bytes` for the
  *  1.6B config (crate/src/dia/model.rs; tests/weights.rs checks these figures against it). The decoder MLP gate/up
- *  (16384 × 2048) in f32 and f16; in q8 and q4 the f16 decoder embedding (9252 × 2048) is the largest. */
-export const LARGEST_BINDING = { f32: 134217728, f16w: 67108864, q8: 37896192, q4: 37896192 };
+ *  (16384 × 2048) in f32 and f16; in q8 the decoder embedding (9252 × 2048, f16), in q4 the same table at q8. */
+export const LARGEST_BINDING = { f32: 134217728, f16w: 67108864, q8: 37896192, q4: 20132352 };
 
 /**
  * What this browser offers. Never throws: `webgpu` false with `reason` when unusable.

@@ -35,9 +35,10 @@ pub enum DiaLayout {
 }
 
 impl DiaLayout {
-    /// Tells the layouts apart by their encoder embedding's name.
+    /// Tells the layouts apart by their encoder embedding's name (a converted q8/q4 checkpoint holds it quantized,
+    /// as `….qweight` and `….scales`; only the HF layout is ever written so).
     pub fn detect(ckpt: &Checkpoint) -> Result<DiaLayout, WeightsError> {
-        if ckpt.contains("model.encoder.embedding.weight") {
+        if ckpt.contains("model.encoder.embedding.weight") || ckpt.contains(&format!("model.encoder.embedding{}", crate::quant::stored::VALUES)) {
             Ok(DiaLayout::Hf)
         } else if ckpt.contains("encoder.embedding.weight") {
             Ok(DiaLayout::Nari)

@@ -93,10 +93,15 @@ pub fn kv_format_for(numerics: Numerics, cfg: &DiaConfig) -> KvFormat {
 /// What a weight matrix does, which decides its storage format in each `Numerics` mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatrixRole {
-    /// Token embedding tables: looked up a few rows at a time, never quantized (f16 in every mode but f32).
+    /// Token embedding tables, looked up a few rows at a time (the decoder's 9 × 1028 × 2048 table: 37.9 MB in f16,
+    /// 20.1 MB in q8; the gathers read f32, f16 and both block formats).
     Embedding,
-    /// Attention projections (self and cross, encoder and decoder, fused q/k/v and k/v included).
+    /// Attention projections applied every step or every encoder layer: self-attention (encoder and decoder, fused
+    /// q/k/v) and the decoder's cross-attention query and output.
     Attention,
+    /// The decoder's cross-attention key and value projections (fused k/v): applied once per generation, to the
+    /// encoder's output.
+    CrossKv,
     /// MLP gate/up and down projections.
     Mlp,
     /// The logits head.
@@ -112,6 +117,8 @@ impl MatrixRole {
             Some(MatrixRole::Embedding)
         } else if name == "logits_dense" {
             Some(MatrixRole::Logits)
+        } else if name.ends_with(".cross_attention.k_proj") || name.ends_with(".cross_attention.v_proj") {
+            Some(MatrixRole::CrossKv)
         } else if name.contains(".self_attention.") || name.contains(".cross_attention.") {
             Some(MatrixRole::Attention)
         } else if name.contains(".mlp.") {
@@ -121,15 +128,21 @@ impl MatrixRole {
         }
     }
 
-    /// The storage format of this matrix in `numerics`. `Q4` keeps the attention projections at q8: on the fixture
-    /// model, keeping them at q8 halves the teacher-forced logits' error of an all-q4 model (relative error 0.45 →
-    /// 0.23 in the CPU reference, top-1 agreement 41 → 69 %), while keeping the MLP (0.40) or the logits head (0.43)
-    /// at higher precision barely helps; Dia's attention has no 1/√d scaling of the scores, so errors in q and k
-    /// reach the softmax unscaled.
+    /// The storage format of this matrix in `numerics`: the mode's own format, except that `Q8` keeps the embedding
+    /// tables in f16 (in q8 they would raise its fixture error by 10–30 %, and q8 meets its memory target without the
+    /// 17.8 MB), and `Q4` keeps the attention projections and the embedding tables at q8. Measured in the CPU reference on the fixture model
+    /// (`tests/parity.rs`, `parity_q4_formats_cpu`, teacher-forced logits of t0 / t1 / clone against f32):
+    /// - attention at q8 halves the error of an all-q4 model (relative error 0.45 → 0.23 on t0, top-1 agreement
+    ///   41 → 69 %), while keeping the MLP (0.40) or the logits head (0.43) at higher precision barely helps: Dia's
+    ///   attention has no 1/√d scaling of the scores, so errors in q and k reach the softmax unscaled;
+    /// - the decoder embedding in q4 would add 0.07–0.14 to the error (top-1 −6 to −9 points), in q8 nothing
+    ///   measurable; the cross-attention K/V projections in q4 add 0.02–0.04 (top-1 −2 to −7 points). q4's peak-memory
+    ///   target (≤ 1.5 GB, missed by 43 MB with both at q8 and f16) takes both cheaper cuts together: the q8 embedding
+    ///   (−17.8 MB for Dia 1.6B) and q4 cross K/V (−37.7 MB); a q4 embedding (−27.2 MB) would err more and save less.
     pub fn format(self, numerics: Numerics) -> WeightFormat {
         match (self, numerics) {
-            (MatrixRole::Embedding, n) => n.table_format(),
-            (MatrixRole::Attention, Numerics::Q4) => Numerics::Q8.weight_format(),
+            (MatrixRole::Embedding, Numerics::Q8) => Numerics::F16W.weight_format(),
+            (MatrixRole::Attention | MatrixRole::Embedding, Numerics::Q4) => Numerics::Q8.weight_format(),
             (_, n) => n.weight_format(),
         }
     }
@@ -197,8 +210,8 @@ fn buffer_plan(cfg: &DiaConfig) -> Vec<Planned> {
 }
 
 /// Bytes of the model's largest weight matrix stored as `numerics` keeps it: the storage binding a device must
-/// allow (for the 1.6B model 134 MB in f32, 67 MB in f16w, 38 MB in q8 and q4, where the f16 decoder embedding is
-/// the largest).
+/// allow (for the 1.6B model 134 MB in f32, 67 MB in f16w: the MLP's gate/up matrix; in q8 38 MB and in q4 20 MB:
+/// the decoder embedding, f16 in q8 and q8 in q4).
 pub fn largest_matrix_bytes(cfg: &DiaConfig, numerics: Numerics) -> u64 {
     buffer_plan(cfg)
         .iter()

@@ -1,6 +1,9 @@
 //! `shaders/embed.wgsl`: embedding gathers. A token outside the table contributes zeros.
+//! Tables are f32, f16 or block-quantized (`crate::quant`): a quantized value is `q · scale` exactly as the CPU's
+//! `QuantizedRows::dequantize` computes it (one f32 product of two exactly representable factors).
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
-use super::{weight_decl, GpuMatrix};
+use crate::quant::{QuantBits, QuantFormat};
+use super::{weight_decl, GpuMatrix, WeightFormat};
 
 const SOURCE: &str = include_str!("../../../shaders/embed.wgsl");
 const THREADS: u64 = 256;
@@ -60,7 +63,40 @@ fn gather(gpu: &Gpu, entry: &str, table: &GpuMatrix, tokens: &GpuBuffer, out: &G
     let elements = params.n as u64 * params.cols as u64;
     assert!(out.size >= elements * 4, "{entry}: out holds fewer than {} × {} f32", params.n, params.cols);
     assert!(elements <= u32::MAX as u64, "{entry}: output too large for 32-bit indexing");
-    let key = format!("embed.{entry}.{}", table.format.name());
-    let pipeline = gpu.pipeline(&key, entry, || specialize(SOURCE, &[("PARAMS", Params::wgsl()), ("WEIGHTS", weight_decl(table.format, 2))]));
+    // A quantized row's scales follow its value words, whose count depends on the table's width.
+    let key = format!("embed.{entry}.{:?}.{}", table.format, table.cols);
+    let pipeline = gpu.pipeline(&key, entry, || specialize(SOURCE, &[("PARAMS", Params::wgsl()), ("WEIGHTS", table_decl(table.format, table.cols))]));
     gpu.dispatch(&pipeline, &params, &[tokens, &table.data, out], grid_1d(elements.div_ceil(THREADS) as u32))
+}
+
+/// The table's binding and `load_w(row_start_word, col) -> f32`.
+fn table_decl(format: WeightFormat, cols: u32) -> String {
+    match format {
+        WeightFormat::Quant(q) => quant_table_decl(q, cols),
+        f => weight_decl(f, 2),
+    }
+}
+
+/// `load_w` for a quantized table (row layout in `crate::quant`): field `col % per_word` of value word
+/// `col / per_word` holds `q + half` (offset binary); the group's f16 scale sits in the scale words after the row's
+/// `value_words`, even groups in the low half.
+fn quant_table_decl(q: QuantFormat, cols: u32) -> String {
+    let bits = q.bit_width();
+    let mask = match q.bits() {
+        QuantBits::Q8 => "0xffu",
+        QuantBits::Q4 => "0xfu",
+    };
+    format!(
+        "@group(0) @binding(2) var<storage, read> w: array<u32>;\n\
+         fn load_w(base: u32, col: u32) -> f32 {{\n\
+         \x20   let u = (w[base + col / {per}u] >> ((col % {per}u) * {bits}u)) & {mask};\n\
+         \x20   let g = col / {group}u;\n\
+         \x20   let s = unpack2x16float(w[base + {value_words}u + g / 2u]);\n\
+         \x20   return f32(i32(u) - {half}) * select(s.x, s.y, (g & 1u) == 1u);\n\
+         }}\n",
+        per = q.per_word(),
+        group = q.group(),
+        value_words = q.value_words(cols),
+        half = q.half_range(),
+    )
 }

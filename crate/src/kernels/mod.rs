@@ -35,8 +35,8 @@ pub enum Numerics {
     /// Dia's projection matrices (attention, MLP, logits head) block-quantized to 8 bits (`QuantFormat::Q8`);
     /// embedding tables f16, norms f32; the codec runs as `F16W`.
     Q8,
-    /// As `Q8` with the MLP and logits-head matrices at 4 bits (`QuantFormat::Q4`); the attention projections
-    /// stay at q8 (`dia::MatrixRole::format` says why).
+    /// As `Q8` with the MLP, logits-head and cross-attention K/V matrices at 4 bits (`QuantFormat::Q4`); the other
+    /// attention projections and the embedding tables stay at q8 (`dia::MatrixRole::format` says why).
     Q4,
 }
 
@@ -67,14 +67,6 @@ impl Numerics {
             Numerics::F16W => WeightFormat::F16,
             Numerics::Q8 => WeightFormat::Quant(QuantFormat::Q8),
             Numerics::Q4 => WeightFormat::Quant(QuantFormat::Q4),
-        }
-    }
-
-    /// How lookup tables (embeddings, read a few rows per step) are stored: f32 in `F32`, else f16.
-    pub fn table_format(self) -> WeightFormat {
-        match self {
-            Numerics::F32 => WeightFormat::F32,
-            _ => WeightFormat::F16,
         }
     }
 
