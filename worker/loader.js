@@ -203,8 +203,9 @@ export function quantizedBase(name) {
 /**
  * The stored form of checkpoint tensor `t` (its bytes `raw`) in `variant`: what the weight store keeps and the
  * engine receives, as `[{ name, dtype, shape, bytes }]`. q8 / q4: the engine's `storedTensors` (`toStored`),
- * which gives norms as F32, embedding tables as F16 and a quantized matrix as its two halves, exactly what the
- * engine would write when quantizing on load; a half of a converted checkpoint is kept as it is. Other variants:
+ * which gives norms as F32 and every matrix (embedding tables included) in the format the mode keeps it
+ * (`MatrixRole::format`), a quantized one as its two halves, exactly what the engine would write when
+ * quantizing on load; a half of a converted checkpoint is kept as it is. Other variants:
  * the tensor itself, its matrices as f16 in f16w.
  */
 export function storedForm(t, raw, variant, toStored) {

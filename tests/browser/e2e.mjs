@@ -200,15 +200,18 @@ function nativeTool(work) {
 
 /**
  * The stored form of one HF-layout Dia tensor in q8 / q4, as crate/src/dia/model.rs (MatrixRole::format) and
- * crate/src/quant.rs define it: norms F32, embedding tables F16, other matrices as <base>.qweight (U32, groups of
- * 32: 8 words per group in q8, 4 in q4) + <base>.scales (F16, one per group); q4 keeps attention at q8.
+ * crate/src/quant.rs define it: norms F32; embedding tables F16 in q8; other matrices as <base>.qweight (U32,
+ * groups of 32: 8 words per group in q8, 4 in q4) + <base>.scales (F16, one per group); q4 keeps the embedding tables
+ * and the attention projections at q8, except the cross-attention K/V projections.
  */
 function expectedParts(t, mode) {
   if (t.shape.length !== 2) return [{ name: t.name, dtype: 'F32', shape: t.shape }];
-  if (/^model\.(encoder\.embedding|decoder\.embeddings\.embed)\.weight$/.test(t.name)) return [{ name: t.name, dtype: 'F16', shape: t.shape }];
+  const embedding = /^model\.(encoder\.embedding|decoder\.embeddings\.embed)\.weight$/.test(t.name);
+  if (embedding && mode === 'q8') return [{ name: t.name, dtype: 'F16', shape: t.shape }];
   const [rows, cols] = t.shape;
   const groups = Math.ceil(cols / 32);
-  const words = mode === 'q8' || /_attention\./.test(t.name) ? 8 : 4;
+  const crossKv = /\.cross_attention\.[kv]_proj\.weight$/.test(t.name);
+  const words = mode === 'q8' || embedding || (/_attention\./.test(t.name) && !crossKv) ? 8 : 4;
   const base = t.name.replace(/\.weight$/, '');
   return [
     { name: `${base}.qweight`, dtype: 'U32', shape: [rows, groups * words] },
