@@ -123,50 +123,54 @@ impl AttentionArgs<'_> {
 /// decode pair's reductions (the prefill entry points take `Reduction::Workgroup`).
 #[allow(clippy::too_many_arguments)]
 fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat, reduction: Reduction) -> std::sync::Arc<wgpu::ComputePipeline> {
+    // Generated code only on a cache miss: building it per dispatch is most of a session's host set-up.
+    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}.kv{kv}.{reduction:?}"), entry, || {
+        shader_source(head_dim, decode_heads, single, append, kv, reduction)
+    })
+}
+
+pub(crate) fn shader_source(head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat, reduction: Reduction) -> String {
     // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 66 words of row info.
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
     let chunk = decode_chunk(decode_heads);
-    // Generated code only on a cache miss: building it per dispatch is most of a session's host set-up.
-    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}.kv{kv}.{reduction:?}"), entry, || {
-        let code = decode_code(head_dim, decode_heads, chunk, append);
-        let tiled = tiled_code(head_dim);
-        let red = decode_reductions(reduction, decode_heads);
-        let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
-        marker.to_string()
-            + &specialize(
-            SHADER,
-            &[
-                ("PARAMS", Params::wgsl()),
-                ("SG_ARGS", red.args.to_string()),
-                ("DECODE_REDUCE_FNS", red.decode_fns.clone()),
-                ("DECODE_MAX", red.decode_max.to_string()),
-                ("DECODE_SUM", red.decode_sum.to_string()),
-                ("COMBINE_REDUCE_FNS", red.combine_fns.clone()),
-                ("COMBINE_MAX", red.combine_max.to_string()),
-                ("COMBINE_SUM", red.combine_sum.to_string()),
-                ("KV_WORD", kv.wgsl_word().to_string()),
-                ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf", head_dim), kv.wgsl_load("load_v", "vbuf", head_dim)].concat()),
-                ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v", head_dim)),
-                ("KV_STORES", [kv.wgsl_store_pair("store_pair_k", "kcache_c"), kv.wgsl_store_pair("store_pair_v", "vcache_c")].concat()),
-                ("HD", head_dim.to_string()),
-                ("DP", head_dim.div_ceil(PREFILL_LANES).to_string()),
-                ("BK", key_tile.to_string()),
-                ("CH", chunk.to_string()),
-                ("SINGLE", single.to_string()),
-                ("NR", decode_heads.to_string()),
-                ("DECODE_SCORES", code.scores.clone()),
-                ("DECODE_V", code.v.clone()),
-                ("COMBINE_ROUND", code.combine_round.clone()),
-                ("COMBINE_APPEND", code.combine_append.clone()),
-                ("DN", tiled.dn.to_string()),
-                ("SCORES", tiled.scores.clone()),
-                ("PV_INIT", tiled.pv_init.clone()),
-                ("PV_BODY", tiled.pv_body.clone()),
-                ("PV_STORE", tiled.pv_store.clone()),
-            ],
-        )
-    })
+    let code = decode_code(head_dim, decode_heads, chunk, append);
+    let tiled = tiled_code(head_dim);
+    let red = decode_reductions(reduction, decode_heads);
+    let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
+    marker.to_string()
+        + &specialize(
+        SHADER,
+        &[
+            ("PARAMS", Params::wgsl()),
+            ("SG_ARGS", red.args.to_string()),
+            ("DECODE_REDUCE_FNS", red.decode_fns.clone()),
+            ("DECODE_MAX", red.decode_max.to_string()),
+            ("DECODE_SUM", red.decode_sum.to_string()),
+            ("COMBINE_REDUCE_FNS", red.combine_fns.clone()),
+            ("COMBINE_MAX", red.combine_max.to_string()),
+            ("COMBINE_SUM", red.combine_sum.to_string()),
+            ("KV_WORD", kv.wgsl_word().to_string()),
+            ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf", head_dim), kv.wgsl_load("load_v", "vbuf", head_dim)].concat()),
+            ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v", head_dim)),
+            ("KV_STORES", [kv.wgsl_store_pair("store_pair_k", "kcache_c"), kv.wgsl_store_pair("store_pair_v", "vcache_c")].concat()),
+            ("HD", head_dim.to_string()),
+            ("DP", head_dim.div_ceil(PREFILL_LANES).to_string()),
+            ("BK", key_tile.to_string()),
+            ("CH", chunk.to_string()),
+            ("SINGLE", single.to_string()),
+            ("NR", decode_heads.to_string()),
+            ("DECODE_SCORES", code.scores.clone()),
+            ("DECODE_V", code.v.clone()),
+            ("COMBINE_ROUND", code.combine_round.clone()),
+            ("COMBINE_APPEND", code.combine_append.clone()),
+            ("DN", tiled.dn.to_string()),
+            ("SCORES", tiled.scores.clone()),
+            ("PV_INIT", tiled.pv_init.clone()),
+            ("PV_BODY", tiled.pv_body.clone()),
+            ("PV_STORE", tiled.pv_store.clone()),
+        ],
+    )
 }
 
 /// For many query rows at once (encoder, prefill): three dispatches (scores, softmax statistics, P·V) per chunk

@@ -617,61 +617,71 @@ fn conv_pipeline(
         acc as u8,
         tanh as u8
     );
-    gpu.pipeline(&key, "conv", || {
-        let code = conv_code(shape, ch.cc, ch.kt, ch.xs, f16_math, split);
-        let out_decl = if split {
-            "@group(0) @binding(3) var<storage, read_write> part: array<f32>;\n\
-             // One split's partial sum.\n\
-             fn emit(split: u32, co: u32, t: u32, acc: f32) {\n\
-                 if (co < P.cout && t < P.len_out) {\n\
-                     part[(split * P.cout + co) * P.len_out + t] = acc;\n\
-                 }\n\
-             }\n"
-                .to_string()
-        } else {
-            let f = ConvFusion { accumulate: acc, tanh, ..*fusion };
-            format!(
-                "@group(0) @binding(3) var<storage, read> bias: array<f32>;\n\
-                 @group(0) @binding(4) var<storage, read_write> y: array<f32>;\n\
-                 // One output: bias, then residual add and tanh.\n\
-                 fn emit(co: u32, t: u32, acc: f32) {{\n\
-                     if (co < P.cout && t < P.len_out) {{\n\
-                         finish(co * P.len_out + t, acc + bias[co]);\n\
-                     }}\n\
-                 }}\n{}",
-                finish_section(&f)
-            )
-        };
-        let snake_decl = if snake { snake_decl(if split { 4 } else { 5 }) } else { "fn act(ci: u32, v: f32) -> f32 { return v; }\n".into() };
-        specialize(
-            section("conv"),
-            &[
-                ("PARAMS", ConvParams::wgsl()),
-                ("ENABLE_F16", if f16_math { "enable f16;" } else { "" }.to_string()),
-                ("WEIGHT_DECL", weight_decl(format, 2)),
-                ("OUT_DECL", out_decl),
-                ("SNAKE_DECL", snake_decl),
-                ("WM", shape.wm.to_string()),
-                ("WN", shape.wn.to_string()),
-                ("TM", shape.tm().to_string()),
-                ("TN", shape.tn().to_string()),
-                ("CC", ch.cc.to_string()),
-                ("KT", ch.kt.to_string()),
-                ("XS", ch.xs.to_string()),
-                ("H", if f16_math { "f16" } else { "f32" }.to_string()),
-                ("SETUP", code.setup),
-                ("FETCH", code.fetch),
-                ("STORE", code.store),
-                ("COMPUTE", code.compute),
-                ("EPILOGUE", code.epilogue),
-            ],
+    gpu.pipeline(&key, "conv", || conv_source(format, shape, ch.cc, ch.kt, ch.xs, f16_math, split, snake, acc, tanh))
+}
+
+/// The convolution pass's WGSL (`acc` and `tanh` as the pass applies them: off under split-K).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_source(format: WeightFormat, shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split: bool, snake: bool, acc: bool, tanh: bool) -> String {
+    let code = conv_code(shape, cc, kt, xs, f16_math, split);
+    let out_decl = if split {
+        "@group(0) @binding(3) var<storage, read_write> part: array<f32>;\n\
+         // One split's partial sum.\n\
+         fn emit(split: u32, co: u32, t: u32, acc: f32) {\n\
+             if (co < P.cout && t < P.len_out) {\n\
+                 part[(split * P.cout + co) * P.len_out + t] = acc;\n\
+             }\n\
+         }\n"
+            .to_string()
+    } else {
+        let f = ConvFusion { snake_alpha: None, accumulate: acc, tanh };
+        format!(
+            "@group(0) @binding(3) var<storage, read> bias: array<f32>;\n\
+             @group(0) @binding(4) var<storage, read_write> y: array<f32>;\n\
+             // One output: bias, then residual add and tanh.\n\
+             fn emit(co: u32, t: u32, acc: f32) {{\n\
+                 if (co < P.cout && t < P.len_out) {{\n\
+                     finish(co * P.len_out + t, acc + bias[co]);\n\
+                 }}\n\
+             }}\n{}",
+            finish_section(&f)
         )
-    })
+    };
+    let snake_decl = if snake { snake_decl(if split { 4 } else { 5 }) } else { "fn act(ci: u32, v: f32) -> f32 { return v; }\n".into() };
+    specialize(
+        section("conv"),
+        &[
+            ("PARAMS", ConvParams::wgsl()),
+            ("ENABLE_F16", if f16_math { "enable f16;" } else { "" }.to_string()),
+            ("WEIGHT_DECL", weight_decl(format, 2)),
+            ("OUT_DECL", out_decl),
+            ("SNAKE_DECL", snake_decl),
+            ("WM", shape.wm.to_string()),
+            ("WN", shape.wn.to_string()),
+            ("TM", shape.tm().to_string()),
+            ("TN", shape.tn().to_string()),
+            ("CC", cc.to_string()),
+            ("KT", kt.to_string()),
+            ("XS", xs.to_string()),
+            ("H", if f16_math { "f16" } else { "f32" }.to_string()),
+            ("SETUP", code.setup),
+            ("FETCH", code.fetch),
+            ("STORE", code.store),
+            ("COMPUTE", code.compute),
+            ("EPILOGUE", code.epilogue),
+        ],
+    )
 }
 
 fn reduce_pipeline(gpu: &Gpu, fusion: &ConvFusion) -> std::sync::Arc<wgpu::ComputePipeline> {
     let key = format!("dac_conv_reduce:a{}t{}", fusion.accumulate as u8, fusion.tanh as u8);
-    gpu.pipeline(&key, "reduce", || format!("{}{}", specialize(section("reduce"), &[("PARAMS", ReduceParams::wgsl())]), finish_section(fusion)))
+    gpu.pipeline(&key, "reduce", || reduce_source(fusion.accumulate, fusion.tanh))
+}
+
+/// The split-K reduction's WGSL.
+pub(crate) fn reduce_source(accumulate: bool, tanh: bool) -> String {
+    let fusion = ConvFusion { snake_alpha: None, accumulate, tanh };
+    format!("{}{}", specialize(section("reduce"), &[("PARAMS", ReduceParams::wgsl())]), finish_section(&fusion))
 }
 
 /// The geometry shared by both convolution kinds (see the shader's header).

@@ -131,9 +131,12 @@ wgsl_params! {
 fn pipeline(gpu: &Gpu, rvq: &RvqWeights, format: WeightFormat, entry: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
     let dim = rvq.dims.codebook_dim;
     let key = format!("dac_rvq:{entry}:{}:d{dim}", format.name());
-    gpu.pipeline(&key, entry, || {
-        specialize(SOURCE, &[("PARAMS", RvqParams::wgsl()), ("WEIGHT_DECL", weight_decl(format, 3)), ("CB_DIM", dim.to_string())])
-    })
+    gpu.pipeline(&key, entry, || shader_source(format, dim))
+}
+
+/// The codebook shader (both entry points) for weights in `format` and codebooks of `dim` dimensions.
+pub(crate) fn shader_source(format: WeightFormat, dim: usize) -> String {
+    specialize(SOURCE, &[("PARAMS", RvqParams::wgsl()), ("WEIGHT_DECL", weight_decl(format, 3)), ("CB_DIM", dim.to_string())])
 }
 
 /// z `[latent, frames]` = Σ_i out_proj_i(codebook_i[codes[i, t]]); codes u32 `[n_codebooks, frames]`

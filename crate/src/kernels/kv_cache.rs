@@ -132,7 +132,7 @@ impl std::str::FromStr for KvFormat {
     }
 }
 
-fn shader(format: KvFormat) -> String {
+pub(crate) fn shader(format: KvFormat) -> String {
     let store = [format.wgsl_store_pair("store_pair_k", "k_cache"), format.wgsl_store_pair("store_pair_v", "v_cache")].concat();
     // Cache values per word, for the bound check of a (seq, pos) row (q8: the check uses whole blocks instead).
     let per_word = match format {
@@ -145,7 +145,7 @@ fn shader(format: KvFormat) -> String {
     specialize(&src, &[("PARAMS", Params::wgsl()), ("KV_WORD", format.wgsl_word().to_string()), ("STORE_PAIR", store)])
 }
 
-fn q8_shader() -> String {
+pub(crate) fn q8_shader() -> String {
     let src = [section("common"), section("q8")].concat();
     specialize(&src, &[("PARAMS", Params::wgsl()), ("KV_WORD", KvFormat::Q8.wgsl_word().to_string()), ("MAX_HD", Q8_MAX_HEAD_DIM.to_string())])
 }

@@ -21,6 +21,8 @@ pub mod dac_conv;
 pub mod dac_conv_cl;
 pub mod dac_channels_last;
 pub mod dac_rvq;
+#[doc(hidden)]
+pub mod catalog;
 
 use crate::gpu::{Gpu, GpuBuffer, GpuError};
 use crate::quant::{QuantError, QuantFormat};

@@ -234,34 +234,7 @@ impl Sampler {
         let chunk = v.div_ceil(WORKGROUP);
         let reduction = gpu.reduction();
         let key = format!("sampling.c{chunk}.r{}.{reduction:?}", record_scores as u32);
-        let source = || {
-            let code = reduction_code(reduction);
-            let record = if record_scores {
-                "const RECORD: bool = true;\n\
-                 @group(0) @binding(3) var<storage, read_write> sel_scores: array<u32>;\n\
-                 @group(0) @binding(6) var<storage, read_write> adv_scores: array<u32>;\n\
-                 fn put_score(i: u32, bits: u32) { sel_scores[i] = bits; }\n\
-                 fn put_forced_score(i: u32, bits: u32) { adv_scores[i] = bits; }\n"
-            } else {
-                "const RECORD: bool = false;\n\
-                 fn put_score(i: u32, bits: u32) {}\n\
-                 fn put_forced_score(i: u32, bits: u32) {}\n"
-            };
-            let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
-            marker.to_string()
-                + &specialize(
-                SHADER,
-                &[
-                    ("PARAMS", Params::wgsl()),
-                    ("REDUCE_FNS", code.fns),
-                    ("SG_ARGS", code.args.to_string()),
-                    ("LANE", code.lane.to_string()),
-                    ("CHUNK", chunk.to_string()),
-                    ("MAXC", (chunk * WORKGROUP).to_string()),
-                    ("RECORD", record.to_string()),
-                ],
-            )
-        };
+        let source = || shader_source(chunk, record_scores, reduction);
         let select_pipe = gpu.pipeline(&format!("{key}.select"), "select_token", source);
         let advance_pipe = gpu.pipeline(&format!("{key}.advance"), "advance", source);
 
@@ -303,6 +276,36 @@ impl Sampler {
         words.extend_from_slice(tokens);
         gpu.write(&self.force, &words);
     }
+}
+
+/// The sampler's WGSL for vocabulary chunks of `chunk` per thread, with or without the score record.
+pub(crate) fn shader_source(chunk: u32, record_scores: bool, reduction: Reduction) -> String {
+    let code = reduction_code(reduction);
+    let record = if record_scores {
+        "const RECORD: bool = true;\n\
+         @group(0) @binding(3) var<storage, read_write> sel_scores: array<u32>;\n\
+         @group(0) @binding(6) var<storage, read_write> adv_scores: array<u32>;\n\
+         fn put_score(i: u32, bits: u32) { sel_scores[i] = bits; }\n\
+         fn put_forced_score(i: u32, bits: u32) { adv_scores[i] = bits; }\n"
+    } else {
+        "const RECORD: bool = false;\n\
+         fn put_score(i: u32, bits: u32) {}\n\
+         fn put_forced_score(i: u32, bits: u32) {}\n"
+    };
+    let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
+    marker.to_string()
+        + &specialize(
+        SHADER,
+        &[
+            ("PARAMS", Params::wgsl()),
+            ("REDUCE_FNS", code.fns),
+            ("SG_ARGS", code.args.to_string()),
+            ("LANE", code.lane.to_string()),
+            ("CHUNK", chunk.to_string()),
+            ("MAXC", (chunk * WORKGROUP).to_string()),
+            ("RECORD", record.to_string()),
+        ],
+    )
 }
 
 /// `select_token`'s workgroup-wide scans, sum and argmax as generated WGSL (see the shader), its extra builtins, and
