@@ -4,7 +4,7 @@
 //! would not fit; split-K over keys for single-query decode. The decoder
 //! step's self-attention also folds in RoPE and the KV-cache update (`attention_decode_appending`): every
 //! dependent dispatch costs several µs of ordering on a GPU, so a step saves one per layer.
-use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer, Reduction, SUBGROUPS_MARKER};
+use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer, KernelVariant, Reduction, SUBGROUPS_MARKER};
 use crate::kernels::kv_cache::KvFormat;
 
 const SHADER: &str = include_str!("../../../shaders/attention.wgsl");
@@ -119,17 +119,70 @@ impl AttentionArgs<'_> {
     }
 }
 
-/// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile; `reduction` picks the
-/// decode pair's reductions (the prefill entry points take `Reduction::Workgroup`).
-#[allow(clippy::too_many_arguments)]
-fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat, reduction: Reduction) -> std::sync::Arc<wgpu::ComputePipeline> {
-    // Generated code only on a cache miss: building it per dispatch is most of a session's host set-up.
-    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}.kv{kv}.{reduction:?}"), entry, || {
-        shader_source(head_dim, decode_heads, single, append, kv, reduction)
-    })
+/// An entry point of `shaders/attention.wgsl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttentionEntry {
+    /// Flash-style prefill (no scratch).
+    Prefill,
+    /// Tiled prefill: scores, softmax statistics, P·V.
+    PrefillScores,
+    PrefillSoftmax,
+    PrefillPv,
+    /// Split-K decode: partials per chunk of keys, then their combination.
+    DecodePartial,
+    DecodeCombine,
 }
 
-pub(crate) fn shader_source(head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat, reduction: Reduction) -> String {
+impl AttentionEntry {
+    fn name(self) -> &'static str {
+        match self {
+            AttentionEntry::Prefill => "prefill",
+            AttentionEntry::PrefillScores => "prefill_scores",
+            AttentionEntry::PrefillSoftmax => "prefill_softmax",
+            AttentionEntry::PrefillPv => "prefill_pv",
+            AttentionEntry::DecodePartial => "decode_partial",
+            AttentionEntry::DecodeCombine => "decode_combine",
+        }
+    }
+}
+
+/// One compiled specialisation of the attention shader: the WGSL generator's input and the pipeline-cache key.
+/// Every entry point of one (head_dim, decode_heads, …) shares a source, so they share one shader module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionVariant {
+    pub entry: AttentionEntry,
+    pub head_dim: u32,
+    /// Query heads per decode workgroup (1 for the prefill entry points).
+    pub decode_heads: u32,
+    /// Every key in one chunk: `decode_partial` normalises and writes the output itself.
+    pub single: bool,
+    /// The decode pair folds in RoPE and the KV-cache write (`attention_decode_appending`).
+    pub append: bool,
+    pub kv: KvFormat,
+    /// The decode pair's reductions (the prefill entry points take `Reduction::Workgroup`).
+    pub reduction: Reduction,
+}
+
+impl AttentionVariant {
+    /// A prefill entry point for these arguments.
+    fn prefill(entry: AttentionEntry, a: &AttentionArgs) -> AttentionVariant {
+        AttentionVariant { entry, head_dim: a.head_dim, decode_heads: 1, single: false, append: false, kv: a.kv_format, reduction: Reduction::Workgroup }
+    }
+}
+
+impl KernelVariant for AttentionVariant {
+    fn entry_point(&self) -> &'static str {
+        self.entry.name()
+    }
+
+    // Generated only on a cache miss: building it per dispatch is most of a session's host set-up.
+    fn source(&self) -> String {
+        shader_source(self.head_dim, self.decode_heads, self.single, self.append, self.kv, self.reduction)
+    }
+}
+
+/// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile.
+fn shader_source(head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat, reduction: Reduction) -> String {
     // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 66 words of row info.
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
@@ -196,9 +249,9 @@ pub fn attention_prefill_limited(gpu: &Gpu, a: &AttentionArgs, max_scratch_bytes
     }
     let cap = fit.min(a.rows.max(1).next_multiple_of(TILE_ROWS) as u64) as u32;
     let scratch = gpu.shared_scratch("attention.prefill.scores", row_bytes * cap as u64);
-    let scores = pipeline(gpu, "prefill_scores", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
-    let softmax = pipeline(gpu, "prefill_softmax", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
-    let pv = pipeline(gpu, "prefill_pv", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
+    let scores = gpu.variant_pipeline(AttentionVariant::prefill(AttentionEntry::PrefillScores, a));
+    let softmax = gpu.variant_pipeline(AttentionVariant::prefill(AttentionEntry::PrefillSoftmax, a));
+    let pv = gpu.variant_pipeline(AttentionVariant::prefill(AttentionEntry::PrefillPv, a));
     let dn = tiled_columns(a.head_dim);
     let mut ds = Vec::new();
     for row0 in (0..a.rows).step_by(cap as usize) {
@@ -215,7 +268,7 @@ pub fn attention_prefill_limited(gpu: &Gpu, a: &AttentionArgs, max_scratch_bytes
 /// Flash-style: a workgroup per 32 query rows and head, no scratch.
 fn prefill_flash(gpu: &Gpu, a: &AttentionArgs) -> Dispatch {
     let params = a.params(0);
-    let pipeline = pipeline(gpu, "prefill", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
+    let pipeline = gpu.variant_pipeline(AttentionVariant::prefill(AttentionEntry::Prefill, a));
     let buffers = [a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out];
     gpu.dispatch(&pipeline, &params, &buffers, [a.rows.div_ceil(PREFILL_QUERIES), a.heads, 1])
 }
@@ -402,13 +455,14 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
     assert!(n_chunks <= MAX_DECODE_CHUNKS, "attention_decode: {} keys exceed {} chunks of {chunk}", a.max_keys, MAX_DECODE_CHUNKS);
     let params = a.params(n_chunks);
     let grid = [a.heads / nr, n_chunks, a.rows];
+    let append = rope.is_some();
     let reduction = gpu.reduction();
+    let variant = |entry, single| AttentionVariant { entry, head_dim: a.head_dim, decode_heads: nr, single, append, kv: a.kv_format, reduction };
     if n_chunks == 1 {
         // Every key in one chunk: the partial pass normalises and writes the output itself.
-        let single = pipeline(gpu, "decode_partial", a.head_dim, nr, true, false, a.kv_format, reduction);
+        let single = gpu.variant_pipeline(AttentionVariant { append: false, ..variant(AttentionEntry::DecodePartial, true) });
         return vec![gpu.dispatch(&single, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out], grid)];
     }
-    let append = rope.is_some();
     let mut words = a.rows as u64 * a.heads as u64 * n_chunks as u64 * (a.head_dim as u64 + 2);
     if append {
         // The new keys' rotated K and V per (row, kv head), staged for the combine.
@@ -417,8 +471,8 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
     // Written by the partial pass and read by the combine right after it: one buffer for every layer's decode
     // (36 of ~0.47 MB for Dia's self and cross attention at 3072 positions otherwise).
     let partials = gpu.shared_scratch("attention.decode.partials", words * 4);
-    let partial = pipeline(gpu, "decode_partial", a.head_dim, nr, false, append, a.kv_format, reduction);
-    let combine = pipeline(gpu, "decode_combine", a.head_dim, nr, false, append, a.kv_format, reduction);
+    let partial = gpu.variant_pipeline(variant(AttentionEntry::DecodePartial, false));
+    let combine = gpu.variant_pipeline(variant(AttentionEntry::DecodeCombine, false));
     match rope {
         None => vec![
             gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], grid),

@@ -3,7 +3,8 @@
 //! `tests/shaders.rs` runs through naga. Names do not depend on how the kernels key their pipelines, so two
 //! dumps of different code line up file by file.
 use crate::gpu::{KernelVariant, Reduction};
-use crate::kernels::kv_cache::KvFormat;
+use crate::kernels::kv_cache::{KvCacheKernel, KvFormat};
+use crate::kernels::sampling::{SamplerEntry, SamplerVariant};
 use crate::kernels::linear::{Arith, CoopAccess, CoopShape, CoopVariant, LinearEpilogue, SmallMShape, SmallMVariant, TiledAccess, TiledShape, TiledVariant};
 use crate::kernels::WeightFormat;
 use crate::quant::{QuantBits, QuantFormat};
@@ -34,7 +35,7 @@ fn format_name(f: WeightFormat) -> String {
 }
 
 fn attention(out: &mut Vec<(String, String)>) {
-    use crate::kernels::attention::shader_source;
+    use crate::kernels::attention::{AttentionEntry, AttentionVariant};
     for hd in [32u32, 48, 64, 80, 128, 256] {
         for nr in [1, 2, 4] {
             for kv in KvFormat::ALL {
@@ -44,7 +45,8 @@ fn attention(out: &mut Vec<(String, String)>) {
                             continue;
                         }
                         let name = format!("attention/hd{hd}_nr{nr}_{kv}_{reduction:?}_single{single}_append{append}");
-                        out.push((name, shader_source(hd, nr, single, append, kv, reduction)));
+                        let v = AttentionVariant { entry: AttentionEntry::DecodePartial, head_dim: hd, decode_heads: nr, single, append, kv, reduction };
+                        out.push((name, v.source()));
                     }
                 }
             }
@@ -57,14 +59,17 @@ fn sampling(out: &mut Vec<(String, String)>) {
         for record in [false, true] {
             for reduction in REDUCTIONS {
                 let name = format!("sampling/c{chunk}_record{record}_{reduction:?}");
-                out.push((name, crate::kernels::sampling::shader_source(chunk, record, reduction)));
+                let v = SamplerVariant { entry: SamplerEntry::SelectToken, chunk, record_scores: record, reduction };
+                out.push((name, v.source()));
             }
         }
     }
 }
 
 fn dac(out: &mut Vec<(String, String)>) {
-    use crate::kernels::dac_conv::{conv_source, reduce_source, ConvShape};
+    use crate::kernels::dac_channels_last::{ConvMonoVariant, PackVariant};
+    use crate::kernels::dac_conv::{ConvReduceVariant, ConvShape, ConvVariant};
+    use crate::kernels::dac_rvq::{RvqEntry, RvqVariant};
     use crate::kernels::dac_conv_cl::{self, ClShape, EPILOGUE_NAMES};
     for format in [WeightFormat::F32, WeightFormat::F16] {
         for shape in ConvShape::ALL {
@@ -87,7 +92,8 @@ fn dac(out: &mut Vec<(String, String)>) {
                                     shape.rm,
                                     shape.rn
                                 );
-                                out.push((name, conv_source(format, shape, cc, kt, xs, f16_math, split, snake, acc, tanh)));
+                                let v = ConvVariant { format, shape, cc, kt, xs, f16_math, split, snake, accumulate: acc, tanh };
+                                out.push((name, v.source()));
                             }
                         }
                     }
@@ -97,7 +103,7 @@ fn dac(out: &mut Vec<(String, String)>) {
     }
     for acc in [false, true] {
         for tanh in [false, true] {
-            out.push((format!("dac_conv_reduce/acc{acc}_tanh{tanh}"), reduce_source(acc, tanh)));
+            out.push((format!("dac_conv_reduce/acc{acc}_tanh{tanh}"), ConvReduceVariant { accumulate: acc, tanh }.source()));
         }
     }
     for shape in ClShape::ALL {
@@ -110,22 +116,22 @@ fn dac(out: &mut Vec<(String, String)>) {
     }
     for format in [WeightFormat::F32, WeightFormat::F16] {
         for dim in [8, 16] {
-            out.push((format!("dac_rvq/{}_d{dim}", format.name()), crate::kernels::dac_rvq::shader_source(format, dim)));
+            out.push((format!("dac_rvq/{}_d{dim}", format.name()), RvqVariant { entry: RvqEntry::Assign, format, codebook_dim: dim }.source()));
         }
-        out.push((format!("dac_conv_mono/{}", format.name()), crate::kernels::dac_channels_last::conv_mono_source(format)));
+        out.push((format!("dac_conv_mono/{}", format.name()), ConvMonoVariant { format }.source()));
     }
     for transposed in [false, true] {
         for snake in [false, true] {
-            out.push((format!("dac_pack/t{transposed}_s{snake}"), crate::kernels::dac_channels_last::pack_source(transposed, snake)));
+            out.push((format!("dac_pack/t{transposed}_s{snake}"), PackVariant { transposed, snake }.source()));
         }
     }
 }
 
 fn kv_cache(out: &mut Vec<(String, String)>) {
     for format in KvFormat::ALL {
-        out.push((format!("kv_cache/plain_{format}"), crate::kernels::kv_cache::shader(format)));
+        out.push((format!("kv_cache/plain_{format}"), KvCacheKernel::RopeKvWrite(format).source()));
     }
-    out.push(("kv_cache/q8".to_string(), crate::kernels::kv_cache::q8_shader()));
+    out.push(("kv_cache/q8".to_string(), KvCacheKernel::PackQ8.source()));
 }
 
 fn linear(out: &mut Vec<(String, String)>) {

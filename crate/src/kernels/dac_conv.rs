@@ -7,7 +7,7 @@
 //! ConvTranspose1d (stride s, kernel K) is computed as s phase-wise ordinary convolutions: output time
 //! t = q·s + p − padding takes taps k = p + m·s of input q − m. The weights are rewritten once at upload
 //! into that per-phase layout (`conv_transpose_phase_weights`).
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError, KernelVariant};
 use super::{weight_decl, GpuMatrix, Numerics, WeightFormat};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_conv.wgsl");
@@ -601,28 +601,61 @@ fn conv_pipeline(
     let snake = fusion.snake_alpha.is_some();
     // The epilogue's fusions live in the reduce pass under split-K.
     let (acc, tanh) = if split { (false, false) } else { (fusion.accumulate, fusion.tanh) };
-    let key = format!(
-        "dac_conv:{}:{}:{}x{}x{}x{}:c{}k{}x{}:p{}s{}a{}t{}",
-        format.name(),
-        if f16_math { "h" } else { "f" },
-        shape.wm,
-        shape.wn,
-        shape.rm,
-        shape.rn,
-        ch.cc,
-        ch.kt,
-        ch.xs,
-        split as u8,
-        snake as u8,
-        acc as u8,
-        tanh as u8
-    );
-    gpu.pipeline(&key, "conv", || conv_source(format, shape, ch.cc, ch.kt, ch.xs, f16_math, split, snake, acc, tanh))
+    gpu.variant_pipeline(ConvVariant { format, shape, cc: ch.cc, kt: ch.kt, xs: ch.xs, f16_math, split, snake, accumulate: acc, tanh })
+}
+
+/// One compiled specialisation of the convolution pass (section `conv`): the WGSL generator's input and the
+/// pipeline-cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvVariant {
+    pub format: WeightFormat,
+    pub shape: ConvShape,
+    /// Input channels and taps per staged chunk, and staged input words (see `ConvShape::chunking`).
+    pub cc: u32,
+    pub kt: u32,
+    pub xs: u32,
+    pub f16_math: bool,
+    /// Writes one split's partial sums (split-K) instead of the outputs.
+    pub split: bool,
+    /// Snake on the input loads.
+    pub snake: bool,
+    /// Residual add and tanh in the epilogue (off under split-K, where the reduce pass applies them).
+    pub accumulate: bool,
+    pub tanh: bool,
+}
+
+impl KernelVariant for ConvVariant {
+    fn entry_point(&self) -> &'static str {
+        "conv"
+    }
+
+    fn source(&self) -> String {
+        let v = self;
+        conv_source(v.format, v.shape, v.cc, v.kt, v.xs, v.f16_math, v.split, v.snake, v.accumulate, v.tanh)
+    }
+}
+
+/// The split-K reduction pass (section `reduce`) with the epilogue's fusions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvReduceVariant {
+    pub accumulate: bool,
+    pub tanh: bool,
+}
+
+impl KernelVariant for ConvReduceVariant {
+    fn entry_point(&self) -> &'static str {
+        "reduce"
+    }
+
+    fn source(&self) -> String {
+        let fusion = ConvFusion { snake_alpha: None, accumulate: self.accumulate, tanh: self.tanh };
+        format!("{}{}", specialize(section("reduce"), &[("PARAMS", ReduceParams::wgsl())]), finish_section(&fusion))
+    }
 }
 
 /// The convolution pass's WGSL (`acc` and `tanh` as the pass applies them: off under split-K).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv_source(format: WeightFormat, shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split: bool, snake: bool, acc: bool, tanh: bool) -> String {
+fn conv_source(format: WeightFormat, shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split: bool, snake: bool, acc: bool, tanh: bool) -> String {
     let code = conv_code(shape, cc, kt, xs, f16_math, split);
     let out_decl = if split {
         "@group(0) @binding(3) var<storage, read_write> part: array<f32>;\n\
@@ -674,14 +707,7 @@ pub(crate) fn conv_source(format: WeightFormat, shape: ConvShape, cc: u32, kt: u
 }
 
 fn reduce_pipeline(gpu: &Gpu, fusion: &ConvFusion) -> std::sync::Arc<wgpu::ComputePipeline> {
-    let key = format!("dac_conv_reduce:a{}t{}", fusion.accumulate as u8, fusion.tanh as u8);
-    gpu.pipeline(&key, "reduce", || reduce_source(fusion.accumulate, fusion.tanh))
-}
-
-/// The split-K reduction's WGSL.
-pub(crate) fn reduce_source(accumulate: bool, tanh: bool) -> String {
-    let fusion = ConvFusion { snake_alpha: None, accumulate, tanh };
-    format!("{}{}", specialize(section("reduce"), &[("PARAMS", ReduceParams::wgsl())]), finish_section(&fusion))
+    gpu.variant_pipeline(ConvReduceVariant { accumulate: fusion.accumulate, tanh: fusion.tanh })
 }
 
 /// The geometry shared by both convolution kinds (see the shader's header).

@@ -13,7 +13,7 @@ use super::coop_code::{staged_reduction, Staging};
 
 use super::dac_conv::{snake_decl, Conv1dWeights, ConvTranspose1dWeights, Geometry};
 use super::{GpuMatrix, WeightFormat};
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_conv_cl.wgsl");
 
@@ -149,6 +149,24 @@ pub fn tap_major(rows: &[f32], cin: usize, taps: usize) -> Vec<f32> {
 /// 8; a tile's 96+ channels would mostly idle below 32 outputs (the decoder's 1-channel last layer).
 pub fn supports(cin: u32, cout: u32) -> bool {
     cin.is_multiple_of(8) && cout >= 32 && cout.is_multiple_of(2)
+}
+
+/// One compiled specialisation of the channels-last convolution (tile shape × epilogue, one of `EPILOGUE_NAMES`):
+/// the WGSL generator's input and the pipeline-cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClVariant {
+    pub shape: ClShape,
+    pub epilogue: &'static str,
+}
+
+impl KernelVariant for ClVariant {
+    fn entry_point(&self) -> &'static str {
+        "main"
+    }
+
+    fn source(&self) -> String {
+        shader_source(self.shape, self.epilogue)
+    }
 }
 
 /// The WGSL of one specialisation (entry point `main`).
@@ -339,9 +357,7 @@ fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w_cl: &GpuMatrix, bias: &GpuBuff
         "dac_conv_cl: {shape:?} needs {} bytes of workgroup memory",
         shape.workgroup_bytes()
     );
-    let name = epilogue.name();
-    let key = format!("dac_conv_cl:{}:{name}", shape.name());
-    let pipe = gpu.pipeline(&key, "main", || shader_source(shape, name));
+    let pipe = gpu.variant_pipeline(ClVariant { shape, epilogue: epilogue.name() });
     let [grid_x, split, _] = grid_1d(g.cols.div_ceil(shape.tm()));
     let params = Params {
         cin: g.cin,
