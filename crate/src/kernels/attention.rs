@@ -6,6 +6,7 @@
 //! dependent dispatch costs several µs of ordering on a GPU, so a step saves one per layer.
 use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer, KernelVariant, Reduction, SUBGROUPS_MARKER};
 use crate::kernels::kv_cache::KvFormat;
+use crate::kernels::wgsl::{tree_sum, Emitter};
 
 const SHADER: &str = include_str!("../../../shaders/attention.wgsl");
 
@@ -292,7 +293,6 @@ struct TiledCode {
 /// issued before the current stage's 16 × 16 products) and the P·V tile (4 probabilities and 4·DN/64 V words per
 /// thread and stage, 4 × 4·NV accumulators). Shader names: TR = 64, KD = 16, 256 threads.
 fn tiled_code(hd: u32) -> TiledCode {
-    use std::fmt::Write;
     const KD: u32 = 16;
     let dn = tiled_columns(hd);
     let nv = dn / 64; // column vec4s per thread and row
@@ -301,113 +301,113 @@ fn tiled_code(hd: u32) -> TiledCode {
     let comp = ["x", "y", "z", "w"];
     // Dimensions past head_dim (last stage) must not add to the dot products.
     let masked = !hd.is_multiple_of(KD);
-    let q_load = |off: &str| if masked { format!("select(0.0, load_q(qr_{{r}} + {off}), {off} + lk < HD)") } else { format!("load_q(qr_{{r}} + {off})") };
-    let k_load = |off: &str| if masked { format!("select(0.0, load_k(kr_{{r}} + {off}), {off} + lk < HD)") } else { format!("load_k(kr_{{r}} + {off})") };
+    let q_load = |r: u32, off: &str| if masked { format!("select(0.0, load_q(qr_{r} + {off}), {off} + lk < HD)") } else { format!("load_q(qr_{r} + {off})") };
+    let k_load = |r: u32, off: &str| if masked { format!("select(0.0, load_k(kr_{r} + {off}), {off} + lk < HD)") } else { format!("load_k(kr_{r} + {off})") };
 
-    let mut sc = String::new();
+    let mut sc = Emitter::new(2);
     for r in 0..4 {
-        let _ = writeln!(sc, "        let qr_{r} = q0 + {r}u * p.q_stride;");
-        let _ = writeln!(sc, "        let kr_{r} = (kv_base + min(j0 + 4u * lg + {r}u, lim - 1u)) * p.kv_stride + k0r;");
+        emit!(sc, "let qr_{r} = q0 + {r}u * p.q_stride;");
+        emit!(sc, "let kr_{r} = (kv_base + min(j0 + 4u * lg + {r}u, lim - 1u)) * p.kv_stride + k0r;");
     }
     for r in 0..4 {
-        let _ = writeln!(sc, "        var q_{r} = {};", q_load("0u").replace("{r}", &r.to_string()));
-        let _ = writeln!(sc, "        var k_{r} = {};", k_load("0u").replace("{r}", &r.to_string()));
-        let _ = writeln!(sc, "        var acc_{r} = vec4<f32>(0.0);");
+        emit!(sc, "var q_{r} = {};", q_load(r, "0u"));
+        emit!(sc, "var k_{r} = {};", k_load(r, "0u"));
+        emit!(sc, "var acc_{r} = vec4<f32>(0.0);");
     }
-    let _ = writeln!(sc, "        for (var k0 = 0u; k0 < HD; k0 += KD) {{");
-    let _ = writeln!(sc, "            workgroupBarrier();");
-    let _ = writeln!(sc, "            ta[lk * 16u + lg] = vec4<f32>(q_0, q_1, q_2, q_3);");
-    let _ = writeln!(sc, "            tb[lk * 16u + lg] = vec4<f32>(k_0, k_1, k_2, k_3);");
-    let _ = writeln!(sc, "            workgroupBarrier();");
-    let _ = writeln!(sc, "            let kn = k0 + KD;");
-    for r in 0..4 {
-        let _ = writeln!(sc, "            q_{r} = {};", q_load("kn").replace("{r}", &r.to_string()));
-        let _ = writeln!(sc, "            k_{r} = {};", k_load("kn").replace("{r}", &r.to_string()));
-    }
-    // Two chains of 8 products per stage, added to the running sum: rounding errors grow with chain length, and
-    // logits are large (no 1/√d), so score errors show up amplified in the softmax.
-    for kk in 0..KD {
-        let _ = writeln!(sc, "            let a_{kk} = ta[{}u + tm];", kk * 16);
-        let _ = writeln!(sc, "            let b_{kk} = tb[{}u + tn];", kk * 16);
-        for (r, c) in comp.iter().enumerate() {
-            let chain = if kk < KD / 2 { "e" } else { "o" };
-            let op = if kk % (KD / 2) == 0 { format!("var {chain}_{r} =") } else { format!("{chain}_{r} +=") };
-            let _ = writeln!(sc, "            {op} a_{kk}.{c} * b_{kk};");
+    sc.block("for (var k0 = 0u; k0 < HD; k0 += KD)", |sc| {
+        sc.line("workgroupBarrier();");
+        sc.line("ta[lk * 16u + lg] = vec4<f32>(q_0, q_1, q_2, q_3);");
+        sc.line("tb[lk * 16u + lg] = vec4<f32>(k_0, k_1, k_2, k_3);");
+        sc.line("workgroupBarrier();");
+        sc.line("let kn = k0 + KD;");
+        for r in 0..4 {
+            emit!(sc, "q_{r} = {};", q_load(r, "kn"));
+            emit!(sc, "k_{r} = {};", k_load(r, "kn"));
         }
-    }
+        // Two chains of 8 products per stage, added to the running sum: rounding errors grow with chain length, and
+        // logits are large (no 1/√d), so score errors show up amplified in the softmax.
+        for kk in 0..KD {
+            emit!(sc, "let a_{kk} = ta[{}u + tm];", kk * 16);
+            emit!(sc, "let b_{kk} = tb[{}u + tn];", kk * 16);
+            for (r, c) in comp.iter().enumerate() {
+                let chain = if kk < KD / 2 { "e" } else { "o" };
+                let op = if kk % (KD / 2) == 0 { format!("var {chain}_{r} =") } else { format!("{chain}_{r} +=") };
+                emit!(sc, "{op} a_{kk}.{c} * b_{kk};");
+            }
+        }
+        for r in 0..4 {
+            emit!(sc, "acc_{r} += e_{r} + o_{r};");
+        }
+    });
     for r in 0..4 {
-        let _ = writeln!(sc, "            acc_{r} += e_{r} + o_{r};");
-    }
-    let _ = writeln!(sc, "        }}");
-    for r in 0..4 {
-        let _ = writeln!(sc, "        if t_seq[4u * tm + {r}u] == s && j0 + 4u * tn < t_lim[4u * tm + {r}u] {{");
-        let _ = writeln!(sc, "            let i = (h * p.chunk_cap + ml0 + 4u * tm + {r}u) * s_row + j0 / 4u + tn;");
-        let _ = writeln!(sc, "            if i < arrayLength(&sc_out) {{ sc_out[i] = acc_{r}; }}");
-        let _ = writeln!(sc, "        }}");
+        sc.block(&format!("if t_seq[4u * tm + {r}u] == s && j0 + 4u * tn < t_lim[4u * tm + {r}u]"), |sc| {
+            emit!(sc, "let i = (h * p.chunk_cap + ml0 + 4u * tm + {r}u) * s_row + j0 / 4u + tn;");
+            emit!(sc, "if i < arrayLength(&sc_out) {{ sc_out[i] = acc_{r}; }}");
+        });
     }
 
-    let mut pv_init = String::new();
+    let mut pv_init = Emitter::new(1);
     for r in 0..4 {
         for c in 0..nv {
-            let _ = writeln!(pv_init, "    var acc_{r}_{c} = vec4<f32>(0.0);");
+            emit!(pv_init, "var acc_{r}_{c} = vec4<f32>(0.0);");
         }
     }
-    let mut pv = String::new();
+    let mut pv = Emitter::new(2);
     for r in 0..4 {
         // Rows of other sequences take no keys in this pass.
-        let _ = writeln!(pv, "        let pl_{r} = select(0u, t_lim[4u * lg + {r}u], t_seq[4u * lg + {r}u] == s);");
-        let _ = writeln!(pv, "        let pm_{r} = t_mx[4u * lg + {r}u];");
-        let _ = writeln!(pv, "        let pb_{r} = (h * p.chunk_cap + ml0 + 4u * lg + {r}u) * p.key_stride + lk;");
-        let _ = writeln!(pv, "        var p_{r} = select(0.0, exp(pv_s(pb_{r}) - pm_{r}), lk < pl_{r});");
+        emit!(pv, "let pl_{r} = select(0u, t_lim[4u * lg + {r}u], t_seq[4u * lg + {r}u] == s);");
+        emit!(pv, "let pm_{r} = t_mx[4u * lg + {r}u];");
+        emit!(pv, "let pb_{r} = (h * p.chunk_cap + ml0 + 4u * lg + {r}u) * p.key_stride + lk;");
+        emit!(pv, "var p_{r} = select(0.0, exp(pv_s(pb_{r}) - pm_{r}), lk < pl_{r});");
     }
     // V rows past the visible keys are read clamped (their probabilities are 0).
     let v_load = |pass: u32, e: u32, off: &str| format!("pv_load_v((kv_base + min({off}vk + {}u, lim - 1u)) * p.kv_stride + v0 + {e}u)", pass * v_keys);
     for pass in 0..v_passes {
         for e in 0..4 {
-            let _ = writeln!(pv, "        var v_{pass}_{e} = {};", v_load(pass, e, ""));
+            emit!(pv, "var v_{pass}_{e} = {};", v_load(pass, e, ""));
         }
     }
-    let _ = writeln!(pv, "        for (var k0 = 0u; k0 < lim; k0 += KD) {{");
-    let _ = writeln!(pv, "            workgroupBarrier();");
-    let _ = writeln!(pv, "            ta[lk * 16u + lg] = vec4<f32>(p_0, p_1, p_2, p_3);");
-    for pass in 0..v_passes {
-        let _ = writeln!(pv, "            tb[(vk + {}u) * (DN / 4u) + vc] = vec4<f32>(v_{pass}_0, v_{pass}_1, v_{pass}_2, v_{pass}_3);", pass * v_keys);
-    }
-    let _ = writeln!(pv, "            workgroupBarrier();");
-    let _ = writeln!(pv, "            let kn = k0 + KD;");
-    for r in 0..4 {
-        let _ = writeln!(pv, "            p_{r} = select(0.0, exp(pv_s(pb_{r} + kn) - pm_{r}), kn + lk < pl_{r});");
-    }
-    for pass in 0..v_passes {
-        for e in 0..4 {
-            let _ = writeln!(pv, "            v_{pass}_{e} = {};", v_load(pass, e, "kn + "));
+    pv.block("for (var k0 = 0u; k0 < lim; k0 += KD)", |pv| {
+        pv.line("workgroupBarrier();");
+        pv.line("ta[lk * 16u + lg] = vec4<f32>(p_0, p_1, p_2, p_3);");
+        for pass in 0..v_passes {
+            emit!(pv, "tb[(vk + {}u) * (DN / 4u) + vc] = vec4<f32>(v_{pass}_0, v_{pass}_1, v_{pass}_2, v_{pass}_3);", pass * v_keys);
         }
-    }
-    for kk in 0..KD {
-        let _ = writeln!(pv, "            let a_{kk} = ta[{}u + tm];", kk * 16);
-        for c in 0..nv {
-            let _ = writeln!(pv, "            let b_{kk}_{c} = tb[{}u + tn];", kk * dn / 4 + 16 * c);
-            for (r, rc) in comp.iter().enumerate() {
-                let _ = writeln!(pv, "            acc_{r}_{c} += a_{kk}.{rc} * b_{kk}_{c};");
+        pv.line("workgroupBarrier();");
+        pv.line("let kn = k0 + KD;");
+        for r in 0..4 {
+            emit!(pv, "p_{r} = select(0.0, exp(pv_s(pb_{r} + kn) - pm_{r}), kn + lk < pl_{r});");
+        }
+        for pass in 0..v_passes {
+            for e in 0..4 {
+                emit!(pv, "v_{pass}_{e} = {};", v_load(pass, e, "kn + "));
             }
         }
-    }
-    let _ = writeln!(pv, "        }}");
+        for kk in 0..KD {
+            emit!(pv, "let a_{kk} = ta[{}u + tm];", kk * 16);
+            for c in 0..nv {
+                emit!(pv, "let b_{kk}_{c} = tb[{}u + tn];", kk * dn / 4 + 16 * c);
+                for (r, rc) in comp.iter().enumerate() {
+                    emit!(pv, "acc_{r}_{c} += a_{kk}.{rc} * b_{kk}_{c};");
+                }
+            }
+        }
+    });
 
-    let mut store = String::new();
+    let mut store = Emitter::new(1);
     for r in 0..4 {
-        let _ = writeln!(store, "    if ml0 + 4u * tm + {r}u < p.chunk_rows && p.row0 + ml0 + 4u * tm + {r}u < p.rows {{");
-        let _ = writeln!(store, "        let ob_{r} = ((p.row0 + ml0 + 4u * tm + {r}u) * p.heads + h) * HD;");
-        let _ = writeln!(store, "        let inv_{r} = t_inv[4u * tm + {r}u];");
-        for c in 0..nv {
-            for (e, ce) in comp.iter().enumerate() {
-                let _ = writeln!(store, "        let d_{r}_{c}_{e} = d0 + 4u * (tn + {}u) + {e}u;", 16 * c);
-                let _ = writeln!(store, "        if d_{r}_{c}_{e} < HD && ob_{r} + d_{r}_{c}_{e} < arrayLength(&pv_out) {{ pv_out[ob_{r} + d_{r}_{c}_{e}] = acc_{r}_{c}.{ce} * inv_{r}; }}");
+        store.block(&format!("if ml0 + 4u * tm + {r}u < p.chunk_rows && p.row0 + ml0 + 4u * tm + {r}u < p.rows"), |store| {
+            emit!(store, "let ob_{r} = ((p.row0 + ml0 + 4u * tm + {r}u) * p.heads + h) * HD;");
+            emit!(store, "let inv_{r} = t_inv[4u * tm + {r}u];");
+            for c in 0..nv {
+                for (e, ce) in comp.iter().enumerate() {
+                    emit!(store, "let d_{r}_{c}_{e} = d0 + 4u * (tn + {}u) + {e}u;", 16 * c);
+                    emit!(store, "if d_{r}_{c}_{e} < HD && ob_{r} + d_{r}_{c}_{e} < arrayLength(&pv_out) {{ pv_out[ob_{r} + d_{r}_{c}_{e}] = acc_{r}_{c}.{ce} * inv_{r}; }}");
+                }
             }
-        }
-        let _ = writeln!(store, "    }}");
+        });
     }
-    TiledCode { dn, scores: sc, pv_init, pv_body: pv, pv_store: store }
+    TiledCode { dn, scores: sc.finish(), pv_init: pv_init.finish(), pv_body: pv.finish(), pv_store: store.finish() }
 }
 
 /// Split over keys: for few query rows with many keys (decoder steps). May return several dispatches
@@ -506,7 +506,6 @@ const MAX_SUBGROUPS: u32 = 64;
 /// of one, whatever its size and however the device maps invocations to subgroups), its first invocation stores
 /// the result by `subgroup_id`, and after one barrier every invocation folds the partials of its head.
 fn decode_reductions(reduction: Reduction, nr: u32) -> DecodeReductions {
-    use std::fmt::Write;
     match reduction {
         Reduction::Workgroup => DecodeReductions {
             args: "",
@@ -579,16 +578,16 @@ fn all_sum(lid: u32, x: f32) -> f32 {
         Reduction::Subgroup => {
             // One subgroup operation per head (unrolled: NR is a constant), each over the values of that head.
             let per_head = |op: &str, neutral: &str| {
-                let mut code = String::new();
+                let mut code = Emitter::new(1);
                 for h in 0..nr {
-                    let _ = writeln!(code, "    let r_{h} = {op}(select({neutral}, x, eh == {h}u));");
+                    emit!(code, "let r_{h} = {op}(select({neutral}, x, eh == {h}u));");
                 }
-                let _ = writeln!(code, "    if sg_lane == 0u && sg_id < MAX_SG {{");
-                for h in 0..nr {
-                    let _ = writeln!(code, "        d_sg[sg_id * NR + {h}u] = r_{h};");
-                }
-                let _ = writeln!(code, "    }}");
-                code
+                code.block("if sg_lane == 0u && sg_id < MAX_SG", |code| {
+                    for h in 0..nr {
+                        emit!(code, "d_sg[sg_id * NR + {h}u] = r_{h};");
+                    }
+                });
+                code.finish()
             };
             let decode_fns = format!(
                 "const MAX_SG: u32 = {MAX_SUBGROUPS}u;
@@ -689,7 +688,6 @@ struct DecodeCode {
 /// query is rotated on load and the row's new key is scored and weighted from the fused QKV row instead of the
 /// cache (its cache row is stale until the combine writes it).
 fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool) -> DecodeCode {
-    use std::fmt::Write;
     const DL: u32 = 8;
     const THREADS: u32 = 256;
     let dims = hd.div_ceil(DL);
@@ -698,33 +696,33 @@ fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool) -> DecodeCode {
     assert!(!append || hd.is_multiple_of(16), "decode_code: appending needs head_dim a multiple of 16");
     // Lane t holds dims t + 8·i; the last i is partial when HD is not a multiple of 8.
     let lane_dim = |i: u32| if DL * (i + 1) > hd { format!("min(t + {}u, HD - 1u)", DL * i) } else { format!("t + {}u", DL * i) };
-    let mut scores = String::new();
+    let mut scores = Emitter::new(1);
     if append {
-        let _ = writeln!(scores, "    let pos = qinfo[2u * row + 1u];");
-        let _ = writeln!(scores, "    let is_new = pos >= c0 && pos - c0 < CH && pos < lim;");
-        let _ = writeln!(scores, "    let kp = select(0u, pos - c0, is_new);");
-        let _ = writeln!(scores, "    let vlim = select(CH, kp, is_new);");
+        scores.line("let pos = qinfo[2u * row + 1u];");
+        scores.line("let is_new = pos >= c0 && pos - c0 < CH && pos < lim;");
+        scores.line("let kp = select(0u, pos - c0, is_new);");
+        scores.line("let vlim = select(CH, kp, is_new);");
         for i in 0..h8 {
-            let _ = writeln!(scores, "    let rcs_{i} = rope_cs(pos, t + {}u);", DL * i);
+            emit!(scores, "let rcs_{i} = rope_cs(pos, t + {}u);", DL * i);
         }
     } else {
-        let _ = writeln!(scores, "    let vlim = CH;");
+        scores.line("let vlim = CH;");
     }
     // `name_{i}` rotated from `raw_{i}` (rotate_half: the first half pairs with the second).
-    let rotate = |out: &mut String, name: &str, raw: &str| {
+    let rotate = |out: &mut Emitter, name: &str, raw: &str| {
         for i in 0..h8 {
             let j = i + h8;
-            let _ = writeln!(out, "    let {name}_{i} = {raw}_{i} * rcs_{i}.x - {raw}_{j} * rcs_{i}.y;");
-            let _ = writeln!(out, "    let {name}_{j} = {raw}_{j} * rcs_{i}.x + {raw}_{i} * rcs_{i}.y;");
+            emit!(out, "let {name}_{i} = {raw}_{i} * rcs_{i}.x - {raw}_{j} * rcs_{i}.y;");
+            emit!(out, "let {name}_{j} = {raw}_{j} * rcs_{i}.x + {raw}_{i} * rcs_{i}.y;");
         }
     };
     for h in 0..nr {
-        let _ = writeln!(scores, "    let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
+        emit!(scores, "let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
         let raw = if append { "qr" } else { "q" };
         for i in 0..dims {
             let load = format!("load_q(qb_{h} + {})", lane_dim(i));
             let value = if DL * (i + 1) > hd { format!("select(0.0, {load}, t + {}u < HD)", DL * i) } else { load };
-            let _ = writeln!(scores, "    let {raw}_{h}_{i} = {value};");
+            emit!(scores, "let {raw}_{h}_{i} = {value};");
         }
         if append {
             rotate(&mut scores, &format!("q_{h}"), &format!("qr_{h}"));
@@ -732,80 +730,81 @@ fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool) -> DecodeCode {
     }
     let passes = chunk / (THREADS / DL);
     for pass in 0..passes {
-        let _ = writeln!(scores, "    let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * THREADS / DL);
+        emit!(scores, "let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * THREADS / DL);
         for i in 0..dims {
-            let _ = writeln!(scores, "    let k_{pass}_{i} = load_k(kr_{pass} + {});", lane_dim(i));
+            emit!(scores, "let k_{pass}_{i} = load_k(kr_{pass} + {});", lane_dim(i));
         }
     }
     for pass in 0..passes {
         for h in 0..nr {
             let terms: Vec<String> = (0..dims).map(|i| format!("q_{h}_{i} * k_{pass}_{i}")).collect();
-            let _ = writeln!(scores, "    d_part[({h}u * CH + {}u + kl) * DL + t] = {};", pass * THREADS / DL, super::wgsl_tree_sum(&terms));
+            emit!(scores, "d_part[({h}u * CH + {}u + kl) * DL + t] = {};", pass * THREADS / DL, tree_sum(&terms));
         }
     }
     if append {
         // The new key from the QKV row (K heads follow the query heads), rotated; the lanes that scored its stale
-        // cache row above overwrite that score, and stage it for the combine to write into the cache.
-        let _ = writeln!(scores, "    if is_new && kl == kp % {}u {{", THREADS / DL);
-        let _ = writeln!(scores, "    let nb = row * p.q_stride + p.q_col + (p.heads + g) * HD;");
+        // cache row above overwrite that score, and stage it for the combine to write into the cache. (These two
+        // `if` bodies are written at the `if`'s own depth: unindented, as the shaders have always had them.)
+        emit!(scores, "if is_new && kl == kp % {}u {{", THREADS / DL);
+        scores.line("let nb = row * p.q_stride + p.q_col + (p.heads + g) * HD;");
         for i in 0..dims {
-            let _ = writeln!(scores, "    let nr_{i} = load_q(nb + {});", lane_dim(i));
+            emit!(scores, "let nr_{i} = load_q(nb + {});", lane_dim(i));
         }
         rotate(&mut scores, "nk", "nr");
         for h in 0..nr {
             let terms: Vec<String> = (0..dims).map(|i| format!("q_{h}_{i} * nk_{i}")).collect();
-            let _ = writeln!(scores, "    d_part[({h}u * CH + kp) * DL + t] = {};", super::wgsl_tree_sum(&terms));
+            emit!(scores, "d_part[({h}u * CH + kp) * DL + t] = {};", tree_sum(&terms));
         }
-        let _ = writeln!(scores, "    if h0 % p.n_rep == 0u {{");
-        let _ = writeln!(scores, "    let slot = new_key_slot(row, g);");
+        scores.line("if h0 % p.n_rep == 0u {");
+        scores.line("let slot = new_key_slot(row, g);");
         for i in 0..dims {
-            let _ = writeln!(scores, "    store_partial(slot + {}, nk_{i});", lane_dim(i));
+            emit!(scores, "store_partial(slot + {}, nk_{i});", lane_dim(i));
         }
-        let _ = writeln!(scores, "    }}");
-        let _ = writeln!(scores, "    }}");
+        scores.line("}");
+        scores.line("}");
     }
 
     // V: key group kg takes keys kg, kg + VG, ...; rounds of 16 loads.
     let vg = (THREADS / hd).max(1);
     let per_group = chunk.div_ceil(vg);
-    let mut v = String::new();
+    let mut v = Emitter::new(2);
     for h in 0..nr {
-        let _ = writeln!(v, "        var vacc_{h} = 0.0;");
+        emit!(v, "var vacc_{h} = 0.0;");
     }
     for round in (0..per_group).collect::<Vec<_>>().chunks(16) {
         for &j in round {
-            let _ = writeln!(v, "        let kv_{j} = kg + {}u;", j * vg);
-            let _ = writeln!(v, "        let v_{j} = load_v((kv_base + c0 + min(kv_{j}, nk)) * p.kv_stride + p.v_col + g * HD + col);");
+            emit!(v, "let kv_{j} = kg + {}u;", j * vg);
+            emit!(v, "let v_{j} = load_v((kv_base + c0 + min(kv_{j}, nk)) * p.kv_stride + p.v_col + g * HD + col);");
         }
         for &j in round {
             for h in 0..nr {
                 // Probabilities past the visible keys are 0; keys past the chunk do not exist.
-                let _ = writeln!(v, "        vacc_{h} += select(0.0, d_prob[{h}u * CH + min(kv_{j}, CH - 1u)] * v_{j}, kv_{j} < vlim);");
+                emit!(v, "vacc_{h} += select(0.0, d_prob[{h}u * CH + min(kv_{j}, CH - 1u)] * v_{j}, kv_{j} < vlim);");
             }
         }
     }
     if append {
         // The new key's V (after the K heads), weighted once, and staged like its K.
-        let _ = writeln!(v, "        if is_new && kg == 0u {{");
-        let _ = writeln!(v, "            let nv = load_q(row * p.q_stride + p.q_col + (p.heads + p.heads / p.n_rep + g) * HD + col);");
-        for h in 0..nr {
-            let _ = writeln!(v, "            vacc_{h} += d_prob[{h}u * CH + kp] * nv;");
-        }
-        let _ = writeln!(v, "            if h0 % p.n_rep == 0u {{ store_partial(new_key_slot(row, g) + HD + col, nv); }}");
-        let _ = writeln!(v, "        }}");
+        v.block("if is_new && kg == 0u", |v| {
+            v.line("let nv = load_q(row * p.q_stride + p.q_col + (p.heads + p.heads / p.n_rep + g) * HD + col);");
+            for h in 0..nr {
+                emit!(v, "vacc_{h} += d_prob[{h}u * CH + kp] * nv;");
+            }
+            v.line("if h0 % p.n_rep == 0u { store_partial(new_key_slot(row, g) + HD + col, nv); }");
+        });
     }
     for h in 0..nr {
-        let _ = writeln!(v, "        d_vred[({h}u * VG + kg) * HD + col] = vacc_{h};");
+        emit!(v, "d_vred[({h}u * VG + kg) * HD + col] = vacc_{h};");
     }
 
-    let mut combine_round = String::new();
+    let mut combine_round = Emitter::new(3);
     for u in 0..8 {
-        let _ = writeln!(combine_round, "            let cc_{u} = min(c + {u}u, nc - 1u);");
-        let _ = writeln!(combine_round, "            let pv_{u} = partial_at(base + cc_{u} * (HD + 2u) + d);");
+        emit!(combine_round, "let cc_{u} = min(c + {u}u, nc - 1u);");
+        emit!(combine_round, "let pv_{u} = partial_at(base + cc_{u} * (HD + 2u) + d);");
     }
     for u in 0..8 {
-        let _ = writeln!(combine_round, "            acc += select(0.0, c_w[cc_{u}] * pv_{u}, c + {u}u < nc);");
+        emit!(combine_round, "acc += select(0.0, c_w[cc_{u}] * pv_{u}, c + {u}u < nc);");
     }
     let combine_append = if append { "    append_new_key(lid, h, row);".to_string() } else { String::new() };
-    DecodeCode { scores, v, combine_round, combine_append }
+    DecodeCode { scores: scores.finish(), v: v.finish(), combine_round: combine_round.finish(), combine_append }
 }

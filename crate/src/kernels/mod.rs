@@ -259,13 +259,3 @@ pub fn weight_decl(format: WeightFormat, binding: u32) -> String {
         WeightFormat::Quant(q) => panic!("weight_decl: {} matrices are read by the linear kernels only", q.name()),
     }
 }
-
-/// `a + b + …` as a balanced tree of WGSL additions (independent loads, short dependency chains) for the
-/// generated straight-line kernel code.
-pub(crate) fn wgsl_tree_sum(terms: &[String]) -> String {
-    match terms.len() {
-        0 => "0.0".into(),
-        1 => terms[0].clone(),
-        n => format!("({} + {})", wgsl_tree_sum(&terms[..n / 2]), wgsl_tree_sum(&terms[n / 2..])),
-    }
-}

@@ -391,5 +391,5 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
         let _ = writeln!(stores, "    }}");
     }
     let lanes: Vec<String> = (0..k_threads).map(|j| format!("red[b + {j}u]")).collect();
-    SmallMCode { decls, body, stores, lane_sum: super::super::wgsl_tree_sum(&lanes) }
+    SmallMCode { decls, body, stores, lane_sum: crate::kernels::wgsl::tree_sum(&lanes) }
 }
