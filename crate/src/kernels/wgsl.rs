@@ -94,9 +94,9 @@ impl Emitter {
         self.text.push('\n');
     }
 
-    /// `header {`, then `body` one level deeper, then `}`.
+    /// `header {` (a bare `{` for an empty header), then `body` one level deeper, then `}`.
     pub(crate) fn block(&mut self, header: &str, body: impl FnOnce(&mut Emitter)) {
-        self.line(&format!("{header} {{"));
+        self.line(&if header.is_empty() { "{".to_string() } else { format!("{header} {{") });
         self.depth += 1;
         body(self);
         self.depth -= 1;
@@ -155,7 +155,11 @@ mod tests {
             emit!(e, "let b_{} = a;", 2);
             e.block("for (var i = 0u; i < 2u; i++)", |e| e.line("b_2 += i;"));
         });
-        assert_eq!(e.finish(), "    let a = 1u;\n    if a > 0u {\n        let b_2 = a;\n        for (var i = 0u; i < 2u; i++) {\n            b_2 += i;\n        }\n    }\n");
+        e.block("", |e| e.line("let c = a;"));
+        assert_eq!(
+            e.finish(),
+            "    let a = 1u;\n    if a > 0u {\n        let b_2 = a;\n        for (var i = 0u; i < 2u; i++) {\n            b_2 += i;\n        }\n    }\n    {\n        let c = a;\n    }\n"
+        );
     }
 
     #[test]
