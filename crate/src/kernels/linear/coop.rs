@@ -299,7 +299,7 @@ fn weight_fns(format: WeightFormat) -> String {
         QuantBits::Q8 => "w[i / 2u][i % 2u]",
         QuantBits::Q4 => "w[i]",
     };
-    let decode = super::section("qdecode").replace("{{GROUP}}", &q.group().to_string());
+    let decode = specialize(super::section("qdecode"), &[("GROUP", q.group().to_string())]);
     format!(
         "const PER_WORD: u32 = {}u;\n{decode}\nfn w_scale(row: u32, c: u32) -> f32 {{\n    let g = c / QGROUP;\n    let i = row * p.stride + value_words() + g / 2u;\n    let s = unpack2x16float({word});\n    return select(s.x, s.y, (g & 1u) == 1u);\n}}\n",
         q.per_word()
