@@ -2,7 +2,7 @@
 //! linear (both schedules, all epilogues, both numerics), rmsnorm, embeddings, RoPE.
 mod common;
 
-use common::{cpu_linear, rel_err, test_gpu_f32_arith as test_gpu, Rng};
+use common::{cpu_linear, cpu_rmsnorm, rel_err, run_linear, stored_weights, test_gpu_f32_arith as test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::embed::{embed_channels_sum, embed_tokens};
 use dia_webgpu::kernels::linear::{
@@ -11,8 +11,8 @@ use dia_webgpu::kernels::linear::{
 };
 use dia_webgpu::kernels::norm::rmsnorm;
 use dia_webgpu::kernels::rope::{rope, rope_tables};
-use dia_webgpu::kernels::{round_f16, GpuMatrix, Numerics, WeightFormat};
-use dia_webgpu::quant::{quantize_rows, QuantBits, QuantFormat};
+use dia_webgpu::kernels::{GpuMatrix, Numerics, WeightFormat};
+use dia_webgpu::quant::{QuantBits, QuantFormat};
 
 const EPILOGUES: [LinearEpilogue; 3] = [LinearEpilogue::Store, LinearEpilogue::Accumulate, LinearEpilogue::SwiGlu];
 const TOL: f64 = 1e-5;
@@ -25,14 +25,6 @@ fn run(gpu: &Gpu, d: &Dispatch) {
     gpu.run(&[d]);
 }
 
-/// What the GPU sees of `w` in a numerics mode.
-fn stored(w: &[f32], numerics: Numerics) -> Vec<f32> {
-    match numerics {
-        Numerics::F32 => w.to_vec(),
-        Numerics::F16W => w.iter().map(|&v| round_f16(v)).collect(),
-        Numerics::Q8 | Numerics::Q4 => panic!("the quantized formats are tested in kernels_linear_quant.rs"),
-    }
-}
 
 
 struct Case {
@@ -51,12 +43,8 @@ fn linear_case(gpu: &Gpu, rng: &mut Rng, c: &Case, schedule: Schedule<'_>) -> (V
     let w = rng.vec(n * k, 1.0);
     // Store must overwrite whatever y held: start from random values in every epilogue.
     let y0 = rng.vec(m * out_cols, 1.0);
-    let xb = gpu.upload("x", &x);
-    let wm = GpuMatrix::upload(gpu, "w", &w, n, k, numerics).unwrap();
-    let yb = gpu.upload("y", &y0);
-    run(gpu, &schedule(gpu, &xb, &wm, &yb, m as u32, epilogue));
-    let got = gpu.read_f32_blocking(&yb).unwrap();
-    (got, cpu_linear(&x, &stored(&w, numerics), &y0, m, n, k, epilogue))
+    let got = run_linear(gpu, &x, &w, &y0, n, k, numerics, |xb, wm, yb| vec![schedule(gpu, xb, wm, yb, m as u32, epilogue)]);
+    (got, cpu_linear(&x, &stored_weights(&w, n, k, numerics), &y0, m, n, k, epilogue))
 }
 
 /// Every (M, N, K, epilogue) combination through `schedule`; N is the weight rows (doubled for SwiGLU).
@@ -278,15 +266,8 @@ fn norm_linear_ragged() {
                 assert_eq!(ds.len(), if m as u32 <= SMALL_M_MAX { 1 } else { 2 }, "fused only for small M");
                 gpu.run(&ds.iter().collect::<Vec<_>>());
                 let got = gpu.read_f32_blocking(&yb).unwrap();
-                let mut h = vec![0f32; m * k];
-                for r in 0..m {
-                    let row = &x[r * k..][..k];
-                    let inv = 1.0 / ((row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64) + eps as f64).sqrt();
-                    for i in 0..k {
-                        h[r * k + i] = (row[i] as f64 * inv * gain[i] as f64) as f32;
-                    }
-                }
-                let want = cpu_linear(&h, &stored(&w, numerics), &y0, m, n, k, epilogue);
+                let h = cpu_rmsnorm(&x, &gain, eps, m, k);
+                let want = cpu_linear(&h, &stored_weights(&w, n, k, numerics), &y0, m, n, k, epilogue);
                 let err = rel_err(&got, &want);
                 assert!(err <= TOL, "m={m} n={n} k={k} {epilogue:?} {numerics:?}: rel err {err:.3e}");
                 worst = worst.max(err);
@@ -363,7 +344,7 @@ fn embed_tokens_gather_exact() {
         let out = gpu.upload("out", &rng.vec(n * cols, 1.0));
         run(&gpu, &embed_tokens(&gpu, &tm, &tb, &out, n as u32));
         let got = gpu.read_f32_blocking(&out).unwrap();
-        let table = stored_table(&table, rows, cols, format);
+        let table = stored_weights(&table, rows, cols, format);
         for (i, &t) in tokens.iter().enumerate() {
             let want: Vec<f32> = if (t as usize) < rows { table[t as usize * cols..][..cols].to_vec() } else { vec![0.0; cols] };
             assert_eq!(&got[i * cols..][..cols], &want[..], "{format:?}: row {i} (token {t})");
@@ -385,7 +366,7 @@ fn embed_channels_sum_exact() {
         let d = embed_channels_sum(&gpu, &tm, &tb, &out, rows as u32, token_rows as u32, channels as u32, vocab as u32);
         run(&gpu, &d);
         let got = gpu.read_f32_blocking(&out).unwrap();
-        let table = stored_table(&table, channels * vocab, cols, format);
+        let table = stored_weights(&table, channels * vocab, cols, format);
         let mut want = vec![0f32; rows * cols];
         for r in 0..rows {
             let tr = r % token_rows;
@@ -405,15 +386,6 @@ fn table_formats() -> Vec<WeightFormat> {
     let mut formats: Vec<WeightFormat> = [Numerics::F32, Numerics::F16W, Numerics::Q8, Numerics::Q4].map(Numerics::weight_format).to_vec();
     formats.push(WeightFormat::Quant(QuantFormat::new(QuantBits::Q4, 64).unwrap()));
     formats
-}
-
-/// The values a table holds in `format`: what the gathers must return exactly.
-fn stored_table(table: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Vec<f32> {
-    match format {
-        WeightFormat::F32 => table.to_vec(),
-        WeightFormat::F16 => table.iter().map(|&v| round_f16(v)).collect(),
-        WeightFormat::Quant(q) => quantize_rows(table, rows, cols, q).unwrap().dequantize(),
-    }
 }
 
 /// rotate_half form: out = x·cos + rotate_half(x)·sin with rotate_half(x) = [−x₂, x₁] and full-width tables.

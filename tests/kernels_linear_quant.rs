@@ -3,14 +3,14 @@
 //! RMSNorm and the row blocks; and every generated variant through naga's validator on the host.
 mod common;
 
-use common::{cpu_linear, rel_err, test_gpu_f32_arith as test_gpu, Rng};
+use common::{cpu_linear, cpu_rmsnorm, rel_err, run_linear, stored_weights, test_gpu_f32_arith as test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, KernelVariant};
 use dia_webgpu::kernels::linear::{
     linear, linear_rows, linear_small_m_shaped, linear_tiled_shaped, norm_linear, Arith, LinearEpilogue, SmallMShape, SmallMVariant, TiledAccess,
     TiledShape, TiledVariant, SMALL_M_MAX,
 };
 use dia_webgpu::kernels::{GpuMatrix, WeightFormat};
-use dia_webgpu::quant::{quantize_rows, QuantBits, QuantFormat};
+use dia_webgpu::quant::{QuantBits, QuantFormat};
 
 const EPILOGUES: [LinearEpilogue; 3] = [LinearEpilogue::Store, LinearEpilogue::Accumulate, LinearEpilogue::SwiGlu];
 /// The GPU and the CPU multiply the same dequantized weights; only the order of the f32 sums differs.
@@ -24,12 +24,6 @@ fn q64(bits: QuantBits) -> WeightFormat {
 
 type Schedule<'a> = &'a dyn Fn(&Gpu, &GpuBuffer, &GpuMatrix, &GpuBuffer, u32, LinearEpilogue) -> Vec<Dispatch>;
 
-/// What the kernels compute with: the dequantized matrix.
-fn dequantized(w: &[f32], n: usize, k: usize, format: WeightFormat) -> Vec<f32> {
-    let WeightFormat::Quant(q) = format else { panic!("{format:?} is not quantized") };
-    quantize_rows(w, n, k, q).unwrap().dequantize()
-}
-
 /// Random x, W and y; runs `schedule`; returns the relative error against the CPU.
 #[allow(clippy::too_many_arguments)]
 fn case(gpu: &Gpu, rng: &mut Rng, m: usize, n: usize, k: usize, epilogue: LinearEpilogue, format: WeightFormat, schedule: Schedule<'_>) -> f64 {
@@ -38,13 +32,12 @@ fn case(gpu: &Gpu, rng: &mut Rng, m: usize, n: usize, k: usize, epilogue: Linear
     // Rows of different magnitudes, so groups get different scales.
     let w: Vec<f32> = (0..n * k).map(|i| rng.uniform() * (1 + (i / k) % 5) as f32 * 0.3).collect();
     let y0 = rng.vec(m * out_cols, 1.0);
-    let (xb, yb) = (gpu.upload("x", &x), gpu.upload("y", &y0));
-    let wm = GpuMatrix::upload(gpu, "w", &w, n, k, format).unwrap();
-    assert_eq!(wm.data.size, n as u64 * format.row_words(k as u32) as u64 * 4);
-    let ds = schedule(gpu, &xb, &wm, &yb, m as u32, epilogue);
-    gpu.run(&ds.iter().collect::<Vec<_>>());
-    let got = gpu.read_f32_blocking(&yb).unwrap();
-    rel_err(&got, &cpu_linear(&x, &dequantized(&w, n, k, format), &y0, m, n, k, epilogue))
+    let got = run_linear(gpu, &x, &w, &y0, n, k, format, |xb, wm, yb| {
+        assert_eq!(wm.data.size, n as u64 * format.row_words(k as u32) as u64 * 4);
+        schedule(gpu, xb, wm, yb, m as u32, epilogue)
+    });
+    // The kernels compute with the dequantized matrix.
+    rel_err(&got, &cpu_linear(&x, &stored_weights(&w, n, k, format), &y0, m, n, k, epilogue))
 }
 
 /// Every (M, N, K, epilogue) through `schedule`; N is the weight rows (doubled for SwiGLU).
@@ -176,15 +169,8 @@ fn quant_norm_linear_ragged() {
                 assert_eq!(ds.len(), if m as u32 <= SMALL_M_MAX { 1 } else { 2 }, "fused only for small M");
                 gpu.run(&ds.iter().collect::<Vec<_>>());
                 let got = gpu.read_f32_blocking(&yb).unwrap();
-                let mut h = vec![0f32; m * k];
-                for r in 0..m {
-                    let row = &x[r * k..][..k];
-                    let inv = 1.0 / ((row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64) + eps as f64).sqrt();
-                    for i in 0..k {
-                        h[r * k + i] = (row[i] as f64 * inv * gain[i] as f64) as f32;
-                    }
-                }
-                let err = rel_err(&got, &cpu_linear(&h, &dequantized(&w, n, k, format), &y0, m, n, k, epilogue));
+                let h = cpu_rmsnorm(&x, &gain, eps, m, k);
+                let err = rel_err(&got, &cpu_linear(&h, &stored_weights(&w, n, k, format), &y0, m, n, k, epilogue));
                 assert!(err <= TOL, "{format:?} m={m} n={n} k={k} {epilogue:?}: rel err {err:.3e}");
                 worst = worst.max(err);
             }

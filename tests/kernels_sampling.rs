@@ -202,18 +202,25 @@ struct RefOut {
     s: usize,
 }
 
-/// The generation loop over precomputed per-step logits (`steps[j]` feeds row s0 + j).
-#[allow(clippy::too_many_arguments)]
-fn reference(
-    sh: &Shape,
-    cfg: &Cfg,
-    prefix: &[u32],
+/// One sampler run over precomputed logits: the shape, the parameters, the prompt prefix (`p` rows; generation
+/// starts at row `s0`), the row limit, the logits of every step (`steps[j]` feeds row s0 + j), and teacher forcing
+/// (`force`: step `at` takes these B·C tokens instead of its choices).
+#[derive(Clone, Copy)]
+struct Case<'a> {
+    sh: &'a Shape,
+    cfg: &'a Cfg,
+    prefix: &'a [u32],
     p: usize,
     s0: usize,
     max_length: usize,
-    steps: &[Vec<f32>],
-    forced: &BTreeMap<usize, Vec<u32>>,
-) -> RefOut {
+    steps: &'a [Vec<f32>],
+    force: Option<(usize, &'a [u32])>,
+}
+
+/// The generation loop of `c` on the CPU.
+fn reference(c: &Case) -> RefOut {
+    let Case { sh, cfg, prefix, p, s0, max_length, steps, .. } = *c;
+    let forced: BTreeMap<usize, &[u32]> = c.force.iter().map(|&(at, toks)| (s0 + at, toks)).collect();
     let (bn, cn, v) = (sh.b, sh.c, sh.v);
     let eos = sh.eos as usize;
     let mut counter: Vec<i64> = (0..bn * cn).map(|r| sh.delay[r % cn] as i64).collect();
@@ -275,7 +282,7 @@ fn reference(
             })
             .collect();
         if let Some(f) = forced.get(&l) {
-            nxt = f.clone();
+            nxt = f.to_vec();
         }
         for row in 0..bn * cn {
             if finished[row] {
@@ -323,20 +330,10 @@ struct GpuOut {
 /// choices come from exact integer work and comparisons; only a top-p or draw boundary met within rounding could
 /// differ, and these tests' logits stay clear of that). Returns the subgroup run's output.
 #[allow(clippy::too_many_arguments)]
-fn run_gpu(
-    gpu: &Gpu,
-    sh: &Shape,
-    cfg: &Cfg,
-    prefix: &[u32],
-    p: usize,
-    s0: usize,
-    max_length: usize,
-    steps: &[Vec<f32>],
-    force: Option<(usize, Vec<u32>)>,
-) -> GpuOut {
+fn run_gpu(gpu: &Gpu, c: &Case) -> GpuOut {
     let mut outs: Vec<(Reduction, GpuOut)> = Vec::new();
     for reduction in reductions(gpu) {
-        let out = with_reduction(gpu, reduction, || run_once(gpu, sh, cfg, prefix, p, s0, max_length, steps, force.clone()));
+        let out = with_reduction(gpu, reduction, || run_once(gpu, c));
         outs.push((reduction, out));
     }
     let (_, last) = outs.pop().unwrap();
@@ -352,18 +349,8 @@ fn run_gpu(
 }
 
 
-#[allow(clippy::too_many_arguments)]
-fn run_once(
-    gpu: &Gpu,
-    sh: &Shape,
-    cfg: &Cfg,
-    prefix: &[u32],
-    p: usize,
-    s0: usize,
-    max_length: usize,
-    steps: &[Vec<f32>],
-    force: Option<(usize, Vec<u32>)>,
-) -> GpuOut {
+fn run_once(gpu: &Gpu, c: &Case) -> GpuOut {
+    let Case { sh, cfg, prefix, p, s0, max_length, steps, force } = *c;
     let (bn, cn, v) = (sh.b, sh.c, sh.v);
     let n = bn * cn;
     let logits = gpu.buffer("logits", (2 * n * v * 4) as u64);
@@ -408,7 +395,7 @@ fn run_once(
     match force {
         Some((at, toks)) => {
             record(0..at);
-            sampler.force_next(gpu, &toks);
+            sampler.force_next(gpu, toks);
             record(at..steps.len());
         }
         None => record(0..steps.len()),
@@ -555,8 +542,9 @@ fn sampling_greedy_matches_reference() {
             })
             .collect();
         let cfg = Cfg::greedy(k);
-        let r = reference(&sh, &cfg, &prefix, p, s0, max_length, &steps, &BTreeMap::new());
-        let g = run_gpu(&gpu, &sh, &cfg, &prefix, p, s0, max_length, &steps, None);
+        let run_case = Case { sh: &sh, cfg: &cfg, prefix: &prefix, p, s0, max_length, steps: &steps, force: None };
+        let r = reference(&run_case);
+        let g = run_gpu(&gpu, &run_case);
         assert_eq!(g.waits, 0, "recording and submitting the steps waited on the GPU");
         let err = check(&sh, s0, max_length, &r, &g, &format!("greedy case {case} (B={}, V={}, k={k})", sh.b, sh.v));
         println!(
@@ -585,7 +573,8 @@ fn sampling_eos_staircase_per_item() {
             })
             .collect();
         let cfg = Cfg::greedy(45);
-        let g = run_gpu(&gpu, &sh, &cfg, &prefix, p, s0, max_length, &steps, None);
+        let run_case = Case { sh: &sh, cfg: &cfg, prefix: &prefix, p, s0, max_length, steps: &steps, force: None };
+        let g = run_gpu(&gpu, &run_case);
         let length_trigger = max_length - md - 1;
         let triggers = [natural[0].1, natural[1].1, length_trigger];
         let expect_s = max_length.min(triggers.iter().max().unwrap() + md + 1);
@@ -609,7 +598,7 @@ fn sampling_eos_staircase_per_item() {
                 }
             }
         }
-        let r = reference(&sh, &cfg, &prefix, p, s0, max_length, &steps, &BTreeMap::new());
+        let r = reference(&run_case);
         check(&sh, s0, max_length, &r, &g, "staircase");
     }
 }
@@ -634,8 +623,9 @@ fn sampling_prefix_override() {
             .map(|j| step_logits(&mut rng, &sh, 300.0, 0.5, if s0 + j == pick_eos_row { &[0] } else { &[] }))
             .collect();
         let cfg = Cfg::greedy(45);
-        let r = reference(&sh, &cfg, &prefix, p, s0, max_length, &steps, &BTreeMap::new());
-        let g = run_gpu(&gpu, &sh, &cfg, &prefix, p, s0, max_length, &steps, None);
+        let run_case = Case { sh: &sh, cfg: &cfg, prefix: &prefix, p, s0, max_length, steps: &steps, force: None };
+        let r = reference(&run_case);
+        let g = run_gpu(&gpu, &run_case);
         check(&sh, s0, max_length, &r, &g, "prefix");
         let n = sh.b * sh.c;
         let mut overridden = 0;
@@ -684,8 +674,9 @@ fn sampling_sampled_matches_reference() {
         let steps: Vec<Vec<f32>> = (0..max_length - s0 + 2)
             .map(|j| step_logits(&mut rng, &sh, scale, grid, if j == 5 { &[0] } else { &[] }))
             .collect();
-        let r = reference(&sh, &cfg, &prefix, p, s0, max_length, &steps, &BTreeMap::new());
-        let g = run_gpu(&gpu, &sh, &cfg, &prefix, p, s0, max_length, &steps, None);
+        let run_case = Case { sh: &sh, cfg: &cfg, prefix: &prefix, p, s0, max_length, steps: &steps, force: None };
+        let r = reference(&run_case);
+        let g = run_gpu(&gpu, &run_case);
         let err = check(&sh, s0, max_length, &r, &g, &format!("sampled case {case}"));
         let distinct: std::collections::BTreeSet<u32> = r.rows.iter().flatten().cloned().collect();
         assert!(distinct.len() > 10, "case {case}: the draws vary ({} distinct tokens)", distinct.len());
@@ -710,9 +701,8 @@ fn sampling_seed_determinism() {
     let mut rng = Rng::new(5);
     let steps: Vec<Vec<f32>> = (0..max_length - s0).map(|_| step_logits(&mut rng, &sh, 4.0, 1.0 / 64.0, &[])).collect();
     let cfg = |seed| Cfg { scale: 3.0, k: 45, temperature: 1.2, top_p: 0.95, seed };
-    let a = run_gpu(&gpu, &sh, &cfg(42), &prefix, p, s0, max_length, &steps, None).codes;
-    let b = run_gpu(&gpu, &sh, &cfg(42), &prefix, p, s0, max_length, &steps, None).codes;
-    let c = run_gpu(&gpu, &sh, &cfg(43), &prefix, p, s0, max_length, &steps, None).codes;
+    let run = |seed| run_gpu(&gpu, &Case { sh: &sh, cfg: &cfg(seed), prefix: &prefix, p, s0, max_length, steps: &steps, force: None }).codes;
+    let (a, b, c) = (run(42), run(42), run(43));
     assert_eq!(a, b, "same seed, same codes");
     let n = sh.b * sh.c;
     let differ = (s0 * n..max_length * n).filter(|&i| a[i] != c[i]).count();
@@ -737,7 +727,7 @@ fn sampling_multinomial_frequencies() {
     let one: Vec<f32> = (0..2 * sh.b * sh.c).flat_map(|_| row.clone()).collect();
     let steps = vec![one; steps_n];
     let cfg = Cfg { scale: 0.0, k: 6, temperature: 0.8, top_p: 0.9, seed: 1234 };
-    let g = run_gpu(&gpu, &sh, &cfg, &prefix, p, s0, max_length, &steps, None);
+    let g = run_gpu(&gpu, &Case { sh: &sh, cfg: &cfg, prefix: &prefix, p, s0, max_length, steps: &steps, force: None });
     // Expected: softmax(l / T), drop ascending cumulative mass ≤ 0.1 (the two smallest), renormalise.
     let w: Vec<f64> = support.iter().map(|&(_, l)| (l as f64 / 0.8).exp()).collect();
     let kept_mass: f64 = w[..4].iter().sum();
@@ -788,9 +778,9 @@ fn sampling_teacher_forcing() {
         let mut toks: Vec<u32> = (0..sh.b * sh.c).map(|_| rng.below(sh.eos as u64) as u32).collect();
         toks[sh.c] = sh.eos; // item 1, channel 0
         toks[2 * sh.c + 1] = sh.eos; // item 2, channel 1
-        let forced = BTreeMap::from([(s0 + at, toks.clone())]);
-        let r = reference(&sh, &cfg, &prefix, p, s0, max_length, &steps, &forced);
-        let g = run_gpu(&gpu, &sh, &cfg, &prefix, p, s0, max_length, &steps, Some((at, toks.clone())));
+        let run_case = Case { sh: &sh, cfg: &cfg, prefix: &prefix, p, s0, max_length, steps: &steps, force: Some((at, &toks)) };
+        let r = reference(&run_case);
+        let g = run_gpu(&gpu, &run_case);
         check(&sh, s0, max_length, &r, &g, "teacher forcing");
         let n = sh.b * sh.c;
         let l = s0 + at;

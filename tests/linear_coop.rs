@@ -7,20 +7,15 @@
 
 mod common;
 
-// Only the example's host-side naga translation is used here.
-#[allow(dead_code)]
-#[path = "../crate/examples/probe_coop.rs"]
-mod probe_coop;
-
-use common::{cpu_linear, rel_err, test_gpu, Rng};
+use common::{cpu_linear, cpu_rmsnorm, rel_err, run_linear, stored_weights, test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, KernelVariant};
 use dia_webgpu::kernels::linear::{
     linear_coop, linear_coop_shaped, linear_rows, linear_small_m, norm_linear, schedule, CoopAccess, CoopShape, CoopVariant, LinearEpilogue, Schedule,
     COOP_M_MIN, SMALL_M_MAX,
 };
 use dia_webgpu::kernels::{round_f16, GpuMatrix, WeightFormat};
-use dia_webgpu::quant::{quantize_rows, QuantBits, QuantFormat};
-use probe_coop::coop;
+use dia_webgpu::quant::{QuantBits, QuantFormat};
+use dia_webgpu::naga_check;
 
 const EPILOGUES: [LinearEpilogue; 3] = [LinearEpilogue::Store, LinearEpilogue::Accumulate, LinearEpilogue::SwiGlu];
 const ACCESSES: [CoopAccess; 2] = [CoopAccess::Vec, CoopAccess::Scalar];
@@ -57,7 +52,7 @@ fn every_coop_linear_variant_translates_on_the_host() {
                 for access in ACCESSES {
                     let wgsl = CoopVariant { format, access, epilogue, shape }.source();
                     for robust in [false, true] {
-                        let words = coop::translate_spirv(&wgsl, robust)
+                        let words = naga_check::translate_spirv(&wgsl, robust)
                             .unwrap_or_else(|e| panic!("{format:?} {shape:?} {epilogue:?} {access:?} (robust {robust}): {e}"));
                         assert!(words > 1000, "{shape:?}: suspiciously small module ({words} words)");
                         count += 1;
@@ -92,7 +87,7 @@ fn coop_workgroup_memory_is_what_the_shape_says() {
     for shape in shapes() {
         for format in [WeightFormat::F16, Q4] {
             let wgsl = CoopVariant { format, access: CoopAccess::Vec, epilogue: LinearEpilogue::Store, shape }.source();
-            let bytes = probe_coop::coop::workgroup_bytes(&wgsl);
+            let bytes = naga_check::workgroup_bytes(&wgsl);
             assert_eq!(bytes, shape.workgroup_bytes(), "{shape:?} {format:?}");
         }
     }
@@ -122,15 +117,6 @@ fn tensor_core_gpu(test: &str) -> Option<Gpu> {
     }
 }
 
-/// What the kernels multiply by: W as stored (f32, f16-rounded, or dequantized).
-fn stored_weights(w: &[f32], n: usize, k: usize, format: WeightFormat) -> Vec<f32> {
-    match format {
-        WeightFormat::F32 => w.to_vec(),
-        WeightFormat::F16 => w.iter().map(|&v| round_f16(v)).collect(),
-        WeightFormat::Quant(q) => quantize_rows(w, n, k, q).unwrap().dequantize(),
-    }
-}
-
 type Run<'a> = &'a dyn Fn(&Gpu, &GpuBuffer, &GpuMatrix, &GpuBuffer) -> Vec<Dispatch>;
 
 /// One product on the GPU through `run` against the CPU on W as stored, and (`f16_staged`: the tensor-core path)
@@ -142,12 +128,7 @@ fn check(gpu: &Gpu, rng: &mut Rng, m: usize, n: usize, k: usize, epilogue: Linea
     let w: Vec<f32> = (0..n * k).map(|i| rng.uniform() * (1 + (i / k) % 5) as f32 / (k as f32).sqrt()).collect();
     let out_cols = if epilogue == LinearEpilogue::SwiGlu { n / 2 } else { n };
     let y0 = rng.vec(m * out_cols, 1.0);
-    let xg = gpu.upload("x", &x);
-    let wg = GpuMatrix::upload(gpu, "w", &w, n, k, format).expect("upload");
-    let yg = gpu.upload("y", &y0);
-    let ds = run(gpu, &xg, &wg, &yg);
-    gpu.run(&ds.iter().collect::<Vec<_>>());
-    let got = gpu.read_f32_blocking(&yg).expect("readback");
+    let got = run_linear(gpu, &x, &w, &y0, n, k, format, |xg, wg, yg| run(gpu, xg, wg, yg));
     let mut ws = stored_weights(&w, n, k, format);
     let mut xs = x;
     if f16_staged {
@@ -296,14 +277,7 @@ fn decoder_norm_linear_matches_cpu() {
                 assert_eq!(ds.len() == 1, fused, "{format:?} m {m}: {} dispatches", ds.len());
                 gpu.run(&ds.iter().collect::<Vec<_>>());
                 let got = gpu.read_f32_blocking(&yb).unwrap();
-                let mut h = vec![0f32; m * k];
-                for r in 0..m {
-                    let row = &x[r * k..][..k];
-                    let inv = 1.0 / ((row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64) + eps as f64).sqrt();
-                    for i in 0..k {
-                        h[r * k + i] = (row[i] as f64 * inv * gain[i] as f64) as f32;
-                    }
-                }
+                let mut h = cpu_rmsnorm(&x, &gain, eps, m, k);
                 let mut ws = stored_weights(&w, n, k, format);
                 if coop {
                     h.iter_mut().for_each(|v| *v = round_f16(*v));

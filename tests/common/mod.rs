@@ -7,12 +7,16 @@ pub mod nari;
 use std::path::PathBuf;
 
 use dia_webgpu::kernels::linear::LinearEpilogue;
+use dia_webgpu::kernels::{round_f16, WeightFormat};
+use dia_webgpu::quant::quantize_rows;
 
 pub mod conv_ref;
 pub mod cpu_ref;
 
 #[cfg(not(target_arch = "wasm32"))]
-use dia_webgpu::gpu::{Gpu, GpuOptions, Reduction};
+use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions, Reduction};
+#[cfg(not(target_arch = "wasm32"))]
+use dia_webgpu::kernels::GpuMatrix;
 
 /// Repository root (tests run with the crate directory as working directory).
 pub fn repo_root() -> PathBuf {
@@ -92,6 +96,50 @@ pub fn cpu_linear(x: &[f32], w: &[f32], y0: &[f32], m: usize, n: usize, k: usize
                 .collect()
         }
     }
+}
+
+/// What the linear kernels multiply by: W `[n, k]` as stored in `format` (f32, rounded to f16, or dequantized).
+pub fn stored_weights(w: &[f32], n: usize, k: usize, format: impl Into<WeightFormat>) -> Vec<f32> {
+    match format.into() {
+        WeightFormat::F32 => w.to_vec(),
+        WeightFormat::F16 => w.iter().map(|&v| round_f16(v)).collect(),
+        WeightFormat::Quant(q) => quantize_rows(w, n, k, q).expect("quantizable weights").dequantize(),
+    }
+}
+
+/// RMSNorm of each of the `m` rows of x `[m, k]` times `gain`, in f64 (the fused `norm_linear`'s first half).
+pub fn cpu_rmsnorm(x: &[f32], gain: &[f32], eps: f32, m: usize, k: usize) -> Vec<f32> {
+    let mut h = vec![0f32; m * k];
+    for r in 0..m {
+        let row = &x[r * k..][..k];
+        let inv = 1.0 / ((row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64) + eps as f64).sqrt();
+        for i in 0..k {
+            h[r * k + i] = (row[i] as f64 * inv * gain[i] as f64) as f32;
+        }
+    }
+    h
+}
+
+/// One product on the GPU: x `[m, k]`, W `[n, k]` (uploaded in `format`) and y starting as `y0`; runs the
+/// dispatches `build` makes for them and returns y as read back.
+#[cfg(not(target_arch = "wasm32"))]
+#[allow(clippy::too_many_arguments)]
+pub fn run_linear(
+    gpu: &Gpu,
+    x: &[f32],
+    w: &[f32],
+    y0: &[f32],
+    n: usize,
+    k: usize,
+    format: impl Into<WeightFormat>,
+    build: impl FnOnce(&GpuBuffer, &GpuMatrix, &GpuBuffer) -> Vec<Dispatch>,
+) -> Vec<f32> {
+    let xb = gpu.upload("x", x);
+    let wm = GpuMatrix::upload(gpu, "w", w, n, k, format).expect("upload");
+    let yb = gpu.upload("y", y0);
+    let ds = build(&xb, &wm, &yb);
+    gpu.run(&ds.iter().collect::<Vec<_>>());
+    gpu.read_f32_blocking(&yb).expect("readback")
 }
 
 /// The reductions this device can run: always `Workgroup`, and `Subgroup` where the adapter has subgroups (lavapipe

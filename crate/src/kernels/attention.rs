@@ -4,8 +4,9 @@
 //! would not fit; split-K over keys for single-query decode. The decoder
 //! step's self-attention also folds in RoPE and the KV-cache update (`attention_decode_appending`): every
 //! dependent dispatch costs several µs of ordering on a GPU, so a step saves one per layer.
-use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer, Reduction, SUBGROUPS_MARKER};
+use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer, KernelVariant, Reduction, SUBGROUPS_MARKER};
 use crate::kernels::kv_cache::KvFormat;
+use crate::kernels::wgsl::{tree_sum, Emitter};
 
 const SHADER: &str = include_str!("../../../shaders/attention.wgsl");
 
@@ -119,54 +120,111 @@ impl AttentionArgs<'_> {
     }
 }
 
-/// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile; `reduction` picks the
-/// decode pair's reductions (the prefill entry points take `Reduction::Workgroup`).
-#[allow(clippy::too_many_arguments)]
-fn pipeline(gpu: &Gpu, entry: &str, head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat, reduction: Reduction) -> std::sync::Arc<wgpu::ComputePipeline> {
+/// An entry point of `shaders/attention.wgsl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttentionEntry {
+    /// Flash-style prefill (no scratch).
+    Prefill,
+    /// Tiled prefill: scores, softmax statistics, P·V.
+    PrefillScores,
+    PrefillSoftmax,
+    PrefillPv,
+    /// Split-K decode: partials per chunk of keys, then their combination.
+    DecodePartial,
+    DecodeCombine,
+}
+
+impl AttentionEntry {
+    fn name(self) -> &'static str {
+        match self {
+            AttentionEntry::Prefill => "prefill",
+            AttentionEntry::PrefillScores => "prefill_scores",
+            AttentionEntry::PrefillSoftmax => "prefill_softmax",
+            AttentionEntry::PrefillPv => "prefill_pv",
+            AttentionEntry::DecodePartial => "decode_partial",
+            AttentionEntry::DecodeCombine => "decode_combine",
+        }
+    }
+}
+
+/// One compiled specialisation of the attention shader: the WGSL generator's input and the pipeline-cache key.
+/// Every entry point of one (head_dim, decode_heads, …) shares a source, so they share one shader module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionVariant {
+    pub entry: AttentionEntry,
+    pub head_dim: u32,
+    /// Query heads per decode workgroup (1 for the prefill entry points).
+    pub decode_heads: u32,
+    /// Every key in one chunk: `decode_partial` normalises and writes the output itself.
+    pub single: bool,
+    /// The decode pair folds in RoPE and the KV-cache write (`attention_decode_appending`).
+    pub append: bool,
+    pub kv: KvFormat,
+    /// The decode pair's reductions (the prefill entry points take `Reduction::Workgroup`).
+    pub reduction: Reduction,
+}
+
+impl AttentionVariant {
+    /// A prefill entry point for these arguments.
+    fn prefill(entry: AttentionEntry, a: &AttentionArgs) -> AttentionVariant {
+        AttentionVariant { entry, head_dim: a.head_dim, decode_heads: 1, single: false, append: false, kv: a.kv_format, reduction: Reduction::Workgroup }
+    }
+}
+
+impl KernelVariant for AttentionVariant {
+    fn entry_point(&self) -> &'static str {
+        self.entry.name()
+    }
+
+    // Generated only on a cache miss: building it per dispatch is most of a session's host set-up.
+    fn source(&self) -> String {
+        shader_source(self.head_dim, self.decode_heads, self.single, self.append, self.kv, self.reduction)
+    }
+}
+
+/// The shader specialised for one head_dim: per-thread vector lengths and the prefill key tile.
+fn shader_source(head_dim: u32, decode_heads: u32, single: bool, append: bool, kv: KvFormat, reduction: Reduction) -> String {
     // Prefill workgroup memory: K and V tiles (2·BK·HD words) + lane partials (BK·128) + 66 words of row info.
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
     let chunk = decode_chunk(decode_heads);
-    // Generated code only on a cache miss: building it per dispatch is most of a session's host set-up.
-    gpu.pipeline(&format!("attention.{entry}.hd{head_dim}.nr{decode_heads}.single{single}.append{append}.kv{kv}.{reduction:?}"), entry, || {
-        let code = decode_code(head_dim, decode_heads, chunk, append);
-        let tiled = tiled_code(head_dim);
-        let red = decode_reductions(reduction, decode_heads);
-        let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
-        marker.to_string()
-            + &specialize(
-            SHADER,
-            &[
-                ("PARAMS", Params::wgsl()),
-                ("SG_ARGS", red.args.to_string()),
-                ("DECODE_REDUCE_FNS", red.decode_fns.clone()),
-                ("DECODE_MAX", red.decode_max.to_string()),
-                ("DECODE_SUM", red.decode_sum.to_string()),
-                ("COMBINE_REDUCE_FNS", red.combine_fns.clone()),
-                ("COMBINE_MAX", red.combine_max.to_string()),
-                ("COMBINE_SUM", red.combine_sum.to_string()),
-                ("KV_WORD", kv.wgsl_word().to_string()),
-                ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf", head_dim), kv.wgsl_load("load_v", "vbuf", head_dim)].concat()),
-                ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v", head_dim)),
-                ("KV_STORES", [kv.wgsl_store_pair("store_pair_k", "kcache_c"), kv.wgsl_store_pair("store_pair_v", "vcache_c")].concat()),
-                ("HD", head_dim.to_string()),
-                ("DP", head_dim.div_ceil(PREFILL_LANES).to_string()),
-                ("BK", key_tile.to_string()),
-                ("CH", chunk.to_string()),
-                ("SINGLE", single.to_string()),
-                ("NR", decode_heads.to_string()),
-                ("DECODE_SCORES", code.scores.clone()),
-                ("DECODE_V", code.v.clone()),
-                ("COMBINE_ROUND", code.combine_round.clone()),
-                ("COMBINE_APPEND", code.combine_append.clone()),
-                ("DN", tiled.dn.to_string()),
-                ("SCORES", tiled.scores.clone()),
-                ("PV_INIT", tiled.pv_init.clone()),
-                ("PV_BODY", tiled.pv_body.clone()),
-                ("PV_STORE", tiled.pv_store.clone()),
-            ],
-        )
-    })
+    let code = decode_code(head_dim, decode_heads, chunk, append);
+    let tiled = tiled_code(head_dim);
+    let red = decode_reductions(reduction, decode_heads);
+    let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
+    marker.to_string()
+        + &specialize(
+        SHADER,
+        &[
+            ("PARAMS", Params::wgsl()),
+            ("SG_ARGS", red.args.to_string()),
+            ("DECODE_REDUCE_FNS", red.decode_fns.clone()),
+            ("DECODE_MAX", red.decode_max.to_string()),
+            ("DECODE_SUM", red.decode_sum.to_string()),
+            ("COMBINE_REDUCE_FNS", red.combine_fns.clone()),
+            ("COMBINE_MAX", red.combine_max.to_string()),
+            ("COMBINE_SUM", red.combine_sum.to_string()),
+            ("KV_WORD", kv.wgsl_word().to_string()),
+            ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf", head_dim), kv.wgsl_load("load_v", "vbuf", head_dim)].concat()),
+            ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v", head_dim)),
+            ("KV_STORES", [kv.wgsl_store_pair("store_pair_k", "kcache_c"), kv.wgsl_store_pair("store_pair_v", "vcache_c")].concat()),
+            ("HD", head_dim.to_string()),
+            ("DP", head_dim.div_ceil(PREFILL_LANES).to_string()),
+            ("BK", key_tile.to_string()),
+            ("CH", chunk.to_string()),
+            ("SINGLE", single.to_string()),
+            ("NR", decode_heads.to_string()),
+            ("DECODE_SCORES", code.scores.clone()),
+            ("DECODE_V", code.v.clone()),
+            ("COMBINE_ROUND", code.combine_round.clone()),
+            ("COMBINE_APPEND", code.combine_append.clone()),
+            ("DN", tiled.dn.to_string()),
+            ("SCORES", tiled.scores.clone()),
+            ("PV_INIT", tiled.pv_init.clone()),
+            ("PV_BODY", tiled.pv_body.clone()),
+            ("PV_STORE", tiled.pv_store.clone()),
+        ],
+    )
 }
 
 /// For many query rows at once (encoder, prefill): three dispatches (scores, softmax statistics, P·V) per chunk
@@ -192,9 +250,9 @@ pub fn attention_prefill_limited(gpu: &Gpu, a: &AttentionArgs, max_scratch_bytes
     }
     let cap = fit.min(a.rows.max(1).next_multiple_of(TILE_ROWS) as u64) as u32;
     let scratch = gpu.shared_scratch("attention.prefill.scores", row_bytes * cap as u64);
-    let scores = pipeline(gpu, "prefill_scores", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
-    let softmax = pipeline(gpu, "prefill_softmax", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
-    let pv = pipeline(gpu, "prefill_pv", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
+    let scores = gpu.variant_pipeline(AttentionVariant::prefill(AttentionEntry::PrefillScores, a));
+    let softmax = gpu.variant_pipeline(AttentionVariant::prefill(AttentionEntry::PrefillSoftmax, a));
+    let pv = gpu.variant_pipeline(AttentionVariant::prefill(AttentionEntry::PrefillPv, a));
     let dn = tiled_columns(a.head_dim);
     let mut ds = Vec::new();
     for row0 in (0..a.rows).step_by(cap as usize) {
@@ -211,7 +269,7 @@ pub fn attention_prefill_limited(gpu: &Gpu, a: &AttentionArgs, max_scratch_bytes
 /// Flash-style: a workgroup per 32 query rows and head, no scratch.
 fn prefill_flash(gpu: &Gpu, a: &AttentionArgs) -> Dispatch {
     let params = a.params(0);
-    let pipeline = pipeline(gpu, "prefill", a.head_dim, 1, false, false, a.kv_format, Reduction::Workgroup);
+    let pipeline = gpu.variant_pipeline(AttentionVariant::prefill(AttentionEntry::Prefill, a));
     let buffers = [a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out];
     gpu.dispatch(&pipeline, &params, &buffers, [a.rows.div_ceil(PREFILL_QUERIES), a.heads, 1])
 }
@@ -235,7 +293,6 @@ struct TiledCode {
 /// issued before the current stage's 16 × 16 products) and the P·V tile (4 probabilities and 4·DN/64 V words per
 /// thread and stage, 4 × 4·NV accumulators). Shader names: TR = 64, KD = 16, 256 threads.
 fn tiled_code(hd: u32) -> TiledCode {
-    use std::fmt::Write;
     const KD: u32 = 16;
     let dn = tiled_columns(hd);
     let nv = dn / 64; // column vec4s per thread and row
@@ -244,113 +301,113 @@ fn tiled_code(hd: u32) -> TiledCode {
     let comp = ["x", "y", "z", "w"];
     // Dimensions past head_dim (last stage) must not add to the dot products.
     let masked = !hd.is_multiple_of(KD);
-    let q_load = |off: &str| if masked { format!("select(0.0, load_q(qr_{{r}} + {off}), {off} + lk < HD)") } else { format!("load_q(qr_{{r}} + {off})") };
-    let k_load = |off: &str| if masked { format!("select(0.0, load_k(kr_{{r}} + {off}), {off} + lk < HD)") } else { format!("load_k(kr_{{r}} + {off})") };
+    let q_load = |r: u32, off: &str| if masked { format!("select(0.0, load_q(qr_{r} + {off}), {off} + lk < HD)") } else { format!("load_q(qr_{r} + {off})") };
+    let k_load = |r: u32, off: &str| if masked { format!("select(0.0, load_k(kr_{r} + {off}), {off} + lk < HD)") } else { format!("load_k(kr_{r} + {off})") };
 
-    let mut sc = String::new();
+    let mut sc = Emitter::new(2);
     for r in 0..4 {
-        let _ = writeln!(sc, "        let qr_{r} = q0 + {r}u * p.q_stride;");
-        let _ = writeln!(sc, "        let kr_{r} = (kv_base + min(j0 + 4u * lg + {r}u, lim - 1u)) * p.kv_stride + k0r;");
+        emit!(sc, "let qr_{r} = q0 + {r}u * p.q_stride;");
+        emit!(sc, "let kr_{r} = (kv_base + min(j0 + 4u * lg + {r}u, lim - 1u)) * p.kv_stride + k0r;");
     }
     for r in 0..4 {
-        let _ = writeln!(sc, "        var q_{r} = {};", q_load("0u").replace("{r}", &r.to_string()));
-        let _ = writeln!(sc, "        var k_{r} = {};", k_load("0u").replace("{r}", &r.to_string()));
-        let _ = writeln!(sc, "        var acc_{r} = vec4<f32>(0.0);");
+        emit!(sc, "var q_{r} = {};", q_load(r, "0u"));
+        emit!(sc, "var k_{r} = {};", k_load(r, "0u"));
+        emit!(sc, "var acc_{r} = vec4<f32>(0.0);");
     }
-    let _ = writeln!(sc, "        for (var k0 = 0u; k0 < HD; k0 += KD) {{");
-    let _ = writeln!(sc, "            workgroupBarrier();");
-    let _ = writeln!(sc, "            ta[lk * 16u + lg] = vec4<f32>(q_0, q_1, q_2, q_3);");
-    let _ = writeln!(sc, "            tb[lk * 16u + lg] = vec4<f32>(k_0, k_1, k_2, k_3);");
-    let _ = writeln!(sc, "            workgroupBarrier();");
-    let _ = writeln!(sc, "            let kn = k0 + KD;");
-    for r in 0..4 {
-        let _ = writeln!(sc, "            q_{r} = {};", q_load("kn").replace("{r}", &r.to_string()));
-        let _ = writeln!(sc, "            k_{r} = {};", k_load("kn").replace("{r}", &r.to_string()));
-    }
-    // Two chains of 8 products per stage, added to the running sum: rounding errors grow with chain length, and
-    // logits are large (no 1/√d), so score errors show up amplified in the softmax.
-    for kk in 0..KD {
-        let _ = writeln!(sc, "            let a_{kk} = ta[{}u + tm];", kk * 16);
-        let _ = writeln!(sc, "            let b_{kk} = tb[{}u + tn];", kk * 16);
-        for (r, c) in comp.iter().enumerate() {
-            let chain = if kk < KD / 2 { "e" } else { "o" };
-            let op = if kk % (KD / 2) == 0 { format!("var {chain}_{r} =") } else { format!("{chain}_{r} +=") };
-            let _ = writeln!(sc, "            {op} a_{kk}.{c} * b_{kk};");
+    sc.block("for (var k0 = 0u; k0 < HD; k0 += KD)", |sc| {
+        sc.line("workgroupBarrier();");
+        sc.line("ta[lk * 16u + lg] = vec4<f32>(q_0, q_1, q_2, q_3);");
+        sc.line("tb[lk * 16u + lg] = vec4<f32>(k_0, k_1, k_2, k_3);");
+        sc.line("workgroupBarrier();");
+        sc.line("let kn = k0 + KD;");
+        for r in 0..4 {
+            emit!(sc, "q_{r} = {};", q_load(r, "kn"));
+            emit!(sc, "k_{r} = {};", k_load(r, "kn"));
         }
-    }
+        // Two chains of 8 products per stage, added to the running sum: rounding errors grow with chain length, and
+        // logits are large (no 1/√d), so score errors show up amplified in the softmax.
+        for kk in 0..KD {
+            emit!(sc, "let a_{kk} = ta[{}u + tm];", kk * 16);
+            emit!(sc, "let b_{kk} = tb[{}u + tn];", kk * 16);
+            for (r, c) in comp.iter().enumerate() {
+                let chain = if kk < KD / 2 { "e" } else { "o" };
+                let op = if kk % (KD / 2) == 0 { format!("var {chain}_{r} =") } else { format!("{chain}_{r} +=") };
+                emit!(sc, "{op} a_{kk}.{c} * b_{kk};");
+            }
+        }
+        for r in 0..4 {
+            emit!(sc, "acc_{r} += e_{r} + o_{r};");
+        }
+    });
     for r in 0..4 {
-        let _ = writeln!(sc, "            acc_{r} += e_{r} + o_{r};");
-    }
-    let _ = writeln!(sc, "        }}");
-    for r in 0..4 {
-        let _ = writeln!(sc, "        if t_seq[4u * tm + {r}u] == s && j0 + 4u * tn < t_lim[4u * tm + {r}u] {{");
-        let _ = writeln!(sc, "            let i = (h * p.chunk_cap + ml0 + 4u * tm + {r}u) * s_row + j0 / 4u + tn;");
-        let _ = writeln!(sc, "            if i < arrayLength(&sc_out) {{ sc_out[i] = acc_{r}; }}");
-        let _ = writeln!(sc, "        }}");
+        sc.block(&format!("if t_seq[4u * tm + {r}u] == s && j0 + 4u * tn < t_lim[4u * tm + {r}u]"), |sc| {
+            emit!(sc, "let i = (h * p.chunk_cap + ml0 + 4u * tm + {r}u) * s_row + j0 / 4u + tn;");
+            emit!(sc, "if i < arrayLength(&sc_out) {{ sc_out[i] = acc_{r}; }}");
+        });
     }
 
-    let mut pv_init = String::new();
+    let mut pv_init = Emitter::new(1);
     for r in 0..4 {
         for c in 0..nv {
-            let _ = writeln!(pv_init, "    var acc_{r}_{c} = vec4<f32>(0.0);");
+            emit!(pv_init, "var acc_{r}_{c} = vec4<f32>(0.0);");
         }
     }
-    let mut pv = String::new();
+    let mut pv = Emitter::new(2);
     for r in 0..4 {
         // Rows of other sequences take no keys in this pass.
-        let _ = writeln!(pv, "        let pl_{r} = select(0u, t_lim[4u * lg + {r}u], t_seq[4u * lg + {r}u] == s);");
-        let _ = writeln!(pv, "        let pm_{r} = t_mx[4u * lg + {r}u];");
-        let _ = writeln!(pv, "        let pb_{r} = (h * p.chunk_cap + ml0 + 4u * lg + {r}u) * p.key_stride + lk;");
-        let _ = writeln!(pv, "        var p_{r} = select(0.0, exp(pv_s(pb_{r}) - pm_{r}), lk < pl_{r});");
+        emit!(pv, "let pl_{r} = select(0u, t_lim[4u * lg + {r}u], t_seq[4u * lg + {r}u] == s);");
+        emit!(pv, "let pm_{r} = t_mx[4u * lg + {r}u];");
+        emit!(pv, "let pb_{r} = (h * p.chunk_cap + ml0 + 4u * lg + {r}u) * p.key_stride + lk;");
+        emit!(pv, "var p_{r} = select(0.0, exp(pv_s(pb_{r}) - pm_{r}), lk < pl_{r});");
     }
     // V rows past the visible keys are read clamped (their probabilities are 0).
     let v_load = |pass: u32, e: u32, off: &str| format!("pv_load_v((kv_base + min({off}vk + {}u, lim - 1u)) * p.kv_stride + v0 + {e}u)", pass * v_keys);
     for pass in 0..v_passes {
         for e in 0..4 {
-            let _ = writeln!(pv, "        var v_{pass}_{e} = {};", v_load(pass, e, ""));
+            emit!(pv, "var v_{pass}_{e} = {};", v_load(pass, e, ""));
         }
     }
-    let _ = writeln!(pv, "        for (var k0 = 0u; k0 < lim; k0 += KD) {{");
-    let _ = writeln!(pv, "            workgroupBarrier();");
-    let _ = writeln!(pv, "            ta[lk * 16u + lg] = vec4<f32>(p_0, p_1, p_2, p_3);");
-    for pass in 0..v_passes {
-        let _ = writeln!(pv, "            tb[(vk + {}u) * (DN / 4u) + vc] = vec4<f32>(v_{pass}_0, v_{pass}_1, v_{pass}_2, v_{pass}_3);", pass * v_keys);
-    }
-    let _ = writeln!(pv, "            workgroupBarrier();");
-    let _ = writeln!(pv, "            let kn = k0 + KD;");
-    for r in 0..4 {
-        let _ = writeln!(pv, "            p_{r} = select(0.0, exp(pv_s(pb_{r} + kn) - pm_{r}), kn + lk < pl_{r});");
-    }
-    for pass in 0..v_passes {
-        for e in 0..4 {
-            let _ = writeln!(pv, "            v_{pass}_{e} = {};", v_load(pass, e, "kn + "));
+    pv.block("for (var k0 = 0u; k0 < lim; k0 += KD)", |pv| {
+        pv.line("workgroupBarrier();");
+        pv.line("ta[lk * 16u + lg] = vec4<f32>(p_0, p_1, p_2, p_3);");
+        for pass in 0..v_passes {
+            emit!(pv, "tb[(vk + {}u) * (DN / 4u) + vc] = vec4<f32>(v_{pass}_0, v_{pass}_1, v_{pass}_2, v_{pass}_3);", pass * v_keys);
         }
-    }
-    for kk in 0..KD {
-        let _ = writeln!(pv, "            let a_{kk} = ta[{}u + tm];", kk * 16);
-        for c in 0..nv {
-            let _ = writeln!(pv, "            let b_{kk}_{c} = tb[{}u + tn];", kk * dn / 4 + 16 * c);
-            for (r, rc) in comp.iter().enumerate() {
-                let _ = writeln!(pv, "            acc_{r}_{c} += a_{kk}.{rc} * b_{kk}_{c};");
+        pv.line("workgroupBarrier();");
+        pv.line("let kn = k0 + KD;");
+        for r in 0..4 {
+            emit!(pv, "p_{r} = select(0.0, exp(pv_s(pb_{r} + kn) - pm_{r}), kn + lk < pl_{r});");
+        }
+        for pass in 0..v_passes {
+            for e in 0..4 {
+                emit!(pv, "v_{pass}_{e} = {};", v_load(pass, e, "kn + "));
             }
         }
-    }
-    let _ = writeln!(pv, "        }}");
+        for kk in 0..KD {
+            emit!(pv, "let a_{kk} = ta[{}u + tm];", kk * 16);
+            for c in 0..nv {
+                emit!(pv, "let b_{kk}_{c} = tb[{}u + tn];", kk * dn / 4 + 16 * c);
+                for (r, rc) in comp.iter().enumerate() {
+                    emit!(pv, "acc_{r}_{c} += a_{kk}.{rc} * b_{kk}_{c};");
+                }
+            }
+        }
+    });
 
-    let mut store = String::new();
+    let mut store = Emitter::new(1);
     for r in 0..4 {
-        let _ = writeln!(store, "    if ml0 + 4u * tm + {r}u < p.chunk_rows && p.row0 + ml0 + 4u * tm + {r}u < p.rows {{");
-        let _ = writeln!(store, "        let ob_{r} = ((p.row0 + ml0 + 4u * tm + {r}u) * p.heads + h) * HD;");
-        let _ = writeln!(store, "        let inv_{r} = t_inv[4u * tm + {r}u];");
-        for c in 0..nv {
-            for (e, ce) in comp.iter().enumerate() {
-                let _ = writeln!(store, "        let d_{r}_{c}_{e} = d0 + 4u * (tn + {}u) + {e}u;", 16 * c);
-                let _ = writeln!(store, "        if d_{r}_{c}_{e} < HD && ob_{r} + d_{r}_{c}_{e} < arrayLength(&pv_out) {{ pv_out[ob_{r} + d_{r}_{c}_{e}] = acc_{r}_{c}.{ce} * inv_{r}; }}");
+        store.block(&format!("if ml0 + 4u * tm + {r}u < p.chunk_rows && p.row0 + ml0 + 4u * tm + {r}u < p.rows"), |store| {
+            emit!(store, "let ob_{r} = ((p.row0 + ml0 + 4u * tm + {r}u) * p.heads + h) * HD;");
+            emit!(store, "let inv_{r} = t_inv[4u * tm + {r}u];");
+            for c in 0..nv {
+                for (e, ce) in comp.iter().enumerate() {
+                    emit!(store, "let d_{r}_{c}_{e} = d0 + 4u * (tn + {}u) + {e}u;", 16 * c);
+                    emit!(store, "if d_{r}_{c}_{e} < HD && ob_{r} + d_{r}_{c}_{e} < arrayLength(&pv_out) {{ pv_out[ob_{r} + d_{r}_{c}_{e}] = acc_{r}_{c}.{ce} * inv_{r}; }}");
+                }
             }
-        }
-        let _ = writeln!(store, "    }}");
+        });
     }
-    TiledCode { dn, scores: sc, pv_init, pv_body: pv, pv_store: store }
+    TiledCode { dn, scores: sc.finish(), pv_init: pv_init.finish(), pv_body: pv.finish(), pv_store: store.finish() }
 }
 
 /// Split over keys: for few query rows with many keys (decoder steps). May return several dispatches
@@ -398,13 +455,14 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
     assert!(n_chunks <= MAX_DECODE_CHUNKS, "attention_decode: {} keys exceed {} chunks of {chunk}", a.max_keys, MAX_DECODE_CHUNKS);
     let params = a.params(n_chunks);
     let grid = [a.heads / nr, n_chunks, a.rows];
+    let append = rope.is_some();
     let reduction = gpu.reduction();
+    let variant = |entry, single| AttentionVariant { entry, head_dim: a.head_dim, decode_heads: nr, single, append, kv: a.kv_format, reduction };
     if n_chunks == 1 {
         // Every key in one chunk: the partial pass normalises and writes the output itself.
-        let single = pipeline(gpu, "decode_partial", a.head_dim, nr, true, false, a.kv_format, reduction);
+        let single = gpu.variant_pipeline(AttentionVariant { append: false, ..variant(AttentionEntry::DecodePartial, true) });
         return vec![gpu.dispatch(&single, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out], grid)];
     }
-    let append = rope.is_some();
     let mut words = a.rows as u64 * a.heads as u64 * n_chunks as u64 * (a.head_dim as u64 + 2);
     if append {
         // The new keys' rotated K and V per (row, kv head), staged for the combine.
@@ -413,8 +471,8 @@ fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &Gp
     // Written by the partial pass and read by the combine right after it: one buffer for every layer's decode
     // (36 of ~0.47 MB for Dia's self and cross attention at 3072 positions otherwise).
     let partials = gpu.shared_scratch("attention.decode.partials", words * 4);
-    let partial = pipeline(gpu, "decode_partial", a.head_dim, nr, false, append, a.kv_format, reduction);
-    let combine = pipeline(gpu, "decode_combine", a.head_dim, nr, false, append, a.kv_format, reduction);
+    let partial = gpu.variant_pipeline(variant(AttentionEntry::DecodePartial, false));
+    let combine = gpu.variant_pipeline(variant(AttentionEntry::DecodeCombine, false));
     match rope {
         None => vec![
             gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], grid),
@@ -448,7 +506,6 @@ const MAX_SUBGROUPS: u32 = 64;
 /// of one, whatever its size and however the device maps invocations to subgroups), its first invocation stores
 /// the result by `subgroup_id`, and after one barrier every invocation folds the partials of its head.
 fn decode_reductions(reduction: Reduction, nr: u32) -> DecodeReductions {
-    use std::fmt::Write;
     match reduction {
         Reduction::Workgroup => DecodeReductions {
             args: "",
@@ -521,16 +578,16 @@ fn all_sum(lid: u32, x: f32) -> f32 {
         Reduction::Subgroup => {
             // One subgroup operation per head (unrolled: NR is a constant), each over the values of that head.
             let per_head = |op: &str, neutral: &str| {
-                let mut code = String::new();
+                let mut code = Emitter::new(1);
                 for h in 0..nr {
-                    let _ = writeln!(code, "    let r_{h} = {op}(select({neutral}, x, eh == {h}u));");
+                    emit!(code, "let r_{h} = {op}(select({neutral}, x, eh == {h}u));");
                 }
-                let _ = writeln!(code, "    if sg_lane == 0u && sg_id < MAX_SG {{");
-                for h in 0..nr {
-                    let _ = writeln!(code, "        d_sg[sg_id * NR + {h}u] = r_{h};");
-                }
-                let _ = writeln!(code, "    }}");
-                code
+                code.block("if sg_lane == 0u && sg_id < MAX_SG", |code| {
+                    for h in 0..nr {
+                        emit!(code, "d_sg[sg_id * NR + {h}u] = r_{h};");
+                    }
+                });
+                code.finish()
             };
             let decode_fns = format!(
                 "const MAX_SG: u32 = {MAX_SUBGROUPS}u;
@@ -631,7 +688,6 @@ struct DecodeCode {
 /// query is rotated on load and the row's new key is scored and weighted from the fused QKV row instead of the
 /// cache (its cache row is stale until the combine writes it).
 fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool) -> DecodeCode {
-    use std::fmt::Write;
     const DL: u32 = 8;
     const THREADS: u32 = 256;
     let dims = hd.div_ceil(DL);
@@ -640,33 +696,33 @@ fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool) -> DecodeCode {
     assert!(!append || hd.is_multiple_of(16), "decode_code: appending needs head_dim a multiple of 16");
     // Lane t holds dims t + 8·i; the last i is partial when HD is not a multiple of 8.
     let lane_dim = |i: u32| if DL * (i + 1) > hd { format!("min(t + {}u, HD - 1u)", DL * i) } else { format!("t + {}u", DL * i) };
-    let mut scores = String::new();
+    let mut scores = Emitter::new(1);
     if append {
-        let _ = writeln!(scores, "    let pos = qinfo[2u * row + 1u];");
-        let _ = writeln!(scores, "    let is_new = pos >= c0 && pos - c0 < CH && pos < lim;");
-        let _ = writeln!(scores, "    let kp = select(0u, pos - c0, is_new);");
-        let _ = writeln!(scores, "    let vlim = select(CH, kp, is_new);");
+        scores.line("let pos = qinfo[2u * row + 1u];");
+        scores.line("let is_new = pos >= c0 && pos - c0 < CH && pos < lim;");
+        scores.line("let kp = select(0u, pos - c0, is_new);");
+        scores.line("let vlim = select(CH, kp, is_new);");
         for i in 0..h8 {
-            let _ = writeln!(scores, "    let rcs_{i} = rope_cs(pos, t + {}u);", DL * i);
+            emit!(scores, "let rcs_{i} = rope_cs(pos, t + {}u);", DL * i);
         }
     } else {
-        let _ = writeln!(scores, "    let vlim = CH;");
+        scores.line("let vlim = CH;");
     }
     // `name_{i}` rotated from `raw_{i}` (rotate_half: the first half pairs with the second).
-    let rotate = |out: &mut String, name: &str, raw: &str| {
+    let rotate = |out: &mut Emitter, name: &str, raw: &str| {
         for i in 0..h8 {
             let j = i + h8;
-            let _ = writeln!(out, "    let {name}_{i} = {raw}_{i} * rcs_{i}.x - {raw}_{j} * rcs_{i}.y;");
-            let _ = writeln!(out, "    let {name}_{j} = {raw}_{j} * rcs_{i}.x + {raw}_{i} * rcs_{i}.y;");
+            emit!(out, "let {name}_{i} = {raw}_{i} * rcs_{i}.x - {raw}_{j} * rcs_{i}.y;");
+            emit!(out, "let {name}_{j} = {raw}_{j} * rcs_{i}.x + {raw}_{i} * rcs_{i}.y;");
         }
     };
     for h in 0..nr {
-        let _ = writeln!(scores, "    let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
+        emit!(scores, "let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
         let raw = if append { "qr" } else { "q" };
         for i in 0..dims {
             let load = format!("load_q(qb_{h} + {})", lane_dim(i));
             let value = if DL * (i + 1) > hd { format!("select(0.0, {load}, t + {}u < HD)", DL * i) } else { load };
-            let _ = writeln!(scores, "    let {raw}_{h}_{i} = {value};");
+            emit!(scores, "let {raw}_{h}_{i} = {value};");
         }
         if append {
             rotate(&mut scores, &format!("q_{h}"), &format!("qr_{h}"));
@@ -674,80 +730,81 @@ fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool) -> DecodeCode {
     }
     let passes = chunk / (THREADS / DL);
     for pass in 0..passes {
-        let _ = writeln!(scores, "    let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * THREADS / DL);
+        emit!(scores, "let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * THREADS / DL);
         for i in 0..dims {
-            let _ = writeln!(scores, "    let k_{pass}_{i} = load_k(kr_{pass} + {});", lane_dim(i));
+            emit!(scores, "let k_{pass}_{i} = load_k(kr_{pass} + {});", lane_dim(i));
         }
     }
     for pass in 0..passes {
         for h in 0..nr {
             let terms: Vec<String> = (0..dims).map(|i| format!("q_{h}_{i} * k_{pass}_{i}")).collect();
-            let _ = writeln!(scores, "    d_part[({h}u * CH + {}u + kl) * DL + t] = {};", pass * THREADS / DL, super::wgsl_tree_sum(&terms));
+            emit!(scores, "d_part[({h}u * CH + {}u + kl) * DL + t] = {};", pass * THREADS / DL, tree_sum(&terms));
         }
     }
     if append {
         // The new key from the QKV row (K heads follow the query heads), rotated; the lanes that scored its stale
-        // cache row above overwrite that score, and stage it for the combine to write into the cache.
-        let _ = writeln!(scores, "    if is_new && kl == kp % {}u {{", THREADS / DL);
-        let _ = writeln!(scores, "    let nb = row * p.q_stride + p.q_col + (p.heads + g) * HD;");
+        // cache row above overwrite that score, and stage it for the combine to write into the cache. (These two
+        // `if` bodies are written at the `if`'s own depth: unindented, as the shaders have always had them.)
+        emit!(scores, "if is_new && kl == kp % {}u {{", THREADS / DL);
+        scores.line("let nb = row * p.q_stride + p.q_col + (p.heads + g) * HD;");
         for i in 0..dims {
-            let _ = writeln!(scores, "    let nr_{i} = load_q(nb + {});", lane_dim(i));
+            emit!(scores, "let nr_{i} = load_q(nb + {});", lane_dim(i));
         }
         rotate(&mut scores, "nk", "nr");
         for h in 0..nr {
             let terms: Vec<String> = (0..dims).map(|i| format!("q_{h}_{i} * nk_{i}")).collect();
-            let _ = writeln!(scores, "    d_part[({h}u * CH + kp) * DL + t] = {};", super::wgsl_tree_sum(&terms));
+            emit!(scores, "d_part[({h}u * CH + kp) * DL + t] = {};", tree_sum(&terms));
         }
-        let _ = writeln!(scores, "    if h0 % p.n_rep == 0u {{");
-        let _ = writeln!(scores, "    let slot = new_key_slot(row, g);");
+        scores.line("if h0 % p.n_rep == 0u {");
+        scores.line("let slot = new_key_slot(row, g);");
         for i in 0..dims {
-            let _ = writeln!(scores, "    store_partial(slot + {}, nk_{i});", lane_dim(i));
+            emit!(scores, "store_partial(slot + {}, nk_{i});", lane_dim(i));
         }
-        let _ = writeln!(scores, "    }}");
-        let _ = writeln!(scores, "    }}");
+        scores.line("}");
+        scores.line("}");
     }
 
     // V: key group kg takes keys kg, kg + VG, ...; rounds of 16 loads.
     let vg = (THREADS / hd).max(1);
     let per_group = chunk.div_ceil(vg);
-    let mut v = String::new();
+    let mut v = Emitter::new(2);
     for h in 0..nr {
-        let _ = writeln!(v, "        var vacc_{h} = 0.0;");
+        emit!(v, "var vacc_{h} = 0.0;");
     }
     for round in (0..per_group).collect::<Vec<_>>().chunks(16) {
         for &j in round {
-            let _ = writeln!(v, "        let kv_{j} = kg + {}u;", j * vg);
-            let _ = writeln!(v, "        let v_{j} = load_v((kv_base + c0 + min(kv_{j}, nk)) * p.kv_stride + p.v_col + g * HD + col);");
+            emit!(v, "let kv_{j} = kg + {}u;", j * vg);
+            emit!(v, "let v_{j} = load_v((kv_base + c0 + min(kv_{j}, nk)) * p.kv_stride + p.v_col + g * HD + col);");
         }
         for &j in round {
             for h in 0..nr {
                 // Probabilities past the visible keys are 0; keys past the chunk do not exist.
-                let _ = writeln!(v, "        vacc_{h} += select(0.0, d_prob[{h}u * CH + min(kv_{j}, CH - 1u)] * v_{j}, kv_{j} < vlim);");
+                emit!(v, "vacc_{h} += select(0.0, d_prob[{h}u * CH + min(kv_{j}, CH - 1u)] * v_{j}, kv_{j} < vlim);");
             }
         }
     }
     if append {
         // The new key's V (after the K heads), weighted once, and staged like its K.
-        let _ = writeln!(v, "        if is_new && kg == 0u {{");
-        let _ = writeln!(v, "            let nv = load_q(row * p.q_stride + p.q_col + (p.heads + p.heads / p.n_rep + g) * HD + col);");
-        for h in 0..nr {
-            let _ = writeln!(v, "            vacc_{h} += d_prob[{h}u * CH + kp] * nv;");
-        }
-        let _ = writeln!(v, "            if h0 % p.n_rep == 0u {{ store_partial(new_key_slot(row, g) + HD + col, nv); }}");
-        let _ = writeln!(v, "        }}");
+        v.block("if is_new && kg == 0u", |v| {
+            v.line("let nv = load_q(row * p.q_stride + p.q_col + (p.heads + p.heads / p.n_rep + g) * HD + col);");
+            for h in 0..nr {
+                emit!(v, "vacc_{h} += d_prob[{h}u * CH + kp] * nv;");
+            }
+            v.line("if h0 % p.n_rep == 0u { store_partial(new_key_slot(row, g) + HD + col, nv); }");
+        });
     }
     for h in 0..nr {
-        let _ = writeln!(v, "        d_vred[({h}u * VG + kg) * HD + col] = vacc_{h};");
+        emit!(v, "d_vred[({h}u * VG + kg) * HD + col] = vacc_{h};");
     }
 
-    let mut combine_round = String::new();
+    let mut combine_round = Emitter::new(3);
     for u in 0..8 {
-        let _ = writeln!(combine_round, "            let cc_{u} = min(c + {u}u, nc - 1u);");
-        let _ = writeln!(combine_round, "            let pv_{u} = partial_at(base + cc_{u} * (HD + 2u) + d);");
+        emit!(combine_round, "let cc_{u} = min(c + {u}u, nc - 1u);");
+        emit!(combine_round, "let pv_{u} = partial_at(base + cc_{u} * (HD + 2u) + d);");
     }
     for u in 0..8 {
-        let _ = writeln!(combine_round, "            acc += select(0.0, c_w[cc_{u}] * pv_{u}, c + {u}u < nc);");
+        emit!(combine_round, "acc += select(0.0, c_w[cc_{u}] * pv_{u}, c + {u}u < nc);");
     }
     let combine_append = if append { "    append_new_key(lid, h, row);".to_string() } else { String::new() };
-    DecodeCode { scores, v, combine_round, combine_append }
+    DecodeCode { scores: scores.finish(), v: v.finish(), combine_round: combine_round.finish(), combine_append }
 }

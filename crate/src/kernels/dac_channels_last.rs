@@ -6,8 +6,8 @@
 //! Channels-last f16 activations `[time, C]` are stored as u32 pairs (low half = even channel); C is even
 //! (a multiple of 8 for `conv_mono` and the convolutions, which read 8 channels per 16-byte load).
 use super::dac_conv::{snake_decl, Conv1dWeights};
-use super::weight_decl;
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+use super::{weight_decl, WeightFormat};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_channels_last.wgsl");
 
@@ -56,15 +56,7 @@ pub fn pack(gpu: &Gpu, src: &GpuBuffer, layout: SourceLayout, channels: u32, len
     assert!(channels.is_multiple_of(2), "pack: channels must be even");
     assert!(dst.size >= len as u64 * channels as u64 * 2, "pack: destination too small");
     let transposed = layout == SourceLayout::ChannelsFirst;
-    let key = format!("dac_pack:t{}:s{}", transposed as u8, alpha.is_some() as u8);
-    let pipe = gpu.pipeline(&key, "pack", || {
-        let snake = match alpha {
-            Some(_) => snake_decl(3),
-            None => "fn act(ci: u32, v: f32) -> f32 { return v; }\n".into(),
-        };
-        let body = specialize(section("pack"), &[("SNAKE_DECL", snake), ("TRANSPOSED", transposed.to_string())]);
-        format!("{}{}", common(), body)
-    });
+    let pipe = gpu.variant_pipeline(PackVariant { transposed, snake: alpha.is_some() });
     let (workgroups, row) = grid(len * channels / 2);
     let params = Params { channels, len_in: len, len_out: len, taps: 0, dil: 0, pad: 0, row, pad0: 0 };
     let mut buffers = vec![src, dst];
@@ -80,11 +72,44 @@ pub fn conv_mono(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &Conv1dWeights, dilat
     assert_eq!(w.cout, 1, "conv_mono: one output channel");
     assert!(w.cin.is_multiple_of(8), "conv_mono: input channels must be a multiple of 8");
     let len_out = super::dac_conv::conv1d_len(len_in, w.kernel, 1, dilation, pad);
-    let key = format!("dac_conv_mono:{}", w.w.format.name());
-    let pipe = gpu.pipeline(&key, "conv_mono", || {
-        format!("{}{}", common(), specialize(section("conv_mono"), &[("WEIGHT_DECL", weight_decl(w.w.format, 2))]))
-    });
+    let pipe = gpu.variant_pipeline(ConvMonoVariant { format: w.w.format });
     let (workgroups, row) = grid(len_out);
     let params = Params { channels: w.cin, len_in, len_out, taps: w.kernel, dil: dilation, pad, row, pad0: 0 };
     gpu.dispatch(&pipe, &params, &[x, &w.w.data, &w.bias, y], if len_out == 0 { [0, 0, 0] } else { workgroups })
+}
+
+/// A specialisation of `pack` (the WGSL generator's input and the pipeline-cache key): from channels-first
+/// (`transposed`) or channels-last f32, with or without Snake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PackVariant {
+    pub transposed: bool,
+    pub snake: bool,
+}
+
+impl KernelVariant for PackVariant {
+    fn entry_point(&self) -> &'static str {
+        "pack"
+    }
+
+    fn source(&self) -> String {
+        let snake = if self.snake { snake_decl(3) } else { "fn act(ci: u32, v: f32) -> f32 { return v; }\n".into() };
+        let body = specialize(section("pack"), &[("SNAKE_DECL", snake), ("TRANSPOSED", self.transposed.to_string())]);
+        format!("{}{}", common(), body)
+    }
+}
+
+/// A specialisation of `conv_mono`: weights stored in `format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvMonoVariant {
+    pub format: WeightFormat,
+}
+
+impl KernelVariant for ConvMonoVariant {
+    fn entry_point(&self) -> &'static str {
+        "conv_mono"
+    }
+
+    fn source(&self) -> String {
+        format!("{}{}", common(), specialize(section("conv_mono"), &[("WEIGHT_DECL", weight_decl(self.format, 2))]))
+    }
 }

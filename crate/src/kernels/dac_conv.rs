@@ -7,7 +7,8 @@
 //! ConvTranspose1d (stride s, kernel K) is computed as s phase-wise ordinary convolutions: output time
 //! t = q·s + p − padding takes taps k = p + m·s of input q − m. The weights are rewritten once at upload
 //! into that per-phase layout (`conv_transpose_phase_weights`).
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError, KernelVariant};
+use super::wgsl::Emitter;
 use super::{weight_decl, GpuMatrix, Numerics, WeightFormat};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_conv.wgsl");
@@ -438,7 +439,6 @@ struct ConvCode {
 /// The conv kernel's per-thread code for `shape` and chunk `cc` × `kt` with `xs` staged input words:
 /// named values only, no per-thread arrays.
 fn conv_code(shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split: bool) -> ConvCode {
-    use std::fmt::Write;
     let (tm, rn, wm) = (shape.tm(), shape.rn, shape.wm);
     let hs = shape.rm / 4;
     let kr = cc * kt;
@@ -446,68 +446,68 @@ fn conv_code(shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split:
     let w_per = (tm * kr).div_ceil(256);
     let x_per = xs / 256;
     let h = if f16_math { "f16" } else { "f32" };
-    let mut setup = String::new();
-    let mut fetch = String::new();
-    let mut store = String::new();
-    let mut compute = String::new();
-    let mut epilogue = String::new();
+    let mut setup = Emitter::new(1);
+    let mut fetch = Emitter::new(2);
+    let mut store = Emitter::new(2);
+    let mut compute = Emitter::new(2);
+    let mut epilogue = Emitter::new(1);
 
     // Staging: weight element e = lid + 256·i of the chunk's KR × TM is row e % KR, channel e / KR
     // (consecutive lanes read consecutive columns of a weight row); input element e is channel e / span,
     // offset e % span.
     for i in 0..w_per {
         let e = format!("(lid + {}u)", 256 * i);
-        let _ = writeln!(setup, "    let wm_{i} = {e} / KR;");
-        let _ = writeln!(setup, "    let wr_{i} = {e} % KR;");
-        let _ = writeln!(setup, "    let wc_{i} = wr_{i} / KT;");
-        let _ = writeln!(setup, "    let wk_{i} = wr_{i} % KT;");
-        let _ = writeln!(setup, "    let wok_{i} = wm_{i} < TM && m0 + wm_{i} < P.cout;");
-        let _ = writeln!(setup, "    let wb_{i} = (w_row0 + min(m0 + wm_{i}, P.cout - 1u)) * P.w_stride;");
-        let _ = writeln!(setup, "    let wsi_{i} = wr_{i} * WS + wm_{i};");
-        let _ = writeln!(setup, "    var wv_{i} = 0.0;");
+        emit!(setup, "let wm_{i} = {e} / KR;");
+        emit!(setup, "let wr_{i} = {e} % KR;");
+        emit!(setup, "let wc_{i} = wr_{i} / KT;");
+        emit!(setup, "let wk_{i} = wr_{i} % KT;");
+        emit!(setup, "let wok_{i} = wm_{i} < TM && m0 + wm_{i} < P.cout;");
+        emit!(setup, "let wb_{i} = (w_row0 + min(m0 + wm_{i}, P.cout - 1u)) * P.w_stride;");
+        emit!(setup, "let wsi_{i} = wr_{i} * WS + wm_{i};");
+        emit!(setup, "var wv_{i} = 0.0;");
     }
     for i in 0..x_per {
         let e = format!("(lid + {}u)", 256 * i);
-        let _ = writeln!(setup, "    let xc_{i} = {e} / span;");
-        let _ = writeln!(setup, "    let xo_{i} = i32({e} - xc_{i} * span);");
-        let _ = writeln!(setup, "    let xok_{i} = xc_{i} < CC;");
-        let _ = writeln!(setup, "    var xv_{i} = 0.0;");
+        emit!(setup, "let xc_{i} = {e} / span;");
+        emit!(setup, "let xo_{i} = i32({e} - xc_{i} * span);");
+        emit!(setup, "let xok_{i} = xc_{i} < CC;");
+        emit!(setup, "var xv_{i} = 0.0;");
     }
     // Offset of reduction row r's input (channel r / KT, tap r % KT) for this thread's first column.
     for r in 0..kr {
-        let _ = writeln!(setup, "    let xr_{r} = xb + {}u * span + {}u * dil;", r / kt, r % kt);
+        emit!(setup, "let xr_{r} = xb + {}u * span + {}u * dil;", r / kt, r % kt);
     }
     for hh in 0..hs {
         for j in 0..rn {
-            let _ = writeln!(setup, "    var acc_{hh}_{j} = vec4<f32>(0.0);");
+            emit!(setup, "var acc_{hh}_{j} = vec4<f32>(0.0);");
             if f16_math {
-                let _ = writeln!(setup, "    var part_{hh}_{j} = vec4<f16>(0.0);");
+                emit!(setup, "var part_{hh}_{j} = vec4<f16>(0.0);");
             }
         }
     }
 
-    let _ = writeln!(fetch, "        {{");
-    let _ = writeln!(fetch, "            let k0 = (cf % P.tap_blocks) * KT;");
-    let _ = writeln!(fetch, "            let ci0 = split_ch0 + cf / P.tap_blocks * CC;");
-    let _ = writeln!(fetch, "            let base = i32(q0 * P.in_stride + k0 * dil) + P.in_off;");
-    for i in 0..w_per {
-        let _ = writeln!(fetch, "            wv_{i} = w_at(wb_{i}, wok_{i}, ci0 + wc_{i}, k0 + wk_{i}, ci_end);");
-    }
-    for i in 0..x_per {
-        let _ = writeln!(fetch, "            xv_{i} = x_at(xok_{i}, ci0 + xc_{i}, base + xo_{i}, ci_end);");
-    }
-    let _ = writeln!(fetch, "        }}");
+    fetch.block("", |fetch| {
+        fetch.line("let k0 = (cf % P.tap_blocks) * KT;");
+        fetch.line("let ci0 = split_ch0 + cf / P.tap_blocks * CC;");
+        fetch.line("let base = i32(q0 * P.in_stride + k0 * dil) + P.in_off;");
+        for i in 0..w_per {
+            emit!(fetch, "wv_{i} = w_at(wb_{i}, wok_{i}, ci0 + wc_{i}, k0 + wk_{i}, ci_end);");
+        }
+        for i in 0..x_per {
+            emit!(fetch, "xv_{i} = x_at(xok_{i}, ci0 + xc_{i}, base + xo_{i}, ci_end);");
+        }
+    });
 
     for i in 0..w_per {
         let st = format!("ws[wsi_{i} / 4u][wsi_{i} % 4u] = H(wv_{i});");
         if 256 * (i + 1) <= tm * kr {
-            let _ = writeln!(store, "        {st}");
+            store.line(&st);
         } else {
-            let _ = writeln!(store, "        if (wm_{i} < TM) {{ {st} }}");
+            emit!(store, "if (wm_{i} < TM) {{ {st} }}");
         }
     }
     for i in 0..x_per {
-        let _ = writeln!(store, "        xs[lid + {}u] = H(xv_{i});", 256 * i);
+        emit!(store, "xs[lid + {}u] = H(xv_{i});", 256 * i);
     }
 
     // Steps of a few rows: each step's shared loads, then its FMAs.
@@ -518,16 +518,16 @@ fn conv_code(shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split:
         let rows = r0..(r0 + step).min(kr);
         for r in rows.clone() {
             for hh in 0..hs {
-                let _ = writeln!(compute, "        let a_{r}_{hh} = ws[{}u + tm];", r * ws_stride / 4 + hh * wm);
+                emit!(compute, "let a_{r}_{hh} = ws[{}u + tm];", r * ws_stride / 4 + hh * wm);
             }
             for j in 0..rn {
-                let _ = writeln!(compute, "        let b_{r}_{j} = vec4<H>(xs[xr_{r} + {j}u * cs]);");
+                emit!(compute, "let b_{r}_{j} = vec4<H>(xs[xr_{r} + {j}u * cs]);");
             }
         }
         for r in rows {
             for hh in 0..hs {
                 for j in 0..rn {
-                    let _ = writeln!(compute, "        {target}_{hh}_{j} = fma(a_{r}_{hh}, b_{r}_{j}, {target}_{hh}_{j});");
+                    emit!(compute, "{target}_{hh}_{j} = fma(a_{r}_{hh}, b_{r}_{j}, {target}_{hh}_{j});");
                 }
             }
         }
@@ -536,8 +536,8 @@ fn conv_code(shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split:
     if f16_math {
         for hh in 0..hs {
             for j in 0..rn {
-                let _ = writeln!(compute, "        acc_{hh}_{j} += vec4<f32>(part_{hh}_{j});");
-                let _ = writeln!(compute, "        part_{hh}_{j} = vec4<{h}>(0.0);");
+                emit!(compute, "acc_{hh}_{j} += vec4<f32>(part_{hh}_{j});");
+                emit!(compute, "part_{hh}_{j} = vec4<{h}>(0.0);");
             }
         }
     }
@@ -545,22 +545,22 @@ fn conv_code(shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split:
     // Thread (tm, tn) owns channels h·4·WM + 4·tm + (0..4) and columns tn + j·WN.
     for j in 0..rn {
         // q·out_stride + phase ≥ out_pad holds for every q ≥ q_lo, so t never wraps.
-        let _ = writeln!(epilogue, "    let t_{j} = (q0 + tn + {}u) * P.out_stride + phase - P.out_pad;", j * shape.wn);
+        emit!(epilogue, "let t_{j} = (q0 + tn + {}u) * P.out_stride + phase - P.out_pad;", j * shape.wn);
     }
     for hh in 0..hs {
         for c in 0..4 {
-            let _ = writeln!(epilogue, "    let co_{hh}_{c} = m0 + {}u + 4u * tm;", hh * 4 * wm + c);
+            emit!(epilogue, "let co_{hh}_{c} = m0 + {}u + 4u * tm;", hh * 4 * wm + c);
         }
     }
     let split_arg = if split { "split, " } else { "" };
     for hh in 0..hs {
         for j in 0..rn {
             for (c, comp) in ["x", "y", "z", "w"].iter().enumerate() {
-                let _ = writeln!(epilogue, "    emit({split_arg}co_{hh}_{c}, t_{j}, acc_{hh}_{j}.{comp});");
+                emit!(epilogue, "emit({split_arg}co_{hh}_{c}, t_{j}, acc_{hh}_{j}.{comp});");
             }
         }
     }
-    ConvCode { setup, fetch, store, compute, epilogue }
+    ConvCode { setup: setup.finish(), fetch: fetch.finish(), store: store.finish(), compute: compute.finish(), epilogue: epilogue.finish() }
 }
 
 /// WGSL declaring Snake's α at `@binding(binding)`, `fn snake(a: f32, v: f32) -> f32` (Snake with α = a) and
@@ -601,77 +601,113 @@ fn conv_pipeline(
     let snake = fusion.snake_alpha.is_some();
     // The epilogue's fusions live in the reduce pass under split-K.
     let (acc, tanh) = if split { (false, false) } else { (fusion.accumulate, fusion.tanh) };
-    let key = format!(
-        "dac_conv:{}:{}:{}x{}x{}x{}:c{}k{}x{}:p{}s{}a{}t{}",
-        format.name(),
-        if f16_math { "h" } else { "f" },
-        shape.wm,
-        shape.wn,
-        shape.rm,
-        shape.rn,
-        ch.cc,
-        ch.kt,
-        ch.xs,
-        split as u8,
-        snake as u8,
-        acc as u8,
-        tanh as u8
-    );
-    gpu.pipeline(&key, "conv", || {
-        let code = conv_code(shape, ch.cc, ch.kt, ch.xs, f16_math, split);
-        let out_decl = if split {
-            "@group(0) @binding(3) var<storage, read_write> part: array<f32>;\n\
-             // One split's partial sum.\n\
-             fn emit(split: u32, co: u32, t: u32, acc: f32) {\n\
-                 if (co < P.cout && t < P.len_out) {\n\
-                     part[(split * P.cout + co) * P.len_out + t] = acc;\n\
-                 }\n\
-             }\n"
-                .to_string()
-        } else {
-            let f = ConvFusion { accumulate: acc, tanh, ..*fusion };
-            format!(
-                "@group(0) @binding(3) var<storage, read> bias: array<f32>;\n\
-                 @group(0) @binding(4) var<storage, read_write> y: array<f32>;\n\
-                 // One output: bias, then residual add and tanh.\n\
-                 fn emit(co: u32, t: u32, acc: f32) {{\n\
-                     if (co < P.cout && t < P.len_out) {{\n\
-                         finish(co * P.len_out + t, acc + bias[co]);\n\
-                     }}\n\
-                 }}\n{}",
-                finish_section(&f)
-            )
-        };
-        let snake_decl = if snake { snake_decl(if split { 4 } else { 5 }) } else { "fn act(ci: u32, v: f32) -> f32 { return v; }\n".into() };
-        specialize(
-            section("conv"),
-            &[
-                ("PARAMS", ConvParams::wgsl()),
-                ("ENABLE_F16", if f16_math { "enable f16;" } else { "" }.to_string()),
-                ("WEIGHT_DECL", weight_decl(format, 2)),
-                ("OUT_DECL", out_decl),
-                ("SNAKE_DECL", snake_decl),
-                ("WM", shape.wm.to_string()),
-                ("WN", shape.wn.to_string()),
-                ("TM", shape.tm().to_string()),
-                ("TN", shape.tn().to_string()),
-                ("CC", ch.cc.to_string()),
-                ("KT", ch.kt.to_string()),
-                ("XS", ch.xs.to_string()),
-                ("H", if f16_math { "f16" } else { "f32" }.to_string()),
-                ("SETUP", code.setup),
-                ("FETCH", code.fetch),
-                ("STORE", code.store),
-                ("COMPUTE", code.compute),
-                ("EPILOGUE", code.epilogue),
-            ],
+    gpu.variant_pipeline(ConvVariant { format, shape, cc: ch.cc, kt: ch.kt, xs: ch.xs, f16_math, split, snake, accumulate: acc, tanh })
+}
+
+/// One compiled specialisation of the convolution pass (section `conv`): the WGSL generator's input and the
+/// pipeline-cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvVariant {
+    pub format: WeightFormat,
+    pub shape: ConvShape,
+    /// Input channels and taps per staged chunk, and staged input words (see `ConvShape::chunking`).
+    pub cc: u32,
+    pub kt: u32,
+    pub xs: u32,
+    pub f16_math: bool,
+    /// Writes one split's partial sums (split-K) instead of the outputs.
+    pub split: bool,
+    /// Snake on the input loads.
+    pub snake: bool,
+    /// Residual add and tanh in the epilogue (off under split-K, where the reduce pass applies them).
+    pub accumulate: bool,
+    pub tanh: bool,
+}
+
+impl KernelVariant for ConvVariant {
+    fn entry_point(&self) -> &'static str {
+        "conv"
+    }
+
+    fn source(&self) -> String {
+        let v = self;
+        conv_source(v.format, v.shape, v.cc, v.kt, v.xs, v.f16_math, v.split, v.snake, v.accumulate, v.tanh)
+    }
+}
+
+/// The split-K reduction pass (section `reduce`) with the epilogue's fusions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvReduceVariant {
+    pub accumulate: bool,
+    pub tanh: bool,
+}
+
+impl KernelVariant for ConvReduceVariant {
+    fn entry_point(&self) -> &'static str {
+        "reduce"
+    }
+
+    fn source(&self) -> String {
+        let fusion = ConvFusion { snake_alpha: None, accumulate: self.accumulate, tanh: self.tanh };
+        format!("{}{}", specialize(section("reduce"), &[("PARAMS", ReduceParams::wgsl())]), finish_section(&fusion))
+    }
+}
+
+/// The convolution pass's WGSL (`acc` and `tanh` as the pass applies them: off under split-K).
+#[allow(clippy::too_many_arguments)]
+fn conv_source(format: WeightFormat, shape: ConvShape, cc: u32, kt: u32, xs: u32, f16_math: bool, split: bool, snake: bool, acc: bool, tanh: bool) -> String {
+    let code = conv_code(shape, cc, kt, xs, f16_math, split);
+    let out_decl = if split {
+        "@group(0) @binding(3) var<storage, read_write> part: array<f32>;\n\
+         // One split's partial sum.\n\
+         fn emit(split: u32, co: u32, t: u32, acc: f32) {\n\
+             if (co < P.cout && t < P.len_out) {\n\
+                 part[(split * P.cout + co) * P.len_out + t] = acc;\n\
+             }\n\
+         }\n"
+            .to_string()
+    } else {
+        let f = ConvFusion { snake_alpha: None, accumulate: acc, tanh };
+        format!(
+            "@group(0) @binding(3) var<storage, read> bias: array<f32>;\n\
+             @group(0) @binding(4) var<storage, read_write> y: array<f32>;\n\
+             // One output: bias, then residual add and tanh.\n\
+             fn emit(co: u32, t: u32, acc: f32) {{\n\
+                 if (co < P.cout && t < P.len_out) {{\n\
+                     finish(co * P.len_out + t, acc + bias[co]);\n\
+                 }}\n\
+             }}\n{}",
+            finish_section(&f)
         )
-    })
+    };
+    let snake_decl = if snake { snake_decl(if split { 4 } else { 5 }) } else { "fn act(ci: u32, v: f32) -> f32 { return v; }\n".into() };
+    specialize(
+        section("conv"),
+        &[
+            ("PARAMS", ConvParams::wgsl()),
+            ("ENABLE_F16", if f16_math { "enable f16;" } else { "" }.to_string()),
+            ("WEIGHT_DECL", weight_decl(format, 2)),
+            ("OUT_DECL", out_decl),
+            ("SNAKE_DECL", snake_decl),
+            ("WM", shape.wm.to_string()),
+            ("WN", shape.wn.to_string()),
+            ("TM", shape.tm().to_string()),
+            ("TN", shape.tn().to_string()),
+            ("CC", cc.to_string()),
+            ("KT", kt.to_string()),
+            ("XS", xs.to_string()),
+            ("H", if f16_math { "f16" } else { "f32" }.to_string()),
+            ("SETUP", code.setup),
+            ("FETCH", code.fetch),
+            ("STORE", code.store),
+            ("COMPUTE", code.compute),
+            ("EPILOGUE", code.epilogue),
+        ],
+    )
 }
 
 fn reduce_pipeline(gpu: &Gpu, fusion: &ConvFusion) -> std::sync::Arc<wgpu::ComputePipeline> {
-    let key = format!("dac_conv_reduce:a{}t{}", fusion.accumulate as u8, fusion.tanh as u8);
-    gpu.pipeline(&key, "reduce", || format!("{}{}", specialize(section("reduce"), &[("PARAMS", ReduceParams::wgsl())]), finish_section(fusion)))
+    gpu.variant_pipeline(ConvReduceVariant { accumulate: fusion.accumulate, tanh: fusion.tanh })
 }
 
 /// The geometry shared by both convolution kinds (see the shader's header).

@@ -7,13 +7,13 @@
 //!
 //! Weights: the convolution's matrix rewritten tap-major (`tap_major`), `[nphase·cout, taps·cin]` f16, kept
 //! beside the channels-first matrix the plain kernels use. Products of f16 values accumulate in f32.
-use std::fmt::Write;
 
 use super::coop_code::{staged_reduction, Staging};
+use super::wgsl::Emitter;
 
 use super::dac_conv::{snake_decl, Conv1dWeights, ConvTranspose1dWeights, Geometry};
 use super::{GpuMatrix, WeightFormat};
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_conv_cl.wgsl");
 
@@ -151,6 +151,24 @@ pub fn supports(cin: u32, cout: u32) -> bool {
     cin.is_multiple_of(8) && cout >= 32 && cout.is_multiple_of(2)
 }
 
+/// One compiled specialisation of the channels-last convolution (tile shape × epilogue, one of `EPILOGUE_NAMES`):
+/// the WGSL generator's input and the pipeline-cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClVariant {
+    pub shape: ClShape,
+    pub epilogue: &'static str,
+}
+
+impl KernelVariant for ClVariant {
+    fn entry_point(&self) -> &'static str {
+        "main"
+    }
+
+    fn source(&self) -> String {
+        shader_source(self.shape, self.epilogue)
+    }
+}
+
 /// The WGSL of one specialisation (entry point `main`).
 pub fn shader_source(shape: ClShape, epilogue: &str) -> String {
     assert!(shape.fits(), "dac_conv_cl: unsupported {shape:?}");
@@ -181,54 +199,53 @@ pub fn shader_source(shape: ClShape, epilogue: &str) -> String {
 fn body(shape: ClShape, epilogue: &str) -> String {
     let (tm, sn_rows) = (shape.tm(), shape.staged_n());
     let (passes_a, passes_b) = (tm / 64, sn_rows / 64);
-    let mut s = String::new();
-    let _ = writeln!(s, "    let sm = (sg / {}u) * {}u;", shape.sub_n, 16 * shape.frag_m);
-    let _ = writeln!(s, "    let sn = (sg % {}u) * {}u;", shape.sub_n, 16 * shape.frag_n);
+    let mut s = Emitter::new(1);
+    emit!(s, "let sm = (sg / {}u) * {}u;", shape.sub_n, 16 * shape.frag_m);
+    emit!(s, "let sn = (sg % {}u) * {}u;", shape.sub_n, 16 * shape.frag_n);
     // Staging: invocation lid loads halves 8·ql.. of row rl (+ 64 per pass) of both operands.
-    s.push_str("    let ql = lid % 4u;\n    let rl = lid / 4u;\n");
+    s.line("let ql = lid % 4u;");
+    s.line("let rl = lid / 4u;");
     for u in 0..passes_a {
-        let _ = writeln!(s, "    let pa{u} = i32((q0 + rl + {}u) * P.in_stride) + P.in_off;", 64 * u);
-        let _ = writeln!(s, "    let sao{u} = (rl + {}u) * {LDS}u + ql * 8u;", 64 * u);
+        emit!(s, "let pa{u} = i32((q0 + rl + {}u) * P.in_stride) + P.in_off;", 64 * u);
+        emit!(s, "let sao{u} = (rl + {}u) * {LDS}u + ql * 8u;", 64 * u);
     }
     for u in 0..passes_b {
         let r = 64 * u;
-        let _ = writeln!(s, "    let co{u} = n0 + rl + {r}u;");
-        let _ = writeln!(s, "    let vb{u} = rl + {r}u < {}u && co{u} < P.cout;", shape.tn());
-        let _ = writeln!(s, "    let wr{u} = select(0u, (w_row0 + co{u}) * P.w_stride4, vb{u});");
-        let _ = writeln!(s, "    let sbo{u} = (rl + {r}u) * {LDS}u + ql * 8u;");
+        emit!(s, "let co{u} = n0 + rl + {r}u;");
+        emit!(s, "let vb{u} = rl + {r}u < {}u && co{u} < P.cout;", shape.tn());
+        emit!(s, "let wr{u} = select(0u, (w_row0 + co{u}) * P.w_stride4, vb{u});");
+        emit!(s, "let sbo{u} = (rl + {r}u) * {LDS}u + ql * 8u;");
     }
     for i in 0..shape.frag_m {
         for j in 0..shape.frag_n {
-            let _ = writeln!(s, "    var acc{i}{j} = coop_mat16x16<f32, C>();");
+            emit!(s, "var acc{i}{j} = coop_mat16x16<f32, C>();");
         }
     }
     // Global loads of the stage at reduction row `k` into registers suffixed `tag` (zeros outside x / W).
-    let load = |s: &mut String, tag: &str, k: &str| {
-        let _ = writeln!(s, "        let kk{tag} = {k} + ql * 8u;");
-        let _ = writeln!(s, "        let kin{tag} = kk{tag} < P.k_total;");
-        let _ = writeln!(s, "        let tap{tag} = kk{tag} / P.cin;");
-        let _ = writeln!(s, "        let ci{tag} = kk{tag} - tap{tag} * P.cin;");
-        let _ = writeln!(s, "        let sh{tag} = i32(tap{tag} * P.dil);");
+    let load = |s: &mut Emitter, tag: &str, k: &str| {
+        emit!(s, "let kk{tag} = {k} + ql * 8u;");
+        emit!(s, "let kin{tag} = kk{tag} < P.k_total;");
+        emit!(s, "let tap{tag} = kk{tag} / P.cin;");
+        emit!(s, "let ci{tag} = kk{tag} - tap{tag} * P.cin;");
+        emit!(s, "let sh{tag} = i32(tap{tag} * P.dil);");
         for u in 0..passes_a {
-            let _ = writeln!(s, "        let pos{u}{tag} = pa{u} + sh{tag};");
-            let _ = writeln!(s, "        let oka{u}{tag} = kin{tag} && pos{u}{tag} >= 0 && pos{u}{tag} < i32(P.len_in);");
-            let _ = writeln!(
-                s,
-                "        let va{u}{tag} = select(vec4<u32>(), x[select(0u, (u32(pos{u}{tag}) * P.cin + ci{tag}) / 8u, oka{u}{tag})], oka{u}{tag});"
+            emit!(s, "let pos{u}{tag} = pa{u} + sh{tag};");
+            emit!(s, "let oka{u}{tag} = kin{tag} && pos{u}{tag} >= 0 && pos{u}{tag} < i32(P.len_in);");
+            emit!(s, "let va{u}{tag} = select(vec4<u32>(), x[select(0u, (u32(pos{u}{tag}) * P.cin + ci{tag}) / 8u, oka{u}{tag})], oka{u}{tag});"
             );
         }
         for u in 0..passes_b {
-            let _ = writeln!(s, "        let okb{u}{tag} = kin{tag} && vb{u};");
-            let _ = writeln!(s, "        let vw{u}{tag} = select(vec4<u32>(), w[select(0u, wr{u} + kk{tag} / 8u, okb{u}{tag})], okb{u}{tag});");
+            emit!(s, "let okb{u}{tag} = kin{tag} && vb{u};");
+            emit!(s, "let vw{u}{tag} = select(vec4<u32>(), w[select(0u, wr{u} + kk{tag} / 8u, okb{u}{tag})], okb{u}{tag});");
         }
     };
     // Stores of registers `tag` into the stage at `base_a` / `base_b`.
-    let stage = |s: &mut String, tag: &str, base_a: &str, base_b: &str| {
-        let halves = |s: &mut String, arr: &str, base: &str, off: &str, v: &str| {
+    let stage = |s: &mut Emitter, tag: &str, base_a: &str, base_b: &str| {
+        let halves = |s: &mut Emitter, arr: &str, base: &str, off: &str, v: &str| {
             for (e, c) in ["x", "y", "z", "w"].iter().enumerate() {
-                let _ = writeln!(s, "        let h{v}{e} = vec2<f16>(unpack2x16float({v}.{c}));");
-                let _ = writeln!(s, "        {arr}[{base} + {off} + {}u] = h{v}{e}.x;", 2 * e);
-                let _ = writeln!(s, "        {arr}[{base} + {off} + {}u] = h{v}{e}.y;", 2 * e + 1);
+                emit!(s, "let h{v}{e} = vec2<f16>(unpack2x16float({v}.{c}));");
+                emit!(s, "{arr}[{base} + {off} + {}u] = h{v}{e}.x;", 2 * e);
+                emit!(s, "{arr}[{base} + {off} + {}u] = h{v}{e}.y;", 2 * e + 1);
             }
         };
         for u in 0..passes_a {
@@ -240,7 +257,7 @@ fn body(shape: ClShape, epilogue: &str) -> String {
     };
     staged_reduction(&mut s, shape.frag_m, shape.frag_n, LDS, shape.stages, tm * LDS, sn_rows * LDS, Staging { load: &load, stage: &stage, step: 32, frag_k: "" });
     output(&mut s, shape, epilogue);
-    s
+    s.finish()
 }
 
 /// One round per accumulator index (i, j): every subgroup stores its block into its slot of `so`, then the
@@ -248,7 +265,7 @@ fn body(shape: ClShape, epilogue: &str) -> String {
 /// packs into one word), two slots per pass. Each round issues all its global loads (bias, α, the
 /// residual) before its stores: loads after a store to a possibly aliasing buffer wait for it, and a
 /// load-add-store chain per element made the k1 convolutions latency-bound.
-fn output(s: &mut String, shape: ClShape, epilogue: &str) {
+fn output(s: &mut Emitter, shape: ClShape, epilogue: &str) {
     let (packs, f32_out) = match epilogue {
         "snake16" => (true, false),
         "store_pack" | "acc_pack" => (true, true),
@@ -256,41 +273,45 @@ fn output(s: &mut String, shape: ClShape, epilogue: &str) {
     };
     let residual = epilogue.starts_with("acc");
     // Two slots per pass: invocation lid takes columns lc, lc + 1 of row lr of slot 2·pass + hi.
-    s.push_str("    let obase = sg * 256u;\n    let hi = lid / 128u;\n    let lp = lid % 128u;\n    let lr = lp / 8u;\n    let lc = (lp % 8u) * 2u;\n");
+    for line in ["let obase = sg * 256u;", "let hi = lid / 128u;", "let lp = lid % 128u;", "let lr = lp / 8u;", "let lc = (lp % 8u) * 2u;"] {
+        s.line(line);
+    }
     let sub_row = |g: u32, i: u32| (g / shape.sub_n) * 16 * shape.frag_m + 16 * i;
     let sub_col = |g: u32, j: u32| (g % shape.sub_n) * 16 * shape.frag_n + 16 * j;
     for i in 0..shape.frag_m {
         for j in 0..shape.frag_n {
-            let _ = writeln!(s, "    let ov{i}{j} = acc{i}{j};");
-            let _ = writeln!(s, "    coopStoreT(ov{i}{j}, &so[obase], 16u);");
-            s.push_str("    workgroupBarrier();\n    {\n");
-            for p in 0..4 {
-                let (g0, g1) = (2 * p, 2 * p + 1);
-                let _ = writeln!(s, "        let t{p} = time_of(q0 + select({}u, {}u, hi == 1u) + lr, phase);", sub_row(g0, i), sub_row(g1, i));
-                let _ = writeln!(s, "        let co{p} = n0 + select({}u, {}u, hi == 1u) + lc;", sub_col(g0, j), sub_col(g1, j));
-                // cout is even, so co < cout covers co + 1.
-                let _ = writeln!(s, "        let ok{p} = t{p} < P.len_out && co{p} < P.cout;");
-                let _ = writeln!(s, "        let c{p} = select(0u, co{p}, ok{p});");
-                let _ = writeln!(s, "        let i{p} = select(0u, t{p} * P.cout + co{p}, ok{p});");
-                let _ = writeln!(s, "        let e{p} = ({}u + hi * 256u) + lr * 16u + lc;", g0 * 256);
-                let res = if residual { format!(" + vec2<f32>(y[i{p}], y[i{p} + 1u])") } else { String::new() };
-                let _ = writeln!(s, "        let v{p} = vec2<f32>(so[e{p}], so[e{p} + 1u]) + vec2<f32>(bias[c{p}], bias[c{p} + 1u]){res};");
-                if packs {
-                    let _ = writeln!(s, "        let a{p} = vec2<f32>(alpha[c{p}], alpha[c{p} + 1u]);");
+            emit!(s, "let ov{i}{j} = acc{i}{j};");
+            emit!(s, "coopStoreT(ov{i}{j}, &so[obase], 16u);");
+            s.line("workgroupBarrier();");
+            s.block("", |s| {
+                for p in 0..4 {
+                    let (g0, g1) = (2 * p, 2 * p + 1);
+                    emit!(s, "let t{p} = time_of(q0 + select({}u, {}u, hi == 1u) + lr, phase);", sub_row(g0, i), sub_row(g1, i));
+                    emit!(s, "let co{p} = n0 + select({}u, {}u, hi == 1u) + lc;", sub_col(g0, j), sub_col(g1, j));
+                    // cout is even, so co < cout covers co + 1.
+                    emit!(s, "let ok{p} = t{p} < P.len_out && co{p} < P.cout;");
+                    emit!(s, "let c{p} = select(0u, co{p}, ok{p});");
+                    emit!(s, "let i{p} = select(0u, t{p} * P.cout + co{p}, ok{p});");
+                    emit!(s, "let e{p} = ({}u + hi * 256u) + lr * 16u + lc;", g0 * 256);
+                    let res = if residual { format!(" + vec2<f32>(y[i{p}], y[i{p} + 1u])") } else { String::new() };
+                    emit!(s, "let v{p} = vec2<f32>(so[e{p}], so[e{p} + 1u]) + vec2<f32>(bias[c{p}], bias[c{p} + 1u]){res};");
+                    if packs {
+                        emit!(s, "let a{p} = vec2<f32>(alpha[c{p}], alpha[c{p} + 1u]);");
+                    }
                 }
-            }
-            for p in 0..4 {
-                let mut stores = String::new();
-                if f32_out {
-                    let _ = write!(stores, "y[i{p}] = v{p}.x; y[i{p} + 1u] = v{p}.y; ");
+                for p in 0..4 {
+                    let mut stores = String::new();
+                    if f32_out {
+                        stores.push_str(&format!("y[i{p}] = v{p}.x; y[i{p} + 1u] = v{p}.y; "));
+                    }
+                    if packs {
+                        let target = if f32_out { "y16" } else { "y" };
+                        stores.push_str(&format!("{target}[i{p} / 2u] = pack2x16float(vec2<f32>(snake(a{p}.x, v{p}.x), snake(a{p}.y, v{p}.y))); "));
+                    }
+                    emit!(s, "if ok{p} {{ {stores}}}");
                 }
-                if packs {
-                    let target = if f32_out { "y16" } else { "y" };
-                    let _ = write!(stores, "{target}[i{p} / 2u] = pack2x16float(vec2<f32>(snake(a{p}.x, v{p}.x), snake(a{p}.y, v{p}.y))); ");
-                }
-                let _ = writeln!(s, "        if ok{p} {{ {stores}}}");
-            }
-            s.push_str("    }\n    workgroupBarrier();\n");
+            });
+            s.line("workgroupBarrier();");
         }
     }
 }
@@ -339,9 +360,7 @@ fn build(gpu: &Gpu, g: Geometry, x: &GpuBuffer, w_cl: &GpuMatrix, bias: &GpuBuff
         "dac_conv_cl: {shape:?} needs {} bytes of workgroup memory",
         shape.workgroup_bytes()
     );
-    let name = epilogue.name();
-    let key = format!("dac_conv_cl:{}:{name}", shape.name());
-    let pipe = gpu.pipeline(&key, "main", || shader_source(shape, name));
+    let pipe = gpu.variant_pipeline(ClVariant { shape, epilogue: epilogue.name() });
     let [grid_x, split, _] = grid_1d(g.cols.div_ceil(shape.tm()));
     let params = Params {
         cin: g.cin,

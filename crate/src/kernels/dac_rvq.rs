@@ -1,6 +1,6 @@
 //! `shaders/dac_rvq.wgsl`: the DAC residual vector quantiser — codes → latent (decode) and latent → codes
 //! (encode, codebook by codebook). Small kernels: ~70 multiply-adds per latent value.
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError, KernelVariant};
 use super::dac_conv::{empty_matrix, write_matrix_rows};
 use super::{weight_decl, GpuMatrix, Numerics, WeightFormat};
 
@@ -128,12 +128,39 @@ wgsl_params! {
     }
 }
 
-fn pipeline(gpu: &Gpu, rvq: &RvqWeights, format: WeightFormat, entry: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
-    let dim = rvq.dims.codebook_dim;
-    let key = format!("dac_rvq:{entry}:{}:d{dim}", format.name());
-    gpu.pipeline(&key, entry, || {
-        specialize(SOURCE, &[("PARAMS", RvqParams::wgsl()), ("WEIGHT_DECL", weight_decl(format, 3)), ("CB_DIM", dim.to_string())])
-    })
+fn pipeline(gpu: &Gpu, rvq: &RvqWeights, format: WeightFormat, entry: RvqEntry) -> std::sync::Arc<wgpu::ComputePipeline> {
+    gpu.variant_pipeline(RvqVariant { entry, format, codebook_dim: rvq.dims.codebook_dim })
+}
+
+/// An entry point of `shaders/dac_rvq.wgsl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RvqEntry {
+    /// Encoding: the nearest code of each frame, and the residual's update.
+    Assign,
+    /// Decoding: the chosen codes' projections summed into the latent.
+    ProjectOut,
+}
+
+/// One compiled specialisation of the codebook shader: the WGSL generator's input and the pipeline-cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RvqVariant {
+    pub entry: RvqEntry,
+    /// How the projection weights this entry point reads are stored.
+    pub format: WeightFormat,
+    pub codebook_dim: usize,
+}
+
+impl KernelVariant for RvqVariant {
+    fn entry_point(&self) -> &'static str {
+        match self.entry {
+            RvqEntry::Assign => "assign",
+            RvqEntry::ProjectOut => "project_out",
+        }
+    }
+
+    fn source(&self) -> String {
+        specialize(SOURCE, &[("PARAMS", RvqParams::wgsl()), ("WEIGHT_DECL", weight_decl(self.format, 3)), ("CB_DIM", self.codebook_dim.to_string())])
+    }
 }
 
 /// z `[latent, frames]` = Σ_i out_proj_i(codebook_i[codes[i, t]]); codes u32 `[n_codebooks, frames]`
@@ -153,7 +180,7 @@ fn project_out(
     q_count: u32,
     subtract: bool,
 ) -> Dispatch {
-    let pipe = pipeline(gpu, rvq, rvq.out_proj.format, "project_out");
+    let pipe = pipeline(gpu, rvq, rvq.out_proj.format, RvqEntry::ProjectOut);
     let total = rvq.dims.latent as u32 * frames;
     let grid = grid_1d(total.div_ceil(256));
     let params = RvqParams {
@@ -174,7 +201,7 @@ fn project_out(
 /// code = argmax_j cos(in_proj_i(r), codebook_i[j]) (first index on ties), then r −= out_proj_i(codebook_i[code]).
 /// `residual` is consumed (it ends as the quantisation error). Two dispatches per codebook, in order.
 pub fn rvq_encode(gpu: &Gpu, residual: &GpuBuffer, rvq: &RvqWeights, codes: &GpuBuffer, frames: u32) -> Vec<Dispatch> {
-    let assign = pipeline(gpu, rvq, rvq.in_proj.format, "assign");
+    let assign = pipeline(gpu, rvq, rvq.in_proj.format, RvqEntry::Assign);
     let grid = grid_1d(frames);
     let mut out = Vec::with_capacity(2 * rvq.dims.n_codebooks);
     for i in 0..rvq.dims.n_codebooks as u32 {

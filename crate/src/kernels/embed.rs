@@ -1,7 +1,7 @@
 //! `shaders/embed.wgsl`: embedding gathers. A token outside the table contributes zeros.
 //! Tables are f32, f16 or block-quantized (`crate::quant`): a quantized value is `q · scale` exactly as the CPU's
 //! `QuantizedRows::dequantize` computes it (one f32 product of two exactly representable factors).
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 use crate::quant::{QuantBits, QuantFormat};
 use super::{weight_decl, GpuMatrix, WeightFormat};
 
@@ -35,7 +35,7 @@ pub fn embed_tokens(gpu: &Gpu, table: &GpuMatrix, tokens: &GpuBuffer, out: &GpuB
         vocab: 0,
         _pad: 0,
     };
-    gather(gpu, "embed_tokens", table, tokens, out, params)
+    gather(gpu, EmbedEntry::Tokens, table, tokens, out, params)
 }
 
 /// Decoder input: out[r, :] = Σ_c table[c·vocab + tokens[(r % token_rows)·channels + c], :] for r < rows.
@@ -56,16 +56,47 @@ pub fn embed_channels_sum(gpu: &Gpu, table: &GpuMatrix, tokens: &GpuBuffer, out:
         vocab,
         _pad: 0,
     };
-    gather(gpu, "embed_channels_sum", table, tokens, out, params)
+    gather(gpu, EmbedEntry::ChannelsSum, table, tokens, out, params)
 }
 
-fn gather(gpu: &Gpu, entry: &str, table: &GpuMatrix, tokens: &GpuBuffer, out: &GpuBuffer, params: Params) -> Dispatch {
+/// The gathers' entry points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EmbedEntry {
+    /// One table row per token (`embed_tokens`).
+    Tokens,
+    /// One row per channel, summed (`embed_channels_sum`).
+    ChannelsSum,
+}
+
+/// One compiled specialisation of the gathers: the WGSL generator's input and the pipeline-cache key. A quantized
+/// row's scales follow its value words, whose count depends on the table's width, hence `cols`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EmbedVariant {
+    pub entry: EmbedEntry,
+    pub format: WeightFormat,
+    pub cols: u32,
+}
+
+impl KernelVariant for EmbedVariant {
+    fn entry_point(&self) -> &'static str {
+        match self.entry {
+            EmbedEntry::Tokens => "embed_tokens",
+            EmbedEntry::ChannelsSum => "embed_channels_sum",
+        }
+    }
+
+    fn source(&self) -> String {
+        specialize(SOURCE, &[("PARAMS", Params::wgsl()), ("WEIGHTS", table_decl(self.format, self.cols))])
+    }
+}
+
+fn gather(gpu: &Gpu, entry: EmbedEntry, table: &GpuMatrix, tokens: &GpuBuffer, out: &GpuBuffer, params: Params) -> Dispatch {
+    let variant = EmbedVariant { entry, format: table.format, cols: table.cols };
     let elements = params.n as u64 * params.cols as u64;
-    assert!(out.size >= elements * 4, "{entry}: out holds fewer than {} × {} f32", params.n, params.cols);
-    assert!(elements <= u32::MAX as u64, "{entry}: output too large for 32-bit indexing");
-    // A quantized row's scales follow its value words, whose count depends on the table's width.
-    let key = format!("embed.{entry}.{:?}.{}", table.format, table.cols);
-    let pipeline = gpu.pipeline(&key, entry, || specialize(SOURCE, &[("PARAMS", Params::wgsl()), ("WEIGHTS", table_decl(table.format, table.cols))]));
+    let name = variant.entry_point();
+    assert!(out.size >= elements * 4, "{name}: out holds fewer than {} × {} f32", params.n, params.cols);
+    assert!(elements <= u32::MAX as u64, "{name}: output too large for 32-bit indexing");
+    let pipeline = gpu.variant_pipeline(variant);
     gpu.dispatch(&pipeline, &params, &[tokens, &table.data, out], grid_1d(elements.div_ceil(THREADS) as u32))
 }
 

@@ -1,5 +1,5 @@
 //! `shaders/kv_cache.wgsl`: in-place KV-cache update that writes only the new rows, RoPE applied on the way.
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
 const SOURCE: &str = include_str!("../../../shaders/kv_cache.wgsl");
 const WORKGROUP: u32 = 256;
@@ -132,6 +132,38 @@ impl std::str::FromStr for KvFormat {
     }
 }
 
+/// The kernels of `shaders/kv_cache.wgsl`, each a pipeline: the WGSL generator's input and the pipeline-cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvCacheKernel {
+    /// `rope_kv_write` into f32 or f16 caches (section `plain`).
+    RopeKvWrite(KvFormat),
+    /// `rope_kv_write_q8`: a workgroup per head, each K and V head one q8 block (section `q8`).
+    RopeKvWriteQ8,
+    /// `pack_q8` (section `q8`).
+    PackQ8,
+    /// `pack_f16` (section `plain`, f16 caches).
+    PackF16,
+}
+
+impl KernelVariant for KvCacheKernel {
+    fn entry_point(&self) -> &'static str {
+        match self {
+            KvCacheKernel::RopeKvWrite(_) => "rope_kv_write",
+            KvCacheKernel::RopeKvWriteQ8 => "rope_kv_write_q8",
+            KvCacheKernel::PackQ8 => "pack_q8",
+            KvCacheKernel::PackF16 => "pack_f16",
+        }
+    }
+
+    fn source(&self) -> String {
+        match *self {
+            KvCacheKernel::RopeKvWrite(format) => shader(format),
+            KvCacheKernel::PackF16 => shader(KvFormat::F16),
+            KvCacheKernel::RopeKvWriteQ8 | KvCacheKernel::PackQ8 => q8_shader(),
+        }
+    }
+}
+
 fn shader(format: KvFormat) -> String {
     let store = [format.wgsl_store_pair("store_pair_k", "k_cache"), format.wgsl_store_pair("store_pair_v", "v_cache")].concat();
     // Cache values per word, for the bound check of a (seq, pos) row (q8: the check uses whole blocks instead).
@@ -174,14 +206,14 @@ pub fn rope_kv_write(
     if format == KvFormat::Q8 {
         // A workgroup per (row, head): Q heads rotated in place, each K and V head quantized as one block.
         let blocks = rows * (q_heads + 2 * width / head_dim);
-        let pipeline = gpu.pipeline("kv_cache.rope_kv_write_q8", "rope_kv_write_q8", q8_shader);
+        let pipeline = gpu.variant_pipeline(KvCacheKernel::RopeKvWriteQ8);
         let grid = grid_1d(blocks.max(1));
         let params = Params { rows, row_stride, k_col, v_col: k_col + width, width, max_len, groups_x: grid[0], q_heads, head_dim, max_pos, _pad0: 0, _pad1: 0 };
         return gpu.dispatch(&pipeline, &params, &[qkv, qinfo, k_cache, v_cache, cos, sin], grid);
     }
     let heads = q_heads + width / head_dim;
     let per_row = heads * (head_dim / 2).div_ceil(2) + width / 2;
-    let pipeline = gpu.pipeline(&format!("kv_cache.rope_kv_write.{format}"), "rope_kv_write", || shader(format));
+    let pipeline = gpu.variant_pipeline(KvCacheKernel::RopeKvWrite(format));
     let grid = grid_1d((rows as u64 * per_row as u64).div_ceil(WORKGROUP as u64) as u32);
     let params = Params { rows, row_stride, k_col, v_col: k_col + width, width, max_len, groups_x: grid[0], q_heads, head_dim, max_pos, _pad0: 0, _pad1: 0 };
     gpu.dispatch(&pipeline, &params, &[qkv, qinfo, k_cache, v_cache, cos, sin], grid)
@@ -196,7 +228,7 @@ pub fn pack_kv(gpu: &Gpu, src: &GpuBuffer, dst: &GpuBuffer, values: u32, head_di
         KvFormat::Q8 => {
             assert!(format.supports(head_dim) && values.is_multiple_of(head_dim), "pack_kv: {values} values are no whole q8 blocks of {head_dim}");
             assert!(src.size >= values as u64 * 4 && dst.size >= format.bytes(values as u64, head_dim), "pack_kv: buffers too small for {values} values");
-            let pipeline = gpu.pipeline("kv_cache.pack_q8", "pack_q8", q8_shader);
+            let pipeline = gpu.variant_pipeline(KvCacheKernel::PackQ8);
             let grid = grid_1d((values / head_dim).max(1));
             let params = Params { rows: values, row_stride: 0, k_col: 0, v_col: 0, width: 0, max_len: 0, groups_x: grid[0], q_heads: 0, head_dim, max_pos: 0, _pad0: 0, _pad1: 0 };
             gpu.dispatch(&pipeline, &params, &[src, dst], grid)
@@ -208,7 +240,7 @@ pub fn pack_kv(gpu: &Gpu, src: &GpuBuffer, dst: &GpuBuffer, values: u32, head_di
 /// `values` f32 values of `src` into f16 pairs in `dst` (word i = values 2i, 2i + 1; an odd count pads with 0).
 pub fn pack_f16(gpu: &Gpu, src: &GpuBuffer, dst: &GpuBuffer, values: u32) -> Dispatch {
     assert!(src.size >= values as u64 * 4 && dst.size >= values.div_ceil(2) as u64 * 4, "pack_f16: buffers too small for {values} values");
-    let pipeline = gpu.pipeline("kv_cache.pack_f16", "pack_f16", || shader(KvFormat::F16));
+    let pipeline = gpu.variant_pipeline(KvCacheKernel::PackF16);
     let grid = grid_1d(values.div_ceil(2).div_ceil(WORKGROUP).max(1));
     let params = Params { rows: values, row_stride: 0, k_col: 0, v_col: 0, width: 0, max_len: 0, groups_x: grid[0], q_heads: 0, head_dim: 0, max_pos: 0, _pad0: 0, _pad1: 0 };
     gpu.dispatch(&pipeline, &params, &[src, dst], grid)

@@ -21,6 +21,8 @@ pub mod dac_conv;
 pub mod dac_conv_cl;
 pub mod dac_channels_last;
 pub mod dac_rvq;
+#[doc(hidden)]
+pub mod catalog;
 
 use crate::gpu::{Gpu, GpuBuffer, GpuError};
 use crate::quant::{QuantError, QuantFormat};
@@ -247,15 +249,5 @@ pub fn weight_decl(format: WeightFormat, binding: u32) -> String {
              fn load_w(base: u32, col: u32) -> f32 {{ let p = unpack2x16float(w[base + col / 2u]); return select(p.x, p.y, (col & 1u) == 1u); }}\n"
         ),
         WeightFormat::Quant(q) => panic!("weight_decl: {} matrices are read by the linear kernels only", q.name()),
-    }
-}
-
-/// `a + b + …` as a balanced tree of WGSL additions (independent loads, short dependency chains) for the
-/// generated straight-line kernel code.
-pub(crate) fn wgsl_tree_sum(terms: &[String]) -> String {
-    match terms.len() {
-        0 => "0.0".into(),
-        1 => terms[0].clone(),
-        n => format!("({} + {})", wgsl_tree_sum(&terms[..n / 2]), wgsl_tree_sum(&terms[n / 2..])),
     }
 }

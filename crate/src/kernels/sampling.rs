@@ -16,7 +16,7 @@
 //! an argmax taking the first maximum gives on an all −inf row; k = vocab keeps every id with its conditional value (HF's
 //! `top_k=None`, which returns the guided logits themselves, is not offered). Top-p costs O(n²/256) per row
 //! for n candidates (n ≤ k): fast for the usual k ≤ 256, correct but slower for larger k.
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, Reduction, SUBGROUPS_MARKER};
+use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant, Reduction, SUBGROUPS_MARKER};
 
 const SHADER: &str = include_str!("../../../shaders/sampling.wgsl");
 const WORKGROUP: u32 = 256;
@@ -233,37 +233,9 @@ impl Sampler {
 
         let chunk = v.div_ceil(WORKGROUP);
         let reduction = gpu.reduction();
-        let key = format!("sampling.c{chunk}.r{}.{reduction:?}", record_scores as u32);
-        let source = || {
-            let code = reduction_code(reduction);
-            let record = if record_scores {
-                "const RECORD: bool = true;\n\
-                 @group(0) @binding(3) var<storage, read_write> sel_scores: array<u32>;\n\
-                 @group(0) @binding(6) var<storage, read_write> adv_scores: array<u32>;\n\
-                 fn put_score(i: u32, bits: u32) { sel_scores[i] = bits; }\n\
-                 fn put_forced_score(i: u32, bits: u32) { adv_scores[i] = bits; }\n"
-            } else {
-                "const RECORD: bool = false;\n\
-                 fn put_score(i: u32, bits: u32) {}\n\
-                 fn put_forced_score(i: u32, bits: u32) {}\n"
-            };
-            let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
-            marker.to_string()
-                + &specialize(
-                SHADER,
-                &[
-                    ("PARAMS", Params::wgsl()),
-                    ("REDUCE_FNS", code.fns),
-                    ("SG_ARGS", code.args.to_string()),
-                    ("LANE", code.lane.to_string()),
-                    ("CHUNK", chunk.to_string()),
-                    ("MAXC", (chunk * WORKGROUP).to_string()),
-                    ("RECORD", record.to_string()),
-                ],
-            )
-        };
-        let select_pipe = gpu.pipeline(&format!("{key}.select"), "select_token", source);
-        let advance_pipe = gpu.pipeline(&format!("{key}.advance"), "advance", source);
+        let variant = |entry| SamplerVariant { entry, chunk, record_scores, reduction };
+        let select_pipe = gpu.variant_pipeline(variant(SamplerEntry::SelectToken));
+        let advance_pipe = gpu.variant_pipeline(variant(SamplerEntry::Advance));
 
         let mut select_bufs = vec![bufs.logits, &state];
         let mut advance_bufs = vec![&state, &prefix_buf, bufs.codes, bufs.tokens, bufs.qinfo];
@@ -303,6 +275,69 @@ impl Sampler {
         words.extend_from_slice(tokens);
         gpu.write(&self.force, &words);
     }
+}
+
+/// The sampler's two entry points (one source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SamplerEntry {
+    /// Per (item, channel): guidance, filters and the choice of the next token.
+    SelectToken,
+    /// Once per step: the EOS/PAD state machine, the delay pattern and the next step's inputs.
+    Advance,
+}
+
+/// One compiled specialisation of `shaders/sampling.wgsl`: the WGSL generator's input and the pipeline-cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SamplerVariant {
+    pub entry: SamplerEntry,
+    /// Vocabulary entries per thread (vocab / 256, rounded up).
+    pub chunk: u32,
+    /// Whether the processed scores are written out (`Sampler::scores`).
+    pub record_scores: bool,
+    pub reduction: Reduction,
+}
+
+impl KernelVariant for SamplerVariant {
+    fn entry_point(&self) -> &'static str {
+        match self.entry {
+            SamplerEntry::SelectToken => "select_token",
+            SamplerEntry::Advance => "advance",
+        }
+    }
+
+    fn source(&self) -> String {
+        shader_source(self.chunk, self.record_scores, self.reduction)
+    }
+}
+
+/// The sampler's WGSL for vocabulary chunks of `chunk` per thread, with or without the score record.
+fn shader_source(chunk: u32, record_scores: bool, reduction: Reduction) -> String {
+    let code = reduction_code(reduction);
+    let record = if record_scores {
+        "const RECORD: bool = true;\n\
+         @group(0) @binding(3) var<storage, read_write> sel_scores: array<u32>;\n\
+         @group(0) @binding(6) var<storage, read_write> adv_scores: array<u32>;\n\
+         fn put_score(i: u32, bits: u32) { sel_scores[i] = bits; }\n\
+         fn put_forced_score(i: u32, bits: u32) { adv_scores[i] = bits; }\n"
+    } else {
+        "const RECORD: bool = false;\n\
+         fn put_score(i: u32, bits: u32) {}\n\
+         fn put_forced_score(i: u32, bits: u32) {}\n"
+    };
+    let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
+    marker.to_string()
+        + &specialize(
+        SHADER,
+        &[
+            ("PARAMS", Params::wgsl()),
+            ("REDUCE_FNS", code.fns),
+            ("SG_ARGS", code.args.to_string()),
+            ("LANE", code.lane.to_string()),
+            ("CHUNK", chunk.to_string()),
+            ("MAXC", (chunk * WORKGROUP).to_string()),
+            ("RECORD", record.to_string()),
+        ],
+    )
 }
 
 /// `select_token`'s workgroup-wide scans, sum and argmax as generated WGSL (see the shader), its extra builtins, and

@@ -1,4 +1,4 @@
-//! Declarations shared between Rust and WGSL, written once.
+//! Declarations shared between Rust and WGSL, written once, and the writer of generated straight-line WGSL.
 
 /// Scalar types a uniform parameter struct may hold, with their WGSL names.
 pub(crate) trait WgslScalar: bytemuck::Pod {
@@ -72,6 +72,60 @@ macro_rules! wgsl_params {
     };
 }
 
+/// Generated straight-line WGSL, written a line at a time at the current depth (4 spaces a level): `block` opens
+/// `header {`, writes its body one level deeper and closes it, so no generator counts spaces or braces.
+pub(crate) struct Emitter {
+    text: String,
+    depth: usize,
+}
+
+impl Emitter {
+    /// Empty, its lines `depth` levels deep (where the code lands in its shader).
+    pub(crate) fn new(depth: usize) -> Emitter {
+        Emitter { text: String::new(), depth }
+    }
+
+    /// One line at the current depth.
+    pub(crate) fn line(&mut self, line: &str) {
+        for _ in 0..self.depth {
+            self.text.push_str("    ");
+        }
+        self.text.push_str(line);
+        self.text.push('\n');
+    }
+
+    /// `header {` (a bare `{` for an empty header), then `body` one level deeper, then `}`.
+    pub(crate) fn block(&mut self, header: &str, body: impl FnOnce(&mut Emitter)) {
+        self.line(&if header.is_empty() { "{".to_string() } else { format!("{header} {{") });
+        self.depth += 1;
+        body(self);
+        self.depth -= 1;
+        self.line("}");
+    }
+
+    /// What was written: lines ending in a newline.
+    pub(crate) fn finish(self) -> String {
+        self.text
+    }
+}
+
+/// `Emitter::line` of a `format!` text: `emit!(e, "let x_{i} = load({i}u);")`.
+macro_rules! emit {
+    ($e:expr, $($fmt:tt)*) => {
+        $e.line(&format!($($fmt)*))
+    };
+}
+
+/// `a + b + …` as a balanced tree of WGSL additions (independent loads, short dependency chains) for the
+/// generated straight-line kernel code.
+pub(crate) fn tree_sum(terms: &[String]) -> String {
+    match terms.len() {
+        0 => "0.0".into(),
+        1 => terms[0].clone(),
+        n => format!("({} + {})", tree_sum(&terms[..n / 2]), tree_sum(&terms[n / 2..])),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     wgsl_params! {
@@ -91,5 +145,28 @@ mod tests {
         let bytes = bytemuck::bytes_of(&Example { a: 1, long_name: 2.0, c: -3 }).to_vec();
         assert_eq!(bytes[8..12], (-3i32).to_le_bytes());
         assert_eq!(Example::wgsl(), "struct Example {\n    a: u32,         // first\n    long_name: f32,\n    c: i32,         // third, with a longer comment\n}\n");
+    }
+
+    #[test]
+    fn emitter_indents_blocks() {
+        let mut e = super::Emitter::new(1);
+        e.line("let a = 1u;");
+        e.block("if a > 0u", |e| {
+            emit!(e, "let b_{} = a;", 2);
+            e.block("for (var i = 0u; i < 2u; i++)", |e| e.line("b_2 += i;"));
+        });
+        e.block("", |e| e.line("let c = a;"));
+        assert_eq!(
+            e.finish(),
+            "    let a = 1u;\n    if a > 0u {\n        let b_2 = a;\n        for (var i = 0u; i < 2u; i++) {\n            b_2 += i;\n        }\n    }\n    {\n        let c = a;\n    }\n"
+        );
+    }
+
+    #[test]
+    fn tree_sum_balances() {
+        let terms: Vec<String> = ["a", "b", "c"].iter().map(|t| t.to_string()).collect();
+        assert_eq!(super::tree_sum(&terms), "(a + (b + c))");
+        assert_eq!(super::tree_sum(&terms[..1]), "a");
+        assert_eq!(super::tree_sum(&[]), "0.0");
     }
 }

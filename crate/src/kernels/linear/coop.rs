@@ -11,7 +11,7 @@
 //! product, typically ~2⁻¹¹/√K of it for random signs; |x| must stay below 65504 (f16's largest finite value)
 //! or the product becomes ±inf. A quantized weight q·s is exact in f32 and rounded to f16 when staged (q has at
 //! most 8 bits, s 11): the same bound again for W, so about twice the f16w figure against the dequantized matrix.
-use std::fmt::Write;
+use crate::kernels::wgsl::Emitter;
 
 use crate::kernels::coop_code::{staged_reduction, Staging};
 
@@ -299,7 +299,7 @@ fn weight_fns(format: WeightFormat) -> String {
         QuantBits::Q8 => "w[i / 2u][i % 2u]",
         QuantBits::Q4 => "w[i]",
     };
-    let decode = super::section("qdecode").replace("{{GROUP}}", &q.group().to_string());
+    let decode = specialize(super::section("qdecode"), &[("GROUP", q.group().to_string())]);
     format!(
         "const PER_WORD: u32 = {}u;\n{decode}\nfn w_scale(row: u32, c: u32) -> f32 {{\n    let g = c / QGROUP;\n    let i = row * p.stride + value_words() + g / 2u;\n    let s = unpack2x16float({word});\n    return select(s.x, s.y, (g & 1u) == 1u);\n}}\n",
         q.per_word()
@@ -342,76 +342,72 @@ fn body(format: WeightFormat, shape: CoopShape, epilogue: LinearEpilogue, access
     };
     let a = Operand { op: "a", rows: tm, per_load: xl, ks: shape.ks() };
     let b = Operand { op: "b", rows: tn, per_load: wl.cols, ks: shape.ks() };
-    let mut s = String::new();
+    let mut s = Emitter::new(1);
     // Subgroup sg: block mn of the sub_m × sub_n grid, K block kq (32 staged columns from kc).
     let blocks = shape.sub_m * shape.sub_n;
-    let _ = writeln!(s, "    let mn = sg % {blocks}u;");
-    let _ = writeln!(s, "    let sm = (mn / {}u) * {}u;", shape.sub_n, 16 * shape.frag_m);
-    let _ = writeln!(s, "    let sn = (mn % {}u) * {}u;", shape.sub_n, 16 * shape.frag_n);
-    let _ = writeln!(s, "    let kc = (sg / {blocks}u) * 32u;");
+    emit!(s, "let mn = sg % {blocks}u;");
+    emit!(s, "let sm = (mn / {}u) * {}u;", shape.sub_n, 16 * shape.frag_m);
+    emit!(s, "let sn = (mn % {}u) * {}u;", shape.sub_n, 16 * shape.frag_n);
+    emit!(s, "let kc = (sg / {blocks}u) * 32u;");
     // Per pass u: this invocation's staged row, its x / W row (NONE outside), the first element of that row's
     // load and the offset in the staged tile.
     for o in [&a, &b] {
         let op = o.op;
-        let _ = writeln!(s, "    let q{op} = lid % {}u;", o.per_row());
-        let _ = writeln!(s, "    let r{op} = lid / {}u;", o.per_row());
+        emit!(s, "let q{op} = lid % {}u;", o.per_row());
+        emit!(s, "let r{op} = lid / {}u;", o.per_row());
         for u in 0..o.passes() {
             let row = if op == "a" { format!("x_row(m0, r{op} + {}u)", u * o.row_step()) } else { format!("w_row(t, r{op} + {}u)", u * o.row_step()) };
-            let _ = writeln!(s, "    let g{op}r{u} = {row};");
-            let _ = writeln!(s, "    let g{op}v{u} = g{op}r{u} != NONE;");
+            emit!(s, "let g{op}r{u} = {row};");
+            emit!(s, "let g{op}v{u} = g{op}r{u} != NONE;");
             let first = match (op, access) {
                 ("a", CoopAccess::Vec) => format!("g{op}r{u} * (p.k / 4u) + q{op}"),
                 ("a", CoopAccess::Scalar) => format!("g{op}r{u} * p.k + q{op}"),
                 _ if wl.words == 1 => format!("g{op}r{u} * p.stride + q{op}"),
                 _ => format!("g{op}r{u} * (p.stride / {}u) + q{op}", wl.words),
             };
-            let _ = writeln!(s, "    let g{op}i{u} = select(0u, {first}, g{op}v{u});");
-            let _ = writeln!(s, "    let s{op}o{u} = (r{op} + {}u) * {lds}u + q{op} * {}u;", u * o.row_step(), o.per_load);
+            emit!(s, "let g{op}i{u} = select(0u, {first}, g{op}v{u});");
+            emit!(s, "let s{op}o{u} = (r{op} + {}u) * {lds}u + q{op} * {}u;", u * o.row_step(), o.per_load);
         }
     }
     for i in 0..shape.frag_m {
         for j in 0..shape.frag_n {
-            let _ = writeln!(s, "    var acc{i}{j} = coop_mat16x16<f32, C>();");
+            emit!(s, "var acc{i}{j} = coop_mat16x16<f32, C>();");
         }
     }
     // Global loads of the stage at K offset `k` into registers suffixed `tag`; outside x / W they read as 0 (a
     // quantized unit outside takes scale 0: its packed zeros stand for -Q).
-    let load = |s: &mut String, tag: &str, k: &str| {
+    let load = |s: &mut Emitter, tag: &str, k: &str| {
         for o in [&a, &b] {
             let op = o.op;
-            let _ = writeln!(s, "        let kin{op}{tag} = {k} + q{op} * {}u < p.k;", o.per_load);
+            emit!(s, "let kin{op}{tag} = {k} + q{op} * {}u < p.k;", o.per_load);
             let (ty, zero, scale) = match (op, access) {
                 ("a", CoopAccess::Vec) => ("x", "vec4<f32>()", 4),
                 ("a", CoopAccess::Scalar) => ("x", "0.0", 1),
                 _ => ("w", wl.zero, wl.cols),
             };
             for u in 0..o.passes() {
-                let _ = writeln!(s, "        let ok{op}{u}{tag} = kin{op}{tag} && g{op}v{u};");
-                let _ = writeln!(
-                    s,
-                    "        let v{op}{u}{tag} = select({zero}, {ty}[select(0u, g{op}i{u} + {k} / {scale}u, ok{op}{u}{tag})], ok{op}{u}{tag});"
+                emit!(s, "let ok{op}{u}{tag} = kin{op}{tag} && g{op}v{u};");
+                emit!(s, "let v{op}{u}{tag} = select({zero}, {ty}[select(0u, g{op}i{u} + {k} / {scale}u, ok{op}{u}{tag})], ok{op}{u}{tag});"
                 );
                 if op == "b" && quant.is_some() {
-                    let _ = writeln!(
-                        s,
-                        "        let ws{u}{tag} = select(0.0, w_scale(select(0u, g{op}r{u}, ok{op}{u}{tag}), select(0u, {k} + q{op} * 8u, ok{op}{u}{tag})), ok{op}{u}{tag});"
+                    emit!(s, "let ws{u}{tag} = select(0.0, w_scale(select(0u, g{op}r{u}, ok{op}{u}{tag}), select(0u, {k} + q{op} * 8u, ok{op}{u}{tag})), ok{op}{u}{tag});"
                     );
                 }
             }
         }
     };
     // Stores of registers `tag` into the stage at offsets `base_a` / `base_b`.
-    let stage = |s: &mut String, tag: &str, base_a: &str, base_b: &str| {
+    let stage = |s: &mut Emitter, tag: &str, base_a: &str, base_b: &str| {
         for u in 0..a.passes() {
             match access {
                 CoopAccess::Vec => {
-                    let _ = writeln!(s, "        let ha{u}{tag} = vec4<f16>(va{u}{tag});");
+                    emit!(s, "let ha{u}{tag} = vec4<f16>(va{u}{tag});");
                     for (e, c) in ["x", "y", "z", "w"].iter().enumerate() {
-                        let _ = writeln!(s, "        sa[{base_a} + sao{u} + {e}u] = ha{u}{tag}.{c};");
+                        emit!(s, "sa[{base_a} + sao{u} + {e}u] = ha{u}{tag}.{c};");
                     }
                 }
                 CoopAccess::Scalar => {
-                    let _ = writeln!(s, "        sa[{base_a} + sao{u}] = f16(va{u}{tag});");
+                    emit!(s, "sa[{base_a} + sao{u}] = f16(va{u}{tag});");
                 }
             }
         }
@@ -423,9 +419,9 @@ fn body(format: WeightFormat, shape: CoopShape, epilogue: LinearEpilogue, access
                     QuantBits::Q4 => [format!("nibbles4(vb{u}{tag}, 0u)"), format!("nibbles4(vb{u}{tag}, 16u)")],
                 };
                 for (e, h) in halves.iter().enumerate() {
-                    let _ = writeln!(s, "        let hb{u}{e}{tag} = vec4<f16>({h} * ws{u}{tag});");
+                    emit!(s, "let hb{u}{e}{tag} = vec4<f16>({h} * ws{u}{tag});");
                     for (c, cc) in ["x", "y", "z", "w"].iter().enumerate() {
-                        let _ = writeln!(s, "        sb[{base_b} + sbo{u} + {}u] = hb{u}{e}{tag}.{cc};", 4 * e + c);
+                        emit!(s, "sb[{base_b} + sbo{u} + {}u] = hb{u}{e}{tag}.{cc};", 4 * e + c);
                     }
                 }
                 continue;
@@ -435,9 +431,9 @@ fn body(format: WeightFormat, shape: CoopShape, epilogue: LinearEpilogue, access
                 CoopAccess::Scalar => &[""],
             };
             for (e, c) in words.iter().enumerate() {
-                let _ = writeln!(s, "        let hb{u}{e}{tag} = vec2<f16>(unpack2x16float(vb{u}{tag}{c}));");
-                let _ = writeln!(s, "        sb[{base_b} + sbo{u} + {}u] = hb{u}{e}{tag}.x;", 2 * e);
-                let _ = writeln!(s, "        sb[{base_b} + sbo{u} + {}u] = hb{u}{e}{tag}.y;", 2 * e + 1);
+                emit!(s, "let hb{u}{e}{tag} = vec2<f16>(unpack2x16float(vb{u}{tag}{c}));");
+                emit!(s, "sb[{base_b} + sbo{u} + {}u] = hb{u}{e}{tag}.x;", 2 * e);
+                emit!(s, "sb[{base_b} + sbo{u} + {}u] = hb{u}{e}{tag}.y;", 2 * e + 1);
             }
         }
     };
@@ -445,14 +441,16 @@ fn body(format: WeightFormat, shape: CoopShape, epilogue: LinearEpilogue, access
     let staging = Staging { load: &load, stage: &stage, step: shape.ks(), frag_k };
     staged_reduction(&mut s, shape.frag_m, shape.frag_n, lds, shape.stages, tm * lds, tn * lds, staging);
     output(&mut s, shape, epilogue);
-    s
+    s.finish()
 }
 
 /// One round per accumulator index (i, j): every subgroup stores its block (i, j) into its 16×16 slot of `so`
 /// (`let`-bound arguments: naga bug), then each invocation writes element `lid` of every block that lies in y,
 /// the sum of the `sub_k` slots that hold its partial sums.
-fn output(s: &mut String, shape: CoopShape, epilogue: LinearEpilogue) {
-    s.push_str("    let obase = sg * 256u;\n    let lr = lid / 16u;\n    let lc = lid % 16u;\n");
+fn output(s: &mut Emitter, shape: CoopShape, epilogue: LinearEpilogue) {
+    s.line("let obase = sg * 256u;");
+    s.line("let lr = lid / 16u;");
+    s.line("let lc = lid % 16u;");
     let blocks = shape.sub_m * shape.sub_n;
     let sub_row = |g: u32, i: u32| (g / shape.sub_n) * 16 * shape.frag_m + 16 * i;
     let sub_col = |g: u32, j: u32| (g % shape.sub_n) * 16 * shape.frag_n + 16 * j;
@@ -460,9 +458,9 @@ fn output(s: &mut String, shape: CoopShape, epilogue: LinearEpilogue) {
     let value = |g: u32| (0..shape.sub_k).map(|kq| format!("so[{}u + lid]", (g + kq * blocks) * 256)).collect::<Vec<_>>().join(" + ");
     for i in 0..shape.frag_m {
         for j in 0..shape.frag_n {
-            let _ = writeln!(s, "    let ov{i}{j} = acc{i}{j};");
-            let _ = writeln!(s, "    coopStoreT(ov{i}{j}, &so[obase], 16u);");
-            s.push_str("    workgroupBarrier();\n");
+            emit!(s, "let ov{i}{j} = acc{i}{j};");
+            emit!(s, "coopStoreT(ov{i}{j}, &so[obase], 16u);");
+            s.line("workgroupBarrier();");
             for g in 0..blocks {
                 let half = shape.sub_n / 2;
                 if epilogue == LinearEpilogue::SwiGlu {
@@ -470,9 +468,9 @@ fn output(s: &mut String, shape: CoopShape, epilogue: LinearEpilogue) {
                     if g % shape.sub_n >= half {
                         continue;
                     }
-                    let _ = writeln!(
+                    emit!(
                         s,
-                        "    {{ let row = m0 + {}u + lr; let col = t * {}u + {}u + lc; if row < p.m && col < p.out_cols {{ y[row * p.out_cols + col] = silu({}) * ({}); }} }}",
+                        "{{ let row = m0 + {}u + lr; let col = t * {}u + {}u + lc; if row < p.m && col < p.out_cols {{ y[row * p.out_cols + col] = silu({}) * ({}); }} }}",
                         sub_row(g, i),
                         shape.tn() / 2,
                         sub_col(g, j),
@@ -480,9 +478,9 @@ fn output(s: &mut String, shape: CoopShape, epilogue: LinearEpilogue) {
                         value(g + half)
                     );
                 } else {
-                    let _ = writeln!(
+                    emit!(
                         s,
-                        "    {{ let row = m0 + {}u + lr; let col = t * {}u + {}u + lc; if row < p.m && col < p.n {{ write_out(row, col, {}); }} }}",
+                        "{{ let row = m0 + {}u + lr; let col = t * {}u + {}u + lc; if row < p.m && col < p.n {{ write_out(row, col, {}); }} }}",
                         sub_row(g, i),
                         shape.tn(),
                         sub_col(g, j),
@@ -490,7 +488,7 @@ fn output(s: &mut String, shape: CoopShape, epilogue: LinearEpilogue) {
                     );
                 }
             }
-            s.push_str("    workgroupBarrier();\n");
+            s.line("workgroupBarrier();");
         }
     }
 }

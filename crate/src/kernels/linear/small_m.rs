@@ -3,6 +3,7 @@
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
 use super::{check_shapes, section, small_m_arith, LinearEpilogue, Params, SMALL_M_MAX};
+use crate::kernels::wgsl::Emitter;
 use crate::kernels::{GpuMatrix, WeightFormat};
 
 /// Partial sums a small-M workgroup may hold: 4096 f32 = 16 KiB of workgroup memory.
@@ -297,35 +298,34 @@ pub(super) fn quant_group(format: WeightFormat) -> u32 {
 /// once for all `rpt` rows; a quantized chunk's products are summed in f16 and added to the accumulator times the
 /// scale, an f16w round's products (≤ 4 chunks of 8) are summed in f16 (t_<row>_<m>) and added once per round.
 fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant: bool, half: bool) -> SmallMCode {
-    use std::fmt::Write;
-    let mut decls = String::new();
-    let mut body = String::new();
-    let mut stores = String::new();
+    let mut decls = Emitter::new(1);
+    let mut body = Emitter::new(2);
+    let mut stores = Emitter::new(1);
     for i in 0..rpt {
-        let _ = writeln!(decls, "    let row_{i} = slot_row(g, {i}u * G + rg);");
+        emit!(decls, "let row_{i} = slot_row(g, {i}u * G + rg);");
         for mi in 0..m {
-            let _ = writeln!(decls, "    var acc_{i}_{mi} = 0.0;");
+            emit!(decls, "var acc_{i}_{mi} = 0.0;");
         }
     }
     if norm {
         for mi in 0..m {
-            let _ = writeln!(decls, "    var sq_{mi} = 0.0;");
+            emit!(decls, "var sq_{mi} = 0.0;");
         }
     }
     for j in 0..unroll {
-        let _ = writeln!(body, "        let c_{j} = min(c + {j}u * KT, nc - 1u);");
+        emit!(body, "let c_{j} = min(c + {j}u * KT, nc - 1u);");
     }
     for j in 0..unroll {
         for i in 0..rpt {
-            let _ = writeln!(body, "        let w_{i}_{j} = load_w(row_{i}, c_{j});");
+            emit!(body, "let w_{i}_{j} = load_w(row_{i}, c_{j});");
             if quant {
                 // In f16 the quantized values are scaled down exactly (`QBACK`); the scale takes that back.
                 let back = if half { " * QBACK" } else { "" };
-                let _ = writeln!(body, "        let s_{i}_{j} = load_scale(row_{i}, c_{j}){back};");
+                emit!(body, "let s_{i}_{j} = load_scale(row_{i}, c_{j}){back};");
             }
         }
         for mi in 0..m {
-            let _ = writeln!(body, "        let xr_{mi}_{j} = load_x({mi}u, c_{j});");
+            emit!(body, "let xr_{mi}_{j} = load_x({mi}u, c_{j});");
         }
     }
     for j in 0..unroll {
@@ -335,36 +335,36 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
         if quant || half {
             let dequant = if half { "half_w" } else { "dequant" };
             for i in 0..rpt {
-                let _ = writeln!(body, "        let d_{i}_{j} = {dequant}(w_{i}_{j});");
+                emit!(body, "let d_{i}_{j} = {dequant}(w_{i}_{j});");
             }
         }
         for mi in 0..m {
             if norm {
-                let _ = writeln!(body, "        sq_{mi} += {};", mask(format!("chunk_dot(xr_{mi}_{j}, xr_{mi}_{j})")));
+                emit!(body, "sq_{mi} += {};", mask(format!("chunk_dot(xr_{mi}_{j}, xr_{mi}_{j})")));
             }
-            let _ = writeln!(body, "        let x_{mi}_{j} = scale_x(xr_{mi}_{j}, c_{j});");
+            emit!(body, "let x_{mi}_{j} = scale_x(xr_{mi}_{j}, c_{j});");
             if half {
                 // An f16w round sums its chunks in f16, so a chunk past the row enters as zeros; a quantized chunk's
                 // sum is masked in f32 as in the f32 arithmetic.
                 let keep = if j == 0 || quant { "true".to_string() } else { exists.clone() };
-                let _ = writeln!(body, "        let h_{mi}_{j} = half_x(x_{mi}_{j}, {keep});");
+                emit!(body, "let h_{mi}_{j} = half_x(x_{mi}_{j}, {keep});");
             }
             for i in 0..rpt {
                 match (half, quant) {
                     (false, false) => {
-                        let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, w_{i}_{j})")));
+                        emit!(body, "acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, w_{i}_{j})")));
                     }
                     (false, true) => {
-                        let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, d_{i}_{j}) * s_{i}_{j}")));
+                        emit!(body, "acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, d_{i}_{j}) * s_{i}_{j}")));
                     }
                     (true, true) => {
-                        let _ = writeln!(body, "        acc_{i}_{mi} += {};", mask(format!("hsum(hdot_start(h_{mi}_{j}, d_{i}_{j})) * s_{i}_{j}")));
+                        emit!(body, "acc_{i}_{mi} += {};", mask(format!("hsum(hdot_start(h_{mi}_{j}, d_{i}_{j})) * s_{i}_{j}")));
                     }
                     (true, false) if j == 0 => {
-                        let _ = writeln!(body, "        var t_{i}_{mi} = hdot_start(h_{mi}_{j}, d_{i}_{j});");
+                        emit!(body, "var t_{i}_{mi} = hdot_start(h_{mi}_{j}, d_{i}_{j});");
                     }
                     (true, false) => {
-                        let _ = writeln!(body, "        t_{i}_{mi} = hdot_more(h_{mi}_{j}, d_{i}_{j}, t_{i}_{mi});");
+                        emit!(body, "t_{i}_{mi} = hdot_more(h_{mi}_{j}, d_{i}_{j}, t_{i}_{mi});");
                     }
                 }
             }
@@ -373,23 +373,23 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
     if half && !quant {
         for i in 0..rpt {
             for mi in 0..m {
-                let _ = writeln!(body, "        acc_{i}_{mi} += hsum(t_{i}_{mi});");
+                emit!(body, "acc_{i}_{mi} += hsum(t_{i}_{mi});");
             }
         }
     }
     for i in 0..rpt {
         for mi in 0..m {
-            let _ = writeln!(stores, "    red[(({i}u * G + rg) * M + {mi}u) * LANES + kt] = acc_{i}_{mi};");
+            emit!(stores, "red[(({i}u * G + rg) * M + {mi}u) * LANES + kt] = acc_{i}_{mi};");
         }
     }
     if norm {
         // Every thread group saw the same x chunks: group 0's squares are the row's.
-        let _ = writeln!(stores, "    if rg == 0u {{");
-        for mi in 0..m {
-            let _ = writeln!(stores, "        red[(OUTS + {mi}u) * LANES + kt] = sq_{mi};");
-        }
-        let _ = writeln!(stores, "    }}");
+        stores.block("if rg == 0u", |stores| {
+            for mi in 0..m {
+                emit!(stores, "red[(OUTS + {mi}u) * LANES + kt] = sq_{mi};");
+            }
+        });
     }
     let lanes: Vec<String> = (0..k_threads).map(|j| format!("red[b + {j}u]")).collect();
-    SmallMCode { decls, body, stores, lane_sum: super::super::wgsl_tree_sum(&lanes) }
+    SmallMCode { decls: decls.finish(), body: body.finish(), stores: stores.finish(), lane_sum: crate::kernels::wgsl::tree_sum(&lanes) }
 }

@@ -5,6 +5,7 @@ use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
 use super::small_m::quant_group;
 use super::{check_shapes, section, LinearEpilogue, Params};
+use crate::kernels::wgsl::Emitter;
 use crate::kernels::{GpuMatrix, WeightFormat};
 use crate::quant::QuantBits;
 
@@ -208,11 +209,10 @@ impl KernelVariant for TiledVariant {
 /// this stage's FMAs into named accumulators acc_<row>_<col>, the sum over the K groups, and the bounds-checked
 /// stores.
 fn tiled_code(shape: TiledShape, w_unit: u32, epilogue: LinearEpilogue) -> String {
-    use std::fmt::Write;
     let TiledShape { tm, tn, rm, bk, kg } = shape;
     let threads = shape.threads();
     let comp = ["x", "y", "z", "w"];
-    let mut s = String::new();
+    let mut s = Emitter::new(1);
     // One slot per `threads` staging units of a stage; the last may cover only some threads.
     struct Slots {
         name: char,
@@ -226,135 +226,131 @@ fn tiled_code(shape: TiledShape, w_unit: u32, epilogue: LinearEpilogue) -> Strin
         for i in 0..sl.units.div_ceil(threads) {
             let row = if c == 'x' { format!("TM * tm + {c}e_{i} / {}u", sl.per_row) } else { format!("tile_row(tn, {c}e_{i} / {}u)", sl.per_row) };
             let (bound, unit) = if c == 'x' { ("p.m", 4) } else { ("p.n", w_unit) };
-            let _ = writeln!(s, "    let {c}e_{i} = tid + {}u;", i * threads);
-            let _ = writeln!(s, "    let {c}row_{i} = {row};");
+            emit!(s, "let {c}e_{i} = tid + {}u;", i * threads);
+            emit!(s, "let {c}row_{i} = {row};");
             // Threads past the stage's units (last slot only) load nothing.
             let in_stage = if (i + 1) * threads > sl.units { format!(" && {c}e_{i} < {}u", sl.units) } else { String::new() };
-            let _ = writeln!(s, "    let {c}ok_{i} = {c}row_{i} < {bound}{in_stage};");
-            let _ = writeln!(s, "    let {c}r_{i} = min({c}row_{i}, {bound} - 1u);");
-            let _ = writeln!(s, "    let {c}k_{i} = {unit}u * ({c}e_{i} % {}u);", sl.per_row);
+            emit!(s, "let {c}ok_{i} = {c}row_{i} < {bound}{in_stage};");
+            emit!(s, "let {c}r_{i} = min({c}row_{i}, {bound} - 1u);");
+            emit!(s, "let {c}k_{i} = {unit}u * ({c}e_{i} % {}u);", sl.per_row);
             let stride = if c == 'x' { "XS4" } else { "WS4" };
-            let _ = writeln!(s, "    let {c}st_{i} = {c}k_{i} * {stride} + {c}e_{i} / {}u / 4u;", sl.per_row);
-            let _ = writeln!(s, "    let {c}c_{i} = {c}e_{i} / {}u % 4u;", sl.per_row);
+            emit!(s, "let {c}st_{i} = {c}k_{i} * {stride} + {c}e_{i} / {}u / 4u;", sl.per_row);
+            emit!(s, "let {c}c_{i} = {c}e_{i} / {}u % 4u;", sl.per_row);
         }
     }
     // Loads of the stage at `k` into the slot registers (declared with `var` the first time).
-    let loads = |k: &str, decl: bool, indent: &str| -> String {
-        let mut l = String::new();
+    let loads = |l: &mut Emitter, k: &str, decl: bool| {
         let v = if decl { "var " } else { "" };
         let t = if decl { "wl0" } else { "wl" };
         for i in 0..xs.units.div_ceil(threads) {
-            let _ = writeln!(l, "{indent}{v}xv_{i} = tiled_load_x(xr_{i}, select(p.k, {k} + xk_{i}, xok_{i}));");
+            emit!(l, "{v}xv_{i} = tiled_load_x(xr_{i}, select(p.k, {k} + xk_{i}, xok_{i}));");
         }
         for i in 0..ws.units.div_ceil(threads) {
             if w_unit == 8 {
-                let _ = writeln!(l, "{indent}let {t}_{i} = tiled_load_w8(wr_{i}, select(p.k, {k} + wk_{i}, wok_{i}));");
-                let _ = writeln!(l, "{indent}{v}wv_{i} = {t}_{i}.lo;");
-                let _ = writeln!(l, "{indent}{v}wh_{i} = {t}_{i}.hi;");
+                emit!(l, "let {t}_{i} = tiled_load_w8(wr_{i}, select(p.k, {k} + wk_{i}, wok_{i}));");
+                emit!(l, "{v}wv_{i} = {t}_{i}.lo;");
+                emit!(l, "{v}wh_{i} = {t}_{i}.hi;");
             } else {
-                let _ = writeln!(l, "{indent}{v}wv_{i} = tiled_load_w(wr_{i}, select(p.k, {k} + wk_{i}, wok_{i}));");
+                emit!(l, "{v}wv_{i} = tiled_load_w(wr_{i}, select(p.k, {k} + wk_{i}, wok_{i}));");
             }
         }
-        l
     };
-    s.push_str(&loads("0u", true, "    "));
+    loads(&mut s, "0u", true);
     for r in 0..rm {
         for c in 0..8 {
-            let _ = writeln!(s, "    var acc_{r}_{c} = 0.0;");
+            emit!(s, "var acc_{r}_{c} = 0.0;");
         }
     }
     let sub = bk / kg;
-    let _ = writeln!(s, "    let xa = kg * {}u * XS4 + ty;", sub);
-    let _ = writeln!(s, "    let wa = kg * {}u * WS4 + tx;", sub);
-    let _ = writeln!(s, "    for (var k0 = 0u; k0 < p.k; k0 += BK) {{");
-    let _ = writeln!(s, "        workgroupBarrier();");
-    for sl in [&xs, &ws] {
-        let c = sl.name;
-        let (arr, stride) = if c == 'x' { ("xs", "XS4") } else { ("ws", "WS4") };
-        for i in 0..sl.units.div_ceil(threads) {
-            let partial = (i + 1) * threads > sl.units;
-            let ind = if partial { "            " } else { "        " };
-            if partial {
-                let _ = writeln!(s, "        if {c}e_{i} < {}u {{", sl.units);
-            }
-            let regs: Vec<String> = if c == 'w' && w_unit == 8 { vec![format!("wv_{i}"), format!("wh_{i}")] } else { vec![format!("{c}v_{i}")] };
-            for (h, reg) in regs.iter().enumerate() {
-                for (j, cc) in comp.iter().enumerate() {
-                    let off = 4 * h + j;
-                    let _ = writeln!(s, "{ind}{arr}[{c}st_{i} + {off}u * {stride}][{c}c_{i}] = {reg}.{cc};");
+    emit!(s, "let xa = kg * {}u * XS4 + ty;", sub);
+    emit!(s, "let wa = kg * {}u * WS4 + tx;", sub);
+    s.block("for (var k0 = 0u; k0 < p.k; k0 += BK)", |s| {
+        s.line("workgroupBarrier();");
+        for sl in [&xs, &ws] {
+            let c = sl.name;
+            let (arr, stride) = if c == 'x' { ("xs", "XS4") } else { ("ws", "WS4") };
+            for i in 0..sl.units.div_ceil(threads) {
+                let regs: Vec<String> = if c == 'w' && w_unit == 8 { vec![format!("wv_{i}"), format!("wh_{i}")] } else { vec![format!("{c}v_{i}")] };
+                let store = |s: &mut Emitter| {
+                    for (h, reg) in regs.iter().enumerate() {
+                        for (j, cc) in comp.iter().enumerate() {
+                            let off = 4 * h + j;
+                            emit!(s, "{arr}[{c}st_{i} + {off}u * {stride}][{c}c_{i}] = {reg}.{cc};");
+                        }
+                    }
+                };
+                // The last slot may cover only some threads.
+                if (i + 1) * threads > sl.units {
+                    s.block(&format!("if {c}e_{i} < {}u", sl.units), store);
+                } else {
+                    store(s);
                 }
             }
-            if partial {
-                let _ = writeln!(s, "        }}");
+        }
+        s.line("workgroupBarrier();");
+        s.line("let kn = k0 + BK;");
+        loads(s, "kn", false);
+        for k in 0..sub {
+            emit!(s, "let a0_{k} = xs[xa + {k}u * XS4];");
+            if rm == 8 {
+                emit!(s, "let a1_{k} = xs[xa + {k}u * XS4 + TM / 8u];");
+            }
+            emit!(s, "let b0_{k} = ws[wa + {k}u * WS4];");
+            emit!(s, "let b1_{k} = ws[wa + {k}u * WS4 + TN / 8u];");
+            for r in 0..rm {
+                for c in 0..8 {
+                    emit!(s, "acc_{r}_{c} += a{}_{k}.{} * b{}_{k}.{};", r / 4, comp[(r % 4) as usize], c / 4, comp[c % 4]);
+                }
             }
         }
-    }
-    let _ = writeln!(s, "        workgroupBarrier();");
-    let _ = writeln!(s, "        let kn = k0 + BK;");
-    s.push_str(&loads("kn", false, "        "));
-    for k in 0..sub {
-        let _ = writeln!(s, "        let a0_{k} = xs[xa + {k}u * XS4];");
-        if rm == 8 {
-            let _ = writeln!(s, "        let a1_{k} = xs[xa + {k}u * XS4 + TM / 8u];");
-        }
-        let _ = writeln!(s, "        let b0_{k} = ws[wa + {k}u * WS4];");
-        let _ = writeln!(s, "        let b1_{k} = ws[wa + {k}u * WS4 + TN / 8u];");
-        for r in 0..rm {
-            for c in 0..8 {
-                let _ = writeln!(s, "        acc_{r}_{c} += a{}_{k}.{} * b{}_{k}.{};", r / 4, comp[(r % 4) as usize], c / 4, comp[c % 4]);
-            }
-        }
-    }
-    let _ = writeln!(s, "    }}");
+    });
     if kg > 1 {
         // One group at a time adds its sums into group 0's (workgroup memory holds one tile of partials).
-        let _ = writeln!(s, "    for (var g = 1u; g < KG; g++) {{");
-        let _ = writeln!(s, "        if kg == g {{");
-        for r in 0..rm {
-            for c in 0..8 {
-                let _ = writeln!(s, "            red[{}u * GROUP + lt] = acc_{r}_{c};", r * 8 + c);
-            }
-        }
-        let _ = writeln!(s, "        }}");
-        let _ = writeln!(s, "        workgroupBarrier();");
-        let _ = writeln!(s, "        if kg == 0u {{");
-        for r in 0..rm {
-            for c in 0..8 {
-                let _ = writeln!(s, "            acc_{r}_{c} += red[{}u * GROUP + lt];", r * 8 + c);
-            }
-        }
-        let _ = writeln!(s, "        }}");
-        let _ = writeln!(s, "        workgroupBarrier();");
-        let _ = writeln!(s, "    }}");
-        let _ = writeln!(s, "    if kg != 0u {{");
-        let _ = writeln!(s, "        return;");
-        let _ = writeln!(s, "    }}");
+        s.block("for (var g = 1u; g < KG; g++)", |s| {
+            s.block("if kg == g", |s| {
+                for r in 0..rm {
+                    for c in 0..8 {
+                        emit!(s, "red[{}u * GROUP + lt] = acc_{r}_{c};", r * 8 + c);
+                    }
+                }
+            });
+            s.line("workgroupBarrier();");
+            s.block("if kg == 0u", |s| {
+                for r in 0..rm {
+                    for c in 0..8 {
+                        emit!(s, "acc_{r}_{c} += red[{}u * GROUP + lt];", r * 8 + c);
+                    }
+                }
+            });
+            s.line("workgroupBarrier();");
+        });
+        s.block("if kg != 0u", |s| s.line("return;"));
     }
     // Columns 4·tx.. and TN/2 + 4·tx.. of the tile; SwiGLU pairs column c (gate) with c + 4 (up).
     if epilogue == LinearEpilogue::SwiGlu {
         for c in 0..4 {
-            let _ = writeln!(s, "    let o_{c} = TN / 2u * tn + 4u * tx + {c}u;");
+            emit!(s, "let o_{c} = TN / 2u * tn + 4u * tx + {c}u;");
         }
     } else {
         for c in 0..8 {
             let half = if c < 4 { "" } else { " + TN / 2u" };
-            let _ = writeln!(s, "    let n_{c} = TN * tn + 4u * tx + {}u{half};", c % 4);
+            emit!(s, "let n_{c} = TN * tn + 4u * tx + {}u{half};", c % 4);
         }
     }
     for r in 0..rm {
         let half = if r < 4 { "" } else { " + TM / 2u" };
-        let _ = writeln!(s, "    let m_{r} = TM * tm + 4u * ty + {}u{half};", r % 4);
-        let _ = writeln!(s, "    if m_{r} < p.m {{");
-        if epilogue == LinearEpilogue::SwiGlu {
-            for c in 0..4 {
-                let _ = writeln!(s, "        if o_{c} < p.out_cols {{ y[m_{r} * p.out_cols + o_{c}] = silu(acc_{r}_{c}) * acc_{r}_{}; }}", c + 4);
+        emit!(s, "let m_{r} = TM * tm + 4u * ty + {}u{half};", r % 4);
+        s.block(&format!("if m_{r} < p.m"), |s| {
+            if epilogue == LinearEpilogue::SwiGlu {
+                for c in 0..4 {
+                    emit!(s, "if o_{c} < p.out_cols {{ y[m_{r} * p.out_cols + o_{c}] = silu(acc_{r}_{c}) * acc_{r}_{}; }}", c + 4);
+                }
+            } else {
+                for c in 0..8 {
+                    emit!(s, "if n_{c} < p.n {{ write_out(m_{r}, n_{c}, acc_{r}_{c}); }}");
+                }
             }
-        } else {
-            for c in 0..8 {
-                let _ = writeln!(s, "        if n_{c} < p.n {{ write_out(m_{r}, n_{c}, acc_{r}_{c}); }}");
-            }
-        }
-        let _ = writeln!(s, "    }}");
+        });
     }
-    s
+    s.finish()
 }
