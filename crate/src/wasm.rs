@@ -159,7 +159,7 @@ impl DiaEngine {
         if !std::thread::panicking() {
             console_error_panic_hook::set_once();
         }
-        let numerics = Numerics::parse(&numerics).ok_or_else(|| JsError::new(&format!("unknown numerics {numerics:?}: use \"f32\", \"f16w\", \"q8\" or \"q4\"")))?;
+        let numerics: Numerics = numerics.parse().map_err(|e: String| JsError::new(&e))?;
         if navigator_gpu().is_none() {
             return Err(JsError::new("WebGPU is not available here: navigator.gpu is missing (a browser with WebGPU enabled, on https or localhost, is needed)"));
         }
@@ -456,7 +456,7 @@ pub fn stored_tensors(
     #[wasm_bindgen(unchecked_param_type = "Uint8Array")] bytes: Vec<u8>,
     #[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16w\" | \"q8\" | \"q4\"")] numerics: &str,
 ) -> Result<js_sys::Array, JsError> {
-    let mode = Numerics::parse(numerics).ok_or_else(|| JsError::new(&format!("unknown numerics {numerics:?}: use \"f32\", \"f16w\", \"q8\" or \"q4\"")))?;
+    let mode: Numerics = numerics.parse().map_err(|e: String| JsError::new(&e))?;
     let dt = parse_dtype(name, dtype)?;
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     let parts = if crate::quant::stored::split_part(name).is_some() {
@@ -703,7 +703,7 @@ pub fn checkpoint_layout(
     #[wasm_bindgen(js_name = dacConfigJson)] dac_config_json: &str,
     #[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16w\" | \"q8\" | \"q4\"")] numerics: &str,
 ) -> Result<JsValue, JsError> {
-    let mode = Numerics::parse(numerics).ok_or_else(|| JsError::new(&format!("unknown numerics {numerics:?}: use \"f32\", \"f16w\", \"q8\" or \"q4\"")))?;
+    let mode: Numerics = numerics.parse().map_err(|e: String| JsError::new(&e))?;
     let dia = DiaConfig::from_json_str(dia_config_json).map_err(|e| JsError::new(&format!("bad Dia config: {e}")))?;
     let dac = DacConfig::from_json_str(dac_config_json).map_err(|e| JsError::new(&format!("bad DAC config: {e}")))?;
     dac.validate().map_err(|e| JsError::new(&format!("bad DAC config: {e}")))?;
