@@ -11,7 +11,7 @@
 //! the up projection's bounds through silu(g)·u (|silu'| ≤ 1.1).
 mod common;
 
-use common::{rel_err, test_gpu, Rng};
+use common::{rel_err, test_gpu_without_tensor_cores, Rng};
 use dia_webgpu::gpu::{Gpu, KernelVariant};
 use dia_webgpu::kernels::linear::{linear, norm_linear, small_m_arith, Arith, LinearEpilogue, SmallMShape, SmallMVariant, SMALL_M_MAX};
 use dia_webgpu::kernels::{round_f16, GpuMatrix, WeightFormat};
@@ -156,9 +156,11 @@ fn random_operands(rng: &mut Rng, c: &Case, x_scale: f32) -> (Vec<f32>, Vec<f32>
 }
 
 /// The device offers shader-f16 and `linear` takes f16 arithmetic for these weights (else nothing here tests it);
-/// on by default on GPUs only, so turned on here.
+/// on by default on GPUs only, so turned on here. Without tensor cores, so that `linear` takes the matrix–vector
+/// kernel at every M ≤ 16 (on an H100 it sent M ≥ `COOP_M_MIN` to the tensor cores, which have no f16-arithmetic
+/// variant to test).
 fn f16_gpu() -> Gpu {
-    let gpu = test_gpu();
+    let gpu = test_gpu_without_tensor_cores();
     gpu.set_f16_arithmetic(true);
     for format in FORMATS {
         assert_eq!(small_m_arith(&gpu, format), Arith::F16, "{format:?}: the test adapter must offer shader-f16 ({})", gpu.describe());

@@ -44,6 +44,14 @@ pub fn test_gpu() -> Gpu {
         .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
+/// `test_gpu` without tensor cores (`GpuOptions::want_tensor_cores` off): `linear` takes the matrix–vector kernel at
+/// every M ≤ 16 whatever the adapter, for tests of that kernel on GPUs that have tensor cores.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn test_gpu_without_tensor_cores() -> Gpu {
+    Gpu::new_blocking(GpuOptions { high_performance: true, min_storage_binding: 16 << 20, want_shader_f16: true, want_tensor_cores: false })
+        .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
+}
+
 /// `test_gpu` with f16 arithmetic turned off (`Gpu::set_f16_arithmetic`): the f32-arithmetic tests of the kernels,
 /// exact to f32 rounding, run on it; `tests/kernels_linear_f16.rs` tests the f16 arithmetic.
 #[cfg(not(target_arch = "wasm32"))]
