@@ -4,7 +4,7 @@ mod common;
 use common::conv_ref::{self, conv_epilogue};
 use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Gpu, GpuBuffer};
-use dia_webgpu::kernels::dac_conv::{
+use dia_webgpu::kernels::conv::plain::{
     conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvLaunch, ConvShape, ConvTile,
     ConvTranspose1dWeights,
 };

@@ -1,5 +1,5 @@
-//! The DAC's channels-last decode on tensor cores: `kernels::dac_channels_last` (pack, conv_mono; plain WGSL,
-//! against the CPU on any adapter) and `kernels::dac_conv_cl` (every generated variant through naga on the host;
+//! The DAC's channels-last decode on tensor cores: `kernels::conv::layout` (pack, conv_mono; plain WGSL,
+//! against the CPU on any adapter) and `kernels::conv::coop` (every generated variant through naga on the host;
 //! against the CPU on ragged shapes where the device has cooperative matrices, skipped with a message elsewhere).
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -9,9 +9,9 @@ use common::conv_ref::{conv_epilogue, snake};
 use common::{rel_err, test_gpu, Rng};
 use dia_webgpu::gpu::{Gpu, GpuBuffer};
 use dia_webgpu::naga_check;
-use dia_webgpu::kernels::dac_channels_last::{conv_mono, pack, SourceLayout};
-use dia_webgpu::kernels::dac_conv::{conv1d_len, conv_transpose1d_len, conv_transpose_phase_weights, Conv1dWeights, ConvTranspose1dWeights};
-use dia_webgpu::kernels::dac_conv_cl::{self, tap_major, ClEpilogue, ClShape, EPILOGUE_NAMES};
+use dia_webgpu::kernels::conv::layout::{conv_mono, pack, SourceLayout};
+use dia_webgpu::kernels::conv::plain::{conv1d_len, conv_transpose1d_len, conv_transpose_phase_weights, Conv1dWeights, ConvTranspose1dWeights};
+use dia_webgpu::kernels::conv::coop::{self, tap_major, ClEpilogue, ClShape, EPILOGUE_NAMES};
 use dia_webgpu::kernels::{round_f16, GpuMatrix, Numerics};
 
 fn variants() -> Vec<(ClShape, &'static str)> {
@@ -30,7 +30,7 @@ fn variants() -> Vec<(ClShape, &'static str)> {
 #[test]
 fn every_channels_last_conv_variant_translates_to_spirv() {
     for (shape, e) in variants() {
-        let wgsl = dac_conv_cl::shader_source(shape, e);
+        let wgsl = coop::shader_source(shape, e);
         for robust in [false, true] {
             let words = naga_check::translate_spirv(&wgsl, robust).unwrap_or_else(|err| panic!("{} {e} (robust {robust}): {err}\n{wgsl}", shape.name()));
             assert!(words > 1000, "{} {e}: suspiciously small module ({words} words)", shape.name());
@@ -238,8 +238,8 @@ fn channels_last_conv1d_matches_cpu_on_ragged_shapes() {
         let run = |y: &GpuBuffer, e: ClEpilogue| {
             let (l, s, d, p) = (len as u32, stride as u32, dil as u32, pad as u32);
             let disp = match shape {
-                Some(sh) => dac_conv_cl::conv1d_shaped(&gpu, &xg, l, &cw, &w_cl, s, d, p, y, e, sh),
-                None => dac_conv_cl::conv1d(&gpu, &xg, l, &cw, &w_cl, s, d, p, y, e),
+                Some(sh) => coop::conv1d_shaped(&gpu, &xg, l, &cw, &w_cl, s, d, p, y, e, sh),
+                None => coop::conv1d(&gpu, &xg, l, &cw, &w_cl, s, d, p, y, e),
             };
             gpu.run(&[&disp]);
         };
@@ -277,7 +277,7 @@ fn channels_last_conv_transpose1d_matches_cpu_on_ragged_shapes() {
         let len_out = conv_transpose1d_len(len as u32, k as u32, stride as u32, pad as u32) as usize;
         let conv: Vec<f64> = (0..len_out * cout).map(|i| full[(i / cout + pad) * cout + i % cout]).collect();
         let label = format!("convT cin {cin} cout {cout} k {k} s {stride} p {pad} len {len}");
-        let run = |y: &GpuBuffer, e: ClEpilogue| gpu.run(&[&dac_conv_cl::conv_transpose1d(&gpu, &xg, len as u32, &cw, &w_cl, pad as u32, y, e)]);
+        let run = |y: &GpuBuffer, e: ClEpilogue| gpu.run(&[&coop::conv_transpose1d(&gpu, &xg, len as u32, &cw, &w_cl, pad as u32, y, e)]);
         check_epilogues(&gpu, &label, len_out, cout, &b, &conv, &mut rng, &run);
     }
 }

@@ -29,7 +29,7 @@ mod native {
     use dia_webgpu::dac::DacModel;
     use dia_webgpu::gpu::{Gpu, GpuOptions};
     use dia_webgpu::gpu::GpuBuffer;
-    use dia_webgpu::kernels::dac_conv::{
+    use dia_webgpu::kernels::conv::plain::{
         conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvLaunch, ConvShape, ConvTile,
         ConvTranspose1dWeights,
     };

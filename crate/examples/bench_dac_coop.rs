@@ -1,5 +1,5 @@
 //! DAC decoder convolutions: the plain kernel (`dac_conv`) against tensor cores (`dac_conv_cl`, channels-last over
-//! `dac_channels_last::pack`ed input), f16w weights.
+//! `layout::pack`ed input), f16w weights.
 //!
 //! `cargo run --release --example bench_dac_coop -- [--frames 861,18] [--iters 5] [--whole-only]`
 //! For each layer shape of the 44.1 kHz decoder at each window length: median milliseconds and TFLOP/s of both
@@ -28,10 +28,10 @@ mod native {
     use dia_webgpu::config::DacConfig;
     use dia_webgpu::dac::{DacModel, CHANNELS_LAST_MIN_FRAMES};
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions};
-    use dia_webgpu::kernels::dac_conv::{self, conv1d_len, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights};
-    use dia_webgpu::kernels::dac_channels_last::{pack, SourceLayout};
-    use dia_webgpu::kernels::dac_conv::conv_transpose_phase_weights;
-    use dia_webgpu::kernels::dac_conv_cl::{self, tap_major, ClEpilogue, ClShape};
+    use dia_webgpu::kernels::conv::plain::{self, conv1d_len, conv_transpose1d_len, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights};
+    use dia_webgpu::kernels::conv::layout::{pack, SourceLayout};
+    use dia_webgpu::kernels::conv::plain::conv_transpose_phase_weights;
+    use dia_webgpu::kernels::conv::coop::{self, tap_major, ClEpilogue, ClShape};
     use dia_webgpu::kernels::{GpuMatrix, Numerics};
     use dia_webgpu::random::{self, Rng};
 
@@ -143,7 +143,7 @@ mod native {
             Layer::Conv(cin, cout, k, d, len, ..) => (cin, cout, len, conv1d_len(len as u32, k as u32, 1, d as u32, ((k - 1) * d / 2) as u32) as usize),
             Layer::ConvT(cin, cout, s, len) => (cin, cout, len, conv_transpose1d_len(len as u32, 2 * s as u32, s as u32, s.div_ceil(2) as u32) as usize),
         };
-        if !dac_conv_cl::supports(cin as u32, cout as u32) {
+        if !coop::supports(cin as u32, cout as u32) {
             println!("  {:<36} stays on the plain kernel ({cout} output channel(s) would idle a tensor-core tile)", l.describe());
             return Ok(None);
         }
@@ -174,13 +174,13 @@ mod native {
                 } else {
                     ClEpilogue::StorePacked(&alpha_out, &y16)
                 };
-                let plain = dac_conv::conv1d(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_plain, f, tile);
+                let plain = plain::conv1d(gpu, &x, len_in as u32, &w, 1, d as u32, pad, &y_plain, f, tile);
                 let (x16, y_cl) = (&x16, &y_cl);
                 (
                     plain,
                     Box::new(move |shape| match shape {
-                        Some(sh) => dac_conv_cl::conv1d_shaped(gpu, x16, len_in as u32, &w, &w_cl, 1, d as u32, pad, y_cl, epilogue, sh),
-                        None => dac_conv_cl::conv1d(gpu, x16, len_in as u32, &w, &w_cl, 1, d as u32, pad, y_cl, epilogue),
+                        Some(sh) => coop::conv1d_shaped(gpu, x16, len_in as u32, &w, &w_cl, 1, d as u32, pad, y_cl, epilogue, sh),
+                        None => coop::conv1d(gpu, x16, len_in as u32, &w, &w_cl, 1, d as u32, pad, y_cl, epilogue),
                     }),
                     pack(gpu, &x_cl, SourceLayout::ChannelsLast, cin as u32, len_in as u32, snake.then_some(&alpha), &x16),
                 )
@@ -192,13 +192,13 @@ mod native {
                 let w_cl = GpuMatrix::upload(gpu, "wt_cl", &tap_major(&phased, cin, 2), s * cout, 2 * cin, Numerics::F16W).map_err(|e| e.to_string())?;
                 let f = ConvFusion { snake_alpha: Some(&alpha), ..Default::default() };
                 let pad = s.div_ceil(2) as u32;
-                let plain = dac_conv::conv_transpose1d(gpu, &x, len_in as u32, &w, pad, &y_plain, f, tile);
+                let plain = plain::conv_transpose1d(gpu, &x, len_in as u32, &w, pad, &y_plain, f, tile);
                 let (x16, y_cl, epilogue) = (&x16, &y_cl, ClEpilogue::StorePacked(&alpha_out, &y16));
                 (
                     plain,
                     Box::new(move |shape| match shape {
-                        Some(sh) => dac_conv_cl::conv_transpose1d_shaped(gpu, x16, len_in as u32, &w, &w_cl, pad, y_cl, epilogue, sh),
-                        None => dac_conv_cl::conv_transpose1d(gpu, x16, len_in as u32, &w, &w_cl, pad, y_cl, epilogue),
+                        Some(sh) => coop::conv_transpose1d_shaped(gpu, x16, len_in as u32, &w, &w_cl, pad, y_cl, epilogue, sh),
+                        None => coop::conv_transpose1d(gpu, x16, len_in as u32, &w, &w_cl, pad, y_cl, epilogue),
                     }),
                     pack(gpu, &x_cl, SourceLayout::ChannelsLast, cin as u32, len_in as u32, Some(&alpha), &x16),
                 )

@@ -1,5 +1,5 @@
 //! CPU references of the codec's convolutions, in f64, in the reference's channels-first layout.
-use dia_webgpu::kernels::dac_conv::{conv1d_len, conv_transpose1d_len};
+use dia_webgpu::kernels::conv::plain::{conv1d_len, conv_transpose1d_len};
 
 /// Snake: x + sin²(αx) / (α + 1e-9).
 pub fn snake(v: f64, a: f64) -> f64 {

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
-use crate::kernels::dac_conv::{conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, ConvFusion, ConvTile};
-use crate::kernels::dac_channels_last::{self, SourceLayout};
-use crate::kernels::dac_conv_cl::{self, ClEpilogue};
+use crate::kernels::conv::plain::{conv1d, conv1d_len, conv_transpose1d, conv_transpose1d_len, ConvFusion, ConvTile};
+use crate::kernels::conv::layout::{self, SourceLayout};
+use crate::kernels::conv::coop::{self, ClEpilogue};
 use crate::kernels::dac_rvq::rvq_decode;
 
 use super::DacError;
@@ -172,8 +172,8 @@ impl DacDecoder {
         let c1 = &w.convs[w.dec_conv1];
         let mut ds = vec![
             rvq_decode(gpu, &self.codes, &w.rvq, &self.z, frames),
-            dac_channels_last::pack(gpu, &self.z, SourceLayout::ChannelsFirst, c1.cin, frames, None, input),
-            dac_conv_cl::conv1d(gpu, input, frames, c1, cl(w.dec_conv1), 1, 1, same_pad(c1, 1), &self.a, ClEpilogue::StorePacked(next(), spare)),
+            layout::pack(gpu, &self.z, SourceLayout::ChannelsFirst, c1.cin, frames, None, input),
+            coop::conv1d(gpu, input, frames, c1, cl(w.dec_conv1), 1, 1, same_pad(c1, 1), &self.a, ClEpilogue::StorePacked(next(), spare)),
         ];
         std::mem::swap(&mut input, &mut spare);
         let (mut cur, mut other) = (&self.a, &self.b);
@@ -181,21 +181,21 @@ impl DacDecoder {
         for (blk, &next_len) in w.dec_blocks.iter().zip(&lens[2..]) {
             let ct = &w.convts[blk.conv_t];
             let ct_cl = w.convts_cl[blk.conv_t].as_ref().expect("tap-major decoder weights");
-            ds.push(dac_conv_cl::conv_transpose1d(gpu, input, len, ct, ct_cl, ct.stride.div_ceil(2), other, ClEpilogue::StorePacked(next(), spare)));
+            ds.push(coop::conv_transpose1d(gpu, input, len, ct, ct_cl, ct.stride.div_ceil(2), other, ClEpilogue::StorePacked(next(), spare)));
             std::mem::swap(&mut cur, &mut other);
             std::mem::swap(&mut input, &mut spare);
             len = next_len;
             for ru in &blk.res {
                 let (r1, r2) = (&w.convs[ru.conv1], &w.convs[ru.conv2]);
                 let inner = ClEpilogue::SnakeHalf(&w.alphas[ru.snake2]);
-                ds.push(dac_conv_cl::conv1d(gpu, input, len, r1, cl(ru.conv1), 1, ru.dilation, same_pad(r1, ru.dilation), &self.h, inner));
+                ds.push(coop::conv1d(gpu, input, len, r1, cl(ru.conv1), 1, ru.dilation, same_pad(r1, ru.dilation), &self.h, inner));
                 let add = ClEpilogue::AccumulatePacked(next(), spare);
-                ds.push(dac_conv_cl::conv1d(gpu, &self.h, len, r2, cl(ru.conv2), 1, 1, same_pad(r2, 1), cur, add));
+                ds.push(coop::conv1d(gpu, &self.h, len, r2, cl(ru.conv2), 1, 1, same_pad(r2, 1), cur, add));
                 std::mem::swap(&mut input, &mut spare);
             }
         }
         let c2 = &w.convs[w.dec_conv2];
-        ds.push(dac_channels_last::conv_mono(gpu, input, len, c2, 1, same_pad(c2, 1), &self.pcm));
+        ds.push(layout::conv_mono(gpu, input, len, c2, 1, same_pad(c2, 1), &self.pcm));
         ds
     }
 

@@ -2,7 +2,7 @@
 
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
-use crate::kernels::dac_conv::{conv1d, conv1d_len, ConvFusion, ConvTile};
+use crate::kernels::conv::plain::{conv1d, conv1d_len, ConvFusion, ConvTile};
 use crate::kernels::dac_rvq::rvq_encode;
 
 use super::DacError;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use crate::config::DacConfig;
 use crate::gpu::{Gpu, GpuBuffer};
-use crate::kernels::dac_conv::{Conv1dWeights, ConvTile, ConvTranspose1dWeights};
-use crate::kernels::dac_conv::{empty_matrix, write_matrix_rows};
-use crate::kernels::dac_conv_cl;
+use crate::kernels::conv::plain::{Conv1dWeights, ConvTile, ConvTranspose1dWeights};
+use crate::kernels::conv::plain::{empty_matrix, write_matrix_rows};
+use crate::kernels::conv::coop;
 use crate::kernels::GpuMatrix;
 use crate::kernels::dac_rvq::{RvqDims, RvqWeights};
 use crate::kernels::Numerics;
@@ -77,10 +77,10 @@ impl Store<'_> {
         Ok(id)
     }
 
-    /// An empty tap-major matrix `[rows, taps·cin]` (rows = phases · cout) for a decoder layer that `dac_conv_cl`
+    /// An empty tap-major matrix `[rows, taps·cin]` (rows = phases · cout) for a decoder layer that `conv::coop`
     /// can run, else None.
     fn cl_matrix(&self, decoder: bool, base: &str, rows: usize, cout: usize, cin: usize, taps: usize) -> Result<Option<GpuMatrix>, DacError> {
-        if !(decoder && self.channels_last && dac_conv_cl::supports(cin as u32, cout as u32)) {
+        if !(decoder && self.channels_last && coop::supports(cin as u32, cout as u32)) {
             return Ok(None);
         }
         Ok(Some(empty_matrix(self.gpu, &format!("{base}.cl"), rows, taps * cin, Numerics::F16W)?))
@@ -275,7 +275,7 @@ impl<'g> DacModelBuilder<'g> {
                 let c = &self.store.convs[id];
                 c.set_weight(gpu, data);
                 if let Some(m) = &self.store.convs_cl[id] {
-                    write_matrix_rows(gpu, m, 0, &dac_conv_cl::tap_major(data, c.cin as usize, c.kernel as usize), m.rows as usize);
+                    write_matrix_rows(gpu, m, 0, &coop::tap_major(data, c.cin as usize, c.kernel as usize), m.rows as usize);
                 }
             }
             Target::ConvB(id) => self.store.convs[id].set_bias(gpu, data),
@@ -284,7 +284,7 @@ impl<'g> DacModelBuilder<'g> {
                 let phased = c.phased(data);
                 c.set_phased_weight(gpu, &phased);
                 if let Some(m) = &self.store.convts_cl[id] {
-                    write_matrix_rows(gpu, m, 0, &dac_conv_cl::tap_major(&phased, c.cin as usize, c.taps() as usize), m.rows as usize);
+                    write_matrix_rows(gpu, m, 0, &coop::tap_major(&phased, c.cin as usize, c.taps() as usize), m.rows as usize);
                 }
             }
             Target::ConvTB(id) => self.store.convts[id].set_bias(gpu, data),

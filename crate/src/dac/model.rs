@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::config::DacConfig;
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuError};
-use crate::kernels::dac_conv::{conv1d, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights};
+use crate::kernels::conv::plain::{conv1d, Conv1dWeights, ConvFusion, ConvTile, ConvTranspose1dWeights};
 use crate::kernels::GpuMatrix;
 use crate::kernels::dac_rvq::RvqWeights;
 use crate::kernels::Numerics;
@@ -53,7 +53,7 @@ pub(super) struct Encoder {
 pub(super) struct Weights {
     pub(super) convs: Vec<Conv1dWeights>,
     pub(super) convts: Vec<ConvTranspose1dWeights>,
-    /// Tap-major copies for the channels-last decode on tensor cores (`dac_conv_cl`), per conv / conv-transpose;
+    /// Tap-major copies for the channels-last decode on tensor cores (`kernels::conv::coop`), per conv / conv-transpose;
     /// made for the decoder's layers when the device has tensor cores and the mode is f16w (not in the memory modes
     /// q8 / q4, whose f16 codec weights would double).
     pub(super) convs_cl: Vec<Option<GpuMatrix>>,
@@ -137,17 +137,17 @@ impl DacModel {
         self.tile
     }
 
-    /// Whether decoders made from now on may decode on tensor cores (channels-last, `kernels::dac_conv_cl`, for
+    /// Whether decoders made from now on may decode on tensor cores (channels-last, `kernels::conv::coop`, for
     /// windows of `CHANNELS_LAST_MIN_FRAMES` or more); they do where `Gpu::tensor_cores()`, the weights are f16w
-    /// (f32 models keep f32 weights exact on `dac_conv`) and every layer's widths suit `dac_conv_cl`. Off forces
-    /// the plain kernels (A/B comparisons). The encoder always uses `dac_conv` (f32 arithmetic).
+    /// (f32 models keep f32 weights exact on `conv::plain`) and every layer's widths suit `conv::coop`. Off forces
+    /// the plain kernels (A/B comparisons). The encoder always uses `conv::plain` (f32 arithmetic).
     pub fn set_tensor_cores(&mut self, on: bool) {
         self.tensor_cores = on;
     }
 
     /// Whether decoders made on `gpu` now would use tensor cores.
     pub fn uses_tensor_cores(&self, gpu: &Gpu) -> bool {
-        self.tensor_cores && gpu.tensor_cores() && self.numerics == Numerics::F16W && self.w.decoder_channels_last()
+        crate::kernels::conv::uses_tensor_cores(gpu, self.tensor_cores, self.numerics, self.w.decoder_channels_last())
     }
 
     pub fn has_encoder(&self) -> bool {

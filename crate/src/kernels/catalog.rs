@@ -68,10 +68,10 @@ fn sampling(out: &mut Vec<(String, String)>) {
 }
 
 fn dac(out: &mut Vec<(String, String)>) {
-    use crate::kernels::dac_channels_last::{ConvMonoVariant, PackVariant};
-    use crate::kernels::dac_conv::{ConvReduceVariant, ConvShape, ConvVariant};
+    use crate::kernels::conv::layout::{ConvMonoVariant, PackVariant};
+    use crate::kernels::conv::plain::{ConvReduceVariant, ConvShape, ConvVariant};
     use crate::kernels::dac_rvq::{RvqEntry, RvqVariant};
-    use crate::kernels::dac_conv_cl::{self, ClShape, EPILOGUE_NAMES};
+    use crate::kernels::conv::coop::{self, ClShape, EPILOGUE_NAMES};
     for format in [WeightFormat::F32, WeightFormat::F16] {
         for shape in ConvShape::ALL {
             for (cc, kt, xs) in [(1, 7, 512), (2, 1, 256), (16, 1, 1024), (1, 3, 768)] {
@@ -111,7 +111,7 @@ fn dac(out: &mut Vec<(String, String)>) {
         for stages in [shape.stages, 1].into_iter().collect::<std::collections::BTreeSet<_>>() {
             for e in EPILOGUE_NAMES {
                 let shape = shape.with_stages(stages);
-                out.push((format!("dac_conv_cl/{}_{e}", shape.name()), dac_conv_cl::shader_source(shape, e)));
+                out.push((format!("dac_conv_cl/{}_{e}", shape.name()), coop::shader_source(shape, e)));
             }
         }
     }

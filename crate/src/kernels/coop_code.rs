@@ -1,4 +1,4 @@
-//! Generated WGSL shared by the tensor-core kernels (`linear::coop`, `dac_conv_cl`). Both stage each 32-row
+//! Generated WGSL shared by the tensor-core kernels (`linear::coop`, `conv::coop`). Both stage each 32-row
 //! reduction step of A (`sa`, time or x rows) and B (`sb`, weight rows) in workgroup memory as f16 rows of `lds`
 //! halves, and keep `frag_m` × `frag_n` 16×16 f32 accumulators `acc{i}{j}` per subgroup, whose block starts at A
 //! row `sm` and B row `sn`. Each kernel generates its own global loads, staging stores and epilogue.

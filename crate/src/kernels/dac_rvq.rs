@@ -1,7 +1,7 @@
 //! `shaders/dac_rvq.wgsl`: the DAC residual vector quantiser — codes → latent (decode) and latent → codes
 //! (encode, codebook by codebook). Small kernels: ~70 multiply-adds per latent value.
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError, KernelVariant};
-use super::dac_conv::{empty_matrix, write_matrix_rows};
+use super::conv::plain::{empty_matrix, write_matrix_rows};
 use super::{weight_decl, GpuMatrix, Numerics, WeightFormat};
 
 const SOURCE: &str = include_str!("../../../shaders/dac_rvq.wgsl");

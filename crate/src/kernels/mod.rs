@@ -17,9 +17,7 @@ pub mod rope;
 pub mod kv_cache;
 pub mod attention;
 pub mod sampling;
-pub mod dac_conv;
-pub mod dac_conv_cl;
-pub mod dac_channels_last;
+pub mod conv;
 pub mod dac_rvq;
 #[doc(hidden)]
 pub mod catalog;

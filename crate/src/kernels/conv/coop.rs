@@ -1,5 +1,5 @@
 //! `shaders/dac_conv_cl.wgsl`: the DAC decoder's convolutions on tensor cores over f16 channels-last activations
-//! (written by the previous convolution's epilogue or by `dac_channels_last::pack`, Snake applied once per
+//! (written by the previous convolution's epilogue or by `super::layout::pack`, Snake applied once per
 //! element), as an implicit GEMM with time as the rows and a tap-major reduction, so the input tile of a stage is
 //! 32 consecutive channels of TM input rows: plain 16-byte loads. Native only (`Gpu::tensor_cores()`, f16
 //! weights). The epilogue adds the bias and writes f32 (stored, or added to the residual stream), the next
@@ -8,14 +8,14 @@
 //! Weights: the convolution's matrix rewritten tap-major (`tap_major`), `[nphase·cout, taps·cin]` f16, kept
 //! beside the channels-first matrix the plain kernels use. Products of f16 values accumulate in f32.
 
-use super::coop_code::{staged_reduction, Staging};
-use super::wgsl::Emitter;
+use crate::kernels::coop_code::{staged_reduction, Staging};
+use crate::kernels::wgsl::Emitter;
 
-use super::dac_conv::{snake_decl, Conv1dWeights, ConvTranspose1dWeights, Geometry};
-use super::{GpuMatrix, WeightFormat};
+use super::plain::{snake_decl, Conv1dWeights, ConvTranspose1dWeights, Geometry};
+use crate::kernels::{GpuMatrix, WeightFormat};
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
-const SOURCE: &str = include_str!("../../../shaders/dac_conv_cl.wgsl");
+const SOURCE: &str = include_str!("../../../../shaders/dac_conv_cl.wgsl");
 
 /// Staged row stride in halves (32 reduction rows + 8 of padding), as `LDS` in the shader.
 const LDS: u32 = 40;

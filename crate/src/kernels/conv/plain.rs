@@ -8,10 +8,10 @@
 //! t = q·s + p − padding takes taps k = p + m·s of input q − m. The weights are rewritten once at upload
 //! into that per-phase layout (`conv_transpose_phase_weights`).
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, GpuError, KernelVariant};
-use super::wgsl::Emitter;
-use super::{weight_decl, GpuMatrix, Numerics, WeightFormat};
+use crate::kernels::wgsl::Emitter;
+use crate::kernels::{weight_decl, GpuMatrix, Numerics, WeightFormat};
 
-const SOURCE: &str = include_str!("../../../shaders/dac_conv.wgsl");
+const SOURCE: &str = include_str!("../../../../shaders/dac_conv.wgsl");
 
 /// Output length of a Conv1d (PyTorch formula).
 pub fn conv1d_len(len_in: u32, kernel: u32, stride: u32, dilation: u32, padding: u32) -> u32 {

@@ -1,15 +1,15 @@
 //! `shaders/dac_channels_last.wgsl`: the plain helper kernels of the DAC's channels-last decode on tensor cores
-//! (`dac_conv_cl`): `pack` turns f32 activations into the f16 channels-last input of a convolution (Snake applied
+//! (`super::coop`): `pack` turns f32 activations into the f16 channels-last input of a convolution (Snake applied
 //! once per element, not once per tap; the decode packs only the RVQ's latent this way, the convolutions' epilogues
 //! write the other inputs), `conv_mono` is the last, one-channel convolution.
 //!
 //! Channels-last f16 activations `[time, C]` are stored as u32 pairs (low half = even channel); C is even
 //! (a multiple of 8 for `conv_mono` and the convolutions, which read 8 channels per 16-byte load).
-use super::dac_conv::{snake_decl, Conv1dWeights};
-use super::{weight_decl, WeightFormat};
+use super::plain::{snake_decl, Conv1dWeights};
+use crate::kernels::{weight_decl, WeightFormat};
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
-const SOURCE: &str = include_str!("../../../shaders/dac_channels_last.wgsl");
+const SOURCE: &str = include_str!("../../../../shaders/dac_channels_last.wgsl");
 
 fn section(name: &str) -> &'static str {
     crate::kernels::wgsl::section(SOURCE, "dac_channels_last.wgsl", name)
@@ -71,7 +71,7 @@ pub fn pack(gpu: &Gpu, src: &GpuBuffer, layout: SourceLayout, channels: u32, len
 pub fn conv_mono(gpu: &Gpu, x: &GpuBuffer, len_in: u32, w: &Conv1dWeights, dilation: u32, pad: u32, y: &GpuBuffer) -> Dispatch {
     assert_eq!(w.cout, 1, "conv_mono: one output channel");
     assert!(w.cin.is_multiple_of(8), "conv_mono: input channels must be a multiple of 8");
-    let len_out = super::dac_conv::conv1d_len(len_in, w.kernel, 1, dilation, pad);
+    let len_out = super::plain::conv1d_len(len_in, w.kernel, 1, dilation, pad);
     let pipe = gpu.variant_pipeline(ConvMonoVariant { format: w.w.format });
     let (workgroups, row) = grid(len_out);
     let params = Params { channels: w.cin, len_in, len_out, taps: w.kernel, dil: dilation, pad, row, pad0: 0 };
