@@ -349,7 +349,7 @@ fn parity_generated_greedy_quantized_reported() {
 }
 
 /// Why `Numerics::Q4` stores its matrices as it does (`dia::MatrixRole::format`), in the CPU reference on the fixture's
-/// texts: its formats err markedly less than q4 everywhere (t0: 0.23 against 0.45 relative), and its two
+/// texts: its formats err markedly less than q4 everywhere (t0: 0.26 against 0.48 relative), and its two
 /// memory cuts against keeping those matrices at q8 (the embedding tables at q8 instead of f16 costs nothing
 /// measurable; the cross-attention K/V projections at q4 add 0.02–0.04) stay small, while the other plan (the
 /// decoder embedding at q4, cross K/V at q8: less memory saved) errs more.
