@@ -18,6 +18,7 @@ pub mod kv_cache;
 pub mod attention;
 pub mod sampling;
 pub mod conv;
+pub mod plan;
 pub mod dac_rvq;
 #[doc(hidden)]
 pub mod catalog;

@@ -11,6 +11,7 @@
 use crate::kernels::coop_code::{staged_reduction, Staging};
 use crate::kernels::wgsl::Emitter;
 
+use crate::kernels::plan::COOP_CONV_GROUPS;
 use super::plain::{snake_decl, Conv1dWeights, ConvTranspose1dWeights, Geometry};
 use crate::kernels::{GpuMatrix, WeightFormat};
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
@@ -21,8 +22,6 @@ const SOURCE: &str = include_str!("../../../../shaders/dac_conv_cl.wgsl");
 const LDS: u32 = 40;
 /// The per-subgroup f32 output slots (8 × 16 × 16).
 const OUT_BYTES: u32 = 8 * 256 * 4;
-/// Workgroups worth filling a big GPU with (2 per SM of a 132-SM H100) before taking the taller tile.
-const GROUPS_TARGET: u32 = 264;
 
 /// Work split of a workgroup: 8 subgroups in a `sub_m` × `sub_n` grid, each `frag_m` × `frag_n` accumulators
 /// of 16×16, i.e. `tm()` time rows × `tn()` output channels; `stages` 2 = double-buffered staging.
@@ -81,7 +80,7 @@ impl ClShape {
 
     /// Per call, from a sweep of every layer (`bench_dac_coop --sweep`; the figures are in docs/performance.md,
     /// "Taller tiles beat more workgroups"): the tile covers all of a 192-channel layer (128 × 192), 96 channels
-    /// where 128 does not divide the count, else 128; and 256 rows where that still gives `GROUPS_TARGET`
+    /// where 128 does not divide the count, else 128; and 256 rows where that still gives `COOP_CONV_GROUPS`
     /// workgroups, else 128 (64-row tiles lost everywhere, even with twice the workgroups).
     fn for_geometry(gpu: &Gpu, g: &Geometry) -> ClShape {
         let (big, small) = if g.cout == 192 {
@@ -92,7 +91,7 @@ impl ClShape {
             (ClShape::TALL, ClShape::LARGE)
         };
         let groups = |s: ClShape| g.cols.div_ceil(s.tm()) * g.cout.div_ceil(s.tn()) * g.nphase;
-        let shape = if groups(big) >= GROUPS_TARGET { big } else { small };
+        let shape = if groups(big) >= COOP_CONV_GROUPS { big } else { small };
         let limit = gpu.limits.max_compute_workgroup_storage_size;
         if shape.workgroup_bytes() <= limit { shape } else { shape.with_stages(1) }
     }

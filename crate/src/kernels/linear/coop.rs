@@ -20,6 +20,8 @@ use super::{check_shapes, LinearEpilogue};
 use crate::kernels::{GpuMatrix, WeightFormat};
 use crate::quant::QuantBits;
 
+use crate::kernels::plan::COOP_LINEAR_GROUPS;
+
 const SOURCE: &str = include_str!("../../../../shaders/linear_coop.wgsl");
 
 /// Smallest M that `linear_rows` sends to tensor cores (with f16 or quantized weights, where the device has them):
@@ -27,8 +29,6 @@ const SOURCE: &str = include_str!("../../../../shaders/linear_coop.wgsl");
 /// matrix–vector kernel, whose time grows with M (H200, the decoder's matrices: 877 passes/s at M = 2, 169 at 16)
 /// while the tensor cores' stays flat up to 16. To be tuned on the GPU: `bench_linear --decoder` times both paths.
 pub const COOP_M_MIN: u32 = 8;
-/// Workgroups the shape choice aims for (a big GPU has ~100+ multiprocessors to fill).
-const COOP_MIN_GROUPS: u32 = 128;
 /// The per-subgroup f32 output blocks (8 × 16 × 16).
 const OUT_BYTES: u32 = 8 * 256 * 4;
 
@@ -134,7 +134,7 @@ impl CoopShape {
         self.tiles_n(w_rows, epilogue) * m.div_ceil(self.tm())
     }
 
-    /// The largest tile giving `COOP_MIN_GROUPS` workgroups (else the one with the most), double-buffered where
+    /// The largest tile giving `COOP_LINEAR_GROUPS` workgroups (else the one with the most), double-buffered where
     /// the device's workgroup memory allows it, from `SMALL_M` for M ≤ 16 and `ALL` above; `None` if not even one
     /// stage of any fits.
     pub fn for_problem(gpu: &Gpu, m: u32, w_rows: u32, epilogue: LinearEpilogue) -> Option<CoopShape> {
@@ -143,7 +143,7 @@ impl CoopShape {
         let list: &[CoopShape] = if m <= super::SMALL_M_MAX { &CoopShape::SMALL_M } else { &CoopShape::ALL };
         let candidates: Vec<CoopShape> = list.iter().copied().filter(|s| s.supports(epilogue)).filter_map(usable).collect();
         let most = candidates.iter().copied().max_by_key(|s| (s.groups(m, w_rows, epilogue), u32::MAX - s.tm() * s.tn()));
-        candidates.iter().copied().find(|s| s.groups(m, w_rows, epilogue) >= COOP_MIN_GROUPS).or(most)
+        candidates.iter().copied().find(|s| s.groups(m, w_rows, epilogue) >= COOP_LINEAR_GROUPS).or(most)
     }
 }
 

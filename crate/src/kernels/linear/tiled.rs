@@ -9,9 +9,7 @@ use crate::kernels::wgsl::Emitter;
 use crate::kernels::{GpuMatrix, WeightFormat};
 use crate::quant::QuantBits;
 
-/// Workgroups the tiled schedule aims for when choosing its tile: about 2 per SM on an H100 (132 SMs), so that
-/// every SM has work and a second workgroup to switch to at barriers.
-const TILED_MIN_GROUPS: u32 = 256;
+use crate::kernels::plan::TILED_GROUPS;
 
 /// Work split of the tiled schedule: a workgroup computes `tm` x rows × `tn` weight rows (`tn / 2`
 /// outputs under SwiGLU) and stages `bk` columns of K per barrier. Its threads form `kg` groups that split each
@@ -40,13 +38,13 @@ impl TiledShape {
     /// Largest first; `for_problem` walks this list.
     pub const ALL: [TiledShape; 5] = [TiledShape::LARGE, TiledShape::MEDIUM, TiledShape::SMALL, TiledShape::TINY, TiledShape::MICRO];
 
-    /// The largest shape that still gives `TILED_MIN_GROUPS` workgroups, else the one with the most workgroups.
+    /// The largest shape that still gives `TILED_GROUPS` workgroups, else the one with the most workgroups.
     /// Encoder (f16w, K = 1024 / 4096): M = 1001 takes LARGE for N = 4096 and SwiGLU 8192, MEDIUM for 3072, SMALL
     /// for 1024; M = 101 takes SMALL for SwiGLU 8192, TINY for 4096, MICRO for 3072 and 1024 (128 workgroups of
     /// 256 threads: the most this M allows without splitting K across workgroups).
     pub fn for_problem(m: u32, w_rows: u32, epilogue: LinearEpilogue) -> TiledShape {
         let most = TiledShape::ALL.into_iter().max_by_key(|s| s.groups(m, w_rows, epilogue)).unwrap_or(TiledShape::MICRO);
-        TiledShape::ALL.into_iter().find(|s| s.groups(m, w_rows, epilogue) >= TILED_MIN_GROUPS).unwrap_or(most)
+        TiledShape::ALL.into_iter().find(|s| s.groups(m, w_rows, epilogue) >= TILED_GROUPS).unwrap_or(most)
     }
 
     pub fn threads(self) -> u32 {
