@@ -3,6 +3,7 @@
 //! rows 0..B and unconditional rows B..2B (HF's CFG order); a pass over T tokens per row has M = R·T rows,
 //! row m = r·T + t.
 
+use crate::config::EncoderConfig;
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
 use crate::kernels::attention::{attention_decode, attention_decode_appending, attention_prefill, can_append_in_decode, AttentionArgs};
 use crate::kernels::embed::{embed_channels_sum, embed_tokens};
@@ -78,6 +79,33 @@ pub struct EncoderState {
 /// the cross K/V are projected, which is within the pass too).
 pub const ENCODER_WORKSPACE: [&str; 6] = ["enc_x", "enc_h", "enc_qkv", "enc_attn", "enc_mlp", "enc_out"];
 
+/// The encoder's self-attention over `rows` packed tokens: queries, keys and values side by side in the fused
+/// projection `qkv` (`[rows, (heads + 2·kv_heads)·head_dim]`, RoPE applied), f32, every key visible within its
+/// segment (`qinfo`, `seqs` as `PackedText` makes them); output `[rows, heads·head_dim]`.
+pub fn encoder_attention<'a>(e: &EncoderConfig, qkv: &'a GpuBuffer, qinfo: &'a GpuBuffer, seqs: &'a GpuBuffer, out: &'a GpuBuffer, rows: u32) -> AttentionArgs<'a> {
+    let (hd, qkv_w) = (e.head_dim as u32, ((e.heads + 2 * e.kv_heads) * e.head_dim) as u32);
+    AttentionArgs {
+        q_buf: qkv,
+        q_stride: qkv_w,
+        q_col: 0,
+        k_buf: qkv,
+        v_buf: qkv,
+        kv_stride: qkv_w,
+        k_col: e.heads as u32 * hd,
+        v_col: (e.heads + e.kv_heads) as u32 * hd,
+        qinfo,
+        seqs,
+        out,
+        rows,
+        heads: e.heads as u32,
+        kv_heads: e.kv_heads as u32,
+        head_dim: hd,
+        causal: false,
+        max_keys: rows,
+        kv_format: KvFormat::F32,
+    }
+}
+
 impl DiaModel {
     /// Runs the encoder over the packed text and projects the cross-attention K/V of every layer (once). Unless the
     /// model keeps them (`keep_encoder_workspace`), the working buffers no one holds any more are freed after.
@@ -127,32 +155,9 @@ impl DiaModel {
         for l in &self.enc_layers {
             ds.push(rmsnorm(gpu, &x, &l.pre_sa_norm, &h, n, e.hidden as u32, e.norm_eps));
             ds.extend(linear_rows(gpu, &h, &l.qkv, &qkv, n, LinearEpilogue::Store));
-            let hd = e.head_dim as u32;
             // Q and K heads are adjacent in the fused projection: one rotation covers both.
-            ds.push(rope(gpu, &qkv, cos, sin, &qinfo, n, qkv_w as u32, 0, (e.heads + e.kv_heads) as u32, hd));
-            ds.extend(attention_prefill(
-                gpu,
-                &AttentionArgs {
-                    q_buf: &qkv,
-                    q_stride: qkv_w as u32,
-                    q_col: 0,
-                    k_buf: &qkv,
-                    v_buf: &qkv,
-                    kv_stride: qkv_w as u32,
-                    k_col: e.heads as u32 * hd,
-                    v_col: (e.heads + e.kv_heads) as u32 * hd,
-                    qinfo: &qinfo,
-                    seqs: &seqs,
-                    out: &attn,
-                    rows: n,
-                    heads: e.heads as u32,
-                    kv_heads: e.kv_heads as u32,
-                    head_dim: hd,
-                    causal: false,
-                    max_keys: n,
-                    kv_format: KvFormat::F32,
-                },
-            ));
+            ds.push(rope(gpu, &qkv, cos, sin, &qinfo, n, qkv_w as u32, 0, (e.heads + e.kv_heads) as u32, e.head_dim as u32));
+            ds.extend(attention_prefill(gpu, &encoder_attention(e, &qkv, &qinfo, &seqs, &attn, n)));
             ds.extend(linear_rows(gpu, &attn, &l.o, &x, n, LinearEpilogue::Accumulate));
             ds.push(rmsnorm(gpu, &x, &l.post_sa_norm, &h, n, e.hidden as u32, e.norm_eps));
             ds.extend(linear_rows(gpu, &h, &l.gate_up, &mlp, n, LinearEpilogue::SwiGlu));

@@ -3,14 +3,13 @@
 use std::time::Instant;
 
 use dia_webgpu::dac::DacModel;
-use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText, StepPart};
+use dia_webgpu::dia::forward::{encoder_attention, DecoderGraph, KvCache, PackedText, StepPart};
 use dia_webgpu::dia::tokenizer::encode_text;
 use dia_webgpu::dia::{DiaModel, GenerateOptions, Session};
 use dia_webgpu::gpu::{Dispatch, Gpu};
-use dia_webgpu::kernels::attention::{attention_prefill, AttentionArgs};
+use dia_webgpu::kernels::attention::attention_prefill;
 use dia_webgpu::kernels::linear::{linear_rows, linear_small_m_shaped, LinearEpilogue, SmallMShape};
 use dia_webgpu::kernels::norm::rmsnorm;
-use dia_webgpu::kernels::kv_cache::KvFormat;
 use dia_webgpu::kernels::GpuMatrix;
 use dia_webgpu::random::Noise;
 
@@ -234,32 +233,9 @@ pub(crate) fn profile_encoder(gpu: &Gpu, model: &DiaModel, bytes: usize) -> Resu
     let qinfo: Vec<u32> = (0..bytes as u32).flat_map(|p| [0, p]).chain([1, 0]).collect();
     let qinfo = gpu.upload("bench.enc_qinfo", &qinfo);
     let seqs = gpu.upload("bench.enc_seqs", &[0, bytes as u32, bytes as u32, 1]);
-    let hd = e.head_dim as u32;
     let mut attention = Vec::new();
     for _ in 0..e.layers {
-        attention.extend(attention_prefill(
-            gpu,
-            &AttentionArgs {
-                q_buf: &qkv,
-                q_stride: qkv_w as u32,
-                q_col: 0,
-                k_buf: &qkv,
-                v_buf: &qkv,
-                kv_stride: qkv_w as u32,
-                k_col: e.heads as u32 * hd,
-                v_col: (e.heads + e.kv_heads) as u32 * hd,
-                qinfo: &qinfo,
-                seqs: &seqs,
-                out: &out,
-                rows: n,
-                heads: e.heads as u32,
-                kv_heads: e.kv_heads as u32,
-                head_dim: hd,
-                causal: false,
-                max_keys: n,
-                kv_format: KvFormat::F32,
-            },
-        ));
+        attention.extend(attention_prefill(gpu, &encoder_attention(e, &qkv, &qinfo, &seqs, &out, n)));
     }
     let attention_ms = time_passes(gpu, &attention.iter().collect::<Vec<_>>(), 5)? * 1e3;
     Ok((linear_ms, attention_ms))
