@@ -15,7 +15,7 @@ use dia_webgpu::random::Noise;
 
 use crate::Result;
 use crate::report::{Profile, TtfaParts, LinearShapeRun};
-use crate::timing::{WARMUP_STEPS, text_tokens, median, ms, streamed_matrices, time_passes};
+use crate::timing::{WARMUP_STEPS, text_tokens, median, ms, streamed_matrices, time_passes, ttfa_text};
 
 /// Parts of the step graph alone, built from the same kernels as `DecoderGraph` with its shapes.
 pub(crate) fn profile_step(gpu: &Gpu, model: &DiaModel, dac: &DacModel, batch: usize, steps: usize) -> Result<Profile> {
@@ -117,11 +117,7 @@ pub(crate) fn profile_step(gpu: &Gpu, model: &DiaModel, dac: &DacModel, batch: u
 /// `Tts::speak`'s way to the first chunk (100 bytes, default options), waited for at each part; the median
 /// of 3 after a warm-up.
 pub(crate) fn profile_ttfa(gpu: &Gpu, dia: &DiaModel, dac: &DacModel) -> Result<TtfaParts> {
-    let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. "
-        .chars()
-        .cycle()
-        .take(100)
-        .collect();
+    let text = ttfa_text();
     let opts = GenerateOptions::default();
     let (left, right) = dac.decoder_context();
     let max_delay = dia.cfg.delay_pattern.iter().copied().max().unwrap_or(0);

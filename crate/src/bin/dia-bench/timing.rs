@@ -315,14 +315,15 @@ pub(crate) fn time_ttfa(gpu: &Gpu, dia: &DiaModel, dac: &DacModel, runs: usize) 
     Ok((!times.is_empty()).then(|| median(times)))
 }
 
+/// The 100-byte dialogue text every time-to-first-audio figure speaks.
+pub(crate) fn ttfa_text() -> String {
+    "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. ".chars().cycle().take(100).collect()
+}
+
 /// One `Tts::speak` of 100 bytes with the default options, cancelled at its first audio: milliseconds from the
 /// call to the first PCM chunk (None: no audio came).
 pub(crate) fn ttfa_once(gpu: &Gpu, tts: &Tts) -> Result<Option<f64>> {
-    let text: String = "[S1] Dia is an open-weights text to speech model. [S2] It makes dialogue, one voice per tag. "
-        .chars()
-        .cycle()
-        .take(100)
-        .collect();
+    let text = ttfa_text();
     let opts = GenerateOptions::default();
     let first = Cell::new(None);
     let t0 = Instant::now();
