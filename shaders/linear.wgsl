@@ -16,6 +16,7 @@
 // tiled kernel `tiled_x_<vec4|scalar>`, `tiled_w_quant` and `tiled_w_<q8|q4_unit4|q4_unit8>`.
 // The small-M kernel's f16 arithmetic (`Arith::F16`) adds `half` and takes `access_f16w_<vec8|pair>_half` in place
 // of the f16w access section, or adds `qhalf_<q8|q4>` to the quantized ones.
+// Its integer-dot arithmetic for quantized weights (`Arith::Int8Dot`) adds `qi8` and `qi8_<q8|q4>`.
 
 //== section: common
 {{PARAMS}}
@@ -392,6 +393,76 @@ fn hsum(t: vec4<f16>) -> f32 {
     return f32(h.x) + f32(h.y);
 }
 
+//== section: qi8
+// Integer-dot arithmetic for quantized weights (`Arith::Int8Dot`): each x chunk is quantized to int8 once for all of
+// the thread's weight rows, with its own scale (the chunk's largest |x| / 127, round to nearest), and each 4-byte
+// word of weights meets 4 bytes of x in one `dot4I8Packed`; the chunk's integer sum times (x scale × group scale)
+// is added to the f32 accumulator. Error: x·gain is off by ≤ scale/2 per element (the only rounding before the
+// f32 part). Rounding: 1.5·2^23 + t holds round(t) in its low mantissa bits (|t| ≤ 127), whose low byte is the
+// two's-complement int8 that `pack4xU8` keeps.
+const QROUND: f32 = 12582912.0;
+
+fn qbytes(v: vec4<f32>, inv: f32) -> u32 {
+    return pack4xU8(bitcast<vec4<u32>>(fma(v, vec4<f32>(inv), vec4<f32>(QROUND))));
+}
+
+// 127 / amax, or 0 for a chunk of zeros (or of values too small to scale: they then count as zeros).
+fn qinv(m4: vec4<f32>) -> f32 {
+    let amax = max(max(m4.x, m4.y), max(m4.z, m4.w));
+    return select(0.0, 127.0 / amax, amax >= 1e-30);
+}
+
+//== section: qi8_q8
+// qi8 for q8: a word's 4 offset-binary bytes (b = q + 128) become two's complement by flipping their top bits, so
+// word k of the chunk (columns 4k .. 4k + 3) meets x's columns 4k .. 4k + 3 packed the same way.
+struct XQ { q: vec4<u32>, s: f32 }
+
+fn quant_x(v: Chunk) -> XQ {
+    let m4 = max(max(abs(v.a), abs(v.b)), max(abs(v.c), abs(v.d)));
+    let inv = qinv(m4);
+    return XQ(vec4<u32>(qbytes(v.a, inv), qbytes(v.b, inv), qbytes(v.c, inv), qbytes(v.d, inv)), max(max(m4.x, m4.y), max(m4.z, m4.w)) / 127.0);
+}
+
+fn int_w(q: vec4<u32>) -> vec4<u32> { return q ^ vec4<u32>(0x80808080u); }
+
+fn idot(x: XQ, w: vec4<u32>) -> i32 {
+    return (dot4I8Packed(x.q.x, w.x) + dot4I8Packed(x.q.y, w.y)) + (dot4I8Packed(x.q.z, w.z) + dot4I8Packed(x.q.w, w.w));
+}
+
+//== section: qi8_q4
+// qi8 for q4: a word's even nibbles (columns 8k + 0, 2, 4, 6) and odd nibbles (8k + 1, 3, 5, 7), masked into bytes,
+// are unsigned 0..15 (q + 8), so the dot of x with q is the bytes' dot minus 8 · (the sum of x's int8 values).
+struct XQ { lo: vec4<u32>, hi: vec4<u32>, bias: i32, s: f32 }
+struct IW { lo: vec4<u32>, hi: vec4<u32> }
+
+fn quant_x(v: Chunk) -> XQ {
+    let m4 = max(max(max(abs(v.a), abs(v.b)), max(abs(v.c), abs(v.d))), max(max(abs(v.e), abs(v.f)), max(abs(v.g), abs(v.h))));
+    let inv = qinv(m4);
+    let lo = vec4<u32>(
+        qbytes(vec4<f32>(v.a.x, v.a.z, v.b.x, v.b.z), inv), qbytes(vec4<f32>(v.c.x, v.c.z, v.d.x, v.d.z), inv),
+        qbytes(vec4<f32>(v.e.x, v.e.z, v.f.x, v.f.z), inv), qbytes(vec4<f32>(v.g.x, v.g.z, v.h.x, v.h.z), inv),
+    );
+    let hi = vec4<u32>(
+        qbytes(vec4<f32>(v.a.y, v.a.w, v.b.y, v.b.w), inv), qbytes(vec4<f32>(v.c.y, v.c.w, v.d.y, v.d.w), inv),
+        qbytes(vec4<f32>(v.e.y, v.e.w, v.f.y, v.f.w), inv), qbytes(vec4<f32>(v.g.y, v.g.w, v.h.y, v.h.w), inv),
+    );
+    let ones = 0x01010101u;
+    let sum = ((dot4I8Packed(lo.x, ones) + dot4I8Packed(lo.y, ones)) + (dot4I8Packed(lo.z, ones) + dot4I8Packed(lo.w, ones)))
+        + ((dot4I8Packed(hi.x, ones) + dot4I8Packed(hi.y, ones)) + (dot4I8Packed(hi.z, ones) + dot4I8Packed(hi.w, ones)));
+    return XQ(lo, hi, 8 * sum, max(max(m4.x, m4.y), max(m4.z, m4.w)) / 127.0);
+}
+
+fn int_w(q: vec4<u32>) -> IW {
+    let m = vec4<u32>(0x0f0f0f0fu);
+    return IW(q & m, (q >> vec4<u32>(4u)) & m);
+}
+
+fn idot(x: XQ, w: IW) -> i32 {
+    let a = (dot4I8Packed(x.lo.x, w.lo.x) + dot4I8Packed(x.hi.x, w.hi.x)) + (dot4I8Packed(x.lo.y, w.lo.y) + dot4I8Packed(x.hi.y, w.hi.y));
+    let b = (dot4I8Packed(x.lo.z, w.lo.z) + dot4I8Packed(x.hi.z, w.hi.z)) + (dot4I8Packed(x.lo.w, w.lo.w) + dot4I8Packed(x.hi.w, w.hi.w));
+    return (a + b) - x.bias;
+}
+
 //== section: qx_vec4
 // x4(m, v): columns 4v .. 4v + 3 of x row m (K % 4 == 0: one 16-byte load); zeros past K.
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -500,8 +571,9 @@ fn small_m(
     let rg = tid / KT;
     // Straight-line code generated per shape (small_m.rs, `small_m_code`): a loop of loads into arrays would
     // wait out each load's latency in turn, while named values let all U·(RPT + M) loads of a round be in flight.
-{{DECLS}}
+    // With prefetching, a round's weights were loaded during the round before, so their latency overlaps its math.
     let nc = chunks();
+{{DECLS}}
     for (var c = kt; c < nc; c += U * KT) {
 {{BODY}}
     }

@@ -198,9 +198,11 @@ fn every_quant_variant_validates_on_the_host() {
                 let shape = SmallMShape::for_format(format, m, 2048, k);
                 for epilogue in EPILOGUES {
                     for (norm, blocked) in [(false, false), (true, false), (false, true)] {
-                        let v = SmallMVariant::new(format, k, m, epilogue, shape, norm, blocked, Arith::F32);
-                        validate(format!("{v:?}"), v.source());
-                        count += 1;
+                        for arith in [Arith::F32, Arith::Int8Dot] {
+                            let v = SmallMVariant::new(format, k, m, epilogue, shape, norm, blocked, arith);
+                            validate(format!("{v:?}"), v.source());
+                            count += 1;
+                        }
                     }
                 }
             }

@@ -95,40 +95,61 @@ struct Args {
     /// Decoder layers for `--decoder` (default the 1.6B model's 18).
     #[arg(long)]
     layers: Option<usize>,
-    /// Arithmetic of the small-M kernel, each timed in turn (f32, f16); default: `linear`'s policy.
+    /// Arithmetic of the small-M kernel, each timed in turn (f32, f16, i8; a `+pf` suffix also prefetches each
+    /// round's weights during the round before); default: `linear`'s policy.
     #[arg(long, value_delimiter = ',', value_parser = parse_arith)]
-    arith: Vec<dia_webgpu::kernels::linear::Arith>,
+    arith: Vec<Mode>,
+}
+
+/// One way to run the small-M kernel: its arithmetic, with or without prefetching.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Mode {
+    arith: dia_webgpu::kernels::linear::Arith,
+    prefetch: bool,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn parse_arith(s: &str) -> Result<dia_webgpu::kernels::linear::Arith, String> {
+fn parse_arith(s: &str) -> Result<Mode, String> {
     use dia_webgpu::kernels::linear::Arith;
-    match s {
-        "f32" => Ok(Arith::F32),
-        "f16" => Ok(Arith::F16),
-        _ => Err(format!("unknown arithmetic {s:?} (f32, f16)")),
-    }
+    let (name, prefetch) = match s.strip_suffix("+pf") {
+        Some(name) => (name, true),
+        None => (s, false),
+    };
+    let arith = match name {
+        "f32" => Arith::F32,
+        "f16" => Arith::F16,
+        "i8" => Arith::Int8Dot,
+        _ => return Err(format!("unknown arithmetic {s:?} (f32, f16, i8, each optionally with +pf)")),
+    };
+    Ok(Mode { arith, prefetch })
 }
 
 /// The arithmetics to time: each of `--arith` forced in turn (None: the policy's choice, untouched). Forcing f16
 /// where the device or the weights cannot take it is an error.
 #[cfg(not(target_arch = "wasm32"))]
-fn arith_runs(a: &Args, gpu: &dia_webgpu::gpu::Gpu) -> Result<Vec<Option<dia_webgpu::kernels::linear::Arith>>, String> {
+fn arith_runs(a: &Args, gpu: &dia_webgpu::gpu::Gpu) -> Result<Vec<Option<Mode>>, String> {
     use dia_webgpu::kernels::linear::Arith;
-    if a.arith.contains(&Arith::F16) && !gpu.features.contains(wgpu::Features::SHADER_F16) {
+    let ariths: Vec<Arith> = a.arith.iter().map(|m| m.arith).collect();
+    if ariths.contains(&Arith::F16) && !gpu.features.contains(wgpu::Features::SHADER_F16) {
         return Err("--arith f16: the device has no shader-f16".into());
     }
-    if a.arith.contains(&Arith::F16) && a.numerics == dia_webgpu::kernels::Numerics::F32 {
+    if ariths.contains(&Arith::F16) && a.numerics == dia_webgpu::kernels::Numerics::F32 {
         return Err("--arith f16: f32 weights always multiply in f32".into());
+    }
+    if ariths.contains(&Arith::Int8Dot) && !matches!(a.numerics, dia_webgpu::kernels::Numerics::Q8 | dia_webgpu::kernels::Numerics::Q4) {
+        return Err("--arith i8: integer dot products serve q8 and q4 weights only".into());
     }
     Ok(if a.arith.is_empty() { vec![None] } else { a.arith.iter().map(|&x| Some(x)).collect() })
 }
 
 /// Forces `arith` on the dispatches built from now on (None leaves the policy as it is).
 #[cfg(not(target_arch = "wasm32"))]
-fn force_arith(gpu: &dia_webgpu::gpu::Gpu, arith: Option<dia_webgpu::kernels::linear::Arith>) {
-    if let Some(x) = arith {
-        gpu.set_f16_arithmetic(x == dia_webgpu::kernels::linear::Arith::F16);
+fn force_arith(gpu: &dia_webgpu::gpu::Gpu, mode: Option<Mode>) {
+    if let Some(Mode { arith, prefetch }) = mode {
+        gpu.set_f16_arithmetic(arith == dia_webgpu::kernels::linear::Arith::F16);
+        gpu.set_int8_dot(arith == dia_webgpu::kernels::linear::Arith::Int8Dot);
+        gpu.set_matvec_prefetch(prefetch);
     }
 }
 
@@ -236,10 +257,11 @@ fn bench() -> Result<(), String> {
         let calls = (a.iters * a.batch) as f64;
         let per_call = seconds / calls;
         println!(
-            "linear small-M {} {:?} {:?} arithmetic: W {}x{} ({:.1} MB), M={}, {} threads x {} along K x {} rows each{}: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
+            "linear small-M {} {:?} {:?}{} arithmetic: W {}x{} ({:.1} MB), M={}, {} threads x {} along K x {} rows each{}: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
             a.numerics.name(),
             a.epilogue,
             small_m_arith(&gpu, wm.format),
+            if gpu.matvec_prefetch() { "+prefetch" } else { "" },
             a.rows,
             a.cols,
             weight_bytes as f64 / 1e6,
@@ -495,7 +517,8 @@ mod decoder {
                 // The arithmetic each small-M dispatch of this run takes, per weight format of the pass.
                 let mut formats: Vec<_> = mats.iter().map(|w| w.format).collect();
                 formats.dedup();
-                let name = format!("{name} {:?}", formats.iter().map(|&f| small_m_arith(&gpu, f)).collect::<Vec<_>>());
+                let pf = if gpu.matvec_prefetch() { "+prefetch" } else { "" };
+                let name = format!("{name} {:?}{pf}", formats.iter().map(|&f| small_m_arith(&gpu, f)).collect::<Vec<_>>());
                 let mut ds: Vec<Dispatch> = Vec::new();
                 let mut picked = Vec::new();
                 for (s, w) in specs.iter().zip(&mats) {

@@ -90,6 +90,31 @@ impl Gpu {
         self.f16_arithmetic() && self.f16_matvec.load(Ordering::Relaxed)
     }
 
+    /// Whether the matrix–vector kernel multiplies quantized weights by integer dot products on int8-quantized x
+    /// (`linear::small_m_arith`, `Arith::Int8Dot`): where the WGSL implementation has `dot4I8Packed` (naga always; a
+    /// browser that lists `packed_4x8_integer_dot_product`) and it is on — `DIA_INT8_DOT=on|off` (read when the
+    /// device is made) or `set_int8_dot` override the default (`int8_dot_by_default`).
+    pub fn int8_dot(&self) -> bool {
+        self.int8_dot_available && self.int8_dot.load(Ordering::Relaxed)
+    }
+
+    /// Allows or forbids integer dot products in the matrix–vector kernel (benchmarks time both in one process;
+    /// tests force each). Allowing them changes nothing where the WGSL implementation lacks `dot4I8Packed`.
+    pub fn set_int8_dot(&self, on: bool) {
+        self.int8_dot.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the matrix–vector kernel loads each round's weights during the round before (`SmallMVariant::prefetch`):
+    /// `DIA_MATVEC_PREFETCH=on` (read when the device is made) or `set_matvec_prefetch`.
+    pub fn matvec_prefetch(&self) -> bool {
+        self.matvec_prefetch.load(Ordering::Relaxed)
+    }
+
+    /// Turns the matrix–vector kernel's prefetching on or off for the dispatches built from now on.
+    pub fn set_matvec_prefetch(&self, on: bool) {
+        self.matvec_prefetch.store(on, Ordering::Relaxed);
+    }
+
     /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now
     /// on (tests run the kernels without it on adapters that are not software OpenGL).
     pub fn with_workgroup_zeroing(mut self, on: bool) -> Gpu {
@@ -339,6 +364,30 @@ mod tests {
             assert!(zeroes_workgroup_memory(&info("any", device, backend)), "{device:?} {backend:?}");
         }
     }
+}
+
+/// Whether WGSL's packed 4×8-bit integer dot products (`dot4I8Packed`, `pack4xU8`) compile here: always through
+/// naga (native); in a browser when `navigator.gpu.wgslLanguageFeatures` lists `packed_4x8_integer_dot_product`.
+pub(super) fn int8_dot_available() -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use js_sys::{Function, Reflect};
+        use wasm_bindgen::{JsCast, JsValue};
+        let get = |o: &JsValue, key: &str| Reflect::get(o, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null());
+        let Some(features) = get(&js_sys::global(), "navigator").and_then(|n| get(&n, "gpu")).and_then(|g| get(&g, "wgslLanguageFeatures")) else {
+            return false;
+        };
+        let Some(has) = get(&features, "has").and_then(|f| f.dyn_into::<Function>().ok()) else { return false };
+        has.call1(&features, &JsValue::from_str("packed_4x8_integer_dot_product")).is_ok_and(|v| v.is_truthy())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    true
+}
+
+/// Whether the matrix–vector kernel takes integer dot products for quantized weights unless told
+/// (`DIA_INT8_DOT=on|off`).
+pub(super) fn int8_dot_by_default() -> bool {
+    std::env::var("DIA_INT8_DOT").is_ok_and(|v| v == "on")
 }
 
 /// Whether kernels take their subgroup variants unless told (`Gpu::set_subgroups`): in the browser yes (the engine

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
-use device::{adapter_has_tensor_cores, device_subgroup_sizes, subgroups_by_default};
+use device::{adapter_has_tensor_cores, device_subgroup_sizes, int8_dot_available, int8_dot_by_default, subgroups_by_default};
 #[cfg(target_arch = "wasm32")]
 use device::web_subgroups;
 use dispatch::ParamsChunk;
@@ -91,6 +91,12 @@ pub struct Gpu {
     f16_arithmetic: AtomicBool,
     /// Whether the matrix–vector kernel takes its f16-arithmetic variant (see `f16_matvec`): opt-in.
     f16_matvec: AtomicBool,
+    /// Whether the WGSL implementation has `dot4I8Packed` (see `int8_dot`).
+    int8_dot_available: bool,
+    /// Whether the matrix–vector kernel takes integer dot products for quantized weights (see `int8_dot`).
+    int8_dot: AtomicBool,
+    /// Whether the matrix–vector kernel loads each round's weights during the round before (see `matvec_prefetch`).
+    matvec_prefetch: AtomicBool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -264,6 +270,9 @@ impl Gpu {
                 _ => info.device_type != wgpu::DeviceType::Cpu,
             }),
             f16_matvec: AtomicBool::new(std::env::var("DIA_F16_ARITH").is_ok_and(|v| v == "on")),
+            int8_dot_available: int8_dot_available(),
+            int8_dot: AtomicBool::new(int8_dot_by_default()),
+            matvec_prefetch: AtomicBool::new(std::env::var("DIA_MATVEC_PREFETCH").is_ok_and(|v| v == "on")),
             device,
             queue,
             info,

@@ -154,8 +154,8 @@ fn linear(out: &mut Vec<(String, String)>) {
             for epilogue in EPILOGUES {
                 for m in [1, 2, 5] {
                     for (norm, blocked) in [(false, false), (true, false), (false, true)] {
-                        for arith in [Arith::F32, Arith::F16] {
-                            if arith == Arith::F16 && format == WeightFormat::F32 {
+                        for arith in [Arith::F32, Arith::F16, Arith::Int8Dot] {
+                            if (arith == Arith::F16 && format == WeightFormat::F32) || (arith == Arith::Int8Dot && !matches!(format, WeightFormat::Quant(_))) {
                                 continue;
                             }
                             let shape = SmallMShape::for_format(format, m, 1024, k);

@@ -110,11 +110,13 @@ pub fn schedule(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, 
 }
 
 /// The arithmetic of the matrix–vector kernel for weights stored in `format` on this device (the one place that
-/// decides it): f16 products (`Arith::F16`) where asked for and allowed (`Gpu::f16_matvec`: opt-in, `shader-f16`)
+/// decides it): for quantized weights integer dot products on int8-quantized x (`Arith::Int8Dot`) where on
+/// (`Gpu::int8_dot`), else f16 products (`Arith::F16`) where asked for and allowed (`Gpu::f16_matvec`: opt-in, `shader-f16`)
 /// and the weights are f16 or quantized (numerics f16w, q8, q4, natively and in the browser); f32 weights
 /// (numerics f32, the parity mode) always multiply in f32.
 pub fn small_m_arith(gpu: &Gpu, format: WeightFormat) -> Arith {
     match format {
+        WeightFormat::Quant(_) if gpu.int8_dot() => Arith::Int8Dot,
         WeightFormat::F16 | WeightFormat::Quant(_) if gpu.f16_matvec() => Arith::F16,
         _ => Arith::F32,
     }

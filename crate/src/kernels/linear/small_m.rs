@@ -143,6 +143,11 @@ pub enum Arith {
     /// scale). Sums of f16 terms overflow past 65504: safe while |x| ≤ 16376 (q4) / 32752 (q8), and for f16w
     /// while |x·w| ≤ 2047 per product (see `shaders/linear.wgsl`, section `half`).
     F16,
+    /// Quantized weights only: each x chunk quantized to int8 once for all the thread's weight rows (its own scale,
+    /// largest |x| / 127, round to nearest), each 4-byte word of weights multiplied with 4 bytes of x by one
+    /// `dot4I8Packed`, the chunk's integer sum times (x scale × group scale) added in f32 (`shaders/linear.wgsl`,
+    /// section `qi8`). x is off by ≤ its chunk's scale / 2 per element; everything after is exact or f32.
+    Int8Dot,
 }
 
 /// One compiled specialisation of the small-M kernel: the WGSL generator's input and the pipeline-cache key.
@@ -161,6 +166,9 @@ pub struct SmallMVariant {
     /// Serves a stack of `m`-row blocks, one per grid z (`linear_row_blocks`).
     pub blocked: bool,
     pub arith: Arith,
+    /// Loads each round's weight chunks (and quantized scales) during the round before (software pipelining), so a
+    /// thread's next DRAM round trip overlaps its arithmetic (`Gpu::matvec_prefetch` decides).
+    pub prefetch: bool,
 }
 
 impl SmallMVariant {
@@ -179,7 +187,13 @@ impl SmallMVariant {
         let m_bucket = match m { 1..=2 => 2, 3..=4 => 4, _ => 8 };
         let unroll = (64 / (m_bucket * chunk_floats)).clamp(1, 4).min(per_thread);
         assert!(arith == Arith::F32 || format != WeightFormat::F32, "f16 arithmetic serves f16 and quantized weights only");
-        SmallMVariant { format, access: SmallMAccess::new(format, k), epilogue, norm, m, shape, unroll, blocked, arith }
+        assert!(arith != Arith::Int8Dot || matches!(format, WeightFormat::Quant(_)), "integer dot products serve quantized weights only");
+        SmallMVariant { format, access: SmallMAccess::new(format, k), epilogue, norm, m, shape, unroll, blocked, arith, prefetch: false }
+    }
+
+    /// This variant with the next round's weights loaded during each round (`prefetch`) or not.
+    pub fn with_prefetch(self, prefetch: bool) -> SmallMVariant {
+        SmallMVariant { prefetch, ..self }
     }
 }
 
@@ -189,11 +203,12 @@ impl KernelVariant for SmallMVariant {
     }
 
     fn source(&self) -> String {
-        let SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked, arith } = *self;
+        let SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked, arith, prefetch } = *self;
         let SmallMShape { threads, k_threads, rows_per_thread } = shape;
         let quant = matches!(format, WeightFormat::Quant(_));
         let half = arith == Arith::F16;
-        let code = small_m_code(m, rows_per_thread, unroll, k_threads, norm, quant, half);
+        let int8 = arith == Arith::Int8Dot;
+        let code = small_m_code(m, rows_per_thread, unroll, k_threads, norm, quant, half, int8, prefetch);
         let norm_section = if norm { access.name() } else { "none" };
         // `enable f16;` must open the module, and only modules that use f16 may carry it (devices without shader-f16
         // reject it).
@@ -209,6 +224,8 @@ impl KernelVariant for SmallMVariant {
                 section(&format!("qnorm_{norm_section}")),
                 if half { section("half") } else { "" },
                 if half { section(&format!("qhalf_{}", format.name())) } else { "" },
+                if int8 { section("qi8") } else { "" },
+                if int8 { section(&format!("qi8_{}", format.name())) } else { "" },
                 section("small_m"),
             ]
             .concat()
@@ -253,7 +270,7 @@ pub(super) fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuB
     assert!(m <= SMALL_M_MAX, "linear_small_m: m = {m} > {SMALL_M_MAX}");
     assert!(shape.fits(m), "linear_small_m: {shape:?} does not fit m = {m}");
     let out_cols = check_shapes(x, w, y, m * blocks, epilogue);
-    let variant = SmallMVariant::new(w.format, w.cols, m, epilogue, shape, norm.is_some(), blocks > 1, small_m_arith(gpu, w.format));
+    let variant = SmallMVariant::new(w.format, w.cols, m, epilogue, shape, norm.is_some(), blocks > 1, small_m_arith(gpu, w.format)).with_prefetch(gpu.matvec_prefetch());
     let pipeline = gpu.variant_pipeline(variant);
     let rows = shape.rows();
     let groups = match epilogue {
@@ -299,10 +316,13 @@ pub(super) fn quant_group(format: WeightFormat) -> u32 {
 /// round first (clamped chunk indices, so they need no branch), then the dot products, masked for chunks past the
 /// row. Accumulators are named scalars (acc_<row>_<m>), so nothing lives in an indexed array. Quantized chunks are
 /// loaded packed with their group's scale, dequantized once for all M rows, and the scale multiplies each chunk's
-/// dot product. With `half` (`Arith::F16`) weights are dequantized into f16 and each x chunk is converted to f16
+/// dot product. With `int8` (`Arith::Int8Dot`) each x chunk is quantized to int8 once for all `rpt` rows, the
+/// weights' words are masked into signed bytes, and a chunk's integer dot product times both scales joins the
+/// accumulator. With `half` (`Arith::F16`) weights are dequantized into f16 and each x chunk is converted to f16
 /// once for all `rpt` rows; a quantized chunk's products are summed in f16 and added to the accumulator times the
 /// scale, an f16w round's products (≤ 4 chunks of 8) are summed in f16 (t_<row>_<m>) and added once per round.
-fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant: bool, half: bool) -> SmallMCode {
+#[allow(clippy::too_many_arguments)]
+fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant: bool, half: bool, int8: bool, prefetch: bool) -> SmallMCode {
     let mut decls = Emitter::new(1);
     let mut body = Emitter::new(2);
     let mut stores = Emitter::new(1);
@@ -320,13 +340,39 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
     for j in 0..unroll {
         emit!(body, "let c_{j} = min(c + {j}u * KT, nc - 1u);");
     }
+    // In f16 the quantized values are scaled down exactly (`QBACK`); the scale takes that back.
+    let back = if half { " * QBACK" } else { "" };
+    if prefetch {
+        // The first round's weights before the loop; each round takes its own and loads the next round's (clamped:
+        // the last round loads a chunk it never uses).
+        for j in 0..unroll {
+            emit!(decls, "let c0_{j} = min(kt + {j}u * KT, nc - 1u);");
+            for i in 0..rpt {
+                emit!(decls, "var pw_{i}_{j} = load_w(row_{i}, c0_{j});");
+                if quant {
+                    emit!(decls, "var ps_{i}_{j} = load_scale(row_{i}, c0_{j}){back};");
+                }
+            }
+        }
+        for j in 0..unroll {
+            emit!(body, "let cn_{j} = min(c + (U + {j}u) * KT, nc - 1u);");
+            for i in 0..rpt {
+                emit!(body, "let w_{i}_{j} = pw_{i}_{j};");
+                emit!(body, "pw_{i}_{j} = load_w(row_{i}, cn_{j});");
+                if quant {
+                    emit!(body, "let s_{i}_{j} = ps_{i}_{j};");
+                    emit!(body, "ps_{i}_{j} = load_scale(row_{i}, cn_{j}){back};");
+                }
+            }
+        }
+    }
     for j in 0..unroll {
-        for i in 0..rpt {
-            emit!(body, "let w_{i}_{j} = load_w(row_{i}, c_{j});");
-            if quant {
-                // In f16 the quantized values are scaled down exactly (`QBACK`); the scale takes that back.
-                let back = if half { " * QBACK" } else { "" };
-                emit!(body, "let s_{i}_{j} = load_scale(row_{i}, c_{j}){back};");
+        if !prefetch {
+            for i in 0..rpt {
+                emit!(body, "let w_{i}_{j} = load_w(row_{i}, c_{j});");
+                if quant {
+                    emit!(body, "let s_{i}_{j} = load_scale(row_{i}, c_{j}){back};");
+                }
             }
         }
         for mi in 0..m {
@@ -338,7 +384,7 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
         let exists = format!("c + {j}u * KT < nc");
         let mask = |e: String| if j == 0 { e } else { format!("select(0.0, {e}, {exists})") };
         if quant || half {
-            let dequant = if half { "half_w" } else { "dequant" };
+            let dequant = if half { "half_w" } else if int8 { "int_w" } else { "dequant" };
             for i in 0..rpt {
                 emit!(body, "let d_{i}_{j} = {dequant}(w_{i}_{j});");
             }
@@ -348,6 +394,9 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
                 emit!(body, "sq_{mi} += {};", mask(format!("chunk_dot(xr_{mi}_{j}, xr_{mi}_{j})")));
             }
             emit!(body, "let x_{mi}_{j} = scale_x(xr_{mi}_{j}, c_{j});");
+            if int8 {
+                emit!(body, "let q_{mi}_{j} = quant_x(x_{mi}_{j});");
+            }
             if half {
                 // An f16w round sums its chunks in f16, so a chunk past the row enters as zeros; a quantized chunk's
                 // sum is masked in f32 as in the f32 arithmetic.
@@ -356,6 +405,9 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
             }
             for i in 0..rpt {
                 match (half, quant) {
+                    _ if int8 => {
+                        emit!(body, "acc_{i}_{mi} += {};", mask(format!("f32(idot(q_{mi}_{j}, d_{i}_{j})) * (q_{mi}_{j}.s * s_{i}_{j})")));
+                    }
                     (false, false) => {
                         emit!(body, "acc_{i}_{mi} += {};", mask(format!("chunk_dot(x_{mi}_{j}, w_{i}_{j})")));
                     }
