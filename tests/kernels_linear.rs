@@ -499,3 +499,37 @@ fn pipeline_cache_shares_modules_and_variants() {
     assert!(!Arc::ptr_eq(&p1, &gpu.variant_pipeline(acc)), "another variant, another pipeline");
     assert_eq!(gpu.shader_module_count(), modules + 3);
 }
+
+/// The benchmark probes (`SmallMProbe`, `bench_linear --probe`) apply to every variant a decoder step of f16w, q8 or
+/// q4 compiles (16-byte paths, f32 and integer-dot arithmetic, prefetching or not), change the source, and still
+/// validate in naga; where a probe cannot apply (element-wise x), it says so instead of timing the plain kernel.
+#[test]
+fn small_m_probes_apply_and_validate() {
+    use dia_webgpu::kernels::linear::{Arith, ProbedSmallMVariant, SmallMProbe, SmallMShape, SmallMVariant};
+    let q8 = WeightFormat::Quant(QuantFormat::new(QuantBits::Q8, 32).unwrap());
+    let q4 = WeightFormat::Quant(QuantFormat::new(QuantBits::Q4, 32).unwrap());
+    let mut count = 0;
+    for format in [WeightFormat::F16, q8, q4] {
+        let ariths: &[Arith] = if format == WeightFormat::F16 { &[Arith::F32] } else { &[Arith::F32, Arith::Int8Dot] };
+        for &arith in ariths {
+            for prefetch in [false, true] {
+                for probe in [SmallMProbe::BroadcastX, SmallMProbe::BroadcastW, SmallMProbe::BroadcastBoth] {
+                    let shape = SmallMShape::for_format(format, 2, 2048, 2048);
+                    let variant = SmallMVariant::new(format, 2048, 2, LinearEpilogue::SwiGlu, shape, true, false, arith).with_prefetch(prefetch);
+                    let probed = ProbedSmallMVariant { variant, probe }.probed_source().unwrap_or_else(|| panic!("{variant:?}: no {probe:?} probe"));
+                    assert_ne!(probed, dia_webgpu::gpu::KernelVariant::source(&variant), "{variant:?} {probe:?}: source unchanged");
+                    let module = wgpu::naga::front::wgsl::parse_str(&probed).unwrap_or_else(|e| panic!("{variant:?} {probe:?}: {}", e.emit_to_string(&probed)));
+                    wgpu::naga::valid::Validator::new(wgpu::naga::valid::ValidationFlags::all(), wgpu::naga::valid::Capabilities::all())
+                        .validate(&module)
+                        .unwrap_or_else(|e| panic!("{variant:?} {probe:?}: {}", e.emit_to_string(&probed)));
+                    count += 1;
+                }
+            }
+        }
+    }
+    // Element-wise x (K % 4 != 0) has no broadcast-x probe.
+    let shape = SmallMShape::for_format(q4, 2, 64, 95);
+    let variant = SmallMVariant::new(q4, 95, 2, LinearEpilogue::Store, shape, false, false, Arith::F32);
+    assert!(ProbedSmallMVariant { variant, probe: SmallMProbe::BroadcastX }.probed_source().is_none());
+    println!("{count} probed variants validate");
+}

@@ -19,6 +19,8 @@
 //! device has them) and as the policy picks (`policy`, `COOP_M_MIN` decides): passes/s and GB/s of weights; with
 //! `--sweep` also the tensor cores on each tile shape forced.
 //!
+//! `--probe x,w,xw` also times the kernel with x's loads, the weights' loads or both made broadcast reads of one
+//! address (`SmallMProbe`: what the rest costs; results wrong by design).
 //! `--arith f32,f16` times the small-M kernel (plain and `--decoder`) in each arithmetic, one after the other in
 //! this process (`Gpu::set_f16_arithmetic`; f16 needs shader-f16 and f16w/q8/q4 weights); without it, `linear`'s
 //! policy decides (f16 where offered, unless `DIA_F16_ARITH=off`).
@@ -99,6 +101,21 @@ struct Args {
     /// round's weights during the round before); default: `linear`'s policy.
     #[arg(long, value_delimiter = ',', value_parser = parse_arith)]
     arith: Vec<Mode>,
+    /// Also time the small-M kernel under each probe (x, w, xw: that operand's loads, or both, read one broadcast
+    /// address; `SmallMProbe`), after the plain kernel: what the rest of the kernel costs.
+    #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
+    probe: Vec<dia_webgpu::kernels::linear::SmallMProbe>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn parse_probe(s: &str) -> Result<dia_webgpu::kernels::linear::SmallMProbe, String> {
+    use dia_webgpu::kernels::linear::SmallMProbe;
+    match s {
+        "x" => Ok(SmallMProbe::BroadcastX),
+        "w" => Ok(SmallMProbe::BroadcastW),
+        "xw" => Ok(SmallMProbe::BroadcastBoth),
+        _ => Err(format!("unknown probe {s:?} (x, w, xw)")),
+    }
 }
 
 /// One way to run the small-M kernel: its arithmetic, with or without prefetching.
@@ -234,10 +251,14 @@ fn bench() -> Result<(), String> {
     } else {
         vec![shape]
     };
-    let runs: Vec<_> = arith_runs(&a, &gpu)?.into_iter().flat_map(|x| shapes.iter().map(move |&s| (x, s))).collect();
-    for (arith, shape) in runs {
+    let probes: Vec<Option<_>> = std::iter::once(None).chain(a.probe.iter().map(|&p| Some(p))).collect();
+    let runs: Vec<_> = arith_runs(&a, &gpu)?.into_iter().flat_map(|x| shapes.iter().map(move |&s| (x, s))).flat_map(|r| probes.iter().map(move |&p| (r.0, r.1, p))).collect();
+    for (arith, shape, probe) in runs {
         force_arith(&gpu, arith);
-        let dispatch = linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape);
+        let dispatch = match probe {
+            None => linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape),
+            Some(p) => dia_webgpu::kernels::linear::linear_small_m_probed(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape, p)?,
+        };
         let batch: Vec<_> = std::iter::repeat_n(&dispatch, a.batch).collect();
 
         // Warm-up: pipeline creation, first touch of the buffers, clocks ramping up.
@@ -257,11 +278,12 @@ fn bench() -> Result<(), String> {
         let calls = (a.iters * a.batch) as f64;
         let per_call = seconds / calls;
         println!(
-            "linear small-M {} {:?} {:?}{} arithmetic: W {}x{} ({:.1} MB), M={}, {} threads x {} along K x {} rows each{}: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
+            "linear small-M {} {:?} {:?}{}{} arithmetic: W {}x{} ({:.1} MB), M={}, {} threads x {} along K x {} rows each{}: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
             a.numerics.name(),
             a.epilogue,
             small_m_arith(&gpu, wm.format),
             if gpu.matvec_prefetch() { "+prefetch" } else { "" },
+            probe.map_or(String::new(), |p| format!(" (probe {p:?})")),
             a.rows,
             a.cols,
             weight_bytes as f64 / 1e6,

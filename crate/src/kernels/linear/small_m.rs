@@ -264,14 +264,103 @@ impl KernelVariant for SmallMVariant {
     }
 }
 
+/// A benchmark probe of the small-M kernel (`linear_small_m_probed`, `bench_linear --probe`): the same kernel with
+/// x's loads, the weights' loads or both turned into loads of one address (every lane reads the same 16 bytes, and
+/// the values differ per lane only by arithmetic on the index), to time what the rest of the kernel costs. Its
+/// results are wrong by design; nothing but benchmarks uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SmallMProbe {
+    BroadcastX,
+    BroadcastW,
+    BroadcastBoth,
+}
+
+/// A small-M variant under a probe: the pipeline-cache key of `linear_small_m_probed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProbedSmallMVariant {
+    pub variant: SmallMVariant,
+    pub probe: SmallMProbe,
+}
+
+impl ProbedSmallMVariant {
+    /// The probed source, or None where the variant's access sections have no probe (x: the 16-byte paths; weights:
+    /// f16w and quantized without f16 arithmetic).
+    pub fn probed_source(&self) -> Option<String> {
+        let mut src = self.variant.source();
+        let (x, w) = match self.probe {
+            SmallMProbe::BroadcastX => (true, false),
+            SmallMProbe::BroadcastW => (false, true),
+            SmallMProbe::BroadcastBoth => (true, true),
+        };
+        // (original, replacement) per access section; a probe applies when one of its pairs matched.
+        let x_pairs = [
+            ("select(vec4<f32>(0.0), x[(row0 + m) * n + min(v, n - 1u)], v < n)", "x[0u] + vec4<f32>(f32(v))"),
+            ("return Chunk(x[b], x[b + 1u]);", "return Chunk(x[0u] + vec4<f32>(f32(b)), x[0u]);"),
+        ];
+        let w_pairs = [
+            ("fn load_w(row: u32, c: u32) -> vec4<u32> { return w[row * (p.stride / 4u) + c]; }", "fn load_w(row: u32, c: u32) -> vec4<u32> { return w[0u] ^ vec4<u32>(row + c); }"),
+            ("let q = w[row * (p.stride / 4u) + c];", "let q = w[0u] ^ vec4<u32>(row + c);"),
+        ];
+        for (on, pairs) in [(x, &x_pairs), (w, &w_pairs)] {
+            if on {
+                let hit = pairs.iter().find(|(from, _)| src.contains(from))?;
+                src = src.replace(hit.0, hit.1);
+            }
+        }
+        Some(src)
+    }
+}
+
+impl KernelVariant for ProbedSmallMVariant {
+    fn entry_point(&self) -> &'static str {
+        "small_m"
+    }
+
+    fn source(&self) -> String {
+        self.probed_source().expect("linear_small_m_probed checks that the probe applies")
+    }
+}
+
+/// The small-M kernel with `shape` under `probe` (benchmarks only: see `SmallMProbe`); Err where the probe does not
+/// apply to this matrix's access path.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_small_m_probed(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, probe: SmallMProbe) -> Result<Dispatch, String> {
+    let key = |variant: SmallMVariant| ProbedSmallMVariant { variant, probe };
+    if key(small_m_variant(gpu, w, m, epilogue, shape, false, false)).probed_source().is_none() {
+        return Err(format!("no {probe:?} probe for {:?} weights with {} columns", w.format, w.cols));
+    }
+    Ok(small_m_dispatch_with(gpu, x, w, y, m, epilogue, shape, None, 1, |v| gpu.variant_pipeline(key(v))))
+}
+
+/// The variant `linear` compiles for this matrix, M, epilogue and shape on this device.
+fn small_m_variant(gpu: &Gpu, w: &GpuMatrix, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool) -> SmallMVariant {
+    SmallMVariant::new(w.format, w.cols, m, epilogue, shape, norm, blocked, small_m_arith(gpu, w.format)).with_prefetch(gpu.matvec_prefetch())
+}
+
 /// The small-M kernel over `blocks` consecutive blocks of `m` rows of x and y (the grid's z).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn small_m_dispatch(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: Option<(&GpuBuffer, f32)>, blocks: u32) -> Dispatch {
+    small_m_dispatch_with(gpu, x, w, y, m, epilogue, shape, norm, blocks, |v| gpu.variant_pipeline(v))
+}
+
+/// `small_m_dispatch` with the pipeline made from the variant by `pipeline` (the plain kernel, or a probe).
+#[allow(clippy::too_many_arguments)]
+fn small_m_dispatch_with(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    w: &GpuMatrix,
+    y: &GpuBuffer,
+    m: u32,
+    epilogue: LinearEpilogue,
+    shape: SmallMShape,
+    norm: Option<(&GpuBuffer, f32)>,
+    blocks: u32,
+    pipeline: impl FnOnce(SmallMVariant) -> std::sync::Arc<wgpu::ComputePipeline>,
+) -> Dispatch {
     assert!(m <= SMALL_M_MAX, "linear_small_m: m = {m} > {SMALL_M_MAX}");
     assert!(shape.fits(m), "linear_small_m: {shape:?} does not fit m = {m}");
     let out_cols = check_shapes(x, w, y, m * blocks, epilogue);
-    let variant = SmallMVariant::new(w.format, w.cols, m, epilogue, shape, norm.is_some(), blocks > 1, small_m_arith(gpu, w.format)).with_prefetch(gpu.matvec_prefetch());
-    let pipeline = gpu.variant_pipeline(variant);
+    let pipeline = pipeline(small_m_variant(gpu, w, m, epilogue, shape, norm.is_some(), blocks > 1));
     let rows = shape.rows();
     let groups = match epilogue {
         LinearEpilogue::SwiGlu => out_cols.div_ceil(rows / 2),
