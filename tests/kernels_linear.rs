@@ -533,3 +533,37 @@ fn small_m_probes_apply_and_validate() {
     assert!(ProbedSmallMVariant { variant, probe: SmallMProbe::BroadcastX }.probed_source().is_none());
     println!("{count} probed variants validate");
 }
+
+/// A forced unroll (`SmallMTuning::unroll`, `bench_linear --unroll`) of 1, 2, 3 and 5 chunks per thread and round,
+/// with and without prefetching, matches the CPU on ragged rows for f16w, q8 and q4 (rounds past the row's end are masked).
+#[test]
+fn small_m_forced_unroll_matches_cpu() {
+    use dia_webgpu::kernels::linear::{linear_small_m_tuned, SmallMShape, SmallMTuning};
+    let gpu = test_gpu();
+    let mut rng = Rng::new(0x0411);
+    let q8 = WeightFormat::Quant(QuantFormat::new(QuantBits::Q8, 32).unwrap());
+    let q4 = WeightFormat::Quant(QuantFormat::new(QuantBits::Q4, 32).unwrap());
+    for (format, k) in [(WeightFormat::F16, 1032usize), (q8, 1100), (q4, 1100), (q4, 95)] {
+        for (m, n, epilogue) in [(2usize, 37usize, LinearEpilogue::Store), (5, 24, LinearEpilogue::SwiGlu)] {
+            let out_cols = if epilogue == LinearEpilogue::SwiGlu { n / 2 } else { n };
+            let (x, w, y0) = (rng.vec(m * k, 1.0), rng.vec(n * k, 0.5), rng.vec(m * out_cols, 1.0));
+            let want = cpu_linear(&x, &stored_weights(&w, n, k, format), &y0, m, n, k, epilogue);
+            let wm = GpuMatrix::upload(&gpu, "w", &w, n, k, format).unwrap();
+            let xb = gpu.upload("x", &x);
+            // Each unroll once, with or without prefetching (lavapipe compiles each pipeline in about a second).
+            for (unroll, prefetch) in [(1, false), (2, true), (3, false), (5, true)] {
+                gpu.set_matvec_prefetch(prefetch);
+                {
+                    let yb = gpu.upload("y", &y0);
+                    let shape = SmallMShape::for_format(format, m as u32, n as u32, k as u32);
+                    let d = linear_small_m_tuned(&gpu, &xb, &wm, &yb, m as u32, epilogue, shape, SmallMTuning { unroll: Some(unroll), probe: None }).unwrap();
+                    gpu.run(&[&d]);
+                    let got = gpu.read_f32_blocking(&yb).unwrap();
+                    let err = rel_err(&got, &want);
+                    assert!(err < 1e-5, "{format:?} k={k} m={m} {epilogue:?} unroll {unroll} prefetch {prefetch}: rel err {err:.2e}");
+                }
+            }
+            gpu.set_matvec_prefetch(false);
+        }
+    }
+}

@@ -19,6 +19,7 @@
 //! device has them) and as the policy picks (`policy`, `COOP_M_MIN` decides): passes/s and GB/s of weights; with
 //! `--sweep` also the tensor cores on each tile shape forced.
 //!
+//! `--unroll 1,2,4` times each number of chunks per thread and round in place of the kernel's rule.
 //! `--probe x,w,xw` also times the kernel with x's loads, the weights' loads or both made broadcast reads of one
 //! address (`SmallMProbe`: what the rest costs; results wrong by design).
 //! `--arith f32,f16` times the small-M kernel (plain and `--decoder`) in each arithmetic, one after the other in
@@ -105,6 +106,9 @@ struct Args {
     /// address; `SmallMProbe`), after the plain kernel: what the rest of the kernel costs.
     #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
     probe: Vec<dia_webgpu::kernels::linear::SmallMProbe>,
+    /// Chunks per row each small-M thread loads per round, each value timed in turn (default: the kernel's rule).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    unroll: Vec<u32>,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -252,12 +256,16 @@ fn bench() -> Result<(), String> {
         vec![shape]
     };
     let probes: Vec<Option<_>> = std::iter::once(None).chain(a.probe.iter().map(|&p| Some(p))).collect();
-    let runs: Vec<_> = arith_runs(&a, &gpu)?.into_iter().flat_map(|x| shapes.iter().map(move |&s| (x, s))).flat_map(|r| probes.iter().map(move |&p| (r.0, r.1, p))).collect();
-    for (arith, shape, probe) in runs {
+    let unrolls: Vec<Option<u32>> = if a.unroll.is_empty() { vec![None] } else { a.unroll.iter().map(|&u| Some(u)).collect() };
+    let tunings: Vec<_> = unrolls.iter().flat_map(|&unroll| probes.iter().map(move |&probe| dia_webgpu::kernels::linear::SmallMTuning { unroll, probe })).collect();
+    let runs: Vec<_> = arith_runs(&a, &gpu)?.into_iter().flat_map(|x| shapes.iter().map(move |&s| (x, s))).flat_map(|r| tunings.iter().map(move |&t| (r.0, r.1, t))).collect();
+    for (arith, shape, tuning) in runs {
         force_arith(&gpu, arith);
-        let dispatch = match probe {
-            None => linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape),
-            Some(p) => dia_webgpu::kernels::linear::linear_small_m_probed(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape, p)?,
+        let probe = tuning.probe;
+        let dispatch = if tuning == Default::default() {
+            linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape)
+        } else {
+            dia_webgpu::kernels::linear::linear_small_m_tuned(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape, tuning)?
         };
         let batch: Vec<_> = std::iter::repeat_n(&dispatch, a.batch).collect();
 
@@ -283,7 +291,7 @@ fn bench() -> Result<(), String> {
             a.epilogue,
             small_m_arith(&gpu, wm.format),
             if gpu.matvec_prefetch() { "+prefetch" } else { "" },
-            probe.map_or(String::new(), |p| format!(" (probe {p:?})")),
+            format!("{}{}", tuning.unroll.map_or(String::new(), |u| format!(" unroll {u}")), probe.map_or(String::new(), |p| format!(" (probe {p:?})"))),
             a.rows,
             a.cols,
             weight_bytes as f64 / 1e6,

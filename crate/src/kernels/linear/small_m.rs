@@ -321,15 +321,34 @@ impl KernelVariant for ProbedSmallMVariant {
     }
 }
 
-/// The small-M kernel with `shape` under `probe` (benchmarks only: see `SmallMProbe`); Err where the probe does not
-/// apply to this matrix's access path.
+/// What a benchmark may change in the small-M kernel beyond its workgroup shape (`linear_small_m_tuned`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SmallMTuning {
+    /// Chunks per row each thread loads per round, in place of `SmallMVariant::new`'s rule (≥ 1; rounds past the
+    /// row's end are masked, so any value is correct).
+    pub unroll: Option<u32>,
+    /// A probe (`SmallMProbe`): results wrong by design.
+    pub probe: Option<SmallMProbe>,
+}
+
+/// The small-M kernel with `shape` and `tuning` (benchmarks only); Err where the probe does not apply to this
+/// matrix's access path or the unroll is 0.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_small_m_probed(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, probe: SmallMProbe) -> Result<Dispatch, String> {
-    let key = |variant: SmallMVariant| ProbedSmallMVariant { variant, probe };
-    if key(small_m_variant(gpu, w, m, epilogue, shape, false, false)).probed_source().is_none() {
-        return Err(format!("no {probe:?} probe for {:?} weights with {} columns", w.format, w.cols));
+pub fn linear_small_m_tuned(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, tuning: SmallMTuning) -> Result<Dispatch, String> {
+    if tuning.unroll == Some(0) {
+        return Err("unroll must be at least 1".into());
     }
-    Ok(small_m_dispatch_with(gpu, x, w, y, m, epilogue, shape, None, 1, |v| gpu.variant_pipeline(key(v))))
+    let tune = |v: SmallMVariant| SmallMVariant { unroll: tuning.unroll.unwrap_or(v.unroll), ..v };
+    match tuning.probe {
+        None => Ok(small_m_dispatch_with(gpu, x, w, y, m, epilogue, shape, None, 1, |v| gpu.variant_pipeline(tune(v)))),
+        Some(probe) => {
+            let key = |v: SmallMVariant| ProbedSmallMVariant { variant: tune(v), probe };
+            if key(small_m_variant(gpu, w, m, epilogue, shape, false, false)).probed_source().is_none() {
+                return Err(format!("no {probe:?} probe for {:?} weights with {} columns", w.format, w.cols));
+            }
+            Ok(small_m_dispatch_with(gpu, x, w, y, m, epilogue, shape, None, 1, |v| gpu.variant_pipeline(key(v))))
+        }
+    }
 }
 
 /// The variant `linear` compiles for this matrix, M, epilogue and shape on this device.
