@@ -11,7 +11,7 @@
 //! the up projection's bounds through silu(g)·u (|silu'| ≤ 1.1).
 mod common;
 
-use common::{rel_err, test_gpu_without_tensor_cores, Rng};
+use common::{linear_operands, q64, rel_err, test_gpu_without_tensor_cores, LinearCase as Case, Rng};
 use dia_webgpu::gpu::{Gpu, KernelVariant};
 use dia_webgpu::kernels::linear::{linear, norm_linear, small_m_arith, Arith, LinearEpilogue, SmallMShape, SmallMVariant, SMALL_M_MAX};
 use dia_webgpu::kernels::{round_f16, GpuMatrix, WeightFormat};
@@ -33,10 +33,6 @@ const FLOOR: f64 = 1.0 / (1u64 << 25) as f64;
 const F32_MARGIN: f64 = 1e-5;
 const EPS: f32 = 1e-5;
 
-fn q64(bits: QuantBits) -> WeightFormat {
-    WeightFormat::Quant(QuantFormat::new(bits, 64).unwrap())
-}
-
 /// The matrix as the kernel multiplies it (f16-rounded or dequantized), and per row the factor from x·w' units to
 /// x·W units (1 for f16w; the row's largest group scale times 2^10 or 2^6 for q8 / q4).
 fn stored(w: &[f32], n: usize, k: usize, format: WeightFormat) -> (Vec<f32>, Vec<f64>) {
@@ -53,15 +49,6 @@ fn stored(w: &[f32], n: usize, k: usize, format: WeightFormat) -> (Vec<f32>, Vec
     }
 }
 
-struct Case {
-    format: WeightFormat,
-    m: usize,
-    /// Weight rows (twice the outputs for SwiGLU).
-    n: usize,
-    k: usize,
-    epilogue: LinearEpilogue,
-    norm: bool,
-}
 
 /// What one case gave: the GPU's y, the reference, the bound per output.
 struct Outcome {
@@ -144,16 +131,6 @@ fn run(gpu: &Gpu, c: &Case, x: &[f32], gain: &[f32], w: &[f32], y0: &[f32]) -> O
     Outcome { got, want, bound }
 }
 
-/// Random operands for `c`: x uniform in ±`x_scale`, gain in ±2, weight rows of different magnitudes (so quantized
-/// groups get different scales), y0 in ±1.
-fn random_operands(rng: &mut Rng, c: &Case, x_scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-    let out_cols = if c.epilogue == LinearEpilogue::SwiGlu { c.n / 2 } else { c.n };
-    let x = rng.vec(c.m * c.k, x_scale);
-    let gain = rng.vec(c.k, 2.0);
-    let w: Vec<f32> = (0..c.n * c.k).map(|i| rng.uniform() * (1 + (i / c.k) % 5) as f32 * 0.3).collect();
-    let y0 = rng.vec(c.m * out_cols, 1.0);
-    (x, gain, w, y0)
-}
 
 /// The device offers shader-f16 and `linear` takes f16 arithmetic for these weights (else nothing here tests it);
 /// on by default on GPUs only, so turned on here. Without tensor cores, so that `linear` takes the matrix–vector
@@ -195,7 +172,7 @@ fn f16_arith_small_m_ragged_within_bound() {
             let n = if ci % 3 == 0 { 6 } else { 67 };
             let n = if epilogue == LinearEpilogue::SwiGlu { 2 * n } else { n };
             let c = Case { format, m, n, k, epilogue, norm };
-            let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
+            let (x, gain, w, y0) = linear_operands(&mut rng, &c, 1.0);
             let out = run(&gpu, &c, &x, &gain, &w, &y0);
             worst = worst.max(out.check(&format!("{format:?} m={m} n={n} k={k} {epilogue:?} norm={norm}")));
             worst_rel = worst_rel.max(out.rel_err());
@@ -220,7 +197,7 @@ fn f16_arith_long_rows_and_groups_of_64() {
     ];
     for (format, k, m, epilogue, norm) in cases {
         let c = Case { format, m, n: 14, k, epilogue, norm };
-        let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
+        let (x, gain, w, y0) = linear_operands(&mut rng, &c, 1.0);
         let ratio = run(&gpu, &c, &x, &gain, &w, &y0).check(&format!("{format:?} m={m} k={k} {epilogue:?} norm={norm}"));
         println!("{format:?} m={m} k={k} {epilogue:?} norm={norm}: error / bound {ratio:.3}");
     }
@@ -240,7 +217,7 @@ fn f16_arith_large_x_within_bound() {
         }
         for (m, k, epilogue, norm) in cases {
             let c = Case { format, m, n: 40, k, epilogue, norm };
-            let (x, gain, w, y0) = random_operands(&mut rng, &c, 300.0);
+            let (x, gain, w, y0) = linear_operands(&mut rng, &c, 300.0);
             worst = worst.max(run(&gpu, &c, &x, &gain, &w, &y0).check(&format!("{format:?} m={m} k={k} {epilogue:?} norm={norm}")));
         }
         println!("{format:?}, |x| ≤ 300: worst error / bound {worst:.3}");
@@ -278,7 +255,7 @@ fn f16_arith_differs_from_f32_arith() {
     for format in FORMATS {
         for (m, k, norm) in [(2usize, 264usize, false)] {
             let c = Case { format, m, n: 67, k, epilogue: LinearEpilogue::Store, norm };
-            let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
+            let (x, gain, w, y0) = linear_operands(&mut rng, &c, 1.0);
             gpu.set_f16_arithmetic(false);
             assert_eq!(small_m_arith(&gpu, format), Arith::F32);
             let exact = run(&gpu, &c, &x, &gain, &w, &y0);

@@ -10,7 +10,7 @@
 //! r = 1/rms with the norm, else 1. SwiGLU carries the gate's and the up projection's bounds through silu(g)·u.
 mod common;
 
-use common::{rel_err, test_gpu_without_tensor_cores, Rng};
+use common::{linear_operands, q64, rel_err, test_gpu_without_tensor_cores, LinearCase as Case, Rng};
 use dia_webgpu::gpu::{Gpu, KernelVariant};
 use dia_webgpu::kernels::linear::{linear_rows, norm_linear, small_m_arith, Arith, LinearEpilogue, SmallMShape, SmallMVariant, SMALL_M_MAX};
 use dia_webgpu::kernels::{GpuMatrix, WeightFormat};
@@ -22,10 +22,6 @@ const Q4: WeightFormat = WeightFormat::Quant(QuantFormat::Q4);
 const F32_MARGIN: f64 = 1e-5;
 const EPS: f32 = 1e-5;
 
-fn q64(bits: QuantBits) -> WeightFormat {
-    WeightFormat::Quant(QuantFormat::new(bits, 64).unwrap())
-}
-
 /// Columns per x chunk (one 16-byte block of weights).
 fn chunk(format: WeightFormat) -> usize {
     match format {
@@ -34,15 +30,6 @@ fn chunk(format: WeightFormat) -> usize {
     }
 }
 
-struct Case {
-    format: WeightFormat,
-    m: usize,
-    /// Weight rows (twice the outputs for SwiGLU).
-    n: usize,
-    k: usize,
-    epilogue: LinearEpilogue,
-    norm: bool,
-}
 
 struct Outcome {
     got: Vec<f32>,
@@ -141,15 +128,6 @@ fn run(gpu: &Gpu, c: &Case, x: &[f32], gain: &[f32], w: &[f32], y0: &[f32]) -> O
     }
 }
 
-/// x uniform in ±`x_scale`, gain in ±2, weight rows of different magnitudes, y0 in ±1.
-fn random_operands(rng: &mut Rng, c: &Case, x_scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-    let out_cols = if c.epilogue == LinearEpilogue::SwiGlu { c.n / 2 } else { c.n };
-    let x = rng.vec(c.m * c.k, x_scale);
-    let gain = rng.vec(c.k, 2.0);
-    let w: Vec<f32> = (0..c.n * c.k).map(|i| rng.uniform() * (1 + (i / c.k) % 5) as f32 * 0.3).collect();
-    let y0 = rng.vec(c.m * out_cols, 1.0);
-    (x, gain, w, y0)
-}
 
 /// Integer dot products on (so `linear` takes them for quantized weights), on a device without tensor cores so that
 /// every M ≤ 16 runs the matrix–vector kernel.
@@ -179,7 +157,7 @@ fn int8_dot_small_m_ragged_within_bound() {
             let n = if ci % 3 == 0 { 6 } else { 67 };
             let n = if epilogue == LinearEpilogue::SwiGlu { 2 * n } else { n };
             let c = Case { format, m, n, k, epilogue, norm };
-            let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
+            let (x, gain, w, y0) = linear_operands(&mut rng, &c, 1.0);
             worst = worst.max(run(&gpu, &c, &x, &gain, &w, &y0).check(&format!("{format:?} m={m} n={n} k={k} {epilogue:?} norm={norm}"), true));
         }
         println!("{format:?}: {} cases, worst error / bound {worst:.3}", combos.len());
@@ -196,7 +174,7 @@ fn int8_dot_zero_chunks_outliers_and_large_x() {
         let cw = chunk(format);
         for (m, k, epilogue, norm) in [(2usize, 264usize, LinearEpilogue::Store, false), (3, 95, LinearEpilogue::SwiGlu, true), (2, 2048, LinearEpilogue::Accumulate, true)] {
             let c = Case { format, m, n: 40, k, epilogue, norm };
-            let (mut x, gain, w, y0) = random_operands(&mut rng, &c, 300.0);
+            let (mut x, gain, w, y0) = linear_operands(&mut rng, &c, 300.0);
             for mi in 0..m {
                 x[mi * k..][..cw].fill(0.0);
                 x[mi * k + cw + 3] *= 1000.0;
@@ -237,7 +215,7 @@ fn int8_dot_differs_from_f32_arith() {
     let mut rng = Rng::new(0x18d3);
     for format in [Q8, Q4] {
         let c = Case { format, m: 2, n: 67, k: 264, epilogue: LinearEpilogue::Store, norm: false };
-        let (x, gain, w, y0) = random_operands(&mut rng, &c, 1.0);
+        let (x, gain, w, y0) = linear_operands(&mut rng, &c, 1.0);
         gpu.set_int8_dot(false);
         assert_eq!(small_m_arith(&gpu, format), Arith::F32);
         let exact = run(&gpu, &c, &x, &gain, &w, &y0);

@@ -3,7 +3,7 @@
 //! RMSNorm and the row blocks; and every generated variant through naga's validator on the host.
 mod common;
 
-use common::{cpu_linear, cpu_rmsnorm, rel_err, run_linear, stored_weights, test_gpu_f32_arith as test_gpu, Rng};
+use common::{cpu_linear, cpu_rmsnorm, q64, rel_err, run_linear, stored_weights, test_gpu_f32_arith as test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, KernelVariant};
 use dia_webgpu::kernels::linear::{
     linear, linear_rows, linear_small_m_shaped, linear_tiled_shaped, norm_linear, Arith, LinearEpilogue, SmallMShape, SmallMVariant, TiledAccess,
@@ -17,10 +17,6 @@ const EPILOGUES: [LinearEpilogue; 3] = [LinearEpilogue::Store, LinearEpilogue::A
 const TOL: f64 = 1e-5;
 const Q8: WeightFormat = WeightFormat::Quant(QuantFormat::Q8);
 const Q4: WeightFormat = WeightFormat::Quant(QuantFormat::Q4);
-
-fn q64(bits: QuantBits) -> WeightFormat {
-    WeightFormat::Quant(QuantFormat::new(bits, 64).unwrap())
-}
 
 type Schedule<'a> = &'a dyn Fn(&Gpu, &GpuBuffer, &GpuMatrix, &GpuBuffer, u32, LinearEpilogue) -> Vec<Dispatch>;
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{cpu_linear, cpu_rmsnorm, rel_err, run_linear, stored_weights, test_gpu, Rng};
+use common::{cpu_linear, cpu_rmsnorm, q64, rel_err, run_linear, stored_weights, test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, KernelVariant};
 use dia_webgpu::kernels::linear::{
     linear_coop, linear_coop_shaped, linear_rows, linear_small_m, norm_linear, schedule, CoopAccess, CoopShape, CoopVariant, LinearEpilogue, Schedule,
@@ -25,10 +25,6 @@ const Q8: WeightFormat = WeightFormat::Quant(QuantFormat::Q8);
 const Q4: WeightFormat = WeightFormat::Quant(QuantFormat::Q4);
 /// The decoder's row counts (2 per text with CFG; 17 is one past the matrix–vector kernel).
 const DECODER_MS: [usize; 6] = [1, 2, 3, 8, 16, 17];
-
-fn q64(bits: QuantBits) -> WeightFormat {
-    WeightFormat::Quant(QuantFormat::new(bits, 64).unwrap())
-}
 
 /// Every format the tensor-core kernel serves.
 fn coop_formats() -> [WeightFormat; 5] {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use dia_webgpu::kernels::linear::LinearEpilogue;
 use dia_webgpu::kernels::{round_f16, WeightFormat};
-use dia_webgpu::quant::quantize_rows;
+use dia_webgpu::quant::{quantize_rows, QuantBits, QuantFormat};
 
 pub mod conv_ref;
 pub mod cpu_ref;
@@ -175,4 +175,31 @@ pub fn with_reduction<T>(gpu: &Gpu, reduction: Reduction, build: impl FnOnce() -
     let out = build();
     gpu.set_subgroups(before == Reduction::Subgroup);
     out
+}
+
+/// `bits` quantization with groups of 64 weights (the default groups are 32).
+pub fn q64(bits: QuantBits) -> WeightFormat {
+    WeightFormat::Quant(QuantFormat::new(bits, 64).unwrap())
+}
+
+/// One small-M linear case of the arithmetic tests (`kernels_linear_f16`, `kernels_linear_i8`).
+pub struct LinearCase {
+    pub format: WeightFormat,
+    pub m: usize,
+    /// Weight rows (twice the outputs for SwiGLU).
+    pub n: usize,
+    pub k: usize,
+    pub epilogue: LinearEpilogue,
+    pub norm: bool,
+}
+
+/// Random operands for `c`: x uniform in ±`x_scale`, gain in ±2, weight rows of different magnitudes (so quantized
+/// groups get different scales), y0 in ±1.
+pub fn linear_operands(rng: &mut Rng, c: &LinearCase, x_scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let out_cols = if c.epilogue == LinearEpilogue::SwiGlu { c.n / 2 } else { c.n };
+    let x = rng.vec(c.m * c.k, x_scale);
+    let gain = rng.vec(c.k, 2.0);
+    let w: Vec<f32> = (0..c.n * c.k).map(|i| rng.uniform() * (1 + (i / c.k) % 5) as f32 * 0.3).collect();
+    let y0 = rng.vec(c.m * out_cols, 1.0);
+    (x, gain, w, y0)
 }
