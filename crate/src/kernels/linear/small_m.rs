@@ -450,38 +450,37 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
     }
     // In f16 the quantized values are scaled down exactly (`QBACK`); the scale takes that back.
     let back = if half { " * QBACK" } else { "" };
+    // Row i's weights (and scale) of chunk `c{j}` into `{w}_{i}_{j}` (and `{s}_{i}_{j}`), after `bind` ("let ",
+    // "var " or "" to assign).
+    let load_round = |e: &mut Emitter, j: u32, bind: &str, (w, s): (&str, &str), c: &str| {
+        for i in 0..rpt {
+            emit!(e, "{bind}{w}_{i}_{j} = load_w(row_{i}, {c}_{j});");
+            if quant {
+                emit!(e, "{bind}{s}_{i}_{j} = load_scale(row_{i}, {c}_{j}){back};");
+            }
+        }
+    };
     if prefetch {
         // The first round's weights before the loop; each round takes its own and loads the next round's (clamped:
         // the last round loads a chunk it never uses).
         for j in 0..unroll {
             emit!(decls, "let c0_{j} = min(kt + {j}u * KT, nc - 1u);");
-            for i in 0..rpt {
-                emit!(decls, "var pw_{i}_{j} = load_w(row_{i}, c0_{j});");
-                if quant {
-                    emit!(decls, "var ps_{i}_{j} = load_scale(row_{i}, c0_{j}){back};");
-                }
-            }
+            load_round(&mut decls, j, "var ", ("pw", "ps"), "c0");
         }
         for j in 0..unroll {
             emit!(body, "let cn_{j} = min(c + (U + {j}u) * KT, nc - 1u);");
             for i in 0..rpt {
                 emit!(body, "let w_{i}_{j} = pw_{i}_{j};");
-                emit!(body, "pw_{i}_{j} = load_w(row_{i}, cn_{j});");
                 if quant {
                     emit!(body, "let s_{i}_{j} = ps_{i}_{j};");
-                    emit!(body, "ps_{i}_{j} = load_scale(row_{i}, cn_{j}){back};");
                 }
             }
+            load_round(&mut body, j, "", ("pw", "ps"), "cn");
         }
     }
     for j in 0..unroll {
         if !prefetch {
-            for i in 0..rpt {
-                emit!(body, "let w_{i}_{j} = load_w(row_{i}, c_{j});");
-                if quant {
-                    emit!(body, "let s_{i}_{j} = load_scale(row_{i}, c_{j}){back};");
-                }
-            }
+            load_round(&mut body, j, "let ", ("w", "s"), "c");
         }
         for mi in 0..m {
             emit!(body, "let xr_{mi}_{j} = load_x({mi}u, c_{j});");
