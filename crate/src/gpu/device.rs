@@ -238,15 +238,20 @@ pub(super) mod web_subgroups {
     use wasm_bindgen::prelude::*;
     use wasm_bindgen::JsCast;
 
-    fn get(o: &JsValue, key: &str) -> Option<JsValue> {
+    /// Property `key` of `o`, unless undefined or null.
+    pub(in crate::gpu) fn get(o: &JsValue, key: &str) -> Option<JsValue> {
         Reflect::get(o, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null())
+    }
+
+    /// Whether the JS set-like `set` (a `GPUSupportedFeatures`, `WGSLLanguageFeatures`) holds `name`.
+    pub(in crate::gpu) fn set_has(set: &JsValue, name: &str) -> bool {
+        let Some(has) = get(set, "has").and_then(|f| f.dyn_into::<Function>().ok()) else { return false };
+        has.call1(set, &JsValue::from_str(name)).is_ok_and(|v| v.is_truthy())
     }
 
     /// Whether a `GPUAdapter` or `GPUDevice` lists the `subgroups` feature.
     pub fn has_subgroups(o: &JsValue) -> bool {
-        let Some(features) = get(o, "features") else { return false };
-        let Some(has) = get(&features, "has").and_then(|f| f.dyn_into::<Function>().ok()) else { return false };
-        has.call1(&features, &JsValue::from_str("subgroups")).is_ok_and(|v| v.is_truthy())
+        get(o, "features").is_some_and(|features| set_has(&features, "subgroups"))
     }
 
     /// Gives `adapter` (if it offers subgroups) a one-shot `requestDevice` that also requires them.
@@ -371,14 +376,11 @@ mod tests {
 pub(super) fn int8_dot_available() -> bool {
     #[cfg(target_arch = "wasm32")]
     {
-        use js_sys::{Function, Reflect};
-        use wasm_bindgen::{JsCast, JsValue};
-        let get = |o: &JsValue, key: &str| Reflect::get(o, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null());
-        let Some(features) = get(&js_sys::global(), "navigator").and_then(|n| get(&n, "gpu")).and_then(|g| get(&g, "wgslLanguageFeatures")) else {
-            return false;
-        };
-        let Some(has) = get(&features, "has").and_then(|f| f.dyn_into::<Function>().ok()) else { return false };
-        has.call1(&features, &JsValue::from_str("packed_4x8_integer_dot_product")).is_ok_and(|v| v.is_truthy())
+        use web_subgroups::{get, set_has};
+        get(&js_sys::global(), "navigator")
+            .and_then(|n| get(&n, "gpu"))
+            .and_then(|g| get(&g, "wgslLanguageFeatures"))
+            .is_some_and(|features| set_has(&features, "packed_4x8_integer_dot_product"))
     }
     #[cfg(not(target_arch = "wasm32"))]
     true
