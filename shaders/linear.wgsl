@@ -11,7 +11,8 @@
 //   fn chunk_dot(a, b)    Σ a·b over the chunk.
 // `vec8` sections (K a multiple of 8) load 16 bytes at a time; `pair` sections take any K.
 // Quantized weights (q8, q4: `crate/src/quant.rs`) take `qdecode` (dequantization) and, for the small-M kernel,
-// `qsmall_<q8|q4>` + `qsmall_scale` (16-byte weight blocks as chunks, `fn dequant`, `fn load_scale`), `qx_<vec4|scalar>`
+// `qsmall_<q8|q4>` (16-byte weight blocks as chunks) or `qcols8_<q8|q4>` (8-column chunks), + `qsmall_scale`
+// (`fn dequant`, `fn load_scale`), `qx_<vec4|scalar>`
 // (x loads) and `qnorm_<none|vec4|scalar>` (the fused norm's gain) in place of the access and norm sections; for the
 // tiled kernel `tiled_x_<vec4|scalar>`, `tiled_w_quant` and `tiled_w_<q8|q4_unit4|q4_unit8>`.
 // The small-M kernel's f16 arithmetic (`Arith::F16`) adds `half` and takes `access_f16w_<vec8|pair>_half` in place
@@ -259,6 +260,8 @@ fn chunks() -> u32 { return (p.k + CHUNK - 1u) / CHUNK; }
 
 fn load_w(row: u32, c: u32) -> vec4<u32> { return w[row * (p.stride / 4u) + c]; }
 
+fn w_word(i: u32) -> u32 { return w[i / 4u][i % 4u]; }
+
 fn dequant(q: vec4<u32>) -> Chunk { return Chunk(bytes4(q.x), bytes4(q.y), bytes4(q.z), bytes4(q.w)); }
 
 fn load_x(m: u32, c: u32) -> Chunk { return Chunk(x4(m, 4u * c), x4(m, 4u * c + 1u), x4(m, 4u * c + 2u), x4(m, 4u * c + 3u)); }
@@ -282,6 +285,8 @@ struct Chunk { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, e: vec4<f
 fn chunks() -> u32 { return (p.k + CHUNK - 1u) / CHUNK; }
 
 fn load_w(row: u32, c: u32) -> vec4<u32> { return w[row * (p.stride / 4u) + c]; }
+
+fn w_word(i: u32) -> u32 { return w[i / 4u][i % 4u]; }
 
 fn dequant(q: vec4<u32>) -> Chunk {
     return Chunk(
@@ -307,12 +312,62 @@ fn chunk_dot(a: Chunk, b: Chunk) -> f32 {
     return ((dot(a.a, b.a) + dot(a.b, b.b)) + (dot(a.c, b.c) + dot(a.d, b.d))) + ((dot(a.e, b.e) + dot(a.f, b.f)) + (dot(a.g, b.g) + dot(a.h, b.h)));
 }
 
+//== section: qcols8_q8
+// Small-M access for q8 in 8-column chunks (two words of 4 bytes, within one group): consecutive lanes take
+// consecutive chunks, so one x load of a warp covers 32-byte steps of an x row (`qsmall_q8`'s 16-column blocks put
+// them 64 bytes apart, and each distinct cache line a warp's load touches costs the L1 a cycle).
+@group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;
+
+const PER_WORD: u32 = 4u;
+const CHUNK: u32 = 8u;
+
+struct Chunk { lo: vec4<f32>, hi: vec4<f32> }
+
+fn chunks() -> u32 { return (p.k + CHUNK - 1u) / CHUNK; }
+
+fn load_w(row: u32, c: u32) -> vec2<u32> { return w[row * (p.stride / 2u) + c]; }
+
+fn w_word(i: u32) -> u32 { return w[i / 2u][i % 2u]; }
+
+fn dequant(q: vec2<u32>) -> Chunk { return Chunk(bytes4(q.x), bytes4(q.y)); }
+
+fn load_x(m: u32, c: u32) -> Chunk { return Chunk(x4(m, 2u * c), x4(m, 2u * c + 1u)); }
+
+fn scale_x(xc: Chunk, c: u32) -> Chunk { return Chunk(xc.lo * gain4(2u * c), xc.hi * gain4(2u * c + 1u)); }
+
+fn chunk_dot(a: Chunk, b: Chunk) -> f32 { return dot(a.lo, b.lo) + dot(a.hi, b.hi); }
+
+//== section: qcols8_q4
+// Small-M access for q4 in 8-column chunks (one word of 8 nibbles): as `qcols8_q8`, against `qsmall_q4`'s 32-column
+// blocks, whose x loads a warp spreads 128 bytes apart.
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+
+const PER_WORD: u32 = 8u;
+const CHUNK: u32 = 8u;
+
+struct Chunk { lo: vec4<f32>, hi: vec4<f32> }
+
+fn chunks() -> u32 { return (p.k + CHUNK - 1u) / CHUNK; }
+
+fn load_w(row: u32, c: u32) -> u32 { return w[row * p.stride + c]; }
+
+fn w_word(i: u32) -> u32 { return w[i]; }
+
+fn dequant(q: u32) -> Chunk { return Chunk(nibbles4(q, 0u), nibbles4(q, 16u)); }
+
+fn load_x(m: u32, c: u32) -> Chunk { return Chunk(x4(m, 2u * c), x4(m, 2u * c + 1u)); }
+
+fn scale_x(xc: Chunk, c: u32) -> Chunk { return Chunk(xc.lo * gain4(2u * c), xc.hi * gain4(2u * c + 1u)); }
+
+fn chunk_dot(a: Chunk, b: Chunk) -> f32 { return dot(a.lo, b.lo) + dot(a.hi, b.hi); }
+
 //== section: qsmall_scale
-// The f16 scale of the group holding chunk c of weight row `row` (read from the row's scale words).
+// The f16 scale of the group holding chunk c of weight row `row` (read from the row's scale words; `w_word` is the
+// access section's view of word i of the matrix).
 fn load_scale(row: u32, c: u32) -> f32 {
     let g = c * CHUNK / QGROUP;
     let i = row * p.stride + value_words() + g / 2u;
-    let s = unpack2x16float(w[i / 4u][i % 4u]);
+    let s = unpack2x16float(w_word(i));
     return select(s.x, s.y, (g & 1u) == 1u);
 }
 

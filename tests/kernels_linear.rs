@@ -505,25 +505,34 @@ fn pipeline_cache_shares_modules_and_variants() {
 /// validate in naga; where a probe cannot apply (element-wise x), it says so instead of timing the plain kernel.
 #[test]
 fn small_m_probes_apply_and_validate() {
-    use dia_webgpu::kernels::linear::{Arith, ProbedSmallMVariant, SmallMProbe, SmallMShape, SmallMVariant};
+    use dia_webgpu::kernels::linear::{Arith, ProbedSmallMVariant, SmallMAccess, SmallMProbe, SmallMShape, SmallMVariant};
     let q8 = WeightFormat::Quant(QuantFormat::new(QuantBits::Q8, 32).unwrap());
     let q4 = WeightFormat::Quant(QuantFormat::new(QuantBits::Q4, 32).unwrap());
+    let probes = [SmallMProbe::BroadcastX, SmallMProbe::BroadcastW, SmallMProbe::BroadcastBoth];
     let mut count = 0;
+    let mut check = |variant: SmallMVariant, probe: SmallMProbe| {
+        let probed = ProbedSmallMVariant { variant, probe }.probed_source().unwrap_or_else(|| panic!("{variant:?}: no {probe:?} probe"));
+        assert_ne!(probed, dia_webgpu::gpu::KernelVariant::source(&variant), "{variant:?} {probe:?}: source unchanged");
+        let module = wgpu::naga::front::wgsl::parse_str(&probed).unwrap_or_else(|e| panic!("{variant:?} {probe:?}: {}", e.emit_to_string(&probed)));
+        wgpu::naga::valid::Validator::new(wgpu::naga::valid::ValidationFlags::all(), wgpu::naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{variant:?} {probe:?}: {}", e.emit_to_string(&probed)));
+        count += 1;
+    };
     for format in [WeightFormat::F16, q8, q4] {
+        let shape = SmallMShape::for_format(format, 2, 2048, 2048);
         let ariths: &[Arith] = if format == WeightFormat::F16 { &[Arith::F32] } else { &[Arith::F32, Arith::Int8Dot] };
         for &arith in ariths {
             for prefetch in [false, true] {
-                for probe in [SmallMProbe::BroadcastX, SmallMProbe::BroadcastW, SmallMProbe::BroadcastBoth] {
-                    let shape = SmallMShape::for_format(format, 2, 2048, 2048);
-                    let variant = SmallMVariant::new(format, 2048, 2, LinearEpilogue::SwiGlu, shape, true, false, arith).with_prefetch(prefetch);
-                    let probed = ProbedSmallMVariant { variant, probe }.probed_source().unwrap_or_else(|| panic!("{variant:?}: no {probe:?} probe"));
-                    assert_ne!(probed, dia_webgpu::gpu::KernelVariant::source(&variant), "{variant:?} {probe:?}: source unchanged");
-                    let module = wgpu::naga::front::wgsl::parse_str(&probed).unwrap_or_else(|e| panic!("{variant:?} {probe:?}: {}", e.emit_to_string(&probed)));
-                    wgpu::naga::valid::Validator::new(wgpu::naga::valid::ValidationFlags::all(), wgpu::naga::valid::Capabilities::all())
-                        .validate(&module)
-                        .unwrap_or_else(|e| panic!("{variant:?} {probe:?}: {}", e.emit_to_string(&probed)));
-                    count += 1;
+                for probe in probes {
+                    check(SmallMVariant::new(format, 2048, 2, LinearEpilogue::SwiGlu, shape, true, false, arith).with_prefetch(prefetch), probe);
                 }
+            }
+        }
+        // Quantized rows in 8-column chunks (f32 arithmetic).
+        if format != WeightFormat::F16 {
+            for probe in probes {
+                check(SmallMVariant::with_access(SmallMAccess::cols8(format, 2048), format, 2048, 2, LinearEpilogue::SwiGlu, shape, true, false, Arith::F32), probe);
             }
         }
     }
@@ -556,7 +565,7 @@ fn small_m_forced_unroll_matches_cpu() {
                 {
                     let yb = gpu.upload("y", &y0);
                     let shape = SmallMShape::for_format(format, m as u32, n as u32, k as u32);
-                    let d = linear_small_m_tuned(&gpu, &xb, &wm, &yb, m as u32, epilogue, shape, SmallMTuning { unroll: Some(unroll), probe: None }).unwrap();
+                    let d = linear_small_m_tuned(&gpu, &xb, &wm, &yb, m as u32, epilogue, shape, SmallMTuning { unroll: Some(unroll), ..Default::default() }).unwrap();
                     gpu.run(&[&d]);
                     let got = gpu.read_f32_blocking(&yb).unwrap();
                     let err = rel_err(&got, &want);

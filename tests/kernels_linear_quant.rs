@@ -6,7 +6,7 @@ mod common;
 use common::{cpu_linear, cpu_rmsnorm, q64, rel_err, run_linear, stored_weights, test_gpu_f32_arith as test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, KernelVariant};
 use dia_webgpu::kernels::linear::{
-    linear, linear_rows, linear_small_m_shaped, linear_tiled_shaped, norm_linear, Arith, LinearEpilogue, SmallMShape, SmallMVariant, TiledAccess,
+    linear, linear_rows, linear_small_m_shaped, linear_tiled_shaped, norm_linear, Arith, LinearEpilogue, SmallMAccess, SmallMShape, SmallMVariant, TiledAccess,
     TiledShape, TiledVariant, SMALL_M_MAX,
 };
 use dia_webgpu::kernels::{GpuMatrix, WeightFormat};
@@ -78,6 +78,27 @@ fn quant_small_m_rounds() {
     for format in [Q8, Q4] {
         sweep("quant_small_m_rounds", format, &[1, 5], &[7], &[1100], &single);
     }
+}
+
+/// Quantized rows read in 8-column chunks (`Gpu::set_matvec_cols8`): K = 3 and 20 read x element by element, 20 and
+/// 40 end inside a group, 1100 takes rounds with masked chunks; groups of 32 (the rule's unroll) and 64 (a forced
+/// unroll of 3: rounds that run past the row).
+#[test]
+fn quant_small_m_cols8_ragged() {
+    use dia_webgpu::kernels::linear::{linear_small_m_tuned, SmallMTuning};
+    for (format, unroll) in [(Q8, None), (Q4, None), (q64(QuantBits::Q8), Some(3)), (q64(QuantBits::Q4), Some(3))] {
+        let schedule = |g: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, e: LinearEpilogue| {
+            g.set_matvec_cols8(true);
+            let shape = SmallMShape::for_format(w.format, m, w.rows, w.cols);
+            vec![linear_small_m_tuned(g, x, w, y, m, e, shape, SmallMTuning { unroll, ..Default::default() }).unwrap()]
+        };
+        sweep("quant_small_m_cols8_ragged", format, &[1, 5, 16], &[67], &[3, 20, 40, 1100], &schedule);
+    }
+    // The 8-column variant is a different pipeline from the 16-byte-block one (what the sweep above ran).
+    let block = SmallMVariant::new(Q4, 40, 2, LinearEpilogue::Store, SmallMShape::for_format(Q4, 2, 67, 40), false, false, Arith::F32);
+    let cols8 = SmallMVariant::with_access(SmallMAccess::cols8(Q4, 40), Q4, 40, 2, LinearEpilogue::Store, block.shape, false, false, Arith::F32);
+    assert_ne!(block.access, cols8.access);
+    assert!(cols8.source().contains("fn dequant(q: u32)") && !block.source().contains("fn dequant(q: u32)"));
 }
 
 #[test]
@@ -199,6 +220,9 @@ fn every_quant_variant_validates_on_the_host() {
                             validate(format!("{v:?}"), v.source());
                             count += 1;
                         }
+                        let v = SmallMVariant::with_access(SmallMAccess::cols8(format, k), format, k, m, epilogue, shape, norm, blocked, Arith::F32);
+                        validate(format!("{v:?}"), v.source());
+                        count += 1;
                     }
                 }
             }

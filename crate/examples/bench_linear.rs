@@ -109,6 +109,20 @@ struct Args {
     /// Chunks per row each small-M thread loads per round, each value timed in turn (default: the kernel's rule).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     unroll: Vec<u32>,
+    /// How the small-M kernel reads quantized rows, each timed in turn: block (16-byte blocks: 16 q8 / 32 q4 columns)
+    /// or cols8 (8-column chunks, f32 arithmetic); default: `linear`'s.
+    #[arg(long, value_delimiter = ',', value_parser = parse_chunks)]
+    chunks: Vec<bool>,
+}
+
+/// `--chunks`: whether quantized rows are read in 8-column chunks.
+#[cfg(not(target_arch = "wasm32"))]
+fn parse_chunks(s: &str) -> Result<bool, String> {
+    match s {
+        "block" => Ok(false),
+        "cols8" => Ok(true),
+        _ => Err(format!("unknown chunks {s:?} (block, cols8)")),
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -202,7 +216,7 @@ fn small_m_shape(a: &Args) -> Result<dia_webgpu::kernels::linear::SmallMShape, S
     if a.epilogue == LinearEpilogue::SwiGlu && a.rows % 2 == 1 {
         return Err("swiglu needs an even number of rows".into());
     }
-    let default = SmallMShape::for_shape(a.m, a.rows as u32, a.cols as u32);
+    let default = SmallMShape::for_format(a.numerics.weight_format(), a.m, a.rows as u32, a.cols as u32);
     let shape = SmallMShape {
         threads: a.threads.unwrap_or(default.threads),
         k_threads: a.k_threads.unwrap_or(default.k_threads),
@@ -257,10 +271,18 @@ fn bench() -> Result<(), String> {
     };
     let probes: Vec<Option<_>> = std::iter::once(None).chain(a.probe.iter().map(|&p| Some(p))).collect();
     let unrolls: Vec<Option<u32>> = if a.unroll.is_empty() { vec![None] } else { a.unroll.iter().map(|&u| Some(u)).collect() };
-    let tunings: Vec<_> = unrolls.iter().flat_map(|&unroll| probes.iter().map(move |&probe| dia_webgpu::kernels::linear::SmallMTuning { unroll, probe })).collect();
+    let chunks: Vec<bool> = if a.chunks.is_empty() { vec![false] } else { a.chunks.clone() };
+    let mut tunings = Vec::new();
+    for &cols8 in &chunks {
+        for &unroll in &unrolls {
+            tunings.extend(probes.iter().map(|&probe| (cols8, dia_webgpu::kernels::linear::SmallMTuning { unroll, probe })));
+        }
+    }
     let runs: Vec<_> = arith_runs(&a, &gpu)?.into_iter().flat_map(|x| shapes.iter().map(move |&s| (x, s))).flat_map(|r| tunings.iter().map(move |&t| (r.0, r.1, t))).collect();
-    for (arith, shape, tuning) in runs {
+    for (arith, shape, (cols8, tuning)) in runs {
         force_arith(&gpu, arith);
+        gpu.set_matvec_cols8(cols8);
+        let cols8 = cols8 && small_m_arith(&gpu, wm.format) == dia_webgpu::kernels::linear::Arith::F32 && matches!(wm.format, dia_webgpu::kernels::WeightFormat::Quant(_));
         let probe = tuning.probe;
         let dispatch = if tuning == Default::default() {
             linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape)
@@ -291,7 +313,7 @@ fn bench() -> Result<(), String> {
             a.epilogue,
             small_m_arith(&gpu, wm.format),
             if gpu.matvec_prefetch() { "+prefetch" } else { "" },
-            format!("{}{}", tuning.unroll.map_or(String::new(), |u| format!(" unroll {u}")), probe.map_or(String::new(), |p| format!(" (probe {p:?})"))),
+            format!("{}{}{}", if cols8 { " cols8" } else { "" }, tuning.unroll.map_or(String::new(), |u| format!(" unroll {u}")), probe.map_or(String::new(), |p| format!(" (probe {p:?})"))),
             a.rows,
             a.cols,
             weight_bytes as f64 / 1e6,

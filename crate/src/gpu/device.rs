@@ -115,6 +115,17 @@ impl Gpu {
         self.matvec_prefetch.store(on, Ordering::Relaxed);
     }
 
+    /// Whether the matrix–vector kernel reads quantized rows in 8-column chunks where it multiplies in f32
+    /// (`SmallMAccess::cols8`): `DIA_MATVEC_COLS8=on` (read when the device is made) or `set_matvec_cols8`.
+    pub fn matvec_cols8(&self) -> bool {
+        self.matvec_cols8.load(Ordering::Relaxed)
+    }
+
+    /// Turns 8-column quantized chunks on or off for the dispatches built from now on.
+    pub fn set_matvec_cols8(&self, on: bool) {
+        self.matvec_cols8.store(on, Ordering::Relaxed);
+    }
+
     /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now
     /// on (tests run the kernels without it on adapters that are not software OpenGL).
     pub fn with_workgroup_zeroing(mut self, on: bool) -> Gpu {

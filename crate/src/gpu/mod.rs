@@ -97,6 +97,8 @@ pub struct Gpu {
     int8_dot: AtomicBool,
     /// Whether the matrix–vector kernel loads each round's weights during the round before (see `matvec_prefetch`).
     matvec_prefetch: AtomicBool,
+    /// Whether the matrix–vector kernel reads quantized rows in 8-column chunks (see `matvec_cols8`).
+    matvec_cols8: AtomicBool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -273,6 +275,7 @@ impl Gpu {
             int8_dot_available: int8_dot_available(),
             int8_dot: AtomicBool::new(int8_dot_by_default()),
             matvec_prefetch: AtomicBool::new(std::env::var("DIA_MATVEC_PREFETCH").is_ok_and(|v| v == "on")),
+            matvec_cols8: AtomicBool::new(std::env::var("DIA_MATVEC_COLS8").is_ok_and(|v| v == "on")),
             device,
             queue,
             info,

@@ -77,14 +77,10 @@ impl SmallMShape {
     }
 }
 
-/// Chunks per row: f32 and f16 8-column chunks on the 16-byte path, 2-column pairs otherwise; quantized rows 16-byte
-/// blocks (16 columns of q8, 32 of q4).
+/// Chunks per row as `SmallMAccess::new` reads them: f32 and f16 8-column chunks on the 16-byte path, 2-column pairs
+/// otherwise; quantized rows 16-byte blocks (16 columns of q8, 32 of q4).
 fn chunks_per_row(format: WeightFormat, k: u32) -> u32 {
-    match format {
-        WeightFormat::Quant(q) => k.div_ceil(4 * q.per_word()),
-        _ if k.is_multiple_of(8) => k / 8,
-        _ => k.div_ceil(2),
-    }
+    k.div_ceil(SmallMAccess::new(format, k).chunk_cols(format))
 }
 
 /// The matrix–vector schedule (m ≤ `SMALL_M_MAX`), for tests and benchmarks; `linear` chooses it itself.
@@ -108,6 +104,12 @@ pub enum SmallMAccess {
     BlockVec4,
     /// Quantized: 16-byte weight blocks, x element by element; any K.
     BlockScalar,
+    /// Quantized: 8-column chunks (one q4 word, two q8 words), x in 16-byte loads; K a multiple of 4. Consecutive lanes
+    /// take consecutive chunks, so a warp's x load touches 8 cache lines where a 16-byte block's touches 16 (q8) or 32
+    /// (q4).
+    Cols8Vec4,
+    /// Quantized: 8-column chunks, x element by element; any K.
+    Cols8Scalar,
 }
 
 impl SmallMAccess {
@@ -120,14 +122,37 @@ impl SmallMAccess {
         }
     }
 
+    /// The same weight chunks as `new` picks, read in 8-column chunks (quantized formats; others as `new`).
+    pub fn cols8(format: WeightFormat, k: u32) -> SmallMAccess {
+        match SmallMAccess::new(format, k) {
+            SmallMAccess::BlockVec4 => SmallMAccess::Cols8Vec4,
+            SmallMAccess::BlockScalar => SmallMAccess::Cols8Scalar,
+            other => other,
+        }
+    }
+
     /// The name in the section names of `shaders/linear.wgsl` (`access_<format>_<name>`, `norm_<name>`,
     /// `qx_<name>`, `qnorm_<name>`).
     fn name(self) -> &'static str {
         match self {
             SmallMAccess::Vec8 => "vec8",
             SmallMAccess::Pair => "pair",
-            SmallMAccess::BlockVec4 => "vec4",
-            SmallMAccess::BlockScalar => "scalar",
+            SmallMAccess::BlockVec4 | SmallMAccess::Cols8Vec4 => "vec4",
+            SmallMAccess::BlockScalar | SmallMAccess::Cols8Scalar => "scalar",
+        }
+    }
+
+    /// Quantized weight chunks of 8 columns (`qcols8_<format>`) rather than 16-byte blocks (`qsmall_<format>`).
+    fn cols8_chunks(self) -> bool {
+        matches!(self, SmallMAccess::Cols8Vec4 | SmallMAccess::Cols8Scalar)
+    }
+
+    /// Columns in one chunk of a row of `format`.
+    fn chunk_cols(self, format: WeightFormat) -> u32 {
+        match (self, format) {
+            (SmallMAccess::Pair, _) => 2,
+            (SmallMAccess::BlockVec4 | SmallMAccess::BlockScalar, WeightFormat::Quant(q)) => 4 * q.per_word(),
+            _ => 8,
         }
     }
 }
@@ -176,19 +201,25 @@ impl SmallMVariant {
     #[allow(clippy::too_many_arguments)]
     pub fn new(format: WeightFormat, k: u32, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool, arith: Arith) -> SmallMVariant {
         // m = 0 dispatches nothing but still needs a pipeline.
+        SmallMVariant::with_access(SmallMAccess::new(format, k), format, k, m, epilogue, shape, norm, blocked, arith)
+    }
+
+    /// `new` with the rows read through `access` (which must suit the format and K: `SmallMAccess::new` or
+    /// `SmallMAccess::cols8`; 8-column quantized chunks take f32 arithmetic only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_access(access: SmallMAccess, format: WeightFormat, k: u32, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool, arith: Arith) -> SmallMVariant {
         let m = m.max(1);
         // Chunks per row each thread loads per round: more loads in flight at small M (registers allow it: up to
         // 64 f32 of x chunks per thread, M rounded up to 2, 4 or 8), never more rounds' worth than the row has.
-        let per_thread = chunks_per_row(format, k).div_ceil(shape.k_threads).max(1);
-        let chunk_floats = match format {
-            WeightFormat::Quant(q) => 4 * q.per_word(),
-            _ => 8,
-        };
+        let chunk_floats = access.chunk_cols(format).max(8);
+        let per_thread = k.div_ceil(access.chunk_cols(format)).div_ceil(shape.k_threads).max(1);
         let m_bucket = match m { 1..=2 => 2, 3..=4 => 4, _ => 8 };
         let unroll = (64 / (m_bucket * chunk_floats)).clamp(1, 4).min(per_thread);
         assert!(arith == Arith::F32 || format != WeightFormat::F32, "f16 arithmetic serves f16 and quantized weights only");
         assert!(arith != Arith::Int8Dot || matches!(format, WeightFormat::Quant(_)), "integer dot products serve quantized weights only");
-        SmallMVariant { format, access: SmallMAccess::new(format, k), epilogue, norm, m, shape, unroll, blocked, arith, prefetch: false }
+        assert!(arith == Arith::F32 || !access.cols8_chunks(), "8-column quantized chunks take f32 arithmetic only");
+        assert!(access == SmallMAccess::new(format, k) || access == SmallMAccess::cols8(format, k), "{access:?} does not read {format:?} weights with {k} columns");
+        SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked, arith, prefetch: false }
     }
 
     /// This variant with the next round's weights loaded during each round (`prefetch`) or not.
@@ -218,7 +249,7 @@ impl KernelVariant for SmallMVariant {
                 enable,
                 section("common"),
                 section("qdecode"),
-                section(&format!("qsmall_{}", format.name())),
+                section(&format!("{}_{}", if access.cols8_chunks() { "qcols8" } else { "qsmall" }, format.name())),
                 section("qsmall_scale"),
                 section(&format!("qx_{}", access.name())),
                 section(&format!("qnorm_{norm_section}")),
@@ -300,8 +331,10 @@ impl ProbedSmallMVariant {
         let w_pairs = [
             ("fn load_w(row: u32, c: u32) -> vec4<u32> { return w[row * (p.stride / 4u) + c]; }", "fn load_w(row: u32, c: u32) -> vec4<u32> { return w[0u] ^ vec4<u32>(row + c); }"),
             ("let q = w[row * (p.stride / 4u) + c];", "let q = w[0u] ^ vec4<u32>(row + c);"),
+            ("fn load_w(row: u32, c: u32) -> vec2<u32> { return w[row * (p.stride / 2u) + c]; }", "fn load_w(row: u32, c: u32) -> vec2<u32> { return w[0u] ^ vec2<u32>(row + c); }"),
+            ("fn load_w(row: u32, c: u32) -> u32 { return w[row * p.stride + c]; }", "fn load_w(row: u32, c: u32) -> u32 { return w[0u] ^ (row + c); }"),
         ];
-        for (on, pairs) in [(x, &x_pairs), (w, &w_pairs)] {
+        for (on, pairs) in [(x, &x_pairs[..]), (w, &w_pairs[..])] {
             if on {
                 let hit = pairs.iter().find(|(from, _)| src.contains(from))?;
                 src = src.replace(hit.0, hit.1);
@@ -353,7 +386,12 @@ pub fn linear_small_m_tuned(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuff
 
 /// The variant `linear` compiles for this matrix, M, epilogue and shape on this device.
 fn small_m_variant(gpu: &Gpu, w: &GpuMatrix, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool) -> SmallMVariant {
-    SmallMVariant::new(w.format, w.cols, m, epilogue, shape, norm, blocked, small_m_arith(gpu, w.format)).with_prefetch(gpu.matvec_prefetch())
+    let arith = small_m_arith(gpu, w.format);
+    let access = match gpu.matvec_cols8() && arith == Arith::F32 {
+        true => SmallMAccess::cols8(w.format, w.cols),
+        false => SmallMAccess::new(w.format, w.cols),
+    };
+    SmallMVariant::with_access(access, w.format, w.cols, m, epilogue, shape, norm, blocked, arith).with_prefetch(gpu.matvec_prefetch())
 }
 
 /// The small-M kernel over `blocks` consecutive blocks of `m` rows of x and y (the grid's z).
