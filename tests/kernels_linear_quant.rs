@@ -80,25 +80,62 @@ fn quant_small_m_rounds() {
     }
 }
 
-/// Quantized rows read in 8-column chunks (`Gpu::set_matvec_cols8`): K = 3 and 20 read x element by element, 20 and
-/// 40 end inside a group, 1100 takes rounds with masked chunks; groups of 32 (the rule's unroll) and 64 (a forced
-/// unroll of 3: rounds that run past the row).
+/// The way of reading quantized rows that each format does not take by default (`Gpu::set_matvec_cols8`): q8 in
+/// 8-column chunks, q4 in 16-byte blocks (the tests above run the defaults: q4 in 8-column chunks, q8 in blocks).
+/// K = 3 and 20 read x element by element, 20 and 40 end inside a group, 1100 takes rounds with masked chunks;
+/// groups of 32 (the rule's unroll) and 64 (a forced unroll of 3: rounds that run past the row).
 #[test]
-fn quant_small_m_cols8_ragged() {
-    use dia_webgpu::kernels::linear::{linear_small_m_tuned, SmallMTuning};
+fn quant_small_m_other_access_ragged() {
+    use dia_webgpu::kernels::linear::{linear_small_m_tuned, small_m_access, SmallMTuning};
     for (format, unroll) in [(Q8, None), (Q4, None), (q64(QuantBits::Q8), Some(3)), (q64(QuantBits::Q4), Some(3))] {
+        let cols8 = matches!(format, WeightFormat::Quant(q) if q.bits() == QuantBits::Q8);
         let schedule = |g: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, e: LinearEpilogue| {
-            g.set_matvec_cols8(true);
-            let shape = SmallMShape::for_format(w.format, m, w.rows, w.cols);
-            vec![linear_small_m_tuned(g, x, w, y, m, e, shape, SmallMTuning { unroll, ..Default::default() }).unwrap()]
+            g.set_matvec_cols8(Some(cols8));
+            let access = small_m_access(g, w.format, w.cols);
+            assert_eq!(access, if cols8 { SmallMAccess::cols8(w.format, w.cols) } else { SmallMAccess::new(w.format, w.cols) });
+            let shape = SmallMShape::for_matrix(g, w, m);
+            let ds = vec![linear_small_m_tuned(g, x, w, y, m, e, shape, SmallMTuning { unroll, ..Default::default() }).unwrap()];
+            g.set_matvec_cols8(None);
+            ds
         };
-        sweep("quant_small_m_cols8_ragged", format, &[1, 5, 16], &[67], &[3, 20, 40, 1100], &schedule);
+        // (A forced unroll at M = 16 makes straight-line code lavapipe takes minutes to compile: 1 and 5 rows there.)
+        let ms: &[usize] = if unroll.is_some() { &[1, 5] } else { &[1, 5, 16] };
+        sweep("quant_small_m_other_access_ragged", format, ms, &[67], &[3, 20, 40, 1100], &schedule);
     }
-    // The 8-column variant is a different pipeline from the 16-byte-block one (what the sweep above ran).
+    // The 8-column variant is a different pipeline from the 16-byte-block one.
     let block = SmallMVariant::new(Q4, 40, 2, LinearEpilogue::Store, SmallMShape::for_format(Q4, 2, 67, 40), false, false, Arith::F32);
     let cols8 = SmallMVariant::with_access(SmallMAccess::cols8(Q4, 40), Q4, 40, 2, LinearEpilogue::Store, block.shape, false, false, Arith::F32);
     assert_ne!(block.access, cols8.access);
     assert!(cols8.source().contains("fn dequant(q: u32)") && !block.source().contains("fn dequant(q: u32)"));
+}
+
+/// Who reads what by default: q4 in 8-column chunks, q8 in blocks, f16 and f32 as before; the switch overrides both
+/// ways for quantized rows only; f16 and integer arithmetic keep blocks.
+#[test]
+fn quant_small_m_access_policy() {
+    use dia_webgpu::kernels::linear::small_m_access;
+    let gpu = test_gpu();
+    let k = 2048;
+    assert_eq!(small_m_access(&gpu, Q4, k), SmallMAccess::Cols8Vec4);
+    assert_eq!(small_m_access(&gpu, Q4, 30), SmallMAccess::Cols8Scalar);
+    assert_eq!(small_m_access(&gpu, Q8, k), SmallMAccess::BlockVec4);
+    assert_eq!(small_m_access(&gpu, WeightFormat::F16, k), SmallMAccess::Vec8);
+    gpu.set_matvec_cols8(Some(true));
+    assert_eq!(small_m_access(&gpu, Q8, k), SmallMAccess::Cols8Vec4);
+    assert_eq!(small_m_access(&gpu, WeightFormat::F32, k), SmallMAccess::Vec8);
+    gpu.set_matvec_cols8(Some(false));
+    assert_eq!(small_m_access(&gpu, Q4, k), SmallMAccess::BlockVec4);
+    gpu.set_matvec_cols8(None);
+    gpu.set_int8_dot(true);
+    if gpu.int8_dot() {
+        assert_eq!(small_m_access(&gpu, Q4, k), SmallMAccess::BlockVec4);
+    }
+    gpu.set_int8_dot(false);
+    // The default shape follows the access: 8-column q4 rows split K over 32 threads from 16384 rows.
+    let cols8 = SmallMShape::for_format(Q4, 2, 16384, k);
+    assert_eq!(cols8, SmallMShape::for_access(SmallMAccess::Cols8Vec4, Q4, 2, 16384, k));
+    assert_eq!((cols8.k_threads, cols8.rows_per_thread), (32, 4));
+    assert_eq!(SmallMShape::for_access(SmallMAccess::BlockVec4, Q4, 2, 16384, k).k_threads, 16);
 }
 
 #[test]

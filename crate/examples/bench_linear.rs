@@ -217,6 +217,7 @@ fn small_m_shape(a: &Args) -> Result<dia_webgpu::kernels::linear::SmallMShape, S
         return Err("swiglu needs an even number of rows".into());
     }
     let default = SmallMShape::for_format(a.numerics.weight_format(), a.m, a.rows as u32, a.cols as u32);
+    // (With `--chunks`, each way of reading rows takes this one shape: `--sweep` times every shape for each.)
     let shape = SmallMShape {
         threads: a.threads.unwrap_or(default.threads),
         k_threads: a.k_threads.unwrap_or(default.k_threads),
@@ -271,7 +272,7 @@ fn bench() -> Result<(), String> {
     };
     let probes: Vec<Option<_>> = std::iter::once(None).chain(a.probe.iter().map(|&p| Some(p))).collect();
     let unrolls: Vec<Option<u32>> = if a.unroll.is_empty() { vec![None] } else { a.unroll.iter().map(|&u| Some(u)).collect() };
-    let chunks: Vec<bool> = if a.chunks.is_empty() { vec![false] } else { a.chunks.clone() };
+    let chunks: Vec<Option<bool>> = if a.chunks.is_empty() { vec![None] } else { a.chunks.iter().map(|&c| Some(c)).collect() };
     let mut tunings = Vec::new();
     for &cols8 in &chunks {
         for &unroll in &unrolls {
@@ -282,7 +283,8 @@ fn bench() -> Result<(), String> {
     for (arith, shape, (cols8, tuning)) in runs {
         force_arith(&gpu, arith);
         gpu.set_matvec_cols8(cols8);
-        let cols8 = cols8 && small_m_arith(&gpu, wm.format) == dia_webgpu::kernels::linear::Arith::F32 && matches!(wm.format, dia_webgpu::kernels::WeightFormat::Quant(_));
+        let access = dia_webgpu::kernels::linear::small_m_access(&gpu, wm.format, wm.cols);
+        let cols8 = matches!(access, dia_webgpu::kernels::linear::SmallMAccess::Cols8Vec4 | dia_webgpu::kernels::linear::SmallMAccess::Cols8Scalar);
         let probe = tuning.probe;
         let dispatch = if tuning == Default::default() {
             linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape)
@@ -321,7 +323,7 @@ fn bench() -> Result<(), String> {
             shape.threads,
             shape.k_threads,
             shape.rows_per_thread,
-            if shape == SmallMShape::for_shape(a.m, a.rows as u32, a.cols as u32) { " (default)" } else { "" },
+            if shape == SmallMShape::for_format(a.numerics.weight_format(), a.m, a.rows as u32, a.cols as u32) { " (default)" } else { "" },
             calls,
             seconds,
             per_call * 1e6,

@@ -115,15 +115,20 @@ impl Gpu {
         self.matvec_prefetch.store(on, Ordering::Relaxed);
     }
 
-    /// Whether the matrix–vector kernel reads quantized rows in 8-column chunks where it multiplies in f32
-    /// (`SmallMAccess::cols8`): `DIA_MATVEC_COLS8=on` (read when the device is made) or `set_matvec_cols8`.
-    pub fn matvec_cols8(&self) -> bool {
-        self.matvec_cols8.load(Ordering::Relaxed)
+    /// Whether the matrix–vector kernel must (Some(true)) or must not (Some(false)) read quantized rows in 8-column
+    /// chunks where it multiplies in f32 (`SmallMAccess::cols8`); None leaves it to `SmallMAccess::preferred` (q4
+    /// yes, q8 no). `DIA_MATVEC_COLS8=on|off` (read when the device is made) or `set_matvec_cols8`.
+    pub fn matvec_cols8(&self) -> Option<bool> {
+        match self.matvec_cols8.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
     }
 
-    /// Turns 8-column quantized chunks on or off for the dispatches built from now on.
-    pub fn set_matvec_cols8(&self, on: bool) {
-        self.matvec_cols8.store(on, Ordering::Relaxed);
+    /// Forces 8-column quantized chunks on or off (None: the policy) for the dispatches built from now on.
+    pub fn set_matvec_cols8(&self, on: Option<bool>) {
+        self.matvec_cols8.store(on.map_or(0, |on| if on { 1 } else { 2 }), Ordering::Relaxed);
     }
 
     /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now

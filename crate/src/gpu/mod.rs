@@ -21,7 +21,7 @@ pub use pipelines::{specialize, KernelVariant, PipelineSet};
 pub use readback::map_read;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex};
 
 use device::{adapter_has_tensor_cores, device_subgroup_sizes, int8_dot_available, int8_dot_by_default, subgroups_by_default};
@@ -97,8 +97,9 @@ pub struct Gpu {
     int8_dot: AtomicBool,
     /// Whether the matrix–vector kernel loads each round's weights during the round before (see `matvec_prefetch`).
     matvec_prefetch: AtomicBool,
-    /// Whether the matrix–vector kernel reads quantized rows in 8-column chunks (see `matvec_cols8`).
-    matvec_cols8: AtomicBool,
+    /// Whether the matrix–vector kernel reads quantized rows in 8-column chunks (see `matvec_cols8`): 0 its policy,
+    /// 1 always, 2 never.
+    matvec_cols8: AtomicU8,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -275,7 +276,11 @@ impl Gpu {
             int8_dot_available: int8_dot_available(),
             int8_dot: AtomicBool::new(int8_dot_by_default()),
             matvec_prefetch: AtomicBool::new(std::env::var("DIA_MATVEC_PREFETCH").is_ok_and(|v| v == "on")),
-            matvec_cols8: AtomicBool::new(std::env::var("DIA_MATVEC_COLS8").is_ok_and(|v| v == "on")),
+            matvec_cols8: AtomicU8::new(match std::env::var("DIA_MATVEC_COLS8").as_deref() {
+                Ok("on") => 1,
+                Ok("off") => 2,
+                _ => 0,
+            }),
             device,
             queue,
             info,

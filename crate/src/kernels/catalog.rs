@@ -5,7 +5,7 @@
 use crate::gpu::{KernelVariant, Reduction};
 use crate::kernels::kv_cache::{KvCacheKernel, KvFormat};
 use crate::kernels::sampling::{SamplerEntry, SamplerVariant};
-use crate::kernels::linear::{Arith, CoopAccess, CoopShape, CoopVariant, LinearEpilogue, SmallMShape, SmallMVariant, TiledAccess, TiledShape, TiledVariant};
+use crate::kernels::linear::{Arith, CoopAccess, CoopShape, CoopVariant, LinearEpilogue, SmallMAccess, SmallMShape, SmallMVariant, TiledAccess, TiledShape, TiledVariant};
 use crate::kernels::WeightFormat;
 use crate::quant::{QuantBits, QuantFormat};
 
@@ -162,6 +162,11 @@ fn linear(out: &mut Vec<(String, String)>) {
                             let v = SmallMVariant::new(format, k, m, epilogue, shape, norm, blocked, arith);
                             let name = format!("linear_small_m/{f}_k{k}_{epilogue:?}_m{m}_norm{norm}_blocked{blocked}_{arith:?}");
                             out.push((name, v.source()));
+                        }
+                        if matches!(format, WeightFormat::Quant(_)) {
+                            let shape = SmallMShape::for_access(SmallMAccess::cols8(format, k), format, m, 1024, k);
+                            let v = SmallMVariant::with_access(SmallMAccess::cols8(format, k), format, k, m, epilogue, shape, norm, blocked, Arith::F32);
+                            out.push((format!("linear_small_m/{f}_k{k}_{epilogue:?}_m{m}_norm{norm}_blocked{blocked}_F32_cols8"), v.source()));
                         }
                     }
                 }

@@ -14,7 +14,7 @@ pub mod small_m;
 pub mod tiled;
 
 pub use coop::{coop_format, coop_supported, linear_coop, linear_coop_shaped, CoopAccess, CoopShape, CoopVariant, COOP_M_MIN};
-pub use small_m::{linear_small_m, linear_small_m_shaped, linear_small_m_tuned, Arith, ProbedSmallMVariant, SmallMAccess, SmallMProbe, SmallMShape, SmallMTuning, SmallMVariant};
+pub use small_m::{linear_small_m, linear_small_m_shaped, linear_small_m_tuned, small_m_access, Arith, ProbedSmallMVariant, SmallMAccess, SmallMProbe, SmallMShape, SmallMTuning, SmallMVariant};
 pub use tiled::{linear_tiled, linear_tiled_shaped, TiledAccess, TiledShape, TiledVariant};
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
@@ -176,7 +176,7 @@ fn row_blocks(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
     let x_block = SMALL_M_MAX as u64 * w.cols as u64 * 4;
     let y_block = SMALL_M_MAX as u64 * out_cols as u64 * 4;
     let (whole, rest) = (m / SMALL_M_MAX, m % SMALL_M_MAX);
-    let shape = SmallMShape::for_format(w.format, SMALL_M_MAX, w.rows, w.cols);
+    let shape = SmallMShape::for_matrix(gpu, w, SMALL_M_MAX);
     let mut ds = vec![small_m_dispatch(gpu, x, w, y, SMALL_M_MAX, epilogue, shape, None, whole)];
     if rest > 0 {
         let xs = x.slice(whole as u64 * x_block, rest as u64 * w.cols as u64 * 4);
@@ -211,7 +211,7 @@ pub fn norm_linear_scheduled(
 ) -> Vec<Dispatch> {
     assert!(gain.size >= w.cols as u64 * 4, "norm_linear: gain holds fewer than {} f32", w.cols);
     if path == Schedule::SmallM {
-        let shape = SmallMShape::for_format(w.format, m, w.rows, w.cols);
+        let shape = SmallMShape::for_matrix(gpu, w, m);
         vec![small_m_dispatch(gpu, x, w, y, m, epilogue, shape, Some((gain, eps)), 1)]
     } else {
         let mut ds = vec![rmsnorm(gpu, x, gain, scratch, m, w.cols, eps)];

@@ -38,11 +38,27 @@ impl SmallMShape {
     /// (16 or 32 columns), so a thread does more work per chunk: swept on an H100 (`bench_linear --sweep`, M = 2, the
     /// decoder's shapes in q8 and q4; `docs/performance.md`), 4 rows per thread everywhere and 64 threads along K
     /// below 8192 rows (32 above, 16 for q4's gate/up) took 3–29 % off each matrix against the f16 rule.
+    ///
+    /// That is for rows read the way f32 arithmetic reads them by default (`SmallMAccess::preferred`: q4 in 8-column
+    /// chunks); `for_access` gives the shape for another way.
     pub fn for_format(format: WeightFormat, m: u32, n: u32, k: u32) -> SmallMShape {
+        SmallMShape::for_access(SmallMAccess::preferred(format, k), format, m, n, k)
+    }
+
+    /// The shape `linear` uses for this matrix and M on this device (its rows read as `small_m_access` says).
+    pub fn for_matrix(gpu: &Gpu, w: &GpuMatrix, m: u32) -> SmallMShape {
+        SmallMShape::for_access(small_m_access(gpu, w.format, w.cols), w.format, m, w.rows, w.cols)
+    }
+
+    /// `for_format` for rows read through `access`. Quantized rows in 8-column chunks, swept on an H100 (`bench_linear
+    /// --chunks cols8 --sweep`, M = 2, q4 at the decoder's shapes, stop 26): 128 threads, 4 rows per thread, 64 threads
+    /// along K, 32 from 16384 rows (the sweep's best or within 2 % of it on every matrix).
+    pub fn for_access(access: SmallMAccess, format: WeightFormat, m: u32, n: u32, k: u32) -> SmallMShape {
         let m = m.max(1);
-        let chunks = chunks_per_row(format, k);
+        let chunks = k.div_ceil(access.chunk_cols(format));
         let k_max = chunks.next_power_of_two().clamp(4, 64);
         let (k_threads, wide) = match format {
+            WeightFormat::Quant(_) if access.cols8_chunks() => (if n >= 16384 { 32 } else { 64 }, 4),
             WeightFormat::Quant(_) => (if n >= 16384 && chunks <= 64 { 16 } else if n >= 8192 { 32 } else { 64 }, 4),
             _ => (if n <= 2048 || chunks >= 1024 { 64 } else { 32 }, if n >= 8192 { 4 } else { 2 }),
         };
@@ -77,15 +93,9 @@ impl SmallMShape {
     }
 }
 
-/// Chunks per row as `SmallMAccess::new` reads them: f32 and f16 8-column chunks on the 16-byte path, 2-column pairs
-/// otherwise; quantized rows 16-byte blocks (16 columns of q8, 32 of q4).
-fn chunks_per_row(format: WeightFormat, k: u32) -> u32 {
-    k.div_ceil(SmallMAccess::new(format, k).chunk_cols(format))
-}
-
 /// The matrix–vector schedule (m ≤ `SMALL_M_MAX`), for tests and benchmarks; `linear` chooses it itself.
 pub fn linear_small_m(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Dispatch {
-    linear_small_m_shaped(gpu, x, w, y, m, epilogue, SmallMShape::for_format(w.format, m, w.rows, w.cols))
+    linear_small_m_shaped(gpu, x, w, y, m, epilogue, SmallMShape::for_matrix(gpu, w, m))
 }
 
 /// The matrix–vector schedule with an explicit workgroup shape (benchmarks tune with this).
@@ -119,6 +129,18 @@ impl SmallMAccess {
             WeightFormat::Quant(_) => SmallMAccess::BlockScalar,
             _ if k.is_multiple_of(8) => SmallMAccess::Vec8,
             _ => SmallMAccess::Pair,
+        }
+    }
+
+    /// How f32 arithmetic reads `format` unless told otherwise (`small_m_access`): q4 in 8-column chunks, everything
+    /// else as `new`. Measured on an H100 (M = 2, the decoder's shapes, `bench_linear --chunks block,cols8`, stop 26):
+    /// 8-column chunks take q4 matrices 7–21 % faster (gate/up 24.3 → 19.2 µs, logits 17.6 → 13.8, down 16.2 → 13.8)
+    /// and the whole q4 step 2 %; for q8 (16-column blocks, whose x loads touch half as many lines) they are 0–9 %
+    /// slower.
+    pub fn preferred(format: WeightFormat, k: u32) -> SmallMAccess {
+        match format {
+            WeightFormat::Quant(q) if q.bits() == crate::quant::QuantBits::Q4 => SmallMAccess::cols8(format, k),
+            _ => SmallMAccess::new(format, k),
         }
     }
 
@@ -211,7 +233,8 @@ impl SmallMVariant {
         let m = m.max(1);
         // Chunks per row each thread loads per round: more loads in flight at small M (registers allow it: up to
         // 64 f32 of x chunks per thread, M rounded up to 2, 4 or 8), never more rounds' worth than the row has.
-        let chunk_floats = access.chunk_cols(format).max(8);
+        // 8-column quantized chunks count as 16 here: 2 per round at M = 2 measured 2–3 % faster than 4 on every q4 matrix.
+        let chunk_floats = if access.cols8_chunks() { 16 } else { access.chunk_cols(format).max(8) };
         let per_thread = k.div_ceil(access.chunk_cols(format)).div_ceil(shape.k_threads).max(1);
         let m_bucket = match m { 1..=2 => 2, 3..=4 => 4, _ => 8 };
         let unroll = (64 / (m_bucket * chunk_floats)).clamp(1, 4).min(per_thread);
@@ -387,11 +410,17 @@ pub fn linear_small_m_tuned(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuff
 /// The variant `linear` compiles for this matrix, M, epilogue and shape on this device.
 fn small_m_variant(gpu: &Gpu, w: &GpuMatrix, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool) -> SmallMVariant {
     let arith = small_m_arith(gpu, w.format);
-    let access = match gpu.matvec_cols8() && arith == Arith::F32 {
-        true => SmallMAccess::cols8(w.format, w.cols),
-        false => SmallMAccess::new(w.format, w.cols),
-    };
-    SmallMVariant::with_access(access, w.format, w.cols, m, epilogue, shape, norm, blocked, arith).with_prefetch(gpu.matvec_prefetch())
+    SmallMVariant::with_access(small_m_access(gpu, w.format, w.cols), w.format, w.cols, m, epilogue, shape, norm, blocked, arith).with_prefetch(gpu.matvec_prefetch())
+}
+
+/// How `linear` reads a matrix's rows on this device: `SmallMAccess::preferred` where the kernel multiplies in f32
+/// (`Gpu::matvec_cols8` forces 8-column quantized chunks on or off), 16-byte blocks under f16 or integer arithmetic.
+pub fn small_m_access(gpu: &Gpu, format: WeightFormat, k: u32) -> SmallMAccess {
+    match (small_m_arith(gpu, format), gpu.matvec_cols8()) {
+        (Arith::F32, None) => SmallMAccess::preferred(format, k),
+        (Arith::F32, Some(true)) => SmallMAccess::cols8(format, k),
+        _ => SmallMAccess::new(format, k),
+    }
 }
 
 /// The small-M kernel over `blocks` consecutive blocks of `m` rows of x and y (the grid's z).
