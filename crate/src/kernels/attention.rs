@@ -188,7 +188,9 @@ fn shader_source(head_dim: u32, decode_heads: u32, single: bool, append: bool, k
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
     let chunk = decode_chunk(decode_heads);
-    let code = decode_code(head_dim, decode_heads, chunk, append);
+    // q8 keys are scored a word at a time (4 values, one scale per key); the appending decode never reads q8 caches.
+    let q8_words = kv == KvFormat::Q8 && !append && head_dim.is_multiple_of(4);
+    let code = decode_code(head_dim, decode_heads, chunk, append, q8_words);
     let tiled = tiled_code(head_dim);
     let red = decode_reductions(reduction, decode_heads);
     let marker = if reduction == Reduction::Subgroup { SUBGROUPS_MARKER } else { "" };
@@ -205,7 +207,7 @@ fn shader_source(head_dim: u32, decode_heads: u32, single: bool, append: bool, k
             ("COMBINE_MAX", red.combine_max.to_string()),
             ("COMBINE_SUM", red.combine_sum.to_string()),
             ("KV_WORD", kv.wgsl_word().to_string()),
-            ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf", head_dim), kv.wgsl_load("load_v", "vbuf", head_dim)].concat()),
+            ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf", head_dim), kv.wgsl_load("load_v", "vbuf", head_dim), if q8_words { KvFormat::wgsl_q8_words("load_k", "kbuf", head_dim) } else { String::new() }].concat()),
             ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v", head_dim)),
             ("KV_STORES", [kv.wgsl_store_pair("store_pair_k", "kcache_c"), kv.wgsl_store_pair("store_pair_v", "vcache_c")].concat()),
             ("HD", head_dim.to_string()),
@@ -683,11 +685,44 @@ struct DecodeCode {
     combine_append: String,
 }
 
+/// The decode's scores over q8 keys, a word at a time: lane t takes words t, t + 8, … of the key (4 values each, so
+/// its query values are 4w .. 4w + 3 of those words), loads each once with one scale per key, and scales the dot
+/// product once (the value-at-a-time path loads a word and the scale per value: 8× the loads).
+fn decode_q8_scores(scores: &mut Emitter, hd: u32, nr: u32, passes: u32) {
+    const DL: u32 = 8;
+    let words = hd / 4;
+    let per_lane = words.div_ceil(DL);
+    // Lane t's i-th word; clamped where the last round of words is partial (its query is zero there).
+    let word = |i: u32| if DL * (i + 1) > words { format!("min(t + {}u, {}u)", DL * i, words - 1) } else { format!("t + {}u", DL * i) };
+    for h in 0..nr {
+        emit!(scores, "let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
+        for i in 0..per_lane {
+            let w = word(i);
+            let load = format!("vec4<f32>(load_q(qb_{h} + 4u * ({w})), load_q(qb_{h} + 4u * ({w}) + 1u), load_q(qb_{h} + 4u * ({w}) + 2u), load_q(qb_{h} + 4u * ({w}) + 3u))");
+            let value = if DL * (i + 1) > words { format!("select(vec4<f32>(0.0), {load}, t + {}u < {words}u)", DL * i) } else { load };
+            emit!(scores, "let q_{h}_{i} = {value};");
+        }
+    }
+    for pass in 0..passes {
+        emit!(scores, "let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * 256 / DL);
+        for i in 0..per_lane {
+            emit!(scores, "let k_{pass}_{i} = load_k_word(kr_{pass}, {});", word(i));
+        }
+        emit!(scores, "let ks_{pass} = load_k_scale(kr_{pass});");
+    }
+    for pass in 0..passes {
+        for h in 0..nr {
+            let terms: Vec<String> = (0..per_lane).map(|i| format!("dot(q_{h}_{i}, k_{pass}_{i})")).collect();
+            emit!(scores, "d_part[({h}u * CH + {}u + kl) * DL + t] = ({}) * ks_{pass};", pass * 256 / DL, tree_sum(&terms));
+        }
+    }
+}
+
 /// For head_dim `hd`, `nr` query heads per workgroup and chunks of `chunk` keys (shader constants HD, NR, CH;
 /// DL = 8 lanes per key, 256 threads). With `append` (self-attention of a decoder step, HD a multiple of 16) the
 /// query is rotated on load and the row's new key is scored and weighted from the fused QKV row instead of the
 /// cache (its cache row is stale until the combine writes it).
-fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool) -> DecodeCode {
+fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool, q8_words: bool) -> DecodeCode {
     const DL: u32 = 8;
     const THREADS: u32 = 256;
     let dims = hd.div_ceil(DL);
@@ -716,7 +751,10 @@ fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool) -> DecodeCode {
             emit!(out, "let {name}_{j} = {raw}_{j} * rcs_{i}.x + {raw}_{i} * rcs_{i}.y;");
         }
     };
-    for h in 0..nr {
+    if q8_words {
+        decode_q8_scores(&mut scores, hd, nr, chunk / (THREADS / DL));
+    }
+    for h in (0..nr).filter(|_| !q8_words) {
         emit!(scores, "let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
         let raw = if append { "qr" } else { "q" };
         for i in 0..dims {
@@ -728,7 +766,7 @@ fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool) -> DecodeCode {
             rotate(&mut scores, &format!("q_{h}"), &format!("qr_{h}"));
         }
     }
-    let passes = chunk / (THREADS / DL);
+    let passes = if q8_words { 0 } else { chunk / (THREADS / DL) };
     for pass in 0..passes {
         emit!(scores, "let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * THREADS / DL);
         for i in 0..dims {

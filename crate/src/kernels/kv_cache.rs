@@ -103,6 +103,17 @@ impl KvFormat {
         }
     }
 
+    /// `Q8` only: WGSL `fn <name>_word(i: u32, w: u32) -> vec4<f32>`, the 4 signed bytes of word w (< head_dim / 4) of
+    /// the block holding value i, unscaled, and `fn <name>_scale(i: u32) -> f32`, that block's scale (both 0 past the
+    /// array's end). A reader of whole words loads each word once and the scale once per block, where `wgsl_load`
+    /// loads both per value.
+    pub(crate) fn wgsl_q8_words(name: &str, var: &str, head_dim: u32) -> String {
+        let (words, stride) = (head_dim / 4, head_dim / 4 + 1);
+        format!(
+            "fn {name}_word(i: u32, w: u32) -> vec4<f32> {{\n    let base = (i / {head_dim}u) * {stride}u;\n    if base + {words}u < arrayLength(&{var}) {{\n        let s = vec4<i32>(bitcast<i32>({var}[base + w]));\n        return vec4<f32>((s << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));\n    }}\n    return vec4<f32>(0.0);\n}}\n\nfn {name}_scale(i: u32) -> f32 {{\n    let base = (i / {head_dim}u) * {stride}u;\n    if base + {words}u < arrayLength(&{var}) {{\n        return bitcast<f32>({var}[base + {words}u]);\n    }}\n    return 0.0;\n}}\n"
+        )
+    }
+
     /// WGSL `fn <name>(d: u32, a: f32, b: f32, two: bool)`: values d (even) and, if `two`, d + 1 of storage array `var`
     /// (f16 pairs are always written whole). `Q8` has none (blocks are written whole): an empty function that is
     /// never called (`can_append_in_decode` is false for it).
