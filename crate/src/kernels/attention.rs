@@ -690,6 +690,8 @@ struct DecodeCode {
 /// product once (the value-at-a-time path loads a word and the scale per value: 8× the loads).
 fn decode_q8_scores(scores: &mut Emitter, hd: u32, nr: u32, passes: u32) {
     const DL: u32 = 8;
+    // 256 threads, DL lanes per key.
+    const KEYS_PER_PASS: u32 = 256 / DL;
     let words = hd / 4;
     let per_lane = words.div_ceil(DL);
     // Lane t's i-th word; clamped where the last round of words is partial (its query is zero there).
@@ -704,7 +706,7 @@ fn decode_q8_scores(scores: &mut Emitter, hd: u32, nr: u32, passes: u32) {
         }
     }
     for pass in 0..passes {
-        emit!(scores, "let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * 256 / DL);
+        emit!(scores, "let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * KEYS_PER_PASS);
         for i in 0..per_lane {
             emit!(scores, "let k_{pass}_{i} = load_k_word(kr_{pass}, {});", word(i));
         }
@@ -713,7 +715,7 @@ fn decode_q8_scores(scores: &mut Emitter, hd: u32, nr: u32, passes: u32) {
     for pass in 0..passes {
         for h in 0..nr {
             let terms: Vec<String> = (0..per_lane).map(|i| format!("dot(q_{h}_{i}, k_{pass}_{i})")).collect();
-            emit!(scores, "d_part[({h}u * CH + {}u + kl) * DL + t] = ({}) * ks_{pass};", pass * 256 / DL, tree_sum(&terms));
+            emit!(scores, "d_part[({h}u * CH + {}u + kl) * DL + t] = ({}) * ks_{pass};", pass * KEYS_PER_PASS, tree_sum(&terms));
         }
     }
 }
@@ -753,30 +755,31 @@ fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool, q8_words: bool) -> De
     };
     if q8_words {
         decode_q8_scores(&mut scores, hd, nr, chunk / (THREADS / DL));
-    }
-    for h in (0..nr).filter(|_| !q8_words) {
-        emit!(scores, "let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
-        let raw = if append { "qr" } else { "q" };
-        for i in 0..dims {
-            let load = format!("load_q(qb_{h} + {})", lane_dim(i));
-            let value = if DL * (i + 1) > hd { format!("select(0.0, {load}, t + {}u < HD)", DL * i) } else { load };
-            emit!(scores, "let {raw}_{h}_{i} = {value};");
-        }
-        if append {
-            rotate(&mut scores, &format!("q_{h}"), &format!("qr_{h}"));
-        }
-    }
-    let passes = if q8_words { 0 } else { chunk / (THREADS / DL) };
-    for pass in 0..passes {
-        emit!(scores, "let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * THREADS / DL);
-        for i in 0..dims {
-            emit!(scores, "let k_{pass}_{i} = load_k(kr_{pass} + {});", lane_dim(i));
-        }
-    }
-    for pass in 0..passes {
+    } else {
         for h in 0..nr {
-            let terms: Vec<String> = (0..dims).map(|i| format!("q_{h}_{i} * k_{pass}_{i}")).collect();
-            emit!(scores, "d_part[({h}u * CH + {}u + kl) * DL + t] = {};", pass * THREADS / DL, tree_sum(&terms));
+            emit!(scores, "let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
+            let raw = if append { "qr" } else { "q" };
+            for i in 0..dims {
+                let load = format!("load_q(qb_{h} + {})", lane_dim(i));
+                let value = if DL * (i + 1) > hd { format!("select(0.0, {load}, t + {}u < HD)", DL * i) } else { load };
+                emit!(scores, "let {raw}_{h}_{i} = {value};");
+            }
+            if append {
+                rotate(&mut scores, &format!("q_{h}"), &format!("qr_{h}"));
+            }
+        }
+        let passes = chunk / (THREADS / DL);
+        for pass in 0..passes {
+            emit!(scores, "let kr_{pass} = (kv_base + c0 + min({}u + kl, nk)) * p.kv_stride + p.k_col + g * HD;", pass * THREADS / DL);
+            for i in 0..dims {
+                emit!(scores, "let k_{pass}_{i} = load_k(kr_{pass} + {});", lane_dim(i));
+            }
+        }
+        for pass in 0..passes {
+            for h in 0..nr {
+                let terms: Vec<String> = (0..dims).map(|i| format!("q_{h}_{i} * k_{pass}_{i}")).collect();
+                emit!(scores, "d_part[({h}u * CH + {}u + kl) * DL + t] = {};", pass * THREADS / DL, tree_sum(&terms));
+            }
         }
     }
     if append {

@@ -219,10 +219,10 @@ pub struct SmallMVariant {
 }
 
 impl SmallMVariant {
-    /// The variant for `m` rows of x against a matrix of `format` with `k` columns.
+    /// The variant for `m` rows of x against a matrix of `format` with `k` columns, its rows read as `SmallMAccess::new`
+    /// says (quantized rows in 16-byte blocks; `linear` reads q4 in 8-column chunks: `small_m_access`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(format: WeightFormat, k: u32, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool, arith: Arith) -> SmallMVariant {
-        // m = 0 dispatches nothing but still needs a pipeline.
         SmallMVariant::with_access(SmallMAccess::new(format, k), format, k, m, epilogue, shape, norm, blocked, arith)
     }
 
@@ -230,6 +230,7 @@ impl SmallMVariant {
     /// `SmallMAccess::cols8`; 8-column quantized chunks take f32 arithmetic only).
     #[allow(clippy::too_many_arguments)]
     pub fn with_access(access: SmallMAccess, format: WeightFormat, k: u32, m: u32, epilogue: LinearEpilogue, shape: SmallMShape, norm: bool, blocked: bool, arith: Arith) -> SmallMVariant {
+        // m = 0 dispatches nothing but still needs a pipeline.
         let m = m.max(1);
         // Chunks per row each thread loads per round: more loads in flight at small M (registers allow it: up to
         // 64 f32 of x chunks per thread, M rounded up to 2, 4 or 8), never more rounds' worth than the row has.
