@@ -68,7 +68,7 @@ pub(crate) fn profile_step(gpu: &Gpu, model: &DiaModel, dac: &DacModel, batch: u
     let mut linear_shapes = Vec::new();
     let candidates = [(256, 32, 1), (256, 32, 2), (256, 64, 1), (256, 64, 2), (256, 64, 4), (128, 32, 2), (128, 64, 2)];
     for shape in std::iter::once(None).chain(candidates.map(|(threads, k_threads, rows_per_thread)| Some(SmallMShape { threads, k_threads, rows_per_thread }))) {
-        let pick = |w: &GpuMatrix| shape.filter(|s| s.fits(rows)).unwrap_or_else(|| SmallMShape::for_shape(rows, w.rows, w.cols));
+        let pick = |w: &GpuMatrix| shape.filter(|s| s.fits(rows)).unwrap_or_else(|| SmallMShape::for_matrix(gpu, w, rows));
         let ds: Vec<Dispatch> = streamed.iter().map(|w| linear_small_m_shaped(gpu, &x, w, &y, rows, LinearEpilogue::Store, pick(w))).collect();
         let sec = time_passes(gpu, &ds.iter().collect::<Vec<_>>(), steps)?;
         let label = shape.map_or("auto".to_string(), |s| format!("{}x{}x{}", s.threads, s.k_threads, s.rows_per_thread));
