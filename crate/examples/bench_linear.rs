@@ -283,8 +283,7 @@ fn bench() -> Result<(), String> {
     for (arith, shape, (cols8, tuning)) in runs {
         force_arith(&gpu, arith);
         gpu.set_matvec_cols8(cols8);
-        let access = dia_webgpu::kernels::linear::small_m_access(&gpu, wm.format, wm.cols);
-        let cols8 = matches!(access, dia_webgpu::kernels::linear::SmallMAccess::Cols8Vec4 | dia_webgpu::kernels::linear::SmallMAccess::Cols8Scalar);
+        let cols8 = dia_webgpu::kernels::linear::small_m_access(&gpu, wm.format, wm.cols).cols8_chunks();
         let probe = tuning.probe;
         let dispatch = if tuning == Default::default() {
             linear_small_m_shaped(&gpu, &xb, &wm, &yb, a.m, a.epilogue, shape)

@@ -165,7 +165,7 @@ impl SmallMAccess {
     }
 
     /// Quantized weight chunks of 8 columns (`qcols8_<format>`) rather than 16-byte blocks (`qsmall_<format>`).
-    fn cols8_chunks(self) -> bool {
+    pub fn cols8_chunks(self) -> bool {
         matches!(self, SmallMAccess::Cols8Vec4 | SmallMAccess::Cols8Scalar)
     }
 
