@@ -308,13 +308,15 @@ fn bench() -> Result<(), String> {
 
         let calls = (a.iters * a.batch) as f64;
         let per_call = seconds / calls;
+        // What was forced beyond the arithmetic: 8-column chunks, an unroll, a probe.
+        let variant = format!("{}{}{}", if cols8 { " cols8" } else { "" }, tuning.unroll.map_or(String::new(), |u| format!(" unroll {u}")), probe.map_or(String::new(), |p| format!(" (probe {p:?})")));
         println!(
             "linear small-M {} {:?} {:?}{}{} arithmetic: W {}x{} ({:.1} MB), M={}, {} threads x {} along K x {} rows each{}: {} calls in {:.3} s, {:.2} us/call, {:.3} GB/s of weights",
             a.numerics.name(),
             a.epilogue,
             small_m_arith(&gpu, wm.format),
             if gpu.matvec_prefetch() { "+prefetch" } else { "" },
-            format!("{}{}{}", if cols8 { " cols8" } else { "" }, tuning.unroll.map_or(String::new(), |u| format!(" unroll {u}")), probe.map_or(String::new(), |p| format!(" (probe {p:?})"))),
+            variant,
             a.rows,
             a.cols,
             weight_bytes as f64 / 1e6,
