@@ -19,6 +19,9 @@
 //! device has them) and as the policy picks (`policy`, `COOP_M_MIN` decides): passes/s and GB/s of weights; with
 //! `--sweep` also the tensor cores on each tile shape forced.
 //!
+//! `--per-matrix` (with `--decoder`) also times each kind of matrix on its own (QKV, O, cross Q, cross O, gate/up,
+//! down, logits: every layer's call of it back to back) and prints µs per call, per path.
+//!
 //! `--unroll 1,2,4` times each number of chunks per thread and round in place of the kernel's rule.
 //! `--probe x,w,xw` also times the kernel with x's loads, the weights' loads or both made broadcast reads of one
 //! address (`SmallMProbe`: what the rest costs; results wrong by design).
@@ -95,6 +98,9 @@ struct Args {
     /// Rows of x for `--decoder` (2 per text with CFG).
     #[arg(long, value_delimiter = ',', default_value = "2,16", value_parser = clap::value_parser!(u32).range(1..))]
     decoder_ms: Vec<u32>,
+    /// With `--decoder`: also time each kind of matrix on its own (its calls of every layer back to back), µs per call.
+    #[arg(long)]
+    per_matrix: bool,
     /// Decoder layers for `--decoder` (default the 1.6B model's 18).
     #[arg(long)]
     layers: Option<usize>,
@@ -492,6 +498,9 @@ mod decoder {
         norm: bool,
     }
 
+    /// `--per-matrix` labels, in the order of a layer's matrices, the logits head last.
+    const KIND_LABELS: [&str; 7] = ["qkv", "o", "xq", "xo", "gateup", "down", "logits"];
+
     pub fn bench(a: &Args) -> Result<(), String> {
         let d = DiaConfig::dia_1_6b().decoder;
         let layers = a.layers.unwrap_or(d.layers);
@@ -506,6 +515,7 @@ mod decoder {
         ];
         let logits = Spec { rows: d.channels * d.vocab, cols: d.hidden, epilogue: LinearEpilogue::Store, role: MatrixRole::Logits, norm: true };
         let specs: Vec<&Spec> = (0..layers).flat_map(|_| layer.iter()).chain([&logits]).collect();
+        let kind_of = |i: usize| if i + 1 == specs.len() { layer.len() } else { i % layer.len() };
 
         let largest = specs.iter().map(|s| s.rows as u64 * s.role.format(a.numerics).row_words(s.cols as u32) as u64 * 4).max().unwrap_or(0);
         let gpu = Gpu::new_blocking(GpuOptions { min_storage_binding: largest, ..Default::default() }).map_err(|e| e.to_string())?;
@@ -565,7 +575,9 @@ mod decoder {
             } else {
                 Vec::new()
             };
-            let mut runs: Vec<(String, Vec<Dispatch>, Vec<Schedule>)> = Vec::new();
+            // Per run: its name, its dispatches, the paths it took, and which matrix kind (index into `layer`, the
+            // logits last) each dispatch belongs to.
+            let mut runs: Vec<(String, Vec<Dispatch>, Vec<Schedule>, Vec<usize>)> = Vec::new();
             let ariths = super::arith_runs(a, &gpu)?;
             for (arith, (name, path)) in ariths.iter().flat_map(|&x| paths.iter().map(move |&p| (x, p))) {
                 super::force_arith(&gpu, arith);
@@ -575,8 +587,9 @@ mod decoder {
                 let pf = if gpu.matvec_prefetch() { "+prefetch" } else { "" };
                 let name = format!("{name} {:?}{pf}", formats.iter().map(|&f| small_m_arith(&gpu, f)).collect::<Vec<_>>());
                 let mut ds: Vec<Dispatch> = Vec::new();
+                let mut kinds = Vec::new();
                 let mut picked = Vec::new();
-                for (s, w) in specs.iter().zip(&mats) {
+                for (i, (s, w)) in specs.iter().zip(&mats).enumerate() {
                     let xs = if s.norm { &x } else { &scratch };
                     let p = path.unwrap_or_else(|| schedule(&gpu, xs, w, &y, m, s.epilogue));
                     if !picked.contains(&p) {
@@ -587,21 +600,24 @@ mod decoder {
                     } else {
                         ds.extend(linear_scheduled(&gpu, &scratch, w, &y, m, s.epilogue, p));
                     }
+                    kinds.resize(ds.len(), kind_of(i));
                 }
-                runs.push((name, ds, picked));
+                runs.push((name, ds, picked, kinds));
             }
             for tile in tiles {
                 let mut ds: Vec<Dispatch> = Vec::new();
-                for (s, w) in specs.iter().zip(&mats) {
+                let mut kinds = Vec::new();
+                for (i, (s, w)) in specs.iter().zip(&mats).enumerate() {
                     if s.norm {
                         ds.push(rmsnorm(&gpu, &x, &gain, &scratch, m, w.cols, 1e-5));
                     }
                     let shape = if tile.supports(s.epilogue) { tile } else { CoopShape::for_problem(&gpu, m, w.rows, s.epilogue).ok_or("no tile fits")? };
                     ds.push(linear_coop_shaped(&gpu, &scratch, w, &y, m, s.epilogue, shape));
+                    kinds.resize(ds.len(), kind_of(i));
                 }
-                runs.push((format!("tile {}", tile.name()), ds, vec![Schedule::TensorCores]));
+                runs.push((format!("tile {}", tile.name()), ds, vec![Schedule::TensorCores], kinds));
             }
-            for (name, ds, picked) in runs {
+            for (name, ds, picked, kinds) in runs {
                 let refs: Vec<&Dispatch> = ds.iter().collect();
                 for _ in 0..a.iters.div_ceil(10).max(3) {
                     gpu.run(&refs);
@@ -622,6 +638,29 @@ mod decoder {
                     bytes as f64 / per_pass / 1e9,
                     ds.len()
                 );
+                if a.per_matrix {
+                    // Each kind's dispatches (its norm included) of every layer, back to back; µs per matrix call.
+                    let mut line = String::new();
+                    for (k, label) in KIND_LABELS.iter().enumerate() {
+                        let refs: Vec<&Dispatch> = ds.iter().zip(&kinds).filter(|(_, &kd)| kd == k).map(|(d, _)| d).collect();
+                        let calls = specs.iter().enumerate().filter(|&(i, _)| kind_of(i) == k).count();
+                        if refs.is_empty() || calls == 0 {
+                            continue;
+                        }
+                        for _ in 0..3 {
+                            gpu.run(&refs);
+                        }
+                        gpu.wait_idle().map_err(|e| e.to_string())?;
+                        let start = Instant::now();
+                        for _ in 0..a.iters {
+                            gpu.run(&refs);
+                        }
+                        gpu.wait_idle().map_err(|e| e.to_string())?;
+                        let us = start.elapsed().as_secs_f64() * 1e6 / (a.iters * calls) as f64;
+                        line.push_str(&format!(" {label} {us:.2}"));
+                    }
+                    println!("  per matrix µs (M={m}, {name}):{line}");
+                }
             }
         }
         Ok(())
