@@ -582,7 +582,8 @@ fn scale_x(xc: Chunk, c: u32) -> Chunk {
 // Matrix–vector schedule for M ≤ 16: a workgroup owns R weight rows and reads each of their weights
 // once for all M rows of x. KT threads share a row along K (consecutive threads read consecutive
 // 16-byte chunks, so reads coalesce); the T / KT thread groups each take RPT rows, so every x chunk a
-// thread loads serves RPT rows. The KT partial sums of each output meet once in workgroup memory.
+// thread loads serves RPT rows. The KT partial sums of each output meet in workgroup memory (at once, or in
+// rounds of fewer rows of x where they do not fit: small_m.rs, `reduce_rounds`).
 // With NORM (fused RMSNorm), x is multiplied by the gain on load and the sums by 1/rms(x row).
 const M: u32 = {{M}}u;
 const T: u32 = {{THREADS}}u;
@@ -594,10 +595,13 @@ const R: u32 = G * RPT;
 const HALF_R: u32 = R / 2u;
 const OUTS: u32 = R * M;
 const NORM: bool = {{NORM}};
-// Partial sums are [OUTS (+ M squared-norm sums)][KT], rows padded to an odd stride against bank conflicts.
+// Partial sums are [OUTS (+ M squared-norm sums)][KT] (per round: [R·MB (+ MB)][KT]), rows padded to an odd
+// stride against bank conflicts.
 const LANES: u32 = KT + 1u;
 
 var<workgroup> red: array<f32, {{RED}}>;
+// Where the totals lie once the partial sums have met (`total(o)`): in `red` (one round) or `tot` (rounds).
+{{TOTALS}}
 
 // Weight row in slot s of workgroup g. Store/accumulate: R consecutive rows. SwiGLU: slots
 // 0..R/2 are the gate rows of outputs g·R/2 .. (g+1)·R/2 and slots R/2..R their up rows. Rows past
@@ -632,14 +636,7 @@ fn small_m(
     for (var c = kt; c < nc; c += U * KT) {
 {{BODY}}
     }
-{{STORES}}
-    workgroupBarrier();
-    let sums = select(OUTS, OUTS + M, NORM);
-    for (var o = tid; o < sums; o += T) {
-        let b = o * LANES;
-        red[b] = {{LANE_SUM}};
-    }
-    workgroupBarrier();
+{{REDUCE}}
     // Outputs may outnumber the threads (small workgroups, many rows).
     if EPILOGUE == 2u {
         for (var o = tid; o < HALF_R * M; o += T) {
@@ -648,8 +645,8 @@ fn small_m(
             let j = g * HALF_R + jj;
             if j < p.out_cols {
                 let scale = row_scale(m);
-                let gate = red[(jj * M + m) * LANES] * scale;
-                let up = red[((HALF_R + jj) * M + m) * LANES] * scale;
+                let gate = total(jj * M + m) * scale;
+                let up = total((HALF_R + jj) * M + m) * scale;
                 y[(row0 + m) * p.out_cols + j] = silu(gate) * up;
             }
         }
@@ -657,7 +654,7 @@ fn small_m(
         for (var o = tid; o < OUTS; o += T) {
             let n = g * R + o / M;
             if n < p.n {
-                write_out(o % M, n, red[o * LANES] * row_scale(o % M));
+                write_out(o % M, n, total(o) * row_scale(o % M));
             }
         }
     }
@@ -666,7 +663,7 @@ fn small_m(
 // 1 / rms of x row m under NORM (its squared sum is in slot OUTS + m), else 1.
 fn row_scale(m: u32) -> f32 {
     if NORM {
-        return inverseSqrt(red[(OUTS + m) * LANES] / f32(p.k) + p.eps);
+        return inverseSqrt(total(OUTS + m) / f32(p.k) + p.eps);
     }
     return 1.0;
 }

@@ -6,7 +6,7 @@ use common::{cpu_linear, cpu_rmsnorm, rel_err, run_linear, stored_weights, test_
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::embed::{embed_channels_sum, embed_tokens};
 use dia_webgpu::kernels::linear::{
-    linear, linear_rows, linear_small_m, linear_small_m_shaped, linear_tiled, linear_tiled_shaped, norm_linear, LinearEpilogue, SmallMShape,
+    linear, linear_rows, linear_small_m, linear_small_m_shaped, linear_tiled, linear_tiled_shaped, norm_linear, norm_linear_small_m_shaped, LinearEpilogue, SmallMShape,
     TiledShape, SMALL_M_MAX,
 };
 use dia_webgpu::kernels::norm::rmsnorm;
@@ -198,9 +198,55 @@ fn linear_small_m_shapes() {
             }
         }
     }
-    // Odd rows per workgroup, more partial sums than 16 KiB hold.
+    // Odd rows per workgroup; partial sums that 16 KiB cannot hold even one row of x at a time beside the totals.
     assert!(!SmallMShape { threads: 64, k_threads: 64, rows_per_thread: 3 }.fits(1));
-    assert!(!SmallMShape { threads: 256, k_threads: 32, rows_per_thread: 2 }.fits(16));
+    assert!(!SmallMShape { threads: 256, k_threads: 4, rows_per_thread: 4 }.fits(16));
+}
+
+/// Shapes whose partial sums meet in rounds of fewer rows of x (`SmallMShape::reduce_rounds` > 1): whole rounds, a
+/// shorter last round, one row per round; plain and with the fused norm, every epilogue, both numerics.
+#[test]
+fn linear_small_m_reduce_rounds() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(0x7d);
+    let eps = 1e-5f32;
+    let mut worst = 0.0f64;
+    // (m, threads, k_threads, rows per thread, rounds wanted)
+    let shapes = [(16usize, 256u32, 32u32, 2u32, 3u32), (16, 128, 32, 4, 3), (13, 128, 16, 4, 3), (9, 64, 64, 8, 2), (5, 128, 128, 16, 5)];
+    for (m, threads, k_threads, rows_per_thread, rounds) in shapes {
+        let shape = SmallMShape { threads, k_threads, rows_per_thread };
+        assert!(shape.fits(m as u32), "{shape:?} m={m}");
+        assert_eq!(shape.reduce_rounds(m as u32), rounds, "{shape:?} m={m}");
+        for numerics in [Numerics::F32, Numerics::F16W] {
+            for (n, k) in [(67, 95), (36, 264)] {
+                for epilogue in EPILOGUES {
+                    let (n, out_cols) = if epilogue == LinearEpilogue::SwiGlu { (2 * n, n) } else { (n, n) };
+                    let x: Vec<f32> = (0..m * k).map(|i| rng.uniform() * (1 + i / k) as f32 * 0.8).collect();
+                    let gain = rng.vec(k, 2.0);
+                    let w = rng.vec(n * k, 1.0);
+                    let y0 = rng.vec(m * out_cols, 1.0);
+                    let wm = GpuMatrix::upload(&gpu, "w", &w, n, k, numerics).unwrap();
+                    let stored = stored_weights(&w, n, k, numerics);
+                    for norm in [false, true] {
+                        let (xb, gb, yb) = (gpu.upload("x", &x), gpu.upload("gain", &gain), gpu.upload("y", &y0));
+                        let d = if norm {
+                            norm_linear_small_m_shaped(&gpu, &xb, &gb, eps, &wm, &yb, m as u32, epilogue, shape)
+                        } else {
+                            linear_small_m_shaped(&gpu, &xb, &wm, &yb, m as u32, epilogue, shape)
+                        };
+                        gpu.run(&[&d]);
+                        let got = gpu.read_f32_blocking(&yb).unwrap();
+                        let h = if norm { cpu_rmsnorm(&x, &gain, eps, m, k) } else { x.clone() };
+                        let want = cpu_linear(&h, &stored, &y0, m, n, k, epilogue);
+                        let err = rel_err(&got, &want);
+                        assert!(err <= TOL, "{shape:?} m={m} n={n} k={k} {epilogue:?} {numerics:?} norm={norm}: rel err {err:.3e}");
+                        worst = worst.max(err);
+                    }
+                }
+            }
+        }
+    }
+    println!("linear_small_m_reduce_rounds: worst rel err {worst:.3e}");
 }
 
 /// The same inputs through both schedules (small M, where both apply) give the same values.

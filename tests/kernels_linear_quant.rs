@@ -174,12 +174,13 @@ fn quant_tiled_shapes_ragged() {
 }
 
 /// Workgroup shapes other than the default: more outputs than threads, an odd number of SwiGLU outputs, one thread
-/// group, K split over 4 threads (several chunks per thread).
+/// group, K split over 4 threads (several chunks per thread), partial sums meeting in 3 rounds of rows of x (the last
+/// one shorter).
 #[test]
 fn quant_small_m_shapes() {
     let gpu = test_gpu();
     let mut rng = Rng::new(0x5b);
-    for (m, threads, k_threads, rows_per_thread) in [(5usize, 32u32, 4u32, 4u32), (5, 128, 64, 3), (3, 64, 64, 2), (2, 64, 8, 1)] {
+    for (m, threads, k_threads, rows_per_thread) in [(5usize, 32u32, 4u32, 4u32), (5, 128, 64, 3), (3, 64, 64, 2), (2, 64, 8, 1), (13, 128, 16, 4)] {
         let shape = SmallMShape { threads, k_threads, rows_per_thread };
         assert!(shape.fits(m as u32), "{shape:?}");
         let schedule = |g: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, e: LinearEpilogue| vec![linear_small_m_shaped(g, x, w, y, m, e, shape)];

@@ -270,7 +270,7 @@ fn bench() -> Result<(), String> {
     let yb = gpu.buffer("y", (a.m as usize * out_cols * 4) as u64);
     let shapes: Vec<SmallMShape> = if a.sweep {
         let all = [64, 128, 256].into_iter().flat_map(|threads| {
-            [4, 8, 16, 32, 64].into_iter().flat_map(move |k_threads| [1, 2, 4].map(move |rows_per_thread| SmallMShape { threads, k_threads, rows_per_thread }))
+            [4, 8, 16, 32, 64].into_iter().flat_map(move |k_threads| [1, 2, 4, 8].map(move |rows_per_thread| SmallMShape { threads, k_threads, rows_per_thread }))
         });
         all.filter(|s| s.fits(a.m)).collect()
     } else {

@@ -12,7 +12,8 @@ const SMALL_M_PARTIALS: u32 = 4096;
 /// Shape of a small-M workgroup: `threads` threads in groups of `k_threads` that share weight rows along
 /// K; each group takes `rows_per_thread` rows, so a workgroup owns `rows()` = threads / k_threads ·
 /// rows_per_thread rows (even, so SwiGLU pairs gate and up rows). The partial sums,
-/// (rows()·M + M)·(k_threads + 1) f32, must fit 16 KiB of workgroup memory.
+/// (rows()·M + M)·(k_threads + 1) f32, meet in 16 KiB of workgroup memory: at once where they fit, else in rounds
+/// of fewer rows of x with the totals kept between rounds (`reduce_rounds`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SmallMShape {
     pub threads: u32,
@@ -85,11 +86,38 @@ impl SmallMShape {
             && self.k_threads <= self.threads
             && self.rows_per_thread >= 1
             && self.rows().is_multiple_of(2)
-            && self.partial_words(m) <= SMALL_M_PARTIALS
+            && self.reduce_rounds(m) > 0
+    }
+
+    /// Rounds in which the partial sums meet: 1 where every row of x's fit the workgroup memory at once (the kernel
+    /// as it always was), else the fewest whose rows of x per round, with the totals kept between rounds
+    /// ((rows() + 1)·M f32), fit; 0 where none does. More rounds let a thread keep more weight rows at large M (each
+    /// x load then serves more of them) at the cost of a barrier pair per round, once per workgroup.
+    pub fn reduce_rounds(self, m: u32) -> u32 {
+        let m = m.max(1);
+        if self.partial_words(m) <= SMALL_M_PARTIALS {
+            return 1;
+        }
+        (2..=m).find(|&r| self.round_words(m.div_ceil(r)) + self.total_words(m) <= SMALL_M_PARTIALS).unwrap_or(0)
+    }
+
+    /// Rows of x whose partial sums meet per round.
+    fn round_rows(self, m: u32) -> u32 {
+        m.max(1).div_ceil(self.reduce_rounds(m).max(1))
+    }
+
+    /// Workgroup words of one round's partial sums, `mb` rows of x (and their squared-norm sums) by the K lanes.
+    fn round_words(self, mb: u32) -> u32 {
+        (self.rows() + 1) * mb * (self.k_threads + 1)
+    }
+
+    /// Workgroup words of the totals kept between rounds: every output and every row's squared-norm sum.
+    fn total_words(self, m: u32) -> u32 {
+        (self.rows() + 1) * m.max(1)
     }
 
     fn partial_words(self, m: u32) -> u32 {
-        (self.rows() + 1) * m.max(1) * (self.k_threads + 1)
+        self.round_words(m.max(1))
     }
 }
 
@@ -101,6 +129,14 @@ pub fn linear_small_m(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m:
 /// The matrix–vector schedule with an explicit workgroup shape (benchmarks tune with this).
 pub fn linear_small_m_shaped(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape) -> Dispatch {
     small_m_dispatch(gpu, x, w, y, m, epilogue, shape, None, 1)
+}
+
+/// `norm_linear`'s fused matrix–vector dispatch (y = rmsnorm(x; gain, eps) · Wᵀ) with an explicit workgroup shape
+/// (tests and benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub fn norm_linear_small_m_shaped(gpu: &Gpu, x: &GpuBuffer, gain: &GpuBuffer, eps: f32, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, shape: SmallMShape) -> Dispatch {
+    assert!(gain.size >= w.cols as u64 * 4, "norm_linear: gain holds fewer than {} f32", w.cols);
+    small_m_dispatch(gpu, x, w, y, m, epilogue, shape, Some((gain, eps)), 1)
 }
 
 /// How the small-M kernel reads a row.
@@ -263,7 +299,9 @@ impl KernelVariant for SmallMVariant {
         let quant = matches!(format, WeightFormat::Quant(_));
         let half = arith == Arith::F16;
         let int8 = arith == Arith::Int8Dot;
-        let code = small_m_code(m, rows_per_thread, unroll, k_threads, norm, quant, half, int8, prefetch);
+        let rounds = shape.reduce_rounds(m);
+        assert!(rounds > 0, "linear_small_m: {shape:?} does not fit m = {m}");
+        let code = small_m_code(m, rows_per_thread, unroll, k_threads, norm, quant, half, int8, prefetch, shape.round_rows(m));
         let norm_section = if norm { access.name() } else { "none" };
         // `enable f16;` must open the module, and only modules that use f16 may carry it (devices without shader-f16
         // reject it).
@@ -307,12 +345,12 @@ impl KernelVariant for SmallMVariant {
                 ("ROWS_PER_THREAD", rows_per_thread.to_string()),
                 ("NORM", norm.to_string()),
                 ("BLOCKED", blocked.to_string()),
-                ("RED", shape.partial_words(m).to_string()),
+                ("RED", shape.round_words(shape.round_rows(m)).to_string()),
+                ("TOTALS", code.totals),
                 ("UNROLL", unroll.to_string()),
                 ("DECLS", code.decls),
                 ("BODY", code.body),
-                ("STORES", code.stores),
-                ("LANE_SUM", code.lane_sum),
+                ("REDUCE", code.reduce),
                 ("GROUP", quant_group(format).to_string()),
             ],
         )
@@ -476,8 +514,11 @@ fn small_m_dispatch_with(
 struct SmallMCode {
     decls: String,
     body: String,
-    stores: String,
-    lane_sum: String,
+    /// The partial sums' meeting, after the loop: every output's total then lies where `total(o)` reads it.
+    reduce: String,
+    /// `fn total(o: u32) -> f32` (output o, or OUTS + m for row m's squared-norm sum), and the totals' array when
+    /// the sums meet in rounds.
+    totals: String,
 }
 
 /// Weights per scale of a quantized format (the `GROUP` constant; unused by f32 and f16).
@@ -497,11 +538,14 @@ pub(super) fn quant_group(format: WeightFormat) -> u32 {
 /// accumulator. With `half` (`Arith::F16`) weights are dequantized into f16 and each x chunk is converted to f16
 /// once for all `rpt` rows; a quantized chunk's products are summed in f16 and added to the accumulator times the
 /// scale, an f16w round's products (≤ 4 chunks of 8) are summed in f16 (t_<row>_<m>) and added once per round.
+///
+/// The K lanes' partial sums meet in `red` for `mb` rows of x at a time (`SmallMShape::reduce_rounds`): all M at once
+/// (each total then stays in its row's lane 0), or in rounds whose totals go to `tot`.
 #[allow(clippy::too_many_arguments)]
-fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant: bool, half: bool, int8: bool, prefetch: bool) -> SmallMCode {
+fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant: bool, half: bool, int8: bool, prefetch: bool, mb: u32) -> SmallMCode {
     let mut decls = Emitter::new(1);
     let mut body = Emitter::new(2);
-    let mut stores = Emitter::new(1);
+    let mut reduce = Emitter::new(1);
     for i in 0..rpt {
         emit!(decls, "let row_{i} = slot_row(g, {i}u * G + rg);");
         for mi in 0..m {
@@ -609,19 +653,62 @@ fn small_m_code(m: u32, rpt: u32, unroll: u32, k_threads: u32, norm: bool, quant
             }
         }
     }
-    for i in 0..rpt {
-        for mi in 0..m {
-            emit!(stores, "red[(({i}u * G + rg) * M + {mi}u) * LANES + kt] = acc_{i}_{mi};");
-        }
-    }
-    if norm {
-        // Every thread group saw the same x chunks: group 0's squares are the row's.
-        stores.block("if rg == 0u", |stores| {
-            for mi in 0..m {
-                emit!(stores, "red[(OUTS + {mi}u) * LANES + kt] = sq_{mi};");
-            }
-        });
-    }
     let lanes: Vec<String> = (0..k_threads).map(|j| format!("red[b + {j}u]")).collect();
-    SmallMCode { decls: decls.finish(), body: body.finish(), stores: stores.finish(), lane_sum: crate::kernels::wgsl::tree_sum(&lanes) }
+    let lane_sum = crate::kernels::wgsl::tree_sum(&lanes);
+    let rounds: Vec<(u32, u32)> = (0..m).step_by(mb.max(1) as usize).map(|m0| (m0, (m0 + mb).min(m))).collect();
+    let totals = if rounds.len() == 1 {
+        for i in 0..rpt {
+            for mi in 0..m {
+                emit!(reduce, "red[(({i}u * G + rg) * M + {mi}u) * LANES + kt] = acc_{i}_{mi};");
+            }
+        }
+        if norm {
+            // Every thread group saw the same x chunks: group 0's squares are the row's.
+            reduce.block("if rg == 0u", |reduce| {
+                for mi in 0..m {
+                    emit!(reduce, "red[(OUTS + {mi}u) * LANES + kt] = sq_{mi};");
+                }
+            });
+        }
+        reduce.line("workgroupBarrier();");
+        reduce.line("let sums = select(OUTS, OUTS + M, NORM);");
+        reduce.block("for (var o = tid; o < sums; o += T)", |reduce| {
+            reduce.line("let b = o * LANES;");
+            emit!(reduce, "red[b] = {lane_sum};");
+        });
+        reduce.line("workgroupBarrier();");
+        "fn total(o: u32) -> f32 { return red[o * LANES]; }\n".to_string()
+    } else {
+        // Round (m0, m1): slot s of `red` holds weight-row slot s / MB (R: the squared-norm sums) of x row
+        // m0 + s % MB; its total goes to tot[(s / MB) · M + m0 + s % MB] (= OUTS + m for the norm slot).
+        for (r, &(m0, m1)) in rounds.iter().enumerate() {
+            if r > 0 {
+                // The previous round's lane sums have read `red`.
+                reduce.line("workgroupBarrier();");
+            }
+            for i in 0..rpt {
+                for mi in m0..m1 {
+                    emit!(reduce, "red[(({i}u * G + rg) * {mb}u + {}u) * LANES + kt] = acc_{i}_{mi};", mi - m0);
+                }
+            }
+            if norm {
+                reduce.block("if rg == 0u", |reduce| {
+                    for mi in m0..m1 {
+                        emit!(reduce, "red[(R * {mb}u + {}u) * LANES + kt] = sq_{mi};", mi - m0);
+                    }
+                });
+            }
+            reduce.line("workgroupBarrier();");
+            let slots = if norm { "(R + 1u)" } else { "R" };
+            emit!(reduce, "for (var o = tid; o < {slots} * {mb}u; o += T) {{");
+            reduce.line("    let b = o * LANES;");
+            emit!(reduce, "    if o % {mb}u < {}u {{", m1 - m0);
+            emit!(reduce, "        tot[(o / {mb}u) * M + {m0}u + o % {mb}u] = {lane_sum};");
+            reduce.line("    }");
+            reduce.line("}");
+        }
+        reduce.line("workgroupBarrier();");
+        "var<workgroup> tot: array<f32, OUTS + M>;\n\nfn total(o: u32) -> f32 { return tot[o]; }\n".to_string()
+    };
+    SmallMCode { decls: decls.finish(), body: body.finish(), reduce: reduce.finish(), totals }
 }
