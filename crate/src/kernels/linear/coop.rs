@@ -25,10 +25,13 @@ use crate::kernels::plan::COOP_LINEAR_GROUPS;
 const SOURCE: &str = include_str!("../../../../shaders/linear_coop.wgsl");
 
 /// Smallest M that `linear_rows` sends to tensor cores (with f16 or quantized weights, where the device has them):
-/// from here to `SMALL_M_MAX` a small-M shape (16 rows of x, K split between the subgroups) instead of the
-/// matrix–vector kernel, whose time grows with M (H200, the decoder's matrices: 877 passes/s at M = 2, 169 at 16)
-/// while the tensor cores' stays flat up to 16. To be tuned on the GPU: `bench_linear --decoder` times both paths.
-pub const COOP_M_MIN: u32 = 8;
+/// above `SMALL_M_MAX`, i.e. the encoder and prefill. Decoder steps (M ≤ 16) stay on the matrix–vector kernel: with
+/// its large-M shapes (`SmallMShape::for_rows`) it matches or beats the tensor cores' small-M tiles on every decoder
+/// matrix at M = 8 and 16 (H100, `bench_linear --decoder --per-matrix` and `--sweep`: at M = 16 QKV 16.4 against
+/// 28.5 µs, down 33.4 against 37.3, logits 42.7 against 77.1, gate/up 63.0 against 62.8, O 14.4 against 13.1) and
+/// fuses the norm the tensor-core path runs as a dispatch of its own. Those tiles (`CoopShape::SMALL_M`) remain
+/// for `linear_coop` called directly (tests, benchmarks).
+pub const COOP_M_MIN: u32 = super::SMALL_M_MAX + 1;
 /// The per-subgroup f32 output blocks (8 × 16 × 16).
 const OUT_BYTES: u32 = 8 * 256 * 4;
 

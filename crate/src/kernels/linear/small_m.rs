@@ -54,10 +54,15 @@ impl SmallMShape {
     /// `for_format` for rows read through `access`. Quantized rows in 8-column chunks, swept on an H100 (`bench_linear
     /// --chunks cols8 --sweep`, M = 2, q4 at the decoder's shapes, stop 26): 128 threads, 4 rows per thread, 64 threads
     /// along K, 32 from 16384 rows (the sweep's best or within 2 % of it on every matrix).
+    ///
+    /// Above 2 rows of x (batches) the rule is `for_rows`'.
     pub fn for_access(access: SmallMAccess, format: WeightFormat, m: u32, n: u32, k: u32) -> SmallMShape {
         let m = m.max(1);
         let chunks = k.div_ceil(access.chunk_cols(format));
         let k_max = chunks.next_power_of_two().clamp(4, 64);
+        if m > 2 {
+            return SmallMShape::for_rows(format, m, n, chunks, k_max);
+        }
         let (k_threads, wide) = match format {
             WeightFormat::Quant(_) if access.cols8_chunks() => (if n >= 16384 { 32 } else { 64 }, 4),
             WeightFormat::Quant(_) => (if n >= 16384 && chunks <= 64 { 16 } else if n >= 8192 { 32 } else { 64 }, 4),
@@ -72,6 +77,36 @@ impl SmallMShape {
             shape.threads /= 2;
         }
         // A single thread group needs two rows per thread for SwiGLU pairs.
+        if shape.rows() % 2 == 1 {
+            shape.rows_per_thread = 2;
+        }
+        shape
+    }
+
+    /// The shape for more than 2 rows of x (decoder steps of a batch). Each x chunk a thread loads serves its
+    /// `rows_per_thread` weight rows, so at large M that count, not the threads along K, decides: swept on an H100
+    /// (`bench_linear --sweep`, M = 8 and 16, the decoder's matrices in f16w and q4; docs/performance.md), 4–8 rows
+    /// per thread took the M = 16 matrices 2.2–2.8× below the old rule's 1 (whose partial sums had to fit at once;
+    /// `reduce_rounds` lifts that), which put them at or below the tensor cores' time.
+    fn for_rows(format: WeightFormat, m: u32, n: u32, chunks: u32, k_max: u32) -> SmallMShape {
+        let quant = matches!(format, WeightFormat::Quant(_));
+        let (threads, k_threads, rows_per_thread) = if n >= 16384 {
+            // gate/up: 128 × 16 × 8 was the best of both formats at M = 16 (f16w 63.0 µs, q4 53.4; the old rule 147, 143).
+            (128, 16, if m > 8 { 8 } else { 4 })
+        } else if m <= 8 {
+            // M = 8, f16w: QKV 18.9 → 10.5 µs, down 54.5 → 18.6.
+            (128, 64, 4)
+        } else if quant {
+            // M = 16, q4: QKV (3072 rows) 48.6 → 19.9 µs with 32 along K, O 33.1 → 13.6, down 86.9 → 36.2, logits 88.0 → 42.4.
+            (64, if n <= 2048 || n >= 8192 || chunks >= 1024 { 64 } else { 32 }, 4)
+        } else {
+            // M = 16, f16w: QKV 36.2 → 16.4 µs, O 25.7 → 14.5, down 94.8 → 33.4, logits 85.7 → 42.7.
+            (64, 64, 8)
+        };
+        let mut shape = SmallMShape { threads, k_threads: k_threads.min(k_max), rows_per_thread };
+        while !shape.fits(m) && shape.rows_per_thread > 1 {
+            shape.rows_per_thread /= 2;
+        }
         if shape.rows() % 2 == 1 {
             shape.rows_per_thread = 2;
         }
