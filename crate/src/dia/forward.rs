@@ -190,8 +190,8 @@ impl DiaModel {
     pub fn logits_head(&self, gpu: &Gpu, x: &GpuBuffer, rows: u32) -> (Vec<Dispatch>, GpuBuffer) {
         let d = &self.cfg.decoder;
         let out = gpu.buffer("logits", rows as u64 * (d.channels * d.vocab) as u64 * F32);
-        // The norm runs on its own (into `scratch`) wherever the policy does not pick the matrix–vector kernel
-        // (above `SMALL_M_MAX`).
+        // The norm runs on its own (into `scratch`) wherever the policy does not pick the matrix–vector kernel:
+        // above `SMALL_M_MAX`, and on tensor cores from `COOP_M_MIN` rows.
         let fused = schedule(gpu, x, &self.logits, &out, rows, LinearEpilogue::Store) == Schedule::SmallM;
         let scratch = gpu.buffer("logits.normed", if fused { 4 } else { rows as u64 * d.hidden as u64 * F32 });
         let ds = norm_linear(gpu, x, &self.dec_norm, d.norm_eps, &self.logits, &out, rows, LinearEpilogue::Store, &scratch);

@@ -25,13 +25,12 @@ use crate::kernels::plan::COOP_LINEAR_GROUPS;
 const SOURCE: &str = include_str!("../../../../shaders/linear_coop.wgsl");
 
 /// Smallest M that `linear_rows` sends to tensor cores (with f16 or quantized weights, where the device has them):
-/// above `SMALL_M_MAX`, i.e. the encoder and prefill. Decoder steps (M ≤ 16) stay on the matrix–vector kernel: with
-/// its large-M shapes (`SmallMShape::for_rows`) it matches or beats the tensor cores' small-M tiles on every decoder
-/// matrix at M = 8 and 16 (H100, `bench_linear --decoder --per-matrix` and `--sweep`: at M = 16 QKV 16.4 against
-/// 28.5 µs, down 33.4 against 37.3, logits 42.7 against 77.1, gate/up 63.0 against 62.8, O 14.4 against 13.1) and
-/// fuses the norm the tensor-core path runs as a dispatch of its own. Those tiles (`CoopShape::SMALL_M`) remain
-/// for `linear_coop` called directly (tests, benchmarks).
-pub const COOP_M_MIN: u32 = super::SMALL_M_MAX + 1;
+/// decoder steps of batch 8 (M = 16), the encoder and prefill; from there to `SMALL_M_MAX` a small-M tile (16 rows
+/// of x, K split between the subgroups). Below, the matrix–vector kernel with its large-M shapes
+/// (`SmallMShape::for_rows`) is faster: the decoder's whole set of matrices (H100, `bench_linear --decoder`) took
+/// 1.46 / 1.93 / 3.51 ms per pass at M = 4 / 8 / 16 on it, against 3.09 / 3.09 / 3.11 ms on the tensor cores (q4:
+/// 1.49 / 2.11 / 4.16 against 3.84 / 3.85 / 3.90). The crossing lies between 8 and 16 (not measured in between).
+pub const COOP_M_MIN: u32 = 16;
 /// The per-subgroup f32 output blocks (8 × 16 × 16).
 const OUT_BYTES: u32 = 8 * 256 * 4;
 

@@ -5,7 +5,7 @@
 //! - `small_m`: matrix–vector, every weight read once for all M ≤ 16 rows (decoder steps, M = 2·batch);
 //! - `tiled`: matrix–matrix through workgroup memory (encoder, prefill), any adapter;
 //! - `coop`: matrix–matrix on tensor cores (native devices with cooperative matrices, f16 and quantized weights),
-//!   from `COOP_M_MIN` rows on (above `SMALL_M_MAX`): the encoder and prefill.
+//!   from `COOP_M_MIN` rows on: decoder steps of batch 8, the encoder and prefill.
 //!
 //! `small_m` and `tiled` are assembled from the sections of `shaders/linear.wgsl`, `coop` from
 //! `shaders/linear_coop.wgsl`.
@@ -82,7 +82,7 @@ wgsl_params! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
     /// Tensor cores: M ≥ `COOP_M_MIN` with f16 or quantized weights on a device with cooperative matrices
-    /// (encoder, prefill).
+    /// (encoder, prefill, decoder steps of 16 rows).
     TensorCores,
     /// One matrix–vector pass: M ≤ `SMALL_M_MAX`.
     SmallM,
@@ -96,8 +96,8 @@ pub enum Schedule {
 /// The implementation `linear_rows` uses for these operands (after checking their shapes).
 pub fn schedule(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Schedule {
     let out_cols = check_shapes(x, w, y, m, epilogue);
-    // Up to SMALL_M_MAX rows the matrix–vector kernel matches or beats the tensor cores (H100, `bench_linear
-    // --decoder --per-matrix`: docs/performance.md "Batches on the matrix–vector kernel"); above, they win.
+    // Below COOP_M_MIN rows the matrix–vector kernel beats the tensor cores (H100, `bench_linear --decoder`:
+    // docs/performance.md "Batches on the matrix–vector kernel"); from there, they win.
     if m >= COOP_M_MIN && coop_supported(gpu, w) {
         Schedule::TensorCores
     } else if m <= SMALL_M_MAX {

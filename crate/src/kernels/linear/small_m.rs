@@ -85,9 +85,9 @@ impl SmallMShape {
 
     /// The shape for more than 2 rows of x (decoder steps of a batch). Each x chunk a thread loads serves its
     /// `rows_per_thread` weight rows, so at large M that count, not the threads along K, decides: swept on an H100
-    /// (`bench_linear --sweep`, M = 8 and 16, the decoder's matrices in f16w and q4; docs/performance.md), 4–8 rows
-    /// per thread took the M = 16 matrices 2.2–2.8× below the old rule's 1 (whose partial sums had to fit at once;
-    /// `reduce_rounds` lifts that), which put them at or below the tensor cores' time.
+    /// (`bench_linear --sweep`, M = 4, 8 and 16, the decoder's matrices in f16w and q4; docs/performance.md), 4–8 rows
+    /// per thread took each matrix 1.8–2.8× below the old rule's 1 at M = 8 and 16 (its partial sums had to fit at
+    /// once; `reduce_rounds` lifts that): the decoder's whole set at M = 16 in 3.51 ms per pass instead of 6.32.
     fn for_rows(format: WeightFormat, m: u32, n: u32, chunks: u32, k_max: u32) -> SmallMShape {
         let quant = matches!(format, WeightFormat::Quant(_));
         let (threads, k_threads, rows_per_thread) = if n >= 16384 {
