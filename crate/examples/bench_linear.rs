@@ -19,6 +19,9 @@
 //! device has them) and as the policy picks (`policy`, `COOP_M_MIN` decides): passes/s and GB/s of weights; with
 //! `--sweep` also the tensor cores on each tile shape forced.
 //!
+//! With `--decoder --sweep` at 2 < M ≤ 16 the matrix–vector kernel also runs with each of a few shapes forced on every
+//! matrix but gate/up (threads × along K × rows per thread).
+//!
 //! `--per-matrix` (with `--decoder`) also times each kind of matrix on its own (QKV, O, cross Q, cross O, gate/up,
 //! down, logits: every layer's call of it back to back) and prints µs per call, per path.
 //!
@@ -482,7 +485,8 @@ mod decoder {
     use dia_webgpu::dia::MatrixRole;
     use dia_webgpu::gpu::{Dispatch, Gpu, GpuOptions};
     use dia_webgpu::kernels::linear::{
-        coop_supported, linear_coop_shaped, linear_scheduled, norm_linear_scheduled, schedule, small_m_arith, CoopShape, LinearEpilogue, Schedule, COOP_M_MIN,
+        coop_supported, linear_coop_shaped, linear_scheduled, linear_small_m_shaped, norm_linear_scheduled, norm_linear_small_m_shaped, schedule, small_m_arith, CoopShape,
+        LinearEpilogue, Schedule, SmallMShape, COOP_M_MIN,
         SMALL_M_MAX,
     };
     use dia_webgpu::kernels::norm::rmsnorm;
@@ -616,6 +620,30 @@ mod decoder {
                     kinds.resize(ds.len(), kind_of(i));
                 }
                 runs.push((format!("tile {}", tile.name()), ds, vec![Schedule::TensorCores], kinds));
+            }
+            // With --sweep at M > 2, the matrix–vector kernel with each of these shapes forced on every matrix but
+            // gate/up, which keeps the rule's (the whole set, every matrix its own buffer: no single matrix sits in
+            // L2, as in the one-matrix sweep).
+            if a.sweep && m > 2 && m <= SMALL_M_MAX {
+                let gate_up = layer.iter().position(|s| s.epilogue == LinearEpilogue::SwiGlu);
+                for (threads, k_threads, rows_per_thread) in [(64, 64, 8), (64, 64, 4), (128, 64, 4), (64, 32, 4), (64, 32, 8), (128, 32, 8), (128, 64, 8)] {
+                    let shape = SmallMShape { threads, k_threads, rows_per_thread };
+                    if !shape.fits(m) {
+                        continue;
+                    }
+                    let mut ds: Vec<Dispatch> = Vec::new();
+                    let mut kinds = Vec::new();
+                    for (i, (s, w)) in specs.iter().zip(&mats).enumerate() {
+                        let forced = if Some(kind_of(i)) == gate_up { SmallMShape::for_matrix(&gpu, w, m) } else { shape };
+                        ds.push(if s.norm {
+                            norm_linear_small_m_shaped(&gpu, &x, &gain, 1e-5, w, &y, m, s.epilogue, forced)
+                        } else {
+                            linear_small_m_shaped(&gpu, &scratch, w, &y, m, s.epilogue, forced)
+                        });
+                        kinds.resize(ds.len(), kind_of(i));
+                    }
+                    runs.push((format!("small-M {threads}x{k_threads}x{rows_per_thread}"), ds, vec![Schedule::SmallM], kinds));
+                }
             }
             for (name, ds, picked, kinds) in runs {
                 let refs: Vec<&Dispatch> = ds.iter().collect();
