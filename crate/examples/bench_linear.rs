@@ -502,6 +502,15 @@ mod decoder {
         norm: bool,
     }
 
+    /// One timed pass of the step's matrices: its name, its dispatches, the paths it took, and which matrix kind
+    /// (index into a layer's matrices, the logits last) each dispatch belongs to.
+    struct Run {
+        name: String,
+        ds: Vec<Dispatch>,
+        picked: Vec<Schedule>,
+        kinds: Vec<usize>,
+    }
+
     /// `--per-matrix` labels, in the order of a layer's matrices, the logits head last.
     const KIND_LABELS: [&str; 7] = ["qkv", "o", "xq", "xo", "gateup", "down", "logits"];
 
@@ -579,9 +588,7 @@ mod decoder {
             } else {
                 Vec::new()
             };
-            // Per run: its name, its dispatches, the paths it took, and which matrix kind (index into `layer`, the
-            // logits last) each dispatch belongs to.
-            let mut runs: Vec<(String, Vec<Dispatch>, Vec<Schedule>, Vec<usize>)> = Vec::new();
+            let mut runs: Vec<Run> = Vec::new();
             let ariths = super::arith_runs(a, &gpu)?;
             for (arith, (name, path)) in ariths.iter().flat_map(|&x| paths.iter().map(move |&p| (x, p))) {
                 super::force_arith(&gpu, arith);
@@ -606,7 +613,7 @@ mod decoder {
                     }
                     kinds.resize(ds.len(), kind_of(i));
                 }
-                runs.push((name, ds, picked, kinds));
+                runs.push(Run { name, ds, picked, kinds });
             }
             for tile in tiles {
                 let mut ds: Vec<Dispatch> = Vec::new();
@@ -619,7 +626,7 @@ mod decoder {
                     ds.push(linear_coop_shaped(&gpu, &scratch, w, &y, m, s.epilogue, shape));
                     kinds.resize(ds.len(), kind_of(i));
                 }
-                runs.push((format!("tile {}", tile.name()), ds, vec![Schedule::TensorCores], kinds));
+                runs.push(Run { name: format!("tile {}", tile.name()), ds, picked: vec![Schedule::TensorCores], kinds });
             }
             // With --sweep at M > 2, the matrix–vector kernel with each of these shapes forced on every matrix but
             // gate/up, which keeps the rule's (the whole set, every matrix its own buffer: no single matrix sits in
@@ -642,10 +649,10 @@ mod decoder {
                         });
                         kinds.resize(ds.len(), kind_of(i));
                     }
-                    runs.push((format!("small-M {threads}x{k_threads}x{rows_per_thread}"), ds, vec![Schedule::SmallM], kinds));
+                    runs.push(Run { name: format!("small-M {threads}x{k_threads}x{rows_per_thread}"), ds, picked: vec![Schedule::SmallM], kinds });
                 }
             }
-            for (name, ds, picked, kinds) in runs {
+            for Run { name, ds, picked, kinds } in runs {
                 let refs: Vec<&Dispatch> = ds.iter().collect();
                 for _ in 0..a.iters.div_ceil(10).max(3) {
                     gpu.run(&refs);
