@@ -214,6 +214,23 @@ fn parse_epilogue(s: &str) -> Result<dia_webgpu::kernels::linear::LinearEpilogue
     }
 }
 
+/// Seconds per submission of `refs` (one command buffer each), `iters` submissions back to back after `warmups` of them
+/// (pipeline creation, first touch of the buffers, clocks ramping up) and one wait at the end.
+#[cfg(not(target_arch = "wasm32"))]
+fn seconds_per_submission(gpu: &dia_webgpu::gpu::Gpu, refs: &[&dia_webgpu::gpu::Dispatch], warmups: usize, iters: usize) -> Result<f64, String> {
+    for _ in 0..warmups {
+        gpu.run(refs);
+    }
+    gpu.wait_idle().map_err(|e| e.to_string())?;
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        gpu.run(refs);
+    }
+    gpu.wait_idle().map_err(|e| e.to_string())?;
+    gpu.check_lost().map_err(|e| e.to_string())?;
+    Ok(start.elapsed().as_secs_f64() / iters as f64)
+}
+
 /// The small-M workgroup shape to time: `linear`'s choice, with any of `--threads --k-threads --rows-per-thread`
 /// put in its place; an error where the problem or the shape does not suit the small-M kernel.
 #[cfg(not(target_arch = "wasm32"))]
@@ -245,7 +262,6 @@ fn bench() -> Result<(), String> {
     use dia_webgpu::kernels::linear::{linear_small_m_shaped, small_m_arith, LinearEpilogue, SmallMShape};
     use dia_webgpu::kernels::{stride_words, GpuMatrix};
     use dia_webgpu::random::Rng;
-    use std::time::Instant;
 
     let a = Args::parse();
     if a.decoder {
@@ -301,20 +317,7 @@ fn bench() -> Result<(), String> {
         };
         let batch: Vec<_> = std::iter::repeat_n(&dispatch, a.batch).collect();
 
-        // Warm-up: pipeline creation, first touch of the buffers, clocks ramping up.
-        for _ in 0..a.iters.div_ceil(10).max(3) {
-            gpu.run(&batch);
-        }
-        gpu.wait_idle().map_err(|e| e.to_string())?;
-
-        let start = Instant::now();
-        for _ in 0..a.iters {
-            gpu.run(&batch);
-        }
-        gpu.wait_idle().map_err(|e| e.to_string())?;
-        let seconds = start.elapsed().as_secs_f64();
-        gpu.check_lost().map_err(|e| e.to_string())?;
-
+        let seconds = seconds_per_submission(&gpu, &batch, a.iters.div_ceil(10).max(3), a.iters)? * a.iters as f64;
         let calls = (a.iters * a.batch) as f64;
         let per_call = seconds / calls;
         // What was forced beyond the arithmetic: 8-column chunks, an unroll, a probe.
@@ -491,7 +494,6 @@ mod decoder {
     };
     use dia_webgpu::kernels::norm::rmsnorm;
     use dia_webgpu::kernels::GpuMatrix;
-    use std::time::Instant;
 
     /// One matrix of a layer: rows, columns, epilogue, role, whether the step normalizes its input first.
     struct Spec {
@@ -654,17 +656,7 @@ mod decoder {
             }
             for Run { name, ds, picked, kinds } in runs {
                 let refs: Vec<&Dispatch> = ds.iter().collect();
-                for _ in 0..a.iters.div_ceil(10).max(3) {
-                    gpu.run(&refs);
-                }
-                gpu.wait_idle().map_err(|e| e.to_string())?;
-                let start = Instant::now();
-                for _ in 0..a.iters {
-                    gpu.run(&refs);
-                }
-                gpu.wait_idle().map_err(|e| e.to_string())?;
-                gpu.check_lost().map_err(|e| e.to_string())?;
-                let per_pass = start.elapsed().as_secs_f64() / a.iters as f64;
+                let per_pass = super::seconds_per_submission(&gpu, &refs, a.iters.div_ceil(10).max(3), a.iters)?;
                 println!(
                     "decoder linear {} M={m:2} {name:24}: {:8.1} passes/s, {:7.3} ms/pass, {:7.1} GB/s of weights, {} dispatches ({picked:?})",
                     a.numerics.name(),
@@ -682,16 +674,7 @@ mod decoder {
                         if refs.is_empty() || calls == 0 {
                             continue;
                         }
-                        for _ in 0..3 {
-                            gpu.run(&refs);
-                        }
-                        gpu.wait_idle().map_err(|e| e.to_string())?;
-                        let start = Instant::now();
-                        for _ in 0..a.iters {
-                            gpu.run(&refs);
-                        }
-                        gpu.wait_idle().map_err(|e| e.to_string())?;
-                        let us = start.elapsed().as_secs_f64() * 1e6 / (a.iters * calls) as f64;
+                        let us = super::seconds_per_submission(&gpu, &refs, 3, a.iters)? * 1e6 / calls as f64;
                         line.push_str(&format!(" {label} {us:.2}"));
                     }
                     println!("  per matrix µs (M={m}, {name}):{line}");
