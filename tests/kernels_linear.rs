@@ -2,7 +2,7 @@
 //! linear (both schedules, all epilogues, both numerics), rmsnorm, embeddings, RoPE.
 mod common;
 
-use common::{cpu_linear, cpu_rmsnorm, rel_err, run_linear, stored_weights, test_gpu_f32_arith as test_gpu, Rng};
+use common::{cpu_linear, cpu_rmsnorm, norm_operands, rel_err, run_linear, stored_weights, test_gpu_f32_arith as test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer};
 use dia_webgpu::kernels::embed::{embed_channels_sum, embed_tokens};
 use dia_webgpu::kernels::linear::{
@@ -221,10 +221,7 @@ fn linear_small_m_reduce_rounds() {
             for (n, k) in [(67, 95), (36, 264)] {
                 for epilogue in EPILOGUES {
                     let (n, out_cols) = if epilogue == LinearEpilogue::SwiGlu { (2 * n, n) } else { (n, n) };
-                    let x: Vec<f32> = (0..m * k).map(|i| rng.uniform() * (1 + i / k) as f32 * 0.8).collect();
-                    let gain = rng.vec(k, 2.0);
-                    let w = rng.vec(n * k, 1.0);
-                    let y0 = rng.vec(m * out_cols, 1.0);
+                    let (x, gain, w, y0) = norm_operands(&mut rng, m, n, k, out_cols);
                     let wm = GpuMatrix::upload(&gpu, "w", &w, n, k, numerics).unwrap();
                     let stored = stored_weights(&w, n, k, numerics);
                     for norm in [false, true] {
@@ -301,10 +298,7 @@ fn norm_linear_ragged() {
         for (m, n, k) in [(1usize, 67usize, 95usize), (2, 300, 264), (5, 66, 16), (16, 130, 515), (17, 67, 264), (37, 5, 95)] {
             for epilogue in EPILOGUES {
                 let (n, out_cols) = if epilogue == LinearEpilogue::SwiGlu { (2 * n, n) } else { (n, n) };
-                let x: Vec<f32> = (0..m * k).map(|i| rng.uniform() * (1 + i / k) as f32 * 0.8).collect();
-                let gain = rng.vec(k, 2.0);
-                let w = rng.vec(n * k, 1.0);
-                let y0 = rng.vec(m * out_cols, 1.0);
+                let (x, gain, w, y0) = norm_operands(&mut rng, m, n, k, out_cols);
                 let (xb, gb, yb) = (gpu.upload("x", &x), gpu.upload("gain", &gain), gpu.upload("y", &y0));
                 let wm = GpuMatrix::upload(&gpu, "w", &w, n, k, numerics).unwrap();
                 let scratch = gpu.buffer("scratch", (m * k * 4) as u64);

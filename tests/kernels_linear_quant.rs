@@ -3,7 +3,7 @@
 //! RMSNorm and the row blocks; and every generated variant through naga's validator on the host.
 mod common;
 
-use common::{cpu_linear, cpu_rmsnorm, q64, rel_err, run_linear, stored_weights, test_gpu_f32_arith as test_gpu, Rng};
+use common::{cpu_linear, cpu_rmsnorm, norm_operands, q64, rel_err, run_linear, stored_weights, test_gpu_f32_arith as test_gpu, Rng};
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, KernelVariant};
 use dia_webgpu::kernels::linear::{
     linear, linear_rows, linear_small_m_shaped, linear_tiled_shaped, norm_linear, Arith, LinearEpilogue, SmallMAccess, SmallMShape, SmallMVariant, TiledAccess,
@@ -213,10 +213,7 @@ fn quant_norm_linear_ragged() {
         for (m, n, k) in [(1usize, 67usize, 30usize), (2, 36, 264), (16, 20, 40), (17, 67, 64)] {
             for epilogue in EPILOGUES {
                 let (n, out_cols) = if epilogue == LinearEpilogue::SwiGlu { (2 * n, n) } else { (n, n) };
-                let x: Vec<f32> = (0..m * k).map(|i| rng.uniform() * (1 + i / k) as f32 * 0.8).collect();
-                let gain = rng.vec(k, 2.0);
-                let w = rng.vec(n * k, 1.0);
-                let y0 = rng.vec(m * out_cols, 1.0);
+                let (x, gain, w, y0) = norm_operands(&mut rng, m, n, k, out_cols);
                 let (xb, gb, yb) = (gpu.upload("x", &x), gpu.upload("gain", &gain), gpu.upload("y", &y0));
                 let wm = GpuMatrix::upload(&gpu, "w", &w, n, k, format).unwrap();
                 let scratch = gpu.buffer("scratch", (m * k * 4) as u64);

@@ -193,6 +193,16 @@ pub struct LinearCase {
     pub norm: bool,
 }
 
+/// Random operands of the fused-norm tests for `m` rows of x against `n` weight rows of `k` columns and `out_cols`
+/// outputs: x rows of growing scale (row r uniform in 0.8·(r + 1)·[−1, 1)), gain in ±2, W in ±1, y0 in ±1.
+pub fn norm_operands(rng: &mut Rng, m: usize, n: usize, k: usize, out_cols: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x: Vec<f32> = (0..m * k).map(|i| rng.uniform() * (1 + i / k) as f32 * 0.8).collect();
+    let gain = rng.vec(k, 2.0);
+    let w = rng.vec(n * k, 1.0);
+    let y0 = rng.vec(m * out_cols, 1.0);
+    (x, gain, w, y0)
+}
+
 /// Random operands for `c`: x uniform in ±`x_scale`, gain in ±2, weight rows of different magnitudes (so quantized
 /// groups get different scales), y0 in ±1.
 pub fn linear_operands(rng: &mut Rng, c: &LinearCase, x_scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
