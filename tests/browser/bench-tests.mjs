@@ -129,6 +129,11 @@ export function benchUnitTests(fixtures) {
           [{ steps: 10 }, /steps must be a whole number ≥ 24/],
           [{ runs: 0 }, /runs must be/],
           [{ steps: 2.5 }, /steps must be/],
+          [{ batches: [0] }, /each size must be a whole number from 1 to 64/],
+          [{ batches: [65] }, /each size must be/],
+          [{ batches: [1, NaN] }, /each size must be/],
+          [{ batches: [2, 2] }, /given twice/],
+          [{ batches: 8 }, /must be a list/],
         ];
         for (const [o, message] of cases) {
           let error = null;
@@ -140,7 +145,7 @@ export function benchUnitTests(fixtures) {
           assert(error && message.test(error), `${JSON.stringify(o)}: ${error}`);
         }
         const d = core.benchOptions({ config: 'tiny' });
-        assert(d.numerics.join() === 'f16w,q8,q4,f32' && d.steps === 100 && d.runs === 3 && new TextEncoder().encode(d.text).length === 100, JSON.stringify(d));
+        assert(d.numerics.join() === 'f16w,q8,q4,f32' && d.steps === 100 && d.runs === 3 && d.batches.length === 0 && new TextEncoder().encode(d.text).length === 100, JSON.stringify(d));
         return `${cases.length} refused`;
       },
     ],
@@ -195,14 +200,14 @@ export async function benchPageTest(context, pageUrl, screenshot) {
 
 /**
  * The Node + Dawn runner (tests/browser/bench.mjs) on SwiftShader, tiny config, q8: exit status 0, and a JSON
- * report like the page's (the same module measures both).
+ * report like the page's (the same module measures both), with batches of 1 and 2 texts (`--batch 1,2`).
  */
 export function benchRunnerTest() {
   const icd = process.env.VK_ICD_FILENAMES ?? '/usr/lib/chromium/vk_swiftshader_icd.json';
   const steps = 24;
   const out = execFileSync(
     process.execPath,
-    [join(here, 'bench.mjs'), '--config', 'tiny', '--numerics', 'q8', '--steps', String(steps), '--warmup', String(steps), '--runs', '1', '--json'],
+    [join(here, 'bench.mjs'), '--config', 'tiny', '--numerics', 'q8', '--steps', String(steps), '--warmup', String(steps), '--runs', '1', '--batch', '1,2', '--json'],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 400000, env: { ...process.env, VK_ICD_FILENAMES: icd } },
   );
   const r = JSON.parse(out.trim().split('\n').at(-1));
@@ -211,5 +216,15 @@ export function benchRunnerTest() {
   assert(r.modes.length === 1 && m.ok && m.numerics === 'q8', `modes ${JSON.stringify(r.modes)}`);
   assert(m.generations.length === 1 && m.generations[0].steps === steps && m.generations[0].samples > 0 && m.median.stepsPerSecond > 0, `generations ${JSON.stringify(m.generations)}`);
   assert(m.median.firstAudioMs > 0 && m.gpuMemory.peakBytes > 0 && m.median.weightGBps > 0, `figures ${JSON.stringify(m.median)}, ${JSON.stringify(m.gpuMemory)}`);
-  return `${m.median.stepsPerSecond.toFixed(2)} steps/s, first audio ${m.median.firstAudioMs.toFixed(0)} ms on ${r.environment.adapter.info.description ?? 'the adapter'}`;
+  // Batches: every text runs its full length (no EOS), a batch of 2 is one decoder pass of `steps` steps serving
+  // both texts, and the aggregate rate counts both texts' steps.
+  assert(JSON.stringify(r.batches) === '[1,2]' && m.batches?.map((b) => b.size).join() === '1,2', `batches ${JSON.stringify(m.batches)}`);
+  for (const b of m.batches) {
+    const g = b.runs[0];
+    assert(b.runs.length === 1 && g.texts === b.size && g.batches === 1 && g.decoderSteps === steps && g.steps === b.size * steps && g.samples > 0, `batch ${b.size}: ${JSON.stringify(g)}`);
+    assert(Math.abs(g.stepsPerSecond - g.steps / g.wallSeconds) < 1e-9 && g.decoderSeconds > 0 && g.decoderSeconds <= g.wallSeconds, `batch ${b.size} rates ${JSON.stringify(g)}`);
+  }
+  const [one, two] = m.batches;
+  assert(one.ratioToBatch1 === 1 && Math.abs(two.ratioToBatch1 - two.median.stepsPerSecond / one.median.stepsPerSecond) < 1e-12, `ratios ${one.ratioToBatch1}, ${two.ratioToBatch1}`);
+  return `${m.median.stepsPerSecond.toFixed(2)} steps/s, first audio ${m.median.firstAudioMs.toFixed(0)} ms on ${r.environment.adapter.info.description ?? 'the adapter'}; batch 2 ${two.median.stepsPerSecond.toFixed(2)} aggregate steps/s (${two.ratioToBatch1.toFixed(2)}× batch 1)`;
 }

@@ -151,7 +151,20 @@ export function benchOptions(o = {}) {
     seed: whole('seed', o.seed ?? 42, 0),
     text: o.text ?? BENCH_TEXT,
     timeline: Boolean(o.timeline),
+    batches: batchSizes(o.batches ?? []),
   };
+}
+
+/** The largest list `generateBatch` takes at once (its `batchSize` limit). */
+export const MAX_BATCH = 64;
+
+function batchSizes(sizes) {
+  if (!Array.isArray(sizes)) throw new Error('batches must be a list of batch sizes');
+  for (const b of sizes) {
+    if (!Number.isInteger(b) || b < 1 || b > MAX_BATCH) throw new Error(`batches: each size must be a whole number from 1 to ${MAX_BATCH} (got ${b})`);
+  }
+  if (new Set(sizes).size !== sizes.length) throw new Error('batches: a size is given twice');
+  return [...sizes];
 }
 
 // ---------------------------------------------------------------- random weights
@@ -311,6 +324,69 @@ async function timeGeneration(engine, text, steps, seed) {
   };
 }
 
+/**
+ * One `generateBatch` call on `size` copies of `text` (a batch of `size` texts per decoder step; text i samples as
+ * item i): wall time, and when the decoder's last rows came back (its last progress report: the codec's work on
+ * each text's whole audio follows). Steps per second are aggregate: every text's steps over the time.
+ */
+async function timeBatch(engine, text, size, steps, seed) {
+  let lastRows = null;
+  let texts = 0;
+  let textSteps = 0;
+  const t0 = now();
+  const onText = (_index, _pcm, steps) => {
+    texts++;
+    textSteps += steps;
+  };
+  const onProgress = (p) => {
+    if (p.rows > 0) lastRows = now() - t0;
+  };
+  const r = await engine.generateBatch(Array(size).fill(text), { seed, maxNewTokens: steps, batchSize: size }, undefined, onText, undefined, onProgress);
+  const wallSeconds = (now() - t0) / 1000;
+  const decoderSeconds = lastRows === null ? null : lastRows / 1000;
+  return {
+    size,
+    texts,
+    batches: r.batches,
+    // Decoder steps run (a batch's step serves all its texts), and the texts' steps in all.
+    decoderSteps: r.steps,
+    steps: textSteps,
+    wallSeconds,
+    stepsPerSecond: textSteps / wallSeconds,
+    decoderSeconds,
+    decoderStepsPerSecond: decoderSeconds === null ? null : textSteps / decoderSeconds,
+    samples: r.samples,
+  };
+}
+
+/**
+ * The `batches` part of a mode's report: per batch size a warm-up call (new sizes may compile pipelines) and `runs`
+ * timed ones; the median aggregate steps/s and its ratio to batch 1's (when 1 is among the sizes).
+ */
+async function timeBatches(engine, o, log) {
+  const out = [];
+  for (const size of o.batches) {
+    await timeBatch(engine, o.text, size, o.warmupSteps, o.seed);
+    const runs = [];
+    for (let k = 0; k < o.runs; k++) {
+      const b = await timeBatch(engine, o.text, size, o.steps, o.seed + 1 + k);
+      runs.push(b);
+      log(`batch ${size}: run ${k + 1}/${o.runs}: ${b.steps} steps of ${b.texts} texts in ${b.batches} batch(es), ${b.stepsPerSecond.toFixed(1)} aggregate steps/s (${b.decoderStepsPerSecond?.toFixed(1) ?? '?'} to the decoder's last rows)`);
+    }
+    out.push({
+      size,
+      runs,
+      median: { stepsPerSecond: median(runs.map((b) => b.stepsPerSecond)), decoderStepsPerSecond: median(runs.map((b) => b.decoderStepsPerSecond)) },
+    });
+  }
+  const one = out.find((b) => b.size === 1);
+  for (const b of out) {
+    b.ratioToBatch1 = one ? b.median.stepsPerSecond / one.median.stepsPerSecond : null;
+    b.decoderRatioToBatch1 = one && one.median.decoderStepsPerSecond && b.median.decoderStepsPerSecond ? b.median.decoderStepsPerSecond / one.median.decoderStepsPerSecond : null;
+  }
+  return out;
+}
+
 /** Builds the model and codec of `cfg` from random weights on a new engine; returns the engine and load figures. */
 async function buildEngine(wasm, cfg, numerics, seed, log, progress) {
   const watch = deviceWatch();
@@ -415,6 +491,7 @@ export async function runBenchmark(wasm, options = {}) {
     runs: o.runs,
     warmupSteps: o.warmupSteps,
     seed: o.seed,
+    batches: o.batches,
     environment: { ...options.environment, adapter: await describeAdapter() },
     modes: [],
   };
@@ -436,6 +513,10 @@ export async function runBenchmark(wasm, options = {}) {
         mode.generations.push(g);
         log(`${numerics}: run ${k + 1}/${o.runs}: ${g.steps} steps, ${g.stepsPerSecond.toFixed(1)} steps/s, first audio ${fmtMs(g.firstAudioMs)}, ${g.realTime.toFixed(2)}× real time`);
         if (o.timeline) log(`${numerics}: run ${k + 1} timeline (ms: rows back / chunk out): ${g.timeline.slice(0, 16).map((e) => `${e.ms.toFixed(0)}:${e.rows ?? `chunk${e.chunk}`}`).join(' ')}`);
+      }
+      if (o.batches.length) {
+        mode.batches = await timeBatches(engine, o, (line) => log(`${numerics}: ${line}`));
+        for (const b of mode.batches) log(`${numerics}: batch ${b.size}: ${b.median.stepsPerSecond.toFixed(1)} aggregate steps/s${b.ratioToBatch1 === null ? '' : `, ${b.ratioToBatch1.toFixed(2)}× batch 1 (decoder part ${b.decoderRatioToBatch1?.toFixed(2) ?? '?'}×)`}`);
       }
       const memory = engine.memory();
       mode.gpuMemory = { allocatedBytes: memory.allocated, peakBytes: memory.peak };
@@ -476,6 +557,7 @@ export function summaryRows(report) {
           weightGBps: m.median.weightGBps.toPrecision(3),
           load: `${m.load.seconds.toFixed(1)} s`,
           prepare: m.load.prepareSeconds === undefined ? '–' : `${m.load.prepareSeconds.toFixed(2)} s (${m.load.pipelines ?? '?'} pipelines)`,
+          batches: m.batches?.length ? m.batches.map((b) => `${b.size}: ${b.median.stepsPerSecond.toFixed(1)}${b.ratioToBatch1 === null || b.size === 1 ? '' : ` (${b.ratioToBatch1.toFixed(2)}×)`}`).join(', ') : '–',
         }
       : { numerics: m.numerics, error: m.error },
   );
@@ -491,4 +573,5 @@ export const SUMMARY_COLUMNS = [
   ['weightGBps', 'weights GB/s'],
   ['load', 'build'],
   ['prepare', 'of which compiling pipelines'],
+  ['batches', 'batches: aggregate steps/s (× batch 1)'],
 ];

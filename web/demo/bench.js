@@ -2,7 +2,7 @@
 // runner tests/browser/bench.mjs runs the same module). The engine runs on this page's thread: the measuring
 // module awaits the GPU between steps, so the page stays responsive enough to show progress.
 // Query parameters preset the form, and `autorun=1` starts at once (the browser tests do):
-//   bench.html?config=tiny&numerics=q8,f32&steps=24&runs=1&warmup=24&autorun=1
+//   bench.html?config=tiny&numerics=q8,f32&steps=24&runs=1&warmup=24&autorun=1   (batch=1,8: also time batches)
 // When a run ends, body[data-state] is "done" (or "failed") and window.benchReport holds the report.
 import initEngine, * as engine from '../dist/wasm/dia_webgpu.js';
 import { BENCH_CONFIGS, NUMERICS, SUMMARY_COLUMNS, benchOptions, describeAdapter, runBenchmark, summaryRows } from './bench-core.js';
@@ -39,7 +39,7 @@ function buildForm() {
     }),
   );
   $('config').replaceChildren(...Object.entries(BENCH_CONFIGS).map(([key, c]) => new Option(c.label, key)));
-  for (const [param, id] of [['config', 'config'], ['steps', 'steps'], ['runs', 'runs'], ['warmup', 'warmup']]) {
+  for (const [param, id] of [['config', 'config'], ['steps', 'steps'], ['runs', 'runs'], ['warmup', 'warmup'], ['batch', 'batches']]) {
     if (query.has(param)) $(id).value = query.get(param);
   }
   // The tiny model is done in seconds: fewer steps suit it.
@@ -53,6 +53,7 @@ function readForm() {
     steps: Number($('steps').value),
     runs: Number($('runs').value),
     warmupSteps: Number($('warmup').value),
+    batches: $('batches').value.trim() === '' ? [] : $('batches').value.split(',').map((s) => (s.trim() === '' ? NaN : Number(s))),
   });
 }
 
