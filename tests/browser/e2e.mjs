@@ -1353,7 +1353,7 @@ async function main() {
       await test('benchmark page (tiny config, q8, 24 steps): builds the model from random weights, times a first and a timed generation, shows the figures and a JSON report with sane fields (screenshot)', () =>
         benchPageTest(context, `${origin}/pkg/demo/bench.html`, join(artifacts, 'bench.png')),
       );
-      await test('benchmark in node on Dawn (tests/browser/bench.mjs --config tiny --numerics q8 --json, SwiftShader): exit 0, a report like the page\'s', benchRunnerTest);
+      await test('benchmark in node on Dawn (tests/browser/bench.mjs --config tiny --numerics q8 --batch 1,2 --json, SwiftShader): exit 0, a report like the page\'s, with batches of 1 and 2 texts timed', benchRunnerTest);
     }
   } finally {
     await browser.close();
