@@ -28,8 +28,9 @@ const NEG: f32 = -3.0e38;
 @group(0) @binding(1) var<storage, read> qinfo: array<u32>;
 @group(0) @binding(2) var<storage, read> seqs: array<u32>;
 @group(0) @binding(3) var<storage, read> qbuf: array<f32>;
-// K and V: f32 words, or f16 pairs packed in u32 words ({{KV_WORD}}; `load_k`, `load_v`, `pv_load_v` and the
-// appending combine's `store_pair_k` / `store_pair_v` are generated per format: `kv_cache::KvFormat`).
+// K and V: f32 words, f16 pairs packed in u32 words, or q8 blocks of u32 words ({{KV_WORD}}; `load_k`, `load_v`,
+// `pv_load_v` and the appending combine's `store_new_key_k` / `store_new_key_v` are generated per format:
+// `kv_cache::KvFormat`).
 @group(0) @binding(4) var<storage, read> kbuf: array<{{KV_WORD}}>;
 @group(0) @binding(5) var<storage, read> vbuf: array<{{KV_WORD}}>;
 
@@ -570,8 +571,9 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
 {{KV_STORES}}
 
 // Appending decode: the first head of each kv head's group copies the new key's staged K and V into the caches
-// at (seq, pos). No pass of this step reads that cache row any more (the partials took the new key from the
-// QKV row), and the next step's partials run after this pass.
+// at (seq, pos) (a q8 cache quantizes each as one block). No pass of this step reads that cache row any more (the
+// partials took the new key from the QKV row), and the next step's partials run after this pass. No barriers
+// here or in the stores: the early returns depend on storage loads.
 fn append_new_key(lid: u32, h: u32, row: u32) {
     if h % p.n_rep != 0u || visible_keys(row) == 0u {
         return;
@@ -584,11 +586,8 @@ fn append_new_key(lid: u32, h: u32, row: u32) {
     let g = h / p.n_rep;
     let slot = new_key_slot(row, g);
     let dst = (seqs[2u * s] + pos) * p.kv_stride + g * HD;
-    // Pairs of values (HD is even; an f16 pair is one word).
-    for (var d = 2u * lid; d < HD; d += 2u * WG) {
-        store_pair_k(dst + p.k_col + d, partial_at(slot + d), partial_at(slot + d + 1u), true);
-        store_pair_v(dst + p.v_col + d, partial_at(slot + HD + d), partial_at(slot + HD + d + 1u), true);
-    }
+    store_new_key_k(lid, dst + p.k_col, slot);
+    store_new_key_v(lid, dst + p.v_col, slot + HD);
 }
 
 fn partial_at(i: u32) -> f32 {

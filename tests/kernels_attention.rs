@@ -144,6 +144,31 @@ fn assert_q8_close(got: &[u32], want: &[f32], hd: usize, what: &str) {
     }
 }
 
+/// GPU q8 cache words against the CPU's (`q8_blocks` of the same values): the blocks in `written` (just quantized
+/// on the GPU) with each scale within f32 rounding of the CPU's and each byte within one unit (the GPU's rotation
+/// may round a K value differently, and WGSL's division is not correctly rounded, so a value near a half step may
+/// round the other way), every other block bit for bit. Returns how many bytes are a unit off.
+fn assert_q8_blocks_near(got: &[u32], want: &[u32], hd: usize, written: &[usize], what: &str) -> usize {
+    let words = hd / 4 + 1;
+    assert_eq!(got.len(), want.len(), "{what}: words");
+    let mut off_by_one = 0;
+    for (b, (g, w)) in got.chunks(words).zip(want.chunks(words)).enumerate() {
+        if !written.contains(&b) {
+            assert_eq!(g, w, "{what}: block {b}, not written, changed");
+            continue;
+        }
+        let (scale, want_scale) = (f32::from_bits(g[hd / 4]), f32::from_bits(w[hd / 4]));
+        assert!((scale - want_scale).abs() <= want_scale * 1e-6, "{what}: block {b} scale {scale}, want {want_scale}");
+        for j in 0..hd {
+            let byte = |ws: &[u32]| (ws[j / 4] >> (8 * (j % 4))) as u8 as i8 as i32;
+            let (q, want_q) = (byte(g), byte(w));
+            assert!((q - want_q).abs() <= 1, "{what}: block {b} value {j} is {q} steps, want {want_q}");
+            off_by_one += (q != want_q) as usize;
+        }
+    }
+    off_by_one
+}
+
 /// Each value within one f16 rounding step of `want`'s (the WGSL spec lets `pack2x16float` round either way).
 fn assert_f16_close(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
@@ -698,16 +723,16 @@ fn pack_f16_packs_pairs() {
 /// A decoder step's self-attention with RoPE and the cache update folded in (`attention_decode_appending`),
 /// stepped several times through the same dispatches, against the CPU: queries rotated at their positions (past
 /// the tables: unrotated), each row's new K (rotated) and V attended and appended to the caches at (seq, pos), a
-/// position past the cache attending over it without writing, the fused QKV source left untouched.
+/// position past the cache attending over it without writing, the fused QKV source left untouched. Over f32, f16
+/// and q8 caches; q8 keys are scored a word at a time where head_dim is a multiple of 64 (128 and 64 here), a value
+/// at a time otherwise (16 and 32).
 #[test]
 fn attention_decode_appending_matches_rope_then_attention() {
     let gpu = test_gpu();
     let mut rng = Rng::new(31);
-    // q8 caches are written a block at a time by `rope_kv_write`, never by the appending combine (see
-    // `can_append_in_decode`).
     for reduction in reductions(&gpu) {
-        for format in [KvFormat::F32, KvFormat::F16] {
-            for (hd, heads, kv_heads, max_pos) in [(16usize, 4usize, 2usize, 3072usize), (128, 16, 4, 3072), (32, 4, 4, 150)] {
+        for format in KvFormat::ALL {
+            for (hd, heads, kv_heads, max_pos) in [(16usize, 4usize, 2usize, 3072usize), (128, 16, 4, 3072), (32, 4, 4, 150), (64, 4, 2, 150)] {
                 let (n_seq, max_len) = (4usize, 300usize);
                 let width = kv_heads * hd;
                 let stride = heads * hd + 2 * width + 3; // fused projection rows [Q | K | V] + unrelated columns
@@ -717,6 +742,8 @@ fn attention_decode_appending_matches_rope_then_attention() {
                 let seqs: Vec<u32> = (0..n_seq).flat_map(|s| [(s * max_len) as u32, if s == 3 { 140 } else { max_len as u32 }]).collect();
                 let mut k_cache = rng.vec(n_seq * max_len * width, 1.0);
                 let mut v_cache = rng.vec(n_seq * max_len * width, 1.0);
+                // q8: the caches' words as the CPU expects them (blocks of hd values, head-aligned in every row).
+                let (mut k_words, mut v_words) = (Vec::new(), Vec::new());
                 let (kb, vb) = match format {
                     KvFormat::F32 => (gpu.upload("k_cache", &k_cache), gpu.upload("v_cache", &v_cache)),
                     KvFormat::F16 => {
@@ -724,7 +751,11 @@ fn attention_decode_appending_matches_rope_then_attention() {
                         v_cache = f16_rounded(&v_cache);
                         (gpu.upload("k_cache", &f16_words(&k_cache)), gpu.upload("v_cache", &f16_words(&v_cache)))
                     }
-                    KvFormat::Q8 => unreachable!("not an appending format"),
+                    KvFormat::Q8 => {
+                        (k_words, v_words) = (q8_blocks(&k_cache, hd), q8_blocks(&v_cache, hd));
+                        (k_cache, v_cache) = (q8_unpacked(&k_words, hd), q8_unpacked(&v_words, hd));
+                        (gpu.upload("k_cache", &k_words), gpu.upload("v_cache", &v_words))
+                    }
                 };
                 let rows = 4usize;
                 let qkv_b = gpu.buffer("qkv", (rows * stride * 4) as u64);
@@ -773,6 +804,7 @@ fn attention_decode_appending_matches_rope_then_attention() {
                     gpu.run(&step.iter().collect::<Vec<_>>());
                     // CPU: rotate the queries, append the new keys, attend over the caches.
                     let mut q = vec![0f32; rows * heads * hd];
+                    let mut written_blocks = Vec::new();
                     for m in 0..rows {
                         let (seq, pos) = (qinfo[2 * m] as usize, qinfo[2 * m + 1] as usize);
                         let row = &x[m * stride..][..stride];
@@ -785,6 +817,15 @@ fn attention_decode_appending_matches_rope_then_attention() {
                                 k_cache[dst + g * hd..][..hd].copy_from_slice(&rotate(&row[(heads + g) * hd..][..hd], pos));
                             }
                             v_cache[dst..dst + width].copy_from_slice(&row[heads * hd + width..][..width]);
+                            if format == KvFormat::Q8 {
+                                // The blocks `rope_kv_write` would write: the rotated K and the V quantized.
+                                let block_words = hd / 4 + 1;
+                                for b in dst / hd..(dst + width) / hd {
+                                    k_words[b * block_words..][..block_words].copy_from_slice(&q8_blocks(&k_cache[b * hd..][..hd], hd));
+                                    v_words[b * block_words..][..block_words].copy_from_slice(&q8_blocks(&v_cache[b * hd..][..hd], hd));
+                                    written_blocks.push(b);
+                                }
+                            }
                         }
                     }
                     let p = Problem {
@@ -820,9 +861,47 @@ fn attention_decode_appending_matches_rope_then_attention() {
                             // Later steps read the new keys as the cache holds them.
                             (k_cache, v_cache) = (k_got, v_got);
                         }
-                        KvFormat::Q8 => unreachable!(),
+                        KvFormat::Q8 => {
+                            let (k_got, v_got) = (gpu.read_u32_blocking(&kb).unwrap(), gpu.read_u32_blocking(&vb).unwrap());
+                            for (got, want, name) in [(&k_got, &k_words, "k"), (&v_got, &v_words, "v")] {
+                                let off_by_one = assert_q8_blocks_near(got, want, hd, &written_blocks, &format!("{what}: {name} cache"));
+                                println!("{what}: {name} cache, {} blocks written, {off_by_one} bytes a unit off the CPU's", written_blocks.len());
+                            }
+                            // Later steps read the new keys as the cache holds them.
+                            (k_cache, v_cache) = (q8_unpacked(&k_got, hd), q8_unpacked(&v_got, hd));
+                            (k_words, v_words) = (k_got, v_got);
+                        }
                     }
                     assert_eq!(gpu.read_f32_blocking(&qkv_b).unwrap(), x, "{what}: the QKV rows must stay unrotated");
+                }
+            }
+        }
+    }
+}
+
+/// The appending decode's generated source over q8 caches: cached keys scored a word at a time (`load_k_word`, one
+/// scale per key) where head_dim is a multiple of 64 (a word's rotary partner is then in the same lane), a value at
+/// a time otherwise, never by words over f16 caches; the combine writes the new key through the format's generated
+/// store. Each source validates in naga (`kernels::catalog` holds no appending q8 variant).
+#[test]
+fn appending_decode_scores_q8_keys_by_words_where_head_dim_allows() {
+    use dia_webgpu::gpu::KernelVariant;
+    use dia_webgpu::kernels::attention::{AttentionEntry, AttentionVariant};
+    use wgpu::naga;
+    for kv in [KvFormat::Q8, KvFormat::F16] {
+        for hd in [16u32, 32, 64, 80, 128, 192, 256] {
+            for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
+                for nr in [1, 2, 4] {
+                    let v = AttentionVariant { entry: AttentionEntry::DecodePartial, head_dim: hd, decode_heads: nr, single: false, append: true, kv, reduction };
+                    let what = format!("{kv} caches, hd {hd}, {nr} heads per workgroup, {reduction:?} reductions");
+                    let source = dia_webgpu::gpu::shader_source_for_target(&v.source()).to_string();
+                    let words = kv == KvFormat::Q8 && hd.is_multiple_of(64);
+                    assert_eq!(source.contains("load_k_word("), words, "{what}: keys scored by words");
+                    assert!(source.contains("store_new_key_k(lid, dst + p.k_col, slot);"), "{what}: the combine stores the new key");
+                    let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
+                    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+                        .validate(&module)
+                        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
                 }
             }
         }

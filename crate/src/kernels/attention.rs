@@ -188,8 +188,10 @@ fn shader_source(head_dim: u32, decode_heads: u32, single: bool, append: bool, k
     let fit = PREFILL_TILE_WORDS / (2 * head_dim + WORKGROUP);
     let key_tile = [32, 16, 8, 4, 2, 1].into_iter().find(|&b| b <= fit).unwrap_or(1);
     let chunk = decode_chunk(decode_heads);
-    // q8 keys are scored a word at a time (4 values, one scale per key); the appending decode never reads q8 caches.
-    let q8_words = kv == KvFormat::Q8 && !append && head_dim.is_multiple_of(4);
+    // q8 keys are scored a word at a time (4 values, one scale per key). The appending decode rotates its query by
+    // words then, which needs each word's rotary partner in the same lane: head_dim a multiple of 64 (`decode_code`);
+    // other head_dims score a value at a time.
+    let q8_words = kv == KvFormat::Q8 && head_dim.is_multiple_of(4) && (!append || head_dim.is_multiple_of(64));
     let code = decode_code(head_dim, decode_heads, chunk, append, q8_words);
     let tiled = tiled_code(head_dim);
     let red = decode_reductions(reduction, decode_heads);
@@ -209,7 +211,7 @@ fn shader_source(head_dim: u32, decode_heads: u32, single: bool, append: bool, k
             ("KV_WORD", kv.wgsl_word().to_string()),
             ("KV_LOADS", [kv.wgsl_load("load_k", "kbuf", head_dim), kv.wgsl_load("load_v", "vbuf", head_dim), if q8_words { KvFormat::wgsl_q8_words("load_k", "kbuf", head_dim) } else { String::new() }].concat()),
             ("PV_LOAD", kv.wgsl_load("pv_load_v", "pv_v", head_dim)),
-            ("KV_STORES", [kv.wgsl_store_pair("store_pair_k", "kcache_c"), kv.wgsl_store_pair("store_pair_v", "vcache_c")].concat()),
+            ("KV_STORES", [kv.wgsl_store_head("store_new_key_k", "kcache_c", head_dim, "partial_at", WORKGROUP), kv.wgsl_store_head("store_new_key_v", "vcache_c", head_dim, "partial_at", WORKGROUP)].concat()),
             ("HD", head_dim.to_string()),
             ("DP", head_dim.div_ceil(PREFILL_LANES).to_string()),
             ("BK", key_tile.to_string()),
@@ -422,12 +424,15 @@ pub fn attention_decode(gpu: &Gpu, a: &AttentionArgs) -> Vec<Dispatch> {
 }
 
 /// Whether `attention_decode_appending` takes these arguments: causal self-attention over more keys than one
-/// chunk holds (the combine pass writes the new key), head_dim a multiple of 16 (rotary pairs share a lane), and
-/// separate K and V caches (both are written).
+/// chunk holds (the combine pass writes the new key), head_dim a multiple of 16 (rotary pairs share a lane) that
+/// the cache format takes (q8: up to `Q8_MAX_HEAD_DIM`), and separate K and V caches (both are written).
 pub fn can_append_in_decode(a: &AttentionArgs) -> bool {
     let (_, chunk) = decode_shape(a);
-    // q8 caches are written a whole block at a time; the appending combine writes pairs.
-    a.kv_format != KvFormat::Q8 && a.causal && a.head_dim.is_multiple_of(16) && a.max_keys.div_ceil(chunk) > 1 && !std::sync::Arc::ptr_eq(&a.k_buf.buf, &a.v_buf.buf)
+    a.causal
+        && a.head_dim.is_multiple_of(16)
+        && a.kv_format.supports(a.head_dim)
+        && a.max_keys.div_ceil(chunk) > 1
+        && !std::sync::Arc::ptr_eq(&a.k_buf.buf, &a.v_buf.buf)
 }
 
 /// `attention_decode` for a decoder step's self-attention with RoPE and the KV-cache update folded in (what
@@ -436,10 +441,11 @@ pub fn can_append_in_decode(a: &AttentionArgs) -> bool {
 /// `q_buf` holds each row's fused projection `[Q heads | K heads | V heads]` from `q_col`, unrotated; `k_buf` and
 /// `v_buf` are the caches. Query row m at position pos (qinfo) is rotated on load with the `cos`/`sin` tables
 /// `[max_pos, head_dim / 2]` (rotate_half; a position past the tables is not rotated), attends over the cached keys
-/// before pos plus its own rotated K and V, and the combine writes that K and V into the caches at (seq, pos) when
-/// pos < kv_len. `q_buf` itself is left unrotated. Panics unless `can_append_in_decode(a)`.
+/// before pos plus its own rotated K and V (in f32, as the QKV row holds them), and the combine writes that K and V
+/// into the caches at (seq, pos) when pos < kv_len (q8: each quantized as one block, as `rope_kv_write` would).
+/// `q_buf` itself is left unrotated. Panics unless `can_append_in_decode(a)`.
 pub fn attention_decode_appending(gpu: &Gpu, a: &AttentionArgs, cos: &GpuBuffer, sin: &GpuBuffer) -> Vec<Dispatch> {
-    assert!(can_append_in_decode(a), "attention_decode_appending: needs causal attention over several chunks, head_dim % 16 == 0 and separate K/V caches");
+    assert!(can_append_in_decode(a), "attention_decode_appending: needs causal attention over several chunks, head_dim % 16 == 0 (within the cache format's) and separate K/V caches");
     decode_dispatches(gpu, a, Some((cos, sin)))
 }
 
@@ -685,10 +691,19 @@ struct DecodeCode {
     combine_append: String,
 }
 
+/// Rotates `{raw}_{i}` into `{name}_{i}` (the appending decode: rotate_half, pairs of slots i and i + half).
+type Rotate<'a> = &'a dyn Fn(&mut Emitter, &str, &str);
+
+/// Values 4w .. 4w + 3 of the head at `base` of the QKV row (`w` a WGSL word index), as one vec4.
+fn q_word(base: &str, w: &str) -> String {
+    format!("vec4<f32>(load_q({base} + 4u * ({w})), load_q({base} + 4u * ({w}) + 1u), load_q({base} + 4u * ({w}) + 2u), load_q({base} + 4u * ({w}) + 3u))")
+}
+
 /// The decode's scores over q8 keys, a word at a time: lane t takes words t, t + 8, … of the key (4 values each, so
 /// its query values are 4w .. 4w + 3 of those words), loads each once with one scale per key, and scales the dot
-/// product once (the value-at-a-time path loads a word and the scale per value: 8× the loads).
-fn decode_q8_scores(scores: &mut Emitter, hd: u32, nr: u32, passes: u32) {
+/// product once (the value-at-a-time path loads a word and the scale per value: 8× the loads). With `rotate` (the
+/// appending decode) the query is loaded as `qr_*` and rotated into `q_*`.
+fn decode_q8_scores(scores: &mut Emitter, hd: u32, nr: u32, passes: u32, rotate: Option<Rotate>) {
     const DL: u32 = 8;
     // 256 threads, DL lanes per key.
     const KEYS_PER_PASS: u32 = 256 / DL;
@@ -696,13 +711,16 @@ fn decode_q8_scores(scores: &mut Emitter, hd: u32, nr: u32, passes: u32) {
     let per_lane = words.div_ceil(DL);
     // Lane t's i-th word; clamped where the last round of words is partial (its query is zero there).
     let word = |i: u32| if DL * (i + 1) > words { format!("min(t + {}u, {}u)", DL * i, words - 1) } else { format!("t + {}u", DL * i) };
+    let raw = if rotate.is_some() { "qr" } else { "q" };
     for h in 0..nr {
         emit!(scores, "let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
         for i in 0..per_lane {
-            let w = word(i);
-            let load = format!("vec4<f32>(load_q(qb_{h} + 4u * ({w})), load_q(qb_{h} + 4u * ({w}) + 1u), load_q(qb_{h} + 4u * ({w}) + 2u), load_q(qb_{h} + 4u * ({w}) + 3u))");
+            let load = q_word(&format!("qb_{h}"), &word(i));
             let value = if DL * (i + 1) > words { format!("select(vec4<f32>(0.0), {load}, t + {}u < {words}u)", DL * i) } else { load };
-            emit!(scores, "let q_{h}_{i} = {value};");
+            emit!(scores, "let {raw}_{h}_{i} = {value};");
+        }
+        if let Some(rotate) = rotate {
+            rotate(scores, &format!("q_{h}"), &format!("qr_{h}"));
         }
     }
     for pass in 0..passes {
@@ -723,38 +741,53 @@ fn decode_q8_scores(scores: &mut Emitter, hd: u32, nr: u32, passes: u32) {
 /// For head_dim `hd`, `nr` query heads per workgroup and chunks of `chunk` keys (shader constants HD, NR, CH;
 /// DL = 8 lanes per key, 256 threads). With `append` (self-attention of a decoder step, HD a multiple of 16) the
 /// query is rotated on load and the row's new key is scored and weighted from the fused QKV row instead of the
-/// cache (its cache row is stale until the combine writes it).
+/// cache (its cache row is stale until the combine writes it). `q8_words`: q8 keys scored a word at a time
+/// (`decode_q8_scores`; with `append`, HD a multiple of 64).
 fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool, q8_words: bool) -> DecodeCode {
     const DL: u32 = 8;
     const THREADS: u32 = 256;
     let dims = hd.div_ceil(DL);
-    // Rotary pairs (d, d + HD/2) sit in one lane: dims i and i + h8 of lane t.
-    let h8 = hd / 16;
     assert!(!append || hd.is_multiple_of(16), "decode_code: appending needs head_dim a multiple of 16");
+    assert!(!(append && q8_words) || hd.is_multiple_of(64), "decode_code: appending over q8 words needs head_dim a multiple of 64");
     // Lane t holds dims t + 8·i; the last i is partial when HD is not a multiple of 8.
     let lane_dim = |i: u32| if DL * (i + 1) > hd { format!("min(t + {}u, HD - 1u)", DL * i) } else { format!("t + {}u", DL * i) };
+    // A lane's slots of a head in the score phase: dims t + 8·i, or with q8 words words t + 8·i (a vec4 of dims
+    // 4(t + 8·i) .. + 3 each). Rotary pairs (d, d + HD/2) sit in one lane either way: slots i and i + half
+    // (HD/16 dims or HD/64 words on).
+    let (slots, half) = if q8_words { (hd / 4 / DL, hd / 64) } else { (dims, hd / 16) };
     let mut scores = Emitter::new(1);
     if append {
         scores.line("let pos = qinfo[2u * row + 1u];");
         scores.line("let is_new = pos >= c0 && pos - c0 < CH && pos < lim;");
         scores.line("let kp = select(0u, pos - c0, is_new);");
         scores.line("let vlim = select(CH, kp, is_new);");
-        for i in 0..h8 {
-            emit!(scores, "let rcs_{i} = rope_cs(pos, t + {}u);", DL * i);
+        for i in 0..half {
+            if q8_words {
+                for c in 0..4 {
+                    emit!(scores, "let rcs_{i}_{c} = rope_cs(pos, 4u * (t + {}u) + {c}u);", DL * i);
+                }
+                emit!(scores, "let rc_{i} = vec4<f32>(rcs_{i}_0.x, rcs_{i}_1.x, rcs_{i}_2.x, rcs_{i}_3.x);");
+                emit!(scores, "let rs_{i} = vec4<f32>(rcs_{i}_0.y, rcs_{i}_1.y, rcs_{i}_2.y, rcs_{i}_3.y);");
+            } else {
+                emit!(scores, "let rcs_{i} = rope_cs(pos, t + {}u);", DL * i);
+            }
         }
     } else {
         scores.line("let vlim = CH;");
     }
+    // (cos, sin) of slot i's rotary pairs: scalars, or vec4s of a word's four.
+    let cos_sin = |i: u32| if q8_words { (format!("rc_{i}"), format!("rs_{i}")) } else { (format!("rcs_{i}.x"), format!("rcs_{i}.y")) };
     // `name_{i}` rotated from `raw_{i}` (rotate_half: the first half pairs with the second).
     let rotate = |out: &mut Emitter, name: &str, raw: &str| {
-        for i in 0..h8 {
-            let j = i + h8;
-            emit!(out, "let {name}_{i} = {raw}_{i} * rcs_{i}.x - {raw}_{j} * rcs_{i}.y;");
-            emit!(out, "let {name}_{j} = {raw}_{j} * rcs_{i}.x + {raw}_{i} * rcs_{i}.y;");
+        for i in 0..half {
+            let j = i + half;
+            let (c, s) = cos_sin(i);
+            emit!(out, "let {name}_{i} = {raw}_{i} * {c} - {raw}_{j} * {s};");
+            emit!(out, "let {name}_{j} = {raw}_{j} * {c} + {raw}_{i} * {s};");
         }
     };
     if q8_words {
-        decode_q8_scores(&mut scores, hd, nr, chunk / (THREADS / DL));
+        decode_q8_scores(&mut scores, hd, nr, chunk / (THREADS / DL), if append { Some(&rotate) } else { None });
     } else {
         for h in 0..nr {
             emit!(scores, "let qb_{h} = row * p.q_stride + p.q_col + (h0 + {h}u) * HD;");
@@ -784,22 +817,31 @@ fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool, q8_words: bool) -> De
     }
     if append {
         // The new key from the QKV row (K heads follow the query heads), rotated; the lanes that scored its stale
-        // cache row above overwrite that score, and stage it for the combine to write into the cache. (These two
-        // `if` bodies are written at the `if`'s own depth: unindented, as the shaders have always had them.)
+        // cache row above overwrite that score, and stage it (in dim order, whatever the lanes' slots) for the
+        // combine to write into the cache. (These two `if` bodies are written at the `if`'s own depth: unindented,
+        // as the shaders have always had them.)
         emit!(scores, "if is_new && kl == kp % {}u {{", THREADS / DL);
         scores.line("let nb = row * p.q_stride + p.q_col + (p.heads + g) * HD;");
-        for i in 0..dims {
-            emit!(scores, "let nr_{i} = load_q(nb + {});", lane_dim(i));
+        let word = |i: u32| format!("t + {}u", DL * i);
+        for i in 0..slots {
+            let load = if q8_words { q_word("nb", &word(i)) } else { format!("load_q(nb + {})", lane_dim(i)) };
+            emit!(scores, "let nr_{i} = {load};");
         }
         rotate(&mut scores, "nk", "nr");
         for h in 0..nr {
-            let terms: Vec<String> = (0..dims).map(|i| format!("q_{h}_{i} * nk_{i}")).collect();
+            let terms: Vec<String> = (0..slots).map(|i| if q8_words { format!("dot(q_{h}_{i}, nk_{i})") } else { format!("q_{h}_{i} * nk_{i}") }).collect();
             emit!(scores, "d_part[({h}u * CH + kp) * DL + t] = {};", tree_sum(&terms));
         }
         scores.line("if h0 % p.n_rep == 0u {");
         scores.line("let slot = new_key_slot(row, g);");
-        for i in 0..dims {
-            emit!(scores, "store_partial(slot + {}, nk_{i});", lane_dim(i));
+        for i in 0..slots {
+            if q8_words {
+                for (c, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+                    emit!(scores, "store_partial(slot + 4u * ({}) + {c}u, nk_{i}.{comp});", word(i));
+                }
+            } else {
+                emit!(scores, "store_partial(slot + {}, nk_{i});", lane_dim(i));
+            }
         }
         scores.line("}");
         scores.line("}");

@@ -42,7 +42,7 @@ fn attention(out: &mut Vec<(String, String)>) {
             for kv in KvFormat::ALL {
                 for reduction in REDUCTIONS {
                     for (single, append) in [(false, false), (true, false), (false, true)] {
-                        if append && (kv == KvFormat::Q8 || !hd.is_multiple_of(16)) {
+                        if append && !hd.is_multiple_of(16) {
                             continue;
                         }
                         let name = format!("attention/hd{hd}_nr{nr}_{kv}_{reduction:?}_single{single}_append{append}");

@@ -34,8 +34,9 @@ wgsl_params! {
 /// layouts keep a head's values contiguous and head-aligned) are stored as `head_dim / 4` words of signed bytes
 /// (value j in byte j % 4 of word j / 4, two's complement), then one f32 scale word: value = q · scale, with
 /// scale = max |v| / 127 over the block and q = round(v / scale) in [-127, 127] (a block of zeros has scale 0).
-/// Writers quantize a whole block at once (`rope_kv_write` and `pack_kv` run a workgroup per block), so the
-/// decode's appending path, which writes a key pair by pair, is not used with it (`can_append_in_decode`).
+/// Writers quantize a whole block at once: `rope_kv_write` and `pack_kv` run a workgroup per block, the appending
+/// decode's combine (`attention::attention_decode_appending`) writes a block per workgroup without barriers
+/// (`wgsl_store_head`), all with the same arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KvFormat {
     #[default]
@@ -115,8 +116,9 @@ impl KvFormat {
     }
 
     /// WGSL `fn <name>(d: u32, a: f32, b: f32, two: bool)`: values d (even) and, if `two`, d + 1 of storage array `var`
-    /// (f16 pairs are always written whole). `Q8` has none (blocks are written whole): an empty function that is
-    /// never called (`can_append_in_decode` is false for it).
+    /// (f16 pairs are always written whole). `Q8` has none (blocks are written whole: `wgsl_store_head`): an empty
+    /// function, so the `plain` section's module still builds for every format (`rope_kv_write` takes section `q8`
+    /// for q8 caches).
     pub(crate) fn wgsl_store_pair(self, name: &str, var: &str) -> String {
         match self {
             KvFormat::Q8 => format!("fn {name}(d: u32, a: f32, b: f32, two: bool) {{}}\n"),
@@ -126,6 +128,62 @@ impl KvFormat {
             KvFormat::F16 => format!(
                 "fn {name}(d: u32, a: f32, b: f32, two: bool) {{\n    let w = d / 2u;\n    if w < arrayLength(&{var}) {{ {var}[w] = pack2x16float(vec2<f32>(a, b)); }}\n}}\n"
             ),
+        }
+    }
+
+    /// WGSL `fn <name>(lid: u32, i: u32, src: u32)`: one head's `head_dim` values, `<read>(src + d)` for d < head_dim
+    /// (`read` a WGSL function of the caller's module), into storage array `var` from value i (head-aligned), by
+    /// invocations lid < `threads` of one workgroup together. No barriers: callers may run it under non-uniform
+    /// control flow. F32 and F16 write a pair of values per invocation and round. `Q8` writes the whole block: every
+    /// invocation takes the block's max |v| itself (a serial loop over the values, in registers rather than
+    /// workgroup memory) and writes words lid, lid + threads, … (the last word is the scale), with the arithmetic of
+    /// `block_scale` / `block_word` in `shaders/kv_cache.wgsl`, so the same values give the bytes `rope_kv_write`
+    /// writes.
+    pub(crate) fn wgsl_store_head(self, name: &str, var: &str, head_dim: u32, read: &str, threads: u32) -> String {
+        match self {
+            KvFormat::F32 | KvFormat::F16 => {
+                // Pairs of values (head_dim is even; an f16 pair is one word).
+                let pair = format!("{name}_pair");
+                self.wgsl_store_pair(&pair, var)
+                    + &format!(
+                        "fn {name}(lid: u32, i: u32, src: u32) {{\n    for (var d = 2u * lid; d < {head_dim}u; d += {}u) {{\n        {pair}(i + d, {read}(src + d), {read}(src + d + 1u), true);\n    }}\n}}\n",
+                        2 * threads
+                    )
+            }
+            KvFormat::Q8 => {
+                let (words, stride) = (head_dim / 4, head_dim / 4 + 1);
+                format!(
+                    "fn {name}(lid: u32, i: u32, src: u32) {{
+    let base = (i / {head_dim}u) * {stride}u;
+    if base + {words}u >= arrayLength(&{var}) {{
+        return;
+    }}
+    // Four independent loads per round (max is exact in any order).
+    var mx = 0.0;
+    for (var d = 0u; d < {head_dim}u; d += 4u) {{
+        let a = max(abs({read}(src + d)), abs({read}(src + d + 1u)));
+        let b = max(abs({read}(src + d + 2u)), abs({read}(src + d + 3u)));
+        mx = max(mx, max(a, b));
+    }}
+    let scale = mx / 127.0;
+    for (var w = lid; w <= {words}u; w += {threads}u) {{
+        var word = bitcast<u32>(scale);
+        if w < {words}u {{
+            word = 0u;
+            for (var k = 0u; k < 4u; k++) {{
+                var q = 0.0;
+                if scale > 0.0 {{
+                    q = clamp(round({read}(src + 4u * w + k) / scale), -127.0, 127.0);
+                }}
+                word |= (bitcast<u32>(i32(q)) & 0xffu) << (8u * k);
+            }}
+        }}
+        {var}[base + w] = word;
+    }}
+}}
+"
+                )
+            }
         }
     }
 }
