@@ -574,7 +574,8 @@ fn decode_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
 // at (seq, pos) (a q8 cache quantizes each as one block). No pass of this step reads that cache row any more (the
 // partials took the new key from the QKV row), and the next step's partials run after this pass. No barriers
 // here or in the stores: the early returns depend on storage loads.
-fn append_new_key(lid: u32, h: u32, row: u32) {
+// `k_scale` / `v_scale`: q8 caches' block scales (max |v| / 127, reduced by the caller); unused otherwise.
+fn append_new_key(lid: u32, h: u32, row: u32, k_scale: f32, v_scale: f32) {
     if h % p.n_rep != 0u || visible_keys(row) == 0u {
         return;
     }
@@ -586,8 +587,8 @@ fn append_new_key(lid: u32, h: u32, row: u32) {
     let g = h / p.n_rep;
     let slot = new_key_slot(row, g);
     let dst = (seqs[2u * s] + pos) * p.kv_stride + g * HD;
-    store_new_key_k(lid, dst + p.k_col, slot);
-    store_new_key_v(lid, dst + p.v_col, slot + HD);
+    store_new_key_k(lid, dst + p.k_col, slot, k_scale);
+    store_new_key_v(lid, dst + p.v_col, slot + HD, v_scale);
 }
 
 fn partial_at(i: u32) -> f32 {

@@ -882,7 +882,8 @@ fn attention_decode_appending_matches_rope_then_attention() {
 /// The appending decode's generated source over q8 caches: cached keys scored a word at a time (`load_k_word`, one
 /// scale per key) where head_dim is a multiple of 64 (a word's rotary partner is then in the same lane), a value at
 /// a time otherwise, never by words over f16 caches; the combine writes the new key through the format's generated
-/// store. Each source validates in naga (`kernels::catalog` holds no appending q8 variant).
+/// store, q8 blocks after the workgroup reduced their maxima. Each source validates in naga (uniformity included:
+/// the reductions' barriers must stay in uniform control flow).
 #[test]
 fn appending_decode_scores_q8_keys_by_words_where_head_dim_allows() {
     use dia_webgpu::gpu::KernelVariant;
@@ -897,7 +898,9 @@ fn appending_decode_scores_q8_keys_by_words_where_head_dim_allows() {
                     let source = dia_webgpu::gpu::shader_source_for_target(&v.source()).to_string();
                     let words = kv == KvFormat::Q8 && hd.is_multiple_of(64);
                     assert_eq!(source.contains("load_k_word("), words, "{what}: keys scored by words");
-                    assert!(source.contains("store_new_key_k(lid, dst + p.k_col, slot);"), "{what}: the combine stores the new key");
+                    assert!(source.contains("store_new_key_k(lid, dst + p.k_col, slot, k_scale);"), "{what}: the combine stores the new key");
+                    // q8 blocks' maxima are reduced by the workgroup before the stores, not scanned per invocation.
+                    assert_eq!(source.contains("let k_max = "), kv == KvFormat::Q8, "{what}: the combine reduces the q8 block maxima");
                     let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
                     naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
                         .validate(&module)

@@ -315,7 +315,8 @@ impl DecoderGraph {
                 max_keys: cache.max_len,
                 kv_format: cache.format,
             };
-            if t == 1 && can_append_in_decode(&self_attention) {
+            let append = can_append_in_decode(&self_attention) && (cache.format != KvFormat::Q8 || gpu.q8_cache_append());
+            if t == 1 && append {
                 // A step: RoPE and the cache update happen inside the attention's two passes.
                 body.extend(tag(StepPart::SelfAttention, attention_decode_appending(gpu, &self_attention, cos, sin)));
             } else {

@@ -115,6 +115,19 @@ impl Gpu {
         self.matvec_prefetch.store(on, Ordering::Relaxed);
     }
 
+    /// Whether decoder steps with q8 KV caches fold RoPE and the cache write into the self-attention
+    /// (`attention_decode_appending`, 18 dispatches fewer per step on Dia) rather than run `rope_kv_write` first:
+    /// `DIA_Q8_APPEND=on` (read when the device is made) or `set_q8_cache_append`. Off by default until a GPU
+    /// measures it faster (docs/performance.md, "q8 KV caches"); f32 and f16 caches always append.
+    pub fn q8_cache_append(&self) -> bool {
+        self.q8_cache_append.load(Ordering::Relaxed)
+    }
+
+    /// Turns the q8-cache appending decode on or off for the steps built from now on.
+    pub fn set_q8_cache_append(&self, on: bool) {
+        self.q8_cache_append.store(on, Ordering::Relaxed);
+    }
+
     /// Whether the matrix–vector kernel must (Some(true)) or must not (Some(false)) read quantized rows in 8-column
     /// chunks where it multiplies in f32 (`SmallMAccess::cols8`); None leaves it to `SmallMAccess::preferred` (q4
     /// yes, q8 no). `DIA_MATVEC_COLS8=on|off` (read when the device is made) or `set_matvec_cols8`.

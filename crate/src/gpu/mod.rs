@@ -97,6 +97,8 @@ pub struct Gpu {
     int8_dot: AtomicBool,
     /// Whether the matrix–vector kernel loads each round's weights during the round before (see `matvec_prefetch`).
     matvec_prefetch: AtomicBool,
+    /// Whether decoder steps with q8 KV caches take the appending decode (see `q8_cache_append`).
+    q8_cache_append: AtomicBool,
     /// Whether the matrix–vector kernel reads quantized rows in 8-column chunks (see `matvec_cols8`): 0 its policy,
     /// 1 always, 2 never.
     matvec_cols8: AtomicU8,
@@ -276,6 +278,7 @@ impl Gpu {
             int8_dot_available: int8_dot_available(),
             int8_dot: AtomicBool::new(int8_dot_by_default()),
             matvec_prefetch: AtomicBool::new(std::env::var("DIA_MATVEC_PREFETCH").is_ok_and(|v| v == "on")),
+            q8_cache_append: AtomicBool::new(std::env::var("DIA_Q8_APPEND").is_ok_and(|v| v == "on")),
             matvec_cols8: AtomicU8::new(match std::env::var("DIA_MATVEC_COLS8").as_deref() {
                 Ok("on") => 1,
                 Ok("off") => 2,

@@ -221,7 +221,7 @@ fn shader_source(head_dim: u32, decode_heads: u32, single: bool, append: bool, k
             ("DECODE_SCORES", code.scores.clone()),
             ("DECODE_V", code.v.clone()),
             ("COMBINE_ROUND", code.combine_round.clone()),
-            ("COMBINE_APPEND", code.combine_append.clone()),
+            ("COMBINE_APPEND", if append { combine_append(kv, red.combine_max) } else { String::new() }),
             ("DN", tiled.dn.to_string()),
             ("SCORES", tiled.scores.clone()),
             ("PV_INIT", tiled.pv_init.clone()),
@@ -687,8 +687,6 @@ struct DecodeCode {
     scores: String,
     v: String,
     combine_round: String,
-    /// The combine's cache write of the new key (appending only).
-    combine_append: String,
 }
 
 /// Rotates `{raw}_{i}` into `{name}_{i}` (the appending decode: rotate_half, pairs of slots i and i + half).
@@ -736,6 +734,32 @@ fn decode_q8_scores(scores: &mut Emitter, hd: u32, nr: u32, passes: u32, rotate:
             emit!(scores, "d_part[({h}u * CH + {}u + kl) * DL + t] = ({}) * ks_{pass};", pass * KEYS_PER_PASS, tree_sum(&terms));
         }
     }
+}
+
+/// The end of the appending decode's combine: the new key's K and V into the caches (`append_new_key`). A q8 block's
+/// scale needs its max |v| before any byte is written: the writing workgroups (the first head of each kv head's
+/// group) reduce both maxima together here with the combine's own reduction (`max_expr`, over `mx`), in uniform
+/// control flow, since `append_new_key` returns early on storage values. (Each invocation scanning all HD values
+/// itself instead made the H100's q4 step 7 % slower: a serial chain of loads per layer.)
+fn combine_append(kv: KvFormat, max_expr: &str) -> String {
+    if kv != KvFormat::Q8 {
+        return "    append_new_key(lid, h, row, 0.0, 0.0);".to_string();
+    }
+    let mut s = Emitter::new(1);
+    s.block("if h % p.n_rep == 0u", |s| {
+        s.line("let nslot = new_key_slot(row, h / p.n_rep);");
+        s.line("var mx = 0.0;");
+        s.block("for (var d = lid; d < HD; d += WG)", |s| s.line("mx = max(mx, abs(partial_at(nslot + d)));"));
+        // The reductions reuse workgroup memory the combine's sum reduction read last.
+        s.line("workgroupBarrier();");
+        emit!(s, "let k_max = {max_expr};");
+        s.line("mx = 0.0;");
+        s.block("for (var d = lid; d < HD; d += WG)", |s| s.line("mx = max(mx, abs(partial_at(nslot + HD + d)));"));
+        s.line("workgroupBarrier();");
+        emit!(s, "let v_max = {max_expr};");
+        s.line("append_new_key(lid, h, row, k_max / 127.0, v_max / 127.0);");
+    });
+    s.finish()
 }
 
 /// For head_dim `hd`, `nr` query heads per workgroup and chunks of `chunk` keys (shader constants HD, NR, CH;
@@ -888,6 +912,5 @@ fn decode_code(hd: u32, nr: u32, chunk: u32, append: bool, q8_words: bool) -> De
     for u in 0..8 {
         emit!(combine_round, "acc += select(0.0, c_w[cc_{u}] * pv_{u}, c + {u}u < nc);");
     }
-    let combine_append = if append { "    append_new_key(lid, h, row);".to_string() } else { String::new() };
-    DecodeCode { scores: scores.finish(), v: v.finish(), combine_round: combine_round.finish(), combine_append }
+    DecodeCode { scores: scores.finish(), v: v.finish(), combine_round: combine_round.finish() }
 }

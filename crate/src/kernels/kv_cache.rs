@@ -35,8 +35,8 @@ wgsl_params! {
 /// (value j in byte j % 4 of word j / 4, two's complement), then one f32 scale word: value = q · scale, with
 /// scale = max |v| / 127 over the block and q = round(v / scale) in [-127, 127] (a block of zeros has scale 0).
 /// Writers quantize a whole block at once: `rope_kv_write` and `pack_kv` run a workgroup per block, the appending
-/// decode's combine (`attention::attention_decode_appending`) writes a block per workgroup without barriers
-/// (`wgsl_store_head`), all with the same arithmetic.
+/// decode's combine (`attention::attention_decode_appending`) reduces a block's maximum over its workgroup and
+/// then writes the block (`wgsl_store_head`), all with the same arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KvFormat {
     #[default]
@@ -131,13 +131,13 @@ impl KvFormat {
         }
     }
 
-    /// WGSL `fn <name>(lid: u32, i: u32, src: u32)`: one head's `head_dim` values, `<read>(src + d)` for d < head_dim
-    /// (`read` a WGSL function of the caller's module), into storage array `var` from value i (head-aligned), by
-    /// invocations lid < `threads` of one workgroup together. No barriers: callers may run it under non-uniform
-    /// control flow. F32 and F16 write a pair of values per invocation and round. `Q8` writes the whole block: every
-    /// invocation takes the block's max |v| itself (a serial loop over the values, in registers rather than
-    /// workgroup memory) and writes words lid, lid + threads, … (the last word is the scale), with the arithmetic of
-    /// `block_scale` / `block_word` in `shaders/kv_cache.wgsl`, so the same values give the bytes `rope_kv_write`
+    /// WGSL `fn <name>(lid: u32, i: u32, src: u32, scale: f32)`: one head's `head_dim` values, `<read>(src + d)` for
+    /// d < head_dim (`read` a WGSL function of the caller's module), into storage array `var` from value i
+    /// (head-aligned), by invocations lid < `threads` of one workgroup together. No barriers: callers may run it
+    /// under non-uniform control flow. F32 and F16 write a pair of values per invocation and round (`scale`
+    /// unused). `Q8` writes the whole block with the caller's `scale` (the block's max |v| / 127, which the caller
+    /// reduces in uniform control flow): words lid, lid + threads, … (the last word is the scale), with the
+    /// arithmetic of `block_word` in `shaders/kv_cache.wgsl`, so the same values give the bytes `rope_kv_write`
     /// writes.
     pub(crate) fn wgsl_store_head(self, name: &str, var: &str, head_dim: u32, read: &str, threads: u32) -> String {
         match self {
@@ -146,26 +146,18 @@ impl KvFormat {
                 let pair = format!("{name}_pair");
                 self.wgsl_store_pair(&pair, var)
                     + &format!(
-                        "fn {name}(lid: u32, i: u32, src: u32) {{\n    for (var d = 2u * lid; d < {head_dim}u; d += {}u) {{\n        {pair}(i + d, {read}(src + d), {read}(src + d + 1u), true);\n    }}\n}}\n",
+                        "fn {name}(lid: u32, i: u32, src: u32, scale: f32) {{\n    for (var d = 2u * lid; d < {head_dim}u; d += {}u) {{\n        {pair}(i + d, {read}(src + d), {read}(src + d + 1u), true);\n    }}\n}}\n",
                         2 * threads
                     )
             }
             KvFormat::Q8 => {
                 let (words, stride) = (head_dim / 4, head_dim / 4 + 1);
                 format!(
-                    "fn {name}(lid: u32, i: u32, src: u32) {{
+                    "fn {name}(lid: u32, i: u32, src: u32, scale: f32) {{
     let base = (i / {head_dim}u) * {stride}u;
     if base + {words}u >= arrayLength(&{var}) {{
         return;
     }}
-    // Four independent loads per round (max is exact in any order).
-    var mx = 0.0;
-    for (var d = 0u; d < {head_dim}u; d += 4u) {{
-        let a = max(abs({read}(src + d)), abs({read}(src + d + 1u)));
-        let b = max(abs({read}(src + d + 2u)), abs({read}(src + d + 3u)));
-        mx = max(mx, max(a, b));
-    }}
-    let scale = mx / 127.0;
     for (var w = lid; w <= {words}u; w += {threads}u) {{
         var word = bitcast<u32>(scale);
         if w < {words}u {{
