@@ -30,6 +30,9 @@ const SOURCE: &str = include_str!("../../../../shaders/linear_coop.wgsl");
 /// (`SmallMShape::for_rows`) is faster: the decoder's whole set of matrices (H100, `bench_linear --decoder`) took
 /// 1.46 / 1.93 / 3.51 ms per pass at M = 4 / 8 / 16 on it, against 3.09 / 3.09 / 3.11 ms on the tensor cores (q4:
 /// 1.49 / 2.11 / 4.16 against 3.84 / 3.85 / 3.90). The crossing lies between 8 and 16 (not measured in between).
+/// Since stop 28 f16w's M = 16 shape takes the set in 2.84 ms, below the tensor cores' 3.11, in 55 dispatches fewer;
+/// batch 8 stays on the tensor cores until a whole step measures the other way faster (at 3.51 ms it ran 211
+/// against 243 steps/s).
 pub const COOP_M_MIN: u32 = 16;
 /// The per-subgroup f32 output blocks (8 × 16 × 16).
 const OUT_BYTES: u32 = 8 * 256 * 4;

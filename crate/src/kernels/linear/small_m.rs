@@ -87,21 +87,21 @@ impl SmallMShape {
     /// `rows_per_thread` weight rows, so at large M that count, not the threads along K, decides: swept on an H100
     /// (`bench_linear --sweep`, M = 4, 8 and 16, the decoder's matrices in f16w and q4; docs/performance.md), 4–8 rows
     /// per thread took each matrix 1.8–2.8× below the old rule's 1 at M = 8 and 16 (its partial sums had to fit at
-    /// once; `reduce_rounds` lifts that): the decoder's whole set at M = 16 in 3.51 ms per pass instead of 6.32.
+    /// once; `reduce_rounds` lifts that): the decoder's whole set at M = 16 in 3.51 ms per pass instead of 6.32, then 2.84 in f16w
+    /// with 128 × 64 × 4 (stop 28).
     fn for_rows(format: WeightFormat, m: u32, n: u32, chunks: u32, k_max: u32) -> SmallMShape {
         let quant = matches!(format, WeightFormat::Quant(_));
         let (threads, k_threads, rows_per_thread) = if n >= 16384 {
             // gate/up: 128 × 16 × 8 was the best of both formats at M = 16 (f16w 63.0 µs, q4 53.4; the old rule 147, 143).
             (128, 16, if m > 8 { 8 } else { 4 })
-        } else if m <= 8 {
-            // M = 8, f16w: QKV 18.9 → 10.5 µs, down 54.5 → 18.6.
+        } else if m <= 8 || !quant {
+            // M = 8, f16w: QKV 18.9 → 10.5 µs, down 54.5 → 18.6. M = 16, f16w, the decoder's whole set of matrices
+            // (`bench_linear --decoder --sweep`, every matrix its own buffer; stop 28): 2.84 ms per pass against
+            // 3.51 with 64 × 64 × 8, which one-matrix sweeps had favoured (a matrix re-read stays in L2).
             (128, 64, 4)
-        } else if quant {
+        } else {
             // M = 16, q4: QKV (3072 rows) 48.6 → 19.9 µs with 32 along K, O 33.1 → 13.6, down 86.9 → 36.2, logits 88.0 → 42.4.
             (64, if n <= 2048 || n >= 8192 || chunks >= 1024 { 64 } else { 32 }, 4)
-        } else {
-            // M = 16, f16w: QKV 36.2 → 16.4 µs, O 25.7 → 14.5, down 94.8 → 33.4, logits 85.7 → 42.7.
-            (64, 64, 8)
         };
         let mut shape = SmallMShape { threads, k_threads: k_threads.min(k_max), rows_per_thread };
         while !shape.fits(m) && shape.rows_per_thread > 1 {
