@@ -130,18 +130,12 @@ fn block_scale(lid: u32) -> f32 {
     return red[0] / 127.0;
 }
 
-// Word w of the block: values 4w .. 4w + 3 as signed bytes.
-fn block_word(w: u32, scale: f32) -> u32 {
-    var word = 0u;
-    for (var k = 0u; k < 4u; k++) {
-        var q = 0.0;
-        if scale > 0.0 {
-            q = clamp(round(vals[4u * w + k] / scale), -127.0, 127.0);
-        }
-        word |= (bitcast<u32>(i32(q)) & 0xffu) << (8u * k);
-    }
-    return word;
+fn staged(j: u32) -> f32 {
+    return vals[j];
 }
+
+// `block_word(0u, w, scale)`: word w of the block, values 4w .. 4w + 3 as signed bytes (`KvFormat::wgsl_q8_word`).
+{{BLOCK_WORD}}
 
 // Source rows are [Q heads | K heads | V heads] (k_col = q_heads·head_dim). A workgroup per (row m, head): a Q head is
 // rotated in place ("rotate_half" pairs i, i + head_dim/2); a K head rotated and a V head as it is go to the caches'
@@ -199,7 +193,7 @@ fn rope_kv_write_q8(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
     for (var w = lid; w <= words; w += WG) {
         var word = bitcast<u32>(scale);
         if w < words {
-            word = block_word(w, scale);
+            word = block_word(0u, w, scale);
         }
         if is_k {
             if base + words < arrayLength(&k_cache) { k_cache[base + w] = word; }
@@ -235,7 +229,7 @@ fn pack_q8(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         if base + words < arrayLength(&packed) {
             var word = bitcast<u32>(scale);
             if w < words {
-                word = block_word(w, scale);
+                word = block_word(0u, w, scale);
             }
             packed[base + w] = word;
         }

@@ -136,9 +136,8 @@ impl KvFormat {
     /// (head-aligned), by invocations lid < `threads` of one workgroup together. No barriers: callers may run it
     /// under non-uniform control flow. F32 and F16 write a pair of values per invocation and round (`scale`
     /// unused). `Q8` writes the whole block with the caller's `scale` (the block's max |v| / 127, which the caller
-    /// reduces in uniform control flow): words lid, lid + threads, … (the last word is the scale), with the
-    /// arithmetic of `block_word` in `shaders/kv_cache.wgsl`, so the same values give the bytes `rope_kv_write`
-    /// writes.
+    /// reduces in uniform control flow): words lid, lid + threads, … (the last word is the scale), rounded by
+    /// `wgsl_q8_word` as `rope_kv_write` rounds, so the same values give the bytes it writes.
     pub(crate) fn wgsl_store_head(self, name: &str, var: &str, head_dim: u32, read: &str, threads: u32) -> String {
         match self {
             KvFormat::F32 | KvFormat::F16 => {
@@ -161,22 +160,38 @@ impl KvFormat {
     for (var w = lid; w <= {words}u; w += {threads}u) {{
         var word = bitcast<u32>(scale);
         if w < {words}u {{
-            word = 0u;
-            for (var k = 0u; k < 4u; k++) {{
-                var q = 0.0;
-                if scale > 0.0 {{
-                    q = clamp(round({read}(src + 4u * w + k) / scale), -127.0, 127.0);
-                }}
-                word |= (bitcast<u32>(i32(q)) & 0xffu) << (8u * k);
-            }}
+            word = {name}_word(src, w, scale);
         }}
         {var}[base + w] = word;
     }}
 }}
 "
-                )
+                ) + &KvFormat::wgsl_q8_word(&format!("{name}_word"), read)
             }
         }
+    }
+}
+
+impl KvFormat {
+    /// WGSL `fn <name>(base: u32, w: u32, scale: f32) -> u32`: word w of a q8 block, the values `<read>(base + 4w)` ..
+    /// `<read>(base + 4w + 3)` as signed bytes q = round(v / scale) clamped to [-127, 127] (0 where the scale is 0).
+    /// The one definition of q8's rounding: `rope_kv_write_q8` and `pack_q8` (`shaders/kv_cache.wgsl`, reading their
+    /// workgroup's staged values) and the appending decode's combine (`wgsl_store_head`) all take it.
+    pub(crate) fn wgsl_q8_word(name: &str, read: &str) -> String {
+        format!(
+            "fn {name}(base: u32, w: u32, scale: f32) -> u32 {{
+    var word = 0u;
+    for (var k = 0u; k < 4u; k++) {{
+        var q = 0.0;
+        if scale > 0.0 {{
+            q = clamp(round({read}(base + 4u * w + k) / scale), -127.0, 127.0);
+        }}
+        word |= (bitcast<u32>(i32(q)) & 0xffu) << (8u * k);
+    }}
+    return word;
+}}
+"
+        )
     }
 }
 
@@ -240,7 +255,15 @@ fn shader(format: KvFormat) -> String {
 
 fn q8_shader() -> String {
     let src = [section("common"), section("q8")].concat();
-    specialize(&src, &[("PARAMS", Params::wgsl()), ("KV_WORD", KvFormat::Q8.wgsl_word().to_string()), ("MAX_HD", Q8_MAX_HEAD_DIM.to_string())])
+    specialize(
+        &src,
+        &[
+            ("PARAMS", Params::wgsl()),
+            ("KV_WORD", KvFormat::Q8.wgsl_word().to_string()),
+            ("MAX_HD", Q8_MAX_HEAD_DIM.to_string()),
+            ("BLOCK_WORD", KvFormat::wgsl_q8_word("block_word", "staged")),
+        ],
+    )
 }
 
 /// The text of one `//== section: <name>` of `shaders/kv_cache.wgsl` (up to the next section).
