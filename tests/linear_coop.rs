@@ -11,7 +11,7 @@ use common::{cpu_linear, cpu_rmsnorm, q64, rel_err, run_linear, stored_weights, 
 use dia_webgpu::gpu::{Dispatch, Gpu, GpuBuffer, KernelVariant};
 use dia_webgpu::kernels::linear::{
     linear_coop, linear_coop_shaped, linear_rows, linear_small_m, norm_linear, schedule, CoopAccess, CoopShape, CoopVariant, LinearEpilogue, Schedule,
-    COOP_M_MIN, SMALL_M_MAX,
+    coop_m_min, SMALL_M_MAX,
 };
 use dia_webgpu::kernels::{round_f16, GpuMatrix, WeightFormat};
 use dia_webgpu::quant::{QuantBits, QuantFormat};
@@ -182,14 +182,14 @@ fn coop_quant_linear_matches_cpu_on_ragged_shapes() {
 }
 
 /// `linear_rows` (the encoder's, the prefill's and the decoder step's entry) takes the tensor-core path from
-/// `COOP_M_MIN` rows on, with f16 and quantized weights, and gives the same products.
+/// `coop_m_min` rows on (16 quantized, 17 f16), with f16 and quantized weights, and gives the same products.
 #[test]
 fn linear_rows_routes_to_tensor_cores_from_coop_m_min() {
     let Some(gpu) = tensor_core_gpu("linear_rows_routes_to_tensor_cores_from_coop_m_min") else { return };
     let mut rng = Rng::new(43);
     for format in [WeightFormat::F16, Q8, Q4] {
         for epilogue in EPILOGUES {
-            for m in [COOP_M_MIN as usize, 16, 17, 101] {
+            for m in [coop_m_min(format) as usize, 17, 101] {
                 let err = check(&gpu, &mut rng, m, 202, 1000, epilogue, format, true, &|gpu, x, w, y| {
                     assert_eq!(schedule(gpu, x, w, y, m as u32, epilogue), Schedule::TensorCores);
                     let ds = linear_rows(gpu, x, w, y, m as u32, epilogue);
@@ -204,7 +204,7 @@ fn linear_rows_routes_to_tensor_cores_from_coop_m_min() {
 
 /// The decoder's row counts on every weight format and epilogue, against the CPU: `linear_rows` (whatever the
 /// policy picks on this device: the matrix–vector kernel, its row blocks at 17, or the tensor cores from
-/// `COOP_M_MIN` where they exist), the matrix–vector kernel forced (M ≤ 16), and the tensor cores forced where
+/// `coop_m_min` where they exist), the matrix–vector kernel forced (M ≤ 16), and the tensor cores forced where
 /// they exist. N = 70 (35 SwiGLU outputs), K = 100: a short last group, and f16 pairs rather than 16-byte loads.
 #[test]
 fn decoder_rows_match_cpu_on_every_path() {
@@ -222,7 +222,7 @@ fn decoder_rows_match_cpu_on_every_path() {
                 let probe_w = GpuMatrix::empty(&gpu, "probe_w", n, k, format).unwrap();
                 let probe_y = gpu.buffer("probe_y", (m * n * 4) as u64);
                 let picked = schedule(&gpu, &probe_x, &probe_w, &probe_y, mu, epilogue);
-                let coop_expected = tensor_cores && format != WeightFormat::F32 && mu >= COOP_M_MIN;
+                let coop_expected = tensor_cores && format != WeightFormat::F32 && mu >= coop_m_min(format);
                 assert_eq!(picked == Schedule::TensorCores, coop_expected, "{format:?} m {m}: {picked:?}");
                 let rows = |g: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer| linear_rows(g, x, w, y, mu, epilogue);
                 let small_m = |g: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer| vec![linear_small_m(g, x, w, y, mu, epilogue)];
@@ -267,7 +267,7 @@ fn decoder_norm_linear_matches_cpu() {
                 let (xb, gb, yb) = (gpu.upload("x", &x), gpu.upload("gain", &gain), gpu.upload("y", &y0));
                 let wm = GpuMatrix::upload(&gpu, "w", &w, n, k, format).unwrap();
                 let scratch = gpu.buffer("scratch", (m * k * 4) as u64);
-                let coop = tensor_cores && m as u32 >= COOP_M_MIN;
+                let coop = tensor_cores && m as u32 >= coop_m_min(format);
                 let fused = !coop && m as u32 <= SMALL_M_MAX;
                 let ds = norm_linear(&gpu, &xb, &gb, eps, &wm, &yb, m as u32, epilogue, &scratch);
                 assert_eq!(ds.len() == 1, fused, "{format:?} m {m}: {} dispatches", ds.len());
@@ -289,7 +289,7 @@ fn decoder_norm_linear_matches_cpu() {
 
 
 /// The logits head at the decoder's row counts (the fixture's config, random weights): where the policy does not
-/// fuse the final norm (tensor cores from `COOP_M_MIN` rows, or above `SMALL_M_MAX`) it needs a scratch of
+/// fuse the final norm (tensor cores from `coop_m_min` rows, or above `SMALL_M_MAX`) it needs a scratch of
 /// `[rows, D]` (a 4-byte one at 8–16 rows made `rmsnorm` panic on tensor-core devices). Against the norm, then the
 /// plain kernels on f32 x.
 #[test]
@@ -317,9 +317,41 @@ fn logits_head_serves_every_decoder_row_count() {
             reference.extend(linear_scheduled(&gpu, &normed, &model.logits, &want_buf, rows as u32, LinearEpilogue::Store, plain));
             gpu.run(&reference.iter().collect::<Vec<_>>());
             let want = gpu.read_f32_blocking(&want_buf).unwrap();
-            let coop = gpu.tensor_cores() && rows as u32 >= COOP_M_MIN;
+            let coop = gpu.tensor_cores() && rows as u32 >= coop_m_min(model.logits.format);
             let err = rel_err(&got, &want);
             assert!(err < if coop { 1e-3 } else { 1e-5 }, "{numerics:?} rows {rows}: rel err {err:.2e}");
         }
+    }
+}
+
+/// The A/B switches of the crossing (`Gpu::set_coop_m_min`, `DIA_COOP_M_MIN`; `Gpu::set_coop_norm_linear`,
+/// `DIA_COOP_NORM_LINEAR`): they move where `schedule` takes tensor cores and keep norm-fused projections on the
+/// matrix–vector kernel up to `SMALL_M_MAX` rows; cleared, the policy (`coop_m_min`) is back. Without tensor cores
+/// nothing goes to them whatever the switches say.
+#[test]
+fn coop_switches_move_the_crossing() {
+    use dia_webgpu::kernels::linear::norm_linear_schedule;
+    let gpu = test_gpu();
+    let tc = gpu.tensor_cores();
+    let (n, k) = (70u32, 100u32);
+    for format in [WeightFormat::F16, Q8, Q4] {
+        let w = GpuMatrix::empty(&gpu, "probe_w", n as usize, k as usize, format).unwrap();
+        let x = gpu.buffer("probe_x", 32 * k as u64 * 4);
+        let y = gpu.buffer("probe_y", 32 * n as u64 * 4);
+        let on_tc = |m: u32| schedule(&gpu, &x, &w, &y, m, LinearEpilogue::Store) == Schedule::TensorCores;
+        for m in [8u32, 16, 17] {
+            assert_eq!(on_tc(m), tc && m >= coop_m_min(format), "{format:?} m {m}: policy");
+        }
+        gpu.set_coop_m_min(Some(8));
+        assert_eq!((on_tc(7), on_tc(8), on_tc(16)), (false, tc, tc), "{format:?}: from 8 rows");
+        gpu.set_coop_m_min(Some(17));
+        assert_eq!((on_tc(16), on_tc(17)), (false, tc), "{format:?}: from 17 rows");
+        gpu.set_coop_m_min(None);
+        assert_eq!(on_tc(16), tc && 16 >= coop_m_min(format), "{format:?}: cleared");
+        gpu.set_coop_norm_linear(false);
+        assert_eq!(norm_linear_schedule(&gpu, &x, &w, &y, 16, LinearEpilogue::Store), Schedule::SmallM, "{format:?}: norm-fused at 16 rows");
+        assert_eq!(norm_linear_schedule(&gpu, &x, &w, &y, 17, LinearEpilogue::Store) == Schedule::TensorCores, tc, "{format:?}: 17 rows");
+        gpu.set_coop_norm_linear(true);
+        assert_eq!(norm_linear_schedule(&gpu, &x, &w, &y, 16, LinearEpilogue::Store), schedule(&gpu, &x, &w, &y, 16, LinearEpilogue::Store), "{format:?}");
     }
 }

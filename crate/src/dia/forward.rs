@@ -8,7 +8,7 @@ use crate::gpu::{Dispatch, Gpu, GpuBuffer};
 use crate::kernels::attention::{attention_decode, attention_decode_appending, attention_prefill, can_append_in_decode, AttentionArgs};
 use crate::kernels::embed::{embed_channels_sum, embed_tokens};
 use crate::kernels::kv_cache::{pack_kv, rope_kv_write, KvFormat};
-use crate::kernels::linear::{linear_rows, norm_linear, schedule, LinearEpilogue, Schedule};
+use crate::kernels::linear::{linear_rows, norm_linear, norm_linear_schedule, LinearEpilogue, Schedule};
 use crate::kernels::norm::rmsnorm;
 use crate::kernels::rope::rope;
 
@@ -191,8 +191,8 @@ impl DiaModel {
         let d = &self.cfg.decoder;
         let out = gpu.buffer("logits", rows as u64 * (d.channels * d.vocab) as u64 * F32);
         // The norm runs on its own (into `scratch`) wherever the policy does not pick the matrix–vector kernel:
-        // above `SMALL_M_MAX`, and on tensor cores from `COOP_M_MIN` rows.
-        let fused = schedule(gpu, x, &self.logits, &out, rows, LinearEpilogue::Store) == Schedule::SmallM;
+        // above `SMALL_M_MAX`, and on tensor cores from `coop_m_min` rows.
+        let fused = norm_linear_schedule(gpu, x, &self.logits, &out, rows, LinearEpilogue::Store) == Schedule::SmallM;
         let scratch = gpu.buffer("logits.normed", if fused { 4 } else { rows as u64 * d.hidden as u64 * F32 });
         let ds = norm_linear(gpu, x, &self.dec_norm, d.norm_eps, &self.logits, &out, rows, LinearEpilogue::Store, &scratch);
         (ds, out)

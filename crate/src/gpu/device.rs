@@ -128,6 +128,30 @@ impl Gpu {
         self.q8_cache_append.store(on, Ordering::Relaxed);
     }
 
+    /// The row count from which `linear`'s schedule takes tensor cores, where set (`DIA_COOP_M_MIN=N`, read when
+    /// the device is made, or `set_coop_m_min`); None leaves it to the policy (`kernels::linear::COOP_M_MIN`). For
+    /// A/B measurements of the crossing point.
+    pub fn coop_m_min(&self) -> Option<u32> {
+        Some(self.coop_m_min.load(Ordering::Relaxed)).filter(|&m| m > 0)
+    }
+
+    /// Sets (Some) or clears (None) `coop_m_min` for the graphs built from now on.
+    pub fn set_coop_m_min(&self, rows: Option<u32>) {
+        self.coop_m_min.store(rows.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Whether a projection with a fused norm (`norm_linear`) takes tensor cores where `linear` would (a norm
+    /// dispatch, then the GEMM), or stays on the matrix–vector kernel up to `SMALL_M_MAX` rows with its norm
+    /// fused: on by default; `DIA_COOP_NORM_LINEAR=off` or `set_coop_norm_linear(false)` keeps them there.
+    pub fn coop_norm_linear(&self) -> bool {
+        self.coop_norm_linear.load(Ordering::Relaxed)
+    }
+
+    /// Sets `coop_norm_linear` for the graphs built from now on.
+    pub fn set_coop_norm_linear(&self, on: bool) {
+        self.coop_norm_linear.store(on, Ordering::Relaxed);
+    }
+
     /// Whether the matrix–vector kernel must (Some(true)) or must not (Some(false)) read quantized rows in 8-column
     /// chunks where it multiplies in f32 (`SmallMAccess::cols8`); None leaves it to `SmallMAccess::preferred` (q4
     /// yes, q8 no). `DIA_MATVEC_COLS8=on|off` (read when the device is made) or `set_matvec_cols8`.
@@ -419,6 +443,11 @@ pub(super) fn int8_dot_available() -> bool {
 /// (`DIA_INT8_DOT=on|off`).
 pub(super) fn int8_dot_by_default() -> bool {
     std::env::var("DIA_INT8_DOT").is_ok_and(|v| v == "on")
+}
+
+/// `Gpu::coop_m_min` unless told: `DIA_COOP_M_MIN=N` (rows), else 0 (the policy's `COOP_M_MIN`).
+pub(super) fn coop_m_min_by_default() -> u32 {
+    std::env::var("DIA_COOP_M_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Whether kernels take their subgroup variants unless told (`Gpu::set_subgroups`): in the browser yes (the engine

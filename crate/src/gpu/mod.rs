@@ -21,10 +21,10 @@ pub use pipelines::{specialize, KernelVariant, PipelineSet};
 pub use readback::map_read;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex};
 
-use device::{adapter_has_tensor_cores, device_subgroup_sizes, int8_dot_available, int8_dot_by_default, subgroups_by_default};
+use device::{adapter_has_tensor_cores, coop_m_min_by_default, device_subgroup_sizes, int8_dot_available, int8_dot_by_default, subgroups_by_default};
 #[cfg(target_arch = "wasm32")]
 use device::web_subgroups;
 use dispatch::ParamsChunk;
@@ -102,6 +102,10 @@ pub struct Gpu {
     /// Whether the matrix–vector kernel reads quantized rows in 8-column chunks (see `matvec_cols8`): 0 its policy,
     /// 1 always, 2 never.
     matvec_cols8: AtomicU8,
+    /// Rows from which `linear`'s schedule takes tensor cores (see `coop_m_min`); 0: the policy's.
+    coop_m_min: AtomicU32,
+    /// Whether a projection with a fused norm goes to tensor cores like any other (see `coop_norm_linear`).
+    coop_norm_linear: AtomicBool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -284,6 +288,8 @@ impl Gpu {
                 Ok("off") => 2,
                 _ => 0,
             }),
+            coop_m_min: AtomicU32::new(coop_m_min_by_default()),
+            coop_norm_linear: AtomicBool::new(!std::env::var("DIA_COOP_NORM_LINEAR").is_ok_and(|v| v == "off")),
             device,
             queue,
             info,

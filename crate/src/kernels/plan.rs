@@ -3,7 +3,7 @@
 //! H100 (132 SMs) with its own tiles; a family takes its largest tile that still gives that many workgroups.
 //!
 //! The other execution decisions are each made in one place too: tensor cores for `linear` by `linear::schedule`
-//! (from `COOP_M_MIN` rows, where `Gpu::tensor_cores`), for the codec by `conv::uses_tensor_cores`; f16 arithmetic
+//! (from `coop_m_min` rows, where `Gpu::tensor_cores`), for the codec by `conv::uses_tensor_cores`; f16 arithmetic
 //! by `linear::small_m_arith` (the matrix–vector kernel) and `Gpu::f16_arithmetic` (the codec); subgroup
 //! reductions by `Gpu::reduction`.
 

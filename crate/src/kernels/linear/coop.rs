@@ -24,16 +24,27 @@ use crate::kernels::plan::COOP_LINEAR_GROUPS;
 
 const SOURCE: &str = include_str!("../../../../shaders/linear_coop.wgsl");
 
-/// Smallest M that `linear_rows` sends to tensor cores (with f16 or quantized weights, where the device has them):
-/// decoder steps of batch 8 (M = 16), the encoder and prefill; from there to `SMALL_M_MAX` a small-M tile (16 rows
-/// of x, K split between the subgroups). Below, the matrix–vector kernel with its large-M shapes
-/// (`SmallMShape::for_rows`) is faster: the decoder's whole set of matrices (H100, `bench_linear --decoder`) took
-/// 1.46 / 1.93 / 3.51 ms per pass at M = 4 / 8 / 16 on it, against 3.09 / 3.09 / 3.11 ms on the tensor cores (q4:
-/// 1.49 / 2.11 / 4.16 against 3.84 / 3.85 / 3.90). The crossing lies between 8 and 16 (not measured in between).
-/// Since stop 28 f16w's M = 16 shape takes the set in 2.84 ms, below the tensor cores' 3.11, in 55 dispatches fewer;
-/// batch 8 stays on the tensor cores until a whole step measures the other way faster (at 3.51 ms it ran 211
-/// against 243 steps/s).
+/// Smallest M that `linear_rows` sends to tensor cores with quantized weights (where the device has them): decoder
+/// steps of batch 8 (M = 16), the encoder and prefill; from there to `SMALL_M_MAX` a small-M tile (16 rows of x, K
+/// split between the subgroups). Below, the matrix–vector kernel with its large-M shapes (`SmallMShape::for_rows`)
+/// is faster: the decoder's whole set of matrices (H100, `bench_linear --decoder`) took 1.49 / 2.11 / 4.16 ms per
+/// pass at M = 4 / 8 / 16 on it for q4, against 3.84 / 3.85 / 3.90 on the tensor cores; at M = 16 q4's whole step
+/// ran 191.8 greedy steps/s on the tensor cores against 180.3 on the matrix–vector kernel (stop 29). f16 weights
+/// take them from `coop_m_min`'s 17 rows.
 pub const COOP_M_MIN: u32 = 16;
+
+/// Smallest M that `linear_rows` sends to tensor cores for weights in `format` (`Gpu::coop_m_min` overrides it for
+/// measurements): `COOP_M_MIN` for quantized weights; one row past `SMALL_M_MAX` for f16 weights, whose
+/// matrix–vector kernel takes the decoder's whole set of matrices at M = 16 in 2.78 ms per pass against the tensor
+/// cores' 3.11 (109 dispatches against 164: on tensor cores every fused norm is a dispatch of its own), and batch 8
+/// ran 247.1–248.5 greedy steps/s on it against 244.5–245.0 (H100, stop 29, `dia-bench --config full --numerics
+/// f16w --batch 8 --steps 200`, alternated).
+pub fn coop_m_min(format: WeightFormat) -> u32 {
+    match format {
+        WeightFormat::F16 => super::SMALL_M_MAX + 1,
+        _ => COOP_M_MIN,
+    }
+}
 /// The per-subgroup f32 output blocks (8 × 16 × 16).
 const OUT_BYTES: u32 = 8 * 256 * 4;
 

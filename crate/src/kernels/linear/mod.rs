@@ -5,7 +5,7 @@
 //! - `small_m`: matrix–vector, every weight read once for all M ≤ 16 rows (decoder steps, M = 2·batch);
 //! - `tiled`: matrix–matrix through workgroup memory (encoder, prefill), any adapter;
 //! - `coop`: matrix–matrix on tensor cores (native devices with cooperative matrices, f16 and quantized weights),
-//!   from `COOP_M_MIN` rows on: decoder steps of batch 8, the encoder and prefill.
+//!   from `coop_m_min` rows on (16 quantized, 17 f16): quantized decoder steps of batch 8, the encoder and prefill.
 //!
 //! `small_m` and `tiled` are assembled from the sections of `shaders/linear.wgsl`, `coop` from
 //! `shaders/linear_coop.wgsl`.
@@ -13,7 +13,7 @@ pub mod coop;
 pub mod small_m;
 pub mod tiled;
 
-pub use coop::{coop_format, coop_supported, linear_coop, linear_coop_shaped, CoopAccess, CoopShape, CoopVariant, COOP_M_MIN};
+pub use coop::{coop_format, coop_m_min, coop_supported, linear_coop, linear_coop_shaped, CoopAccess, CoopShape, CoopVariant, COOP_M_MIN};
 pub use small_m::{linear_small_m, linear_small_m_shaped, linear_small_m_tuned, norm_linear_small_m_shaped, small_m_access, Arith, ProbedSmallMVariant, SmallMAccess, SmallMProbe, SmallMShape, SmallMTuning, SmallMVariant};
 pub use tiled::{linear_tiled, linear_tiled_shaped, TiledAccess, TiledShape, TiledVariant};
 
@@ -81,7 +81,7 @@ wgsl_params! {
 /// Which implementation computes an M-row product (`linear_rows`' choice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
-    /// Tensor cores: M ≥ `COOP_M_MIN` with f16 or quantized weights on a device with cooperative matrices
+    /// Tensor cores: M ≥ `coop_m_min` (16 quantized, 17 f16) with f16 or quantized weights on a device with cooperative matrices
     /// (encoder, prefill, decoder steps of 16 rows).
     TensorCores,
     /// One matrix–vector pass: M ≤ `SMALL_M_MAX`.
@@ -96,9 +96,9 @@ pub enum Schedule {
 /// The implementation `linear_rows` uses for these operands (after checking their shapes).
 pub fn schedule(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Schedule {
     let out_cols = check_shapes(x, w, y, m, epilogue);
-    // Below COOP_M_MIN rows the matrix–vector kernel beats the tensor cores (H100, `bench_linear --decoder`:
+    // Below `coop_m_min` rows the matrix–vector kernel beats the tensor cores (H100, `bench_linear --decoder`:
     // docs/performance.md "Batches on the matrix–vector kernel"); from there, they win.
-    if m >= COOP_M_MIN && coop_supported(gpu, w) {
+    if m >= gpu.coop_m_min().unwrap_or(coop_m_min(w.format)) && coop_supported(gpu, w) {
         Schedule::TensorCores
     } else if m <= SMALL_M_MAX {
         Schedule::SmallM
@@ -191,7 +191,16 @@ fn row_blocks(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, ep
 /// and `linear_rows`.
 #[allow(clippy::too_many_arguments)]
 pub fn norm_linear(gpu: &Gpu, x: &GpuBuffer, gain: &GpuBuffer, eps: f32, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue, scratch: &GpuBuffer) -> Vec<Dispatch> {
-    norm_linear_scheduled(gpu, x, gain, eps, w, y, m, epilogue, scratch, schedule(gpu, x, w, y, m, epilogue))
+    norm_linear_scheduled(gpu, x, gain, eps, w, y, m, epilogue, scratch, norm_linear_schedule(gpu, x, w, y, m, epilogue))
+}
+
+/// The implementation `norm_linear` uses: `schedule`'s, except that with `Gpu::coop_norm_linear` off a product the
+/// tensor cores would take stays on the matrix–vector kernel (its norm fused, one dispatch) up to `SMALL_M_MAX` rows.
+pub fn norm_linear_schedule(gpu: &Gpu, x: &GpuBuffer, w: &GpuMatrix, y: &GpuBuffer, m: u32, epilogue: LinearEpilogue) -> Schedule {
+    match schedule(gpu, x, w, y, m, epilogue) {
+        Schedule::TensorCores if m <= SMALL_M_MAX && !gpu.coop_norm_linear() => Schedule::SmallM,
+        s => s,
+    }
 }
 
 /// `norm_linear` on the implementation `path` (as `linear_scheduled`): `SmallM` fuses the norm into its one
