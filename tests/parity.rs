@@ -271,14 +271,16 @@ fn parity_logits_tf24_q8_bounded() {
 
 /// q4 (MLP, logits head and cross-attention K/V in 4 bits, the other attention projections and the embeddings in 8)
 /// against the reference. The fixture's random weights make 4-bit error large (relative rms weight error 8.6 % per
-/// q4 matrix); the CPU reference with the same dequantized weights predicts 0.26 for t0 and the GPU measures
-/// 0.26–0.37, top-1 52–67 % (0.23–0.36 and 56–69 % with f16 embeddings and q8 cross K/V). The bounds (0.5, 45 %)
+/// q4 matrix with scales from the largest magnitude); the CPU reference with the same dequantized weights predicts
+/// 0.24 / 0.28 / 0.27 and the GPU measures 0.24–0.28, top-1 63–70 % since q4 picks each group's scale by least
+/// squared error (stop 29; 0.26–0.37 and 52–67 % before, 0.23–0.36 and 56–69 % with f16 embeddings and q8 cross
+/// K/V). The bounds (0.35, 55 %) leave room for the other arithmetics (integer dot products added 0.01–0.02) and
 /// guard that figure; what q4 does to the real model needs the real weights (not reachable here).
 #[test]
 fn parity_logits_tf24_q4_bounded() {
     let (err, agree) = tf_figures(&test_gpu(), &fixture(), Numerics::Q4);
-    assert!(err <= 0.5, "q4 rel err {err:.2e}");
-    assert!(agree >= 0.45, "q4 top-1 agreement {agree}");
+    assert!(err <= 0.35, "q4 rel err {err:.2e}");
+    assert!(agree >= 0.55, "q4 top-1 agreement {agree}");
 }
 
 /// f16 KV caches (`KvFormat::F16`, the default of q8 and q4) against the reference, under f32 and f16w weights.
