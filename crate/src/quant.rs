@@ -144,47 +144,90 @@ pub struct QuantizedRows {
     pub scales: Vec<u16>,
 }
 
-/// Quantizes row-major f32 `data` of `[rows, cols]` (see the module docs for the rule).
+/// Quantizes row-major f32 `data` of `[rows, cols]` (see the module docs for the rule). Natively a large matrix's
+/// rows are split over the machine's cores (each row is quantized on its own, so the result is the same bits); the
+/// error of the first failing row is the one returned either way.
 pub fn quantize_rows(data: &[f32], rows: usize, cols: usize, format: QuantFormat) -> Result<QuantizedRows, QuantError> {
     if data.len() != rows * cols {
         return Err(QuantError::Length { len: data.len(), rows, cols });
     }
     let groups = format.groups(cols as u32) as usize;
     let vw = format.value_words(cols as u32) as usize;
-    let (group, per_word, bits) = (format.group as usize, format.per_word() as usize, format.bit_width());
-    let half_range = format.half_range();
     let mut values = vec![0u32; rows * vw];
     let mut scales = vec![0u16; rows * groups];
-    for r in 0..rows {
-        let row = &data[r * cols..][..cols];
-        if let Some(c) = row.iter().position(|v| !v.is_finite()) {
-            return Err(QuantError::NonFinite { row: r, col: c, value: row[c] });
+    // Rows [r0, r0 + n) into their slices of `values` and `scales`.
+    let part = |r0: usize, values: &mut [u32], scales: &mut [u16]| -> Result<(), QuantError> {
+        for (i, (v, s)) in values.chunks_mut(vw.max(1)).zip(scales.chunks_mut(groups.max(1))).enumerate() {
+            let r = r0 + i;
+            quantize_row(&data[r * cols..][..cols], r, format, v, s)?;
         }
-        for g in 0..groups {
-            let cols_g = &row[(g * group).min(cols)..((g + 1) * group).min(cols)];
-            let m = cols_g.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-            let scale = f16::from_f32(m / -(half_range as f32));
-            if !scale.is_finite() {
-                return Err(QuantError::ScaleOverflow { row: r, group: g, max: m.abs() });
-            }
-            let scale = match format.bits {
-                QuantBits::Q4 => q4_scale(cols_g, m, scale),
-                QuantBits::Q8 => scale,
-            };
-            scales[r * groups + g] = scale.to_bits();
-            let s = scale.to_f32();
-            for i in 0..group {
-                let c = g * group + i;
-                let q = match row.get(c) {
-                    Some(&w) if s != 0.0 => (round_half_away(w / s) as i32).clamp(-half_range, half_range - 1),
-                    _ => 0,
-                };
-                let u = (q + half_range) as u32;
-                values[r * vw + c / per_word] |= u << (bits * (c % per_word) as u32);
-            }
-        }
+        Ok(())
+    };
+    let threads = quantize_threads(rows * cols);
+    if threads <= 1 || vw == 0 || groups == 0 {
+        part(0, &mut values, &mut scales)?;
+    } else {
+        #[cfg(not(target_arch = "wasm32"))]
+        std::thread::scope(|scope| {
+            let per = rows.div_ceil(threads);
+            let handles: Vec<_> = values
+                .chunks_mut(per * vw)
+                .zip(scales.chunks_mut(per * groups))
+                .enumerate()
+                .map(|(t, (v, s))| scope.spawn(move || part(t * per, v, s)))
+                .collect();
+            // In row order, so the first failing row's error is the one returned.
+            handles.into_iter().map(|h| h.join().expect("a quantizing thread panicked")).collect::<Result<(), QuantError>>()
+        })?;
     }
     Ok(QuantizedRows { format, rows, cols, values, scales })
+}
+
+/// Threads `quantize_rows` uses for `weights` weights: one below 2²⁰ weights or in the browser (no threads there),
+/// else every core (at most 16).
+fn quantize_threads(weights: usize) -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        if weights >= 1 << 20 {
+            return std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+        }
+    }
+    let _ = weights;
+    1
+}
+
+/// One row `r` of `format` into its value words and f16 scales.
+fn quantize_row(row: &[f32], r: usize, format: QuantFormat, values: &mut [u32], scales: &mut [u16]) -> Result<(), QuantError> {
+    let cols = row.len();
+    let (group, per_word, bits) = (format.group as usize, format.per_word() as usize, format.bit_width());
+    let half_range = format.half_range();
+    if let Some(c) = row.iter().position(|v| !v.is_finite()) {
+        return Err(QuantError::NonFinite { row: r, col: c, value: row[c] });
+    }
+    for (g, scale_bits) in scales.iter_mut().enumerate() {
+        let cols_g = &row[(g * group).min(cols)..((g + 1) * group).min(cols)];
+        let m = cols_g.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let scale = f16::from_f32(m / -(half_range as f32));
+        if !scale.is_finite() {
+            return Err(QuantError::ScaleOverflow { row: r, group: g, max: m.abs() });
+        }
+        let scale = match format.bits {
+            QuantBits::Q4 => q4_scale(cols_g, m, scale),
+            QuantBits::Q8 => scale,
+        };
+        *scale_bits = scale.to_bits();
+        let s = scale.to_f32();
+        for i in 0..group {
+            let c = g * group + i;
+            let q = match row.get(c) {
+                Some(&w) if s != 0.0 => (round_half_away(w / s) as i32).clamp(-half_range, half_range - 1),
+                _ => 0,
+            };
+            let u = (q + half_range) as u32;
+            values[c / per_word] |= u << (bits * (c % per_word) as u32);
+        }
+    }
+    Ok(())
 }
 
 /// `v.round()` (to nearest, ties away from zero) for |v| < 2³¹, without the library call `f32::round` becomes on
@@ -505,6 +548,33 @@ mod tests {
         // Evenly spread weights: the largest-magnitude scale is exact on a grid they lie on.
         let grid: Vec<f32> = (0..32).map(|i| (i % 16) as f32 - 8.0).collect();
         assert_eq!(quantize_rows(&grid, 1, 32, QuantFormat::Q4).unwrap().scale(0, 0), 1.0);
+    }
+
+    #[test]
+    fn large_matrices_split_over_threads_give_the_same_bits() {
+        // 1030 rows × 1100 columns (above the threading threshold, a short last group): against the same rows
+        // quantized in blocks small enough for one thread.
+        let (rows, cols) = (1030, 1100);
+        let mut rng = crate::random::Rng::new(11);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() * rng.uniform()).collect();
+        for format in [QuantFormat::Q8, QuantFormat::Q4] {
+            let whole = quantize_rows(&w, rows, cols, format).unwrap();
+            let mut values = Vec::new();
+            let mut scales = Vec::new();
+            for block in w.chunks(100 * cols) {
+                let q = quantize_rows(block, block.len() / cols, cols, format).unwrap();
+                values.extend(q.values);
+                scales.extend(q.scales);
+            }
+            assert_eq!((whole.values, whole.scales), (values, scales), "{format:?}");
+        }
+        // The first failing row's error, whichever thread met it.
+        let mut bad = w.clone();
+        bad[900 * cols + 7] = f32::NAN;
+        bad[1000 * cols + 3] = f32::INFINITY;
+        assert!(matches!(quantize_rows(&bad, rows, cols, QuantFormat::Q4), Err(QuantError::NonFinite { row: 900, col: 7, .. })));
+        bad[3 * cols + 5] = 1e9;
+        assert!(matches!(quantize_rows(&bad, rows, cols, QuantFormat::Q4), Err(QuantError::ScaleOverflow { row: 3, group: 0, .. })));
     }
 
     #[test]
