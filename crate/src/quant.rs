@@ -231,8 +231,7 @@ fn quantize_row(row: &[f32], r: usize, format: QuantFormat, values: &mut [u32], 
 }
 
 /// `v.round()` (to nearest, ties away from zero) for |v| < 2³¹, without the library call `f32::round` becomes on
-/// x86-64's baseline (no SSE4.1), so loops over it vectorize: `v - trunc(v)` is exact, and a fraction of ±0.5 or
-/// more steps away from zero.
+/// x86-64's baseline (no SSE4.1): `v - trunc(v)` is exact, and a fraction of ±0.5 or more steps away from zero.
 fn round_half_away(v: f32) -> f32 {
     let t = v as i32 as f32;
     let f = v - t;
@@ -247,8 +246,8 @@ const Q4_SCALE_FRACTIONS: [f32; 5] = [1.0, 0.95, 0.9, 0.85, 0.8];
 /// The scale of a q4 group `ws` (at most 64 weights) whose weight of largest magnitude is `m` (`absmax` =
 /// f16(m / -8), finite): of the candidates f16(f · m / -8), f in `Q4_SCALE_FRACTIONS`, the one whose grid holds the
 /// group with the least squared error (the first on ties, so `absmax` where none does better). The error is summed
-/// in 8 lanes in a fixed order (the same on every machine, and vectorized: this search is most of q4's quantization
-/// time), each weight rounded and clamped exactly as stored.
+/// in 8 lanes in a fixed order (the same on every machine; a quarter faster here than one running sum, and this
+/// search is most of q4's quantization time), each weight rounded and clamped exactly as stored.
 fn q4_scale(ws: &[f32], m: f32, absmax: f16) -> f16 {
     let mut padded = [0f32; 64];
     padded[..ws.len()].copy_from_slice(ws);

@@ -129,7 +129,7 @@ impl Gpu {
     }
 
     /// The row count from which `linear`'s schedule takes tensor cores, where set (`DIA_COOP_M_MIN=N`, read when
-    /// the device is made, or `set_coop_m_min`); None leaves it to the policy (`kernels::linear::COOP_M_MIN`). For
+    /// the device is made, or `set_coop_m_min`); None leaves it to the policy (`kernels::linear::coop_m_min`, per weight format). For
     /// A/B measurements of the crossing point.
     pub fn coop_m_min(&self) -> Option<u32> {
         Some(self.coop_m_min.load(Ordering::Relaxed)).filter(|&m| m > 0)
@@ -445,7 +445,7 @@ pub(super) fn int8_dot_by_default() -> bool {
     std::env::var("DIA_INT8_DOT").is_ok_and(|v| v == "on")
 }
 
-/// `Gpu::coop_m_min` unless told: `DIA_COOP_M_MIN=N` (rows), else 0 (the policy's `COOP_M_MIN`).
+/// `Gpu::coop_m_min` unless told: `DIA_COOP_M_MIN=N` (rows), else 0 (the policy's, `kernels::linear::coop_m_min`).
 pub(super) fn coop_m_min_by_default() -> u32 {
     std::env::var("DIA_COOP_M_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }

@@ -45,6 +45,7 @@ pub fn coop_m_min(format: WeightFormat) -> u32 {
         _ => COOP_M_MIN,
     }
 }
+
 /// The per-subgroup f32 output blocks (8 × 16 × 16).
 const OUT_BYTES: u32 = 8 * 256 * 4;
 
