@@ -1162,7 +1162,7 @@ async function main() {
       return `${store}; ${r.audio.length} samples, ${r.steps} steps in ${r.seconds.toFixed(1)} s, ${parity}`;
     });
 
-    await test('q4: stored form in IndexedDB (MLP and logits head in 4 bits, attention in 8), fewer bytes than q8; a reload loads it with zero requests; its generation of t0 equals the native q4 one', async () => {
+    await test('q4: stored form in IndexedDB (MLP, logits head and cross-attention K/V in 4 bits, the rest of attention in 8), fewer bytes than q8; a reload loads it with zero requests; its generation of t0 equals the native q4 one', async () => {
       await ensureStored('f16w');
       await ensureStored('q8');
       const { info } = await load(page, { ...f32, dtype: 'q4' });
