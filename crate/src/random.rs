@@ -55,14 +55,35 @@ pub struct Noise {
 }
 
 impl Noise {
-    /// The block is `Rng::from_state(seed | 1)`'s first values.
+    /// A prime length, so offsets and tensor lengths do not line up.
+    const LEN: usize = (1 << 22) + 15;
+
+    /// The block is `Rng::from_state(seed | 1)`'s first values: uniform in [-1, 1).
     pub fn new(seed: u64) -> Noise {
-        // A prime length, so offsets and tensor lengths do not line up.
-        const LEN: usize = (1 << 22) + 15;
-        Noise { block: Rng::from_state(seed | 1).vec(LEN, 1.0), next_offset: 0 }
+        Noise { block: Rng::from_state(seed | 1).vec(Self::LEN, 1.0), next_offset: 0 }
     }
 
-    /// `n` values in [-scale, scale): the block from the next offset, wrapping around.
+    /// A block of normal values with the uniform block's variance (σ = 1/√3), by Box–Muller from
+    /// `Rng::from_state(seed | 1)`: weights with tails, nearer a trained model's than uniform ones (block
+    /// quantization's scale choice depends on them; `dia-bench --quality --random-weights gaussian`).
+    pub fn gaussian(seed: u64) -> Noise {
+        let mut rng = Rng::from_state(seed | 1);
+        let sigma = 1.0 / 3f64.sqrt();
+        let mut block = Vec::with_capacity(Self::LEN + 1);
+        while block.len() < Self::LEN {
+            // u1 in (0, 1], u2 in [0, 1).
+            let u1 = ((rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+            let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let r = (-2.0 * u1.ln()).sqrt() * sigma;
+            let t = std::f64::consts::TAU * u2;
+            block.extend([(r * t.cos()) as f32, (r * t.sin()) as f32]);
+        }
+        block.truncate(Self::LEN);
+        Noise { block, next_offset: 0 }
+    }
+
+    /// `n` values of the block times `scale` (uniform: in [-scale, scale)), the block from the next offset,
+    /// wrapping around.
     pub fn take(&mut self, n: usize, scale: f32) -> Vec<f32> {
         let mut out = Vec::with_capacity(n);
         let mut i = self.next_offset % self.block.len();
@@ -78,7 +99,8 @@ impl Noise {
 
 /// Where a random model's values come from: fresh from an `Rng`, or read from a `Noise` block.
 pub trait Values {
-    /// `n` values in [-scale, scale).
+    /// `n` values of spread `scale`: uniform in [-scale, scale) (`Rng`, `Noise::new`), or normal with that
+    /// distribution's variance (`Noise::gaussian`).
     fn take(&mut self, n: usize, scale: f32) -> Vec<f32>;
 }
 
@@ -162,5 +184,18 @@ mod tests {
         assert_eq!(first, want);
         let second = noise.take(3, 1.0);
         assert_eq!(second, Rng::from_state(43).vec(7_919 + 3, 1.0)[7_919..]);
+    }
+
+    #[test]
+    fn gaussian_noise_has_the_uniform_variance_and_tails() {
+        let v = Noise::gaussian(5).take(1 << 20, 1.0);
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let kurtosis = v.iter().map(|&x| (x as f64 - mean).powi(4)).sum::<f64>() / n / (var * var);
+        assert!(mean.abs() < 2e-3 && (var - 1.0 / 3.0).abs() < 3e-3, "mean {mean}, variance {var}");
+        assert!((kurtosis - 3.0).abs() < 0.05, "kurtosis {kurtosis} (normal: 3; uniform: 1.8)");
+        assert!(v.iter().all(|x| x.is_finite()) && v.iter().any(|&x| x.abs() > 1.5), "tails beyond the uniform range");
+        assert_eq!(Noise::gaussian(5).take(8, 1.0), v[..8], "deterministic");
     }
 }

@@ -10,6 +10,13 @@ use dia_webgpu::kernels::Numerics;
 
 use crate::Result;
 
+/// How `--quality` draws random weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RandomWeights {
+    Uniform,
+    Gaussian,
+}
+
 #[derive(Parser)]
 #[command(name = "dia-bench", about = "Dia + DAC speed on this GPU, random weights")]
 pub(crate) struct Args {
@@ -69,6 +76,10 @@ pub(crate) struct Args {
     /// Rows fed teacher-forced per text in `--quality`.
     #[arg(long, default_value_t = 256)]
     pub(crate) quality_steps: usize,
+    /// `--quality` without `--model`: the random weights' distribution, `uniform` (as every other figure of this
+    /// program) or `gaussian` (the same variance, with tails as trained weights have: q4's scale choice depends on them).
+    #[arg(long, value_enum, default_value_t = RandomWeights::Uniform)]
+    pub(crate) random_weights: RandomWeights,
     /// A checkpoint directory for `--quality` (any layout or converted mode; it is loaded per mode).
     #[arg(long)]
     pub(crate) model: Option<std::path::PathBuf>,

@@ -30,6 +30,11 @@ pub(crate) fn random_dia(gpu: &Gpu, cfg: &DiaConfig, numerics: Numerics) -> Resu
     Ok(random::dia_model(gpu, cfg, numerics, &mut Noise::new(0x9E37_79B9_7F4A_7C15), true)?)
 }
 
+/// `random_dia` with normal weights of the same variance (`Noise::gaussian`).
+pub(crate) fn random_dia_gaussian(gpu: &Gpu, cfg: &DiaConfig, numerics: Numerics) -> Result<DiaModel> {
+    Ok(random::dia_model(gpu, cfg, numerics, &mut Noise::gaussian(0x9E37_79B9_7F4A_7C15), true)?)
+}
+
 /// The codec's decoder with random weights (decode-only: the encoder's tensors are not loaded).
 pub(crate) fn random_dac(gpu: &Gpu, cfg: &DacConfig, numerics: Numerics) -> Result<DacModel> {
     Ok(random::dac_decoder(gpu, cfg, numerics, &mut Noise::new(0xD1B5_4A32_D192_ED03))?)
