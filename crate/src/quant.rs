@@ -177,7 +177,7 @@ pub fn quantize_rows(data: &[f32], rows: usize, cols: usize, format: QuantFormat
                 .map(|(t, (v, s))| scope.spawn(move || part(t * per, v, s)))
                 .collect();
             // In row order, so the first failing row's error is the one returned.
-            handles.into_iter().map(|h| h.join().expect("a quantizing thread panicked")).collect::<Result<(), QuantError>>()
+            handles.into_iter().try_for_each(|h| h.join().expect("a quantizing thread panicked"))
         })?;
     }
     Ok(QuantizedRows { format, rows, cols, values, scales })
