@@ -423,6 +423,12 @@ pub fn quantize_gpu_rows(data: &[f32], rows: usize, cols: usize, format: QuantFo
 mod tests {
     use super::*;
 
+    /// Squared error of weights `ws` on the grid `q · s`, q rounded to nearest and clamped to [-h, h - 1]: the test's
+    /// own reference for the stored grids.
+    fn grid_error(ws: &[f32], s: f32, h: f32) -> f32 {
+        ws.iter().map(|&v| (v - (v / s).round().clamp(-h, h - 1.0) * s).powi(2)).sum()
+    }
+
     #[test]
     fn round_to_nearest_on_the_stored_scale_grid() {
         // One q8 group whose largest magnitude is positive (1.27): s = f16(1.27 / -128) < 0, 1.27 → q = -128.
@@ -485,7 +491,7 @@ mod tests {
                         let m = ws.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
                         let h = format.half_range() as f32;
                         let s0 = f16::from_f32(m / -h).to_f32();
-                        let absmax: f32 = ws.iter().map(|&v| (v - (v / s0).round().clamp(-h, h - 1.0) * s0).powi(2)).sum();
+                        let absmax = grid_error(ws, s0, h);
                         assert!(got <= absmax * 1.000001 + 1e-12, "{format:?} ({r}, group {gi}): {got} > {absmax}");
                     }
                 }
@@ -537,7 +543,7 @@ mod tests {
         let absmax = f16::from_f32(0.5 / -8.0).to_f32();
         let s = q.scale(0, 0);
         assert!(s.abs() < absmax.abs(), "scale {s} against {absmax}");
-        let err = |s: f32| -> f32 { w.iter().map(|&v| (v - (v / s).round().clamp(-8.0, 7.0) * s).powi(2)).sum() };
+        let err = |s: f32| grid_error(&w, s, 8.0);
         let d = q.dequantize();
         let stored: f32 = w.iter().zip(&d).map(|(a, b)| (a - b).powi(2)).sum();
         assert!((stored - err(s)).abs() <= 1e-9 && stored < err(absmax), "{stored} {} {}", err(s), err(absmax));

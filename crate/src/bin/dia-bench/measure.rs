@@ -14,7 +14,7 @@ use dia_webgpu::kernels::Numerics;
 use dia_webgpu::pipeline::{CacheUse, PipelineCacheDir, Tts};
 
 use crate::Result;
-use crate::args::{Args, combinations, label, configs, biggest_matrix_bytes};
+use crate::args::{Args, RandomWeights, combinations, label, configs, biggest_matrix_bytes};
 use crate::report::{Report, ModeFigures, PrepareFigures, reductions, print_table};
 use crate::timing::{FRAMES_PER_10S, WARMUP_STEPS, random_dia, random_dac, text_tokens, time_encoder, time_steps, streamed_matrices, time_linear_only, copy_bandwidth, time_dac, time_whole, time_script, time_ttfa, ttfa_once};
 use crate::profile::profile_step;
@@ -74,7 +74,7 @@ pub(crate) fn measure_mode(gpu: &Gpu, cfg: &DiaConfig, dac_cfg: &DacConfig, nume
     gpu.release_reusable();
     gpu.reset_peak_allocated();
     let t0 = Instant::now();
-    let mut model = random_dia(gpu, cfg, numerics)?;
+    let mut model = random_dia(gpu, cfg, numerics, RandomWeights::Uniform)?;
     model.kv_format = kv.unwrap_or(model.kv_format);
     gpu.wait_idle()?;
     let model_build_s = t0.elapsed().as_secs_f64();

@@ -12,7 +12,7 @@ use dia_webgpu::gpu::{AllocationGroup, Gpu};
 use dia_webgpu::pipeline::{PipelineError, Tts};
 
 use crate::Result;
-use crate::args::{Args, combinations, label};
+use crate::args::{Args, RandomWeights, combinations, label};
 use crate::report::MemoryRun;
 use crate::timing::{random_dia, random_dac};
 
@@ -108,7 +108,7 @@ pub(crate) fn peak_only(gpu: &Gpu, cfg: &DiaConfig, dac_cfg: &DacConfig, args: &
     let mut out = Vec::new();
     for (numerics, kv) in combinations(args, &args.numerics) {
         gpu.release_reusable();
-        let mut model = random_dia(gpu, cfg, numerics)?;
+        let mut model = random_dia(gpu, cfg, numerics, RandomWeights::Uniform)?;
         model.kv_format = kv.unwrap_or(model.kv_format);
         let dac = random_dac(gpu, dac_cfg, numerics)?;
         gpu.wait_idle()?;

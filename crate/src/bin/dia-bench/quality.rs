@@ -15,8 +15,8 @@ use dia_webgpu::kernels::kv_cache::KvFormat;
 use dia_webgpu::kernels::Numerics;
 
 use crate::Result;
-use crate::args::{Args, RandomWeights, combinations, label, configs, biggest_matrix_bytes};
-use crate::timing::{random_dia, random_dia_gaussian};
+use crate::args::{Args, combinations, label, configs, biggest_matrix_bytes};
+use crate::timing::random_dia;
 use dia_webgpu::dia::load_model_dir;
 
 #[derive(Serialize)]
@@ -78,8 +78,7 @@ pub fn run(args: &Args) -> Result<()> {
     let load = |numerics: Numerics| -> Result<DiaModel> {
         match &args.model {
             Some(dir) => Ok(load_model_dir(&gpu, dir, numerics)?),
-            None if args.random_weights == RandomWeights::Gaussian => random_dia_gaussian(&gpu, &cfg, numerics),
-            None => random_dia(&gpu, &cfg, numerics),
+            None => random_dia(&gpu, &cfg, numerics, args.random_weights),
         }
     };
     let c = cfg.decoder.channels;

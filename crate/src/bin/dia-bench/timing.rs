@@ -16,6 +16,7 @@ use dia_webgpu::pipeline::{PipelineError, Tts};
 use dia_webgpu::random::{self, Noise};
 
 use crate::Result;
+use crate::args::RandomWeights;
 use crate::report::{WholeRun, ScriptRun, DecoderRun};
 
 /// Frames in 10 s of 44.1 kHz audio at hop 512 (also what one decoder step adds: 1 frame ≈ 11.6 ms).
@@ -24,15 +25,15 @@ pub(crate) const FRAMES_PER_10S: f64 = 441_000.0 / 512.0;
 /// Steps submitted and waited for before a timed decoder run (pipelines compiled, clocks up).
 pub(crate) const WARMUP_STEPS: usize = 16;
 
-/// Dia with random weights read from a noise block (generating 1.6 B values fresh would dominate the run);
-/// channel 0's EOS row zeroed so generations run to their length.
-pub(crate) fn random_dia(gpu: &Gpu, cfg: &DiaConfig, numerics: Numerics) -> Result<DiaModel> {
-    Ok(random::dia_model(gpu, cfg, numerics, &mut Noise::new(0x9E37_79B9_7F4A_7C15), true)?)
-}
-
-/// `random_dia` with normal weights of the same variance (`Noise::gaussian`).
-pub(crate) fn random_dia_gaussian(gpu: &Gpu, cfg: &DiaConfig, numerics: Numerics) -> Result<DiaModel> {
-    Ok(random::dia_model(gpu, cfg, numerics, &mut Noise::gaussian(0x9E37_79B9_7F4A_7C15), true)?)
+/// Dia with random weights read from a noise block (generating 1.6 B values fresh would dominate the run), drawn
+/// as `weights` says; channel 0's EOS row zeroed so generations run to their length.
+pub(crate) fn random_dia(gpu: &Gpu, cfg: &DiaConfig, numerics: Numerics, weights: RandomWeights) -> Result<DiaModel> {
+    const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut noise = match weights {
+        RandomWeights::Uniform => Noise::new(SEED),
+        RandomWeights::Gaussian => Noise::gaussian(SEED),
+    };
+    Ok(random::dia_model(gpu, cfg, numerics, &mut noise, true)?)
 }
 
 /// The codec's decoder with random weights (decode-only: the encoder's tensors are not loaded).
