@@ -631,6 +631,7 @@ fn small_m(
     // Straight-line code generated per shape (small_m.rs, `small_m_code`): a loop of loads into arrays would
     // wait out each load's latency in turn, while named values let all U·(RPT + M) loads of a round be in flight.
     // With prefetching, a round's weights were loaded during the round before, so their latency overlaps its math.
+{{PROLOGUE}}
     let nc = chunks();
 {{DECLS}}
     for (var c = kt; c < nc; c += U * KT) {
@@ -894,4 +895,142 @@ fn tiled_load_w(n: u32, k: u32) -> vec4<f32> {
     let lo = unpack2x16float(w[b + min(k / 2u, l)]);
     let hi = unpack2x16float(w[b + min(k / 2u + 1u, l)]);
     return vec4<f32>(select(vec2<f32>(0.0), lo, k < p.k), select(vec2<f32>(0.0), hi, k + 2u < p.k));
+}
+
+//== section: attention_x
+// The output projection of a decoder step's self-attention with the attention's combine pass folded in (issue 17's
+// second fusion: `linear_attention_o`). x is not bound: the access section's `x` is this workgroup-memory copy, which
+// every workgroup first fills from the split decode's partials (`attention_decode_appending_partial`: per (row,
+// head, chunk) XHD weighted V sums, the chunk's max score and its sum of exp), as `decode_combine` would; the first
+// workgroup also writes the step's new keys into the caches (the combine's other job). Every workgroup re-reads
+// all partials (M · XK · live chunks words): that L2 traffic is this fusion's price.
+@group(0) @binding(1) var<storage, read> parts: array<f32>;
+@group(0) @binding(4) var<storage, read> att_qinfo: array<u32>;
+@group(0) @binding(5) var<storage, read> att_seqs: array<u32>;
+@group(0) @binding(6) var<storage, read_write> att_kcache: array<{{KV_WORD}}>;
+@group(0) @binding(7) var<storage, read_write> att_vcache: array<{{KV_WORD}}>;
+const XH: u32 = {{X_HEADS}}u;           // query heads; XK = XH · XHD columns of x
+const XHD: u32 = {{X_HEAD_DIM}}u;
+const XK4: u32 = XH * XHD / 4u;
+const XCH: u32 = {{X_CHUNK}}u;          // keys per chunk
+const XNC: u32 = {{X_CHUNKS}}u;         // chunks per (row, head) in the scratch
+const XKVH: u32 = {{X_KV_HEADS}}u;
+const XKV_STRIDE: u32 = {{X_KV_STRIDE}}u;
+const XK_COL: u32 = {{X_K_COL}}u;
+const XV_COL: u32 = {{X_V_COL}}u;
+const XENTRY: u32 = XHD + 2u;
+const XNEG: f32 = -3.0e38;
+
+var<workgroup> x: array<vec4<f32>, M * XK4>;
+// Per (row, head, chunk): the chunk's max score, then its weight exp(max_c − max) / Σ_c exp(max_c − max)·sum_c.
+var<workgroup> x_cw: array<f32, M * XH * XNC>;
+// The chunks' sums of exp: in x until the values go there where they fit (at most XHD chunks), else here.
+const SUMS_IN_X: bool = XNC <= XHD;
+var<workgroup> x_sums: array<f32, {{X_SUMS}}>;
+
+fn set_chunk_sum(i: u32, l: f32) {
+    if SUMS_IN_X {
+        x[i / 4u][i % 4u] = l;
+    } else {
+        x_sums[i] = l;
+    }
+}
+
+fn chunk_sum(i: u32) -> f32 {
+    if SUMS_IN_X {
+        return x[i / 4u][i % 4u];
+    }
+    return x_sums[i];
+}
+
+fn part_at(i: u32) -> f32 {
+    if i < arrayLength(&parts) { return parts[i]; }
+    return 0.0;
+}
+
+// Keys row m attends to (`visible_keys` of the causal decode).
+fn x_visible(m: u32) -> u32 {
+    if 2u * m + 1u >= arrayLength(&att_qinfo) {
+        return 0u;
+    }
+    let s = att_qinfo[2u * m];
+    if s >= arrayLength(&att_seqs) / 2u {
+        return 0u;
+    }
+    let kv_len = att_seqs[2u * s + 1u];
+    let pos = att_qinfo[2u * m + 1u];
+    return select(kv_len, pos + 1u, pos < kv_len);
+}
+
+fn x_chunks(m: u32) -> u32 {
+    return min((x_visible(m) + XCH - 1u) / XCH, XNC);
+}
+
+{{KV_STORES}}
+
+fn combine_attention_x(tid: u32, first: bool) {
+    // Chunk maxima and sums into workgroup memory, all loads at once.
+    for (var i = tid; i < M * XH * XNC; i += T) {
+        let mh = i / XNC;
+        var mx = XNEG;
+        var l = 0.0;
+        if i % XNC < x_chunks(mh / XH) {
+            let b = i * XENTRY + XHD;
+            mx = part_at(b);
+            l = part_at(b + 1u);
+        }
+        x_cw[i] = mx;
+        set_chunk_sum(i, l);
+    }
+    workgroupBarrier();
+    // Per (row, head): the weights of its live chunks (0 for the others and for a row with no key).
+    for (var mh = tid; mh < M * XH; mh += T) {
+        let nc = x_chunks(mh / XH);
+        let b = mh * XNC;
+        var mx = XNEG;
+        for (var c = 0u; c < nc; c++) {
+            mx = max(mx, x_cw[b + c]);
+        }
+        var total = 0.0;
+        for (var c = 0u; c < nc; c++) {
+            let i = b + c;
+            total += exp(x_cw[i] - mx) * chunk_sum(i);
+        }
+        let inv = select(0.0, 1.0 / total, total > 0.0);
+        for (var c = 0u; c < XNC; c++) {
+            x_cw[b + c] = select(0.0, exp(x_cw[b + c] - mx) * inv, c < nc);
+        }
+    }
+    workgroupBarrier();
+    // x = Σ_c weight_c · V sums_c, four columns per invocation.
+    for (var e = tid; e < M * XK4; e += T) {
+        let m = e / XK4;
+        let j = 4u * (e % XK4);
+        let mh = m * XH + j / XHD;
+        let nc = x_chunks(m);
+        var src = mh * XNC * XENTRY + j % XHD;
+        var acc = vec4<f32>(0.0);
+        for (var c = 0u; c < nc; c++) {
+            acc += x_cw[mh * XNC + c] * vec4<f32>(part_at(src), part_at(src + 1u), part_at(src + 2u), part_at(src + 3u));
+            src += XENTRY;
+        }
+        x[e] = acc;
+    }
+    if first {
+        // The new keys, staged after the chunk entries, into the caches at (seq, pos) unless pos lies past the cache.
+        for (var m = 0u; m < M; m++) {
+            let pos = att_qinfo[2u * m + 1u];
+            let s = att_qinfo[2u * m];
+            if x_visible(m) == 0u || pos >= att_seqs[2u * s + 1u] {
+                continue;
+            }
+            for (var g = 0u; g < XKVH; g++) {
+                let slot = M * XH * XNC * XENTRY + (m * XKVH + g) * 2u * XHD;
+                let dst = (att_seqs[2u * s] + pos) * XKV_STRIDE + g * XHD;
+                store_new_k(tid, dst + XK_COL, slot, 0.0);
+                store_new_v(tid, dst + XV_COL, slot + XHD, 0.0);
+            }
+        }
+    }
+    workgroupBarrier();
 }

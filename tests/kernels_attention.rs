@@ -1039,3 +1039,133 @@ fn decode_takes_subgroup_reductions_only_when_on() {
         }
     }
 }
+
+/// Issue 17's second fusion: the appending decode's partial pass, then the output projection combining the partials
+/// itself (`linear_attention_o`), against (a) the CPU: the partials read back, combined in f64 as `decode_combine`
+/// does, projected through the stored (dequantized) weights onto the residual; (b) the two-pass decode followed by the
+/// plain projection: the same y within f32 rounding and the same new keys in the caches, bit for bit. Ragged: 1, 2, 3,
+/// 8 and 16 rows over several sequences (one from position 0, one across chunk edges, one past its cache view), f32
+/// and f16 caches, f32 / f16 / q8 / q4 weights, Dia's shape (16 heads of 128 over 4 kv heads) and a small one.
+#[test]
+fn attention_o_fused_matches_combine_then_projection() {
+    use dia_webgpu::kernels::attention::{attention_decode_appending, attention_decode_appending_partial};
+    use dia_webgpu::kernels::linear::{linear_attention_o, linear_rows, LinearEpilogue, ATTENTION_O_SHAPE};
+    use dia_webgpu::kernels::{GpuMatrix, WeightFormat};
+    use dia_webgpu::quant::QuantFormat;
+    let gpu = common::test_gpu_f32_arith();
+    let mut rng = Rng::new(47);
+    let formats = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Quant(QuantFormat::Q8), WeightFormat::Quant(QuantFormat::Q4)];
+    let mut cases = vec![];
+    for m in [1usize, 2, 3, 8, 16] {
+        cases.push((16usize, 4usize, 2usize, m, formats[m % 4], KvFormat::F32));
+        cases.push((32, 4, 4, m, formats[(m + 1) % 4], KvFormat::F16));
+    }
+    cases.push((128, 16, 4, 2, WeightFormat::F16, KvFormat::F32));
+    cases.push((128, 16, 4, 2, WeightFormat::Quant(QuantFormat::Q4), KvFormat::F16));
+    let mut fused_cases = 0;
+    for (hd, heads, kv_heads, rows, wformat, kv) in cases {
+        // hd 16: more chunks (18 of 128 keys) than head_dim, so the chunk sums take their own workgroup array.
+        let max_len = if hd == 16 { 2200usize } else { 300 };
+        let n_seq = rows.max(2);
+        let width = kv_heads * hd;
+        let k = heads * hd;
+        let n_out = k + 24; // the projection's rows need not be a multiple of the workgroup's
+        let stride = k + 2 * width;
+        let (cos, sin) = rope_tables(max_len, hd, 10000.0);
+        let (cb, sb) = (gpu.upload("cos", &cos), gpu.upload("sin", &sin));
+        // The last sequence's cache view is shorter than the positions some rows reach.
+        let seqs: Vec<u32> = (0..n_seq).flat_map(|s| [(s * max_len) as u32, if s == n_seq - 1 { 140 } else { max_len as u32 }]).collect();
+        let cache = |rng: &mut Rng| {
+            let v = rng.vec(n_seq * max_len * width, 1.0);
+            match kv {
+                KvFormat::F16 => f16_words(&v),
+                _ => v.iter().map(|x| x.to_bits()).collect(),
+            }
+        };
+        let (k0, v0) = (cache(&mut rng), cache(&mut rng));
+        let w = rng.vec(n_out * k, 0.1);
+        let wm = GpuMatrix::upload(&gpu, "w_o", &w, n_out, k, wformat).unwrap();
+        let w_stored = common::stored_weights(&w, n_out, k, wformat);
+        let y0 = rng.vec(rows * n_out, 1.0);
+        let qkv_b = gpu.upload("qkv", &rng.vec(rows * stride, 0.5));
+        // Row r: sequence r % n_seq at a position from 0 up to past the short view, across chunk edges.
+        let qinfo: Vec<u32> = (0..rows).flat_map(|r| [(r % n_seq) as u32, [0u32, 63, 64, 129, 150, 299, 200, 7][r % 8]]).collect();
+        let (qinfo_b, seqs_b) = (gpu.upload("qinfo", &qinfo), gpu.upload("seqs", &seqs));
+        // (y, K cache words, V cache words, the partials where fused)
+        type Run = (Vec<f32>, Vec<u32>, Vec<u32>, Vec<f32>);
+        let run = |fused: bool| -> Option<Run> {
+            let (kb, vb) = (gpu.upload("k_cache", &k0), gpu.upload("v_cache", &v0));
+            let (attn, y) = (gpu.buffer("attn", (rows * k * 4) as u64), gpu.upload("y", &y0));
+            let args = AttentionArgs {
+                q_buf: &qkv_b,
+                q_stride: stride as u32,
+                q_col: 0,
+                k_buf: &kb,
+                v_buf: &vb,
+                kv_stride: width as u32,
+                k_col: 0,
+                v_col: 0,
+                qinfo: &qinfo_b,
+                seqs: &seqs_b,
+                out: &attn,
+                rows: rows as u32,
+                heads: heads as u32,
+                kv_heads: kv_heads as u32,
+                head_dim: hd as u32,
+                causal: true,
+                max_keys: max_len as u32,
+                kv_format: kv,
+            };
+            let (ds, scratch) = if fused {
+                let (partial, partials) = attention_decode_appending_partial(&gpu, &args, &cb, &sb);
+                let o = linear_attention_o(&gpu, &partials, &qinfo_b, &seqs_b, &kb, &vb, &wm, &y, rows as u32, LinearEpilogue::Accumulate, ATTENTION_O_SHAPE)?;
+                (vec![partial, o], Some(partials.scratch))
+            } else {
+                let mut ds = attention_decode_appending(&gpu, &args, &cb, &sb);
+                ds.extend(linear_rows(&gpu, &attn, &wm, &y, rows as u32, LinearEpilogue::Accumulate));
+                (ds, None)
+            };
+            gpu.run(&ds.iter().collect::<Vec<_>>());
+            let partials = scratch.map(|s| gpu.read_f32_blocking(&s).unwrap()).unwrap_or_default();
+            Some((gpu.read_f32_blocking(&y).unwrap(), gpu.read_u32_blocking(&kb).unwrap(), gpu.read_u32_blocking(&vb).unwrap(), partials))
+        };
+        let what = format!("{rows} rows, hd {hd}, heads {heads}/{kv_heads}, {wformat:?} weights, {kv} caches");
+        let (y_plain, k_plain, v_plain, _) = run(false).unwrap();
+        let Some((y_fused, k_fused, v_fused, parts)) = run(true) else {
+            // Only the workgroup memory may refuse these cases (x itself must then take a large share of it).
+            let x_bytes = (rows * k + rows * heads * (max_len.div_ceil(64))) * 4;
+            assert!(x_bytes as u32 > gpu.limits.max_compute_workgroup_storage_size / 2, "{what}: refused although x takes {x_bytes} bytes");
+            println!("{what}: refused (workgroup memory)");
+            continue;
+        };
+        fused_cases += 1;
+        assert_eq!(k_fused, k_plain, "{what}: k caches");
+        assert_eq!(v_fused, v_plain, "{what}: v caches");
+        assert_ne!(k_fused, k0, "{what}: the new keys were written");
+        // CPU: combine the partials (layout: `DecodePartials`) in f64, then project.
+        let n_rep = heads / kv_heads;
+        let chunk = (256 / [4usize, 2, 1].into_iter().find(|r| n_rep % r == 0).unwrap()).min(128);
+        let n_chunks = max_len.div_ceil(chunk);
+        let mut x = vec![0f32; rows * k];
+        for r in 0..rows {
+            let (s, pos) = (qinfo[2 * r] as usize, qinfo[2 * r + 1] as usize);
+            let len = seqs[2 * s + 1] as usize;
+            let visible = if pos < len { pos + 1 } else { len };
+            let nc = visible.div_ceil(chunk);
+            for h in 0..heads {
+                let e = |c: usize| ((r * heads + h) * n_chunks + c) * (hd + 2);
+                let mx = (0..nc).map(|c| parts[e(c) + hd] as f64).fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = (0..nc).map(|c| (parts[e(c) + hd] as f64 - mx).exp() * parts[e(c) + hd + 1] as f64).sum();
+                for d in 0..hd {
+                    let acc: f64 = (0..nc).map(|c| (parts[e(c) + hd] as f64 - mx).exp() * parts[e(c) + d] as f64).sum();
+                    x[r * k + h * hd + d] = if total > 0.0 { (acc / total) as f32 } else { 0.0 };
+                }
+            }
+        }
+        let y_cpu = common::cpu_linear(&x, &w_stored, &y0, rows, n_out, k, LinearEpilogue::Accumulate);
+        let (e_cpu, e_plain) = (rel_err(&y_fused, &y_cpu), rel_err(&y_fused, &y_plain));
+        println!("{what}: y rel err {e_cpu:.2e} vs CPU, {e_plain:.2e} vs the two-pass route");
+        assert!(e_cpu <= 2e-6 && e_plain <= 2e-6, "{what}: y rel err {e_cpu:.3e} vs CPU, {e_plain:.3e} vs the two-pass route");
+    }
+    assert!(fused_cases >= 8, "only {fused_cases} cases took the fused route");
+}

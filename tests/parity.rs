@@ -109,6 +109,35 @@ fn parity_generated_greedy_f32() {
     }
 }
 
+/// Issue 17's second fusion (`Gpu::set_attention_o_fused`): the self-attention's combine folded into the output
+/// projection generates the reference's greedy codes, and the step graph has one dispatch fewer per layer.
+#[test]
+fn parity_generated_greedy_f32_attention_o_fused() {
+    use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText};
+    let f = fixture();
+    let gpu = test_gpu();
+    let m = model(&gpu, Numerics::F32);
+    let step_dispatches = |fused: bool| {
+        gpu.set_attention_o_fused(fused);
+        let enc = m.encode(&gpu, PackedText::new(&[text_ids(&f.exp, "batch", 0)]));
+        let cache = KvCache::new(&gpu, &m, 2, m.cfg.decoder.max_positions as u32);
+        DecoderGraph::new(&gpu, &m, &enc, &cache, 1, 1).dispatches()
+    };
+    let (plain, fused) = (step_dispatches(false), step_dispatches(true));
+    assert_eq!(plain - fused, m.cfg.decoder.layers, "dispatches per step: {plain} plain, {fused} fused");
+    let opts = options(&f.meta, "generate_kwargs");
+    for case in cases(&f.exp, ".generated") {
+        if case == "batch" {
+            continue;
+        }
+        let (shape, want) = &f.exp[&format!("{case}.generated")];
+        let prompt = prompt_of(&f.exp, &case, &m.cfg);
+        let got = generate_tokens(&gpu, &m, &[text_ids(&f.exp, &case, 0)], &prompt, &opts);
+        assert_eq!(got, u32s(want), "{case}.generated differs with the fused output projection");
+        println!("{case}.generated identical with the fused output projection ({} rows)", shape[1]);
+    }
+}
+
 #[test]
 fn parity_batch_generated_f32() {
     let f = fixture();
@@ -471,4 +500,41 @@ fn parity_q8_cache_append_matches_two_dispatch_route() {
     println!("q4 (q8 caches): appending decode against rope_kv_write + attention over {} steps: same kept sets {same_sets}/{pairs}, max |Δp| {worst:.2e} there; {two} → {one} dispatches per step", got.len());
     assert!(same_sets * 4 >= pairs * 3, "kept sets equal in only {same_sets} of {pairs} (step, channel) pairs");
     assert!(worst <= 5e-3, "max |Δp| {worst:.2e}");
+}
+
+/// Issue 17's first fusion (`Gpu::set_cross_tables`): decoder steps run the cross-attention through per-text tables
+/// (query and output projections folded into the keys and values at encode time). In f32 it generates the reference's
+/// greedy codes, single items and the batch, and the step graph has one dispatch fewer per layer (3 → 2).
+#[test]
+fn parity_generated_greedy_f32_cross_tables() {
+    use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText};
+    let f = fixture();
+    // A device of its own: the switch stays off on every other test's.
+    let gpu = test_gpu();
+    let m = model(&gpu, Numerics::F32);
+    let step_dispatches = |tables: bool| {
+        gpu.set_cross_tables(tables);
+        let enc = m.encode(&gpu, PackedText::new(&[text_ids(&f.exp, "batch", 0)]));
+        assert_eq!(enc.cross_tables.is_some(), tables, "tables made only where the switch is on");
+        let cache = KvCache::new(&gpu, &m, 2, m.cfg.decoder.max_positions as u32);
+        DecoderGraph::new(&gpu, &m, &enc, &cache, 1, 1).dispatches()
+    };
+    let (plain, tables) = (step_dispatches(false), step_dispatches(true));
+    assert_eq!(plain - tables, m.cfg.decoder.layers, "dispatches per step: {plain} plain, {tables} with the tables");
+    let opts = options(&f.meta, "generate_kwargs");
+    for case in cases(&f.exp, ".generated") {
+        let (shape, want) = &f.exp[&format!("{case}.generated")];
+        let (items, prompt): (Vec<Vec<u32>>, Vec<u32>) = if case == "batch" {
+            ((0..shape[0]).map(|b| text_ids(&f.exp, "batch", b)).collect(), Vec::new())
+        } else {
+            (vec![text_ids(&f.exp, &case, 0)], prompt_of(&f.exp, &case, &m.cfg))
+        };
+        let got = generate_tokens(&gpu, &m, &items, &prompt, &opts);
+        if let Some(d) = first_difference(&got, &u32s(want), shape[2]) {
+            eprintln!("{case}: {d}");
+        }
+        assert_eq!(got, u32s(want), "{case}.generated differs with the cross-attention tables");
+        println!("{case}.generated identical with the cross-attention tables ({} rows)", shape[1]);
+    }
+    gpu.set_cross_tables(false);
 }

@@ -10,7 +10,7 @@ use wgpu::naga;
 fn every_generated_shader_validates() {
     let shaders = dia_webgpu::kernels::catalog::generated_shaders();
     let families: std::collections::BTreeSet<&str> = shaders.iter().map(|(name, _)| name.split('/').next().unwrap()).collect();
-    for family in ["attention", "sampling", "dac_conv", "dac_conv_reduce", "dac_conv_cl", "dac_rvq", "dac_pack", "dac_conv_mono", "kv_cache", "linear_small_m", "linear_tiled", "linear_coop"] {
+    for family in ["attention", "sampling", "dac_conv", "dac_conv_reduce", "dac_conv_cl", "dac_rvq", "dac_pack", "dac_conv_mono", "kv_cache", "linear_small_m", "linear_tiled", "linear_coop", "linear_attention_o", "cross_tables"] {
         assert!(families.contains(family), "the catalog lacks {family}");
     }
     let mut failures = Vec::new();

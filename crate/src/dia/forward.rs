@@ -5,10 +5,11 @@
 
 use crate::config::EncoderConfig;
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
-use crate::kernels::attention::{attention_decode, attention_decode_appending, attention_prefill, can_append_in_decode, AttentionArgs};
+use crate::kernels::attention::{attention_decode, attention_decode_appending, attention_decode_appending_partial, attention_prefill, can_append_in_decode, AttentionArgs};
+use crate::kernels::cross_tables::{cross_out, cross_scores, plan_cross_tables, CrossShape, CrossTableSet};
 use crate::kernels::embed::{embed_channels_sum, embed_tokens};
 use crate::kernels::kv_cache::{pack_kv, rope_kv_write, KvFormat};
-use crate::kernels::linear::{linear_rows, norm_linear, norm_linear_schedule, LinearEpilogue, Schedule};
+use crate::kernels::linear::{linear_attention_o, linear_rows, norm_linear, norm_linear_schedule, schedule as linear_schedule, LinearEpilogue, Schedule, ATTENTION_O_SHAPE};
 use crate::kernels::norm::rmsnorm;
 use crate::kernels::rope::rope;
 
@@ -73,6 +74,10 @@ pub struct EncoderState {
     pub cross_format: KvFormat,
     /// (offset, length) per segment, u32 pairs, for cross-attention.
     pub seqs: GpuBuffer,
+    /// Per decoder layer, the cross-attention's query and output projections folded into tables of this text
+    /// (`kernels::cross_tables`): made when `Gpu::cross_tables` is on and the route applies; decoder steps then use
+    /// them in place of the projections and the attention.
+    pub cross_tables: Option<CrossTableSet>,
 }
 
 /// The labels of the encoder's working buffers (`Gpu::reusable_buffer`): needed during its pass only (`enc_out` until
@@ -179,7 +184,38 @@ impl DiaModel {
                 ds.push(pack_kv(gpu, projected, kv, n * kv_w, d.cross_head_dim as u32, format));
             }
         }
-        (ds, EncoderState { text, enc_out, cross_kv, cross_format: format, seqs })
+        let cross_tables = self.cross_tables_graph(gpu, &text, &cross_kv, &mut ds);
+        (ds, EncoderState { text, enc_out, cross_kv, cross_format: format, seqs, cross_tables })
+    }
+
+    /// The per-layer cross-attention tables of this text (dispatches appended to `ds`, after the cross K/V they read),
+    /// where `Gpu::cross_tables` is on and the route applies: no cross RoPE (a rotated query cannot be folded), and
+    /// what `plan_cross_tables` accepts (f32 / f16 projections, segments of at most 128 keys).
+    fn cross_tables_graph(&self, gpu: &Gpu, text: &PackedText, cross_kv: &[GpuBuffer], ds: &mut Vec<Dispatch>) -> Option<CrossTableSet> {
+        let d = &self.cfg.decoder;
+        if !gpu.cross_tables() || self.cross_rope.is_some() {
+            return None;
+        }
+        let shape = CrossShape {
+            hidden: d.hidden as u32,
+            heads: d.cross_heads as u32,
+            kv_heads: d.cross_kv_heads as u32,
+            head_dim: d.cross_head_dim as u32,
+            kv_format: self.kv_format,
+        };
+        let first = self.dec_layers.first()?;
+        let plan = plan_cross_tables(gpu, shape, &text.segments, &first.cross_q, &first.cross_o)?;
+        // Every layer's projections in the formats of the first (the plan's).
+        if self.dec_layers.iter().any(|l| l.cross_q.format != plan.query_format || l.cross_o.format != plan.output_format) {
+            return None;
+        }
+        let mut layers = Vec::with_capacity(self.dec_layers.len());
+        for (li, (l, kv)) in self.dec_layers.iter().zip(cross_kv).enumerate() {
+            let (built, tables) = plan.build(gpu, &format!("cross_tables.{li}"), kv, &l.cross_q, &l.cross_o);
+            ds.extend(built);
+            layers.push(tables);
+        }
+        Some(CrossTableSet { plan, layers })
     }
 }
 
@@ -285,6 +321,9 @@ impl DecoderGraph {
             "cross_qinfo",
             &(0..m).flat_map(|i| [((i / t) % rows).min(batch), 0]).collect::<Vec<u32>>(),
         );
+        // A step's cross-attention through the text's tables (`EncoderState::cross_tables`), where they were made.
+        let cross_tables = enc.cross_tables.as_ref().filter(|_| t == 1);
+        let cross_scores_buf = gpu.buffer("dec_cross_scores", cross_tables.map_or(4, |set| m as u64 * set.plan.score_stride() as u64 * F32));
         let (cos, sin) = (&model.dec_rope.0, &model.dec_rope.1);
         let attend = |a: &AttentionArgs| if t == 1 { attention_decode(gpu, a) } else { attention_prefill(gpu, a) };
 
@@ -316,47 +355,65 @@ impl DecoderGraph {
                 kv_format: cache.format,
             };
             let append = can_append_in_decode(&self_attention) && (cache.format != KvFormat::Q8 || gpu.q8_cache_append());
-            if t == 1 && append {
+            // Issue 17's second fusion (opt-in): the attention's combine pass folded into the output projection.
+            let fused_o = (t == 1 && append && gpu.attention_o_fused() && linear_schedule(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate) == Schedule::SmallM)
+                .then(|| {
+                    let (partial, partials) = attention_decode_appending_partial(gpu, &self_attention, cos, sin);
+                    let o = linear_attention_o(gpu, &partials, &qinfo, &self_seqs, &cache.k[li], &cache.v[li], &l.o, &x, m, LinearEpilogue::Accumulate, ATTENTION_O_SHAPE)?;
+                    Some([(StepPart::SelfAttention, partial), (StepPart::Linear, o)])
+                })
+                .flatten();
+            if let Some(fused) = fused_o {
+                body.extend(fused);
+            } else if t == 1 && append {
                 // A step: RoPE and the cache update happen inside the attention's two passes.
                 body.extend(tag(StepPart::SelfAttention, attention_decode_appending(gpu, &self_attention, cos, sin)));
+                body.extend(tag(StepPart::Linear, linear_rows(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate)));
             } else {
                 // RoPE on Q and K, K and V into the cache (one dispatch), then attention over the cache.
                 body.push((StepPart::RopeKv, rope_kv_write(gpu, &qkv, &qinfo, cos, sin, &cache.k[li], &cache.v[li], m, qkv_w, d.heads as u32, hd, kv_width, cache.max_len, cache.format)));
                 body.extend(tag(StepPart::SelfAttention, attend(&self_attention)));
+                body.extend(tag(StepPart::Linear, linear_rows(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate)));
             }
-            body.extend(tag(StepPart::Linear, linear_rows(gpu, &attn, &l.o, &x, m, LinearEpilogue::Accumulate)));
 
-            body.extend(tag(StepPart::Linear, norm_linear(gpu, &x, &l.pre_ca_norm, eps, &l.cross_q, &cq, m, LinearEpilogue::Store, &h)));
-            if let Some((c, s)) = &model.cross_rope {
-                body.push((StepPart::RopeKv, rope(gpu, &cq, c, s, &qinfo, m, cq_w, 0, d.cross_heads as u32, d.cross_head_dim as u32)));
+            if let Some(set) = cross_tables {
+                // A step through the text's tables: scores = A·rmsnorm(x), then x += B·softmax(scores).
+                let tables = &set.layers[li];
+                body.push((StepPart::CrossAttention, cross_scores(gpu, &set.plan, tables, &x, &l.pre_ca_norm, eps, &cross_qinfo, &cross_scores_buf, m)));
+                body.push((StepPart::CrossAttention, cross_out(gpu, &set.plan, tables, &cross_scores_buf, &cross_qinfo, &x, m)));
+            } else {
+                body.extend(tag(StepPart::Linear, norm_linear(gpu, &x, &l.pre_ca_norm, eps, &l.cross_q, &cq, m, LinearEpilogue::Store, &h)));
+                if let Some((c, s)) = &model.cross_rope {
+                    body.push((StepPart::RopeKv, rope(gpu, &cq, c, s, &qinfo, m, cq_w, 0, d.cross_heads as u32, d.cross_head_dim as u32)));
+                }
+                let max_text = enc.text.segments.iter().map(|s| s.1).max().unwrap_or(1);
+                body.extend(tag(StepPart::CrossAttention, attend(&AttentionArgs {
+                    q_buf: &cq,
+                    q_stride: cq_w,
+                    q_col: 0,
+                    k_buf: &enc.cross_kv[li],
+                    v_buf: &enc.cross_kv[li],
+                    kv_stride: ckv_w,
+                    k_col: 0,
+                    v_col: ckv_w / 2,
+                    qinfo: &cross_qinfo,
+                    seqs: &enc.seqs,
+                    out: &cattn,
+                    rows: m,
+                    heads: d.cross_heads as u32,
+                    kv_heads: d.cross_kv_heads as u32,
+                    head_dim: d.cross_head_dim as u32,
+                    causal: false,
+                    max_keys: max_text,
+                    kv_format: enc.cross_format,
+                })));
+                body.extend(tag(StepPart::Linear, linear_rows(gpu, &cattn, &l.cross_o, &x, m, LinearEpilogue::Accumulate)));
             }
-            let max_text = enc.text.segments.iter().map(|s| s.1).max().unwrap_or(1);
-            body.extend(tag(StepPart::CrossAttention, attend(&AttentionArgs {
-                q_buf: &cq,
-                q_stride: cq_w,
-                q_col: 0,
-                k_buf: &enc.cross_kv[li],
-                v_buf: &enc.cross_kv[li],
-                kv_stride: ckv_w,
-                k_col: 0,
-                v_col: ckv_w / 2,
-                qinfo: &cross_qinfo,
-                seqs: &enc.seqs,
-                out: &cattn,
-                rows: m,
-                heads: d.cross_heads as u32,
-                kv_heads: d.cross_kv_heads as u32,
-                head_dim: d.cross_head_dim as u32,
-                causal: false,
-                max_keys: max_text,
-                kv_format: enc.cross_format,
-            })));
-            body.extend(tag(StepPart::Linear, linear_rows(gpu, &cattn, &l.cross_o, &x, m, LinearEpilogue::Accumulate)));
 
             body.extend(tag(StepPart::Linear, norm_linear(gpu, &x, &l.pre_mlp_norm, eps, &l.gate_up, &mlp, m, LinearEpilogue::SwiGlu, &h)));
             body.extend(tag(StepPart::Linear, linear_rows(gpu, &mlp, &l.down, &x, m, LinearEpilogue::Accumulate)));
         }
-        DecoderGraph { t, rows, tokens, qinfo, x, body, _keep: vec![h, qkv, attn, cq, cattn, mlp, self_seqs, cross_qinfo] }
+        DecoderGraph { t, rows, tokens, qinfo, x, body, _keep: vec![h, qkv, attn, cq, cattn, mlp, self_seqs, cross_qinfo, cross_scores_buf] }
     }
 
     /// Dispatches per pass.

@@ -152,6 +152,32 @@ impl Gpu {
         self.coop_norm_linear.store(on, Ordering::Relaxed);
     }
 
+    /// Whether decoder steps fold the cross-attention's query and output projections into per-text tables made at
+    /// encode time (issue 17's first fusion: 3 dispatches per layer → 2, where the text and the weights allow it):
+    /// `DIA_CROSS_TABLES=on` (read when the device is made) or `set_cross_tables`. Off by default (an experiment:
+    /// docs/performance.md has its figures).
+    pub fn cross_tables(&self) -> bool {
+        self.cross_tables.load(Ordering::Relaxed)
+    }
+
+    /// Sets `cross_tables` for the encodings and graphs made from now on.
+    pub fn set_cross_tables(&self, on: bool) {
+        self.cross_tables.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether decoder steps combine the self-attention's split partials inside the output projection instead of a
+    /// combine pass of their own (issue 17's second fusion: one dispatch fewer per layer where it applies):
+    /// `DIA_ATTENTION_O=fused` (read when the device is made) or `set_attention_o_fused`. Off by default (an
+    /// experiment: docs/performance.md has its figures).
+    pub fn attention_o_fused(&self) -> bool {
+        self.attention_o_fused.load(Ordering::Relaxed)
+    }
+
+    /// Sets `attention_o_fused` for the graphs built from now on.
+    pub fn set_attention_o_fused(&self, on: bool) {
+        self.attention_o_fused.store(on, Ordering::Relaxed);
+    }
+
     /// Whether the matrix–vector kernel must (Some(true)) or must not (Some(false)) read quantized rows in 8-column
     /// chunks where it multiplies in f32 (`SmallMAccess::cols8`); None leaves it to `SmallMAccess::preferred` (q4
     /// yes, q8 no). `DIA_MATVEC_COLS8=on|off` (read when the device is made) or `set_matvec_cols8`.

@@ -106,6 +106,12 @@ pub struct Gpu {
     coop_m_min: AtomicU32,
     /// Whether a projection with a fused norm goes to tensor cores like any other (see `coop_norm_linear`).
     coop_norm_linear: AtomicBool,
+    /// Whether decoder steps fold the cross-attention's query and output projections into per-text tables (see
+    /// `cross_tables`).
+    cross_tables: AtomicBool,
+    /// Whether decoder steps combine the self-attention's split partials inside the output projection (see
+    /// `attention_o_fused`).
+    attention_o_fused: AtomicBool,
     /// `pipeline`'s string keys.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     /// `variant_pipeline`'s typed keys.
@@ -290,6 +296,8 @@ impl Gpu {
             }),
             coop_m_min: AtomicU32::new(coop_m_min_by_default()),
             coop_norm_linear: AtomicBool::new(!std::env::var("DIA_COOP_NORM_LINEAR").is_ok_and(|v| v == "off")),
+            cross_tables: AtomicBool::new(std::env::var("DIA_CROSS_TABLES").is_ok_and(|v| v == "on")),
+            attention_o_fused: AtomicBool::new(std::env::var("DIA_ATTENTION_O").is_ok_and(|v| v == "fused")),
             device,
             queue,
             info,

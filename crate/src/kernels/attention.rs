@@ -460,37 +460,96 @@ fn decode_shape(a: &AttentionArgs) -> (u32, u32) {
 fn decode_dispatches(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &GpuBuffer)>) -> Vec<Dispatch> {
     let (nr, chunk) = decode_shape(a);
     let n_chunks = a.max_keys.div_ceil(chunk).max(1);
+    if n_chunks == 1 {
+        // Every key in one chunk: the partial pass normalises and writes the output itself.
+        let params = a.params(n_chunks);
+        let single = gpu.variant_pipeline(AttentionVariant { append: false, ..decode_variant(gpu, a, AttentionEntry::DecodePartial, true, false) });
+        return vec![gpu.dispatch(&single, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out], [a.heads / nr, n_chunks, a.rows])];
+    }
+    let (partial, partials) = decode_partial_pass(gpu, a, rope);
+    let params = a.params(n_chunks);
+    let combine = gpu.variant_pipeline(decode_variant(gpu, a, AttentionEntry::DecodeCombine, false, rope.is_some()));
+    let combine = match rope {
+        None => gpu.dispatch(&combine, &params, &[a.qinfo, a.seqs, &partials.scratch, a.out], [a.heads, a.rows, 1]),
+        Some(_) => gpu.dispatch(&combine, &params, &[a.qinfo, a.seqs, &partials.scratch, a.out, a.k_buf, a.v_buf], [a.heads, a.rows, 1]),
+    };
+    vec![partial, combine]
+}
+
+fn decode_variant(gpu: &Gpu, a: &AttentionArgs, entry: AttentionEntry, single: bool, append: bool) -> AttentionVariant {
+    let (nr, _) = decode_shape(a);
+    AttentionVariant { entry, head_dim: a.head_dim, decode_heads: nr, single, append, kv: a.kv_format, reduction: gpu.reduction() }
+}
+
+/// The split decode's first pass over more than one chunk (with RoPE and the new key staged where `rope` is given)
+/// and the scratch it fills.
+fn decode_partial_pass(gpu: &Gpu, a: &AttentionArgs, rope: Option<(&GpuBuffer, &GpuBuffer)>) -> (Dispatch, DecodePartials) {
+    let (nr, chunk) = decode_shape(a);
+    let n_chunks = a.max_keys.div_ceil(chunk).max(1);
+    assert!(n_chunks > 1, "decode_partial_pass: one chunk needs no partials");
     assert!(n_chunks <= MAX_DECODE_CHUNKS, "attention_decode: {} keys exceed {} chunks of {chunk}", a.max_keys, MAX_DECODE_CHUNKS);
     let params = a.params(n_chunks);
     let grid = [a.heads / nr, n_chunks, a.rows];
-    let append = rope.is_some();
-    let reduction = gpu.reduction();
-    let variant = |entry, single| AttentionVariant { entry, head_dim: a.head_dim, decode_heads: nr, single, append, kv: a.kv_format, reduction };
-    if n_chunks == 1 {
-        // Every key in one chunk: the partial pass normalises and writes the output itself.
-        let single = gpu.variant_pipeline(AttentionVariant { append: false, ..variant(AttentionEntry::DecodePartial, true) });
-        return vec![gpu.dispatch(&single, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, a.out], grid)];
-    }
     let mut words = a.rows as u64 * a.heads as u64 * n_chunks as u64 * (a.head_dim as u64 + 2);
-    if append {
+    if rope.is_some() {
         // The new keys' rotated K and V per (row, kv head), staged for the combine.
         words += a.rows as u64 * a.kv_heads as u64 * 2 * a.head_dim as u64;
     }
     // Written by the partial pass and read by the combine right after it: one buffer for every layer's decode
     // (36 of ~0.47 MB for Dia's self and cross attention at 3072 positions otherwise).
-    let partials = gpu.shared_scratch("attention.decode.partials", words * 4);
-    let partial = gpu.variant_pipeline(variant(AttentionEntry::DecodePartial, false));
-    let combine = gpu.variant_pipeline(variant(AttentionEntry::DecodeCombine, false));
-    match rope {
-        None => vec![
-            gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials], grid),
-            gpu.dispatch(&combine, &params, &[a.qinfo, a.seqs, &partials, a.out], [a.heads, a.rows, 1]),
-        ],
-        Some((cos, sin)) => vec![
-            gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &partials, cos, sin], grid),
-            gpu.dispatch(&combine, &params, &[a.qinfo, a.seqs, &partials, a.out, a.k_buf, a.v_buf], [a.heads, a.rows, 1]),
-        ],
-    }
+    let scratch = gpu.shared_scratch("attention.decode.partials", words * 4);
+    let partial = gpu.variant_pipeline(decode_variant(gpu, a, AttentionEntry::DecodePartial, false, rope.is_some()));
+    let dispatch = match rope {
+        None => gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &scratch], grid),
+        Some((cos, sin)) => gpu.dispatch(&partial, &params, &[a.qinfo, a.seqs, a.q_buf, a.k_buf, a.v_buf, &scratch, cos, sin], grid),
+    };
+    let layout = DecodeLayout {
+        rows: a.rows,
+        heads: a.heads,
+        head_dim: a.head_dim,
+        n_rep: a.params(0).n_rep,
+        chunk,
+        n_chunks,
+        kv_stride: a.kv_stride,
+        k_col: a.k_col,
+        v_col: a.v_col,
+        kv: a.kv_format,
+    };
+    (dispatch, DecodePartials { scratch, layout })
+}
+
+/// The split partials of a decode's first pass, for a consumer that combines them itself.
+pub struct DecodePartials {
+    /// Per (row, head, chunk): `head_dim` softmax-weighted V sums, the chunk's max score, its sum of exp(score −
+    /// max); then, for the appending decode, each (row, kv head)'s new rotated K and its V (`head_dim` each).
+    pub scratch: GpuBuffer,
+    pub layout: DecodeLayout,
+}
+
+/// Where a decode's partials and new keys lie: the scratch's shape and the caches' layout (`AttentionArgs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecodeLayout {
+    pub rows: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    /// Query heads per kv head.
+    pub n_rep: u32,
+    /// Keys per chunk; row m's live chunks are ⌈visible keys / chunk⌉.
+    pub chunk: u32,
+    /// Chunks per (row, head) in the scratch.
+    pub n_chunks: u32,
+    pub kv_stride: u32,
+    pub k_col: u32,
+    pub v_col: u32,
+    pub kv: KvFormat,
+}
+
+/// `attention_decode_appending`'s first pass alone, for an output projection that combines the partials and writes
+/// the new keys into the caches itself (`linear::linear_attention_o`, issue 17's second fusion): the dispatch and
+/// the partials. Panics unless `can_append_in_decode(a)`.
+pub fn attention_decode_appending_partial(gpu: &Gpu, a: &AttentionArgs, cos: &GpuBuffer, sin: &GpuBuffer) -> (Dispatch, DecodePartials) {
+    assert!(can_append_in_decode(a), "attention_decode_appending_partial: needs causal attention over several chunks, head_dim % 16 == 0 (within the cache format's) and separate K/V caches");
+    decode_partial_pass(gpu, a, Some((cos, sin)))
 }
 
 /// The decode pair's reductions as generated WGSL: helper functions, the calls that replace the reductions in

@@ -3,6 +3,7 @@
 //! `tests/shaders.rs` runs through naga. Names do not depend on how the kernels key their pipelines, so two
 //! dumps of different code line up file by file.
 use crate::gpu::{KernelVariant, Reduction};
+use crate::kernels::attention::DecodeLayout;
 use crate::kernels::kv_cache::{KvCacheKernel, KvFormat};
 use crate::kernels::sampling::{SamplerEntry, SamplerVariant};
 use crate::kernels::linear::{Arith, CoopAccess, CoopShape, CoopVariant, LinearEpilogue, SmallMAccess, SmallMShape, SmallMVariant, TiledAccess, TiledShape, TiledVariant};
@@ -17,8 +18,27 @@ pub fn generated_shaders() -> Vec<(String, String)> {
     dac(&mut out);
     kv_cache(&mut out);
     linear(&mut out);
+    cross_tables(&mut out);
     embed(&mut out);
     out
+}
+
+fn cross_tables(out: &mut Vec<(String, String)>) {
+    use crate::kernels::cross_tables::{build_source, out_source, scores_source};
+    for format in [WeightFormat::F32, WeightFormat::F16] {
+        let f = format_name(format);
+        for kv in KvFormat::ALL {
+            for hd in [32u32, 128] {
+                out.push((format!("cross_tables/build_{f}_{kv}_hd{hd}"), build_source(format, kv, hd)));
+            }
+        }
+        for hidden in [96u32, 2048] {
+            out.push((format!("cross_tables/scores_{f}_h{hidden}"), scores_source(format, hidden)));
+        }
+        for heads in [2u32, 3, 16] {
+            out.push((format!("cross_tables/out_{f}_heads{heads}"), out_source(format, heads)));
+        }
+    }
 }
 
 const REDUCTIONS: [Reduction; 2] = [Reduction::Workgroup, Reduction::Subgroup];
@@ -162,6 +182,14 @@ fn linear(out: &mut Vec<(String, String)>) {
                             let v = SmallMVariant::new(format, k, m, epilogue, shape, norm, blocked, arith);
                             let name = format!("linear_small_m/{f}_k{k}_{epilogue:?}_m{m}_norm{norm}_blocked{blocked}_{arith:?}");
                             out.push((name, v.source()));
+                            if k == 1024 && !norm && !blocked {
+                                // x combined from a decode's partials (`linear_attention_o`): 8 heads of 128, 4 per kv head.
+                                for (kv, n_chunks) in [(KvFormat::F32, 48), (KvFormat::F16, 200)] {
+                                    let layout = DecodeLayout { rows: m, heads: 8, head_dim: 128, n_rep: 4, chunk: 64, n_chunks, kv_stride: 256, k_col: 0, v_col: 0, kv };
+                                    let v = SmallMVariant { attention_x: Some(layout), ..v };
+                                    out.push((format!("linear_attention_o/{f}_{epilogue:?}_m{m}_{arith:?}_{kv}_c{n_chunks}"), v.source()));
+                                }
+                            }
                         }
                         if matches!(format, WeightFormat::Quant(_)) {
                             let shape = SmallMShape::for_access(SmallMAccess::cols8(format, k), format, m, 1024, k);

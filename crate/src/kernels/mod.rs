@@ -16,6 +16,7 @@ pub mod embed;
 pub mod rope;
 pub mod kv_cache;
 pub mod attention;
+pub mod cross_tables;
 pub mod sampling;
 pub mod conv;
 pub mod plan;

@@ -14,7 +14,7 @@ pub mod small_m;
 pub mod tiled;
 
 pub use coop::{coop_format, coop_m_min, coop_supported, linear_coop, linear_coop_shaped, CoopAccess, CoopShape, CoopVariant, COOP_M_MIN};
-pub use small_m::{linear_small_m, linear_small_m_shaped, linear_small_m_tuned, norm_linear_small_m_shaped, small_m_access, Arith, ProbedSmallMVariant, SmallMAccess, SmallMProbe, SmallMShape, SmallMTuning, SmallMVariant};
+pub use small_m::{linear_attention_o, ATTENTION_O_SHAPE, linear_small_m, linear_small_m_shaped, linear_small_m_tuned, norm_linear_small_m_shaped, small_m_access, Arith, ProbedSmallMVariant, SmallMAccess, SmallMProbe, SmallMShape, SmallMTuning, SmallMVariant};
 pub use tiled::{linear_tiled, linear_tiled_shaped, TiledAccess, TiledShape, TiledVariant};
 
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};

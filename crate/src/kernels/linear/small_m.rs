@@ -3,6 +3,8 @@
 use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer, KernelVariant};
 
 use super::{check_shapes, section, small_m_arith, LinearEpilogue, Params, SMALL_M_MAX};
+use crate::kernels::attention::{DecodeLayout, DecodePartials};
+use crate::kernels::kv_cache::KvFormat;
 use crate::kernels::wgsl::Emitter;
 use crate::kernels::{GpuMatrix, WeightFormat};
 
@@ -287,6 +289,8 @@ pub struct SmallMVariant {
     /// Loads each round's weight chunks (and quantized scales) during the round before (software pipelining), so a
     /// thread's next DRAM round trip overlaps its arithmetic (`Gpu::matvec_prefetch` decides).
     pub prefetch: bool,
+    /// x is a decode's split attention, combined by every workgroup into workgroup memory (`linear_attention_o`).
+    pub attention_x: Option<DecodeLayout>,
 }
 
 impl SmallMVariant {
@@ -314,7 +318,7 @@ impl SmallMVariant {
         assert!(arith != Arith::Int8Dot || matches!(format, WeightFormat::Quant(_)), "integer dot products serve quantized weights only");
         assert!(arith == Arith::F32 || !access.cols8_chunks(), "8-column quantized chunks take f32 arithmetic only");
         assert!(access == SmallMAccess::new(format, k) || access == SmallMAccess::cols8(format, k), "{access:?} does not read {format:?} weights with {k} columns");
-        SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked, arith, prefetch: false }
+        SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked, arith, prefetch: false, attention_x: None }
     }
 
     /// This variant with the next round's weights loaded during each round (`prefetch`) or not.
@@ -329,7 +333,7 @@ impl KernelVariant for SmallMVariant {
     }
 
     fn source(&self) -> String {
-        let SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked, arith, prefetch } = *self;
+        let SmallMVariant { format, access, epilogue, norm, m, shape, unroll, blocked, arith, prefetch, attention_x } = *self;
         let SmallMShape { threads, k_threads, rows_per_thread } = shape;
         let quant = matches!(format, WeightFormat::Quant(_));
         let half = arith == Arith::F16;
@@ -369,9 +373,11 @@ impl KernelVariant for SmallMVariant {
             ]
             .concat()
         };
-        specialize(
-            &src,
-            &[
+        let (src, prologue, x_defs) = match attention_x {
+            None => (src, String::new(), vec![]),
+            Some(l) => attention_x_source(src, l, shape.threads),
+        };
+        let mut defs = vec![
                 ("PARAMS", Params::wgsl()),
                 ("EPILOGUE", epilogue.code().to_string()),
                 ("M", m.to_string()),
@@ -387,9 +393,93 @@ impl KernelVariant for SmallMVariant {
                 ("BODY", code.body),
                 ("REDUCE", code.reduce),
                 ("GROUP", quant_group(format).to_string()),
-            ],
-        )
+                ("PROLOGUE", prologue),
+        ];
+        defs.extend(x_defs);
+        specialize(&src, &defs)
     }
+}
+
+/// The small-M source with x made from a decode's partials (`SmallMVariant::attention_x`): the access section's x
+/// binding becomes section `attention_x`'s workgroup copy; returns the source, the prologue's call and the section's
+/// definitions.
+fn attention_x_source(src: String, l: DecodeLayout, threads: u32) -> (String, String, Vec<(&'static str, String)>) {
+    const X_BINDING: &str = "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;\n";
+    assert_eq!(src.matches(X_BINDING).count(), 1, "linear_attention_o: the access section must read x in 16-byte loads");
+    let src = src.replace(X_BINDING, "") + section("attention_x");
+    let stores = [l.kv.wgsl_store_head("store_new_k", "att_kcache", l.head_dim, "part_at", threads), l.kv.wgsl_store_head("store_new_v", "att_vcache", l.head_dim, "part_at", threads)].concat();
+    let defs = vec![
+        ("KV_WORD", l.kv.wgsl_word().to_string()),
+        ("KV_STORES", stores),
+        ("X_HEADS", l.heads.to_string()),
+        ("X_HEAD_DIM", l.head_dim.to_string()),
+        ("X_CHUNK", l.chunk.to_string()),
+        ("X_CHUNKS", l.n_chunks.to_string()),
+        ("X_KV_HEADS", (l.heads / l.n_rep).to_string()),
+        ("X_KV_STRIDE", l.kv_stride.to_string()),
+        ("X_K_COL", l.k_col.to_string()),
+        ("X_V_COL", l.v_col.to_string()),
+        ("X_SUMS", attention_x_sums(l).max(1).to_string()),
+    ];
+    (src, "    combine_attention_x(tid, g == 0u);".to_string(), defs)
+}
+
+/// Words of section `attention_x`'s own array of chunk sums: none where they fit in x (at most head_dim chunks).
+fn attention_x_sums(l: DecodeLayout) -> u32 {
+    if l.n_chunks <= l.head_dim { 0 } else { l.rows * l.heads * l.n_chunks }
+}
+
+/// The shape of `linear_attention_o`'s workgroups: 16 weight rows each (256 threads, 64 along K), so that fewer
+/// workgroups re-read the partials than the plain M = 2 shape's 4 rows would have.
+pub const ATTENTION_O_SHAPE: SmallMShape = SmallMShape { threads: 256, k_threads: 64, rows_per_thread: 4 };
+
+/// `linear_small_m(attention, w, y, m, epilogue)` where `attention` is the self-attention output that
+/// `attention_decode_appending` would have produced from `partials`: every workgroup combines the partials into
+/// workgroup memory itself (as `decode_combine` does) and the first writes the step's new keys into `k_cache` /
+/// `v_cache` (`qinfo` and `seqs` as the attention's), so the attention's combine pass is not dispatched (issue 17's
+/// second fusion). None where this device or layout cannot take it: q8 caches (their blocks need a reduction this
+/// prologue does not do), rows of x the access cannot load in 16-byte words, or workgroup memory over the limit.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_attention_o(
+    gpu: &Gpu,
+    partials: &DecodePartials,
+    qinfo: &GpuBuffer,
+    seqs: &GpuBuffer,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    w: &GpuMatrix,
+    y: &GpuBuffer,
+    m: u32,
+    epilogue: LinearEpilogue,
+    shape: SmallMShape,
+) -> Option<Dispatch> {
+    let l = partials.layout;
+    assert_eq!(l.rows, m, "linear_attention_o: the partials hold {} rows, not {m}", l.rows);
+    assert_eq!(l.heads * l.head_dim, w.cols, "linear_attention_o: {} heads of {} are not the matrix's {} columns", l.heads, l.head_dim, w.cols);
+    let variant = SmallMVariant { attention_x: Some(l), ..small_m_variant(gpu, w, m, epilogue, shape, false, false) };
+    let x_words = m * w.cols + m * l.heads * l.n_chunks + attention_x_sums(l).max(1);
+    let red_words = shape.round_words(shape.round_rows(m)) + if shape.reduce_rounds(m) > 1 { shape.total_words(m) } else { 0 };
+    let fits = l.kv != KvFormat::Q8
+        && matches!(variant.access, SmallMAccess::Vec8 | SmallMAccess::BlockVec4 | SmallMAccess::Cols8Vec4)
+        && (1..=SMALL_M_MAX).contains(&m)
+        && shape.fits(m)
+        && (x_words + red_words) * 4 <= gpu.limits.max_compute_workgroup_storage_size;
+    if !fits {
+        return None;
+    }
+    let out_cols = match epilogue {
+        LinearEpilogue::SwiGlu => w.rows / 2,
+        _ => w.rows,
+    };
+    assert!(y.size >= m as u64 * out_cols as u64 * 4, "linear_attention_o: y holds fewer than {m} × {out_cols} f32");
+    let pipeline = gpu.variant_pipeline(variant);
+    let rows = shape.rows();
+    let groups = match epilogue {
+        LinearEpilogue::SwiGlu => out_cols.div_ceil(rows / 2),
+        _ => w.rows.div_ceil(rows),
+    };
+    let params = Params { m, n: w.rows, k: w.cols, stride: w.row_stride_words(), out_cols, groups, tiles_n: 0, eps: 0.0 };
+    Some(gpu.dispatch(&pipeline, &params, &[&partials.scratch, &w.data, y, qinfo, seqs, k_cache, v_cache], grid_1d(groups)))
 }
 
 /// A benchmark probe of the small-M kernel (`linear_small_m_probed`, `bench_linear --probe`): the same kernel with

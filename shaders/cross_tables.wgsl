@@ -1,0 +1,330 @@
+// Cross-attention of a decoder step through per-text tables (issue 17): the query projection folded into the keys
+// (table A) and the output projection folded into the values (table B), both made once per request.
+//
+// Table columns: every segment's keys × heads, column col0 + s·heads + h for key s and query head h of the
+// segment, each segment's run padded to a multiple of 8 columns (zeros) so that 16-byte loads stay in it.
+//   A [cols, hidden]: A[col, k] = Σ_d K[token, g·hd + d] · W_q[h·hd + d, k]
+//   B [hidden, cols]: B[n, col] = Σ_d W_o[n, h·hd + d] · V[token, g·hd + d]
+// (g = h / n_rep the key/value head). A step is then scores = A · rmsnorm(x) (`cross_scores`) and
+// x += B · softmax(scores) (`cross_out`, the softmax per head folded into its loads).
+//
+// Sections (`//== section: <name>`): `build` (the table builders), `scores` and `out` (the step's two kernels).
+
+//== section: build
+// The tables, one thread per pair of adjacent values of a table row (a row has an even number of values).
+
+{{PARAMS}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// The layer's cross K/V, `[tokens, kv_stride]` values ([K heads | V heads]) in the cache format.
+@group(0) @binding(1) var<storage, read> kv: array<{{KV_WORD}}>;
+// W_q `[heads·hd, hidden]` (query table) or W_o `[hidden, heads·hd]` (output table), p.w_stride words a row.
+@group(0) @binding(2) var<storage, read> w: array<{{TABLE_WORD}}>;
+// token·heads + h per table column, NO_KEY for a padding column.
+@group(0) @binding(3) var<storage, read> colinfo: array<u32>;
+@group(0) @binding(4) var<storage, read_write> table: array<{{TABLE_WORD}}>;
+
+const NO_KEY: u32 = 0xffffffffu;
+
+{{LOAD_KV}}
+{{TABLE_ACCESS}}
+
+fn pair_index(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid;
+}
+
+// A[col, k], A[col, k + 1] for the pair starting at value 2i (k even).
+@compute @workgroup_size(256)
+fn build_query_table(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = pair_index(lid, wid, nwg);
+    if i >= p.pairs {
+        return;
+    }
+    let e = 2u * i;
+    let col = e / p.hidden;
+    let k = e % p.hidden;
+    let info = colinfo[col];
+    var acc = vec2<f32>(0.0);
+    if info != NO_KEY {
+        let h = info % p.heads;
+        let key = (info / p.heads) * p.kv_stride + (h / p.n_rep) * p.head_dim;
+        for (var d = 0u; d < p.head_dim; d++) {
+            acc += load_kv(key + d) * load_w2(h * p.head_dim + d, k);
+        }
+    }
+    store_pair(e, acc);
+}
+
+// B[n, col]: zero for a padding column.
+fn output_value(n: u32, col: u32) -> f32 {
+    let info = colinfo[col];
+    if info == NO_KEY {
+        return 0.0;
+    }
+    let h = info % p.heads;
+    let value = (info / p.heads) * p.kv_stride + p.v_col + (h / p.n_rep) * p.head_dim;
+    var acc = 0.0;
+    for (var d = 0u; d < p.head_dim; d++) {
+        acc += load_w(n, h * p.head_dim + d) * load_kv(value + d);
+    }
+    return acc;
+}
+
+// B[n, col], B[n, col + 1] for the pair starting at value 2i (col even: the columns are a multiple of 8).
+@compute @workgroup_size(256)
+fn build_output_table(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = pair_index(lid, wid, nwg);
+    if i >= p.pairs {
+        return;
+    }
+    let e = 2u * i;
+    let n = e / p.cols;
+    let col = e % p.cols;
+    store_pair(e, vec2<f32>(output_value(n, col), output_value(n, col + 1u)));
+}
+
+//== section: scores
+// scores[r, j] = Σ_k A[col0 + j, k] · rmsnorm(x[r])[k] for the j < heads·keys of row r's segment. A workgroup per
+// (16 table rows, query row): 8 teams of 32 lanes, 2 table rows a team, lanes over 16-byte chunks of a row. Every
+// workgroup recomputes its row's 1/rms (one pass over x, which it stages times the gain).
+
+{{PARAMS}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> gain: array<vec4<f32>>;
+// (segment, position) per query row.
+@group(0) @binding(3) var<storage, read> qinfo: array<u32>;
+// (token offset, keys, col0, 0) per segment.
+@group(0) @binding(4) var<storage, read> segs: array<u32>;
+@group(0) @binding(5) var<storage, read> table: array<vec4<{{TABLE_WORD}}>>;
+@group(0) @binding(6) var<storage, read_write> scores: array<f32>;
+
+const WG: u32 = 256u;
+const LANES: u32 = 32u;
+const OUTS: u32 = 16u;
+const HIDDEN4: u32 = {{HIDDEN4}}u;
+// 16-byte chunks of a table row.
+const CHUNKS: u32 = {{CHUNKS}}u;
+
+// x[r] · gain, in vec4s: the vector the table rows are dotted with (1/rms applied to the sums).
+var<workgroup> staged: array<vec4<f32>, HIDDEN4>;
+var<workgroup> red: array<f32, 512>;
+// (col0, heads·keys) of the row's segment.
+var<workgroup> seg: vec2<u32>;
+
+fn staged4(q: u32) -> vec4<f32> {
+    return staged[q];
+}
+
+{{TABLE_DOT}}
+
+@compute @workgroup_size(256)
+fn cross_scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let r = wid.y;
+    if lid == 0u {
+        let s = qinfo[2u * r];
+        seg = vec2<u32>(segs[4u * s + 2u], segs[4u * s + 1u] * p.heads);
+    }
+    let info = workgroupUniformLoad(&seg);
+    let j0 = wid.x * OUTS;
+    if j0 >= info.y {
+        return;
+    }
+    var ss = 0.0;
+    for (var i = lid; i < HIDDEN4; i += WG) {
+        let v = x[r * HIDDEN4 + i];
+        ss += dot(v, v);
+        staged[i] = v * gain[i];
+    }
+    red[lid] = ss;
+    for (var st = WG / 2u; st > 0u; st >>= 1u) {
+        workgroupBarrier();
+        if lid < st {
+            red[lid] += red[lid + st];
+        }
+    }
+    workgroupBarrier();
+    let inv = 1.0 / sqrt(red[0] / f32(p.hidden) + p.eps);
+    // Every thread has read red[0] (and the staged vector is complete) before red is reused.
+    workgroupBarrier();
+
+    let team = lid / LANES;
+    let lane = lid % LANES;
+    let ja = j0 + team * 2u;
+    let last = info.y - 1u;
+    // A team's rows past the segment's end repeat its last row (never stored).
+    let row0 = (info.x + min(ja, last)) * CHUNKS;
+    let row1 = (info.x + min(ja + 1u, last)) * CHUNKS;
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    for (var c = lane; c < CHUNKS; c += LANES) {
+        acc0 += table_dot(row0 + c, c);
+        acc1 += table_dot(row1 + c, c);
+    }
+    let slot = team * 2u * LANES;
+    red[slot + lane] = acc0;
+    red[slot + LANES + lane] = acc1;
+    for (var st = LANES / 2u; st > 0u; st >>= 1u) {
+        workgroupBarrier();
+        if lane < st {
+            red[slot + lane] += red[slot + lane + st];
+            red[slot + LANES + lane] += red[slot + LANES + lane + st];
+        }
+    }
+    if lane == 0u {
+        let out = r * p.score_stride;
+        if ja < info.y {
+            scores[out + ja] = red[slot] * inv;
+        }
+        if ja + 1u < info.y {
+            scores[out + ja + 1u] = red[slot + LANES] * inv;
+        }
+    }
+}
+
+//== section: out
+// x[r, n] += Σ_j B[n, col0 + j] · softmax_h(scores[r])[j] over the heads·keys of row r's segment (nothing for a
+// segment without keys, as attention over no key gives zeros). A workgroup per (16 outputs, query row): it first
+// turns the row's scores into probabilities in workgroup memory (per head: max, exponentials, sum, the threads
+// split (key, head) as lanes × heads), then 8 teams of 32 lanes take 2 outputs each over 16-byte chunks of B.
+
+{{PARAMS}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> scores: array<f32>;
+@group(0) @binding(2) var<storage, read> qinfo: array<u32>;
+@group(0) @binding(3) var<storage, read> segs: array<u32>;
+@group(0) @binding(4) var<storage, read> table: array<vec4<{{TABLE_WORD}}>>;
+@group(0) @binding(5) var<storage, read_write> x: array<f32>;
+
+const WG: u32 = 256u;
+const LANES: u32 = 32u;
+const OUTS: u32 = 16u;
+const HEADS: u32 = {{HEADS}}u;
+// Threads per head in the softmax: a power of two, HEADS · HEAD_LANES ≤ WG.
+const HEAD_LANES: u32 = {{HEAD_LANES}}u;
+// Values per 16-byte chunk of B (4 f32 or 8 f16).
+const CHUNK_VALUES: u32 = {{CHUNK_VALUES}}u;
+// Most heads·keys of one segment (2048).
+const MAX_SCORES4: u32 = 512u;
+
+// The row's probabilities, zero from heads·keys to the next whole chunk.
+var<workgroup> staged: array<vec4<f32>, MAX_SCORES4>;
+var<workgroup> red: array<f32, 512>;
+var<workgroup> red_sum: array<f32, 256>;
+var<workgroup> seg: vec2<u32>;
+
+fn staged4(q: u32) -> vec4<f32> {
+    return staged[q];
+}
+
+{{TABLE_DOT}}
+
+@compute @workgroup_size(256)
+fn cross_out(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let r = wid.y;
+    if lid == 0u {
+        let s = qinfo[2u * r];
+        seg = vec2<u32>(segs[4u * s + 2u], segs[4u * s + 1u]);
+    }
+    let info = workgroupUniformLoad(&seg);
+    let keys = info.y;
+    let n_scores = keys * HEADS;
+    if n_scores == 0u {
+        return;
+    }
+    let row_scores = r * p.score_stride;
+    let h = lid % HEADS;
+    let hl = lid / HEADS;
+    let in_softmax = hl < HEAD_LANES;
+
+    // Per-head maximum in red (scores are finite: a finite start keeps idle threads harmless), then per-head sum of
+    // the exponentials in red_sum; head h's results end at index h.
+    var mx = -3.0e38;
+    if in_softmax {
+        for (var s = hl; s < keys; s += HEAD_LANES) {
+            mx = max(mx, scores[row_scores + s * HEADS + h]);
+        }
+    }
+    red[lid] = mx;
+    for (var st = HEAD_LANES / 2u; st > 0u; st >>= 1u) {
+        workgroupBarrier();
+        if hl < st {
+            red[lid] = max(red[lid], red[lid + st * HEADS]);
+        }
+    }
+    workgroupBarrier();
+    mx = red[h];
+    var sum = 0.0;
+    if in_softmax {
+        for (var s = hl; s < keys; s += HEAD_LANES) {
+            sum += exp(scores[row_scores + s * HEADS + h] - mx);
+        }
+    }
+    red_sum[lid] = sum;
+    for (var st = HEAD_LANES / 2u; st > 0u; st >>= 1u) {
+        workgroupBarrier();
+        if hl < st {
+            red_sum[lid] += red_sum[lid + st * HEADS];
+        }
+    }
+    workgroupBarrier();
+    // Probabilities a whole vec4 per thread (no two threads write one vector), zeros up to the last whole chunk.
+    let padded = (n_scores + CHUNK_VALUES - 1u) / CHUNK_VALUES * CHUNK_VALUES;
+    for (var q = lid; q < padded / 4u; q += WG) {
+        var v = vec4<f32>(0.0);
+        for (var i = 0u; i < 4u; i++) {
+            let j = 4u * q + i;
+            if j < n_scores {
+                let g = j % HEADS;
+                v[i] = exp(scores[row_scores + j] - red[g]) / red_sum[g];
+            }
+        }
+        staged[q] = v;
+    }
+    // The probabilities are complete, and every thread is done with red, before the products.
+    workgroupBarrier();
+
+    let team = lid / LANES;
+    let lane = lid % LANES;
+    let na = wid.x * OUTS + team * 2u;
+    let last = p.hidden - 1u;
+    let chunks = padded / CHUNK_VALUES;
+    // A team's outputs past the last repeat it (never stored). p.cols and col0 are multiples of 8.
+    let row0 = (min(na, last) * p.cols + info.x) / CHUNK_VALUES;
+    let row1 = (min(na + 1u, last) * p.cols + info.x) / CHUNK_VALUES;
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    for (var c = lane; c < chunks; c += LANES) {
+        acc0 += table_dot(row0 + c, c);
+        acc1 += table_dot(row1 + c, c);
+    }
+    let slot = team * 2u * LANES;
+    red[slot + lane] = acc0;
+    red[slot + LANES + lane] = acc1;
+    for (var st = LANES / 2u; st > 0u; st >>= 1u) {
+        workgroupBarrier();
+        if lane < st {
+            red[slot + lane] += red[slot + lane + st];
+            red[slot + LANES + lane] += red[slot + LANES + lane + st];
+        }
+    }
+    if lane == 0u {
+        let out = r * p.hidden;
+        if na < p.hidden {
+            x[out + na] += red[slot];
+        }
+        if na + 1u < p.hidden {
+            x[out + na + 1u] += red[slot + LANES];
+        }
+    }
+}
