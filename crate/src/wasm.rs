@@ -188,6 +188,20 @@ impl DiaEngine {
         })
     }
 
+    /// Turns one of the engine's measured experiments on or off for the generations from now on (for benchmarks;
+    /// the defaults are what the measurements chose): `"crossTables"` (issue 17's cross-attention tables,
+    /// `Gpu::set_cross_tables`) or `"attentionOFused"` (the self-attention's combine in its output projection,
+    /// `Gpu::set_attention_o_fused`). Any other name is an error.
+    #[wasm_bindgen(js_name = setExperiment)]
+    pub fn set_experiment(&self, #[wasm_bindgen(unchecked_param_type = "\"crossTables\" | \"attentionOFused\"")] name: &str, on: bool) -> Result<(), JsError> {
+        match name {
+            "crossTables" => self.gpu.set_cross_tables(on),
+            "attentionOFused" => self.gpu.set_attention_o_fused(on),
+            _ => return Err(JsError::new(&format!("setExperiment: unknown experiment {name:?} (crossTables or attentionOFused)"))),
+        }
+        Ok(())
+    }
+
     /// Compute pipelines this engine has compiled so far: loading compiles every one a generation uses, so a
     /// generation that adds to the count compiled during it (the benchmark page reports that).
     #[wasm_bindgen(js_name = pipelineCompiles)]

@@ -134,6 +134,8 @@ export function benchUnitTests(fixtures) {
           [{ batches: [1, NaN] }, /each size must be/],
           [{ batches: [2, 2] }, /given twice/],
           [{ batches: 8 }, /must be a list/],
+          [{ experiments: ['fast'] }, /fast is not one of crossTables, attentionOFused/],
+          [{ experiments: 'crossTables' }, /must be a list/],
         ];
         for (const [o, message] of cases) {
           let error = null;
@@ -145,7 +147,7 @@ export function benchUnitTests(fixtures) {
           assert(error && message.test(error), `${JSON.stringify(o)}: ${error}`);
         }
         const d = core.benchOptions({ config: 'tiny' });
-        assert(d.numerics.join() === 'f16w,q8,q4,f32' && d.steps === 100 && d.runs === 3 && d.batches.length === 0 && new TextEncoder().encode(d.text).length === 100, JSON.stringify(d));
+        assert(d.numerics.join() === 'f16w,q8,q4,f32' && d.steps === 100 && d.runs === 3 && d.batches.length === 0 && d.experiments.length === 0 && new TextEncoder().encode(d.text).length === 100, JSON.stringify(d));
         return `${cases.length} refused`;
       },
     ],

@@ -6,7 +6,7 @@
 //
 //   node tests/browser/bench.mjs [--config tiny|full] [--numerics f16w,q8,q4,f32] [--steps N] [--runs R]
 //        [--warmup N] [--seed N] [--text TEXT] [--json] [--json-out FILE] [--pkg DIR] [--dawn FILE]
-//        [--dawn-flag NAME=VALUE]... [--timeline] [--batch B,B...]
+//        [--dawn-flag NAME=VALUE]... [--timeline] [--batch B,B...] [--experiment NAME,NAME...]
 //
 // --config full (default): Dia 1.6B + DAC 44.1 kHz from random weights; tiny: the test fixtures' sizes.
 // --numerics: modes in order (default f16w,q8,q4,f32), a fresh engine each; a mode that fails is reported and
@@ -15,6 +15,8 @@
 // --batch: also time lists of B copies of the text spoken as one batch (generateBatch, batchSize B), per size a
 //   warm-up and --runs timed calls, after the mode's generations: aggregate steps/s (every text's steps over the
 //   wall time, each text's codec included) and the ratio to batch 1 (give 1 among the sizes), e.g. --batch 1,8.
+// --experiment: turn the engine's experiments on in every mode (DiaEngine.setExperiment: crossTables,
+//   attentionOFused), to compare with a run without.
 // --timeline: log each timed generation's first readbacks and chunks (ms from the call: rows back, chunk out).
 // --json: the report (one JSON object) on stdout, the progress on stderr; --json-out FILE: the report to FILE too
 //   (written also when the run fails part-way).
@@ -55,6 +57,7 @@ try {
       json: { type: 'boolean', default: false },
       timeline: { type: 'boolean', default: false },
       batch: { type: 'string' },
+      experiment: { type: 'string' },
       'json-out': { type: 'string' },
       pkg: { type: 'string' },
       dawn: { type: 'string' },
@@ -85,6 +88,7 @@ try {
     text: args.text,
     timeline: args.timeline,
     batches: args.batch?.split(',').map((s) => (s.trim() === '' ? NaN : Number(s))),
+    experiments: args.experiment?.split(',').map((s) => s.trim()),
   });
 } catch (e) {
   usage(e.message);
@@ -163,7 +167,7 @@ async function loadEngine() {
 
 await setUpWebGPU();
 const engine = await loadEngine();
-log(`config ${options.config}, numerics ${options.numerics.join(',')}, ${options.runs} run(s) of ${options.steps} steps after a ${options.warmupSteps}-step warm-up${options.batches.length ? `; batches of ${options.batches.join(', ')}` : ''}`);
+log(`config ${options.config}, numerics ${options.numerics.join(',')}, ${options.runs} run(s) of ${options.steps} steps after a ${options.warmupSteps}-step warm-up${options.batches.length ? `; batches of ${options.batches.join(', ')}` : ''}${options.experiments.length ? `; experiments ${options.experiments.join(', ')}` : ''}`);
 report = await runBenchmark(engine, {
   ...options,
   environment: { runner: 'node + dawn.node', node: process.version, dawnFlags: args['dawn-flag'], platform: `${process.platform}-${process.arch}` },

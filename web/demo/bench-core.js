@@ -152,7 +152,17 @@ export function benchOptions(o = {}) {
     text: o.text ?? BENCH_TEXT,
     timeline: Boolean(o.timeline),
     batches: batchSizes(o.batches ?? []),
+    experiments: experimentNames(o.experiments ?? []),
   };
+}
+
+/** The engine's experiments a benchmark may turn on (`DiaEngine.setExperiment`). */
+export const EXPERIMENTS = ['crossTables', 'attentionOFused'];
+
+function experimentNames(names) {
+  if (!Array.isArray(names)) throw new Error('experiments must be a list of names');
+  for (const n of names) if (!EXPERIMENTS.includes(n)) throw new Error(`experiments: ${n} is not one of ${EXPERIMENTS.join(', ')}`);
+  return [...new Set(names)];
 }
 
 /** The largest list `generateBatch` takes at once (its `batchSize` limit). */
@@ -388,11 +398,12 @@ async function timeBatches(engine, o, log) {
 }
 
 /** Builds the model and codec of `cfg` from random weights on a new engine; returns the engine and load figures. */
-async function buildEngine(wasm, cfg, numerics, seed, log, progress) {
+async function buildEngine(wasm, cfg, numerics, seed, log, progress, experiments = []) {
   const watch = deviceWatch();
   watch.device = null; // the engine's own, once create has asked for it
   const t0 = now();
   const engine = await wasm.DiaEngine.create(numerics);
+  for (const name of experiments) engine.setExperiment(name, true);
   const load = { createSeconds: (now() - t0) / 1000 };
   try {
     const diaJson = JSON.stringify(cfg.dia);
@@ -502,7 +513,7 @@ export async function runBenchmark(wasm, options = {}) {
     let device = null;
     try {
       log(`${numerics}: building the ${o.config} model from random weights`);
-      ({ engine, load: mode.load, device } = await buildEngine(wasm, cfg, numerics, o.seed, log, options.progress ?? (() => {})));
+      ({ engine, load: mode.load, device } = await buildEngine(wasm, cfg, numerics, o.seed, log, options.progress ?? (() => {}), o.experiments));
       mode.adapter = engine.adapterInfo();
       log(`${numerics}: loaded ${mode.load.tensors} tensors, ${(mode.load.bytes / 1e9).toFixed(2)} GB, in ${mode.load.seconds.toFixed(1)} s`);
       mode.firstGeneration = await timeGeneration(engine, o.text, o.warmupSteps, o.seed);
