@@ -968,6 +968,14 @@ fn x_chunks(m: u32) -> u32 {
 
 {{KV_STORES}}
 
+fn part4(i: u32) -> vec4<f32> {
+    return vec4<f32>(part_at(i), part_at(i + 1u), part_at(i + 2u), part_at(i + 3u));
+}
+
+// Per (row, head): its largest chunk max and 1 / Σ_c exp(max_c − max)·sum_c (0 for a row with no key).
+var<workgroup> x_max: array<f32, M * XH>;
+var<workgroup> x_inv: array<f32, M * XH>;
+
 fn combine_attention_x(tid: u32, first: bool) {
     // Chunk maxima and sums into workgroup memory, all loads at once.
     for (var i = tid; i < M * XH * XNC; i += T) {
@@ -983,7 +991,7 @@ fn combine_attention_x(tid: u32, first: bool) {
         set_chunk_sum(i, l);
     }
     workgroupBarrier();
-    // Per (row, head): the weights of its live chunks (0 for the others and for a row with no key).
+    // Per (row, head): the largest chunk max and the total over its live chunks.
     for (var mh = tid; mh < M * XH; mh += T) {
         let nc = x_chunks(mh / XH);
         let b = mh * XNC;
@@ -993,26 +1001,48 @@ fn combine_attention_x(tid: u32, first: bool) {
         }
         var total = 0.0;
         for (var c = 0u; c < nc; c++) {
-            let i = b + c;
-            total += exp(x_cw[i] - mx) * chunk_sum(i);
+            total += exp(x_cw[b + c] - mx) * chunk_sum(b + c);
         }
-        let inv = select(0.0, 1.0 / total, total > 0.0);
-        for (var c = 0u; c < XNC; c++) {
-            x_cw[b + c] = select(0.0, exp(x_cw[b + c] - mx) * inv, c < nc);
-        }
+        x_max[mh] = mx;
+        x_inv[mh] = select(0.0, 1.0 / total, total > 0.0);
     }
     workgroupBarrier();
-    // x = Σ_c weight_c · V sums_c, four columns per invocation.
+    // Every chunk's weight exp(max_c − max) / total, in parallel (dead chunks are masked where they are read).
+    for (var i = tid; i < M * XH * XNC; i += T) {
+        let mh = i / XNC;
+        x_cw[i] = exp(x_cw[i] - x_max[mh]) * x_inv[mh];
+    }
+    workgroupBarrier();
+    // x = Σ_c weight_c · V sums_c, four columns per invocation, eight chunks per round with all their loads in flight
+    // (a loop of one chunk at a time waits out an L2 round trip per chunk). Chunks past the row's live ones hold
+    // stale scratch: masked, not weighted by 0 (a stale NaN times 0 is NaN).
     for (var e = tid; e < M * XK4; e += T) {
         let m = e / XK4;
         let j = 4u * (e % XK4);
         let mh = m * XH + j / XHD;
         let nc = x_chunks(m);
-        var src = mh * XNC * XENTRY + j % XHD;
+        let src = mh * XNC * XENTRY + j % XHD;
+        let wb = mh * XNC;
         var acc = vec4<f32>(0.0);
-        for (var c = 0u; c < nc; c++) {
-            acc += x_cw[mh * XNC + c] * vec4<f32>(part_at(src), part_at(src + 1u), part_at(src + 2u), part_at(src + 3u));
-            src += XENTRY;
+        for (var c = 0u; c < nc; c += 8u) {
+            let b = src + c * XENTRY;
+            let v0 = part4(b);
+            let v1 = part4(b + XENTRY);
+            let v2 = part4(b + 2u * XENTRY);
+            let v3 = part4(b + 3u * XENTRY);
+            let v4 = part4(b + 4u * XENTRY);
+            let v5 = part4(b + 5u * XENTRY);
+            let v6 = part4(b + 6u * XENTRY);
+            let v7 = part4(b + 7u * XENTRY);
+            let z = vec4<f32>(0.0);
+            acc += select(z, x_cw[min(wb + c, wb + XNC - 1u)] * v0, c < nc);
+            acc += select(z, x_cw[min(wb + c + 1u, wb + XNC - 1u)] * v1, c + 1u < nc);
+            acc += select(z, x_cw[min(wb + c + 2u, wb + XNC - 1u)] * v2, c + 2u < nc);
+            acc += select(z, x_cw[min(wb + c + 3u, wb + XNC - 1u)] * v3, c + 3u < nc);
+            acc += select(z, x_cw[min(wb + c + 4u, wb + XNC - 1u)] * v4, c + 4u < nc);
+            acc += select(z, x_cw[min(wb + c + 5u, wb + XNC - 1u)] * v5, c + 5u < nc);
+            acc += select(z, x_cw[min(wb + c + 6u, wb + XNC - 1u)] * v6, c + 6u < nc);
+            acc += select(z, x_cw[min(wb + c + 7u, wb + XNC - 1u)] * v7, c + 7u < nc);
         }
         x[e] = acc;
     }

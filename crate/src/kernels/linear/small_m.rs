@@ -457,7 +457,7 @@ pub fn linear_attention_o(
     assert_eq!(l.rows, m, "linear_attention_o: the partials hold {} rows, not {m}", l.rows);
     assert_eq!(l.heads * l.head_dim, w.cols, "linear_attention_o: {} heads of {} are not the matrix's {} columns", l.heads, l.head_dim, w.cols);
     let variant = SmallMVariant { attention_x: Some(l), ..small_m_variant(gpu, w, m, epilogue, shape, false, false) };
-    let x_words = m * w.cols + m * l.heads * l.n_chunks + attention_x_sums(l).max(1);
+    let x_words = m * w.cols + m * l.heads * (l.n_chunks + 2) + attention_x_sums(l).max(1);
     let red_words = shape.round_words(shape.round_rows(m)) + if shape.reduce_rounds(m) > 1 { shape.total_words(m) } else { 0 };
     let fits = l.kv != KvFormat::Q8
         && matches!(variant.access, SmallMAccess::Vec8 | SmallMAccess::BlockVec4 | SmallMAccess::Cols8Vec4)
