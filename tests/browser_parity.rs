@@ -131,6 +131,39 @@ async fn browser_parity_generated_greedy_f32() {
     }
 }
 
+/// Issue 17's two opt-in fusions (cross-attention tables, the self-attention's combine in its output projection)
+/// compiled by the browser's WebGPU and generating the reference's greedy codes; each takes a dispatch per layer out
+/// of the step, so the test cannot pass on the plain route.
+#[wasm_bindgen_test]
+async fn browser_parity_generated_greedy_f32_fusions() {
+    use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText};
+    let start = js_sys::Date::now();
+    let (exp, gpu) = (expected(), gpu().await);
+    let m = dia_model(&gpu);
+    let set = |on: bool| {
+        gpu.set_cross_tables(on);
+        gpu.set_attention_o_fused(on);
+    };
+    let step_dispatches = |on: bool| {
+        set(on);
+        let enc = m.encode(&gpu, PackedText::new(&[text_ids(&exp, "t0", 0)]));
+        let cache = KvCache::new(&gpu, &m, 2, m.cfg.decoder.max_positions as u32);
+        DecoderGraph::new(&gpu, &m, &enc, &cache, 1, 1).dispatches()
+    };
+    let (plain, fused) = (step_dispatches(false), step_dispatches(true));
+    assert_eq!(plain - fused, 2 * m.cfg.decoder.layers, "dispatches per step: {plain} plain, {fused} with both fusions");
+    let opts = options(&meta(), "generate_kwargs");
+    let (shape, want) = &exp["t0.generated"];
+    let prompt = prompt_of(&exp, "t0", &m.cfg);
+    let got = generate_tokens(&gpu, &m, &[text_ids(&exp, "t0", 0)], &prompt, &opts).await;
+    set(false);
+    if let Some(d) = first_difference(&got, &u32s(want), shape[2]) {
+        console_log!("t0 with both fusions: {d}");
+    }
+    assert_eq!(got, u32s(want), "t0.generated differs with both fusions");
+    console_log!("t0.generated identical with both fusions ({} rows; {:.1} s)", shape[1], since(start));
+}
+
 #[wasm_bindgen_test]
 async fn browser_parity_batch_generated_f32() {
     let start = js_sys::Date::now();
