@@ -503,6 +503,7 @@ export async function runBenchmark(wasm, options = {}) {
     warmupSteps: o.warmupSteps,
     seed: o.seed,
     batches: o.batches,
+    experiments: o.experiments,
     environment: { ...options.environment, adapter: await describeAdapter() },
     modes: [],
   };
