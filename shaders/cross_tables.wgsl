@@ -8,7 +8,8 @@
 // (g = h / n_rep the key/value head). A step is then scores = A · rmsnorm(x) (`cross_scores`) and
 // x += B · softmax(scores) (`cross_out`, the softmax per head folded into its loads).
 //
-// Sections (`//== section: <name>`): `build` (the table builders), `scores` and `out` (the step's two kernels).
+// Sections (`//== section: <name>`): `build` (the table builders), `scores` and `out` (the step's two kernels, each
+// with `team_dots`).
 
 //== section: build
 // The tables, one thread per pair of adjacent values of a table row (a row has an even number of values).
@@ -109,15 +110,12 @@ fn build_output_table(
 @group(0) @binding(6) var<storage, read_write> scores: array<f32>;
 
 const WG: u32 = 256u;
-const LANES: u32 = 32u;
-const OUTS: u32 = 16u;
 const HIDDEN4: u32 = {{HIDDEN4}}u;
 // 16-byte chunks of a table row.
 const CHUNKS: u32 = {{CHUNKS}}u;
 
 // x[r] · gain, in vec4s: the vector the table rows are dotted with (1/rms applied to the sums).
 var<workgroup> staged: array<vec4<f32>, HIDDEN4>;
-var<workgroup> red: array<f32, 512>;
 // (col0, heads·keys) of the row's segment.
 var<workgroup> seg: vec2<u32>;
 
@@ -164,22 +162,7 @@ fn cross_scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     // A team's rows past the segment's end repeat its last row (never stored).
     let row0 = (info.x + min(ja, last)) * CHUNKS;
     let row1 = (info.x + min(ja + 1u, last)) * CHUNKS;
-    var acc0 = 0.0;
-    var acc1 = 0.0;
-    for (var c = lane; c < CHUNKS; c += LANES) {
-        acc0 += table_dot(row0 + c, c);
-        acc1 += table_dot(row1 + c, c);
-    }
-    let slot = team * 2u * LANES;
-    red[slot + lane] = acc0;
-    red[slot + LANES + lane] = acc1;
-    for (var st = LANES / 2u; st > 0u; st >>= 1u) {
-        workgroupBarrier();
-        if lane < st {
-            red[slot + lane] += red[slot + lane + st];
-            red[slot + LANES + lane] += red[slot + LANES + lane + st];
-        }
-    }
+    let slot = team_dots(team, lane, row0, row1, CHUNKS);
     if lane == 0u {
         let out = r * p.score_stride;
         if ja < info.y {
@@ -207,8 +190,6 @@ fn cross_scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;
 
 const WG: u32 = 256u;
-const LANES: u32 = 32u;
-const OUTS: u32 = 16u;
 const HEADS: u32 = {{HEADS}}u;
 // Threads per head in the softmax: a power of two, HEADS · HEAD_LANES ≤ WG.
 const HEAD_LANES: u32 = {{HEAD_LANES}}u;
@@ -219,7 +200,6 @@ const MAX_SCORES4: u32 = 512u;
 
 // The row's probabilities, zero from heads·keys to the next whole chunk.
 var<workgroup> staged: array<vec4<f32>, MAX_SCORES4>;
-var<workgroup> red: array<f32, 512>;
 var<workgroup> red_sum: array<f32, 256>;
 var<workgroup> seg: vec2<u32>;
 
@@ -302,6 +282,29 @@ fn cross_out(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     // A team's outputs past the last repeat it (never stored). p.cols and col0 are multiples of 8.
     let row0 = (min(na, last) * p.cols + info.x) / CHUNK_VALUES;
     let row1 = (min(na + 1u, last) * p.cols + info.x) / CHUNK_VALUES;
+    let slot = team_dots(team, lane, row0, row1, chunks);
+    if lane == 0u {
+        let out = r * p.hidden;
+        if na < p.hidden {
+            x[out + na] += red[slot];
+        }
+        if na + 1u < p.hidden {
+            x[out + na + 1u] += red[slot + LANES];
+        }
+    }
+}
+
+//== section: team_dots
+// What `scores` and `out` share: a workgroup of 8 teams of LANES lanes, each team dotting two table rows with the
+// staged vector (`table_dot`), the lanes over 16-byte chunks.
+const LANES: u32 = 32u;
+const OUTS: u32 = 16u;
+
+var<workgroup> red: array<f32, 512>;
+
+// Team `team`'s two sums of rows starting at chunks row0 and row1, over `chunks` chunks: returns the slot whose
+// red[slot] and red[slot + LANES] hold them. Its barriers need uniform control flow at the call.
+fn team_dots(team: u32, lane: u32, row0: u32, row1: u32, chunks: u32) -> u32 {
     var acc0 = 0.0;
     var acc1 = 0.0;
     for (var c = lane; c < chunks; c += LANES) {
@@ -318,13 +321,5 @@ fn cross_out(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
             red[slot + LANES + lane] += red[slot + LANES + lane + st];
         }
     }
-    if lane == 0u {
-        let out = r * p.hidden;
-        if na < p.hidden {
-            x[out + na] += red[slot];
-        }
-        if na + 1u < p.hidden {
-            x[out + na + 1u] += red[slot + LANES];
-        }
-    }
+    return slot;
 }

@@ -347,7 +347,7 @@ pub(crate) fn build_source(format: WeightFormat, kv: KvFormat, head_dim: u32) ->
 /// `cross_scores`' shader for a query table in `format` and a decoder of `hidden` columns.
 pub(crate) fn scores_source(format: WeightFormat, hidden: u32) -> String {
     specialize(
-        section(SOURCE, FILE, "scores"),
+        &[section(SOURCE, FILE, "scores"), section(SOURCE, FILE, "team_dots")].concat(),
         &[
             ("PARAMS", Params::wgsl()),
             ("TABLE_WORD", table_word(format).to_string()),
@@ -363,7 +363,7 @@ pub(crate) fn out_source(format: WeightFormat, heads: u32) -> String {
     // Threads per head in the softmax: the largest power of two that fits the workgroup.
     let head_lanes = 1u32 << (WORKGROUP / heads).ilog2();
     specialize(
-        section(SOURCE, FILE, "out"),
+        &[section(SOURCE, FILE, "out"), section(SOURCE, FILE, "team_dots")].concat(),
         &[
             ("PARAMS", Params::wgsl()),
             ("TABLE_WORD", table_word(format).to_string()),
