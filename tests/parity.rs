@@ -110,32 +110,10 @@ fn parity_generated_greedy_f32() {
 }
 
 /// Issue 17's second fusion (`Gpu::set_attention_o_fused`): the self-attention's combine folded into the output
-/// projection generates the reference's greedy codes, and the step graph has one dispatch fewer per layer.
+/// projection generates the reference's greedy codes.
 #[test]
 fn parity_generated_greedy_f32_attention_o_fused() {
-    use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText};
-    let f = fixture();
-    let gpu = test_gpu();
-    let m = model(&gpu, Numerics::F32);
-    let step_dispatches = |fused: bool| {
-        gpu.set_attention_o_fused(fused);
-        let enc = m.encode(&gpu, PackedText::new(&[text_ids(&f.exp, "batch", 0)]));
-        let cache = KvCache::new(&gpu, &m, 2, m.cfg.decoder.max_positions as u32);
-        DecoderGraph::new(&gpu, &m, &enc, &cache, 1, 1).dispatches()
-    };
-    let (plain, fused) = (step_dispatches(false), step_dispatches(true));
-    assert_eq!(plain - fused, m.cfg.decoder.layers, "dispatches per step: {plain} plain, {fused} fused");
-    let opts = options(&f.meta, "generate_kwargs");
-    for case in cases(&f.exp, ".generated") {
-        if case == "batch" {
-            continue;
-        }
-        let (shape, want) = &f.exp[&format!("{case}.generated")];
-        let prompt = prompt_of(&f.exp, &case, &m.cfg);
-        let got = generate_tokens(&gpu, &m, &[text_ids(&f.exp, &case, 0)], &prompt, &opts);
-        assert_eq!(got, u32s(want), "{case}.generated differs with the fused output projection");
-        println!("{case}.generated identical with the fused output projection ({} rows)", shape[1]);
-    }
+    greedy_parity_with_route("the fused output projection", |gpu, on| gpu.set_attention_o_fused(on));
 }
 
 #[test]
@@ -503,24 +481,38 @@ fn parity_q8_cache_append_matches_two_dispatch_route() {
 }
 
 /// Issue 17's first fusion (`Gpu::set_cross_tables`): decoder steps run the cross-attention through per-text tables
-/// (query and output projections folded into the keys and values at encode time). In f32 it generates the reference's
-/// greedy codes, single items and the batch, and the step graph has one dispatch fewer per layer (3 → 2).
+/// (query and output projections folded into the keys and values at encode time), made only where the switch is on.
+/// In f32 it generates the reference's greedy codes, single items and the batch.
 #[test]
 fn parity_generated_greedy_f32_cross_tables() {
+    use dia_webgpu::dia::forward::PackedText;
+    let (f, gpu) = (fixture(), test_gpu());
+    let m = model(&gpu, Numerics::F32);
+    for on in [false, true] {
+        gpu.set_cross_tables(on);
+        let enc = m.encode(&gpu, PackedText::new(&[text_ids(&f.exp, "batch", 0)]));
+        assert_eq!(enc.cross_tables.is_some(), on, "tables made only where the switch is on");
+    }
+    greedy_parity_with_route("the cross-attention tables", |gpu, on| gpu.set_cross_tables(on));
+}
+
+/// Greedy parity of every `.generated` case (single items with their prompts, and the batch) on a device of its own
+/// with an opt-in route of issue 17 switched on by `set`, after checking that the route takes one dispatch per layer
+/// out of a step (so the comparison cannot pass on the plain route).
+fn greedy_parity_with_route(route: &str, set: impl Fn(&Gpu, bool)) {
     use dia_webgpu::dia::forward::{DecoderGraph, KvCache, PackedText};
     let f = fixture();
     // A device of its own: the switch stays off on every other test's.
     let gpu = test_gpu();
     let m = model(&gpu, Numerics::F32);
-    let step_dispatches = |tables: bool| {
-        gpu.set_cross_tables(tables);
+    let step_dispatches = |on: bool| {
+        set(&gpu, on);
         let enc = m.encode(&gpu, PackedText::new(&[text_ids(&f.exp, "batch", 0)]));
-        assert_eq!(enc.cross_tables.is_some(), tables, "tables made only where the switch is on");
         let cache = KvCache::new(&gpu, &m, 2, m.cfg.decoder.max_positions as u32);
         DecoderGraph::new(&gpu, &m, &enc, &cache, 1, 1).dispatches()
     };
-    let (plain, tables) = (step_dispatches(false), step_dispatches(true));
-    assert_eq!(plain - tables, m.cfg.decoder.layers, "dispatches per step: {plain} plain, {tables} with the tables");
+    let (plain, routed) = (step_dispatches(false), step_dispatches(true));
+    assert_eq!(plain - routed, m.cfg.decoder.layers, "dispatches per step: {plain} plain, {routed} with {route}");
     let opts = options(&f.meta, "generate_kwargs");
     for case in cases(&f.exp, ".generated") {
         let (shape, want) = &f.exp[&format!("{case}.generated")];
@@ -533,8 +525,8 @@ fn parity_generated_greedy_f32_cross_tables() {
         if let Some(d) = first_difference(&got, &u32s(want), shape[2]) {
             eprintln!("{case}: {d}");
         }
-        assert_eq!(got, u32s(want), "{case}.generated differs with the cross-attention tables");
-        println!("{case}.generated identical with the cross-attention tables ({} rows)", shape[1]);
+        assert_eq!(got, u32s(want), "{case}.generated differs with {route}");
+        println!("{case}.generated identical with {route} ({} rows)", shape[1]);
     }
-    gpu.set_cross_tables(false);
+    set(&gpu, false);
 }
