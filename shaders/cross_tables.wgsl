@@ -12,7 +12,12 @@
 // with `team_dots`).
 
 //== section: build
-// The tables, one thread per pair of adjacent values of a table row (a row has an even number of values).
+// The tables as a small matrix product per head: a workgroup stages the keys (or values) of a block of entries in
+// workgroup memory and streams its head's weights once for the whole block. (A thread per table value re-read
+// W_q / W_o from L2 for every key: ≈17 ms per request on an H100.)
+// An entry is (token, its first column, the end of its segment's columns, 0): one per key of each segment (first
+// column col0 + s·heads), plus padding entries (token NO_KEY, zeros) over the columns a segment's run is padded
+// with. Entry e's column for head h is first + h, written where it is below the end.
 
 {{PARAMS}}
 
@@ -21,75 +26,130 @@
 @group(0) @binding(1) var<storage, read> kv: array<{{KV_WORD}}>;
 // W_q `[heads·hd, hidden]` (query table) or W_o `[hidden, heads·hd]` (output table), p.w_stride words a row.
 @group(0) @binding(2) var<storage, read> w: array<{{TABLE_WORD}}>;
-// token·heads + h per table column, NO_KEY for a padding column.
-@group(0) @binding(3) var<storage, read> colinfo: array<u32>;
+@group(0) @binding(3) var<storage, read> entries: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> table: array<{{TABLE_WORD}}>;
 
 const NO_KEY: u32 = 0xffffffffu;
+const HD: u32 = {{HEAD_DIM}}u;
+const WG: u32 = 256u;
+// Entries per workgroup of the query table; the output table's workgroups take half as many for two heads.
+const QUERY_ENTRIES: u32 = 16u;
+const OUTPUT_ENTRIES: u32 = 8u;
 
 {{LOAD_KV}}
 {{TABLE_ACCESS}}
 
-fn pair_index(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid;
-}
+// 16 values per d, 4 entries a vec4: query table [d][entries 4q..4q+3]; output table [d][head t of the pair][entries
+// 4q..4q+3].
+var<workgroup> staged: array<vec4<f32>, 4u * HD>;
 
-// A[col, k], A[col, k + 1] for the pair starting at value 2i (k even).
-@compute @workgroup_size(256)
-fn build_query_table(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let i = pair_index(lid, wid, nwg);
-    if i >= p.pairs {
-        return;
-    }
-    let e = 2u * i;
-    let col = e / p.hidden;
-    let k = e % p.hidden;
-    let info = colinfo[col];
-    var acc = vec2<f32>(0.0);
-    if info != NO_KEY {
-        let h = info % p.heads;
-        let key = (info / p.heads) * p.kv_stride + (h / p.n_rep) * p.head_dim;
-        for (var d = 0u; d < p.head_dim; d++) {
-            acc += load_kv(key + d) * load_w2(h * p.head_dim + d, k);
-        }
-    }
-    store_pair(e, acc);
-}
-
-// B[n, col]: zero for a padding column.
-fn output_value(n: u32, col: u32) -> f32 {
-    let info = colinfo[col];
-    if info == NO_KEY {
+// Value d of entry e's kv columns from `base`: zero for a padding entry or past the last entry.
+fn entry_value(e: u32, base: u32, d: u32) -> f32 {
+    if e >= p.entries {
         return 0.0;
     }
-    let h = info % p.heads;
-    let value = (info / p.heads) * p.kv_stride + p.v_col + (h / p.n_rep) * p.head_dim;
-    var acc = 0.0;
-    for (var d = 0u; d < p.head_dim; d++) {
-        acc += load_w(n, h * p.head_dim + d) * load_kv(value + d);
+    let token = entries[e].x;
+    if token == NO_KEY {
+        return 0.0;
     }
-    return acc;
+    return load_kv(token * p.kv_stride + base + d);
 }
 
-// B[n, col], B[n, col + 1] for the pair starting at value 2i (col even: the columns are a multiple of 8).
+// A[first + h, k] and A[first + h, k + 1] for head h = wid.z, entries from 16·wid.y, k = 512·wid.x + 2·lid.
 @compute @workgroup_size(256)
-fn build_output_table(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let i = pair_index(lid, wid, nwg);
-    if i >= p.pairs {
+fn build_query_table(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.z;
+    let e0 = wid.y * QUERY_ENTRIES;
+    let base = (h / p.n_rep) * HD;
+    for (var i = lid; i < QUERY_ENTRIES * HD; i += WG) {
+        let j = i / HD;
+        let d = i % HD;
+        staged[d * 4u + j / 4u][j % 4u] = entry_value(e0 + j, base, d);
+    }
+    workgroupBarrier();
+    let k = wid.x * 2u * WG + 2u * lid;
+    if k >= p.hidden {
         return;
     }
-    let e = 2u * i;
-    let n = e / p.cols;
-    let col = e % p.cols;
-    store_pair(e, vec2<f32>(output_value(n, col), output_value(n, col + 1u)));
+    // lo*: column k, hi*: column k + 1; entries 0–3, 4–7, 8–11, 12–15.
+    var lo0 = vec4<f32>(0.0);
+    var lo1 = vec4<f32>(0.0);
+    var lo2 = vec4<f32>(0.0);
+    var lo3 = vec4<f32>(0.0);
+    var hi0 = vec4<f32>(0.0);
+    var hi1 = vec4<f32>(0.0);
+    var hi2 = vec4<f32>(0.0);
+    var hi3 = vec4<f32>(0.0);
+    for (var d = 0u; d < HD; d++) {
+        let wv = load_w2(h * HD + d, k);
+        let s = d * 4u;
+        lo0 += staged[s] * wv.x;
+        lo1 += staged[s + 1u] * wv.x;
+        lo2 += staged[s + 2u] * wv.x;
+        lo3 += staged[s + 3u] * wv.x;
+        hi0 += staged[s] * wv.y;
+        hi1 += staged[s + 1u] * wv.y;
+        hi2 += staged[s + 2u] * wv.y;
+        hi3 += staged[s + 3u] * wv.y;
+    }
+    let lo = array<vec4<f32>, 4>(lo0, lo1, lo2, lo3);
+    let hi = array<vec4<f32>, 4>(hi0, hi1, hi2, hi3);
+    for (var j = 0u; j < QUERY_ENTRIES; j++) {
+        if e0 + j >= p.entries {
+            break;
+        }
+        let info = entries[e0 + j];
+        let col = info.y + h;
+        if col < info.z {
+            store_pair(col * p.hidden + k, vec2<f32>(lo[j / 4u][j % 4u], hi[j / 4u][j % 4u]));
+        }
+    }
+}
+
+// B[n, first + h0] and B[n, first + h0 + 1] for the head pair h0 = 2·wid.z, h0 + 1 (the pair shares a table word
+// where the table is f16), entries from 8·wid.y, n = 256·wid.x + lid.
+@compute @workgroup_size(256)
+fn build_output_table(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h0 = 2u * wid.z;
+    let e0 = wid.y * OUTPUT_ENTRIES;
+    for (var i = lid; i < 2u * OUTPUT_ENTRIES * HD; i += WG) {
+        let t = i / (OUTPUT_ENTRIES * HD);
+        let j = (i / HD) % OUTPUT_ENTRIES;
+        let d = i % HD;
+        let base = p.v_col + ((h0 + t) / p.n_rep) * HD;
+        staged[(d * 2u + t) * 2u + j / 4u][j % 4u] = entry_value(e0 + j, base, d);
+    }
+    workgroupBarrier();
+    let n = wid.x * WG + lid;
+    if n >= p.hidden {
+        return;
+    }
+    // a*: head h0, b*: head h0 + 1; entries 0–3, 4–7.
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var b0 = vec4<f32>(0.0);
+    var b1 = vec4<f32>(0.0);
+    for (var d = 0u; d < HD; d += 2u) {
+        let wa = load_w2(n, h0 * HD + d);
+        let wb = load_w2(n, (h0 + 1u) * HD + d);
+        let s = d * 4u;
+        a0 += staged[s] * wa.x + staged[s + 4u] * wa.y;
+        a1 += staged[s + 1u] * wa.x + staged[s + 5u] * wa.y;
+        b0 += staged[s + 2u] * wb.x + staged[s + 6u] * wb.y;
+        b1 += staged[s + 3u] * wb.x + staged[s + 7u] * wb.y;
+    }
+    let a = array<vec4<f32>, 2>(a0, a1);
+    let b = array<vec4<f32>, 2>(b0, b1);
+    for (var j = 0u; j < OUTPUT_ENTRIES; j++) {
+        if e0 + j >= p.entries {
+            break;
+        }
+        let info = entries[e0 + j];
+        let col = info.y + h0;
+        if col < info.z {
+            store_pair(n * p.cols + col, vec2<f32>(a[j / 4u][j % 4u], b[j / 4u][j % 4u]));
+        }
+    }
 }
 
 //== section: scores

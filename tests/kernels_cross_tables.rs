@@ -273,6 +273,9 @@ fn run_gpu(gpu: &Gpu, p: &Problem) -> GpuRun {
     let kv = gpu.upload("kv", &p.kv_words);
     let plan = plan_cross_tables(gpu, p.shape(), &p.segments, &w_q, &w_o).expect("the route applies");
     let (build, tables) = plan.build(gpu, "test_tables", &kv, &w_q, &w_o);
+    // NaN-filled tables (a reused buffer holds an earlier request's values): a word the builders leave shows.
+    gpu.write(&tables.query, &vec![u32::MAX; (tables.query.size / 4) as usize]);
+    gpu.write(&tables.output, &vec![u32::MAX; (tables.output.size / 4) as usize]);
     let x = gpu.upload("x", &p.x);
     let gain = gpu.upload("gain", &p.gain);
     let qinfo = gpu.upload("qinfo", &p.row_segment.iter().flat_map(|&s| [s, 0]).collect::<Vec<u32>>());
@@ -413,7 +416,7 @@ fn small_shapes_every_format() {
     let gpu = test_gpu();
     let mut seed = 1;
     // (hidden, heads, kv_heads, head_dim)
-    for (hidden, heads, kv_heads, hd) in [(96, 2, 2, 32), (256, 4, 2, 64), (96, 3, 1, 16)] {
+    for (hidden, heads, kv_heads, hd) in [(96, 2, 2, 32), (256, 4, 2, 64), (96, 6, 2, 16)] {
         for (q_format, o_format, kv_format) in [
             (F32W, F32W, KvFormat::F32),
             (F32W, F32W, KvFormat::F16),
@@ -474,6 +477,13 @@ fn plan_refuses_what_the_route_cannot_take() {
         GpuMatrix::upload(&gpu, "w", &rng.vec(100 * heads * hd, 0.1), 100, heads * hd, F32W).unwrap(),
     );
     assert!(plan_cross_tables(&gpu, odd, &[(0, 4)], &q100, &o100).is_none(), "hidden not a multiple of 8");
+    let three = CrossShape { heads: 3, kv_heads: 3, ..shape };
+    let mut rng = Rng::new(12);
+    let (q3, o3) = (
+        GpuMatrix::upload(&gpu, "w", &rng.vec(3 * hd * hidden, 0.1), 3 * hd, hidden, F32W).unwrap(),
+        GpuMatrix::upload(&gpu, "w", &rng.vec(hidden * 3 * hd, 0.1), hidden, 3 * hd, F32W).unwrap(),
+    );
+    assert!(plan_cross_tables(&gpu, three, &[(0, 4)], &q3, &o3).is_none(), "an odd head count");
     // Columns: each segment's heads·keys padded to 8.
     let plan = plan_cross_tables(&gpu, shape, &[(0, 3), (3, 0), (5, 4)], &w_q, &w_o).unwrap();
     assert_eq!(plan.segment_columns, vec![(0, 3), (8, 0), (8, 4)]);

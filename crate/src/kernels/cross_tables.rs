@@ -10,7 +10,7 @@
 //! Tables are stored in their weight's format (f16 pairs for `F16` weights, f32 for `F32`), computed in f32. Their
 //! columns hold every text segment's (key, head) pairs at their real lengths (`CrossTablePlan::segment_columns`), so
 //! a short segment (the unconditional row's single token) costs no padding to the longest.
-use crate::gpu::{grid_1d, specialize, Dispatch, Gpu, GpuBuffer};
+use crate::gpu::{specialize, Dispatch, Gpu, GpuBuffer};
 use crate::kernels::kv_cache::KvFormat;
 use crate::kernels::wgsl::section;
 use crate::kernels::{GpuMatrix, WeightFormat};
@@ -29,8 +29,11 @@ pub const MAX_KEYS: u32 = 128;
 const MAX_SCORES: u32 = 2048;
 /// Largest hidden size (`cross_scores` stages the normed row: 2048 f32 = 8 KiB).
 const MAX_HIDDEN: u32 = 2048;
-/// A table column that holds no key (segment padding).
+/// A builder entry that holds no key (it covers segment padding).
 const NO_KEY: u32 = u32::MAX;
+/// Entries per workgroup of the query-table builder (the output-table builder takes half as many, for two heads).
+const QUERY_ENTRIES: u32 = 16;
+const OUTPUT_ENTRIES: u32 = 8;
 
 wgsl_params! {
     /// Uniform parameters of the table builders and the step kernels.
@@ -52,8 +55,8 @@ wgsl_params! {
         w_stride: u32,
         /// f32 per row of the score scratch
         score_stride: u32,
-        /// value pairs a builder writes
-        pairs: u32,
+        /// builder entries (`CrossTablePlan::entries`)
+        entries: u32,
         eps: f32,
     }
 }
@@ -91,8 +94,10 @@ pub struct CrossTablePlan {
     pub output_format: WeightFormat,
     /// u32 (token offset, keys, first column, 0) per segment.
     segs: GpuBuffer,
-    /// u32 per column: token·heads + head, `NO_KEY` for padding.
-    colinfo: GpuBuffer,
+    /// Builder entries: one per key of every segment and a few over each run's padding columns.
+    entries: u32,
+    /// u32 (token or `NO_KEY`, first column, end of the segment's columns, 0) per builder entry.
+    entry_words: GpuBuffer,
 }
 
 /// One decoder layer's tables: A `[cols, hidden]` in `query_format`, B `[hidden, cols]` in `output_format`.
@@ -117,8 +122,9 @@ fn table_bytes(format: WeightFormat, values: u64) -> u64 {
 
 /// The plan for a text of `segments` (token offset, length) pairs, or None where this route does not apply (the
 /// caller keeps the projections and the attention): weights other than F32 / F16, a segment longer than `MAX_KEYS`
-/// keys (or heads·keys above 2048), a hidden size that is no multiple of 8 or above 2048, or tables larger than one
-/// storage binding. `w_q` is `[heads·head_dim, hidden]`, `w_o` `[hidden, heads·head_dim]`.
+/// keys (or heads·keys above 2048), a hidden size that is no multiple of 8 or above 2048, an odd head count (the
+/// output-table builder writes two heads' columns a word), a head size whose builder block (16 keys × head_dim
+/// f32) overflows workgroup memory, or tables larger than one storage binding. `w_q` is `[heads·head_dim, hidden]`, `w_o` `[hidden, heads·head_dim]`.
 pub fn plan_cross_tables(gpu: &Gpu, shape: CrossShape, segments: &[(u32, u32)], w_q: &GpuMatrix, w_o: &GpuMatrix) -> Option<CrossTablePlan> {
     let CrossShape { hidden, heads, kv_heads, head_dim, .. } = shape;
     let inner = heads * head_dim;
@@ -127,7 +133,10 @@ pub fn plan_cross_tables(gpu: &Gpu, shape: CrossShape, segments: &[(u32, u32)], 
     assert!(kv_heads > 0 && heads.is_multiple_of(kv_heads), "cross tables: heads must be a multiple of kv_heads");
     let plain = |f: WeightFormat| matches!(f, WeightFormat::F32 | WeightFormat::F16);
     let max_keys = segments.iter().map(|s| s.1).max().unwrap_or(0);
-    if !plain(w_q.format) || !plain(w_o.format) || head_dim == 0 || heads > WORKGROUP {
+    if !plain(w_q.format) || !plain(w_o.format) || head_dim == 0 || !head_dim.is_multiple_of(2) || heads > WORKGROUP || !heads.is_multiple_of(2) {
+        return None;
+    }
+    if QUERY_ENTRIES as u64 * head_dim as u64 * 4 > gpu.limits.max_compute_workgroup_storage_size as u64 {
         return None;
     }
     if hidden == 0 || !hidden.is_multiple_of(COLUMN_ALIGN) || hidden > MAX_HIDDEN || max_keys > MAX_KEYS || heads * max_keys > MAX_SCORES {
@@ -148,15 +157,27 @@ pub fn plan_cross_tables(gpu: &Gpu, shape: CrossShape, segments: &[(u32, u32)], 
         return None;
     }
     let cols = cols as u32;
-    let mut colinfo = vec![NO_KEY; cols as usize];
+    let mut entry_words = Vec::new();
     let mut seg_words = Vec::with_capacity(segments.len() * 4);
     for (&(offset, keys), &(first, _)) in segments.iter().zip(&segment_columns) {
+        let end = first + (keys * heads).next_multiple_of(COLUMN_ALIGN);
         for s in 0..keys {
-            for h in 0..heads {
-                colinfo[(first + s * heads + h) as usize] = (offset + s) * heads + h;
-            }
+            entry_words.extend_from_slice(&[offset + s, first + s * heads, end, 0]);
+        }
+        // Padding entries (zeros) from the run's last key to its end, `heads` columns each.
+        let mut pad = first + keys * heads;
+        while pad < end {
+            entry_words.extend_from_slice(&[NO_KEY, pad, end, 0]);
+            pad += heads;
         }
         seg_words.extend_from_slice(&[offset, keys, first, 0]);
+    }
+    let entries = (entry_words.len() / 4) as u32;
+    if entries.div_ceil(OUTPUT_ENTRIES) > gpu.limits.max_compute_workgroups_per_dimension {
+        return None;
+    }
+    if entry_words.is_empty() {
+        entry_words.extend_from_slice(&[NO_KEY, 0, 0, 0]);
     }
     Some(CrossTablePlan {
         shape,
@@ -167,7 +188,8 @@ pub fn plan_cross_tables(gpu: &Gpu, shape: CrossShape, segments: &[(u32, u32)], 
         query_format: w_q.format,
         output_format: w_o.format,
         segs: gpu.upload("cross_tables.segs", &seg_words),
-        colinfo: gpu.upload("cross_tables.colinfo", &colinfo),
+        entries,
+        entry_words: gpu.upload("cross_tables.entries", &entry_words),
     })
 }
 
@@ -195,7 +217,7 @@ impl CrossTablePlan {
         (ds, tables)
     }
 
-    fn params(&self, rows: u32, w_stride: u32, pairs: u32, eps: f32) -> Params {
+    fn params(&self, rows: u32, w_stride: u32, eps: f32) -> Params {
         let s = &self.shape;
         Params {
             rows,
@@ -208,7 +230,7 @@ impl CrossTablePlan {
             v_col: s.kv_stride() / 2,
             w_stride,
             score_stride: self.score_stride(),
-            pairs,
+            entries: self.entries,
             eps,
         }
     }
@@ -222,18 +244,16 @@ fn table_word(format: WeightFormat) -> &'static str {
     }
 }
 
-/// The builders' weight access and table store: `load_w(row, col)`, `load_w2(row, col)` (col even: values col and
-/// col + 1) and `store_pair(e, v)` (table values e, e + 1; e even).
+/// The builders' weight access and table store: `load_w2(row, col)` (col even: values col and col + 1) and
+/// `store_pair(e, v)` (table values e, e + 1; e even).
 fn table_access(format: WeightFormat) -> &'static str {
     match format {
         WeightFormat::F16 => {
-            "fn load_w(row: u32, col: u32) -> f32 {\n    return unpack2x16float(w[row * p.w_stride + col / 2u] >> ((col & 1u) * 16u)).x;\n}\n\n\
-             fn load_w2(row: u32, col: u32) -> vec2<f32> {\n    return unpack2x16float(w[row * p.w_stride + col / 2u]);\n}\n\n\
+            "fn load_w2(row: u32, col: u32) -> vec2<f32> {\n    return unpack2x16float(w[row * p.w_stride + col / 2u]);\n}\n\n\
              fn store_pair(e: u32, v: vec2<f32>) {\n    table[e / 2u] = pack2x16float(v);\n}\n"
         }
         _ => {
-            "fn load_w(row: u32, col: u32) -> f32 {\n    return w[row * p.w_stride + col];\n}\n\n\
-             fn load_w2(row: u32, col: u32) -> vec2<f32> {\n    let i = row * p.w_stride + col;\n    return vec2<f32>(w[i], w[i + 1u]);\n}\n\n\
+            "fn load_w2(row: u32, col: u32) -> vec2<f32> {\n    let i = row * p.w_stride + col;\n    return vec2<f32>(w[i], w[i + 1u]);\n}\n\n\
              fn store_pair(e: u32, v: vec2<f32>) {\n    table[e] = v.x;\n    table[e + 1u] = v.y;\n}\n"
         }
     }
@@ -279,9 +299,12 @@ fn build_table(gpu: &Gpu, builder: Builder, plan: &CrossTablePlan, kv: &GpuBuffe
     assert!(kv.size >= needed, "cross tables: cross K/V of {} bytes holds fewer than the segments' {} tokens", kv.size, plan.tokens);
     let key = format!("cross_tables.{entry}.{}.{}.hd{}", format.name(), s.kv_format.name(), s.head_dim);
     let pipeline = gpu.pipeline(&key, entry, || build_source(format, s.kv_format, s.head_dim));
-    let pairs = plan.cols * s.hidden / 2;
-    let params = plan.params(0, w.row_stride_words(), pairs, 0.0);
-    gpu.dispatch(&pipeline, &params, &[kv, &w.data, &plan.colinfo, table], grid_1d(pairs.div_ceil(WORKGROUP)))
+    let params = plan.params(0, w.row_stride_words(), 0.0);
+    let grid = match builder {
+        Builder::Query => [s.hidden.div_ceil(2 * WORKGROUP), plan.entries.div_ceil(QUERY_ENTRIES), s.heads],
+        Builder::Output => [s.hidden.div_ceil(WORKGROUP), plan.entries.div_ceil(OUTPUT_ENTRIES), s.heads / 2],
+    };
+    gpu.dispatch(&pipeline, &params, &[kv, &w.data, &plan.entry_words, table], grid)
 }
 
 /// Table A of one layer into `table`: A[col, k] = Σ_d K[token, g·hd + d]·W_q[h·hd + d, k] for the (token, h) of
@@ -310,7 +333,7 @@ pub fn cross_scores(gpu: &Gpu, plan: &CrossTablePlan, tables: &CrossTables, x: &
     let key = format!("cross_tables.cross_scores.{}.h{}", format.name(), s.hidden);
     let pipeline = gpu.pipeline(&key, "cross_scores", || scores_source(format, s.hidden));
     let groups = (s.heads * plan.max_keys).div_ceil(OUTPUTS_PER_GROUP);
-    gpu.dispatch(&pipeline, &plan.params(rows, 0, 0, eps), &[x, gain, qinfo, &plan.segs, &tables.query, scores], [groups, rows, 1])
+    gpu.dispatch(&pipeline, &plan.params(rows, 0, eps), &[x, gain, qinfo, &plan.segs, &tables.query, scores], [groups, rows, 1])
 }
 
 /// The step's output: for each of `rows` query rows r, x[r] += B · p with p the per-head softmax of the row's scores
@@ -326,7 +349,7 @@ pub fn cross_out(gpu: &Gpu, plan: &CrossTablePlan, tables: &CrossTables, scores:
     let key = format!("cross_tables.cross_out.{}.heads{}", format.name(), s.heads);
     let pipeline = gpu.pipeline(&key, "cross_out", || out_source(format, s.heads));
     let groups = s.hidden.div_ceil(OUTPUTS_PER_GROUP);
-    gpu.dispatch(&pipeline, &plan.params(rows, 0, 0, 0.0), &[scores, qinfo, &plan.segs, &tables.output, x], [groups, rows, 1])
+    gpu.dispatch(&pipeline, &plan.params(rows, 0, 0.0), &[scores, qinfo, &plan.segs, &tables.output, x], [groups, rows, 1])
 }
 
 /// The table builders' shader (entry points `build_query_table`, `build_output_table`) for tables in `format` from
@@ -338,6 +361,7 @@ pub(crate) fn build_source(format: WeightFormat, kv: KvFormat, head_dim: u32) ->
             ("PARAMS", Params::wgsl()),
             ("KV_WORD", kv.wgsl_word().to_string()),
             ("TABLE_WORD", table_word(format).to_string()),
+            ("HEAD_DIM", head_dim.to_string()),
             ("LOAD_KV", kv.wgsl_load("load_kv", "kv", head_dim)),
             ("TABLE_ACCESS", table_access(format).to_string()),
         ],
