@@ -141,7 +141,7 @@ async fn browser_parity_generated_greedy_f32_fusions() {
     let (exp, gpu) = (expected(), gpu().await);
     let m = dia_model(&gpu);
     let set = |on: bool| {
-        gpu.set_cross_tables(on);
+        gpu.set_cross_tables(Some(on));
         gpu.set_attention_o_fused(on);
     };
     let step_dispatches = |on: bool| {

@@ -489,11 +489,43 @@ fn parity_generated_greedy_f32_cross_tables() {
     let (f, gpu) = (fixture(), test_gpu());
     let m = model(&gpu, Numerics::F32);
     for on in [false, true] {
-        gpu.set_cross_tables(on);
+        gpu.set_cross_tables(Some(on));
         let enc = m.encode(&gpu, PackedText::new(&[text_ids(&f.exp, "batch", 0)]));
         assert_eq!(enc.cross_tables.is_some(), on, "tables made only where the switch is on");
     }
-    greedy_parity_with_route("the cross-attention tables", |gpu, on| gpu.set_cross_tables(on));
+    greedy_parity_with_route("the cross-attention tables", |gpu, on| gpu.set_cross_tables(Some(on)));
+}
+
+/// The tables' default (`Gpu::cross_tables` None): made where they hold no more bytes than the W_q and W_o they
+/// replace (a step reads them all), so a short text takes them and a longer one or a batch of them keeps the
+/// projections; forcing the switch overrides it both ways.
+#[test]
+fn cross_tables_by_default_where_no_larger_than_the_weights() {
+    use dia_webgpu::dia::forward::PackedText;
+    let gpu = test_gpu();
+    let m = model(&gpu, Numerics::F32);
+    let d = &m.cfg.decoder;
+    // f32 weights and tables: W_q + W_o hold 2·hidden·heads·hd values, the tables 2·hidden·cols (each segment's
+    // heads·keys padded to 8; the unconditional row is one token).
+    let weights = 2 * d.hidden * d.cross_heads * d.cross_head_dim;
+    let cols = |lens: &[usize]| lens.iter().chain([&1]).map(|l| (l * d.cross_heads).next_multiple_of(8)).sum::<usize>();
+    let fits = |lens: &[usize]| 2 * d.hidden * cols(lens) <= weights;
+    // The longest single text that fits, one byte more, and two texts.
+    let longest = (1..200).take_while(|&l| fits(&[l])).last().expect("a one-byte text fits");
+    let texts = |lens: &[usize]| PackedText::new(&lens.iter().map(|&l| (0..l as u32).map(|i| 32 + i % 90).collect()).collect::<Vec<_>>());
+    for (lens, forced, want) in [
+        (vec![longest], None, true),
+        (vec![longest + 1], None, false),
+        (vec![longest / 2 + 1, longest / 2 + 1], None, fits(&[longest / 2 + 1, longest / 2 + 1])),
+        (vec![3, 3], None, true),
+        (vec![longest + 1], Some(true), true),
+        (vec![longest], Some(false), false),
+    ] {
+        gpu.set_cross_tables(forced);
+        let enc = m.encode(&gpu, texts(&lens));
+        assert_eq!(enc.cross_tables.is_some(), want, "texts of {lens:?} bytes, switch {forced:?}");
+    }
+    assert!(!fits(&[longest + 1]) && fits(&[3, 3]), "the cases above cover both sides of the rule");
 }
 
 /// Greedy parity of every `.generated` case (single items with their prompts, and the batch) on a device of its own

@@ -195,7 +195,7 @@ impl DiaEngine {
     #[wasm_bindgen(js_name = setExperiment)]
     pub fn set_experiment(&self, #[wasm_bindgen(unchecked_param_type = "\"crossTables\" | \"attentionOFused\"")] name: &str, on: bool) -> Result<(), JsError> {
         match name {
-            "crossTables" => self.gpu.set_cross_tables(on),
+            "crossTables" => self.gpu.set_cross_tables(Some(on)),
             "attentionOFused" => self.gpu.set_attention_o_fused(on),
             _ => return Err(JsError::new(&format!("setExperiment: unknown experiment {name:?} (crossTables or attentionOFused)"))),
         }

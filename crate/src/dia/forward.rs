@@ -189,11 +189,14 @@ impl DiaModel {
     }
 
     /// The per-layer cross-attention tables of this text (dispatches appended to `ds`, after the cross K/V they read),
-    /// where `Gpu::cross_tables` is on and the route applies: no cross RoPE (a rotated query cannot be folded), and
-    /// what `plan_cross_tables` accepts (f32 / f16 projections, segments of at most 128 keys).
+    /// where the route applies: no cross RoPE (a rotated query cannot be folded), and what `plan_cross_tables` accepts
+    /// (f32 / f16 projections, segments of at most 128 keys). By default (`Gpu::cross_tables` None) only where the
+    /// tables hold no more bytes than the W_q and W_o they replace, as a step reads all of them: one text of up to
+    /// ≈ 127 bytes on Dia, not a batch (each text has its own tables).
     fn cross_tables_graph(&self, gpu: &Gpu, text: &PackedText, cross_kv: &[GpuBuffer], ds: &mut Vec<Dispatch>) -> Option<CrossTableSet> {
         let d = &self.cfg.decoder;
-        if !gpu.cross_tables() || self.cross_rope.is_some() {
+        let forced = gpu.cross_tables();
+        if forced == Some(false) || self.cross_rope.is_some() {
             return None;
         }
         let shape = CrossShape {
@@ -205,6 +208,9 @@ impl DiaModel {
         };
         let first = self.dec_layers.first()?;
         let plan = plan_cross_tables(gpu, shape, &text.segments, &first.cross_q, &first.cross_o)?;
+        if forced.is_none() && plan.query_bytes() + plan.output_bytes() > first.cross_q.data.size + first.cross_o.data.size {
+            return None;
+        }
         // Every layer's projections in the formats of the first (the plan's).
         if self.dec_layers.iter().any(|l| l.cross_q.format != plan.query_format || l.cross_o.format != plan.output_format) {
             return None;

@@ -152,17 +152,22 @@ impl Gpu {
         self.coop_norm_linear.store(on, Ordering::Relaxed);
     }
 
-    /// Whether decoder steps fold the cross-attention's query and output projections into per-text tables made at
-    /// encode time (issue 17's first fusion: 3 dispatches per layer → 2, where the text and the weights allow it):
-    /// `DIA_CROSS_TABLES=on` (read when the device is made) or `set_cross_tables`. Off by default (an experiment:
-    /// docs/performance.md has its figures).
-    pub fn cross_tables(&self) -> bool {
-        self.cross_tables.load(Ordering::Relaxed)
+    /// Whether decoder steps must (Some(true)) or must not (Some(false)) fold the cross-attention's query and output
+    /// projections into per-text tables made at encode time (issue 17's first fusion: 3 dispatches per layer → 2),
+    /// wherever the route applies; None leaves it to the policy (`DiaModel::encode`: tables where they are no larger
+    /// than the weights they replace). `DIA_CROSS_TABLES=on|off` (read when the device is made) or
+    /// `set_cross_tables`; docs/performance.md has the figures.
+    pub fn cross_tables(&self) -> Option<bool> {
+        match self.cross_tables.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
     }
 
-    /// Sets `cross_tables` for the encodings and graphs made from now on.
-    pub fn set_cross_tables(&self, on: bool) {
-        self.cross_tables.store(on, Ordering::Relaxed);
+    /// Forces the cross-attention tables on or off (None: the policy) for the encodings made from now on.
+    pub fn set_cross_tables(&self, on: Option<bool>) {
+        self.cross_tables.store(on.map_or(0, |on| if on { 1 } else { 2 }), Ordering::Relaxed);
     }
 
     /// Whether decoder steps combine the self-attention's split partials inside the output projection instead of a

@@ -107,8 +107,8 @@ pub struct Gpu {
     /// Whether a projection with a fused norm goes to tensor cores like any other (see `coop_norm_linear`).
     coop_norm_linear: AtomicBool,
     /// Whether decoder steps fold the cross-attention's query and output projections into per-text tables (see
-    /// `cross_tables`).
-    cross_tables: AtomicBool,
+    /// `cross_tables`): 0 the policy, 1 wherever the route applies, 2 never.
+    cross_tables: AtomicU8,
     /// Whether decoder steps combine the self-attention's split partials inside the output projection (see
     /// `attention_o_fused`).
     attention_o_fused: AtomicBool,
@@ -296,7 +296,11 @@ impl Gpu {
             }),
             coop_m_min: AtomicU32::new(coop_m_min_by_default()),
             coop_norm_linear: AtomicBool::new(!std::env::var("DIA_COOP_NORM_LINEAR").is_ok_and(|v| v == "off")),
-            cross_tables: AtomicBool::new(std::env::var("DIA_CROSS_TABLES").is_ok_and(|v| v == "on")),
+            cross_tables: AtomicU8::new(match std::env::var("DIA_CROSS_TABLES").as_deref() {
+                Ok("on") => 1,
+                Ok("off") => 2,
+                _ => 0,
+            }),
             attention_o_fused: AtomicBool::new(std::env::var("DIA_ATTENTION_O").is_ok_and(|v| v == "fused")),
             device,
             queue,
