@@ -136,6 +136,8 @@ export function benchUnitTests(fixtures) {
           [{ batches: 8 }, /must be a list/],
           [{ experiments: ['fast'] }, /fast is not one of crossTables, attentionOFused/],
           [{ experiments: 'crossTables' }, /must be a list/],
+          [{ experiments: ['crossTables=maybe'] }, /crossTables=maybe is not one of/],
+          [{ experiments: ['crossTables=off', 'crossTables'] }, /crossTables is set both on and off/],
         ];
         for (const [o, message] of cases) {
           let error = null;

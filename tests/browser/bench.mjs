@@ -15,8 +15,8 @@
 // --batch: also time lists of B copies of the text spoken as one batch (generateBatch, batchSize B), per size a
 //   warm-up and --runs timed calls, after the mode's generations: aggregate steps/s (every text's steps over the
 //   wall time, each text's codec included) and the ratio to batch 1 (give 1 among the sizes), e.g. --batch 1,8.
-// --experiment: turn the engine's experiments on in every mode (DiaEngine.setExperiment: crossTables,
-//   attentionOFused), to compare with a run without.
+// --experiment: switch the engine's experiments in every mode (DiaEngine.setExperiment: crossTables,
+//   attentionOFused; NAME or NAME=on forces one on, NAME=off off), to compare with a run without.
 // --timeline: log each timed generation's first readbacks and chunks (ms from the call: rows back, chunk out).
 // --json: the report (one JSON object) on stdout, the progress on stderr; --json-out FILE: the report to FILE too
 //   (written also when the run fails part-way).

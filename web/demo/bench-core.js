@@ -156,13 +156,30 @@ export function benchOptions(o = {}) {
   };
 }
 
-/** The engine's experiments a benchmark may turn on (`DiaEngine.setExperiment`). */
+/**
+ * The engine's experiments a benchmark may switch (`DiaEngine.setExperiment`): `NAME` or `NAME=on` forces one on,
+ * `NAME=off` off (crossTables is on by default where its tables are no larger than the weights they replace); the
+ * others keep the engine's defaults.
+ */
 export const EXPERIMENTS = ['crossTables', 'attentionOFused'];
+
+/** An experiment setting's name and state. */
+function experimentSetting(setting) {
+  const [name, state = 'on', ...rest] = setting.split('=');
+  return { name, on: state === 'on', valid: EXPERIMENTS.includes(name) && (state === 'on' || state === 'off') && rest.length === 0 };
+}
 
 function experimentNames(names) {
   if (!Array.isArray(names)) throw new Error('experiments must be a list of names');
-  for (const n of names) if (!EXPERIMENTS.includes(n)) throw new Error(`experiments: ${n} is not one of ${EXPERIMENTS.join(', ')}`);
-  return [...new Set(names)];
+  const states = new Map();
+  for (const n of names) {
+    const s = typeof n === 'string' ? experimentSetting(n) : { valid: false };
+    if (!s.valid) throw new Error(`experiments: ${n} is not one of ${EXPERIMENTS.join(', ')} (each optionally =on or =off)`);
+    if (states.has(s.name) && states.get(s.name) !== s.on) throw new Error(`experiments: ${s.name} is set both on and off`);
+    states.set(s.name, s.on);
+  }
+  // One setting per experiment, as `NAME` (on) or `NAME=off`.
+  return [...states].map(([name, on]) => (on ? name : `${name}=off`));
 }
 
 /** The largest list `generateBatch` takes at once (its `batchSize` limit). */
@@ -403,7 +420,10 @@ async function buildEngine(wasm, cfg, numerics, seed, log, progress, experiments
   watch.device = null; // the engine's own, once create has asked for it
   const t0 = now();
   const engine = await wasm.DiaEngine.create(numerics);
-  for (const name of experiments) engine.setExperiment(name, true);
+  for (const setting of experiments) {
+    const { name, on } = experimentSetting(setting);
+    engine.setExperiment(name, on);
+  }
   const load = { createSeconds: (now() - t0) / 1000 };
   try {
     const diaJson = JSON.stringify(cfg.dia);

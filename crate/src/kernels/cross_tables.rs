@@ -3,7 +3,8 @@
 //! With x̂ = rmsnorm(x)·gain and, per query head h, q_h = W_q[h]·x̂, the scores q_h·k_s equal A_h[s]·x̂ with
 //! A_h[s, k] = Σ_d K[s, h·hd + d]·W_q[h·hd + d, k]; likewise the output projection of Σ_s p_h[s]·v_s is
 //! Σ_{h,s} B[:, (h, s)]·p_h[s] with B[n, (h, s)] = Σ_d W_o[n, h·hd + d]·V[s, h·hd + d]. A and B depend only on the
-//! text, so they are made once per request (`build_query_table`, `build_output_table`) and a step runs two
+//! text, so they are made once per request (`build_query_table`, `build_output_table`: per head a product of a block
+//! of keys or values, staged in workgroup memory, with the weights streamed once for the block) and a step runs two
 //! dispatches (`cross_scores`, `cross_out`) instead of the query projection, the attention and the output projection.
 //! Attention scale 1.0 and no RoPE (a rotated query cannot be folded: the route is for checkpoints without cross RoPE).
 //!
