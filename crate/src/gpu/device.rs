@@ -158,16 +158,12 @@ impl Gpu {
     /// than the weights they replace). `DIA_CROSS_TABLES=on|off` (read when the device is made) or
     /// `set_cross_tables`; docs/performance.md has the figures.
     pub fn cross_tables(&self) -> Option<bool> {
-        match self.cross_tables.load(Ordering::Relaxed) {
-            1 => Some(true),
-            2 => Some(false),
-            _ => None,
-        }
+        self.cross_tables.get()
     }
 
     /// Forces the cross-attention tables on or off (None: the policy) for the encodings made from now on.
     pub fn set_cross_tables(&self, on: Option<bool>) {
-        self.cross_tables.store(on.map_or(0, |on| if on { 1 } else { 2 }), Ordering::Relaxed);
+        self.cross_tables.set(on);
     }
 
     /// Whether decoder steps combine the self-attention's split partials inside the output projection instead of a
@@ -187,16 +183,12 @@ impl Gpu {
     /// chunks where it multiplies in f32 (`SmallMAccess::cols8`); None leaves it to `SmallMAccess::preferred` (q4
     /// yes, q8 no). `DIA_MATVEC_COLS8=on|off` (read when the device is made) or `set_matvec_cols8`.
     pub fn matvec_cols8(&self) -> Option<bool> {
-        match self.matvec_cols8.load(Ordering::Relaxed) {
-            1 => Some(true),
-            2 => Some(false),
-            _ => None,
-        }
+        self.matvec_cols8.get()
     }
 
     /// Forces 8-column quantized chunks on or off (None: the policy) for the dispatches built from now on.
     pub fn set_matvec_cols8(&self, on: Option<bool>) {
-        self.matvec_cols8.store(on.map_or(0, |on| if on { 1 } else { 2 }), Ordering::Relaxed);
+        self.matvec_cols8.set(on);
     }
 
     /// The same device with wgpu's zeroing of workgroup memory forced on or off for the pipelines compiled from now

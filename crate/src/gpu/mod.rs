@@ -72,6 +72,32 @@ impl Default for GpuOptions {
     }
 }
 
+/// A route a policy picks unless forced on or off (an environment variable `on|off` or a setter).
+struct Forced(AtomicU8);
+
+impl Forced {
+    fn from_env(name: &str) -> Forced {
+        Forced(AtomicU8::new(match std::env::var(name).as_deref() {
+            Ok("on") => 1,
+            Ok("off") => 2,
+            _ => 0,
+        }))
+    }
+
+    /// Some(true) forced on, Some(false) forced off, None: the policy's.
+    fn get(&self) -> Option<bool> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    fn set(&self, on: Option<bool>) {
+        self.0.store(on.map_or(0, |on| if on { 1 } else { 2 }), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A device plus everything the kernels share: pipeline cache and wait counter.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -99,16 +125,16 @@ pub struct Gpu {
     matvec_prefetch: AtomicBool,
     /// Whether decoder steps with q8 KV caches take the appending decode (see `q8_cache_append`).
     q8_cache_append: AtomicBool,
-    /// Whether the matrix–vector kernel reads quantized rows in 8-column chunks (see `matvec_cols8`): 0 its policy,
+    /// Whether the matrix–vector kernel reads quantized rows in 8-column chunks (see `matvec_cols8`).
     /// 1 always, 2 never.
-    matvec_cols8: AtomicU8,
+    matvec_cols8: Forced,
     /// Rows from which `linear`'s schedule takes tensor cores (see `coop_m_min`); 0: the policy's.
     coop_m_min: AtomicU32,
     /// Whether a projection with a fused norm goes to tensor cores like any other (see `coop_norm_linear`).
     coop_norm_linear: AtomicBool,
     /// Whether decoder steps fold the cross-attention's query and output projections into per-text tables (see
-    /// `cross_tables`): 0 the policy, 1 wherever the route applies, 2 never.
-    cross_tables: AtomicU8,
+    /// `cross_tables`).
+    cross_tables: Forced,
     /// Whether decoder steps combine the self-attention's split partials inside the output projection (see
     /// `attention_o_fused`).
     attention_o_fused: AtomicBool,
@@ -289,18 +315,10 @@ impl Gpu {
             int8_dot: AtomicBool::new(int8_dot_by_default()),
             matvec_prefetch: AtomicBool::new(std::env::var("DIA_MATVEC_PREFETCH").is_ok_and(|v| v == "on")),
             q8_cache_append: AtomicBool::new(std::env::var("DIA_Q8_APPEND").is_ok_and(|v| v == "on")),
-            matvec_cols8: AtomicU8::new(match std::env::var("DIA_MATVEC_COLS8").as_deref() {
-                Ok("on") => 1,
-                Ok("off") => 2,
-                _ => 0,
-            }),
+            matvec_cols8: Forced::from_env("DIA_MATVEC_COLS8"),
             coop_m_min: AtomicU32::new(coop_m_min_by_default()),
             coop_norm_linear: AtomicBool::new(!std::env::var("DIA_COOP_NORM_LINEAR").is_ok_and(|v| v == "off")),
-            cross_tables: AtomicU8::new(match std::env::var("DIA_CROSS_TABLES").as_deref() {
-                Ok("on") => 1,
-                Ok("off") => 2,
-                _ => 0,
-            }),
+            cross_tables: Forced::from_env("DIA_CROSS_TABLES"),
             attention_o_fused: AtomicBool::new(std::env::var("DIA_ATTENTION_O").is_ok_and(|v| v == "fused")),
             device,
             queue,
