@@ -125,7 +125,8 @@ fn table_bytes(format: WeightFormat, values: u64) -> u64 {
 /// caller keeps the projections and the attention): weights other than F32 / F16, a segment longer than `MAX_KEYS`
 /// keys (or heads·keys above 2048), a hidden size that is no multiple of 8 or above 2048, an odd head count (the
 /// output-table builder writes two heads' columns a word), a head size whose builder block (16 keys × head_dim
-/// f32) overflows workgroup memory, or tables larger than one storage binding. `w_q` is `[heads·head_dim, hidden]`, `w_o` `[hidden, heads·head_dim]`.
+/// f32) overflows workgroup memory, or tables larger than one storage binding. `w_q` is `[heads·head_dim, hidden]`,
+/// `w_o` `[hidden, heads·head_dim]`.
 pub fn plan_cross_tables(gpu: &Gpu, shape: CrossShape, segments: &[(u32, u32)], w_q: &GpuMatrix, w_o: &GpuMatrix) -> Option<CrossTablePlan> {
     let CrossShape { hidden, heads, kv_heads, head_dim, .. } = shape;
     let inner = heads * head_dim;
